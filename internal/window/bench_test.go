@@ -1,0 +1,123 @@
+package window
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+)
+
+func benchSamples(n int, typ MetricType) []Sample {
+	ss := make([]Sample, n)
+	for i := range ss {
+		ss[i] = Sample{
+			Name: fmt.Sprintf("svc.request.metric%d", i%100), Type: typ, Value: float64(i%97) + 0.5,
+			Host: "host-1", Tags: []string{"service:api", fmt.Sprintf("endpoint:/v%d", i/100), "env:prod"},
+			SampleRate: 1, SetMember: fmt.Sprintf("m%d", i%5),
+		}
+	}
+	return ss
+}
+
+// BenchmarkAdd measures one sample of each type into an existing context of
+// an open bucket: the steady state of the hot path after decoding.
+func BenchmarkAdd(b *testing.B) {
+	for typ := TypeGauge; typ < numTypes; typ++ {
+		b.Run(typ.String(), func(b *testing.B) {
+			const n = 10_000
+			sh := NewShard(DefaultConfig())
+			tn := NewTenant("t")
+			ss := benchSamples(n, typ)
+			var arena []byte
+			for i := range ss {
+				arena = ss[i].Prepare(tn, arena)
+				sh.Add(tn, &ss[i], t0)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				s := &ss[i%n]
+				if r := sh.Add(tn, s, t0+int64(i%1000)); r != Accepted {
+					b.Fatal(r)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPrepare measures tag canonicalisation, key building and hashing.
+func BenchmarkPrepare(b *testing.B) {
+	tn := NewTenant("t")
+	ss := benchSamples(1000, TypeCount)
+	arena := make([]byte, 0, 1<<20)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%1000 == 0 {
+			arena = arena[:0]
+		}
+		arena = ss[i%1000].Prepare(tn, arena)
+	}
+}
+
+// BenchmarkDrain1M measures draining one bucket of 1M counter contexts and
+// iterating every aggregate, the flusher's work before encoding.
+func BenchmarkDrain1M(b *testing.B) {
+	const n = 1_000_000
+	tn := NewTenant("t")
+	ss := benchSamples(n, TypeCount)
+	arena := make([]byte, 0, 100*n)
+	for i := range ss {
+		arena = ss[i].Prepare(tn, arena)
+	}
+	sh := NewShard(DefaultConfig())
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		now := t0 + int64(i)*10*sec
+		for j := range ss {
+			sh.Add(tn, &ss[j], now)
+		}
+		b.StartTimer()
+		var sum float64
+		for _, bk := range sh.Drain(now+20*sec, false, nil) {
+			for m := range bk.Metrics() {
+				sum += m.Value
+			}
+			bk.Release()
+		}
+		if sum == 0 {
+			b.Fatal("nothing drained")
+		}
+	}
+}
+
+// TestMemoryPerContext reports the heap held per counter context with its
+// bucket; the budget is 300 bytes.
+func TestMemoryPerContext(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates 200k contexts")
+	}
+	const n = 200_000
+	tn := NewTenant("t")
+	ss := benchSamples(n, TypeCount)
+	for i := range ss {
+		ss[i].Name = fmt.Sprintf("svc.request.count.%d", i) // 200k distinct contexts
+		ss[i].Prepare(tn, nil)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	sh := NewShard(DefaultConfig())
+	for i := range ss {
+		sh.Add(tn, &ss[i], t0)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("%.0f bytes per counter context (key %d bytes)", per, len(ss[0].Key))
+	if per > 300 {
+		t.Errorf("%.0f bytes per context, budget 300", per)
+	}
+	runtime.KeepAlive(sh)
+}

@@ -1,0 +1,218 @@
+package window
+
+import (
+	"iter"
+	"math"
+	"sync"
+
+	"github.com/DataDog/sketches-go/ddsketch"
+)
+
+// RelativeAccuracy is the relative accuracy of every sketch aggd keeps.
+const RelativeAccuracy = 0.01
+
+// maxSketchBins bounds a sketch's memory; past it the lowest bins collapse,
+// so only the smallest quantiles lose accuracy.
+const maxSketchBins = 2048
+
+const (
+	hasValue uint8 = 1 << iota
+	hasPrev
+)
+
+// slot is the state of one context in one bucket.
+type slot struct {
+	ctx   *context
+	v     float64 // gauge, count, rate's last value, monotonic sum
+	t     int64   // gauge's and rate's timestamp
+	ext   int32   // index into rates, dists or sets
+	typ   MetricType
+	flags uint8
+}
+
+type rateState struct {
+	prevV float64
+	prevT int64
+}
+
+// distState is the state of a histogram, timing or distribution.
+type distState struct {
+	sketch               *ddsketch.DDSketch
+	min, max, sum, count float64
+}
+
+func (d *distState) add(v, weight float64) {
+	if d.count == 0 {
+		d.min, d.max = v, v
+	} else {
+		d.min, d.max = math.Min(d.min, v), math.Max(d.max, v)
+	}
+	d.sum += v * weight
+	d.count += weight
+	// The value is finite (validated) and the weight positive, which are
+	// the sketch's only error cases.
+	_ = d.sketch.AddWithCount(v, weight)
+}
+
+// Bucket is the state of every context of one shard over one time range.
+type Bucket struct {
+	// Start is the bucket's start in unix nanoseconds: the timestamp of its
+	// flushed points.
+	Start int64
+	// Width is the bucket's length in nanoseconds.
+	Width int64
+	// Late marks a partial bucket opened after its range had been flushed.
+	Late bool
+
+	index map[*context]int32
+	slots []slot
+	rates []rateState
+	dists []distState
+	sets  []map[string]struct{}
+	// dists and sets keep their allocations across reuse; these count the
+	// ones in use.
+	nDists, nSets int
+}
+
+var bucketPool = sync.Pool{New: func() any {
+	return &Bucket{index: make(map[*context]int32)}
+}}
+
+func getBucket(start, width int64, late bool) *Bucket {
+	b := bucketPool.Get().(*Bucket)
+	b.Start, b.Width, b.Late = start, width, late
+	return b
+}
+
+// Len returns the number of contexts in b.
+func (b *Bucket) Len() int { return len(b.slots) }
+
+// Release returns b to a pool for reuse. b must not be used afterwards.
+func (b *Bucket) Release() {
+	clear(b.index)
+	clear(b.slots) // drop context pointers
+	b.slots = b.slots[:0]
+	b.rates = b.rates[:0]
+	for i := range b.dists[:b.nDists] {
+		d := &b.dists[i]
+		d.sketch.Clear()
+		d.min, d.max, d.sum, d.count = 0, 0, 0, 0
+	}
+	for _, m := range b.sets[:b.nSets] {
+		clear(m)
+	}
+	b.nDists, b.nSets = 0, 0
+	bucketPool.Put(b)
+}
+
+func (b *Bucket) newSlot(c *context, typ MetricType) int32 {
+	sl := slot{ctx: c, typ: typ}
+	switch typ {
+	case TypeRate:
+		sl.ext = int32(len(b.rates))
+		b.rates = append(b.rates, rateState{})
+	case TypeHistogram, TypeTiming, TypeDistribution:
+		if b.nDists == len(b.dists) {
+			s, _ := ddsketch.LogCollapsingLowestDenseDDSketch(RelativeAccuracy, maxSketchBins)
+			b.dists = append(b.dists, distState{sketch: s})
+		}
+		sl.ext = int32(b.nDists)
+		b.nDists++
+	case TypeSet:
+		if b.nSets == len(b.sets) {
+			b.sets = append(b.sets, make(map[string]struct{}))
+		}
+		sl.ext = int32(b.nSets)
+		b.nSets++
+	}
+	i := int32(len(b.slots))
+	b.slots = append(b.slots, sl)
+	b.index[c] = i
+	return i
+}
+
+// Metric is the aggregate of one context over one bucket, as flushed.
+type Metric struct {
+	Tenant *Tenant
+	Name   string
+	Host   string
+	Tags   []string
+	Type   MetricType
+	// Timestamp is the bucket start and Interval its width, in nanoseconds.
+	Timestamp int64
+	Interval  int64
+	// Late marks a partial aggregate of a bucket flushed before.
+	Late bool
+	// Value is the aggregate of GAUGE (last value), COUNT and
+	// MONOTONIC_COUNT (sums), RATE (per second) and SET (distinct members).
+	Value float64
+	// Sketch, Min, Max, Sum and Count describe HISTOGRAM, TIMING and
+	// DISTRIBUTION. Count and Sum are weighted by 1/sample_rate.
+	Sketch               *ddsketch.DDSketch
+	Min, Max, Sum, Count float64
+}
+
+// Metrics yields the aggregate of every context of b that has one. A RATE
+// yields nothing without a previous sample or when negative; a
+// MONOTONIC_COUNT yields nothing before its second sample ever. The Metric
+// and its Tags are reused between iterations; copy what must outlive one.
+func (b *Bucket) Metrics() iter.Seq[*Metric] {
+	return func(yield func(*Metric) bool) {
+		var m Metric
+		for i := range b.slots {
+			sl := &b.slots[i]
+			if sl.flags&hasValue == 0 {
+				continue
+			}
+			m = Metric{Tenant: sl.ctx.tenant, Type: sl.typ, Timestamp: b.Start, Interval: b.Width, Late: b.Late, Tags: m.Tags[:0]}
+			m.Name, m.Host, m.Tags = SplitKey(sl.ctx.key, m.Tags)
+			switch sl.typ {
+			case TypeGauge, TypeCount, TypeMonotonicCount:
+				m.Value = sl.v
+			case TypeRate:
+				r := b.rates[sl.ext]
+				dt := sl.t - r.prevT
+				if sl.flags&hasPrev == 0 || dt <= 0 {
+					continue
+				}
+				m.Value = (sl.v - r.prevV) / (float64(dt) / 1e9)
+				if m.Value < 0 {
+					continue
+				}
+			case TypeSet:
+				m.Value = float64(len(b.sets[sl.ext]))
+			default:
+				d := &b.dists[sl.ext]
+				m.Sketch, m.Min, m.Max, m.Sum, m.Count = d.sketch, d.min, d.max, d.sum, d.count
+			}
+			if !yield(&m) {
+				return
+			}
+		}
+	}
+}
+
+// Quantile returns the nearest-rank q-quantile (0 ≤ q ≤ 1) of a histogram,
+// timing or distribution, within the sketch's relative accuracy and clamped
+// to the exact minimum and maximum.
+func (m *Metric) Quantile(q float64) float64 {
+	s := m.Sketch
+	n := s.GetCount()
+	if n == 0 {
+		return math.NaN()
+	}
+	// Nearest rank: the ceil(q·n)-th smallest value, 0-based here.
+	rank := math.Max(math.Ceil(q*n)-1, 0)
+	neg, pos := s.GetNegativeValueStore(), s.GetPositiveValueStore()
+	negCount := neg.TotalCount()
+	var v float64
+	switch {
+	case rank < negCount:
+		v = -s.Value(neg.KeyAtRank(negCount - 1 - rank))
+	case rank < negCount+s.GetZeroCount():
+		v = 0
+	default:
+		v = s.Value(pos.KeyAtRank(rank - negCount - s.GetZeroCount()))
+	}
+	return math.Min(math.Max(v, m.Min), m.Max)
+}

@@ -1,0 +1,231 @@
+package window
+
+import (
+	"math"
+	"strings"
+)
+
+// context is one aggregation context: (tenant, name, host, sorted tags). Its
+// key and tenant never change after creation, so a drained bucket may read
+// them without the shard's lock; the other fields belong to the shard.
+type context struct {
+	key    string
+	tenant *Tenant
+	next   *context // hash chain
+	seen   int64    // last arrival time, for expiry
+	// The last sample seen, kept across buckets for RATE and
+	// MONOTONIC_COUNT.
+	lastV   float64
+	lastT   int64
+	hasLast bool
+}
+
+type bucketKey struct{ start, width int64 }
+
+// Shard holds the contexts and open buckets of one hash range of contexts.
+// It is not safe for concurrent use.
+type Shard struct {
+	interval, rollup, grace int64
+	maxLate, maxFuture, ttl int64
+	maxSet                  int
+
+	contexts  map[uint64]*context
+	nContexts int
+	buckets   map[bucketKey]*Bucket
+	last      *Bucket // the bucket written last, a lookup cache
+	watermark int64   // every bucket due at or before it has been drained
+	expiredAt int64   // when contexts were last scanned for expiry
+}
+
+// NewShard returns an empty shard. cfg must be valid.
+func NewShard(cfg Config) *Shard {
+	return &Shard{
+		interval:  int64(cfg.Interval),
+		rollup:    int64(cfg.rollup()),
+		grace:     int64(cfg.Grace),
+		maxLate:   int64(cfg.MaxLateness),
+		maxFuture: int64(cfg.MaxFuture),
+		ttl:       int64(cfg.ContextTTL),
+		maxSet:    cfg.MaxSetSize,
+		contexts:  make(map[uint64]*context),
+		buckets:   make(map[bucketKey]*Bucket),
+	}
+}
+
+// Contexts returns the number of live contexts.
+func (sh *Shard) Contexts() int { return sh.nContexts }
+
+// Add aggregates s, which Prepare has keyed, arriving at now (unix
+// nanoseconds). It returns Accepted or why s was refused; a refused sample
+// changes nothing but, possibly, a context's idle time.
+func (sh *Shard) Add(t *Tenant, s *Sample, now int64) Reason {
+	ts, width := s.Timestamp, sh.interval
+	if ts == 0 {
+		ts = now
+	} else {
+		switch {
+		case ts < now-sh.maxLate:
+			return ReasonTooOld
+		case ts > now+sh.maxFuture:
+			return ReasonTooNew
+		}
+		width = sh.rollup
+	}
+	b := sh.bucket(floor(ts, width), width)
+	c, r := sh.context(t, s, now)
+	if r != Accepted {
+		return r
+	}
+	i, ok := b.index[c]
+	if !ok {
+		i = b.newSlot(c, s.Type)
+	}
+	sl := &b.slots[i]
+	if sl.typ != s.Type {
+		return ReasonTypeConflict
+	}
+	weight := 1 / s.SampleRate
+	if s.Values == nil {
+		return sh.update(b, sl, c, s, s.Value, ts, weight)
+	}
+	for _, v := range s.Values {
+		if r := sh.update(b, sl, c, s, v, ts, weight); r != Accepted {
+			return r
+		}
+	}
+	return Accepted
+}
+
+func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, ts int64, weight float64) Reason {
+	switch sl.typ {
+	case TypeGauge:
+		if sl.flags&hasValue == 0 || ts >= sl.t {
+			sl.v, sl.t = v, ts
+		}
+		sl.flags |= hasValue
+	case TypeCount:
+		sl.v += v * weight
+		sl.flags |= hasValue
+	case TypeRate:
+		r := &b.rates[sl.ext]
+		if c.hasLast {
+			r.prevV, r.prevT = c.lastV, c.lastT
+			sl.flags |= hasPrev
+		}
+		sl.v, sl.t = v, ts
+		sl.flags |= hasValue
+		c.lastV, c.lastT, c.hasLast = v, ts, true
+	case TypeMonotonicCount:
+		if c.hasLast {
+			if d := v - c.lastV; d > 0 {
+				sl.v += d
+			}
+			sl.flags |= hasValue
+		}
+		c.lastV, c.lastT, c.hasLast = v, ts, true
+	case TypeHistogram, TypeTiming, TypeDistribution:
+		b.dists[sl.ext].add(v, weight)
+		sl.flags |= hasValue
+	case TypeSet:
+		m := b.sets[sl.ext]
+		if _, ok := m[s.SetMember]; !ok {
+			if len(m) >= sh.maxSet {
+				return ReasonSetLimit
+			}
+			m[strings.Clone(s.SetMember)] = struct{}{}
+		}
+		sl.flags |= hasValue
+	}
+	return Accepted
+}
+
+// context finds or creates the context of s.
+func (sh *Shard) context(t *Tenant, s *Sample, now int64) (*context, Reason) {
+	head := sh.contexts[s.Hash]
+	for c := head; c != nil; c = c.next {
+		if c.tenant == t && c.key == string(s.Key) {
+			c.seen = now
+			return c, Accepted
+		}
+	}
+	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
+		return nil, ReasonTenantLimit
+	}
+	c := &context{key: string(s.Key), tenant: t, next: head, seen: now}
+	sh.contexts[s.Hash] = c
+	sh.nContexts++
+	t.Contexts.Add(1)
+	return c, Accepted
+}
+
+// bucket finds or opens the bucket [start, start+width).
+func (sh *Shard) bucket(start, width int64) *Bucket {
+	if b := sh.last; b != nil && b.Start == start && b.Width == width {
+		return b
+	}
+	k := bucketKey{start, width}
+	b, ok := sh.buckets[k]
+	if !ok {
+		b = getBucket(start, width, start+width+sh.grace <= sh.watermark)
+		sh.buckets[k] = b
+	}
+	sh.last = b
+	return b
+}
+
+// Drain removes and appends to out every bucket due at tick: those whose end
+// plus grace is at or before tick, or all of them when all is set (the final
+// flush). Samples that arrive later for a drained bucket open a late partial
+// bucket, drained at the next tick. Drain also forgets contexts idle for
+// longer than the context TTL.
+func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
+	for k, b := range sh.buckets {
+		if all || k.start+k.width+sh.grace <= tick {
+			out = append(out, b)
+			delete(sh.buckets, k)
+		}
+	}
+	sh.last = nil
+	sh.watermark = max(sh.watermark, tick)
+	if tick-sh.expiredAt >= sh.interval*6 || all {
+		sh.expire(tick)
+	}
+	return out
+}
+
+func (sh *Shard) expire(now int64) {
+	sh.expiredAt = now
+	for h, head := range sh.contexts {
+		kept := head
+		var prev *context
+		for c := head; c != nil; c = c.next {
+			if now-c.seen <= sh.ttl {
+				prev = c
+				continue
+			}
+			if prev == nil {
+				kept = c.next
+			} else {
+				prev.next = c.next
+			}
+			sh.nContexts--
+			c.tenant.Contexts.Add(-1)
+		}
+		if kept == nil {
+			delete(sh.contexts, h)
+		} else if kept != head {
+			sh.contexts[h] = kept
+		}
+	}
+}
+
+// floor rounds ts down to a multiple of width, also for negative ts.
+func floor(ts, width int64) int64 {
+	m := ts % width
+	if m < 0 {
+		m += width
+	}
+	return ts - m
+}
+
+func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

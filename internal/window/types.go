@@ -1,0 +1,220 @@
+package window
+
+import (
+	"sync/atomic"
+)
+
+// MetricType is the aggregation applied to the samples of a context. Its
+// values match the aggd.v1 MetricType enum.
+type MetricType uint8
+
+// The metric types.
+const (
+	TypeUnspecified MetricType = iota
+	TypeGauge
+	TypeCount
+	TypeRate
+	TypeMonotonicCount
+	TypeHistogram
+	TypeDistribution
+	TypeSet
+	TypeTiming
+	numTypes
+)
+
+var typeNames = [numTypes]string{"unspecified", "gauge", "count", "rate", "monotonic_count", "histogram", "distribution", "set", "timing"}
+
+// String returns the snake_case name of t.
+func (t MetricType) String() string {
+	if t < numTypes {
+		return typeNames[t]
+	}
+	return "unknown"
+}
+
+// Valid reports whether t is a type samples may carry.
+func (t MetricType) Valid() bool { return t > TypeUnspecified && t < numTypes }
+
+// Reason says why an item was rejected. The zero Reason means accepted.
+type Reason uint8
+
+// The rejection reasons. Their String forms are the stable codes clients see.
+const (
+	Accepted Reason = iota
+	ReasonMalformed
+	ReasonInvalidName
+	ReasonInvalidType
+	ReasonInvalidValue
+	ReasonInvalidSampleRate
+	ReasonInvalidUTF8
+	ReasonTooManyTags
+	ReasonTagTooLong
+	ReasonInvalidHost
+	ReasonTypeConflict
+	ReasonTooOld
+	ReasonTooNew
+	ReasonSetLimit
+	ReasonTenantLimit
+	ReasonInvalidStatus
+	ReasonInvalidEvent
+	ReasonUnsupported
+	NumReasons
+)
+
+var reasonNames = [NumReasons]string{
+	"accepted", "malformed", "invalid_name", "invalid_type", "invalid_value",
+	"invalid_sample_rate", "invalid_utf8", "too_many_tags", "tag_too_long",
+	"invalid_host", "type_conflict", "too_old", "too_new", "set_limit",
+	"tenant_limit", "invalid_status", "invalid_event", "unsupported",
+}
+
+// String returns the snake_case code of r.
+func (r Reason) String() string {
+	if r < NumReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Tenant is one tenant's identity and counters. Counters are safe for
+// concurrent use.
+type Tenant struct {
+	// ID names the tenant in flushed data.
+	ID string
+
+	// Accepted counts accepted items of every kind.
+	Accepted atomic.Uint64
+	// Rejected counts rejected items by reason.
+	Rejected [NumReasons]atomic.Uint64
+	// Contexts is the number of live contexts of the tenant over all shards.
+	Contexts atomic.Int64
+	// MaxContexts bounds Contexts; zero means no bound. New contexts past
+	// it are rejected (tenant_limit).
+	MaxContexts atomic.Int64
+
+	keyHash uint64
+}
+
+// NewTenant returns a tenant named id.
+func NewTenant(id string) *Tenant { return &Tenant{ID: id, keyHash: tenantHash(id)} }
+
+func (t *Tenant) hash() uint64 { return t.keyHash }
+
+// Sample is one decoded sample. Its strings may be views into a transport
+// buffer: a Shard copies what it keeps.
+type Sample struct {
+	Name       string
+	Host       string
+	Tags       []string
+	Type       MetricType
+	Value      float64
+	Values     []float64 // when non-nil, used instead of Value
+	SetMember  string
+	SampleRate float64 // in (0, 1]
+	Timestamp  int64   // unix nanoseconds; 0 means arrival time
+
+	// Key is the canonical context key (see AppendKey) and Hash its hash;
+	// both are set by Prepare.
+	Key  []byte
+	Hash uint64
+}
+
+// EventPriority and the other small enums mirror aggd.v1.
+type (
+	EventPriority  uint8
+	EventAlertType uint8
+	CheckStatus    uint8
+)
+
+// Event priorities.
+const (
+	PriorityNormal EventPriority = iota
+	PriorityLow
+)
+
+// Event alert types.
+const (
+	AlertInfo EventAlertType = iota
+	AlertWarning
+	AlertError
+	AlertSuccess
+)
+
+// Service check statuses, numbered as Datadog numbers them.
+const (
+	StatusOK CheckStatus = iota
+	StatusWarning
+	StatusCritical
+	StatusUnknown
+)
+
+// String returns the lower-case name of p.
+func (p EventPriority) String() string {
+	if p == PriorityLow {
+		return "low"
+	}
+	return "normal"
+}
+
+// String returns the lower-case name of a.
+func (a EventAlertType) String() string {
+	switch a {
+	case AlertWarning:
+		return "warning"
+	case AlertError:
+		return "error"
+	case AlertSuccess:
+		return "success"
+	}
+	return "info"
+}
+
+// Event is a discrete occurrence. Its strings are owned (not views).
+type Event struct {
+	Tenant         *Tenant
+	Title, Text    string
+	Timestamp      int64
+	Priority       EventPriority
+	AlertType      EventAlertType
+	AggregationKey string
+	SourceType     string
+	Host           string
+	Tags           []string
+}
+
+// ServiceCheck is a status report. Its strings are owned (not views).
+type ServiceCheck struct {
+	Tenant    *Tenant
+	Name      string
+	Status    CheckStatus
+	Host      string
+	Tags      []string
+	Timestamp int64
+	Message   string
+}
+
+// Batch is one decoded request: what a transport hands to ingestion. The
+// slices are reused from batch to batch by their owner.
+type Batch struct {
+	Tenant *Tenant
+	// Now is the arrival time in unix nanoseconds.
+	Now     int64
+	Samples []Sample
+	// Results has one entry per sample: Accepted, or why it was refused.
+	// Validation fills it first; ingestion refuses more.
+	Results []Reason
+	Events  []Event
+	Checks  []ServiceCheck
+}
+
+// Reset empties b, keeping its capacity.
+func (b *Batch) Reset() {
+	b.Tenant = nil
+	b.Now = 0
+	b.Samples = b.Samples[:0]
+	b.Results = b.Results[:0]
+	clear(b.Events)
+	b.Events = b.Events[:0]
+	clear(b.Checks)
+	b.Checks = b.Checks[:0]
+}

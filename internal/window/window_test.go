@@ -1,0 +1,341 @@
+package window
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+const sec = int64(time.Second)
+
+// t0 is an arrival time at the start of a 10 s bucket.
+const t0 = int64(1_700_000_000) * sec
+
+type in struct {
+	name  string
+	typ   MetricType
+	v     float64
+	vals  []float64
+	tags  []string
+	rate  float64
+	ts    int64 // sample timestamp
+	now   int64 // arrival, default t0
+	set   string
+	host  string
+	wantR Reason
+}
+
+type out struct {
+	key   string // name|host|tags
+	ts    int64
+	value float64
+	count float64
+	sum   float64
+	min   float64
+	max   float64
+	late  bool
+}
+
+func testConfig() Config {
+	c := DefaultConfig()
+	c.MaxSetSize = 3
+	return c
+}
+
+func add(t *testing.T, sh *Shard, tn *Tenant, s in) Reason {
+	t.Helper()
+	smp := Sample{Name: s.name, Type: s.typ, Value: s.v, Values: s.vals, Tags: slices.Clone(s.tags), SampleRate: s.rate, Timestamp: s.ts, SetMember: s.set, Host: s.host}
+	if smp.SampleRate == 0 {
+		smp.SampleRate = 1
+	}
+	smp.Prepare(tn, nil)
+	now := s.now
+	if now == 0 {
+		now = t0
+	}
+	return sh.Add(tn, &smp, now)
+}
+
+func collect(buckets []*Bucket) []out {
+	var got []out
+	for _, b := range buckets {
+		for m := range b.Metrics() {
+			o := out{key: m.Name + "|" + m.Host + "|" + strings.Join(m.Tags, ","), ts: m.Timestamp / sec, value: m.Value, late: m.Late}
+			if m.Sketch != nil {
+				o.count, o.sum, o.min, o.max = m.Count, m.Sum, m.Min, m.Max
+			}
+			got = append(got, o)
+		}
+		b.Release()
+	}
+	sort.Slice(got, func(i, j int) bool {
+		if got[i].key != got[j].key {
+			return got[i].key < got[j].key
+		}
+		return got[i].ts < got[j].ts
+	})
+	return got
+}
+
+func TestShardSemantics(t *testing.T) {
+	bs := t0 / sec // bucket start in seconds
+	tests := []struct {
+		name string
+		in   []in
+		want []out
+	}{
+		{"gauge last by timestamp, ties last received",
+			[]in{
+				{name: "g", typ: TypeGauge, v: 1, ts: t0 + 3*sec},
+				{name: "g", typ: TypeGauge, v: 2, ts: t0 + 1*sec},
+				{name: "g", typ: TypeGauge, v: 3, ts: t0 + 3*sec},
+			},
+			[]out{{key: "g||", ts: bs, value: 3}}},
+		{"count divides by sample rate",
+			[]in{
+				{name: "c", typ: TypeCount, v: 1, rate: 0.5},
+				{name: "c", typ: TypeCount, v: 2},
+				{name: "c", typ: TypeCount, vals: []float64{1, 1, 1}},
+			},
+			[]out{{key: "c||", ts: bs, value: 7}}},
+		{"tags sorted and deduplicated make one context",
+			[]in{
+				{name: "c", typ: TypeCount, v: 1, tags: []string{"b:2", "a:1"}},
+				{name: "c", typ: TypeCount, v: 1, tags: []string{"a:1", "b:2", "a:1", ""}},
+				{name: "c", typ: TypeCount, v: 1, tags: []string{"a:1"}},
+				{name: "c", typ: TypeCount, v: 1, tags: []string{"a:1"}, host: "h"},
+			},
+			[]out{{key: "c|h|a:1", ts: bs, value: 1}, {key: "c||a:1", ts: bs, value: 1}, {key: "c||a:1,b:2", ts: bs, value: 2}}},
+		{"rate of the last two samples",
+			[]in{
+				{name: "r", typ: TypeRate, v: 10, ts: t0},
+				{name: "r", typ: TypeRate, v: 20, ts: t0 + 2*sec},
+				{name: "r", typ: TypeRate, v: 50, ts: t0 + 4*sec},
+			},
+			[]out{{key: "r||", ts: bs, value: 15}}},
+		{"rate keeps the previous sample across buckets",
+			[]in{
+				{name: "r", typ: TypeRate, v: 10, ts: t0 + 8*sec},
+				{name: "r", typ: TypeRate, v: 30, ts: t0 + 12*sec},
+			},
+			[]out{{key: "r||", ts: bs + 10, value: 5}}},
+		{"rate: single sample or negative gives no point",
+			[]in{
+				{name: "r1", typ: TypeRate, v: 10, ts: t0},
+				{name: "r2", typ: TypeRate, v: 10, ts: t0},
+				{name: "r2", typ: TypeRate, v: 5, ts: t0 + sec},
+			},
+			nil},
+		{"monotonic count sums positive deltas, resets count from the new delta",
+			[]in{
+				{name: "m", typ: TypeMonotonicCount, v: 100},
+				{name: "m", typ: TypeMonotonicCount, v: 110},
+				{name: "m", typ: TypeMonotonicCount, v: 115},
+				{name: "m", typ: TypeMonotonicCount, v: 3},
+				{name: "m", typ: TypeMonotonicCount, v: 8},
+			},
+			[]out{{key: "m||", ts: bs, value: 20}}},
+		{"monotonic count: first sample ever gives no point",
+			[]in{{name: "m", typ: TypeMonotonicCount, v: 100}},
+			nil},
+		{"monotonic count carries across buckets",
+			[]in{
+				{name: "m", typ: TypeMonotonicCount, v: 100, ts: t0 + 9*sec},
+				{name: "m", typ: TypeMonotonicCount, v: 104, ts: t0 + 11*sec},
+			},
+			[]out{{key: "m||", ts: bs + 10, value: 4}}},
+		{"histogram weights count and sum by 1/rate, min/max exact",
+			[]in{
+				{name: "h", typ: TypeHistogram, v: 2, rate: 0.5},
+				{name: "h", typ: TypeHistogram, vals: []float64{1, 7}},
+			},
+			[]out{{key: "h||", ts: bs, count: 4, sum: 12, min: 1, max: 7}}},
+		{"distribution and timing",
+			[]in{
+				{name: "d", typ: TypeDistribution, vals: []float64{-5, 0, 5}},
+				{name: "t", typ: TypeTiming, v: 3},
+			},
+			[]out{{key: "d||", ts: bs, count: 3, sum: 0, min: -5, max: 5}, {key: "t||", ts: bs, count: 1, sum: 3, min: 3, max: 3}}},
+		{"set counts distinct members up to the bound",
+			[]in{
+				{name: "s", typ: TypeSet, set: "a"},
+				{name: "s", typ: TypeSet, set: "b"},
+				{name: "s", typ: TypeSet, set: "a"},
+				{name: "s", typ: TypeSet, set: "c"},
+				{name: "s", typ: TypeSet, set: "d", wantR: ReasonSetLimit},
+				{name: "s", typ: TypeSet, set: "b"},
+			},
+			[]out{{key: "s||", ts: bs, value: 3}}},
+		{"type conflict in the same bucket; a new bucket may change type",
+			[]in{
+				{name: "x", typ: TypeGauge, v: 1},
+				{name: "x", typ: TypeCount, v: 1, wantR: ReasonTypeConflict},
+				{name: "x", typ: TypeCount, v: 1, ts: t0 + 10*sec, now: t0 + 10*sec},
+			},
+			[]out{{key: "x||", ts: bs, value: 1}, {key: "x||", ts: bs + 10, value: 1}}},
+		{"timestamped samples: too old and too new",
+			[]in{
+				{name: "c", typ: TypeCount, v: 1, ts: t0 - int64(time.Hour) - 1, wantR: ReasonTooOld},
+				{name: "c", typ: TypeCount, v: 1, ts: t0 + int64(10*time.Minute) + 1, wantR: ReasonTooNew},
+				{name: "c", typ: TypeCount, v: 2, ts: t0 - int64(time.Hour)},
+				{name: "c", typ: TypeCount, v: 3, ts: t0 + int64(10*time.Minute)},
+			},
+			[]out{{key: "c||", ts: bs - 3600, value: 2}, {key: "c||", ts: bs + 600, value: 3}}},
+		{"arrival time used without timestamp",
+			[]in{{name: "c", typ: TypeCount, v: 1, now: t0 + 25*sec}},
+			[]out{{key: "c||", ts: bs + 20, value: 1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sh := NewShard(testConfig())
+			tn := NewTenant("t")
+			for i, s := range tt.in {
+				if got := add(t, sh, tn, s); got != s.wantR {
+					t.Errorf("sample %d: got %v, want %v", i, got, s.wantR)
+				}
+			}
+			got := collect(sh.Drain(t0, true, nil))
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDrainGraceAndLatePartials(t *testing.T) {
+	sh := NewShard(testConfig()) // interval 10s, grace 2s
+	tn := NewTenant("t")
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 1, now: t0 + 9*sec})
+	// At t0+10s the bucket has ended but is in its grace period.
+	if got := collect(sh.Drain(t0+10*sec, false, nil)); len(got) != 0 {
+		t.Fatalf("drained during grace: %+v", got)
+	}
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 2, ts: t0 + 5*sec, now: t0 + 11*sec})
+	got := collect(sh.Drain(t0+20*sec, false, nil))
+	want := []out{{key: "c||", ts: t0 / sec, value: 3}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	// A sample for the flushed bucket is a late partial with its bucket's
+	// timestamp.
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 4, ts: t0 + 1*sec, now: t0 + 21*sec})
+	got = collect(sh.Drain(t0+30*sec, false, nil))
+	want = []out{{key: "c||", ts: t0 / sec, value: 4, late: true}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("late: got %+v, want %+v", got, want)
+	}
+}
+
+func TestCollidingHashesNeverMerge(t *testing.T) {
+	sh := NewShard(testConfig())
+	tn := NewTenant("t")
+	other := NewTenant("u")
+	mk := func(name string, tn *Tenant) Sample {
+		s := Sample{Name: name, Type: TypeCount, Value: 1, SampleRate: 1}
+		s.Prepare(tn, nil)
+		s.Hash = 42 // force every context into one chain
+		return s
+	}
+	for _, s := range []struct {
+		name string
+		tn   *Tenant
+	}{{"a", tn}, {"b", tn}, {"a", tn}, {"a", other}} {
+		smp := mk(s.name, s.tn)
+		if r := sh.Add(s.tn, &smp, t0); r != Accepted {
+			t.Fatalf("add %s: %v", s.name, r)
+		}
+	}
+	if sh.Contexts() != 3 {
+		t.Fatalf("got %d contexts, want 3", sh.Contexts())
+	}
+	got := map[string]float64{}
+	for _, b := range sh.Drain(t0, true, nil) {
+		for m := range b.Metrics() {
+			got[m.Tenant.ID+"/"+m.Name] += m.Value
+		}
+	}
+	want := map[string]float64{"t/a": 2, "t/b": 1, "u/a": 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+func TestContextExpiry(t *testing.T) {
+	cfg := testConfig()
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	add(t, sh, tn, in{name: "a", typ: TypeGauge, v: 1})
+	add(t, sh, tn, in{name: "b", typ: TypeGauge, v: 1, now: t0 + int64(cfg.ContextTTL)})
+	collect(sh.Drain(t0+int64(cfg.ContextTTL)+sec, false, nil))
+	if sh.Contexts() != 1 || tn.Contexts.Load() != 1 {
+		t.Fatalf("got %d contexts (tenant %d), want 1", sh.Contexts(), tn.Contexts.Load())
+	}
+}
+
+func TestTenantContextLimit(t *testing.T) {
+	sh := NewShard(testConfig())
+	tn := NewTenant("t")
+	tn.MaxContexts.Store(1)
+	if r := add(t, sh, tn, in{name: "a", typ: TypeGauge}); r != Accepted {
+		t.Fatal(r)
+	}
+	if r := add(t, sh, tn, in{name: "b", typ: TypeGauge}); r != ReasonTenantLimit {
+		t.Fatalf("got %v, want tenant_limit", r)
+	}
+	if r := add(t, sh, tn, in{name: "a", typ: TypeGauge, v: 2}); r != Accepted {
+		t.Fatalf("existing context: %v", r)
+	}
+}
+
+func TestQuantileNearestRank(t *testing.T) {
+	sh := NewShard(testConfig())
+	tn := NewTenant("t")
+	vals := make([]float64, 0, 1000)
+	for i := 1; i <= 1000; i++ {
+		vals = append(vals, float64(i)*1.37)
+	}
+	add(t, sh, tn, in{name: "d", typ: TypeDistribution, vals: vals})
+	add(t, sh, tn, in{name: "n", typ: TypeDistribution, vals: []float64{-3, -2, -1, 0, 1}})
+	for _, b := range sh.Drain(t0, true, nil) {
+		for m := range b.Metrics() {
+			src := vals
+			if m.Name == "n" {
+				src = []float64{-3, -2, -1, 0, 1}
+			}
+			for _, q := range []float64{0, 0.01, 0.25, 0.5, 0.75, 0.95, 0.99, 1} {
+				rank := int(math.Ceil(q*float64(len(src)))) - 1
+				want := src[max(rank, 0)]
+				got := m.Quantile(q)
+				if math.Abs(got-want) > RelativeAccuracy*math.Abs(want)+1e-12 {
+					t.Errorf("%s q%v: got %v, want %v ±1%%", m.Name, q, got, want)
+				}
+			}
+		}
+	}
+}
+
+func TestSplitKeyRoundTrip(t *testing.T) {
+	tags := []string{"a", strings.Repeat("x", 300), "k:v\x00"}
+	key := string(AppendKey(nil, "name", "host", tags))
+	name, host, got := SplitKey(key, nil)
+	if name != "name" || host != "host" || !slices.Equal(got, tags) {
+		t.Fatalf("got %q %q %q", name, host, got)
+	}
+}
+
+func FuzzSplitKey(f *testing.F) {
+	f.Add("n", "h", "a,b")
+	f.Fuzz(func(t *testing.T, name, host, tagList string) {
+		tags := canonicalTags(strings.Split(tagList, ","))
+		key := string(AppendKey(nil, name, host, tags))
+		n, h, got := SplitKey(key, nil)
+		if n != name || h != host || !slices.Equal(got, tags) {
+			t.Fatalf("got %q %q %q, want %q %q %q", n, h, got, name, host, tags)
+		}
+		SplitKey(tagList, nil) // arbitrary input must not panic
+	})
+}
