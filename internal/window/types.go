@@ -218,3 +218,36 @@ func (b *Batch) Reset() {
 	clear(b.Checks)
 	b.Checks = b.Checks[:0]
 }
+
+// Flush is what one tick hands to the upstreams: the closed buckets, with
+// the events and service checks received since the last tick.
+type Flush struct {
+	// Time is the tick, in unix nanoseconds.
+	Time    int64
+	Buckets []*Bucket
+	Events  []Event
+	Checks  []ServiceCheck
+}
+
+// Metrics yields every aggregate of every bucket of f (see
+// Bucket.Metrics).
+func (f *Flush) Metrics() func(yield func(*Metric) bool) {
+	return func(yield func(*Metric) bool) {
+		for _, b := range f.Buckets {
+			for m := range b.Metrics() {
+				if !yield(m) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Release returns f's buckets for reuse; f must not be read afterwards.
+func (f *Flush) Release() {
+	for _, b := range f.Buckets {
+		b.Release()
+	}
+	clear(f.Buckets)
+	f.Buckets = f.Buckets[:0]
+}

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/upstream"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// config is every setting of aggd. Each is a flag --name and an environment
+// variable AGGD_NAME (upper case, '-' as '_'); a flag given on the command
+// line wins over the environment.
+type config struct {
+	Listen          string
+	AdminListen     string
+	Output          string
+	TenantsFile     string
+	MaxTenants      int
+	MaxRecvMsgSize  int
+	Shards          int
+	Hostname        string
+	DrainTimeout    time.Duration
+	ShutdownTimeout time.Duration
+	ExportTimeout   time.Duration
+	LogFormat       string
+	LogLevel        string
+
+	Window    window.Config
+	Limits    service.Limits
+	Histogram upstream.HistogramConfig
+	SketchPct []float64
+}
+
+type floatList struct{ p *[]float64 }
+
+func (f floatList) String() string {
+	if f.p == nil {
+		return ""
+	}
+	s := make([]string, len(*f.p))
+	for i, v := range *f.p {
+		s[i] = strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return strings.Join(s, ",")
+}
+
+func (f floatList) Set(v string) error {
+	*f.p = nil
+	for _, s := range splitList(v) {
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		*f.p = append(*f.p, x)
+	}
+	return nil
+}
+
+type stringList struct{ p *[]string }
+
+func (f stringList) String() string {
+	if f.p == nil {
+		return ""
+	}
+	return strings.Join(*f.p, ",")
+}
+
+func (f stringList) Set(v string) error { *f.p = splitList(v); return nil }
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// parseConfig reads flags from args and, for flags not given, the
+// environment through getenv.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	host, _ := os.Hostname()
+	c := config{
+		Window:    window.DefaultConfig(),
+		Limits:    service.DefaultLimits(),
+		Histogram: upstream.DefaultHistogramConfig(),
+		SketchPct: []float64{0.5, 0.75, 0.9, 0.95, 0.99},
+	}
+	fs := flag.NewFlagSet("aggd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8127", "gRPC listen address")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:8128", "admin HTTP address (/metrics, /debug/pprof); empty disables")
+	fs.StringVar(&c.Output, "output", "-", "JSON-lines output: - for stdout, or a file path (appended)")
+	fs.StringVar(&c.TenantsFile, "tenants-file", "", "TOML tenants file; when set, bearer-token authentication is on")
+	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
+	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest request message in bytes")
+	fs.IntVar(&c.Shards, "shards", 0, "aggregation shards (0: 4 per CPU)")
+	fs.StringVar(&c.Hostname, "hostname", host, "host of aggd's own aggd.up service checks")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "how long shutdown waits for streams to end before closing them")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "bound on the whole shutdown, final flush included")
+	fs.DurationVar(&c.ExportTimeout, "export-timeout", 0, "deadline of one flush's export (0: the interval)")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.DurationVar(&c.Window.Interval, "interval", c.Window.Interval, "bucket width and flush period (whole seconds)")
+	fs.DurationVar(&c.Window.Rollup, "rollup", 0, "bucket width of timestamped samples, a multiple of interval (0: interval)")
+	fs.DurationVar(&c.Window.Grace, "grace", c.Window.Grace, "how long after its end a bucket waits for samples")
+	fs.DurationVar(&c.Window.MaxLateness, "max-lateness", c.Window.MaxLateness, "oldest accepted sample timestamp, relative to arrival")
+	fs.DurationVar(&c.Window.MaxFuture, "max-future", c.Window.MaxFuture, "furthest accepted future sample timestamp, relative to arrival")
+	fs.DurationVar(&c.Window.ContextTTL, "context-ttl", c.Window.ContextTTL, "how long an idle context is kept")
+	fs.IntVar(&c.Window.MaxSetSize, "max-set-size", c.Window.MaxSetSize, "distinct members of one set context per bucket")
+	fs.IntVar(&c.Limits.MaxNameLength, "max-name-length", c.Limits.MaxNameLength, "longest metric or check name in bytes")
+	fs.IntVar(&c.Limits.MaxTags, "max-tags", c.Limits.MaxTags, "most tags per item")
+	fs.IntVar(&c.Limits.MaxTagLength, "max-tag-length", c.Limits.MaxTagLength, "longest tag in bytes")
+	fs.IntVar(&c.Limits.MaxHostLength, "max-host-length", c.Limits.MaxHostLength, "longest host in bytes")
+	fs.Var(stringList{&c.Histogram.Aggregates}, "histogram-aggregates", "series of histograms and timings among min,max,sum,avg,count,median")
+	fs.Var(floatList{&c.Histogram.Percentiles}, "histogram-percentiles", "percentile series of histograms and timings, in (0,1)")
+	fs.Var(floatList{&c.SketchPct}, "sketch-percentiles", "percentiles written with each distribution's summary")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || envErr != nil {
+			return
+		}
+		name := envName(f.Name)
+		if v := getenv(name); v != "" {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return c, envErr
+	}
+	return c, c.validate()
+}
+
+func envName(flagName string) string {
+	return "AGGD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (c config) validate() error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, errors.New("listen address is empty"))
+	}
+	if c.MaxTenants < 1 || c.MaxRecvMsgSize < 1024 || c.Shards < 0 {
+		errs = append(errs, errors.New("max-tenants must be positive, max-recv-msg-size at least 1024, shards not negative"))
+	}
+	if c.DrainTimeout < 0 || c.ShutdownTimeout <= 0 || c.ExportTimeout < 0 {
+		errs = append(errs, errors.New("timeouts must not be negative; shutdown-timeout must be positive"))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("log-format %q is not text or json", c.LogFormat))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("log-level: %w", err))
+	}
+	for _, p := range c.SketchPct {
+		if !(p >= 0 && p <= 1) {
+			errs = append(errs, fmt.Errorf("sketch percentile %v is not in [0, 1]", p))
+		}
+	}
+	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.Histogram.Validate())
+	return errors.Join(errs...)
+}

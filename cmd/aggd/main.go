@@ -1,0 +1,189 @@
+// Command aggd is the aggregation server: it receives samples, events and
+// service checks over gRPC, aggregates them per tenant in time windows and
+// flushes them upstream on aligned ticks.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/telemetry"
+	"github.com/aggd/aggd/internal/upstream"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "aggd:", err)
+		os.Exit(1)
+	}
+}
+
+// run builds aggd from args and the environment, serves until ctx is done,
+// then shuts down in order. ready, if set, is told the bound addresses.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(grpcAddr, adminAddr string)) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+
+	var tenantCfgs []service.TenantConfig
+	if cfg.TenantsFile != "" {
+		if tenantCfgs, err = service.LoadTenantsFile(cfg.TenantsFile); err != nil {
+			return err
+		}
+	}
+	tenants, err := service.NewTenants(tenantCfgs, cfg.TenantsFile != "", cfg.MaxTenants)
+	if err != nil {
+		return err
+	}
+
+	out, closeOut, err := openOutput(cfg.Output, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeOut()
+	exporter := upstream.NewJSONLines(out, upstream.JSONLinesConfig{Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct})
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants))
+
+	agg := flush.NewAggregator(cfg.Window, cfg.Shards)
+	flusher := flush.NewFlusher(agg, exporter, tenants, flush.Config{
+		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
+		Observer: telemetry.NewFlushMetrics(reg),
+	}, log)
+
+	srv := service.New(agg, tenants, cfg.Limits, log)
+	gs := grpc.NewServer(append(service.ServerOptions(),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.WaitForHandlers(true),
+	)...)
+	srv.Register(gs)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	var admin *http.Server
+	adminAddr := ""
+	if cfg.AdminListen != "" {
+		alis, err := net.Listen("tcp", cfg.AdminListen)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		adminAddr = alis.Addr().String()
+		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin server stopped", "err", err)
+			}
+		}()
+	}
+
+	if err := flusher.Start(ctx); err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gs.Serve(lis) }()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(aggdv1.AggregatorService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	log.Info("aggd serving", "grpc", lis.Addr().String(), "admin", adminAddr, "interval", cfg.Window.Interval,
+		"auth", cfg.TenantsFile != "", "output", cfg.Output)
+	if ready != nil {
+		ready(lis.Addr().String(), adminAddr)
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		log.Error("grpc server stopped", "err", err)
+	}
+	return shutdown(cfg, log, hs, srv, gs, flusher, admin)
+}
+
+// shutdown stops aggd in order: health NOT_SERVING, streams drained, final
+// flush, admin server closed, all within the shutdown timeout.
+func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, fl *flush.Flusher, admin *http.Server) error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	log.Info("shutting down")
+	hs.Shutdown() // every service NOT_SERVING
+	srv.Drain()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.DrainTimeout):
+		log.Warn("streams still open after the drain timeout; closing them", "drain_timeout", cfg.DrainTimeout)
+		gs.Stop()
+		<-stopped
+	}
+	err := fl.Shutdown(ctx)
+	if admin != nil {
+		admin.Shutdown(ctx)
+	}
+	log.Info("stopped", "took", time.Since(start), "err", err)
+	return err
+}
+
+func adminMux(reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+func openOutput(path string, stdout io.Writer) (io.Writer, func(), error) {
+	if path == "" || path == "-" {
+		return stdout, func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel)))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

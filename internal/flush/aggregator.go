@@ -1,0 +1,113 @@
+package flush
+
+import (
+	"math/bits"
+	"runtime"
+	"sync"
+
+	"github.com/aggd/aggd/internal/window"
+)
+
+// shard is one window.Shard and the mutex that owns it, padded so that
+// neighbouring shards' locks do not share a cache line.
+type shard struct {
+	mu sync.Mutex
+	sh *window.Shard
+	_  [48]byte
+}
+
+// Aggregator holds every tenant's aggregation state. It implements
+// service.Ingester and is safe for concurrent use.
+type Aggregator struct {
+	shards []shard
+	shift  uint // hash >> shift selects the shard
+
+	mu     sync.Mutex // guards events and checks
+	events []window.Event
+	checks []window.ServiceCheck
+}
+
+// NewAggregator returns an aggregator with n shards, rounded up to a power
+// of two; n ≤ 0 means four per GOMAXPROCS. cfg must be valid.
+func NewAggregator(cfg window.Config, n int) *Aggregator {
+	if n <= 0 {
+		n = 4 * runtime.GOMAXPROCS(0)
+	}
+	b := bits.Len(uint(n - 1))
+	a := &Aggregator{shards: make([]shard, 1<<b), shift: uint(64 - b)}
+	if b == 0 {
+		a.shift = 63 // one shard: any shift that leaves index 0 works
+	}
+	for i := range a.shards {
+		a.shards[i].sh = window.NewShard(cfg)
+	}
+	return a
+}
+
+func (a *Aggregator) shardOf(hash uint64) int {
+	if len(a.shards) == 1 {
+		return 0
+	}
+	return int(hash >> a.shift)
+}
+
+// Ingest aggregates b's accepted samples and buffers its events and checks.
+// It locks each shard at most once.
+func (a *Aggregator) Ingest(b *window.Batch) {
+	var pending [4]uint64 // bit i: shard i has samples (up to 256 shards)
+	overflow := len(a.shards) > 256
+	for i := range b.Samples {
+		if b.Results[i] == window.Accepted {
+			si := a.shardOf(b.Samples[i].Hash)
+			pending[(si>>6)&3] |= 1 << (si & 63)
+		}
+	}
+	for si := range a.shards {
+		if !overflow && pending[(si>>6)&3]&(1<<(si&63)) == 0 {
+			continue
+		}
+		s := &a.shards[si]
+		s.mu.Lock()
+		for i := range b.Samples {
+			smp := &b.Samples[i]
+			if b.Results[i] != window.Accepted || a.shardOf(smp.Hash) != si {
+				continue
+			}
+			b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+		}
+		s.mu.Unlock()
+	}
+	if len(b.Events) > 0 || len(b.Checks) > 0 {
+		a.mu.Lock()
+		a.events = append(a.events, b.Events...)
+		a.checks = append(a.checks, b.Checks...)
+		a.mu.Unlock()
+	}
+}
+
+// Contexts returns the number of live contexts over every shard.
+func (a *Aggregator) Contexts() int {
+	n := 0
+	for i := range a.shards {
+		s := &a.shards[i]
+		s.mu.Lock()
+		n += s.sh.Contexts()
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// drain takes every bucket due at tick (all of them when all is set) and
+// the buffered events and checks. Each shard is locked only for its swap.
+func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
+	for i := range a.shards {
+		s := &a.shards[i]
+		s.mu.Lock()
+		f.Buckets = s.sh.Drain(tick, all, f.Buckets)
+		s.mu.Unlock()
+	}
+	a.mu.Lock()
+	f.Events, a.events = a.events, nil
+	f.Checks, a.checks = a.checks, nil
+	a.mu.Unlock()
+}

@@ -1,0 +1,156 @@
+package flush
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Exporter sends one flush upstream. Export must not keep f, or anything f
+// points to, after it returns: the buckets are reused.
+type Exporter interface {
+	Export(ctx context.Context, f *window.Flush) error
+}
+
+// ExporterFunc adapts a function to Exporter.
+type ExporterFunc func(ctx context.Context, f *window.Flush) error
+
+// Export calls fn.
+func (fn ExporterFunc) Export(ctx context.Context, f *window.Flush) error { return fn(ctx, f) }
+
+// TenantLister lists the tenants that get an aggd.up check every flush.
+type TenantLister interface {
+	List() []*window.Tenant
+}
+
+// Observer is told about every flush.
+type Observer interface {
+	ObserveFlush(seconds float64, contexts int, err error)
+}
+
+// Config configures a Flusher.
+type Config struct {
+	// Interval is the tick period; ticks fall on multiples of it since the
+	// Unix epoch.
+	Interval time.Duration
+	// Timeout bounds one Export; zero means Interval.
+	Timeout time.Duration
+	// Hostname is the host of the aggd.up checks.
+	Hostname string
+	// Observer, if set, is told about every flush.
+	Observer Observer
+}
+
+// Validate reports a setting out of range.
+func (c Config) Validate() error {
+	if c.Interval <= 0 || c.Timeout < 0 {
+		return errors.New("flush: interval must be positive and timeout not negative")
+	}
+	return nil
+}
+
+// Flusher drains an Aggregator on aligned ticks and exports what is due.
+// Start and Shutdown may be called once each.
+type Flusher struct {
+	agg     *Aggregator
+	exp     Exporter
+	tenants TenantLister
+	cfg     Config
+	log     *slog.Logger
+
+	stop     chan struct{}
+	done     chan struct{}
+	started  bool
+	stopOnce sync.Once
+
+	mu sync.Mutex // serialises flushes; guards f
+	f  window.Flush
+}
+
+// NewFlusher returns a flusher of agg into exp. cfg must be valid.
+func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config, log *slog.Logger) *Flusher {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = cfg.Interval
+	}
+	return &Flusher{agg: agg, exp: exp, tenants: tenants, cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Start starts the ticker goroutine. It exits when Shutdown is called.
+func (fl *Flusher) Start(context.Context) error {
+	fl.started = true
+	go fl.run()
+	return nil
+}
+
+// NextTick returns the first multiple of interval since the Unix epoch
+// strictly after now.
+func NextTick(now time.Time, interval time.Duration) time.Time {
+	iv := int64(interval)
+	return time.Unix(0, (now.UnixNano()/iv+1)*iv)
+}
+
+func (fl *Flusher) run() {
+	defer close(fl.done)
+	for {
+		tick := NextTick(time.Now(), fl.cfg.Interval)
+		t := time.NewTimer(time.Until(tick))
+		select {
+		case <-fl.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		fl.Flush(tick, false)
+	}
+}
+
+// Flush drains what is due at tick (everything when all is set), exports
+// it and releases it. Ticks normally call it; Shutdown calls it with all.
+func (fl *Flusher) Flush(tick time.Time, all bool) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	start := time.Now()
+	f := &fl.f
+	f.Time = tick.UnixNano()
+	fl.agg.drain(f.Time, all, f)
+	for _, tn := range fl.tenants.List() {
+		f.Checks = append(f.Checks, window.ServiceCheck{Tenant: tn, Name: "aggd.up", Status: window.StatusOK, Host: fl.cfg.Hostname, Timestamp: f.Time})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fl.cfg.Timeout)
+	err := fl.exp.Export(ctx, f)
+	cancel()
+	points := 0
+	for _, b := range f.Buckets {
+		points += b.Len()
+	}
+	if o := fl.cfg.Observer; o != nil {
+		o.ObserveFlush(time.Since(start).Seconds(), points, err)
+	}
+	if err != nil {
+		fl.log.Error("flush export failed", "tick", tick, "contexts", points, "err", err)
+	} else {
+		fl.log.Debug("flushed", "tick", tick, "buckets", len(f.Buckets), "contexts", points,
+			"events", len(f.Events), "checks", len(f.Checks), "duration", time.Since(start))
+	}
+	f.Release()
+	f.Events, f.Checks = nil, nil
+}
+
+// Shutdown stops the ticker and flushes everything held, open buckets
+// included. It is idempotent; later calls flush again (usually nothing).
+func (fl *Flusher) Shutdown(ctx context.Context) error {
+	fl.stopOnce.Do(func() { close(fl.stop) })
+	if fl.started {
+		select {
+		case <-fl.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	fl.Flush(time.Now(), true)
+	return nil
+}

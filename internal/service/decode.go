@@ -1,0 +1,380 @@
+package service
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"unicode/utf8"
+	"unsafe"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Limits bounds what one sample may carry.
+type Limits struct {
+	MaxNameLength int
+	MaxTags       int
+	MaxTagLength  int
+	MaxHostLength int
+}
+
+// rejection is one refused item of a batch.
+type rejection struct {
+	kind   aggdv1.ItemKind
+	index  int
+	reason window.Reason
+	detail string
+}
+
+// decoder turns request bytes into a window.Batch. Its scratch space is
+// reused from batch to batch; a decoder is not safe for concurrent use.
+type decoder struct {
+	lim    Limits
+	tags   []string
+	values []float64
+	arena  []byte
+	rej    []rejection // events, checks and spans
+	// detail explains each refused sample, by index; "" where accepted.
+	detail []string
+	// samples decoded, by index, including refused ones.
+	nSamples, nEvents, nChecks, nSpans int
+}
+
+func newDecoder(lim Limits) *decoder { return &decoder{lim: lim} }
+
+func (d *decoder) reset(b *window.Batch) {
+	b.Reset()
+	d.tags = d.tags[:0]
+	d.values = d.values[:0]
+	d.arena = d.arena[:0]
+	clear(d.rej)
+	d.rej = d.rej[:0]
+	clear(d.detail)
+	d.detail = d.detail[:0]
+	d.nSamples, d.nEvents, d.nChecks, d.nSpans = 0, 0, 0, 0
+}
+
+// errMalformed reports bytes that are not a valid message of the expected
+// type at the framing level, where no item can be told from the next.
+type errMalformed struct{ what string }
+
+func (e errMalformed) Error() string { return "malformed " + e.what }
+
+// decodeStream decodes a StreamRequest.
+func (d *decoder) decodeStream(buf []byte, b *window.Batch) (seq uint64, err error) {
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return 0, errMalformed{"StreamRequest"}
+		}
+		buf = buf[n:]
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			seq, n = protowire.ConsumeVarint(buf)
+		case num == 2 && typ == protowire.BytesType:
+			var v []byte
+			v, n = protowire.ConsumeBytes(buf)
+			if n >= 0 {
+				if err := d.decodeBatch(v, b); err != nil {
+					return 0, err
+				}
+			}
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, buf)
+		}
+		if n < 0 {
+			return 0, errMalformed{"StreamRequest"}
+		}
+		buf = buf[n:]
+	}
+	return seq, nil
+}
+
+// decodeSubmit decodes a SubmitRequest.
+func (d *decoder) decodeSubmit(buf []byte, b *window.Batch) error {
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return errMalformed{"SubmitRequest"}
+		}
+		buf = buf[n:]
+		if num == 1 && typ == protowire.BytesType {
+			var v []byte
+			v, n = protowire.ConsumeBytes(buf)
+			if n >= 0 {
+				if err := d.decodeBatch(v, b); err != nil {
+					return err
+				}
+			}
+		} else {
+			n = protowire.ConsumeFieldValue(num, typ, buf)
+		}
+		if n < 0 {
+			return errMalformed{"SubmitRequest"}
+		}
+		buf = buf[n:]
+	}
+	return nil
+}
+
+// decodeBatch decodes a Batch, appending to b. A malformed item is rejected
+// by itself; only broken framing of the batch is an error.
+func (d *decoder) decodeBatch(buf []byte, b *window.Batch) error {
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return errMalformed{"Batch"}
+		}
+		buf = buf[n:]
+		if typ != protowire.BytesType || num < 1 || num > 4 {
+			n = protowire.ConsumeFieldValue(num, typ, buf)
+			if n < 0 {
+				return errMalformed{"Batch"}
+			}
+			buf = buf[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(buf)
+		if n < 0 {
+			return errMalformed{"Batch"}
+		}
+		buf = buf[n:]
+		switch num {
+		case 1:
+			d.addSample(v, b)
+		case 2:
+			d.addEvent(v, b)
+		case 3:
+			d.addCheck(v, b)
+		case 4:
+			d.rejectf(aggdv1.ItemKind_ITEM_KIND_SPAN, d.nSpans, window.ReasonUnsupported, "span ingestion is not enabled on this server")
+			d.nSpans++
+		}
+	}
+	return nil
+}
+
+func (d *decoder) rejectf(kind aggdv1.ItemKind, index int, r window.Reason, format string, args ...any) {
+	d.rej = append(d.rej, rejection{kind: kind, index: index, reason: r, detail: fmt.Sprintf(format, args...)})
+}
+
+// addSample decodes and validates one Sample and appends it to b with its
+// result.
+func (d *decoder) addSample(buf []byte, b *window.Batch) {
+	d.nSamples++
+	b.Samples = append(b.Samples, window.Sample{})
+	s := &b.Samples[len(b.Samples)-1]
+	r, detail := d.decodeSample(buf, s)
+	if r == window.Accepted {
+		r, detail = d.validate(s)
+	}
+	b.Results = append(b.Results, r)
+	d.detail = append(d.detail, detail)
+	if r != window.Accepted {
+		return
+	}
+	d.arena = s.Prepare(b.Tenant, d.arena)
+}
+
+// view returns b as a string without copying. The string is valid while
+// the request buffer is.
+func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+func (d *decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, string) {
+	tagStart, valStart := len(d.tags), len(d.values)
+	badUTF8 := ""
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return window.ReasonMalformed, "sample is not a valid Sample message"
+		}
+		buf = buf[n:]
+		switch {
+		case typ == protowire.BytesType && (num == 1 || num == 5 || num == 6 || num == 7):
+			var v []byte
+			v, n = protowire.ConsumeBytes(buf)
+			if n < 0 {
+				break
+			}
+			if badUTF8 == "" && !utf8.Valid(v) {
+				badUTF8 = [...]string{1: "name", 5: "set_member", 6: "tag", 7: "host"}[num]
+			}
+			switch num {
+			case 1:
+				s.Name = view(v)
+			case 5:
+				s.SetMember = view(v)
+			case 6:
+				d.tags = append(d.tags, view(v))
+			case 7:
+				s.Host = view(v)
+			}
+		case num == 2 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			// An enum is an int32 on the wire: keep the low 32 bits, as
+			// the protobuf runtime does, and map what window cannot hold
+			// to a value no type has.
+			if t := int32(v); t >= 0 && t < 255 {
+				s.Type = window.MetricType(t)
+			} else {
+				s.Type = 255
+			}
+		case num == 3 && typ == protowire.Fixed64Type:
+			var v uint64
+			v, n = protowire.ConsumeFixed64(buf)
+			s.Value = math.Float64frombits(v)
+		case num == 4 && typ == protowire.Fixed64Type:
+			var v uint64
+			v, n = protowire.ConsumeFixed64(buf)
+			d.values = append(d.values, math.Float64frombits(v))
+		case num == 4 && typ == protowire.BytesType:
+			var v []byte
+			v, n = protowire.ConsumeBytes(buf)
+			if n < 0 || len(v)%8 != 0 {
+				return window.ReasonMalformed, "packed values are not a whole number of doubles"
+			}
+			for ; len(v) > 0; v = v[8:] {
+				u, _ := protowire.ConsumeFixed64(v)
+				d.values = append(d.values, math.Float64frombits(u))
+			}
+		case num == 8 && typ == protowire.Fixed64Type:
+			var v uint64
+			v, n = protowire.ConsumeFixed64(buf)
+			s.SampleRate = math.Float64frombits(v)
+		case num == 9 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			s.Timestamp = int64(v)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, buf)
+		}
+		if n < 0 {
+			return window.ReasonMalformed, "sample is not a valid Sample message"
+		}
+		buf = buf[n:]
+	}
+	if len(d.tags) > tagStart {
+		s.Tags = d.tags[tagStart:len(d.tags):len(d.tags)]
+	}
+	if len(d.values) > valStart {
+		s.Values = d.values[valStart:len(d.values):len(d.values)]
+	}
+	if badUTF8 != "" {
+		return window.ReasonInvalidUTF8, badUTF8 + " is not valid UTF-8"
+	}
+	return window.Accepted, ""
+}
+
+// validate checks a decoded sample against the API's rules and d's limits.
+func (d *decoder) validate(s *window.Sample) (window.Reason, string) {
+	switch {
+	case s.Name == "":
+		return window.ReasonInvalidName, "name is empty"
+	case len(s.Name) > d.lim.MaxNameLength:
+		return window.ReasonInvalidName, fmt.Sprintf("name is %d bytes long, limit %d", len(s.Name), d.lim.MaxNameLength)
+	case !printable(s.Name):
+		return window.ReasonInvalidName, "name contains white space or control characters"
+	case !s.Type.Valid():
+		return window.ReasonInvalidType, fmt.Sprintf("type %d is not a known metric type", s.Type)
+	case len(s.Host) > d.lim.MaxHostLength:
+		return window.ReasonInvalidHost, fmt.Sprintf("host is %d bytes long, limit %d", len(s.Host), d.lim.MaxHostLength)
+	case len(s.Tags) > d.lim.MaxTags:
+		return window.ReasonTooManyTags, fmt.Sprintf("%d tags, limit %d", len(s.Tags), d.lim.MaxTags)
+	}
+	for _, t := range s.Tags {
+		if len(t) > d.lim.MaxTagLength {
+			return window.ReasonTagTooLong, fmt.Sprintf("tag %.32q… is %d bytes long, limit %d", t, len(t), d.lim.MaxTagLength)
+		}
+	}
+	switch sr := s.SampleRate; {
+	case sr == 0:
+		s.SampleRate = 1
+	case !(sr > 0 && sr <= 1):
+		return window.ReasonInvalidSampleRate, fmt.Sprintf("sample rate %v is not in (0, 1]", sr)
+	}
+	if s.Type == window.TypeSet {
+		if s.SetMember == "" {
+			return window.ReasonInvalidValue, "a set sample needs set_member"
+		}
+		s.Values = nil
+		return window.Accepted, ""
+	}
+	if s.Values == nil {
+		if !finite(s.Value) {
+			return window.ReasonInvalidValue, fmt.Sprintf("value %v is not finite", s.Value)
+		}
+	}
+	for i, v := range s.Values {
+		if !finite(v) {
+			return window.ReasonInvalidValue, fmt.Sprintf("values[%d] %v is not finite", i, v)
+		}
+	}
+	return window.Accepted, ""
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// printable reports whether s has no ASCII control or space characters.
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *decoder) addEvent(buf []byte, b *window.Batch) {
+	i := d.nEvents
+	d.nEvents++
+	var pb aggdv1.Event
+	if err := proto.Unmarshal(buf, &pb); err != nil {
+		d.rejectf(aggdv1.ItemKind_ITEM_KIND_EVENT, i, reasonOf(err), "event: %v", err)
+		return
+	}
+	ev, r, detail := eventFromProto(&pb, d.lim)
+	if r != window.Accepted {
+		d.rej = append(d.rej, rejection{kind: aggdv1.ItemKind_ITEM_KIND_EVENT, index: i, reason: r, detail: detail})
+		return
+	}
+	ev.Tenant = b.Tenant
+	if ev.Timestamp == 0 {
+		ev.Timestamp = b.Now
+	}
+	b.Events = append(b.Events, ev)
+}
+
+func (d *decoder) addCheck(buf []byte, b *window.Batch) {
+	i := d.nChecks
+	d.nChecks++
+	var pb aggdv1.ServiceCheck
+	if err := proto.Unmarshal(buf, &pb); err != nil {
+		d.rejectf(aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, i, reasonOf(err), "service check: %v", err)
+		return
+	}
+	sc, r, detail := checkFromProto(&pb, d.lim)
+	if r != window.Accepted {
+		d.rej = append(d.rej, rejection{kind: aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, index: i, reason: r, detail: detail})
+		return
+	}
+	sc.Tenant = b.Tenant
+	if sc.Timestamp == 0 {
+		sc.Timestamp = b.Now
+	}
+	b.Checks = append(b.Checks, sc)
+}
+
+// reasonOf classifies a proto.Unmarshal error of one item.
+func reasonOf(err error) window.Reason {
+	// The protobuf runtime reports invalid UTF-8 in string fields with this
+	// wording; it has no exported sentinel.
+	if err != nil && strings.Contains(err.Error(), "invalid UTF-8") {
+		return window.ReasonInvalidUTF8
+	}
+	return window.ReasonMalformed
+}

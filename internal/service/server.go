@@ -1,0 +1,220 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Ingester takes decoded batches into aggregation state. Ingest may refuse
+// more samples by setting their Results; it must not keep b or its slices.
+type Ingester interface {
+	Ingest(b *window.Batch)
+}
+
+// Config configures a Server.
+type Config struct {
+	Limits Limits
+}
+
+// DefaultLimits returns the documented per-sample limits.
+func DefaultLimits() Limits {
+	return Limits{MaxNameLength: 200, MaxTags: 100, MaxTagLength: 200, MaxHostLength: 255}
+}
+
+// Validate reports a limit out of range.
+func (l Limits) Validate() error {
+	if l.MaxNameLength < 1 || l.MaxTags < 0 || l.MaxTagLength < 1 || l.MaxHostLength < 1 {
+		return errors.New("service: name, tag and host length limits must be positive, max tags not negative")
+	}
+	return nil
+}
+
+// Server implements aggd.v1.AggregatorService. It is safe for concurrent
+// use.
+type Server struct {
+	ing      Ingester
+	tenants  *Tenants
+	lim      Limits
+	log      *slog.Logger
+	draining atomic.Bool
+	states   sync.Pool
+}
+
+// New returns a server that ingests into ing.
+func New(ing Ingester, tenants *Tenants, lim Limits, log *slog.Logger) *Server {
+	s := &Server{ing: ing, tenants: tenants, lim: lim, log: log}
+	s.states.New = func() any { return &callState{dec: newDecoder(lim)} }
+	return s
+}
+
+// ServerOptions returns the options a grpc.Server needs to serve s: the
+// codec that hands request bytes to the protowire decoder.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(newCodec())}
+}
+
+// Register registers s on g. The service is the generated one, with
+// handlers that decode without the generated types.
+func (s *Server) Register(g *grpc.Server) {
+	g.RegisterService(&grpc.ServiceDesc{
+		ServiceName: aggdv1.AggregatorService_ServiceDesc.ServiceName,
+		HandlerType: (*any)(nil),
+		Methods:     []grpc.MethodDesc{{MethodName: "Submit", Handler: s.submitHandler}},
+		Streams: []grpc.StreamDesc{{
+			StreamName: "Stream", Handler: s.streamHandler,
+			ServerStreams: true, ClientStreams: true,
+		}},
+		Metadata: aggdv1.AggregatorService_ServiceDesc.Metadata,
+	}, s)
+}
+
+// Drain makes every stream end after its current batch with Unavailable,
+// so clients reconnect elsewhere. It is the first step of shutdown.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// callState is the reusable memory of one call.
+type callState struct {
+	dec   *decoder
+	batch window.Batch
+	frame frame
+	ack   aggdv1.Ack
+}
+
+func (s *Server) getState() *callState { return s.states.Get().(*callState) }
+
+func (s *Server) putState(st *callState) {
+	if cap(st.frame.buf) > 4<<20 {
+		st.frame.buf = nil // do not pin one huge request's buffer
+	}
+	s.states.Put(st)
+}
+
+var errDraining = status.Error(codes.Unavailable, "aggd is shutting down; reconnect to continue")
+
+func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
+	tenant, err := s.tenants.Resolve(ss.Context())
+	if err != nil {
+		return err
+	}
+	st := s.getState()
+	defer s.putState(st)
+	resp := &aggdv1.StreamResponse{Ack: &st.ack}
+	for {
+		if s.draining.Load() {
+			return errDraining
+		}
+		if err := ss.RecvMsg(&st.frame); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		st.dec.reset(&st.batch)
+		st.batch.Tenant = tenant
+		st.batch.Now = time.Now().UnixNano()
+		seq, err := st.dec.decodeStream(st.frame.buf, &st.batch)
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		s.ingest(st)
+		st.ack.Sequence = seq
+		if err := ss.SendMsg(resp); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	st := s.getState()
+	if err := dec(&st.frame); err != nil {
+		s.putState(st)
+		return nil, err
+	}
+	handler := func(ctx context.Context, _ any) (any, error) {
+		defer s.putState(st)
+		tenant, err := s.tenants.Resolve(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if s.draining.Load() {
+			return nil, errDraining
+		}
+		st.dec.reset(&st.batch)
+		st.batch.Tenant = tenant
+		st.batch.Now = time.Now().UnixNano()
+		if err := st.dec.decodeSubmit(st.frame.buf, &st.batch); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		s.ingest(st)
+		// The response outlives the call state: copy the ack.
+		ack := &aggdv1.Ack{Accepted: st.ack.Accepted, Rejected: st.ack.Rejected, Rejections: append([]*aggdv1.Rejection(nil), st.ack.Rejections...)}
+		return &aggdv1.SubmitResponse{Ack: ack}, nil
+	}
+	if interceptor == nil {
+		return handler(ctx, &st.frame)
+	}
+	info := &grpc.UnaryServerInfo{Server: s, FullMethod: aggdv1.AggregatorService_Submit_FullMethodName}
+	return interceptor(ctx, &st.frame, info, handler)
+}
+
+// ingest hands the decoded batch to the ingester and fills st.ack.
+func (s *Server) ingest(st *callState) {
+	b, d := &st.batch, st.dec
+	s.ing.Ingest(b)
+	ack := &st.ack
+	clear(ack.Rejections)
+	ack.Rejections = ack.Rejections[:0]
+	tn := b.Tenant
+	for i, r := range b.Results {
+		if r == window.Accepted {
+			continue
+		}
+		detail := d.detail[i]
+		if detail == "" {
+			detail = ingestDetail(r)
+		}
+		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
+			Kind: aggdv1.ItemKind_ITEM_KIND_SAMPLE, Index: uint32(i), Reason: r.String(), Detail: detail,
+		})
+		tn.Rejected[r].Add(1)
+	}
+	for _, rj := range d.rej {
+		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
+			Kind: rj.kind, Index: uint32(rj.index), Reason: rj.reason.String(), Detail: rj.detail,
+		})
+		tn.Rejected[rj.reason].Add(1)
+	}
+	total := d.nSamples + d.nEvents + d.nChecks + d.nSpans
+	ack.Rejected = uint32(len(ack.Rejections))
+	ack.Accepted = uint32(total) - ack.Rejected
+	tn.Accepted.Add(uint64(ack.Accepted))
+}
+
+// ingestDetail explains the reasons ingestion gives.
+func ingestDetail(r window.Reason) string {
+	switch r {
+	case window.ReasonTypeConflict:
+		return "the context already has another metric type in this bucket"
+	case window.ReasonTooOld:
+		return "timestamp is older than the server's max lateness"
+	case window.ReasonTooNew:
+		return "timestamp is further ahead than the server's max future"
+	case window.ReasonSetLimit:
+		return "the set already holds the maximum number of distinct members in this bucket"
+	case window.ReasonTenantLimit:
+		return "the tenant holds its maximum number of contexts"
+	}
+	return r.String()
+}
