@@ -112,6 +112,8 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 	defer s.putState(st)
 	resp := &aggdv1.StreamResponse{Ack: &st.ack}
 	for {
+		// A drain ends the stream before it reads another batch; a batch
+		// read already is taken and acked first.
 		if s.draining.Load() {
 			return errDraining
 		}

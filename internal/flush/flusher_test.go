@@ -1,0 +1,164 @@
+package flush_test
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/flush/flushtest"
+	"github.com/aggd/aggd/internal/window"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type tenants []*window.Tenant
+
+func (t tenants) List() []*window.Tenant { return t }
+
+func count(tn *window.Tenant, name string, v float64, ts time.Time) window.Batch {
+	b := window.Batch{Tenant: tn, Now: time.Now().UnixNano()}
+	s := window.Sample{Name: name, Type: window.TypeCount, Value: v, SampleRate: 1}
+	if !ts.IsZero() {
+		s.Timestamp = ts.UnixNano()
+	}
+	s.Prepare(tn, nil)
+	b.Samples = append(b.Samples, s)
+	b.Results = append(b.Results, window.Accepted)
+	return b
+}
+
+func TestFlusherTicksGraceAndLatePartials(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// The bubble's clock starts at 2000-01-01T00:00:00Z, a multiple
+		// of every interval used here.
+		epoch := time.Now()
+		at := func(d time.Duration) int64 { return epoch.Add(d).Unix() }
+		cfg := window.DefaultConfig() // interval 10s, grace 2s
+		agg := flush.NewAggregator(cfg, 4)
+		exp := &flushtest.Exporter{}
+		tn := window.NewTenant("acme")
+		fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+		fl.Start(t.Context())
+
+		time.Sleep(3 * time.Second)
+		b := count(tn, "c", 1, time.Time{}) // arrival 3s: bucket [0,10)
+		agg.Ingest(&b)
+		time.Sleep(8 * time.Second) // 11s: tick 10 passed, bucket in grace
+		b = count(tn, "c", 2, epoch.Add(9*time.Second))
+		agg.Ingest(&b)
+		synctest.Wait()
+		if p := exp.Points(); len(p) != 0 {
+			t.Fatalf("flushed during grace: %+v", p)
+		}
+		time.Sleep(10 * time.Second) // 21s: tick 20 flushed [0,10)
+		b = count(tn, "c", 4, epoch.Add(5*time.Second)) // late partial
+		agg.Ingest(&b)
+		time.Sleep(10 * time.Second) // 31s: tick 30
+		synctest.Wait()
+
+		want := []flushtest.Point{
+			{Tick: at(20 * time.Second), Tenant: "acme", Name: "c", Type: window.TypeCount, TS: at(0), Value: 3},
+			{Tick: at(30 * time.Second), Tenant: "acme", Name: "c", Type: window.TypeCount, TS: at(0), Value: 4, Late: true},
+		}
+		if got := exp.Points(); !slices.Equal(got, want) {
+			t.Fatalf("got  %+v\nwant %+v", got, want)
+		}
+		if got, want := exp.Ticks(), []int64{at(10 * time.Second), at(20 * time.Second), at(30 * time.Second)}; !slices.Equal(got, want) {
+			t.Fatalf("ticks %v, want %v", got, want)
+		}
+		if n := len(exp.Checks()); n != 3 {
+			t.Fatalf("%d aggd.up checks, want one per tick", n)
+		}
+		fl.Shutdown(context.Background())
+	})
+}
+
+func TestFlusherAlignsToTheIntervalFromAnyStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		time.Sleep(7300 * time.Millisecond) // start off the grid
+		agg := flush.NewAggregator(window.DefaultConfig(), 1)
+		exp := &flushtest.Exporter{}
+		fl := flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+		fl.Start(t.Context())
+		time.Sleep(25 * time.Second)
+		fl.Shutdown(context.Background())
+		ticks := exp.Ticks()
+		if len(ticks) < 2 || ticks[0]%10 != 0 || ticks[1]-ticks[0] != 10 {
+			t.Fatalf("ticks %v are not on 10s multiples", ticks)
+		}
+	})
+}
+
+func TestShutdownFlushesOpenBucketsEventsAndChecks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		agg := flush.NewAggregator(window.DefaultConfig(), 2)
+		exp := &flushtest.Exporter{}
+		tn := window.NewTenant("acme")
+		fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: 10 * time.Second, Hostname: "h1"}, slog.New(slog.DiscardHandler))
+		fl.Start(t.Context())
+		time.Sleep(time.Second)
+		b := count(tn, "c", 5, time.Time{})
+		b.Events = []window.Event{{Tenant: tn, Title: "deploy"}}
+		b.Checks = []window.ServiceCheck{{Tenant: tn, Name: "db", Status: window.StatusCritical}}
+		agg.Ingest(&b)
+		b = count(tn, "future", 1, time.Now().Add(5*time.Minute))
+		agg.Ingest(&b)
+		if err := fl.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := fl.Shutdown(context.Background()); err != nil {
+			t.Fatalf("second Shutdown: %v", err)
+		}
+		got := exp.Points()
+		if len(got) != 2 || got[0].Value+got[1].Value != 6 {
+			t.Fatalf("got %+v, want both open buckets", got)
+		}
+		if ev := exp.Events(); len(ev) != 1 || ev[0].Title != "deploy" {
+			t.Fatalf("events %+v", ev)
+		}
+		checks := exp.Checks()
+		if len(checks) != 2+1 || checks[0].Name != "db" || checks[1].Name != "aggd.up" || checks[1].Host != "h1" {
+			t.Fatalf("checks %+v", checks)
+		}
+	})
+}
+
+func TestIngestIsConcurrentWithFlush(t *testing.T) {
+	// Many writers over every shard while ticks drain: totals must match.
+	cfg := window.DefaultConfig()
+	cfg.Interval, cfg.Grace = time.Second, 0
+	agg := flush.NewAggregator(cfg, 8)
+	exp := &flushtest.Exporter{}
+	tn := window.NewTenant("t")
+	fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	fl.Start(t.Context())
+	done := make(chan struct{})
+	const writers, per = 4, 3000
+	for w := range writers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			names := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+			for i := range per {
+				b := count(tn, names[(i+w)%len(names)], 1, time.Time{})
+				agg.Ingest(&b)
+			}
+		}()
+	}
+	for range writers {
+		<-done
+	}
+	fl.Shutdown(context.Background())
+	var sum float64
+	for _, p := range exp.Points() {
+		sum += p.Value
+	}
+	if sum != writers*per {
+		t.Fatalf("flushed %v, want %d", sum, writers*per)
+	}
+}

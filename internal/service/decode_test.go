@@ -1,0 +1,174 @@
+package service
+
+import (
+	"math"
+	"slices"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// referenceSample converts a generated Sample the slow, obvious way: the
+// oracle for the protowire decoder.
+func referenceSample(pb *aggdv1.Sample) window.Sample {
+	s := window.Sample{
+		Name: pb.Name, Host: pb.Host, Tags: slices.Clone(pb.Tags), Value: pb.Value,
+		SetMember: pb.SetMember, SampleRate: pb.SampleRate, Timestamp: pb.TimestampUnixNano,
+	}
+	if t := int32(pb.Type); t >= 0 && t < 255 {
+		s.Type = window.MetricType(t)
+	} else {
+		s.Type = 255
+	}
+	if len(pb.Values) > 0 {
+		s.Values = slices.Clone(pb.Values)
+	}
+	return s
+}
+
+func sameFloat(a, b float64) bool { return a == b || math.IsNaN(a) && math.IsNaN(b) }
+
+func sameFloats(a, b []float64) bool {
+	return slices.EqualFunc(a, b, sameFloat)
+}
+
+func checkDecode(t *testing.T, data []byte) {
+	var pb aggdv1.StreamRequest
+	d := newDecoder(DefaultLimits())
+	var b window.Batch
+	b.Tenant = window.NewTenant("t")
+	seq, err := d.decodeStream(data, &b)
+	if perr := proto.Unmarshal(data, &pb); perr != nil {
+		return // the reference refuses it; the decoder need only not panic
+	}
+	if err != nil {
+		t.Fatalf("decoder failed where proto.Unmarshal succeeded: %v", err)
+	}
+	if seq != pb.Sequence {
+		t.Fatalf("sequence: got %d, want %d", seq, pb.Sequence)
+	}
+	want := pb.GetBatch().GetSamples()
+	if len(b.Samples) != len(want) {
+		t.Fatalf("got %d samples, want %d", len(b.Samples), len(want))
+	}
+	for i, w := range want {
+		ref := referenceSample(w)
+		wantR, _ := d.validate(&ref)
+		if wantR == window.Accepted {
+			ref.Prepare(b.Tenant, nil)
+		}
+		got := b.Samples[i]
+		if b.Results[i] != wantR {
+			t.Fatalf("sample %d: result %v, want %v", i, b.Results[i], wantR)
+		}
+		if got.Name != ref.Name || got.Host != ref.Host || got.Type != ref.Type || !sameFloat(got.Value, ref.Value) ||
+			got.SetMember != ref.SetMember || !sameFloat(got.SampleRate, ref.SampleRate) || got.Timestamp != ref.Timestamp ||
+			!slices.Equal(got.Tags, ref.Tags) || !sameFloats(got.Values, ref.Values) {
+			t.Fatalf("sample %d:\n got %+v\nwant %+v", i, got, ref)
+		}
+		if wantR == window.Accepted && (string(got.Key) != string(ref.Key) || got.Hash != ref.Hash) {
+			t.Fatalf("sample %d: key differs", i)
+		}
+	}
+	if n := len(pb.GetBatch().GetEvents()) + len(pb.GetBatch().GetServiceChecks()); d.nEvents+d.nChecks != n {
+		t.Fatalf("got %d events and checks, want %d", d.nEvents+d.nChecks, n)
+	}
+}
+
+func seedRequests() []*aggdv1.StreamRequest {
+	return []*aggdv1.StreamRequest{
+		{Sequence: 7, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
+			{Name: "a.b", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 2, Tags: []string{"z:1", "a:2", "z:1"}, Host: "h", SampleRate: 0.5, TimestampUnixNano: 1e18},
+			{Name: "d", Type: aggdv1.MetricType_METRIC_TYPE_DISTRIBUTION, Values: []float64{1, 2, math.Inf(1)}},
+			{Name: "s", Type: aggdv1.MetricType_METRIC_TYPE_SET, SetMember: "u1"},
+			{Name: "bad name", Type: aggdv1.MetricType_METRIC_TYPE_GAUGE},
+			{Name: "t", Type: 99},
+			{Name: "long", Type: 1, Tags: []string{strings.Repeat("x", 300)}},
+		}, Events: []*aggdv1.Event{{Title: "e"}}, ServiceChecks: []*aggdv1.ServiceCheck{{Name: "c", Status: 1}}}},
+		{},
+	}
+}
+
+func FuzzDecodeStream(f *testing.F) {
+	for _, r := range seedRequests() {
+		data, _ := proto.Marshal(r)
+		f.Add(data)
+	}
+	f.Fuzz(checkDecode)
+}
+
+func TestDecodeSeeds(t *testing.T) {
+	for _, r := range seedRequests() {
+		data, err := proto.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDecode(t, data)
+	}
+}
+
+func TestDecodeRejectsPerSample(t *testing.T) {
+	d := newDecoder(DefaultLimits())
+	var b window.Batch
+	b.Tenant = window.NewTenant("t")
+	data, _ := proto.Marshal(seedRequests()[0])
+	if _, err := d.decodeStream(data, &b); err != nil {
+		t.Fatal(err)
+	}
+	want := []window.Reason{window.Accepted, window.ReasonInvalidValue, window.Accepted, window.ReasonInvalidName, window.ReasonInvalidType, window.ReasonTagTooLong}
+	if !slices.Equal(b.Results, want) {
+		t.Fatalf("got %v, want %v", b.Results, want)
+	}
+	// Invalid UTF-8 in one sample, which proto.Unmarshal refuses for the
+	// whole message, rejects only that sample here.
+	good, _ := proto.Marshal(&aggdv1.Sample{Name: "ok", Type: 1})
+	bad, _ := proto.Marshal(&aggdv1.Sample{Name: "ok", Type: 1})
+	bad = append(bad, 0x32, 2, 0xff, 0xfe) // tags (field 6) = "\xff\xfe"
+	var batch []byte
+	for _, s := range [][]byte{good, bad} {
+		batch = append(batch, 0x0a, byte(len(s)))
+		batch = append(batch, s...)
+	}
+	req := append([]byte{0x12, byte(len(batch))}, batch...)
+	d.reset(&b)
+	b.Tenant = window.NewTenant("t")
+	if _, err := d.decodeStream(req, &b); err != nil {
+		t.Fatal(err)
+	}
+	if want := []window.Reason{window.Accepted, window.ReasonInvalidUTF8}; !slices.Equal(b.Results, want) {
+		t.Fatalf("got %v, want %v", b.Results, want)
+	}
+}
+
+// BenchmarkDecodeStream decodes a 500-sample batch of 100k contexts' worth
+// of names and tags: the per-sample cost of decode, validate, canonicalise
+// and hash.
+func BenchmarkDecodeStream(b *testing.B) {
+	req := &aggdv1.StreamRequest{Sequence: 1, Batch: &aggdv1.Batch{}}
+	for i := range 500 {
+		req.Batch.Samples = append(req.Batch.Samples, &aggdv1.Sample{
+			Name: "svc.http.requests", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: float64(i),
+			Tags: []string{"service:api", "endpoint:/v1/items/" + string(rune('a'+i%26)), "env:prod", "az:us-east-1a"},
+			Host: "host-17",
+		})
+	}
+	data, _ := proto.Marshal(req)
+	d := newDecoder(DefaultLimits())
+	var batch window.Batch
+	tn := window.NewTenant("t")
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d.reset(&batch)
+		batch.Tenant = tn
+		if _, err := d.decodeStream(data, &batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
+}

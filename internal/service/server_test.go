@@ -1,0 +1,259 @@
+package service_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/window"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const token = "0123456789abcdef-acme"
+
+type env struct {
+	rec    *servicetest.Recorder
+	srv    *service.Server
+	client aggdv1.AggregatorServiceClient
+}
+
+func start(t *testing.T, auth bool) *env {
+	t.Helper()
+	var cfgs []service.TenantConfig
+	if auth {
+		cfgs = []service.TenantConfig{{ID: "acme", Tokens: []string{token}}}
+	}
+	tenants, err := service.NewTenants(cfgs, auth, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &servicetest.Recorder{}
+	srv := service.New(rec, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	gs := grpc.NewServer(service.ServerOptions()...)
+	srv.Register(gs)
+	lis := bufconn.Listen(1 << 20)
+	go gs.Serve(lis)
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		gs.Stop()
+	})
+	return &env{rec: rec, srv: srv, client: aggdv1.NewAggregatorServiceClient(conn)}
+}
+
+func sample(name string, v float64) *aggdv1.Sample {
+	return &aggdv1.Sample{Name: name, Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: v}
+}
+
+func TestStreamAcksEveryBatchInOrder(t *testing.T) {
+	e := start(t, false)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", "team-a")
+	st, err := e.client.Stream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := []*aggdv1.StreamRequest{
+		{Sequence: 10, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1), sample("b", 2)}}},
+		{Sequence: 11, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("", 1), sample("c", 3)},
+			Events:        []*aggdv1.Event{{Title: ""}, {Title: "deploy"}},
+			ServiceChecks: []*aggdv1.ServiceCheck{{Name: "db", Status: 9}}}},
+		{Sequence: 12, Batch: &aggdv1.Batch{Spans: []*aggdv1.Span{{Name: "s"}}}},
+		{Sequence: 13},
+	}
+	// Pipeline every request before reading an ack.
+	for _, r := range reqs {
+		if err := st.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type rej struct {
+		kind   aggdv1.ItemKind
+		index  uint32
+		reason string
+	}
+	want := []struct {
+		seq                uint64
+		accepted, rejected uint32
+		rejs               []rej
+	}{
+		{10, 2, 0, nil},
+		{11, 2, 3, []rej{
+			{aggdv1.ItemKind_ITEM_KIND_SAMPLE, 0, "invalid_name"},
+			{aggdv1.ItemKind_ITEM_KIND_EVENT, 0, "invalid_event"},
+			{aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, 0, "invalid_status"}}},
+		{12, 0, 1, []rej{{aggdv1.ItemKind_ITEM_KIND_SPAN, 0, "unsupported"}}},
+		{13, 0, 0, nil},
+	}
+	for _, w := range want {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := resp.GetAck()
+		if a.Sequence != w.seq || a.Accepted != w.accepted || a.Rejected != w.rejected || len(a.Rejections) != len(w.rejs) {
+			t.Fatalf("ack %d: got %v, want %+v", w.seq, a, w)
+		}
+		for i, r := range a.Rejections {
+			if got := (rej{r.Kind, r.Index, r.Reason}); got != w.rejs[i] || r.Detail == "" {
+				t.Errorf("ack %d rejection %d: got %+v (%q), want %+v", w.seq, i, got, r.Detail, w.rejs[i])
+			}
+		}
+	}
+	st.CloseSend()
+	if _, err := st.Recv(); err != io.EOF {
+		t.Fatalf("after CloseSend: got %v, want EOF", err)
+	}
+	got := e.rec.Samples()
+	if len(got) != 3 || got[0].Tenant != "team-a" || got[2].Name != "c" {
+		t.Fatalf("recorded %+v", got)
+	}
+	if ev := e.rec.Events(); len(ev) != 1 || ev[0].Title != "deploy" || ev[0].Timestamp == 0 {
+		t.Fatalf("events %+v", ev)
+	}
+}
+
+func TestIngestRefusalsReachTheAck(t *testing.T) {
+	e := start(t, false)
+	e.rec.Refuse = func(s *window.Sample) window.Reason {
+		if s.Name == "conflict" {
+			return window.ReasonTypeConflict
+		}
+		return window.Accepted
+	}
+	resp, err := e.client.Submit(context.Background(), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("ok", 1), sample("conflict", 1)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := resp.GetAck()
+	if a.Accepted != 1 || a.Rejected != 1 || a.Rejections[0].Reason != "type_conflict" || a.Rejections[0].Index != 1 {
+		t.Fatalf("got %v", a)
+	}
+	if got := e.rec.Samples(); len(got) != 1 || got[0].Tenant != service.DefaultTenant {
+		t.Fatalf("recorded %+v", got)
+	}
+}
+
+func TestTenancy(t *testing.T) {
+	tests := []struct {
+		name   string
+		auth   bool
+		md     []string
+		code   codes.Code
+		tenant string
+	}{
+		{"auth off, default tenant", false, nil, codes.OK, "default"},
+		{"auth off, x-tenant-id", false, []string{"x-tenant-id", "blue"}, codes.OK, "blue"},
+		{"auth off, bad tenant id", false, []string{"x-tenant-id", "a b"}, codes.InvalidArgument, ""},
+		{"auth on, no token", true, nil, codes.Unauthenticated, ""},
+		{"auth on, wrong token", true, []string{"authorization", "Bearer nope-nope-nope-nope"}, codes.Unauthenticated, ""},
+		{"auth on, not bearer", true, []string{"authorization", "Basic " + token}, codes.Unauthenticated, ""},
+		{"auth on, x-tenant-id alone", true, []string{"x-tenant-id", "acme"}, codes.Unauthenticated, ""},
+		{"auth on, token wins over x-tenant-id", true, []string{"authorization", "Bearer " + token, "x-tenant-id", "other"}, codes.OK, "acme"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := start(t, tt.auth)
+			ctx := metadata.AppendToOutgoingContext(context.Background(), tt.md...)
+			req := &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("m", 1)}}}
+			_, err := e.client.Submit(ctx, req)
+			if got := status.Code(err); got != tt.code {
+				t.Fatalf("Submit: got %v (%v), want %v", got, err, tt.code)
+			}
+			// The stream resolves the tenant the same way.
+			st, err := e.client.Stream(ctx)
+			if err == nil {
+				st.Send(&aggdv1.StreamRequest{Sequence: 1, Batch: req.Batch})
+				_, err = st.Recv()
+			}
+			if got := status.Code(err); got != tt.code {
+				t.Fatalf("Stream: got %v (%v), want %v", got, err, tt.code)
+			}
+			if tt.code == codes.OK {
+				for _, s := range e.rec.Samples() {
+					if s.Tenant != tt.tenant {
+						t.Fatalf("sample of tenant %q, want %q", s.Tenant, tt.tenant)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestTenantsCreatedOnDemandAreBounded(t *testing.T) {
+	e := start(t, false) // at most 3 tenants
+	for i, id := range []string{"a", "b", "c", "d"} {
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", id)
+		_, err := e.client.Submit(ctx, &aggdv1.SubmitRequest{})
+		want := codes.OK
+		if i == 3 {
+			want = codes.ResourceExhausted
+		}
+		if got := status.Code(err); got != want {
+			t.Fatalf("tenant %s: got %v, want %v", id, got, want)
+		}
+	}
+}
+
+func TestMalformedFramingEndsOnlyThatStream(t *testing.T) {
+	e := start(t, false)
+	// A StreamRequest whose batch field claims more bytes than it has.
+	conn := e.client
+	st, err := conn.Stream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := &aggdv1.StreamRequest{Sequence: 1}
+	raw.ProtoReflect().SetUnknown([]byte{0x12, 0x7f, 0x01})
+	st.Send(raw)
+	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("got %v, want InvalidArgument", err)
+	}
+	if _, err := conn.Submit(context.Background(), &aggdv1.SubmitRequest{}); err != nil {
+		t.Fatalf("server unusable after a malformed stream: %v", err)
+	}
+}
+
+func TestDrainEndsStreamsAfterTheirBatch(t *testing.T) {
+	e := start(t, false)
+	st, err := e.client.Stream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Send(&aggdv1.StreamRequest{Sequence: 1, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1)}}})
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.Drain()
+	// The handler was already waiting for batch 2 when the drain began: it
+	// takes and acks it, then ends the stream without reading more.
+	st.Send(&aggdv1.StreamRequest{Sequence: 2, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1)}}})
+	if resp, err := st.Recv(); err != nil || resp.Ack.Sequence != 2 {
+		t.Fatalf("got %v, %v; want the ack of batch 2", resp, err)
+	}
+	st.Send(&aggdv1.StreamRequest{Sequence: 3, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1)}}})
+	if _, err := st.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("got %v, want Unavailable", err)
+	}
+	if n := len(e.rec.Samples()); n != 2 {
+		t.Fatalf("recorded %d samples, want 2 (batch 3 was never acked)", n)
+	}
+}
