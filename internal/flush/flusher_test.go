@@ -56,7 +56,7 @@ func TestFlusherTicksGraceAndLatePartials(t *testing.T) {
 		if p := exp.Points(); len(p) != 0 {
 			t.Fatalf("flushed during grace: %+v", p)
 		}
-		time.Sleep(10 * time.Second) // 21s: tick 20 flushed [0,10)
+		time.Sleep(10 * time.Second)                    // 21s: tick 20 flushed [0,10)
 		b = count(tn, "c", 4, epoch.Add(5*time.Second)) // late partial
 		agg.Ingest(&b)
 		time.Sleep(10 * time.Second) // 31s: tick 30
