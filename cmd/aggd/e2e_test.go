@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -391,4 +392,31 @@ func TestConfigFromFlagsAndEnvironment(t *testing.T) {
 	if _, err := parseConfig(nil, func(k string) string { return map[string]string{"AGGD_GRACE": "soon"}[k] }, io.Discard); err == nil || !strings.Contains(err.Error(), "AGGD_GRACE") {
 		t.Errorf("bad environment value: %v", err)
 	}
+}
+
+func TestREADMEListsEveryFlag(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := flagNames(t)
+	for _, name := range fs {
+		row := fmt.Sprintf("| `--%s` | `%s` |", name, envName(name))
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README config table lacks %s", row)
+		}
+	}
+}
+
+func flagNames(t *testing.T) []string {
+	t.Helper()
+	fs := flag.NewFlagSet("aggd", flag.ContinueOnError)
+	var c config
+	defineFlags(fs, &c)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	if len(names) < 20 {
+		t.Fatalf("only %d flags", len(names))
+	}
+	return names
 }

@@ -201,8 +201,15 @@ func (m *Metric) Quantile(q float64) float64 {
 	if n == 0 {
 		return math.NaN()
 	}
-	// Nearest rank: the ceil(q·n)-th smallest value, 0-based here.
+	// Nearest rank: the ceil(q·n)-th smallest value, 0-based here. The
+	// extreme ranks are known exactly.
 	rank := math.Max(math.Ceil(q*n)-1, 0)
+	switch {
+	case rank == 0:
+		return m.Min
+	case rank >= n-1:
+		return m.Max
+	}
 	neg, pos := s.GetNegativeValueStore(), s.GetPositiveValueStore()
 	negCount := neg.TotalCount()
 	var v float64

@@ -1,0 +1,321 @@
+// Command aggload is aggd's load generator. It streams pre-encoded batches
+// over any number of concurrent streams and reports samples per second sent
+// and acked and the ack latency distribution. Every run is bounded by
+// -duration and, optionally, -batches.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protowire"
+	gproto "google.golang.org/protobuf/proto"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+)
+
+type options struct {
+	addr     string
+	streams  int
+	batch    int
+	contexts int
+	tenants  int
+	tags     int
+	mix      string
+	duration time.Duration
+	batches  int64
+	inflight int
+	rate     float64
+	token    string
+	seed     uint64
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.addr, "addr", "127.0.0.1:8127", "aggd gRPC address")
+	flag.IntVar(&o.streams, "streams", 4, "concurrent streams")
+	flag.IntVar(&o.batch, "batch", 500, "samples per batch")
+	flag.IntVar(&o.contexts, "contexts", 100_000, "distinct contexts per tenant")
+	flag.IntVar(&o.tenants, "tenants", 1, "tenants (x-tenant-id load-N), spread over the streams")
+	flag.IntVar(&o.tags, "tags", 4, "tags per sample")
+	flag.StringVar(&o.mix, "mix", "gauge:30,count:40,histogram:10,distribution:10,set:10", "metric type weights")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long to send (at most 10m)")
+	flag.Int64Var(&o.batches, "batches", 0, "stop after this many batches in all (0: duration only)")
+	flag.IntVar(&o.inflight, "inflight", 8, "unacked batches per stream")
+	flag.Float64Var(&o.rate, "rate", 0, "target samples per second over all streams (0: as fast as acks allow)")
+	flag.StringVar(&o.token, "token", "", "bearer token (sets the tenant; -tenants is then ignored)")
+	flag.Uint64Var(&o.seed, "seed", 1, "seed of the workload")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	r, err := run(ctx, o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "aggload:", err)
+		os.Exit(1)
+	}
+	r.print(os.Stdout, o)
+}
+
+// rawRequest is a StreamRequest already encoded.
+type rawRequest []byte
+
+// codec sends rawRequest as is and decodes responses with proto.
+type codec struct{ encoding.CodecV2 }
+
+func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(rawRequest); ok {
+		return mem.BufferSlice{mem.SliceBuffer(r)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+var types = map[string]aggdv1.MetricType{
+	"gauge": aggdv1.MetricType_METRIC_TYPE_GAUGE, "count": aggdv1.MetricType_METRIC_TYPE_COUNT,
+	"rate": aggdv1.MetricType_METRIC_TYPE_RATE, "monotonic_count": aggdv1.MetricType_METRIC_TYPE_MONOTONIC_COUNT,
+	"histogram": aggdv1.MetricType_METRIC_TYPE_HISTOGRAM, "distribution": aggdv1.MetricType_METRIC_TYPE_DISTRIBUTION,
+	"set": aggdv1.MetricType_METRIC_TYPE_SET, "timing": aggdv1.MetricType_METRIC_TYPE_TIMING,
+}
+
+func parseMix(s string) ([]aggdv1.MetricType, error) {
+	var out []aggdv1.MetricType
+	for _, part := range strings.Split(s, ",") {
+		name, w, ok := strings.Cut(strings.TrimSpace(part), ":")
+		typ, known := types[name]
+		n, err := strconv.Atoi(w)
+		if !ok || !known || err != nil || n < 0 {
+			return nil, fmt.Errorf("mix entry %q is not type:weight", part)
+		}
+		for range n {
+			out = append(out, typ)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("mix has no weight")
+	}
+	return out, nil
+}
+
+// encodeBatches pre-encodes batches covering every context once.
+func encodeBatches(o options) ([][]byte, error) {
+	mix, err := parseMix(o.mix)
+	if err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(o.seed, 0))
+	var out [][]byte
+	for start := 0; start < o.contexts; start += o.batch {
+		b := &aggdv1.Batch{}
+		for i := start; i < start+o.batch; i++ {
+			c := i % o.contexts
+			s := &aggdv1.Sample{
+				Name: fmt.Sprintf("load.metric.%d", c%500), Type: mix[c%len(mix)],
+				Value: float64(rng.IntN(1000)), Host: fmt.Sprintf("host-%d", c%50),
+			}
+			s.Tags = append(s.Tags, fmt.Sprintf("ctx:%d", c/500))
+			for t := 1; t < o.tags; t++ {
+				s.Tags = append(s.Tags, fmt.Sprintf("tag%d:value%d", t, c%(t*7+3)))
+			}
+			if s.Type == aggdv1.MetricType_METRIC_TYPE_SET {
+				s.SetMember = "user-" + strconv.Itoa(rng.IntN(100))
+			}
+			b.Samples = append(b.Samples, s)
+		}
+		data, err := gproto.Marshal(b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, data)
+	}
+	return out, nil
+}
+
+type result struct {
+	elapsed           time.Duration
+	sentSamples       int64
+	accepted, rejects int64
+	latencies         []time.Duration
+	firstReject       string
+}
+
+func run(ctx context.Context, o options) (*result, error) {
+	switch {
+	case o.duration <= 0 || o.duration > 10*time.Minute:
+		return nil, errors.New("-duration must be in (0, 10m]")
+	case o.streams < 1 || o.batch < 1 || o.contexts < 1 || o.tenants < 1 || o.inflight < 1 || o.tags < 1:
+		return nil, errors.New("-streams, -batch, -contexts, -tenants, -inflight and -tags must be positive")
+	}
+	batches, err := encodeBatches(o)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{encoding.GetCodecV2(proto.Name)})))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	client := aggdv1.NewAggregatorServiceClient(conn)
+	ctx, cancel := context.WithTimeout(ctx, o.duration)
+	defer cancel()
+
+	var (
+		res     result
+		mu      sync.Mutex
+		budget  atomic.Int64
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		runErr  error
+	)
+	budget.Store(o.batches)
+	var interval time.Duration // per stream, between batches
+	if o.rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(o.batch) * float64(o.streams) / o.rate)
+	}
+	start := time.Now()
+	for s := range o.streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := stream(ctx, client, o, s, batches, &budget, interval)
+			if err != nil && ctx.Err() == nil {
+				errOnce.Do(func() { runErr = err; cancel() })
+			}
+			mu.Lock()
+			res.sentSamples += r.sentSamples
+			res.accepted += r.accepted
+			res.rejects += r.rejects
+			res.latencies = append(res.latencies, r.latencies...)
+			if res.firstReject == "" {
+				res.firstReject = r.firstReject
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	return &res, runErr
+}
+
+// stream runs one stream until ctx ends or the batch budget is spent, then
+// waits for the outstanding acks.
+func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o options, id int, batches [][]byte, budget *atomic.Int64, interval time.Duration) (result, error) {
+	var r result
+	md := metadata.Pairs("x-tenant-id", fmt.Sprintf("load-%d", id%o.tenants))
+	if o.token != "" {
+		md = metadata.Pairs("authorization", "Bearer "+o.token)
+	}
+	// The stream outlives ctx's deadline long enough to collect acks.
+	sctx, scancel := context.WithCancel(metadata.NewOutgoingContext(context.Background(), md))
+	defer scancel()
+	st, err := client.Stream(sctx)
+	if err != nil {
+		return r, err
+	}
+	slots := make(chan struct{}, o.inflight)
+	sentAt := make([]atomic.Int64, o.inflight) // unix nanoseconds, by sequence
+	recvDone := make(chan error, 1)
+	go func() {
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				recvDone <- err
+				return
+			}
+			a := resp.GetAck()
+			r.latencies = append(r.latencies, time.Duration(time.Now().UnixNano()-sentAt[a.Sequence%uint64(o.inflight)].Load()))
+			r.accepted += int64(a.Accepted)
+			r.rejects += int64(a.Rejected)
+			if len(a.Rejections) > 0 && r.firstReject == "" {
+				r.firstReject = a.Rejections[0].Reason + ": " + a.Rejections[0].Detail
+			}
+			<-slots
+		}
+	}()
+	next := time.Now()
+	var seq uint64
+	for i := id * 7; ctx.Err() == nil; i++ {
+		if o.batches > 0 && budget.Add(-1) < 0 {
+			break
+		}
+		if interval > 0 {
+			next = next.Add(interval)
+			if d := time.Until(next); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+				}
+			}
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		b := batches[i%len(batches)]
+		req := protowire.AppendTag(make([]byte, 0, len(b)+16), 1, protowire.VarintType)
+		req = protowire.AppendVarint(req, seq)
+		req = protowire.AppendTag(req, 2, protowire.BytesType)
+		req = protowire.AppendBytes(req, b)
+		sentAt[seq%uint64(o.inflight)].Store(time.Now().UnixNano())
+		if err := st.SendMsg(rawRequest(req)); err != nil {
+			return r, err
+		}
+		r.sentSamples += int64(o.batch)
+		seq++
+	}
+	st.CloseSend()
+	select {
+	case err = <-recvDone:
+	case <-time.After(10 * time.Second):
+		err = errors.New("acks still missing 10s after the last batch")
+	}
+	return r, err
+}
+
+func (r *result) print(w io.Writer, o options) {
+	secs := r.elapsed.Seconds()
+	fmt.Fprintf(w, "load: %d streams, batch %d, %d contexts x %d tenants, mix %s, inflight %d, rate %s\n",
+		o.streams, o.batch, o.contexts, o.tenants, o.mix, o.inflight, rateString(o.rate))
+	fmt.Fprintf(w, "sent:  %d samples in %.2fs = %.0f samples/s\n", r.sentSamples, secs, float64(r.sentSamples)/secs)
+	fmt.Fprintf(w, "acked: %d samples = %.0f samples/s (%d rejected)\n", r.accepted+r.rejects, float64(r.accepted+r.rejects)/secs, r.rejects)
+	if r.firstReject != "" {
+		fmt.Fprintf(w, "first rejection: %s\n", r.firstReject)
+	}
+	if len(r.latencies) > 0 {
+		slices.Sort(r.latencies)
+		q := func(p float64) time.Duration {
+			return r.latencies[min(int(p*float64(len(r.latencies))), len(r.latencies)-1)]
+		}
+		fmt.Fprintf(w, "ack latency: p50 %v p99 %v max %v (%d acks)\n", q(0.5).Round(time.Microsecond), q(0.99).Round(time.Microsecond), r.latencies[len(r.latencies)-1].Round(time.Microsecond), len(r.latencies))
+	}
+}
+
+func rateString(r float64) string {
+	if r == 0 {
+		return "unbounded"
+	}
+	return strconv.FormatFloat(r, 'f', 0, 64) + "/s"
+}

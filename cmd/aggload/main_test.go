@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/window"
+)
+
+func TestLoadIsAckedAndCoversEveryContext(t *testing.T) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	tenants, _ := service.NewTenants(nil, false, 10)
+	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	gs := grpc.NewServer(service.ServerOptions()...)
+	srv.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	defer gs.Stop()
+
+	o := options{addr: lis.Addr().String(), streams: 3, batch: 100, contexts: 2000, tenants: 2, tags: 3,
+		mix:      "gauge:1,count:1,histogram:1,distribution:1,set:1,rate:1,monotonic_count:1,timing:1",
+		duration: 30 * time.Second, batches: 60, inflight: 4, seed: 1}
+	r, err := run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.sentSamples != 6000 || r.accepted != 6000 || r.rejects != 0 || len(r.latencies) != 60 {
+		t.Fatalf("sent %d, accepted %d, rejected %d (%s), acks %d; want 6000, 6000, 0, 60",
+			r.sentSamples, r.accepted, r.rejects, r.firstReject, len(r.latencies))
+	}
+	// 60 batches of 100 over 20 pre-encoded batches cover all 2000
+	// contexts for each of the two tenants.
+	if n := agg.Contexts(); n != 2*2000 {
+		t.Fatalf("%d contexts, want 4000", n)
+	}
+	var out bytes.Buffer
+	r.print(&out, o)
+	if !strings.Contains(out.String(), "acked: 6000 samples") || !strings.Contains(out.String(), "p99") {
+		t.Fatalf("report:\n%s", out.String())
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	for _, o := range []options{
+		{duration: time.Hour, streams: 1, batch: 1, contexts: 1, tenants: 1, inflight: 1, tags: 1, mix: "gauge:1"},
+		{duration: time.Second, streams: 0, batch: 1, contexts: 1, tenants: 1, inflight: 1, tags: 1, mix: "gauge:1"},
+		{duration: time.Second, streams: 1, batch: 1, contexts: 1, tenants: 1, inflight: 1, tags: 1, mix: "gauge"},
+		{duration: time.Second, streams: 1, batch: 1, contexts: 1, tenants: 1, inflight: 1, tags: 1, mix: "nope:1"},
+	} {
+		if _, err := run(context.Background(), o); err == nil {
+			t.Errorf("%+v: accepted", o)
+		}
+	}
+}
