@@ -330,16 +330,8 @@ func printable(s string) bool {
 }
 
 func (d *decoder) addEvent(buf []byte, b *window.Batch) {
-	i := d.nEvents
-	d.nEvents++
-	var pb aggdv1.Event
-	if err := proto.Unmarshal(buf, &pb); err != nil {
-		d.rejectf(aggdv1.ItemKind_ITEM_KIND_EVENT, i, reasonOf(err), "event: %v", err)
-		return
-	}
-	ev, r, detail := eventFromProto(&pb, d.lim)
-	if r != window.Accepted {
-		d.rej = append(d.rej, rejection{kind: aggdv1.ItemKind_ITEM_KIND_EVENT, index: i, reason: r, detail: detail})
+	ev, ok := decodeItem(d, buf, aggdv1.ItemKind_ITEM_KIND_EVENT, &d.nEvents, eventFromProto)
+	if !ok {
 		return
 	}
 	ev.Tenant = b.Tenant
@@ -350,16 +342,8 @@ func (d *decoder) addEvent(buf []byte, b *window.Batch) {
 }
 
 func (d *decoder) addCheck(buf []byte, b *window.Batch) {
-	i := d.nChecks
-	d.nChecks++
-	var pb aggdv1.ServiceCheck
-	if err := proto.Unmarshal(buf, &pb); err != nil {
-		d.rejectf(aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, i, reasonOf(err), "service check: %v", err)
-		return
-	}
-	sc, r, detail := checkFromProto(&pb, d.lim)
-	if r != window.Accepted {
-		d.rej = append(d.rej, rejection{kind: aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, index: i, reason: r, detail: detail})
+	sc, ok := decodeItem(d, buf, aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, &d.nChecks, checkFromProto)
+	if !ok {
 		return
 	}
 	sc.Tenant = b.Tenant
@@ -367,6 +351,29 @@ func (d *decoder) addCheck(buf []byte, b *window.Batch) {
 		sc.Timestamp = b.Now
 	}
 	b.Checks = append(b.Checks, sc)
+}
+
+// decodeItem decodes one item that is off the hot path with its generated
+// type P and converts it, recording a rejection on failure. *n counts the
+// items of its kind.
+func decodeItem[P any, PP interface {
+	*P
+	proto.Message
+}, D any](d *decoder, buf []byte, kind aggdv1.ItemKind, n *int, convert func(*P, Limits) (D, window.Reason, string)) (D, bool) {
+	i := *n
+	*n++
+	var pb P
+	var zero D
+	if err := proto.Unmarshal(buf, PP(&pb)); err != nil {
+		d.rejectf(kind, i, reasonOf(err), "%v", err)
+		return zero, false
+	}
+	item, r, detail := convert(&pb, d.lim)
+	if r != window.Accepted {
+		d.rej = append(d.rej, rejection{kind: kind, index: i, reason: r, detail: detail})
+		return zero, false
+	}
+	return item, true
 }
 
 // reasonOf classifies a proto.Unmarshal error of one item.
