@@ -52,36 +52,60 @@ func (a *Aggregator) shardOf(hash uint64) int {
 }
 
 // Ingest aggregates b's accepted samples and buffers its events and checks.
-// It locks each shard at most once.
+// It locks each shard it needs once, taking free shards first so that a
+// batch does not queue behind the flusher shard after shard.
 func (a *Aggregator) Ingest(b *window.Batch) {
-	var pending [4]uint64 // bit i: shard i has samples (up to 256 shards)
-	overflow := len(a.shards) > 256
-	for i := range b.Samples {
-		if b.Results[i] == window.Accepted {
-			si := a.shardOf(b.Samples[i].Hash)
-			pending[(si>>6)&3] |= 1 << (si & 63)
+	var need [4]uint64 // bit i: shard i has samples; shard counts ≤ 256 use it
+	small := len(a.shards) <= 256
+	if small {
+		for i := range b.Samples {
+			if b.Results[i] == window.Accepted {
+				si := a.shardOf(b.Samples[i].Hash)
+				need[si>>6] |= 1 << (si & 63)
+			}
 		}
 	}
+	has := func(si int) bool { return !small || need[si>>6]&(1<<(si&63)) != 0 }
+	var busy [4]uint64
 	for si := range a.shards {
-		if !overflow && pending[(si>>6)&3]&(1<<(si&63)) == 0 {
+		if !has(si) {
 			continue
 		}
 		s := &a.shards[si]
-		s.mu.Lock()
-		for i := range b.Samples {
-			smp := &b.Samples[i]
-			if b.Results[i] != window.Accepted || a.shardOf(smp.Hash) != si {
-				continue
-			}
-			b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+		if small && !s.mu.TryLock() {
+			busy[si>>6] |= 1 << (si & 63)
+			continue
 		}
+		if !small {
+			s.mu.Lock()
+		}
+		a.addLocked(s, si, b)
 		s.mu.Unlock()
+	}
+	for si := range a.shards {
+		if small && busy[si>>6]&(1<<(si&63)) != 0 {
+			s := &a.shards[si]
+			s.mu.Lock()
+			a.addLocked(s, si, b)
+			s.mu.Unlock()
+		}
 	}
 	if len(b.Events) > 0 || len(b.Checks) > 0 {
 		a.mu.Lock()
 		a.events = append(a.events, b.Events...)
 		a.checks = append(a.checks, b.Checks...)
 		a.mu.Unlock()
+	}
+}
+
+// addLocked adds b's accepted samples of shard si, whose lock is held.
+func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
+	for i := range b.Samples {
+		smp := &b.Samples[i]
+		if b.Results[i] != window.Accepted || a.shardOf(smp.Hash) != si {
+			continue
+		}
+		b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
 	}
 }
 

@@ -1,6 +1,7 @@
 package window
 
 import (
+	"hash/maphash"
 	"math"
 	"strings"
 )
@@ -13,6 +14,7 @@ type context struct {
 	tenant *Tenant
 	next   *context // hash chain
 	seen   int64    // last arrival time, for expiry
+	pos    int32    // index in Shard.all
 	// The last sample seen, kept across buckets for RATE and
 	// MONOTONIC_COUNT.
 	lastV   float64
@@ -30,12 +32,17 @@ type Shard struct {
 	maxSet                  int
 
 	contexts  map[uint64]*context
-	nContexts int
+	all       []*context // every context, for the expiry sweep
+	sweep     int        // where the expiry sweep resumes in all
 	buckets   map[bucketKey]*Bucket
 	last      *Bucket // the bucket written last, a lookup cache
 	watermark int64   // every bucket due at or before it has been drained
-	expiredAt int64   // when contexts were last scanned for expiry
 }
+
+// sweepBudget bounds the contexts one Drain examines for expiry, so that a
+// drain holds its shard for microseconds whatever the shard's size. A shard
+// of n contexts is swept every n/sweepBudget drains.
+const sweepBudget = 4096
 
 // NewShard returns an empty shard. cfg must be valid.
 func NewShard(cfg Config) *Shard {
@@ -53,7 +60,7 @@ func NewShard(cfg Config) *Shard {
 }
 
 // Contexts returns the number of live contexts.
-func (sh *Shard) Contexts() int { return sh.nContexts }
+func (sh *Shard) Contexts() int { return len(sh.all) }
 
 // Add aggregates s, which Prepare has keyed, arriving at now (unix
 // nanoseconds). It returns Accepted or why s was refused; a refused sample
@@ -151,9 +158,9 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (*context, Reason) {
 	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
 		return nil, ReasonTenantLimit
 	}
-	c := &context{key: string(s.Key), tenant: t, next: head, seen: now}
+	c := &context{key: string(s.Key), tenant: t, next: head, seen: now, pos: int32(len(sh.all))}
 	sh.contexts[s.Hash] = c
-	sh.nContexts++
+	sh.all = append(sh.all, c)
 	t.Contexts.Add(1)
 	return c, Accepted
 }
@@ -177,7 +184,7 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 // plus grace is at or before tick, or all of them when all is set (the final
 // flush). Samples that arrive later for a drained bucket open a late partial
 // bucket, drained at the next tick. Drain also forgets contexts idle for
-// longer than the context TTL.
+// longer than the context TTL, a bounded number per call.
 func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 	for k, b := range sh.buckets {
 		if all || k.start+k.width+sh.grace <= tick {
@@ -187,36 +194,50 @@ func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 	}
 	sh.last = nil
 	sh.watermark = max(sh.watermark, tick)
-	if tick-sh.expiredAt >= sh.interval*6 || all {
-		sh.expire(tick)
-	}
+	sh.expire(tick, sweepBudget)
 	return out
 }
 
-func (sh *Shard) expire(now int64) {
-	sh.expiredAt = now
-	for h, head := range sh.contexts {
-		kept := head
-		var prev *context
-		for c := head; c != nil; c = c.next {
-			if now-c.seen <= sh.ttl {
-				prev = c
-				continue
-			}
-			if prev == nil {
-				kept = c.next
-			} else {
-				prev.next = c.next
-			}
-			sh.nContexts--
-			c.tenant.Contexts.Add(-1)
+// expire examines up to budget contexts from where the last sweep stopped
+// and forgets those idle for longer than the TTL.
+func (sh *Shard) expire(now int64, budget int) {
+	for ; budget > 0 && len(sh.all) > 0; budget-- {
+		if sh.sweep >= len(sh.all) {
+			sh.sweep = 0
 		}
-		if kept == nil {
+		c := sh.all[sh.sweep]
+		if now-c.seen <= sh.ttl {
+			sh.sweep++
+			continue
+		}
+		sh.forget(c)
+		// The last context moved into c's place: examine it next.
+	}
+}
+
+// forget removes c from the hash chains and the dense list.
+func (sh *Shard) forget(c *context) {
+	h := maphash.String(seed, c.key) ^ c.tenant.hash()
+	if head := sh.contexts[h]; head == c {
+		if c.next == nil {
 			delete(sh.contexts, h)
-		} else if kept != head {
-			sh.contexts[h] = kept
+		} else {
+			sh.contexts[h] = c.next
+		}
+	} else {
+		for p := head; p != nil; p = p.next {
+			if p.next == c {
+				p.next = c.next
+				break
+			}
 		}
 	}
+	last := sh.all[len(sh.all)-1]
+	sh.all[c.pos] = last
+	last.pos = c.pos
+	sh.all[len(sh.all)-1] = nil
+	sh.all = sh.all[:len(sh.all)-1]
+	c.tenant.Contexts.Add(-1)
 }
 
 // floor rounds ts down to a multiple of width, also for negative ts.

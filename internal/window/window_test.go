@@ -339,3 +339,47 @@ func FuzzSplitKey(f *testing.F) {
 		SplitKey(tagList, nil) // arbitrary input must not panic
 	})
 }
+
+func TestExpirySweepIsIncrementalAndComplete(t *testing.T) {
+	cfg := testConfig()
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	const n = 3*sweepBudget + 17
+	ttl := int64(cfg.ContextTTL)
+	for i := range n {
+		now := t0
+		if i%2 == 0 {
+			now = t0 + ttl // these stay fresh
+		}
+		add(t, sh, tn, in{name: fmt.Sprintf("c%d", i), typ: TypeCount, v: 1, now: now})
+	}
+	tick := t0 + ttl + sec
+	collect(sh.Drain(tick, false, nil))
+	if got := sh.Contexts(); got >= n || got <= n/2 {
+		t.Fatalf("after one drain %d contexts: the sweep must be bounded but make progress", got)
+	}
+	for range 4 {
+		collect(sh.Drain(tick, false, nil))
+	}
+	if got, want := sh.Contexts(), (n+1)/2; got != want || tn.Contexts.Load() != int64(want) {
+		t.Fatalf("got %d contexts (tenant %d), want %d", got, tn.Contexts.Load(), want)
+	}
+	// Survivors are still found; forgotten ones come back as new contexts.
+	for i := range n {
+		add(t, sh, tn, in{name: fmt.Sprintf("c%d", i), typ: TypeCount, v: 2, now: tick})
+	}
+	if got := sh.Contexts(); got != n {
+		t.Fatalf("got %d contexts after re-adding, want %d", got, n)
+	}
+	sum := 0.0
+	for _, b := range sh.Drain(tick, true, nil) {
+		for m := range b.Metrics() {
+			sum += m.Value
+		}
+	}
+	// Every context's 2, plus the fresh half's first 1, whose bucket at
+	// t0+ttl was still open.
+	if want := float64(2*n + (n+1)/2); sum != want {
+		t.Fatalf("sum %v, want %v", sum, want)
+	}
+}

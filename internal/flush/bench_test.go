@@ -1,0 +1,75 @@
+package flush_test
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/upstream"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// BenchmarkFlush1M flushes 1M counter contexts (drain, iterate, encode as
+// JSON lines to io.Discard) while another goroutine keeps ingesting
+// 500-sample batches, and reports the longest single Ingest call seen
+// during the flush: how long ingest was held up.
+func BenchmarkFlush1M(b *testing.B) {
+	const n = 1_000_000
+	cfg := window.DefaultConfig()
+	agg := flush.NewAggregator(cfg, 8)
+	tn := window.NewTenant("t")
+	exp := upstream.NewJSONLines(io.Discard, upstream.JSONLinesConfig{Histogram: upstream.DefaultHistogramConfig()})
+	fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+
+	batches := make([]window.Batch, n/500)
+	for i := range batches {
+		bt := &batches[i]
+		bt.Tenant = tn
+		for j := range 500 {
+			s := window.Sample{Name: "svc.requests", Type: window.TypeCount, Value: 1, SampleRate: 1,
+				Tags: []string{fmt.Sprintf("id:%d", i*500+j), "env:prod"}}
+			s.Prepare(tn, nil)
+			bt.Samples = append(bt.Samples, s)
+			bt.Results = append(bt.Results, window.Accepted)
+		}
+	}
+	ingest := func(bt *window.Batch, now int64) {
+		bt.Now = now
+		for k := range bt.Results {
+			bt.Results[k] = window.Accepted
+		}
+		agg.Ingest(bt)
+	}
+	var worst time.Duration
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		t0 := time.Unix(1_700_000_000+int64(i)*20, 0)
+		for k := range batches {
+			ingest(&batches[k], t0.UnixNano())
+		}
+		var stop atomic.Bool
+		maxPause := make(chan time.Duration)
+		go func() { // ingest into the next bucket during the flush
+			var m time.Duration
+			for k := 0; !stop.Load(); k++ {
+				start := time.Now()
+				ingest(&batches[k%len(batches)], t0.Add(15*time.Second).UnixNano())
+				m = max(m, time.Since(start))
+			}
+			maxPause <- m
+		}()
+		b.StartTimer()
+		fl.Flush(t0.Add(15*time.Second), false)
+		b.StopTimer()
+		stop.Store(true)
+		worst = max(worst, <-maxPause)
+		fl.Flush(t0.Add(time.Hour), true) // clear what the writer added
+	}
+	b.ReportMetric(float64(worst.Microseconds()), "max-ingest-µs")
+}
