@@ -3,33 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
-	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/aggd/aggd/internal/flush"
-	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/service/servicetest"
 	"github.com/aggd/aggd/internal/window"
 )
 
 func TestLoadIsAckedAndCoversEveryContext(t *testing.T) {
 	agg := flush.NewAggregator(window.DefaultConfig(), 4)
-	tenants, _ := service.NewTenants(nil, false, 10)
-	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
-	gs := grpc.NewServer(service.ServerOptions()...)
-	srv.Register(gs)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(lis)
-	defer gs.Stop()
-
-	o := options{addr: lis.Addr().String(), streams: 3, batch: 100, contexts: 2000, tenants: 2, tags: 3,
+	addr := servicetest.Serve(t, agg)
+	o := options{addr: addr, streams: 3, batch: 100, contexts: 2000, tenants: 2, tags: 3,
 		mix:      "gauge:1,count:1,histogram:1,distribution:1,set:1,rate:1,monotonic_count:1,timing:1",
 		duration: 30 * time.Second, batches: 60, inflight: 4, seed: 1}
 	r, err := run(context.Background(), o)

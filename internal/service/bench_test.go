@@ -3,8 +3,6 @@ package service_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"net"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -12,7 +10,7 @@ import (
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/flush"
-	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/service/servicetest"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -21,18 +19,8 @@ import (
 // whole path per batch, client included. ns/sample is the figure to watch;
 // allocs/op counts per batch (gRPC's and the ack's), never per sample.
 func BenchmarkStreamLoopback(b *testing.B) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 0)
-	tenants, _ := service.NewTenants(nil, false, 10)
-	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
-	gs := grpc.NewServer(service.ServerOptions()...)
-	srv.Register(gs)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go gs.Serve(lis)
-	defer gs.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr := servicetest.Serve(b, flush.NewAggregator(window.DefaultConfig(), 0))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
 	}

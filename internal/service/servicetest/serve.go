@@ -1,0 +1,32 @@
+package servicetest
+
+import (
+	"log/slog"
+	"net"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	"github.com/aggd/aggd/internal/service"
+)
+
+// Serve serves the aggregator API into ing on a loopback TCP port, with
+// authentication off and default limits, until the test ends. It returns
+// the address.
+func Serve(tb testing.TB, ing service.Ingester) string {
+	tb.Helper()
+	tenants, err := service.NewTenants(nil, false, 100)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := service.New(ing, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	gs := grpc.NewServer(service.ServerOptions()...)
+	srv.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go gs.Serve(lis)
+	tb.Cleanup(gs.Stop)
+	return lis.Addr().String()
+}
