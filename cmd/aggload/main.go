@@ -58,7 +58,7 @@ func main() {
 	flag.IntVar(&o.tags, "tags", 4, "tags per sample")
 	flag.StringVar(&o.mix, "mix", "gauge:30,count:40,histogram:10,distribution:10,set:10", "metric type weights")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long to send (at most 10m)")
-	flag.Int64Var(&o.batches, "batches", 0, "stop after this many batches in all (0: duration only)")
+	flag.Int64Var(&o.batches, "batches", 0, "stop each stream after this many batches (0: duration only)")
 	flag.IntVar(&o.inflight, "inflight", 8, "unacked batches per stream")
 	flag.Float64Var(&o.rate, "rate", 0, "target samples per second over all streams (0: as fast as acks allow)")
 	flag.StringVar(&o.token, "token", "", "bearer token (sets the tenant; -tenants is then ignored)")
@@ -179,12 +179,10 @@ func run(ctx context.Context, o options) (*result, error) {
 	var (
 		res     result
 		mu      sync.Mutex
-		budget  atomic.Int64
 		wg      sync.WaitGroup
 		errOnce sync.Once
 		runErr  error
 	)
-	budget.Store(o.batches)
 	var interval time.Duration // per stream, between batches
 	if o.rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(o.batch) * float64(o.streams) / o.rate)
@@ -194,7 +192,7 @@ func run(ctx context.Context, o options) (*result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := stream(ctx, client, o, s, batches, &budget, interval)
+			r, err := stream(ctx, client, o, s, batches, interval)
 			if err != nil && ctx.Err() == nil {
 				errOnce.Do(func() { runErr = err; cancel() })
 			}
@@ -214,9 +212,9 @@ func run(ctx context.Context, o options) (*result, error) {
 	return &res, runErr
 }
 
-// stream runs one stream until ctx ends or the batch budget is spent, then
-// waits for the outstanding acks.
-func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o options, id int, batches [][]byte, budget *atomic.Int64, interval time.Duration) (result, error) {
+// stream runs one stream until ctx ends or it has sent o.batches batches,
+// then waits for the outstanding acks.
+func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o options, id int, batches [][]byte, interval time.Duration) (result, error) {
 	var r result
 	md := metadata.Pairs("x-tenant-id", fmt.Sprintf("load-%d", id%o.tenants))
 	if o.token != "" {
@@ -255,7 +253,7 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 	next := time.Now()
 	var seq uint64
 	for i := id * 7; ctx.Err() == nil; i++ {
-		if o.batches > 0 && budget.Add(-1) < 0 {
+		if o.batches > 0 && int64(seq) >= o.batches {
 			break
 		}
 		if interval > 0 {

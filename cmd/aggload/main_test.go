@@ -15,9 +15,9 @@ import (
 func TestLoadIsAckedAndCoversEveryContext(t *testing.T) {
 	agg := flush.NewAggregator(window.DefaultConfig(), 4)
 	addr := servicetest.Serve(t, agg)
-	o := options{addr: addr, streams: 3, batch: 100, contexts: 2000, tenants: 2, tags: 3,
+	o := options{addr: addr, streams: 3, batch: 100, contexts: 2000, tenants: 3, tags: 3,
 		mix:      "gauge:1,count:1,histogram:1,distribution:1,set:1,rate:1,monotonic_count:1,timing:1",
-		duration: 30 * time.Second, batches: 60, inflight: 4, seed: 1}
+		duration: 30 * time.Second, batches: 20, inflight: 4, seed: 1}
 	r, err := run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -26,10 +26,10 @@ func TestLoadIsAckedAndCoversEveryContext(t *testing.T) {
 		t.Fatalf("sent %d, accepted %d, rejected %d (%s), acks %d; want 6000, 6000, 0, 60",
 			r.sentSamples, r.accepted, r.rejects, r.firstReject, len(r.latencies))
 	}
-	// 60 batches of 100 over 20 pre-encoded batches cover all 2000
-	// contexts for each of the two tenants.
-	if n := agg.Contexts(); n != 2*2000 {
-		t.Fatalf("%d contexts, want 4000", n)
+	// Each stream is its own tenant and sends 20 batches of 100: all 20
+	// pre-encoded batches, so every one of the 2000 contexts.
+	if n := agg.Contexts(); n != 3*2000 {
+		t.Fatalf("%d contexts, want 6000", n)
 	}
 	var out bytes.Buffer
 	r.print(&out, o)
