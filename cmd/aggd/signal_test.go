@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 )
@@ -62,8 +63,18 @@ func TestSIGTERMDrainsAndFlushes(t *testing.T) {
 	if _, err := st.Recv(); err != nil {
 		t.Fatal(err)
 	}
+	watch, err := healthpb.NewHealthClient(conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := watch.Recv(); err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health before SIGTERM: %v %v", h, err)
+	}
 	start := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)
+	if h, err := watch.Recv(); err != nil || h.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health after SIGTERM: %v %v, want NOT_SERVING", h, err)
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	select {
