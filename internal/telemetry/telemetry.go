@@ -2,6 +2,8 @@
 package telemetry
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aggd/aggd/internal/window"
@@ -80,4 +82,53 @@ func (m *FlushMetrics) ObserveFlush(seconds float64, contexts int, err error) {
 	if err != nil {
 		m.failed.Inc()
 	}
+}
+
+// SendMetrics records what upstream pipelines do. It implements
+// upstream.PipelineMetrics.
+type SendMetrics struct {
+	success, points *prometheus.CounterVec
+	failed, lost    *prometheus.CounterVec
+	latency         *prometheus.HistogramVec
+	depth, bytes    *prometheus.GaugeVec
+}
+
+// NewSendMetrics registers the send metrics with reg.
+func NewSendMetrics(reg prometheus.Registerer) *SendMetrics {
+	up := []string{"upstream"}
+	m := &SendMetrics{
+		success: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "aggr_send_success_total", Help: "Payloads the intake accepted."}, up),
+		points:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "aggr_send_points_total", Help: "Aggregates, events and checks the intake accepted."}, up),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "aggr_send_failed_total",
+			Help: "Failed send attempts (retried) and full-queue waits, by reason. reason=timeout counts requests the intake may have stored: possible duplicates."}, []string{"upstream", "reason"}),
+		lost: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "aggr_lost_points_total",
+			Help: "Aggregates, events and checks given up on, by reason (permanent refusals, queue_full, too_large, shutdown)."}, []string{"upstream", "reason"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "aggr_send_latency_seconds", Help: "Latency of accepted requests.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}, up),
+		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "aggr_queue_depth", Help: "Payloads waiting to be sent."}, up),
+		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "aggr_queue_bytes", Help: "Bytes of payloads waiting to be sent."}, up),
+	}
+	reg.MustRegister(m.success, m.points, m.failed, m.lost, m.latency, m.depth, m.bytes)
+	return m
+}
+
+// Sent implements upstream.PipelineMetrics.
+func (m *SendMetrics) Sent(upstream string, points int, latency time.Duration) {
+	m.success.WithLabelValues(upstream).Inc()
+	m.points.WithLabelValues(upstream).Add(float64(points))
+	m.latency.WithLabelValues(upstream).Observe(latency.Seconds())
+}
+
+// Failed implements upstream.PipelineMetrics.
+func (m *SendMetrics) Failed(upstream, reason string) { m.failed.WithLabelValues(upstream, reason).Inc() }
+
+// Lost implements upstream.PipelineMetrics.
+func (m *SendMetrics) Lost(upstream, reason string, points int) {
+	m.lost.WithLabelValues(upstream, reason).Add(float64(points))
+}
+
+// Queue implements upstream.PipelineMetrics.
+func (m *SendMetrics) Queue(upstream string, depth, bytes int) {
+	m.depth.WithLabelValues(upstream).Set(float64(depth))
+	m.bytes.WithLabelValues(upstream).Set(float64(bytes))
 }

@@ -1,0 +1,269 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Payload is one request body, encoded and compressed, waiting to be sent.
+type Payload struct {
+	// Tenant whose data the payload carries.
+	Tenant string
+	// Kind says what the body is to its Sender: for Datadog the endpoint
+	// ("series", "sketches", "check_run", "event"); for OTLP "metrics".
+	Kind string
+	// Body is the request body, compressed as Encoding says.
+	Body []byte
+	// Encoding is the Content-Encoding of Body: "zstd", "gzip" or "".
+	Encoding string
+	// Header holds per-tenant credentials and other request headers.
+	Header http.Header
+	// Points is the number of aggregates, events or checks in Body.
+	Points int
+}
+
+// Sender delivers payloads to one intake. Send returns nil once the intake
+// has accepted the payload; a *PermanentError when retrying cannot help;
+// any other error is retried, after RetryAfterError.After if it is one.
+type Sender interface {
+	Send(ctx context.Context, p *Payload) error
+}
+
+// PermanentError is a failure that no retry can fix, such as HTTP 400.
+type PermanentError struct {
+	// Reason is a short label for metrics, such as "http_400".
+	Reason string
+	Err    error
+}
+
+func (e *PermanentError) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// RetryAfterError is a retryable failure for which the intake asked for a
+// delay (HTTP Retry-After, gRPC RetryInfo).
+type RetryAfterError struct {
+	After time.Duration
+	// Reason is a short label for metrics, such as "http_429".
+	Reason string
+	Err    error
+}
+
+func (e *RetryAfterError) Error() string {
+	return fmt.Sprintf("%s (retry after %v): %v", e.Reason, e.After, e.Err)
+}
+func (e *RetryAfterError) Unwrap() error { return e.Err }
+
+// ReasonError labels a retryable failure for metrics, such as "http_503"
+// or "timeout".
+type ReasonError struct {
+	Reason string
+	Err    error
+}
+
+func (e *ReasonError) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *ReasonError) Unwrap() error { return e.Err }
+
+func reasonOf(err error) string {
+	var p *PermanentError
+	var r *RetryAfterError
+	var re *ReasonError
+	switch {
+	case errors.As(err, &p):
+		return p.Reason
+	case errors.As(err, &r):
+		return r.Reason
+	case errors.As(err, &re):
+		return re.Reason
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "error"
+}
+
+// PipelineMetrics is told what a pipeline does. Implementations must be
+// safe for concurrent use.
+type PipelineMetrics interface {
+	Sent(upstream string, points int, latency time.Duration)
+	Failed(upstream, reason string)
+	Lost(upstream, reason string, points int)
+	Queue(upstream string, depth, bytes int)
+}
+
+// PipelineConfig configures a Pipeline.
+type PipelineConfig struct {
+	// Name labels the pipeline's metrics and logs.
+	Name string
+	// QueueSize bounds the payloads waiting to be sent. With payloads at
+	// most MaxPayloadBytes, it bounds the queue's memory too.
+	QueueSize int
+	// Senders is the number of concurrent requests.
+	Senders int
+	// Timeout bounds one request.
+	Timeout time.Duration
+	// InitialBackoff and MaxBackoff bound the delay between attempts; each
+	// retry doubles the ceiling and waits a random time below it.
+	InitialBackoff, MaxBackoff time.Duration
+}
+
+// DefaultPipelineConfig returns the documented defaults.
+func DefaultPipelineConfig(name string) PipelineConfig {
+	return PipelineConfig{Name: name, QueueSize: 1000, Senders: 8, Timeout: 10 * time.Second,
+		InitialBackoff: 500 * time.Millisecond, MaxBackoff: 30 * time.Second}
+}
+
+// Validate reports a setting out of range.
+func (c PipelineConfig) Validate() error {
+	if c.QueueSize < 1 || c.Senders < 1 || c.Timeout <= 0 || c.InitialBackoff <= 0 || c.MaxBackoff < c.InitialBackoff {
+		return fmt.Errorf("upstream %s: queue size, senders and timeout must be positive, max backoff at least the initial one", c.Name)
+	}
+	return nil
+}
+
+// Pipeline is a bounded queue of payloads and the senders that deliver
+// them, retrying with exponential backoff and jitter until the intake
+// accepts a payload, refuses it permanently, or shutdown's deadline passes.
+// It is safe for concurrent use.
+type Pipeline struct {
+	cfg     PipelineConfig
+	send    Sender
+	metrics PipelineMetrics
+	log     *slog.Logger
+
+	queue   chan *Payload
+	bytes   atomic.Int64
+	full    atomic.Bool // logged once per episode
+	stop    context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closing sync.Once
+}
+
+// NewPipeline returns a pipeline delivering through send. Start starts it.
+func NewPipeline(cfg PipelineConfig, send Sender, m PipelineMetrics, log *slog.Logger) *Pipeline {
+	stop, cancel := context.WithCancel(context.Background())
+	return &Pipeline{cfg: cfg, send: send, metrics: m, log: log.With("upstream", cfg.Name),
+		queue: make(chan *Payload, cfg.QueueSize), stop: stop, cancel: cancel}
+}
+
+// Start starts the senders. They exit when Shutdown returns.
+func (p *Pipeline) Start(context.Context) error {
+	for range p.cfg.Senders {
+		p.wg.Add(1)
+		go p.sender()
+	}
+	return nil
+}
+
+// Enqueue adds pl to the queue. When the queue is full it waits, which
+// slows the flush that calls it, until there is room or ctx ends; then pl
+// is counted as lost (queue_full) and ctx's error returned.
+func (p *Pipeline) Enqueue(ctx context.Context, pl *Payload) error {
+	select {
+	case p.queue <- pl:
+		p.queued(pl)
+		return nil
+	default:
+	}
+	if p.full.CompareAndSwap(false, true) {
+		p.log.Warn("send queue full: flushes wait for room", "queue_size", p.cfg.QueueSize)
+	}
+	p.metrics.Failed(p.cfg.Name, "queue_full")
+	select {
+	case p.queue <- pl:
+		p.queued(pl)
+		return nil
+	case <-ctx.Done():
+		p.metrics.Lost(p.cfg.Name, "queue_full", pl.Points)
+		p.log.Error("payload dropped: the send queue stayed full", "tenant", pl.Tenant, "kind", pl.Kind, "points", pl.Points)
+		return ctx.Err()
+	}
+}
+
+func (p *Pipeline) queued(pl *Payload) {
+	n := p.bytes.Add(int64(len(pl.Body)))
+	p.metrics.Queue(p.cfg.Name, len(p.queue), int(n))
+}
+
+func (p *Pipeline) sender() {
+	defer p.wg.Done()
+	for pl := range p.queue {
+		n := p.bytes.Add(-int64(len(pl.Body)))
+		p.metrics.Queue(p.cfg.Name, len(p.queue), int(n))
+		if len(p.queue) < p.cfg.QueueSize/2 {
+			p.full.Store(false)
+		}
+		p.deliver(pl)
+	}
+}
+
+// deliver sends pl until it is accepted, refused for good, or the pipeline
+// is stopped.
+func (p *Pipeline) deliver(pl *Payload) {
+	ceiling := p.cfg.InitialBackoff
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(p.stop, p.cfg.Timeout)
+		start := time.Now()
+		err := p.send.Send(ctx, pl)
+		cancel()
+		if err == nil {
+			p.metrics.Sent(p.cfg.Name, pl.Points, time.Since(start))
+			return
+		}
+		reason := reasonOf(err)
+		var perm *PermanentError
+		if errors.As(err, &perm) {
+			p.metrics.Lost(p.cfg.Name, reason, pl.Points)
+			p.log.Error("payload refused for good", "tenant", pl.Tenant, "kind", pl.Kind, "points", pl.Points, "err", err)
+			return
+		}
+		if p.stop.Err() != nil {
+			p.metrics.Lost(p.cfg.Name, "shutdown", pl.Points)
+			return
+		}
+		p.metrics.Failed(p.cfg.Name, reason)
+		wait := time.Duration(rand.Int64N(int64(ceiling)) + 1) // full jitter
+		var ra *RetryAfterError
+		if errors.As(err, &ra) && ra.After > wait {
+			wait = min(ra.After, 5*p.cfg.MaxBackoff)
+		}
+		ceiling = min(2*ceiling, p.cfg.MaxBackoff)
+		p.log.Warn("send failed; retrying", "tenant", pl.Tenant, "kind", pl.Kind, "attempt", attempt, "wait", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-p.stop.Done():
+			t.Stop()
+			p.metrics.Lost(p.cfg.Name, "shutdown", pl.Points)
+			return
+		}
+	}
+}
+
+// Shutdown stops taking payloads and waits for the queue to drain. When ctx
+// ends first, sending stops and whatever is left is counted as lost
+// (shutdown). Enqueue must not be called once Shutdown has begun.
+func (p *Pipeline) Shutdown(ctx context.Context) error {
+	p.closing.Do(func() { close(p.queue) })
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		p.cancel()
+		return nil
+	case <-ctx.Done():
+	}
+	p.cancel()
+	<-done
+	// Senders exited on cancel; count what they never took.
+	for pl := range p.queue {
+		p.metrics.Lost(p.cfg.Name, "shutdown", pl.Points)
+	}
+	return ctx.Err()
+}
