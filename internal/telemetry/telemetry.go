@@ -120,7 +120,9 @@ func (m *SendMetrics) Sent(upstream string, points int, latency time.Duration) {
 }
 
 // Failed implements upstream.PipelineMetrics.
-func (m *SendMetrics) Failed(upstream, reason string) { m.failed.WithLabelValues(upstream, reason).Inc() }
+func (m *SendMetrics) Failed(upstream, reason string) {
+	m.failed.WithLabelValues(upstream, reason).Inc()
+}
 
 // Lost implements upstream.PipelineMetrics.
 func (m *SendMetrics) Lost(upstream, reason string, points int) {
