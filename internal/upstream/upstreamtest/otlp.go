@@ -1,0 +1,84 @@
+package upstreamtest
+
+import (
+	"context"
+	"net"
+	"slices"
+	"sync"
+
+	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+)
+
+// OTLPRequest is one export the receiver took, with its metadata.
+type OTLPRequest struct {
+	MD  metadata.MD
+	Req *colmetricspb.ExportMetricsServiceRequest
+}
+
+// OTLPReceiver is an OTLP/gRPC metrics receiver on loopback. It is safe for
+// concurrent use.
+type OTLPReceiver struct {
+	colmetricspb.UnimplementedMetricsServiceServer
+	// Addr is the receiver's host:port.
+	Addr string
+	// Answer, if set, may fail export n (from 0) with a status error, or
+	// answer it with a partial success.
+	Answer func(n int) (*colmetricspb.ExportMetricsPartialSuccess, error)
+
+	mu   sync.Mutex
+	n    int
+	reqs []OTLPRequest
+}
+
+// NewOTLPReceiver starts a receiver; it stops when the test ends.
+func NewOTLPReceiver(tb interface {
+	Cleanup(func())
+	Fatal(...any)
+}) *OTLPReceiver {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := &OTLPReceiver{Addr: lis.Addr().String()}
+	gs := grpc.NewServer()
+	colmetricspb.RegisterMetricsServiceServer(gs, r)
+	go gs.Serve(lis)
+	tb.Cleanup(gs.Stop)
+	return r
+}
+
+// Export implements the OTLP MetricsService.
+func (r *OTLPReceiver) Export(ctx context.Context, req *colmetricspb.ExportMetricsServiceRequest) (*colmetricspb.ExportMetricsServiceResponse, error) {
+	r.mu.Lock()
+	n := r.n
+	r.n++
+	r.mu.Unlock()
+	var ps *colmetricspb.ExportMetricsPartialSuccess
+	if r.Answer != nil {
+		var err error
+		if ps, err = r.Answer(n); err != nil {
+			return nil, err
+		}
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	r.mu.Lock()
+	r.reqs = append(r.reqs, OTLPRequest{MD: md, Req: req})
+	r.mu.Unlock()
+	return &colmetricspb.ExportMetricsServiceResponse{PartialSuccess: ps}, nil
+}
+
+// Requests returns the exports taken so far.
+func (r *OTLPReceiver) Requests() []OTLPRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.reqs)
+}
+
+// Calls returns the number of exports attempted, failed ones included.
+func (r *OTLPReceiver) Calls() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n
+}
