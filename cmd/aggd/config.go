@@ -23,6 +23,7 @@ type config struct {
 	Listen          string
 	AdminListen     string
 	Output          string
+	ConfigFile      string
 	TenantsFile     string
 	MaxTenants      int
 	MaxRecvMsgSize  int
@@ -161,7 +162,8 @@ func (c config) validate() error {
 func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8127", "gRPC listen address")
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:8128", "admin HTTP address (/metrics, /debug/pprof); empty disables")
-	fs.StringVar(&c.Output, "output", "-", "JSON-lines output: - for stdout, or a file path (appended)")
+	fs.StringVar(&c.Output, "output", "-", "JSON-lines output without --config: - for stdout, or a file path (appended)")
+	fs.StringVar(&c.ConfigFile, "config", "", "TOML file defining upstreams ([[upstream]], default_upstreams); without it, JSON lines go to --output")
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "TOML tenants file; when set, bearer-token authentication is on")
 	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest request message in bytes")

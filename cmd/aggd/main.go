@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	configpkg "github.com/aggd/aggd/internal/config"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/telemetry"
@@ -55,29 +56,33 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := newLogger(cfg, stderr)
 
-	var tenantCfgs []service.TenantConfig
+	var tenantCfgs []configpkg.Tenant
 	if cfg.TenantsFile != "" {
-		if tenantCfgs, err = service.LoadTenantsFile(cfg.TenantsFile); err != nil {
+		if tenantCfgs, err = configpkg.LoadTenants(cfg.TenantsFile, getenv); err != nil {
 			return err
 		}
 	}
-	tenants, err := service.NewTenants(tenantCfgs, cfg.TenantsFile != "", cfg.MaxTenants)
+	tenants, err := service.NewTenants(configpkg.ServiceTenants(tenantCfgs), cfg.TenantsFile != "", cfg.MaxTenants)
 	if err != nil {
-		return err
+		return fmt.Errorf("tenants file: %w", err)
 	}
-
-	out, closeOut, err := openOutput(cfg.Output, stdout)
-	if err != nil {
-		return err
-	}
-	defer closeOut()
-	exporter := upstream.NewJSONLines(out, upstream.JSONLinesConfig{Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct})
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants))
 
+	router, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
+		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout,
+	})
+	if err != nil {
+		return err
+	}
+	defer closeUpstreams()
+	if err := router.Start(ctx); err != nil {
+		return err
+	}
+
 	agg := flush.NewAggregator(cfg.Window, cfg.Shards)
-	flusher := flush.NewFlusher(agg, exporter, tenants, flush.Config{
+	flusher := flush.NewFlusher(agg, router, tenants, flush.Config{
 		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
 		Observer: telemetry.NewFlushMetrics(reg),
 	}, log)
@@ -131,12 +136,56 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case err := <-serveErr:
 		log.Error("grpc server stopped", "err", err)
 	}
-	return shutdown(cfg, log, hs, srv, gs, flusher, admin)
+	return shutdown(cfg, log, hs, srv, gs, flusher, router, admin)
+}
+
+// buildUpstreams makes the upstreams of the configuration file, or the
+// JSON-lines upstream of --output without one, and the router over them.
+func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.Tenant, sh configpkg.Shared) (*upstream.Router, func(), error) {
+	file := &configpkg.File{Upstreams: []configpkg.Upstream{{Name: "jsonlines", Type: "jsonlines", Path: cfg.Output}}}
+	if cfg.ConfigFile != "" {
+		var err error
+		if file, err = configpkg.Load(cfg.ConfigFile, getenv); err != nil {
+			return nil, nil, err
+		}
+		if len(file.Upstreams) == 0 {
+			return nil, nil, fmt.Errorf("%s defines no [[upstream]]", cfg.ConfigFile)
+		}
+	}
+	var ups []upstream.Upstream
+	var closers []func() error
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	defaults := file.DefaultUpstreams
+	for _, u := range file.Upstreams {
+		built, closer, err := u.Build(sh)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		ups = append(ups, built)
+		closers = append(closers, closer)
+		if len(file.DefaultUpstreams) == 0 {
+			defaults = append(defaults, u.Name)
+		}
+	}
+	routes, err := configpkg.Routes(tenants)
+	if err == nil {
+		var r *upstream.Router
+		if r, err = upstream.NewRouter(ups, defaults, routes); err == nil {
+			return r, closeAll, nil
+		}
+	}
+	closeAll()
+	return nil, nil, err
 }
 
 // shutdown stops aggd in order: health NOT_SERVING, streams drained, final
 // flush, admin server closed, all within the shutdown timeout.
-func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, fl *flush.Flusher, admin *http.Server) error {
+func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, fl *flush.Flusher, router *upstream.Router, admin *http.Server) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -153,6 +202,10 @@ func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Serv
 		<-stopped
 	}
 	err := fl.Shutdown(ctx)
+	if uerr := router.Shutdown(ctx); uerr != nil {
+		log.Error("send queues not drained", "err", uerr)
+		err = errors.Join(err, uerr)
+	}
 	if admin != nil {
 		admin.Shutdown(ctx)
 	}
@@ -169,17 +222,6 @@ func adminMux(reg *prometheus.Registry) *http.ServeMux {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
-}
-
-func openOutput(path string, stdout io.Writer) (io.Writer, func(), error) {
-	if path == "" || path == "-" {
-		return stdout, func() {}, nil
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return nil, nil, err
-	}
-	return f, func() { f.Close() }, nil
 }
 
 func newLogger(cfg config, w io.Writer) *slog.Logger {

@@ -22,7 +22,11 @@ func BenchmarkFlush1M(b *testing.B) {
 	cfg := window.DefaultConfig()
 	agg := flush.NewAggregator(cfg, 8)
 	tn := window.NewTenant("t")
-	exp := upstream.NewJSONLines(io.Discard, upstream.JSONLinesConfig{Histogram: upstream.DefaultHistogramConfig()})
+	json := upstream.NewJSONLines("json", io.Discard, upstream.JSONLinesConfig{Histogram: upstream.DefaultHistogramConfig()})
+	exp, err := upstream.NewRouter([]upstream.Upstream{json}, []string{"json"}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
 	fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
 
 	batches := make([]window.Batch, n/500)

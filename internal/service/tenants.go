@@ -5,12 +5,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 
-	"github.com/BurntSushi/toml"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -22,7 +20,7 @@ import (
 // authentication is off.
 const DefaultTenant = "default"
 
-// TenantConfig is one [[tenant]] entry of the tenants file.
+// TenantConfig is what the gRPC edge knows of a tenant.
 type TenantConfig struct {
 	// ID names the tenant in flushed data.
 	ID string `toml:"id"`
@@ -30,30 +28,6 @@ type TenantConfig struct {
 	Tokens []string `toml:"tokens"`
 	// MaxContexts bounds the tenant's live contexts; zero means no bound.
 	MaxContexts int64 `toml:"max_contexts"`
-}
-
-type tenantsFile struct {
-	Tenants []TenantConfig `toml:"tenant"`
-}
-
-// LoadTenantsFile reads and validates a TOML tenants file.
-func LoadTenantsFile(path string) ([]TenantConfig, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var f tenantsFile
-	md, err := toml.Decode(string(data), &f)
-	if err != nil {
-		return nil, fmt.Errorf("tenants file %s: %w", path, err)
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		return nil, fmt.Errorf("tenants file %s: unknown key %q", path, und[0].String())
-	}
-	if err := validateTenants(f.Tenants); err != nil {
-		return nil, fmt.Errorf("tenants file %s: %w", path, err)
-	}
-	return f.Tenants, nil
 }
 
 func validateTenants(ts []TenantConfig) error {

@@ -29,6 +29,7 @@ type JSONLinesConfig struct {
 // "min","max","avg","p50",…}. Events are {"kind":"event",…} and service
 // checks {"kind":"service_check",…}. Timestamps are Unix seconds.
 type JSONLines struct {
+	name   string
 	cfg    JSONLinesConfig
 	series []histogramSeries
 	pnames []string
@@ -38,9 +39,9 @@ type JSONLines struct {
 	buf []byte
 }
 
-// NewJSONLines returns an upstream writing to w.
-func NewJSONLines(w io.Writer, cfg JSONLinesConfig) *JSONLines {
-	j := &JSONLines{cfg: cfg, series: cfg.Histogram.series(), w: w}
+// NewJSONLines returns an upstream named name writing to w.
+func NewJSONLines(name string, w io.Writer, cfg JSONLinesConfig) *JSONLines {
+	j := &JSONLines{name: name, cfg: cfg, series: cfg.Histogram.series(), w: w}
 	for _, p := range cfg.SketchPercentiles {
 		j.pnames = append(j.pnames, "p"+strconv.FormatFloat(p*100, 'f', -1, 64))
 	}
@@ -49,12 +50,33 @@ func NewJSONLines(w io.Writer, cfg JSONLinesConfig) *JSONLines {
 
 const jsonFlushAt = 64 << 10
 
-// Export implements flush.Exporter.
-func (j *JSONLines) Export(_ context.Context, f *window.Flush) error {
+// Name returns the upstream's name.
+func (j *JSONLines) Name() string { return j.name }
+
+// Start does nothing: JSONLines writes synchronously.
+func (j *JSONLines) Start(context.Context) error { return nil }
+
+// Shutdown does nothing: every Export has written its lines.
+func (j *JSONLines) Shutdown(context.Context) error { return nil }
+
+// Export writes the part of f routed here.
+func (j *JSONLines) Export(_ context.Context, f *window.Flush, routes Routes) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.buf = j.buf[:0]
+	routed := map[*window.Tenant]bool{}
+	here := func(t *window.Tenant) bool {
+		ok, seen := routed[t]
+		if !seen {
+			_, ok = routes(t)
+			routed[t] = ok
+		}
+		return ok
+	}
 	for m := range f.Metrics() {
+		if !here(m.Tenant) {
+			continue
+		}
 		switch m.Type {
 		case window.TypeHistogram, window.TypeTiming:
 			for _, s := range j.series {
@@ -81,10 +103,14 @@ func (j *JSONLines) Export(_ context.Context, f *window.Flush) error {
 		}
 	}
 	for i := range f.Events {
-		j.event(&f.Events[i])
+		if here(f.Events[i].Tenant) {
+			j.event(&f.Events[i])
+		}
 	}
 	for i := range f.Checks {
-		j.check(&f.Checks[i])
+		if here(f.Checks[i].Tenant) {
+			j.check(&f.Checks[i])
+		}
 	}
 	return j.write()
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/aggd/aggd/internal/window"
 )
 
+func all(*window.Tenant) (Credentials, bool) { return Credentials{}, true }
+
 func TestPercentileName(t *testing.T) {
 	for p, want := range map[float64]string{0.95: "95percentile", 0.99: "99percentile", 0.999: "99.9percentile", 0.5: "50percentile", 0.125: "12.5percentile"} {
 		if got := PercentileName(p); got != want {
@@ -67,13 +69,13 @@ func flushOf(t testing.TB, n int, samples ...window.Sample) *window.Flush {
 
 func TestJSONLinesLines(t *testing.T) {
 	var buf bytes.Buffer
-	j := NewJSONLines(&buf, JSONLinesConfig{Histogram: HistogramConfig{Aggregates: []string{"max", "count"}, Percentiles: []float64{0.99}}, SketchPercentiles: []float64{0.5}})
+	j := NewJSONLines("json", &buf, JSONLinesConfig{Histogram: HistogramConfig{Aggregates: []string{"max", "count"}, Percentiles: []float64{0.99}}, SketchPercentiles: []float64{0.5}})
 	f := flushOf(t, 0,
 		window.Sample{Name: "h", Type: window.TypeHistogram, Values: []float64{1, 2, 3}, Tags: []string{"k:v"}, Host: "web\n1"},
 		window.Sample{Name: "d", Type: window.TypeDistribution, Values: []float64{4, 8}},
 		window.Sample{Name: "r", Type: window.TypeMonotonicCount, Values: []float64{1, 5}},
 	)
-	if err := j.Export(context.Background(), f); err != nil {
+	if err := j.Export(context.Background(), f, all); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{
@@ -107,12 +109,12 @@ func BenchmarkJSONLines1M(b *testing.B) {
 	for i := range samples {
 		samples[i] = window.Sample{Name: "svc.requests", Type: window.TypeCount, Value: 1, Tags: []string{fmt.Sprintf("id:%d", i), "env:prod"}}
 	}
-	j := NewJSONLines(io.Discard, JSONLinesConfig{Histogram: DefaultHistogramConfig()})
+	j := NewJSONLines("json", io.Discard, JSONLinesConfig{Histogram: DefaultHistogramConfig()})
 	f := flushOf(b, 0, samples...)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := j.Export(context.Background(), f); err != nil {
+		if err := j.Export(context.Background(), f, all); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,0 +1,235 @@
+// Package config reads aggd's files: the configuration file, which defines
+// upstreams, and the tenants file, which maps tokens to tenants and routes
+// tenants to upstreams with their own credentials. Strings that hold
+// secrets may name environment variables as ${NAME}.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/upstream"
+)
+
+// File is the configuration file (--config).
+type File struct {
+	// DefaultUpstreams receive the data of tenants without their own
+	// upstreams list.
+	DefaultUpstreams []string   `toml:"default_upstreams"`
+	Upstreams        []Upstream `toml:"upstream"`
+}
+
+// Upstream is one [[upstream]] entry.
+type Upstream struct {
+	Name string `toml:"name"`
+	// Type is datadog, otlp or jsonlines.
+	Type string `toml:"type"`
+
+	// URL is the Datadog intake's base URL.
+	URL string `toml:"url"`
+	// APIKey is the Datadog API key of tenants without their own.
+	APIKey string `toml:"api_key"`
+
+	// Endpoint is the OTLP collector's host:port.
+	Endpoint string `toml:"endpoint"`
+	// Insecure turns TLS off for OTLP.
+	Insecure bool `toml:"insecure"`
+	// Headers are sent with every request.
+	Headers map[string]string `toml:"headers"`
+	// TenantAttribute names the OTLP resource attribute holding the tenant.
+	TenantAttribute string `toml:"tenant_attribute"`
+	// TenantHeader, if set, is an OTLP request header holding the tenant.
+	TenantHeader string `toml:"tenant_header"`
+
+	// Path is the JSON-lines file, or "-" for standard output.
+	Path string `toml:"path"`
+
+	Compression     string        `toml:"compression"`
+	Senders         int           `toml:"senders"`
+	QueueSize       int           `toml:"queue_size"`
+	Timeout         time.Duration `toml:"timeout"`
+	InitialBackoff  time.Duration `toml:"initial_backoff"`
+	MaxBackoff      time.Duration `toml:"max_backoff"`
+	MaxPayloadBytes int           `toml:"max_payload_bytes"`
+}
+
+// Tenant is one [[tenant]] entry of the tenants file.
+type Tenant struct {
+	ID          string   `toml:"id"`
+	Tokens      []string `toml:"tokens"`
+	MaxContexts int64    `toml:"max_contexts"`
+	// Upstreams, if set, replaces the default upstreams for this tenant.
+	Upstreams []string `toml:"upstreams"`
+	// Credentials by upstream name.
+	Credentials map[string]Credentials `toml:"credentials"`
+}
+
+// Credentials are a tenant's secrets for one upstream.
+type Credentials struct {
+	APIKey  string            `toml:"api_key"`
+	Headers map[string]string `toml:"headers"`
+}
+
+func decodeFile(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	md, err := toml.Decode(string(data), v)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return fmt.Errorf("%s: unknown key %q", path, und[0].String())
+	}
+	return nil
+}
+
+// Load reads a configuration file, expanding ${NAME} in secrets with getenv.
+func Load(path string, getenv func(string) string) (*File, error) {
+	var f File
+	if err := decodeFile(path, &f); err != nil {
+		return nil, err
+	}
+	for i := range f.Upstreams {
+		u := &f.Upstreams[i]
+		u.APIKey = os.Expand(u.APIKey, getenv)
+		u.Headers = expandAll(u.Headers, getenv)
+	}
+	return &f, nil
+}
+
+// LoadTenants reads a tenants file, expanding ${NAME} in credentials with
+// getenv.
+func LoadTenants(path string, getenv func(string) string) ([]Tenant, error) {
+	var f struct {
+		Tenants []Tenant `toml:"tenant"`
+	}
+	if err := decodeFile(path, &f); err != nil {
+		return nil, err
+	}
+	for i := range f.Tenants {
+		for name, c := range f.Tenants[i].Credentials {
+			c.APIKey = os.Expand(c.APIKey, getenv)
+			c.Headers = expandAll(c.Headers, getenv)
+			f.Tenants[i].Credentials[name] = c
+		}
+	}
+	return f.Tenants, nil
+}
+
+func expandAll(m map[string]string, getenv func(string) string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = os.Expand(v, getenv)
+	}
+	return out
+}
+
+// ServiceTenants returns what the gRPC edge needs of the tenants.
+func ServiceTenants(ts []Tenant) []service.TenantConfig {
+	out := make([]service.TenantConfig, len(ts))
+	for i, t := range ts {
+		out[i] = service.TenantConfig{ID: t.ID, Tokens: t.Tokens, MaxContexts: t.MaxContexts}
+	}
+	return out
+}
+
+// Routes returns the routes of the tenants that list their own upstreams.
+func Routes(ts []Tenant) (map[string]upstream.TenantRoute, error) {
+	out := map[string]upstream.TenantRoute{}
+	for _, t := range ts {
+		if len(t.Upstreams) == 0 {
+			if len(t.Credentials) > 0 {
+				return nil, fmt.Errorf("tenant %q has credentials but no upstreams list", t.ID)
+			}
+			continue
+		}
+		r := upstream.TenantRoute{Upstreams: t.Upstreams, Credentials: map[string]upstream.Credentials{}}
+		for name, c := range t.Credentials {
+			r.Credentials[name] = upstream.Credentials{APIKey: c.APIKey, Headers: c.Headers}
+		}
+		out[t.ID] = r
+	}
+	return out, nil
+}
+
+// Shared is what every upstream takes from the command line.
+type Shared struct {
+	Histogram         upstream.HistogramConfig
+	SketchPercentiles []float64
+	Metrics           upstream.PipelineMetrics
+	Log               *slog.Logger
+	Stdout            io.Writer
+}
+
+// Build makes the upstream u describes. The closer releases what Build
+// opened (a JSON-lines file).
+func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
+	noop := func() error { return nil }
+	if u.Name == "" {
+		return nil, nil, errors.New("an upstream has no name")
+	}
+	pc := upstream.DefaultPipelineConfig(u.Name)
+	if u.Senders != 0 {
+		pc.Senders = u.Senders
+	}
+	if u.QueueSize != 0 {
+		pc.QueueSize = u.QueueSize
+	}
+	if u.Timeout != 0 {
+		pc.Timeout = u.Timeout
+	}
+	if u.InitialBackoff != 0 {
+		pc.InitialBackoff = u.InitialBackoff
+	}
+	if u.MaxBackoff != 0 {
+		pc.MaxBackoff = u.MaxBackoff
+	}
+	switch u.Type {
+	case "datadog":
+		c := upstream.DatadogConfig{Pipeline: pc, URL: u.URL, APIKey: u.APIKey, Compression: upstream.Compression(or(u.Compression, "zstd")),
+			MaxUncompressed: u.MaxPayloadBytes, Histogram: sh.Histogram}
+		if u.URL == "" {
+			c.URL = "https://api.datadoghq.com"
+		}
+		if err := c.Validate(); err != nil {
+			return nil, nil, err
+		}
+		return upstream.NewDatadog(c, sh.Metrics, sh.Log), noop, nil
+	case "otlp":
+		c := upstream.OTLPConfig{Pipeline: pc, Endpoint: u.Endpoint, Insecure: u.Insecure, Headers: u.Headers,
+			TenantAttribute: or(u.TenantAttribute, "aggd.tenant"), TenantHeader: u.TenantHeader,
+			Compression: upstream.Compression(or(u.Compression, "gzip")), MaxPayloadBytes: u.MaxPayloadBytes, Histogram: sh.Histogram}
+		if err := c.Validate(); err != nil {
+			return nil, nil, err
+		}
+		o, err := upstream.NewOTLP(c, sh.Metrics, sh.Log)
+		return o, noop, err
+	case "jsonlines":
+		w, closer := sh.Stdout, noop
+		if p := or(u.Path, "-"); p != "-" {
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+			if err != nil {
+				return nil, nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+			}
+			w, closer = f, f.Close
+		}
+		return upstream.NewJSONLines(u.Name, w, upstream.JSONLinesConfig{Histogram: sh.Histogram, SketchPercentiles: sh.SketchPercentiles}), closer, nil
+	}
+	return nil, nil, fmt.Errorf("upstream %s: type %q is not datadog, otlp or jsonlines", u.Name, u.Type)
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

@@ -1,0 +1,129 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Upstream is one intake: it encodes the part of a flush routed to it and
+// delivers it. JSONLines, Datadog and OTLP are upstreams.
+type Upstream interface {
+	Name() string
+	// Export encodes the aggregates, events and checks of f whose tenant
+	// routes says go here; it must not keep f after returning.
+	Export(ctx context.Context, f *window.Flush, routes Routes) error
+	Start(ctx context.Context) error
+	// Shutdown delivers what is queued within ctx, then releases the
+	// upstream's connections.
+	Shutdown(ctx context.Context) error
+}
+
+// TenantRoute sends one tenant's data to its own upstreams with its own
+// credentials, instead of the defaults.
+type TenantRoute struct {
+	Upstreams   []string
+	Credentials map[string]Credentials // by upstream name
+}
+
+// Router fans each flush out to upstreams by tenant. It implements
+// flush.Exporter. Tenants with a TenantRoute go to its upstreams; all
+// others go to the default upstreams with the upstreams' own credentials.
+type Router struct {
+	upstreams []Upstream
+	defaults  []string
+	tenants   map[string]TenantRoute
+}
+
+// NewRouter returns a router over upstreams. Every name in defaults and in
+// the tenants' routes must be an upstream's.
+func NewRouter(upstreams []Upstream, defaults []string, tenants map[string]TenantRoute) (*Router, error) {
+	known := map[string]bool{}
+	for _, u := range upstreams {
+		if known[u.Name()] {
+			return nil, fmt.Errorf("upstream %q is defined twice", u.Name())
+		}
+		known[u.Name()] = true
+	}
+	for _, n := range defaults {
+		if !known[n] {
+			return nil, fmt.Errorf("default upstream %q is not defined", n)
+		}
+	}
+	for id, r := range tenants {
+		for _, n := range r.Upstreams {
+			if !known[n] {
+				return nil, fmt.Errorf("tenant %q: upstream %q is not defined", id, n)
+			}
+		}
+		for n := range r.Credentials {
+			if !slices.Contains(r.Upstreams, n) {
+				return nil, fmt.Errorf("tenant %q: credentials for upstream %q, which the tenant does not use", id, n)
+			}
+		}
+	}
+	return &Router{upstreams: upstreams, defaults: defaults, tenants: tenants}, nil
+}
+
+// Routes returns the routing of upstream name.
+func (r *Router) Routes(name string) Routes {
+	byDefault := slices.Contains(r.defaults, name)
+	return func(t *window.Tenant) (Credentials, bool) {
+		tr, own := r.tenants[t.ID]
+		if !own {
+			return Credentials{}, byDefault
+		}
+		if !slices.Contains(tr.Upstreams, name) {
+			return Credentials{}, false
+		}
+		return tr.Credentials[name], true
+	}
+}
+
+// Export implements flush.Exporter: every upstream encodes f concurrently.
+func (r *Router) Export(ctx context.Context, f *window.Flush) error {
+	errs := make([]error, len(r.upstreams))
+	var wg sync.WaitGroup
+	for i, u := range r.upstreams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := u.Export(ctx, f, r.Routes(u.Name())); err != nil {
+				errs[i] = fmt.Errorf("upstream %s: %w", u.Name(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Start starts every upstream.
+func (r *Router) Start(ctx context.Context) error {
+	for _, u := range r.upstreams {
+		if err := u.Start(ctx); err != nil {
+			return fmt.Errorf("upstream %s: %w", u.Name(), err)
+		}
+	}
+	return nil
+}
+
+// Shutdown shuts every upstream down concurrently within ctx.
+func (r *Router) Shutdown(ctx context.Context) error {
+	errs := make([]error, len(r.upstreams))
+	var wg sync.WaitGroup
+	for i, u := range r.upstreams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := u.Shutdown(ctx); err != nil {
+				errs[i] = fmt.Errorf("upstream %s: %w", u.Name(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
