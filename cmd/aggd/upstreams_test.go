@@ -188,4 +188,3 @@ func metric(text, series string) float64 {
 	v, _ := strconv.ParseFloat(m[1], 64)
 	return v
 }
-
