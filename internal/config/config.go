@@ -5,10 +5,13 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
 
@@ -41,6 +44,9 @@ type Upstream struct {
 	Endpoint string `toml:"endpoint"`
 	// Insecure turns TLS off for OTLP.
 	Insecure bool `toml:"insecure"`
+	// CAFile, if set, holds the PEM certificates that verify the intake
+	// (https URLs, OTLP with TLS) instead of the system roots.
+	CAFile string `toml:"ca_file"`
 	// Headers are sent with every request.
 	Headers map[string]string `toml:"headers"`
 	// TenantAttribute names the OTLP resource attribute holding the tenant.
@@ -193,6 +199,10 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 	if u.MaxBackoff != 0 {
 		pc.MaxBackoff = u.MaxBackoff
 	}
+	tlsCfg, err := u.tls()
+	if err != nil {
+		return nil, nil, err
+	}
 	switch u.Type {
 	case "datadog":
 		c := upstream.DatadogConfig{Pipeline: pc, URL: u.URL, APIKey: u.APIKey, Compression: upstream.Compression(or(u.Compression, "zstd")),
@@ -203,11 +213,16 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 		if err := c.Validate(); err != nil {
 			return nil, nil, err
 		}
+		if tlsCfg != nil {
+			c.Client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsCfg,
+				MaxIdleConnsPerHost: pc.Senders, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}}
+		}
 		return upstream.NewDatadog(c, sh.Metrics, sh.Log), noop, nil
 	case "otlp":
 		c := upstream.OTLPConfig{Pipeline: pc, Endpoint: u.Endpoint, Insecure: u.Insecure, Headers: u.Headers,
 			TenantAttribute: or(u.TenantAttribute, "aggd.tenant"), TenantHeader: u.TenantHeader,
-			Compression: upstream.Compression(or(u.Compression, "gzip")), MaxPayloadBytes: u.MaxPayloadBytes, Histogram: sh.Histogram}
+			Compression: upstream.Compression(or(u.Compression, "gzip")), MaxPayloadBytes: u.MaxPayloadBytes, Histogram: sh.Histogram,
+			TLS: tlsCfg}
 		if err := c.Validate(); err != nil {
 			return nil, nil, err
 		}
@@ -225,6 +240,23 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 		return upstream.NewJSONLines(u.Name, w, upstream.JSONLinesConfig{Histogram: sh.Histogram, SketchPercentiles: sh.SketchPercentiles}), closer, nil
 	}
 	return nil, nil, fmt.Errorf("upstream %s: type %q is not datadog, otlp or jsonlines", u.Name, u.Type)
+}
+
+// tls returns the TLS configuration of u's ca_file, or nil for the
+// defaults.
+func (u Upstream) tls() (*tls.Config, error) {
+	if u.CAFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(u.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("upstream %s: %s holds no PEM certificate", u.Name, u.CAFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 func or(s, def string) string {

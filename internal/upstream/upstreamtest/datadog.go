@@ -94,6 +94,15 @@ func NewDatadogIntake(tb interface{ Cleanup(func()) }) *DatadogIntake {
 	return d
 }
 
+// NewDatadogIntakeTLS starts an intake serving HTTPS with a certificate of
+// its own (Server.Certificate).
+func NewDatadogIntakeTLS(tb interface{ Cleanup(func()) }) *DatadogIntake {
+	d := &DatadogIntake{counts: map[string]int{}, bodies: map[string][]int{}}
+	d.Server = httptest.NewTLSServer(http.HandlerFunc(d.serve))
+	tb.Cleanup(d.Close)
+	return d
+}
+
 func (d *DatadogIntake) fail(err error) {
 	d.mu.Lock()
 	d.errs = append(d.errs, err)
