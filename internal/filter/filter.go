@@ -148,7 +148,7 @@ func (o operand) value(r Record) (Value, bool) {
 type cmp struct {
 	op   op
 	l, r operand
-	list []Value         // IN, NOTIN
+	list []Value          // IN, NOTIN
 	res  []*regexp.Regexp // MATCH, NOTMATCH, re()
 }
 

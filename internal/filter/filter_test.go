@@ -29,7 +29,7 @@ func TestMatch(t *testing.T) {
 		{`{ resource in ['/x'] }`, false},
 		{`{ resource NOT IN ["/health"] }`, false},
 		{`{ resource NOTIN ["/x", 3] }`, true},
-		{`{ http_status_code = "304" }`, true},   // numeric field, numeric string
+		{`{ http_status_code = "304" }`, true}, // numeric field, numeric string
 		{`{ http_status_code IN [200, "304"] }`, true},
 		{`{ http_status_code != 304 }`, false},
 		{`{ error = true }`, true},
