@@ -1,0 +1,197 @@
+package spans
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/aggd/aggd/internal/filter"
+)
+
+// Rule is one compiled [[trace.sampling_pipeline]] entry.
+type Rule struct {
+	Name string
+	// Probabilistic rules keep a trace when the hash of its id falls below
+	// Rate; condition rules keep (Keep) or drop it.
+	Probabilistic bool
+	Keep          bool
+	Rate          float64
+	// Cond selects the traces the rule decides: those with at least one
+	// span that matches. Nil matches every trace.
+	Cond *filter.Condition
+}
+
+// GroupDimension is one [[logging.group_dimensions]] or
+// [[rum.group_dimensions]] entry.
+type GroupDimension struct {
+	GroupKey string
+	Rules    []Rule
+}
+
+// Policy is a compiled tail-sampling.toml.
+type Policy struct {
+	Version int
+	DataTTL time.Duration
+	Rules   []Rule
+	// Logging and RUM group dimensions; see the README for which items they
+	// apply to.
+	Logging, RUM       []GroupDimension
+	LoggingTTL, RUMTTL time.Duration
+	source             string
+}
+
+// Source returns the file the policy came from.
+func (p *Policy) Source() string { return p.source }
+
+type rawRule struct {
+	Name      string   `toml:"name"`
+	Type      string   `toml:"type"`
+	Condition string   `toml:"condition"`
+	Action    string   `toml:"action"`
+	Rate      *float64 `toml:"rate"`
+	HashKeys  []string `toml:"hash_keys"`
+}
+
+type rawGroups struct {
+	DataTTL         string `toml:"data_ttl"`
+	Version         int    `toml:"version"`
+	GroupDimensions []struct {
+		GroupKey  string    `toml:"group_key"`
+		Pipelines []rawRule `toml:"pipelines"`
+	} `toml:"group_dimensions"`
+}
+
+type rawPolicy struct {
+	Version int `toml:"version"`
+	Trace   struct {
+		DataTTL          string    `toml:"data_ttl"`
+		Version          int       `toml:"version"`
+		GroupKey         string    `toml:"group_key"`
+		SamplingPipeline []rawRule `toml:"sampling_pipeline"`
+	} `toml:"trace"`
+	Logging rawGroups `toml:"logging"`
+	RUM     rawGroups `toml:"rum"`
+}
+
+// DefaultDataTTL is how long a trace is held after its last span when the
+// file does not say.
+const DefaultDataTTL = time.Minute
+
+// LoadPolicy reads and compiles a DataKit tail-sampling.toml.
+func LoadPolicy(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := ParsePolicy(string(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	p.source = path
+	return p, nil
+}
+
+// ParsePolicy compiles the text of a tail-sampling.toml.
+func ParsePolicy(text string) (*Policy, error) {
+	var raw rawPolicy
+	md, err := toml.Decode(text, &raw)
+	if err != nil {
+		return nil, err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("unsupported key %q (aggd supports version, [trace] data_ttl, group_key, sampling_pipeline, and [logging]/[rum] data_ttl, group_dimensions)", und[0].String())
+	}
+	p := &Policy{Version: raw.Version}
+	if p.DataTTL, err = ttl(raw.Trace.DataTTL, "trace"); err != nil {
+		return nil, err
+	}
+	if k := raw.Trace.GroupKey; k != "" && k != "trace_id" {
+		return nil, fmt.Errorf("trace.group_key %q: only trace_id is supported", k)
+	}
+	if p.Rules, err = compileRules(raw.Trace.SamplingPipeline, "trace.sampling_pipeline"); err != nil {
+		return nil, err
+	}
+	if p.Logging, p.LoggingTTL, err = compileGroups(raw.Logging, "logging"); err != nil {
+		return nil, err
+	}
+	if p.RUM, p.RUMTTL, err = compileGroups(raw.RUM, "rum"); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func ttl(s, section string) (time.Duration, error) {
+	if s == "" {
+		return DefaultDataTTL, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s.data_ttl %q is not a positive duration", section, s)
+	}
+	return d, nil
+}
+
+func compileGroups(g rawGroups, section string) ([]GroupDimension, time.Duration, error) {
+	d, err := ttl(g.DataTTL, section)
+	if err != nil {
+		return nil, 0, err
+	}
+	var out []GroupDimension
+	for i, gd := range g.GroupDimensions {
+		if gd.GroupKey == "" {
+			return nil, 0, fmt.Errorf("%s.group_dimensions[%d]: group_key is empty", section, i)
+		}
+		rules, err := compileRules(gd.Pipelines, fmt.Sprintf("%s.group_dimensions[%d].pipelines", section, i))
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, GroupDimension{GroupKey: gd.GroupKey, Rules: rules})
+	}
+	return out, d, nil
+}
+
+func compileRules(raw []rawRule, where string) ([]Rule, error) {
+	var out []Rule
+	for i, r := range raw {
+		at := fmt.Sprintf("%s[%d] %q", where, i, r.Name)
+		rule := Rule{Name: r.Name}
+		var err error
+		if rule.Cond, err = filter.Compile(r.Condition); err != nil {
+			return nil, fmt.Errorf("%s: %w", at, err)
+		}
+		if r.Condition == "" {
+			rule.Cond = nil
+		}
+		for _, k := range r.HashKeys {
+			if k != "trace_id" {
+				return nil, fmt.Errorf("%s: hash_keys may only name trace_id", at)
+			}
+		}
+		switch r.Type {
+		case "condition":
+			switch r.Action {
+			case "keep", "drop":
+				rule.Keep = r.Action == "keep"
+			default:
+				return nil, fmt.Errorf("%s: action %q is not keep or drop", at, r.Action)
+			}
+			if r.Rate != nil {
+				return nil, fmt.Errorf("%s: rate applies to probabilistic rules only", at)
+			}
+		case "probabilistic":
+			if r.Rate == nil || !(*r.Rate >= 0 && *r.Rate <= 1) {
+				return nil, fmt.Errorf("%s: rate must be set, from 0 to 1", at)
+			}
+			if r.Action != "" {
+				return nil, fmt.Errorf("%s: action applies to condition rules only", at)
+			}
+			rule.Probabilistic, rule.Rate = true, *r.Rate
+		default:
+			return nil, fmt.Errorf("%s: type %q is not condition or probabilistic", at, r.Type)
+		}
+		out = append(out, rule)
+	}
+	return out, nil
+}

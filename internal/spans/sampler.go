@@ -1,0 +1,336 @@
+package spans
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aggd/aggd/internal/filter"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Trace is a kept trace, or late spans of one, to export.
+type Trace struct {
+	Tenant  *window.Tenant
+	TraceID [16]byte
+	Spans   []Span
+}
+
+// Limits bound the sampler's memory.
+type Limits struct {
+	// MaxTracesPerTenant bounds each tenant's held traces.
+	MaxTracesPerTenant int
+	// MaxSpansPerTrace bounds one held trace.
+	MaxSpansPerTrace int
+	// MaxBytes bounds the memory of every held span together.
+	MaxBytes int64
+	// DecisionTTL is how long a decision is remembered for late spans.
+	DecisionTTL time.Duration
+	// MaxDecisions bounds the remembered decisions.
+	MaxDecisions int
+}
+
+// DefaultLimits returns the documented bounds.
+func DefaultLimits() Limits {
+	return Limits{MaxTracesPerTenant: 100_000, MaxSpansPerTrace: 2_000, MaxBytes: 512 << 20,
+		DecisionTTL: 5 * time.Minute, MaxDecisions: 1_000_000}
+}
+
+// Reasons a trace is decided before data_ttl has passed, or a late span is
+// not held.
+const (
+	EarlySpansLimit  = "trace_spans_limit"
+	EarlyTracesLimit = "tenant_traces_limit"
+	EarlyMemoryLimit = "memory_limit"
+	EarlyShutdown    = "shutdown"
+	DecisionsDropped = "decisions_full"
+)
+
+// Counters are the sampler's running totals. They are safe for concurrent
+// use.
+type Counters struct {
+	TracesKept, TracesDropped atomic.Int64
+	SpansKept, SpansDropped   atomic.Int64
+	LateKept, LateDropped     atomic.Int64
+	// Early counts traces decided early, by reason.
+	Early sync.Map // string → *atomic.Int64
+	// HeldTraces, HeldSpans and HeldBytes are what the sampler holds now.
+	HeldTraces, HeldSpans, HeldBytes atomic.Int64
+}
+
+func (c *Counters) early(reason string) {
+	v, _ := c.Early.LoadOrStore(reason, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+type key struct {
+	tenant *window.Tenant
+	id     [16]byte
+}
+
+type heldTrace struct {
+	spans []Span
+	last  int64 // arrival of the last span
+	bytes int64
+}
+
+type decision struct {
+	keep bool
+	at   int64
+}
+
+const nShards = 16
+
+type samplerShard struct {
+	mu      sync.Mutex
+	traces  map[key]*heldTrace
+	decided map[key]decision
+	pending []Trace // kept spans to export at the next Advance
+}
+
+// Sampler holds spans by trace and decides traces with a Policy. It is safe
+// for concurrent use. Without a policy every span is kept at once.
+type Sampler struct {
+	policy   atomic.Pointer[Policy]
+	lim      Limits
+	shards   [nShards]samplerShard
+	tenantMu sync.Mutex
+	tenants  map[*window.Tenant]int // held traces per tenant
+	decided  atomic.Int64
+	C        Counters
+}
+
+// NewSampler returns a sampler applying p (nil: keep everything).
+func NewSampler(p *Policy, lim Limits) *Sampler {
+	s := &Sampler{lim: lim, tenants: map[*window.Tenant]int{}}
+	for i := range s.shards {
+		s.shards[i].traces = map[key]*heldTrace{}
+		s.shards[i].decided = map[key]decision{}
+	}
+	s.policy.Store(p)
+	return s
+}
+
+// SetPolicy replaces the policy. Held traces stay and are judged by the new
+// policy when they are decided.
+func (s *Sampler) SetPolicy(p *Policy) { s.policy.Store(p) }
+
+// Policy returns the policy in force.
+func (s *Sampler) Policy() *Policy { return s.policy.Load() }
+
+// traceHash is FNV-1a over the trace id: fixed, so every replica and every
+// restart reach the same probabilistic decision.
+func traceHash(id [16]byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, b := range id {
+		h ^= uint64(b)
+		h *= 1099511628211
+	}
+	return h
+}
+
+// KeepByRate reports whether a probabilistic rule of rate keeps trace id.
+func KeepByRate(id [16]byte, rate float64) bool {
+	return float64(traceHash(id)>>11) < rate*(1<<53)
+}
+
+func (s *Sampler) shard(id [16]byte) *samplerShard {
+	return &s.shards[traceHash(id)%nShards]
+}
+
+// Add takes one span that arrived at now. s is copied.
+func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
+	p := s.policy.Load()
+	k := key{t, sp.TraceID}
+	sh := s.shard(sp.TraceID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if p == nil {
+		s.keepLocked(sh, k, []Span{sp.Own()})
+		return
+	}
+	if d, ok := sh.decided[k]; ok {
+		if d.keep {
+			s.C.LateKept.Add(1)
+			s.keepLocked(sh, k, []Span{sp.Own()})
+		} else {
+			s.C.LateDropped.Add(1)
+			s.C.SpansDropped.Add(1)
+		}
+		return
+	}
+	tr := sh.traces[k]
+	if tr == nil {
+		early := ""
+		switch {
+		case s.C.HeldBytes.Load() >= s.lim.MaxBytes:
+			early = EarlyMemoryLimit
+		case !s.addTenantTrace(t):
+			early = EarlyTracesLimit
+		}
+		if early != "" { // judged now, on this span alone
+			s.C.early(early)
+			s.decideLocked(sh, p, k, &heldTrace{spans: []Span{sp.Own()}}, now)
+			return
+		}
+		tr = &heldTrace{}
+		sh.traces[k] = tr
+		s.C.HeldTraces.Add(1)
+	}
+	own := sp.Own()
+	size := int64(own.Size())
+	tr.spans = append(tr.spans, own)
+	tr.last = now
+	tr.bytes += size
+	s.C.HeldSpans.Add(1)
+	s.C.HeldBytes.Add(size)
+	if len(tr.spans) >= s.lim.MaxSpansPerTrace {
+		s.C.early(EarlySpansLimit)
+		s.releaseLocked(sh, k, tr)
+		s.decideLocked(sh, p, k, tr, now)
+	}
+}
+
+func (s *Sampler) addTenantTrace(t *window.Tenant) bool {
+	s.tenantMu.Lock()
+	defer s.tenantMu.Unlock()
+	if s.tenants[t] >= s.lim.MaxTracesPerTenant {
+		return false
+	}
+	s.tenants[t]++
+	return true
+}
+
+// releaseLocked forgets a held trace's accounting and entry.
+func (s *Sampler) releaseLocked(sh *samplerShard, k key, tr *heldTrace) {
+	delete(sh.traces, k)
+	s.C.HeldTraces.Add(-1)
+	s.C.HeldSpans.Add(-int64(len(tr.spans)))
+	s.C.HeldBytes.Add(-tr.bytes)
+	s.tenantMu.Lock()
+	if s.tenants[k.tenant]--; s.tenants[k.tenant] <= 0 {
+		delete(s.tenants, k.tenant)
+	}
+	s.tenantMu.Unlock()
+}
+
+func (s *Sampler) keepLocked(sh *samplerShard, k key, spans []Span) {
+	s.C.SpansKept.Add(int64(len(spans)))
+	sh.pending = append(sh.pending, Trace{Tenant: k.tenant, TraceID: k.id, Spans: spans})
+}
+
+// decideLocked judges tr, queues it for export when kept and remembers the
+// decision for late spans.
+func (s *Sampler) decideLocked(sh *samplerShard, p *Policy, k key, tr *heldTrace, now int64) {
+	keep := Judge(p, k.id, tr.spans)
+	if keep {
+		s.C.TracesKept.Add(1)
+		s.keepLocked(sh, k, tr.spans)
+	} else {
+		s.C.TracesDropped.Add(1)
+		s.C.SpansDropped.Add(int64(len(tr.spans)))
+	}
+	if s.decided.Load() < int64(s.lim.MaxDecisions) {
+		if _, had := sh.decided[k]; !had {
+			s.decided.Add(1)
+		}
+		sh.decided[k] = decision{keep: keep, at: now}
+	} else {
+		s.C.early(DecisionsDropped)
+	}
+}
+
+// Judge applies p's rules in order to a trace; the first rule whose
+// condition a span of the trace matches decides. A trace no rule decides is
+// dropped, as in DataKit. Without a policy every trace is kept.
+func Judge(p *Policy, id [16]byte, spans []Span) bool {
+	if p == nil {
+		return true
+	}
+	tv := traceVars{spans: spans}
+	for _, r := range p.Rules {
+		if !r.matches(&tv) {
+			continue
+		}
+		if r.Probabilistic {
+			return KeepByRate(id, r.Rate)
+		}
+		return r.Keep
+	}
+	return false
+}
+
+// traceVars evaluates a condition on each span of a trace, answering the
+// trace-level fields $trace_duration (first start to last end, ns) and
+// $span_count.
+type traceVars struct {
+	spans []Span
+	cur   *Span
+}
+
+func (tv *traceVars) Field(name string) (filter.Value, bool) {
+	switch name {
+	case "$trace_duration":
+		var lo, hi int64
+		for i := range tv.spans {
+			s := &tv.spans[i]
+			if i == 0 || s.Start < lo {
+				lo = s.Start
+			}
+			hi = max(hi, s.End())
+		}
+		return filter.Num(float64(hi - lo)), true
+	case "$span_count":
+		return filter.Num(float64(len(tv.spans))), true
+	}
+	return tv.cur.Field(name)
+}
+
+func (r *Rule) matches(tv *traceVars) bool {
+	if r.Cond == nil {
+		return true
+	}
+	for i := range tv.spans {
+		tv.cur = &tv.spans[i]
+		if r.Cond.Match(tv) {
+			return true
+		}
+	}
+	return false
+}
+
+// Advance decides the traces quiet for the policy's data_ttl at now (every
+// held trace when all is set) and returns what is to be exported: kept
+// traces and late spans of kept traces. It also forgets old decisions.
+func (s *Sampler) Advance(now int64, all bool) []Trace {
+	p := s.policy.Load()
+	ttl := int64(DefaultDataTTL)
+	if p != nil {
+		ttl = int64(p.DataTTL)
+	}
+	var out []Trace
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, tr := range sh.traces {
+			if all || now-tr.last >= ttl {
+				if all {
+					s.C.early(EarlyShutdown)
+				}
+				s.releaseLocked(sh, k, tr)
+				s.decideLocked(sh, p, k, tr, now)
+			}
+		}
+		for k, d := range sh.decided {
+			if now-d.at > int64(s.lim.DecisionTTL) {
+				delete(sh.decided, k)
+				s.decided.Add(-1)
+			}
+		}
+		out = append(out, sh.pending...)
+		clear(sh.pending)
+		sh.pending = sh.pending[:0]
+		sh.mu.Unlock()
+	}
+	return out
+}

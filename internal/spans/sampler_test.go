@@ -1,0 +1,300 @@
+package spans
+
+import (
+	"encoding/binary"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aggd/aggd/internal/window"
+)
+
+// datakitExample is DataKit's documented recommended tail-sampling.toml,
+// with its logging and RUM examples.
+const datakitExample = `
+version = 2
+
+[trace]
+data_ttl = "1m"
+group_key = "trace_id"
+
+[[trace.sampling_pipeline]]
+name = "keep-error-trace"
+type = "condition"
+condition = '{ status = "error" }'
+action = "keep"
+
+[[trace.sampling_pipeline]]
+name = "keep-slow-trace"
+type = "condition"
+condition = '{ duration > 1000000000 }'
+action = "keep"
+
+[[trace.sampling_pipeline]]
+name = "drop-health-check"
+type = "condition"
+condition = '{ resource IN ["/health", "/ready"] }'
+action = "drop"
+
+[[trace.sampling_pipeline]]
+name = "sample-rest"
+type = "probabilistic"
+condition = '{ 1 = 1 }'
+rate = 0.1
+
+[logging]
+data_ttl = "1m"
+
+[[logging.group_dimensions]]
+group_key = "trace_id"
+
+[[logging.group_dimensions.pipelines]]
+name = "sample-by-trace-id"
+type = "probabilistic"
+condition = '{ 1 = 1 }'
+rate = 0.1
+
+[rum]
+data_ttl = "1m"
+
+[[rum.group_dimensions]]
+group_key = "session_id"
+
+[[rum.group_dimensions.pipelines]]
+name = "sample-by-session"
+type = "probabilistic"
+condition = '{ 1 = 1 }'
+rate = 0.2
+`
+
+func mustPolicy(t *testing.T, text string) *Policy {
+	t.Helper()
+	p, err := ParsePolicy(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func traceID(n uint64) [16]byte {
+	var id [16]byte
+	binary.BigEndian.PutUint64(id[:8], n*0x9e3779b97f4a7c15+1)
+	binary.BigEndian.PutUint64(id[8:], n)
+	return id
+}
+
+func sp(id [16]byte, spanID byte, mod func(*Span)) Span {
+	s := Span{TraceID: id, SpanID: [8]byte{spanID}, Service: "api", Name: "GET", Resource: "/items", Kind: KindServer,
+		Start: 1e18, Duration: 5e6}
+	if mod != nil {
+		mod(&s)
+	}
+	return s
+}
+
+func TestDataKitExampleLoads(t *testing.T) {
+	p := mustPolicy(t, datakitExample)
+	if p.Version != 2 || p.DataTTL != time.Minute || len(p.Rules) != 4 || !p.Rules[3].Probabilistic || p.Rules[3].Rate != 0.1 {
+		t.Fatalf("policy %+v", p)
+	}
+	if len(p.Logging) != 1 || p.Logging[0].GroupKey != "trace_id" || len(p.RUM) != 1 || p.RUM[0].Rules[0].Rate != 0.2 {
+		t.Fatalf("logging %+v rum %+v", p.Logging, p.RUM)
+	}
+}
+
+func TestPolicyErrors(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"[trace]\ngroup_key = \"span_id\"", "only trace_id"},
+		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"condition\"\naction = \"maybe\"", "keep or drop"},
+		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"probabilistic\"\nrate = 1.5", "rate must be"},
+		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"probabilistic\"", "rate must be"},
+		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"latency\"", "condition or probabilistic"},
+		{"[[trace.sampling_pipeline]]\nname = \"bad\"\ntype = \"condition\"\naction = \"keep\"\ncondition = \"{ a = }\"", `"bad"`},
+		{"[trace]\ndata_ttl = \"soon\"", "data_ttl"},
+		{"[[trace.derived_metrics]]\nname = \"x\"", "unsupported key"},
+		{"[[logging.group_dimensions]]\ngroup_key = \"\"", "group_key is empty"},
+	} {
+		_, err := ParsePolicy(tc.text)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error containing %q", tc.text, err, tc.want)
+		}
+	}
+}
+
+func TestJudgeFirstDecisionWins(t *testing.T) {
+	p := mustPolicy(t, datakitExample)
+	tests := []struct {
+		name  string
+		spans []func(*Span)
+		want  bool
+	}{
+		{"error anywhere keeps", []func(*Span){nil, func(s *Span) { s.Error = true; s.Resource = "/health" }}, true},
+		{"slow keeps", []func(*Span){func(s *Span) { s.Duration = 2e9 }}, true},
+		{"health drops", []func(*Span){func(s *Span) { s.Resource = "/ready" }}, false},
+		{"slow health check is kept: keep rules come first", []func(*Span){func(s *Span) { s.Resource = "/health"; s.Duration = 3e9 }}, true},
+	}
+	for _, tt := range tests {
+		id := traceID(1)
+		var spans []Span
+		for i, m := range tt.spans {
+			spans = append(spans, sp(id, byte(i), m))
+		}
+		if got := Judge(p, id, spans); got != tt.want {
+			t.Errorf("%s: got %v", tt.name, got)
+		}
+	}
+	// No rule decides: dropped.
+	only := mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"k\"\ntype = \"condition\"\naction = \"keep\"\ncondition = \"{ status = 'error' }\"")
+	if Judge(only, traceID(2), []Span{sp(traceID(2), 0, nil)}) {
+		t.Error("a trace no rule decides was kept")
+	}
+	if !Judge(nil, traceID(2), nil) {
+		t.Error("without a policy a trace was dropped")
+	}
+}
+
+func TestProbabilisticShareAndDeterminism(t *testing.T) {
+	const n = 200_000
+	for _, rate := range []float64{0.01, 0.1, 0.5, 0.9} {
+		kept := 0
+		for i := range n {
+			if KeepByRate(traceID(uint64(i)), rate) {
+				kept++
+			}
+		}
+		// Four standard deviations of a binomial.
+		if sd := math.Sqrt(n * rate * (1 - rate)); math.Abs(float64(kept)-n*rate) > 4*sd {
+			t.Errorf("rate %v kept %d of %d", rate, kept, n)
+		}
+	}
+	if KeepByRate(traceID(7), 0) || !KeepByRate(traceID(7), 1) {
+		t.Error("rates 0 and 1 are not absolute")
+	}
+}
+
+func TestHoldUntilQuietThenDecide(t *testing.T) {
+	p := mustPolicy(t, datakitExample)
+	s := NewSampler(p, DefaultLimits())
+	tn := window.NewTenant("t")
+	const sec = int64(time.Second)
+	errID, okID := traceID(10), traceID(11)
+	e1, e2 := sp(errID, 1, nil), sp(errID, 2, func(s *Span) { s.Error = true })
+	s.Add(tn, &e1, 0)
+	s.Add(tn, &e2, 50*sec) // extends the error trace's wait
+	h := sp(okID, 1, func(s *Span) { s.Resource = "/health" })
+	s.Add(tn, &h, 0)
+	if out := s.Advance(59*sec, false); len(out) != 0 {
+		t.Fatalf("decided too early: %v", out)
+	}
+	if out := s.Advance(60*sec, false); len(out) != 0 || s.C.TracesDropped.Load() != 1 {
+		t.Fatalf("the health check trace: out %v, dropped %d", out, s.C.TracesDropped.Load())
+	}
+	out := s.Advance(110*sec, false)
+	if len(out) != 1 || out[0].TraceID != errID || len(out[0].Spans) != 2 {
+		t.Fatalf("kept %+v", out)
+	}
+	// Late spans follow the decisions.
+	late := sp(errID, 3, nil)
+	s.Add(tn, &late, 111*sec)
+	lateDrop := sp(okID, 2, nil)
+	s.Add(tn, &lateDrop, 111*sec)
+	out = s.Advance(112*sec, false)
+	if len(out) != 1 || out[0].Spans[0].SpanID != late.SpanID || s.C.LateKept.Load() != 1 || s.C.LateDropped.Load() != 1 {
+		t.Fatalf("late: %+v kept %d dropped %d", out, s.C.LateKept.Load(), s.C.LateDropped.Load())
+	}
+	if s.C.HeldTraces.Load() != 0 || s.C.HeldBytes.Load() != 0 || s.C.HeldSpans.Load() != 0 {
+		t.Fatalf("held accounting not zero: %d %d %d", s.C.HeldTraces.Load(), s.C.HeldSpans.Load(), s.C.HeldBytes.Load())
+	}
+	// Decisions are forgotten after their TTL: a span after it starts anew.
+	s.Advance(112*sec+int64(DefaultLimits().DecisionTTL)+1, false)
+	again := sp(okID, 3, nil)
+	s.Add(tn, &again, 500*sec)
+	if s.C.HeldTraces.Load() != 1 {
+		t.Fatal("an old decision was still applied")
+	}
+}
+
+func TestBoundsDecideEarly(t *testing.T) {
+	keepAll := mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"")
+	tn := window.NewTenant("t")
+	early := func(s *Sampler, reason string) int64 {
+		v, ok := s.C.Early.Load(reason)
+		if !ok {
+			return 0
+		}
+		return v.(interface{ Load() int64 }).Load()
+	}
+
+	lim := DefaultLimits()
+	lim.MaxSpansPerTrace = 3
+	s := NewSampler(keepAll, lim)
+	for i := range 5 {
+		x := sp(traceID(1), byte(i), nil)
+		s.Add(tn, &x, 0)
+	}
+	out := s.Advance(1, false)
+	total := 0
+	for _, tr := range out {
+		total += len(tr.Spans)
+	}
+	// The first three were judged at the bound; the other two followed the
+	// decision as late spans.
+	if early(s, EarlySpansLimit) != 1 || total != 5 || len(out[0].Spans) != 3 || s.C.LateKept.Load() != 2 {
+		t.Fatalf("spans limit: early %d, %d spans in %d entries", early(s, EarlySpansLimit), total, len(out))
+	}
+
+	lim = DefaultLimits()
+	lim.MaxTracesPerTenant = 2
+	s = NewSampler(keepAll, lim)
+	other := window.NewTenant("u")
+	for i := range 4 {
+		x := sp(traceID(uint64(i)), 0, nil)
+		s.Add(tn, &x, 0)
+	}
+	y := sp(traceID(99), 0, nil)
+	s.Add(other, &y, 0) // another tenant is not limited by the first
+	if early(s, EarlyTracesLimit) != 2 || s.C.HeldTraces.Load() != 3 {
+		t.Fatalf("traces limit: early %d held %d", early(s, EarlyTracesLimit), s.C.HeldTraces.Load())
+	}
+
+	lim = DefaultLimits()
+	lim.MaxBytes = 1
+	s = NewSampler(keepAll, lim)
+	for i := range 3 {
+		x := sp(traceID(uint64(i)), 0, nil)
+		s.Add(tn, &x, 0)
+	}
+	if early(s, EarlyMemoryLimit) != 2 || s.C.HeldTraces.Load() != 1 {
+		t.Fatalf("memory limit: early %d held %d", early(s, EarlyMemoryLimit), s.C.HeldTraces.Load())
+	}
+	if out := s.Advance(0, true); len(out) != 3 {
+		t.Fatalf("shutdown decided %d traces", len(out))
+	}
+}
+
+func TestReloadKeepsHeldTraces(t *testing.T) {
+	s := NewSampler(mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"none\"\ntype = \"condition\"\naction = \"drop\""), DefaultLimits())
+	tn := window.NewTenant("t")
+	x := sp(traceID(1), 0, nil)
+	s.Add(tn, &x, 0)
+	s.SetPolicy(mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\""))
+	if out := s.Advance(int64(time.Hour), false); len(out) != 1 {
+		t.Fatalf("held trace lost or judged by the old policy: %v", out)
+	}
+}
+
+func TestFieldsOfASpan(t *testing.T) {
+	x := sp(traceID(1), 9, func(s *Span) { s.HTTPStatus = 304; s.Attrs = []Attr{{"user", "u1"}} })
+	for name, want := range map[string]string{"service": "api", "name": "GET", "resource": "/items", "span_kind": "server", "status": "ok", "parent_id": "0", "user": "u1"} {
+		if v, ok := x.Field(name); !ok || v.Str != want {
+			t.Errorf("%s = %+v", name, v)
+		}
+	}
+	if v, _ := x.Field("http_status_code"); v.Num != 304 {
+		t.Errorf("http_status_code %+v", v)
+	}
+	if _, ok := x.Field("nope"); ok {
+		t.Error("unknown field found")
+	}
+}
