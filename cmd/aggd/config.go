@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/upstream"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -34,6 +35,10 @@ type config struct {
 	ExportTimeout   time.Duration
 	LogFormat       string
 	LogLevel        string
+
+	SamplingFile   string
+	SamplingReload time.Duration
+	Sampling       spans.Limits
 
 	Window    window.Config
 	Limits    service.Limits
@@ -96,6 +101,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		Limits:    service.DefaultLimits(),
 		Histogram: upstream.DefaultHistogramConfig(),
 		SketchPct: []float64{0.5, 0.75, 0.9, 0.95, 0.99},
+		Sampling:  spans.DefaultLimits(),
 	}
 	fs := flag.NewFlagSet("aggd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -154,6 +160,9 @@ func (c config) validate() error {
 			errs = append(errs, fmt.Errorf("sketch percentile %v is not in [0, 1]", p))
 		}
 	}
+	if c.SamplingReload <= 0 || c.Sampling.MaxTracesPerTenant < 1 || c.Sampling.MaxSpansPerTrace < 1 || c.Sampling.MaxBytes < 1 || c.Sampling.DecisionTTL <= 0 {
+		errs = append(errs, errors.New("sampling limits and intervals must be positive"))
+	}
 	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.Histogram.Validate())
 	return errors.Join(errs...)
 }
@@ -188,4 +197,10 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.Var(stringList{&c.Histogram.Aggregates}, "histogram-aggregates", "series of histograms and timings among min,max,sum,avg,count,median")
 	fs.Var(floatList{&c.Histogram.Percentiles}, "histogram-percentiles", "percentile series of histograms and timings, in (0,1)")
 	fs.Var(floatList{&c.SketchPct}, "sketch-percentiles", "percentiles written with each distribution's summary")
+	fs.StringVar(&c.SamplingFile, "sampling-file", "", "DataKit tail-sampling.toml; without it every span is kept")
+	fs.DurationVar(&c.SamplingReload, "sampling-reload-interval", time.Minute, "how often the sampling file is checked for changes (SIGHUP reloads at once)")
+	fs.IntVar(&c.Sampling.MaxTracesPerTenant, "sampling-max-traces", c.Sampling.MaxTracesPerTenant, "traces held per tenant; new traces past it are decided at once")
+	fs.IntVar(&c.Sampling.MaxSpansPerTrace, "sampling-max-spans-per-trace", c.Sampling.MaxSpansPerTrace, "spans held per trace; the trace is decided when it reaches it")
+	fs.Int64Var(&c.Sampling.MaxBytes, "sampling-max-bytes", c.Sampling.MaxBytes, "memory of all held spans; new traces past it are decided at once")
+	fs.DurationVar(&c.Sampling.DecisionTTL, "sampling-decision-ttl", c.Sampling.DecisionTTL, "how long a trace's decision applies to its late spans")
 }

@@ -31,6 +31,7 @@ import (
 	configpkg "github.com/aggd/aggd/internal/config"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/telemetry"
 	"github.com/aggd/aggd/internal/upstream"
 )
@@ -87,7 +88,45 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Observer: telemetry.NewFlushMetrics(reg),
 	}, log)
 
+	var policy *spans.Policy
+	if cfg.SamplingFile != "" {
+		if policy, err = spans.LoadPolicy(cfg.SamplingFile); err != nil {
+			return err
+		}
+	}
+	sampler := spans.NewSampler(policy, cfg.Sampling)
+	reg.MustRegister(telemetry.NewSamplerCollector(&sampler.C))
+	traceRunner := spans.NewRunner(sampler, router, cfg.Window.Interval, log)
+	if err := traceRunner.Start(ctx); err != nil {
+		return err
+	}
+	var watcher *configpkg.Watcher
+	if cfg.SamplingFile != "" {
+		watcher = configpkg.NewWatcher(cfg.SamplingFile, cfg.SamplingReload, func() error {
+			p, err := spans.LoadPolicy(cfg.SamplingFile)
+			if err == nil {
+				sampler.SetPolicy(p)
+			}
+			return err
+		}, telemetry.NewReloadMetrics(reg).Observer("sampling"), log)
+		watcher.Start(ctx)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-hup:
+					watcher.Reload()
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+
 	srv := service.New(agg, tenants, cfg.Limits, log)
+	srv.SetSpanIngester(spans.NewProcessor(agg, sampler))
 	gs := grpc.NewServer(append(service.ServerOptions(),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.WaitForHandlers(true),
@@ -136,7 +175,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case err := <-serveErr:
 		log.Error("grpc server stopped", "err", err)
 	}
-	return shutdown(cfg, log, hs, srv, gs, flusher, router, admin)
+	if watcher != nil {
+		watcher.Shutdown(context.Background())
+	}
+	return shutdown(cfg, log, hs, srv, gs, traceRunner, flusher, router, admin)
 }
 
 // buildUpstreams makes the upstreams of the configuration file, or the
@@ -183,9 +225,10 @@ func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.
 	return nil, nil, err
 }
 
-// shutdown stops aggd in order: health NOT_SERVING, streams drained, final
-// flush, admin server closed, all within the shutdown timeout.
-func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, fl *flush.Flusher, router *upstream.Router, admin *http.Server) error {
+// shutdown stops aggd in order: health NOT_SERVING, streams drained, held
+// traces decided and exported, final flush, send queues drained, admin
+// server closed, all within the shutdown timeout.
+func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, traces *spans.Runner, fl *flush.Flusher, router *upstream.Router, admin *http.Server) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -201,7 +244,7 @@ func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Serv
 		gs.Stop()
 		<-stopped
 	}
-	err := fl.Shutdown(ctx)
+	err := errors.Join(traces.Shutdown(ctx), fl.Shutdown(ctx))
 	if uerr := router.Shutdown(ctx); uerr != nil {
 		log.Error("send queues not drained", "err", uerr)
 		err = errors.Join(err, uerr)

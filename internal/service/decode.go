@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -40,6 +41,11 @@ type decoder struct {
 	rej    []rejection // events, checks and spans
 	// detail explains each refused sample, by index; "" where accepted.
 	detail []string
+	// spans decoded, with their results and details, and their attributes.
+	spans       []spans.Span
+	spanResults []window.Reason
+	spanDetail  []string
+	attrs       []spans.Attr
 	// samples decoded, by index, including refused ones.
 	nSamples, nEvents, nChecks, nSpans int
 }
@@ -55,6 +61,13 @@ func (d *decoder) reset(b *window.Batch) {
 	d.rej = d.rej[:0]
 	clear(d.detail)
 	d.detail = d.detail[:0]
+	clear(d.spans)
+	d.spans = d.spans[:0]
+	d.spanResults = d.spanResults[:0]
+	clear(d.spanDetail)
+	d.spanDetail = d.spanDetail[:0]
+	clear(d.attrs)
+	d.attrs = d.attrs[:0]
 	d.nSamples, d.nEvents, d.nChecks, d.nSpans = 0, 0, 0, 0
 }
 
@@ -151,8 +164,7 @@ func (d *decoder) decodeBatch(buf []byte, b *window.Batch) error {
 		case 3:
 			d.addCheck(v, b)
 		case 4:
-			d.rejectf(aggdv1.ItemKind_ITEM_KIND_SPAN, d.nSpans, window.ReasonUnsupported, "span ingestion is not enabled on this server")
-			d.nSpans++
+			d.addSpan(v)
 		}
 	}
 	return nil

@@ -45,6 +45,7 @@ func (l Limits) Validate() error {
 // use.
 type Server struct {
 	ing      Ingester
+	spanIng  SpanIngester
 	tenants  *Tenants
 	lim      Limits
 	log      *slog.Logger
@@ -58,6 +59,10 @@ func New(ing Ingester, tenants *Tenants, lim Limits, log *slog.Logger) *Server {
 	s.states.New = func() any { return &callState{dec: newDecoder(lim)} }
 	return s
 }
+
+// SetSpanIngester makes s take spans into si; without one, spans are
+// refused (unsupported). Call it before serving.
+func (s *Server) SetSpanIngester(si SpanIngester) { s.spanIng = si }
 
 // ServerOptions returns the options a grpc.Server needs to serve s: the
 // codec that hands request bytes to the protowire decoder.
@@ -175,6 +180,17 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 func (s *Server) ingest(st *callState) {
 	b, d := &st.batch, st.dec
 	s.ing.Ingest(b)
+	if len(d.spans) > 0 {
+		if s.spanIng == nil {
+			for i := range d.spanResults {
+				if d.spanResults[i] == window.Accepted {
+					d.spanResults[i], d.spanDetail[i] = window.ReasonUnsupported, "span ingestion is not enabled on this server"
+				}
+			}
+		} else {
+			s.spanIng.IngestSpans(b.Tenant, b.Now, d.spans, d.spanResults)
+		}
+	}
 	ack := &st.ack
 	clear(ack.Rejections)
 	ack.Rejections = ack.Rejections[:0]
@@ -192,6 +208,7 @@ func (s *Server) ingest(st *callState) {
 		})
 		tn.Rejected[r].Add(1)
 	}
+	spanRejections(ack, d, tn)
 	for _, rj := range d.rej {
 		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
 			Kind: rj.kind, Index: uint32(rj.index), Reason: rj.reason.String(), Detail: rj.detail,

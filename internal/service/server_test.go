@@ -60,6 +60,12 @@ func start(t *testing.T, auth bool) *env {
 	return &env{rec: rec, srv: srv, client: aggdv1.NewAggregatorServiceClient(conn)}
 }
 
+func make16(b byte) []byte {
+	id := make([]byte, 16)
+	id[15] = b
+	return id
+}
+
 func sample(name string, v float64) *aggdv1.Sample {
 	return &aggdv1.Sample{Name: name, Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: v}
 }
@@ -76,7 +82,9 @@ func TestStreamAcksEveryBatchInOrder(t *testing.T) {
 		{Sequence: 11, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("", 1), sample("c", 3)},
 			Events:        []*aggdv1.Event{{Title: ""}, {Title: "deploy"}},
 			ServiceChecks: []*aggdv1.ServiceCheck{{Name: "db", Status: 9}}}},
-		{Sequence: 12, Batch: &aggdv1.Batch{Spans: []*aggdv1.Span{{Name: "s"}}}},
+		{Sequence: 12, Batch: &aggdv1.Batch{Spans: []*aggdv1.Span{{Name: "s"}, {
+			TraceId: make16(1), SpanId: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Name: "s", StartUnixNano: 1,
+		}}}},
 		{Sequence: 13},
 	}
 	// Pipeline every request before reading an ack.
@@ -100,7 +108,7 @@ func TestStreamAcksEveryBatchInOrder(t *testing.T) {
 			{aggdv1.ItemKind_ITEM_KIND_SAMPLE, 0, "invalid_name"},
 			{aggdv1.ItemKind_ITEM_KIND_EVENT, 0, "invalid_event"},
 			{aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, 0, "invalid_status"}}},
-		{12, 0, 1, []rej{{aggdv1.ItemKind_ITEM_KIND_SPAN, 0, "unsupported"}}},
+		{12, 0, 2, []rej{{aggdv1.ItemKind_ITEM_KIND_SPAN, 0, "invalid_value"}, {aggdv1.ItemKind_ITEM_KIND_SPAN, 1, "unsupported"}}},
 		{13, 0, 0, nil},
 	}
 	for _, w := range want {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -133,4 +134,80 @@ func (m *SendMetrics) Lost(upstream, reason string, points int) {
 func (m *SendMetrics) Queue(upstream string, depth, bytes int) {
 	m.depth.WithLabelValues(upstream).Set(float64(depth))
 	m.bytes.WithLabelValues(upstream).Set(float64(bytes))
+}
+
+// SamplerCollector exports the tail sampler's counters.
+type SamplerCollector struct {
+	c                                *spans.Counters
+	traces, spansTotal, late, early  *prometheus.Desc
+	heldTraces, heldSpans, heldBytes *prometheus.Desc
+}
+
+// NewSamplerCollector returns a collector over c.
+func NewSamplerCollector(c *spans.Counters) *SamplerCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &SamplerCollector{c: c,
+		traces:     d("aggd_sampling_traces_total", "Traces decided, by decision.", "decision"),
+		spansTotal: d("aggd_sampling_spans_total", "Spans kept or dropped, late ones included.", "decision"),
+		late:       d("aggd_sampling_late_spans_total", "Spans that arrived after their trace was decided, by decision.", "decision"),
+		early:      d("aggd_sampling_early_decisions_total", "Traces decided before data_ttl, by reason (bounds, shutdown).", "reason"),
+		heldTraces: d("aggd_sampling_held_traces", "Traces held for a decision."),
+		heldSpans:  d("aggd_sampling_held_spans", "Spans held for a decision."),
+		heldBytes:  d("aggd_sampling_held_bytes", "Estimated memory of the held spans."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (s *SamplerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{s.traces, s.spansTotal, s.late, s.early, s.heldTraces, s.heldSpans, s.heldBytes} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (s *SamplerCollector) Collect(ch chan<- prometheus.Metric) {
+	c := s.c
+	counter := func(d *prometheus.Desc, v int64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
+	}
+	gauge := func(d *prometheus.Desc, v int64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
+	}
+	counter(s.traces, c.TracesKept.Load(), "kept")
+	counter(s.traces, c.TracesDropped.Load(), "dropped")
+	counter(s.spansTotal, c.SpansKept.Load(), "kept")
+	counter(s.spansTotal, c.SpansDropped.Load(), "dropped")
+	counter(s.late, c.LateKept.Load(), "kept")
+	counter(s.late, c.LateDropped.Load(), "dropped")
+	c.Early.Range(func(k, v any) bool {
+		counter(s.early, v.(interface{ Load() int64 }).Load(), k.(string))
+		return true
+	})
+	gauge(s.heldTraces, c.HeldTraces.Load())
+	gauge(s.heldSpans, c.HeldSpans.Load())
+	gauge(s.heldBytes, c.HeldBytes.Load())
+}
+
+// ReloadMetrics counts configuration reloads by file and outcome.
+type ReloadMetrics struct{ v *prometheus.CounterVec }
+
+// NewReloadMetrics registers aggd_config_reloads_total with reg.
+func NewReloadMetrics(reg prometheus.Registerer) *ReloadMetrics {
+	m := &ReloadMetrics{prometheus.NewCounterVec(prometheus.CounterOpts{Name: "aggd_config_reloads_total",
+		Help: "Configuration file reloads by file and result (success or failure; a failure keeps the last good configuration)."}, []string{"file", "result"})}
+	reg.MustRegister(m.v)
+	return m
+}
+
+// Observer returns the reload observer of file.
+func (m *ReloadMetrics) Observer(file string) func(ok bool) {
+	return func(ok bool) {
+		r := "failure"
+		if ok {
+			r = "success"
+		}
+		m.v.WithLabelValues(file, r).Inc()
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
@@ -410,13 +411,23 @@ func (s *otlpSender) Send(ctx context.Context, p *Payload) error {
 	if s.compression == CompressGzip {
 		opts = append(opts, grpc.UseCompressor("gzip"))
 	}
-	var resp colmetricspb.ExportMetricsServiceResponse
-	err := s.conn.Invoke(ctx, colmetricspb.MetricsService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...)
-	if err == nil {
-		if ps := resp.GetPartialSuccess(); ps.GetRejectedDataPoints() > 0 {
-			s.metrics.Lost(s.name, "partial_success", int(ps.GetRejectedDataPoints()))
+	var err error
+	if p.Kind == "traces" {
+		var resp coltracepb.ExportTraceServiceResponse
+		if err = s.conn.Invoke(ctx, coltracepb.TraceService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
+			if ps := resp.GetPartialSuccess(); ps.GetRejectedSpans() > 0 {
+				s.metrics.Lost(s.name, "partial_success", int(ps.GetRejectedSpans()))
+			}
+			return nil
 		}
-		return nil
+	} else {
+		var resp colmetricspb.ExportMetricsServiceResponse
+		if err = s.conn.Invoke(ctx, colmetricspb.MetricsService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
+			if ps := resp.GetPartialSuccess(); ps.GetRejectedDataPoints() > 0 {
+				s.metrics.Lost(s.name, "partial_success", int(ps.GetRejectedDataPoints()))
+			}
+			return nil
+		}
 	}
 	st := status.Convert(err)
 	reason := "grpc_" + strings.ToLower(st.Code().String())

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )
@@ -21,6 +22,7 @@ type OTLPRequest struct {
 // concurrent use.
 type OTLPReceiver struct {
 	colmetricspb.UnimplementedMetricsServiceServer
+	traces traceReceiver
 	// Addr is the receiver's host:port.
 	Addr string
 	// Answer, if set, may fail export n (from 0) with a status error, or
@@ -44,6 +46,7 @@ func NewOTLPReceiver(tb interface {
 	r := &OTLPReceiver{Addr: lis.Addr().String()}
 	gs := grpc.NewServer()
 	colmetricspb.RegisterMetricsServiceServer(gs, r)
+	coltracepb.RegisterTraceServiceServer(gs, &r.traces)
 	go gs.Serve(lis)
 	tb.Cleanup(gs.Stop)
 	return r
@@ -81,4 +84,31 @@ func (r *OTLPReceiver) Calls() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.n
+}
+
+// OTLPTraceRequest is one trace export the receiver took.
+type OTLPTraceRequest struct {
+	MD  metadata.MD
+	Req *coltracepb.ExportTraceServiceRequest
+}
+
+type traceReceiver struct {
+	coltracepb.UnimplementedTraceServiceServer
+	mu   sync.Mutex
+	reqs []OTLPTraceRequest
+}
+
+func (t *traceReceiver) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	t.mu.Lock()
+	t.reqs = append(t.reqs, OTLPTraceRequest{MD: md, Req: req})
+	t.mu.Unlock()
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+// TraceRequests returns the trace exports taken so far.
+func (r *OTLPReceiver) TraceRequests() []OTLPTraceRequest {
+	r.traces.mu.Lock()
+	defer r.traces.mu.Unlock()
+	return slices.Clone(r.traces.reqs)
 }

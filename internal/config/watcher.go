@@ -1,0 +1,92 @@
+package config
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// Watcher reloads a file when it changes (checked every interval, by size
+// and modification time) and when Reload is called (SIGHUP). Requests that
+// arrive during a load merge into one. A load that fails leaves the last
+// good configuration in force; load says why and the watcher logs it.
+type Watcher struct {
+	path     string
+	interval time.Duration
+	load     func() error
+	observe  func(ok bool)
+	log      *slog.Logger
+	trigger  chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
+	started  bool
+	last     os.FileInfo
+}
+
+// NewWatcher returns a watcher of path; observe, if set, is told of every
+// reload's outcome.
+func NewWatcher(path string, interval time.Duration, load func() error, observe func(ok bool), log *slog.Logger) *Watcher {
+	w := &Watcher{path: path, interval: interval, load: load, observe: observe, log: log.With("file", path),
+		trigger: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	w.last, _ = os.Stat(path)
+	return w
+}
+
+// Reload asks for a reload; it does not wait for it.
+func (w *Watcher) Reload() {
+	select {
+	case w.trigger <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// Start starts the watch loop; it exits when Shutdown is called.
+func (w *Watcher) Start(context.Context) error {
+	w.started = true
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(w.interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-w.trigger:
+				w.reload("signal")
+			case <-t.C:
+				if fi, err := os.Stat(w.path); err == nil && (w.last == nil || fi.ModTime() != w.last.ModTime() || fi.Size() != w.last.Size()) {
+					w.reload("change")
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+func (w *Watcher) reload(why string) {
+	w.last, _ = os.Stat(w.path)
+	err := w.load()
+	if w.observe != nil {
+		w.observe(err == nil)
+	}
+	if err != nil {
+		w.log.Error("reload failed; the previous configuration stays in force", "trigger", why, "err", err)
+		return
+	}
+	w.log.Info("reloaded", "trigger", why)
+}
+
+// Shutdown stops the loop.
+func (w *Watcher) Shutdown(ctx context.Context) error {
+	close(w.stop)
+	if !w.started {
+		return nil
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

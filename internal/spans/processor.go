@@ -1,0 +1,142 @@
+package spans
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aggd/aggd/internal/window"
+)
+
+// StatsSink takes the stats samples of spans: the aggregator.
+type StatsSink interface {
+	Ingest(b *window.Batch)
+}
+
+// Processor takes spans: their stats go to a StatsSink, then the spans to
+// the Sampler. It implements service.SpanIngester and is safe for
+// concurrent use.
+type Processor struct {
+	sink    StatsSink
+	sampler *Sampler
+	states  sync.Pool
+}
+
+type procState struct {
+	stats Stats
+	batch window.Batch
+	arena []byte
+	first []int
+}
+
+// NewProcessor returns a processor feeding sink and sampler.
+func NewProcessor(sink StatsSink, sampler *Sampler) *Processor {
+	p := &Processor{sink: sink, sampler: sampler}
+	p.states.New = func() any { return &procState{} }
+	return p
+}
+
+// IngestSpans aggregates the stats of the accepted spans and holds them for
+// sampling. A span whose stats are refused (its end is too old or too new
+// for the windows, or its tenant is at its context limit) is refused whole.
+func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results []window.Reason) {
+	st := p.states.Get().(*procState)
+	defer p.states.Put(st)
+	st.batch.Reset()
+	st.stats.Reset()
+	st.arena = st.arena[:0]
+	st.first = st.first[:0]
+	st.batch.Tenant, st.batch.Now = t, now
+	for i := range sp {
+		st.first = append(st.first, len(st.batch.Samples))
+		if results[i] != window.Accepted {
+			continue
+		}
+		start := len(st.batch.Samples)
+		st.stats.Add(&st.batch, &sp[i])
+		for j := start; j < len(st.batch.Samples); j++ {
+			st.arena = st.batch.Samples[j].Prepare(t, st.arena)
+		}
+	}
+	p.sink.Ingest(&st.batch)
+	for i := range sp {
+		if results[i] != window.Accepted {
+			continue
+		}
+		if r := st.batch.Results[st.first[i]]; r != window.Accepted {
+			results[i] = r
+			continue
+		}
+		p.sampler.Add(t, &sp[i], now)
+	}
+}
+
+// Exporter sends kept traces upstream. It must not keep the slice.
+type Exporter interface {
+	ExportTraces(ctx context.Context, traces []Trace) error
+}
+
+// Runner decides held traces every second and exports the kept ones.
+// Start and Shutdown may be called once each.
+type Runner struct {
+	sampler *Sampler
+	exp     Exporter
+	timeout time.Duration
+	log     *slog.Logger
+	stop    chan struct{}
+	done    chan struct{}
+	started bool
+}
+
+// NewRunner returns a runner of sampler into exp; timeout bounds one
+// export.
+func NewRunner(sampler *Sampler, exp Exporter, timeout time.Duration, log *slog.Logger) *Runner {
+	return &Runner{sampler: sampler, exp: exp, timeout: timeout, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Start starts the decision loop; it exits when Shutdown is called.
+func (r *Runner) Start(context.Context) error {
+	r.started = true
+	go func() {
+		defer close(r.done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.stop:
+				return
+			case now := <-t.C:
+				r.export(now, false)
+			}
+		}
+	}()
+	return nil
+}
+
+func (r *Runner) export(now time.Time, all bool) {
+	traces := r.sampler.Advance(now.UnixNano(), all)
+	if len(traces) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	if err := r.exp.ExportTraces(ctx, traces); err != nil {
+		r.log.Error("trace export failed", "traces", len(traces), "err", err)
+	}
+}
+
+// Shutdown stops the loop, then decides every held trace and exports the
+// kept ones.
+func (r *Runner) Shutdown(ctx context.Context) error {
+	close(r.stop)
+	if r.started {
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	r.export(time.Now(), true)
+	return nil
+}

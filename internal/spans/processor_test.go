@@ -1,0 +1,81 @@
+package spans_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/spans"
+	"github.com/aggd/aggd/internal/window"
+)
+
+func TestProcessorFeedsStatsAndSampler(t *testing.T) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	s := spans.NewSampler(nil, spans.DefaultLimits())
+	p := spans.NewProcessor(agg, s)
+	tn := window.NewTenant("t")
+	now := time.Now().UnixNano()
+	sp := []spans.Span{
+		{TraceID: [16]byte{1}, SpanID: [8]byte{1}, Service: "api", Name: "op", Resource: "/r", Kind: spans.KindServer, Start: now - 1e9, Duration: 5e8, HTTPStatus: 200},
+		{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Service: "db", Name: "q", Start: now - 1e9, Duration: 1e8, Error: true, HasParent: true},
+		{TraceID: [16]byte{2}, SpanID: [8]byte{3}, Service: "old", Name: "q", Start: now - int64(2*time.Hour), Duration: 1},
+	}
+	res := make([]window.Reason, len(sp))
+	p.IngestSpans(tn, now, sp, res)
+	if res[0] != window.Accepted || res[1] != window.Accepted || res[2] != window.ReasonTooOld {
+		t.Fatalf("results %v", res)
+	}
+	// span 0: hits, duration sum, duration, top-level; span 1: hits, sum,
+	// duration, errors.
+	if n := agg.Contexts(); n != 8 {
+		t.Fatalf("%d stats contexts, want 8", n)
+	}
+	if out := s.Advance(now, false); len(out) != 2 {
+		t.Fatalf("sampler got %d traces, want the 2 accepted spans", len(out))
+	}
+}
+
+func BenchmarkIngestSpans(b *testing.B) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 0)
+	policy, err := spans.ParsePolicy(`
+[trace]
+data_ttl = "10s"
+[[trace.sampling_pipeline]]
+name = "errors"
+type = "condition"
+condition = '{ status = "error" }'
+action = "keep"
+[[trace.sampling_pipeline]]
+name = "rest"
+type = "probabilistic"
+rate = 0.1
+`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sampler := spans.NewSampler(policy, spans.DefaultLimits())
+	p := spans.NewProcessor(agg, sampler)
+	tn := window.NewTenant("t")
+	now := time.Now().UnixNano()
+	// Traces of 5 spans, each batch carrying spans of 100 traces; every
+	// 20 batches time moves 1 s and held traces are decided.
+	batch := make([]spans.Span, 500)
+	res := make([]window.Reason, len(batch))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := range batch {
+			tr := i*100 + j/5
+			batch[j] = spans.Span{TraceID: [16]byte{byte(tr), byte(tr >> 8), byte(tr >> 16), byte(tr >> 24), 1}, SpanID: [8]byte{byte(j % 5), 1},
+				HasParent: j%5 != 0, Service: "api", Name: "op", Resource: "/r" + string(rune('a'+j%20)), Kind: spans.KindServer,
+				Start: now, Duration: 1e6, HTTPStatus: 200, Error: tr%50 == 0}
+		}
+		clear(res)
+		p.IngestSpans(tn, now, batch, res)
+		if i%20 == 19 {
+			now += 1e9
+			sampler.Advance(now, false)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/span")
+}
