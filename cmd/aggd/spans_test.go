@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,5 +242,62 @@ func TestTailSamplingIsIdenticalAcrossInstances(t *testing.T) {
 		if _, ok := b[id]; !ok {
 			t.Fatalf("trace %s kept by A only", id)
 		}
+	}
+}
+
+func TestSamplingFileReload(t *testing.T) {
+	dir := t.TempDir()
+	sampling, out := filepath.Join(dir, "tail-sampling.toml"), filepath.Join(dir, "out.jsonl")
+	keep := "[trace]\ndata_ttl = \"200ms\"\n[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"\n"
+	drop := "[trace]\ndata_ttl = \"200ms\"\n[[trace.sampling_pipeline]]\nname = \"none\"\ntype = \"condition\"\naction = \"drop\"\n"
+	os.WriteFile(sampling, []byte(keep), 0o600)
+	in := startAggd(t, "--output", out, "--sampling-file", sampling, "--sampling-reload-interval", "20ms", "--interval", "1h", "--context-ttl", "3h")
+	client := aggdv1.NewAggregatorServiceClient(in.conn)
+	_, traces := workload(40)
+	send := func(i int) {
+		if _, err := client.Submit(context.Background(), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Spans: traces[i]}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reloads := func(result string) float64 {
+		return metric(scrape(t, in.admin), `aggd_config_reloads_total{file="sampling",result="`+result+`"}`)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	send(3) // held under "keep all" when the file breaks
+	os.WriteFile(sampling, []byte("[trace\nbroken"), 0o600)
+	waitFor("a failed reload", func() bool { return reloads("failure") >= 1 })
+	send(4) // judged by the last good rules: kept
+	id := func(i int) string { return hex.EncodeToString(traces[i][0].TraceId) }
+	waitFor("trace 4 to be decided and written", func() bool {
+		data, _ := os.ReadFile(out)
+		return strings.Contains(string(data), id(4))
+	})
+	os.WriteFile(sampling, []byte(drop), 0o600)
+	waitFor("a successful reload", func() bool { return reloads("success") >= 1 })
+	send(5) // dropped
+	in.stop(t)
+	lines := readLines(t, out)
+	kept := map[string]int{}
+	for _, l := range lines {
+		if l["kind"] == "span" {
+			kept[l["trace_id"].(string)]++
+		}
+	}
+	// Trace 3 was held across both reloads and judged by the rules in force
+	// when it was decided; trace 4 came under the kept-good rules.
+	if kept[id(4)] != 3 || kept[id(5)] != 0 {
+		t.Fatalf("kept spans by trace: %v (4: %s, 5: %s)", kept, id(4), id(5))
+	}
+	if n := kept[id(3)]; n != 0 && n != 3 {
+		t.Fatalf("trace 3 partly kept: %d spans", n)
 	}
 }
