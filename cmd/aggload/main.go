@@ -5,7 +5,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,6 +48,9 @@ type options struct {
 	rate     float64
 	token    string
 	seed     uint64
+	// spansPerTrace > 0 sends spans instead of samples: each batch holds
+	// batch spans of batch/spansPerTrace new traces.
+	spansPerTrace int
 }
 
 func main() {
@@ -63,6 +68,7 @@ func main() {
 	flag.Float64Var(&o.rate, "rate", 0, "target samples per second over all streams (0: as fast as acks allow)")
 	flag.StringVar(&o.token, "token", "", "bearer token (sets the tenant; -tenants is then ignored)")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the workload")
+	flag.IntVar(&o.spansPerTrace, "spans-per-trace", 0, "send spans, this many per trace, instead of samples (every batch carries new traces)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -109,6 +115,64 @@ func parseMix(s string) ([]aggdv1.MetricType, error) {
 	}
 	if len(out) == 0 {
 		return nil, errors.New("mix has no weight")
+	}
+	return out, nil
+}
+
+// template is a pre-encoded batch and where its trace ids are: sending
+// writes a fresh counter into the first 8 bytes of each, so that every
+// batch carries new traces.
+type template struct {
+	data   []byte
+	traces []int // offsets of trace id bytes
+}
+
+// encodeSpanBatches pre-encodes span batches whose contexts (service,
+// operation, resource, kind, status) cycle through o.contexts.
+func encodeSpanBatches(o options) ([]template, error) {
+	rng := rand.New(rand.NewPCG(o.seed, 0))
+	start := time.Now().UnixNano()
+	var out []template
+	nb := max(1, o.contexts/o.batch)
+	for k := range nb {
+		b := &aggdv1.Batch{}
+		var ids [][]byte
+		for i := range o.batch {
+			tr, pos := i/o.spansPerTrace, i%o.spansPerTrace
+			id := make([]byte, 16)
+			binary.BigEndian.PutUint64(id[8:], uint64(k*o.batch+tr+1))
+			if pos == 0 {
+				ids = append(ids, id)
+			}
+			c := k*o.batch + i
+			s := &aggdv1.Span{TraceId: id, SpanId: []byte{0, 0, 0, 0, 0, 0, byte(pos >> 8), byte(pos + 1)},
+				Service: fmt.Sprintf("svc-%d", c%10), Name: "http.request", Resource: fmt.Sprintf("/r/%d", c%(o.contexts/10+1)),
+				Kind: aggdv1.SpanKind_SPAN_KIND_SERVER, StartUnixNano: start, DurationNano: int64(rng.IntN(50_000_000)), HttpStatusCode: 200}
+			if pos > 0 {
+				s.ParentSpanId = []byte{0, 0, 0, 0, 0, 0, 0, 1}
+				s.Kind = aggdv1.SpanKind_SPAN_KIND_CLIENT
+			}
+			if rng.IntN(50) == 0 {
+				s.Error, s.HttpStatusCode = true, 500
+			}
+			b.Spans = append(b.Spans, s)
+		}
+		data, err := gproto.Marshal(b)
+		if err != nil {
+			return nil, err
+		}
+		t := template{data: data}
+		for _, id := range ids {
+			for from := 0; ; {
+				i := bytes.Index(data[from:], id)
+				if i < 0 {
+					break
+				}
+				t.traces = append(t.traces, from+i)
+				from += i + len(id)
+			}
+		}
+		out = append(out, t)
 	}
 	return out, nil
 }
@@ -162,9 +226,24 @@ func run(ctx context.Context, o options) (*result, error) {
 	case o.streams < 1 || o.batch < 1 || o.contexts < 1 || o.tenants < 1 || o.inflight < 1 || o.tags < 1:
 		return nil, errors.New("-streams, -batch, -contexts, -tenants, -inflight and -tags must be positive")
 	}
-	batches, err := encodeBatches(o)
-	if err != nil {
-		return nil, err
+	var templates []template
+	if o.spansPerTrace > 0 {
+		if o.spansPerTrace > o.batch {
+			return nil, errors.New("-spans-per-trace must not exceed -batch")
+		}
+		ts, err := encodeSpanBatches(o)
+		if err != nil {
+			return nil, err
+		}
+		templates = ts
+	} else {
+		bs, err := encodeBatches(o)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range bs {
+			templates = append(templates, template{data: b})
+		}
 	}
 	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{encoding.GetCodecV2(proto.Name)})))
@@ -192,7 +271,7 @@ func run(ctx context.Context, o options) (*result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := stream(ctx, client, o, s, batches, interval)
+			r, err := stream(ctx, client, o, s, templates, interval)
 			if err != nil && ctx.Err() == nil {
 				errOnce.Do(func() { runErr = err; cancel() })
 			}
@@ -214,7 +293,7 @@ func run(ctx context.Context, o options) (*result, error) {
 
 // stream runs one stream until ctx ends or it has sent o.batches batches,
 // then waits for the outstanding acks.
-func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o options, id int, batches [][]byte, interval time.Duration) (result, error) {
+func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o options, id int, batches []template, interval time.Duration) (result, error) {
 	var r result
 	md := metadata.Pairs("x-tenant-id", fmt.Sprintf("load-%d", id%o.tenants))
 	if o.token != "" {
@@ -272,16 +351,23 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 		if ctx.Err() != nil {
 			break
 		}
-		b := batches[i%len(batches)]
-		req := protowire.AppendTag(make([]byte, 0, len(b)+16), 1, protowire.VarintType)
+		t := batches[i%len(batches)]
+		req := protowire.AppendTag(make([]byte, 0, len(t.data)+16), 1, protowire.VarintType)
 		req = protowire.AppendVarint(req, seq)
 		req = protowire.AppendTag(req, 2, protowire.BytesType)
-		req = protowire.AppendBytes(req, b)
+		req = protowire.AppendBytes(req, t.data)
+		if len(t.traces) > 0 { // fresh trace ids: stream, sequence, round
+			body := req[len(req)-len(t.data):]
+			fresh := uint64(id+1)<<48 | seq<<8 | 1
+			for _, off := range t.traces {
+				binary.BigEndian.PutUint64(body[off:], fresh)
+			}
+		}
 		sentAt[seq%uint64(o.inflight)].Store(time.Now().UnixNano())
 		if err := st.SendMsg(rawRequest(req)); err != nil {
 			return r, err
 		}
-		r.sentSamples += int64(o.batch)
+		r.sentSamples += int64(o.batch) // samples or spans
 		seq++
 	}
 	st.CloseSend()
@@ -295,10 +381,14 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 
 func (r *result) print(w io.Writer, o options) {
 	secs := r.elapsed.Seconds()
+	unit := "samples"
+	if o.spansPerTrace > 0 {
+		unit = "spans"
+	}
 	fmt.Fprintf(w, "load: %d streams, batch %d, %d contexts x %d tenants, mix %s, inflight %d, rate %s\n",
 		o.streams, o.batch, o.contexts, o.tenants, o.mix, o.inflight, rateString(o.rate))
-	fmt.Fprintf(w, "sent:  %d samples in %.2fs = %.0f samples/s\n", r.sentSamples, secs, float64(r.sentSamples)/secs)
-	fmt.Fprintf(w, "acked: %d samples = %.0f samples/s (%d rejected)\n", r.accepted+r.rejects, float64(r.accepted+r.rejects)/secs, r.rejects)
+	fmt.Fprintf(w, "sent:  %d %s in %.2fs = %.0f %s/s\n", r.sentSamples, unit, secs, float64(r.sentSamples)/secs, unit)
+	fmt.Fprintf(w, "acked: %d %s = %.0f %s/s (%d rejected)\n", r.accepted+r.rejects, unit, float64(r.accepted+r.rejects)/secs, unit, r.rejects)
 	if r.firstReject != "" {
 		fmt.Fprintf(w, "first rejection: %s\n", r.firstReject)
 	}

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -49,4 +51,45 @@ func TestBadOptions(t *testing.T) {
 			t.Errorf("%+v: accepted", o)
 		}
 	}
+}
+
+func TestSpansModeSendsFreshTraces(t *testing.T) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	rec := &spanCounter{}
+	addr := servicetest.ServeSpans(t, agg, rec)
+	o := options{addr: addr, streams: 2, batch: 100, contexts: 300, tenants: 1, tags: 1, mix: "gauge:1",
+		duration: 30 * time.Second, batches: 6, inflight: 2, seed: 1, spansPerTrace: 4}
+	r, err := run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.accepted != 1200 || r.rejects != 0 {
+		t.Fatalf("accepted %d, rejected %d (%s)", r.accepted, r.rejects, r.firstReject)
+	}
+	// 12 batches of 25 traces, each batch with fresh trace ids.
+	if n := rec.traces(); n != 12*25 {
+		t.Fatalf("%d distinct traces, want 300", n)
+	}
+}
+
+type spanCounter struct {
+	mu  sync.Mutex
+	ids map[[16]byte]int
+}
+
+func (c *spanCounter) IngestSpans(_ *window.Tenant, _ int64, sp []spans.Span, _ []window.Reason) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ids == nil {
+		c.ids = map[[16]byte]int{}
+	}
+	for i := range sp {
+		c.ids[sp[i].TraceID]++
+	}
+}
+
+func (c *spanCounter) traces() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.ids)
 }

@@ -1,6 +1,7 @@
 package spans_test
 
 import (
+	"runtime"
 	"testing"
 	"time"
 
@@ -78,4 +79,30 @@ rate = 0.1
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/span")
+}
+
+// TestMemoryPerHeldSpan reports the heap held per span waiting for its
+// trace's decision (5-span traces, short strings).
+func TestMemoryPerHeldSpan(t *testing.T) {
+	if testing.Short() {
+		t.Skip("holds 500k spans")
+	}
+	policy, _ := spans.ParsePolicy("[trace]\ndata_ttl = \"1h\"\n")
+	s := spans.NewSampler(policy, spans.Limits{MaxTracesPerTenant: 1 << 30, MaxSpansPerTrace: 100, MaxBytes: 1 << 40, DecisionTTL: time.Hour, MaxDecisions: 1})
+	tn := window.NewTenant("t")
+	const n = 500_000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		tr := i / 5
+		x := spans.Span{TraceID: [16]byte{byte(tr), byte(tr >> 8), byte(tr >> 16), 1}, SpanID: [8]byte{byte(i % 5), 1}, HasParent: i%5 != 0,
+			Service: "svc-3", Name: "http.request", Resource: "/r/17", Kind: spans.KindServer, Start: 1e18, Duration: 1e6, HTTPStatus: 200}
+		s.Add(tn, &x, 0)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("%.0f bytes of heap per held span (estimate used for --sampling-max-bytes: %d)", per, s.C.HeldBytes.Load()/n)
+	runtime.KeepAlive(s)
 }

@@ -15,11 +15,20 @@ import (
 // the address.
 func Serve(tb testing.TB, ing service.Ingester) string {
 	tb.Helper()
+	return ServeSpans(tb, ing, nil)
+}
+
+// ServeSpans is Serve with spans taken into si (nil: spans refused).
+func ServeSpans(tb testing.TB, ing service.Ingester, si service.SpanIngester) string {
+	tb.Helper()
 	tenants, err := service.NewTenants(nil, false, 100)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	srv := service.New(ing, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	if si != nil {
+		srv.SetSpanIngester(si)
+	}
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
