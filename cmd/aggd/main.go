@@ -95,6 +95,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 	sampler := spans.NewSampler(policy, cfg.Sampling)
+	groups := spans.NewGroupSampler(policy, spans.MaxHeldEvents)
+	agg.SetEventHolder(groups)
 	reg.MustRegister(telemetry.NewSamplerCollector(&sampler.C))
 	traceRunner := spans.NewRunner(sampler, router, cfg.Window.Interval, log)
 	if err := traceRunner.Start(ctx); err != nil {
@@ -106,6 +108,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			p, err := spans.LoadPolicy(cfg.SamplingFile)
 			if err == nil {
 				sampler.SetPolicy(p)
+				groups.SetPolicy(p)
 			}
 			return err
 		}, telemetry.NewReloadMetrics(reg).Observer("sampling"), log)

@@ -301,3 +301,57 @@ func TestSamplingFileReload(t *testing.T) {
 		t.Fatalf("trace 3 partly kept: %d spans", n)
 	}
 }
+
+func TestEventGroupSamplingEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	sampling, out := filepath.Join(dir, "tail-sampling.toml"), filepath.Join(dir, "out.jsonl")
+	os.WriteFile(sampling, []byte(`
+[logging]
+data_ttl = "1m"
+
+[[logging.group_dimensions]]
+group_key = "fields.user_id"
+
+[[logging.group_dimensions.pipelines]]
+name = "keep_error_logs"
+type = "condition"
+condition = "{ status = 'error' }"
+action = "keep"
+
+[[logging.group_dimensions.pipelines]]
+name = "drop_the_rest"
+type = "condition"
+action = "drop"
+`), 0o600)
+	in := startAggd(t, "--output", out, "--sampling-file", sampling, "--interval", "1h", "--context-ttl", "3h")
+	client := aggdv1.NewAggregatorServiceClient(in.conn)
+	ev := func(title, user string, alert aggdv1.EventAlertType) *aggdv1.Event {
+		e := &aggdv1.Event{Title: title, AlertType: alert}
+		if user != "" {
+			e.Tags = []string{"user_id:" + user}
+		}
+		return e
+	}
+	_, err := client.Submit(context.Background(), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Events: []*aggdv1.Event{
+		ev("a1", "alice", aggdv1.EventAlertType_EVENT_ALERT_TYPE_INFO),
+		ev("b1", "bob", aggdv1.EventAlertType_EVENT_ALERT_TYPE_INFO),
+		ev("a2", "alice", aggdv1.EventAlertType_EVENT_ALERT_TYPE_ERROR),
+		ev("n1", "", aggdv1.EventAlertType_EVENT_ALERT_TYPE_INFO),
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.stop(t)
+	var titles []string
+	for _, l := range readLines(t, out) {
+		if l["kind"] == "event" {
+			titles = append(titles, l["title"].(string))
+		}
+	}
+	sort.Strings(titles)
+	// alice's group holds an error: kept whole; bob's dropped; n1 carries
+	// no user_id and passes through.
+	if fmt.Sprint(titles) != "[a1 a2 n1]" {
+		t.Fatalf("events flushed: %v", titles)
+	}
+}

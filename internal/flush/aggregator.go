@@ -25,7 +25,21 @@ type Aggregator struct {
 	mu     sync.Mutex // guards events and checks
 	events []window.Event
 	checks []window.ServiceCheck
+	holder EventHolder
 }
+
+// EventHolder may take events out of the next flush, to release them at a
+// later one (group sampling).
+type EventHolder interface {
+	// Hold takes e and reports true, or reports false to leave it.
+	Hold(e *window.Event, now int64) bool
+	// Release returns the held events to flush at tick (all when all is
+	// set).
+	Release(tick int64, all bool) []window.Event
+}
+
+// SetEventHolder makes a pass events through h. Call it before ingesting.
+func (a *Aggregator) SetEventHolder(h EventHolder) { a.holder = h }
 
 // NewAggregator returns an aggregator with n shards, rounded up to a power
 // of two; n ≤ 0 means four per GOMAXPROCS. cfg must be valid.
@@ -92,7 +106,11 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 	}
 	if len(b.Events) > 0 || len(b.Checks) > 0 {
 		a.mu.Lock()
-		a.events = append(a.events, b.Events...)
+		for i := range b.Events {
+			if a.holder == nil || !a.holder.Hold(&b.Events[i], b.Now) {
+				a.events = append(a.events, b.Events[i])
+			}
+		}
 		a.checks = append(a.checks, b.Checks...)
 		a.mu.Unlock()
 	}
@@ -134,4 +152,7 @@ func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
 	f.Events, a.events = a.events, nil
 	f.Checks, a.checks = a.checks, nil
 	a.mu.Unlock()
+	if a.holder != nil {
+		f.Events = append(f.Events, a.holder.Release(tick, all)...)
+	}
 }

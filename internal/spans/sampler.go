@@ -118,15 +118,25 @@ func (s *Sampler) SetPolicy(p *Policy) { s.policy.Store(p) }
 // Policy returns the policy in force.
 func (s *Sampler) Policy() *Policy { return s.policy.Load() }
 
-// traceHash is FNV-1a over the trace id: fixed, so every replica and every
-// restart reach the same probabilistic decision.
+// traceHash is FNV-1a over the trace id, finished with MurmurHash3's
+// 64-bit mix so that every bit depends on every input byte: fixed, so every
+// replica and every restart reach the same probabilistic decision.
 func traceHash(id [16]byte) uint64 {
 	h := uint64(14695981039346656037)
 	for _, b := range id {
 		h ^= uint64(b)
 		h *= 1099511628211
 	}
-	return h
+	return fmix64(h)
+}
+
+// fmix64 is MurmurHash3's finalizer.
+func fmix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	return h ^ h>>33
 }
 
 // KeepByRate reports whether a probabilistic rule of rate keeps trace id.

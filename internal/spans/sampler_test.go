@@ -168,6 +168,18 @@ func TestProbabilisticShareAndDeterminism(t *testing.T) {
 			t.Errorf("rate %v kept %d of %d", rate, kept, n)
 		}
 	}
+	// Ids that differ only in their last bytes, as sequential ids do.
+	kept := 0
+	for i := range 10_000 {
+		var id [16]byte
+		id[15], id[14] = byte(i), byte(i>>8)
+		if KeepByRate(id, 0.1) {
+			kept++
+		}
+	}
+	if kept < 900 || kept > 1100 {
+		t.Errorf("sequential ids: kept %d of 10000 at rate 0.1", kept)
+	}
 	if KeepByRate(traceID(7), 0) || !KeepByRate(traceID(7), 1) {
 		t.Error("rates 0 and 1 are not absolute")
 	}
