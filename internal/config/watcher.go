@@ -8,9 +8,12 @@ import (
 )
 
 // Watcher reloads a file when it changes (checked every interval, by size
-// and modification time) and when Reload is called (SIGHUP). Requests that
-// arrive during a load merge into one. A load that fails leaves the last
-// good configuration in force; load says why and the watcher logs it.
+// and modification time) and when Reload is called (SIGHUP). A change is
+// loaded once two checks in a row see the same size and time, so a file
+// caught half-written is not loaded; writing a new file and renaming it
+// over the old one avoids the wait. Requests that arrive during a load
+// merge into one. A load that fails leaves the last good configuration in
+// force; load says why and the watcher logs it.
 type Watcher struct {
 	path     string
 	interval time.Duration
@@ -21,7 +24,8 @@ type Watcher struct {
 	stop     chan struct{}
 	done     chan struct{}
 	started  bool
-	last     os.FileInfo
+	last     os.FileInfo // as last loaded
+	seen     os.FileInfo // changed, waiting to be seen again unchanged
 }
 
 // NewWatcher returns a watcher of path; observe, if set, is told of every
@@ -55,17 +59,29 @@ func (w *Watcher) Start(context.Context) error {
 			case <-w.trigger:
 				w.reload("signal")
 			case <-t.C:
-				if fi, err := os.Stat(w.path); err == nil && (w.last == nil || fi.ModTime() != w.last.ModTime() || fi.Size() != w.last.Size()) {
-					w.reload("change")
+				fi, err := os.Stat(w.path)
+				if err != nil || same(fi, w.last) {
+					w.seen = nil
+					continue
 				}
+				if same(fi, w.seen) {
+					w.reload("change")
+					continue
+				}
+				w.seen = fi // changed: load when the next check sees it unchanged
 			}
 		}
 	}()
 	return nil
 }
 
+func same(a, b os.FileInfo) bool {
+	return a != nil && b != nil && a.ModTime().Equal(b.ModTime()) && a.Size() == b.Size()
+}
+
 func (w *Watcher) reload(why string) {
 	w.last, _ = os.Stat(w.path)
+	w.seen = nil
 	err := w.load()
 	if w.observe != nil {
 		w.observe(err == nil)
