@@ -283,7 +283,13 @@ func (d *decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, str
 }
 
 // validate checks a decoded sample against the API's rules and d's limits.
-func (d *decoder) validate(s *window.Sample) (window.Reason, string) {
+func (d *decoder) validate(s *window.Sample) (window.Reason, string) { return d.lim.Check(s) }
+
+// Check validates a decoded sample against the API's rules and l: name,
+// type, host, tags, sample rate (0 becomes 1) and values. Every edge
+// (gRPC, DogStatsD) applies it.
+func (l Limits) Check(s *window.Sample) (window.Reason, string) {
+	d := struct{ lim Limits }{l}
 	switch {
 	case s.Name == "":
 		return window.ReasonInvalidName, "name is empty"

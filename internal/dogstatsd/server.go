@@ -1,0 +1,275 @@
+package dogstatsd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Ingester takes parsed datagrams: the aggregator.
+type Ingester interface {
+	Ingest(b *window.Batch)
+}
+
+// Config configures a Server.
+type Config struct {
+	// UDP is the UDP address to listen on; empty disables it.
+	UDP string
+	// Socket is the Unix datagram socket path; empty disables it.
+	Socket string
+	// Readers is the number of goroutines reading each socket.
+	Readers int
+	// ReceiveBuffer sets SO_RCVBUF in bytes; 0 keeps the system's.
+	ReceiveBuffer int
+	// PacketSize is the largest datagram read whole.
+	PacketSize int
+	Limits     service.Limits
+}
+
+// Validate reports a setting out of range.
+func (c Config) Validate() error {
+	if c.Readers < 1 || c.ReceiveBuffer < 0 || c.PacketSize < 512 {
+		return errors.New("dogstatsd: readers must be positive, receive buffer not negative, packet size at least 512")
+	}
+	return nil
+}
+
+// Server receives DogStatsD datagrams for one tenant. Start and Shutdown may
+// be called once each.
+type Server struct {
+	cfg    Config
+	tenant *window.Tenant
+	ing    Ingester
+	log    *slog.Logger
+	conns  []net.PacketConn
+	wg     sync.WaitGroup
+
+	// Packets, Lines and ReadErrors count what the sockets delivered.
+	Packets, Lines, ReadErrors atomic.Int64
+}
+
+// New returns a server feeding ing for tenant t. cfg must be valid.
+func New(cfg Config, t *window.Tenant, ing Ingester, log *slog.Logger) *Server {
+	return &Server{cfg: cfg, tenant: t, ing: ing, log: log.With("tenant", t.ID)}
+}
+
+// Start opens the sockets and starts the readers.
+func (s *Server) Start(context.Context) error {
+	if s.cfg.UDP != "" {
+		addr, err := net.ResolveUDPAddr("udp", s.cfg.UDP)
+		if err != nil {
+			return fmt.Errorf("dogstatsd: %w", err)
+		}
+		c, err := net.ListenUDP("udp", addr)
+		if err != nil {
+			return fmt.Errorf("dogstatsd: %w", err)
+		}
+		if s.cfg.ReceiveBuffer > 0 {
+			if err := c.SetReadBuffer(s.cfg.ReceiveBuffer); err != nil {
+				s.log.Warn("could not set the UDP receive buffer", "bytes", s.cfg.ReceiveBuffer, "err", err)
+			}
+		}
+		s.conns = append(s.conns, c)
+	}
+	if s.cfg.Socket != "" {
+		os.Remove(s.cfg.Socket) // a stale socket of a previous run
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.cfg.Socket, Net: "unixgram"})
+		if err != nil {
+			s.closeAll()
+			return fmt.Errorf("dogstatsd: %w", err)
+		}
+		if s.cfg.ReceiveBuffer > 0 {
+			c.SetReadBuffer(s.cfg.ReceiveBuffer)
+		}
+		s.conns = append(s.conns, c)
+	}
+	for _, c := range s.conns {
+		for range s.cfg.Readers {
+			s.wg.Add(1)
+			go s.read(c)
+		}
+	}
+	return nil
+}
+
+// Addrs returns the addresses listened on.
+func (s *Server) Addrs() []net.Addr {
+	var out []net.Addr
+	for _, c := range s.conns {
+		out = append(out, c.LocalAddr())
+	}
+	return out
+}
+
+func (s *Server) closeAll() {
+	for _, c := range s.conns {
+		c.Close()
+	}
+}
+
+// Shutdown closes the sockets and waits for the readers, which finish the
+// datagram they hold.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeAll()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		if s.cfg.Socket != "" {
+			os.Remove(s.cfg.Socket)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// reader owns one goroutine's memory.
+type reader struct {
+	s     *Server
+	p     Parser
+	batch window.Batch
+	arena []byte
+}
+
+func (s *Server) read(c net.PacketConn) {
+	defer s.wg.Done()
+	r := &reader{s: s}
+	buf := make([]byte, s.cfg.PacketSize)
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.ReadErrors.Add(1)
+			continue
+		}
+		s.Packets.Add(1)
+		r.handle(buf[:n], time.Now().UnixNano())
+	}
+}
+
+// handle parses one datagram, line by line, and ingests it. A bad line is
+// counted by reason and skipped; the rest of the datagram goes on.
+func (r *reader) handle(pkt []byte, now int64) {
+	s, b, tn := r.s, &r.batch, r.s.tenant
+	b.Reset()
+	r.p.Reset()
+	r.arena = r.arena[:0]
+	b.Tenant, b.Now = tn, now
+	lines, accepted := int64(0), uint64(0)
+	for len(pkt) > 0 {
+		line := pkt
+		if i := bytes.IndexByte(pkt, '\n'); i >= 0 {
+			line, pkt = pkt[:i], pkt[i+1:]
+		} else {
+			pkt = nil
+		}
+		line = bytes.TrimRight(line, "\r")
+		if len(line) == 0 {
+			continue
+		}
+		lines++
+		var reason Reason
+		switch Kind(line) {
+		case KindEvent:
+			var e window.Event
+			if reason, _ = r.p.ParseEvent(line, &e); reason == window.Accepted {
+				e.Tenant = tn
+				if e.Timestamp == 0 {
+					e.Timestamp = now
+				}
+				b.Events = append(b.Events, e)
+			}
+		case KindServiceCheck:
+			var c window.ServiceCheck
+			if reason, _ = r.p.ParseServiceCheck(line, &c); reason == window.Accepted {
+				c.Tenant = tn
+				if c.Timestamp == 0 {
+					c.Timestamp = now
+				}
+				b.Checks = append(b.Checks, c)
+			}
+		default:
+			b.Samples = append(b.Samples, window.Sample{})
+			smp := &b.Samples[len(b.Samples)-1]
+			if reason, _ = r.p.ParseMetric(line, smp); reason == window.Accepted {
+				reason, _ = s.cfg.Limits.Check(smp)
+			}
+			if reason != window.Accepted {
+				b.Samples = b.Samples[:len(b.Samples)-1]
+				break
+			}
+			r.arena = smp.Prepare(tn, r.arena)
+			b.Results = append(b.Results, window.Accepted)
+		}
+		if reason != window.Accepted {
+			tn.Rejected[reason].Add(1)
+		}
+	}
+	s.Lines.Add(lines)
+	if len(b.Samples)+len(b.Events)+len(b.Checks) == 0 {
+		return
+	}
+	s.ing.Ingest(b)
+	for _, res := range b.Results {
+		if res == window.Accepted {
+			accepted++
+		} else {
+			tn.Rejected[res].Add(1)
+		}
+	}
+	tn.Accepted.Add(accepted + uint64(len(b.Events)+len(b.Checks)))
+}
+
+// KernelDrops returns the datagrams the kernel dropped for the UDP socket
+// because its receive buffer was full (the drops column of /proc/net/udp
+// and /proc/net/udp6), and whether it could tell.
+func (s *Server) KernelDrops() (uint64, bool) {
+	if len(s.conns) == 0 {
+		return 0, false
+	}
+	ua, ok := s.conns[0].LocalAddr().(*net.UDPAddr)
+	if !ok {
+		return 0, false
+	}
+	port := strings.ToUpper(strconv.FormatInt(int64(ua.Port), 16))
+	for len(port) < 4 {
+		port = "0" + port
+	}
+	var total uint64
+	found := false
+	for _, f := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		file, err := os.Open(f)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(file)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 13 || !strings.HasSuffix(fields[1], ":"+port) {
+				continue
+			}
+			if d, err := strconv.ParseUint(fields[len(fields)-1], 10, 64); err == nil {
+				total += d
+				found = true
+			}
+		}
+		file.Close()
+	}
+	return total, found
+}
