@@ -20,7 +20,9 @@ import (
 	"github.com/aggd/aggd/internal/window"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/DataDog/datadog-go/v5/statsd.(*sender).sendLoop")) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/DataDog/datadog-go/v5/statsd.(*sender).sendLoop"))
+}
 
 type tenants []*window.Tenant
 
