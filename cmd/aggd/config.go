@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/upstream"
@@ -35,6 +36,9 @@ type config struct {
 	ExportTimeout   time.Duration
 	LogFormat       string
 	LogLevel        string
+
+	DogStatsD       dogstatsd.Config
+	DogStatsDTenant string
 
 	SamplingFile   string
 	SamplingReload time.Duration
@@ -102,6 +106,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		Histogram: upstream.DefaultHistogramConfig(),
 		SketchPct: []float64{0.5, 0.75, 0.9, 0.95, 0.99},
 		Sampling:  spans.DefaultLimits(),
+		DogStatsD: dogstatsd.Config{PacketSize: 65535, ReceiveBuffer: 8 << 20},
 	}
 	fs := flag.NewFlagSet("aggd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -163,7 +168,11 @@ func (c config) validate() error {
 	if c.SamplingReload <= 0 || c.Sampling.MaxTracesPerTenant < 1 || c.Sampling.MaxSpansPerTrace < 1 || c.Sampling.MaxBytes < 1 || c.Sampling.DecisionTTL <= 0 {
 		errs = append(errs, errors.New("sampling limits and intervals must be positive"))
 	}
-	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.Histogram.Validate())
+	dsd := c.DogStatsD
+	if dsd.Readers == 0 {
+		dsd.Readers = 1
+	}
+	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.Histogram.Validate(), dsd.Validate())
 	return errors.Join(errs...)
 }
 
@@ -197,6 +206,12 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.Var(stringList{&c.Histogram.Aggregates}, "histogram-aggregates", "series of histograms and timings among min,max,sum,avg,count,median")
 	fs.Var(floatList{&c.Histogram.Percentiles}, "histogram-percentiles", "percentile series of histograms and timings, in (0,1)")
 	fs.Var(floatList{&c.SketchPct}, "sketch-percentiles", "percentiles written with each distribution's summary")
+	fs.StringVar(&c.DogStatsD.UDP, "dogstatsd-udp", "", "DogStatsD UDP address, such as :8125; empty disables it")
+	fs.StringVar(&c.DogStatsD.Socket, "dogstatsd-socket", "", "DogStatsD Unix datagram socket path; empty disables it")
+	fs.StringVar(&c.DogStatsDTenant, "dogstatsd-tenant", "default", "tenant of everything the DogStatsD listener receives")
+	fs.IntVar(&c.DogStatsD.Readers, "dogstatsd-readers", 0, "goroutines reading each DogStatsD socket (0: one per CPU)")
+	fs.IntVar(&c.DogStatsD.ReceiveBuffer, "dogstatsd-receive-buffer", c.DogStatsD.ReceiveBuffer, "DogStatsD socket receive buffer in bytes (0: the system's)")
+	fs.IntVar(&c.DogStatsD.PacketSize, "dogstatsd-packet-size", c.DogStatsD.PacketSize, "largest DogStatsD datagram read whole, bytes")
 	fs.StringVar(&c.SamplingFile, "sampling-file", "", "DataKit tail-sampling.toml; without it every span is kept")
 	fs.DurationVar(&c.SamplingReload, "sampling-reload-interval", time.Minute, "how often the sampling file is checked for changes (SIGHUP reloads at once)")
 	fs.IntVar(&c.Sampling.MaxTracesPerTenant, "sampling-max-traces", c.Sampling.MaxTracesPerTenant, "traces held per tenant; new traces past it are decided at once")

@@ -15,6 +15,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +30,7 @@ import (
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	configpkg "github.com/aggd/aggd/internal/config"
+	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
@@ -128,6 +130,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}()
 	}
 
+	var dsd *dogstatsd.Server
+	if cfg.DogStatsD.UDP != "" || cfg.DogStatsD.Socket != "" {
+		tn, err := tenants.Get(cfg.DogStatsDTenant)
+		if err != nil {
+			return fmt.Errorf("dogstatsd tenant: %w", err)
+		}
+		dc := cfg.DogStatsD
+		if dc.Readers == 0 {
+			dc.Readers = runtime.GOMAXPROCS(0)
+		}
+		dc.Limits = cfg.Limits
+		dsd = dogstatsd.New(dc, tn, agg, log)
+		if err := dsd.Start(ctx); err != nil {
+			return err
+		}
+		reg.MustRegister(telemetry.NewDogStatsDCollector(dsd, tn.ID))
+		log.Info("dogstatsd listening", "addrs", dsd.Addrs(), "tenant", tn.ID)
+	}
+
 	srv := service.New(agg, tenants, cfg.Limits, log)
 	srv.SetSpanIngester(spans.NewProcessor(agg, sampler))
 	gs := grpc.NewServer(append(service.ServerOptions(),
@@ -180,6 +201,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if watcher != nil {
 		watcher.Shutdown(context.Background())
+	}
+	if dsd != nil {
+		dsd.Shutdown(context.Background())
 	}
 	return shutdown(cfg, log, hs, srv, gs, traceRunner, flusher, router, admin)
 }

@@ -51,6 +51,10 @@ type options struct {
 	// spansPerTrace > 0 sends spans instead of samples: each batch holds
 	// batch spans of batch/spansPerTrace new traces.
 	spansPerTrace int
+	// dogstatsd, if set, sends DogStatsD lines over UDP to this address
+	// instead of using gRPC; admin is aggd's admin address for the loss.
+	dogstatsd, admin string
+	packet           int
 }
 
 func main() {
@@ -68,10 +72,24 @@ func main() {
 	flag.Float64Var(&o.rate, "rate", 0, "target samples per second over all streams (0: as fast as acks allow)")
 	flag.StringVar(&o.token, "token", "", "bearer token (sets the tenant; -tenants is then ignored)")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the workload")
+	flag.StringVar(&o.dogstatsd, "dogstatsd", "", "send DogStatsD lines over UDP to this address instead of gRPC")
+	flag.StringVar(&o.admin, "admin", "", "aggd's admin address, to count the DogStatsD lines it read (loss)")
+	flag.IntVar(&o.packet, "packet", 1432, "DogStatsD datagram payload size, bytes")
 	flag.IntVar(&o.spansPerTrace, "spans-per-trace", 0, "send spans, this many per trace, instead of samples (every batch carries new traces)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if o.dogstatsd != "" {
+		if o.duration <= 0 || o.duration > 10*time.Minute || o.streams < 1 || o.contexts < 1 || o.tags < 1 || o.packet < 64 {
+			fmt.Fprintln(os.Stderr, "aggload: bad options")
+			os.Exit(2)
+		}
+		if err := runDogStatsD(ctx, o, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "aggload:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	r, err := run(ctx, o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "aggload:", err)

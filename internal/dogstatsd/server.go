@@ -78,8 +78,10 @@ func (s *Server) Start(context.Context) error {
 			return fmt.Errorf("dogstatsd: %w", err)
 		}
 		if s.cfg.ReceiveBuffer > 0 {
-			if err := c.SetReadBuffer(s.cfg.ReceiveBuffer); err != nil {
-				s.log.Warn("could not set the UDP receive buffer", "bytes", s.cfg.ReceiveBuffer, "err", err)
+			got, err := setReceiveBuffer(c, s.cfg.ReceiveBuffer)
+			if err != nil || got < s.cfg.ReceiveBuffer {
+				s.log.Warn("UDP receive buffer smaller than asked: raise net.core.rmem_max or grant CAP_NET_ADMIN",
+					"asked", s.cfg.ReceiveBuffer, "kernel_reports", got, "err", err)
 			}
 		}
 		s.conns = append(s.conns, c)
@@ -92,7 +94,7 @@ func (s *Server) Start(context.Context) error {
 			return fmt.Errorf("dogstatsd: %w", err)
 		}
 		if s.cfg.ReceiveBuffer > 0 {
-			c.SetReadBuffer(s.cfg.ReceiveBuffer)
+			setReceiveBuffer(c, s.cfg.ReceiveBuffer)
 		}
 		s.conns = append(s.conns, c)
 	}

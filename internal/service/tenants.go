@@ -116,6 +116,26 @@ func (t *Tenants) List() []*window.Tenant {
 	return out
 }
 
+// Get returns the tenant id, for edges that carry no credentials (a
+// DogStatsD listener): a configured tenant, or with authentication off a
+// tenant created on first use.
+func (t *Tenants) Get(id string) (*window.Tenant, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if tn := t.byID[id]; tn != nil {
+		return tn, nil
+	}
+	if t.auth {
+		return nil, fmt.Errorf("tenant %q is not in the tenants file", id)
+	}
+	if err := validTenantID(id); err != nil {
+		return nil, err
+	}
+	tn := window.NewTenant(id)
+	t.byID[id] = tn
+	return tn, nil
+}
+
 // Resolve returns the tenant of the call whose context is ctx, or a status
 // error: Unauthenticated, InvalidArgument or ResourceExhausted.
 func (t *Tenants) Resolve(ctx context.Context) (*window.Tenant, error) {

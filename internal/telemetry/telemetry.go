@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -209,5 +210,42 @@ func (m *ReloadMetrics) Observer(file string) func(ok bool) {
 			r = "success"
 		}
 		m.v.WithLabelValues(file, r).Inc()
+	}
+}
+
+// DogStatsDCollector exports a DogStatsD listener's counters.
+type DogStatsDCollector struct {
+	s                    *dogstatsd.Server
+	tenant               string
+	packets, lines, errs *prometheus.Desc
+	drops                *prometheus.Desc
+}
+
+// NewDogStatsDCollector returns a collector over s, labelled with its tenant.
+func NewDogStatsDCollector(s *dogstatsd.Server, tenant string) *DogStatsDCollector {
+	l := []string{"tenant"}
+	return &DogStatsDCollector{s: s, tenant: tenant,
+		packets: prometheus.NewDesc("aggd_dogstatsd_packets_total", "Datagrams read.", l, nil),
+		lines:   prometheus.NewDesc("aggd_dogstatsd_lines_total", "Lines read, bad ones included (those count in aggd_items_rejected_total).", l, nil),
+		errs:    prometheus.NewDesc("aggd_dogstatsd_read_errors_total", "Socket read errors.", l, nil),
+		drops:   prometheus.NewDesc("aggd_dogstatsd_kernel_drops_total", "Datagrams the kernel dropped because the UDP receive buffer was full.", l, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *DogStatsDCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.packets
+	ch <- c.lines
+	ch <- c.errs
+	ch <- c.drops
+}
+
+// Collect implements prometheus.Collector.
+func (c *DogStatsDCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(c.s.Packets.Load()), c.tenant)
+	ch <- prometheus.MustNewConstMetric(c.lines, prometheus.CounterValue, float64(c.s.Lines.Load()), c.tenant)
+	ch <- prometheus.MustNewConstMetric(c.errs, prometheus.CounterValue, float64(c.s.ReadErrors.Load()), c.tenant)
+	if d, ok := c.s.KernelDrops(); ok {
+		ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(d), c.tenant)
 	}
 }
