@@ -156,6 +156,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		grpc.WaitForHandlers(true),
 	)...)
 	srv.Register(gs)
+	srv.RegisterOTLP(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)

@@ -174,7 +174,12 @@ func decodeMapEntry(b []byte) (k, v string, ok bool) {
 	return k, v, true
 }
 
-func (d *decoder) validateSpan(s *spans.Span) (window.Reason, string) {
+func (d *decoder) validateSpan(s *spans.Span) (window.Reason, string) { return d.lim.CheckSpan(s) }
+
+// CheckSpan validates a decoded span against the API's rules and l; an
+// empty service becomes unknown_service.
+func (l Limits) CheckSpan(s *spans.Span) (window.Reason, string) {
+	d := struct{ lim Limits }{l}
 	switch {
 	case s.Name == "":
 		return window.ReasonInvalidName, "span name is empty"

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"math"
+	"testing"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	otelmetric "go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// TestOpenTelemetrySDKExportsToAggd points the OpenTelemetry Go SDK's
+// OTLP/gRPC exporters at aggd's gRPC port.
+func TestOpenTelemetrySDKExportsToAggd(t *testing.T) {
+	in := startAggd(t, "--interval", "1h", "--context-ttl", "3h")
+	ctx := context.Background()
+	res := resource.NewSchemaless(semconv.ServiceName("checkout"), attribute.String("host.name", "node-1"), attribute.String("env", "prod"))
+	headers := map[string]string{"x-tenant-id": "otel-team"}
+
+	mexp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithEndpoint(in.addr), otlpmetricgrpc.WithInsecure(), otlpmetricgrpc.WithHeaders(headers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
+	meter := mp.Meter("test")
+	requests, _ := meter.Int64Counter("otel.requests")
+	inflight, _ := meter.Int64UpDownCounter("otel.inflight")
+	latency, _ := meter.Float64Histogram("otel.latency", otelmetric.WithExplicitBucketBoundaries(10, 20, 50, 100))
+	temp, _ := meter.Float64Gauge("otel.temperature")
+	route := otelmetric.WithAttributes(attribute.String("route", "/pay"))
+	export := func() {
+		t.Helper()
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(ctx, &rm); err != nil {
+			t.Fatal(err)
+		}
+		if err := mexp.Export(ctx, &rm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests.Add(ctx, 3, route)
+	inflight.Add(ctx, 5)
+	for _, v := range []float64{5, 15, 15, 40, 70, 500} {
+		latency.Record(ctx, v, route)
+	}
+	temp.Record(ctx, 21.5)
+	export() // cumulative: the counter's first point counts from its start time
+	requests.Add(ctx, 4, route)
+	inflight.Add(ctx, -2)
+	latency.Record(ctx, 15, route)
+	temp.Record(ctx, 22)
+	export() // deltas: 4 more requests, one more latency
+	mexp.Shutdown(ctx)
+
+	texp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(in.addr), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(headers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(texp), sdktrace.WithResource(res))
+	tracer := tp.Tracer("test")
+	rctx, root := tracer.Start(ctx, "POST /pay", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attribute.String("http.route", "/pay"), attribute.Int("http.response.status_code", 502)))
+	_, child := tracer.Start(rctx, "charge card", trace.WithSpanKind(trace.SpanKindClient))
+	child.SetStatus(codes.Error, "declined")
+	child.RecordError(errors.New("declined"))
+	child.End()
+	root.End()
+	tp.Shutdown(ctx)
+
+	got := map[string]map[string]any{}
+	var spansSeen []map[string]any
+	for _, l := range in.stop(t) {
+		if l["tenant"] != "otel-team" {
+			continue
+		}
+		switch l["kind"] {
+		case "span":
+			spansSeen = append(spansSeen, l)
+		case "metric", "sketch":
+			got[key(l)] = l
+		}
+	}
+	want := map[string]float64{
+		"otel-team/otel.requests{env:prod,route:/pay,service.name:checkout}":                                                           7,
+		"otel-team/otel.inflight{env:prod,service.name:checkout}":                                                                      3,
+		"otel-team/otel.temperature{env:prod,service.name:checkout}":                                                                   22,
+		"otel-team/aggd.span.hits{http.status_code:502,operation:POST /pay,resource:/pay,service:checkout,span.kind:server,status:ok}": 1,
+		"otel-team/aggd.span.errors{operation:charge card,resource:charge card,service:checkout,span.kind:client,status:error}":        1,
+	}
+	for k, w := range want {
+		l := got[k]
+		if l == nil || l["value"] != w {
+			t.Errorf("%s = %v, want %v", k, l, w)
+		}
+	}
+	h := got["otel-team/otel.latency{env:prod,route:/pay,service.name:checkout}"]
+	if h == nil || h["count"] != 7.0 || h["host"] != "node-1" {
+		t.Fatalf("latency distribution: %v", h)
+	}
+	// Bucket midpoints: 5 is in (-inf,10] at the min 5, 15 in (10,20] at 15.
+	if p50 := h["p50"].(float64); math.Abs(p50-15) > 0.15 {
+		t.Errorf("latency p50 %v, want 15", p50)
+	}
+	if len(spansSeen) != 2 {
+		t.Fatalf("spans exported: %v", spansSeen)
+	}
+}

@@ -1,0 +1,125 @@
+package service_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/flush/flushtest"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/window"
+)
+
+func startOTLP(t *testing.T) (colmetricspb.MetricsServiceClient, *flush.Aggregator, *service.Tenants) {
+	t.Helper()
+	tenants, _ := service.NewTenants(nil, false, 10)
+	agg := flush.NewAggregator(window.DefaultConfig(), 2)
+	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	gs := grpc.NewServer(service.ServerOptions()...)
+	srv.RegisterOTLP(gs)
+	lis := bufconn.Listen(1 << 20)
+	go gs.Serve(lis)
+	conn, _ := grpc.NewClient("passthrough:///otlp", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	t.Cleanup(func() { conn.Close(); gs.Stop() })
+	return colmetricspb.NewMetricsServiceClient(conn), agg, tenants
+}
+
+func sumPoint(start uint64, v int64) *metricspb.Metric {
+	now := uint64(time.Now().UnixNano())
+	return &metricspb.Metric{Name: "s", Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{
+		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE, IsMonotonic: true,
+		DataPoints: []*metricspb.NumberDataPoint{{StartTimeUnixNano: start, TimeUnixNano: now, Value: &metricspb.NumberDataPoint_AsInt{AsInt: v}}},
+	}}}
+}
+
+func request(ms ...*metricspb.Metric) *colmetricspb.ExportMetricsServiceRequest {
+	return &colmetricspb.ExportMetricsServiceRequest{ResourceMetrics: []*metricspb.ResourceMetrics{{ScopeMetrics: []*metricspb.ScopeMetrics{{Metrics: ms}}}}}
+}
+
+func drained(t *testing.T, agg *flush.Aggregator, tenants *service.Tenants) *flushtest.Exporter {
+	exp := &flushtest.Exporter{}
+	flush.NewFlusher(agg, exp, tenants, flush.Config{Interval: time.Hour}, slog.New(slog.DiscardHandler)).Shutdown(context.Background())
+	return exp
+}
+
+func TestOTLPCumulativeSumsBecomeDeltas(t *testing.T) {
+	c, agg, tenants := startOTLP(t)
+	ctx := context.Background()
+	start := uint64(time.Now().Add(-time.Minute).UnixNano())
+	for _, m := range []*metricspb.Metric{
+		sumPoint(start, 10),  // counts from its start time: 10
+		sumPoint(start, 15),  // +5
+		sumPoint(start, 3),   // dropped below: a reset, counts 3
+		sumPoint(start+1, 4), // new start time: a restart, counts 4
+	} {
+		if _, err := c.Export(ctx, request(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Without a start time the first point is a baseline only.
+	noStart := sumPoint(0, 100)
+	noStart.Name = "n"
+	c.Export(ctx, request(noStart))
+	noStart2 := sumPoint(0, 130)
+	noStart2.Name = "n"
+	c.Export(ctx, request(noStart2))
+	got := map[string]float64{}
+	for _, p := range drained(t, agg, tenants).Points() {
+		got[p.Name] += p.Value
+	}
+	if got["s"] != 10+5+3+4 || got["n"] != 30 {
+		t.Fatalf("got %v", got)
+	}
+}
+
+func TestOTLPExponentialHistogramAndSummary(t *testing.T) {
+	c, agg, tenants := startOTLP(t)
+	now := uint64(time.Now().UnixNano())
+	exp := &metricspb.Metric{Name: "e", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
+		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
+		DataPoints: []*metricspb.ExponentialHistogramDataPoint{{TimeUnixNano: now, Scale: 3, ZeroCount: 2,
+			Positive: &metricspb.ExponentialHistogramDataPoint_Buckets{Offset: 8, BucketCounts: []uint64{1, 0, 5}},
+			Negative: &metricspb.ExponentialHistogramDataPoint_Buckets{Offset: 0, BucketCounts: []uint64{2}}}},
+	}}}
+	cumExp := &metricspb.Metric{Name: "ce", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
+		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE,
+		DataPoints:             []*metricspb.ExponentialHistogramDataPoint{{TimeUnixNano: now}},
+	}}}
+	sum := &metricspb.Metric{Name: "q", Data: &metricspb.Metric_Summary{Summary: &metricspb.Summary{DataPoints: []*metricspb.SummaryDataPoint{{
+		StartTimeUnixNano: now - 1e9, TimeUnixNano: now, Count: 4, Sum: 10,
+		Attributes:     []*commonpb.KeyValue{{Key: "k", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "v"}}}},
+		QuantileValues: []*metricspb.SummaryDataPoint_ValueAtQuantile{{Quantile: 0.5, Value: 2}, {Quantile: 0.99, Value: 4}},
+	}}}}}
+	resp, err := c.Export(context.Background(), request(exp, cumExp, sum))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := resp.PartialSuccess; ps.GetRejectedDataPoints() != 1 || ps.GetErrorMessage() == "" {
+		t.Fatalf("partial success %v: the cumulative exponential histogram must be refused", ps)
+	}
+	got := map[string]flushtest.Point{}
+	for _, p := range drained(t, agg, tenants).Points() {
+		got[p.Name+"{"+p.Tags+"}"] = p
+	}
+	e := got["e{}"]
+	if e.Count != 10 || e.Type != window.TypeDistribution {
+		t.Fatalf("exponential histogram: %+v", e)
+	}
+	for k, w := range map[string]float64{"q.count{k:v}": 4, "q.sum{k:v}": 10, "q{k:v,quantile:0.5}": 2, "q{k:v,quantile:0.99}": 4} {
+		if got[k].Value != w {
+			t.Errorf("%s = %+v, want %v", k, got[k], w)
+		}
+	}
+
+}
