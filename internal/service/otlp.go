@@ -145,8 +145,9 @@ func (r *otlpReceiver) Export(ctx context.Context, req *colmetricspb.ExportMetri
 		var host string
 		resTags := attrTags(nil, &host, rm.GetResource().GetAttributes())
 		for _, sm := range rm.ScopeMetrics {
+			tags := attrTags(slices.Clone(resTags), &host, sm.GetScope().GetAttributes())
 			for _, m := range sm.Metrics {
-				r.metric(pb, m, resTags, host)
+				r.metric(pb, m, tags, host)
 			}
 		}
 	}
@@ -421,8 +422,12 @@ func (t *otlpTraces) Export(ctx context.Context, req *coltracepb.ExportTraceServ
 			resAttrs = append(resAttrs, spans.Attr{Key: kv.Key, Value: anyString(kv.Value)})
 		}
 		for _, ss := range rs.ScopeSpans {
+			attrs := slices.Clone(resAttrs)
+			for _, kv := range ss.GetScope().GetAttributes() {
+				attrs = append(attrs, spans.Attr{Key: kv.Key, Value: anyString(kv.Value)})
+			}
 			for _, p := range ss.Spans {
-				sp, r, detail := otlpSpan(p, service, resAttrs)
+				sp, r, detail := otlpSpan(p, service, attrs)
 				if r == window.Accepted {
 					r, detail = s.lim.CheckSpan(&sp)
 				}

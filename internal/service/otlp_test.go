@@ -10,6 +10,7 @@ import (
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
@@ -101,7 +102,11 @@ func TestOTLPExponentialHistogramAndSummary(t *testing.T) {
 		Attributes:     []*commonpb.KeyValue{{Key: "k", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "v"}}}},
 		QuantileValues: []*metricspb.SummaryDataPoint_ValueAtQuantile{{Quantile: 0.5, Value: 2}, {Quantile: 0.99, Value: 4}},
 	}}}}}
-	resp, err := c.Export(context.Background(), request(exp, cumExp, sum))
+	req := request(exp, cumExp, sum)
+	req.ResourceMetrics[0].Resource = &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{Key: "host.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "h1"}}}}}
+	req.ResourceMetrics[0].ScopeMetrics[0].Scope = &commonpb.InstrumentationScope{Name: "lib",
+		Attributes: []*commonpb.KeyValue{{Key: "scope", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: 7}}}}}
+	resp, err := c.Export(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,11 +117,11 @@ func TestOTLPExponentialHistogramAndSummary(t *testing.T) {
 	for _, p := range drained(t, agg, tenants).Points() {
 		got[p.Name+"{"+p.Tags+"}"] = p
 	}
-	e := got["e{}"]
+	e := got["e{scope:7}"]
 	if e.Count != 10 || e.Type != window.TypeDistribution {
 		t.Fatalf("exponential histogram: %+v", e)
 	}
-	for k, w := range map[string]float64{"q.count{k:v}": 4, "q.sum{k:v}": 10, "q{k:v,quantile:0.5}": 2, "q{k:v,quantile:0.99}": 4} {
+	for k, w := range map[string]float64{"q.count{k:v,scope:7}": 4, "q.sum{k:v,scope:7}": 10, "q{k:v,quantile:0.5,scope:7}": 2, "q{k:v,quantile:0.99,scope:7}": 4} {
 		if got[k].Value != w {
 			t.Errorf("%s = %+v, want %v", k, got[k], w)
 		}
