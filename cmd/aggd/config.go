@@ -22,20 +22,24 @@ import (
 // variable AGGD_NAME (upper case, '-' as '_'); a flag given on the command
 // line wins over the environment.
 type config struct {
-	Listen          string
-	AdminListen     string
-	Output          string
-	ConfigFile      string
-	TenantsFile     string
-	MaxTenants      int
-	MaxRecvMsgSize  int
-	Shards          int
-	Hostname        string
-	DrainTimeout    time.Duration
-	ShutdownTimeout time.Duration
-	ExportTimeout   time.Duration
-	LogFormat       string
-	LogLevel        string
+	Listen         string
+	AdminListen    string
+	Output         string
+	ConfigFile     string
+	TenantsFile    string
+	MaxTenants     int
+	MaxRecvMsgSize int
+	Shards         int
+	Hostname       string
+	DrainTimeout   time.Duration
+	// Connection rebalancing and keepalive.
+	MaxConnAge, MaxConnAgeGrace, MaxStreamAge time.Duration
+	KeepaliveTime, KeepaliveTimeout           time.Duration
+	KeepaliveMinTime                          time.Duration
+	ShutdownTimeout                           time.Duration
+	ExportTimeout                             time.Duration
+	LogFormat                                 string
+	LogLevel                                  string
 
 	DogStatsD       dogstatsd.Config
 	DogStatsDTenant string
@@ -150,6 +154,9 @@ func (c config) validate() error {
 	if c.MaxTenants < 1 || c.MaxRecvMsgSize < 1024 || c.Shards < 0 {
 		errs = append(errs, errors.New("max-tenants must be positive, max-recv-msg-size at least 1024, shards not negative"))
 	}
+	if c.MaxConnAge < 0 || c.MaxConnAgeGrace < 0 || c.MaxStreamAge < 0 || c.KeepaliveTime <= 0 || c.KeepaliveTimeout <= 0 || c.KeepaliveMinTime <= 0 {
+		errs = append(errs, errors.New("connection ages must not be negative; keepalive times must be positive"))
+	}
 	if c.DrainTimeout < 0 || c.ShutdownTimeout <= 0 || c.ExportTimeout < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative; shutdown-timeout must be positive"))
 	}
@@ -187,6 +194,12 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest request message in bytes")
 	fs.IntVar(&c.Shards, "shards", 0, "aggregation shards (0: 4 per CPU)")
 	fs.StringVar(&c.Hostname, "hostname", c.Hostname, "host of aggd's own aggd.up service checks")
+	fs.DurationVar(&c.MaxConnAge, "max-connection-age", 5*time.Minute, "connections older than this get GOAWAY, so clients reconnect through the load balancer (0: never)")
+	fs.DurationVar(&c.MaxConnAgeGrace, "max-connection-age-grace", 30*time.Second, "how long a connection past its age may finish its calls")
+	fs.DurationVar(&c.MaxStreamAge, "max-stream-age", 5*time.Minute, "a stream older than this ends with Unavailable after its current batch (0: never)")
+	fs.DurationVar(&c.KeepaliveTime, "keepalive-time", 2*time.Minute, "ping an idle client after this long")
+	fs.DurationVar(&c.KeepaliveTimeout, "keepalive-timeout", 20*time.Second, "close a connection whose ping is unanswered this long")
+	fs.DurationVar(&c.KeepaliveMinTime, "keepalive-min-time", 10*time.Second, "clients may ping at most this often (more often: GOAWAY); clients should use a keepalive time of at least this")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "how long shutdown waits for streams to end before closing them")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "bound on the whole shutdown, final flush included")
 	fs.DurationVar(&c.ExportTimeout, "export-timeout", 0, "deadline of one flush's export (0: the interval)")

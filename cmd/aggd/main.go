@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
@@ -151,9 +153,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	srv := service.New(agg, tenants, cfg.Limits, log)
 	srv.SetSpanIngester(spans.NewProcessor(agg, sampler))
+	srv.SetMaxStreamAge(cfg.MaxStreamAge)
 	gs := grpc.NewServer(append(service.ServerOptions(),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.WaitForHandlers(true),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge: orInfinity(cfg.MaxConnAge), MaxConnectionAgeGrace: orInfinity(cfg.MaxConnAgeGrace),
+			Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 	)...)
 	srv.Register(gs)
 	srv.RegisterOTLP(gs)
@@ -282,6 +290,14 @@ func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Serv
 	}
 	log.Info("stopped", "took", time.Since(start), "err", err)
 	return err
+}
+
+// orInfinity maps 0 (never) to grpc's infinity.
+func orInfinity(d time.Duration) time.Duration {
+	if d == 0 {
+		return time.Duration(math.MaxInt64)
+	}
+	return d
 }
 
 func adminMux(reg *prometheus.Registry) *http.ServeMux {

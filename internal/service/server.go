@@ -44,13 +44,14 @@ func (l Limits) Validate() error {
 // Server implements aggd.v1.AggregatorService. It is safe for concurrent
 // use.
 type Server struct {
-	ing      Ingester
-	spanIng  SpanIngester
-	tenants  *Tenants
-	lim      Limits
-	log      *slog.Logger
-	draining atomic.Bool
-	states   sync.Pool
+	maxStreamAge time.Duration
+	ing          Ingester
+	spanIng      SpanIngester
+	tenants      *Tenants
+	lim          Limits
+	log          *slog.Logger
+	draining     atomic.Bool
+	states       sync.Pool
 }
 
 // New returns a server that ingests into ing.
@@ -59,6 +60,13 @@ func New(ing Ingester, tenants *Tenants, lim Limits, log *slog.Logger) *Server {
 	s.states.New = func() any { return &callState{dec: newDecoder(lim)} }
 	return s
 }
+
+// SetMaxStreamAge makes a stream older than d end with Unavailable after
+// its current batch, so that long-lived clients move across replicas
+// behind an L4 load balancer; 0 means never. Call it before serving.
+func (s *Server) SetMaxStreamAge(d time.Duration) { s.maxStreamAge = d }
+
+var errStreamAge = status.Error(codes.Unavailable, "stream reached its maximum age; reconnect to continue")
 
 // SetSpanIngester makes s take spans into si; without one, spans are
 // refused (unsupported). Call it before serving.
@@ -116,7 +124,14 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 	st := s.getState()
 	defer s.putState(st)
 	resp := &aggdv1.StreamResponse{Ack: &st.ack}
+	var deadline time.Time
+	if s.maxStreamAge > 0 {
+		deadline = time.Now().Add(s.maxStreamAge)
+	}
 	for {
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return errStreamAge
+		}
 		// A drain ends the stream before it reads another batch; a batch
 		// read already is taken and acked first.
 		if s.draining.Load() {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -263,5 +264,28 @@ func TestDrainEndsStreamsAfterTheirBatch(t *testing.T) {
 	}
 	if n := len(e.rec.Samples()); n != 2 {
 		t.Fatalf("recorded %d samples, want 2 (batch 3 was never acked)", n)
+	}
+}
+
+func TestMaxStreamAgeEndsTheStreamAfterItsBatch(t *testing.T) {
+	e := start(t, false)
+	e.srv.SetMaxStreamAge(50 * time.Millisecond)
+	st, err := e.client.Stream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= 2; seq++ {
+		st.Send(&aggdv1.StreamRequest{Sequence: seq, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1)}}})
+		if resp, err := st.Recv(); err != nil || resp.Ack.Sequence != seq {
+			t.Fatalf("batch %d: %v %v", seq, resp, err)
+		}
+		time.Sleep(60 * time.Millisecond)
+	}
+	// Batch 2 arrived past the age: acked, then the stream ended.
+	if _, err := st.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("got %v, want Unavailable", err)
+	}
+	if n := len(e.rec.Samples()); n != 2 {
+		t.Fatalf("recorded %d samples, want 2", n)
 	}
 }
