@@ -1,0 +1,363 @@
+// Package client is the Go client of aggd. It batches items by size and
+// time, streams batches with acks, bounds the batches in flight (Add
+// blocks when they are all taken: backpressure), and when a stream breaks
+// (Unavailable, GOAWAY, a transport error, the server's stream age) opens a
+// new one and resends every batch not yet acked, in order. Delivery is
+// at-least-once: a batch whose ack was lost is sent again.
+//
+//	conn, _ := grpc.NewClient("aggd:8127", grpc.WithTransportCredentials(insecure.NewCredentials()))
+//	c := client.New(conn, client.Options{Metadata: map[string]string{"x-tenant-id": "shop"}})
+//	defer c.Close(ctx)
+//	c.Add(ctx, &aggdv1.Sample{Name: "http.requests", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1})
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+)
+
+// Options configures a Client. The zero value works.
+type Options struct {
+	// BatchSize is the number of items that fills a batch (default 500).
+	BatchSize int
+	// FlushInterval sends a partial batch after this long (default 1s).
+	FlushInterval time.Duration
+	// MaxInFlight bounds the batches sent and not yet acked (default 8).
+	MaxInFlight int
+	// Metadata is sent with every stream: x-tenant-id, authorization.
+	Metadata map[string]string
+	// OnReject, if set, is called for every item the server refused, with
+	// the batch it was in. It runs on the client's goroutine: keep it short.
+	OnReject func(b *aggdv1.Batch, r *aggdv1.Rejection)
+	// OnError, if set, is told why a stream broke before it is resumed.
+	OnError func(err error)
+	// MaxBackoff bounds the wait between reconnection attempts (default 5s).
+	MaxBackoff time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.BatchSize <= 0 {
+		o.BatchSize = 500
+	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = time.Second
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 8
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 5 * time.Second
+	}
+}
+
+// ErrClosed is returned by calls on a closed client.
+var ErrClosed = errors.New("aggd client: closed")
+
+// Client sends items to aggd. It is safe for concurrent use.
+type Client struct {
+	opts   Options
+	client aggdv1.AggregatorServiceClient
+
+	mu      sync.Mutex
+	cur     *aggdv1.Batch
+	curN    int
+	timer   *time.Timer
+	pending []*entry // sent or waiting, not yet acked, in order
+	nextSeq uint64
+	space   chan struct{} // one token per free in-flight slot
+	wake    chan struct{} // one-slot: new batch to send
+	acked   *sync.Cond
+	closed  bool
+	err     error // permanent failure
+
+	stop chan struct{}
+	done chan struct{}
+
+	// Resumes counts the streams opened after a failure.
+	Resumes  atomic.Int64
+	ackCount atomic.Int64
+}
+
+type entry struct {
+	seq   uint64
+	batch *aggdv1.Batch
+}
+
+// New returns a client over conn and starts its sending goroutine, which
+// Close stops.
+func New(conn grpc.ClientConnInterface, opts Options) *Client {
+	opts.defaults()
+	c := &Client{opts: opts, client: aggdv1.NewAggregatorServiceClient(conn),
+		space: make(chan struct{}, opts.MaxInFlight), wake: make(chan struct{}, 1),
+		stop: make(chan struct{}), done: make(chan struct{}), nextSeq: 1}
+	c.acked = sync.NewCond(&c.mu)
+	for range opts.MaxInFlight {
+		c.space <- struct{}{}
+	}
+	go c.run()
+	return c
+}
+
+func items(b *aggdv1.Batch) int {
+	return len(b.Samples) + len(b.Events) + len(b.ServiceChecks) + len(b.Spans)
+}
+
+// Add queues a sample. It blocks while every in-flight slot is taken and
+// the current batch is full, until ctx ends.
+func (c *Client) Add(ctx context.Context, s *aggdv1.Sample) error {
+	return c.add(ctx, func(b *aggdv1.Batch) { b.Samples = append(b.Samples, s) })
+}
+
+// AddEvent queues an event.
+func (c *Client) AddEvent(ctx context.Context, e *aggdv1.Event) error {
+	return c.add(ctx, func(b *aggdv1.Batch) { b.Events = append(b.Events, e) })
+}
+
+// AddServiceCheck queues a service check.
+func (c *Client) AddServiceCheck(ctx context.Context, sc *aggdv1.ServiceCheck) error {
+	return c.add(ctx, func(b *aggdv1.Batch) { b.ServiceChecks = append(b.ServiceChecks, sc) })
+}
+
+// AddSpan queues a span.
+func (c *Client) AddSpan(ctx context.Context, s *aggdv1.Span) error {
+	return c.add(ctx, func(b *aggdv1.Batch) { b.Spans = append(b.Spans, s) })
+}
+
+func (c *Client) add(ctx context.Context, put func(*aggdv1.Batch)) error {
+	c.mu.Lock()
+	if err := c.usable(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if c.cur == nil {
+		c.cur = &aggdv1.Batch{}
+		c.timer = time.AfterFunc(c.opts.FlushInterval, c.timedFlush)
+	}
+	put(c.cur)
+	full := items(c.cur) >= c.opts.BatchSize
+	c.mu.Unlock()
+	if full {
+		return c.seal(ctx)
+	}
+	return nil
+}
+
+func (c *Client) usable() error {
+	if c.closed {
+		return ErrClosed
+	}
+	return c.err
+}
+
+func (c *Client) timedFlush() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.FlushInterval)
+	defer cancel()
+	c.seal(ctx)
+}
+
+// seal moves the current batch into the in-flight queue, waiting for a
+// slot: this is where backpressure reaches callers.
+func (c *Client) seal(ctx context.Context) error {
+	select {
+	case <-c.space:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.stop:
+		return ErrClosed
+	}
+	c.mu.Lock()
+	b := c.cur
+	c.cur = nil
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	if b == nil || items(b) == 0 {
+		c.mu.Unlock()
+		c.space <- struct{}{}
+		return nil
+	}
+	c.pending = append(c.pending, &entry{seq: c.nextSeq, batch: b})
+	c.nextSeq++
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Flush sends the current batch and waits until every batch sent so far
+// is acked, or ctx ends.
+func (c *Client) Flush(ctx context.Context) error {
+	if err := c.seal(ctx); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	stopWaking := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		c.acked.Broadcast()
+		c.mu.Unlock()
+	})
+	defer stopWaking()
+	for len(c.pending) > 0 && c.err == nil && ctx.Err() == nil {
+		c.acked.Wait()
+	}
+	if c.err != nil {
+		return c.err
+	}
+	return ctx.Err()
+}
+
+// Close flushes within ctx, then stops the client.
+func (c *Client) Close(ctx context.Context) error {
+	err := c.Flush(ctx)
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.stop)
+	}
+	c.mu.Unlock()
+	<-c.done
+	return err
+}
+
+// retryable reports whether a stream error is worth a new stream.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Aborted, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown:
+		return true
+	}
+	return false
+}
+
+// run owns the stream: it sends pending batches, reads acks and resumes.
+func (c *Client) run() {
+	defer close(c.done)
+	const initial = 50 * time.Millisecond
+	backoff := initial
+	for {
+		select {
+		case <-c.stop:
+			return
+		default:
+		}
+		before := c.ackCount.Load()
+		err := c.session()
+		if c.ackCount.Load() > before {
+			backoff = initial // the stream worked for a while: retry promptly
+		}
+		if err == nil {
+			return // stopped
+		}
+		if !retryable(err) {
+			c.mu.Lock()
+			c.err = err
+			c.acked.Broadcast()
+			c.mu.Unlock()
+			return
+		}
+		if c.opts.OnError != nil {
+			c.opts.OnError(err)
+		}
+		c.Resumes.Add(1)
+		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		backoff = min(2*backoff, c.opts.MaxBackoff)
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// session runs one stream until it breaks (returning why) or the client
+// stops (returning nil). Every batch not acked is (re)sent first.
+func (c *Client) session() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	md := metadata.New(c.opts.Metadata)
+	st, err := c.client.Stream(metadata.NewOutgoingContext(ctx, md))
+	if err != nil {
+		return err
+	}
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- c.receive(st) }()
+	sent := uint64(0) // highest sequence sent on this stream
+	for {
+		c.mu.Lock()
+		var toSend []*entry
+		for _, e := range c.pending {
+			if e.seq > sent {
+				toSend = append(toSend, e)
+			}
+		}
+		c.mu.Unlock()
+		for _, e := range toSend {
+			if err := st.Send(&aggdv1.StreamRequest{Sequence: e.seq, Batch: e.batch}); err != nil {
+				cancel()
+				if rerr := <-recvErr; rerr != nil {
+					return rerr
+				}
+				return err
+			}
+			sent = e.seq
+		}
+		select {
+		case <-c.wake:
+		case err := <-recvErr:
+			return err
+		case <-c.stop:
+			st.CloseSend()
+			cancel()
+			<-recvErr
+			return nil
+		}
+	}
+}
+
+// receive reads acks in order, retiring the batches they ack.
+func (c *Client) receive(st aggdv1.AggregatorService_StreamClient) error {
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return status.Error(codes.Unavailable, "stream closed by the server")
+			}
+			return err
+		}
+		a := resp.GetAck()
+		c.ackCount.Add(1)
+		c.mu.Lock()
+		var done *entry
+		if len(c.pending) > 0 && c.pending[0].seq == a.GetSequence() {
+			done = c.pending[0]
+			c.pending[0] = nil
+			c.pending = c.pending[1:]
+		}
+		c.acked.Broadcast()
+		c.mu.Unlock()
+		if done == nil {
+			continue // an ack of a batch resent after its first ack: ignore
+		}
+		c.space <- struct{}{}
+		if c.opts.OnReject != nil {
+			for _, r := range a.Rejections {
+				c.opts.OnReject(done.batch, r)
+			}
+		}
+	}
+}
