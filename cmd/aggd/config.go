@@ -24,6 +24,7 @@ import (
 type config struct {
 	Listen         string
 	AdminListen    string
+	PprofListen    string
 	Output         string
 	ConfigFile     string
 	TenantsFile    string
@@ -186,7 +187,8 @@ func (c config) validate() error {
 // defineFlags defines every flag of c on fs, with c's values as defaults.
 func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8127", "gRPC listen address")
-	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:8128", "admin HTTP address (/metrics, /debug/pprof); empty disables")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:8128", "admin HTTP address serving /metrics; empty disables")
+	fs.StringVar(&c.PprofListen, "pprof-listen", "127.0.0.1:6060", "HTTP address serving /debug/pprof/; keep it on localhost; empty disables")
 	fs.StringVar(&c.Output, "output", "-", "JSON-lines output without --config: - for stdout, or a file path (appended)")
 	fs.StringVar(&c.ConfigFile, "config", "", "TOML file defining upstreams ([[upstream]], default_upstreams); without it, JSON lines go to --output")
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "TOML tenants file; when set, bearer-token authentication is on")

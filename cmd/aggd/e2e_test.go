@@ -50,7 +50,7 @@ func startAggdEnv(t *testing.T, getenv func(string) string, extra ...string) *in
 	t.Helper()
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out.jsonl")
-	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--output", out, "--hostname", "aggd-test"}, extra...)
+	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--pprof-listen", "127.0.0.1:0", "--output", out, "--hostname", "aggd-test"}, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{out: out, cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})

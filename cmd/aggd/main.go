@@ -182,12 +182,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		adminAddr = alis.Addr().String()
-		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 10 * time.Second}
+		admin = &http.Server{Handler: metricsMux(reg), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin server stopped", "err", err)
 			}
 		}()
+	}
+
+	if cfg.PprofListen != "" {
+		plis, err := net.Listen("tcp", cfg.PprofListen)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		pprofSrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+		go pprofSrv.Serve(plis)
+		defer pprofSrv.Close()
 	}
 
 	if err := flusher.Start(ctx); err != nil {
@@ -300,9 +311,14 @@ func orInfinity(d time.Duration) time.Duration {
 	return d
 }
 
-func adminMux(reg *prometheus.Registry) *http.ServeMux {
+func metricsMux(reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -30,7 +30,7 @@ func TestSIGTERMDrainsAndFlushes(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	out := filepath.Join(dir, "out.jsonl")
-	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin-listen", "", "--output", out, "--drain-timeout", "1s", "--interval", "1h", "--context-ttl", "3h")
+	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin-listen", "", "--pprof-listen", "", "--output", out, "--drain-timeout", "1s", "--interval", "1h", "--context-ttl", "3h")
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
