@@ -112,8 +112,8 @@ func Load(path string, getenv func(string) string) (*File, error) {
 	return &f, nil
 }
 
-// LoadTenants reads a tenants file, expanding ${NAME} in credentials with
-// getenv.
+// LoadTenants reads a tenants file, expanding ${NAME} in tokens and
+// credentials with getenv.
 func LoadTenants(path string, getenv func(string) string) ([]Tenant, error) {
 	var f struct {
 		Tenants []Tenant `toml:"tenant"`
@@ -122,6 +122,9 @@ func LoadTenants(path string, getenv func(string) string) ([]Tenant, error) {
 		return nil, err
 	}
 	for i := range f.Tenants {
+		for j, tok := range f.Tenants[i].Tokens {
+			f.Tenants[i].Tokens[j] = os.Expand(tok, getenv)
+		}
 		for name, c := range f.Tenants[i].Credentials {
 			c.APIKey = os.Expand(c.APIKey, getenv)
 			c.Headers = expandAll(c.Headers, getenv)

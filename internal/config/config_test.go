@@ -52,7 +52,7 @@ timeout = "3s"
 	ts, err := config.LoadTenants(write(t, "t.toml", `
 [[tenant]]
 id = "acme"
-tokens = ["0123456789abcdef"]
+tokens = ["0123456789abcdef", "${TOKEN}-from-the-environment"]
 upstreams = ["dd"]
 [tenant.credentials.dd]
 api_key = "${KEY}-acme"
@@ -64,7 +64,7 @@ api_key = "${KEY}-acme"
 	if err != nil || routes["acme"].Credentials["dd"].APIKey != "secret-acme" {
 		t.Fatalf("routes %v %v", routes, err)
 	}
-	if st := config.ServiceTenants(ts); st[0].ID != "acme" || st[0].Tokens[0] != "0123456789abcdef" {
+	if st := config.ServiceTenants(ts); st[0].ID != "acme" || st[0].Tokens[0] != "0123456789abcdef" || st[0].Tokens[1] != "t0k-from-the-environment" {
 		t.Fatalf("service tenants %+v", st)
 	}
 	if _, err := config.Routes([]config.Tenant{{ID: "x", Credentials: map[string]config.Credentials{"dd": {}}}}); err == nil {

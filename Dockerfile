@@ -1,0 +1,19 @@
+# syntax=docker/dockerfile:1
+# Build a static binary, then run it as an unprivileged user on a minimal
+# image with no shell.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/aggd ./cmd/aggd
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/aggd /usr/local/bin/aggd
+USER nonroot:nonroot
+# gRPC (and OTLP/gRPC), admin /metrics, DogStatsD.
+EXPOSE 8127 8128 8125/udp
+ENV AGGD_LISTEN=:8127 \
+    AGGD_ADMIN_LISTEN=:8128 \
+    AGGD_LOG_FORMAT=json
+ENTRYPOINT ["/usr/local/bin/aggd"]

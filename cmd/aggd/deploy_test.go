@@ -1,0 +1,379 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	configpkg "github.com/aggd/aggd/internal/config"
+	"github.com/aggd/aggd/internal/spans"
+	"github.com/aggd/aggd/internal/upstream/upstreamtest"
+)
+
+const repo = "../.."
+
+// knownFlag reports whether --name or AGGD_NAME is one of aggd's options.
+func knownFlag(t *testing.T, name string) bool {
+	for _, f := range flagNames(t) {
+		if f == name || envName(f) == name {
+			return true
+		}
+	}
+	return false
+}
+
+// checkArgs checks --flag[=value] arguments and AGGD_ variables against the
+// binary's flags, returning them as a flag → value map.
+func checkArgs(t *testing.T, where string, args []string, env map[string]string) map[string]string {
+	t.Helper()
+	got := map[string]string{}
+	for _, a := range args {
+		name, v, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if !strings.HasPrefix(a, "--") || !knownFlag(t, name) {
+			t.Errorf("%s: %q is not an aggd flag", where, a)
+		}
+		got[name] = v
+	}
+	for k, v := range env {
+		if strings.HasPrefix(k, "AGGD_") {
+			if !knownFlag(t, k) {
+				t.Errorf("%s: %s is not an aggd variable", where, k)
+			}
+			got[strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, "AGGD_"), "_", "-"))] = v
+		}
+	}
+	return got
+}
+
+func port(addr string) string {
+	_, p, _ := strings.Cut(addr, ":")
+	return p
+}
+
+func TestDockerfile(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repo, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	env := map[string]string{}
+	for _, m := range regexp.MustCompile(`(AGGD_[A-Z_]+)=(\S+)`).FindAllStringSubmatch(text, -1) {
+		env[m[1]] = m[2]
+	}
+	opts := checkArgs(t, "Dockerfile", nil, env)
+	expose := regexp.MustCompile(`(?m)^EXPOSE (.+)$`).FindStringSubmatch(text)
+	if expose == nil {
+		t.Fatal("no EXPOSE")
+	}
+	for _, p := range []string{port(opts["listen"]), port(opts["admin-listen"])} {
+		if !slices.Contains(strings.Fields(expose[1]), p) {
+			t.Errorf("EXPOSE %s lacks the listen port %s", expose[1], p)
+		}
+	}
+	for _, want := range []string{"go build", "./cmd/aggd", "CGO_ENABLED=0", "USER nonroot", `ENTRYPOINT ["/usr/local/bin/aggd"]`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+}
+
+type composeFile struct {
+	Services map[string]struct {
+		Command     []string          `yaml:"command"`
+		Environment map[string]string `yaml:"environment"`
+		Ports       []string          `yaml:"ports"`
+		Volumes     []string          `yaml:"volumes"`
+	} `yaml:"services"`
+}
+
+func TestDockerCompose(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repo, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c composeFile
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	a, ok := c.Services["aggd"]
+	if !ok {
+		t.Fatal("no aggd service")
+	}
+	opts := checkArgs(t, "compose", a.Command, a.Environment)
+	for _, p := range []string{port(opts["listen"]), port(opts["admin-listen"]), port(opts["dogstatsd-udp"]) + "/udp"} {
+		if !slices.ContainsFunc(a.Ports, func(m string) bool { return strings.HasSuffix(m, ":"+p) }) {
+			t.Errorf("compose publishes %v, not %s", a.Ports, p)
+		}
+	}
+	// Every mounted file exists, and every file aggd reads is mounted.
+	mounts := map[string]string{}
+	for _, v := range append(a.Volumes, append(c.Services["otel-collector"].Volumes, c.Services["prometheus"].Volumes...)...) {
+		parts := strings.Split(v, ":")
+		if _, err := os.Stat(filepath.Join(repo, parts[0])); err != nil {
+			t.Errorf("volume %s: %v", v, err)
+		}
+		mounts[parts[1]] = filepath.Join(repo, parts[0])
+	}
+	cfgFile, sampling := mounts[opts["config"]], mounts[opts["sampling-file"]]
+	if cfgFile == "" || sampling == "" {
+		t.Fatalf("--config %s or --sampling-file %s is not mounted", opts["config"], opts["sampling-file"])
+	}
+	f, err := configpkg.Load(cfgFile, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spans.LoadPolicy(sampling); err != nil {
+		t.Fatal(err)
+	}
+	// The OTLP upstream points at the collector service and its receiver.
+	var otel struct {
+		Receivers struct {
+			OTLP struct {
+				Protocols struct {
+					GRPC struct {
+						Endpoint string `yaml:"endpoint"`
+					} `yaml:"grpc"`
+				} `yaml:"protocols"`
+			} `yaml:"otlp"`
+		} `yaml:"receivers"`
+	}
+	od, _ := os.ReadFile(filepath.Join(repo, "deploy/compose/otel-collector.yaml"))
+	if err := yaml.Unmarshal(od, &otel); err != nil {
+		t.Fatal(err)
+	}
+	if u := f.Upstreams[0]; u.Type != "otlp" || u.Endpoint != "otel-collector:"+port(otel.Receivers.OTLP.Protocols.GRPC.Endpoint) {
+		t.Errorf("upstream %+v does not reach the collector's receiver %s", u, otel.Receivers.OTLP.Protocols.GRPC.Endpoint)
+	}
+	var prom struct {
+		ScrapeConfigs []struct {
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	pd, _ := os.ReadFile(filepath.Join(repo, "deploy/compose/prometheus.yml"))
+	if err := yaml.Unmarshal(pd, &prom); err != nil {
+		t.Fatal(err)
+	}
+	if tg := prom.ScrapeConfigs[0].StaticConfigs[0].Targets[0]; tg != "aggd:"+port(opts["admin-listen"]) {
+		t.Errorf("Prometheus scrapes %s, aggd serves /metrics on %s", tg, opts["admin-listen"])
+	}
+	// The binary starts with this configuration and passes a health check
+	// (the collector need not be up: OTLP connects lazily).
+	startedHealthy(t, map[string]string{"config": cfgFile, "sampling-file": sampling, "dogstatsd-udp": freeUDP(t)}, a.Environment, nil)
+}
+
+// k8sObject is the part of a manifest the tests read.
+type k8sObject struct {
+	Kind     string `yaml:"kind"`
+	Metadata struct {
+		Name string `yaml:"name"`
+	} `yaml:"metadata"`
+	Data       map[string]string `yaml:"data"`
+	StringData map[string]string `yaml:"stringData"`
+	Spec       struct {
+		Selector struct {
+			MatchLabels map[string]string `yaml:"matchLabels"`
+		} `yaml:"selector"`
+		ScaleTargetRef struct {
+			Kind, Name string
+		} `yaml:"scaleTargetRef"`
+		Ports []struct {
+			Port       int    `yaml:"port"`
+			TargetPort string `yaml:"targetPort"`
+		} `yaml:"ports"`
+		Template struct {
+			Metadata struct {
+				Labels map[string]string `yaml:"labels"`
+			} `yaml:"metadata"`
+			Spec struct {
+				TerminationGracePeriodSeconds int `yaml:"terminationGracePeriodSeconds"`
+				Containers                    []struct {
+					Args []string `yaml:"args"`
+					Env  []struct {
+						Name      string `yaml:"name"`
+						Value     string `yaml:"value"`
+						ValueFrom *struct {
+							SecretKeyRef *struct{ Name, Key string } `yaml:"secretKeyRef"`
+						} `yaml:"valueFrom"`
+					} `yaml:"env"`
+					Ports []struct {
+						Name          string `yaml:"name"`
+						ContainerPort int    `yaml:"containerPort"`
+					} `yaml:"ports"`
+					ReadinessProbe probe `yaml:"readinessProbe"`
+					LivenessProbe  probe `yaml:"livenessProbe"`
+					VolumeMounts   []struct {
+						Name      string `yaml:"name"`
+						MountPath string `yaml:"mountPath"`
+					} `yaml:"volumeMounts"`
+				} `yaml:"containers"`
+				Volumes []struct {
+					Name      string
+					ConfigMap *struct{ Name string } `yaml:"configMap"`
+					Secret    *struct {
+						SecretName string `yaml:"secretName"`
+						Items      []struct{ Key, Path string }
+					} `yaml:"secret"`
+				} `yaml:"volumes"`
+			} `yaml:"spec"`
+		} `yaml:"template"`
+	} `yaml:"spec"`
+}
+
+type probe struct {
+	GRPC *struct {
+		Port int `yaml:"port"`
+	} `yaml:"grpc"`
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	var kust struct {
+		Resources []string `yaml:"resources"`
+	}
+	dir := filepath.Join(repo, "deploy/kubernetes")
+	kd, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml.Unmarshal(kd, &kust)
+	objs := map[string]k8sObject{}
+	for _, r := range kust.Resources {
+		data, err := os.ReadFile(filepath.Join(dir, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var o k8sObject
+		if err := yaml.Unmarshal(data, &o); err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		objs[o.Kind] = o
+	}
+	for _, k := range []string{"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret"} {
+		if _, ok := objs[k]; !ok {
+			t.Fatalf("no %s", k)
+		}
+	}
+	d := objs["Deployment"]
+	pod := d.Spec.Template
+	c := pod.Spec.Containers[0]
+	env := map[string]string{}
+	secretEnv := map[string]string{}
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			v, ok := objs["Secret"].StringData[e.ValueFrom.SecretKeyRef.Key]
+			if !ok {
+				t.Errorf("env %s names a missing Secret key", e.Name)
+			}
+			secretEnv[e.Name] = v
+		}
+	}
+	opts := checkArgs(t, "Deployment", c.Args, env)
+	ports := map[string]int{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	listen := strconv.Itoa(ports["grpc"])
+	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) {
+		t.Errorf("container ports %v, aggd listens on %s and %s", ports, opts["listen"], opts["admin-listen"])
+	}
+	for _, p := range []probe{c.ReadinessProbe, c.LivenessProbe} {
+		if p.GRPC == nil || strconv.Itoa(p.GRPC.Port) != listen {
+			t.Errorf("probe %+v is not a gRPC probe of aggd's port %s", p.GRPC, listen)
+		}
+	}
+	shutdown, err := time.ParseDuration(opts["shutdown-timeout"])
+	if err != nil || time.Duration(pod.Spec.TerminationGracePeriodSeconds)*time.Second <= shutdown+5*time.Second {
+		t.Errorf("terminationGracePeriodSeconds %d is not comfortably longer than --shutdown-timeout %s", pod.Spec.TerminationGracePeriodSeconds, opts["shutdown-timeout"])
+	}
+	// Every file aggd reads comes from a mounted ConfigMap or Secret key.
+	files := map[string]string{} // path in the pod → contents
+	for _, m := range c.VolumeMounts {
+		for _, v := range pod.Spec.Volumes {
+			if v.Name != m.Name {
+				continue
+			}
+			switch {
+			case v.ConfigMap != nil:
+				for k, text := range objs["ConfigMap"].Data {
+					files[m.MountPath+"/"+k] = text
+				}
+			case v.Secret != nil:
+				for _, it := range v.Secret.Items {
+					files[m.MountPath+"/"+it.Path] = objs["Secret"].StringData[it.Key]
+				}
+			}
+		}
+	}
+	tmp := t.TempDir()
+	local := map[string]string{}
+	for _, flag := range []string{"config", "tenants-file", "sampling-file"} {
+		text, ok := files[opts[flag]]
+		if !ok {
+			t.Fatalf("--%s %s is not mounted", flag, opts[flag])
+		}
+		local[flag] = filepath.Join(tmp, flag+".toml")
+		os.WriteFile(local[flag], []byte(text), 0o600)
+	}
+	// Selectors match the pod; the autoscaler targets the Deployment.
+	for _, k := range []string{"Deployment", "PodDisruptionBudget"} {
+		for lk, lv := range objs[k].Spec.Selector.MatchLabels {
+			if pod.Metadata.Labels[lk] != lv {
+				t.Errorf("%s selector %s=%s does not match the pod", k, lk, lv)
+			}
+		}
+	}
+	svc := objs["Service"]
+	for _, p := range svc.Spec.Ports {
+		if _, ok := ports[p.TargetPort]; !ok {
+			t.Errorf("Service targets port %q the container does not name", p.TargetPort)
+		}
+	}
+	if h := objs["HorizontalPodAutoscaler"].Spec.ScaleTargetRef; h.Kind != "Deployment" || h.Name != d.Metadata.Name {
+		t.Errorf("HPA targets %s/%s", h.Kind, h.Name)
+	}
+	// The binary starts with the mounted files and the Secret's variables,
+	// the Datadog URL pointed at a loopback intake, and passes a health check.
+	intake := upstreamtest.NewDatadogIntake(t)
+	cfgText, _ := os.ReadFile(local["config"])
+	os.WriteFile(local["config"], []byte(strings.ReplaceAll(string(cfgText), "https://api.datadoghq.com", intake.URL)), 0o600)
+	startedHealthy(t, local, env, secretEnv)
+}
+
+// startedHealthy runs aggd with opts (files) and env, on loopback ports,
+// and checks that its health service answers SERVING.
+func startedHealthy(t *testing.T, opts, env, extraEnv map[string]string) {
+	t.Helper()
+	all := map[string]string{}
+	for k, v := range env {
+		all[k] = v
+	}
+	for k, v := range extraEnv {
+		all[k] = v
+	}
+	// Loopback ports instead of the deployment's.
+	for _, k := range []string{"AGGD_LISTEN", "AGGD_ADMIN_LISTEN"} {
+		delete(all, k)
+	}
+	var args []string
+	for k, v := range opts {
+		args = append(args, "--"+k+"="+v)
+	}
+	in := startAggdEnv(t, func(k string) string { return all[k] }, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(in.conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", resp, err)
+	}
+}
