@@ -29,6 +29,7 @@ type config struct {
 	ConfigFile     string
 	TenantsFile    string
 	MaxTenants     int
+	AdminToken     string
 	MaxRecvMsgSize int
 	Shards         int
 	Hostname       string
@@ -48,6 +49,9 @@ type config struct {
 	SamplingFile   string
 	SamplingReload time.Duration
 	Sampling       spans.Limits
+
+	// values renders every flag as parsed, environment applied.
+	values map[string]string
 
 	Window    window.Config
 	Limits    service.Limits
@@ -140,6 +144,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if envErr != nil {
 		return c, envErr
 	}
+	c.values = map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { c.values[f.Name] = f.Value.String() })
 	return c, c.validate()
 }
 
@@ -192,6 +198,7 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.Output, "output", "-", "JSON-lines output without --config: - for stdout, or a file path (appended)")
 	fs.StringVar(&c.ConfigFile, "config", "", "TOML file defining upstreams ([[upstream]], default_upstreams); without it, JSON lines go to --output")
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "TOML tenants file; when set, bearer-token authentication is on")
+	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the aggd.v1.AdminService; required for it when --tenants-file is set")
 	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest request message in bytes")
 	fs.IntVar(&c.Shards, "shards", 0, "aggregation shards (0: 4 per CPU)")

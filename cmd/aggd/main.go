@@ -5,11 +5,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -75,7 +77,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants))
 
-	router, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
+	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
 		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout,
 	})
 	if err != nil {
@@ -165,6 +167,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	)...)
 	srv.Register(gs)
 	srv.RegisterOTLP(gs)
+	srv.RegisterAdmin(gs, service.AdminConfig{
+		Token:    cfg.AdminToken,
+		Contexts: agg,
+		Queues: func() []service.QueueInfo {
+			var out []service.QueueInfo
+			for _, q := range router.Queues() {
+				out = append(out, service.QueueInfo{Upstream: q.Upstream, Depth: q.Depth, Capacity: q.Capacity, Bytes: q.Bytes})
+			}
+			return out
+		},
+		Config: func() string { return effectiveConfig(cfg, upstreamFile, tenantCfgs) },
+	})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -230,15 +244,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // buildUpstreams makes the upstreams of the configuration file, or the
 // JSON-lines upstream of --output without one, and the router over them.
-func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.Tenant, sh configpkg.Shared) (*upstream.Router, func(), error) {
+func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.Tenant, sh configpkg.Shared) (*upstream.Router, *configpkg.File, func(), error) {
 	file := &configpkg.File{Upstreams: []configpkg.Upstream{{Name: "jsonlines", Type: "jsonlines", Path: cfg.Output}}}
 	if cfg.ConfigFile != "" {
 		var err error
 		if file, err = configpkg.Load(cfg.ConfigFile, getenv); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if len(file.Upstreams) == 0 {
-			return nil, nil, fmt.Errorf("%s defines no [[upstream]]", cfg.ConfigFile)
+			return nil, nil, nil, fmt.Errorf("%s defines no [[upstream]]", cfg.ConfigFile)
 		}
 	}
 	var ups []upstream.Upstream
@@ -253,7 +267,7 @@ func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.
 		built, closer, err := u.Build(sh)
 		if err != nil {
 			closeAll()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		ups = append(ups, built)
 		closers = append(closers, closer)
@@ -265,11 +279,58 @@ func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.
 	if err == nil {
 		var r *upstream.Router
 		if r, err = upstream.NewRouter(ups, defaults, routes); err == nil {
-			return r, closeAll, nil
+			return r, file, closeAll, nil
 		}
 	}
 	closeAll()
-	return nil, nil, err
+	return nil, nil, nil, err
+}
+
+const redacted = "<redacted>"
+
+// effectiveConfig renders the configuration in force as JSON: every flag,
+// the upstreams and the tenants, with tokens, keys and header values
+// redacted.
+func effectiveConfig(cfg config, file *configpkg.File, tenants []configpkg.Tenant) string {
+	flags := maps.Clone(cfg.values)
+	if flags["admin-token"] != "" {
+		flags["admin-token"] = redacted
+	}
+	type upstreamView struct {
+		configpkg.Upstream
+		APIKey  string            `json:"APIKey,omitempty"`
+		Headers map[string]string `json:"Headers,omitempty"`
+	}
+	var ups []upstreamView
+	for _, u := range file.Upstreams {
+		v := upstreamView{Upstream: u}
+		if u.APIKey != "" {
+			v.APIKey = redacted
+		}
+		for k := range u.Headers {
+			if v.Headers == nil {
+				v.Headers = map[string]string{}
+			}
+			v.Headers[k] = redacted
+		}
+		ups = append(ups, v)
+	}
+	type tenantView struct {
+		ID          string
+		Tokens      int
+		MaxContexts int64
+		Upstreams   []string
+	}
+	var tvs []tenantView
+	for _, t := range tenants {
+		tvs = append(tvs, tenantView{ID: t.ID, Tokens: len(t.Tokens), MaxContexts: t.MaxContexts, Upstreams: t.Upstreams})
+	}
+	var out strings.Builder
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false) // for people reading it through grpcurl
+	enc.SetIndent("", "  ")
+	enc.Encode(map[string]any{"flags": flags, "default_upstreams": file.DefaultUpstreams, "upstreams": ups, "tenants": tvs})
+	return out.String()
 }
 
 // shutdown stops aggd in order: health NOT_SERVING, streams drained, held

@@ -1,8 +1,10 @@
 package flush
 
 import (
+	"cmp"
 	"math/bits"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/aggd/aggd/internal/window"
@@ -155,4 +157,18 @@ func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
 	if a.holder != nil {
 		f.Events = append(f.Events, a.holder.Release(tick, all)...)
 	}
+}
+
+// TopContexts returns the n contexts with the most samples, busiest first,
+// of tenant t only unless t is nil. Each shard is locked for its scan.
+func (a *Aggregator) TopContexts(t *window.Tenant, n int) []window.ContextStat {
+	var all []window.ContextStat
+	for i := range a.shards {
+		s := &a.shards[i]
+		s.mu.Lock()
+		all = s.sh.Top(t, n, all)
+		s.mu.Unlock()
+	}
+	slices.SortFunc(all, func(x, y window.ContextStat) int { return cmp.Compare(y.Samples, x.Samples) })
+	return all[:min(n, len(all))]
 }

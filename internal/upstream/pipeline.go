@@ -267,3 +267,15 @@ func (p *Pipeline) Shutdown(ctx context.Context) error {
 	}
 	return ctx.Err()
 }
+
+// QueueState is a send queue's state.
+type QueueState struct {
+	Upstream        string
+	Depth, Capacity int
+	Bytes           int64
+}
+
+// State returns the queue's state now.
+func (p *Pipeline) State() QueueState {
+	return QueueState{Upstream: p.cfg.Name, Depth: len(p.queue), Capacity: cap(p.queue), Bytes: p.bytes.Load()}
+}

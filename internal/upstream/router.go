@@ -127,3 +127,20 @@ func (r *Router) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// Queues returns the send queue of every upstream that has one.
+func (r *Router) Queues() []QueueState {
+	var out []QueueState
+	for _, u := range r.upstreams {
+		if q, ok := u.(interface{ Queue() QueueState }); ok {
+			out = append(out, q.Queue())
+		}
+	}
+	return out
+}
+
+// Queue returns the send queue's state.
+func (d *Datadog) Queue() QueueState { return d.pipe.State() }
+
+// Queue returns the send queue's state.
+func (o *OTLP) Queue() QueueState { return o.pipe.State() }

@@ -16,10 +16,11 @@ type context struct {
 	seen   int64    // last arrival time, for expiry
 	pos    int32    // index in Shard.all
 	// The last sample seen, kept across buckets for RATE and
-	// MONOTONIC_COUNT.
-	lastV   float64
-	lastT   int64
-	hasLast bool
+	// MONOTONIC_COUNT; lastT is 0 before the first (timestamps are never 0).
+	lastV float64
+	lastT int64
+	// samples counts the samples of the context, saturating.
+	samples uint32
 }
 
 type bucketKey struct{ start, width int64 }
@@ -115,21 +116,21 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 		sl.flags |= hasValue
 	case TypeRate:
 		r := &b.rates[sl.ext]
-		if c.hasLast {
+		if c.lastT != 0 {
 			r.prevV, r.prevT = c.lastV, c.lastT
 			sl.flags |= hasPrev
 		}
 		sl.v, sl.t = v, ts
 		sl.flags |= hasValue
-		c.lastV, c.lastT, c.hasLast = v, ts, true
+		c.lastV, c.lastT = v, ts
 	case TypeMonotonicCount:
-		if c.hasLast {
+		if c.lastT != 0 {
 			if d := v - c.lastV; d > 0 {
 				sl.v += d
 			}
 			sl.flags |= hasValue
 		}
-		c.lastV, c.lastT, c.hasLast = v, ts, true
+		c.lastV, c.lastT = v, ts
 	case TypeHistogram, TypeTiming, TypeDistribution:
 		b.dists[sl.ext].add(v, weight)
 		sl.flags |= hasValue
@@ -152,13 +153,16 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (*context, Reason) {
 	for c := head; c != nil; c = c.next {
 		if c.tenant == t && c.key == string(s.Key) {
 			c.seen = now
+			if c.samples != math.MaxUint32 {
+				c.samples++
+			}
 			return c, Accepted
 		}
 	}
 	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
 		return nil, ReasonTenantLimit
 	}
-	c := &context{key: string(s.Key), tenant: t, next: head, seen: now, pos: int32(len(sh.all))}
+	c := &context{key: string(s.Key), tenant: t, next: head, seen: now, pos: int32(len(sh.all)), samples: 1}
 	sh.contexts[s.Hash] = c
 	sh.all = append(sh.all, c)
 	t.Contexts.Add(1)
@@ -250,3 +254,38 @@ func floor(ts, width int64) int64 {
 }
 
 func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// ContextStat is a context and its sample count, for introspection.
+type ContextStat struct {
+	Tenant  *Tenant
+	Key     string // see SplitKey
+	Samples uint64
+}
+
+// Top appends to out the n contexts of the shard with the most samples,
+// of tenant t only unless t is nil, and returns out.
+func (sh *Shard) Top(t *Tenant, n int, out []ContextStat) []ContextStat {
+	start := len(out)
+	for _, c := range sh.all {
+		if t != nil && c.tenant != t {
+			continue
+		}
+		st := ContextStat{Tenant: c.tenant, Key: c.key, Samples: uint64(c.samples)}
+		top := out[start:]
+		if len(top) < n {
+			out = append(out, st)
+			continue
+		}
+		// Replace the smallest kept when this one is larger: n is small.
+		min := 0
+		for i := range top {
+			if top[i].Samples < top[min].Samples {
+				min = i
+			}
+		}
+		if st.Samples > top[min].Samples {
+			top[min] = st
+		}
+	}
+	return out
+}
