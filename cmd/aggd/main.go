@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -156,7 +157,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv := service.New(agg, tenants, cfg.Limits, log)
 	srv.SetSpanIngester(spans.NewProcessor(agg, sampler))
 	srv.SetMaxStreamAge(cfg.MaxStreamAge)
+	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+	reg.MustRegister(grpcMetrics)
 	gs := grpc.NewServer(append(service.ServerOptions(),
+		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor()),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.WaitForHandlers(true),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
@@ -182,6 +187,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
+	grpcMetrics.InitializeMetrics(gs)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -104,6 +104,10 @@ tokens = [%q]
 	if v := metric(metrics, `aggr_send_points_total{upstream="dd"}`); v < 3 {
 		t.Errorf("aggr_send_points_total dd = %v", v)
 	}
+	// gRPC server metrics from go-grpc-middleware.
+	if v := metric(metrics, `grpc_server_handled_total{grpc_code="OK",grpc_method="Submit",grpc_service="aggd.v1.AggregatorService",grpc_type="unary"}`); v != 2 {
+		t.Errorf("grpc_server_handled_total for Submit = %v, want 2", v)
+	}
 	in.stop(t)
 	if err := dd.Err(); err != nil {
 		t.Fatal(err)
