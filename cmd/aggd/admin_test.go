@@ -77,3 +77,29 @@ func TestAdminService(t *testing.T) {
 		}
 	}
 }
+
+func TestOwnTracesOfFlushesAndSends(t *testing.T) {
+	traces := upstreamtest.NewOTLPReceiver(t)
+	dd := upstreamtest.NewDatadogIntake(t)
+	cfgFile := filepath.Join(t.TempDir(), "aggd.toml")
+	os.WriteFile(cfgFile, []byte(fmt.Sprintf("[[upstream]]\nname = \"dd\"\ntype = \"datadog\"\nurl = %q\napi_key = \"k\"\n", dd.URL)), 0o600)
+	in := startAggd(t, "--config", cfgFile, "--otel-traces-endpoint", traces.Addr, "--otel-traces-insecure", "--interval", "1h", "--context-ttl", "3h")
+	if _, err := aggdv1.NewAggregatorServiceClient(in.conn).Submit(context.Background(), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
+		smp("c", aggdv1.MetricType_METRIC_TYPE_COUNT, 1)}}}); err != nil {
+		t.Fatal(err)
+	}
+	in.stop(t) // the final flush, its sends, then the tracer's own flush
+	names := map[string]int{}
+	for _, r := range traces.TraceRequests() {
+		for _, rs := range r.Req.ResourceSpans {
+			for _, ss := range rs.ScopeSpans {
+				for _, s := range ss.Spans {
+					names[s.Name]++
+				}
+			}
+		}
+	}
+	if names["aggd.flush"] < 1 || names["aggd.send"] < 1 {
+		t.Fatalf("own spans: %v", names)
+	}
+}

@@ -40,6 +40,8 @@ type config struct {
 	KeepaliveMinTime                          time.Duration
 	ShutdownTimeout                           time.Duration
 	ExportTimeout                             time.Duration
+	OTelTraces                                string
+	OTelTracesInsecure                        bool
 	LogFormat                                 string
 	LogLevel                                  string
 
@@ -212,6 +214,8 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "how long shutdown waits for streams to end before closing them")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "bound on the whole shutdown, final flush included")
 	fs.DurationVar(&c.ExportTimeout, "export-timeout", 0, "deadline of one flush's export (0: the interval)")
+	fs.StringVar(&c.OTelTraces, "otel-traces-endpoint", "", "OTLP/gRPC host:port receiving traces of aggd's own flushes and sends; empty: off")
+	fs.BoolVar(&c.OTelTracesInsecure, "otel-traces-insecure", false, "send aggd's own traces without TLS")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.Window.Interval, "interval", c.Window.Interval, "bucket width and flush period (whole seconds)")

@@ -27,6 +27,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	nooptrace "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -75,11 +81,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("tenants file: %w", err)
 	}
 
+	tracer, stopTracing, err := newTracer(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants))
 
 	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
 		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout,
+		Tracer: tracer,
 	})
 	if err != nil {
 		return err
@@ -92,7 +105,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	agg := flush.NewAggregator(cfg.Window, cfg.Shards)
 	flusher := flush.NewFlusher(agg, router, tenants, flush.Config{
 		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
-		Observer: telemetry.NewFlushMetrics(reg),
+		Observer: telemetry.NewFlushMetrics(reg), Tracer: tracer,
 	}, log)
 
 	var policy *spans.Policy
@@ -368,6 +381,29 @@ func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Serv
 	}
 	log.Info("stopped", "took", time.Since(start), "err", err)
 	return err
+}
+
+// newTracer returns the tracer of aggd's own flushes and sends: an OTLP
+// exporter when --otel-traces-endpoint is set, else a no-op.
+func newTracer(ctx context.Context, cfg config) (trace.Tracer, func(), error) {
+	if cfg.OTelTraces == "" {
+		return nooptrace.NewTracerProvider().Tracer("aggd"), func() {}, nil
+	}
+	opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(cfg.OTelTraces)}
+	if cfg.OTelTracesInsecure {
+		opts = append(opts, otlptracegrpc.WithInsecure())
+	}
+	exp, err := otlptracegrpc.New(ctx, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("otel traces: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp),
+		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "aggd"), attribute.String("host.name", cfg.Hostname))))
+	return tp.Tracer("aggd"), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tp.Shutdown(ctx)
+	}, nil
 }
 
 // orInfinity maps 0 (never) to grpc's infinity.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/upstream"
@@ -177,6 +178,8 @@ type Shared struct {
 	Metrics           upstream.PipelineMetrics
 	Log               *slog.Logger
 	Stdout            io.Writer
+	// Tracer, if set, traces every send attempt.
+	Tracer trace.Tracer
 }
 
 // Build makes the upstream u describes. The closer releases what Build
@@ -202,6 +205,7 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 	if u.MaxBackoff != 0 {
 		pc.MaxBackoff = u.MaxBackoff
 	}
+	pc.Tracer = sh.Tracer
 	tlsCfg, err := u.tls()
 	if err != nil {
 		return nil, nil, err

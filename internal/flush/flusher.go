@@ -7,6 +7,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -43,6 +48,8 @@ type Config struct {
 	Hostname string
 	// Observer, if set, is told about every flush.
 	Observer Observer
+	// Tracer, if set, traces every flush (span aggd.flush).
+	Tracer trace.Tracer
 }
 
 // Validate reports a setting out of range.
@@ -75,6 +82,9 @@ type Flusher struct {
 func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config, log *slog.Logger) *Flusher {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = cfg.Interval
+	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("aggd")
 	}
 	return &Flusher{agg: agg, exp: exp, tenants: tenants, cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
 }
@@ -114,18 +124,25 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	start := time.Now()
+	ctx, span := fl.cfg.Tracer.Start(context.Background(), "aggd.flush",
+		trace.WithAttributes(attribute.Int64("aggd.tick", tick.Unix()), attribute.Bool("aggd.final", all)))
+	defer span.End()
 	f := &fl.f
 	f.Time = tick.UnixNano()
 	fl.agg.drain(f.Time, all, f)
 	for _, tn := range fl.tenants.List() {
 		f.Checks = append(f.Checks, window.ServiceCheck{Tenant: tn, Name: "aggd.up", Status: window.StatusOK, Host: fl.cfg.Hostname, Timestamp: f.Time})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), fl.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, fl.cfg.Timeout)
 	err := fl.exp.Export(ctx, f)
 	cancel()
 	points := 0
 	for _, b := range f.Buckets {
 		points += b.Len()
+	}
+	span.SetAttributes(attribute.Int("aggd.contexts", points), attribute.Int("aggd.events", len(f.Events)), attribute.Int("aggd.checks", len(f.Checks)))
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 	}
 	if o := fl.cfg.Observer; o != nil {
 		o.ObserveFlush(time.Since(start).Seconds(), points, err)

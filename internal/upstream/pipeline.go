@@ -10,6 +10,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Payload is one request body, encoded and compressed, waiting to be sent.
@@ -110,6 +115,8 @@ type PipelineConfig struct {
 	// InitialBackoff and MaxBackoff bound the delay between attempts; each
 	// retry doubles the ceiling and waits a random time below it.
 	InitialBackoff, MaxBackoff time.Duration
+	// Tracer, if set, traces every attempt (span aggd.send).
+	Tracer trace.Tracer
 }
 
 // DefaultPipelineConfig returns the documented defaults.
@@ -147,6 +154,9 @@ type Pipeline struct {
 
 // NewPipeline returns a pipeline delivering through send. Start starts it.
 func NewPipeline(cfg PipelineConfig, send Sender, m PipelineMetrics, log *slog.Logger) *Pipeline {
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("aggd")
+	}
 	stop, cancel := context.WithCancel(context.Background())
 	return &Pipeline{cfg: cfg, send: send, metrics: m, log: log.With("upstream", cfg.Name),
 		queue: make(chan *Payload, cfg.QueueSize), stop: stop, cancel: cancel}
@@ -209,8 +219,15 @@ func (p *Pipeline) deliver(pl *Payload) {
 	ceiling := p.cfg.InitialBackoff
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(p.stop, p.cfg.Timeout)
+		ctx, span := p.cfg.Tracer.Start(ctx, "aggd.send", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+			attribute.String("aggd.upstream", p.cfg.Name), attribute.String("aggd.tenant", pl.Tenant), attribute.String("aggd.kind", pl.Kind),
+			attribute.Int("aggd.points", pl.Points), attribute.Int("aggd.bytes", len(pl.Body)), attribute.Int("aggd.attempt", attempt)))
 		start := time.Now()
 		err := p.send.Send(ctx, pl)
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
 		cancel()
 		if err == nil {
 			p.metrics.Sent(p.cfg.Name, pl.Points, time.Since(start))
