@@ -48,6 +48,8 @@ type config struct {
 	DogStatsD       dogstatsd.Config
 	DogStatsDTenant string
 
+	RulesFile      string
+	RulesReload    time.Duration
 	SamplingFile   string
 	SamplingReload time.Duration
 	Sampling       spans.Limits
@@ -181,7 +183,7 @@ func (c config) validate() error {
 			errs = append(errs, fmt.Errorf("sketch percentile %v is not in [0, 1]", p))
 		}
 	}
-	if c.SamplingReload <= 0 || c.Sampling.MaxTracesPerTenant < 1 || c.Sampling.MaxSpansPerTrace < 1 || c.Sampling.MaxBytes < 1 || c.Sampling.DecisionTTL <= 0 {
+	if c.RulesReload <= 0 || c.SamplingReload <= 0 || c.Sampling.MaxTracesPerTenant < 1 || c.Sampling.MaxSpansPerTrace < 1 || c.Sampling.MaxBytes < 1 || c.Sampling.DecisionTTL <= 0 {
 		errs = append(errs, errors.New("sampling limits and intervals must be positive"))
 	}
 	dsd := c.DogStatsD
@@ -238,6 +240,8 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.DogStatsD.Readers, "dogstatsd-readers", 0, "goroutines reading each DogStatsD socket (0: one per CPU)")
 	fs.IntVar(&c.DogStatsD.ReceiveBuffer, "dogstatsd-receive-buffer", c.DogStatsD.ReceiveBuffer, "DogStatsD socket receive buffer in bytes (0: the system's)")
 	fs.IntVar(&c.DogStatsD.PacketSize, "dogstatsd-packet-size", c.DogStatsD.PacketSize, "largest DogStatsD datagram read whole, bytes")
+	fs.StringVar(&c.RulesFile, "rules-file", "", "DataKit aggr.toml of aggregation rules; empty: no rules")
+	fs.DurationVar(&c.RulesReload, "rules-reload-interval", time.Minute, "how often the rules file is checked for changes (SIGHUP reloads at once)")
 	fs.StringVar(&c.SamplingFile, "sampling-file", "", "DataKit tail-sampling.toml; without it every span is kept")
 	fs.DurationVar(&c.SamplingReload, "sampling-reload-interval", time.Minute, "how often the sampling file is checked for changes (SIGHUP reloads at once)")
 	fs.IntVar(&c.Sampling.MaxTracesPerTenant, "sampling-max-traces", c.Sampling.MaxTracesPerTenant, "traces held per tenant; new traces past it are decided at once")

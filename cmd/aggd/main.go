@@ -45,6 +45,7 @@ import (
 	configpkg "github.com/aggd/aggd/internal/config"
 	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/telemetry"
@@ -110,6 +111,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Observer: telemetry.NewFlushMetrics(reg), Tracer: tracer,
 	}, log)
 
+	var ruleEngine *rules.Engine
+	reloadMetrics := telemetry.NewReloadMetrics(reg)
+	var watchers []*configpkg.Watcher
+	if cfg.RulesFile != "" {
+		set, err := rules.Load(cfg.RulesFile)
+		if err != nil {
+			return err
+		}
+		ruleEngine = rules.NewEngine(set, agg.Shards(), cfg.Window)
+		agg.SetRules(ruleEngine)
+		watchers = append(watchers, configpkg.NewWatcher(cfg.RulesFile, cfg.RulesReload, func() error {
+			set, err := rules.Load(cfg.RulesFile)
+			if err == nil {
+				ruleEngine.SetRules(set)
+			}
+			return err
+		}, reloadMetrics.Observer("rules"), log))
+	}
+
 	var policy *spans.Policy
 	if cfg.SamplingFile != "" {
 		if policy, err = spans.LoadPolicy(cfg.SamplingFile); err != nil {
@@ -124,17 +144,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := traceRunner.Start(ctx); err != nil {
 		return err
 	}
-	var watcher *configpkg.Watcher
 	if cfg.SamplingFile != "" {
-		watcher = configpkg.NewWatcher(cfg.SamplingFile, cfg.SamplingReload, func() error {
+		watchers = append(watchers, configpkg.NewWatcher(cfg.SamplingFile, cfg.SamplingReload, func() error {
 			p, err := spans.LoadPolicy(cfg.SamplingFile)
 			if err == nil {
 				sampler.SetPolicy(p)
 				groups.SetPolicy(p)
 			}
 			return err
-		}, telemetry.NewReloadMetrics(reg).Observer("sampling"), log)
-		watcher.Start(ctx)
+		}, reloadMetrics.Observer("sampling"), log))
+	}
+	if len(watchers) > 0 {
+		for _, w := range watchers {
+			w.Start(ctx)
+		}
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
@@ -142,7 +165,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			for {
 				select {
 				case <-hup:
-					watcher.Reload()
+					for _, w := range watchers {
+						w.Reload()
+					}
 				case <-ctx.Done():
 					return
 				}
@@ -170,7 +195,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	srv := service.New(agg, tenants, cfg.Limits, log)
-	srv.SetSpanIngester(spans.NewProcessor(agg, sampler))
+	proc := spans.NewProcessor(agg, sampler)
+	if ruleEngine != nil {
+		proc.SetObserver(ruleEngine)
+	}
+	srv.SetSpanIngester(proc)
 	srv.SetMaxStreamAge(cfg.MaxStreamAge)
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(grpcMetrics)
@@ -203,6 +232,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return out
 		},
 		Config: func() string { return effectiveConfig(cfg, upstreamFile, tenantCfgs) },
+		Rules: func() []service.RuleInfo {
+			if ruleEngine == nil {
+				return nil
+			}
+			var out []service.RuleInfo
+			for _, r := range ruleEngine.Rules().Rules {
+				c := ruleEngine.Counters(r.Name)
+				ri := service.RuleInfo{Name: r.Name, Category: r.Category, Matched: c.Matched.Load(), Emitted: c.Outputs.Load()}
+				for _, a := range r.Algorithms {
+					ri.Outputs = append(ri.Outputs, a.Output)
+				}
+				out = append(out, ri)
+			}
+			return out
+		},
 	})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -259,8 +303,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case err := <-serveErr:
 		log.Error("grpc server stopped", "err", err)
 	}
-	if watcher != nil {
-		watcher.Shutdown(context.Background())
+	for _, w := range watchers {
+		w.Shutdown(context.Background())
 	}
 	if dsd != nil {
 		dsd.Shutdown(context.Background())

@@ -28,7 +28,27 @@ type Aggregator struct {
 	events []window.Event
 	checks []window.ServiceCheck
 	holder EventHolder
+	rules  RuleEngine
 }
+
+// RuleEngine applies aggregation rules to samples as they are aggregated,
+// and flushes its outputs with the buckets.
+type RuleEngine interface {
+	// DropOriginals reports whether matched samples skip their own
+	// aggregation.
+	DropOriginals() bool
+	// ObserveSample sees s in shard i, under that shard's lock; it reports
+	// whether a rule matched, and may refuse the sample.
+	ObserveSample(shard int, t *window.Tenant, s *window.Sample, now int64) (bool, window.Reason)
+	// Drain appends the outputs of the windows due at tick.
+	Drain(tick int64, all bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric
+}
+
+// SetRules makes a apply rule engine r. Call it before ingesting.
+func (a *Aggregator) SetRules(r RuleEngine) { a.rules = r }
+
+// Shards returns the number of shards.
+func (a *Aggregator) Shards() int { return len(a.shards) }
 
 // EventHolder may take events out of the next flush, to release them at a
 // later one (group sampling).
@@ -119,13 +139,32 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 }
 
 // addLocked adds b's accepted samples of shard si, whose lock is held.
+// Rules see a sample once the windows took it, or instead of the windows
+// when they drop the originals they match.
 func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
+	drop := a.rules != nil && a.rules.DropOriginals()
 	for i := range b.Samples {
 		smp := &b.Samples[i]
 		if b.Results[i] != window.Accepted || a.shardOf(smp.Hash) != si {
 			continue
 		}
-		b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+		if a.rules == nil {
+			b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+			continue
+		}
+		if !drop {
+			if b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now); b.Results[i] == window.Accepted {
+				a.rules.ObserveSample(si, b.Tenant, smp, b.Now)
+			}
+			continue
+		}
+		matched, r := a.rules.ObserveSample(si, b.Tenant, smp, b.Now)
+		switch {
+		case r != window.Accepted:
+			b.Results[i] = r
+		case !matched:
+			b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+		}
 	}
 }
 
@@ -149,6 +188,13 @@ func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
 		s.mu.Lock()
 		f.Buckets = s.sh.Drain(tick, all, f.Buckets)
 		s.mu.Unlock()
+	}
+	if a.rules != nil {
+		f.Extra = a.rules.Drain(tick, all, func(i int, fn func()) {
+			a.shards[i].mu.Lock()
+			fn()
+			a.shards[i].mu.Unlock()
+		}, f.Extra)
 	}
 	a.mu.Lock()
 	f.Events, a.events = a.events, nil

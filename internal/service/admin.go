@@ -38,6 +38,15 @@ type AdminConfig struct {
 	Queues func() []QueueInfo
 	// Config returns the effective configuration as JSON, secrets redacted.
 	Config func() string
+	// Rules returns the aggregation rules in force.
+	Rules func() []RuleInfo
+}
+
+// RuleInfo is an aggregation rule as the admin service reports it.
+type RuleInfo struct {
+	Name, Category   string
+	Outputs          []string
+	Matched, Emitted int64
 }
 
 type admin struct {
@@ -139,6 +148,19 @@ func (a *admin) GetConfig(ctx context.Context, _ *aggdv1.GetConfigRequest) (*agg
 	resp := &aggdv1.GetConfigResponse{}
 	if a.cfg.Config != nil {
 		resp.Json = a.cfg.Config()
+	}
+	return resp, nil
+}
+
+func (a *admin) ListRules(ctx context.Context, _ *aggdv1.ListRulesRequest) (*aggdv1.ListRulesResponse, error) {
+	if err := a.allowed(ctx); err != nil {
+		return nil, err
+	}
+	resp := &aggdv1.ListRulesResponse{}
+	if a.cfg.Rules != nil {
+		for _, r := range a.cfg.Rules() {
+			resp.Rules = append(resp.Rules, &aggdv1.RuleInfo{Name: r.Name, Category: r.Category, Outputs: r.Outputs, Matched: r.Matched, Emitted: r.Emitted})
+		}
 	}
 	return resp, nil
 }

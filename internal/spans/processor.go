@@ -18,10 +18,19 @@ type StatsSink interface {
 // the Sampler. It implements service.SpanIngester and is safe for
 // concurrent use.
 type Processor struct {
-	sink    StatsSink
-	sampler *Sampler
-	states  sync.Pool
+	sink     StatsSink
+	sampler  *Sampler
+	observer Observer
+	states   sync.Pool
 }
+
+// Observer sees every accepted span (aggregation rules).
+type Observer interface {
+	ObserveSpan(t *window.Tenant, s *Span, now int64)
+}
+
+// SetObserver makes p show every accepted span to o. Call it before use.
+func (p *Processor) SetObserver(o Observer) { p.observer = o }
 
 type procState struct {
 	stats Stats
@@ -67,6 +76,9 @@ func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results 
 		if r := st.batch.Results[st.first[i]]; r != window.Accepted {
 			results[i] = r
 			continue
+		}
+		if p.observer != nil {
+			p.observer.ObserveSpan(t, &sp[i], now)
 		}
 		p.sampler.Add(t, &sp[i], now)
 	}

@@ -225,8 +225,11 @@ type Flush struct {
 	// Time is the tick, in unix nanoseconds.
 	Time    int64
 	Buckets []*Bucket
-	Events  []Event
-	Checks  []ServiceCheck
+	// Extra holds aggregates made elsewhere (aggregation rules), flushed
+	// after the buckets'.
+	Extra  []Metric
+	Events []Event
+	Checks []ServiceCheck
 }
 
 // Metrics yields every aggregate of every bucket of f (see
@@ -240,6 +243,11 @@ func (f *Flush) Metrics() func(yield func(*Metric) bool) {
 				}
 			}
 		}
+		for i := range f.Extra {
+			if !yield(&f.Extra[i]) {
+				return
+			}
+		}
 	}
 }
 
@@ -250,4 +258,6 @@ func (f *Flush) Release() {
 	}
 	clear(f.Buckets)
 	f.Buckets = f.Buckets[:0]
+	clear(f.Extra)
+	f.Extra = f.Extra[:0]
 }

@@ -594,6 +594,167 @@ func (x *GetConfigResponse) GetJson() string {
 	return ""
 }
 
+// ListRulesRequest asks for the aggregation rules.
+type ListRulesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRulesRequest) Reset() {
+	*x = ListRulesRequest{}
+	mi := &file_aggd_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRulesRequest) ProtoMessage() {}
+
+func (x *ListRulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aggd_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRulesRequest.ProtoReflect.Descriptor instead.
+func (*ListRulesRequest) Descriptor() ([]byte, []int) {
+	return file_aggd_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+// ListRulesResponse lists the aggregation rules in force.
+type ListRulesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rules         []*RuleInfo            `protobuf:"bytes,1,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRulesResponse) Reset() {
+	*x = ListRulesResponse{}
+	mi := &file_aggd_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRulesResponse) ProtoMessage() {}
+
+func (x *ListRulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aggd_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRulesResponse.ProtoReflect.Descriptor instead.
+func (*ListRulesResponse) Descriptor() ([]byte, []int) {
+	return file_aggd_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListRulesResponse) GetRules() []*RuleInfo {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// RuleInfo is one aggregation rule.
+type RuleInfo struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Category string                 `protobuf:"bytes,2,opt,name=category,proto3" json:"category,omitempty"`
+	Outputs  []string               `protobuf:"bytes,3,rep,name=outputs,proto3" json:"outputs,omitempty"`
+	// matched counts the samples or spans the rule matched.
+	Matched int64 `protobuf:"varint,4,opt,name=matched,proto3" json:"matched,omitempty"`
+	// emitted counts the output series it flushed.
+	Emitted       int64 `protobuf:"varint,5,opt,name=emitted,proto3" json:"emitted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuleInfo) Reset() {
+	*x = RuleInfo{}
+	mi := &file_aggd_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuleInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuleInfo) ProtoMessage() {}
+
+func (x *RuleInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_aggd_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuleInfo.ProtoReflect.Descriptor instead.
+func (*RuleInfo) Descriptor() ([]byte, []int) {
+	return file_aggd_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RuleInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RuleInfo) GetCategory() string {
+	if x != nil {
+		return x.Category
+	}
+	return ""
+}
+
+func (x *RuleInfo) GetOutputs() []string {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
+}
+
+func (x *RuleInfo) GetMatched() int64 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
+func (x *RuleInfo) GetEmitted() int64 {
+	if x != nil {
+		return x.Emitted
+	}
+	return 0
+}
+
 var File_aggd_v1_admin_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_admin_proto_rawDesc = "" +
@@ -633,12 +794,22 @@ const file_aggd_v1_admin_proto_rawDesc = "" +
 	"\x05bytes\x18\x04 \x01(\x04R\x05bytes\"\x12\n" +
 	"\x10GetConfigRequest\"'\n" +
 	"\x11GetConfigResponse\x12\x12\n" +
-	"\x04json\x18\x01 \x01(\tR\x04json2\xaa\x02\n" +
+	"\x04json\x18\x01 \x01(\tR\x04json\"\x12\n" +
+	"\x10ListRulesRequest\"<\n" +
+	"\x11ListRulesResponse\x12'\n" +
+	"\x05rules\x18\x01 \x03(\v2\x11.aggd.v1.RuleInfoR\x05rules\"\x88\x01\n" +
+	"\bRuleInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bcategory\x18\x02 \x01(\tR\bcategory\x12\x18\n" +
+	"\aoutputs\x18\x03 \x03(\tR\aoutputs\x12\x18\n" +
+	"\amatched\x18\x04 \x01(\x03R\amatched\x12\x18\n" +
+	"\aemitted\x18\x05 \x01(\x03R\aemitted2\xee\x02\n" +
 	"\fAdminService\x12H\n" +
 	"\vListTenants\x12\x1b.aggd.v1.ListTenantsRequest\x1a\x1c.aggd.v1.ListTenantsResponse\x12H\n" +
 	"\vTopContexts\x12\x1b.aggd.v1.TopContextsRequest\x1a\x1c.aggd.v1.TopContextsResponse\x12B\n" +
 	"\tGetQueues\x12\x19.aggd.v1.GetQueuesRequest\x1a\x1a.aggd.v1.GetQueuesResponse\x12B\n" +
-	"\tGetConfig\x12\x19.aggd.v1.GetConfigRequest\x1a\x1a.aggd.v1.GetConfigResponseB-Z+github.com/aggd/aggd/api/gen/aggd/v1;aggdv1b\x06proto3"
+	"\tGetConfig\x12\x19.aggd.v1.GetConfigRequest\x1a\x1a.aggd.v1.GetConfigResponse\x12B\n" +
+	"\tListRules\x12\x19.aggd.v1.ListRulesRequest\x1a\x1a.aggd.v1.ListRulesResponseB-Z+github.com/aggd/aggd/api/gen/aggd/v1;aggdv1b\x06proto3"
 
 var (
 	file_aggd_v1_admin_proto_rawDescOnce sync.Once
@@ -652,7 +823,7 @@ func file_aggd_v1_admin_proto_rawDescGZIP() []byte {
 	return file_aggd_v1_admin_proto_rawDescData
 }
 
-var file_aggd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_aggd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_aggd_v1_admin_proto_goTypes = []any{
 	(*ListTenantsRequest)(nil),  // 0: aggd.v1.ListTenantsRequest
 	(*ListTenantsResponse)(nil), // 1: aggd.v1.ListTenantsResponse
@@ -665,26 +836,32 @@ var file_aggd_v1_admin_proto_goTypes = []any{
 	(*QueueInfo)(nil),           // 8: aggd.v1.QueueInfo
 	(*GetConfigRequest)(nil),    // 9: aggd.v1.GetConfigRequest
 	(*GetConfigResponse)(nil),   // 10: aggd.v1.GetConfigResponse
-	nil,                         // 11: aggd.v1.TenantInfo.RejectedEntry
+	(*ListRulesRequest)(nil),    // 11: aggd.v1.ListRulesRequest
+	(*ListRulesResponse)(nil),   // 12: aggd.v1.ListRulesResponse
+	(*RuleInfo)(nil),            // 13: aggd.v1.RuleInfo
+	nil,                         // 14: aggd.v1.TenantInfo.RejectedEntry
 }
 var file_aggd_v1_admin_proto_depIdxs = []int32{
 	2,  // 0: aggd.v1.ListTenantsResponse.tenants:type_name -> aggd.v1.TenantInfo
-	11, // 1: aggd.v1.TenantInfo.rejected:type_name -> aggd.v1.TenantInfo.RejectedEntry
+	14, // 1: aggd.v1.TenantInfo.rejected:type_name -> aggd.v1.TenantInfo.RejectedEntry
 	5,  // 2: aggd.v1.TopContextsResponse.contexts:type_name -> aggd.v1.ContextInfo
 	8,  // 3: aggd.v1.GetQueuesResponse.queues:type_name -> aggd.v1.QueueInfo
-	0,  // 4: aggd.v1.AdminService.ListTenants:input_type -> aggd.v1.ListTenantsRequest
-	3,  // 5: aggd.v1.AdminService.TopContexts:input_type -> aggd.v1.TopContextsRequest
-	6,  // 6: aggd.v1.AdminService.GetQueues:input_type -> aggd.v1.GetQueuesRequest
-	9,  // 7: aggd.v1.AdminService.GetConfig:input_type -> aggd.v1.GetConfigRequest
-	1,  // 8: aggd.v1.AdminService.ListTenants:output_type -> aggd.v1.ListTenantsResponse
-	4,  // 9: aggd.v1.AdminService.TopContexts:output_type -> aggd.v1.TopContextsResponse
-	7,  // 10: aggd.v1.AdminService.GetQueues:output_type -> aggd.v1.GetQueuesResponse
-	10, // 11: aggd.v1.AdminService.GetConfig:output_type -> aggd.v1.GetConfigResponse
-	8,  // [8:12] is the sub-list for method output_type
-	4,  // [4:8] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	13, // 4: aggd.v1.ListRulesResponse.rules:type_name -> aggd.v1.RuleInfo
+	0,  // 5: aggd.v1.AdminService.ListTenants:input_type -> aggd.v1.ListTenantsRequest
+	3,  // 6: aggd.v1.AdminService.TopContexts:input_type -> aggd.v1.TopContextsRequest
+	6,  // 7: aggd.v1.AdminService.GetQueues:input_type -> aggd.v1.GetQueuesRequest
+	9,  // 8: aggd.v1.AdminService.GetConfig:input_type -> aggd.v1.GetConfigRequest
+	11, // 9: aggd.v1.AdminService.ListRules:input_type -> aggd.v1.ListRulesRequest
+	1,  // 10: aggd.v1.AdminService.ListTenants:output_type -> aggd.v1.ListTenantsResponse
+	4,  // 11: aggd.v1.AdminService.TopContexts:output_type -> aggd.v1.TopContextsResponse
+	7,  // 12: aggd.v1.AdminService.GetQueues:output_type -> aggd.v1.GetQueuesResponse
+	10, // 13: aggd.v1.AdminService.GetConfig:output_type -> aggd.v1.GetConfigResponse
+	12, // 14: aggd.v1.AdminService.ListRules:output_type -> aggd.v1.ListRulesResponse
+	10, // [10:15] is the sub-list for method output_type
+	5,  // [5:10] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_aggd_v1_admin_proto_init() }
@@ -698,7 +875,7 @@ func file_aggd_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aggd_v1_admin_proto_rawDesc), len(file_aggd_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

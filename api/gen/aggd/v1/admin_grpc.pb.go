@@ -23,6 +23,7 @@ const (
 	AdminService_TopContexts_FullMethodName = "/aggd.v1.AdminService/TopContexts"
 	AdminService_GetQueues_FullMethodName   = "/aggd.v1.AdminService/GetQueues"
 	AdminService_GetConfig_FullMethodName   = "/aggd.v1.AdminService/GetConfig"
+	AdminService_ListRules_FullMethodName   = "/aggd.v1.AdminService/ListRules"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -41,6 +42,8 @@ type AdminServiceClient interface {
 	GetQueues(ctx context.Context, in *GetQueuesRequest, opts ...grpc.CallOption) (*GetQueuesResponse, error)
 	// GetConfig returns the effective configuration, secrets redacted.
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
+	// ListRules returns the aggregation rules loaded, with their counters.
+	ListRules(ctx context.Context, in *ListRulesRequest, opts ...grpc.CallOption) (*ListRulesResponse, error)
 }
 
 type adminServiceClient struct {
@@ -91,6 +94,16 @@ func (c *adminServiceClient) GetConfig(ctx context.Context, in *GetConfigRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) ListRules(ctx context.Context, in *ListRulesRequest, opts ...grpc.CallOption) (*ListRulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRulesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListRules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -107,6 +120,8 @@ type AdminServiceServer interface {
 	GetQueues(context.Context, *GetQueuesRequest) (*GetQueuesResponse, error)
 	// GetConfig returns the effective configuration, secrets redacted.
 	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
+	// ListRules returns the aggregation rules loaded, with their counters.
+	ListRules(context.Context, *ListRulesRequest) (*ListRulesResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -128,6 +143,9 @@ func (UnimplementedAdminServiceServer) GetQueues(context.Context, *GetQueuesRequ
 }
 func (UnimplementedAdminServiceServer) GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetConfig not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRules(context.Context, *ListRulesRequest) (*ListRulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRules not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -222,6 +240,24 @@ func _AdminService_GetConfig_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListRules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRules(ctx, req.(*ListRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -244,6 +280,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetConfig",
 			Handler:    _AdminService_GetConfig_Handler,
+		},
+		{
+			MethodName: "ListRules",
+			Handler:    _AdminService_ListRules_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
