@@ -103,8 +103,8 @@ func TestDataKitExamples(t *testing.T) {
 	want := map[string]float64{
 		"acme/jvm_class_loaded_sum{metric:jvm_class_loaded_sum,service_name:billing}": 70,
 		"acme/jvm_class_loaded_sum{metric:jvm_class_loaded_sum,service_name:orders}":  150,
-		"acme/root_span.count{resource:/cart,service:api}":                             1,
-		"acme/root_span.count{resource:/pay,service:api}":                              2,
+		"acme/root_span.count{resource:/cart,service:api}":                            1,
+		"acme/root_span.count{resource:/pay,service:api}":                             2,
 	}
 	if got := drain(e); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("got  %v\nwant %v", got, want)
