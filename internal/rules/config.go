@@ -67,6 +67,8 @@ type Rule struct {
 	Cond         *filter.Condition
 	Window       time.Duration
 	Algorithms   []Algorithm
+
+	counters *Counters // set by the engine; kept across reloads by name
 }
 
 // Set is a compiled aggr.toml.

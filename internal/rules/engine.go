@@ -68,14 +68,21 @@ func NewEngine(set *Set, shards int, cfg window.Config) *Engine {
 		e.shards[i].groups = map[string]*group{}
 	}
 	e.spanState.groups = map[string]*group{}
-	e.set.Store(set)
+	e.SetRules(set)
 	return e
 }
 
 // SetRules replaces the rules. Windows already open finish with the rules
 // they started with; samples from now on meet the new rules. No sample is
 // seen by both.
-func (e *Engine) SetRules(s *Set) { e.set.Store(s) }
+func (e *Engine) SetRules(s *Set) {
+	if s != nil {
+		for _, r := range s.Rules {
+			r.counters = e.Counters(r.Name)
+		}
+	}
+	e.set.Store(s)
+}
 
 // Rules returns the rules in force.
 func (e *Engine) Rules() *Set { return e.set.Load() }
@@ -152,7 +159,7 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 				}
 			}
 			matched = true
-			e.Counters(r.Name).Matched.Add(1)
+			r.counters.Matched.Add(1)
 			g := e.groupFor(st, t, r, ts, func(key string) (string, bool) { return tagValue(s.Tags, key) })
 			for i := range r.Algorithms {
 				a := &r.Algorithms[i]
@@ -235,7 +242,7 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 		if !present || !r.Cond.Match(sp) {
 			continue
 		}
-		e.Counters(r.Name).Matched.Add(1)
+		r.counters.Matched.Add(1)
 		g := e.groupFor(st, t, r, ts, func(key string) (string, bool) {
 			v, ok := sp.Field(key)
 			return valueString(v), ok
@@ -471,6 +478,6 @@ func (e *Engine) outputs(g *group, out []window.Metric) []window.Metric {
 			}
 		}
 	}
-	e.Counters(g.rule.Name).Outputs.Add(int64(emitted))
+	g.rule.counters.Outputs.Add(int64(emitted))
 	return out
 }
