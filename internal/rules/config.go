@@ -134,7 +134,7 @@ func Parse(text string) (*Set, error) {
 		return nil, err
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		return nil, fmt.Errorf("unsupported key %s", describe(und[0].String(), raw))
+		return nil, unknownKey(text, und[0].String())
 	}
 	s := &Set{DefaultWindow: 10 * time.Second, byName: map[string][]*Rule{}}
 	if raw.DefaultWindow != "" {
@@ -175,13 +175,49 @@ func Parse(text string) (*Set, error) {
 	return s, nil
 }
 
-// describe names the rule an unknown key belongs to.
-func describe(key string, raw rawSet) string {
+// unknownKey explains an unsupported key, naming the rule it is in.
+func unknownKey(text, key string) error {
 	parts := strings.Split(key, ".")
-	if len(parts) > 1 && parts[0] == "aggregate_rules" {
-		return fmt.Sprintf("%q (aggd supports name, group_by, window, select.{category, measurements, metric_name, condition} and algorithms.<output>.{method, source_field, add_tags, buckets, quantiles})", key)
+	if len(parts) < 2 || parts[0] != "aggregate_rules" {
+		return fmt.Errorf("unsupported key %q (aggd supports default_window, action, delete_rules_point and aggregate_rules)", key)
 	}
-	return fmt.Sprintf("%q (aggd supports default_window, action, delete_rules_point and aggregate_rules)", key)
+	// Find the first rule holding the key, by decoding the rules loosely.
+	var loose struct {
+		Rules []map[string]any `toml:"aggregate_rules"`
+	}
+	toml.Decode(text, &loose)
+	rule := "?"
+	for i, r := range loose.Rules {
+		if has(r, parts[1:]) {
+			name, _ := r["name"].(string)
+			rule = fmt.Sprintf("[%d] %q", i, name)
+			break
+		}
+	}
+	return fmt.Errorf("aggregate_rules%s: unsupported key %q (a rule takes name, group_by, window, select.{category, measurements, metric_name, condition} and algorithms.<output>.{method, source_field, add_tags, buckets, quantiles})",
+		rule, strings.Join(parts[1:], "."))
+}
+
+// has reports whether the nested map m holds the key path.
+func has(m map[string]any, path []string) bool {
+	v, ok := m[path[0]]
+	if !ok {
+		return false
+	}
+	if len(path) == 1 {
+		return true
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		return has(x, path[1:])
+	case []map[string]any:
+		for _, e := range x {
+			if has(e, path[1:]) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func compileRule(rr rawRule, defWindow time.Duration) (*Rule, error) {

@@ -211,8 +211,9 @@ func TestParseErrorsNameTheRuleAndField(t *testing.T) {
 	base := "[[aggregate_rules]]\nname = \"r1\"\n[aggregate_rules.select]\ncategory = \"metric\"\n"
 	for _, tc := range []struct{ text, want string }{
 		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"expo_histogram\"\nsource_field = \"x\"\n", `"r1": algorithms."o".method "expo_histogram"`},
-		{base + "[[aggregate_rules.derived_metrics]]\nname = \"d\"\n", "aggregate_rules.derived_metrics"},
-		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\nsource_field = \"x\"\nbogus = 1\n", "bogus"},
+		{base + "[[aggregate_rules.derived_metrics]]\nname = \"d\"\n", `aggregate_rules[0] "r1": unsupported key "derived_metrics"`},
+		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\nsource_field = \"x\"\nbogus = 1\n", `aggregate_rules[0] "r1": unsupported key "algorithms.o.bogus"`},
+		{"[[aggregate_rules]]\nname = \"ok\"\n[[aggregate_rules]]\nname = \"r3\"\nwindw = \"1m\"\n", `aggregate_rules[1] "r3": unsupported key "windw"`},
 		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\n", `"r1": algorithms."o".source_field is empty`},
 		{base, `"r1": no algorithms`},
 		{"[[aggregate_rules]]\nname = \"r2\"\n[aggregate_rules.select]\ncategory = \"logging\"\n", `"r2": select.category "logging"`},
