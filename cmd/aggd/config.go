@@ -28,6 +28,9 @@ type config struct {
 	Output         string
 	ConfigFile     string
 	TenantsFile    string
+	TLSCert        string
+	TLSKey         string
+	TLSClientCA    string
 	MaxTenants     int
 	AdminToken     string
 	MaxRecvMsgSize int
@@ -171,6 +174,9 @@ func (c config) validate() error {
 	if c.DrainTimeout < 0 || c.ShutdownTimeout <= 0 || c.ExportTimeout < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative; shutdown-timeout must be positive"))
 	}
+	if (c.TLSCert == "") != (c.TLSKey == "") || (c.TLSClientCA != "" && c.TLSCert == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together, and --tls-client-ca needs them"))
+	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("log-format %q is not text or json", c.LogFormat))
 	}
@@ -201,6 +207,9 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.PprofListen, "pprof-listen", "127.0.0.1:6060", "HTTP address serving /debug/pprof/; keep it on localhost; empty disables")
 	fs.StringVar(&c.Output, "output", "-", "JSON-lines output without --config: - for stdout, or a file path (appended)")
 	fs.StringVar(&c.ConfigFile, "config", "", "TOML file defining upstreams ([[upstream]], default_upstreams); without it, JSON lines go to --output")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate of the gRPC port; with --tls-key, TLS is on")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.TLSClientCA, "tls-client-ca", "", "PEM CA certificates: clients must present a certificate they sign (mTLS)")
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "TOML tenants file; when set, bearer-token authentication is on")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the aggd.v1.AdminService; required for it when --tenants-file is set")
 	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
