@@ -34,6 +34,7 @@ type config struct {
 	MaxTenants     int
 	AdminToken     string
 	MaxRecvMsgSize int
+	MemoryLimit    uint64
 	Shards         int
 	Hostname       string
 	DrainTimeout   time.Duration
@@ -213,6 +214,7 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "TOML tenants file; when set, bearer-token authentication is on")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the aggd.v1.AdminService; required for it when --tenants-file is set")
 	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
+	fs.Uint64Var(&c.MemoryLimit, "memory-limit", 0, "memory budget in bytes: past 80 % streams slow down, past 95 % batches are refused (RESOURCE_EXHAUSTED); 0: off")
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest request message in bytes")
 	fs.IntVar(&c.Shards, "shards", 0, "aggregation shards (0: 4 per CPU)")
 	fs.StringVar(&c.Hostname, "hostname", c.Hostname, "host of aggd's own aggd.up service checks")

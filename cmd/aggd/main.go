@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,7 @@ import (
 	configpkg "github.com/aggd/aggd/internal/config"
 	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
@@ -205,6 +207,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	srv.SetSpanIngester(proc)
 	srv.SetMaxStreamAge(cfg.MaxStreamAge)
+	if cfg.MemoryLimit > 0 {
+		prev := debug.SetMemoryLimit(int64(cfg.MemoryLimit / 10 * 8)) // the GC works hard before traffic slows
+		defer debug.SetMemoryLimit(prev)
+		guard := overload.New(cfg.MemoryLimit, 100*time.Millisecond, nil)
+		guard.Start(ctx)
+		defer guard.Shutdown(context.Background())
+		srv.SetLoadLevel(guard)
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_used_bytes", Help: "Memory the Go runtime holds, as the memory budget counts it."},
+			func() float64 { return float64(guard.Used()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_pressure", Help: "0 normal, 1 over 80 % of --memory-limit (streams slow), 2 over 95 % (batches refused)."},
+				func() float64 { return float64(guard.Level()) }))
+	}
 	tlsOpt, err := serverTLS(cfg)
 	if err != nil {
 		return err

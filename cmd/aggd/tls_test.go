@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 )
@@ -100,5 +102,17 @@ func TestTLSAndMutualTLS(t *testing.T) {
 	}
 	if err := submitVia(t, m.addr, credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{clientPair}})); err != nil {
 		t.Fatalf("mTLS with a client certificate: %v", err)
+	}
+}
+
+func TestMemoryLimitRefusesWhenOverBudget(t *testing.T) {
+	// A budget far below what any Go process holds: the hard limit at once.
+	in := startAggd(t, "--memory-limit", "1048576")
+	err := submitVia(t, in.addr, insecure.NewCredentials())
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("got %v, want ResourceExhausted", err)
+	}
+	if v := metric(scrape(t, in.admin), "aggd_memory_pressure"); v != 2 {
+		t.Fatalf("aggd_memory_pressure %v", v)
 	}
 }

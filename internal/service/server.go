@@ -9,11 +9,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -45,6 +48,7 @@ func (l Limits) Validate() error {
 // use.
 type Server struct {
 	maxStreamAge time.Duration
+	load         LoadLevel
 	ing          Ingester
 	spanIng      SpanIngester
 	tenants      *Tenants
@@ -59,6 +63,48 @@ func New(ing Ingester, tenants *Tenants, lim Limits, log *slog.Logger) *Server {
 	s := &Server{ing: ing, tenants: tenants, lim: lim, log: log}
 	s.states.New = func() any { return &callState{dec: newDecoder(lim)} }
 	return s
+}
+
+// LoadLevel reports memory pressure: 0 normal, 1 slow down, 2 refuse.
+type LoadLevel interface {
+	Level() overload.Level
+}
+
+// SetLoadLevel makes s slow down and refuse traffic under memory pressure:
+// at Soft a stream stops reading (its acks wait), at Hard new batches are
+// refused with ResourceExhausted and RetryInfo. Call it before serving.
+func (s *Server) SetLoadLevel(l LoadLevel) { s.load = l }
+
+// overloadRetry is the delay suggested to refused clients.
+const overloadRetry = time.Second
+
+func errOverloaded() error {
+	st, _ := status.New(codes.ResourceExhausted, "aggd is over its memory budget; retry later").
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(overloadRetry)})
+	return st.Err()
+}
+
+// admit waits while memory is over the soft limit (up to the stream's
+// context), and refuses at the hard limit.
+func (s *Server) admit(ctx context.Context) error {
+	if s.load == nil {
+		return nil
+	}
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		switch s.load.Level() {
+		case overload.OK:
+			return nil
+		case overload.Hard:
+			return errOverloaded()
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
 }
 
 // SetMaxStreamAge makes a stream older than d end with Unavailable after
@@ -132,6 +178,11 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 		if !deadline.IsZero() && time.Now().After(deadline) {
 			return errStreamAge
 		}
+		// Under memory pressure, stop reading: the client's unacked
+		// batches wait in its window and in TCP's.
+		if err := s.admit(ss.Context()); err != nil {
+			return err
+		}
 		// A drain ends the stream before it reads another batch; a batch
 		// read already is taken and acked first.
 		if s.draining.Load() {
@@ -142,6 +193,11 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 				return nil
 			}
 			return err
+		}
+		// A batch read as memory crossed the hard limit is refused unacked:
+		// the client sends it again after the suggested delay.
+		if s.load != nil && s.load.Level() == overload.Hard {
+			return errOverloaded()
 		}
 		st.dec.reset(&st.batch)
 		st.batch.Tenant = tenant
@@ -172,6 +228,9 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 		}
 		if s.draining.Load() {
 			return nil, errDraining
+		}
+		if err := s.admit(ctx); err != nil {
+			return nil, err
 		}
 		st.dec.reset(&st.batch)
 		st.batch.Tenant = tenant

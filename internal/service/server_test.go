@@ -5,10 +5,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
 	"github.com/aggd/aggd/internal/window"
@@ -287,5 +290,48 @@ func TestMaxStreamAgeEndsTheStreamAfterItsBatch(t *testing.T) {
 	}
 	if n := len(e.rec.Samples()); n != 2 {
 		t.Fatalf("recorded %d samples, want 2", n)
+	}
+}
+
+type level struct{ l atomic.Int32 }
+
+func (l *level) Level() overload.Level { return overload.Level(l.l.Load()) }
+
+func TestMemoryPressureSlowsThenRefuses(t *testing.T) {
+	e := start(t, false)
+	lv := &level{}
+	e.srv.SetLoadLevel(lv)
+	st, err := e.client.Stream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv.l.Store(int32(overload.Soft))
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		lv.l.Store(int32(overload.OK))
+	}()
+	start := time.Now()
+	st.Send(&aggdv1.StreamRequest{Sequence: 1, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1)}}})
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 140*time.Millisecond {
+		t.Fatalf("acked after %v under soft pressure; want the stream to wait", waited)
+	}
+	lv.l.Store(int32(overload.Hard))
+	st.Send(&aggdv1.StreamRequest{Sequence: 2, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1)}}})
+	_, err = st.Recv()
+	s := status.Convert(err)
+	if s.Code() != codes.ResourceExhausted || len(s.Details()) != 1 {
+		t.Fatalf("got %v, want ResourceExhausted with RetryInfo", err)
+	}
+	if ri, ok := s.Details()[0].(*errdetails.RetryInfo); !ok || ri.RetryDelay.AsDuration() <= 0 {
+		t.Fatalf("details %v", s.Details())
+	}
+	if _, err := e.client.Submit(context.Background(), &aggdv1.SubmitRequest{}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Submit under hard pressure: %v", err)
+	}
+	if n := len(e.rec.Samples()); n != 1 {
+		t.Fatalf("recorded %d samples, want only the first batch", n)
 	}
 }
