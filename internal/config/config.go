@@ -20,6 +20,7 @@ import (
 
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/upstream"
+	"github.com/aggd/aggd/internal/window"
 )
 
 // File is the configuration file (--config).
@@ -72,6 +73,13 @@ type Tenant struct {
 	ID          string   `toml:"id"`
 	Tokens      []string `toml:"tokens"`
 	MaxContexts int64    `toml:"max_contexts"`
+	// The tenant's own limits; absent or 0: the server's.
+	SamplesPerSecond float64 `toml:"samples_per_second"`
+	EventsPerWindow  int64   `toml:"events_per_window"`
+	MaxTags          int     `toml:"max_tags"`
+	MaxNameLength    int     `toml:"max_name_length"`
+	MaxTagLength     int     `toml:"max_tag_length"`
+	MaxHeldTraces    int     `toml:"max_held_traces"`
 	// Upstreams, if set, replaces the default upstreams for this tenant.
 	Upstreams []string `toml:"upstreams"`
 	// Credentials by upstream name.
@@ -147,7 +155,10 @@ func expandAll(m map[string]string, getenv func(string) string) map[string]strin
 func ServiceTenants(ts []Tenant) []service.TenantConfig {
 	out := make([]service.TenantConfig, len(ts))
 	for i, t := range ts {
-		out[i] = service.TenantConfig{ID: t.ID, Tokens: t.Tokens, MaxContexts: t.MaxContexts}
+		out[i] = service.TenantConfig{ID: t.ID, Tokens: t.Tokens, MaxContexts: t.MaxContexts, Limits: window.TenantLimits{
+			SamplesPerSecond: t.SamplesPerSecond, EventsPerWindow: t.EventsPerWindow, MaxTags: t.MaxTags,
+			MaxNameLength: t.MaxNameLength, MaxTagLength: t.MaxTagLength, MaxHeldTraces: t.MaxHeldTraces,
+		}}
 	}
 	return out
 }

@@ -131,6 +131,7 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 	f.Time = tick.UnixNano()
 	fl.agg.drain(f.Time, all, f)
 	for _, tn := range fl.tenants.List() {
+		tn.EventsInWindow.Store(0) // a new window of events_per_window
 		f.Checks = append(f.Checks, window.ServiceCheck{Tenant: tn, Name: "aggd.up", Status: window.StatusOK, Host: fl.cfg.Hostname, Timestamp: f.Time})
 	}
 	ctx, cancel := context.WithTimeout(ctx, fl.cfg.Timeout)

@@ -34,13 +34,16 @@ type rejection struct {
 // decoder turns request bytes into a window.Batch. Its scratch space is
 // reused from batch to batch; a decoder is not safe for concurrent use.
 type decoder struct {
-	lim    Limits
+	lim    Limits // in force for the batch: the server's, or the tenant's
+	server Limits
 	tags   []string
 	values []float64
 	arena  []byte
 	rej    []rejection // events, checks and spans
 	// detail explains each refused sample, by index; "" where accepted.
 	detail []string
+	// eventIndex is the batch index of each event in the window.Batch.
+	eventIndex []int
 	// spans decoded, with their results and details, and their attributes.
 	spans       []spans.Span
 	spanResults []window.Reason
@@ -50,7 +53,22 @@ type decoder struct {
 	nSamples, nEvents, nChecks, nSpans int
 }
 
-func newDecoder(lim Limits) *decoder { return &decoder{lim: lim} }
+func newDecoder(lim Limits) *decoder { return &decoder{lim: lim, server: lim} }
+
+// forTenant applies tenant t's own limits, where it has them.
+func (d *decoder) forTenant(t *window.Tenant) {
+	d.lim = d.server
+	tl := t.Limits
+	if tl.MaxTags > 0 {
+		d.lim.MaxTags = tl.MaxTags
+	}
+	if tl.MaxNameLength > 0 {
+		d.lim.MaxNameLength = tl.MaxNameLength
+	}
+	if tl.MaxTagLength > 0 {
+		d.lim.MaxTagLength = tl.MaxTagLength
+	}
+}
 
 func (d *decoder) reset(b *window.Batch) {
 	b.Reset()
@@ -61,6 +79,7 @@ func (d *decoder) reset(b *window.Batch) {
 	d.rej = d.rej[:0]
 	clear(d.detail)
 	d.detail = d.detail[:0]
+	d.eventIndex = d.eventIndex[:0]
 	clear(d.spans)
 	d.spans = d.spans[:0]
 	d.spanResults = d.spanResults[:0]
@@ -357,6 +376,7 @@ func (d *decoder) addEvent(buf []byte, b *window.Batch) {
 		ev.Timestamp = b.Now
 	}
 	b.Events = append(b.Events, ev)
+	d.eventIndex = append(d.eventIndex, d.nEvents-1)
 }
 
 func (d *decoder) addCheck(buf []byte, b *window.Batch) {

@@ -200,6 +200,7 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 			return errOverloaded()
 		}
 		st.dec.reset(&st.batch)
+		st.dec.forTenant(tenant)
 		st.batch.Tenant = tenant
 		st.batch.Now = time.Now().UnixNano()
 		seq, err := st.dec.decodeStream(st.frame.buf, &st.batch)
@@ -233,6 +234,7 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 			return nil, err
 		}
 		st.dec.reset(&st.batch)
+		st.dec.forTenant(tenant)
 		st.batch.Tenant = tenant
 		st.batch.Now = time.Now().UnixNano()
 		if err := st.dec.decodeSubmit(st.frame.buf, &st.batch); err != nil {
@@ -253,6 +255,7 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 // ingest hands the decoded batch to the ingester and fills st.ack.
 func (s *Server) ingest(st *callState) {
 	b, d := &st.batch, st.dec
+	s.applyTenantRates(b, d)
 	s.ing.Ingest(b)
 	if len(d.spans) > 0 {
 		if s.spanIng == nil {
@@ -293,6 +296,43 @@ func (s *Server) ingest(st *callState) {
 	ack.Rejected = uint32(len(ack.Rejections))
 	ack.Accepted = uint32(total) - ack.Rejected
 	tn.Accepted.Add(uint64(ack.Accepted))
+}
+
+// applyTenantRates refuses the samples past the tenant's samples per
+// second and the events past its events per window (tenant_limit).
+func (s *Server) applyTenantRates(b *window.Batch, d *decoder) {
+	tn := b.Tenant
+	if tn.Limits.SamplesPerSecond > 0 {
+		n := 0
+		for _, r := range b.Results {
+			if r == window.Accepted {
+				n++
+			}
+		}
+		ok := s.tenants.admitSamples(tn, n, time.Unix(0, b.Now))
+		for i := range b.Results {
+			if b.Results[i] != window.Accepted {
+				continue
+			}
+			if ok > 0 {
+				ok--
+				continue
+			}
+			b.Results[i] = window.ReasonTenantLimit
+			d.detail[i] = "the tenant's samples_per_second limit"
+		}
+	}
+	if max := tn.Limits.EventsPerWindow; max > 0 && len(b.Events) > 0 {
+		kept := b.Events[:0]
+		for i := range b.Events {
+			if tn.EventsInWindow.Add(1) > max {
+				d.rej = append(d.rej, rejection{kind: aggdv1.ItemKind_ITEM_KIND_EVENT, index: d.eventIndex[i], reason: window.ReasonTenantLimit, detail: "the tenant's events_per_window limit"})
+				continue
+			}
+			kept = append(kept, b.Events[i])
+		}
+		b.Events = kept
+	}
 }
 
 // ingestDetail explains the reasons ingestion gives.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -28,6 +29,8 @@ type TenantConfig struct {
 	Tokens []string `toml:"tokens"`
 	// MaxContexts bounds the tenant's live contexts; zero means no bound.
 	MaxContexts int64 `toml:"max_contexts"`
+	// Limits are the tenant's own limits; zero fields take the server's.
+	Limits window.TenantLimits
 }
 
 func validateTenants(ts []TenantConfig) error {
@@ -41,8 +44,8 @@ func validateTenants(ts []TenantConfig) error {
 			return fmt.Errorf("tenant %q is listed twice", t.ID)
 		}
 		ids[t.ID] = true
-		if t.MaxContexts < 0 {
-			return fmt.Errorf("tenant %q: max_contexts must not be negative", t.ID)
+		if l := t.Limits; t.MaxContexts < 0 || l.SamplesPerSecond < 0 || l.EventsPerWindow < 0 || l.MaxTags < 0 || l.MaxNameLength < 0 || l.MaxTagLength < 0 || l.MaxHeldTraces < 0 {
+			return fmt.Errorf("tenant %q: limits must not be negative", t.ID)
 		}
 		for _, tok := range t.Tokens {
 			if len(tok) < 16 {
@@ -82,6 +85,38 @@ type Tenants struct {
 	mu      sync.RWMutex
 	byID    map[string]*window.Tenant
 	byToken map[[sha256.Size]byte]*window.Tenant
+	buckets map[*window.Tenant]*tokenBucket // fixed after NewTenants
+}
+
+// tokenBucket meters a tenant's samples per second; the burst is one
+// second's worth.
+type tokenBucket struct {
+	mu     sync.Mutex
+	rate   float64
+	tokens float64
+	last   time.Time
+}
+
+// take returns how many of n samples arriving at now fit.
+func (b *tokenBucket) take(n int, now time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		b.tokens = min(b.rate, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	ok := min(n, int(b.tokens))
+	b.tokens -= float64(ok)
+	return ok
+}
+
+// admitSamples returns how many of n samples tenant tn may add now.
+func (t *Tenants) admitSamples(tn *window.Tenant, n int, now time.Time) int {
+	b := t.buckets[tn]
+	if b == nil {
+		return n
+	}
+	return b.take(n, now)
 }
 
 // NewTenants returns the tenants of cfgs. Authentication is on when auth is
@@ -90,11 +125,16 @@ func NewTenants(cfgs []TenantConfig, auth bool, maxTenants int) (*Tenants, error
 	if err := validateTenants(cfgs); err != nil {
 		return nil, err
 	}
-	t := &Tenants{auth: auth, maxTenants: maxTenants, byID: map[string]*window.Tenant{}, byToken: map[[sha256.Size]byte]*window.Tenant{}}
+	t := &Tenants{auth: auth, maxTenants: maxTenants, byID: map[string]*window.Tenant{}, byToken: map[[sha256.Size]byte]*window.Tenant{},
+		buckets: map[*window.Tenant]*tokenBucket{}}
 	for _, c := range cfgs {
 		tn := window.NewTenant(c.ID)
 		tn.MaxContexts.Store(c.MaxContexts)
+		tn.Limits = c.Limits
 		t.byID[c.ID] = tn
+		if c.Limits.SamplesPerSecond > 0 {
+			t.buckets[tn] = &tokenBucket{rate: c.Limits.SamplesPerSecond, tokens: c.Limits.SamplesPerSecond}
+		}
 		for _, tok := range c.Tokens {
 			// Tokens are looked up by digest, so the lookup's timing says
 			// nothing about how much of a guessed token is right.

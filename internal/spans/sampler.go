@@ -204,7 +204,11 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 func (s *Sampler) addTenantTrace(t *window.Tenant) bool {
 	s.tenantMu.Lock()
 	defer s.tenantMu.Unlock()
-	if s.tenants[t] >= s.lim.MaxTracesPerTenant {
+	limit := s.lim.MaxTracesPerTenant
+	if t.Limits.MaxHeldTraces > 0 {
+		limit = t.Limits.MaxHeldTraces
+	}
+	if s.tenants[t] >= limit {
 		return false
 	}
 	s.tenants[t]++

@@ -19,10 +19,11 @@ type TenantLister interface {
 // TenantCollector exports the per-tenant counters kept in window.Tenant.
 // Reading them at scrape time keeps the ingest path free of metric calls.
 type TenantCollector struct {
-	tenants  TenantLister
-	accepted *prometheus.Desc
-	rejected *prometheus.Desc
-	contexts *prometheus.Desc
+	tenants    TenantLister
+	accepted   *prometheus.Desc
+	rejected   *prometheus.Desc
+	contexts   *prometheus.Desc
+	overflowed *prometheus.Desc
 }
 
 // NewTenantCollector returns a collector over tenants.
@@ -32,6 +33,8 @@ func NewTenantCollector(tenants TenantLister) *TenantCollector {
 		accepted: prometheus.NewDesc("aggd_items_accepted_total", "Items (samples, events, checks, spans) accepted, by tenant.", []string{"tenant"}, nil),
 		rejected: prometheus.NewDesc("aggd_items_rejected_total", "Items rejected, by tenant and reason.", []string{"tenant", "reason"}, nil),
 		contexts: prometheus.NewDesc("aggd_contexts", "Live aggregation contexts, by tenant.", []string{"tenant"}, nil),
+		overflowed: prometheus.NewDesc("aggd_items_overflowed_total",
+			"Samples of new contexts past the tenant's max_contexts, folded into its aggd.overflow.<type> series.", []string{"tenant"}, nil),
 	}
 }
 
@@ -40,6 +43,7 @@ func (c *TenantCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.accepted
 	ch <- c.rejected
 	ch <- c.contexts
+	ch <- c.overflowed
 }
 
 // Collect implements prometheus.Collector.
@@ -47,6 +51,7 @@ func (c *TenantCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, t := range c.tenants.List() {
 		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(t.Accepted.Load()), t.ID)
 		ch <- prometheus.MustNewConstMetric(c.contexts, prometheus.GaugeValue, float64(t.Contexts.Load()), t.ID)
+		ch <- prometheus.MustNewConstMetric(c.overflowed, prometheus.CounterValue, float64(t.Overflowed.Load()), t.ID)
 		for r := window.Reason(1); r < window.NumReasons; r++ {
 			if n := t.Rejected[r].Load(); n > 0 {
 				ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(n), t.ID, r.String())

@@ -160,13 +160,49 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (*context, Reason) {
 		}
 	}
 	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
-		return nil, ReasonTenantLimit
+		// Past its bound, a tenant's new contexts fold into its overflow
+		// series for the sample's type: nothing is dropped, and the
+		// folding is counted.
+		t.Overflowed.Add(1)
+		return sh.overflow(t, s.Type, now), Accepted
 	}
-	c := &context{key: string(s.Key), tenant: t, next: head, seen: now, pos: int32(len(sh.all)), samples: 1}
-	sh.contexts[s.Hash] = c
+	return sh.newContext(t, string(s.Key), s.Hash, head, now), Accepted
+}
+
+func (sh *Shard) newContext(t *Tenant, key string, hash uint64, head *context, now int64) *context {
+	c := &context{key: key, tenant: t, next: head, seen: now, pos: int32(len(sh.all)), samples: 1}
+	sh.contexts[hash] = c
 	sh.all = append(sh.all, c)
 	t.Contexts.Add(1)
-	return c, Accepted
+	return c
+}
+
+// overflowKeys are the context keys of the overflow series, by type.
+var overflowKeys = func() [numTypes]string {
+	var k [numTypes]string
+	for typ := range numTypes {
+		k[typ] = string(AppendKey(nil, OverflowPrefix+typ.String(), "", nil))
+	}
+	return k
+}()
+
+// OverflowPrefix starts the names of the series a tenant's samples fold
+// into past its context bound: aggd.overflow.<type>.
+const OverflowPrefix = "aggd.overflow."
+
+// overflow returns the tenant's overflow context of type typ, creating it
+// even past the bound (one per type and shard at most).
+func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) *context {
+	key := overflowKeys[min(typ, numTypes-1)]
+	hash := maphash.String(seed, key) ^ t.hash()
+	head := sh.contexts[hash]
+	for c := head; c != nil; c = c.next {
+		if c.tenant == t && c.key == key {
+			c.seen = now
+			return c
+		}
+	}
+	return sh.newContext(t, key, hash, head, now)
 }
 
 // bucket finds or opens the bucket [start, start+width).

@@ -88,11 +88,29 @@ type Tenant struct {
 	Rejected [NumReasons]atomic.Uint64
 	// Contexts is the number of live contexts of the tenant over all shards.
 	Contexts atomic.Int64
-	// MaxContexts bounds Contexts; zero means no bound. New contexts past
-	// it are rejected (tenant_limit).
+	// MaxContexts bounds Contexts; zero means no bound. Samples of new
+	// contexts past it fold into the tenant's aggd.overflow.<type> series.
 	MaxContexts atomic.Int64
+	// Overflowed counts samples folded into an overflow series.
+	Overflowed atomic.Uint64
+	// Limits are the tenant's own limits; zero fields take the server's.
+	// Set before the tenant is used.
+	Limits TenantLimits
+	// EventsInWindow counts the tenant's events since the last flush tick,
+	// for Limits.EventsPerWindow.
+	EventsInWindow atomic.Int64
 
 	keyHash uint64
+}
+
+// TenantLimits are one tenant's bounds; a zero field means the server's.
+type TenantLimits struct {
+	SamplesPerSecond float64
+	EventsPerWindow  int64
+	MaxTags          int
+	MaxNameLength    int
+	MaxTagLength     int
+	MaxHeldTraces    int
 }
 
 // NewTenant returns a tenant named id.

@@ -276,18 +276,29 @@ func TestContextExpiry(t *testing.T) {
 	}
 }
 
-func TestTenantContextLimit(t *testing.T) {
+func TestTenantContextLimitFoldsIntoOverflow(t *testing.T) {
 	sh := NewShard(testConfig())
-	tn := NewTenant("t")
+	tn, other := NewTenant("t"), NewTenant("u")
 	tn.MaxContexts.Store(1)
-	if r := add(t, sh, tn, in{name: "a", typ: TypeGauge}); r != Accepted {
-		t.Fatal(r)
+	for _, s := range []in{
+		{name: "a", typ: TypeCount, v: 1},
+		{name: "b", typ: TypeCount, v: 2},                      // folds
+		{name: "c", typ: TypeCount, v: 3, tags: []string{"x"}}, // folds
+		{name: "g", typ: TypeGauge, v: 7},                      // folds, its own type
+		{name: "a", typ: TypeCount, v: 4},                      // existing context
+	} {
+		if r := add(t, sh, tn, s); r != Accepted {
+			t.Fatalf("%s: %v", s.name, r)
+		}
 	}
-	if r := add(t, sh, tn, in{name: "b", typ: TypeGauge}); r != ReasonTenantLimit {
-		t.Fatalf("got %v, want tenant_limit", r)
+	add(t, sh, other, in{name: "b", typ: TypeCount, v: 1}) // another tenant is not bound
+	got := map[string]float64{}
+	for _, o := range collect(sh.Drain(t0, true, nil)) {
+		got[o.key] += o.value
 	}
-	if r := add(t, sh, tn, in{name: "a", typ: TypeGauge, v: 2}); r != Accepted {
-		t.Fatalf("existing context: %v", r)
+	want := map[string]float64{"a||": 5, "aggd.overflow.count||": 5, "aggd.overflow.gauge||": 7, "b||": 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) || tn.Overflowed.Load() != 3 {
+		t.Fatalf("got %v (overflowed %d), want %v", got, tn.Overflowed.Load(), want)
 	}
 }
 
