@@ -120,13 +120,15 @@ func TestRulesReloadUnderLoad(t *testing.T) {
 	const streams, batches, per = 4, 300, 50
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	go func() { // rewrite the file: every change is a reload
+	go func() { // replace the file, as a ConfigMap update does: every change is a reload
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
 			case <-time.After(15 * time.Millisecond):
-				os.WriteFile(rulesFile, []byte(text+strings.Repeat("#", i%50)+"\n"), 0o600)
+				tmp := rulesFile + ".new"
+				os.WriteFile(tmp, []byte(text+strings.Repeat("#", i%50)+"\n"), 0o600)
+				os.Rename(tmp, rulesFile)
 			}
 		}
 	}()

@@ -272,8 +272,12 @@ func TestSamplingFileReload(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	replace := func(text string) { // as a ConfigMap update does
+		os.WriteFile(sampling+".new", []byte(text), 0o600)
+		os.Rename(sampling+".new", sampling)
+	}
 	send(3) // held under "keep all" when the file breaks
-	os.WriteFile(sampling, []byte("[trace\nbroken"), 0o600)
+	replace("[trace\nbroken")
 	waitFor("a failed reload", func() bool { return reloads("failure") >= 1 })
 	send(4) // judged by the last good rules: kept
 	id := func(i int) string { return hex.EncodeToString(traces[i][0].TraceId) }
@@ -281,7 +285,7 @@ func TestSamplingFileReload(t *testing.T) {
 		data, _ := os.ReadFile(out)
 		return strings.Contains(string(data), id(4))
 	})
-	os.WriteFile(sampling, []byte(drop), 0o600)
+	replace(drop)
 	waitFor("a successful reload", func() bool { return reloads("success") >= 1 })
 	send(5) // dropped
 	in.stop(t)
