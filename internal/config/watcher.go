@@ -2,6 +2,7 @@ package config
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"time"
@@ -10,8 +11,8 @@ import (
 // Watcher reloads a file when it changes (checked every interval, by size
 // and modification time) and when Reload is called (SIGHUP). A change is
 // loaded once two checks in a row see the same size and time, so a file
-// caught half-written is not loaded; writing a new file and renaming it
-// over the old one avoids the wait. Requests that arrive during a load
+// caught half-written is not loaded, and an empty file is refused;
+// writing a new file and renaming it over the old one avoids the wait. Requests that arrive during a load
 // merge into one. A load that fails leaves the last good configuration in
 // force; load says why and the watcher logs it.
 type Watcher struct {
@@ -82,7 +83,14 @@ func same(a, b os.FileInfo) bool {
 func (w *Watcher) reload(why string) {
 	w.last, _ = os.Stat(w.path)
 	w.seen = nil
-	err := w.load()
+	var err error
+	if w.last != nil && w.last.Size() == 0 {
+		// Far more likely a file caught half-written than an intent; a
+		// file of comments still empties a configuration.
+		err = errors.New("the file is empty")
+	} else {
+		err = w.load()
+	}
 	if w.observe != nil {
 		w.observe(err == nil)
 	}

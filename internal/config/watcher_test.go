@@ -74,10 +74,27 @@ func TestWatcherReloadsOnChangeAndOnRequest(t *testing.T) {
 		t.Fatal("the good load failed")
 	}
 	mu.Lock()
+	n := len(outcomes)
+	mu.Unlock()
+	os.WriteFile(path, nil, 0o600) // empty: refused without calling load
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		done := len(outcomes) > n
+		mu.Unlock()
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
 	defer mu.Unlock()
 	for _, l := range loads {
 		if l == "" {
-			t.Fatalf("a half-written file was loaded: %q", loads)
+			t.Fatalf("an empty or half-written file was loaded: %q", loads)
 		}
+	}
+	if outcomes[len(outcomes)-1] {
+		t.Fatalf("the empty file's reload succeeded: %v", outcomes)
 	}
 }
