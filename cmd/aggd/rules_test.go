@@ -15,45 +15,8 @@ import (
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 )
 
-const aggrExamples = `
-default_window = "15s"
-
-[[aggregate_rules]]
-name = "otel_jvm_class_loaded_sum"
-group_by = ["service_name"]
-
-[aggregate_rules.select]
-category = "metric"
-measurements = ["otel_service"]
-metric_name = ["jvm.classes.loaded"]
-condition = ""
-
-[aggregate_rules.algorithms."jvm_class_loaded_sum"]
-method = "sum"
-source_field = "jvm.classes.loaded"
-
-[aggregate_rules.algorithms."jvm_class_loaded_sum".add_tags]
-metric = "jvm_class_loaded_sum"
-
-[[aggregate_rules]]
-name = "trace_root_span_count"
-group_by = ["service", "resource"]
-
-[aggregate_rules.select]
-category = "tracing"
-measurements = ["opentelemetry"]
-metric_name = ["span_id"]
-condition = '{ parent_id = "0" }'
-
-[aggregate_rules.algorithms."root_span.count"]
-method = "count"
-source_field = "span_id"
-`
-
 func TestAggregationRulesEndToEnd(t *testing.T) {
-	rulesFile := filepath.Join(t.TempDir(), "aggr.toml")
-	os.WriteFile(rulesFile, []byte(aggrExamples), 0o600)
-	in := startAggd(t, "--rules-file", rulesFile, "--interval", "1h", "--context-ttl", "3h")
+	in := startAggd(t, "--rules-file", filepath.Join(repo, "internal/rules/testdata/datakit-examples.toml"), "--interval", "1h", "--context-ttl", "3h")
 	client := aggdv1.NewAggregatorServiceClient(in.conn)
 	jvm := func(svc string, v float64) *aggdv1.Sample {
 		return smp("jvm.classes.loaded", aggdv1.MetricType_METRIC_TYPE_GAUGE, v, "measurement:otel_service", "service_name:"+svc)

@@ -221,14 +221,10 @@ func (p *Parser) ParseEvent(line []byte, e *window.Event) (Reason, string) {
 			rest = nil
 		}
 		switch {
-		case bytes.HasPrefix(f, []byte("d:")):
-			ts, err := strconv.ParseInt(string(f[2:]), 10, 64)
-			if err != nil || ts <= 0 || ts > maxUnixSeconds {
+		case bytes.HasPrefix(f, []byte("d:")), bytes.HasPrefix(f, []byte("h:")), len(f) > 0 && f[0] == '#':
+			if !p.common(f, &e.Timestamp, &e.Host, &e.Tags) {
 				return window.ReasonInvalidValue, "event timestamp is not unix seconds"
 			}
-			e.Timestamp = ts * 1e9
-		case bytes.HasPrefix(f, []byte("h:")):
-			e.Host = string(f[2:])
 		case bytes.HasPrefix(f, []byte("k:")):
 			e.AggregationKey = string(f[2:])
 		case bytes.HasPrefix(f, []byte("s:")):
@@ -255,15 +251,32 @@ func (p *Parser) ParseEvent(line []byte, e *window.Event) (Reason, string) {
 			default:
 				return window.ReasonInvalidEvent, "alert type is not info, warning, error or success"
 			}
-		case len(f) > 0 && f[0] == '#':
-			tags, host := p.splitTags(f[1:])
-			e.Tags = cloneAll(tags)
-			if host != "" {
-				e.Host = strings.Clone(host)
-			}
 		}
 	}
 	return window.Accepted, ""
+}
+
+// common applies a field events and service checks share: d:<unix
+// seconds>, h:<host> or #<tags> (whose host: tag wins). Strings are
+// copied. It reports false for a bad timestamp; other fields are ignored.
+func (p *Parser) common(f []byte, ts *int64, host *string, tags *[]string) bool {
+	switch {
+	case bytes.HasPrefix(f, []byte("d:")):
+		secs, err := strconv.ParseInt(string(f[2:]), 10, 64)
+		if err != nil || secs <= 0 || secs > maxUnixSeconds {
+			return false
+		}
+		*ts = secs * 1e9
+	case bytes.HasPrefix(f, []byte("h:")):
+		*host = string(f[2:])
+	case len(f) > 0 && f[0] == '#':
+		t, h := p.splitTags(f[1:])
+		*tags = cloneAll(t)
+		if h != "" {
+			*host = strings.Clone(h)
+		}
+	}
+	return true
 }
 
 func cloneAll(ss []string) []string {
@@ -308,21 +321,8 @@ func (p *Parser) ParseServiceCheck(line []byte, c *window.ServiceCheck) (Reason,
 		} else {
 			rest = nil
 		}
-		switch {
-		case bytes.HasPrefix(f, []byte("d:")):
-			ts, err := strconv.ParseInt(string(f[2:]), 10, 64)
-			if err != nil || ts <= 0 || ts > maxUnixSeconds {
-				return window.ReasonInvalidValue, "service check timestamp is not unix seconds"
-			}
-			c.Timestamp = ts * 1e9
-		case bytes.HasPrefix(f, []byte("h:")):
-			c.Host = string(f[2:])
-		case len(f) > 0 && f[0] == '#':
-			tags, host := p.splitTags(f[1:])
-			c.Tags = cloneAll(tags)
-			if host != "" {
-				c.Host = strings.Clone(host)
-			}
+		if !p.common(f, &c.Timestamp, &c.Host, &c.Tags) {
+			return window.ReasonInvalidValue, "service check timestamp is not unix seconds"
 		}
 	}
 	return window.Accepted, ""

@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -13,43 +14,15 @@ import (
 	"github.com/aggd/aggd/internal/window"
 )
 
-// datakitExamples are DataKit's documented aggr.toml examples.
-const datakitExamples = `
-default_window = "15s"
-action = ""
-delete_rules_point = false
-
-[[aggregate_rules]]
-name = "otel_jvm_class_loaded_sum"
-group_by = ["service_name"]
-
-[aggregate_rules.select]
-category = "metric"
-measurements = ["otel_service"]
-metric_name = ["jvm.classes.loaded"]
-condition = ""
-
-[aggregate_rules.algorithms."jvm_class_loaded_sum"]
-method = "sum"
-source_field = "jvm.classes.loaded"
-
-[aggregate_rules.algorithms."jvm_class_loaded_sum".add_tags]
-metric = "jvm_class_loaded_sum"
-
-[[aggregate_rules]]
-name = "trace_root_span_count"
-group_by = ["service", "resource"]
-
-[aggregate_rules.select]
-category = "tracing"
-measurements = ["opentelemetry"]
-metric_name = ["span_id"]
-condition = '{ parent_id = "0" }'
-
-[aggregate_rules.algorithms."root_span.count"]
-method = "count"
-source_field = "span_id"
-`
+// datakitExamples are DataKit's documented aggr.toml examples, which the
+// end-to-end test in cmd/aggd loads too.
+var datakitExamples = func() string {
+	b, err := os.ReadFile("testdata/datakit-examples.toml")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
 
 const sec = int64(time.Second)
 
