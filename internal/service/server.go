@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -170,6 +171,7 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 	st := s.getState()
 	defer s.putState(st)
 	resp := &aggdv1.StreamResponse{Ack: &st.ack}
+	var last uint64 // highest sequence taken on this stream
 	var deadline time.Time
 	if s.maxStreamAge > 0 {
 		deadline = time.Now().Add(s.maxStreamAge)
@@ -207,7 +209,15 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 		if err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
-		s.ingest(st)
+		// Sequences, when a client sets them, rise on a stream. One not
+		// above the last taken is a resend of a batch already applied:
+		// it is acked, every item refused, and nothing applied twice.
+		if seq != 0 && seq <= last {
+			s.refuseDuplicate(st, seq, last)
+		} else {
+			s.ingest(st)
+			last = max(last, seq)
+		}
 		st.ack.Sequence = seq
 		if err := ss.SendMsg(resp); err != nil {
 			return err
@@ -250,6 +260,32 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 	}
 	info := &grpc.UnaryServerInfo{Server: s, FullMethod: aggdv1.AggregatorService_Submit_FullMethodName}
 	return interceptor(ctx, &st.frame, info, handler)
+}
+
+// refuseDuplicate fills st.ack for a batch whose sequence was taken
+// already on this stream: every item is refused, none is applied.
+func (s *Server) refuseDuplicate(st *callState, seq, last uint64) {
+	d, ack := st.dec, &st.ack
+	clear(ack.Rejections)
+	ack.Rejections = ack.Rejections[:0]
+	detail := fmt.Sprintf("sequence %d is not above %d, the last taken on this stream; the batch was not applied again", seq, last)
+	for _, k := range [...]struct {
+		kind aggdv1.ItemKind
+		n    int
+	}{
+		{aggdv1.ItemKind_ITEM_KIND_SAMPLE, d.nSamples},
+		{aggdv1.ItemKind_ITEM_KIND_EVENT, d.nEvents},
+		{aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, d.nChecks},
+		{aggdv1.ItemKind_ITEM_KIND_SPAN, d.nSpans},
+	} {
+		for i := range k.n {
+			ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
+				Kind: k.kind, Index: uint32(i), Reason: window.ReasonDuplicateSequence.String(), Detail: detail,
+			})
+		}
+	}
+	ack.Accepted, ack.Rejected = 0, uint32(len(ack.Rejections))
+	st.batch.Tenant.Rejected[window.ReasonDuplicateSequence].Add(uint64(ack.Rejected))
 }
 
 // ingest hands the decoded batch to the ingester and fills st.ack.

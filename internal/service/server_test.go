@@ -2,9 +2,12 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -333,5 +336,83 @@ func TestMemoryPressureSlowsThenRefuses(t *testing.T) {
 	}
 	if n := len(e.rec.Samples()); n != 1 {
 		t.Fatalf("recorded %d samples, want only the first batch", n)
+	}
+}
+
+func TestDuplicateSequenceIsRefusedWhole(t *testing.T) {
+	tests := []struct {
+		name string
+		seqs []uint64
+		dup  []bool // per request: refused as a duplicate
+	}{
+		{"rising", []uint64{1, 2, 3}, []bool{false, false, false}},
+		{"gaps are fine", []uint64{5, 9, 100}, []bool{false, false, false}},
+		{"repeat", []uint64{1, 2, 2, 3}, []bool{false, false, true, false}},
+		{"backwards", []uint64{4, 5, 1, 6}, []bool{false, false, true, false}},
+		{"zero is never checked", []uint64{0, 0, 3, 0, 3}, []bool{false, false, false, false, true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, false)
+			st, err := e.client.Stream(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, seq := range tc.seqs {
+				b := &aggdv1.Batch{
+					Samples: []*aggdv1.Sample{sample(fmt.Sprintf("m%d", i), 1), sample(fmt.Sprintf("n%d", i), 1)},
+					Events:  []*aggdv1.Event{{Title: fmt.Sprintf("e%d", i)}},
+				}
+				if err := st.Send(&aggdv1.StreamRequest{Sequence: seq, Batch: b}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			wantNames := map[string]bool{}
+			for i, seq := range tc.seqs {
+				resp, err := st.Recv()
+				if err != nil {
+					t.Fatal(err)
+				}
+				a := resp.GetAck()
+				if a.Sequence != seq {
+					t.Fatalf("ack %d: sequence %d, want %d", i, a.Sequence, seq)
+				}
+				if !tc.dup[i] {
+					if a.Accepted != 3 || a.Rejected != 0 {
+						t.Fatalf("ack %d (seq %d): %v, want all 3 accepted", i, seq, a)
+					}
+					wantNames[fmt.Sprintf("m%d", i)], wantNames[fmt.Sprintf("n%d", i)] = true, true
+					continue
+				}
+				if a.Accepted != 0 || a.Rejected != 3 || len(a.Rejections) != 3 {
+					t.Fatalf("ack %d (seq %d): %v, want all 3 refused", i, seq, a)
+				}
+				for _, r := range a.Rejections {
+					if r.Reason != "duplicate_sequence" || !strings.Contains(r.Detail, fmt.Sprint(seq)) {
+						t.Errorf("ack %d rejection: %v", i, r)
+					}
+				}
+				if k := a.Rejections[2].Kind; k != aggdv1.ItemKind_ITEM_KIND_EVENT {
+					t.Errorf("ack %d: third rejection kind %v, want event", i, k)
+				}
+			}
+			st.CloseSend()
+			if _, err := st.Recv(); err != io.EOF {
+				t.Fatalf("after CloseSend: got %v, want EOF", err)
+			}
+			got := map[string]bool{}
+			for _, s := range e.rec.Samples() {
+				if got[s.Name] {
+					t.Errorf("sample %s applied twice", s.Name)
+				}
+				got[s.Name] = true
+			}
+			if !maps.Equal(got, wantNames) {
+				t.Errorf("applied %v, want %v", got, wantNames)
+			}
+			if n, want := len(e.rec.Events()), len(wantNames)/2; n != want {
+				t.Errorf("events applied: %d, want %d", n, want)
+			}
+		})
 	}
 }

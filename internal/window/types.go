@@ -58,6 +58,7 @@ const (
 	ReasonInvalidStatus
 	ReasonInvalidEvent
 	ReasonUnsupported
+	ReasonDuplicateSequence
 	NumReasons
 )
 
@@ -66,6 +67,7 @@ var reasonNames = [NumReasons]string{
 	"invalid_sample_rate", "invalid_utf8", "too_many_tags", "tag_too_long",
 	"invalid_host", "type_conflict", "too_old", "too_new", "set_limit",
 	"tenant_limit", "invalid_status", "invalid_event", "unsupported",
+	"duplicate_sequence",
 }
 
 // String returns the snake_case code of r.

@@ -377,7 +377,10 @@ func (ItemKind) EnumDescriptor() ([]byte, []int) {
 // StreamRequest is one batch on a Stream.
 type StreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// sequence is chosen by the client and echoed in the Ack.
+	// sequence is chosen by the client and echoed in the Ack. A nonzero
+	// sequence not above the last one taken on the same stream marks a
+	// resend: its items are refused as duplicate_sequence and not applied
+	// again. 0 is never checked.
 	Sequence      uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	Batch         *Batch `protobuf:"bytes,2,opt,name=batch,proto3" json:"batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
