@@ -50,6 +50,7 @@ func (l Limits) Validate() error {
 type Server struct {
 	maxStreamAge time.Duration
 	load         LoadLevel
+	share        fairShare
 	ing          Ingester
 	spanIng      SpanIngester
 	tenants      *Tenants
@@ -73,7 +74,8 @@ type LoadLevel interface {
 
 // SetLoadLevel makes s slow down and refuse traffic under memory pressure:
 // at Soft a stream stops reading (its acks wait), at Hard new batches are
-// refused with ResourceExhausted and RetryInfo. Call it before serving.
+// refused with ResourceExhausted and RetryInfo; tenants far smaller than
+// the average are spared one step (see admit). Call it before serving.
 func (s *Server) SetLoadLevel(l LoadLevel) { s.load = l }
 
 // overloadRetry is the delay suggested to refused clients.
@@ -85,18 +87,26 @@ func errOverloaded() error {
 	return st.Err()
 }
 
-// admit waits while memory is over the soft limit (up to the stream's
-// context), and refuses at the hard limit.
-func (s *Server) admit(ctx context.Context) error {
+// admit applies memory pressure to tn before a batch is read. A tenant
+// holding at least half the average contexts of the tenants that hold any
+// (the one tenant, when there is one) waits past the soft limit and is
+// refused past the hard one; a smaller tenant goes on past the soft limit
+// and only waits past the hard one. The memory is the contexts', so the
+// tenants growing it are slowed first and the others keep their latency.
+func (s *Server) admit(ctx context.Context, tn *window.Tenant) error {
 	if s.load == nil {
 		return nil
 	}
 	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
-		switch s.load.Level() {
-		case overload.OK:
+		switch lv := s.load.Level(); {
+		case lv == overload.OK:
 			return nil
-		case overload.Hard:
-			return errOverloaded()
+		case s.share.heavy(s.tenants, tn):
+			if lv == overload.Hard {
+				return errOverloaded()
+			}
+		case lv == overload.Soft:
+			return nil
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -106,6 +116,34 @@ func (s *Server) admit(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// fairShare caches the average contexts per tenant holding any, for
+// admit: recomputed at most every 100 ms, and only under pressure.
+type fairShare struct {
+	mu   sync.Mutex
+	at   time.Time
+	avg  atomic.Int64
+	seen atomic.Bool
+}
+
+// heavy reports whether tn holds at least half the average contexts.
+func (f *fairShare) heavy(ts *Tenants, tn *window.Tenant) bool {
+	if f.mu.TryLock() {
+		if now := time.Now(); !f.seen.Load() || now.Sub(f.at) >= 100*time.Millisecond {
+			var sum, n int64
+			for _, t := range ts.List() {
+				if c := t.Contexts.Load(); c > 0 {
+					sum, n = sum+c, n+1
+				}
+			}
+			f.avg.Store(sum / max(n, 1))
+			f.at = now
+			f.seen.Store(true)
+		}
+		f.mu.Unlock()
+	}
+	return 2*tn.Contexts.Load() >= f.avg.Load()
 }
 
 // SetMaxStreamAge makes a stream older than d end with Unavailable after
@@ -182,7 +220,7 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 		}
 		// Under memory pressure, stop reading: the client's unacked
 		// batches wait in its window and in TCP's.
-		if err := s.admit(ss.Context()); err != nil {
+		if err := s.admit(ss.Context(), tenant); err != nil {
 			return err
 		}
 		// A drain ends the stream before it reads another batch; a batch
@@ -198,7 +236,7 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 		}
 		// A batch read as memory crossed the hard limit is refused unacked:
 		// the client sends it again after the suggested delay.
-		if s.load != nil && s.load.Level() == overload.Hard {
+		if s.load != nil && s.load.Level() == overload.Hard && s.share.heavy(s.tenants, tenant) {
 			return errOverloaded()
 		}
 		st.dec.reset(&st.batch)
@@ -240,7 +278,7 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 		if s.draining.Load() {
 			return nil, errDraining
 		}
-		if err := s.admit(ctx); err != nil {
+		if err := s.admit(ctx, tenant); err != nil {
 			return nil, err
 		}
 		st.dec.reset(&st.batch)

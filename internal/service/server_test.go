@@ -33,9 +33,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const token = "0123456789abcdef-acme"
 
 type env struct {
-	rec    *servicetest.Recorder
-	srv    *service.Server
-	client aggdv1.AggregatorServiceClient
+	rec     *servicetest.Recorder
+	srv     *service.Server
+	tenants *service.Tenants
+	client  aggdv1.AggregatorServiceClient
 }
 
 func start(t *testing.T, auth bool) *env {
@@ -64,7 +65,7 @@ func start(t *testing.T, auth bool) *env {
 		conn.Close()
 		gs.Stop()
 	})
-	return &env{rec: rec, srv: srv, client: aggdv1.NewAggregatorServiceClient(conn)}
+	return &env{rec: rec, srv: srv, tenants: tenants, client: aggdv1.NewAggregatorServiceClient(conn)}
 }
 
 func make16(b byte) []byte {
@@ -336,6 +337,48 @@ func TestMemoryPressureSlowsThenRefuses(t *testing.T) {
 	}
 	if n := len(e.rec.Samples()); n != 1 {
 		t.Fatalf("recorded %d samples, want only the first batch", n)
+	}
+}
+
+// TestMemoryPressureSparesSmallTenants: under pressure the tenant holding
+// most contexts is slowed and refused while a far smaller one goes on past
+// the soft limit and only waits past the hard one.
+func TestMemoryPressureSparesSmallTenants(t *testing.T) {
+	e := start(t, false)
+	lv := &level{}
+	e.srv.SetLoadLevel(lv)
+	ctxOf := func(id string) context.Context {
+		return metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", id)
+	}
+	for id, contexts := range map[string]int64{"big": 1_000_000, "small": 1_000} {
+		tn, err := e.tenants.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn.Contexts.Store(contexts)
+	}
+	submit := func(id string, timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(ctxOf(id), timeout)
+		defer cancel()
+		_, err := e.client.Submit(ctx, &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample(id, 1)}}})
+		return err
+	}
+	tests := []struct {
+		level      overload.Level
+		big, small codes.Code
+	}{
+		{overload.OK, codes.OK, codes.OK},
+		{overload.Soft, codes.DeadlineExceeded, codes.OK},
+		{overload.Hard, codes.ResourceExhausted, codes.DeadlineExceeded},
+	}
+	for _, tc := range tests {
+		lv.l.Store(int32(tc.level))
+		if got := status.Code(submit("big", 200*time.Millisecond)); got != tc.big {
+			t.Errorf("level %d: big tenant got %v, want %v", tc.level, got, tc.big)
+		}
+		if got := status.Code(submit("small", 200*time.Millisecond)); got != tc.small {
+			t.Errorf("level %d: small tenant got %v, want %v", tc.level, got, tc.small)
+		}
 	}
 }
 
