@@ -139,6 +139,9 @@ func (r *otlpReceiver) Export(ctx context.Context, req *colmetricspb.ExportMetri
 	if err != nil {
 		return nil, err
 	}
+	if err := r.s.admit(ctx, tn); err != nil {
+		return nil, err
+	}
 	pb := &pointBatch{r: r, lim: r.s.lim}
 	pb.b.Tenant, pb.b.Now = tn, time.Now().UnixNano()
 	for _, rm := range req.ResourceMetrics {
@@ -406,6 +409,9 @@ func (t *otlpTraces) Export(ctx context.Context, req *coltracepb.ExportTraceServ
 	s := t.r.s
 	tn, err := s.tenants.Resolve(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.admit(ctx, tn); err != nil {
 		return nil, err
 	}
 	var sps []spans.Span

@@ -8,24 +8,33 @@ import (
 	"time"
 
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
+	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/window"
 )
 
-func startOTLP(t *testing.T) (colmetricspb.MetricsServiceClient, *flush.Aggregator, *service.Tenants) {
+// startOTLP serves the OTLP receiver on bufconn; setup, if any, adjusts
+// the server before it serves.
+func startOTLP(t *testing.T, setup ...func(*service.Server)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
 	t.Helper()
 	tenants, _ := service.NewTenants(nil, false, 10)
 	agg := flush.NewAggregator(window.DefaultConfig(), 2)
 	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	for _, f := range setup {
+		f(srv)
+	}
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.RegisterOTLP(gs)
 	lis := bufconn.Listen(1 << 20)
@@ -33,7 +42,7 @@ func startOTLP(t *testing.T) (colmetricspb.MetricsServiceClient, *flush.Aggregat
 	conn, _ := grpc.NewClient("passthrough:///otlp", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	t.Cleanup(func() { conn.Close(); gs.Stop() })
-	return colmetricspb.NewMetricsServiceClient(conn), agg, tenants
+	return conn, agg, tenants
 }
 
 func sumPoint(start uint64, v int64) *metricspb.Metric {
@@ -55,7 +64,8 @@ func drained(t *testing.T, agg *flush.Aggregator, tenants *service.Tenants) *flu
 }
 
 func TestOTLPCumulativeSumsBecomeDeltas(t *testing.T) {
-	c, agg, tenants := startOTLP(t)
+	conn, agg, tenants := startOTLP(t)
+	c := colmetricspb.NewMetricsServiceClient(conn)
 	ctx := context.Background()
 	start := uint64(time.Now().Add(-time.Minute).UnixNano())
 	for _, m := range []*metricspb.Metric{
@@ -85,7 +95,8 @@ func TestOTLPCumulativeSumsBecomeDeltas(t *testing.T) {
 }
 
 func TestOTLPExponentialHistogramAndSummary(t *testing.T) {
-	c, agg, tenants := startOTLP(t)
+	conn, agg, tenants := startOTLP(t)
+	c := colmetricspb.NewMetricsServiceClient(conn)
 	now := uint64(time.Now().UnixNano())
 	exp := &metricspb.Metric{Name: "e", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
 		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
@@ -127,4 +138,28 @@ func TestOTLPExponentialHistogramAndSummary(t *testing.T) {
 		}
 	}
 
+}
+
+// TestOTLPUnderMemoryPressure: the OTLP services obey the memory budget
+// as the aggd.v1 ones do, answering ResourceExhausted with RetryInfo,
+// which OTLP exporters retry, past the hard limit.
+func TestOTLPUnderMemoryPressure(t *testing.T) {
+	lv := &level{}
+	conn, _, _ := startOTLP(t, func(s *service.Server) { s.SetLoadLevel(lv) })
+	metricsC, tracesC := colmetricspb.NewMetricsServiceClient(conn), coltracepb.NewTraceServiceClient(conn)
+	ctx := context.Background()
+	lv.l.Store(int32(overload.Hard))
+	if _, err := metricsC.Export(ctx, request(sumPoint(1, 5))); status.Code(err) != codes.ResourceExhausted || len(status.Convert(err).Details()) != 1 {
+		t.Fatalf("metrics past the hard limit: %v, want ResourceExhausted with RetryInfo", err)
+	}
+	if _, err := tracesC.Export(ctx, &coltracepb.ExportTraceServiceRequest{}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("traces past the hard limit: %v, want ResourceExhausted", err)
+	}
+	lv.l.Store(int32(overload.OK))
+	if _, err := metricsC.Export(ctx, request(sumPoint(1, 5))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tracesC.Export(ctx, &coltracepb.ExportTraceServiceRequest{}); status.Code(err) == codes.ResourceExhausted {
+		t.Fatalf("traces with memory to spare: %v", err)
+	}
 }
