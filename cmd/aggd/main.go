@@ -181,6 +181,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}()
 	}
 
+	var guard *overload.Guard
+	if cfg.MemoryLimit > 0 {
+		prev := debug.SetMemoryLimit(int64(cfg.MemoryLimit / 10 * 8)) // the GC works hard before traffic slows
+		defer debug.SetMemoryLimit(prev)
+		guard = overload.New(cfg.MemoryLimit, 100*time.Millisecond, nil)
+		guard.Start(ctx)
+		defer guard.Shutdown(context.Background())
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_used_bytes", Help: "Memory the Go runtime holds, as the memory budget counts it."},
+			func() float64 { return float64(guard.Used()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_pressure", Help: "0 normal, 1 over 80 % of --memory-limit (streams slow), 2 over 95 % (batches refused)."},
+				func() float64 { return float64(guard.Level()) }))
+	}
 	var dsd *dogstatsd.Server
 	if cfg.DogStatsD.UDP != "" || cfg.DogStatsD.Socket != "" {
 		tn, err := tenants.Get(cfg.DogStatsDTenant)
@@ -193,6 +205,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		dc.Limits = cfg.Limits
 		dsd = dogstatsd.New(dc, tn, agg, log)
+		if guard != nil {
+			dsd.SetLoadLevel(guard)
+		}
 		if err := dsd.Start(ctx); err != nil {
 			return err
 		}
@@ -207,17 +222,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	srv.SetSpanIngester(proc)
 	srv.SetMaxStreamAge(cfg.MaxStreamAge)
-	if cfg.MemoryLimit > 0 {
-		prev := debug.SetMemoryLimit(int64(cfg.MemoryLimit / 10 * 8)) // the GC works hard before traffic slows
-		defer debug.SetMemoryLimit(prev)
-		guard := overload.New(cfg.MemoryLimit, 100*time.Millisecond, nil)
-		guard.Start(ctx)
-		defer guard.Shutdown(context.Background())
+	if guard != nil {
 		srv.SetLoadLevel(guard)
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_used_bytes", Help: "Memory the Go runtime holds, as the memory budget counts it."},
-			func() float64 { return float64(guard.Used()) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_pressure", Help: "0 normal, 1 over 80 % of --memory-limit (streams slow), 2 over 95 % (batches refused)."},
-				func() float64 { return float64(guard.Level()) }))
 	}
 	tlsOpt, err := serverTLS(cfg)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -57,9 +58,18 @@ type Server struct {
 	conns  []net.PacketConn
 	wg     sync.WaitGroup
 
-	// Packets, Lines and ReadErrors count what the sockets delivered.
-	Packets, Lines, ReadErrors atomic.Int64
+	load interface{ Level() overload.Level }
+
+	// Packets, Lines and ReadErrors count what the sockets delivered;
+	// Refused counts datagrams read and dropped past the hard memory limit.
+	Packets, Lines, ReadErrors, Refused atomic.Int64
 }
+
+// SetLoadLevel makes s drop the datagrams it reads while memory is past
+// the hard limit, counting them in Refused: UDP has no way to slow its
+// senders, and the aggd.v1 services refuse batches at that point too.
+// Call it before Start.
+func (s *Server) SetLoadLevel(l interface{ Level() overload.Level }) { s.load = l }
 
 // New returns a server feeding ing for tenant t. cfg must be valid.
 func New(cfg Config, t *window.Tenant, ing Ingester, log *slog.Logger) *Server {
@@ -158,6 +168,11 @@ func (s *Server) read(c net.PacketConn) {
 				return
 			}
 			s.ReadErrors.Add(1)
+			continue
+		}
+		if s.load != nil && s.load.Level() == overload.Hard {
+			s.Refused.Add(1)
+			s.Packets.Add(1)
 			continue
 		}
 		s.Packets.Add(1)

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
+	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -28,12 +30,16 @@ type tenants []*window.Tenant
 
 func (t tenants) List() []*window.Tenant { return t }
 
-func start(t *testing.T, cfg dogstatsd.Config) (*dogstatsd.Server, *flush.Aggregator, *window.Tenant) {
+// start starts a server; setup, if any, adjusts it before it starts.
+func start(t *testing.T, cfg dogstatsd.Config, setup ...func(*dogstatsd.Server)) (*dogstatsd.Server, *flush.Aggregator, *window.Tenant) {
 	t.Helper()
 	agg := flush.NewAggregator(window.DefaultConfig(), 4)
 	tn := window.NewTenant("statsd")
 	cfg.Readers, cfg.PacketSize, cfg.Limits = 2, 8192, service.DefaultLimits()
 	s := dogstatsd.New(cfg, tn, agg, slog.New(slog.DiscardHandler))
+	for _, f := range setup {
+		f(s)
+	}
 	if err := s.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -163,5 +169,53 @@ func TestUnixDatagramSocket(t *testing.T) {
 	pts := flushAll(t, agg, tn).Points()
 	if len(pts) != 1 || pts[0].Name != "uds.c" || pts[0].Value != 10 {
 		t.Fatalf("points %+v", pts)
+	}
+}
+
+type level struct{ l atomic.Int32 }
+
+func (l *level) Level() overload.Level { return overload.Level(l.l.Load()) }
+
+// TestHardMemoryLimitDropsDatagrams: past the hard limit datagrams are read
+// and dropped, counted; below it they are taken again.
+func TestHardMemoryLimitDropsDatagrams(t *testing.T) {
+	lv := &level{}
+	s, agg, tn := start(t, dogstatsd.Config{UDP: "127.0.0.1:0"}, func(s *dogstatsd.Server) { s.SetLoadLevel(lv) })
+	c, err := net.Dial("udp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitPackets := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for s.Packets.Load() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("read %d of %d datagrams", s.Packets.Load(), n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for i, tc := range []struct {
+		level   overload.Level
+		refused int64
+	}{
+		{overload.Hard, 1},
+		{overload.Soft, 1},
+		{overload.OK, 1},
+	} {
+		lv.l.Store(int32(tc.level))
+		if _, err := c.Write([]byte("mem.c:1|c")); err != nil {
+			t.Fatal(err)
+		}
+		waitPackets(int64(i + 1))
+		if got := s.Refused.Load(); got != tc.refused {
+			t.Fatalf("level %d: refused %d datagrams, want %d", tc.level, got, tc.refused)
+		}
+	}
+	s.Shutdown(context.Background())
+	pts := flushAll(t, agg, tn).Points()
+	if len(pts) != 1 || pts[0].Name != "mem.c" || pts[0].Value != 2 {
+		t.Fatalf("points %+v, want mem.c = 2 (the datagram past the hard limit dropped)", pts)
 	}
 }

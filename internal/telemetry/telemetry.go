@@ -223,7 +223,7 @@ type DogStatsDCollector struct {
 	s                    *dogstatsd.Server
 	tenant               string
 	packets, lines, errs *prometheus.Desc
-	drops                *prometheus.Desc
+	drops, refused       *prometheus.Desc
 }
 
 // NewDogStatsDCollector returns a collector over s, labelled with its tenant.
@@ -234,6 +234,7 @@ func NewDogStatsDCollector(s *dogstatsd.Server, tenant string) *DogStatsDCollect
 		lines:   prometheus.NewDesc("aggd_dogstatsd_lines_total", "Lines read, bad ones included (those count in aggd_items_rejected_total).", l, nil),
 		errs:    prometheus.NewDesc("aggd_dogstatsd_read_errors_total", "Socket read errors.", l, nil),
 		drops:   prometheus.NewDesc("aggd_dogstatsd_kernel_drops_total", "Datagrams the kernel dropped because the UDP receive buffer was full.", l, nil),
+		refused: prometheus.NewDesc("aggd_dogstatsd_refused_total", "Datagrams read and dropped because memory was past the hard limit of --memory-limit.", l, nil),
 	}
 }
 
@@ -243,6 +244,7 @@ func (c *DogStatsDCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lines
 	ch <- c.errs
 	ch <- c.drops
+	ch <- c.refused
 }
 
 // Collect implements prometheus.Collector.
@@ -250,6 +252,7 @@ func (c *DogStatsDCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(c.s.Packets.Load()), c.tenant)
 	ch <- prometheus.MustNewConstMetric(c.lines, prometheus.CounterValue, float64(c.s.Lines.Load()), c.tenant)
 	ch <- prometheus.MustNewConstMetric(c.errs, prometheus.CounterValue, float64(c.s.ReadErrors.Load()), c.tenant)
+	ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.s.Refused.Load()), c.tenant)
 	if d, ok := c.s.KernelDrops(); ok {
 		ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(d), c.tenant)
 	}
