@@ -49,10 +49,16 @@ func start(t *testing.T, cfg dogstatsd.Config, setup ...func(*dogstatsd.Server))
 // waitLines waits until the server has read n lines.
 func waitLines(t *testing.T, s *dogstatsd.Server, n int64) {
 	t.Helper()
+	waitCount(t, &s.Lines, n, "lines")
+}
+
+// waitCount waits until counter c reaches n.
+func waitCount(t *testing.T, c *atomic.Int64, n int64, what string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for s.Lines.Load() < n {
+	for c.Load() < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("read %d of %d lines", s.Lines.Load(), n)
+			t.Fatalf("read %d of %d %s", c.Load(), n, what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -186,16 +192,6 @@ func TestHardMemoryLimitDropsDatagrams(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitPackets := func(n int64) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for s.Packets.Load() < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("read %d of %d datagrams", s.Packets.Load(), n)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
 	for i, tc := range []struct {
 		level   overload.Level
 		refused int64
@@ -208,7 +204,7 @@ func TestHardMemoryLimitDropsDatagrams(t *testing.T) {
 		if _, err := c.Write([]byte("mem.c:1|c")); err != nil {
 			t.Fatal(err)
 		}
-		waitPackets(int64(i + 1))
+		waitCount(t, &s.Packets, int64(i+1), "datagrams")
 		if got := s.Refused.Load(); got != tc.refused {
 			t.Fatalf("level %d: refused %d datagrams, want %d", tc.level, got, tc.refused)
 		}
