@@ -171,7 +171,7 @@ func (s *Server) read(c net.PacketConn) {
 			continue
 		}
 		if s.load != nil && s.load.Level() == overload.Hard {
-			s.Refused.Add(1)
+			s.Refused.Add(1) // before Packets: who sees the datagram sees its refusal
 			s.Packets.Add(1)
 			continue
 		}

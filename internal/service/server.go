@@ -121,16 +121,15 @@ func (s *Server) admit(ctx context.Context, tn *window.Tenant) error {
 // fairShare caches the average contexts per tenant holding any, for
 // admit: recomputed at most every 100 ms, and only under pressure.
 type fairShare struct {
-	mu   sync.Mutex
-	at   time.Time
-	avg  atomic.Int64
-	seen atomic.Bool
+	mu  sync.Mutex
+	at  time.Time // of the last computation; zero at first
+	avg atomic.Int64
 }
 
 // heavy reports whether tn holds at least half the average contexts.
 func (f *fairShare) heavy(ts *Tenants, tn *window.Tenant) bool {
 	if f.mu.TryLock() {
-		if now := time.Now(); !f.seen.Load() || now.Sub(f.at) >= 100*time.Millisecond {
+		if now := time.Now(); now.Sub(f.at) >= 100*time.Millisecond {
 			var sum, n int64
 			for _, t := range ts.List() {
 				if c := t.Contexts.Load(); c > 0 {
@@ -139,7 +138,6 @@ func (f *fairShare) heavy(ts *Tenants, tn *window.Tenant) bool {
 			}
 			f.avg.Store(sum / max(n, 1))
 			f.at = now
-			f.seen.Store(true)
 		}
 		f.mu.Unlock()
 	}
