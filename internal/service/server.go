@@ -302,8 +302,7 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 // already on this stream: every item is refused, none is applied.
 func (s *Server) refuseDuplicate(st *callState, seq, last uint64) {
 	d, ack := st.dec, &st.ack
-	clear(ack.Rejections)
-	ack.Rejections = ack.Rejections[:0]
+	resetRejections(ack)
 	detail := fmt.Sprintf("sequence %d is not above %d, the last taken on this stream; the batch was not applied again", seq, last)
 	for _, k := range [...]struct {
 		kind aggdv1.ItemKind
@@ -324,6 +323,29 @@ func (s *Server) refuseDuplicate(st *callState, seq, last uint64) {
 	st.batch.Tenant.Rejected[window.ReasonDuplicateSequence].Add(uint64(ack.Rejected))
 }
 
+// resetRejections empties ack's rejections, keeping their backing array.
+func resetRejections(ack *aggdv1.Ack) {
+	clear(ack.Rejections)
+	ack.Rejections = ack.Rejections[:0]
+}
+
+// appendRejections appends the items of one kind that results refused to
+// the ack, with details[i] or the ingest detail of the reason, and counts
+// them for tn.
+func appendRejections(ack *aggdv1.Ack, tn *window.Tenant, kind aggdv1.ItemKind, results []window.Reason, details []string) {
+	for i, r := range results {
+		if r == window.Accepted {
+			continue
+		}
+		detail := details[i]
+		if detail == "" {
+			detail = ingestDetail(r)
+		}
+		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{Kind: kind, Index: uint32(i), Reason: r.String(), Detail: detail})
+		tn.Rejected[r].Add(1)
+	}
+}
+
 // ingest hands the decoded batch to the ingester and fills st.ack.
 func (s *Server) ingest(st *callState) {
 	b, d := &st.batch, st.dec
@@ -341,23 +363,10 @@ func (s *Server) ingest(st *callState) {
 		}
 	}
 	ack := &st.ack
-	clear(ack.Rejections)
-	ack.Rejections = ack.Rejections[:0]
+	resetRejections(ack)
 	tn := b.Tenant
-	for i, r := range b.Results {
-		if r == window.Accepted {
-			continue
-		}
-		detail := d.detail[i]
-		if detail == "" {
-			detail = ingestDetail(r)
-		}
-		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
-			Kind: aggdv1.ItemKind_ITEM_KIND_SAMPLE, Index: uint32(i), Reason: r.String(), Detail: detail,
-		})
-		tn.Rejected[r].Add(1)
-	}
-	spanRejections(ack, d, tn)
+	appendRejections(ack, tn, aggdv1.ItemKind_ITEM_KIND_SAMPLE, b.Results, d.detail)
+	appendRejections(ack, tn, aggdv1.ItemKind_ITEM_KIND_SPAN, d.spanResults, d.spanDetail)
 	for _, rj := range d.rej {
 		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
 			Kind: rj.kind, Index: uint32(rj.index), Reason: rj.reason.String(), Detail: rj.detail,

@@ -6,7 +6,6 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
-	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -205,19 +204,4 @@ func (l Limits) CheckSpan(s *spans.Span) (window.Reason, string) {
 		s.Service = "unknown_service"
 	}
 	return window.Accepted, ""
-}
-
-// spanRejections appends the refused spans to the ack and counts them.
-func spanRejections(ack *aggdv1.Ack, d *decoder, tn *window.Tenant) {
-	for i, r := range d.spanResults {
-		if r == window.Accepted {
-			continue
-		}
-		detail := d.spanDetail[i]
-		if detail == "" {
-			detail = ingestDetail(r)
-		}
-		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{Kind: aggdv1.ItemKind_ITEM_KIND_SPAN, Index: uint32(i), Reason: r.String(), Detail: detail})
-		tn.Rejected[r].Add(1)
-	}
 }

@@ -86,19 +86,7 @@ func (r *Router) Routes(name string) Routes {
 
 // Export implements flush.Exporter: every upstream encodes f concurrently.
 func (r *Router) Export(ctx context.Context, f *window.Flush) error {
-	errs := make([]error, len(r.upstreams))
-	var wg sync.WaitGroup
-	for i, u := range r.upstreams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := u.Export(ctx, f, r.Routes(u.Name())); err != nil {
-				errs[i] = fmt.Errorf("upstream %s: %w", u.Name(), err)
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return r.concurrently(func(u Upstream) error { return u.Export(ctx, f, r.Routes(u.Name())) })
 }
 
 // Start starts every upstream.
@@ -113,16 +101,20 @@ func (r *Router) Start(ctx context.Context) error {
 
 // Shutdown shuts every upstream down concurrently within ctx.
 func (r *Router) Shutdown(ctx context.Context) error {
+	return r.concurrently(func(u Upstream) error { return u.Shutdown(ctx) })
+}
+
+// concurrently runs do for every upstream at once and joins the errors,
+// each named by its upstream.
+func (r *Router) concurrently(do func(Upstream) error) error {
 	errs := make([]error, len(r.upstreams))
 	var wg sync.WaitGroup
 	for i, u := range r.upstreams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := u.Shutdown(ctx); err != nil {
+		wg.Go(func() {
+			if err := do(u); err != nil {
 				errs[i] = fmt.Errorf("upstream %s: %w", u.Name(), err)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
