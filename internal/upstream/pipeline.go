@@ -32,6 +32,8 @@ type Payload struct {
 	Header http.Header
 	// Points is the number of aggregates, events or checks in Body.
 	Points int
+
+	spoolKey uint64 // the payload's key in the pipeline's spool; 0 if none
 }
 
 // Sender delivers payloads to one intake. Send returns nil once the intake
@@ -144,6 +146,8 @@ type Pipeline struct {
 	log     *slog.Logger
 
 	queue   chan *Payload
+	spool   *Spool
+	feeding sync.WaitGroup
 	bytes   atomic.Int64
 	full    atomic.Bool // logged once per episode
 	stop    context.Context
@@ -162,8 +166,20 @@ func NewPipeline(cfg PipelineConfig, send Sender, m PipelineMetrics, log *slog.L
 		queue: make(chan *Payload, cfg.QueueSize), stop: stop, cancel: cancel}
 }
 
+// SetSpool makes p keep its payloads in s, on disk, until the intake
+// takes them: the queue is bounded by s's bytes instead of QueueSize, and
+// the payloads s held from before are sent first. Call it before Start.
+func (p *Pipeline) SetSpool(s *Spool) {
+	p.spool = s
+	p.queue = make(chan *Payload) // payloads wait on disk, not here
+}
+
 // Start starts the senders. They exit when Shutdown returns.
 func (p *Pipeline) Start(context.Context) error {
+	if p.spool != nil {
+		p.feeding.Add(1)
+		go p.feed()
+	}
 	for range p.cfg.Senders {
 		p.wg.Add(1)
 		go p.sender()
@@ -175,6 +191,9 @@ func (p *Pipeline) Start(context.Context) error {
 // slows the flush that calls it, until there is room or ctx ends; then pl
 // is counted as lost (queue_full) and ctx's error returned.
 func (p *Pipeline) Enqueue(ctx context.Context, pl *Payload) error {
+	if p.spool != nil {
+		return p.enqueueSpooled(ctx, pl)
+	}
 	select {
 	case p.queue <- pl:
 		p.queued(pl)
@@ -196,6 +215,54 @@ func (p *Pipeline) Enqueue(ctx context.Context, pl *Payload) error {
 	}
 }
 
+// enqueueSpooled writes pl to the spool, waiting while it is full.
+func (p *Pipeline) enqueueSpooled(ctx context.Context, pl *Payload) error {
+	_, err := p.spool.Put(ctx, pl, func() {
+		p.full.Store(true)
+		p.metrics.Failed(p.cfg.Name, "queue_full")
+		p.log.Warn("send queue on disk is full: flushes wait for room and ingest is refused", "max_bytes", p.spool.maxBytes)
+	})
+	p.spoolGauge()
+	if err != nil {
+		p.metrics.Lost(p.cfg.Name, "queue_full", pl.Points)
+		p.log.Error("payload dropped: the send queue on disk stayed full or could not be written", "tenant", pl.Tenant, "kind", pl.Kind, "points", pl.Points, "err", err)
+		return err
+	}
+	return nil
+}
+
+func (p *Pipeline) spoolGauge() {
+	n, b := p.spool.Len()
+	p.metrics.Queue(p.cfg.Name, n, int(b))
+	if b < p.spool.maxBytes/2 {
+		p.full.Store(false)
+	}
+}
+
+// feed hands the spool's payloads to the senders, oldest first, until
+// Shutdown stops it.
+func (p *Pipeline) feed() {
+	defer p.feeding.Done()
+	defer close(p.queue)
+	for {
+		_, pl, err := p.spool.Next(p.stop)
+		if err != nil {
+			if p.stop.Err() == nil {
+				p.log.Error("send queue on disk unreadable; sending stops", "err", err)
+			}
+			return
+		}
+		select {
+		case p.queue <- pl:
+		case <-p.stop.Done():
+			return
+		}
+	}
+}
+
+// Full reports whether the pipeline's queue is at its bound.
+func (p *Pipeline) Full() bool { return p.full.Load() }
+
 func (p *Pipeline) queued(pl *Payload) {
 	n := p.bytes.Add(int64(len(pl.Body)))
 	p.metrics.Queue(p.cfg.Name, len(p.queue), int(n))
@@ -204,6 +271,15 @@ func (p *Pipeline) queued(pl *Payload) {
 func (p *Pipeline) sender() {
 	defer p.wg.Done()
 	for pl := range p.queue {
+		if p.spool != nil {
+			if p.deliver(pl) {
+				if err := p.spool.Delete(pl.spoolKey); err != nil {
+					p.log.Error("send queue on disk", "err", err)
+				}
+				p.spoolGauge()
+			}
+			continue
+		}
 		n := p.bytes.Add(-int64(len(pl.Body)))
 		p.metrics.Queue(p.cfg.Name, len(p.queue), int(n))
 		if len(p.queue) < p.cfg.QueueSize/2 {
@@ -214,8 +290,14 @@ func (p *Pipeline) sender() {
 }
 
 // deliver sends pl until it is accepted, refused for good, or the pipeline
-// is stopped.
-func (p *Pipeline) deliver(pl *Payload) {
+// is stopped; it reports false in the last case. A spooled payload cut
+// short by shutdown stays on disk and is not lost.
+func (p *Pipeline) deliver(pl *Payload) bool {
+	lost := func() {
+		if pl.spoolKey == 0 {
+			p.metrics.Lost(p.cfg.Name, "shutdown", pl.Points)
+		}
+	}
 	ceiling := p.cfg.InitialBackoff
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(p.stop, p.cfg.Timeout)
@@ -231,18 +313,18 @@ func (p *Pipeline) deliver(pl *Payload) {
 		cancel()
 		if err == nil {
 			p.metrics.Sent(p.cfg.Name, pl.Points, time.Since(start))
-			return
+			return true
 		}
 		reason := reasonOf(err)
 		var perm *PermanentError
 		if errors.As(err, &perm) {
 			p.metrics.Lost(p.cfg.Name, reason, pl.Points)
 			p.log.Error("payload refused for good", "tenant", pl.Tenant, "kind", pl.Kind, "points", pl.Points, "err", err)
-			return
+			return true
 		}
 		if p.stop.Err() != nil {
-			p.metrics.Lost(p.cfg.Name, "shutdown", pl.Points)
-			return
+			lost()
+			return false
 		}
 		p.metrics.Failed(p.cfg.Name, reason)
 		wait := time.Duration(rand.Int64N(int64(ceiling)) + 1) // full jitter
@@ -257,8 +339,8 @@ func (p *Pipeline) deliver(pl *Payload) {
 		case <-t.C:
 		case <-p.stop.Done():
 			t.Stop()
-			p.metrics.Lost(p.cfg.Name, "shutdown", pl.Points)
-			return
+			lost()
+			return false
 		}
 	}
 }
@@ -267,6 +349,9 @@ func (p *Pipeline) deliver(pl *Payload) {
 // ends first, sending stops and whatever is left is counted as lost
 // (shutdown). Enqueue must not be called once Shutdown has begun.
 func (p *Pipeline) Shutdown(ctx context.Context) error {
+	if p.spool != nil {
+		return p.shutdownSpooled(ctx)
+	}
 	p.closing.Do(func() { close(p.queue) })
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
@@ -285,14 +370,42 @@ func (p *Pipeline) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// shutdownSpooled waits for the spool to empty until ctx ends, then stops
+// sending; what is left stays on disk for the next start.
+func (p *Pipeline) shutdownSpooled(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	var err error
+	for n, _ := p.spool.Len(); n > 0 && err == nil; n, _ = p.spool.Len() {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	p.cancel()
+	p.feeding.Wait()
+	p.wg.Wait()
+	if n, b := p.spool.Len(); n > 0 {
+		p.log.Warn("payloads stay in the send queue on disk for the next start", "payloads", n, "bytes", b)
+	}
+	return errors.Join(err, p.spool.Close())
+}
+
 // QueueState is a send queue's state.
 type QueueState struct {
 	Upstream        string
 	Depth, Capacity int
 	Bytes           int64
+	// MaxBytes bounds a queue on disk, which has no Capacity.
+	MaxBytes int64
 }
 
 // State returns the queue's state now.
 func (p *Pipeline) State() QueueState {
+	if p.spool != nil {
+		n, b := p.spool.Len()
+		return QueueState{Upstream: p.cfg.Name, Depth: n, Bytes: b, MaxBytes: p.spool.maxBytes}
+	}
 	return QueueState{Upstream: p.cfg.Name, Depth: len(p.queue), Capacity: cap(p.queue), Bytes: p.bytes.Load()}
 }

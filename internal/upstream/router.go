@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 
@@ -130,6 +133,37 @@ func (r *Router) Queues() []QueueState {
 	}
 	return out
 }
+
+// Spool keeps the payloads of every upstream with a send queue on disk, in
+// dir/<upstream>.queue, each holding at most maxBytes. Call it before Start.
+func (r *Router) Spool(dir string, maxBytes int64) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, u := range r.upstreams {
+		if q, ok := u.(interface{ pipeline() *Pipeline }); ok {
+			s, err := OpenSpool(filepath.Join(dir, url.PathEscape(u.Name())+".queue"), maxBytes)
+			if err != nil {
+				return err
+			}
+			q.pipeline().SetSpool(s)
+		}
+	}
+	return nil
+}
+
+// Full reports whether some upstream's send queue is at its bound.
+func (r *Router) Full() bool {
+	for _, u := range r.upstreams {
+		if q, ok := u.(interface{ pipeline() *Pipeline }); ok && q.pipeline().Full() {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Datadog) pipeline() *Pipeline { return d.pipe }
+func (o *OTLP) pipeline() *Pipeline    { return o.pipe }
 
 // Queue returns the send queue's state.
 func (d *Datadog) Queue() QueueState { return d.pipe.State() }
