@@ -29,6 +29,12 @@ type Aggregator struct {
 	checks []window.ServiceCheck
 	holder EventHolder
 	rules  RuleEngine
+
+	interval, rollup, grace int64
+	// cutoff, while a write-ahead log is replayed, is the tick of the last
+	// flush known to have carried the record: samples in buckets due by
+	// then are not added again. Zero otherwise.
+	cutoff int64
 }
 
 // RuleEngine applies aggregation rules to samples as they are aggregated,
@@ -42,6 +48,12 @@ type RuleEngine interface {
 	ObserveSample(shard int, t *window.Tenant, s *window.Sample, now int64) (bool, window.Reason)
 	// Drain appends the outputs of the windows due at tick.
 	Drain(tick int64, all bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric
+	// Due returns a tick by which every window a sample at ts falls in
+	// is drained.
+	Due(ts int64) int64
+	// SetReplayCutoff makes the engine skip windows drained at or before
+	// tick; zero ends it.
+	SetReplayCutoff(tick int64)
 }
 
 // SetRules makes a apply rule engine r. Call it before ingesting.
@@ -70,7 +82,11 @@ func NewAggregator(cfg window.Config, n int) *Aggregator {
 		n = 4 * runtime.GOMAXPROCS(0)
 	}
 	b := bits.Len(uint(n - 1))
-	a := &Aggregator{shards: make([]shard, 1<<b), shift: uint(64 - b)}
+	a := &Aggregator{shards: make([]shard, 1<<b), shift: uint(64 - b),
+		interval: int64(cfg.Interval), rollup: int64(cfg.Interval), grace: int64(cfg.Grace)}
+	if cfg.Rollup != 0 {
+		a.rollup = int64(cfg.Rollup)
+	}
 	if b == 0 {
 		a.shift = 63 // one shard: any shift that leaves index 0 works
 	}
@@ -138,10 +154,48 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 	}
 }
 
+// bucketDue returns the tick that drains the bucket a sample at ts (zero:
+// now) falls in.
+func (a *Aggregator) bucketDue(ts, now int64) int64 {
+	w := a.rollup
+	if ts == 0 {
+		ts, w = now, a.interval
+	}
+	return ts - ((ts%w)+w)%w + w + a.grace
+}
+
+// Due returns a tick by which every window a sample at ts arriving at now
+// falls in is drained: its bucket's, and the rules' windows.
+func (a *Aggregator) Due(ts, now int64) int64 {
+	d := a.bucketDue(ts, now)
+	if a.rules != nil {
+		if ts == 0 {
+			ts = now
+		}
+		d = max(d, a.rules.Due(ts))
+	}
+	return d
+}
+
+// SetReplayCutoff makes ingestion skip samples whose buckets (and rule
+// windows) were drained at or before tick, as a write-ahead log is
+// replayed; zero ends it. It must not be called while batches are
+// ingested.
+func (a *Aggregator) SetReplayCutoff(tick int64) {
+	a.cutoff = tick
+	if a.rules != nil {
+		a.rules.SetReplayCutoff(tick)
+	}
+}
+
 // addLocked adds b's accepted samples of shard si, whose lock is held.
 // Rules see a sample once the windows took it, or instead of the windows
 // when they drop the originals they match.
 func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
+	if a.cutoff != 0 {
+		a.replayLocked(s, si, b)
+		return
+	}
 	drop := a.rules != nil && a.rules.DropOriginals()
 	for i := range b.Samples {
 		smp := &b.Samples[i]
@@ -164,6 +218,38 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 			b.Results[i] = r
 		case !matched:
 			b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+		}
+	}
+}
+
+// replayLocked is addLocked for a replayed batch: samples whose bucket
+// was flushed before the crash reach only the rules, which skip their own
+// flushed windows.
+func (a *Aggregator) replayLocked(s *shard, si int, b *window.Batch) {
+	drop := a.rules != nil && a.rules.DropOriginals()
+	for i := range b.Samples {
+		smp := &b.Samples[i]
+		if b.Results[i] != window.Accepted || a.shardOf(smp.Hash) != si {
+			continue
+		}
+		cut := a.bucketDue(smp.Timestamp, b.Now) <= a.cutoff
+		add := func() window.Reason {
+			if cut {
+				return window.Accepted
+			}
+			return s.sh.Add(b.Tenant, smp, b.Now)
+		}
+		switch {
+		case a.rules == nil:
+			b.Results[i] = add()
+		case !drop:
+			if b.Results[i] = add(); b.Results[i] == window.Accepted {
+				a.rules.ObserveSample(si, b.Tenant, smp, b.Now)
+			}
+		default:
+			if matched, r := a.rules.ObserveSample(si, b.Tenant, smp, b.Now); r == window.Accepted && !matched {
+				b.Results[i] = add()
+			}
 		}
 	}
 }

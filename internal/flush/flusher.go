@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -74,9 +75,26 @@ type Flusher struct {
 	started  bool
 	stopOnce sync.Once
 
-	mu sync.Mutex // serialises flushes; guards f
+	mu sync.Mutex // serialises flushes; guards f, wal and walHeld
 	f  window.Flush
+
+	wal     Log
+	walHeld bool // a flush failed: the log keeps everything from then on
 }
+
+// Log is a write-ahead log of ingested batches that learns which of them
+// flushes have carried (wal.Log).
+type Log interface {
+	// Rotate returns the index of the last record whose batch is in the
+	// windows; the flusher calls it before draining them.
+	Rotate() uint64
+	// Record notes that the flush of tick, drained after Rotate returned
+	// index, was exported; the final flush passes math.MaxInt64.
+	Record(index uint64, tick int64) error
+}
+
+// SetLog makes every flush tell l what it carried. Call it before Start.
+func (fl *Flusher) SetLog(l Log) { fl.wal = l }
 
 // NewFlusher returns a flusher of agg into exp. cfg must be valid.
 func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config, log *slog.Logger) *Flusher {
@@ -129,6 +147,10 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 	defer span.End()
 	f := &fl.f
 	f.Time = tick.UnixNano()
+	var index uint64
+	if fl.wal != nil {
+		index = fl.wal.Rotate()
+	}
 	fl.agg.drain(f.Time, all, f)
 	for _, tn := range fl.tenants.List() {
 		tn.EventsInWindow.Store(0) // a new window of events_per_window
@@ -154,8 +176,30 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 		fl.log.Debug("flushed", "tick", tick, "buckets", len(f.Buckets), "contexts", points,
 			"events", len(f.Events), "checks", len(f.Checks), "duration", time.Since(start))
 	}
+	fl.record(index, f.Time, all, err)
 	f.Release()
 	f.Events, f.Checks = nil, nil
+}
+
+// record tells the log what an exported flush carried. After a failed
+// export the log keeps every record, so that a restart replays what the
+// failure lost.
+func (fl *Flusher) record(index uint64, tick int64, all bool, err error) {
+	if fl.wal == nil || fl.walHeld {
+		return
+	}
+	if err != nil {
+		fl.walHeld = true
+		fl.log.Error("a flush failed: the write-ahead log keeps every record from now on; restart aggd to replay what was lost", "tick", time.Unix(0, tick))
+		return
+	}
+	if all {
+		tick = math.MaxInt64
+	}
+	if err := fl.wal.Record(index, tick); err != nil {
+		fl.walHeld = true
+		fl.log.Error("write-ahead log checkpoint failed: it keeps every record from now on", "err", err)
+	}
 }
 
 // Shutdown stops the ticker and flushes everything held, open buckets

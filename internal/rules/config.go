@@ -82,6 +82,8 @@ type Set struct {
 	byName  map[string][]*Rule // metric rules by metric name
 	anyName []*Rule            // metric rules with no metric_name list
 	tracing []*Rule
+	// maxWindow is the widest rule window, in nanoseconds.
+	maxWindow int64
 }
 
 type rawAlgorithm struct {
@@ -161,6 +163,7 @@ func Parse(text string) (*Set, error) {
 		}
 		names[r.Name] = true
 		s.Rules = append(s.Rules, r)
+		s.maxWindow = max(s.maxWindow, int64(r.Window))
 		switch {
 		case r.Category == "tracing":
 			s.tracing = append(s.tracing, r)

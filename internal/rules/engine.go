@@ -30,7 +30,10 @@ type Engine struct {
 	spanMu                    sync.Mutex
 	spanState                 state
 	watermark                 atomic.Int64
-	counters                  sync.Map // rule name → *Counters
+	// cutoff skips windows drained at or before it, as a write-ahead log
+	// is replayed; zero otherwise.
+	cutoff   atomic.Int64
+	counters sync.Map // rule name → *Counters
 }
 
 type state struct {
@@ -127,6 +130,31 @@ func (r sampleRecord) Field(name string) (filter.Value, bool) {
 	return filter.Str(v), ok
 }
 
+// Due returns a tick by which every rule window a sample or span at ts
+// falls in is drained.
+func (e *Engine) Due(ts int64) int64 {
+	set := e.set.Load()
+	if set == nil {
+		return ts
+	}
+	return ts + set.maxWindow + e.grace
+}
+
+// SetReplayCutoff makes the engine skip the windows drained at or before
+// tick while a write-ahead log is replayed; zero ends it.
+func (e *Engine) SetReplayCutoff(tick int64) { e.cutoff.Store(tick) }
+
+// replayed reports whether the window of r holding ts was drained before
+// the crash being replayed.
+func (e *Engine) replayed(r *Rule, ts int64) bool {
+	c := e.cutoff.Load()
+	if c == 0 {
+		return false
+	}
+	w := int64(r.Window)
+	return ts-((ts%w)+w)%w+w+e.grace <= c
+}
+
 // ObserveSample applies the metric rules to s, which arrived at now, in
 // aggregator shard shard. It reports whether a rule matched, and refuses
 // (too_old, too_new) a matched sample whose time the windows refuse.
@@ -159,6 +187,9 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 				}
 			}
 			matched = true
+			if e.replayed(r, ts) {
+				continue
+			}
 			r.counters.Matched.Add(1)
 			g := e.groupFor(st, t, r, ts, func(key string) (string, bool) { return tagValue(s.Tags, key) })
 			for i := range r.Algorithms {
@@ -239,7 +270,7 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 				break
 			}
 		}
-		if !present || !r.Cond.Match(sp) {
+		if !present || !r.Cond.Match(sp) || e.replayed(r, ts) {
 			continue
 		}
 		r.counters.Matched.Add(1)

@@ -58,6 +58,7 @@ type Server struct {
 	log          *slog.Logger
 	draining     atomic.Bool
 	states       sync.Pool
+	journal      *journal
 }
 
 // New returns a server that ingests into ing.
@@ -186,6 +187,7 @@ type callState struct {
 	batch window.Batch
 	frame frame
 	ack   aggdv1.Ack
+	rec   []byte // the batch's write-ahead log record
 }
 
 func (s *Server) getState() *callState { return s.states.Get().(*callState) }
@@ -251,7 +253,9 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 		if seq != 0 && seq <= last {
 			s.refuseDuplicate(st, seq, last)
 		} else {
-			s.ingest(st)
+			if err := s.ingestLogged(st, recordStream); err != nil {
+				return err
+			}
 			last = max(last, seq)
 		}
 		st.ack.Sequence = seq
@@ -286,7 +290,9 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 		if err := st.dec.decodeSubmit(st.frame.buf, &st.batch); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		s.ingest(st)
+		if err := s.ingestLogged(st, recordSubmit); err != nil {
+			return nil, err
+		}
 		// The response outlives the call state: copy the ack.
 		ack := &aggdv1.Ack{Accepted: st.ack.Accepted, Rejected: st.ack.Rejected, Rejections: append([]*aggdv1.Rejection(nil), st.ack.Rejections...)}
 		return &aggdv1.SubmitResponse{Ack: ack}, nil

@@ -51,6 +51,14 @@ func start(t *testing.T, auth bool) *env {
 	}
 	rec := &servicetest.Recorder{}
 	srv := service.New(rec, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	client := serveBufconn(t, srv)
+	return &env{rec: rec, srv: srv, tenants: tenants, client: client}
+}
+
+// serveBufconn serves srv over an in-memory connection until the test ends
+// and returns a client of it.
+func serveBufconn(t *testing.T, srv *service.Server) aggdv1.AggregatorServiceClient {
+	t.Helper()
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.Register(gs)
 	lis := bufconn.Listen(1 << 20)
@@ -65,7 +73,7 @@ func start(t *testing.T, auth bool) *env {
 		conn.Close()
 		gs.Stop()
 	})
-	return &env{rec: rec, srv: srv, tenants: tenants, client: aggdv1.NewAggregatorServiceClient(conn)}
+	return aggdv1.NewAggregatorServiceClient(conn)
 }
 
 func make16(b byte) []byte {

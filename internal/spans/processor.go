@@ -80,8 +80,24 @@ func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results 
 		if p.observer != nil {
 			p.observer.ObserveSpan(t, &sp[i], now)
 		}
-		p.sampler.Add(t, &sp[i], now)
+		if p.sampler != nil {
+			p.sampler.Add(t, &sp[i], now)
+		}
 	}
+}
+
+// ReplaySpans takes spans back from a write-ahead log after a restart:
+// their stats always (the aggregator skips windows already flushed), the
+// spans themselves to tail sampling only when sample is set.
+func (p *Processor) ReplaySpans(t *window.Tenant, now int64, sp []Span, results []window.Reason, sample bool) {
+	if sample {
+		p.IngestSpans(t, now, sp, results)
+		return
+	}
+	sampler := p.sampler
+	p.sampler = nil
+	defer func() { p.sampler = sampler }()
+	p.IngestSpans(t, now, sp, results)
 }
 
 // Exporter sends kept traces upstream. It must not keep the slice.

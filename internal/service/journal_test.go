@@ -1,0 +1,150 @@
+package service_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/flush/flushtest"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/wal"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// journaled is a server with a write-ahead log over real aggregation
+// state, as cmd/aggd builds it.
+type journaled struct {
+	srv     *service.Server
+	agg     *flush.Aggregator
+	log     *wal.Log
+	tenants *service.Tenants
+	client  aggdv1.AggregatorServiceClient
+}
+
+func startJournaled(t *testing.T, dir string) *journaled {
+	t.Helper()
+	tenants, err := service.NewTenants([]service.TenantConfig{{ID: "acme", Limits: window.TenantLimits{SamplesPerSecond: 10}}}, false, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := window.DefaultConfig()
+	cfg.Grace = 0
+	agg := flush.NewAggregator(cfg, 4)
+	l, err := wal.Open(dir, wal.Options{Sync: wal.SyncAlways})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	srv.SetJournal(l, agg.Due, 0, time.Minute)
+	return &journaled{srv: srv, agg: agg, log: l, tenants: tenants, client: serveBufconn(t, srv)}
+}
+
+func (j *journaled) submit(t *testing.T, b *aggdv1.Batch) *aggdv1.Ack {
+	t.Helper()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", "acme")
+	resp, err := j.client.Submit(ctx, &aggdv1.SubmitRequest{Batch: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Ack
+}
+
+func counts(name string, n int, ts int64) []*aggdv1.Sample {
+	var out []*aggdv1.Sample
+	for range n {
+		out = append(out, &aggdv1.Sample{Name: name, Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, TimestampUnixNano: ts})
+	}
+	return out
+}
+
+// TestReplaySkipsWhatAFlushCarried records batches, flushes part of them
+// with a checkpoint, then replays the log into fresh state as a restart
+// after kill -9 does: what the flush carried (a past bucket, the events
+// and checks) is not taken again, what it did not (the open bucket, a
+// later batch) is, and items refused at first (by the tenant's rate) stay
+// refused.
+func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
+	dir := t.TempDir()
+	j := startJournaled(t, dir)
+	now := time.Now()
+	tick := now.Truncate(10 * time.Second) // drains past buckets, not the open one
+	past := now.Add(-5 * time.Minute).UnixNano()
+
+	a := &aggdv1.Batch{Samples: append(counts("open", 5, 0), counts("past", 3, past)...),
+		Events:        []*aggdv1.Event{{Title: "e1", Text: "first"}},
+		ServiceChecks: []*aggdv1.ServiceCheck{{Name: "c1", Status: aggdv1.ServiceCheckStatus_SERVICE_CHECK_STATUS_OK}}}
+	a.Samples = append(a.Samples, counts("limited", 4, 0)...) // 8 + 4 > 10 per second
+	if ack := j.submit(t, a); ack.Accepted != 10+2 || ack.Rejected != 2 {
+		t.Fatalf("first batch: %v", ack)
+	}
+	exp := &flushtest.Exporter{}
+	fl := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl.SetLog(j.log)
+	fl.Flush(tick, false)
+	if got := sum(exp.Points(), "past"); got != 3 {
+		t.Fatalf("the flush carried %v of the past bucket, want 3", got)
+	}
+	if len(exp.Events()) != 1 || len(exp.Checks()) != 1 {
+		t.Fatalf("the flush carried %d events and %d checks, want 1 each", len(exp.Events()), len(exp.Checks()))
+	}
+	time.Sleep(time.Second) // a new second of the tenant's rate
+	if ack := j.submit(t, &aggdv1.Batch{Samples: counts("open", 2, 0), Events: []*aggdv1.Event{{Title: "e2", Text: "second"}}}); ack.Rejected != 0 {
+		t.Fatalf("second batch: %v", ack)
+	}
+
+	// kill -9: the first log is left as it is; state starts empty.
+	k := startJournaled(t, dir)
+	replayed := 0
+	if _, err := k.log.Replay(func(idx uint64, rec []byte, cp wal.Checkpoint) (int64, error) {
+		replayed++
+		return k.srv.Replay(rec, idx <= cp.Index, cp.Tick)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if replayed != 2 {
+		t.Fatalf("replayed %d records, want 2", replayed)
+	}
+	exp2 := &flushtest.Exporter{}
+	fl2 := flush.NewFlusher(k.agg, exp2, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl2.Flush(time.Now(), true)
+	pts := exp2.Points()
+	for name, want := range map[string]float64{"open": 7, "past": 0, "limited": 2} {
+		if got := sum(pts, name); got != want {
+			t.Errorf("%s = %v after replay, want %v", name, got, want)
+		}
+	}
+	if ev := exp2.Events(); len(ev) != 1 || ev[0].Title != "e2" || len(exp2.Checks()) != 0 {
+		t.Errorf("after replay: events %v, %d checks; want e2 alone", ev, len(exp2.Checks()))
+	}
+}
+
+type noTenants struct{}
+
+func (noTenants) List() []*window.Tenant { return nil }
+
+func sum(pts []flushtest.Point, name string) (v float64) {
+	for _, p := range pts {
+		if p.Name == name {
+			v += p.Value
+		}
+	}
+	return v
+}
+
+// TestReplayRefusesForeignRecords reports records it cannot read rather
+// than taking them in.
+func TestReplayRefusesForeignRecords(t *testing.T) {
+	j := startJournaled(t, t.TempDir())
+	for _, rec := range [][]byte{nil, {9, 1}, {1, 7}, {1, 1, 0xff}, []byte(fmt.Sprint("\x01\x01\x04acme"))} {
+		if _, err := j.srv.Replay(rec, false, 0); err == nil {
+			t.Errorf("record %q was taken", rec)
+		}
+	}
+}
