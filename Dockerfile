@@ -7,13 +7,18 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/aggd ./cmd/aggd
+RUN mkdir -p /out/data
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/aggd /usr/local/bin/aggd
+# The write-ahead log and the send queues on disk.
+COPY --from=build --chown=nonroot:nonroot /out/data /var/lib/aggd
+VOLUME /var/lib/aggd
 USER nonroot:nonroot
 # gRPC (and OTLP/gRPC), admin /metrics, DogStatsD.
 EXPOSE 8127 8128 8125/udp
 ENV AGGD_LISTEN=:8127 \
     AGGD_ADMIN_LISTEN=:8128 \
-    AGGD_LOG_FORMAT=json
+    AGGD_LOG_FORMAT=json \
+    AGGD_WAL_DIR=/var/lib/aggd
 ENTRYPOINT ["/usr/local/bin/aggd"]

@@ -15,6 +15,7 @@ import (
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/upstream"
+	"github.com/aggd/aggd/internal/wal"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -35,6 +36,9 @@ type config struct {
 	AdminToken     string
 	MaxRecvMsgSize int
 	MemoryLimit    uint64
+	WALDir         string
+	WALFsync       string
+	QueueMaxBytes  int64
 	Shards         int
 	Hostname       string
 	DrainTimeout   time.Duration
@@ -175,6 +179,12 @@ func (c config) validate() error {
 	if c.DrainTimeout < 0 || c.ShutdownTimeout <= 0 || c.ExportTimeout < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative; shutdown-timeout must be positive"))
 	}
+	if _, err := wal.ParseSync(c.WALFsync); err != nil {
+		errs = append(errs, err)
+	}
+	if c.QueueMaxBytes < 1<<20 {
+		errs = append(errs, errors.New("queue-max-bytes must be at least 1 MiB"))
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") || (c.TLSClientCA != "" && c.TLSCert == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together, and --tls-client-ca needs them"))
 	}
@@ -215,6 +225,9 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the aggd.v1.AdminService; required for it when --tenants-file is set")
 	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
 	fs.Uint64Var(&c.MemoryLimit, "memory-limit", 0, "memory budget in bytes: past 80 % streams slow down, past 95 % batches are refused (RESOURCE_EXHAUSTED); 0: off")
+	fs.StringVar(&c.WALDir, "wal-dir", "", "directory of the write-ahead log and the send queues on disk: a batch is acked once it is logged, and payloads wait on disk until the intake takes them; empty: in memory only")
+	fs.StringVar(&c.WALFsync, "wal-fsync", "interval", "interval: a batch is written before its ack and fsynced within a second; always: fsynced before its ack (group commit); never: fsynced when its segment is full")
+	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", 1<<30, "bound of each upstream's send queue on disk (with --wal-dir); when full, flushes wait and batches are refused")
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest request message in bytes")
 	fs.IntVar(&c.Shards, "shards", 0, "aggregation shards (0: 4 per CPU)")
 	fs.StringVar(&c.Hostname, "hostname", c.Hostname, "host of aggd's own aggd.up service checks")

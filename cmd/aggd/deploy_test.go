@@ -79,6 +79,9 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("EXPOSE %s lacks the listen port %s", expose[1], p)
 		}
 	}
+	if d := opts["wal-dir"]; d == "" || !strings.Contains(text, "VOLUME "+d) || !strings.Contains(text, "--chown=nonroot:nonroot /out/data "+d) {
+		t.Errorf("the image's --wal-dir %q is not a volume the nonroot user owns", d)
+	}
 	for _, want := range []string{"go build", "./cmd/aggd", "CGO_ENABLED=0", "USER nonroot", `ENTRYPOINT ["/usr/local/bin/aggd"]`} {
 		if !strings.Contains(text, want) {
 			t.Errorf("Dockerfile lacks %q", want)
@@ -93,6 +96,7 @@ type composeFile struct {
 		Ports       []string          `yaml:"ports"`
 		Volumes     []string          `yaml:"volumes"`
 	} `yaml:"services"`
+	Volumes map[string]any `yaml:"volumes"`
 }
 
 func TestDockerCompose(t *testing.T) {
@@ -118,10 +122,20 @@ func TestDockerCompose(t *testing.T) {
 	mounts := map[string]string{}
 	for _, v := range append(a.Volumes, append(c.Services["otel-collector"].Volumes, c.Services["prometheus"].Volumes...)...) {
 		parts := strings.Split(v, ":")
+		if !strings.HasPrefix(parts[0], ".") { // a named volume
+			if _, ok := c.Volumes[parts[0]]; !ok {
+				t.Errorf("volume %s is not declared", parts[0])
+			}
+			mounts[parts[1]] = "volume:" + parts[0]
+			continue
+		}
 		if _, err := os.Stat(filepath.Join(repo, parts[0])); err != nil {
 			t.Errorf("volume %s: %v", v, err)
 		}
 		mounts[parts[1]] = filepath.Join(repo, parts[0])
+	}
+	if d := opts["wal-dir"]; d == "" || !strings.HasPrefix(mounts[d], "volume:") {
+		t.Errorf("--wal-dir %q is not on a named volume", d)
 	}
 	cfgFile, sampling := mounts[opts["config"]], mounts[opts["sampling-file"]]
 	if cfgFile == "" || sampling == "" {
@@ -219,6 +233,7 @@ type k8sObject struct {
 				} `yaml:"containers"`
 				Volumes []struct {
 					Name      string
+					EmptyDir  *struct{}              `yaml:"emptyDir"`
 					ConfigMap *struct{ Name string } `yaml:"configMap"`
 					Secret    *struct {
 						SecretName string `yaml:"secretName"`
@@ -315,6 +330,15 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
+	walOnDisk := false
+	for _, m := range c.VolumeMounts {
+		for _, v := range pod.Spec.Volumes {
+			walOnDisk = walOnDisk || (v.Name == m.Name && v.EmptyDir != nil && m.MountPath == opts["wal-dir"] && opts["wal-dir"] != "")
+		}
+	}
+	if !walOnDisk {
+		t.Errorf("--wal-dir %q is not a mounted emptyDir", opts["wal-dir"])
+	}
 	tmp := t.TempDir()
 	local := map[string]string{}
 	for _, flag := range []string{"config", "tenants-file", "sampling-file"} {
@@ -361,9 +385,13 @@ func startedHealthy(t *testing.T, opts, env, extraEnv map[string]string) {
 	for k, v := range extraEnv {
 		all[k] = v
 	}
-	// Loopback ports instead of the deployment's.
+	// Loopback ports instead of the deployment's, and a directory of the
+	// test's.
 	for _, k := range []string{"AGGD_LISTEN", "AGGD_ADMIN_LISTEN"} {
 		delete(all, k)
+	}
+	if _, ok := all["AGGD_WAL_DIR"]; ok {
+		all["AGGD_WAL_DIR"] = t.TempDir()
 	}
 	var args []string
 	for k, v := range opts {

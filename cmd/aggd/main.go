@@ -20,6 +20,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -56,6 +57,7 @@ import (
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/telemetry"
 	"github.com/aggd/aggd/internal/upstream"
+	"github.com/aggd/aggd/internal/wal"
 )
 
 func main() {
@@ -107,6 +109,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	defer closeUpstreams()
+	var journal *wal.Log
+	if cfg.WALDir != "" {
+		// Payloads a crash left queued are sent again once the router starts.
+		if err := router.Spool(filepath.Join(cfg.WALDir, "queue"), cfg.QueueMaxBytes); err != nil {
+			return err
+		}
+		sync, _ := wal.ParseSync(cfg.WALFsync)
+		if journal, err = wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync}); err != nil {
+			return err
+		}
+		defer journal.Close()
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
+			func() float64 { return float64(journal.Stats().Records) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_send_queue_full", Help: "1 while some upstream's send queue on disk is at --queue-max-bytes: flushes wait and batches are refused."},
+				func() float64 { return b2f(router.Full()) }))
+	}
 	if err := router.Start(ctx); err != nil {
 		return err
 	}
@@ -193,6 +211,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_pressure", Help: "0 normal, 1 over 80 % of --memory-limit (streams slow), 2 over 95 % (batches refused)."},
 				func() float64 { return float64(guard.Level()) }))
 	}
+	// Memory pressure, and a full send queue on disk, push back on ingest.
+	var load interface{ Level() overload.Level }
+	switch {
+	case journal != nil:
+		load = pushback{guard: guard, full: router.Full}
+	case guard != nil:
+		load = guard
+	}
 	var dsd *dogstatsd.Server
 	if cfg.DogStatsD.UDP != "" || cfg.DogStatsD.Socket != "" {
 		tn, err := tenants.Get(cfg.DogStatsDTenant)
@@ -205,8 +231,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		dc.Limits = cfg.Limits
 		dsd = dogstatsd.New(dc, tn, agg, log)
-		if guard != nil {
-			dsd.SetLoadLevel(guard)
+		if load != nil {
+			dsd.SetLoadLevel(load)
 		}
 		if err := dsd.Start(ctx); err != nil {
 			return err
@@ -222,8 +248,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	srv.SetSpanIngester(proc)
 	srv.SetMaxStreamAge(cfg.MaxStreamAge)
-	if guard != nil {
-		srv.SetLoadLevel(guard)
+	if load != nil {
+		srv.SetLoadLevel(load)
+	}
+	if journal != nil {
+		eventHold, spanHold := holds(policy, cfg.Window.Interval)
+		srv.SetJournal(journal, agg.Due, eventHold, spanHold)
+		flusher.SetLog(journal)
+		if err := replay(journal, srv, log); err != nil {
+			return err
+		}
 	}
 	tlsOpt, err := serverTLS(cfg)
 	if err != nil {
@@ -434,6 +468,72 @@ func effectiveConfig(cfg config, file *configpkg.File, tenants []configpkg.Tenan
 // shutdown stops aggd in order: health NOT_SERVING, streams drained, held
 // traces decided and exported, final flush, send queues drained, admin
 // server closed, all within the shutdown timeout.
+// pushback is the load level of ingest: memory pressure, or Hard while a
+// send queue on disk is full.
+type pushback struct {
+	guard *overload.Guard
+	full  func() bool
+}
+
+func (p pushback) Level() overload.Level {
+	if p.full() {
+		return overload.Hard
+	}
+	if p.guard != nil {
+		return p.guard.Level()
+	}
+	return overload.OK
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// holds returns how long, past their buckets, events may wait in group
+// sampling and spans in tail sampling before they are flushed: the
+// policy's quiet times and two intervals more. Traces or event groups that
+// stay busy for longer extend their hold past this.
+func holds(p *spans.Policy, interval time.Duration) (events, spans_ time.Duration) {
+	events, spans_ = 0, spans.DefaultDataTTL
+	if p != nil {
+		if len(p.Logging) > 0 {
+			events = p.LoggingTTL + 2*interval
+		}
+		spans_ = max(p.DataTTL, spans_)
+	}
+	return events, spans_ + 2*interval
+}
+
+// replay takes the write-ahead log's batches back into the windows before
+// aggd serves.
+func replay(j *wal.Log, srv *service.Server, log *slog.Logger) error {
+	start := time.Now()
+	records, skipped := 0, 0
+	dropped, err := j.Replay(func(idx uint64, rec []byte, cp wal.Checkpoint) (int64, error) {
+		due, err := srv.Replay(rec, idx <= cp.Index, cp.Tick)
+		if err != nil {
+			skipped++
+			log.Error("write-ahead log record skipped", "index", idx, "err", err)
+			return 0, nil
+		}
+		records++
+		return due, nil
+	})
+	if err != nil {
+		return err
+	}
+	if dropped > 0 {
+		log.Error("write-ahead log ended in records that fail their checksum, as after a power loss; they were removed", "records", dropped)
+	}
+	if records+skipped+dropped > 0 {
+		log.Info("write-ahead log replayed", "records", records, "skipped", skipped, "took", time.Since(start))
+	}
+	return nil
+}
+
 func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, traces *spans.Runner, fl *flush.Flusher, router *upstream.Router, admin *http.Server) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/upstream/upstreamtest"
 )
@@ -23,29 +26,17 @@ func TestIntakeOutageLosesNothing(t *testing.T) {
 	if testing.Short() {
 		outage = 5 * time.Second
 	}
-	var down atomic.Bool
+	dd, down, cfgFile := flakyIntake(t, "initial_backoff = \"50ms\"\nmax_backoff = \"1s\"")
 	var refused atomic.Int64
 	down.Store(true)
-	dd := upstreamtest.NewDatadogIntake(t)
-	dd.Answer = func(path string, _ int) upstreamtest.Answer {
-		if down.Load() {
+	answer := dd.Answer
+	dd.Answer = func(path string, n int) upstreamtest.Answer {
+		a := answer(path, n)
+		if a.Status != 0 {
 			refused.Add(1)
-			return upstreamtest.Answer{Status: http.StatusServiceUnavailable}
 		}
-		return upstreamtest.Answer{}
+		return a
 	}
-	cfgFile := filepath.Join(t.TempDir(), "aggd.toml")
-	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
-default_upstreams = ["dd"]
-
-[[upstream]]
-name = "dd"
-type = "datadog"
-url = %q
-api_key = "k"
-initial_backoff = "50ms"
-max_backoff = "1s"
-`, dd.URL)), 0o600)
 	in := startAggd(t, "--config", cfgFile, "--interval", "1s", "--grace", "0s")
 	client := aggdv1.NewAggregatorServiceClient(in.conn)
 
@@ -117,4 +108,80 @@ max_backoff = "1s"
 		t.Fatalf("intake received %v, acked %d (%d requests refused during the %v outage)", got, acked, refused.Load(), outage)
 	}
 	t.Logf("%d samples acked over a %v outage, all delivered; %d requests refused", acked, outage, refused.Load())
+}
+
+// TestFullSendQueuePushesBack keeps the Datadog intake down until the send
+// queue on disk reaches --queue-max-bytes: aggd_send_queue_full turns on
+// and batches are refused with RESOURCE_EXHAUSTED instead of piling up.
+// When the intake comes back the queue drains and batches are taken again.
+func TestFullSendQueuePushesBack(t *testing.T) {
+	_, down, cfgFile := flakyIntake(t, "compression = \"none\"\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"")
+	down.Store(true)
+	dir := t.TempDir()
+	in := startAggd(t, "--config", cfgFile, "--wal-dir", filepath.Join(dir, "data"), "--queue-max-bytes", "1048576",
+		"--interval", "1s", "--grace", "0s", "--export-timeout", "500ms")
+	client := aggdv1.NewAggregatorServiceClient(in.conn)
+	refused := false
+	for i := 0; !refused && i < 2000; i++ {
+		b := &aggdv1.Batch{}
+		for j := range 500 { // new contexts every batch: big payloads
+			b.Samples = append(b.Samples, &aggdv1.Sample{Name: "queue.fill", Type: aggdv1.MetricType_METRIC_TYPE_GAUGE, Value: 1,
+				Tags: []string{fmt.Sprintf("batch:%d", i), fmt.Sprintf("n:%d", j)}})
+		}
+		_, err := client.Submit(context.Background(), &aggdv1.SubmitRequest{Batch: b})
+		switch status.Code(err) {
+		case codes.OK:
+			time.Sleep(5 * time.Millisecond)
+		case codes.ResourceExhausted:
+			refused = true
+		default:
+			t.Fatal(err)
+		}
+	}
+	if !refused {
+		t.Fatal("batches were never refused while the send queue filled")
+	}
+	if v := metric(scrape(t, in.admin), "aggd_send_queue_full"); v != 1 {
+		t.Fatalf("aggd_send_queue_full = %v while batches are refused", v)
+	}
+	down.Store(false)
+	deadline := time.Now().Add(30 * time.Second)
+	for metric(scrape(t, in.admin), "aggd_send_queue_full") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the send queue did not drain after the intake came back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := client.Submit(context.Background(), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
+		{Name: "queue.after", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1}}}}); err != nil {
+		t.Fatalf("a batch after the queue drained: %v", err)
+	}
+	in.stop(t)
+}
+
+// flakyIntake is a loopback Datadog intake answering 503 while down is
+// set, and the aggd.toml that makes it the only upstream (extra: more
+// keys of its [[upstream]] table).
+func flakyIntake(t *testing.T, extra string) (dd *upstreamtest.DatadogIntake, down *atomic.Bool, cfgFile string) {
+	t.Helper()
+	down = &atomic.Bool{}
+	dd = upstreamtest.NewDatadogIntake(t)
+	dd.Answer = func(string, int) upstreamtest.Answer {
+		if down.Load() {
+			return upstreamtest.Answer{Status: http.StatusServiceUnavailable}
+		}
+		return upstreamtest.Answer{}
+	}
+	cfgFile = filepath.Join(t.TempDir(), "aggd.toml")
+	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
+default_upstreams = ["dd"]
+
+[[upstream]]
+name = "dd"
+type = "datadog"
+url = %q
+api_key = "k"
+%s
+`, dd.URL, extra)), 0o600)
+	return dd, down, cfgFile
 }
