@@ -224,6 +224,7 @@ type k8sObject struct {
 						Name          string `yaml:"name"`
 						ContainerPort int    `yaml:"containerPort"`
 					} `yaml:"ports"`
+					StartupProbe   probe `yaml:"startupProbe"`
 					ReadinessProbe probe `yaml:"readinessProbe"`
 					LivenessProbe  probe `yaml:"livenessProbe"`
 					VolumeMounts   []struct {
@@ -302,7 +303,7 @@ func TestKubernetesManifests(t *testing.T) {
 	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) {
 		t.Errorf("container ports %v, aggd listens on %s and %s", ports, opts["listen"], opts["admin-listen"])
 	}
-	for _, p := range []probe{c.ReadinessProbe, c.LivenessProbe} {
+	for _, p := range []probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
 		if p.GRPC == nil || strconv.Itoa(p.GRPC.Port) != listen {
 			t.Errorf("probe %+v is not a gRPC probe of aggd's port %s", p.GRPC, listen)
 		}

@@ -3,6 +3,7 @@ package service
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -76,14 +77,150 @@ func (s *Server) ingestLogged(st *callState, kind byte) error {
 		}
 	}
 	j.log.Leave()
+	return s.journaled(idx, err)
+}
+
+// journaled waits for record idx, appended with err, to be durable, and
+// turns a failure into the status the caller returns.
+func (s *Server) journaled(idx uint64, err error) error {
 	if err == nil && idx != 0 {
-		err = j.log.Wait(idx)
+		err = s.journal.log.Wait(idx)
 	}
 	if err != nil {
 		s.log.Error("write-ahead log", "err", err)
 		return errJournal
 	}
 	return nil
+}
+
+// ingestConverted is ingestLogged for items that came in another protocol
+// (OTLP): ingest takes them in, then the accepted ones are recorded as the
+// aggd.v1 Submit they amount to, so that replay takes them like any other
+// batch. Cumulative-to-delta state is not logged: after a restart, the
+// first point of each cumulative stream starts it again.
+func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason, ingest func()) error {
+	j := s.journal
+	if j == nil {
+		ingest()
+		return nil
+	}
+	j.log.Enter()
+	ingest()
+	var batch []byte
+	due, next := int64(0), j.due(0, now)
+	for i := range smp {
+		if results[i] == window.Accepted {
+			batch = protowire.AppendTag(batch, 1, protowire.BytesType)
+			batch = protowire.AppendBytes(batch, appendSample(nil, &smp[i]))
+			if ts := smp[i].Timestamp; ts != 0 {
+				due = max(due, j.due(ts, now))
+			} else {
+				due = max(due, next)
+			}
+		}
+	}
+	for i := range sps {
+		if spResults[i] == window.Accepted {
+			batch = protowire.AppendTag(batch, 4, protowire.BytesType)
+			batch = protowire.AppendBytes(batch, appendSpan(nil, &sps[i]))
+			due = max(due, j.due(sps[i].End(), now), next+j.spanHold)
+		}
+	}
+	var idx uint64
+	var err error
+	if len(batch) > 0 {
+		rec := append(make([]byte, 0, len(batch)+len(tn.ID)+24), recordV1, recordSubmit)
+		rec = protowire.AppendString(rec, tn.ID)
+		rec = protowire.AppendVarint(rec, uint64(now))
+		rec = protowire.AppendVarint(rec, 0) // nothing refused
+		rec = protowire.AppendTag(rec, 1, protowire.BytesType)
+		rec = protowire.AppendBytes(rec, batch)
+		idx, err = j.log.Append(rec, due)
+	}
+	j.log.Leave()
+	return s.journaled(idx, err)
+}
+
+// appendSample appends s as an aggd.v1 Sample message.
+func appendSample(b []byte, s *window.Sample) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, s.Name)
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(s.Type))
+	if s.Values != nil {
+		packed := make([]byte, 0, 8*len(s.Values))
+		for _, v := range s.Values {
+			packed = protowire.AppendFixed64(packed, math.Float64bits(v))
+		}
+		b = protowire.AppendTag(b, 4, protowire.BytesType)
+		b = protowire.AppendBytes(b, packed)
+	} else {
+		b = protowire.AppendTag(b, 3, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, math.Float64bits(s.Value))
+	}
+	if s.SetMember != "" {
+		b = protowire.AppendTag(b, 5, protowire.BytesType)
+		b = protowire.AppendString(b, s.SetMember)
+	}
+	for _, t := range s.Tags {
+		b = protowire.AppendTag(b, 6, protowire.BytesType)
+		b = protowire.AppendString(b, t)
+	}
+	if s.Host != "" {
+		b = protowire.AppendTag(b, 7, protowire.BytesType)
+		b = protowire.AppendString(b, s.Host)
+	}
+	if s.SampleRate != 0 && s.SampleRate != 1 {
+		b = protowire.AppendTag(b, 8, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, math.Float64bits(s.SampleRate))
+	}
+	if s.Timestamp != 0 {
+		b = protowire.AppendTag(b, 9, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(s.Timestamp))
+	}
+	return b
+}
+
+// appendSpan appends sp as an aggd.v1 Span message.
+func appendSpan(b []byte, sp *spans.Span) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, sp.TraceID[:])
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendBytes(b, sp.SpanID[:])
+	if sp.HasParent {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendBytes(b, sp.ParentID[:])
+	}
+	for _, f := range [...]struct {
+		num protowire.Number
+		v   string
+	}{{4, sp.Service}, {5, sp.Name}, {6, sp.Resource}} {
+		b = protowire.AppendTag(b, f.num, protowire.BytesType)
+		b = protowire.AppendString(b, f.v)
+	}
+	b = protowire.AppendTag(b, 7, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(sp.Kind))
+	b = protowire.AppendTag(b, 8, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(sp.Start))
+	b = protowire.AppendTag(b, 9, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(sp.Duration))
+	if sp.Error {
+		b = protowire.AppendTag(b, 10, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
+	if sp.HTTPStatus != 0 {
+		b = protowire.AppendTag(b, 11, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(sp.HTTPStatus))
+	}
+	for _, a := range sp.Attrs {
+		entry := protowire.AppendTag(nil, 1, protowire.BytesType)
+		entry = protowire.AppendString(entry, a.Key)
+		entry = protowire.AppendTag(entry, 2, protowire.BytesType)
+		entry = protowire.AppendString(entry, a.Value)
+		b = protowire.AppendTag(b, 12, protowire.BytesType)
+		b = protowire.AppendBytes(b, entry)
+	}
+	return b
 }
 
 // encodeRecord appends the record of the batch in st: the frame as it

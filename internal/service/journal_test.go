@@ -7,12 +7,20 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
 	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/wal"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -25,6 +33,7 @@ type journaled struct {
 	log     *wal.Log
 	tenants *service.Tenants
 	client  aggdv1.AggregatorServiceClient
+	conn    *grpc.ClientConn
 }
 
 func startJournaled(t *testing.T, dir string) *journaled {
@@ -43,7 +52,8 @@ func startJournaled(t *testing.T, dir string) *journaled {
 	t.Cleanup(func() { l.Close() })
 	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
 	srv.SetJournal(l, agg.Due, 0, time.Minute)
-	return &journaled{srv: srv, agg: agg, log: l, tenants: tenants, client: serveBufconn(t, srv)}
+	conn := serveBufconn(t, srv)
+	return &journaled{srv: srv, agg: agg, log: l, tenants: tenants, conn: conn, client: aggdv1.NewAggregatorServiceClient(conn)}
 }
 
 func (j *journaled) submit(t *testing.T, b *aggdv1.Batch) *aggdv1.Ack {
@@ -147,4 +157,58 @@ func TestReplayRefusesForeignRecords(t *testing.T) {
 			t.Errorf("record %q was taken", rec)
 		}
 	}
+}
+
+// TestOTLPExportsAreJournaled records OTLP exports, metrics and spans, as
+// the aggd.v1 batches they amount to: after a replay into fresh state the
+// same aggregates and span stats come out.
+func TestOTLPExportsAreJournaled(t *testing.T) {
+	dir := t.TempDir()
+	j := startJournaled(t, dir)
+	sampler := spans.NewSampler(nil, spans.DefaultLimits())
+	j.srv.SetSpanIngester(spans.NewProcessor(j.agg, sampler))
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", "otel")
+	now := uint64(time.Now().UnixNano())
+	hist := &metricspb.Metric{Name: "h", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
+		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
+		DataPoints: []*metricspb.HistogramDataPoint{{TimeUnixNano: now, Count: 6, Sum: proto.Float64(30), ExplicitBounds: []float64{1, 10},
+			BucketCounts: []uint64{1, 2, 3}}},
+	}}}
+	gauge := &metricspb.Metric{Name: "g", Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{
+		DataPoints: []*metricspb.NumberDataPoint{{TimeUnixNano: now, Value: &metricspb.NumberDataPoint_AsDouble{AsDouble: 2.5}}}}}}
+	if _, err := colmetricspb.NewMetricsServiceClient(j.conn).Export(ctx, request(hist, gauge)); err != nil {
+		t.Fatal(err)
+	}
+	span := &tracepb.Span{TraceId: make16(1), SpanId: make16(2)[8:], Name: "GET /x", Kind: tracepb.Span_SPAN_KIND_SERVER,
+		StartTimeUnixNano: now - 2e6, EndTimeUnixNano: now}
+	if _, err := coltracepb.NewTraceServiceClient(j.conn).Export(ctx, &coltracepb.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{{
+		ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{span}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	want := flushPoints(t, j.agg)
+
+	k := startJournaled(t, dir)
+	k.srv.SetSpanIngester(spans.NewProcessor(k.agg, spans.NewSampler(nil, spans.DefaultLimits())))
+	if _, err := k.log.Replay(func(idx uint64, rec []byte, cp wal.Checkpoint) (int64, error) {
+		return k.srv.Replay(rec, idx <= cp.Index, cp.Tick)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := flushPoints(t, k.agg)
+	if len(want) < 3 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after replay:\n%v\nbefore:\n%v", got, want)
+	}
+}
+
+// flushPoints flushes everything agg holds and returns the aggregates by
+// name and tags.
+func flushPoints(t *testing.T, agg *flush.Aggregator) map[string]string {
+	t.Helper()
+	exp := &flushtest.Exporter{}
+	flush.NewFlusher(agg, exp, noTenants{}, flush.Config{Interval: time.Hour}, slog.New(slog.DiscardHandler)).Flush(time.Now(), true)
+	out := map[string]string{}
+	for _, p := range exp.Points() {
+		out[p.Name+"{"+p.Tags+"}"] = fmt.Sprintf("%v %v %v", p.Type, p.Value, p.Count)
+	}
+	return out
 }

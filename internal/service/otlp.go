@@ -154,7 +154,9 @@ func (r *otlpReceiver) Export(ctx context.Context, req *colmetricspb.ExportMetri
 			}
 		}
 	}
-	r.s.ing.Ingest(&pb.b)
+	if err := r.s.ingestConverted(tn, pb.b.Now, pb.b.Samples, pb.b.Results, nil, nil, func() { r.s.ing.Ingest(&pb.b) }); err != nil {
+		return nil, err
+	}
 	accepted := 0
 	for _, res := range pb.b.Results {
 		if res == window.Accepted {
@@ -446,7 +448,10 @@ func (t *otlpTraces) Export(ctx context.Context, req *coltracepb.ExportTraceServ
 		}
 	}
 	if s.spanIng != nil {
-		s.spanIng.IngestSpans(tn, time.Now().UnixNano(), sps, results)
+		now := time.Now().UnixNano()
+		if err := s.ingestConverted(tn, now, nil, nil, sps, results, func() { s.spanIng.IngestSpans(tn, now, sps, results) }); err != nil {
+			return nil, err
+		}
 	} else {
 		for i := range results {
 			if results[i] == window.Accepted {

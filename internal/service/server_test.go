@@ -51,16 +51,17 @@ func start(t *testing.T, auth bool) *env {
 	}
 	rec := &servicetest.Recorder{}
 	srv := service.New(rec, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
-	client := serveBufconn(t, srv)
+	client := aggdv1.NewAggregatorServiceClient(serveBufconn(t, srv))
 	return &env{rec: rec, srv: srv, tenants: tenants, client: client}
 }
 
-// serveBufconn serves srv over an in-memory connection until the test ends
-// and returns a client of it.
-func serveBufconn(t *testing.T, srv *service.Server) aggdv1.AggregatorServiceClient {
+// serveBufconn serves srv's aggd.v1 and OTLP services over an in-memory
+// connection until the test ends and returns a connection to it.
+func serveBufconn(t *testing.T, srv *service.Server) *grpc.ClientConn {
 	t.Helper()
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.Register(gs)
+	srv.RegisterOTLP(gs)
 	lis := bufconn.Listen(1 << 20)
 	go gs.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///bufnet",
@@ -73,7 +74,7 @@ func serveBufconn(t *testing.T, srv *service.Server) aggdv1.AggregatorServiceCli
 		conn.Close()
 		gs.Stop()
 	})
-	return aggdv1.NewAggregatorServiceClient(conn)
+	return conn
 }
 
 func make16(b byte) []byte {
