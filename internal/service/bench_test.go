@@ -4,13 +4,16 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/wal"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -18,8 +21,31 @@ import (
 // real TCP loopback stream into the aggregator, one batch in flight: the
 // whole path per batch, client included. ns/sample is the figure to watch;
 // allocs/op counts per batch (gRPC's and the ack's), never per sample.
+//
+// Sub-benchmarks: in memory, and with the write-ahead log under each fsync
+// policy (the log is never truncated here: no flusher runs).
 func BenchmarkStreamLoopback(b *testing.B) {
-	addr := servicetest.Serve(b, flush.NewAggregator(window.DefaultConfig(), 0))
+	b.Run("memory", func(b *testing.B) { benchStream(b, nil) })
+	for _, p := range []string{"interval", "always"} {
+		b.Run("wal-"+p, func(b *testing.B) {
+			sync, _ := wal.ParseSync(p)
+			l, err := wal.Open(b.TempDir(), wal.Options{Sync: sync})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			benchStream(b, l)
+		})
+	}
+}
+
+func benchStream(b *testing.B, l *wal.Log) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 0)
+	addr := servicetest.ServeWith(b, agg, func(srv *service.Server) {
+		if l != nil {
+			srv.SetJournal(l, agg.Due, 0, time.Minute)
+		}
+	})
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)

@@ -21,14 +21,22 @@ func Serve(tb testing.TB, ing service.Ingester) string {
 // ServeSpans is Serve with spans taken into si (nil: spans refused).
 func ServeSpans(tb testing.TB, ing service.Ingester, si service.SpanIngester) string {
 	tb.Helper()
+	return ServeWith(tb, ing, func(srv *service.Server) {
+		if si != nil {
+			srv.SetSpanIngester(si)
+		}
+	})
+}
+
+// ServeWith is Serve with setup applied to the server before it serves.
+func ServeWith(tb testing.TB, ing service.Ingester, setup func(*service.Server)) string {
+	tb.Helper()
 	tenants, err := service.NewTenants(nil, false, 100)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	srv := service.New(ing, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
-	if si != nil {
-		srv.SetSpanIngester(si)
-	}
+	setup(srv)
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
