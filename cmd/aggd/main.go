@@ -512,11 +512,11 @@ func holds(p *spans.Policy, interval time.Duration) (events, spans_ time.Duratio
 func replay(j *wal.Log, srv *service.Server, log *slog.Logger) error {
 	start := time.Now()
 	records, skipped := 0, 0
-	dropped, err := j.Replay(func(idx uint64, rec []byte, cp wal.Checkpoint) (int64, error) {
-		due, err := srv.Replay(rec, idx <= cp.Index, cp.Tick)
+	dropped, err := j.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
+		due, err := srv.Replay(rec, flushed, tick)
 		if err != nil {
 			skipped++
-			log.Error("write-ahead log record skipped", "index", idx, "err", err)
+			log.Error("write-ahead log record skipped", "err", err)
 			return 0, nil
 		}
 		records++

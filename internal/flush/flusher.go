@@ -85,12 +85,12 @@ type Flusher struct {
 // Log is a write-ahead log of ingested batches that learns which of them
 // flushes have carried (wal.Log).
 type Log interface {
-	// Rotate returns the index of the last record whose batch is in the
-	// windows; the flusher calls it before draining them.
-	Rotate() uint64
+	// Rotate returns the last generation of records whose batches are in
+	// the windows; the flusher calls it before draining them.
+	Rotate() (uint64, error)
 	// Record notes that the flush of tick, drained after Rotate returned
-	// index, was exported; the final flush passes math.MaxInt64.
-	Record(index uint64, tick int64) error
+	// gen, was exported; the final flush passes math.MaxInt64.
+	Record(gen uint64, tick int64) error
 }
 
 // SetLog makes every flush tell l what it carried. Call it before Start.
@@ -147,9 +147,12 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 	defer span.End()
 	f := &fl.f
 	f.Time = tick.UnixNano()
-	var index uint64
+	var gen uint64
 	if fl.wal != nil {
-		index = fl.wal.Rotate()
+		var err error
+		if gen, err = fl.wal.Rotate(); err != nil {
+			fl.log.Error("write-ahead log rotation", "err", err)
+		}
 	}
 	fl.agg.drain(f.Time, all, f)
 	for _, tn := range fl.tenants.List() {
@@ -176,7 +179,7 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 		fl.log.Debug("flushed", "tick", tick, "buckets", len(f.Buckets), "contexts", points,
 			"events", len(f.Events), "checks", len(f.Checks), "duration", time.Since(start))
 	}
-	fl.record(index, f.Time, all, err)
+	fl.record(gen, f.Time, all, err)
 	f.Release()
 	f.Events, f.Checks = nil, nil
 }
@@ -184,7 +187,7 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 // record tells the log what an exported flush carried. After a failed
 // export the log keeps every record, so that a restart replays what the
 // failure lost.
-func (fl *Flusher) record(index uint64, tick int64, all bool, err error) {
+func (fl *Flusher) record(gen uint64, tick int64, all bool, err error) {
 	if fl.wal == nil || fl.walHeld {
 		return
 	}
@@ -196,7 +199,7 @@ func (fl *Flusher) record(index uint64, tick int64, all bool, err error) {
 	if all {
 		tick = math.MaxInt64
 	}
-	if err := fl.wal.Record(index, tick); err != nil {
+	if err := fl.wal.Record(gen, tick); err != nil {
 		fl.walHeld = true
 		fl.log.Error("write-ahead log checkpoint failed: it keeps every record from now on", "err", err)
 	}

@@ -112,9 +112,9 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 	// kill -9: the first log is left as it is; state starts empty.
 	k := startJournaled(t, dir)
 	replayed := 0
-	if _, err := k.log.Replay(func(idx uint64, rec []byte, cp wal.Checkpoint) (int64, error) {
+	if _, err := k.log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		replayed++
-		return k.srv.Replay(rec, idx <= cp.Index, cp.Tick)
+		return k.srv.Replay(rec, flushed, tick)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -189,8 +189,8 @@ func TestOTLPExportsAreJournaled(t *testing.T) {
 
 	k := startJournaled(t, dir)
 	k.srv.SetSpanIngester(spans.NewProcessor(k.agg, spans.NewSampler(nil, spans.DefaultLimits())))
-	if _, err := k.log.Replay(func(idx uint64, rec []byte, cp wal.Checkpoint) (int64, error) {
-		return k.srv.Replay(rec, idx <= cp.Index, cp.Tick)
+	if _, err := k.log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
+		return k.srv.Replay(rec, flushed, tick)
 	}); err != nil {
 		t.Fatal(err)
 	}

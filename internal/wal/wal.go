@@ -2,13 +2,16 @@
 // has not yet safely flushed, kept on disk so that a restart after a crash
 // can take them into the windows again.
 //
-// Records live in segment files of github.com/tidwall/wal, each prefixed
-// here with a CRC-32C so that a torn or zero-filled tail is detected. The
-// log is cut into epochs at every flush: Rotate ends one, and Checkpoint,
-// called once that flush's payloads are in the persistent send queue,
-// records how far flushing has got and removes the epochs it covers. The
-// package knows nothing of what a record holds; its caller tells Append
-// each record's due time, the latest flush tick its contents wait for.
+// The log is cut into generations at every flush: Rotate ends one, and
+// Record, called once that flush's payloads are in the persistent send
+// queue, writes a checkpoint of how far flushing has got and removes the
+// generations it covers. A generation is a directory holding one
+// github.com/tidwall/wal log, whose records are s2-compressed and
+// prefixed here with a CRC-32C so that a torn or zero-filled tail is
+// detected; removing a generation is removing its directory, with no
+// copying while batches are appended. The package knows nothing of what a
+// record holds; its caller tells Append each record's due time, the
+// latest flush tick its contents wait for.
 package wal
 
 import (
@@ -20,6 +23,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -66,18 +71,21 @@ type Options struct {
 	SegmentSize int
 }
 
-// Checkpoint is how far flushing had got: every record at or below Index
-// was in the windows when the flush of tick Tick drained them, and that
-// flush's payloads were safely queued. Replay skips what such a flush
-// already carried.
+// Checkpoint is how far flushing had got: every record of generations up
+// to Generation was in the windows when the flush of tick Tick drained
+// them, and that flush's payloads were safely queued. Replay skips what
+// such a flush already carried.
 type Checkpoint struct {
-	Index uint64 `json:"index"`
-	Tick  int64  `json:"tick"`
+	Generation uint64 `json:"generation"`
+	Tick       int64  `json:"tick"`
 }
 
-// epoch is the records between two rotations.
-type epoch struct {
-	end    uint64 // last index; 0 while empty
+// generation is the records between two rotations.
+type generation struct {
+	id     uint64
+	dir    string
+	w      *tw.Log // nil once closed
+	n      uint64  // records
 	maxDue int64
 }
 
@@ -85,23 +93,24 @@ type epoch struct {
 type Log struct {
 	dir  string
 	opts Options
-	w    *tw.Log
+	two  tw.Options
 
 	// gate is held for reading from before a batch is ingested until its
-	// record is appended, and for writing by Rotate, so that an epoch,
+	// record is appended, and for writing by Rotate, so that a generation,
 	// once ended, holds only records of batches already ingested.
 	gate sync.RWMutex
 
 	mu     sync.Mutex // guards the fields below and orders appends
-	last   uint64     // index of the last record written
-	cur    epoch
-	closed []epoch // ended epochs not yet removed, oldest first
+	cur    *generation
+	closed []*generation // ended and not yet removed, oldest first
+	dirty  []*generation // ended but maybe not yet synced
+	seq    uint64        // records appended since Open
 	cp     Checkpoint
 	dec    []byte // replay's decompressed record
 
 	smu     sync.Mutex // guards the group commit
 	scond   *sync.Cond
-	synced  uint64 // every record at or below is on disk
+	synced  uint64 // every record up to this seq is on disk
 	syncing bool
 	syncErr error
 
@@ -110,31 +119,22 @@ type Log struct {
 
 const checkpointFile = "checkpoint.json"
 
-// Open opens or creates the log in dir. A tail that a crash left torn is
+func genName(id uint64) string { return fmt.Sprintf("%020d", id) }
+
+// Open opens or creates the log in dir. The generations found there wait
+// for Replay; appends go to a new one. A tail that a crash left torn is
 // cut at its last whole record.
 func Open(dir string, opts Options) (*Log, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = 16 << 20
 	}
-	segs := filepath.Join(dir, "segments")
-	two := &tw.Options{NoSync: true, SegmentSize: opts.SegmentSize, LogFormat: tw.Binary,
-		SegmentCacheSize: 2, NoCopy: true, AllowEmpty: true, DirPerms: 0o750, FilePerms: 0o640}
-	w, err := tw.Open(segs, two)
-	if errors.Is(err, tw.ErrCorrupt) {
-		if rerr := repairTail(segs); rerr != nil {
-			return nil, fmt.Errorf("wal: %s is corrupt and could not be repaired: %w", segs, rerr)
-		}
-		w, err = tw.Open(segs, two)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("wal: open %s: %w", segs, err)
-	}
-	l := &Log{dir: dir, opts: opts, w: w, stop: make(chan struct{}), stopped: make(chan struct{})}
-	l.scond = sync.NewCond(&l.smu)
-	if l.last, err = w.LastIndex(); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	l.synced = l.last
+	l := &Log{dir: dir, opts: opts, stop: make(chan struct{}), stopped: make(chan struct{}),
+		two: tw.Options{NoSync: true, SegmentSize: opts.SegmentSize, LogFormat: tw.Binary,
+			SegmentCacheSize: 1, NoCopy: true, AllowEmpty: true, DirPerms: 0o750, FilePerms: 0o640}}
+	l.scond = sync.NewCond(&l.smu)
 	b, err := os.ReadFile(filepath.Join(dir, checkpointFile))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -145,12 +145,82 @@ func Open(dir string, opts Options) (*Log, error) {
 			return nil, fmt.Errorf("wal: %s: %w", checkpointFile, err)
 		}
 	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	next := uint64(1)
+	for _, e := range ents { // sorted by name: zero-padded ids in order
+		id, err := strconv.ParseUint(e.Name(), 10, 64)
+		if !e.IsDir() || err != nil || len(e.Name()) != 20 {
+			continue
+		}
+		g := &generation{id: id, dir: filepath.Join(dir, e.Name())}
+		if g.w, err = l.openTW(g.dir); err != nil {
+			l.closeAll()
+			return nil, err
+		}
+		if g.n, err = g.w.LastIndex(); err != nil {
+			l.closeAll()
+			return nil, err
+		}
+		l.closed = append(l.closed, g)
+		next = id + 1
+	}
+	if err := l.startGeneration(next); err != nil {
+		l.closeAll()
+		return nil, err
+	}
 	if opts.Sync == SyncInterval {
 		go l.syncEverySecond()
 	} else {
 		close(l.stopped)
 	}
 	return l, nil
+}
+
+// openTW opens the tidwall log of a generation, cutting a torn tail.
+func (l *Log) openTW(dir string) (*tw.Log, error) {
+	two := l.two
+	w, err := tw.Open(dir, &two)
+	if errors.Is(err, tw.ErrCorrupt) {
+		if rerr := repairTail(dir); rerr != nil {
+			return nil, fmt.Errorf("wal: %s is corrupt and could not be repaired: %w", dir, rerr)
+		}
+		w, err = tw.Open(dir, &two)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	return w, nil
+}
+
+// startGeneration makes generation id the one appended to. l.mu is held,
+// or the log not yet shared.
+func (l *Log) startGeneration(id uint64) error {
+	g := &generation{id: id, dir: filepath.Join(l.dir, genName(id))}
+	var err error
+	if g.w, err = l.openTW(g.dir); err != nil {
+		return err
+	}
+	if err := syncDir(l.dir); err != nil {
+		g.w.Close()
+		return err
+	}
+	l.cur = g
+	return nil
+}
+
+func (l *Log) closeAll() {
+	for _, g := range l.closed {
+		if g.w != nil {
+			g.w.Close()
+			g.w = nil
+		}
+	}
+	if l.cur != nil {
+		l.cur.w.Close()
+	}
 }
 
 // syncEverySecond fsyncs what was written in the last second, until Close.
@@ -164,18 +234,67 @@ func (l *Log) syncEverySecond() {
 			return
 		case <-t.C:
 		}
-		l.mu.Lock()
-		target := l.last
-		l.mu.Unlock()
-		if err := l.syncTail(); err != nil {
+		if err := l.syncNow(); err != nil {
 			l.smu.Lock()
-			l.syncErr = fmt.Errorf("wal: fsync: %w", err)
+			l.syncErr = err
 			l.smu.Unlock()
 		}
-		l.smu.Lock()
-		l.synced = max(l.synced, target)
-		l.smu.Unlock()
 	}
+}
+
+// syncNow makes every record appended so far durable and notes it.
+func (l *Log) syncNow() error {
+	l.mu.Lock()
+	target := l.seq
+	dirs := make([]string, 0, len(l.dirty)+1)
+	for _, g := range l.dirty {
+		dirs = append(dirs, g.dir)
+	}
+	l.dirty = l.dirty[:0]
+	dirs = append(dirs, l.cur.dir)
+	l.mu.Unlock()
+	// A segment is synced when its log moves past it, so only the newest
+	// of each generation needs it, through a file descriptor of its own
+	// (fsync acts on the file, not the descriptor): appends go on
+	// meanwhile.
+	for _, d := range dirs {
+		if err := syncNewest(d); err != nil {
+			return fmt.Errorf("wal: fsync: %w", err)
+		}
+	}
+	l.smu.Lock()
+	l.synced = max(l.synced, target)
+	l.smu.Unlock()
+	return nil
+}
+
+// syncNewest fsyncs the newest segment file in dir.
+func syncNewest(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // removed: its records were flushed
+	}
+	if err != nil {
+		return err
+	}
+	newest := ""
+	for _, e := range ents {
+		if n := e.Name(); len(n) == 20 && !e.IsDir() {
+			newest = n
+		}
+	}
+	if newest == "" {
+		return nil
+	}
+	f, err := os.Open(filepath.Join(dir, newest))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	return errors.Join(err, f.Close())
 }
 
 // repairTail cuts the last segment of dir after its last whole record.
@@ -211,12 +330,21 @@ func repairTail(dir string) error {
 	return os.Truncate(path, int64(good))
 }
 
-// Close closes the log. Records not yet synced are synced first.
+// Close closes the log, syncing what it holds.
 func (l *Log) Close() error {
 	close(l.stop)
 	<-l.stopped
-	err := l.w.Sync()
-	return errors.Join(err, l.w.Close())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	for _, g := range l.closed {
+		if g.w != nil {
+			errs = append(errs, g.w.Close())
+			g.w = nil
+		}
+	}
+	errs = append(errs, l.cur.w.Close())
+	return errors.Join(errs...)
 }
 
 // Checkpoint returns the checkpoint the log opened with or last recorded.
@@ -236,9 +364,9 @@ func (l *Log) Leave() { l.gate.RUnlock() }
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Append writes rec, whose contents wait for flush ticks up to due, and
-// returns its index. The record is in the operating system's hands; call
-// Wait for it to be on disk as the fsync policy says. Call it between
-// Enter and Leave.
+// returns its sequence number. The record is in the operating system's
+// hands; call Wait for it to be on disk as the fsync policy says. Call it
+// between Enter and Leave.
 func (l *Log) Append(rec []byte, due int64) (uint64, error) {
 	// Batches of metric names and tags compress several times over: less
 	// to write, and less for fsync to wait for. Compression happens before
@@ -258,20 +386,21 @@ func (l *Log) Append(rec []byte, due int64) (uint64, error) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.w.Write(l.last+1, buf); err != nil {
+	g := l.cur
+	if err := g.w.Write(g.n+1, buf); err != nil {
 		return 0, fmt.Errorf("wal: append: %w", err)
 	}
-	l.last++
-	l.cur.end = l.last
-	l.cur.maxDue = max(l.cur.maxDue, due)
-	return l.last, nil
+	g.n++
+	g.maxDue = max(g.maxDue, due)
+	l.seq++
+	return l.seq, nil
 }
 
 var encBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-// Wait returns once record idx is as durable as the fsync policy makes it.
-// Concurrent waiters share one fsync.
-func (l *Log) Wait(idx uint64) error {
+// Wait returns once record seq is as durable as the fsync policy makes
+// it. Concurrent waiters share one fsync.
+func (l *Log) Wait(seq uint64) error {
 	if l.opts.Sync != SyncAlways {
 		l.smu.Lock()
 		defer l.smu.Unlock()
@@ -279,7 +408,7 @@ func (l *Log) Wait(idx uint64) error {
 	}
 	l.smu.Lock()
 	defer l.smu.Unlock()
-	for l.synced < idx {
+	for l.synced < seq {
 		if l.syncErr != nil {
 			return l.syncErr
 		}
@@ -288,107 +417,81 @@ func (l *Log) Wait(idx uint64) error {
 			continue
 		}
 		l.syncing = true
-		l.mu.Lock()
-		target := l.last
-		l.mu.Unlock()
 		l.smu.Unlock()
-		err := l.syncTail()
+		err := l.syncNow()
 		l.smu.Lock()
 		l.syncing = false
 		if err != nil {
 			// A failed fsync leaves the page cache in an unknown state:
 			// nothing after it can be called durable.
-			l.syncErr = fmt.Errorf("wal: fsync: %w", err)
-		} else {
-			l.synced = max(l.synced, target)
+			l.syncErr = err
 		}
 		l.scond.Broadcast()
 	}
 	return nil
 }
 
-// syncTail makes every record written so far durable without holding the
-// log's lock, so that appends go on during the fsync: a segment is synced
-// when the log moves past it, so only the newest needs it, through a file
-// descriptor of its own (fsync acts on the file, not the descriptor).
-func (l *Log) syncTail() error {
-	segs := filepath.Join(l.dir, "segments")
-	ents, err := os.ReadDir(segs)
-	if err != nil {
-		return err
-	}
-	newest := ""
-	for _, e := range ents {
-		if n := e.Name(); len(n) == 20 && !e.IsDir() {
-			newest = n
-		}
-	}
-	if newest == "" {
-		return l.w.Sync()
-	}
-	f, err := os.Open(filepath.Join(segs, newest))
-	if errors.Is(err, os.ErrNotExist) {
-		return l.w.Sync() // removed or renamed by a truncation just now
-	}
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	return errors.Join(err, f.Close())
-}
-
-// Rotate ends the current epoch, once every batch between Enter and Leave
-// has left, and returns the index of its last record: every record at or
-// below it is in the windows. The flusher calls it before it drains them.
-func (l *Log) Rotate() uint64 {
+// Rotate ends the current generation, once every batch between Enter and
+// Leave has left, and returns its id: every record of generations up to
+// it is in the windows. The flusher calls it before it drains them.
+func (l *Log) Rotate() (uint64, error) {
 	l.gate.Lock()
-	defer l.gate.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.cur.end != 0 {
-		l.closed = append(l.closed, l.cur)
-		l.cur = epoch{}
+	old := l.cur
+	if old.n == 0 {
+		l.mu.Unlock()
+		l.gate.Unlock()
+		return old.id - 1, nil
 	}
-	return l.last
+	err := l.startGeneration(old.id + 1)
+	if err == nil {
+		l.closed = append(l.closed, old)
+		l.dirty = append(l.dirty, old)
+	}
+	l.mu.Unlock()
+	l.gate.Unlock()
+	if err != nil {
+		return old.id - 1, err
+	}
+	// Closing syncs the generation: the flusher waits for it, not ingest.
+	cerr := old.w.Close()
+	l.mu.Lock()
+	old.w = nil
+	l.mu.Unlock()
+	return old.id, cerr
 }
 
 // Record notes that the flush of tick, which drained the windows after
-// Rotate returned index, has its payloads safely queued: the checkpoint
-// is written, and the epochs it covers removed. The final flush, which
-// drains everything, passes math.MaxInt64 as tick.
-func (l *Log) Record(index uint64, tick int64) error {
+// Rotate returned generation gen, has its payloads safely queued: the
+// checkpoint is written, and the generations it covers removed. The
+// final flush, which drains everything, passes Final as tick.
+func (l *Log) Record(gen uint64, tick int64) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	cp := Checkpoint{Index: index, Tick: tick}
+	cp := Checkpoint{Generation: gen, Tick: tick}
 	// After a final flush the next run starts its ticks again.
-	if cp.Index < l.cp.Index || (cp.Tick < l.cp.Tick && l.cp.Tick != Final) {
+	if cp.Generation < l.cp.Generation || (cp.Tick < l.cp.Tick && l.cp.Tick != Final) {
+		l.mu.Unlock()
 		return fmt.Errorf("wal: checkpoint %+v goes back from %+v", cp, l.cp)
 	}
 	if err := l.writeCheckpoint(cp); err != nil {
+		l.mu.Unlock()
 		return err
 	}
 	l.cp = cp
-	var upTo uint64
 	n := 0
-	for _, e := range l.closed {
-		if e.end > index || e.maxDue > tick {
+	for _, g := range l.closed {
+		if g.id > gen || g.maxDue > tick || g.w != nil {
 			break
 		}
-		upTo, n = e.end, n+1
+		n++
 	}
-	if n == 0 {
-		return nil
-	}
+	gone := slices.Clone(l.closed[:n])
 	l.closed = append(l.closed[:0], l.closed[n:]...)
-	first, err := l.w.FirstIndex()
-	if err != nil {
-		return err
-	}
-	if upTo+1 <= first {
-		return nil
-	}
-	if err := l.w.TruncateFront(upTo + 1); err != nil {
-		return fmt.Errorf("wal: remove records up to %d: %w", upTo, err)
+	l.mu.Unlock()
+	for _, g := range gone {
+		if err := os.RemoveAll(g.dir); err != nil {
+			return fmt.Errorf("wal: remove generation %d: %w", g.id, err)
+		}
 	}
 	return nil
 }
@@ -432,83 +535,73 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// ErrCorruptRecord reports a record whose checksum does not match.
-var ErrCorruptRecord = errors.New("wal: record checksum mismatch")
-
-// Replay calls fn with every record in the log, oldest first, and the
-// checkpoint it opened with; fn returns the record's due time. rec is only
-// valid during the call. A record that fails its checksum, as a power loss
-// can leave at the tail, ends the replay and the records after it are
-// removed; Replay reports how many. Call it once, before any Append.
-func (l *Log) Replay(fn func(idx uint64, rec []byte, cp Checkpoint) (due int64, err error)) (dropped int, err error) {
-	first, err := l.w.FirstIndex()
-	if err != nil {
-		return 0, err
-	}
-	cp := l.Checkpoint()
-	var e epoch
-	for idx := first; idx <= l.last; idx++ {
-		data, err := l.w.Read(idx)
-		if err != nil {
-			return 0, fmt.Errorf("wal: read record %d: %w", idx, err)
+// Replay calls fn with every record the log opened with, oldest first;
+// flushed says that the checkpoint's flush, of tick, drained the windows
+// after the record's batch was in them. fn returns the record's due time.
+// rec is only valid during the call. A record that fails its checksum, as
+// a power loss can leave at the end of a generation, ends that
+// generation: it and the records after it in the generation are removed,
+// and Replay reports how many. Call it once, before any Append.
+func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, err error)) (dropped int, err error) {
+	l.mu.Lock()
+	gens := slices.Clone(l.closed)
+	cp := l.cp
+	l.mu.Unlock()
+	for _, g := range gens {
+		if g.w == nil {
+			continue
 		}
-		var rec []byte
-		if len(data) >= 4 && binary.LittleEndian.Uint32(data) == crc32.Checksum(data[4:], castagnoli) {
-			rec, err = s2.Decode(l.dec[:cap(l.dec)], data[4:])
-		}
-		if rec == nil || err != nil {
-			dropped = int(l.last - idx + 1)
-			if err := l.truncateBack(idx); err != nil {
-				return 0, err
+		for idx := uint64(1); idx <= g.n; idx++ {
+			data, err := g.w.Read(idx)
+			if err != nil {
+				return dropped, fmt.Errorf("wal: read record %d of generation %d: %w", idx, g.id, err)
 			}
-			break
+			var rec []byte
+			if len(data) >= 4 && binary.LittleEndian.Uint32(data) == crc32.Checksum(data[4:], castagnoli) {
+				rec, err = s2.Decode(l.dec[:cap(l.dec)], data[4:])
+			}
+			if rec == nil || err != nil {
+				dropped += int(g.n - idx + 1)
+				if err := g.w.TruncateBack(idx - 1); err != nil {
+					return dropped, fmt.Errorf("wal: remove corrupt records of generation %d: %w", g.id, err)
+				}
+				g.n = idx - 1
+				break
+			}
+			l.dec = rec
+			due, err := fn(rec, g.id <= cp.Generation, cp.Tick)
+			if err != nil {
+				return dropped, err
+			}
+			g.maxDue = max(g.maxDue, due)
 		}
-		l.dec = rec
-		due, err := fn(idx, rec, cp)
-		if err != nil {
-			return 0, err
+		// Replayed generations wait for the flushes after the restart.
+		cerr := g.w.Close()
+		l.mu.Lock()
+		g.w = nil
+		l.mu.Unlock()
+		if cerr != nil {
+			return dropped, cerr
 		}
-		e.end, e.maxDue = idx, max(e.maxDue, due)
 	}
-	l.mu.Lock()
-	if e.end != 0 {
-		// Replayed records wait together for the flushes after restart.
-		l.closed = append(l.closed, e)
-	}
-	l.mu.Unlock()
 	return dropped, nil
-}
-
-// truncateBack removes the records from idx on.
-func (l *Log) truncateBack(idx uint64) error {
-	if err := l.w.TruncateBack(idx - 1); err != nil {
-		return fmt.Errorf("wal: remove corrupt records from %d: %w", idx, err)
-	}
-	l.mu.Lock()
-	l.last = idx - 1
-	l.mu.Unlock()
-	l.smu.Lock()
-	l.synced = min(l.synced, l.last)
-	l.smu.Unlock()
-	return nil
 }
 
 // Stats is the log's size.
 type Stats struct {
-	Records uint64 // records kept
-	Pending int    // epochs ended and waiting for their flushes
+	Records     uint64 // records kept
+	Generations int    // generations kept, the current one included
 }
 
 // Stats returns the log's size now.
 func (l *Log) Stats() Stats {
-	first, _ := l.w.FirstIndex()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := uint64(0)
-	if l.last >= first {
-		n = l.last - first + 1
+	st := Stats{Records: l.cur.n, Generations: len(l.closed) + 1}
+	for _, g := range l.closed {
+		st.Records += g.n
 	}
-	return Stats{Records: n, Pending: len(l.closed)}
+	return st
 }
 
 // Final is the tick the final flush records: it drains everything.

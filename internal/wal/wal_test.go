@@ -45,19 +45,30 @@ func appendN(t *testing.T, l *wal.Log, from, n int, due int64) {
 	}
 }
 
-// replayAll returns the records replay hands out and the checkpoint.
-func replayAll(t *testing.T, l *wal.Log) ([]string, wal.Checkpoint, int) {
+// replayAll returns the records replay hands out, how many it said a
+// flush had carried, and how many it dropped.
+func replayAll(t *testing.T, l *wal.Log) (got []string, flushed, dropped int) {
 	t.Helper()
-	var got []string
-	var cp wal.Checkpoint
-	dropped, err := l.Replay(func(_ uint64, r []byte, c wal.Checkpoint) (int64, error) {
-		got, cp = append(got, string(r)), c
+	dropped, err := l.Replay(func(r []byte, f bool, _ int64) (int64, error) {
+		got = append(got, string(r))
+		if f {
+			flushed++
+		}
 		return 0, nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return got, cp, dropped
+	return got, flushed, dropped
+}
+
+func rotate(t *testing.T, l *wal.Log) uint64 {
+	t.Helper()
+	g, err := l.Rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
 }
 
 func want(from, to int) []string {
@@ -68,37 +79,46 @@ func want(from, to int) []string {
 	return out
 }
 
-// TestCheckpointRemovesCoveredEpochs walks epochs through flushes: an
-// epoch goes once a flush drained after it ended is at or past its due
-// time, and an epoch still waiting keeps every later one.
-func TestCheckpointRemovesCoveredEpochs(t *testing.T) {
+// TestCheckpointRemovesCoveredGenerations walks generations through
+// flushes: one goes once a flush drained after it ended is at or past its
+// due time, and one still waiting keeps every later one.
+func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 	dir := t.TempDir()
 	l := open(t, dir, wal.SyncAlways)
-	appendN(t, l, 0, 10, 100) // epoch 1: due 100
-	b1 := l.Rotate()
-	appendN(t, l, 10, 10, 300) // epoch 2: due 300 (a sample ahead)
-	b2 := l.Rotate()
-	appendN(t, l, 20, 10, 200) // epoch 3: due 200
-	b3 := l.Rotate()
-	appendN(t, l, 30, 5, 400) // current epoch
+	appendN(t, l, 0, 10, 100) // generation 1: due 100
+	b1 := rotate(t, l)
+	appendN(t, l, 10, 10, 300) // generation 2: due 300 (a sample ahead)
+	b2 := rotate(t, l)
+	appendN(t, l, 20, 10, 200) // generation 3: due 200
+	b3 := rotate(t, l)
+	appendN(t, l, 30, 5, 400) // the current one
+	if b1 != 1 || b2 != 2 || b3 != 3 {
+		t.Fatalf("generations %d %d %d", b1, b2, b3)
+	}
+	if g := rotate(t, l); g != 4 {
+		t.Fatalf("rotation ended generation %d, want 4", g)
+	}
+	if g := rotate(t, l); g != 4 {
+		t.Fatalf("rotating an empty generation ended %d, want 4 again", g)
+	}
 
 	steps := []struct {
-		index   uint64
+		gen     uint64
 		tick    int64
 		records uint64
 	}{
-		{b1, 90, 35},  // epoch 1 not due yet
-		{b1, 100, 25}, // epoch 1 goes
-		{b3, 200, 25}, // epoch 3 is due, but epoch 2 before it is not
-		{b3, 300, 5},  // epochs 2 and 3 go
-		{b3, 400, 5},  // the current epoch has not ended
+		{b1, 90, 35},  // generation 1 not due yet
+		{b1, 100, 25}, // generation 1 goes
+		{b3, 200, 25}, // generation 3 is due, but 2 before it is not
+		{b3, 300, 5},  // generations 2 and 3 go
+		{b3, 400, 5},  // generation 4 is not covered by the checkpoint
 	}
 	for _, s := range steps {
-		if err := l.Record(s.index, s.tick); err != nil {
+		if err := l.Record(s.gen, s.tick); err != nil {
 			t.Fatal(err)
 		}
 		if got := l.Stats().Records; got != s.records {
-			t.Fatalf("after Record(%d, %d): %d records, want %d", s.index, s.tick, got, s.records)
+			t.Fatalf("after Record(%d, %d): %d records, want %d", s.gen, s.tick, got, s.records)
 		}
 	}
 	if err := l.Record(b2, 400); err == nil {
@@ -110,20 +130,20 @@ func TestCheckpointRemovesCoveredEpochs(t *testing.T) {
 
 	l = open(t, dir, wal.SyncAlways)
 	defer l.Close()
-	got, cp, _ := replayAll(t, l)
-	if !slices.Equal(got, want(30, 35)) || cp != (wal.Checkpoint{Index: b3, Tick: 400}) {
-		t.Fatalf("replayed %d records with %+v, want records 30-34 with index %d tick 400", len(got), cp, b3)
+	got, flushed, _ := replayAll(t, l)
+	if !slices.Equal(got, want(30, 35)) || flushed != 0 || l.Checkpoint() != (wal.Checkpoint{Generation: b3, Tick: 400}) {
+		t.Fatalf("replayed %d records, %d flushed, with %+v; want records 30-34, none flushed", len(got), flushed, l.Checkpoint())
 	}
-	// The replayed records form an epoch; a final flush removes it.
-	if err := l.Record(l.Rotate(), math.MaxInt64); err != nil {
+	// The replayed generation waits for a flush; a final one removes it.
+	if err := l.Record(rotate(t, l), math.MaxInt64); err != nil {
 		t.Fatal(err)
 	}
-	if n := l.Stats().Records; n != 0 {
-		t.Fatalf("%d records after the final flush", n)
+	if st := l.Stats(); st.Records != 0 || st.Generations != 1 {
+		t.Fatalf("%+v after the final flush", st)
 	}
 	// A new run's first tick may be below the final one.
 	appendN(t, l, 0, 1, 10)
-	if err := l.Record(l.Rotate(), 10); err != nil {
+	if err := l.Record(rotate(t, l), 10); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -148,13 +168,15 @@ func TestReplayAfterCrash(t *testing.T) {
 	}
 }
 
+// lastSegment returns the newest segment file of the first generation.
 func lastSegment(t *testing.T, dir string) string {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(dir, "segments"))
+	gen := filepath.Join(dir, "00000000000000000001")
+	ents, err := os.ReadDir(gen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return filepath.Join(dir, "segments", ents[len(ents)-1].Name())
+	return filepath.Join(gen, ents[len(ents)-1].Name())
 }
 
 // TestTornTailIsCut opens a log whose last record was cut short, as a
@@ -228,13 +250,17 @@ func TestConcurrentAppendsShareSyncs(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for tick := int64(1); ; tick++ {
+		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			if err := l.Record(l.Rotate(), 0); err != nil {
+			g, err := l.Rotate()
+			if err == nil {
+				err = l.Record(g, 0)
+			}
+			if err != nil {
 				t.Error(err)
 				return
 			}
