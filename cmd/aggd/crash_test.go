@@ -228,7 +228,7 @@ func TestKillNineLosesNoAckedSample(t *testing.T) {
 	}
 	mu.Unlock()
 	bound := float64((last + streams*inflight) * perBatch)
-	t.Logf("acked %v, delivered %v: %v duplicates (bound %v)", a, delivered, delivered-a, bound)
+	t.Logf("acked %.0f, delivered %.0f: %.0f duplicates (bound %.0f)", a, delivered, delivered-a, bound)
 	if delivered < a {
 		t.Fatalf("%v acked samples lost: acked %v, delivered %v\nrestart log:\n%s", a-delivered, a, delivered, p2.log)
 	}
