@@ -496,15 +496,15 @@ func b2f(b bool) float64 {
 // sampling and spans in tail sampling before they are flushed: the
 // policy's quiet times and two intervals more. Traces or event groups that
 // stay busy for longer extend their hold past this.
-func holds(p *spans.Policy, interval time.Duration) (events, spans_ time.Duration) {
-	events, spans_ = 0, spans.DefaultDataTTL
+func holds(p *spans.Policy, interval time.Duration) (eventHold, spanHold time.Duration) {
+	spanHold = spans.DefaultDataTTL
 	if p != nil {
 		if len(p.Logging) > 0 {
-			events = p.LoggingTTL + 2*interval
+			eventHold = p.LoggingTTL + 2*interval
 		}
-		spans_ = max(p.DataTTL, spans_)
+		spanHold = max(p.DataTTL, spanHold)
 	}
-	return events, spans_ + 2*interval
+	return eventHold, spanHold + 2*interval
 }
 
 // replay takes the write-ahead log's batches back into the windows before

@@ -88,7 +88,8 @@ func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results 
 
 // ReplaySpans takes spans back from a write-ahead log after a restart:
 // their stats always (the aggregator skips windows already flushed), the
-// spans themselves to tail sampling only when sample is set.
+// spans themselves to tail sampling only when sample is set. It must not
+// run concurrently with IngestSpans: replay comes before serving.
 func (p *Processor) ReplaySpans(t *window.Tenant, now int64, sp []Span, results []window.Reason, sample bool) {
 	if sample {
 		p.IngestSpans(t, now, sp, results)
