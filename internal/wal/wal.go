@@ -87,6 +87,9 @@ type generation struct {
 	w      *tw.Log // nil once closed
 	n      uint64  // records
 	maxDue int64
+	// replay marks a generation found by Open: it waits for Replay, which
+	// opens one at a time, so that many of them do not crowd memory.
+	replay bool
 }
 
 // Log is the write-ahead log. It is safe for concurrent use.
@@ -122,8 +125,8 @@ const checkpointFile = "checkpoint.json"
 func genName(id uint64) string { return fmt.Sprintf("%020d", id) }
 
 // Open opens or creates the log in dir. The generations found there wait
-// for Replay; appends go to a new one. A tail that a crash left torn is
-// cut at its last whole record.
+// for Replay, which cuts a tail that a crash left torn at its last whole
+// record; appends go to a new generation.
 func Open(dir string, opts Options) (*Log, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = 16 << 20
@@ -155,20 +158,10 @@ func Open(dir string, opts Options) (*Log, error) {
 		if !e.IsDir() || err != nil || len(e.Name()) != 20 {
 			continue
 		}
-		g := &generation{id: id, dir: filepath.Join(dir, e.Name())}
-		if g.w, err = l.openTW(g.dir); err != nil {
-			l.closeAll()
-			return nil, err
-		}
-		if g.n, err = g.w.LastIndex(); err != nil {
-			l.closeAll()
-			return nil, err
-		}
-		l.closed = append(l.closed, g)
+		l.closed = append(l.closed, &generation{id: id, dir: filepath.Join(dir, e.Name()), replay: true})
 		next = id + 1
 	}
 	if err := l.startGeneration(next); err != nil {
-		l.closeAll()
 		return nil, err
 	}
 	if opts.Sync == SyncInterval {
@@ -209,18 +202,6 @@ func (l *Log) startGeneration(id uint64) error {
 	}
 	l.cur = g
 	return nil
-}
-
-func (l *Log) closeAll() {
-	for _, g := range l.closed {
-		if g.w != nil {
-			g.w.Close()
-			g.w = nil
-		}
-	}
-	if l.cur != nil {
-		l.cur.w.Close()
-	}
 }
 
 // syncEverySecond fsyncs what was written in the last second, until Close.
@@ -480,7 +461,7 @@ func (l *Log) Record(gen uint64, tick int64) error {
 	l.cp = cp
 	n := 0
 	for _, g := range l.closed {
-		if g.id > gen || g.maxDue > tick || g.w != nil {
+		if g.id > gen || g.maxDue > tick || g.w != nil || g.replay {
 			break
 		}
 		n++
@@ -548,9 +529,21 @@ func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, e
 	cp := l.cp
 	l.mu.Unlock()
 	for _, g := range gens {
-		if g.w == nil {
+		if !g.replay {
 			continue
 		}
+		w, err := l.openTW(g.dir)
+		if err != nil {
+			return dropped, err
+		}
+		n, err := w.LastIndex()
+		if err != nil {
+			w.Close()
+			return dropped, err
+		}
+		l.mu.Lock()
+		g.w, g.n = w, n
+		l.mu.Unlock()
 		for idx := uint64(1); idx <= g.n; idx++ {
 			data, err := g.w.Read(idx)
 			if err != nil {
@@ -565,7 +558,9 @@ func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, e
 				if err := g.w.TruncateBack(idx - 1); err != nil {
 					return dropped, fmt.Errorf("wal: remove corrupt records of generation %d: %w", g.id, err)
 				}
+				l.mu.Lock()
 				g.n = idx - 1
+				l.mu.Unlock()
 				break
 			}
 			l.dec = rec
@@ -578,7 +573,7 @@ func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, e
 		// Replayed generations wait for the flushes after the restart.
 		cerr := g.w.Close()
 		l.mu.Lock()
-		g.w = nil
+		g.w, g.replay = nil, false
 		l.mu.Unlock()
 		if cerr != nil {
 			return dropped, cerr
