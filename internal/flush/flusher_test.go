@@ -162,3 +162,31 @@ func TestIngestIsConcurrentWithFlush(t *testing.T) {
 		t.Fatalf("flushed %v, want %d", sum, writers*per)
 	}
 }
+
+// TestReplayCutoffSkipsFlushedBuckets: while a write-ahead log is
+// replayed, samples whose bucket a flush already carried are not added
+// again; the others are, and Due says when each is flushed.
+func TestReplayCutoffSkipsFlushedBuckets(t *testing.T) {
+	cfg := window.DefaultConfig() // 10 s buckets, 2 s grace
+	agg := flush.NewAggregator(cfg, 2)
+	tn := window.NewTenant("t")
+	base := time.Now().Truncate(10 * time.Second)
+	cutoff := base.Add(2 * time.Second) // the flush that drained [base-10s, base)
+	agg.SetReplayCutoff(cutoff.UnixNano())
+	for _, ts := range []time.Time{base.Add(-5 * time.Second), base.Add(5 * time.Second)} {
+		b := count(tn, "c", 1, ts)
+		agg.Ingest(&b)
+		if b.Results[0] != window.Accepted {
+			t.Fatalf("sample at %v: %v", ts, b.Results[0])
+		}
+	}
+	agg.SetReplayCutoff(0)
+	exp := &flushtest.Exporter{}
+	flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler)).Flush(base.Add(time.Hour), true)
+	if pts := exp.Points(); len(pts) != 1 || pts[0].TS != base.Unix() {
+		t.Fatalf("flushed %+v, want only the bucket at %v", pts, base)
+	}
+	if d, want := agg.Due(base.Add(5*time.Second).UnixNano(), 0), base.Add(12*time.Second).UnixNano(); d != want {
+		t.Fatalf("Due = %v, want %v", time.Unix(0, d), time.Unix(0, want))
+	}
+}
