@@ -192,10 +192,6 @@ func (a *Aggregator) SetReplayCutoff(tick int64) {
 // Rules see a sample once the windows took it, or instead of the windows
 // when they drop the originals they match.
 func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
-	if a.cutoff != 0 {
-		a.replayLocked(s, si, b)
-		return
-	}
 	drop := a.rules != nil && a.rules.DropOriginals()
 	for i := range b.Samples {
 		smp := &b.Samples[i]
@@ -203,11 +199,11 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 			continue
 		}
 		if a.rules == nil {
-			b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+			b.Results[i] = a.add(s, smp, b)
 			continue
 		}
 		if !drop {
-			if b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now); b.Results[i] == window.Accepted {
+			if b.Results[i] = a.add(s, smp, b); b.Results[i] == window.Accepted {
 				a.rules.ObserveSample(si, b.Tenant, smp, b.Now)
 			}
 			continue
@@ -217,41 +213,18 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 		case r != window.Accepted:
 			b.Results[i] = r
 		case !matched:
-			b.Results[i] = s.sh.Add(b.Tenant, smp, b.Now)
+			b.Results[i] = a.add(s, smp, b)
 		}
 	}
 }
 
-// replayLocked is addLocked for a replayed batch: samples whose bucket
-// was flushed before the crash reach only the rules, which skip their own
-// flushed windows.
-func (a *Aggregator) replayLocked(s *shard, si int, b *window.Batch) {
-	drop := a.rules != nil && a.rules.DropOriginals()
-	for i := range b.Samples {
-		smp := &b.Samples[i]
-		if b.Results[i] != window.Accepted || a.shardOf(smp.Hash) != si {
-			continue
-		}
-		cut := a.bucketDue(smp.Timestamp, b.Now) <= a.cutoff
-		add := func() window.Reason {
-			if cut {
-				return window.Accepted
-			}
-			return s.sh.Add(b.Tenant, smp, b.Now)
-		}
-		switch {
-		case a.rules == nil:
-			b.Results[i] = add()
-		case !drop:
-			if b.Results[i] = add(); b.Results[i] == window.Accepted {
-				a.rules.ObserveSample(si, b.Tenant, smp, b.Now)
-			}
-		default:
-			if matched, r := a.rules.ObserveSample(si, b.Tenant, smp, b.Now); r == window.Accepted && !matched {
-				b.Results[i] = add()
-			}
-		}
+// add adds smp to shard s, whose lock is held, unless a replay's cutoff
+// says a flush carried its bucket already.
+func (a *Aggregator) add(s *shard, smp *window.Sample, b *window.Batch) window.Reason {
+	if a.cutoff != 0 && a.bucketDue(smp.Timestamp, b.Now) <= a.cutoff {
+		return window.Accepted
 	}
+	return s.sh.Add(b.Tenant, smp, b.Now)
 }
 
 // Contexts returns the number of live contexts over every shard.

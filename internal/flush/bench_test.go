@@ -77,3 +77,38 @@ func BenchmarkFlush1M(b *testing.B) {
 	}
 	b.ReportMetric(float64(worst.Microseconds()), "max-ingest-µs")
 }
+
+// BenchmarkIngest adds 500-sample batches of existing counter contexts
+// (100k of them) to the aggregator: the locking and shard work per
+// sample, without decoding. ns/sample is the figure to watch.
+func BenchmarkIngest(b *testing.B) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 0)
+	tn := window.NewTenant("t")
+	const batch, contexts = 500, 100_000
+	batches := make([]window.Batch, contexts/batch)
+	for i := range batches {
+		bt := &batches[i]
+		bt.Tenant = tn
+		for j := range batch {
+			s := window.Sample{Name: "c", Type: window.TypeCount, Value: 1, SampleRate: 1, Tags: []string{fmt.Sprintf("ctx:%d", i*batch+j)}}
+			s.Prepare(tn, nil)
+			bt.Samples = append(bt.Samples, s)
+			bt.Results = append(bt.Results, window.Accepted)
+		}
+	}
+	now := time.Now().UnixNano()
+	for i := range batches {
+		batches[i].Now = now
+		agg.Ingest(&batches[i])
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		bt := &batches[i%len(batches)]
+		for j := range bt.Results {
+			bt.Results[j] = window.Accepted
+		}
+		agg.Ingest(bt)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/sample")
+}
