@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -51,11 +52,7 @@ type logTail struct {
 func (l *logTail) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := ""
-	for _, s := range l.lines {
-		out += s + "\n"
-	}
-	return out
+	return strings.Join(l.lines, "\n")
 }
 
 var servingLine = regexp.MustCompile(`msg="aggd serving" grpc=(\S+) admin=(\S+)`)

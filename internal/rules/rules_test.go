@@ -147,10 +147,8 @@ condition = '{ env = "prod" }'
 	}
 }
 
-func TestWindowsAndDropOriginals(t *testing.T) {
-	e := engine(t, `
-default_window = "10s"
-delete_rules_point = true
+// xSum20s sums x over windows of 20 s.
+const xSum20s = `
 [[aggregate_rules]]
 name = "r"
 window = "20s"
@@ -160,7 +158,10 @@ metric_name = ["x"]
 [aggregate_rules.algorithms."x_sum"]
 method = "sum"
 source_field = "x"
-`, 1)
+`
+
+func TestWindowsAndDropOriginals(t *testing.T) {
+	e := engine(t, "default_window = \"10s\"\ndelete_rules_point = true\n"+xSum20s, 1)
 	if !e.DropOriginals() {
 		t.Fatal("delete_rules_point did not drop originals")
 	}
@@ -237,17 +238,7 @@ func FuzzParse(f *testing.F) {
 // but not added; the windows still open take theirs. Due covers every
 // window a sample can fall in.
 func TestReplayCutoffSkipsDrainedWindows(t *testing.T) {
-	e := engine(t, `
-[[aggregate_rules]]
-name = "r"
-window = "20s"
-[aggregate_rules.select]
-category = "metric"
-metric_name = ["x"]
-[aggregate_rules.algorithms."x_sum"]
-method = "sum"
-source_field = "x"
-`, 1)
+	e := engine(t, xSum20s, 1)
 	tn := window.NewTenant("t")
 	e.SetReplayCutoff(t0 + 22*sec) // [t0, t0+20) was drained at t0+22
 	for _, ts := range []int64{1, 15, 25} {

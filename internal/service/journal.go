@@ -107,23 +107,16 @@ func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Samp
 	j.log.Enter()
 	ingest()
 	var batch []byte
-	due, next := int64(0), j.due(0, now)
 	for i := range smp {
 		if results[i] == window.Accepted {
 			batch = protowire.AppendTag(batch, 1, protowire.BytesType)
 			batch = protowire.AppendBytes(batch, appendSample(nil, &smp[i]))
-			if ts := smp[i].Timestamp; ts != 0 {
-				due = max(due, j.due(ts, now))
-			} else {
-				due = max(due, next)
-			}
 		}
 	}
 	for i := range sps {
 		if spResults[i] == window.Accepted {
 			batch = protowire.AppendTag(batch, 4, protowire.BytesType)
 			batch = protowire.AppendBytes(batch, appendSpan(nil, &sps[i]))
-			due = max(due, j.due(sps[i].End(), now), next+j.spanHold)
 		}
 	}
 	var idx uint64
@@ -135,7 +128,7 @@ func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Samp
 		rec = protowire.AppendVarint(rec, 0) // nothing refused
 		rec = protowire.AppendTag(rec, 1, protowire.BytesType)
 		rec = protowire.AppendBytes(rec, batch)
-		idx, err = j.log.Append(rec, due)
+		idx, err = j.log.Append(rec, j.itemsDue(now, smp, results, sps, spResults, false, false))
 	}
 	j.log.Leave()
 	return s.journaled(idx, err)
@@ -241,41 +234,47 @@ func encodeRecord(b []byte, st *callState, kind byte) []byte {
 // recordDue returns the tick by which everything the batch in st brought
 // has been flushed.
 func (j *journal) recordDue(st *callState) int64 {
-	b, d, now := &st.batch, st.dec, st.batch.Now
+	b := &st.batch
+	return j.itemsDue(b.Now, b.Samples, b.Results, st.dec.spans, st.dec.spanResults, len(b.Checks) > 0, len(b.Events) > 0)
+}
+
+// itemsDue returns the tick by which the accepted samples and spans, and
+// any checks and events, arriving at now have been flushed.
+func (j *journal) itemsDue(now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason, checks, events bool) int64 {
 	due, untimed := int64(0), false
-	for i := range b.Samples {
-		if b.Results[i] != window.Accepted {
+	for i := range smp {
+		if results[i] != window.Accepted {
 			continue
 		}
-		if ts := b.Samples[i].Timestamp; ts != 0 {
+		if ts := smp[i].Timestamp; ts != 0 {
 			due = max(due, j.due(ts, now))
 		} else {
 			untimed = true
 		}
 	}
 	next := j.due(0, now)
-	if untimed || len(b.Checks) > 0 {
+	if untimed || checks {
 		due = max(due, next)
 	}
-	if len(b.Events) > 0 {
+	if events {
 		due = max(due, next+j.eventHold)
 	}
-	for i := range d.spans {
-		if d.spanResults[i] == window.Accepted {
-			due = max(due, j.due(d.spans[i].End(), now), next+j.spanHold)
+	for i := range sps {
+		if spResults[i] == window.Accepted {
+			due = max(due, j.due(sps[i].End(), now), next+j.spanHold)
 		}
 	}
 	return due
 }
 
-// CutoffSetter is the aggregator's replay cutoff (flush.Aggregator).
-type CutoffSetter interface {
+// cutoffSetter is the aggregator's replay cutoff (flush.Aggregator).
+type cutoffSetter interface {
 	SetReplayCutoff(tick int64)
 }
 
-// SpanReplayer takes replayed spans: their stats always, the spans to
+// spanReplayer takes replayed spans: their stats always, the spans to
 // tail sampling only when sample is set (spans.Processor).
-type SpanReplayer interface {
+type spanReplayer interface {
 	ReplaySpans(t *window.Tenant, now int64, sp []spans.Span, results []window.Reason, sample bool)
 }
 
@@ -375,7 +374,7 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 	due := j.recordDue(st)
 	next := j.due(0, b.Now)
 	sample := true
-	cut, _ := s.ing.(CutoffSetter)
+	cut, _ := s.ing.(cutoffSetter)
 	if flushed {
 		if cut != nil {
 			cut.SetReplayCutoff(tick)
@@ -389,7 +388,7 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 	}
 	s.ing.Ingest(b)
 	if len(d.spans) > 0 {
-		if sr, ok := s.spanIng.(SpanReplayer); ok {
+		if sr, ok := s.spanIng.(spanReplayer); ok {
 			sr.ReplaySpans(tn, b.Now, d.spans, d.spanResults, sample)
 		}
 	}

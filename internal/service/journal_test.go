@@ -152,7 +152,7 @@ func sum(pts []flushtest.Point, name string) (v float64) {
 // than taking them in.
 func TestReplayRefusesForeignRecords(t *testing.T) {
 	j := startJournaled(t, t.TempDir())
-	for _, rec := range [][]byte{nil, {9, 1}, {1, 7}, {1, 1, 0xff}, []byte(fmt.Sprint("\x01\x01\x04acme"))} {
+	for _, rec := range [][]byte{nil, {9, 1}, {1, 7}, {1, 1, 0xff}, []byte("\x01\x01\x04acme")} {
 		if _, err := j.srv.Replay(rec, false, 0); err == nil {
 			t.Errorf("record %q was taken", rec)
 		}

@@ -50,6 +50,17 @@ func NewProcessor(sink StatsSink, sampler *Sampler) *Processor {
 // sampling. A span whose stats are refused (its end is too old or too new
 // for the windows, or its tenant is at its context limit) is refused whole.
 func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results []window.Reason) {
+	p.ingest(t, now, sp, results, true)
+}
+
+// ReplaySpans takes spans back from a write-ahead log after a restart:
+// their stats always (the aggregator skips windows already flushed), the
+// spans themselves to tail sampling only when sample is set.
+func (p *Processor) ReplaySpans(t *window.Tenant, now int64, sp []Span, results []window.Reason, sample bool) {
+	p.ingest(t, now, sp, results, sample)
+}
+
+func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []window.Reason, sample bool) {
 	st := p.states.Get().(*procState)
 	defer p.states.Put(st)
 	st.batch.Reset()
@@ -80,25 +91,10 @@ func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results 
 		if p.observer != nil {
 			p.observer.ObserveSpan(t, &sp[i], now)
 		}
-		if p.sampler != nil {
+		if sample {
 			p.sampler.Add(t, &sp[i], now)
 		}
 	}
-}
-
-// ReplaySpans takes spans back from a write-ahead log after a restart:
-// their stats always (the aggregator skips windows already flushed), the
-// spans themselves to tail sampling only when sample is set. It must not
-// run concurrently with IngestSpans: replay comes before serving.
-func (p *Processor) ReplaySpans(t *window.Tenant, now int64, sp []Span, results []window.Reason, sample bool) {
-	if sample {
-		p.IngestSpans(t, now, sp, results)
-		return
-	}
-	sampler := p.sampler
-	p.sampler = nil
-	defer func() { p.sampler = sampler }()
-	p.IngestSpans(t, now, sp, results)
 }
 
 // Exporter sends kept traces upstream. It must not keep the slice.
