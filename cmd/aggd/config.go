@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/dogstatsd"
-	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/upstream"
 	"github.com/aggd/aggd/internal/wal"
@@ -66,7 +66,7 @@ type config struct {
 	values map[string]string
 
 	Window    window.Config
-	Limits    service.Limits
+	Limits    codec.Limits
 	Histogram upstream.HistogramConfig
 	SketchPct []float64
 }
@@ -123,7 +123,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	host, _ := os.Hostname()
 	c := config{
 		Window:    window.DefaultConfig(),
-		Limits:    service.DefaultLimits(),
+		Limits:    codec.DefaultLimits(),
 		Histogram: upstream.DefaultHistogramConfig(),
 		SketchPct: []float64{0.5, 0.75, 0.9, 0.95, 0.99},
 		Sampling:  spans.DefaultLimits(),

@@ -15,8 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/overload"
-	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -37,7 +37,7 @@ type Config struct {
 	ReceiveBuffer int
 	// PacketSize is the largest datagram read whole.
 	PacketSize int
-	Limits     service.Limits
+	Limits     codec.Limits
 }
 
 // Validate reports a setting out of range.

@@ -14,11 +14,11 @@ import (
 	"github.com/DataDog/datadog-go/v5/statsd"
 	"go.uber.org/goleak"
 
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
 	"github.com/aggd/aggd/internal/overload"
-	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -35,7 +35,7 @@ func start(t *testing.T, cfg dogstatsd.Config, setup ...func(*dogstatsd.Server))
 	t.Helper()
 	agg := flush.NewAggregator(window.DefaultConfig(), 4)
 	tn := window.NewTenant("statsd")
-	cfg.Readers, cfg.PacketSize, cfg.Limits = 2, 8192, service.DefaultLimits()
+	cfg.Readers, cfg.PacketSize, cfg.Limits = 2, 8192, codec.DefaultLimits()
 	s := dogstatsd.New(cfg, tn, agg, slog.New(slog.DiscardHandler))
 	for _, f := range setup {
 		f(s)

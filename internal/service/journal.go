@@ -3,7 +3,6 @@ package service
 import (
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -110,13 +110,13 @@ func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Samp
 	for i := range smp {
 		if results[i] == window.Accepted {
 			batch = protowire.AppendTag(batch, 1, protowire.BytesType)
-			batch = protowire.AppendBytes(batch, appendSample(nil, &smp[i]))
+			batch = protowire.AppendBytes(batch, codec.AppendSample(nil, &smp[i]))
 		}
 	}
 	for i := range sps {
 		if spResults[i] == window.Accepted {
 			batch = protowire.AppendTag(batch, 4, protowire.BytesType)
-			batch = protowire.AppendBytes(batch, appendSpan(nil, &sps[i]))
+			batch = protowire.AppendBytes(batch, codec.AppendSpan(nil, &sps[i]))
 		}
 	}
 	var idx uint64
@@ -134,88 +134,6 @@ func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Samp
 	return s.journaled(idx, err)
 }
 
-// appendSample appends s as an aggd.v1 Sample message.
-func appendSample(b []byte, s *window.Sample) []byte {
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	b = protowire.AppendString(b, s.Name)
-	b = protowire.AppendTag(b, 2, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(s.Type))
-	if s.Values != nil {
-		packed := make([]byte, 0, 8*len(s.Values))
-		for _, v := range s.Values {
-			packed = protowire.AppendFixed64(packed, math.Float64bits(v))
-		}
-		b = protowire.AppendTag(b, 4, protowire.BytesType)
-		b = protowire.AppendBytes(b, packed)
-	} else {
-		b = protowire.AppendTag(b, 3, protowire.Fixed64Type)
-		b = protowire.AppendFixed64(b, math.Float64bits(s.Value))
-	}
-	if s.SetMember != "" {
-		b = protowire.AppendTag(b, 5, protowire.BytesType)
-		b = protowire.AppendString(b, s.SetMember)
-	}
-	for _, t := range s.Tags {
-		b = protowire.AppendTag(b, 6, protowire.BytesType)
-		b = protowire.AppendString(b, t)
-	}
-	if s.Host != "" {
-		b = protowire.AppendTag(b, 7, protowire.BytesType)
-		b = protowire.AppendString(b, s.Host)
-	}
-	if s.SampleRate != 0 && s.SampleRate != 1 {
-		b = protowire.AppendTag(b, 8, protowire.Fixed64Type)
-		b = protowire.AppendFixed64(b, math.Float64bits(s.SampleRate))
-	}
-	if s.Timestamp != 0 {
-		b = protowire.AppendTag(b, 9, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(s.Timestamp))
-	}
-	return b
-}
-
-// appendSpan appends sp as an aggd.v1 Span message.
-func appendSpan(b []byte, sp *spans.Span) []byte {
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	b = protowire.AppendBytes(b, sp.TraceID[:])
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendBytes(b, sp.SpanID[:])
-	if sp.HasParent {
-		b = protowire.AppendTag(b, 3, protowire.BytesType)
-		b = protowire.AppendBytes(b, sp.ParentID[:])
-	}
-	for _, f := range [...]struct {
-		num protowire.Number
-		v   string
-	}{{4, sp.Service}, {5, sp.Name}, {6, sp.Resource}} {
-		b = protowire.AppendTag(b, f.num, protowire.BytesType)
-		b = protowire.AppendString(b, f.v)
-	}
-	b = protowire.AppendTag(b, 7, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(sp.Kind))
-	b = protowire.AppendTag(b, 8, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(sp.Start))
-	b = protowire.AppendTag(b, 9, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(sp.Duration))
-	if sp.Error {
-		b = protowire.AppendTag(b, 10, protowire.VarintType)
-		b = protowire.AppendVarint(b, 1)
-	}
-	if sp.HTTPStatus != 0 {
-		b = protowire.AppendTag(b, 11, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(sp.HTTPStatus))
-	}
-	for _, a := range sp.Attrs {
-		entry := protowire.AppendTag(nil, 1, protowire.BytesType)
-		entry = protowire.AppendString(entry, a.Key)
-		entry = protowire.AppendTag(entry, 2, protowire.BytesType)
-		entry = protowire.AppendString(entry, a.Value)
-		b = protowire.AppendTag(b, 12, protowire.BytesType)
-		b = protowire.AppendBytes(b, entry)
-	}
-	return b
-}
-
 // encodeRecord appends the record of the batch in st: the frame as it
 // came, with what replaying it needs and cannot tell from the frame, the
 // tenant, the arrival time, and the items refused after decoding.
@@ -228,14 +146,14 @@ func encodeRecord(b []byte, st *callState, kind byte) []byte {
 		b = protowire.AppendVarint(b, uint64(r.Kind))
 		b = protowire.AppendVarint(b, uint64(r.Index))
 	}
-	return append(b, st.frame.buf...)
+	return append(b, st.frame.Buf...)
 }
 
 // recordDue returns the tick by which everything the batch in st brought
 // has been flushed.
 func (j *journal) recordDue(st *callState) int64 {
 	b := &st.batch
-	return j.itemsDue(b.Now, b.Samples, b.Results, st.dec.spans, st.dec.spanResults, len(b.Checks) > 0, len(b.Events) > 0)
+	return j.itemsDue(b.Now, b.Samples, b.Results, st.dec.Spans, st.dec.SpanResults, len(b.Checks) > 0, len(b.Events) > 0)
 }
 
 // itemsDue returns the tick by which the accepted samples and spans, and
@@ -295,17 +213,17 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 	kind, p := rec[1], rec[2:]
 	id, n := protowire.ConsumeString(p)
 	if n < 0 {
-		return 0, errMalformed{"write-ahead log record"}
+		return 0, codec.MalformedError{What: "write-ahead log record"}
 	}
 	p = p[n:]
 	now, n := protowire.ConsumeVarint(p)
 	if n < 0 {
-		return 0, errMalformed{"write-ahead log record"}
+		return 0, codec.MalformedError{What: "write-ahead log record"}
 	}
 	p = p[n:]
 	nrej, n := protowire.ConsumeVarint(p)
 	if n < 0 || nrej > uint64(len(p)) {
-		return 0, errMalformed{"write-ahead log record"}
+		return 0, codec.MalformedError{What: "write-ahead log record"}
 	}
 	p = p[n:]
 	type item struct{ kind, index uint64 }
@@ -313,11 +231,11 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 	for range nrej {
 		k, n1 := protowire.ConsumeVarint(p)
 		if n1 < 0 {
-			return 0, errMalformed{"write-ahead log record"}
+			return 0, codec.MalformedError{What: "write-ahead log record"}
 		}
 		i, n2 := protowire.ConsumeVarint(p[n1:])
 		if n2 < 0 {
-			return 0, errMalformed{"write-ahead log record"}
+			return 0, codec.MalformedError{What: "write-ahead log record"}
 		}
 		p = p[n1+n2:]
 		refused = append(refused, item{k, i})
@@ -329,13 +247,13 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 	st := s.getState()
 	defer s.putState(st)
 	d, b := st.dec, &st.batch
-	d.reset(b)
-	d.forTenant(tn)
+	d.Reset(b)
+	d.ForTenant(tn)
 	b.Tenant, b.Now = tn, int64(now)
 	if kind == recordStream {
-		_, err = d.decodeStream(p, b)
+		_, err = d.DecodeStream(p, b)
 	} else {
-		err = d.decodeSubmit(p, b)
+		err = d.DecodeSubmit(p, b)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("service: write-ahead log record: %w", err)
@@ -350,12 +268,12 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 				b.Results[r.index] = window.ReasonDuplicateSequence
 			}
 		case aggdv1.ItemKind_ITEM_KIND_SPAN:
-			if r.index < uint64(len(d.spanResults)) {
-				d.spanResults[r.index] = window.ReasonDuplicateSequence
+			if r.index < uint64(len(d.SpanResults)) {
+				d.SpanResults[r.index] = window.ReasonDuplicateSequence
 			}
 		case aggdv1.ItemKind_ITEM_KIND_EVENT:
 			if gone == nil {
-				gone = make([]bool, d.nEvents)
+				gone = make([]bool, d.NEvents)
 			}
 			if r.index < uint64(len(gone)) {
 				gone[r.index] = true
@@ -365,7 +283,7 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 	if gone != nil {
 		kept := b.Events[:0]
 		for i := range b.Events {
-			if !gone[d.eventIndex[i]] {
+			if !gone[d.EventIndex[i]] {
 				kept = append(kept, b.Events[i])
 			}
 		}
@@ -387,9 +305,9 @@ func (s *Server) Replay(rec []byte, flushed bool, tick int64) (int64, error) {
 		sample = next+j.spanHold > tick
 	}
 	s.ing.Ingest(b)
-	if len(d.spans) > 0 {
+	if len(d.Spans) > 0 {
 		if sr, ok := s.spanIng.(spanReplayer); ok {
-			sr.ReplaySpans(tn, b.Now, d.spans, d.spanResults, sample)
+			sr.ReplaySpans(tn, b.Now, d.Spans, d.SpanResults, sample)
 		}
 	}
 	return due, nil

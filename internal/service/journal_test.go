@@ -17,6 +17,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
 	"github.com/aggd/aggd/internal/service"
@@ -50,7 +51,7 @@ func startJournaled(t *testing.T, dir string) *journaled {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	srv := service.New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
 	srv.SetJournal(l, agg.Due, 0, time.Minute)
 	conn := serveBufconn(t, srv)
 	return &journaled{srv: srv, agg: agg, log: l, tenants: tenants, conn: conn, client: aggdv1.NewAggregatorServiceClient(conn)}

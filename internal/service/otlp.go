@@ -18,6 +18,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -98,7 +99,7 @@ func attrTags(tags []string, host *string, attrs []*commonpb.KeyValue) []string 
 type pointBatch struct {
 	r        *otlpReceiver
 	b        window.Batch
-	lim      Limits
+	lim      codec.Limits
 	points   int
 	rejected int
 	firstErr string
@@ -487,7 +488,7 @@ func otlpSpan(p *tracepb.Span, service string, resAttrs []spans.Attr) (spans.Spa
 	}
 	copy(s.TraceID[:], p.TraceId)
 	copy(s.SpanID[:], p.SpanId)
-	if len(p.ParentSpanId) == 8 && !isZero(p.ParentSpanId) {
+	if len(p.ParentSpanId) == 8 && [8]byte(p.ParentSpanId) != [8]byte{} {
 		copy(s.ParentID[:], p.ParentSpanId)
 		s.HasParent = true
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
 	"github.com/aggd/aggd/internal/overload"
@@ -31,7 +32,7 @@ func startOTLP(t *testing.T, setup ...func(*service.Server)) (*grpc.ClientConn, 
 	t.Helper()
 	tenants, _ := service.NewTenants(nil, false, 10)
 	agg := flush.NewAggregator(window.DefaultConfig(), 2)
-	srv := service.New(agg, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	srv := service.New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
 	for _, f := range setup {
 		f(srv)
 	}

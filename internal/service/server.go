@@ -17,7 +17,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/overload"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -27,22 +29,16 @@ type Ingester interface {
 	Ingest(b *window.Batch)
 }
 
+// SpanIngester takes decoded spans. results has one entry per span, set to
+// Accepted by the caller; IngestSpans may refuse more. It must copy what
+// it keeps.
+type SpanIngester interface {
+	IngestSpans(t *window.Tenant, now int64, sp []spans.Span, results []window.Reason)
+}
+
 // Config configures a Server.
 type Config struct {
-	Limits Limits
-}
-
-// DefaultLimits returns the documented per-sample limits.
-func DefaultLimits() Limits {
-	return Limits{MaxNameLength: 200, MaxTags: 100, MaxTagLength: 200, MaxHostLength: 255}
-}
-
-// Validate reports a limit out of range.
-func (l Limits) Validate() error {
-	if l.MaxNameLength < 1 || l.MaxTags < 0 || l.MaxTagLength < 1 || l.MaxHostLength < 1 {
-		return errors.New("service: name, tag and host length limits must be positive, max tags not negative")
-	}
-	return nil
+	Limits codec.Limits
 }
 
 // Server implements aggd.v1.AggregatorService. It is safe for concurrent
@@ -54,7 +50,7 @@ type Server struct {
 	ing          Ingester
 	spanIng      SpanIngester
 	tenants      *Tenants
-	lim          Limits
+	lim          codec.Limits
 	log          *slog.Logger
 	draining     atomic.Bool
 	states       sync.Pool
@@ -62,9 +58,9 @@ type Server struct {
 }
 
 // New returns a server that ingests into ing.
-func New(ing Ingester, tenants *Tenants, lim Limits, log *slog.Logger) *Server {
+func New(ing Ingester, tenants *Tenants, lim codec.Limits, log *slog.Logger) *Server {
 	s := &Server{ing: ing, tenants: tenants, lim: lim, log: log}
-	s.states.New = func() any { return &callState{dec: newDecoder(lim)} }
+	s.states.New = func() any { return &callState{dec: codec.NewDecoder(lim)} }
 	return s
 }
 
@@ -159,7 +155,7 @@ func (s *Server) SetSpanIngester(si SpanIngester) { s.spanIng = si }
 // ServerOptions returns the options a grpc.Server needs to serve s: the
 // codec that hands request bytes to the protowire decoder.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(newCodec())}
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec.GRPC())}
 }
 
 // Register registers s on g. The service is the generated one, with
@@ -183,9 +179,9 @@ func (s *Server) Drain() { s.draining.Store(true) }
 
 // callState is the reusable memory of one call.
 type callState struct {
-	dec   *decoder
+	dec   *codec.Decoder
 	batch window.Batch
-	frame frame
+	frame codec.Frame
 	ack   aggdv1.Ack
 	rec   []byte // the batch's write-ahead log record
 }
@@ -193,8 +189,8 @@ type callState struct {
 func (s *Server) getState() *callState { return s.states.Get().(*callState) }
 
 func (s *Server) putState(st *callState) {
-	if cap(st.frame.buf) > 4<<20 {
-		st.frame.buf = nil // do not pin one huge request's buffer
+	if cap(st.frame.Buf) > 4<<20 {
+		st.frame.Buf = nil // do not pin one huge request's buffer
 	}
 	s.states.Put(st)
 }
@@ -239,11 +235,11 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 		if s.load != nil && s.load.Level() == overload.Hard && s.share.heavy(s.tenants, tenant) {
 			return errOverloaded()
 		}
-		st.dec.reset(&st.batch)
-		st.dec.forTenant(tenant)
+		st.dec.Reset(&st.batch)
+		st.dec.ForTenant(tenant)
 		st.batch.Tenant = tenant
 		st.batch.Now = time.Now().UnixNano()
-		seq, err := st.dec.decodeStream(st.frame.buf, &st.batch)
+		seq, err := st.dec.DecodeStream(st.frame.Buf, &st.batch)
 		if err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
@@ -283,11 +279,11 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 		if err := s.admit(ctx, tenant); err != nil {
 			return nil, err
 		}
-		st.dec.reset(&st.batch)
-		st.dec.forTenant(tenant)
+		st.dec.Reset(&st.batch)
+		st.dec.ForTenant(tenant)
 		st.batch.Tenant = tenant
 		st.batch.Now = time.Now().UnixNano()
-		if err := st.dec.decodeSubmit(st.frame.buf, &st.batch); err != nil {
+		if err := st.dec.DecodeSubmit(st.frame.Buf, &st.batch); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 		if err := s.ingestLogged(st, recordSubmit); err != nil {
@@ -314,10 +310,10 @@ func (s *Server) refuseDuplicate(st *callState, seq, last uint64) {
 		kind aggdv1.ItemKind
 		n    int
 	}{
-		{aggdv1.ItemKind_ITEM_KIND_SAMPLE, d.nSamples},
-		{aggdv1.ItemKind_ITEM_KIND_EVENT, d.nEvents},
-		{aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, d.nChecks},
-		{aggdv1.ItemKind_ITEM_KIND_SPAN, d.nSpans},
+		{aggdv1.ItemKind_ITEM_KIND_SAMPLE, d.NSamples},
+		{aggdv1.ItemKind_ITEM_KIND_EVENT, d.NEvents},
+		{aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, d.NChecks},
+		{aggdv1.ItemKind_ITEM_KIND_SPAN, d.NSpans},
 	} {
 		for i := range k.n {
 			ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
@@ -357,29 +353,29 @@ func (s *Server) ingest(st *callState) {
 	b, d := &st.batch, st.dec
 	s.applyTenantRates(b, d)
 	s.ing.Ingest(b)
-	if len(d.spans) > 0 {
+	if len(d.Spans) > 0 {
 		if s.spanIng == nil {
-			for i := range d.spanResults {
-				if d.spanResults[i] == window.Accepted {
-					d.spanResults[i], d.spanDetail[i] = window.ReasonUnsupported, "span ingestion is not enabled on this server"
+			for i := range d.SpanResults {
+				if d.SpanResults[i] == window.Accepted {
+					d.SpanResults[i], d.SpanDetail[i] = window.ReasonUnsupported, "span ingestion is not enabled on this server"
 				}
 			}
 		} else {
-			s.spanIng.IngestSpans(b.Tenant, b.Now, d.spans, d.spanResults)
+			s.spanIng.IngestSpans(b.Tenant, b.Now, d.Spans, d.SpanResults)
 		}
 	}
 	ack := &st.ack
 	resetRejections(ack)
 	tn := b.Tenant
-	appendRejections(ack, tn, aggdv1.ItemKind_ITEM_KIND_SAMPLE, b.Results, d.detail)
-	appendRejections(ack, tn, aggdv1.ItemKind_ITEM_KIND_SPAN, d.spanResults, d.spanDetail)
-	for _, rj := range d.rej {
+	appendRejections(ack, tn, aggdv1.ItemKind_ITEM_KIND_SAMPLE, b.Results, d.Detail)
+	appendRejections(ack, tn, aggdv1.ItemKind_ITEM_KIND_SPAN, d.SpanResults, d.SpanDetail)
+	for _, rj := range d.Rej {
 		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{
-			Kind: rj.kind, Index: uint32(rj.index), Reason: rj.reason.String(), Detail: rj.detail,
+			Kind: rj.Kind, Index: uint32(rj.Index), Reason: rj.Reason.String(), Detail: rj.Detail,
 		})
-		tn.Rejected[rj.reason].Add(1)
+		tn.Rejected[rj.Reason].Add(1)
 	}
-	total := d.nSamples + d.nEvents + d.nChecks + d.nSpans
+	total := d.NSamples + d.NEvents + d.NChecks + d.NSpans
 	ack.Rejected = uint32(len(ack.Rejections))
 	ack.Accepted = uint32(total) - ack.Rejected
 	tn.Accepted.Add(uint64(ack.Accepted))
@@ -387,7 +383,7 @@ func (s *Server) ingest(st *callState) {
 
 // applyTenantRates refuses the samples past the tenant's samples per
 // second and the events past its events per window (tenant_limit).
-func (s *Server) applyTenantRates(b *window.Batch, d *decoder) {
+func (s *Server) applyTenantRates(b *window.Batch, d *codec.Decoder) {
 	tn := b.Tenant
 	if tn.Limits.SamplesPerSecond > 0 {
 		n := 0
@@ -406,14 +402,14 @@ func (s *Server) applyTenantRates(b *window.Batch, d *decoder) {
 				continue
 			}
 			b.Results[i] = window.ReasonTenantLimit
-			d.detail[i] = "the tenant's samples_per_second limit"
+			d.Detail[i] = "the tenant's samples_per_second limit"
 		}
 	}
 	if max := tn.Limits.EventsPerWindow; max > 0 && len(b.Events) > 0 {
 		kept := b.Events[:0]
 		for i := range b.Events {
 			if tn.EventsInWindow.Add(1) > max {
-				d.rej = append(d.rej, rejection{kind: aggdv1.ItemKind_ITEM_KIND_EVENT, index: d.eventIndex[i], reason: window.ReasonTenantLimit, detail: "the tenant's events_per_window limit"})
+				d.Rej = append(d.Rej, codec.Rejection{Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: d.EventIndex[i], Reason: window.ReasonTenantLimit, Detail: "the tenant's events_per_window limit"})
 				continue
 			}
 			kept = append(kept, b.Events[i])

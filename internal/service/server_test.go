@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
@@ -50,7 +51,7 @@ func start(t *testing.T, auth bool) *env {
 		t.Fatal(err)
 	}
 	rec := &servicetest.Recorder{}
-	srv := service.New(rec, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	srv := service.New(rec, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
 	client := aggdv1.NewAggregatorServiceClient(serveBufconn(t, srv))
 	return &env{rec: rec, srv: srv, tenants: tenants, client: client}
 }

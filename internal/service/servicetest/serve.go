@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/service"
 )
 
@@ -35,7 +36,7 @@ func ServeWith(tb testing.TB, ing service.Ingester, setup func(*service.Server))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := service.New(ing, tenants, service.DefaultLimits(), slog.New(slog.DiscardHandler))
+	srv := service.New(ing, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
 	setup(srv)
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.Register(gs)

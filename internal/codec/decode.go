@@ -1,6 +1,7 @@
-package service
+package codec
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -23,40 +24,53 @@ type Limits struct {
 	MaxHostLength int
 }
 
-// rejection is one refused item of a batch.
-type rejection struct {
-	kind   aggdv1.ItemKind
-	index  int
-	reason window.Reason
-	detail string
+// DefaultLimits returns the documented per-sample limits.
+func DefaultLimits() Limits {
+	return Limits{MaxNameLength: 200, MaxTags: 100, MaxTagLength: 200, MaxHostLength: 255}
 }
 
-// decoder turns request bytes into a window.Batch. Its scratch space is
-// reused from batch to batch; a decoder is not safe for concurrent use.
-type decoder struct {
+// Validate reports a limit out of range.
+func (l Limits) Validate() error {
+	if l.MaxNameLength < 1 || l.MaxTags < 0 || l.MaxTagLength < 1 || l.MaxHostLength < 1 {
+		return errors.New("codec: name, tag and host length limits must be positive, max tags not negative")
+	}
+	return nil
+}
+
+// Rejection is one refused item of a batch.
+type Rejection struct {
+	Kind   aggdv1.ItemKind
+	Index  int
+	Reason window.Reason
+	Detail string
+}
+
+// Decoder turns request bytes into a window.Batch. Its scratch space is
+// reused from batch to batch; a Decoder is not safe for concurrent use.
+type Decoder struct {
 	lim    Limits // in force for the batch: the server's, or the tenant's
 	server Limits
 	tags   []string
 	values []float64
 	arena  []byte
-	rej    []rejection // events, checks and spans
+	Rej    []Rejection // events, checks and spans
 	// detail explains each refused sample, by index; "" where accepted.
-	detail []string
-	// eventIndex is the batch index of each event in the window.Batch.
-	eventIndex []int
+	Detail []string
+	// EventIndex is the batch index of each event in the window.Batch.
+	EventIndex []int
 	// spans decoded, with their results and details, and their attributes.
-	spans       []spans.Span
-	spanResults []window.Reason
-	spanDetail  []string
+	Spans       []spans.Span
+	SpanResults []window.Reason
+	SpanDetail  []string
 	attrs       []spans.Attr
 	// samples decoded, by index, including refused ones.
-	nSamples, nEvents, nChecks, nSpans int
+	NSamples, NEvents, NChecks, NSpans int
 }
 
-func newDecoder(lim Limits) *decoder { return &decoder{lim: lim, server: lim} }
+func NewDecoder(lim Limits) *Decoder { return &Decoder{lim: lim, server: lim} }
 
-// forTenant applies tenant t's own limits, where it has them.
-func (d *decoder) forTenant(t *window.Tenant) {
+// ForTenant applies tenant t's own limits, where it has them.
+func (d *Decoder) ForTenant(t *window.Tenant) {
 	d.lim = d.server
 	tl := t.Limits
 	if tl.MaxTags > 0 {
@@ -70,38 +84,38 @@ func (d *decoder) forTenant(t *window.Tenant) {
 	}
 }
 
-func (d *decoder) reset(b *window.Batch) {
+func (d *Decoder) Reset(b *window.Batch) {
 	b.Reset()
 	d.tags = d.tags[:0]
 	d.values = d.values[:0]
 	d.arena = d.arena[:0]
-	clear(d.rej)
-	d.rej = d.rej[:0]
-	clear(d.detail)
-	d.detail = d.detail[:0]
-	d.eventIndex = d.eventIndex[:0]
-	clear(d.spans)
-	d.spans = d.spans[:0]
-	d.spanResults = d.spanResults[:0]
-	clear(d.spanDetail)
-	d.spanDetail = d.spanDetail[:0]
+	clear(d.Rej)
+	d.Rej = d.Rej[:0]
+	clear(d.Detail)
+	d.Detail = d.Detail[:0]
+	d.EventIndex = d.EventIndex[:0]
+	clear(d.Spans)
+	d.Spans = d.Spans[:0]
+	d.SpanResults = d.SpanResults[:0]
+	clear(d.SpanDetail)
+	d.SpanDetail = d.SpanDetail[:0]
 	clear(d.attrs)
 	d.attrs = d.attrs[:0]
-	d.nSamples, d.nEvents, d.nChecks, d.nSpans = 0, 0, 0, 0
+	d.NSamples, d.NEvents, d.NChecks, d.NSpans = 0, 0, 0, 0
 }
 
-// errMalformed reports bytes that are not a valid message of the expected
+// MalformedError reports bytes that are not a valid message of the expected
 // type at the framing level, where no item can be told from the next.
-type errMalformed struct{ what string }
+type MalformedError struct{ What string }
 
-func (e errMalformed) Error() string { return "malformed " + e.what }
+func (e MalformedError) Error() string { return "malformed " + e.What }
 
-// decodeStream decodes a StreamRequest.
-func (d *decoder) decodeStream(buf []byte, b *window.Batch) (seq uint64, err error) {
+// DecodeStream decodes a StreamRequest.
+func (d *Decoder) DecodeStream(buf []byte, b *window.Batch) (seq uint64, err error) {
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
-			return 0, errMalformed{"StreamRequest"}
+			return 0, MalformedError{"StreamRequest"}
 		}
 		buf = buf[n:]
 		switch {
@@ -119,19 +133,19 @@ func (d *decoder) decodeStream(buf []byte, b *window.Batch) (seq uint64, err err
 			n = protowire.ConsumeFieldValue(num, typ, buf)
 		}
 		if n < 0 {
-			return 0, errMalformed{"StreamRequest"}
+			return 0, MalformedError{"StreamRequest"}
 		}
 		buf = buf[n:]
 	}
 	return seq, nil
 }
 
-// decodeSubmit decodes a SubmitRequest.
-func (d *decoder) decodeSubmit(buf []byte, b *window.Batch) error {
+// DecodeSubmit decodes a SubmitRequest.
+func (d *Decoder) DecodeSubmit(buf []byte, b *window.Batch) error {
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
-			return errMalformed{"SubmitRequest"}
+			return MalformedError{"SubmitRequest"}
 		}
 		buf = buf[n:]
 		if num == 1 && typ == protowire.BytesType {
@@ -146,7 +160,7 @@ func (d *decoder) decodeSubmit(buf []byte, b *window.Batch) error {
 			n = protowire.ConsumeFieldValue(num, typ, buf)
 		}
 		if n < 0 {
-			return errMalformed{"SubmitRequest"}
+			return MalformedError{"SubmitRequest"}
 		}
 		buf = buf[n:]
 	}
@@ -155,24 +169,24 @@ func (d *decoder) decodeSubmit(buf []byte, b *window.Batch) error {
 
 // decodeBatch decodes a Batch, appending to b. A malformed item is rejected
 // by itself; only broken framing of the batch is an error.
-func (d *decoder) decodeBatch(buf []byte, b *window.Batch) error {
+func (d *Decoder) decodeBatch(buf []byte, b *window.Batch) error {
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
-			return errMalformed{"Batch"}
+			return MalformedError{"Batch"}
 		}
 		buf = buf[n:]
 		if typ != protowire.BytesType || num < 1 || num > 4 {
 			n = protowire.ConsumeFieldValue(num, typ, buf)
 			if n < 0 {
-				return errMalformed{"Batch"}
+				return MalformedError{"Batch"}
 			}
 			buf = buf[n:]
 			continue
 		}
 		v, n := protowire.ConsumeBytes(buf)
 		if n < 0 {
-			return errMalformed{"Batch"}
+			return MalformedError{"Batch"}
 		}
 		buf = buf[n:]
 		switch num {
@@ -189,14 +203,14 @@ func (d *decoder) decodeBatch(buf []byte, b *window.Batch) error {
 	return nil
 }
 
-func (d *decoder) rejectf(kind aggdv1.ItemKind, index int, r window.Reason, format string, args ...any) {
-	d.rej = append(d.rej, rejection{kind: kind, index: index, reason: r, detail: fmt.Sprintf(format, args...)})
+func (d *Decoder) rejectf(kind aggdv1.ItemKind, index int, r window.Reason, format string, args ...any) {
+	d.Rej = append(d.Rej, Rejection{Kind: kind, Index: index, Reason: r, Detail: fmt.Sprintf(format, args...)})
 }
 
 // addSample decodes and validates one Sample and appends it to b with its
 // result.
-func (d *decoder) addSample(buf []byte, b *window.Batch) {
-	d.nSamples++
+func (d *Decoder) addSample(buf []byte, b *window.Batch) {
+	d.NSamples++
 	b.Samples = append(b.Samples, window.Sample{})
 	s := &b.Samples[len(b.Samples)-1]
 	r, detail := d.decodeSample(buf, s)
@@ -204,7 +218,7 @@ func (d *decoder) addSample(buf []byte, b *window.Batch) {
 		r, detail = d.validate(s)
 	}
 	b.Results = append(b.Results, r)
-	d.detail = append(d.detail, detail)
+	d.Detail = append(d.Detail, detail)
 	if r != window.Accepted {
 		return
 	}
@@ -215,7 +229,7 @@ func (d *decoder) addSample(buf []byte, b *window.Batch) {
 // the request buffer is.
 func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-func (d *decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, string) {
+func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, string) {
 	tagStart, valStart := len(d.tags), len(d.values)
 	badUTF8 := ""
 	for len(buf) > 0 {
@@ -302,7 +316,7 @@ func (d *decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, str
 }
 
 // validate checks a decoded sample against the API's rules and d's limits.
-func (d *decoder) validate(s *window.Sample) (window.Reason, string) { return d.lim.Check(s) }
+func (d *Decoder) validate(s *window.Sample) (window.Reason, string) { return d.lim.Check(s) }
 
 // Check validates a decoded sample against the API's rules and l: name,
 // type, host, tags, sample rate (0 becomes 1) and values. Every edge
@@ -366,8 +380,8 @@ func printable(s string) bool {
 	return true
 }
 
-func (d *decoder) addEvent(buf []byte, b *window.Batch) {
-	ev, ok := decodeItem(d, buf, aggdv1.ItemKind_ITEM_KIND_EVENT, &d.nEvents, eventFromProto)
+func (d *Decoder) addEvent(buf []byte, b *window.Batch) {
+	ev, ok := decodeItem(d, buf, aggdv1.ItemKind_ITEM_KIND_EVENT, &d.NEvents, eventFromProto)
 	if !ok {
 		return
 	}
@@ -376,11 +390,11 @@ func (d *decoder) addEvent(buf []byte, b *window.Batch) {
 		ev.Timestamp = b.Now
 	}
 	b.Events = append(b.Events, ev)
-	d.eventIndex = append(d.eventIndex, d.nEvents-1)
+	d.EventIndex = append(d.EventIndex, d.NEvents-1)
 }
 
-func (d *decoder) addCheck(buf []byte, b *window.Batch) {
-	sc, ok := decodeItem(d, buf, aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, &d.nChecks, checkFromProto)
+func (d *Decoder) addCheck(buf []byte, b *window.Batch) {
+	sc, ok := decodeItem(d, buf, aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, &d.NChecks, checkFromProto)
 	if !ok {
 		return
 	}
@@ -397,7 +411,7 @@ func (d *decoder) addCheck(buf []byte, b *window.Batch) {
 func decodeItem[P any, PP interface {
 	*P
 	proto.Message
-}, D any](d *decoder, buf []byte, kind aggdv1.ItemKind, n *int, convert func(*P, Limits) (D, window.Reason, string)) (D, bool) {
+}, D any](d *Decoder, buf []byte, kind aggdv1.ItemKind, n *int, convert func(*P, Limits) (D, window.Reason, string)) (D, bool) {
 	i := *n
 	*n++
 	var pb P
@@ -408,7 +422,7 @@ func decodeItem[P any, PP interface {
 	}
 	item, r, detail := convert(&pb, d.lim)
 	if r != window.Accepted {
-		d.rej = append(d.rej, rejection{kind: kind, index: i, reason: r, detail: detail})
+		d.Rej = append(d.Rej, Rejection{Kind: kind, Index: i, Reason: r, Detail: detail})
 		return zero, false
 	}
 	return item, true

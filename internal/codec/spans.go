@@ -1,4 +1,4 @@
-package service
+package codec
 
 import (
 	"fmt"
@@ -10,13 +10,6 @@ import (
 	"github.com/aggd/aggd/internal/window"
 )
 
-// SpanIngester takes decoded spans. results has one entry per span, set to
-// Accepted by the caller; IngestSpans may refuse more. It must copy what
-// it keeps.
-type SpanIngester interface {
-	IngestSpans(t *window.Tenant, now int64, sp []spans.Span, results []window.Reason)
-}
-
 // Bounds of one span.
 const (
 	maxResourceLength = 5000
@@ -25,19 +18,19 @@ const (
 )
 
 // addSpan decodes and validates one Span.
-func (d *decoder) addSpan(buf []byte) {
-	d.nSpans++
-	d.spans = append(d.spans, spans.Span{})
-	s := &d.spans[len(d.spans)-1]
+func (d *Decoder) addSpan(buf []byte) {
+	d.NSpans++
+	d.Spans = append(d.Spans, spans.Span{})
+	s := &d.Spans[len(d.Spans)-1]
 	r, detail := d.decodeSpan(buf, s)
 	if r == window.Accepted {
 		r, detail = d.validateSpan(s)
 	}
-	d.spanResults = append(d.spanResults, r)
-	d.spanDetail = append(d.spanDetail, detail)
+	d.SpanResults = append(d.SpanResults, r)
+	d.SpanDetail = append(d.SpanDetail, detail)
 }
 
-func (d *decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) {
+func (d *Decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) {
 	attrStart := len(d.attrs)
 	badUTF8 := ""
 	var tid, sid, pid []byte
@@ -173,7 +166,7 @@ func decodeMapEntry(b []byte) (k, v string, ok bool) {
 	return k, v, true
 }
 
-func (d *decoder) validateSpan(s *spans.Span) (window.Reason, string) { return d.lim.CheckSpan(s) }
+func (d *Decoder) validateSpan(s *spans.Span) (window.Reason, string) { return d.lim.CheckSpan(s) }
 
 // CheckSpan validates a decoded span against the API's rules and l; an
 // empty service becomes unknown_service.

@@ -1,12 +1,10 @@
-package service
+package codec
 
 import (
-	"log/slog"
 	"math"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -40,10 +38,10 @@ func sameFloats(a, b []float64) bool {
 
 func checkDecode(t *testing.T, data []byte) {
 	var pb aggdv1.StreamRequest
-	d := newDecoder(DefaultLimits())
+	d := NewDecoder(DefaultLimits())
 	var b window.Batch
 	b.Tenant = window.NewTenant("t")
-	seq, err := d.decodeStream(data, &b)
+	seq, err := d.DecodeStream(data, &b)
 	if perr := proto.Unmarshal(data, &pb); perr != nil {
 		return // the reference refuses it; the decoder need only not panic
 	}
@@ -76,8 +74,8 @@ func checkDecode(t *testing.T, data []byte) {
 			t.Fatalf("sample %d: key differs", i)
 		}
 	}
-	if n := len(pb.GetBatch().GetEvents()) + len(pb.GetBatch().GetServiceChecks()); d.nEvents+d.nChecks != n {
-		t.Fatalf("got %d events and checks, want %d", d.nEvents+d.nChecks, n)
+	if n := len(pb.GetBatch().GetEvents()) + len(pb.GetBatch().GetServiceChecks()); d.NEvents+d.NChecks != n {
+		t.Fatalf("got %d events and checks, want %d", d.NEvents+d.NChecks, n)
 	}
 }
 
@@ -114,11 +112,11 @@ func TestDecodeSeeds(t *testing.T) {
 }
 
 func TestDecodeRejectsPerSample(t *testing.T) {
-	d := newDecoder(DefaultLimits())
+	d := NewDecoder(DefaultLimits())
 	var b window.Batch
 	b.Tenant = window.NewTenant("t")
 	data, _ := proto.Marshal(seedRequests()[0])
-	if _, err := d.decodeStream(data, &b); err != nil {
+	if _, err := d.DecodeStream(data, &b); err != nil {
 		t.Fatal(err)
 	}
 	want := []window.Reason{window.Accepted, window.ReasonInvalidValue, window.Accepted, window.ReasonInvalidName, window.ReasonInvalidType, window.ReasonTagTooLong}
@@ -136,9 +134,9 @@ func TestDecodeRejectsPerSample(t *testing.T) {
 		batch = append(batch, s...)
 	}
 	req := append([]byte{0x12, byte(len(batch))}, batch...)
-	d.reset(&b)
+	d.Reset(&b)
 	b.Tenant = window.NewTenant("t")
-	if _, err := d.decodeStream(req, &b); err != nil {
+	if _, err := d.DecodeStream(req, &b); err != nil {
 		t.Fatal(err)
 	}
 	if want := []window.Reason{window.Accepted, window.ReasonInvalidUTF8}; !slices.Equal(b.Results, want) {
@@ -159,44 +157,18 @@ func BenchmarkDecodeStream(b *testing.B) {
 		})
 	}
 	data, _ := proto.Marshal(req)
-	d := newDecoder(DefaultLimits())
+	d := NewDecoder(DefaultLimits())
 	var batch window.Batch
 	tn := window.NewTenant("t")
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		d.reset(&batch)
+		d.Reset(&batch)
 		batch.Tenant = tn
-		if _, err := d.decodeStream(data, &batch); err != nil {
+		if _, err := d.DecodeStream(data, &batch); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
 }
-
-// FuzzReplay feeds write-ahead log records, real ones and whatever the
-// fuzzer makes of them, to a server's replay: a record it cannot read is
-// an error, never a panic.
-func FuzzReplay(f *testing.F) {
-	tenants, err := NewTenants(nil, false, 1000)
-	if err != nil {
-		f.Fatal(err)
-	}
-	srv := New(ingestNothing{}, tenants, DefaultLimits(), slog.New(slog.DiscardHandler))
-	srv.SetJournal(nil, func(ts, now int64) int64 { return max(ts, now) + 10 }, 0, time.Minute)
-	for _, r := range seedRequests() {
-		data, _ := proto.Marshal(r)
-		st := &callState{dec: newDecoder(DefaultLimits()), frame: frame{buf: data}}
-		st.batch.Tenant, st.batch.Now = window.NewTenant("acme"), 1_700_000_000_000_000_000
-		st.ack.Rejections = []*aggdv1.Rejection{{Kind: aggdv1.ItemKind_ITEM_KIND_SAMPLE, Index: 1}, {Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: 0}}
-		f.Add(encodeRecord(nil, st, recordStream), true, int64(1_700_000_000_000_000_000))
-	}
-	f.Fuzz(func(t *testing.T, rec []byte, flushed bool, tick int64) {
-		srv.Replay(rec, flushed, tick)
-	})
-}
-
-type ingestNothing struct{}
-
-func (ingestNothing) Ingest(*window.Batch) {}

@@ -1,0 +1,92 @@
+package codec
+
+import (
+	"math"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/aggd/aggd/internal/spans"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// AppendSample appends s as an aggd.v1 Sample message.
+func AppendSample(b []byte, s *window.Sample) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, s.Name)
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(s.Type))
+	if s.Values != nil {
+		packed := make([]byte, 0, 8*len(s.Values))
+		for _, v := range s.Values {
+			packed = protowire.AppendFixed64(packed, math.Float64bits(v))
+		}
+		b = protowire.AppendTag(b, 4, protowire.BytesType)
+		b = protowire.AppendBytes(b, packed)
+	} else {
+		b = protowire.AppendTag(b, 3, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, math.Float64bits(s.Value))
+	}
+	if s.SetMember != "" {
+		b = protowire.AppendTag(b, 5, protowire.BytesType)
+		b = protowire.AppendString(b, s.SetMember)
+	}
+	for _, t := range s.Tags {
+		b = protowire.AppendTag(b, 6, protowire.BytesType)
+		b = protowire.AppendString(b, t)
+	}
+	if s.Host != "" {
+		b = protowire.AppendTag(b, 7, protowire.BytesType)
+		b = protowire.AppendString(b, s.Host)
+	}
+	if s.SampleRate != 0 && s.SampleRate != 1 {
+		b = protowire.AppendTag(b, 8, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, math.Float64bits(s.SampleRate))
+	}
+	if s.Timestamp != 0 {
+		b = protowire.AppendTag(b, 9, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(s.Timestamp))
+	}
+	return b
+}
+
+// AppendSpan appends sp as an aggd.v1 Span message.
+func AppendSpan(b []byte, sp *spans.Span) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, sp.TraceID[:])
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendBytes(b, sp.SpanID[:])
+	if sp.HasParent {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendBytes(b, sp.ParentID[:])
+	}
+	for _, f := range [...]struct {
+		num protowire.Number
+		v   string
+	}{{4, sp.Service}, {5, sp.Name}, {6, sp.Resource}} {
+		b = protowire.AppendTag(b, f.num, protowire.BytesType)
+		b = protowire.AppendString(b, f.v)
+	}
+	b = protowire.AppendTag(b, 7, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(sp.Kind))
+	b = protowire.AppendTag(b, 8, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(sp.Start))
+	b = protowire.AppendTag(b, 9, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(sp.Duration))
+	if sp.Error {
+		b = protowire.AppendTag(b, 10, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
+	if sp.HTTPStatus != 0 {
+		b = protowire.AppendTag(b, 11, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(sp.HTTPStatus))
+	}
+	for _, a := range sp.Attrs {
+		entry := protowire.AppendTag(nil, 1, protowire.BytesType)
+		entry = protowire.AppendString(entry, a.Key)
+		entry = protowire.AppendTag(entry, 2, protowire.BytesType)
+		entry = protowire.AppendString(entry, a.Value)
+		b = protowire.AppendTag(b, 12, protowire.BytesType)
+		b = protowire.AppendBytes(b, entry)
+	}
+	return b
+}

@@ -1,0 +1,31 @@
+package codec
+
+import (
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+)
+
+// Frame receives a request's bytes undecoded, for the protowire decoder.
+type Frame struct{ Buf []byte }
+
+// grpcCodec is the proto codec, except that a *Frame receives the raw bytes.
+// It keeps the name "proto", so clients see the ordinary content type.
+type grpcCodec struct{ encoding.CodecV2 }
+
+// GRPC returns the codec a gRPC server of aggd.v1 uses: the proto codec,
+// except that a *Frame receives the raw bytes.
+func GRPC() encoding.CodecV2 { return grpcCodec{encoding.GetCodecV2(proto.Name)} }
+
+// Unmarshal implements encoding.CodecV2.
+func (c grpcCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	f, ok := v.(*Frame)
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	f.Buf = f.Buf[:0]
+	for _, b := range data {
+		f.Buf = append(f.Buf, b.ReadOnlyData()...)
+	}
+	return nil
+}
