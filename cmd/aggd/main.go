@@ -122,6 +122,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer journal.Close()
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
 			func() float64 { return float64(journal.Stats().Records) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aggd_wal_damaged_records_total", Help: "Write-ahead log records replay skipped because they failed their checksum."},
+				func() float64 { return float64(journal.Stats().Damaged) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_send_queue_full", Help: "1 while some upstream's send queue on disk is at --queue-max-bytes: flushes wait and batches are refused."},
 				func() float64 { return b2f(router.Full()) }))
 	}
@@ -512,7 +514,7 @@ func holds(p *spans.Policy, interval time.Duration) (eventHold, spanHold time.Du
 func replay(j *wal.Log, srv *service.Server, log *slog.Logger) error {
 	start := time.Now()
 	records, skipped := 0, 0
-	dropped, err := j.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
+	damage, err := j.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		due, err := srv.Replay(rec, flushed, tick)
 		if err != nil {
 			skipped++
@@ -525,10 +527,10 @@ func replay(j *wal.Log, srv *service.Server, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if dropped > 0 {
-		log.Error("write-ahead log ended in records that fail their checksum, as after a power loss; they were removed", "records", dropped)
+	for _, d := range damage {
+		log.Error("write-ahead log records skipped", "err", d, "records", d.Records)
 	}
-	if records+skipped+dropped > 0 {
+	if records+skipped+len(damage) > 0 {
 		log.Info("write-ahead log replayed", "records", records, "skipped", skipped, "took", time.Since(start))
 	}
 	return nil

@@ -103,13 +103,14 @@ type Log struct {
 	// once ended, holds only records of batches already ingested.
 	gate sync.RWMutex
 
-	mu     sync.Mutex // guards the fields below and orders appends
-	cur    *generation
-	closed []*generation // ended and not yet removed, oldest first
-	dirty  []*generation // ended but maybe not yet synced
-	seq    uint64        // records appended since Open
-	cp     Checkpoint
-	dec    []byte // replay's decompressed record
+	mu      sync.Mutex // guards the fields below and orders appends
+	cur     *generation
+	closed  []*generation // ended and not yet removed, oldest first
+	dirty   []*generation // ended but maybe not yet synced
+	seq     uint64        // records appended since Open
+	cp      Checkpoint
+	dec     []byte // replay's decompressed record
+	damaged uint64 // records replay skipped
 
 	smu     sync.Mutex // guards the group commit
 	scond   *sync.Cond
@@ -125,8 +126,8 @@ const checkpointFile = "checkpoint.json"
 func genName(id uint64) string { return fmt.Sprintf("%020d", id) }
 
 // Open opens or creates the log in dir. The generations found there wait
-// for Replay, which cuts a tail that a crash left torn at its last whole
-// record; appends go to a new generation.
+// for Replay, which skips what a crash or a damaged disk left unreadable;
+// appends go to a new generation.
 func Open(dir string, opts Options) (*Log, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = 16 << 20
@@ -172,16 +173,10 @@ func Open(dir string, opts Options) (*Log, error) {
 	return l, nil
 }
 
-// openTW opens the tidwall log of a generation, cutting a torn tail.
+// openTW opens the tidwall log of a new generation.
 func (l *Log) openTW(dir string) (*tw.Log, error) {
 	two := l.two
 	w, err := tw.Open(dir, &two)
-	if errors.Is(err, tw.ErrCorrupt) {
-		if rerr := repairTail(dir); rerr != nil {
-			return nil, fmt.Errorf("wal: %s is corrupt and could not be repaired: %w", dir, rerr)
-		}
-		w, err = tw.Open(dir, &two)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
@@ -276,39 +271,6 @@ func syncNewest(dir string) error {
 	}
 	err = f.Sync()
 	return errors.Join(err, f.Close())
-}
-
-// repairTail cuts the last segment of dir after its last whole record.
-// Records are a uvarint length and that many bytes; a crash can leave a
-// partial one at the end.
-func repairTail(dir string) error {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	var last string
-	for _, e := range ents {
-		if n := e.Name(); len(n) == 20 && !e.IsDir() {
-			last = n // names are zero-padded indexes: sorted order is log order
-		}
-	}
-	if last == "" {
-		return errors.New("no segment to repair")
-	}
-	path := filepath.Join(dir, last)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	good := 0
-	for good < len(data) {
-		size, n := binary.Uvarint(data[good:])
-		if n <= 0 || uint64(len(data)-good-n) < size {
-			break
-		}
-		good += n + int(size)
-	}
-	return os.Truncate(path, int64(good))
 }
 
 // Close closes the log, syncing what it holds.
@@ -516,83 +478,206 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// Replay calls fn with every record the log opened with, oldest first;
-// flushed says that the checkpoint's flush, of tick, drained the windows
-// after the record's batch was in them. fn returns the record's due time.
-// rec is only valid during the call. A record that fails its checksum, as
-// a power loss can leave at the end of a generation, ends that
-// generation: it and the records after it in the generation are removed,
-// and Replay reports how many. Call it once, before any Append.
-func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, err error)) (dropped int, err error) {
+// Replay calls fn with every intact record the log opened with, oldest
+// first; flushed says that the checkpoint's flush, of tick, drained the
+// windows after the record's batch was in them. fn returns the record's
+// due time. rec is only valid during the call. Records that fail their
+// checks (a torn tail after a power loss, a damaged sector) are skipped
+// and returned as Damage, one per damaged stretch; intact records after
+// them, in the same segment or later ones, are replayed. Call it once,
+// before any Append.
+func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, err error)) ([]Damage, error) {
 	l.mu.Lock()
 	gens := slices.Clone(l.closed)
 	cp := l.cp
 	l.mu.Unlock()
+	var damage []Damage
 	for _, g := range gens {
 		if !g.replay {
 			continue
 		}
-		w, err := l.openTW(g.dir)
+		segs, err := listSegments(g.dir)
 		if err != nil {
-			return dropped, err
+			return damage, err
 		}
-		n, err := w.LastIndex()
-		if err != nil {
-			w.Close()
-			return dropped, err
-		}
-		l.mu.Lock()
-		g.w, g.n = w, n
-		l.mu.Unlock()
-		for idx := uint64(1); idx <= g.n; idx++ {
-			data, err := g.w.Read(idx)
+		for i, seg := range segs {
+			data, err := os.ReadFile(filepath.Join(g.dir, seg.name))
 			if err != nil {
-				return dropped, fmt.Errorf("wal: read record %d of generation %d: %w", idx, g.id, err)
+				return damage, fmt.Errorf("wal: read generation %d: %w", g.id, err)
 			}
-			var rec []byte
-			if len(data) >= 4 && binary.LittleEndian.Uint32(data) == crc32.Checksum(data[4:], castagnoli) {
-				rec, err = s2.Decode(l.dec[:cap(l.dec)], data[4:])
-			}
-			if rec == nil || err != nil {
-				dropped += int(g.n - idx + 1)
-				if err := g.w.TruncateBack(idx - 1); err != nil {
-					return dropped, fmt.Errorf("wal: remove corrupt records of generation %d: %w", g.id, err)
+			intact := 0
+			var dmg []Damage
+			err = scanSegment(data, func(body []byte) error {
+				rec, err := s2.Decode(l.dec[:cap(l.dec)], body)
+				if err != nil {
+					// The checksum held, so the writer wrote this: a
+					// record the decoder cannot read is damage too.
+					return errUndecodable
 				}
+				l.dec = rec
+				due, err := fn(rec, g.id <= cp.Generation, cp.Tick)
+				if err != nil {
+					return err
+				}
+				intact++
 				l.mu.Lock()
-				g.n = idx - 1
+				g.n++
+				g.maxDue = max(g.maxDue, due)
 				l.mu.Unlock()
-				break
-			}
-			l.dec = rec
-			due, err := fn(rec, g.id <= cp.Generation, cp.Tick)
+				return nil
+			}, func(off, n int, torn bool) {
+				dmg = append(dmg, Damage{Generation: g.id, Segment: seg.name, Offset: int64(off), Bytes: n, Records: 1, Torn: torn})
+			})
 			if err != nil {
-				return dropped, err
+				return damage, err
 			}
-			g.maxDue = max(g.maxDue, due)
+			if i+1 < len(segs) && len(dmg) > 0 {
+				// A segment's records are numbered from its name to the
+				// next one's: what is missing is exactly what was lost.
+				// Only a generation's end can be torn.
+				missing := int(segs[i+1].first-seg.first) - intact
+				for j := range dmg {
+					dmg[j].Records, dmg[j].Torn = 1, false
+				}
+				dmg[0].Records = max(missing-len(dmg)+1, 1)
+			}
+			l.mu.Lock()
+			for _, d := range dmg {
+				l.damaged += uint64(d.Records)
+			}
+			l.mu.Unlock()
+			damage = append(damage, dmg...)
 		}
 		// Replayed generations wait for the flushes after the restart.
-		cerr := g.w.Close()
 		l.mu.Lock()
-		g.w, g.replay = nil, false
+		g.replay = false
 		l.mu.Unlock()
-		if cerr != nil {
-			return dropped, cerr
-		}
 	}
-	return dropped, nil
+	return damage, nil
+}
+
+var errUndecodable = errors.New("wal: record does not decompress")
+
+// Damage is a stretch of a generation's segment that failed its checks
+// at replay: the records in it were skipped.
+type Damage struct {
+	Generation uint64
+	Segment    string // the segment file's name
+	Offset     int64
+	Bytes      int
+	// Records is how many records the stretch held. In a generation's
+	// newest segment that is not known, and each stretch counts one.
+	Records int
+	// Torn says the stretch ends the generation: the last record was cut
+	// short, as a power loss or a full disk leaves it.
+	Torn bool
+}
+
+func (d Damage) Error() string {
+	if d.Torn {
+		return fmt.Sprintf("wal: generation %d segment %s ends in a record cut short (%d bytes at offset %d), as a power loss or a full disk leaves it; it was skipped",
+			d.Generation, d.Segment, d.Bytes, d.Offset)
+	}
+	return fmt.Sprintf("wal: generation %d segment %s: %d bytes at offset %d fail their checksum; %d records skipped",
+		d.Generation, d.Segment, d.Bytes, d.Offset, d.Records)
+}
+
+// segment is a segment file of a generation and the index of its first
+// record.
+type segment struct {
+	name  string
+	first uint64
+}
+
+// listSegments returns the segment files of a generation, oldest first.
+func listSegments(dir string) ([]segment, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	var segs []segment
+	for _, e := range ents { // zero-padded indexes: sorted order is log order
+		first, err := strconv.ParseUint(e.Name(), 10, 64)
+		if e.IsDir() || len(e.Name()) != 20 || err != nil {
+			continue
+		}
+		segs = append(segs, segment{e.Name(), first})
+	}
+	return segs, nil
+}
+
+// scanSegment calls record with the compressed body of every frame of
+// data whose checksum holds, and damaged with every stretch between them
+// that holds none. A frame is tidwall's uvarint length and that many
+// bytes: a CRC-32C of the rest, then the s2-compressed record. Past a
+// damaged stretch, scanning resynchronises at the next offset where a
+// whole frame's checksum holds; a false match is a one in 2^32 chance
+// per offset tried, and its record, if it even decompresses, is refused
+// by the caller's decoder.
+func scanSegment(data []byte, record func(body []byte) error, damaged func(off, n int, torn bool)) error {
+	bad := -1 // start of the damaged stretch being crossed
+	for pos := 0; pos < len(data); {
+		if body, n := frameAt(data[pos:]); n > 0 {
+			err := record(body)
+			if errors.Is(err, errUndecodable) {
+				if bad < 0 {
+					bad = pos
+				}
+				pos += n
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if bad >= 0 {
+				damaged(bad, pos-bad, false)
+				bad = -1
+			}
+			pos += n
+			continue
+		}
+		if bad < 0 {
+			bad = pos
+		}
+		pos++
+	}
+	if bad >= 0 {
+		// Torn: the stretch's first frame claims more than is left.
+		size, m := binary.Uvarint(data[bad:])
+		damaged(bad, len(data)-bad, m <= 0 || uint64(len(data)-bad-m) < size)
+	}
+	return nil
+}
+
+// frameAt returns the body of the frame at the start of data and the
+// frame's length, or 0 if no whole frame with a matching checksum is
+// there.
+func frameAt(data []byte) (body []byte, n int) {
+	size, m := binary.Uvarint(data)
+	if m <= 0 || size < 5 || uint64(len(data)-m) < size {
+		return nil, 0
+	}
+	frame := data[m : m+int(size)]
+	if binary.LittleEndian.Uint32(frame) != crc32.Checksum(frame[4:], castagnoli) {
+		return nil, 0
+	}
+	return frame[4:], m + int(size)
 }
 
 // Stats is the log's size.
 type Stats struct {
 	Records     uint64 // records kept
 	Generations int    // generations kept, the current one included
+	// Damaged is how many records replay skipped because they failed
+	// their checks.
+	Damaged uint64
 }
 
 // Stats returns the log's size now.
 func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := Stats{Records: l.cur.n, Generations: len(l.closed) + 1}
+	st := Stats{Records: l.cur.n, Generations: len(l.closed) + 1, Damaged: l.damaged}
 	for _, g := range l.closed {
 		st.Records += g.n
 	}

@@ -2,14 +2,17 @@ package wal_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
 	"go.uber.org/goleak"
 
 	"github.com/aggd/aggd/internal/wal"
@@ -46,10 +49,10 @@ func appendN(t *testing.T, l *wal.Log, from, n int, due int64) {
 }
 
 // replayAll returns the records replay hands out, how many it said a
-// flush had carried, and how many it dropped.
-func replayAll(t *testing.T, l *wal.Log) (got []string, flushed, dropped int) {
+// flush had carried, and how many it skipped as damaged.
+func replayAll(t *testing.T, l *wal.Log) (got []string, flushed, skipped int) {
 	t.Helper()
-	dropped, err := l.Replay(func(r []byte, f bool, _ int64) (int64, error) {
+	damage, err := l.Replay(func(r []byte, f bool, _ int64) (int64, error) {
 		got = append(got, string(r))
 		if f {
 			flushed++
@@ -59,7 +62,10 @@ func replayAll(t *testing.T, l *wal.Log) (got []string, flushed, dropped int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return got, flushed, dropped
+	for _, d := range damage {
+		skipped += d.Records
+	}
+	return got, flushed, skipped
 }
 
 func rotate(t *testing.T, l *wal.Log) uint64 {
@@ -168,71 +174,142 @@ func TestReplayAfterCrash(t *testing.T) {
 	}
 }
 
-// lastSegment returns the newest segment file of the first generation.
-func lastSegment(t *testing.T, dir string) string {
+// segments returns the segment files of the first generation, oldest
+// first, with the index of each one's first record.
+func segments(t *testing.T, dir string) (paths []string, first []uint64) {
 	t.Helper()
 	gen := filepath.Join(dir, "00000000000000000001")
 	ents, err := os.ReadDir(gen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return filepath.Join(gen, ents[len(ents)-1].Name())
+	for _, e := range ents {
+		idx, err := strconv.ParseUint(e.Name(), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, filepath.Join(gen, e.Name()))
+		first = append(first, idx)
+	}
+	return paths, first
 }
 
-// TestTornTailIsCut opens a log whose last record was cut short, as a
-// power loss can leave it: the whole records come back and appends go on.
-func TestTornTailIsCut(t *testing.T) {
-	dir := t.TempDir()
-	l := open(t, dir, wal.SyncAlways)
-	appendN(t, l, 0, 20, 1)
-	l.Close()
-	f, err := os.OpenFile(lastSegment(t, dir), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Write([]byte{0xff, 0x01, 0x02}) // a length of 255 and two bytes
-	f.Close()
-
-	l = open(t, dir, wal.SyncAlways)
-	got, _, _ := replayAll(t, l)
-	if !slices.Equal(got, want(0, 20)) {
-		t.Fatalf("replayed %d records, want 20", len(got))
-	}
-	appendN(t, l, 20, 1, 1)
-	l.Close()
-	l = open(t, dir, wal.SyncAlways)
-	defer l.Close()
-	if got, _, _ := replayAll(t, l); !slices.Equal(got, want(0, 21)) {
-		t.Fatalf("after an append, replayed %d records, want 21", len(got))
-	}
+// frameLen is the size of record i on disk: tidwall's uvarint length,
+// then a CRC-32C and the s2-compressed record.
+func frameLen(i int) int {
+	body := 4 + len(s2.Encode(nil, rec(i)))
+	return len(binary.AppendUvarint(nil, uint64(body))) + body
 }
 
-// TestCorruptRecordEndsReplay flips a byte of the last record: its
-// checksum fails, replay stops there and removes it, and the log goes on.
-func TestCorruptRecordEndsReplay(t *testing.T) {
-	dir := t.TempDir()
-	l := open(t, dir, wal.SyncAlways)
-	appendN(t, l, 0, 5, 1)
-	l.Close()
-	path := lastSegment(t, dir)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)-1] ^= 0xff
-	os.WriteFile(path, b, 0o640)
+// TestDamageLosesOnlyItself overwrites bytes of a segment, as a bad
+// sector or a stray write can: replay skips exactly the records the
+// damage touches, reports them, and gives back every intact later record,
+// in the damaged segment and after it. A record cut short at the end
+// is reported as torn.
+func TestDamageLosesOnlyItself(t *testing.T) {
+	const n = 400
+	for _, tc := range []struct {
+		name string
+		seg  int // -1: the last segment; else this one
+		at   func(size int) int
+		len  int
+		torn bool
+	}{
+		{"64 bytes mid-segment", 1, func(size int) int { return size / 2 }, 64, false},
+		{"64 bytes at the start of a segment", 1, func(int) int { return 0 }, 64, false},
+		{"64 bytes mid-way through the last segment", -1, func(size int) int { return size / 2 }, 64, false},
+		{"one byte of the last record", -1, func(size int) int { return size - 1 }, 1, false},
+		{"a torn last record", -1, func(size int) int { return size }, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l := open(t, dir, wal.SyncAlways)
+			appendN(t, l, 0, n, 1)
+			l.Close()
+			paths, first := segments(t, dir)
+			if len(paths) < 3 {
+				t.Fatalf("%d segments, want at least 3", len(paths))
+			}
+			seg := tc.seg
+			if seg < 0 {
+				seg = len(paths) - 1
+			}
+			b, err := os.ReadFile(paths[seg])
+			if err != nil {
+				t.Fatal(err)
+			}
+			at := tc.at(len(b))
+			lost := map[int]bool{}
+			if tc.torn {
+				// Half a record, as a write interrupted by a power loss
+				// leaves it.
+				whole := append(binary.AppendUvarint(nil, 200), bytes.Repeat([]byte{7}, 100)...)
+				b = append(b, whole...)
+			} else {
+				for i := range tc.len {
+					b[at+i] ^= 0x5a
+				}
+				// The records whose frames the damage overlaps.
+				off := 0
+				for i := int(first[seg]) - 1; off < len(b); i++ {
+					end := off + frameLen(i)
+					if end > at && off < at+tc.len {
+						lost[i] = true
+					}
+					off = end
+				}
+			}
+			if err := os.WriteFile(paths[seg], b, 0o640); err != nil {
+				t.Fatal(err)
+			}
 
-	l = open(t, dir, wal.SyncAlways)
-	got, _, dropped := replayAll(t, l)
-	if !slices.Equal(got, want(0, 4)) || dropped != 1 {
-		t.Fatalf("replayed %d records, dropped %d; want 4 and 1", len(got), dropped)
-	}
-	appendN(t, l, 4, 1, 1)
-	l.Close()
-	l = open(t, dir, wal.SyncAlways)
-	defer l.Close()
-	if got, _, _ := replayAll(t, l); !slices.Equal(got, want(0, 5)) {
-		t.Fatalf("after an append, replayed %v", got)
+			l = open(t, dir, wal.SyncAlways)
+			var got []string
+			damage, err := l.Replay(func(r []byte, _ bool, _ int64) (int64, error) {
+				got = append(got, string(r))
+				return 0, nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wantRecs []string
+			for i := range n {
+				if !lost[i] {
+					wantRecs = append(wantRecs, string(rec(i)))
+				}
+			}
+			if !slices.Equal(got, wantRecs) {
+				t.Fatalf("replayed %d records, want %d (all but %d damaged)", len(got), len(wantRecs), len(lost))
+			}
+			t.Logf("replayed %d of %d records; %v", len(got), n, damage)
+			skipped, torn := 0, false
+			for _, d := range damage {
+				skipped += d.Records
+				torn = torn || d.Torn
+				if d.Error() == "" {
+					t.Error("damage without a message")
+				}
+			}
+			wantSkipped := max(len(lost), 1)
+			if seg == len(paths)-1 && !tc.torn {
+				// In the newest segment the count of records a damaged
+				// stretch held is not known: each stretch counts one.
+				wantSkipped = 1
+			}
+			if skipped != wantSkipped || torn != tc.torn || l.Stats().Damaged != uint64(skipped) {
+				t.Fatalf("damage %v: %d records skipped (stats %d), torn %v; want %d, torn %v",
+					damage, skipped, l.Stats().Damaged, torn, wantSkipped, tc.torn)
+			}
+			// The log goes on: an append after replay comes back with the
+			// intact records at the next start.
+			appendN(t, l, n, 1, 1)
+			l.Close()
+			l = open(t, dir, wal.SyncAlways)
+			defer l.Close()
+			if got, _, _ := replayAll(t, l); !slices.Equal(got, append(wantRecs, string(rec(n)))) {
+				t.Fatalf("after an append, replayed %d records, want %d", len(got), len(wantRecs)+1)
+			}
+		})
 	}
 }
 
