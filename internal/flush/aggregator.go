@@ -30,7 +30,7 @@ type Aggregator struct {
 	holder EventHolder
 	rules  RuleEngine
 
-	interval, rollup, grace int64
+	timing window.Timing
 	// cutoff, while a write-ahead log is replayed, is the tick of the last
 	// flush known to have carried the record: samples in buckets due by
 	// then are not added again. Zero otherwise.
@@ -82,11 +82,7 @@ func NewAggregator(cfg window.Config, n int) *Aggregator {
 		n = 4 * runtime.GOMAXPROCS(0)
 	}
 	b := bits.Len(uint(n - 1))
-	a := &Aggregator{shards: make([]shard, 1<<b), shift: uint(64 - b),
-		interval: int64(cfg.Interval), rollup: int64(cfg.Interval), grace: int64(cfg.Grace)}
-	if cfg.Rollup != 0 {
-		a.rollup = int64(cfg.Rollup)
-	}
+	a := &Aggregator{shards: make([]shard, 1<<b), shift: uint(64 - b), timing: cfg.Timing()}
 	if b == 0 {
 		a.shift = 63 // one shard: any shift that leaves index 0 works
 	}
@@ -154,20 +150,10 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 	}
 }
 
-// bucketDue returns the tick that drains the bucket a sample at ts (zero:
-// now) falls in.
-func (a *Aggregator) bucketDue(ts, now int64) int64 {
-	w := a.rollup
-	if ts == 0 {
-		ts, w = now, a.interval
-	}
-	return ts - ((ts%w)+w)%w + w + a.grace
-}
-
 // Due returns a tick by which every window a sample at ts arriving at now
 // falls in is drained: its bucket's, and the rules' windows.
 func (a *Aggregator) Due(ts, now int64) int64 {
-	d := a.bucketDue(ts, now)
+	d := a.timing.BucketDue(ts, now)
 	if a.rules != nil {
 		if ts == 0 {
 			ts = now
@@ -221,7 +207,7 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 // add adds smp to shard s, whose lock is held, unless a replay's cutoff
 // says a flush carried its bucket already.
 func (a *Aggregator) add(s *shard, smp *window.Sample, b *window.Batch) window.Reason {
-	if a.cutoff != 0 && a.bucketDue(smp.Timestamp, b.Now) <= a.cutoff {
+	if a.cutoff != 0 && a.timing.BucketDue(smp.Timestamp, b.Now) <= a.cutoff {
 		return window.Accepted
 	}
 	return s.sh.Add(b.Tenant, smp, b.Now)

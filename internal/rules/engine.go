@@ -24,12 +24,12 @@ type Counters struct {
 // under that shard's lock, and one for spans under its own lock, so rules
 // add no lock every shard contends for.
 type Engine struct {
-	set                       atomic.Pointer[Set]
-	grace, maxLate, maxFuture int64
-	shards                    []state
-	spanMu                    sync.Mutex
-	spanState                 state
-	watermark                 atomic.Int64
+	set       atomic.Pointer[Set]
+	timing    window.Timing
+	shards    []state
+	spanMu    sync.Mutex
+	spanState state
+	watermark atomic.Int64
 	// cutoff skips windows drained at or before it, as a write-ahead log
 	// is replayed; zero otherwise.
 	cutoff   atomic.Int64
@@ -66,7 +66,7 @@ type acc struct {
 // NewEngine returns an engine for shards aggregator shards with window's
 // time rules, applying set (nil: no rules).
 func NewEngine(set *Set, shards int, cfg window.Config) *Engine {
-	e := &Engine{grace: int64(cfg.Grace), maxLate: int64(cfg.MaxLateness), maxFuture: int64(cfg.MaxFuture), shards: make([]state, shards)}
+	e := &Engine{timing: cfg.Timing(), shards: make([]state, shards)}
 	for i := range e.shards {
 		e.shards[i].groups = map[string]*group{}
 	}
@@ -137,7 +137,8 @@ func (e *Engine) Due(ts int64) int64 {
 	if set == nil {
 		return ts
 	}
-	return ts + set.maxWindow + e.grace
+	// The window of any rule holding ts ends by ts + the widest window.
+	return e.timing.Due(ts, set.maxWindow)
 }
 
 // SetReplayCutoff makes the engine skip the windows drained at or before
@@ -151,8 +152,7 @@ func (e *Engine) replayed(r *Rule, ts int64) bool {
 	if c == 0 {
 		return false
 	}
-	w := int64(r.Window)
-	return ts-((ts%w)+w)%w+w+e.grace <= c
+	return e.timing.WindowDue(ts, int64(r.Window)) <= c
 }
 
 // ObserveSample applies the metric rules to s, which arrived at now, in
@@ -179,11 +179,8 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 				continue
 			}
 			if !matched {
-				switch {
-				case ts < now-e.maxLate:
-					return true, window.ReasonTooOld
-				case ts > now+e.maxFuture:
-					return true, window.ReasonTooNew
+				if r := e.timing.Admit(ts, now); r != window.Accepted {
+					return true, r
 				}
 			}
 			matched = true
@@ -255,7 +252,7 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 	e.spanMu.Lock()
 	defer e.spanMu.Unlock()
 	ts := sp.End()
-	if ts < now-e.maxLate || ts > now+e.maxFuture {
+	if e.timing.Admit(ts, now) != window.Accepted {
 		return
 	}
 	st := &e.spanState
@@ -305,7 +302,7 @@ func valueString(v filter.Value) string {
 // The key is built in scratch, so finding an open group does not allocate.
 func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, ts int64, lookup func(string) (string, bool)) *group {
 	width := int64(r.Window)
-	start := ts - ((ts%width)+width)%width
+	start := window.Start(ts, width)
 	k := append(st.scratch[:0], t.ID...)
 	k = append(k, 0)
 	k = append(k, r.Name...)
@@ -319,7 +316,7 @@ func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, ts int64, lookup
 		return g
 	}
 	g := &group{tenant: t, rule: r, start: start, width: width, accs: make([]acc, len(r.Algorithms)),
-		late: start+width+e.grace <= e.watermark.Load()}
+		late: e.timing.Due(start, width) <= e.watermark.Load()}
 	for _, key := range r.GroupBy {
 		v, _ := lookup(key)
 		g.tags = append(g.tags, key+":"+v)
@@ -428,7 +425,7 @@ func (e *Engine) Drain(tick int64, all bool, lockShard func(i int, f func()), ou
 	var order []string
 	take := func(st *state) {
 		for k, g := range st.groups {
-			if !all && g.start+g.width+e.grace > tick {
+			if !all && e.timing.Due(g.start, g.width) > tick {
 				continue
 			}
 			delete(st.groups, k)

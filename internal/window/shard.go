@@ -28,9 +28,9 @@ type bucketKey struct{ start, width int64 }
 // Shard holds the contexts and open buckets of one hash range of contexts.
 // It is not safe for concurrent use.
 type Shard struct {
-	interval, rollup, grace int64
-	maxLate, maxFuture, ttl int64
-	maxSet                  int
+	timing Timing
+	ttl    int64
+	maxSet int
 
 	contexts  map[uint64]*context
 	all       []*context // every context, for the expiry sweep
@@ -48,15 +48,11 @@ const sweepBudget = 4096
 // NewShard returns an empty shard. cfg must be valid.
 func NewShard(cfg Config) *Shard {
 	return &Shard{
-		interval:  int64(cfg.Interval),
-		rollup:    int64(cfg.rollup()),
-		grace:     int64(cfg.Grace),
-		maxLate:   int64(cfg.MaxLateness),
-		maxFuture: int64(cfg.MaxFuture),
-		ttl:       int64(cfg.ContextTTL),
-		maxSet:    cfg.MaxSetSize,
-		contexts:  make(map[uint64]*context),
-		buckets:   make(map[bucketKey]*Bucket),
+		timing:   cfg.Timing(),
+		ttl:      int64(cfg.ContextTTL),
+		maxSet:   cfg.MaxSetSize,
+		contexts: make(map[uint64]*context),
+		buckets:  make(map[bucketKey]*Bucket),
 	}
 }
 
@@ -67,19 +63,13 @@ func (sh *Shard) Contexts() int { return len(sh.all) }
 // nanoseconds). It returns Accepted or why s was refused; a refused sample
 // changes nothing but, possibly, a context's idle time.
 func (sh *Shard) Add(t *Tenant, s *Sample, now int64) Reason {
-	ts, width := s.Timestamp, sh.interval
+	ts := s.Timestamp
 	if ts == 0 {
 		ts = now
-	} else {
-		switch {
-		case ts < now-sh.maxLate:
-			return ReasonTooOld
-		case ts > now+sh.maxFuture:
-			return ReasonTooNew
-		}
-		width = sh.rollup
+	} else if r := sh.timing.Admit(ts, now); r != Accepted {
+		return r
 	}
-	b := sh.bucket(floor(ts, width), width)
+	b := sh.bucket(sh.timing.Bucket(s.Timestamp, now))
 	c, r := sh.context(t, s, now)
 	if r != Accepted {
 		return r
@@ -213,7 +203,7 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 	k := bucketKey{start, width}
 	b, ok := sh.buckets[k]
 	if !ok {
-		b = getBucket(start, width, start+width+sh.grace <= sh.watermark)
+		b = getBucket(start, width, sh.timing.Due(start, width) <= sh.watermark)
 		sh.buckets[k] = b
 	}
 	sh.last = b
@@ -227,7 +217,7 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 // longer than the context TTL, a bounded number per call.
 func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 	for k, b := range sh.buckets {
-		if all || k.start+k.width+sh.grace <= tick {
+		if all || sh.timing.Due(k.start, k.width) <= tick {
 			out = append(out, b)
 			delete(sh.buckets, k)
 		}
@@ -278,15 +268,6 @@ func (sh *Shard) forget(c *context) {
 	sh.all[len(sh.all)-1] = nil
 	sh.all = sh.all[:len(sh.all)-1]
 	c.tenant.Contexts.Add(-1)
-}
-
-// floor rounds ts down to a multiple of width, also for negative ts.
-func floor(ts, width int64) int64 {
-	m := ts % width
-	if m < 0 {
-		m += width
-	}
-	return ts - m
 }
 
 func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
