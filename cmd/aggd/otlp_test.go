@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"math"
 	"testing"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -107,9 +106,10 @@ func TestOpenTelemetrySDKExportsToAggd(t *testing.T) {
 	if h == nil || h["count"] != 7.0 || h["host"] != "node-1" {
 		t.Fatalf("latency distribution: %v", h)
 	}
-	// Bucket midpoints: 5 is in (-inf,10] at the min 5, 15 in (10,20] at 15.
-	if p50 := h["p50"].(float64); math.Abs(p50-15) > 0.15 {
-		t.Errorf("latency p50 %v, want 15", p50)
+	// Each bucket's count is spread over its bounds: the median, 15, is
+	// in (10, 20]; the sum is exact.
+	if p50 := h["p50"].(float64); p50 <= 10 || p50 > 20 || h["sum"] != 660.0 {
+		t.Errorf("latency p50 %v, want in (10, 20]; sum %v, want 660", p50, h["sum"])
 	}
 	if len(spansSeen) != 2 {
 		t.Fatalf("spans exported: %v", spansSeen)

@@ -108,7 +108,9 @@ func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Samp
 	ingest()
 	var batch []byte
 	for i := range smp {
-		if results[i] == window.Accepted {
+		if results[i] == window.Accepted && smp[i].Hist != nil {
+			batch = appendHistSamples(batch, &smp[i])
+		} else if results[i] == window.Accepted {
 			batch = protowire.AppendTag(batch, 1, protowire.BytesType)
 			batch = protowire.AppendBytes(batch, codec.AppendSample(nil, &smp[i]))
 		}

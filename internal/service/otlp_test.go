@@ -3,7 +3,9 @@ package service_test
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +32,11 @@ import (
 // the server before it serves.
 func startOTLP(t *testing.T, setup ...func(*service.Server)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
 	t.Helper()
+	return startOTLPWith(t, service.DefaultOTLPConfig(), setup...)
+}
+
+func startOTLPWith(t *testing.T, cfg service.OTLPConfig, setup ...func(*service.Server)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
+	t.Helper()
 	tenants, _ := service.NewTenants(nil, false, 10)
 	agg := flush.NewAggregator(window.DefaultConfig(), 2)
 	srv := service.New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
@@ -37,7 +44,7 @@ func startOTLP(t *testing.T, setup ...func(*service.Server)) (*grpc.ClientConn, 
 		f(srv)
 	}
 	gs := grpc.NewServer(service.ServerOptions()...)
-	srv.RegisterOTLP(gs)
+	srv.NewOTLP(cfg).Register(gs)
 	lis := bufconn.Listen(1 << 20)
 	go gs.Serve(lis)
 	conn, _ := grpc.NewClient("passthrough:///otlp", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
@@ -47,15 +54,54 @@ func startOTLP(t *testing.T, setup ...func(*service.Server)) (*grpc.ClientConn, 
 }
 
 func sumPoint(start uint64, v int64) *metricspb.Metric {
+	return sumPointFlags(start, v, 0)
+}
+
+func sumPointFlags(start uint64, v int64, flags uint32) *metricspb.Metric {
 	now := uint64(time.Now().UnixNano())
 	return &metricspb.Metric{Name: "s", Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{
 		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE, IsMonotonic: true,
-		DataPoints: []*metricspb.NumberDataPoint{{StartTimeUnixNano: start, TimeUnixNano: now, Value: &metricspb.NumberDataPoint_AsInt{AsInt: v}}},
+		DataPoints: []*metricspb.NumberDataPoint{{StartTimeUnixNano: start, TimeUnixNano: now, Flags: flags, Value: &metricspb.NumberDataPoint_AsInt{AsInt: v}}},
 	}}}
+}
+
+func histPoint(temporality metricspb.AggregationTemporality, start uint64, bounds []float64, counts []uint64, sum float64) *metricspb.Metric {
+	var n uint64
+	for _, c := range counts {
+		n += c
+	}
+	return &metricspb.Metric{Name: "h", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
+		AggregationTemporality: temporality,
+		DataPoints: []*metricspb.HistogramDataPoint{{StartTimeUnixNano: start, TimeUnixNano: uint64(time.Now().UnixNano()),
+			ExplicitBounds: bounds, BucketCounts: counts, Count: n, Sum: &sum}},
+	}}}
+}
+
+func expPoint(start uint64, scale int32, zero uint64, offset int32, counts []uint64, sum float64) *metricspb.Metric {
+	n := zero
+	for _, c := range counts {
+		n += c
+	}
+	return &metricspb.Metric{Name: "e", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
+		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE,
+		DataPoints: []*metricspb.ExponentialHistogramDataPoint{{StartTimeUnixNano: start, TimeUnixNano: uint64(time.Now().UnixNano()),
+			Scale: scale, ZeroCount: zero, Count: n, Sum: &sum,
+			Positive: &metricspb.ExponentialHistogramDataPoint_Buckets{Offset: offset, BucketCounts: counts}}},
+	}}}
+}
+
+func strAttr(k, v string) *commonpb.KeyValue {
+	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
 }
 
 func request(ms ...*metricspb.Metric) *colmetricspb.ExportMetricsServiceRequest {
 	return &colmetricspb.ExportMetricsServiceRequest{ResourceMetrics: []*metricspb.ResourceMetrics{{ScopeMetrics: []*metricspb.ScopeMetrics{{Metrics: ms}}}}}
+}
+
+// onResource puts req's metrics on a resource with attrs.
+func onResource(req *colmetricspb.ExportMetricsServiceRequest, attrs ...*commonpb.KeyValue) *colmetricspb.ExportMetricsServiceRequest {
+	req.ResourceMetrics[0].Resource = &resourcepb.Resource{Attributes: attrs}
+	return req
 }
 
 func drained(t *testing.T, agg *flush.Aggregator, tenants *service.Tenants) *flushtest.Exporter {
@@ -64,34 +110,186 @@ func drained(t *testing.T, agg *flush.Aggregator, tenants *service.Tenants) *flu
 	return exp
 }
 
-func TestOTLPCumulativeSumsBecomeDeltas(t *testing.T) {
+// TestOTLPCumulativeToDelta holds the cumulative-to-delta rules of the
+// OpenTelemetry Collector's cumulativetodelta processor; each case names
+// the function whose behaviour it reproduces. before is a start time
+// earlier than the receiver's start, after one later.
+func TestOTLPCumulativeToDelta(t *testing.T) {
+	type reqs = []*colmetricspb.ExportMetricsServiceRequest
+	const hist = metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
+	bounds := []float64{10, 100}
+	tests := []struct {
+		name, follows string
+		send          func(before, after uint64) reqs
+		want          map[string]float64 // name{host} → COUNT value, or distribution count
+		wantSum       map[string]float64 // distribution sums
+		wantRejected  int64
+	}{{
+		name:    "two hosts are two streams",
+		follows: "tracking.MetricIdentity.Write (resource attributes are part of the identity)",
+		send: func(before, _ uint64) reqs {
+			var rs reqs
+			for i := range int64(3) {
+				rs = append(rs, onResource(request(sumPoint(before, 100+10*i)), strAttr("host.name", "a")),
+					onResource(request(sumPoint(before, 1000+10*i)), strAttr("host.name", "b")))
+			}
+			return rs
+		},
+		want: map[string]float64{"s{a}": 20, "s{b}": 20},
+	}, {
+		name:    "instances that share their tags are still two streams",
+		follows: "tracking.MetricIdentity.Write",
+		send: func(before, _ uint64) reqs {
+			var rs reqs
+			for i := range int64(2) {
+				rs = append(rs, onResource(request(sumPoint(before, 100+10*i)), strAttr("service.instance.id", "1")),
+					onResource(request(sumPoint(before, 7+i)), strAttr("service.instance.id", "2")))
+			}
+			return rs
+		},
+		want: map[string]float64{"s{}": 11},
+	}, {
+		name:    "a stream that started before aggd is a baseline first",
+		follows: "tracking.MetricTracker.Convert (initial_value auto)",
+		send:    func(before, _ uint64) reqs { return reqs{request(sumPoint(before, 50)), request(sumPoint(before, 60))} },
+		want:    map[string]float64{"s{}": 10},
+	}, {
+		name:    "a stream that started after aggd counts in full",
+		follows: "tracking.MetricTracker.Convert (initial_value auto)",
+		send:    func(_, after uint64) reqs { return reqs{request(sumPoint(after, 5)), request(sumPoint(after, 8))} },
+		want:    map[string]float64{"s{}": 8},
+	}, {
+		name:    "a drop without a new start time is a reset, not counted",
+		follows: "tracking.MetricTracker.Convert (ReasonReset)",
+		send: func(before, _ uint64) reqs {
+			return reqs{request(sumPoint(before, 100)), request(sumPoint(before, 110)), request(sumPoint(before, 3)), request(sumPoint(before, 5))}
+		},
+		want: map[string]float64{"s{}": 10 + 2},
+	}, {
+		name:    "a new start time after aggd's start counts in full",
+		follows: "tracking.MetricIdentity.Write (the start time is part of the identity) and Convert",
+		send: func(before, after uint64) reqs {
+			return reqs{request(sumPoint(before, 100)), request(sumPoint(before, 110)), request(sumPoint(after, 4))}
+		},
+		want: map[string]float64{"s{}": 10 + 4},
+	}, {
+		name:    "points without a recorded value are skipped silently",
+		follows: "cumulativeToDeltaProcessor.convertNumberDataPoints (NoRecordedValue)",
+		send: func(before, _ uint64) reqs {
+			return reqs{request(sumPoint(before, 100)), request(sumPointFlags(before, 0, 1)), request(sumPoint(before, 130))}
+		},
+		want: map[string]float64{"s{}": 30},
+	}, {
+		name:    "histogram deltas by bucket",
+		follows: "tracking.MetricTracker.Convert (MetricTypeHistogram)",
+		send: func(before, _ uint64) reqs {
+			return reqs{request(histPoint(hist, before, bounds, []uint64{1, 2, 3}, 500)), request(histPoint(hist, before, bounds, []uint64{2, 4, 3}, 530))}
+		},
+		want:    map[string]float64{"h{}": 3},
+		wantSum: map[string]float64{"h{}": 30},
+	}, {
+		name:    "a histogram whose bounds change starts over",
+		follows: "tracking.MetricTracker.Convert (ReasonBucketMismatch)",
+		send: func(before, _ uint64) reqs {
+			return reqs{request(histPoint(hist, before, bounds, []uint64{1, 2, 3}, 500)),
+				request(histPoint(hist, before, []float64{20, 100}, []uint64{2, 4, 3}, 530)),
+				request(histPoint(hist, before, []float64{20, 100}, []uint64{3, 4, 3}, 535))}
+		},
+		want:    map[string]float64{"h{}": 1},
+		wantSum: map[string]float64{"h{}": 5},
+	}, {
+		name:    "a histogram whose count drops passes on whole",
+		follows: "tracking.MetricTracker.Convert (histogram ReasonReset keeps the point)",
+		send: func(before, _ uint64) reqs {
+			return reqs{request(histPoint(hist, before, bounds, []uint64{1, 2, 3}, 500)), request(histPoint(hist, before, bounds, []uint64{1, 0, 0}, 4))}
+		},
+		want:    map[string]float64{"h{}": 1},
+		wantSum: map[string]float64{"h{}": 4},
+	}, {
+		name:    "cumulative exponential histograms are taken",
+		follows: "tracking.MetricTracker.Convert (MetricTypeExponentialHistogram)",
+		send: func(before, _ uint64) reqs {
+			return reqs{request(expPoint(before, 2, 1, 4, []uint64{1, 2}, 10)), request(expPoint(before, 2, 2, 4, []uint64{3, 2, 1}, 20))}
+		},
+		want:    map[string]float64{"e{}": 4},
+		wantSum: map[string]float64{"e{}": 10},
+	}, {
+		name:    "an exponential histogram at a coarser scale is coarsened",
+		follows: "tracking.MetricTracker.Convert (ExponentialHistogramPoint Coarsen, Diff)",
+		send: func(before, _ uint64) reqs {
+			// Scale 2 buckets 4..7 merge into scale 1 buckets 2..3.
+			return reqs{request(expPoint(before, 2, 0, 4, []uint64{1, 1, 1, 1}, 10)), request(expPoint(before, 1, 0, 2, []uint64{3, 4}, 18))}
+		},
+		want:    map[string]float64{"e{}": 3},
+		wantSum: map[string]float64{"e{}": 8},
+	}, {
+		name:    "an exponential histogram whose count drops is a reset, not counted",
+		follows: "tracking.MetricTracker.Convert (exponential ReasonReset)",
+		send: func(before, _ uint64) reqs {
+			return reqs{request(expPoint(before, 2, 0, 4, []uint64{5}, 10)), request(expPoint(before, 2, 0, 4, []uint64{1}, 2)), request(expPoint(before, 2, 0, 4, []uint64{3}, 6))}
+		},
+		want:    map[string]float64{"e{}": 2},
+		wantSum: map[string]float64{"e{}": 4},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, agg, tenants := startOTLP(t)
+			c := colmetricspb.NewMetricsServiceClient(conn)
+			after := uint64(time.Now().UnixNano())
+			var rejected int64
+			for _, req := range tc.send(1, after) {
+				resp, err := c.Export(context.Background(), req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rejected += resp.GetPartialSuccess().GetRejectedDataPoints()
+			}
+			got, gotSum := map[string]float64{}, map[string]float64{}
+			for _, p := range drained(t, agg, tenants).Points() {
+				k := p.Name + "{" + p.Host + "}"
+				if p.Type == window.TypeDistribution {
+					got[k] += p.Count
+					gotSum[k] += p.Sum
+				} else {
+					got[k] += p.Value
+				}
+			}
+			if !maps.Equal(got, tc.want) || (tc.wantSum != nil && !maps.Equal(gotSum, tc.wantSum)) || rejected != tc.wantRejected {
+				t.Errorf("following %s:\ngot %v sums %v rejected %d\nwant %v sums %v rejected %d", tc.follows, got, gotSum, rejected, tc.want, tc.wantSum, tc.wantRejected)
+			}
+		})
+	}
+}
+
+// TestOTLPHistogramsKeepExactMoments: explicit-bucket histograms become
+// sketches by spreading each bucket's count over its bounds (Datadog's
+// OTLP mapping, getSketchBuckets with quantile.Agent.InsertInterpolate),
+// while count, sum, minimum and maximum stay the point's own.
+func TestOTLPHistogramsKeepExactMoments(t *testing.T) {
 	conn, agg, tenants := startOTLP(t)
 	c := colmetricspb.NewMetricsServiceClient(conn)
-	ctx := context.Background()
-	start := uint64(time.Now().Add(-time.Minute).UnixNano())
-	for _, m := range []*metricspb.Metric{
-		sumPoint(start, 10),  // counts from its start time: 10
-		sumPoint(start, 15),  // +5
-		sumPoint(start, 3),   // dropped below: a reset, counts 3
-		sumPoint(start+1, 4), // new start time: a restart, counts 4
-	} {
-		if _, err := c.Export(ctx, request(m)); err != nil {
-			t.Fatal(err)
-		}
+	// 3, 7, 7, 30, 80, 300 recorded with the OTel SDK's default bounds.
+	bounds := []float64{0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000}
+	counts := make([]uint64, len(bounds)+1)
+	counts[1], counts[2], counts[4], counts[6], counts[8] = 1, 2, 1, 1, 1
+	m := histPoint(metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA, 0, bounds, counts, 427)
+	lo, hi := 3.0, 300.0
+	m.GetHistogram().DataPoints[0].Min, m.GetHistogram().DataPoints[0].Max = &lo, &hi
+	// Without min and max, the open-ended buckets sit at their bound.
+	open := histPoint(metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA, 0, []float64{10, 20}, []uint64{1, 0, 3}, 95)
+	open.Name = "open"
+	if _, err := c.Export(context.Background(), request(m, open)); err != nil {
+		t.Fatal(err)
 	}
-	// Without a start time the first point is a baseline only.
-	noStart := sumPoint(0, 100)
-	noStart.Name = "n"
-	c.Export(ctx, request(noStart))
-	noStart2 := sumPoint(0, 130)
-	noStart2.Name = "n"
-	c.Export(ctx, request(noStart2))
-	got := map[string]float64{}
+	got := map[string]flushtest.Point{}
 	for _, p := range drained(t, agg, tenants).Points() {
-		got[p.Name] += p.Value
+		got[p.Name] = p
 	}
-	if got["s"] != 10+5+3+4 || got["n"] != 30 {
-		t.Fatalf("got %v", got)
+	if h := got["h"]; h.Count != 6 || h.Sum != 427 || h.Min != 3 || h.Max != 300 || h.P50 <= 5 || h.P50 > 10 {
+		t.Errorf("h = %+v, want count 6, sum 427, min 3, max 300, median in (5, 10]", h)
+	}
+	if o := got["open"]; o.Count != 4 || o.Sum != 95 || o.Min != 10 || o.Max != 20 {
+		t.Errorf("open = %+v, want count 4, sum 95, min 10, max 20", o)
 	}
 }
 
@@ -101,44 +299,78 @@ func TestOTLPExponentialHistogramAndSummary(t *testing.T) {
 	now := uint64(time.Now().UnixNano())
 	exp := &metricspb.Metric{Name: "e", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
 		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
-		DataPoints: []*metricspb.ExponentialHistogramDataPoint{{TimeUnixNano: now, Scale: 3, ZeroCount: 2,
+		DataPoints: []*metricspb.ExponentialHistogramDataPoint{{TimeUnixNano: now, Scale: 3, ZeroCount: 2, Count: 10,
 			Positive: &metricspb.ExponentialHistogramDataPoint_Buckets{Offset: 8, BucketCounts: []uint64{1, 0, 5}},
 			Negative: &metricspb.ExponentialHistogramDataPoint_Buckets{Offset: 0, BucketCounts: []uint64{2}}}},
 	}}}
-	cumExp := &metricspb.Metric{Name: "ce", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
-		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE,
-		DataPoints:             []*metricspb.ExponentialHistogramDataPoint{{TimeUnixNano: now}},
+	badExp := &metricspb.Metric{Name: "bad", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
+		AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
+		DataPoints:             []*metricspb.ExponentialHistogramDataPoint{{TimeUnixNano: now, Count: 3, ZeroCount: 1}},
 	}}}
 	sum := &metricspb.Metric{Name: "q", Data: &metricspb.Metric_Summary{Summary: &metricspb.Summary{DataPoints: []*metricspb.SummaryDataPoint{{
 		StartTimeUnixNano: now - 1e9, TimeUnixNano: now, Count: 4, Sum: 10,
-		Attributes:     []*commonpb.KeyValue{{Key: "k", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "v"}}}},
+		Attributes:     []*commonpb.KeyValue{strAttr("k", "v")},
 		QuantileValues: []*metricspb.SummaryDataPoint_ValueAtQuantile{{Quantile: 0.5, Value: 2}, {Quantile: 0.99, Value: 4}},
 	}}}}}
-	req := request(exp, cumExp, sum)
-	req.ResourceMetrics[0].Resource = &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{Key: "host.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "h1"}}}}}
+	req := onResource(request(exp, badExp, sum), strAttr("host.name", "h1"), strAttr("service.instance.id", "x"), strAttr("env", "prod"))
 	req.ResourceMetrics[0].ScopeMetrics[0].Scope = &commonpb.InstrumentationScope{Name: "lib",
 		Attributes: []*commonpb.KeyValue{{Key: "scope", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: 7}}}}}
 	resp, err := c.Export(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ps := resp.PartialSuccess; ps.GetRejectedDataPoints() != 1 || ps.GetErrorMessage() == "" {
-		t.Fatalf("partial success %v: the cumulative exponential histogram must be refused", ps)
+	if ps := resp.PartialSuccess; ps.GetRejectedDataPoints() != 1 || !strings.Contains(ps.GetErrorMessage(), "count is 3") {
+		t.Fatalf("partial success %v: the exponential histogram whose buckets miss its count must be refused", ps)
 	}
 	got := map[string]flushtest.Point{}
 	for _, p := range drained(t, agg, tenants).Points() {
 		got[p.Name+"{"+p.Tags+"}"] = p
 	}
-	e := got["e{scope:7}"]
-	if e.Count != 10 || e.Type != window.TypeDistribution {
-		t.Fatalf("exponential histogram: %+v", e)
+	e := got["e{env:prod,scope:7}"]
+	if e.Count != 10 || e.Type != window.TypeDistribution || e.Host != "h1" {
+		t.Fatalf("exponential histogram: %+v in %v", e, got)
 	}
-	for k, w := range map[string]float64{"q.count{k:v,scope:7}": 4, "q.sum{k:v,scope:7}": 10, "q{k:v,quantile:0.5,scope:7}": 2, "q{k:v,quantile:0.99,scope:7}": 4} {
+	// A cumulative summary that started before the receiver is a baseline:
+	// only its quantiles count.
+	for k, w := range map[string]float64{"q{env:prod,k:v,quantile:0.5,scope:7}": 2, "q{env:prod,k:v,quantile:0.99,scope:7}": 4} {
 		if got[k].Value != w {
 			t.Errorf("%s = %+v, want %v", k, got[k], w)
 		}
 	}
+	if _, ok := got["q.count{env:prod,k:v,scope:7}"]; ok {
+		t.Errorf("a summary's first point must be a baseline: %v", got)
+	}
+}
 
+// TestOTLPResourceAttributesAsTags: the allow and deny lists choose which
+// resource attributes become tags.
+func TestOTLPResourceAttributesAsTags(t *testing.T) {
+	attrs := []*commonpb.KeyValue{strAttr("host.name", "n1"), strAttr("env", "prod"), strAttr("service.name", "api"),
+		strAttr("service.instance.id", "abc"), strAttr("process.pid", "12"), strAttr("k8s.pod.uid", "u"), strAttr("k8s.namespace.name", "ns")}
+	tests := []struct {
+		name string
+		cfg  service.OTLPConfig
+		want string
+	}{
+		{"default drops per-process identity", service.DefaultOTLPConfig(), "env:prod,k8s.namespace.name:ns,service.name:api"},
+		{"allow list", service.OTLPConfig{ResourceTags: []string{"service.name", "k8s.*"}}, "k8s.namespace.name:ns,k8s.pod.uid:u,service.name:api"},
+		{"allow and deny", service.OTLPConfig{ResourceTags: []string{"k8s.*", "env"}, DropResourceTags: []string{"k8s.pod.uid"}}, "env:prod,k8s.namespace.name:ns"},
+		{"everything", service.OTLPConfig{}, "env:prod,k8s.namespace.name:ns,k8s.pod.uid:u,process.pid:12,service.instance.id:abc,service.name:api"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, agg, tenants := startOTLPWith(t, tc.cfg)
+			g := &metricspb.Metric{Name: "g", Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{DataPoints: []*metricspb.NumberDataPoint{
+				{TimeUnixNano: uint64(time.Now().UnixNano()), Value: &metricspb.NumberDataPoint_AsDouble{AsDouble: 1}}}}}}
+			if _, err := colmetricspb.NewMetricsServiceClient(conn).Export(context.Background(), onResource(request(g), attrs...)); err != nil {
+				t.Fatal(err)
+			}
+			ps := drained(t, agg, tenants).Points()
+			if len(ps) != 1 || ps[0].Tags != tc.want || ps[0].Host != "n1" {
+				t.Errorf("got %+v, want tags %s on host n1", ps, tc.want)
+			}
+		})
+	}
 }
 
 // TestOTLPUnderMemoryPressure: the OTLP services obey the memory budget

@@ -54,6 +54,25 @@ func (d *distState) add(v, weight float64) {
 	_ = d.sketch.AddWithCount(v, weight)
 }
 
+// merge adds a distribution aggregated elsewhere, keeping its exact moments.
+func (d *distState) merge(h *HistPoint) {
+	if !(h.Count > 0) {
+		return
+	}
+	if d.count == 0 {
+		d.min, d.max = h.Min, h.Max
+	} else {
+		d.min, d.max = math.Min(d.min, h.Min), math.Max(d.max, h.Max)
+	}
+	d.sum += h.Sum
+	d.count += h.Count
+	for i, v := range h.Values {
+		if c := h.Counts[i]; c > 0 {
+			_ = d.sketch.AddWithCount(v, c)
+		}
+	}
+}
+
 // Bucket is the state of every context of one shard over one time range.
 type Bucket struct {
 	// Start is the bucket's start in unix nanoseconds: the timestamp of its

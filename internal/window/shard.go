@@ -82,6 +82,11 @@ func (sh *Shard) Add(t *Tenant, s *Sample, now int64) Reason {
 	if sl.typ != s.Type {
 		return ReasonTypeConflict
 	}
+	if s.Hist != nil && sl.typ.isDist() {
+		b.dists[sl.ext].merge(s.Hist)
+		sl.flags |= hasValue
+		return Accepted
+	}
 	weight := 1 / s.SampleRate
 	if s.Values == nil {
 		return sh.update(b, sl, c, s, s.Value, ts, weight)

@@ -35,6 +35,10 @@ func (t MetricType) String() string {
 // Valid reports whether t is a type samples may carry.
 func (t MetricType) Valid() bool { return t > TypeUnspecified && t < numTypes }
 
+func (t MetricType) isDist() bool {
+	return t == TypeHistogram || t == TypeTiming || t == TypeDistribution
+}
+
 // Reason says why an item was rejected. The zero Reason means accepted.
 type Reason uint8
 
@@ -132,11 +136,23 @@ type Sample struct {
 	SetMember  string
 	SampleRate float64 // in (0, 1]
 	Timestamp  int64   // unix nanoseconds; 0 means arrival time
+	// Hist, on a HISTOGRAM, TIMING or DISTRIBUTION sample, is a
+	// distribution aggregated before it arrived (an OTLP histogram point);
+	// Value, Values and SampleRate are then ignored.
+	Hist *HistPoint
 
 	// Key is the canonical context key (see AppendKey) and Hash its hash;
 	// both are set by Prepare.
 	Key  []byte
 	Hash uint64
+}
+
+// HistPoint is a distribution aggregated elsewhere: Counts[i] values at
+// about Values[i] go into the sketch, while its count, sum, minimum and
+// maximum are exact and taken as they are.
+type HistPoint struct {
+	Values, Counts       []float64
+	Count, Sum, Min, Max float64
 }
 
 // EventPriority and the other small enums mirror aggd.v1.

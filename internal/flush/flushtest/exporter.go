@@ -15,12 +15,15 @@ type Point struct {
 	Tick   int64 // the flush's tick, unix seconds
 	Tenant string
 	Name   string
+	Host   string
 	Tags   string // comma-joined
 	Type   window.MetricType
 	TS     int64 // bucket start, unix seconds
 	Value  float64
 	Count  float64
 	Late   bool
+	// Sum, Min, Max and P50 (the median) describe a distribution.
+	Sum, Min, Max, P50 float64
 }
 
 // Exporter records every flush. It is safe for concurrent use.
@@ -38,10 +41,14 @@ func (e *Exporter) Export(_ context.Context, f *window.Flush) error {
 	defer e.mu.Unlock()
 	e.ticks = append(e.ticks, f.Time/1e9)
 	for m := range f.Metrics() {
-		e.points = append(e.points, Point{
-			Tick: f.Time / 1e9, Tenant: m.Tenant.ID, Name: strings.Clone(m.Name), Tags: strings.Join(m.Tags, ","),
+		p := Point{
+			Tick: f.Time / 1e9, Tenant: m.Tenant.ID, Name: strings.Clone(m.Name), Host: strings.Clone(m.Host), Tags: strings.Join(m.Tags, ","),
 			Type: m.Type, TS: m.Timestamp / 1e9, Value: m.Value, Count: m.Count, Late: m.Late,
-		})
+		}
+		if m.Sketch != nil {
+			p.Sum, p.Min, p.Max, p.P50 = m.Sum, m.Min, m.Max, m.Quantile(0.5)
+		}
+		e.points = append(e.points, p)
 	}
 	e.checks = append(e.checks, f.Checks...)
 	e.events = append(e.events, f.Events...)

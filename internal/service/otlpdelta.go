@@ -1,0 +1,286 @@
+package service
+
+import (
+	"math"
+	"slices"
+	"sync"
+)
+
+// deltaTracker turns cumulative OTLP streams into deltas with the rules of
+// the OpenTelemetry Collector's cumulativetodelta processor
+// (tracking.MetricTracker.Convert, initial_value auto). A stream is named
+// by everything that identifies it in OTLP: tenant, metric name, unit and
+// kind, every resource and scope attribute and the point's attributes.
+// It is safe for concurrent use.
+type deltaTracker struct {
+	// started is when the receiver started (unix nanoseconds): a stream
+	// whose start time is earlier began before aggd saw it, so its first
+	// point is only a baseline.
+	started uint64
+	max     int
+
+	mu      sync.Mutex
+	streams map[string]*cumulative
+}
+
+func newDeltaTracker(started uint64, max int) *deltaTracker {
+	return &deltaTracker{started: started, max: max, streams: map[string]*cumulative{}}
+}
+
+// cumulative is the last point of one cumulative stream.
+type cumulative struct {
+	start  uint64
+	value  float64 // sum's value; histogram's and summary's sum
+	count  uint64  // histogram's and summary's count
+	counts []uint64
+	bounds []float64
+	exp    expPoint
+}
+
+// expPoint is an exponential histogram point's distribution.
+type expPoint struct {
+	scale         int32
+	zeroThreshold float64
+	zeroCount     uint64
+	count         uint64
+	sum           float64
+	pos, neg      expBuckets
+}
+
+type expBuckets struct {
+	offset int32
+	counts []uint64
+}
+
+// deltaResult says what a cumulative point became.
+type deltaResult uint8
+
+const (
+	deltaOK       deltaResult = iota // the point yields a delta
+	deltaBaseline                    // a stream's first point, only a baseline (reason "initial")
+	deltaReset                       // a drop: the point is the new baseline (reason "reset")
+	deltaMismatch                    // histogram bounds changed: the point is the new baseline
+	deltaFull                        // too many streams tracked
+)
+
+// stream returns the state of key for a point starting at start, and
+// whether the point is the stream's first (a new start time starts the
+// stream over, as the start time is part of the Collector's identity).
+// Callers hold t.mu.
+func (t *deltaTracker) streamLocked(key []byte, start uint64) (st *cumulative, first bool) {
+	st = t.streams[string(key)]
+	switch {
+	case st == nil:
+		if len(t.streams) >= t.max {
+			return nil, false
+		}
+		st = &cumulative{start: start}
+		t.streams[string(key)] = st
+		return st, true
+	case st.start != start:
+		st.start = start
+		return st, true
+	}
+	return st, false
+}
+
+// initial reports whether a stream's first point counts in full: only if
+// it started after aggd did and covers some time (initial_value auto).
+func (t *deltaTracker) initial(start, ts uint64) deltaResult {
+	if start < t.started || ts == start {
+		return deltaBaseline
+	}
+	return deltaOK
+}
+
+// sum converts a monotonic cumulative sum's point v.
+func (t *deltaTracker) sum(key []byte, start, ts uint64, v float64) (float64, deltaResult) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, first := t.streamLocked(key, start)
+	switch {
+	case st == nil:
+		return 0, deltaFull
+	case first:
+		st.value = v
+		return v, t.initial(start, ts)
+	}
+	prev := st.value
+	st.value = v
+	if v < prev {
+		return 0, deltaReset
+	}
+	return v - prev, deltaOK
+}
+
+// explicitDelta is the delta of an explicit-bucket histogram point.
+type explicitDelta struct {
+	counts []uint64
+	count  uint64
+	sum    float64
+}
+
+// histogram converts a cumulative explicit-bucket histogram point; counts
+// is scratch space the delta's counts may be written to.
+func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64, counts []uint64, count uint64, sum float64, scratch []uint64) (explicitDelta, deltaResult) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, first := t.streamLocked(key, start)
+	if st == nil {
+		return explicitDelta{}, deltaFull
+	}
+	prev, prevBounds, prevCount, prevSum := st.counts, st.bounds, st.count, st.value
+	if math.IsNaN(sum) {
+		sum = prevSum
+	}
+	keep := func() {
+		st.counts = append(prev[:0], counts...)
+		st.bounds = append(prevBounds[:0], bounds...)
+		st.count, st.value = count, sum
+	}
+	full := explicitDelta{counts: counts, count: count, sum: sum}
+	switch {
+	case first:
+		keep()
+		return full, t.initial(start, ts)
+	case len(prev) != len(counts) || !slices.Equal(prevBounds, bounds):
+		keep()
+		return explicitDelta{}, deltaMismatch
+	}
+	d := explicitDelta{counts: scratch[:0], count: count - prevCount, sum: sum - prevSum}
+	reset := count < prevCount
+	for i, c := range counts {
+		if c < prev[i] {
+			reset = true
+			break
+		}
+		d.counts = append(d.counts, c-prev[i])
+	}
+	copy(st.counts, counts)
+	st.count, st.value = count, sum
+	if reset {
+		// The Collector passes a histogram's reset on whole: the point
+		// counts from zero.
+		return full, deltaOK
+	}
+	return d, deltaOK
+}
+
+// summary converts a summary's cumulative count and sum; a drop of the
+// count is a reset, as for sums.
+func (t *deltaTracker) summary(key []byte, start, ts, count uint64, sum float64) (uint64, float64, deltaResult) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, first := t.streamLocked(key, start)
+	switch {
+	case st == nil:
+		return 0, 0, deltaFull
+	case first:
+		st.count, st.value = count, sum
+		return count, sum, t.initial(start, ts)
+	}
+	pc, ps := st.count, st.value
+	st.count, st.value = count, sum
+	if count < pc {
+		return 0, 0, deltaReset
+	}
+	return count - pc, sum - ps, deltaOK
+}
+
+// exponential converts a cumulative exponential histogram point. A lower
+// count or zero threshold, or a finer scale, is a reset; a coarser scale
+// or a wider zero bucket first coarsens the previous point to match.
+func (t *deltaTracker) exponential(key []byte, start, ts uint64, p expPoint) (expPoint, deltaResult) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, first := t.streamLocked(key, start)
+	if st == nil {
+		return expPoint{}, deltaFull
+	}
+	prev := st.exp
+	st.exp = p.clone(expPoint{})
+	if first {
+		return p, t.initial(start, ts)
+	}
+	if p.count < prev.count || p.zeroThreshold < prev.zeroThreshold || p.scale > prev.scale {
+		return expPoint{}, deltaReset
+	}
+	if p.zeroThreshold > prev.zeroThreshold {
+		// Buckets the wider zero bucket now covers fold into it: the
+		// greatest index i with 2^(i·2^-scale) < threshold.
+		at := int32(math.Ceil(math.Log(p.zeroThreshold)*math.Ldexp(math.Log2E, int(prev.scale))) - 1)
+		prev.zeroCount += prev.pos.trimZeros(at) + prev.neg.trimZeros(at)
+	}
+	if p.scale < prev.scale {
+		bits := prev.scale - p.scale
+		prev.pos, prev.neg = prev.pos.coarsen(bits), prev.neg.coarsen(bits)
+		prev.scale = p.scale
+	}
+	d := p
+	d.count -= prev.count
+	d.sum -= prev.sum
+	if p.zeroCount < prev.zeroCount {
+		return expPoint{}, deltaReset
+	}
+	d.zeroCount -= prev.zeroCount
+	var ok1, ok2 bool
+	d.pos, ok1 = p.pos.diff(prev.pos)
+	d.neg, ok2 = p.neg.diff(prev.neg)
+	if !ok1 || !ok2 {
+		return expPoint{}, deltaReset
+	}
+	return d, deltaOK
+}
+
+// clone copies p, reusing into's bucket slices.
+func (p expPoint) clone(into expPoint) expPoint {
+	c := p
+	c.pos.counts = append(into.pos.counts[:0], p.pos.counts...)
+	c.neg.counts = append(into.neg.counts[:0], p.neg.counts...)
+	return c
+}
+
+// trimZeros removes the buckets at index at or below and returns their
+// count.
+func (b *expBuckets) trimZeros(at int32) uint64 {
+	var n uint64
+	for len(b.counts) > 0 && b.offset <= at {
+		n += b.counts[0]
+		b.counts = b.counts[1:]
+		b.offset++
+	}
+	return n
+}
+
+// coarsen returns b at a scale bits coarser: 2^bits buckets become one.
+func (b expBuckets) coarsen(bits int32) expBuckets {
+	if len(b.counts) == 0 {
+		return expBuckets{offset: b.offset >> bits}
+	}
+	out := expBuckets{offset: b.offset >> bits}
+	for i, c := range b.counts {
+		j := int((b.offset+int32(i))>>bits - out.offset)
+		for len(out.counts) <= j {
+			out.counts = append(out.counts, 0)
+		}
+		out.counts[j] += c
+	}
+	return out
+}
+
+// diff returns b - prev bucket by bucket; false when prev has counts b
+// lacks (a reset).
+func (b expBuckets) diff(prev expBuckets) (expBuckets, bool) {
+	out := expBuckets{offset: b.offset, counts: slices.Clone(b.counts)}
+	for i, c := range prev.counts {
+		if c == 0 {
+			continue
+		}
+		j := int(prev.offset) + i - int(b.offset)
+		if j < 0 || j >= len(out.counts) || out.counts[j] < c {
+			return expBuckets{}, false
+		}
+		out.counts[j] -= c
+	}
+	return out, true
+}
