@@ -13,6 +13,7 @@ import (
 
 	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/dogstatsd"
+	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/upstream"
 	"github.com/aggd/aggd/internal/wal"
@@ -67,6 +68,7 @@ type config struct {
 
 	Window    window.Config
 	Limits    codec.Limits
+	OTLP      service.OTLPConfig
 	Histogram upstream.HistogramConfig
 	SketchPct []float64
 }
@@ -124,6 +126,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	c := config{
 		Window:    window.DefaultConfig(),
 		Limits:    codec.DefaultLimits(),
+		OTLP:      service.DefaultOTLPConfig(),
 		Histogram: upstream.DefaultHistogramConfig(),
 		SketchPct: []float64{0.5, 0.75, 0.9, 0.95, 0.99},
 		Sampling:  spans.DefaultLimits(),
@@ -207,7 +210,7 @@ func (c config) validate() error {
 	if dsd.Readers == 0 {
 		dsd.Readers = 1
 	}
-	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.Histogram.Validate(), dsd.Validate())
+	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.OTLP.Validate(), c.Histogram.Validate(), dsd.Validate())
 	return errors.Join(errs...)
 }
 
@@ -255,6 +258,8 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.Limits.MaxTags, "max-tags", c.Limits.MaxTags, "most tags per item")
 	fs.IntVar(&c.Limits.MaxTagLength, "max-tag-length", c.Limits.MaxTagLength, "longest tag in bytes")
 	fs.IntVar(&c.Limits.MaxHostLength, "max-host-length", c.Limits.MaxHostLength, "longest host in bytes")
+	fs.Var(stringList{&c.OTLP.ResourceTags}, "otlp-resource-tags", "resource attributes of OTLP metrics that become tags (\"k8s.*\" matches a prefix); empty: all but --otlp-drop-resource-tags")
+	fs.Var(stringList{&c.OTLP.DropResourceTags}, "otlp-drop-resource-tags", "resource attributes of OTLP metrics that never become tags")
 	fs.Var(stringList{&c.Histogram.Aggregates}, "histogram-aggregates", "series of histograms and timings among min,max,sum,avg,count,median")
 	fs.Var(floatList{&c.Histogram.Percentiles}, "histogram-percentiles", "percentile series of histograms and timings, in (0,1)")
 	fs.Var(floatList{&c.SketchPct}, "sketch-percentiles", "percentiles written with each distribution's summary")

@@ -284,7 +284,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 	)...)
 	srv.Register(gs)
-	srv.RegisterOTLP(gs)
+	otlp := srv.NewOTLP(cfg.OTLP)
+	otlp.Register(gs)
 	srv.RegisterAdmin(gs, service.AdminConfig{
 		Token:    cfg.AdminToken,
 		Contexts: agg,
