@@ -5,6 +5,13 @@
 // new one and resends every batch not yet acked, in order. Delivery is
 // at-least-once: a batch whose ack was lost is sent again.
 //
+// A batch is split to fit the server's message limit (MaxBatchBytes, and
+// the limit the server states when it refuses a larger one). A refusal
+// with ResourceExhausted and RetryInfo is retried after the delay it
+// asks; one without RetryInfo (tenant_limit, an item larger than the
+// limit) is final for the batch at the head of the stream, which is
+// reported to OnReject, item by item, and the batches after it go on.
+//
 //	conn, _ := grpc.NewClient("aggd:8127", grpc.WithTransportCredentials(insecure.NewCredentials()))
 //	c := client.New(conn, client.Options{Metadata: map[string]string{"x-tenant-id": "shop"}})
 //	defer c.Close(ctx)
@@ -14,16 +21,22 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 )
@@ -45,6 +58,11 @@ type Options struct {
 	OnError func(err error)
 	// MaxBackoff bounds the wait between reconnection attempts (default 5s).
 	MaxBackoff time.Duration
+	// MaxBatchBytes is the largest request sent (default 4 MiB, the
+	// default limit of gRPC servers; aggd's --max-recv-msg-size is 16 MiB
+	// by default): a larger batch is split. A server refusing a request
+	// as too large lowers it to the limit the server states.
+	MaxBatchBytes int
 }
 
 func (o *Options) defaults() {
@@ -59,6 +77,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxBackoff <= 0 {
 		o.MaxBackoff = 5 * time.Second
+	}
+	if o.MaxBatchBytes <= 0 {
+		o.MaxBatchBytes = 4 << 20
 	}
 }
 
@@ -81,6 +102,10 @@ type Client struct {
 	acked   *sync.Cond
 	closed  bool
 	err     error // permanent failure
+	refused error // a batch refused for good with no OnReject to tell
+	// maxBytes is the largest request to send: Options.MaxBatchBytes, or
+	// less once the server said so.
+	maxBytes int
 
 	stop chan struct{}
 	done chan struct{}
@@ -93,6 +118,9 @@ type Client struct {
 type entry struct {
 	seq   uint64
 	batch *aggdv1.Batch
+	// token says the entry holds an in-flight slot, given back when it is
+	// acked. The pieces a batch is split into share its slot.
+	token bool
 }
 
 // New returns a client over conn and starts its sending goroutine, which
@@ -101,7 +129,7 @@ func New(conn grpc.ClientConnInterface, opts Options) *Client {
 	opts.defaults()
 	c := &Client{opts: opts, client: aggdv1.NewAggregatorServiceClient(conn),
 		space: make(chan struct{}, opts.MaxInFlight), wake: make(chan struct{}, 1),
-		stop: make(chan struct{}), done: make(chan struct{}), nextSeq: 1}
+		stop: make(chan struct{}), done: make(chan struct{}), nextSeq: 1, maxBytes: opts.MaxBatchBytes}
 	c.acked = sync.NewCond(&c.mu)
 	for range opts.MaxInFlight {
 		c.space <- struct{}{}
@@ -189,8 +217,10 @@ func (c *Client) seal(ctx context.Context) error {
 		c.space <- struct{}{}
 		return nil
 	}
-	c.pending = append(c.pending, &entry{seq: c.nextSeq, batch: b})
-	c.nextSeq++
+	for i, p := range split(b, c.maxBytes) {
+		c.pending = append(c.pending, &entry{seq: c.nextSeq, batch: p, token: i == 0})
+		c.nextSeq++
+	}
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -218,6 +248,10 @@ func (c *Client) Flush(ctx context.Context) error {
 	}
 	if c.err != nil {
 		return c.err
+	}
+	if err := c.refused; err != nil && ctx.Err() == nil {
+		c.refused = nil
+		return err
 	}
 	return ctx.Err()
 }
@@ -276,6 +310,11 @@ func (c *Client) run() {
 		c.Resumes.Add(1)
 		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
 		backoff = min(2*backoff, c.opts.MaxBackoff)
+		if d, ok := retryDelay(err); ok {
+			wait = d // the server says when
+		} else if status.Code(err) == codes.ResourceExhausted && c.refuseHead(err) {
+			wait, backoff = 0, initial // the next batches may well pass
+		}
 		select {
 		case <-c.stop:
 			return
@@ -353,11 +392,141 @@ func (c *Client) receive(st aggdv1.AggregatorService_StreamClient) error {
 		if done == nil {
 			continue // an ack of a batch resent after its first ack: ignore
 		}
-		c.space <- struct{}{}
+		if done.token {
+			c.space <- struct{}{}
+		}
 		if c.opts.OnReject != nil {
 			for _, r := range a.Rejections {
 				c.opts.OnReject(done.batch, r)
 			}
 		}
 	}
+}
+
+// retryDelay returns the delay a status's RetryInfo asks for.
+func retryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return max(ri.GetRetryDelay().AsDuration(), 0), true
+		}
+	}
+	return 0, false
+}
+
+// tooLarge matches grpc's refusal of a message over the server's limit.
+var tooLarge = regexp.MustCompile(`larger than max \((\d+) vs\. (\d+)\)`)
+
+// refuseHead handles a ResourceExhausted without RetryInfo, which the
+// batch at the head of the stream drew: one over the server's message
+// limit is split to fit it, and otherwise (tenant_limit, or one item over
+// the limit) the batch is refused for good. It reports whether the head
+// changed, so that the next stream may make progress.
+func (c *Client) refuseHead(err error) bool {
+	c.mu.Lock()
+	if len(c.pending) == 0 {
+		c.mu.Unlock()
+		return false
+	}
+	head := c.pending[0]
+	reason := "resource_exhausted"
+	msg := status.Convert(err).Message()
+	if m := tooLarge.FindStringSubmatch(msg); m != nil {
+		reason = "too_large"
+		if limit, perr := strconv.Atoi(m[2]); perr == nil && limit > 0 {
+			c.maxBytes = min(c.maxBytes, limit)
+		}
+		if pieces := split(head.batch, c.maxBytes); len(pieces) > 1 {
+			es := make([]*entry, len(pieces))
+			for i, p := range pieces {
+				es[i] = &entry{batch: p, token: head.token && i == 0}
+			}
+			c.pending = append(es, c.pending[1:]...)
+			c.renumberLocked()
+			c.mu.Unlock()
+			return true
+		}
+	} else if r, _, ok := strings.Cut(msg, ":"); ok && r == "tenant_limit" {
+		reason = r
+	}
+	c.pending[0] = nil
+	c.pending = c.pending[1:]
+	refused := fmt.Errorf("aggd client: a batch of %d items was refused: %w", items(head.batch), err)
+	if c.opts.OnReject == nil {
+		c.refused = refused
+	}
+	c.acked.Broadcast()
+	c.mu.Unlock()
+	if head.token {
+		c.space <- struct{}{}
+	}
+	if c.opts.OnReject != nil {
+		forEachItem(head.batch, func(kind aggdv1.ItemKind, i int) {
+			c.opts.OnReject(head.batch, &aggdv1.Rejection{Kind: kind, Index: uint32(i), Reason: reason, Detail: msg})
+		})
+	}
+	return true
+}
+
+// renumberLocked gives the pending batches rising sequences again, after
+// a split put new ones among them; a new stream starts from any number.
+func (c *Client) renumberLocked() {
+	for _, e := range c.pending {
+		e.seq = c.nextSeq
+		c.nextSeq++
+	}
+}
+
+// forEachItem calls fn with the kind and index of every item of b.
+func forEachItem(b *aggdv1.Batch, fn func(kind aggdv1.ItemKind, i int)) {
+	for i := range b.Samples {
+		fn(aggdv1.ItemKind_ITEM_KIND_SAMPLE, i)
+	}
+	for i := range b.Events {
+		fn(aggdv1.ItemKind_ITEM_KIND_EVENT, i)
+	}
+	for i := range b.ServiceChecks {
+		fn(aggdv1.ItemKind_ITEM_KIND_SERVICE_CHECK, i)
+	}
+	for i := range b.Spans {
+		fn(aggdv1.ItemKind_ITEM_KIND_SPAN, i)
+	}
+}
+
+// requestOverhead bounds what a StreamRequest adds to its batch: the
+// sequence and the batch's tag and length.
+const requestOverhead = 32
+
+// split cuts b into batches whose requests fit in maxBytes, halving it
+// until they do; a single item over the limit stays alone (the server
+// refuses it for good).
+func split(b *aggdv1.Batch, maxBytes int) []*aggdv1.Batch {
+	if items(b) <= 1 || proto.Size(b)+requestOverhead <= maxBytes {
+		return []*aggdv1.Batch{b}
+	}
+	x, y := halve(b)
+	return append(split(x, maxBytes), split(y, maxBytes)...)
+}
+
+// halve returns the first half of b's items, in order, and the rest.
+func halve(b *aggdv1.Batch) (x, y *aggdv1.Batch) {
+	n := items(b) / 2
+	x, y = &aggdv1.Batch{}, &aggdv1.Batch{}
+	take := func(k int) int { // how many of a list of k go to x
+		t := min(k, n)
+		n -= t
+		return t
+	}
+	t := take(len(b.Samples))
+	x.Samples, y.Samples = b.Samples[:t:t], b.Samples[t:]
+	t = take(len(b.Events))
+	x.Events, y.Events = b.Events[:t:t], b.Events[t:]
+	t = take(len(b.ServiceChecks))
+	x.ServiceChecks, y.ServiceChecks = b.ServiceChecks[:t:t], b.ServiceChecks[t:]
+	t = take(len(b.Spans))
+	x.Spans, y.Spans = b.Spans[:t:t], b.Spans[t:]
+	return x, y
 }

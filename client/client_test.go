@@ -3,19 +3,24 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/client"
@@ -72,12 +77,16 @@ func (f *flaky) Stream(st aggdv1.AggregatorService_StreamServer) error {
 	}
 }
 
-func serve(t *testing.T, f *flaky) *grpc.ClientConn {
+// serve serves f, or srv if set (embedding f), on bufconn.
+func serve(t *testing.T, f *flaky, srv aggdv1.AggregatorServiceServer, opts ...grpc.ServerOption) *grpc.ClientConn {
 	t.Helper()
 	f.got = map[float64]int{}
 	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
-	aggdv1.RegisterAggregatorServiceServer(gs, f)
+	gs := grpc.NewServer(opts...)
+	if srv == nil {
+		srv = f
+	}
+	aggdv1.RegisterAggregatorServiceServer(gs, srv)
 	go gs.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///aggd", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -94,7 +103,7 @@ func sample(v float64) *aggdv1.Sample {
 
 func TestResumesAfterDroppedStreamsLosingNothing(t *testing.T) {
 	f := &flaky{dropEvery: 7, refuse: -1}
-	conn := serve(t, f)
+	conn := serve(t, f, nil)
 	c := client.New(conn, client.Options{BatchSize: 10, MaxInFlight: 4, Metadata: map[string]string{"x-tenant-id": "shop"}})
 	ctx := context.Background()
 	const n = 2000
@@ -125,7 +134,7 @@ func TestResumesAfterDroppedStreamsLosingNothing(t *testing.T) {
 
 func TestBackpressureAndRejections(t *testing.T) {
 	f := &flaky{never: true}
-	conn := serve(t, f)
+	conn := serve(t, f, nil)
 	c := client.New(conn, client.Options{BatchSize: 2, MaxInFlight: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -141,7 +150,7 @@ func TestBackpressureAndRejections(t *testing.T) {
 	c.Close(cctx)
 
 	g := &flaky{refuse: 3}
-	c = client.New(serve(t, g), client.Options{BatchSize: 4, OnReject: func(b *aggdv1.Batch, r *aggdv1.Rejection) {
+	c = client.New(serve(t, g, nil), client.Options{BatchSize: 4, OnReject: func(b *aggdv1.Batch, r *aggdv1.Rejection) {
 		if b.Samples[r.Index].Value != 3 || r.Reason != "invalid_value" {
 			t.Errorf("rejection %v of %v", r, b.Samples[r.Index])
 		}
@@ -186,4 +195,97 @@ type denied struct {
 
 func (denied) Stream(aggdv1.AggregatorService_StreamServer) error {
 	return status.Error(codes.Unauthenticated, "no token")
+}
+
+// refusing refuses its first stream with ResourceExhausted and RetryInfo,
+// then acks like flaky, noting when each stream began.
+type refusing struct {
+	flaky
+	delay  time.Duration
+	starts []time.Time
+}
+
+func (r *refusing) Stream(st aggdv1.AggregatorService_StreamServer) error {
+	r.mu.Lock()
+	r.starts = append(r.starts, time.Now())
+	first := len(r.starts) == 1
+	r.mu.Unlock()
+	if first {
+		s, _ := status.New(codes.ResourceExhausted, "over the memory budget").
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(r.delay)})
+		return s.Err()
+	}
+	return r.flaky.Stream(st)
+}
+
+// TestHonoursRetryInfo checks that a refusal with RetryInfo is retried
+// no sooner than it asks, and the batch still delivered.
+func TestHonoursRetryInfo(t *testing.T) {
+	r := &refusing{delay: 500 * time.Millisecond}
+	c := client.New(serve(t, &r.flaky, r), client.Options{BatchSize: 1})
+	if err := c.Add(context.Background(), sample(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.starts) < 2 || r.got[1] != 1 {
+		t.Fatalf("%d streams, sample received %d times", len(r.starts), r.got[1])
+	}
+	if gap := r.starts[1].Sub(r.starts[0]); gap < r.delay {
+		t.Fatalf("the client came back after %v, before the %v RetryInfo asked", gap, r.delay)
+	}
+}
+
+// TestItemOverTheLimitIsRefused sends, to a server with a 1 KiB message
+// limit, batches with one item larger than that among small ones: the
+// large one is reported to OnReject (too_large), every small one arrives,
+// and Close returns; without OnReject, Close returns the refusal.
+func TestItemOverTheLimitIsRefused(t *testing.T) {
+	for _, withOnReject := range []bool{true, false} {
+		t.Run(fmt.Sprint("OnReject ", withOnReject), func(t *testing.T) {
+			f := &flaky{refuse: -1}
+			var mu sync.Mutex
+			var reasons []string
+			opts := client.Options{BatchSize: 4, MaxInFlight: 2}
+			if withOnReject {
+				opts.OnReject = func(b *aggdv1.Batch, r *aggdv1.Rejection) {
+					mu.Lock()
+					defer mu.Unlock()
+					reasons = append(reasons, fmt.Sprint(r.Reason, " ", b.Samples[r.Index].Value))
+				}
+			}
+			c := client.New(serve(t, f, nil, grpc.MaxRecvMsgSize(1024)), opts)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for i := range 20 {
+				s := sample(float64(i))
+				if i == 5 {
+					s.Tags = []string{strings.Repeat("x", 2048)}
+				}
+				if err := c.Add(ctx, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := c.Close(ctx)
+			switch {
+			case withOnReject && err != nil:
+				t.Fatalf("Close: %v", err)
+			case !withOnReject && status.Code(errors.Unwrap(err)) != codes.ResourceExhausted:
+				t.Fatalf("Close: %v, want the refusal", err)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			for i := range 20 {
+				if want := i != 5; (f.got[float64(i)] > 0) != want {
+					t.Errorf("sample %d received %d times", i, f.got[float64(i)])
+				}
+			}
+			if withOnReject && !slices.Equal(reasons, []string{"too_large 5"}) {
+				t.Errorf("OnReject got %v, want [too_large 5]", reasons)
+			}
+		})
+	}
 }

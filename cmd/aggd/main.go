@@ -244,6 +244,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	srv := service.New(agg, tenants, cfg.Limits, log)
+	reg.MustRegister(telemetry.NewRefusalCollector(srv))
 	proc := spans.NewProcessor(agg, sampler)
 	if ruleEngine != nil {
 		proc.SetObserver(ruleEngine)

@@ -55,6 +55,7 @@ type Server struct {
 	draining     atomic.Bool
 	states       sync.Pool
 	journal      *journal
+	refusals     refusals
 }
 
 // New returns a server that ingests into ing.
@@ -78,6 +79,10 @@ func (s *Server) SetLoadLevel(l LoadLevel) { s.load = l }
 // overloadRetry is the delay suggested to refused clients.
 const overloadRetry = time.Second
 
+func (s *Server) errOverloaded(tenant string) error {
+	return s.refuse(RefusedMemory, tenant, errOverloaded())
+}
+
 func errOverloaded() error {
 	st, _ := status.New(codes.ResourceExhausted, "aggd is over its memory budget; retry later").
 		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(overloadRetry)})
@@ -100,7 +105,7 @@ func (s *Server) admit(ctx context.Context, tn *window.Tenant) error {
 			return nil
 		case s.share.heavy(s.tenants, tn):
 			if lv == overload.Hard {
-				return errOverloaded()
+				return s.errOverloaded(tn.ID)
 			}
 		case lv == overload.Soft:
 			return nil
@@ -200,7 +205,7 @@ var errDraining = status.Error(codes.Unavailable, "aggd is shutting down; reconn
 func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 	tenant, err := s.tenants.Resolve(ss.Context())
 	if err != nil {
-		return err
+		return s.refuse(RefusedTenantLimit, "", err)
 	}
 	st := s.getState()
 	defer s.putState(st)
@@ -228,12 +233,12 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return err
+			return s.refuse(RefusedTooLarge, tenant.ID, err)
 		}
 		// A batch read as memory crossed the hard limit is refused unacked:
 		// the client sends it again after the suggested delay.
 		if s.load != nil && s.load.Level() == overload.Hard && s.share.heavy(s.tenants, tenant) {
-			return errOverloaded()
+			return s.errOverloaded(tenant.ID)
 		}
 		st.dec.Reset(&st.batch)
 		st.dec.ForTenant(tenant)
@@ -265,13 +270,13 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 	st := s.getState()
 	if err := dec(&st.frame); err != nil {
 		s.putState(st)
-		return nil, err
+		return nil, s.refuse(RefusedTooLarge, "", err)
 	}
 	handler := func(ctx context.Context, _ any) (any, error) {
 		defer s.putState(st)
 		tenant, err := s.tenants.Resolve(ctx)
 		if err != nil {
-			return nil, err
+			return nil, s.refuse(RefusedTenantLimit, "", err)
 		}
 		if s.draining.Load() {
 			return nil, errDraining

@@ -60,6 +60,34 @@ func (c *TenantCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// RefusalCounter reports requests refused whole, by reason.
+type RefusalCounter interface {
+	Refusals(fn func(reason string, n uint64))
+}
+
+// RefusalCollector exports a RefusalCounter as
+// aggd_requests_refused_total{reason}.
+type RefusalCollector struct {
+	src  RefusalCounter
+	desc *prometheus.Desc
+}
+
+// NewRefusalCollector returns a collector over src.
+func NewRefusalCollector(src RefusalCounter) *RefusalCollector {
+	return &RefusalCollector{src: src, desc: prometheus.NewDesc("aggd_requests_refused_total",
+		"Requests refused whole with RESOURCE_EXHAUSTED, by reason: tenant_limit, too_large, memory.", []string{"reason"}, nil)}
+}
+
+// Describe implements prometheus.Collector.
+func (c *RefusalCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *RefusalCollector) Collect(ch chan<- prometheus.Metric) {
+	c.src.Refusals(func(reason string, n uint64) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
+	})
+}
+
 // FlushMetrics records flush durations, sizes and failures. It implements
 // flush.Observer.
 type FlushMetrics struct {
