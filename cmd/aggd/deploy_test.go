@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -195,7 +198,8 @@ type k8sObject struct {
 	Data       map[string]string `yaml:"data"`
 	StringData map[string]string `yaml:"stringData"`
 	Spec       struct {
-		Selector struct {
+		ServiceName string `yaml:"serviceName"`
+		Selector    struct {
 			MatchLabels map[string]string `yaml:"matchLabels"`
 		} `yaml:"selector"`
 		ScaleTargetRef struct {
@@ -205,6 +209,11 @@ type k8sObject struct {
 			Port       int    `yaml:"port"`
 			TargetPort string `yaml:"targetPort"`
 		} `yaml:"ports"`
+		VolumeClaimTemplates []struct {
+			Metadata struct {
+				Name string `yaml:"name"`
+			} `yaml:"metadata"`
+		} `yaml:"volumeClaimTemplates"`
 		Template struct {
 			Metadata struct {
 				Labels map[string]string `yaml:"labels"`
@@ -212,22 +221,40 @@ type k8sObject struct {
 			Spec struct {
 				TerminationGracePeriodSeconds int `yaml:"terminationGracePeriodSeconds"`
 				Containers                    []struct {
-					Args []string `yaml:"args"`
-					Env  []struct {
+					Name    string   `yaml:"name"`
+					Args    []string `yaml:"args"`
+					EnvFrom []struct {
+						SecretRef *struct{ Name string } `yaml:"secretRef"`
+					} `yaml:"envFrom"`
+					Env []struct {
 						Name      string `yaml:"name"`
 						Value     string `yaml:"value"`
 						ValueFrom *struct {
-							SecretKeyRef *struct{ Name, Key string } `yaml:"secretKeyRef"`
+							SecretKeyRef     *struct{ Name, Key string } `yaml:"secretKeyRef"`
+							ResourceFieldRef *struct {
+								ContainerName string `yaml:"containerName"`
+								Resource      string `yaml:"resource"`
+							} `yaml:"resourceFieldRef"`
 						} `yaml:"valueFrom"`
 					} `yaml:"env"`
 					Ports []struct {
 						Name          string `yaml:"name"`
 						ContainerPort int    `yaml:"containerPort"`
 					} `yaml:"ports"`
+					Lifecycle struct {
+						PreStop struct {
+							Sleep struct {
+								Seconds int `yaml:"seconds"`
+							} `yaml:"sleep"`
+						} `yaml:"preStop"`
+					} `yaml:"lifecycle"`
 					StartupProbe   probe `yaml:"startupProbe"`
 					ReadinessProbe probe `yaml:"readinessProbe"`
 					LivenessProbe  probe `yaml:"livenessProbe"`
-					VolumeMounts   []struct {
+					Resources      struct {
+						Limits map[string]string `yaml:"limits"`
+					} `yaml:"resources"`
+					VolumeMounts []struct {
 						Name      string `yaml:"name"`
 						MountPath string `yaml:"mountPath"`
 					} `yaml:"volumeMounts"`
@@ -236,10 +263,6 @@ type k8sObject struct {
 					Name      string
 					EmptyDir  *struct{}              `yaml:"emptyDir"`
 					ConfigMap *struct{ Name string } `yaml:"configMap"`
-					Secret    *struct {
-						SecretName string `yaml:"secretName"`
-						Items      []struct{ Key, Path string }
-					} `yaml:"secret"`
 				} `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
@@ -252,56 +275,190 @@ type probe struct {
 	} `yaml:"grpc"`
 }
 
-func TestKubernetesManifests(t *testing.T) {
+// kustomizeObjects reads deploy/kubernetes: its resources, and the
+// ConfigMap and Secret its generators make from files.
+func kustomizeObjects(t *testing.T) map[string]k8sObject {
 	var kust struct {
-		Resources []string `yaml:"resources"`
+		Resources          []string `yaml:"resources"`
+		ConfigMapGenerator []struct {
+			Name  string   `yaml:"name"`
+			Files []string `yaml:"files"`
+		} `yaml:"configMapGenerator"`
+		SecretGenerator []struct {
+			Name string   `yaml:"name"`
+			Envs []string `yaml:"envs"`
+		} `yaml:"secretGenerator"`
 	}
 	dir := filepath.Join(repo, "deploy/kubernetes")
 	kd, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	yaml.Unmarshal(kd, &kust)
-	objs := map[string]k8sObject{}
+	if err := yaml.Unmarshal(kd, &kust); err != nil {
+		t.Fatal(err)
+	}
+	var docs []string
 	for _, r := range kust.Resources {
 		data, err := os.ReadFile(filepath.Join(dir, r))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var o k8sObject
-		if err := yaml.Unmarshal(data, &o); err != nil {
-			t.Fatalf("%s: %v", r, err)
-		}
-		objs[o.Kind] = o
+		docs = append(docs, string(data))
 	}
-	for _, k := range []string{"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret"} {
-		if _, ok := objs[k]; !ok {
+	objs := decodeManifests(t, strings.Join(docs, "\n---\n"))
+	for _, g := range kust.ConfigMapGenerator {
+		cm := k8sObject{Kind: "ConfigMap", Data: map[string]string{}}
+		cm.Metadata.Name = g.Name
+		for _, f := range g.Files {
+			text, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cm.Data[filepath.Base(f)] = string(text)
+		}
+		objs["ConfigMap/"+g.Name] = cm
+	}
+	for _, g := range kust.SecretGenerator {
+		sec := k8sObject{Kind: "Secret", StringData: map[string]string{}}
+		sec.Metadata.Name = g.Name
+		for _, f := range g.Envs {
+			text, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for line := range strings.Lines(string(text)) {
+				if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+					k, v, _ := strings.Cut(line, "=")
+					sec.StringData[k] = v
+				}
+			}
+		}
+		objs["Secret/"+g.Name] = sec
+	}
+	return objs
+}
+
+// decodeManifests decodes multi-document YAML by kind/name.
+func decodeManifests(t *testing.T, text string) map[string]k8sObject {
+	t.Helper()
+	objs := map[string]k8sObject{}
+	dec := yaml.NewDecoder(strings.NewReader(text))
+	for {
+		var o k8sObject
+		err := dec.Decode(&o)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.Kind != "" {
+			objs[o.Kind+"/"+o.Metadata.Name] = o
+		}
+	}
+	return objs
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	checkAndStart(t, kustomizeObjects(t))
+}
+
+// TestHelmChart starts aggd as the chart's rendered example runs it
+// (deploy/testdata/helm-example.yaml; the deploy module's tests check that
+// the chart still renders it, and validate it against the Kubernetes API).
+func TestHelmChart(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repo, "deploy/testdata/helm-example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAndStart(t, decodeManifests(t, string(data)))
+}
+
+// memoryBytes converts a Kubernetes memory quantity in binary units (as
+// the downward API hands it to the container, in bytes).
+func memoryBytes(t *testing.T, q string) string {
+	t.Helper()
+	for i, suffix := range []string{"Ki", "Mi", "Gi", "Ti"} {
+		if n, ok := strings.CutSuffix(q, suffix); ok {
+			v, err := strconv.ParseUint(n, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strconv.FormatUint(v<<(10*(i+1)), 10)
+		}
+	}
+	t.Fatalf("memory quantity %q is not in binary units", q)
+	return ""
+}
+
+// checkAndStart checks the StatefulSet that runs aggd against the binary
+// and the other objects, then starts aggd with its files and variables.
+func checkAndStart(t *testing.T, objs map[string]k8sObject) {
+	t.Helper()
+	byKind := map[string][]k8sObject{}
+	for _, o := range objs {
+		byKind[o.Kind] = append(byKind[o.Kind], o)
+	}
+	for _, k := range []string{"StatefulSet", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret"} {
+		if len(byKind[k]) == 0 {
 			t.Fatalf("no %s", k)
 		}
 	}
-	d := objs["Deployment"]
-	pod := d.Spec.Template
+	if len(byKind["Deployment"]) > 0 {
+		t.Error("a Deployment: the write-ahead log belongs on a StatefulSet's claims")
+	}
+	sts := byKind["StatefulSet"][0]
+	pod := sts.Spec.Template
 	c := pod.Spec.Containers[0]
 	env := map[string]string{}
 	secretEnv := map[string]string{}
+	for _, ef := range c.EnvFrom {
+		sec, ok := objs["Secret/"+ef.SecretRef.Name]
+		if !ok {
+			t.Fatalf("envFrom names a missing Secret %s", ef.SecretRef.Name)
+		}
+		maps.Copy(secretEnv, sec.StringData)
+	}
 	for _, e := range c.Env {
 		env[e.Name] = e.Value
-		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-			v, ok := objs["Secret"].StringData[e.ValueFrom.SecretKeyRef.Key]
+		switch {
+		case e.ValueFrom == nil:
+		case e.ValueFrom.SecretKeyRef != nil:
+			v, ok := objs["Secret/"+e.ValueFrom.SecretKeyRef.Name].StringData[e.ValueFrom.SecretKeyRef.Key]
 			if !ok {
 				t.Errorf("env %s names a missing Secret key", e.Name)
 			}
 			secretEnv[e.Name] = v
+		case e.ValueFrom.ResourceFieldRef != nil:
+			r := e.ValueFrom.ResourceFieldRef
+			limit, ok := strings.CutPrefix(r.Resource, "limits.")
+			if !ok || r.ContainerName != c.Name || c.Resources.Limits[limit] == "" {
+				t.Fatalf("env %s takes %s of container %s, which has no such limit", e.Name, r.Resource, r.ContainerName)
+			}
+			env[e.Name] = memoryBytes(t, c.Resources.Limits[limit])
 		}
 	}
-	opts := checkArgs(t, "Deployment", c.Args, env)
+	if env["AGGD_MEMORY_LIMIT"] == "" || env["AGGD_MEMORY_LIMIT"] != env["GOMEMLIMIT"] {
+		t.Errorf("the memory budget %q and GOMEMLIMIT %q are not the container's limit", env["AGGD_MEMORY_LIMIT"], env["GOMEMLIMIT"])
+	}
+	if secretEnv["AGGD_ADMIN_TOKEN"] == "" {
+		t.Error("no admin token in the pod's Secret variables")
+	}
+	opts := checkArgs(t, "StatefulSet", c.Args, maps.Collect(func(yield func(string, string) bool) {
+		for k, v := range env {
+			yield(k, v)
+		}
+		for k, v := range secretEnv {
+			yield(k, v)
+		}
+	}))
 	ports := map[string]int{}
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
 	listen := strconv.Itoa(ports["grpc"])
-	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) {
-		t.Errorf("container ports %v, aggd listens on %s and %s", ports, opts["listen"], opts["admin-listen"])
+	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) || port(opts["dogstatsd-udp"]) != strconv.Itoa(ports["dogstatsd"]) {
+		t.Errorf("container ports %v, aggd listens on %s, %s and %s", ports, opts["listen"], opts["admin-listen"], opts["dogstatsd-udp"])
 	}
 	for _, p := range []probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
 		if p.GRPC == nil || strconv.Itoa(p.GRPC.Port) != listen {
@@ -309,36 +466,32 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 	shutdown, err := time.ParseDuration(opts["shutdown-timeout"])
-	if err != nil || time.Duration(pod.Spec.TerminationGracePeriodSeconds)*time.Second <= shutdown+5*time.Second {
-		t.Errorf("terminationGracePeriodSeconds %d is not comfortably longer than --shutdown-timeout %s", pod.Spec.TerminationGracePeriodSeconds, opts["shutdown-timeout"])
+	preStop := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	if err != nil || preStop == 0 || time.Duration(pod.Spec.TerminationGracePeriodSeconds)*time.Second <= preStop+shutdown+5*time.Second {
+		t.Errorf("terminationGracePeriodSeconds %d is not comfortably longer than the preStop sleep %v plus --shutdown-timeout %s", pod.Spec.TerminationGracePeriodSeconds, preStop, opts["shutdown-timeout"])
 	}
-	// Every file aggd reads comes from a mounted ConfigMap or Secret key.
+	// Every file aggd reads comes from a mounted ConfigMap; the
+	// write-ahead log is on the StatefulSet's claim.
 	files := map[string]string{} // path in the pod → contents
+	walOnClaim := false
 	for _, m := range c.VolumeMounts {
 		for _, v := range pod.Spec.Volumes {
-			if v.Name != m.Name {
-				continue
-			}
-			switch {
-			case v.ConfigMap != nil:
-				for k, text := range objs["ConfigMap"].Data {
+			if v.Name == m.Name && v.ConfigMap != nil {
+				cm, ok := objs["ConfigMap/"+v.ConfigMap.Name]
+				if !ok {
+					t.Fatalf("volume %s names a missing ConfigMap %s", v.Name, v.ConfigMap.Name)
+				}
+				for k, text := range cm.Data {
 					files[m.MountPath+"/"+k] = text
 				}
-			case v.Secret != nil:
-				for _, it := range v.Secret.Items {
-					files[m.MountPath+"/"+it.Path] = objs["Secret"].StringData[it.Key]
-				}
 			}
 		}
-	}
-	walOnDisk := false
-	for _, m := range c.VolumeMounts {
-		for _, v := range pod.Spec.Volumes {
-			walOnDisk = walOnDisk || (v.Name == m.Name && v.EmptyDir != nil && m.MountPath == opts["wal-dir"] && opts["wal-dir"] != "")
+		for _, vc := range sts.Spec.VolumeClaimTemplates {
+			walOnClaim = walOnClaim || (vc.Metadata.Name == m.Name && m.MountPath == opts["wal-dir"] && opts["wal-dir"] != "")
 		}
 	}
-	if !walOnDisk {
-		t.Errorf("--wal-dir %q is not a mounted emptyDir", opts["wal-dir"])
+	if !walOnClaim {
+		t.Errorf("--wal-dir %q is not on a volume claim", opts["wal-dir"])
 	}
 	tmp := t.TempDir()
 	local := map[string]string{}
@@ -350,21 +503,26 @@ func TestKubernetesManifests(t *testing.T) {
 		local[flag] = filepath.Join(tmp, flag+".toml")
 		os.WriteFile(local[flag], []byte(text), 0o600)
 	}
-	// Selectors match the pod; the autoscaler targets the Deployment.
-	for _, k := range []string{"Deployment", "PodDisruptionBudget"} {
-		for lk, lv := range objs[k].Spec.Selector.MatchLabels {
+	// Selectors match the pod; the autoscaler targets the StatefulSet,
+	// which leaves the replica count to it.
+	for _, o := range append(byKind["PodDisruptionBudget"], sts) {
+		for lk, lv := range o.Spec.Selector.MatchLabels {
 			if pod.Metadata.Labels[lk] != lv {
-				t.Errorf("%s selector %s=%s does not match the pod", k, lk, lv)
+				t.Errorf("%s selector %s=%s does not match the pod", o.Kind, lk, lv)
 			}
 		}
 	}
-	svc := objs["Service"]
-	for _, p := range svc.Spec.Ports {
-		if _, ok := ports[p.TargetPort]; !ok {
-			t.Errorf("Service targets port %q the container does not name", p.TargetPort)
+	if _, ok := objs["Service/"+sts.Spec.ServiceName]; !ok {
+		t.Errorf("the StatefulSet's Service %q is missing", sts.Spec.ServiceName)
+	}
+	for _, svc := range byKind["Service"] {
+		for _, p := range svc.Spec.Ports {
+			if _, ok := ports[p.TargetPort]; !ok {
+				t.Errorf("Service %s targets port %q the container does not name", svc.Metadata.Name, p.TargetPort)
+			}
 		}
 	}
-	if h := objs["HorizontalPodAutoscaler"].Spec.ScaleTargetRef; h.Kind != "Deployment" || h.Name != d.Metadata.Name {
+	if h := byKind["HorizontalPodAutoscaler"][0].Spec.ScaleTargetRef; h.Kind != "StatefulSet" || h.Name != sts.Metadata.Name {
 		t.Errorf("HPA targets %s/%s", h.Kind, h.Name)
 	}
 	// The binary starts with the mounted files and the Secret's variables,
@@ -372,6 +530,8 @@ func TestKubernetesManifests(t *testing.T) {
 	intake := upstreamtest.NewDatadogIntake(t)
 	cfgText, _ := os.ReadFile(local["config"])
 	os.WriteFile(local["config"], []byte(strings.ReplaceAll(string(cfgText), "https://api.datadoghq.com", intake.URL)), 0o600)
+	local["dogstatsd-udp"] = freeUDP(t)
+	delete(env, "AGGD_DOGSTATSD_UDP")
 	startedHealthy(t, local, env, secretEnv)
 }
 
