@@ -27,6 +27,7 @@ type config struct {
 	Listen         string
 	AdminListen    string
 	PprofListen    string
+	OTLPHTTPListen string
 	Output         string
 	ConfigFile     string
 	TenantsFile    string
@@ -219,6 +220,7 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8127", "gRPC listen address")
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:8128", "admin HTTP address serving /metrics; empty disables")
 	fs.StringVar(&c.PprofListen, "pprof-listen", "127.0.0.1:6060", "HTTP address serving /debug/pprof/; keep it on localhost; empty disables")
+	fs.StringVar(&c.OTLPHTTPListen, "otlp-http-listen", "", "OTLP/HTTP address serving /v1/metrics and /v1/traces, conventionally port 4318; empty disables")
 	fs.StringVar(&c.Output, "output", "-", "JSON-lines output without --config: - for stdout, or a file path (appended)")
 	fs.StringVar(&c.ConfigFile, "config", "", "TOML file defining upstreams ([[upstream]], default_upstreams); without it, JSON lines go to --output")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate of the gRPC port; with --tls-key, TLS is on")

@@ -351,6 +351,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer pprofSrv.Close()
 	}
 
+	stopOTLPHTTP := func() {}
+	if cfg.OTLPHTTPListen != "" {
+		if stopOTLPHTTP, err = serveOTLPHTTP(cfg.OTLPHTTPListen, otlp.Handler(cfg.MaxRecvMsgSize), cfg.DrainTimeout, log); err != nil {
+			lis.Close()
+			return err
+		}
+	}
 	if err := flusher.Start(ctx); err != nil {
 		return err
 	}
@@ -375,6 +382,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if dsd != nil {
 		dsd.Shutdown(context.Background())
 	}
+	stopOTLPHTTP() // stop taking OTLP/HTTP before the final flush
 	return shutdown(cfg, log, hs, srv, gs, traceRunner, flusher, router, admin)
 }
 

@@ -3,12 +3,20 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	otelmetric "go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -18,17 +26,54 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// TestOpenTelemetrySDKExportsToAggd points the OpenTelemetry Go SDK's
-// OTLP/gRPC exporters at aggd's gRPC port.
-func TestOpenTelemetrySDKExportsToAggd(t *testing.T) {
-	in := startAggd(t, "--interval", "1h", "--context-ttl", "3h")
-	ctx := context.Background()
-	res := resource.NewSchemaless(semconv.ServiceName("checkout"), attribute.String("host.name", "node-1"), attribute.String("env", "prod"))
-	headers := map[string]string{"x-tenant-id": "otel-team"}
-
-	mexp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithEndpoint(in.addr), otlpmetricgrpc.WithInsecure(), otlpmetricgrpc.WithHeaders(headers))
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// metricExporter and spanExporter are what the SDK's OTLP exporters do.
+type metricExporter interface {
+	Export(context.Context, *metricdata.ResourceMetrics) error
+	Shutdown(context.Context) error
+}
+
+// TestOpenTelemetrySDKExportsToAggd points the OpenTelemetry Go SDK's
+// OTLP exporters at aggd: OTLP/gRPC on its gRPC port, OTLP/HTTP (gzipped
+// protobuf) on --otlp-http-listen.
+func TestOpenTelemetrySDKExportsToAggd(t *testing.T) {
+	for _, transport := range []string{"grpc", "http"} {
+		t.Run(transport, func(t *testing.T) { testSDKExport(t, transport) })
+	}
+}
+
+func testSDKExport(t *testing.T, transport string) {
+	httpAddr := freeAddr(t)
+	in := startAggd(t, "--interval", "1h", "--context-ttl", "3h", "--otlp-http-listen", httpAddr)
+	ctx := context.Background()
+	res := resource.NewSchemaless(semconv.ServiceName("checkout"), attribute.String("host.name", "node-1"), attribute.String("env", "prod"),
+		attribute.String("service.instance.id", "f00d"))
+	headers := map[string]string{"x-tenant-id": "otel-team"}
+
+	var mexp metricExporter
+	var texp sdktrace.SpanExporter
+	var err, terr error
+	if transport == "grpc" {
+		mexp, err = otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithEndpoint(in.addr), otlpmetricgrpc.WithInsecure(), otlpmetricgrpc.WithHeaders(headers))
+		texp, terr = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(in.addr), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(headers))
+	} else {
+		mexp, err = otlpmetrichttp.New(ctx, otlpmetrichttp.WithEndpoint(httpAddr), otlpmetrichttp.WithInsecure(), otlpmetrichttp.WithHeaders(headers),
+			otlpmetrichttp.WithCompression(otlpmetrichttp.GzipCompression))
+		texp, terr = otlptracehttp.New(ctx, otlptracehttp.WithEndpoint(httpAddr), otlptracehttp.WithInsecure(), otlptracehttp.WithHeaders(headers),
+			otlptracehttp.WithCompression(otlptracehttp.GzipCompression))
+	}
+	if err != nil || terr != nil {
+		t.Fatal(err, terr)
 	}
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
@@ -62,10 +107,6 @@ func TestOpenTelemetrySDKExportsToAggd(t *testing.T) {
 	export() // deltas: 4 more requests, one more latency
 	mexp.Shutdown(ctx)
 
-	texp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(in.addr), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(headers))
-	if err != nil {
-		t.Fatal(err)
-	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(texp), sdktrace.WithResource(res))
 	tracer := tp.Tracer("test")
 	rctx, root := tracer.Start(ctx, "POST /pay", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attribute.String("http.route", "/pay"), attribute.Int("http.response.status_code", 502)))
@@ -113,5 +154,42 @@ func TestOpenTelemetrySDKExportsToAggd(t *testing.T) {
 	}
 	if len(spansSeen) != 2 {
 		t.Fatalf("spans exported: %v", spansSeen)
+	}
+}
+
+// TestOTLPHTTPJSONThroughAggd posts OTLP/JSON as a browser or a script
+// would, without an SDK.
+func TestOTLPHTTPJSONThroughAggd(t *testing.T) {
+	httpAddr := freeAddr(t)
+	in := startAggd(t, "--interval", "1h", "--context-ttl", "3h", "--otlp-http-listen", httpAddr)
+	now := time.Now().UnixNano()
+	start := strconv.FormatInt(now, 10)
+	for i, v := range []string{"3", "10"} {
+		body := `{"resourceMetrics":[{"resource":{"attributes":[{"key":"host.name","value":{"stringValue":"web-1"}}]},
+		  "scopeMetrics":[{"metrics":[{"name":"json.hits","sum":{"aggregationTemporality":2,"isMonotonic":true,
+		  "dataPoints":[{"startTimeUnixNano":"` + start + `","timeUnixNano":"` + strconv.FormatInt(now+int64(i+1)*1e9, 10) + `","asInt":"` + v + `"}]}}]}]}]}`
+		req, _ := http.NewRequest(http.MethodPost, "http://"+httpAddr+"/v1/metrics", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("x-tenant-id", "js")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "{}" {
+			t.Fatalf("status %d, body %s", resp.StatusCode, b)
+		}
+	}
+	http.DefaultClient.CloseIdleConnections()
+	var got map[string]any
+	for _, l := range in.stop(t) {
+		if l["tenant"] == "js" && l["name"] == "json.hits" {
+			got = l
+		}
+	}
+	// The stream started after aggd did: its first point counts in full.
+	if got == nil || got["value"] != 10.0 || got["host"] != "web-1" {
+		t.Errorf("json.hits = %v, want 10 on web-1", got)
 	}
 }

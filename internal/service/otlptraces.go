@@ -24,6 +24,12 @@ func (t *otlpTraces) Export(ctx context.Context, req *coltracepb.ExportTraceServ
 	if err := s.admit(ctx, tn); err != nil {
 		return nil, err
 	}
+	return t.exportTraces(tn, req)
+}
+
+// exportTraces converts and ingests the spans of an admitted request.
+func (t *otlpTraces) exportTraces(tn *window.Tenant, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	s := t.r.s
 	var sps []spans.Span
 	var results []window.Reason
 	var firstErr string
