@@ -34,7 +34,7 @@ action = "keep"
 [[trace.sampling_pipeline]]
 name = "keep-slow-trace"
 type = "condition"
-condition = '{ duration > 1000000000 }'
+condition = '{ duration > 1000000 }'
 action = "keep"
 
 [[trace.sampling_pipeline]]
@@ -248,8 +248,8 @@ func TestTailSamplingIsIdenticalAcrossInstances(t *testing.T) {
 func TestSamplingFileReload(t *testing.T) {
 	dir := t.TempDir()
 	sampling, out := filepath.Join(dir, "tail-sampling.toml"), filepath.Join(dir, "out.jsonl")
-	keep := "[trace]\ndata_ttl = \"200ms\"\n[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"\n"
-	drop := "[trace]\ndata_ttl = \"200ms\"\n[[trace.sampling_pipeline]]\nname = \"none\"\ntype = \"condition\"\naction = \"drop\"\n"
+	keep := "[trace]\ndata_ttl = \"200ms\"\n[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"\ncondition = \"{ 1 = 1 }\"\n"
+	drop := "[trace]\ndata_ttl = \"200ms\"\n[[trace.sampling_pipeline]]\nname = \"none\"\ntype = \"condition\"\naction = \"drop\"\ncondition = \"{ 1 = 1 }\"\n"
 	os.WriteFile(sampling, []byte(keep), 0o600)
 	in := startAggd(t, "--output", out, "--sampling-file", sampling, "--sampling-reload-interval", "20ms", "--interval", "1h", "--context-ttl", "3h")
 	client := aggdv1.NewAggregatorServiceClient(in.conn)

@@ -106,8 +106,9 @@ func (e *Engine) DropOriginals() bool {
 	return s != nil && s.DropOriginals
 }
 
-// sampleRecord presents a sample to conditions: its tags by key,
-// measurement, name (or metric), and its own name as its value.
+// sampleRecord presents a sample to conditions as the field of a DataKit
+// point: its tags by key (strings) and its own name as its value (a
+// float).
 type sampleRecord struct{ s *window.Sample }
 
 func tagValue(tags []string, key string) (string, bool) {
@@ -120,14 +121,13 @@ func tagValue(tags []string, key string) (string, bool) {
 }
 
 func (r sampleRecord) Field(name string) (filter.Value, bool) {
-	switch name {
-	case "name", "metric":
-		return filter.Str(r.s.Name), true
-	case r.s.Name:
+	if v, ok := tagValue(r.s.Tags, name); ok {
+		return filter.Str(v), true
+	}
+	if name == r.s.Name {
 		return filter.Num(r.s.Value), true
 	}
-	v, ok := tagValue(r.s.Tags, name)
-	return filter.Str(v), ok
+	return filter.Value{}, false
 }
 
 // Due returns a tick by which every rule window a sample or span at ts
@@ -279,7 +279,10 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 			a := &r.Algorithms[i]
 			if v, ok := sp.Field(a.SourceField); ok {
 				f := v.Num
-				if v.Kind != filter.Number {
+				switch v.Kind {
+				case filter.Int:
+					f = float64(v.I)
+				case filter.String:
 					f, _ = strconv.ParseFloat(v.Str, 64)
 				}
 				g.accs[i].add(a, f, valueString(v), ts)
@@ -290,7 +293,9 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 
 func valueString(v filter.Value) string {
 	switch v.Kind {
-	case filter.Number:
+	case filter.Int:
+		return strconv.FormatInt(v.I, 10)
+	case filter.Float:
 		return strconv.FormatFloat(v.Num, 'g', -1, 64)
 	case filter.Bool:
 		return strconv.FormatBool(v.Bool)

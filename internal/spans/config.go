@@ -50,13 +50,13 @@ type rawRule struct {
 	Type      string   `toml:"type"`
 	Condition string   `toml:"condition"`
 	Action    string   `toml:"action"`
-	Rate      *float64 `toml:"rate"`
-	HashKeys  []string `toml:"hash_keys"`
+	Rate      float64  `toml:"rate"`
+	HashKeys  []string `toml:"hash_keys"` // read and unused, as in DataKit
 }
 
 type rawGroups struct {
-	DataTTL         string `toml:"data_ttl"`
-	Version         int    `toml:"version"`
+	DataTTL         any `toml:"data_ttl"`
+	Version         int `toml:"version"`
 	GroupDimensions []struct {
 		GroupKey  string    `toml:"group_key"`
 		Pipelines []rawRule `toml:"pipelines"`
@@ -66,7 +66,7 @@ type rawGroups struct {
 type rawPolicy struct {
 	Version int `toml:"version"`
 	Trace   struct {
-		DataTTL          string    `toml:"data_ttl"`
+		DataTTL          any       `toml:"data_ttl"`
 		Version          int       `toml:"version"`
 		GroupKey         string    `toml:"group_key"`
 		SamplingPipeline []rawRule `toml:"sampling_pipeline"`
@@ -76,8 +76,11 @@ type rawPolicy struct {
 }
 
 // DefaultDataTTL is how long a trace is held after its last span when the
-// file does not say.
-const DefaultDataTTL = time.Minute
+// file does not say: DataKit's (TailSamplingConfigs.Init).
+const DefaultDataTTL = 5 * time.Minute
+
+// DefaultGroupTTL is DataKit's default data_ttl of [logging] and [rum].
+const DefaultGroupTTL = time.Minute
 
 // LoadPolicy reads and compiles a DataKit tail-sampling.toml.
 func LoadPolicy(path string) (*Policy, error) {
@@ -104,7 +107,7 @@ func ParsePolicy(text string) (*Policy, error) {
 		return nil, fmt.Errorf("unsupported key %q (aggd supports version, [trace] data_ttl, group_key, sampling_pipeline, and [logging]/[rum] data_ttl, group_dimensions)", und[0].String())
 	}
 	p := &Policy{Version: raw.Version}
-	if p.DataTTL, err = ttl(raw.Trace.DataTTL, "trace"); err != nil {
+	if p.DataTTL, err = ttl(raw.Trace.DataTTL, "trace", DefaultDataTTL); err != nil {
 		return nil, err
 	}
 	if k := raw.Trace.GroupKey; k != "" && k != "trace_id" {
@@ -122,19 +125,33 @@ func ParsePolicy(text string) (*Policy, error) {
 	return p, nil
 }
 
-func ttl(s, section string) (time.Duration, error) {
-	if s == "" {
-		return DefaultDataTTL, nil
+// ttl reads a data_ttl as DataKit's TOML decoder reads a time.Duration: a
+// duration string or an integer of nanoseconds; zero or absent is def.
+func ttl(v any, section string, def time.Duration) (time.Duration, error) {
+	var d time.Duration
+	switch x := v.(type) {
+	case nil:
+	case string:
+		var err error
+		if d, err = time.ParseDuration(x); err != nil {
+			return 0, fmt.Errorf("%s.data_ttl %q is not a duration", section, x)
+		}
+	case int64:
+		d = time.Duration(x)
+	default:
+		return 0, fmt.Errorf("%s.data_ttl %v is neither a duration string nor integer nanoseconds", section, v)
 	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("%s.data_ttl %q is not a positive duration", section, s)
+	switch {
+	case d < 0:
+		return 0, fmt.Errorf("%s.data_ttl %v is negative", section, d)
+	case d == 0:
+		return def, nil
 	}
 	return d, nil
 }
 
 func compileGroups(g rawGroups, section string) ([]GroupDimension, time.Duration, error) {
-	d, err := ttl(g.DataTTL, section)
+	d, err := ttl(g.DataTTL, section, DefaultGroupTTL)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -152,21 +169,19 @@ func compileGroups(g rawGroups, section string) ([]GroupDimension, time.Duration
 	return out, d, nil
 }
 
+// compileRules compiles a pipeline as DataKit's TailSamplingConfigs.Init
+// does: a probabilistic rule of rate 0 or less is removed (so later rules
+// decide), then types, actions and rates are checked; hash_keys are read
+// and unused.
 func compileRules(raw []rawRule, where string) ([]Rule, error) {
 	var out []Rule
 	for i, r := range raw {
 		at := fmt.Sprintf("%s[%d] %q", where, i, r.Name)
 		rule := Rule{Name: r.Name}
-		var err error
-		if rule.Cond, err = filter.Compile(r.Condition); err != nil {
-			return nil, fmt.Errorf("%s: %w", at, err)
-		}
-		if r.Condition == "" {
-			rule.Cond = nil
-		}
-		for _, k := range r.HashKeys {
-			if k != "trace_id" {
-				return nil, fmt.Errorf("%s: hash_keys may only name trace_id", at)
+		if r.Condition != "" {
+			var err error
+			if rule.Cond, err = filter.Compile(r.Condition); err != nil {
+				return nil, fmt.Errorf("%s: %w", at, err)
 			}
 		}
 		switch r.Type {
@@ -177,17 +192,14 @@ func compileRules(raw []rawRule, where string) ([]Rule, error) {
 			default:
 				return nil, fmt.Errorf("%s: action %q is not keep or drop", at, r.Action)
 			}
-			if r.Rate != nil {
-				return nil, fmt.Errorf("%s: rate applies to probabilistic rules only", at)
-			}
 		case "probabilistic":
-			if r.Rate == nil || !(*r.Rate >= 0 && *r.Rate <= 1) {
-				return nil, fmt.Errorf("%s: rate must be set, from 0 to 1", at)
+			if r.Rate <= 0 {
+				continue
 			}
-			if r.Action != "" {
-				return nil, fmt.Errorf("%s: action applies to condition rules only", at)
+			if r.Rate > 1 {
+				return nil, fmt.Errorf("%s: rate %v is above 1", at, r.Rate)
 			}
-			rule.Probabilistic, rule.Rate = true, *r.Rate
+			rule.Probabilistic, rule.Rate = true, r.Rate
 		default:
 			return nil, fmt.Errorf("%s: type %q is not condition or probabilistic", at, r.Type)
 		}

@@ -98,7 +98,7 @@ func (g *GroupSampler) Hold(e *window.Event, now int64) bool {
 	}
 	for i, d := range p.Logging {
 		v, ok := eventField(e, d.GroupKey)
-		if !ok {
+		if !ok || v == "" { // DataKit's pickByGroupKey passes these through
 			continue
 		}
 		k := groupKey{e.Tenant, i, v}
@@ -153,32 +153,23 @@ func (g *GroupSampler) decideLocked(p *Policy, k groupKey, gr *heldGroup, now in
 }
 
 // judgeGroup is Judge for a group of events: the first rule a member
-// matches decides; probabilistic rules hash the group value; undecided
-// groups are dropped.
+// matches decides; a probabilistic rule keeps the group as DataKit does, by
+// FNV-1a 64 of the group value; undecided groups are dropped.
 func judgeGroup(rules []Rule, value string, events []window.Event) bool {
 	for _, r := range rules {
-		matched := r.Cond == nil
-		for i := 0; !matched && i < len(events); i++ {
+		matched := r.Cond == nil && r.Probabilistic
+		for i := 0; !matched && r.Cond != nil && i < len(events); i++ {
 			matched = r.Cond.Match(eventRecord{&events[i]})
 		}
 		if !matched {
 			continue
 		}
 		if r.Probabilistic {
-			return float64(stringHash(value)>>11) < r.Rate*(1<<53)
+			return keepHash(hashString(value), r.Rate)
 		}
 		return r.Keep
 	}
 	return false
-}
-
-func stringHash(s string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
-	}
-	return fmix64(h)
 }
 
 // Release decides the groups quiet for logging.data_ttl at now (all of

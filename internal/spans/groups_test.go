@@ -65,7 +65,7 @@ func TestGroupSamplingOfEvents(t *testing.T) {
 	}
 	for _, e := range out {
 		v, _ := eventField(&e, "user_id")
-		if float64(stringHash(v)>>11) >= 0.1*(1<<53) {
+		if !keepHash(hashString(v), 0.1) {
 			t.Fatalf("group %s kept against its hash", v)
 		}
 	}

@@ -1,6 +1,7 @@
 package spans
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,14 +119,13 @@ func (s *Sampler) SetPolicy(p *Policy) { s.policy.Store(p) }
 // Policy returns the policy in force.
 func (s *Sampler) Policy() *Policy { return s.policy.Load() }
 
-// traceHash is FNV-1a over the trace id, finished with MurmurHash3's
-// 64-bit mix so that every bit depends on every input byte: fixed, so every
-// replica and every restart reach the same probabilistic decision.
+// traceHash spreads trace ids over the sampler's shards: FNV-1a over the
+// id, finished with MurmurHash3's 64-bit mix.
 func traceHash(id [16]byte) uint64 {
-	h := uint64(14695981039346656037)
+	h := uint64(fnvOffset)
 	for _, b := range id {
 		h ^= uint64(b)
-		h *= 1099511628211
+		h *= fnvPrime
 	}
 	return fmix64(h)
 }
@@ -139,9 +139,48 @@ func fmix64(h uint64) uint64 {
 	return h ^ h>>33
 }
 
-// KeepByRate reports whether a probabilistic rule of rate keeps trace id.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+	// sampleRange is DataKit's: a rate keeps ⌊rate × 10,000⌋ of 10,000
+	// hash buckets.
+	sampleRange = 10000
+)
+
+// HashTraceID is DataKit's hashTraceID: FNV-1a 64 of the trace id as
+// DataKit writes it, 32 lower-case hexadecimal digits.
+func HashTraceID(id [16]byte) uint64 {
+	const digits = "0123456789abcdef"
+	h := uint64(fnvOffset)
+	for _, b := range id {
+		h ^= uint64(digits[b>>4])
+		h *= fnvPrime
+		h ^= uint64(digits[b&15])
+		h *= fnvPrime
+	}
+	return h
+}
+
+// hashString is FNV-1a 64 of s, DataKit's hashTraceID of a group value.
+func hashString(s string) uint64 {
+	h := uint64(fnvOffset)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime
+	}
+	return h
+}
+
+// keepHash is DataKit's probabilistic decision (pipelineMatchedPacket): keep
+// when the hash modulo 10,000 is below ⌊rate × 10,000⌋.
+func keepHash(h uint64, rate float64) bool {
+	return h%sampleRange < uint64(math.Floor(rate*sampleRange))
+}
+
+// KeepByRate reports whether a probabilistic rule of rate keeps trace id,
+// as DataKit decides it, so DataKit and aggd keep the same traces.
 func KeepByRate(id [16]byte, rate float64) bool {
-	return float64(traceHash(id)>>11) < rate*(1<<53)
+	return keepHash(HashTraceID(id), rate)
 }
 
 func (s *Sampler) shard(id [16]byte) *samplerShard {
@@ -275,8 +314,8 @@ func Judge(p *Policy, id [16]byte, spans []Span) bool {
 }
 
 // traceVars evaluates a condition on each span of a trace, answering the
-// trace-level fields $trace_duration (first start to last end, ns) and
-// $span_count.
+// trace-level fields $trace_duration (first start to last end, integer
+// microseconds) and $span_count.
 type traceVars struct {
 	spans []Span
 	cur   *Span
@@ -293,16 +332,19 @@ func (tv *traceVars) Field(name string) (filter.Value, bool) {
 			}
 			hi = max(hi, s.End())
 		}
-		return filter.Num(float64(hi - lo)), true
+		return filter.IntValue((hi - lo) / 1000), true
 	case "$span_count":
-		return filter.Num(float64(len(tv.spans))), true
+		return filter.IntValue(int64(len(tv.spans))), true
 	}
 	return tv.cur.Field(name)
 }
 
+// matches reports whether a span of the trace matches r. As in DataKit
+// (pipelineMatchesPoint), a rule without a condition matches every trace
+// when it is probabilistic and none when it is a condition rule.
 func (r *Rule) matches(tv *traceVars) bool {
 	if r.Cond == nil {
-		return true
+		return r.Probabilistic
 	}
 	for i := range tv.spans {
 		tv.cur = &tv.spans[i]

@@ -2,11 +2,13 @@ package spans
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"math"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/aggd/aggd/internal/filter"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -95,7 +97,7 @@ func sp(id [16]byte, spanID byte, mod func(*Span)) Span {
 
 func TestDataKitExampleLoads(t *testing.T) {
 	p := mustPolicy(t, datakitExample)
-	if p.Version != 2 || p.DataTTL != time.Minute || len(p.Rules) != 4 || !p.Rules[3].Probabilistic || p.Rules[3].Rate != 0.1 {
+	if p.Version != 2 || p.DataTTL != time.Minute || p.LoggingTTL != time.Minute || len(p.Rules) != 4 || !p.Rules[3].Probabilistic || p.Rules[3].Rate != 0.1 {
 		t.Fatalf("policy %+v", p)
 	}
 	if len(p.Logging) != 1 || p.Logging[0].GroupKey != "trace_id" || len(p.RUM) != 1 || p.RUM[0].Rules[0].Rate != 0.2 {
@@ -107,8 +109,9 @@ func TestPolicyErrors(t *testing.T) {
 	for _, tc := range []struct{ text, want string }{
 		{"[trace]\ngroup_key = \"span_id\"", "only trace_id"},
 		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"condition\"\naction = \"maybe\"", "keep or drop"},
-		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"probabilistic\"\nrate = 1.5", "rate must be"},
-		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"probabilistic\"", "rate must be"},
+		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"probabilistic\"\nrate = 1.5", "above 1"},
+		{"[trace]\ndata_ttl = -5", "negative"},
+		{"[trace]\ndata_ttl = true", "neither"},
 		{"[[trace.sampling_pipeline]]\nname = \"x\"\ntype = \"latency\"", "condition or probabilistic"},
 		{"[[trace.sampling_pipeline]]\nname = \"bad\"\ntype = \"condition\"\naction = \"keep\"\ncondition = \"{ a = }\"", `"bad"`},
 		{"[trace]\ndata_ttl = \"soon\"", "data_ttl"},
@@ -130,9 +133,12 @@ func TestJudgeFirstDecisionWins(t *testing.T) {
 		want  bool
 	}{
 		{"error anywhere keeps", []func(*Span){nil, func(s *Span) { s.Error = true; s.Resource = "/health" }}, true},
-		{"slow keeps", []func(*Span){func(s *Span) { s.Duration = 2e9 }}, true},
+		// duration is in microseconds, as on DataKit's points: 1000000000
+		// is 1000 s.
+		{"slow keeps", []func(*Span){func(s *Span) { s.Duration = 1001e9 }}, true},
+		{"2 s is not slow", []func(*Span){func(s *Span) { s.Duration = 2e9; s.Resource = "/ready" }}, false},
 		{"health drops", []func(*Span){func(s *Span) { s.Resource = "/ready" }}, false},
-		{"slow health check is kept: keep rules come first", []func(*Span){func(s *Span) { s.Resource = "/health"; s.Duration = 3e9 }}, true},
+		{"slow health check is kept: keep rules come first", []func(*Span){func(s *Span) { s.Resource = "/health"; s.Duration = 1001e9 }}, true},
 	}
 	for _, tt := range tests {
 		id := traceID(1)
@@ -154,6 +160,42 @@ func TestJudgeFirstDecisionWins(t *testing.T) {
 	}
 }
 
+// TestDataKitHashTraceID holds trace ids hashed by DataKit's hashTraceID
+// and decided by its pipelineMatchedPacket (cliutils
+// aggregate/tail-sampling.go) at rates 0.1, 0.5 and 0.9, recorded by running
+// them.
+func TestDataKitHashTraceID(t *testing.T) {
+	tests := []struct {
+		id   string
+		hash uint64
+		keep [3]bool
+	}{
+		{"00000000000000000000000000000001", 8935916118950687730, [3]bool{false, false, true}},
+		{"4bf92f3577b34da6a3ce929d0e0e4736", 13292644768665065618, [3]bool{false, false, true}},
+		{"0af7651916cd43dd8448eb211c80319c", 15769756344895788357, [3]bool{false, false, true}},
+		{"5b8aa5a2d2c872e8321cf37308d69df2", 6861216161376086386, [3]bool{false, false, true}},
+		{"ffffffffffffffffffffffffffffffff", 10131551463101250469, [3]bool{true, true, true}},
+	}
+	for _, tt := range tests {
+		var id [16]byte
+		if _, err := hex.Decode(id[:], []byte(tt.id)); err != nil {
+			t.Fatal(err)
+		}
+		if got := HashTraceID(id); got != tt.hash {
+			t.Errorf("%s: hash %d, DataKit %d", tt.id, got, tt.hash)
+		}
+		for i, rate := range []float64{0.1, 0.5, 0.9} {
+			if got := KeepByRate(id, rate); got != tt.keep[i] {
+				t.Errorf("%s at %v: keep %v, DataKit %v", tt.id, rate, got, tt.keep[i])
+			}
+		}
+	}
+	// Group values hash as they are: DataKit's hashTraceID("u-1").
+	if got := hashString("u-1"); got != 5585686303297530434 {
+		t.Errorf("hash of u-1: %d", got)
+	}
+}
+
 func TestProbabilisticShareAndDeterminism(t *testing.T) {
 	const n = 200_000
 	for _, rate := range []float64{0.01, 0.1, 0.5, 0.9} {
@@ -168,20 +210,32 @@ func TestProbabilisticShareAndDeterminism(t *testing.T) {
 			t.Errorf("rate %v kept %d of %d", rate, kept, n)
 		}
 	}
-	// Ids that differ only in their last bytes, as sequential ids do.
-	kept := 0
-	for i := range 10_000 {
-		var id [16]byte
-		id[15], id[14] = byte(i), byte(i>>8)
-		if KeepByRate(id, 0.1) {
-			kept++
-		}
-	}
-	if kept < 900 || kept > 1100 {
-		t.Errorf("sequential ids: kept %d of 10000 at rate 0.1", kept)
-	}
 	if KeepByRate(traceID(7), 0) || !KeepByRate(traceID(7), 1) {
 		t.Error("rates 0 and 1 are not absolute")
+	}
+}
+
+// TestDataKitPipelineRules covers DataKit's TailSamplingConfigs.Init and
+// pipelineMatchesPoint: a condition rule without a condition never
+// matches, a probabilistic one without a condition matches every trace, and
+// a probabilistic rule of rate 0 is removed so later rules decide.
+func TestDataKitPipelineRules(t *testing.T) {
+	id := traceID(3)
+	spans := []Span{sp(id, 0, nil)}
+	p := mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"c\"\ntype = \"condition\"\naction = \"drop\"\n"+
+		"[[trace.sampling_pipeline]]\nname = \"z\"\ntype = \"probabilistic\"\nrate = 0.0\ncondition = \"{ 1 = 1 }\"\n"+
+		"[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"probabilistic\"\nrate = 1.0\n")
+	if len(p.Rules) != 2 || p.Rules[1].Name != "all" {
+		t.Fatalf("rules %+v", p.Rules)
+	}
+	if !Judge(p, id, spans) {
+		t.Error("the condition rule without a condition decided, or the rate-0 rule did")
+	}
+	if p := mustPolicy(t, "[trace]\ndata_ttl = 90000000000\n"); p.DataTTL != 90*time.Second {
+		t.Errorf("data_ttl in nanoseconds: %v", p.DataTTL)
+	}
+	if p := mustPolicy(t, ""); p.DataTTL != 5*time.Minute || p.LoggingTTL != time.Minute {
+		t.Errorf("default data_ttl %v, logging %v", p.DataTTL, p.LoggingTTL)
 	}
 }
 
@@ -228,7 +282,7 @@ func TestHoldUntilQuietThenDecide(t *testing.T) {
 }
 
 func TestBoundsDecideEarly(t *testing.T) {
-	keepAll := mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"")
+	keepAll := mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"\ncondition = \"{ 1 = 1 }\"")
 	tn := window.NewTenant("t")
 	early := func(s *Sampler, reason string) int64 {
 		v, ok := s.C.Early.Load(reason)
@@ -286,11 +340,11 @@ func TestBoundsDecideEarly(t *testing.T) {
 }
 
 func TestReloadKeepsHeldTraces(t *testing.T) {
-	s := NewSampler(mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"none\"\ntype = \"condition\"\naction = \"drop\""), DefaultLimits())
+	s := NewSampler(mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"none\"\ntype = \"condition\"\naction = \"drop\"\ncondition = \"{ 1 = 1 }\""), DefaultLimits())
 	tn := window.NewTenant("t")
 	x := sp(traceID(1), 0, nil)
 	s.Add(tn, &x, 0)
-	s.SetPolicy(mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\""))
+	s.SetPolicy(mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"\ncondition = \"{ 1 = 1 }\""))
 	if out := s.Advance(int64(time.Hour), false); len(out) != 1 {
 		t.Fatalf("held trace lost or judged by the old policy: %v", out)
 	}
@@ -303,7 +357,13 @@ func TestFieldsOfASpan(t *testing.T) {
 			t.Errorf("%s = %+v", name, v)
 		}
 	}
-	if v, _ := x.Field("http_status_code"); v.Num != 304 {
+	if v, _ := x.Field("http_status_code"); v.Str != "304" { // a tag in DataKit
+		t.Errorf("http_status_code %+v", v)
+	}
+	if v, _ := x.Field("duration"); v.Kind != filter.Int || v.I != 5000 { // microseconds
+		t.Errorf("duration %+v", v)
+	}
+	if v, _ := x.Field("start"); v.I != 1e15 {
 		t.Errorf("http_status_code %+v", v)
 	}
 	if _, ok := x.Field("nope"); ok {

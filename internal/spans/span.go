@@ -111,8 +111,10 @@ func (s *Span) Size() int {
 // the string buffer's rounding. Measured by TestMemoryPerHeldSpan.
 const spanOverhead = 260
 
-// Field implements filter.Record: the span's fields by their DataKit names,
-// then its attributes. parent_id is "0" for a root span, as in DataKit.
+// Field implements filter.Record: the span's fields by their DataKit names
+// and types, then its attributes (strings). duration and start are integer
+// microseconds and http_status_code a string, as on DataKit's span points;
+// parent_id is "0" for a root span, as in DataKit.
 func (s *Span) Field(name string) (filter.Value, bool) {
 	switch name {
 	case "service":
@@ -125,17 +127,15 @@ func (s *Span) Field(name string) (filter.Value, bool) {
 		return filter.Str(s.Kind.String()), true
 	case "status":
 		return filter.Str(s.Status()), true
-	case "error":
-		return filter.BoolValue(s.Error), true
 	case "duration":
-		return filter.Num(float64(s.Duration)), true
+		return filter.IntValue(s.Duration / 1000), true
 	case "start":
-		return filter.Num(float64(s.Start)), true
+		return filter.IntValue(s.Start / 1000), true
 	case "http_status_code":
 		if s.HTTPStatus == 0 {
 			return filter.Value{}, false
 		}
-		return filter.Num(float64(s.HTTPStatus)), true
+		return filter.Str(statusTag(s.HTTPStatus)[len("http.status_code:"):]), true
 	case "trace_id":
 		return filter.Str(hex.EncodeToString(s.TraceID[:])), true
 	case "span_id":
