@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -22,14 +23,17 @@ import (
 
 // DDPoint is one decoded series point.
 type DDPoint struct {
-	APIKey   string
-	Metric   string
-	Host     string
-	Tags     string // comma-joined
-	Type     int    // 1 count, 2 rate, 3 gauge
-	TS       int64
-	Value    float64
-	Interval int64
+	APIKey string
+	Metric string
+	Host   string
+	// Resources are the series' resources other than its host, as
+	// comma-joined type:name pairs in the order sent.
+	Resources string
+	Tags      string // comma-joined, in the order sent
+	Type      int    // 1 count, 2 rate, 3 gauge
+	TS        int64
+	Value     float64
+	Interval  int64
 }
 
 // DDSketch is one decoded Dogsketch.
@@ -70,7 +74,11 @@ type Answer struct {
 }
 
 // DatadogIntake is a Datadog-compatible HTTP intake on loopback that decodes
-// every payload. It is safe for concurrent use.
+// every payload. Like Datadog's, it stores one value per series and
+// timestamp: a point or sketch for a (series, timestamp) it holds replaces
+// the one held, it is not added to it. A series is its API key (the
+// organisation), metric name, host, other resources and tag set. It is safe
+// for concurrent use.
 type DatadogIntake struct {
 	*httptest.Server
 	// Answer, if set, chooses the answer to request n (from 0) of a path.
@@ -78,8 +86,9 @@ type DatadogIntake struct {
 
 	mu       sync.Mutex
 	counts   map[string]int
-	series   []DDPoint
-	sketches []DDSketch
+	series   map[ddSeriesKey]DDPoint
+	sketches map[ddSeriesKey]DDSketch
+	replaced int
 	checks   []map[string]any
 	events   []map[string]any
 	bodies   map[string][]int // compressed sizes by path
@@ -88,7 +97,7 @@ type DatadogIntake struct {
 
 // NewDatadogIntake starts an intake; it is closed when the test ends.
 func NewDatadogIntake(tb interface{ Cleanup(func()) }) *DatadogIntake {
-	d := &DatadogIntake{counts: map[string]int{}, bodies: map[string][]int{}}
+	d := newDatadogIntake()
 	d.Server = httptest.NewServer(http.HandlerFunc(d.serve))
 	tb.Cleanup(d.Close)
 	return d
@@ -97,10 +106,32 @@ func NewDatadogIntake(tb interface{ Cleanup(func()) }) *DatadogIntake {
 // NewDatadogIntakeTLS starts an intake serving HTTPS with a certificate of
 // its own (Server.Certificate).
 func NewDatadogIntakeTLS(tb interface{ Cleanup(func()) }) *DatadogIntake {
-	d := &DatadogIntake{counts: map[string]int{}, bodies: map[string][]int{}}
+	d := newDatadogIntake()
 	d.Server = httptest.NewTLSServer(http.HandlerFunc(d.serve))
 	tb.Cleanup(d.Close)
 	return d
+}
+
+func newDatadogIntake() *DatadogIntake {
+	return &DatadogIntake{counts: map[string]int{}, bodies: map[string][]int{},
+		series: map[ddSeriesKey]DDPoint{}, sketches: map[ddSeriesKey]DDSketch{}}
+}
+
+// ddSeriesKey identifies what the intake stores one value for.
+type ddSeriesKey struct {
+	apiKey, metric, host, resources, tags string
+	ts                                    int64
+}
+
+// seriesKey returns the identity of a series point: tags are a set, so
+// their order does not matter.
+func seriesKey(apiKey, metric, host, resources, tags string, ts int64) ddSeriesKey {
+	if strings.Contains(tags, ",") {
+		t := strings.Split(tags, ",")
+		slices.Sort(t)
+		tags = strings.Join(slices.Compact(t), ",")
+	}
+	return ddSeriesKey{apiKey, metric, host, resources, tags, ts}
 }
 
 func (d *DatadogIntake) fail(err error) {
@@ -277,10 +308,21 @@ func (d *DatadogIntake) decodeSeries(key string, body []byte) error {
 			switch f.num {
 			case 1:
 				rf, err := fields(f.b)
-				if err != nil || len(rf) != 2 || string(rf[0].b) != "host" {
+				if err != nil || len(rf) != 2 || rf[0].num != 1 || rf[1].num != 2 || len(rf[0].b) == 0 {
 					return fmt.Errorf("bad resource %v", rf)
 				}
-				p.Host = string(rf[1].b)
+				switch typ := string(rf[0].b); typ {
+				case "host":
+					if p.Host != "" {
+						return fmt.Errorf("series %s: two host resources", p.Metric)
+					}
+					p.Host = string(rf[1].b)
+				default:
+					if p.Resources != "" {
+						p.Resources += ","
+					}
+					p.Resources += typ + ":" + string(rf[1].b)
+				}
 			case 2:
 				p.Metric = string(f.b)
 			case 3:
@@ -314,7 +356,13 @@ func (d *DatadogIntake) decodeSeries(key string, body []byte) error {
 		}
 	}
 	d.mu.Lock()
-	d.series = append(d.series, pts...)
+	for _, p := range pts {
+		k := seriesKey(p.APIKey, p.Metric, p.Host, p.Resources, p.Tags, p.TS)
+		if _, ok := d.series[k]; ok {
+			d.replaced++
+		}
+		d.series[k] = p
+	}
 	d.mu.Unlock()
 	return nil
 }
@@ -402,20 +450,30 @@ func (d *DatadogIntake) decodeSketches(key string, body []byte) error {
 		}
 	}
 	d.mu.Lock()
-	d.sketches = append(d.sketches, out...)
+	for _, sk := range out {
+		k := seriesKey(sk.APIKey, sk.Metric, sk.Host, "", sk.Tags, sk.TS)
+		if _, ok := d.sketches[k]; ok {
+			d.replaced++
+		}
+		d.sketches[k] = sk
+	}
 	d.mu.Unlock()
 	return nil
 }
 
-// Series returns the points received, sorted by metric, tags and time.
+// Series returns the points the intake holds, the last written of each
+// series and timestamp, sorted by metric, host, tags and time.
 func (d *DatadogIntake) Series() []DDPoint {
 	d.mu.Lock()
-	out := slices.Clone(d.series)
+	out := slices.Collect(maps.Values(d.series))
 	d.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
 		if a.Metric != b.Metric {
 			return a.Metric < b.Metric
+		}
+		if a.Host != b.Host {
+			return a.Host < b.Host
 		}
 		if a.Tags != b.Tags {
 			return a.Tags < b.Tags
@@ -425,11 +483,34 @@ func (d *DatadogIntake) Series() []DDPoint {
 	return out
 }
 
-// Sketches returns the sketches received.
+// Sketches returns the sketches the intake holds, the last written of each
+// series and timestamp, sorted by metric, host, tags and time.
 func (d *DatadogIntake) Sketches() []DDSketch {
 	d.mu.Lock()
+	out := slices.Collect(maps.Values(d.sketches))
+	d.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Metric != b.Metric {
+			return a.Metric < b.Metric
+		}
+		if a.Host != b.Host {
+			return a.Host < b.Host
+		}
+		if a.Tags != b.Tags {
+			return a.Tags < b.Tags
+		}
+		return a.TS < b.TS
+	})
+	return out
+}
+
+// Replaced returns how many points and sketches replaced one the intake
+// held for the same series and timestamp.
+func (d *DatadogIntake) Replaced() int {
+	d.mu.Lock()
 	defer d.mu.Unlock()
-	return slices.Clone(d.sketches)
+	return d.replaced
 }
 
 // Checks returns the check runs received, each with its "api_key".
