@@ -23,6 +23,11 @@ type shard struct {
 type Aggregator struct {
 	shards []shard
 	shift  uint // hash >> shift selects the shard
+	// over holds every tenant's overflow series: one context per tenant
+	// and type whichever shard a folded sample came through, so that one
+	// flush sends one point per overflow series and timestamp. Its lock is
+	// taken under a shard's, never the other way round.
+	over shard
 
 	mu     sync.Mutex // guards events and checks
 	events []window.Event
@@ -86,8 +91,15 @@ func NewAggregator(cfg window.Config, n int) *Aggregator {
 	if b == 0 {
 		a.shift = 63 // one shard: any shift that leaves index 0 works
 	}
+	a.over.sh = window.NewShard(cfg)
+	fold := func(t *window.Tenant, s *window.Sample, now int64) window.Reason {
+		a.over.mu.Lock()
+		defer a.over.mu.Unlock()
+		return a.over.sh.AddOverflow(t, s, now)
+	}
 	for i := range a.shards {
 		a.shards[i].sh = window.NewShard(cfg)
+		a.shards[i].sh.SetOverflow(fold)
 	}
 	return a
 }
@@ -213,11 +225,22 @@ func (a *Aggregator) add(s *shard, smp *window.Sample, b *window.Batch) window.R
 	return s.sh.Add(b.Tenant, smp, b.Now)
 }
 
+// all yields every shard and then the overflow shard.
+func (a *Aggregator) all() func(yield func(*shard) bool) {
+	return func(yield func(*shard) bool) {
+		for i := range a.shards {
+			if !yield(&a.shards[i]) {
+				return
+			}
+		}
+		yield(&a.over)
+	}
+}
+
 // Contexts returns the number of live contexts over every shard.
 func (a *Aggregator) Contexts() int {
 	n := 0
-	for i := range a.shards {
-		s := &a.shards[i]
+	for s := range a.all() {
 		s.mu.Lock()
 		n += s.sh.Contexts()
 		s.mu.Unlock()
@@ -228,8 +251,7 @@ func (a *Aggregator) Contexts() int {
 // drain takes every bucket due at tick (all of them when all is set) and
 // the buffered events and checks. Each shard is locked only for its swap.
 func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
-	for i := range a.shards {
-		s := &a.shards[i]
+	for s := range a.all() {
 		s.mu.Lock()
 		f.Buckets = s.sh.Drain(tick, all, f.Buckets)
 		s.mu.Unlock()
@@ -254,8 +276,7 @@ func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
 // of tenant t only unless t is nil. Each shard is locked for its scan.
 func (a *Aggregator) TopContexts(t *window.Tenant, n int) []window.ContextStat {
 	var all []window.ContextStat
-	for i := range a.shards {
-		s := &a.shards[i]
+	for s := range a.all() {
 		s.mu.Lock()
 		all = s.sh.Top(t, n, all)
 		s.mu.Unlock()

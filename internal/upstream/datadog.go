@@ -118,19 +118,24 @@ func (d *Datadog) Shutdown(ctx context.Context) error { return d.pipe.Shutdown(c
 
 // ddBatch accumulates one tenant's payloads of one flush.
 type ddBatch struct {
-	tenant  string
-	header  http.Header
-	series  payloadBuilder
-	sketch  payloadBuilder
-	checks  []byte
-	nChecks int
+	tenant string
+	header http.Header
+	series payloadBuilder
+	sketch payloadBuilder
+	// Corrections of flushed buckets go in payloads of their own, sent
+	// after every payload queued before them.
+	lateSeries payloadBuilder
+	lateSketch payloadBuilder
+	checks     []byte
+	nChecks    int
 }
 
 // payloadBuilder holds protobuf entries of one repeated field, cut into
 // payloads by size.
 type payloadBuilder struct {
-	buf    []byte
-	starts []int // entry offsets in buf
+	buf      []byte
+	starts   []int // entry offsets in buf
+	replaces bool  // its payloads replace points sent before
 }
 
 // Export encodes the part of f routed here and queues it. It is called by
@@ -151,6 +156,7 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 					h.Set(k, v)
 				}
 				b = &ddBatch{tenant: t.ID, header: h}
+				b.lateSeries.replaces, b.lateSketch.replaces = true, true
 			}
 			batches[t] = b
 		}
@@ -162,10 +168,14 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 		if b == nil {
 			continue
 		}
+		series, sketch := &b.series, &b.sketch
+		if m.Late {
+			series, sketch = &b.lateSeries, &b.lateSketch
+		}
 		switch m.Type {
 		case window.TypeDistribution:
 			d.scratch = d.appendSketch(d.scratch[:0], m)
-			errs = append(errs, d.add(ctx, b, &b.sketch, "sketches"))
+			errs = append(errs, d.add(ctx, b, sketch, "sketches"))
 		case window.TypeHistogram, window.TypeTiming:
 			for _, s := range d.series {
 				v, isCount := s.value(m)
@@ -174,7 +184,7 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 					typ = ddCount
 				}
 				d.scratch = d.appendSeries(d.scratch[:0], m, s.suffix, typ, v)
-				errs = append(errs, d.add(ctx, b, &b.series, "series"))
+				errs = append(errs, d.add(ctx, b, series, "series"))
 			}
 		default:
 			typ := ddGauge
@@ -185,7 +195,7 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 				typ = ddRate
 			}
 			d.scratch = d.appendSeries(d.scratch[:0], m, "", typ, m.Value)
-			errs = append(errs, d.add(ctx, b, &b.series, "series"))
+			errs = append(errs, d.add(ctx, b, series, "series"))
 		}
 	}
 	for i := range f.Checks {
@@ -205,7 +215,8 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 		if b == nil {
 			continue
 		}
-		errs = append(errs, d.cut(ctx, b, &b.series, "series"), d.cut(ctx, b, &b.sketch, "sketches"))
+		errs = append(errs, d.cut(ctx, b, &b.series, "series"), d.cut(ctx, b, &b.sketch, "sketches"),
+			d.cut(ctx, b, &b.lateSeries, "series"), d.cut(ctx, b, &b.lateSketch, "sketches"))
 		if b.nChecks > 0 {
 			body := append([]byte{'['}, b.checks[:len(b.checks)-1]...) // drop the last comma
 			errs = append(errs, d.enqueue(ctx, b, "check_run", append(body, ']'), b.nChecks))
@@ -244,7 +255,7 @@ func (d *Datadog) cutRange(ctx context.Context, b *ddBatch, pb *payloadBuilder, 
 	raw := pb.buf[pb.starts[from]:end]
 	body := d.cfg.Compression.compress(raw)
 	if len(body) <= d.cfg.MaxCompressed && len(raw) <= d.cfg.MaxUncompressed {
-		return d.enqueueBody(ctx, b, kind, body, to-from)
+		return d.enqueueBody(ctx, b, kind, body, to-from, pb.replaces)
 	}
 	if to-from == 1 {
 		d.metrics.Lost(d.Name(), "too_large", 1)
@@ -256,11 +267,12 @@ func (d *Datadog) cutRange(ctx context.Context, b *ddBatch, pb *payloadBuilder, 
 }
 
 func (d *Datadog) enqueue(ctx context.Context, b *ddBatch, kind string, raw []byte, points int) error {
-	return d.enqueueBody(ctx, b, kind, d.cfg.Compression.compress(raw), points)
+	return d.enqueueBody(ctx, b, kind, d.cfg.Compression.compress(raw), points, false)
 }
 
-func (d *Datadog) enqueueBody(ctx context.Context, b *ddBatch, kind string, body []byte, points int) error {
-	return d.pipe.Enqueue(ctx, &Payload{Tenant: b.tenant, Kind: kind, Body: body, Encoding: d.cfg.Compression.encoding(), Header: b.header, Points: points})
+func (d *Datadog) enqueueBody(ctx context.Context, b *ddBatch, kind string, body []byte, points int, replaces bool) error {
+	return d.pipe.Enqueue(ctx, &Payload{Tenant: b.tenant, Kind: kind, Body: body, Encoding: d.cfg.Compression.encoding(),
+		Header: b.header, Points: points, Replaces: replaces})
 }
 
 // appendSeries appends one MetricPayload.series entry (field 1) to b.

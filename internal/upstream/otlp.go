@@ -138,6 +138,8 @@ type otlpBatch struct {
 	resources map[string]*metricspb.ScopeMetrics // by host
 	size      int
 	points    int
+	// replaces: the batch carries corrections of flushed buckets.
+	replaces bool
 }
 
 // Export encodes the part of f routed here and queues it.
@@ -168,6 +170,7 @@ func (o *OTLP) Export(ctx context.Context, f *window.Flush, routes Routes) error
 		sm.Metrics = append(sm.Metrics, metric)
 		b.size += n
 		b.points++
+		b.replaces = b.replaces || m.Late
 	}
 	for _, b := range batches {
 		if b != nil && b.points > 0 {
@@ -216,7 +219,7 @@ func (o *OTLP) send(ctx context.Context, b *otlpBatch) error {
 	if err != nil {
 		return err
 	}
-	return o.pipe.Enqueue(ctx, &Payload{Tenant: b.tenant.ID, Kind: "metrics", Body: body, Header: b.header, Points: b.points})
+	return o.pipe.Enqueue(ctx, &Payload{Tenant: b.tenant.ID, Kind: "metrics", Body: body, Header: b.header, Points: b.points, Replaces: b.replaces})
 }
 
 func strAttr(k, v string) *commonpb.KeyValue {

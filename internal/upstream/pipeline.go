@@ -32,8 +32,71 @@ type Payload struct {
 	Header http.Header
 	// Points is the number of aggregates, events or checks in Body.
 	Points int
+	// Replaces marks a payload that carries points replacing points of
+	// payloads queued before it (corrections of flushed buckets): it is
+	// sent only once every payload queued before it is done, so that an
+	// intake keeping the last write ends with the corrected value.
+	Replaces bool
 
 	spoolKey uint64 // the payload's key in the pipeline's spool; 0 if none
+	seq      uint64 // the payload's place in the queue's order
+}
+
+// queueOrder tracks which queued payloads are not done yet, so that a
+// payload that replaces earlier points waits for them.
+type queueOrder struct {
+	mu      sync.Mutex
+	next    uint64
+	open    map[uint64]struct{}
+	changed chan struct{} // closed and replaced whenever a payload is done
+}
+
+// begin gives pl the next place in the order.
+func (o *queueOrder) begin(pl *Payload) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.open == nil {
+		o.open, o.changed = map[uint64]struct{}{}, make(chan struct{})
+	}
+	o.next++
+	pl.seq = o.next
+	o.open[pl.seq] = struct{}{}
+}
+
+// end marks pl done.
+func (o *queueOrder) end(pl *Payload) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.open[pl.seq]; !ok {
+		return
+	}
+	delete(o.open, pl.seq)
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// wait returns once no payload queued before pl is open, or stop ends.
+func (o *queueOrder) wait(stop <-chan struct{}, pl *Payload) {
+	for {
+		o.mu.Lock()
+		earlier := false
+		for seq := range o.open {
+			if seq < pl.seq {
+				earlier = true
+				break
+			}
+		}
+		ch := o.changed
+		o.mu.Unlock()
+		if !earlier {
+			return
+		}
+		select {
+		case <-ch:
+		case <-stop:
+			return
+		}
+	}
 }
 
 // Sender delivers payloads to one intake. Send returns nil once the intake
@@ -146,6 +209,7 @@ type Pipeline struct {
 	log     *slog.Logger
 
 	queue   chan *Payload
+	order   queueOrder
 	spool   *Spool
 	feeding sync.WaitGroup
 	bytes   atomic.Int64
@@ -189,11 +253,13 @@ func (p *Pipeline) Start(context.Context) error {
 
 // Enqueue adds pl to the queue. When the queue is full it waits, which
 // slows the flush that calls it, until there is room or ctx ends; then pl
-// is counted as lost (queue_full) and ctx's error returned.
+// is counted as lost (queue_full) and ctx's error returned. Payloads keep
+// the order of the Enqueue calls, which their callers serialise.
 func (p *Pipeline) Enqueue(ctx context.Context, pl *Payload) error {
 	if p.spool != nil {
 		return p.enqueueSpooled(ctx, pl)
 	}
+	p.order.begin(pl)
 	select {
 	case p.queue <- pl:
 		p.queued(pl)
@@ -209,6 +275,7 @@ func (p *Pipeline) Enqueue(ctx context.Context, pl *Payload) error {
 		p.queued(pl)
 		return nil
 	case <-ctx.Done():
+		p.order.end(pl)
 		p.metrics.Lost(p.cfg.Name, "queue_full", pl.Points)
 		p.log.Error("payload dropped: the send queue stayed full", "tenant", pl.Tenant, "kind", pl.Kind, "points", pl.Points)
 		return ctx.Err()
@@ -252,9 +319,11 @@ func (p *Pipeline) feed() {
 			}
 			return
 		}
+		p.order.begin(pl) // the spool hands payloads out oldest first
 		select {
 		case p.queue <- pl:
 		case <-p.stop.Done():
+			p.order.end(pl)
 			return
 		}
 	}
@@ -271,22 +340,31 @@ func (p *Pipeline) queued(pl *Payload) {
 func (p *Pipeline) sender() {
 	defer p.wg.Done()
 	for pl := range p.queue {
-		if p.spool != nil {
-			if p.deliver(pl) {
-				if err := p.spool.Delete(pl.spoolKey); err != nil {
-					p.log.Error("send queue on disk", "err", err)
-				}
-				p.spoolGauge()
-			}
-			continue
+		if pl.Replaces {
+			p.order.wait(p.stop.Done(), pl)
 		}
-		n := p.bytes.Add(-int64(len(pl.Body)))
-		p.metrics.Queue(p.cfg.Name, len(p.queue), int(n))
-		if len(p.queue) < p.cfg.QueueSize/2 {
-			p.full.Store(false)
-		}
-		p.deliver(pl)
+		p.deliverInOrder(pl)
 	}
+}
+
+// deliverInOrder delivers pl and marks it done in the queue's order.
+func (p *Pipeline) deliverInOrder(pl *Payload) {
+	defer p.order.end(pl)
+	if p.spool != nil {
+		if p.deliver(pl) {
+			if err := p.spool.Delete(pl.spoolKey); err != nil {
+				p.log.Error("send queue on disk", "err", err)
+			}
+			p.spoolGauge()
+		}
+		return
+	}
+	n := p.bytes.Add(-int64(len(pl.Body)))
+	p.metrics.Queue(p.cfg.Name, len(p.queue), int(n))
+	if len(p.queue) < p.cfg.QueueSize/2 {
+		p.full.Store(false)
+	}
+	p.deliver(pl)
 }
 
 // deliver sends pl until it is accepted, refused for good, or the pipeline
@@ -365,6 +443,7 @@ func (p *Pipeline) Shutdown(ctx context.Context) error {
 	<-done
 	// Senders exited on cancel; count what they never took.
 	for pl := range p.queue {
+		p.order.end(pl)
 		p.metrics.Lost(p.cfg.Name, "shutdown", pl.Points)
 	}
 	return ctx.Err()

@@ -24,8 +24,9 @@ type script struct {
 	mu       sync.Mutex
 	answers  map[string][]error
 	attempts map[string][]time.Time
-	block    bool // wait for ctx instead of answering
-	hang     int  // wait for ctx on this many first attempts
+	order    []string // kinds, one per attempt, in the order made
+	block    bool     // wait for ctx instead of answering
+	hang     int      // wait for ctx on this many first attempts
 }
 
 func (s *script) Send(ctx context.Context, p *upstream.Payload) error {
@@ -34,6 +35,7 @@ func (s *script) Send(ctx context.Context, p *upstream.Payload) error {
 		s.attempts = map[string][]time.Time{}
 	}
 	s.attempts[p.Kind] = append(s.attempts[p.Kind], time.Now())
+	s.order = append(s.order, p.Kind)
 	var err error
 	if a := s.answers[p.Kind]; len(a) > 0 {
 		err, s.answers[p.Kind] = a[0], a[1:]
@@ -161,6 +163,29 @@ func TestPipelineTimeoutIsRetried(t *testing.T) {
 		sent, _, failed, _ := m.Snapshot()
 		if sent != 1 || failed["timeout"] != 1 {
 			t.Fatalf("sent %d, failed %v", sent, failed)
+		}
+	})
+}
+
+// TestReplacingPayloadWaitsForEarlierOnes retries an early payload while a
+// later one replaces its points: the later must reach the intake last.
+func TestReplacingPayloadWaitsForEarlierOnes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &script{answers: map[string][]error{"first": {errors.New("503"), errors.New("503"), errors.New("503")}}}
+		p := newPipeline(s, &upstreamtest.Metrics{}, func(c *upstream.PipelineConfig) { c.Senders = 4 })
+		ctx := context.Background()
+		p.Enqueue(ctx, &upstream.Payload{Kind: "first", Points: 1})
+		p.Enqueue(ctx, &upstream.Payload{Kind: "other", Points: 1})
+		p.Enqueue(ctx, &upstream.Payload{Kind: "correction", Points: 1, Replaces: true})
+		if err := p.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		first, other, corr := s.attempts["first"], s.attempts["other"], s.attempts["correction"]
+		if len(first) != 4 || len(other) != 1 || len(corr) != 1 {
+			t.Fatalf("attempts: first %d, other %d, correction %d", len(first), len(other), len(corr))
+		}
+		if last := s.order[len(s.order)-1]; last != "correction" {
+			t.Fatalf("attempts in order %v: the correction went before an earlier payload was done", s.order)
 		}
 	})
 }

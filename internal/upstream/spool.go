@@ -39,6 +39,7 @@ type storedPayload struct {
 	Body                   []byte
 	Header                 http.Header
 	Points                 int
+	Replaces               bool
 }
 
 // OpenSpool opens or creates the spool file path, holding at most maxBytes
@@ -102,7 +103,7 @@ func (s *Spool) notifyLocked() {
 func (s *Spool) Put(ctx context.Context, pl *Payload, onFull func()) (uint64, error) {
 	var buf bytes.Buffer
 	if err := gob.NewEncoder(&buf).Encode(storedPayload{Tenant: pl.Tenant, Kind: pl.Kind, Encoding: pl.Encoding,
-		Body: pl.Body, Header: pl.Header, Points: pl.Points}); err != nil {
+		Body: pl.Body, Header: pl.Header, Points: pl.Points, Replaces: pl.Replaces}); err != nil {
 		return 0, err
 	}
 	size := int64(buf.Len())
@@ -165,7 +166,7 @@ func (s *Spool) Next(ctx context.Context) (uint64, *Payload, error) {
 			s.unread = max(s.unread, key+1)
 			s.mu.Unlock()
 			return key, &Payload{Tenant: sp.Tenant, Kind: sp.Kind, Body: sp.Body, Encoding: sp.Encoding,
-				Header: sp.Header, Points: sp.Points, spoolKey: key}, nil
+				Header: sp.Header, Points: sp.Points, Replaces: sp.Replaces, spoolKey: key}, nil
 		}
 		select {
 		case <-ch:

@@ -3,6 +3,7 @@ package window
 import (
 	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 )
 
@@ -118,6 +119,46 @@ func TestMemoryPerContext(t *testing.T) {
 	t.Logf("%.0f bytes per counter context (key %d bytes)", per, len(ss[0].Key))
 	if per > 300 {
 		t.Errorf("%.0f bytes per context, budget 300", per)
+	}
+	runtime.KeepAlive(sh)
+}
+
+// TestMemoryPerKeptSlot reports the heap a kept bucket holds per counter
+// context after its flush, what late samples cost per context and bucket
+// of max-lateness; the budget is 120 bytes.
+func TestMemoryPerKeptSlot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates 200k contexts")
+	}
+	const n = 200_000
+	tn := NewTenant("t")
+	ss := benchSamples(n, TypeCount)
+	for i := range ss {
+		ss[i].Name = fmt.Sprintf("svc.request.count.%d", i)
+		ss[i].Timestamp = t0
+		ss[i].Prepare(tn, nil)
+	}
+	sh := NewShard(DefaultConfig())
+	for i := range ss {
+		sh.Add(tn, &ss[i], t0)
+	}
+	for _, b := range sh.Drain(t0+20*sec, false, nil) {
+		b.Release()
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for k, b := range sh.kept {
+		delete(sh.kept, k)
+		b.release()
+	}
+	bucketPool = sync.Pool{New: bucketPool.New} // let the pooled bucket go
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(before.HeapAlloc-after.HeapAlloc) / n
+	t.Logf("%.0f bytes per counter context in a kept bucket", per)
+	if per > 120 {
+		t.Errorf("%.0f bytes per kept slot, budget 120", per)
 	}
 	runtime.KeepAlive(sh)
 }

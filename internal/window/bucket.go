@@ -18,6 +18,9 @@ const maxSketchBins = 2048
 const (
 	hasValue uint8 = 1 << iota
 	hasPrev
+	// dirty marks a slot of a kept bucket that late samples changed since
+	// its last flush.
+	dirty
 )
 
 // slot is the state of one context in one bucket.
@@ -73,6 +76,22 @@ func (d *distState) merge(h *HistPoint) {
 	}
 }
 
+// mergeDist adds o's samples to d.
+func (d *distState) mergeDist(o *distState) {
+	if o.count == 0 {
+		return
+	}
+	if d.count == 0 {
+		d.min, d.max = o.min, o.max
+	} else {
+		d.min, d.max = math.Min(d.min, o.min), math.Max(d.max, o.max)
+	}
+	d.sum += o.sum
+	d.count += o.count
+	// Both sketches have the same mapping, the merge's only error case.
+	_ = d.sketch.MergeWith(o.sketch)
+}
+
 // Bucket is the state of every context of one shard over one time range.
 type Bucket struct {
 	// Start is the bucket's start in unix nanoseconds: the timestamp of its
@@ -80,8 +99,19 @@ type Bucket struct {
 	Start int64
 	// Width is the bucket's length in nanoseconds.
 	Width int64
-	// Late marks a partial bucket opened after its range had been flushed.
+	// Late marks a correction: a bucket flushed before whose state late
+	// samples changed. It yields only the contexts they changed, each with
+	// its corrected aggregate over the whole bucket, to replace the point
+	// flushed before.
 	Late bool
+
+	// stamped: a timestamped sample went in, so the bucket is kept after
+	// its flush for late samples. kept: the shard owns it until no sample
+	// can reach it; Release leaves it alone. base, for a bucket of late
+	// samples, is the kept bucket they correct (nil if none was flushed).
+	stamped, kept bool
+	base          *Bucket
+	nDirty        int
 
 	index map[*context]int32
 	slots []slot
@@ -103,11 +133,24 @@ func getBucket(start, width int64, late bool) *Bucket {
 	return b
 }
 
-// Len returns the number of contexts in b.
-func (b *Bucket) Len() int { return len(b.slots) }
+// Len returns the number of contexts b yields at most.
+func (b *Bucket) Len() int {
+	if b.Late {
+		return b.nDirty
+	}
+	return len(b.slots)
+}
 
-// Release returns b to a pool for reuse. b must not be used afterwards.
+// Release returns b to a pool for reuse, unless its shard keeps it for late
+// samples. b must not be used afterwards.
 func (b *Bucket) Release() {
+	if !b.kept {
+		b.release()
+	}
+}
+
+func (b *Bucket) release() {
+	b.stamped, b.kept, b.base, b.nDirty = false, false, nil, 0
 	clear(b.index)
 	clear(b.slots) // drop context pointers
 	b.slots = b.slots[:0]
@@ -160,7 +203,8 @@ type Metric struct {
 	// Timestamp is the bucket start and Interval its width, in nanoseconds.
 	Timestamp int64
 	Interval  int64
-	// Late marks a partial aggregate of a bucket flushed before.
+	// Late marks a corrected aggregate of a bucket flushed before: it
+	// replaces the point flushed for the same series and timestamp.
 	Late bool
 	// Value is the aggregate of GAUGE (last value), COUNT and
 	// MONOTONIC_COUNT (sums), RATE (per second) and SET (distinct members).
@@ -180,7 +224,7 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 		var m Metric
 		for i := range b.slots {
 			sl := &b.slots[i]
-			if sl.flags&hasValue == 0 {
+			if sl.flags&hasValue == 0 || b.Late && sl.flags&dirty == 0 {
 				continue
 			}
 			m = Metric{Tenant: sl.ctx.tenant, Type: sl.typ, Timestamp: b.Start, Interval: b.Width, Late: b.Late, Tags: m.Tags[:0]}
@@ -209,6 +253,68 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 			}
 		}
 	}
+}
+
+// absorb adds the late samples of p, a bucket of the same range, to b,
+// marking the slots they change dirty.
+func (b *Bucket) absorb(p *Bucket) {
+	for i := range p.slots {
+		ps := &p.slots[i]
+		if ps.flags&hasValue == 0 {
+			continue
+		}
+		j, ok := b.index[ps.ctx]
+		if !ok {
+			j = b.newSlot(ps.ctx, ps.typ)
+		}
+		s := &b.slots[j]
+		if s.typ != ps.typ {
+			continue // refused when added; kept for safety
+		}
+		switch ps.typ {
+		case TypeGauge:
+			if s.flags&hasValue == 0 || ps.t >= s.t {
+				s.v, s.t = ps.v, ps.t
+			}
+		case TypeCount, TypeMonotonicCount:
+			s.v += ps.v
+		case TypeRate:
+			if s.flags&hasValue == 0 || ps.t >= s.t {
+				s.v, s.t = ps.v, ps.t
+				b.rates[s.ext] = p.rates[ps.ext]
+				s.flags = s.flags&^hasPrev | ps.flags&hasPrev
+			}
+		case TypeSet:
+			for m := range p.sets[ps.ext] {
+				b.sets[s.ext][m] = struct{}{}
+			}
+		default:
+			b.dists[s.ext].mergeDist(&p.dists[ps.ext])
+		}
+		if s.flags&dirty == 0 {
+			b.nDirty++
+		}
+		s.flags |= hasValue | dirty
+	}
+}
+
+// markDirty marks every slot with a value dirty.
+func (b *Bucket) markDirty() {
+	b.nDirty = 0
+	for i := range b.slots {
+		if b.slots[i].flags&hasValue != 0 {
+			b.slots[i].flags |= dirty
+			b.nDirty++
+		}
+	}
+}
+
+// clearDirty forgets which slots a correction changed, once flushed.
+func (b *Bucket) clearDirty() {
+	for i := range b.slots {
+		b.slots[i].flags &^= dirty
+	}
+	b.nDirty = 0
 }
 
 // Quantile returns the nearest-rank q-quantile (0 ≤ q ≤ 1) of a histogram,

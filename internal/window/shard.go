@@ -21,6 +21,9 @@ type context struct {
 	lastT int64
 	// samples counts the samples of the context, saturating.
 	samples uint32
+	// keptUntil is the tick until which a kept bucket holds the context:
+	// it is not forgotten before, so that late samples find it.
+	keptUntil int64
 }
 
 type bucketKey struct{ start, width int64 }
@@ -38,6 +41,14 @@ type Shard struct {
 	buckets   map[bucketKey]*Bucket
 	last      *Bucket // the bucket written last, a lookup cache
 	watermark int64   // every bucket due at or before it has been drained
+	// kept holds the flushed buckets late samples may still reach: those
+	// that held a timestamped sample, and nil for those that did not.
+	kept map[bucketKey]*Bucket
+	// corrected are the kept buckets the last drain handed out as
+	// corrections.
+	corrected []*Bucket
+	// fold, if set, takes the samples of a tenant past its context bound.
+	fold func(t *Tenant, s *Sample, now int64) Reason
 }
 
 // sweepBudget bounds the contexts one Drain examines for expiry, so that a
@@ -53,8 +64,14 @@ func NewShard(cfg Config) *Shard {
 		maxSet:   cfg.MaxSetSize,
 		contexts: make(map[uint64]*context),
 		buckets:  make(map[bucketKey]*Bucket),
+		kept:     make(map[bucketKey]*Bucket),
 	}
 }
+
+// SetOverflow makes the samples of a tenant past its context bound go to
+// fold instead of the shard's own overflow contexts, so that several
+// shards share one overflow series per tenant and type (see AddOverflow).
+func (sh *Shard) SetOverflow(fold func(t *Tenant, s *Sample, now int64) Reason) { sh.fold = fold }
 
 // Contexts returns the number of live contexts.
 func (sh *Shard) Contexts() int { return len(sh.all) }
@@ -62,17 +79,37 @@ func (sh *Shard) Contexts() int { return len(sh.all) }
 // Add aggregates s, which Prepare has keyed, arriving at now (unix
 // nanoseconds). It returns Accepted or why s was refused; a refused sample
 // changes nothing but, possibly, a context's idle time.
-func (sh *Shard) Add(t *Tenant, s *Sample, now int64) Reason {
+func (sh *Shard) Add(t *Tenant, s *Sample, now int64) Reason { return sh.add(t, s, now, false) }
+
+// AddOverflow aggregates s into its tenant's overflow series for s's type,
+// as Add does for a tenant past its context bound.
+func (sh *Shard) AddOverflow(t *Tenant, s *Sample, now int64) Reason {
+	t.Overflowed.Add(1)
+	return sh.add(t, s, now, true)
+}
+
+func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	ts := s.Timestamp
 	if ts == 0 {
 		ts = now
 	} else if r := sh.timing.Admit(ts, now); r != Accepted {
 		return r
 	}
+	var c *context
+	if folded {
+		c = sh.overflow(t, s.Type, now)
+	} else if c = sh.context(t, s, now); c == nil {
+		return sh.fold(t, s, now)
+	}
 	b := sh.bucket(sh.timing.Bucket(s.Timestamp, now))
-	c, r := sh.context(t, s, now)
-	if r != Accepted {
-		return r
+	if b == nil {
+		return ReasonTooOld
+	}
+	if b.base != nil {
+		// A late sample: the bucket it corrects decides type conflicts.
+		if j, ok := b.base.index[c]; ok && b.base.slots[j].typ != s.Type {
+			return ReasonTypeConflict
+		}
 	}
 	i, ok := b.index[c]
 	if !ok {
@@ -81,6 +118,9 @@ func (sh *Shard) Add(t *Tenant, s *Sample, now int64) Reason {
 	sl := &b.slots[i]
 	if sl.typ != s.Type {
 		return ReasonTypeConflict
+	}
+	if s.Timestamp != 0 {
+		b.stamped = true
 	}
 	if s.Hist != nil && sl.typ.isDist() {
 		b.dists[sl.ext].merge(s.Hist)
@@ -132,7 +172,18 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 	case TypeSet:
 		m := b.sets[sl.ext]
 		if _, ok := m[s.SetMember]; !ok {
-			if len(m) >= sh.maxSet {
+			// Late members count with those of the bucket they correct.
+			var held map[string]struct{}
+			if b.base != nil {
+				if j, ok := b.base.index[c]; ok {
+					held = b.base.sets[b.base.slots[j].ext]
+				}
+			}
+			if _, ok := held[s.SetMember]; ok {
+				sl.flags |= hasValue // the correction resends the same set
+				return Accepted
+			}
+			if len(m)+len(held) >= sh.maxSet {
 				return ReasonSetLimit
 			}
 			m[strings.Clone(s.SetMember)] = struct{}{}
@@ -142,8 +193,9 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 	return Accepted
 }
 
-// context finds or creates the context of s.
-func (sh *Shard) context(t *Tenant, s *Sample, now int64) (*context, Reason) {
+// context finds or creates the context of s. Past its tenant's bound it
+// returns the overflow context, or nil when the shard folds elsewhere.
+func (sh *Shard) context(t *Tenant, s *Sample, now int64) *context {
 	head := sh.contexts[s.Hash]
 	for c := head; c != nil; c = c.next {
 		if c.tenant == t && c.key == string(s.Key) {
@@ -151,17 +203,20 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (*context, Reason) {
 			if c.samples != math.MaxUint32 {
 				c.samples++
 			}
-			return c, Accepted
+			return c
 		}
 	}
 	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
 		// Past its bound, a tenant's new contexts fold into its overflow
 		// series for the sample's type: nothing is dropped, and the
 		// folding is counted.
+		if sh.fold != nil {
+			return nil
+		}
 		t.Overflowed.Add(1)
-		return sh.overflow(t, s.Type, now), Accepted
+		return sh.overflow(t, s.Type, now)
 	}
-	return sh.newContext(t, string(s.Key), s.Hash, head, now), Accepted
+	return sh.newContext(t, string(s.Key), s.Hash, head, now)
 }
 
 func (sh *Shard) newContext(t *Tenant, key string, hash uint64, head *context, now int64) *context {
@@ -200,7 +255,10 @@ func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) *context {
 	return sh.newContext(t, key, hash, head, now)
 }
 
-// bucket finds or opens the bucket [start, start+width).
+// bucket finds or opens the bucket [start, start+width). For a range
+// already flushed it opens a bucket of late samples, or returns nil when
+// their corrections could not be exact: the flushed bucket held no
+// timestamped sample and was not kept, or its lateness has passed.
 func (sh *Shard) bucket(start, width int64) *Bucket {
 	if b := sh.last; b != nil && b.Start == start && b.Width == width {
 		return b
@@ -208,29 +266,106 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 	k := bucketKey{start, width}
 	b, ok := sh.buckets[k]
 	if !ok {
-		b = getBucket(start, width, sh.timing.Due(start, width) <= sh.watermark)
+		late := sh.timing.Due(start, width) <= sh.watermark
+		var base *Bucket
+		if late {
+			var kept bool
+			if base, kept = sh.kept[k]; kept && base == nil || sh.keptUntil(k) < sh.watermark {
+				return nil
+			}
+		}
+		b = getBucket(start, width, late)
+		b.base = base
 		sh.buckets[k] = b
 	}
 	sh.last = b
 	return b
 }
 
+// keptUntil returns the last tick at which a flushed bucket of range k may
+// still take late samples.
+func (sh *Shard) keptUntil(k bucketKey) int64 {
+	return sh.timing.Due(k.start, k.width) + sh.timing.maxLate
+}
+
 // Drain removes and appends to out every bucket due at tick: those whose end
 // plus grace is at or before tick, or all of them when all is set (the final
-// flush). Samples that arrive later for a drained bucket open a late partial
-// bucket, drained at the next tick. Drain also forgets contexts idle for
-// longer than the context TTL, a bounded number per call.
+// flush).
+//
+// A flushed bucket that held a timestamped sample is kept until
+// max-lateness has passed. Late samples for it go into a bucket of their
+// own; the drain after they arrive adds them to the kept bucket and hands
+// it out again as a correction (Late): the contexts they changed, with
+// their corrected aggregates over the whole bucket, to replace what was
+// flushed. A bucket is handed out as a correction until the next Drain,
+// which must not start before its reader is done.
+//
+// Drain also forgets contexts idle for longer than the context TTL, a
+// bounded number per call.
 func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
+	for _, b := range sh.corrected {
+		b.clearDirty()
+	}
+	clear(sh.corrected)
+	sh.corrected = sh.corrected[:0]
 	for k, b := range sh.buckets {
 		if all || sh.timing.Due(k.start, k.width) <= tick {
-			out = append(out, b)
 			delete(sh.buckets, k)
+			out = sh.settle(k, b, out)
 		}
 	}
 	sh.last = nil
 	sh.watermark = max(sh.watermark, tick)
+	for k, b := range sh.kept {
+		if sh.keptUntil(k) < sh.watermark {
+			delete(sh.kept, k)
+			if b != nil {
+				b.release()
+			}
+		}
+	}
 	sh.expire(tick, sweepBudget)
 	return out
+}
+
+// settle appends drained bucket b of range k to out, as itself or as the
+// correction of the kept bucket its late samples join, and keeps what late
+// samples may still reach.
+func (sh *Shard) settle(k bucketKey, b *Bucket, out []*Bucket) []*Bucket {
+	if !b.Late {
+		if !b.stamped {
+			sh.kept[k] = nil // flushed, with nothing to correct it from
+			return append(out, b)
+		}
+		sh.keep(k, b)
+		return append(out, b)
+	}
+	base := b.base
+	if base == nil {
+		// Nothing was flushed for this range: the late samples are the
+		// whole of it.
+		b.markDirty()
+		sh.keep(k, b)
+		sh.corrected = append(sh.corrected, b)
+		return append(out, b)
+	}
+	base.absorb(b)
+	b.release()
+	sh.keep(k, base)
+	base.Late = true
+	sh.corrected = append(sh.corrected, base)
+	return append(out, base)
+}
+
+// keep makes b a kept bucket of range k and holds its contexts as long.
+func (sh *Shard) keep(k bucketKey, b *Bucket) {
+	b.kept = true
+	sh.kept[k] = b
+	until := sh.keptUntil(k)
+	for i := range b.slots {
+		c := b.slots[i].ctx
+		c.keptUntil = max(c.keptUntil, until)
+	}
 }
 
 // expire examines up to budget contexts from where the last sweep stopped
@@ -241,7 +376,7 @@ func (sh *Shard) expire(now int64, budget int) {
 			sh.sweep = 0
 		}
 		c := sh.all[sh.sweep]
-		if now-c.seen <= sh.ttl {
+		if now-c.seen <= sh.ttl || now <= c.keptUntil {
 			sh.sweep++
 			continue
 		}

@@ -220,13 +220,107 @@ func TestDrainGraceAndLatePartials(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
-	// A sample for the flushed bucket is a late partial with its bucket's
-	// timestamp.
+	// A sample for the flushed bucket corrects it: the bucket is handed
+	// out again with the context's total, to replace what was flushed.
 	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 4, ts: t0 + 1*sec, now: t0 + 21*sec})
 	got = collect(sh.Drain(t0+30*sec, false, nil))
-	want = []out{{key: "c||", ts: t0 / sec, value: 4, late: true}}
+	want = []out{{key: "c||", ts: t0 / sec, value: 7, late: true}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("late: got %+v, want %+v", got, want)
+	}
+	// Nothing new: nothing is sent again.
+	if got := collect(sh.Drain(t0+40*sec, false, nil)); len(got) != 0 {
+		t.Fatalf("drained %+v with no late sample", got)
+	}
+}
+
+func TestLateCorrections(t *testing.T) {
+	cfg := testConfig() // interval 10s, grace 2s, max lateness 1h, 3 set members
+	late := t0 + 21*sec // the bucket at t0 was flushed at t0+20s
+	bs := t0 / sec
+	tests := []struct {
+		name         string
+		onTime, late []in
+		want         []out // the correction
+	}{
+		{"only the contexts late samples change are resent",
+			[]in{{name: "a", typ: TypeCount, v: 1, ts: t0}, {name: "b", typ: TypeCount, v: 1, ts: t0}},
+			[]in{{name: "b", typ: TypeCount, v: 2, ts: t0 + 9*sec, now: late}},
+			[]out{{key: "b||", ts: bs, value: 3, late: true}}},
+		{"gauge: an older late sample leaves the value, a newer one replaces it",
+			[]in{{name: "g", typ: TypeGauge, v: 1, ts: t0 + 5*sec}, {name: "h", typ: TypeGauge, v: 1, ts: t0 + 5*sec}},
+			[]in{{name: "g", typ: TypeGauge, v: 2, ts: t0 + 4*sec, now: late}, {name: "h", typ: TypeGauge, v: 3, ts: t0 + 6*sec, now: late}},
+			[]out{{key: "g||", ts: bs, value: 1, late: true}, {key: "h||", ts: bs, value: 3, late: true}}},
+		{"distributions merge",
+			[]in{{name: "d", typ: TypeDistribution, vals: []float64{1, 2}, ts: t0}},
+			[]in{{name: "d", typ: TypeDistribution, vals: []float64{5}, ts: t0, now: late}},
+			[]out{{key: "d||", ts: bs, count: 3, sum: 8, min: 1, max: 5, late: true}}},
+		{"sets: members already held are not counted twice, the bound covers both",
+			[]in{{name: "s", typ: TypeSet, set: "a", ts: t0}, {name: "s", typ: TypeSet, set: "b", ts: t0}},
+			[]in{{name: "s", typ: TypeSet, set: "b", ts: t0, now: late}, {name: "s", typ: TypeSet, set: "c", ts: t0, now: late},
+				{name: "s", typ: TypeSet, set: "d", ts: t0, now: late, wantR: ReasonSetLimit}},
+			[]out{{key: "s||", ts: bs, value: 3, late: true}}},
+		{"the flushed type decides conflicts",
+			[]in{{name: "x", typ: TypeGauge, v: 1, ts: t0}},
+			[]in{{name: "x", typ: TypeCount, v: 1, ts: t0, now: late, wantR: ReasonTypeConflict}},
+			nil},
+		{"a range flushed with no timestamped sample cannot be corrected exactly: refused",
+			[]in{{name: "c", typ: TypeCount, v: 1}},
+			[]in{{name: "c", typ: TypeCount, v: 1, ts: t0, now: late, wantR: ReasonTooOld}},
+			nil},
+		{"a range nothing was flushed for takes late samples as its whole",
+			nil,
+			[]in{{name: "c", typ: TypeCount, v: 2, ts: t0, now: late}},
+			[]out{{key: "c||", ts: bs, value: 2, late: true}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sh := NewShard(cfg)
+			tn := NewTenant("t")
+			for _, s := range tt.onTime {
+				if r := add(t, sh, tn, s); r != Accepted {
+					t.Fatalf("on time %s: %v", s.name, r)
+				}
+			}
+			collect(sh.Drain(t0+20*sec, false, nil))
+			for _, s := range tt.late {
+				if got := add(t, sh, tn, s); got != s.wantR {
+					t.Errorf("late %s: got %v, want %v", s.name, got, s.wantR)
+				}
+			}
+			if got := collect(sh.Drain(t0+30*sec, false, nil)); !slices.Equal(got, tt.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestKeptBucketsLastMaxLateness(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxLateness = 2 * time.Minute
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 1, ts: t0})
+	collect(sh.Drain(t0+20*sec, false, nil))
+	last := t0 + 10*sec + 2*sec + int64(cfg.MaxLateness)
+	for tick := t0 + 30*sec; tick <= last; tick += 10 * sec {
+		collect(sh.Drain(tick, false, nil))
+	}
+	lastArrival := t0 + 9*sec + int64(cfg.MaxLateness) // for a sample at t0+9s
+	if r := add(t, sh, tn, in{name: "c", typ: TypeCount, v: 2, ts: t0 + 9*sec, now: lastArrival}); r != Accepted {
+		t.Fatalf("late within max lateness: %v", r)
+	}
+	if got, want := collect(sh.Drain(last, false, nil)), []out{{key: "c||", ts: t0 / sec, value: 3, late: true}}; !slices.Equal(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	collect(sh.Drain(last+10*sec, false, nil))
+	if n := len(sh.kept); n != 0 {
+		t.Fatalf("%d buckets kept past max lateness", n)
+	}
+	// A sample ingested after the drain that let its bucket go is refused,
+	// whatever its arrival time says.
+	if r := add(t, sh, tn, in{name: "c", typ: TypeCount, v: 2, ts: t0 + 9*sec, now: lastArrival}); r != ReasonTooOld {
+		t.Fatalf("late past the kept bucket: %v, want too_old", r)
 	}
 }
 
