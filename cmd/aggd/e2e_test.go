@@ -336,7 +336,7 @@ tokens = [%q]
 	}
 }
 
-func TestEndToEndLatePartialAfterATick(t *testing.T) {
+func TestEndToEndLateSampleCorrectsItsBucket(t *testing.T) {
 	in := startAggd(t, "--interval", "1s", "--grace", "0s")
 	client := aggdv1.NewAggregatorServiceClient(in.conn)
 	old := time.Now().Add(-30 * time.Second).Truncate(time.Second)
@@ -358,22 +358,27 @@ func TestEndToEndLatePartialAfterATick(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	submit(2)
-	var late, first float64
+	// The late sample's line carries the bucket's corrected total and
+	// replaces the first: a reader keeps the last line per series and ts.
+	var first, last float64
+	var lines, corrections int
 	for _, l := range in.stop(t) {
 		if l["name"] != "late.c" {
 			continue
 		}
 		if int64(l["ts"].(float64)) != old.Unix() {
-			t.Errorf("partial with ts %v, want %d", l["ts"], old.Unix())
+			t.Errorf("line with ts %v, want %d", l["ts"], old.Unix())
+		}
+		if lines++; lines == 1 {
+			first = l["value"].(float64)
 		}
 		if l["late"] == true {
-			late += l["value"].(float64)
-		} else {
-			first += l["value"].(float64)
+			corrections++
 		}
+		last = l["value"].(float64)
 	}
-	if first != 1 || late != 2 {
-		t.Fatalf("first flush %v, late partial %v; want 1 and 2", first, late)
+	if lines != 2 || corrections != 1 || first != 1 || last != 3 {
+		t.Fatalf("%d lines (%d corrections), first %v, last %v; want 2 lines, 1 correction, first 1, last 3", lines, corrections, first, last)
 	}
 }
 

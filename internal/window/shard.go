@@ -101,7 +101,14 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	} else if c = sh.context(t, s, now); c == nil {
 		return sh.fold(t, s, now)
 	}
-	b := sh.bucket(sh.timing.Bucket(s.Timestamp, now))
+	start, width := sh.timing.Bucket(s.Timestamp, now)
+	if s.Timestamp == 0 && sh.timing.Due(start, width) <= sh.watermark {
+		// Stamped with its arrival before a tick and added after it: the
+		// sample goes to the bucket open now, as if it arrived a moment
+		// later, instead of correcting a flushed one.
+		start, width = sh.timing.Bucket(0, sh.watermark)
+	}
+	b := sh.bucket(start, width)
 	if b == nil {
 		return ReasonTooOld
 	}

@@ -295,6 +295,22 @@ func TestLateCorrections(t *testing.T) {
 	}
 }
 
+func TestArrivalTimeSamplesAreNeverLate(t *testing.T) {
+	sh := NewShard(testConfig())
+	tn := NewTenant("t")
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 1, now: t0 + 9*sec})
+	collect(sh.Drain(t0+20*sec, false, nil))
+	// Arrived at t0+9s, added after the tick that flushed its bucket: it
+	// goes to the bucket open at the last tick.
+	if r := add(t, sh, tn, in{name: "c", typ: TypeCount, v: 2, now: t0 + 9*sec}); r != Accepted {
+		t.Fatalf("got %v", r)
+	}
+	got := collect(sh.Drain(t0+40*sec, false, nil))
+	if want := []out{{key: "c||", ts: t0/sec + 20, value: 2}}; !slices.Equal(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
 func TestKeptBucketsLastMaxLateness(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxLateness = 2 * time.Minute
