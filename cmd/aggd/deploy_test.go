@@ -559,7 +559,7 @@ func startedHealthy(t *testing.T, opts, env, extraEnv map[string]string) {
 		args = append(args, "--"+k+"="+v)
 	}
 	in := startAggdEnv(t, func(k string) string { return all[k] }, args...)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	resp, err := healthpb.NewHealthClient(in.conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {

@@ -75,7 +75,7 @@ func submitVia(t *testing.T, addr string, creds credentials.TransportCredentials
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err = aggdv1.NewAggregatorServiceClient(conn).Submit(ctx, &aggdv1.SubmitRequest{})
 	return err

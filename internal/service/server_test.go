@@ -373,6 +373,14 @@ func TestMemoryPressureSparesSmallTenants(t *testing.T) {
 		_, err := e.client.Submit(ctx, &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample(id, 1)}}})
 		return err
 	}
+	// A call expected to wait gets 200 ms to show it waits; one expected
+	// to finish gets long enough that only a hang fails it.
+	wait := func(want codes.Code) time.Duration {
+		if want == codes.DeadlineExceeded {
+			return 200 * time.Millisecond
+		}
+		return 30 * time.Second
+	}
 	tests := []struct {
 		level      overload.Level
 		big, small codes.Code
@@ -383,10 +391,10 @@ func TestMemoryPressureSparesSmallTenants(t *testing.T) {
 	}
 	for _, tc := range tests {
 		lv.l.Store(int32(tc.level))
-		if got := status.Code(submit("big", 200*time.Millisecond)); got != tc.big {
+		if got := status.Code(submit("big", wait(tc.big))); got != tc.big {
 			t.Errorf("level %d: big tenant got %v, want %v", tc.level, got, tc.big)
 		}
-		if got := status.Code(submit("small", 200*time.Millisecond)); got != tc.small {
+		if got := status.Code(submit("small", wait(tc.small))); got != tc.small {
 			t.Errorf("level %d: small tenant got %v, want %v", tc.level, got, tc.small)
 		}
 	}
