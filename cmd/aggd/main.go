@@ -102,7 +102,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants))
 
 	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
-		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout,
+		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout, InstanceID: cfg.Hostname,
 		Tracer: tracer,
 	})
 	if err != nil {

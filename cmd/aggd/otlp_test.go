@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +27,12 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"github.com/aggd/aggd/internal/upstream/upstreamtest"
 )
 
 // freeAddr returns a loopback address nothing listens on.
@@ -191,5 +200,120 @@ func TestOTLPHTTPJSONThroughAggd(t *testing.T) {
 	// The stream started after aggd did: its first point counts in full.
 	if got == nil || got["value"] != 10.0 || got["host"] != "web-1" {
 		t.Errorf("json.hits = %v, want 10 on web-1", got)
+	}
+}
+
+// TestOTLPThroughAggdToOTLP sends with the OpenTelemetry SDK to aggd and
+// out through an OTLP upstream to a receiver that holds every export to
+// the data model's rules: spans go on as they came (typed attributes,
+// status message, events, links, resource and scope), aggregates are
+// valid points.
+func TestOTLPThroughAggdToOTLP(t *testing.T) {
+	otel := upstreamtest.NewOTLPReceiver(t)
+	cfgFile := filepath.Join(t.TempDir(), "aggd.toml")
+	os.WriteFile(cfgFile, []byte(fmt.Sprintf("[[upstream]]\nname = \"otel\"\ntype = \"otlp\"\nendpoint = %q\ninsecure = true\n", otel.Addr)), 0o600)
+	in := startAggd(t, "--config", cfgFile, "--interval", "1h", "--context-ttl", "3h", "--hostname", "aggd-0")
+	ctx := context.Background()
+	res := resource.NewSchemaless(semconv.ServiceName("checkout"), attribute.String("host.name", "node-1"), attribute.Int("build", 42))
+	headers := map[string]string{"x-tenant-id": "otel-team"}
+
+	texp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(in.addr), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(headers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(texp), sdktrace.WithResource(res))
+	tracer := tp.Tracer("shop", trace.WithInstrumentationVersion("1.2.3"))
+	_, other := tracer.Start(ctx, "other")
+	other.End()
+	_, sp := tracer.Start(ctx, "POST /pay", trace.WithSpanKind(trace.SpanKindServer), trace.WithLinks(trace.Link{SpanContext: other.SpanContext()}),
+		trace.WithAttributes(attribute.Int("http.response.status_code", 502), attribute.Bool("retried", true), attribute.Float64("ratio", 0.5)))
+	sp.AddEvent("card declined", trace.WithAttributes(attribute.String("reason", "funds")))
+	sp.SetStatus(codes.Error, "payment failed")
+	sp.End()
+	tp.Shutdown(ctx)
+
+	mexp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithEndpoint(in.addr), otlpmetricgrpc.WithInsecure(), otlpmetricgrpc.WithHeaders(headers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
+	requests, _ := mp.Meter("shop").Int64Counter("shop.requests")
+	latency, _ := mp.Meter("shop").Float64Histogram("shop.latency")
+	requests.Add(ctx, 3)
+	for _, v := range []float64{3, 7, 7, 30, 80, 300} {
+		latency.Record(ctx, v)
+	}
+	var rm metricdata.ResourceMetrics
+	reader.Collect(ctx, &rm)
+	if err := mexp.Export(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	mexp.Shutdown(ctx)
+	in.stop(t)
+
+	if err := otel.Err(); err != nil {
+		t.Fatalf("the receiver refused exports: %v", err)
+	}
+	var pay *tracepb.Span
+	var payRes *resourcepb.Resource
+	var payScope *commonpb.InstrumentationScope
+	for _, r := range otel.TraceRequests() {
+		for _, rs := range r.Req.ResourceSpans {
+			for _, ss := range rs.ScopeSpans {
+				for _, s := range ss.Spans {
+					if s.Name == "POST /pay" {
+						pay, payRes, payScope = s, rs.Resource, ss.Scope
+					}
+				}
+			}
+		}
+	}
+	if pay == nil {
+		t.Fatal("the span did not arrive")
+	}
+	attrs := map[string]*commonpb.AnyValue{}
+	for _, kv := range pay.Attributes {
+		attrs[kv.Key] = kv.Value
+	}
+	if attrs["http.response.status_code"].GetIntValue() != 502 || !attrs["retried"].GetBoolValue() || attrs["ratio"].GetDoubleValue() != 0.5 {
+		t.Errorf("span attributes lost their types: %v", pay.Attributes)
+	}
+	if pay.Status.GetMessage() != "payment failed" || len(pay.Events) != 1 || pay.Events[0].Name != "card declined" || len(pay.Links) != 1 {
+		t.Errorf("span status, events or links lost: %v", pay)
+	}
+	resAttrs := map[string]*commonpb.AnyValue{}
+	for _, kv := range payRes.GetAttributes() {
+		resAttrs[kv.Key] = kv.Value
+	}
+	if resAttrs["build"].GetIntValue() != 42 || resAttrs["service.name"].GetStringValue() != "checkout" || resAttrs["aggd.tenant"].GetStringValue() != "otel-team" {
+		t.Errorf("span resource %v", payRes)
+	}
+	if payScope.GetName() != "shop" || payScope.GetVersion() != "1.2.3" {
+		t.Errorf("span scope %v", payScope)
+	}
+
+	var hist *metricspb.ExponentialHistogramDataPoint
+	var hres *resourcepb.Resource
+	for _, r := range otel.Requests() {
+		for _, rm := range r.Req.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					if m.Name == "shop.latency" {
+						hist, hres = m.GetExponentialHistogram().GetDataPoints()[0], rm.Resource
+					}
+				}
+			}
+		}
+	}
+	if hist.GetCount() != 6 || hist.GetSum() != 427 {
+		t.Errorf("latency %v, want count 6, sum 427", hist)
+	}
+	found := false
+	for _, kv := range hres.GetAttributes() {
+		found = found || (kv.Key == "service.instance.id" && kv.Value.GetStringValue() == "aggd-0")
+	}
+	if !found {
+		t.Errorf("aggregates' resource %v lacks service.instance.id aggd-0", hres)
 	}
 }

@@ -191,6 +191,9 @@ type Shared struct {
 	Stdout            io.Writer
 	// Tracer, if set, traces every send attempt.
 	Tracer trace.Tracer
+	// InstanceID names this aggd among its replicas (service.instance.id
+	// of OTLP aggregates).
+	InstanceID string
 }
 
 // Build makes the upstream u describes. The closer releases what Build
@@ -240,7 +243,7 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 		c := upstream.OTLPConfig{Pipeline: pc, Endpoint: u.Endpoint, Insecure: u.Insecure, Headers: u.Headers,
 			TenantAttribute: or(u.TenantAttribute, "aggd.tenant"), TenantHeader: u.TenantHeader,
 			Compression: upstream.Compression(or(u.Compression, "gzip")), MaxPayloadBytes: u.MaxPayloadBytes, Histogram: sh.Histogram,
-			TLS: tlsCfg}
+			TLS: tlsCfg, InstanceID: sh.InstanceID}
 		if err := c.Validate(); err != nil {
 			return nil, nil, err
 		}

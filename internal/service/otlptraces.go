@@ -8,6 +8,7 @@ import (
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
@@ -43,13 +44,20 @@ func (t *otlpTraces) exportTraces(tn *window.Tenant, req *coltracepb.ExportTrace
 			}
 			resAttrs = append(resAttrs, spans.Attr{Key: kv.Key, Value: anyString(kv.Value)})
 		}
+		det := proto.MarshalOptions{Deterministic: true}
+		resWire, _ := det.Marshal(rs.GetResource())
 		for _, ss := range rs.ScopeSpans {
+			scopeWire, _ := det.Marshal(ss.GetScope())
 			attrs := slices.Clone(resAttrs)
 			for _, kv := range ss.GetScope().GetAttributes() {
 				attrs = append(attrs, spans.Attr{Key: kv.Key, Value: anyString(kv.Value)})
 			}
 			for _, p := range ss.Spans {
 				sp, r, detail := otlpSpan(p, service, attrs)
+				if r == window.Accepted {
+					wire, _ := det.Marshal(p)
+					sp.Wire = &spans.Wire{Resource: resWire, Scope: scopeWire, Span: wire}
+				}
 				if r == window.Accepted {
 					r, detail = s.lim.CheckSpan(&sp)
 				}

@@ -55,7 +55,16 @@ type Span struct {
 	Kind       Kind
 	HasParent  bool
 	Error      bool
+	// Wire, for a span received over OTLP, is what aggd does not model,
+	// so an OTLP upstream can send the span on as it came.
+	Wire *Wire
 }
+
+// Wire holds a span as OTLP encoded it: its resource
+// (opentelemetry.proto.resource.v1.Resource), instrumentation scope and
+// the span itself, protobuf-encoded and owned. Spans of one resource and
+// scope share those encodings.
+type Wire struct{ Resource, Scope, Span []byte }
 
 // End returns the span's end time, unix nanoseconds.
 func (s *Span) End() int64 { return s.Start + s.Duration }
@@ -100,6 +109,9 @@ func (s *Span) Own() Span {
 // Size estimates the memory a held, owned span takes.
 func (s *Span) Size() int {
 	n := spanOverhead + len(s.Service) + len(s.Name) + len(s.Resource)
+	if s.Wire != nil {
+		n += 64 + len(s.Wire.Span) // resource and scope are shared
+	}
 	for _, a := range s.Attrs {
 		n += 32 + len(a.Key) + len(a.Value)
 	}

@@ -54,6 +54,10 @@ type OTLPConfig struct {
 	// MaxPayloadBytes bounds one export request.
 	MaxPayloadBytes int
 	Histogram       HistogramConfig
+	// InstanceID, if set, is the service.instance.id of the aggregates'
+	// resources: replicas each write their own aggregates of a series, and
+	// the OTLP data model wants one writer per stream.
+	InstanceID string
 }
 
 // Validate reports a setting out of range.
@@ -84,15 +88,14 @@ const (
 // with the tenant as a resource attribute. GAUGE and SET become gauges
 // (time: bucket start), RATE a gauge in 1/s, COUNT a delta sum and
 // MONOTONIC_COUNT a monotonic delta sum (start: bucket start, time: bucket
-// end). HISTOGRAM and TIMING become summaries whose quantiles are 0 (min),
-// the configured percentiles, the median and 1 (max). DISTRIBUTION becomes
-// a delta exponential histogram at scale 6 or coarser (so it has at most
-// 2048 buckets) with exact sum, min and max.
+// end). HISTOGRAM, TIMING and DISTRIBUTION become delta exponential
+// histograms at scale 6 or coarser (so they have at most 2048 buckets)
+// with exact sum, min and max: a summary's count and sum would be
+// cumulative by the OTLP data model, a window's are one interval's.
 type OTLP struct {
 	cfg  OTLPConfig
 	pipe *Pipeline
 	conn *grpc.ClientConn
-	pcts []float64
 }
 
 // NewOTLP returns an OTLP upstream; it connects lazily. cfg must be valid.
@@ -109,11 +112,6 @@ func NewOTLP(cfg OTLPConfig, m PipelineMetrics, log *slog.Logger) (*OTLP, error)
 		return nil, fmt.Errorf("upstream %s: %w", cfg.Pipeline.Name, err)
 	}
 	o := &OTLP{cfg: cfg, conn: conn}
-	o.pcts = append(o.pcts, 0, 0.5)
-	o.pcts = append(o.pcts, cfg.Histogram.Percentiles...)
-	o.pcts = append(o.pcts, 1)
-	slices.Sort(o.pcts)
-	o.pcts = slices.Compact(o.pcts)
 	o.pipe = NewPipeline(cfg.Pipeline, &otlpSender{conn: conn, name: cfg.Pipeline.Name, compression: cfg.Compression, metrics: m}, m, log)
 	return o, nil
 }
@@ -205,6 +203,9 @@ func (o *OTLP) resource(b *otlpBatch, host string) *metricspb.ScopeMetrics {
 	if host != "" {
 		attrs = append(attrs, strAttr("host.name", host))
 	}
+	if o.cfg.InstanceID != "" {
+		attrs = append(attrs, strAttr("service.instance.id", o.cfg.InstanceID))
+	}
 	sm := &metricspb.ScopeMetrics{Scope: &commonpb.InstrumentationScope{Name: "aggd"}}
 	b.req.ResourceMetrics = append(b.req.ResourceMetrics, &metricspb.ResourceMetrics{
 		Resource: &resourcepb.Resource{Attributes: attrs}, ScopeMetrics: []*metricspb.ScopeMetrics{sm},
@@ -227,12 +228,26 @@ func strAttr(k, v string) *commonpb.KeyValue {
 }
 
 // tagAttrs turns "key:value" tags into attributes; a bare tag becomes a key
-// with an empty value.
+// with an empty value. Attribute keys are unique in OTLP: the values of a
+// key tagged more than once become one array value.
 func tagAttrs(tags []string) []*commonpb.KeyValue {
 	attrs := make([]*commonpb.KeyValue, 0, len(tags))
+	at := map[string]int{}
 	for _, t := range tags {
 		k, v, _ := strings.Cut(t, ":")
-		attrs = append(attrs, strAttr(k, v))
+		i, seen := at[k]
+		if !seen {
+			at[k] = len(attrs)
+			attrs = append(attrs, strAttr(k, v))
+			continue
+		}
+		val := attrs[i].Value
+		arr := val.GetArrayValue()
+		if arr == nil {
+			arr = &commonpb.ArrayValue{Values: []*commonpb.AnyValue{{Value: val.Value}}}
+			val.Value = &commonpb.AnyValue_ArrayValue{ArrayValue: arr}
+		}
+		arr.Values = append(arr.Values, &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}})
 	}
 	return attrs
 }
@@ -257,16 +272,7 @@ func (o *OTLP) metric(m *window.Metric) *metricspb.Metric {
 		}}}
 	case window.TypeRate:
 		return gauge("1/s", m.Value)
-	case window.TypeHistogram, window.TypeTiming:
-		qs := make([]*metricspb.SummaryDataPoint_ValueAtQuantile, len(o.pcts))
-		for i, q := range o.pcts {
-			qs[i] = &metricspb.SummaryDataPoint_ValueAtQuantile{Quantile: q, Value: m.Quantile(q)}
-		}
-		return &metricspb.Metric{Name: m.Name, Data: &metricspb.Metric_Summary{Summary: &metricspb.Summary{
-			DataPoints: []*metricspb.SummaryDataPoint{{Attributes: attrs, StartTimeUnixNano: start, TimeUnixNano: end,
-				Count: uint64(math.Round(m.Count)), Sum: m.Sum, QuantileValues: qs}},
-		}}}
-	case window.TypeDistribution:
+	case window.TypeHistogram, window.TypeTiming, window.TypeDistribution:
 		dp := expHistogram(m)
 		dp.Attributes, dp.StartTimeUnixNano, dp.TimeUnixNano = attrs, start, end
 		return &metricspb.Metric{Name: m.Name, Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/upstream"
 	"github.com/aggd/aggd/internal/upstream/upstreamtest"
 	"github.com/aggd/aggd/internal/window"
@@ -174,15 +175,13 @@ func TestOTLPEveryKind(t *testing.T) {
 			t.Errorf("unrouted tenant exported: %s", k)
 		}
 	}
-	h := got["acme/h{}"].summary
-	if h == nil || h.Count != 4 || h.Sum != 10 {
-		t.Fatalf("summary %v", h)
+	// Histograms are delta exponential histograms, as distributions are.
+	h := got["acme/h{}"].exp
+	if h == nil || h.Count != 4 || h.GetSum() != 10 || h.GetMin() != 1 || h.GetMax() != 4 {
+		t.Fatalf("histogram %v", h)
 	}
-	wantQ := map[float64]float64{0: 1, 0.5: 2, 0.95: 4, 1: 4}
-	for _, q := range h.QuantileValues {
-		if w, ok := wantQ[q.Quantile]; !ok || math.Abs(q.Value-w) > 0.01*w {
-			t.Errorf("summary q%v = %v, want %v", q.Quantile, q.Value, w)
-		}
+	if q := upstream.ExpHistogramQuantile(h, 0.5); math.Abs(q-2) > 0.02*2 {
+		t.Errorf("histogram median %v, want 2", q)
 	}
 	d := got["acme/d{}"].exp
 	if d == nil || d.Count != 1000 || d.GetSum() != 500500 || d.GetMin() != 1 || d.GetMax() != 1000 || d.Scale != 6 {
@@ -276,6 +275,45 @@ func TestOTLPSplitsRequests(t *testing.T) {
 		fmt.Sscanf(k, "acme/c{i=%d}", &i)
 		if p.value != float64(i) || p.host != fmt.Sprintf("h%d", i%3) {
 			t.Fatalf("%s = %+v", k, p)
+		}
+	}
+}
+
+// TestOTLPUniqueAttributeKeys: OTLP attribute keys are unique. A tag key
+// given twice becomes one array attribute; an aggd.v1 span whose
+// attributes name the HTTP status as well keeps it once, as an int.
+func TestOTLPUniqueAttributeKeys(t *testing.T) {
+	r := upstreamtest.NewOTLPReceiver(t)
+	o := newOTLP(t, r, &upstreamtest.Metrics{}, nil)
+	acme := window.NewTenant("acme")
+	f := flushOf(t, map[*window.Tenant][]window.Sample{acme: {{Name: "g", Type: window.TypeGauge, Value: 1, Tags: []string{"env:b", "env:a", "team:x"}}}})
+	all := func(*window.Tenant) (upstream.Credentials, bool) { return upstream.Credentials{}, true }
+	if err := o.Export(context.Background(), f, all); err != nil {
+		t.Fatal(err)
+	}
+	sp := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Service: "api", Name: "GET", Resource: "/x", Start: 1e18, Duration: 5, HTTPStatus: 502,
+		Attrs: []spans.Attr{{Key: "http.response.status_code", Value: "502"}, {Key: "resource.name", Value: "/x"}, {Key: "peer", Value: "db"}}}
+	if err := o.ExportTraces(context.Background(), []spans.Trace{{Tenant: acme, Spans: []spans.Span{sp}}}, all); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	attrs := r.Requests()[0].Req.ResourceMetrics[0].ScopeMetrics[0].Metrics[0].GetGauge().DataPoints[0].Attributes
+	if len(attrs) != 2 || attrs[0].Key != "env" || len(attrs[0].Value.GetArrayValue().GetValues()) != 2 || attrs[1].Value.GetStringValue() != "x" {
+		t.Errorf("metric attributes %v, want env as an array of a and b, team x", attrs)
+	}
+	got := r.TraceRequests()[0].Req.ResourceSpans[0].ScopeSpans[0].Spans[0].Attributes
+	want := map[string]string{"http.response.status_code": "int_value:502", "resource.name": `string_value:"/x"`, "peer": `string_value:"db"`}
+	if len(got) != len(want) {
+		t.Fatalf("span attributes %v", got)
+	}
+	for _, kv := range got {
+		if s := strings.ReplaceAll(kv.Value.String(), "  ", " "); s != want[kv.Key] {
+			t.Errorf("span attribute %s = %s, want %s", kv.Key, s, want[kv.Key])
 		}
 	}
 }

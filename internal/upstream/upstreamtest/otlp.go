@@ -2,6 +2,7 @@ package upstreamtest
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"sync"
@@ -9,7 +10,9 @@ import (
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // OTLPRequest is one export the receiver took, with its metadata.
@@ -32,6 +35,21 @@ type OTLPReceiver struct {
 	mu   sync.Mutex
 	n    int
 	reqs []OTLPRequest
+	errs []error
+}
+
+func (r *OTLPReceiver) fail(err error) {
+	r.mu.Lock()
+	r.errs = append(r.errs, err)
+	r.mu.Unlock()
+}
+
+// Err returns the data model rules the exports taken so far broke; each
+// such export was refused with InvalidArgument.
+func (r *OTLPReceiver) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return errors.Join(r.errs...)
 }
 
 // NewOTLPReceiver starts a receiver; it stops when the test ends.
@@ -44,6 +62,7 @@ func NewOTLPReceiver(tb interface {
 		tb.Fatal(err)
 	}
 	r := &OTLPReceiver{Addr: lis.Addr().String()}
+	r.traces.r = r
 	gs := grpc.NewServer()
 	colmetricspb.RegisterMetricsServiceServer(gs, r)
 	coltracepb.RegisterTraceServiceServer(gs, &r.traces)
@@ -64,6 +83,10 @@ func (r *OTLPReceiver) Export(ctx context.Context, req *colmetricspb.ExportMetri
 		if ps, err = r.Answer(n); err != nil {
 			return nil, err
 		}
+	}
+	if err := CheckMetrics(req); err != nil {
+		r.fail(err)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	r.mu.Lock()
@@ -94,11 +117,16 @@ type OTLPTraceRequest struct {
 
 type traceReceiver struct {
 	coltracepb.UnimplementedTraceServiceServer
+	r    *OTLPReceiver
 	mu   sync.Mutex
 	reqs []OTLPTraceRequest
 }
 
 func (t *traceReceiver) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	if err := CheckTraces(req); err != nil {
+		t.r.fail(err)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	t.mu.Lock()
 	t.reqs = append(t.reqs, OTLPTraceRequest{MD: md, Req: req})
