@@ -35,15 +35,18 @@ type config struct {
 	TLSKey         string
 	TLSClientCA    string
 	MaxTenants     int
-	AdminToken     string
-	MaxRecvMsgSize int
-	MemoryLimit    uint64
-	WALDir         string
-	WALFsync       string
-	QueueMaxBytes  int64
-	Shards         int
-	Hostname       string
-	DrainTimeout   time.Duration
+	// MetricsMaxTenants bounds the tenants with series of their own in
+	// /metrics.
+	MetricsMaxTenants int
+	AdminToken        string
+	MaxRecvMsgSize    int
+	MemoryLimit       uint64
+	WALDir            string
+	WALFsync          string
+	QueueMaxBytes     int64
+	Shards            int
+	Hostname          string
+	DrainTimeout      time.Duration
 	// Connection rebalancing and keepalive.
 	MaxConnAge, MaxConnAgeGrace, MaxStreamAge time.Duration
 	KeepaliveTime, KeepaliveTimeout           time.Duration
@@ -174,6 +177,9 @@ func (c config) validate() error {
 	if c.Listen == "" {
 		errs = append(errs, errors.New("listen address is empty"))
 	}
+	if c.MetricsMaxTenants < 0 {
+		errs = append(errs, errors.New("metrics-max-tenants must not be negative"))
+	}
 	if c.MaxTenants < 1 || c.MaxRecvMsgSize < 1024 || c.Shards < 0 {
 		errs = append(errs, errors.New("max-tenants must be positive, max-recv-msg-size at least 1024, shards not negative"))
 	}
@@ -229,6 +235,7 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "TOML tenants file; when set, bearer-token authentication is on")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the aggd.v1.AdminService; required for it when --tenants-file is set")
 	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
+	fs.IntVar(&c.MetricsMaxTenants, "metrics-max-tenants", 100, "tenants with series of their own in /metrics, those that accepted most; the rest are summed under tenant=\"_other\" (0: every tenant)")
 	fs.Uint64Var(&c.MemoryLimit, "memory-limit", 0, "memory budget in bytes: past 80 % streams slow down, past 95 % batches are refused (RESOURCE_EXHAUSTED); 0: off")
 	fs.StringVar(&c.WALDir, "wal-dir", "", "directory of the write-ahead log and the send queues on disk: a batch is acked once it is logged, and payloads wait on disk until the intake takes them; empty: in memory only")
 	fs.StringVar(&c.WALFsync, "wal-fsync", "interval", "interval: a batch is written before its ack and fsynced within a second; always: fsynced before its ack (group commit); never: fsynced when its segment is full")

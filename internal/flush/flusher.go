@@ -28,7 +28,8 @@ type ExporterFunc func(ctx context.Context, f *window.Flush) error
 // Export calls fn.
 func (fn ExporterFunc) Export(ctx context.Context, f *window.Flush) error { return fn(ctx, f) }
 
-// TenantLister lists the tenants that get an aggd.up check every flush.
+// TenantLister lists the tenants; those active since the last flush get
+// an aggd.up check.
 type TenantLister interface {
 	List() []*window.Tenant
 }
@@ -80,6 +81,10 @@ type Flusher struct {
 
 	wal     Log
 	walHeld bool // a flush failed: the log keeps everything from then on
+
+	// seen is each tenant's items, accepted and refused, at the last
+	// flush: a tenant whose count moved since was active and gets aggd.up.
+	seen map[*window.Tenant]uint64
 }
 
 // Log is a write-ahead log of ingested batches that learns which of them
@@ -104,7 +109,8 @@ func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config,
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("aggd")
 	}
-	return &Flusher{agg: agg, exp: exp, tenants: tenants, cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	return &Flusher{agg: agg, exp: exp, tenants: tenants, cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{}),
+		seen: map[*window.Tenant]uint64{}}
 }
 
 // Start starts the ticker goroutine. It exits when Shutdown is called.
@@ -157,7 +163,10 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 	fl.agg.drain(f.Time, all, f)
 	for _, tn := range fl.tenants.List() {
 		tn.EventsInWindow.Store(0) // a new window of events_per_window
-		f.Checks = append(f.Checks, window.ServiceCheck{Tenant: tn, Name: "aggd.up", Status: window.StatusOK, Host: fl.cfg.Hostname, Timestamp: f.Time})
+		if n := items(tn); n != fl.seen[tn] {
+			fl.seen[tn] = n
+			f.Checks = append(f.Checks, window.ServiceCheck{Tenant: tn, Name: "aggd.up", Status: window.StatusOK, Host: fl.cfg.Hostname, Timestamp: f.Time})
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, fl.cfg.Timeout)
 	err := fl.exp.Export(ctx, f)
@@ -182,6 +191,15 @@ func (fl *Flusher) Flush(tick time.Time, all bool) {
 	fl.record(gen, f.Time, all, err)
 	f.Release()
 	f.Events, f.Checks = nil, nil
+}
+
+// items returns the items tn sent so far, accepted and refused.
+func items(tn *window.Tenant) uint64 {
+	n := tn.Accepted.Load()
+	for r := range tn.Rejected {
+		n += tn.Rejected[r].Load()
+	}
+	return n
 }
 
 // record tells the log what an exported flush carried. After a failed

@@ -30,7 +30,43 @@ func count(tn *window.Tenant, name string, v float64, ts time.Time) window.Batch
 	s.Prepare(tn, nil)
 	b.Samples = append(b.Samples, s)
 	b.Results = append(b.Results, window.Accepted)
+	tn.Accepted.Add(1) // as the service counts it
 	return b
+}
+
+// TestAggdUpOnlyForActiveTenants flushes tenants of which some sent
+// items, accepted or refused, since the last flush: only those get an
+// aggd.up check.
+func TestAggdUpOnlyForActiveTenants(t *testing.T) {
+	a, b, c := window.NewTenant("a"), window.NewTenant("b"), window.NewTenant("c")
+	exp := &flushtest.Exporter{}
+	fl := flush.NewFlusher(flush.NewAggregator(window.DefaultConfig(), 1), exp, tenants{a, b, c}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	steps := []struct {
+		name   string
+		active func()
+		want   []string
+	}{
+		{"all three sent", func() { a.Accepted.Add(1); b.Accepted.Add(5); c.Rejected[window.ReasonMalformed].Add(1) }, []string{"a", "b", "c"}},
+		{"none sent", func() {}, nil},
+		{"b had items refused", func() { b.Rejected[window.ReasonTooOld].Add(2) }, []string{"b"}},
+		{"a and c sent", func() { a.Accepted.Add(1); c.Accepted.Add(1) }, []string{"a", "c"}},
+	}
+	tick := time.Unix(1000, 0)
+	for _, s := range steps {
+		before := len(exp.Checks())
+		s.active()
+		tick = tick.Add(10 * time.Second)
+		fl.Flush(tick, false)
+		var got []string
+		for _, ch := range exp.Checks()[before:] {
+			if ch.Name == "aggd.up" {
+				got = append(got, ch.Tenant.ID)
+			}
+		}
+		if !slices.Equal(got, s.want) {
+			t.Errorf("%s: aggd.up for %v, want %v", s.name, got, s.want)
+		}
+	}
 }
 
 func TestFlusherTicksGraceAndLatePartials(t *testing.T) {
@@ -123,7 +159,8 @@ func TestShutdownFlushesOpenBucketsEventsAndChecks(t *testing.T) {
 			t.Fatalf("events %+v", ev)
 		}
 		checks := exp.Checks()
-		if len(checks) != 2+1 || checks[0].Name != "db" || checks[1].Name != "aggd.up" || checks[1].Host != "h1" {
+		// One aggd.up: the second Shutdown's flush found the tenant idle.
+		if len(checks) != 2 || checks[0].Name != "db" || checks[1].Name != "aggd.up" || checks[1].Host != "h1" {
 			t.Fatalf("checks %+v", checks)
 		}
 	})

@@ -2,6 +2,8 @@
 package telemetry
 
 import (
+	"cmp"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,18 +20,29 @@ type TenantLister interface {
 
 // TenantCollector exports the per-tenant counters kept in window.Tenant.
 // Reading them at scrape time keeps the ingest path free of metric calls.
+// With MaxTenants set, only that many tenants, those with the most items
+// accepted, get series of their own; the rest are summed under the tenant
+// OtherTenants, so that a scrape stays bounded however many tenants there
+// are.
 type TenantCollector struct {
 	tenants    TenantLister
+	max        int
 	accepted   *prometheus.Desc
 	rejected   *prometheus.Desc
 	contexts   *prometheus.Desc
 	overflowed *prometheus.Desc
 }
 
-// NewTenantCollector returns a collector over tenants.
-func NewTenantCollector(tenants TenantLister) *TenantCollector {
+// OtherTenants is the tenant label of the series that sum the tenants
+// past TenantCollector's MaxTenants.
+const OtherTenants = "_other"
+
+// NewTenantCollector returns a collector over tenants that exports at most
+// maxTenants of them one by one (0: every one).
+func NewTenantCollector(tenants TenantLister, maxTenants int) *TenantCollector {
 	return &TenantCollector{
 		tenants:  tenants,
+		max:      maxTenants,
 		accepted: prometheus.NewDesc("aggd_items_accepted_total", "Items (samples, events, checks, spans) accepted, by tenant.", []string{"tenant"}, nil),
 		rejected: prometheus.NewDesc("aggd_items_rejected_total", "Items rejected, by tenant and reason.", []string{"tenant", "reason"}, nil),
 		contexts: prometheus.NewDesc("aggd_contexts", "Live aggregation contexts, by tenant.", []string{"tenant"}, nil),
@@ -46,16 +59,54 @@ func (c *TenantCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.overflowed
 }
 
+// tenantCounts is one tenant's counters, or the sum of several.
+type tenantCounts struct {
+	accepted, overflowed uint64
+	contexts             int64
+	rejected             [window.NumReasons]uint64
+}
+
+func (t *tenantCounts) add(tn *window.Tenant) {
+	t.accepted += tn.Accepted.Load()
+	t.overflowed += tn.Overflowed.Load()
+	t.contexts += tn.Contexts.Load()
+	for r := range tn.Rejected {
+		t.rejected[r] += tn.Rejected[r].Load()
+	}
+}
+
 // Collect implements prometheus.Collector.
 func (c *TenantCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, t := range c.tenants.List() {
-		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(t.Accepted.Load()), t.ID)
-		ch <- prometheus.MustNewConstMetric(c.contexts, prometheus.GaugeValue, float64(t.Contexts.Load()), t.ID)
-		ch <- prometheus.MustNewConstMetric(c.overflowed, prometheus.CounterValue, float64(t.Overflowed.Load()), t.ID)
-		for r := window.Reason(1); r < window.NumReasons; r++ {
-			if n := t.Rejected[r].Load(); n > 0 {
-				ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(n), t.ID, r.String())
-			}
+	list := c.tenants.List()
+	var other *tenantCounts
+	if c.max > 0 && len(list) > c.max {
+		list = slices.Clone(list)
+		slices.SortFunc(list, func(a, b *window.Tenant) int {
+			return cmp.Compare(b.Accepted.Load(), a.Accepted.Load())
+		})
+		other = &tenantCounts{}
+		for _, tn := range list[c.max:] {
+			other.add(tn)
+		}
+		list = list[:c.max]
+	}
+	for _, tn := range list {
+		var t tenantCounts
+		t.add(tn)
+		c.emit(ch, tn.ID, &t)
+	}
+	if other != nil {
+		c.emit(ch, OtherTenants, other)
+	}
+}
+
+func (c *TenantCollector) emit(ch chan<- prometheus.Metric, id string, t *tenantCounts) {
+	ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(t.accepted), id)
+	ch <- prometheus.MustNewConstMetric(c.contexts, prometheus.GaugeValue, float64(t.contexts), id)
+	ch <- prometheus.MustNewConstMetric(c.overflowed, prometheus.CounterValue, float64(t.overflowed), id)
+	for r := window.Reason(1); r < window.NumReasons; r++ {
+		if n := t.rejected[r]; n > 0 {
+			ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(n), id, r.String())
 		}
 	}
 }
