@@ -28,10 +28,13 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc/metadata"
 
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/upstream/upstreamtest"
 )
 
@@ -250,6 +253,14 @@ func TestOTLPThroughAggdToOTLP(t *testing.T) {
 		t.Fatal(err)
 	}
 	mexp.Shutdown(ctx)
+	// Events and service checks go out as log records.
+	if _, err := aggdv1.NewAggregatorServiceClient(in.conn).Submit(metadata.AppendToOutgoingContext(ctx, "x-tenant-id", "otel-team"), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{
+		Events: []*aggdv1.Event{{Title: "deploy", Text: "v2 is out", Host: "node-1", Tags: []string{"env:a", "env:b", "aggd.title:clash"},
+			AlertType: aggdv1.EventAlertType_EVENT_ALERT_TYPE_ERROR}},
+		ServiceChecks: []*aggdv1.ServiceCheck{{Name: "db.can_connect", Status: aggdv1.ServiceCheckStatus_SERVICE_CHECK_STATUS_WARNING, Message: "slow"}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
 	in.stop(t)
 
 	if err := otel.Err(); err != nil {
@@ -315,5 +326,21 @@ func TestOTLPThroughAggdToOTLP(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("aggregates' resource %v lacks service.instance.id aggd-0", hres)
+	}
+	logs := map[string]*logspb.LogRecord{}
+	for _, r := range otel.LogRequests() {
+		for _, rl := range r.ResourceLogs {
+			for _, sl := range rl.ScopeLogs {
+				for _, lr := range sl.LogRecords {
+					logs[lr.Body.GetStringValue()] = lr
+				}
+			}
+		}
+	}
+	if e := logs["v2 is out"]; e.GetSeverityNumber() != logspb.SeverityNumber_SEVERITY_NUMBER_ERROR || len(e.GetAttributes()) < 5 {
+		t.Errorf("event as a log record: %v", e)
+	}
+	if c := logs["slow"]; c.GetSeverityNumber() != logspb.SeverityNumber_SEVERITY_NUMBER_WARN || c.GetSeverityText() != "warning" {
+		t.Errorf("service check as a log record: %v", c)
 	}
 }

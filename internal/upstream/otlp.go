@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -92,6 +93,7 @@ const (
 // histograms at scale 6 or coarser (so they have at most 2048 buckets)
 // with exact sum, min and max: a summary's count and sum would be
 // cumulative by the OTLP data model, a window's are one interval's.
+// Events and service checks become log records.
 type OTLP struct {
 	cfg  OTLPConfig
 	pipe *Pipeline
@@ -175,6 +177,7 @@ func (o *OTLP) Export(ctx context.Context, f *window.Flush, routes Routes) error
 			errs = append(errs, o.send(ctx, b))
 		}
 	}
+	errs = append(errs, o.exportLogs(ctx, f, routes))
 	return errors.Join(errs...)
 }
 
@@ -198,14 +201,21 @@ func (o *OTLP) header(t *window.Tenant, cred Credentials) http.Header {
 	return h
 }
 
-func (o *OTLP) resource(b *otlpBatch, host string) *metricspb.ScopeMetrics {
-	attrs := []*commonpb.KeyValue{strAttr(o.cfg.TenantAttribute, b.tenant.ID)}
+// resourceAttrs are the attributes of the resource of tenant t's
+// aggregates, events and checks of host.
+func (o *OTLP) resourceAttrs(t *window.Tenant, host string) []*commonpb.KeyValue {
+	attrs := []*commonpb.KeyValue{strAttr(o.cfg.TenantAttribute, t.ID)}
 	if host != "" {
 		attrs = append(attrs, strAttr("host.name", host))
 	}
 	if o.cfg.InstanceID != "" {
 		attrs = append(attrs, strAttr("service.instance.id", o.cfg.InstanceID))
 	}
+	return attrs
+}
+
+func (o *OTLP) resource(b *otlpBatch, host string) *metricspb.ScopeMetrics {
+	attrs := o.resourceAttrs(b.tenant, host)
 	sm := &metricspb.ScopeMetrics{Scope: &commonpb.InstrumentationScope{Name: "aggd"}}
 	b.req.ResourceMetrics = append(b.req.ResourceMetrics, &metricspb.ResourceMetrics{
 		Resource: &resourcepb.Resource{Attributes: attrs}, ScopeMetrics: []*metricspb.ScopeMetrics{sm},
@@ -421,7 +431,16 @@ func (s *otlpSender) Send(ctx context.Context, p *Payload) error {
 		opts = append(opts, grpc.UseCompressor("gzip"))
 	}
 	var err error
-	if p.Kind == "traces" {
+	switch p.Kind {
+	case "logs":
+		var resp collogspb.ExportLogsServiceResponse
+		if err = s.conn.Invoke(ctx, collogspb.LogsService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
+			if ps := resp.GetPartialSuccess(); ps.GetRejectedLogRecords() > 0 {
+				s.metrics.Lost(s.name, "partial_success", int(ps.GetRejectedLogRecords()))
+			}
+			return nil
+		}
+	case "traces":
 		var resp coltracepb.ExportTraceServiceResponse
 		if err = s.conn.Invoke(ctx, coltracepb.TraceService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
 			if ps := resp.GetPartialSuccess(); ps.GetRejectedSpans() > 0 {
@@ -429,7 +448,7 @@ func (s *otlpSender) Send(ctx context.Context, p *Payload) error {
 			}
 			return nil
 		}
-	} else {
+	default:
 		var resp colmetricspb.ExportMetricsServiceResponse
 		if err = s.conn.Invoke(ctx, colmetricspb.MetricsService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
 			if ps := resp.GetPartialSuccess(); ps.GetRejectedDataPoints() > 0 {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
@@ -26,6 +27,7 @@ type OTLPRequest struct {
 type OTLPReceiver struct {
 	colmetricspb.UnimplementedMetricsServiceServer
 	traces traceReceiver
+	logs   logReceiver
 	// Addr is the receiver's host:port.
 	Addr string
 	// Answer, if set, may fail export n (from 0) with a status error, or
@@ -62,10 +64,11 @@ func NewOTLPReceiver(tb interface {
 		tb.Fatal(err)
 	}
 	r := &OTLPReceiver{Addr: lis.Addr().String()}
-	r.traces.r = r
+	r.traces.r, r.logs.r = r, r
 	gs := grpc.NewServer()
 	colmetricspb.RegisterMetricsServiceServer(gs, r)
 	coltracepb.RegisterTraceServiceServer(gs, &r.traces)
+	collogspb.RegisterLogsServiceServer(gs, &r.logs)
 	go gs.Serve(lis)
 	tb.Cleanup(gs.Stop)
 	return r
@@ -139,4 +142,29 @@ func (r *OTLPReceiver) TraceRequests() []OTLPTraceRequest {
 	r.traces.mu.Lock()
 	defer r.traces.mu.Unlock()
 	return slices.Clone(r.traces.reqs)
+}
+
+type logReceiver struct {
+	collogspb.UnimplementedLogsServiceServer
+	r    *OTLPReceiver
+	mu   sync.Mutex
+	reqs []*collogspb.ExportLogsServiceRequest
+}
+
+func (l *logReceiver) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest) (*collogspb.ExportLogsServiceResponse, error) {
+	if err := CheckLogs(req); err != nil {
+		l.r.fail(err)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	l.mu.Lock()
+	l.reqs = append(l.reqs, req)
+	l.mu.Unlock()
+	return &collogspb.ExportLogsServiceResponse{}, nil
+}
+
+// LogRequests returns the log exports taken so far.
+func (r *OTLPReceiver) LogRequests() []*collogspb.ExportLogsServiceRequest {
+	r.logs.mu.Lock()
+	defer r.logs.mu.Unlock()
+	return slices.Clone(r.logs.reqs)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -186,6 +187,32 @@ func CheckTraces(req *coltracepb.ExportTraceServiceRequest) error {
 					if err := checkAttrs("link", l.Attributes); err != nil {
 						return err
 					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// CheckLogs reports the first data model rule req breaks.
+func CheckLogs(req *collogspb.ExportLogsServiceRequest) error {
+	for _, rl := range req.ResourceLogs {
+		if err := checkAttrs("resource", rl.GetResource().GetAttributes()); err != nil {
+			return err
+		}
+		for _, sl := range rl.ScopeLogs {
+			if err := checkAttrs("scope", sl.GetScope().GetAttributes()); err != nil {
+				return err
+			}
+			for _, lr := range sl.LogRecords {
+				if err := checkAttrs("log record", lr.Attributes); err != nil {
+					return err
+				}
+				if lr.TimeUnixNano == 0 && lr.ObservedTimeUnixNano == 0 {
+					return errors.New("a log record has no time")
+				}
+				if lr.SeverityNumber < 0 || lr.SeverityNumber > 24 {
+					return fmt.Errorf("severity number %d", lr.SeverityNumber)
 				}
 			}
 		}
