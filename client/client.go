@@ -93,7 +93,6 @@ type Client struct {
 
 	mu      sync.Mutex
 	cur     *aggdv1.Batch
-	curN    int
 	timer   *time.Timer
 	pending []*entry // sent or waiting, not yet acked, in order
 	nextSeq uint64

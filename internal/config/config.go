@@ -5,6 +5,7 @@
 package config
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -226,7 +227,7 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 	}
 	switch u.Type {
 	case "datadog":
-		c := upstream.DatadogConfig{Pipeline: pc, URL: u.URL, APIKey: u.APIKey, Compression: upstream.Compression(or(u.Compression, "zstd")),
+		c := upstream.DatadogConfig{Pipeline: pc, URL: u.URL, APIKey: u.APIKey, Compression: upstream.Compression(cmp.Or(u.Compression, "zstd")),
 			MaxUncompressed: u.MaxPayloadBytes, Histogram: sh.Histogram}
 		if u.URL == "" {
 			c.URL = "https://api.datadoghq.com"
@@ -241,8 +242,8 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 		return upstream.NewDatadog(c, sh.Metrics, sh.Log), noop, nil
 	case "otlp":
 		c := upstream.OTLPConfig{Pipeline: pc, Endpoint: u.Endpoint, Insecure: u.Insecure, Headers: u.Headers,
-			TenantAttribute: or(u.TenantAttribute, "aggd.tenant"), TenantHeader: u.TenantHeader,
-			Compression: upstream.Compression(or(u.Compression, "gzip")), MaxPayloadBytes: u.MaxPayloadBytes, Histogram: sh.Histogram,
+			TenantAttribute: cmp.Or(u.TenantAttribute, "aggd.tenant"), TenantHeader: u.TenantHeader,
+			Compression: upstream.Compression(cmp.Or(u.Compression, "gzip")), MaxPayloadBytes: u.MaxPayloadBytes, Histogram: sh.Histogram,
 			TLS: tlsCfg, InstanceID: sh.InstanceID}
 		if err := c.Validate(); err != nil {
 			return nil, nil, err
@@ -251,7 +252,7 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 		return o, noop, err
 	case "jsonlines":
 		w, closer := sh.Stdout, noop
-		if p := or(u.Path, "-"); p != "-" {
+		if p := cmp.Or(u.Path, "-"); p != "-" {
 			f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 			if err != nil {
 				return nil, nil, fmt.Errorf("upstream %s: %w", u.Name, err)
@@ -278,11 +279,4 @@ func (u Upstream) tls() (*tls.Config, error) {
 		return nil, fmt.Errorf("upstream %s: %s holds no PEM certificate", u.Name, u.CAFile)
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
-}
-
-func or(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

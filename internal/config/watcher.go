@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -23,6 +24,7 @@ type Watcher struct {
 	log      *slog.Logger
 	trigger  chan struct{}
 	stop     chan struct{}
+	stopOnce sync.Once
 	done     chan struct{}
 	started  bool
 	last     os.FileInfo // as last loaded
@@ -101,9 +103,9 @@ func (w *Watcher) reload(why string) {
 	w.log.Info("reloaded", "trigger", why)
 }
 
-// Shutdown stops the loop.
+// Shutdown stops the loop; calling it again is harmless.
 func (w *Watcher) Shutdown(ctx context.Context) error {
-	close(w.stop)
+	w.stopOnce.Do(func() { close(w.stop) })
 	if !w.started {
 		return nil
 	}

@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -214,20 +215,11 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 func (e *Engine) matchSample(r *Rule, s *window.Sample) bool {
 	if len(r.Measurements) > 0 {
 		m, _ := tagValue(s.Tags, "measurement")
-		if !contains(r.Measurements, m) {
+		if !slices.Contains(r.Measurements, m) {
 			return false
 		}
 	}
 	return r.Cond.Match(sampleRecord{s})
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // spanMeasurement is a span's DataKit measurement: its source attribute,
@@ -257,7 +249,7 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 	}
 	st := &e.spanState
 	for _, r := range set.tracing {
-		if len(r.Measurements) > 0 && !contains(r.Measurements, spanMeasurement(sp)) {
+		if len(r.Measurements) > 0 && !slices.Contains(r.Measurements, spanMeasurement(sp)) {
 			continue
 		}
 		present := true

@@ -2,6 +2,7 @@ package spans
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -103,15 +104,16 @@ type Exporter interface {
 }
 
 // Runner decides held traces every second and exports the kept ones.
-// Start and Shutdown may be called once each.
+// Start may be called once; Shutdown after the first returns at once.
 type Runner struct {
-	sampler *Sampler
-	exp     Exporter
-	timeout time.Duration
-	log     *slog.Logger
-	stop    chan struct{}
-	done    chan struct{}
-	started bool
+	sampler  *Sampler
+	exp      Exporter
+	timeout  time.Duration
+	log      *slog.Logger
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
+	started  bool
 }
 
 // NewRunner returns a runner of sampler into exp; timeout bounds one
@@ -132,29 +134,38 @@ func (r *Runner) Start(context.Context) error {
 			case <-r.stop:
 				return
 			case now := <-t.C:
-				r.export(now, false)
+				if err := r.export(context.Background(), now, false); err != nil {
+					r.log.Error("trace export failed", "err", err)
+				}
 			}
 		}
 	}()
 	return nil
 }
 
-func (r *Runner) export(now time.Time, all bool) {
+// export decides the traces due at now (all when all is set) and exports
+// the kept ones, within the runner's timeout and ctx.
+func (r *Runner) export(ctx context.Context, now time.Time, all bool) error {
 	traces := r.sampler.Advance(now.UnixNano(), all)
 	if len(traces) == 0 {
-		return
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	if err := r.exp.ExportTraces(ctx, traces); err != nil {
-		r.log.Error("trace export failed", "traces", len(traces), "err", err)
+		return fmt.Errorf("trace export of %d traces: %w", len(traces), err)
 	}
+	return nil
 }
 
 // Shutdown stops the loop, then decides every held trace and exports the
-// kept ones.
+// kept ones within ctx's deadline. A second call returns nil at once.
 func (r *Runner) Shutdown(ctx context.Context) error {
-	close(r.stop)
+	first := false
+	r.stopOnce.Do(func() { close(r.stop); first = true })
+	if !first {
+		return nil
+	}
 	if r.started {
 		select {
 		case <-r.done:
@@ -162,6 +173,5 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	r.export(time.Now(), true)
-	return nil
+	return r.export(ctx, time.Now(), true)
 }

@@ -11,9 +11,6 @@ type Stats struct {
 	tags  []string
 }
 
-// samplesPerSpan bounds the samples Add appends for one span.
-const samplesPerSpan = 5
-
 // Reset forgets the previous batch's strings.
 func (st *Stats) Reset() {
 	st.arena = st.arena[:0]

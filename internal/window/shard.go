@@ -417,8 +417,6 @@ func (sh *Shard) forget(c *context) {
 	c.tenant.Contexts.Add(-1)
 }
 
-func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
-
 // ContextStat is a context and its sample count, for introspection.
 type ContextStat struct {
 	Tenant  *Tenant

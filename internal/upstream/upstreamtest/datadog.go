@@ -403,7 +403,7 @@ func (d *DatadogIntake) decodeSketches(key string, body []byte) error {
 				}
 				dogs = append(dogs, df)
 			default:
-				return fmt.Errorf("Sketch field %d", f.num)
+				return fmt.Errorf("field %d of a Sketch", f.num)
 			}
 		}
 		base.Tags = strings.Join(tags, ",")
