@@ -117,7 +117,8 @@ tokens = [%q]
 	for _, p := range dd.Series() {
 		series[p.APIKey+"/"+p.Metric+"{"+p.Tags+"}"] = p
 	}
-	if p := series["acme-key/c{env:prod}"]; p.Value != 5 || p.Type != 1 || p.TS != ts.Unix() {
+	// A count goes as the Agent sends it: a rate of sum ÷ interval.
+	if p := series["acme-key/c{env:prod}"]; p.Value*float64(p.Interval) != 5 || p.Type != 2 || p.TS != ts.Unix() {
 		t.Errorf("acme count at Datadog: %+v (all: %v)", p, series)
 	}
 	if p := series["env-key/g{}"]; p.Value != 7 || p.Type != 3 {

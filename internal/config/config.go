@@ -42,6 +42,9 @@ type Upstream struct {
 	URL string `toml:"url"`
 	// APIKey is the Datadog API key of tenants without their own.
 	APIKey string `toml:"api_key"`
+	// RawCounts sends Datadog COUNT series of the sums instead of the
+	// Agent's RATE of sum ÷ interval.
+	RawCounts bool `toml:"raw_counts"`
 
 	// Endpoint is the OTLP collector's host:port.
 	Endpoint string `toml:"endpoint"`
@@ -228,7 +231,7 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 	switch u.Type {
 	case "datadog":
 		c := upstream.DatadogConfig{Pipeline: pc, URL: u.URL, APIKey: u.APIKey, Compression: upstream.Compression(cmp.Or(u.Compression, "zstd")),
-			MaxUncompressed: u.MaxPayloadBytes, Histogram: sh.Histogram}
+			MaxUncompressed: u.MaxPayloadBytes, Histogram: sh.Histogram, RawCounts: u.RawCounts}
 		if u.URL == "" {
 			c.URL = "https://api.datadoghq.com"
 		}

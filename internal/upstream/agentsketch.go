@@ -4,7 +4,7 @@ import (
 	"math"
 	"slices"
 
-	"github.com/DataDog/sketches-go/ddsketch"
+	"github.com/aggd/aggd/internal/window"
 )
 
 // The Datadog intake reads sketches in the Agent's own bin layout, not
@@ -18,9 +18,12 @@ var (
 	agentMinMag  = math.Exp(float64(1-agentBias) * agentGammaLn)
 )
 
+// agentMaxKey is the largest finite key; larger magnitudes take the
+// infinite key, one more.
 const agentMaxKey = 1<<15 - 2
 
-// agentKey returns the Agent sketch key of v.
+// agentKey returns the Agent sketch key of v, as pkg/quantile's
+// Config.key computes it.
 func agentKey(v float64) int32 {
 	switch {
 	case v < 0:
@@ -29,7 +32,10 @@ func agentKey(v float64) int32 {
 		return 0
 	}
 	k := int(math.RoundToEven(math.Log(v)/agentGammaLn)) + agentBias
-	return int32(min(max(k, 1), agentMaxKey))
+	if k > agentMaxKey {
+		return agentMaxKey + 1
+	}
+	return int32(max(k, 1))
 }
 
 // AgentKeyValue returns the value the intake attributes to an Agent sketch
@@ -49,13 +55,16 @@ type agentBin struct {
 	n float64
 }
 
-// agentBins re-bins a sketches-go sketch into Agent keys, in key order,
-// appending to bins. Each sketches-go bin (within 1 % of its values) moves
-// whole to the Agent key of its representative value (within 0.78 %), so
-// a quantile read from the result is within about 1.8 % of the true one.
-func agentBins(s *ddsketch.DDSketch, bins []agentBin) []agentBin {
+// agentBins returns the Agent-key bins of a distribution, in key order,
+// reusing bins. While the distribution holds its samples (up to
+// window.MaxExactSamples) each goes to its own key, so the bins are those
+// the Agent's sketch builds from the same values. Past that, each
+// sketches-go bin (within 1 % of its values) moves whole to the Agent key
+// of its representative value (within 0.78 %), so a quantile read from the
+// result is within about 1.8 % of the true one.
+func agentBins(m *window.Metric, bins []agentBin) []agentBin {
 	bins = bins[:0]
-	s.ForEach(func(v, n float64) bool {
+	m.ForEach(func(v, n float64) bool {
 		bins = append(bins, agentBin{agentKey(v), n})
 		return false
 	})

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/DataDog/sketches-go/ddsketch"
+
+	"github.com/aggd/aggd/internal/window"
 )
 
 func TestAgentKeyRoundTrip(t *testing.T) {
@@ -23,8 +25,10 @@ func TestAgentKeyRoundTrip(t *testing.T) {
 			t.Errorf("%v: key %d, want 0", v, k)
 		}
 	}
-	if k := agentKey(math.MaxFloat64); k != agentMaxKey {
-		t.Errorf("huge value: key %d, want %d", k, agentMaxKey)
+	// Past the largest finite key, pkg/quantile's Config.key returns
+	// InfKey(1), 32767.
+	if k := agentKey(math.MaxFloat64); k != 32767 {
+		t.Errorf("huge value: key %d, want 32767", k)
 	}
 }
 
@@ -34,7 +38,7 @@ func TestAgentCountsKeepTheTotal(t *testing.T) {
 		s.AddWithCount(float64(i), 1/0.3) // sample rate 0.3
 	}
 	s.AddWithCount(5, 200_000)
-	ks, ns, total := agentCounts(agentBins(s, nil), nil, nil)
+	ks, ns, total := agentCounts(agentBins(&window.Metric{Sketch: s}, nil), nil, nil)
 	if want := int64(math.Round(s.GetCount())); total != want {
 		t.Fatalf("total %d, want %d", total, want)
 	}

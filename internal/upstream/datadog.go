@@ -44,6 +44,11 @@ type DatadogConfig struct {
 	// payload; they default to Datadog's limits.
 	MaxCompressed, MaxUncompressed int
 	Histogram                      HistogramConfig
+	// RawCounts sends COUNT aggregates and histogram counts as series of
+	// type count holding the sums. By default they go as the Agent sends
+	// DogStatsD counters: type rate, the sum divided by the interval in
+	// seconds, with the interval set.
+	RawCounts bool
 	// Client sends the requests; nil means a client made for the pipeline.
 	Client *http.Client
 }
@@ -181,20 +186,24 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 				v, isCount := s.value(m)
 				typ := ddGauge
 				if isCount {
-					typ = ddCount
+					typ, v = d.countSeries(v, m.Interval)
 				}
 				d.scratch = d.appendSeries(d.scratch[:0], m, s.suffix, typ, v)
 				errs = append(errs, d.add(ctx, b, series, "series"))
 			}
 		default:
-			typ := ddGauge
+			// As the Agent flushes them: RATE (Rate.flush) and SET
+			// (Set.flush) as gauges, MONOTONIC_COUNT as a count
+			// (MonotonicCount.flush), COUNT as the rate of its sum
+			// (Counter.flush).
+			typ, v := ddGauge, m.Value
 			switch m.Type {
-			case window.TypeCount, window.TypeMonotonicCount:
+			case window.TypeCount:
+				typ, v = d.countSeries(v, m.Interval)
+			case window.TypeMonotonicCount:
 				typ = ddCount
-			case window.TypeRate:
-				typ = ddRate
 			}
-			d.scratch = d.appendSeries(d.scratch[:0], m, "", typ, m.Value)
+			d.scratch = d.appendSeries(d.scratch[:0], m, "", typ, v)
 			errs = append(errs, d.add(ctx, b, series, "series"))
 		}
 	}
@@ -223,6 +232,15 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// countSeries returns the series type and value of sum over an interval of
+// width nanoseconds.
+func (d *Datadog) countSeries(sum float64, width int64) (int, float64) {
+	if d.cfg.RawCounts {
+		return ddCount, sum
+	}
+	return ddRate, sum / (float64(width) / 1e9)
 }
 
 // add appends the entry in d.scratch to pb, first cutting a payload when
@@ -313,7 +331,7 @@ func appendSeriesBody(s []byte, m *window.Metric, suffix string, typ int, v floa
 
 // appendSketch appends one SketchPayload.sketches entry (field 1) to b.
 func (d *Datadog) appendSketch(b []byte, m *window.Metric) []byte {
-	d.bins = agentBins(m.Sketch, d.bins)
+	d.bins = agentBins(m, d.bins)
 	var cnt int64
 	d.ks, d.ns, cnt = agentCounts(d.bins, d.ks[:0], d.ns[:0])
 	ds := d.entryBuf[:0] // Dogsketch

@@ -108,10 +108,13 @@ func TestDatadogEveryKind(t *testing.T) {
 				v   float64
 				typ int
 			}{
-				"acme-key/g{a:1,b:2}": {4, 3}, "acme-key/c{}": {6, 1}, "acme-key/m{}": {5, 1}, "acme-key/s{}": {1, 3},
-				"acme-key/h.min{}": {1, 3}, "acme-key/h.max{}": {4, 3}, "acme-key/h.sum{}": {10, 3}, "acme-key/h.avg{}": {2.5, 3},
-				"acme-key/h.count{}": {4, 1}, "acme-key/h.median{}": {2, 3}, "acme-key/h.95percentile{}": {4, 3},
-				"default-key/c{}": {9, 1},
+				// COUNT as the Agent's Counter.flush sends it: a rate of
+				// sum ÷ 10 s; MONOTONIC_COUNT a count; SET a gauge; the
+				// histogram's default series with .count a rate.
+				"acme-key/g{a:1,b:2}": {4, 3}, "acme-key/c{}": {0.6, 2}, "acme-key/m{}": {5, 1}, "acme-key/s{}": {1, 3},
+				"acme-key/h.max{}": {4, 3}, "acme-key/h.avg{}": {2.5, 3},
+				"acme-key/h.count{}": {0.4, 2}, "acme-key/h.median{}": {2, 3}, "acme-key/h.95percentile{}": {4, 3},
+				"default-key/c{}": {0.9, 2},
 			}
 			if len(got) != len(want) {
 				t.Errorf("got %d series, want %d: %v", len(got), len(want), got)
@@ -147,7 +150,7 @@ func TestDatadogEveryKind(t *testing.T) {
 			if len(events) != 1 || events[0]["title"] != "deploy" || events[0]["api_key"] != "default-key" || events[0]["date_happened"] != float64(bucket) {
 				t.Errorf("events %v", events)
 			}
-			if sent, points, _, lost := m.Snapshot(); len(lost) != 0 || points != 11+1+1+1+1 || sent != 5 { // acme: series, sketch, check run; blue: series, event
+			if sent, points, _, lost := m.Snapshot(); len(lost) != 0 || points != 9+1+1+1+1 || sent != 5 { // acme: series, sketch, check run; blue: series, event
 				t.Errorf("sent %d payloads, %d points, lost %v", sent, points, lost)
 			}
 		})
@@ -192,7 +195,7 @@ func TestDatadogIntakeFailuresLoseNothing(t *testing.T) {
 	counts := map[string]int{}
 	for _, p := range intake.Series() {
 		counts[p.Tags]++
-		if want := strings.TrimPrefix(p.Tags, "i:"); fmt.Sprintf("%03.0f", p.Value) != want {
+		if want := strings.TrimPrefix(p.Tags, "i:"); fmt.Sprintf("%03.0f", p.Value*float64(p.Interval)) != want {
 			t.Errorf("%s = %v", p.Tags, p.Value)
 		}
 	}

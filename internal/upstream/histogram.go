@@ -3,7 +3,6 @@ package upstream
 import (
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/aggd/aggd/internal/window"
 )
@@ -17,9 +16,11 @@ type HistogramConfig struct {
 	Percentiles []float64
 }
 
-// DefaultHistogramConfig returns the documented default series.
+// DefaultHistogramConfig returns the Datadog Agent's defaults
+// (histogram_aggregates and histogram_percentiles): max, median, avg, count
+// and the 95th percentile.
 func DefaultHistogramConfig() HistogramConfig {
-	return HistogramConfig{Aggregates: []string{"min", "max", "sum", "avg", "count", "median"}, Percentiles: []float64{0.95}}
+	return HistogramConfig{Aggregates: []string{"max", "median", "avg", "count"}, Percentiles: []float64{0.95}}
 }
 
 // Validate reports an unknown aggregate or a percentile out of range.
@@ -31,10 +32,19 @@ func (c HistogramConfig) Validate() error {
 			return fmt.Errorf("histogram aggregate %q is not one of min, max, sum, avg, count, median", a)
 		}
 	}
+	seen := map[string]bool{}
 	for _, p := range c.Percentiles {
 		if !(p > 0 && p < 1) {
 			return fmt.Errorf("histogram percentile %v is not in (0, 1)", p)
 		}
+		n := PercentileName(p)
+		if n == "0percentile" || n == "100percentile" {
+			return fmt.Errorf("histogram percentile %v rounds to %s: the Agent names percentiles by whole percents", p, n)
+		}
+		if seen[n] {
+			return fmt.Errorf("histogram percentile %v repeats %s: the Agent names percentiles by whole percents", p, n)
+		}
+		seen[n] = true
 	}
 	return nil
 }
@@ -52,18 +62,16 @@ func (c HistogramConfig) series() []histogramSeries {
 		out = append(out, histogramSeries{suffix: "." + a, agg: a})
 	}
 	for _, p := range c.Percentiles {
-		out = append(out, histogramSeries{suffix: "." + PercentileName(p), agg: "percentile", q: p})
+		// The Agent ranks by the whole percent it names.
+		out = append(out, histogramSeries{suffix: "." + PercentileName(p), agg: "percentile", q: float64(int(p*100+0.5)) / 100})
 	}
 	return out
 }
 
-// PercentileName names percentile p as DogStatsD does: 0.95 is
-// "95percentile", 0.999 "99.9percentile".
-func PercentileName(p float64) string {
-	s := strconv.FormatFloat(p*100, 'f', 4, 64)
-	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
-	return s + "percentile"
-}
+// PercentileName names percentile p as the Agent does (parsePercentiles
+// and Histogram.flush): whole percents, rounded, so 0.95 is "95percentile"
+// and 0.999 "100percentile".
+func PercentileName(p float64) string { return strconv.Itoa(int(p*100+0.5)) + "percentile" }
 
 // value returns the series' value for a histogram aggregate, and whether it
 // is a count (else a gauge).

@@ -14,8 +14,10 @@ import (
 
 func all(*window.Tenant) (Credentials, bool) { return Credentials{}, true }
 
+// TestPercentileName checks names against the Agent's parsePercentiles
+// (int(p·100 + 0.5)) and Histogram.flush (".%dpercentile").
 func TestPercentileName(t *testing.T) {
-	for p, want := range map[float64]string{0.95: "95percentile", 0.99: "99percentile", 0.999: "99.9percentile", 0.5: "50percentile", 0.125: "12.5percentile"} {
+	for p, want := range map[float64]string{0.95: "95percentile", 0.99: "99percentile", 0.999: "100percentile", 0.5: "50percentile", 0.125: "13percentile", 0.29: "29percentile"} {
 		if got := PercentileName(p); got != want {
 			t.Errorf("%v: got %q, want %q", p, got, want)
 		}

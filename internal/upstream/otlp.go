@@ -299,7 +299,6 @@ func (o *OTLP) metric(m *window.Metric) *metricspb.Metric {
 // within about 1.6 % at scale 6 (more at coarser scales, chosen only when
 // the values span more than 2048 buckets).
 func expHistogram(m *window.Metric) *metricspb.ExponentialHistogramDataPoint {
-	s := m.Sketch
 	lo, hi := math.MaxInt, math.MinInt
 	scale := otlpMaxScale
 	index := func(v float64) int {
@@ -322,7 +321,7 @@ func expHistogram(m *window.Metric) *metricspb.ExponentialHistogramDataPoint {
 	}
 	var pos, neg []bin
 	var zero float64
-	s.ForEach(func(v, n float64) bool {
+	m.ForEach(func(v, n float64) bool {
 		switch {
 		case v > 0:
 			pos = append(pos, bin{index(v), n})

@@ -162,3 +162,41 @@ func TestMemoryPerKeptSlot(t *testing.T) {
 	}
 	runtime.KeepAlive(sh)
 }
+
+// TestMemoryPerHistogramContext reports the heap a histogram context holds
+// in its bucket with n samples kept exact, and with the bound passed (the
+// sketch alone).
+func TestMemoryPerHistogramContext(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates thousands of sketches")
+	}
+	for _, n := range []int{10, 100, MaxExactSamples, MaxExactSamples + 1} {
+		const contexts = 2000
+		tn := NewTenant("t")
+		ss := benchSamples(contexts, TypeHistogram)
+		vals := make([]float64, n)
+		for i := range vals {
+			vals[i] = float64(i%500) + 0.25
+		}
+		for i := range ss {
+			ss[i].Name = fmt.Sprintf("svc.latency.%d", i)
+			ss[i].Values = vals
+			ss[i].Prepare(tn, nil)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		sh := NewShard(DefaultConfig())
+		for i := range ss {
+			sh.Add(tn, &ss[i], t0)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		per := float64(after.HeapAlloc-before.HeapAlloc) / contexts
+		t.Logf("%d samples: %.0f bytes per histogram context", n, per)
+		if limit := 16.0*float64(min(n, MaxExactSamples)) + 40_000; per > limit {
+			t.Errorf("%d samples: %.0f bytes per context, budget %.0f", n, per, limit)
+		}
+		runtime.KeepAlive(sh)
+	}
+}

@@ -3,6 +3,7 @@ package window
 import (
 	"iter"
 	"math"
+	"sort"
 	"sync"
 
 	"github.com/DataDog/sketches-go/ddsketch"
@@ -38,10 +39,21 @@ type rateState struct {
 	prevT int64
 }
 
-// distState is the state of a histogram, timing or distribution.
+// MaxExactSamples bounds the samples one histogram, timing or distribution
+// context keeps in one bucket for exact percentiles (16 bytes each, so at
+// most 16 KiB). Past it the samples move into the context's sketch, whose
+// quantiles are within RelativeAccuracy.
+const MaxExactSamples = 1024
+
+// distState is the state of a histogram, timing or distribution: its exact
+// moments, and its samples while they number at most MaxExactSamples, or
+// the sketch they spilled into.
 type distState struct {
 	sketch               *ddsketch.DDSketch
 	min, max, sum, count float64
+	vals, wts            []float64 // samples and their weights
+	spilled              bool      // the sketch holds the samples
+	sorted               bool      // vals (with wts) are in increasing order
 }
 
 func (d *distState) add(v, weight float64) {
@@ -52,9 +64,49 @@ func (d *distState) add(v, weight float64) {
 	}
 	d.sum += v * weight
 	d.count += weight
+	d.insert(v, weight)
+}
+
+// insert keeps sample v of weight w, exactly while there is room.
+func (d *distState) insert(v, w float64) {
+	if !d.spilled {
+		if len(d.vals) < MaxExactSamples {
+			d.vals = append(d.vals, v)
+			d.wts = append(d.wts, w)
+			d.sorted = false
+			return
+		}
+		d.spill()
+	}
 	// The value is finite (validated) and the weight positive, which are
 	// the sketch's only error cases.
-	_ = d.sketch.AddWithCount(v, weight)
+	_ = d.sketch.AddWithCount(v, w)
+}
+
+// spill moves the exact samples into the sketch.
+func (d *distState) spill() {
+	for i, v := range d.vals {
+		_ = d.sketch.AddWithCount(v, d.wts[i])
+	}
+	d.vals, d.wts, d.spilled = d.vals[:0], d.wts[:0], true
+}
+
+// sort orders the exact samples by value.
+func (d *distState) sort() {
+	if !d.spilled && !d.sorted {
+		sort.Sort((*byValue)(d))
+		d.sorted = true
+	}
+}
+
+// byValue sorts a distState's samples with their weights.
+type byValue distState
+
+func (s *byValue) Len() int           { return len(s.vals) }
+func (s *byValue) Less(i, j int) bool { return s.vals[i] < s.vals[j] }
+func (s *byValue) Swap(i, j int) {
+	s.vals[i], s.vals[j] = s.vals[j], s.vals[i]
+	s.wts[i], s.wts[j] = s.wts[j], s.wts[i]
 }
 
 // merge adds a distribution aggregated elsewhere, keeping its exact moments.
@@ -71,7 +123,7 @@ func (d *distState) merge(h *HistPoint) {
 	d.count += h.Count
 	for i, v := range h.Values {
 		if c := h.Counts[i]; c > 0 {
-			_ = d.sketch.AddWithCount(v, c)
+			d.insert(v, c)
 		}
 	}
 }
@@ -88,8 +140,17 @@ func (d *distState) mergeDist(o *distState) {
 	}
 	d.sum += o.sum
 	d.count += o.count
-	// Both sketches have the same mapping, the merge's only error case.
-	_ = d.sketch.MergeWith(o.sketch)
+	for i, v := range o.vals {
+		d.insert(v, o.wts[i])
+	}
+	if o.spilled {
+		if !d.spilled {
+			d.spill()
+		}
+		// Both sketches have the same mapping, the merge's only error
+		// case.
+		_ = d.sketch.MergeWith(o.sketch)
+	}
 }
 
 // Bucket is the state of every context of one shard over one time range.
@@ -159,6 +220,7 @@ func (b *Bucket) release() {
 		d := &b.dists[i]
 		d.sketch.Clear()
 		d.min, d.max, d.sum, d.count = 0, 0, 0, 0
+		d.vals, d.wts, d.spilled = d.vals[:0], d.wts[:0], false
 	}
 	for _, m := range b.sets[:b.nSets] {
 		clear(m)
@@ -213,6 +275,10 @@ type Metric struct {
 	// DISTRIBUTION. Count and Sum are weighted by 1/sample_rate.
 	Sketch               *ddsketch.DDSketch
 	Min, Max, Sum, Count float64
+	// Exact, when not nil, holds every sample in increasing order, with
+	// its weight in ExactWeights; Sketch is then empty. It is nil past
+	// MaxExactSamples samples, which Sketch holds instead.
+	Exact, ExactWeights []float64
 }
 
 // Metrics yields the aggregate of every context of b that has one. A RATE
@@ -247,6 +313,9 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 			default:
 				d := &b.dists[sl.ext]
 				m.Sketch, m.Min, m.Max, m.Sum, m.Count = d.sketch, d.min, d.max, d.sum, d.count
+				if !d.spilled {
+					m.Exact, m.ExactWeights = d.vals, d.wts
+				}
 			}
 			if !yield(&m) {
 				return
@@ -309,6 +378,14 @@ func (b *Bucket) markDirty() {
 	}
 }
 
+// sortExact orders the exact samples of every distribution of b, so that
+// readers of the drained bucket need not write to it.
+func (b *Bucket) sortExact() {
+	for i := range b.dists[:b.nDists] {
+		b.dists[i].sort()
+	}
+}
+
 // clearDirty forgets which slots a correction changed, once flushed.
 func (b *Bucket) clearDirty() {
 	for i := range b.slots {
@@ -317,10 +394,48 @@ func (b *Bucket) clearDirty() {
 	b.nDirty = 0
 }
 
+// ForEach calls fn with every sample and its weight of a histogram, timing
+// or distribution in increasing order while they are exact, else with
+// every bin of its sketch (a representative value and its count), until fn
+// returns true.
+func (m *Metric) ForEach(fn func(v, w float64) bool) {
+	if m.Exact != nil {
+		for i, v := range m.Exact {
+			if fn(v, m.ExactWeights[i]) {
+				return
+			}
+		}
+		return
+	}
+	if m.Sketch != nil {
+		m.Sketch.ForEach(fn)
+	}
+}
+
 // Quantile returns the nearest-rank q-quantile (0 ≤ q ≤ 1) of a histogram,
-// timing or distribution, within the sketch's relative accuracy and clamped
-// to the exact minimum and maximum.
+// timing or distribution: the first sample in increasing order whose
+// cumulative weight exceeds ceil(q·W) − 1, W the total weight. With whole
+// weights this is the Datadog Agent's rule (Histogram.flush: the first
+// sample whose cumulative weight exceeds (P·W − 1) / 100 for percentile P,
+// (W − 1) / 2 for the median). It is exact while the samples are (Exact);
+// past MaxExactSamples it is read from the sketch, within its relative
+// accuracy, and clamped to the exact minimum and maximum.
 func (m *Metric) Quantile(q float64) float64 {
+	if m.Exact != nil {
+		if len(m.Exact) == 0 {
+			return math.NaN()
+		}
+		// The guard keeps a product like 0.07·100 = 7.000000000000001
+		// from moving up a rank.
+		target := math.Max(math.Ceil(q*m.Count*(1-1e-12))-1, 0)
+		var cum float64
+		for i, v := range m.Exact {
+			if cum += m.ExactWeights[i]; cum > target {
+				return v
+			}
+		}
+		return m.Exact[len(m.Exact)-1]
+	}
 	s := m.Sketch
 	n := s.GetCount()
 	if n == 0 {

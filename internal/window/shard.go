@@ -339,6 +339,7 @@ func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 // correction of the kept bucket its late samples join, and keeps what late
 // samples may still reach.
 func (sh *Shard) settle(k bucketKey, b *Bucket, out []*Bucket) []*Bucket {
+	b.sortExact()
 	if !b.Late {
 		if !b.stamped {
 			sh.kept[k] = nil // flushed, with nothing to correct it from
@@ -357,6 +358,7 @@ func (sh *Shard) settle(k bucketKey, b *Bucket, out []*Bucket) []*Bucket {
 		return append(out, b)
 	}
 	base.absorb(b)
+	base.sortExact()
 	b.release()
 	sh.keep(k, base)
 	base.Late = true
