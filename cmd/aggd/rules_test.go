@@ -43,7 +43,7 @@ func TestAggregationRulesEndToEnd(t *testing.T) {
 			continue
 		}
 		switch l["name"] {
-		case "jvm_class_loaded_sum", "root_span.count":
+		case "jvm_class_loaded_sum", "jvm_class_loaded_sum_count", "root_span.count", "root_span.count_count":
 			var tags []string
 			for _, x := range l["tags"].([]any) {
 				tags = append(tags, x.(string))
@@ -57,16 +57,26 @@ func TestAggregationRulesEndToEnd(t *testing.T) {
 			originals++
 		}
 	}
+	// DataKit's output point (measurement, field, tags) is the series
+	// named by the field, tagged measurement:<measurement>, with its
+	// <field>_count companion.
 	want := map[string]float64{
-		"jvm_class_loaded_sum{metric:jvm_class_loaded_sum,service_name:orders}":  150,
-		"jvm_class_loaded_sum{metric:jvm_class_loaded_sum,service_name:billing}": 70,
-		"root_span.count{resource:/items,service:api}":                           9, // trace 2 of 10 is a health check
-		"root_span.count{resource:/health,service:api}":                          1,
+		"jvm_class_loaded_sum{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:orders}":        150,
+		"jvm_class_loaded_sum_count{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:orders}":  2,
+		"jvm_class_loaded_sum{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:billing}":       70,
+		"jvm_class_loaded_sum_count{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:billing}": 1,
+		"root_span.count{measurement:opentelemetry,resource:/items,service:api}":                                9, // trace 2 of 10 is a health check
+		"root_span.count_count{measurement:opentelemetry,resource:/items,service:api}":                          9,
+		"root_span.count{measurement:opentelemetry,resource:/health,service:api}":                               1,
+		"root_span.count_count{measurement:opentelemetry,resource:/health,service:api}":                         1,
 	}
 	for k, w := range want {
 		if got[k] != w {
 			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], w, got)
 		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("got %d series, want %d: %v", len(got), len(want), got)
 	}
 	if originals != 2 {
 		t.Errorf("%d original series passed on, want 2 (orders, billing)", originals)

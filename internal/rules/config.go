@@ -6,6 +6,7 @@ package rules
 import (
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -19,7 +20,7 @@ import (
 // Method is an aggregation algorithm.
 type Method uint8
 
-// The methods DataKit documents.
+// The methods DataKit implements.
 const (
 	Sum Method = iota
 	Avg
@@ -34,41 +35,70 @@ const (
 	Last
 )
 
+// methodNames are DataKit's method names (NormalizeAlgoMethod), read after
+// trimming and lower-casing as DataKit does.
 var methodNames = map[string]Method{
-	"sum": Sum, "avg": Avg, "count": Count, "min": Min, "max": Max, "histogram": Histogram,
+	"sum": Sum, "avg": Avg, "count": Count, "min": Min, "max": Max, "histogram": Histogram, "merge_histogram": Histogram,
 	"stdev": Stdev, "quantiles": Quantiles, "count_distinct": CountDistinct, "first": First, "last": Last,
 }
 
-// DefaultBuckets are the histogram upper bounds when a rule sets none.
-var DefaultBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
-
-// DefaultQuantiles are the quantiles when a rule sets none.
-var DefaultQuantiles = []float64{0.5, 0.9, 0.99}
-
 // Algorithm is one compiled [aggregate_rules.algorithms."<output>"].
 type Algorithm struct {
-	// Output names the derived series.
-	Output      string
-	Method      Method
+	// Output names the derived series and their <Output>_… companions.
+	Output string
+	Method Method
+	// SourceField is the field read, the output's key when the file names
+	// none (as in DataKit).
 	SourceField string
 	// AddTags are "key:value" tags added to the output, sorted.
-	AddTags   []string
-	Buckets   []float64
-	Quantiles []float64
+	AddTags []string
+	// Window is the algorithm's window: its own window, else the rule's,
+	// else default_window.
+	Window time.Duration
+	// Percentiles are quantile_opts.percentiles, in the file's order.
+	Percentiles []float64
+	// pNames are the quantile outputs, <Output>_P<percent>.
+	pNames []string
+	// countName is <Output>_count.
+	countName string
+}
+
+// pattern is an entry of measurements or metric_name: a name, or a
+// regular expression after "reg:" (DataKit's WhiteListItem).
+type pattern struct {
+	s  string
+	re *regexp.Regexp
+}
+
+func (p pattern) match(s string) bool {
+	if p.re != nil {
+		return p.re.MatchString(s)
+	}
+	return p.s == s
+}
+
+func matchAny(ps []pattern, s string) bool {
+	for _, p := range ps {
+		if p.match(s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Rule is one compiled [[aggregate_rules]].
 type Rule struct {
-	Name         string
+	Name string
+	// GroupBy is sorted, as DataKit sorts it.
 	GroupBy      []string
 	Category     string // metric or tracing
 	Measurements []string
 	MetricNames  []string
 	Cond         *filter.Condition
-	Window       time.Duration
 	Algorithms   []Algorithm
 
-	counters *Counters // set by the engine; kept across reloads by name
+	measurements, metricNames []pattern
+	counters                  *Counters // set by the engine; kept across reloads by name
 }
 
 // Set is a compiled aggr.toml.
@@ -79,19 +109,30 @@ type Set struct {
 	DropOriginals bool
 	Rules         []*Rule
 
-	byName  map[string][]*Rule // metric rules by metric name
-	anyName []*Rule            // metric rules with no metric_name list
+	byName  map[string][]*Rule // metric rules by exact metric name
+	byRegex []*Rule            // metric rules with a reg: metric name
 	tracing []*Rule
-	// maxWindow is the widest rule window, in nanoseconds.
+	// maxWindow is the widest algorithm window, in nanoseconds.
 	maxWindow int64
 }
 
 type rawAlgorithm struct {
-	Method      string            `toml:"method"`
-	SourceField string            `toml:"source_field"`
-	AddTags     map[string]string `toml:"add_tags"`
-	Buckets     []float64         `toml:"buckets"`
-	Quantiles   []float64         `toml:"quantiles"`
+	Method        string            `toml:"method"`
+	SourceField   string            `toml:"source_field"`
+	Window        any               `toml:"window"`
+	AddTags       map[string]string `toml:"add_tags"`
+	HistogramOpts *struct {
+		Buckets []float64 `toml:"buckets"`
+	} `toml:"histogram_opts"`
+	QuantileOpts *struct {
+		Percentiles []float64 `toml:"percentiles"`
+	} `toml:"quantile_opts"`
+	// ExpoOpts is read and unused, as in DataKit.
+	ExpoOpts *struct {
+		MaxScale     int32 `toml:"max_scale"`
+		MaxBuckets   int32 `toml:"max_buckets"`
+		RecordMinMax bool  `toml:"record_min_max"`
+	} `toml:"expo_opts"`
 }
 
 type rawRule struct {
@@ -108,7 +149,7 @@ type rawRule struct {
 }
 
 type rawSet struct {
-	DefaultWindow    string    `toml:"default_window"`
+	DefaultWindow    any       `toml:"default_window"`
 	Action           string    `toml:"action"`
 	DeleteRulesPoint bool      `toml:"delete_rules_point"`
 	Rules            []rawRule `toml:"aggregate_rules"`
@@ -139,10 +180,12 @@ func Parse(text string) (*Set, error) {
 		return nil, unknownKey(text, und[0].String())
 	}
 	s := &Set{DefaultWindow: 10 * time.Second, byName: map[string][]*Rule{}}
-	if raw.DefaultWindow != "" {
-		if s.DefaultWindow, err = time.ParseDuration(raw.DefaultWindow); err != nil || s.DefaultWindow < time.Second {
-			return nil, fmt.Errorf("default_window %q is not a duration of at least 1s", raw.DefaultWindow)
+	if raw.DefaultWindow != nil {
+		d, err := duration(raw.DefaultWindow)
+		if err != nil || d < time.Second {
+			return nil, fmt.Errorf("default_window %v is not a duration (a string, or integer nanoseconds) of at least 1s", raw.DefaultWindow)
 		}
+		s.DefaultWindow = d
 	}
 	switch raw.Action {
 	case "", "passthrough":
@@ -163,16 +206,28 @@ func Parse(text string) (*Set, error) {
 		}
 		names[r.Name] = true
 		s.Rules = append(s.Rules, r)
-		s.maxWindow = max(s.maxWindow, int64(r.Window))
-		switch {
-		case r.Category == "tracing":
+		for _, a := range r.Algorithms {
+			s.maxWindow = max(s.maxWindow, int64(a.Window))
+		}
+		switch r.Category {
+		case "tracing":
 			s.tracing = append(s.tracing, r)
-		case len(r.MetricNames) == 0:
-			s.anyName = append(s.anyName, r)
+			continue
+		case "metric":
 		default:
-			for _, n := range r.MetricNames {
-				s.byName[n] = append(s.byName[n], r)
+			continue
+		}
+		// A rule without metric_name selects nothing, as in DataKit.
+		regex := false
+		for _, p := range r.metricNames {
+			if p.re != nil {
+				regex = true
+			} else if !slices.Contains(s.byName[p.s], r) {
+				s.byName[p.s] = append(s.byName[p.s], r)
 			}
+		}
+		if regex {
+			s.byRegex = append(s.byRegex, r)
 		}
 	}
 	return s, nil
@@ -197,7 +252,7 @@ func unknownKey(text, key string) error {
 			break
 		}
 	}
-	return fmt.Errorf("aggregate_rules%s: unsupported key %q (a rule takes name, group_by, window, select.{category, measurements, metric_name, condition} and algorithms.<output>.{method, source_field, add_tags, buckets, quantiles})",
+	return fmt.Errorf("aggregate_rules%s: unsupported key %q (a rule takes name, group_by, window, select.{category, measurements, metric_name, condition} and algorithms.<output>.{method, source_field, window, add_tags, histogram_opts.buckets, quantile_opts.percentiles, expo_opts})",
 		rule, strings.Join(parts[1:], "."))
 }
 
@@ -223,25 +278,68 @@ func has(m map[string]any, path []string) bool {
 	return false
 }
 
+// duration reads a window as DataKit reads default_window: a duration
+// string, or an integer of nanoseconds.
+func duration(v any) (time.Duration, error) {
+	switch x := v.(type) {
+	case string:
+		return time.ParseDuration(x)
+	case int64:
+		return time.Duration(x), nil
+	case float64:
+		return time.Duration(int64(x)), nil
+	}
+	return 0, fmt.Errorf("%v is neither a duration string nor integer nanoseconds", v)
+}
+
+func compilePatterns(list []string, key string) ([]pattern, error) {
+	var out []pattern
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		p := pattern{s: s}
+		if rest, ok := strings.CutPrefix(s, "reg:"); ok {
+			re, err := regexp.Compile(rest)
+			if err != nil {
+				return nil, fmt.Errorf("select.%s %q: %w", key, s, err)
+			}
+			p = pattern{s: rest, re: re}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
 func compileRule(rr rawRule, defWindow time.Duration) (*Rule, error) {
 	if rr.Name == "" {
 		return nil, fmt.Errorf("name is empty")
 	}
-	r := &Rule{Name: rr.Name, GroupBy: rr.GroupBy, Category: rr.Select.Category, Measurements: rr.Select.Measurements,
-		MetricNames: rr.Select.MetricName, Window: defWindow}
+	r := &Rule{Name: rr.Name, GroupBy: slices.Sorted(slices.Values(rr.GroupBy)), Category: rr.Select.Category,
+		Measurements: rr.Select.Measurements, MetricNames: rr.Select.MetricName}
 	switch r.Category {
 	case "metric", "tracing":
+	case "network", "keyevent", "object", "object_change", "custom_object", "logging", "rum", "security",
+		"profiling", "dialtesting", "agent_llm":
+		// DataKit's other categories load; aggd has no such items, so the
+		// rule selects nothing.
 	case "":
 		return nil, fmt.Errorf("select.category is empty")
 	default:
-		return nil, fmt.Errorf("select.category %q: aggd applies rules to metric and tracing", r.Category)
+		return nil, fmt.Errorf("select.category %q is not a DataKit category", r.Category)
 	}
-	if rr.Window != "" {
+	var err error
+	if r.measurements, err = compilePatterns(rr.Select.Measurements, "measurements"); err != nil {
+		return nil, err
+	}
+	if r.metricNames, err = compilePatterns(rr.Select.MetricName, "metric_name"); err != nil {
+		return nil, err
+	}
+	ruleWindow := defWindow
+	if rr.Window != "" { // aggd's rule-level window
 		w, err := time.ParseDuration(rr.Window)
 		if err != nil || w < time.Second {
 			return nil, fmt.Errorf("window %q is not a duration of at least 1s", rr.Window)
 		}
-		r.Window = w
+		ruleWindow = w
 	}
 	if rr.Select.Condition != "" {
 		c, err := filter.Compile(rr.Select.Condition)
@@ -259,36 +357,63 @@ func compileRule(rr rawRule, defWindow time.Duration) (*Rule, error) {
 	}
 	sort.Strings(outs)
 	for _, out := range outs {
-		ra := rr.Algorithms[out]
-		m, ok := methodNames[ra.Method]
-		if !ok {
-			return nil, fmt.Errorf("algorithms.%q.method %q is not supported (sum, avg, count, min, max, histogram, stdev, quantiles, count_distinct, first, last)", out, ra.Method)
-		}
-		if ra.SourceField == "" {
-			return nil, fmt.Errorf("algorithms.%q.source_field is empty", out)
-		}
-		a := Algorithm{Output: out, Method: m, SourceField: ra.SourceField, Buckets: ra.Buckets, Quantiles: ra.Quantiles}
-		for k, v := range ra.AddTags {
-			a.AddTags = append(a.AddTags, k+":"+v)
-		}
-		slices.Sort(a.AddTags)
-		switch {
-		case m == Histogram && a.Buckets == nil:
-			a.Buckets = DefaultBuckets
-		case m == Quantiles && a.Quantiles == nil:
-			a.Quantiles = DefaultQuantiles
-		case m != Histogram && ra.Buckets != nil, m != Quantiles && ra.Quantiles != nil:
-			return nil, fmt.Errorf("algorithms.%q: buckets go with histogram, quantiles with quantiles", out)
-		}
-		if !slices.IsSorted(a.Buckets) {
-			return nil, fmt.Errorf("algorithms.%q.buckets must ascend", out)
-		}
-		for _, q := range a.Quantiles {
-			if !(q >= 0 && q <= 1) {
-				return nil, fmt.Errorf("algorithms.%q.quantiles: %v is not in [0, 1]", out, q)
-			}
+		a, err := compileAlgorithm(out, rr.Algorithms[out], ruleWindow)
+		if err != nil {
+			return nil, err
 		}
 		r.Algorithms = append(r.Algorithms, a)
 	}
 	return r, nil
+}
+
+// compileAlgorithm checks an algorithm as DataKit's validateAggregationAlgo
+// does and fills in DataKit's defaults.
+func compileAlgorithm(out string, ra rawAlgorithm, ruleWindow time.Duration) (Algorithm, error) {
+	if strings.TrimSpace(out) == "" {
+		return Algorithm{}, fmt.Errorf("an algorithm's name is empty")
+	}
+	name := strings.ToLower(strings.TrimSpace(ra.Method))
+	m, ok := methodNames[name]
+	if !ok {
+		if name == "" {
+			return Algorithm{}, fmt.Errorf("algorithms.%q.method is empty", out)
+		}
+		return Algorithm{}, fmt.Errorf("algorithms.%q.method %q is not supported (sum, avg, count, min, max, histogram, stdev, quantiles, count_distinct, first, last)", out, ra.Method)
+	}
+	a := Algorithm{Output: out, Method: m, SourceField: ra.SourceField, Window: ruleWindow, countName: out + "_count"}
+	if a.SourceField == "" {
+		a.SourceField = out
+	}
+	if ra.Window != nil {
+		w, err := duration(ra.Window)
+		if err != nil {
+			return Algorithm{}, fmt.Errorf("algorithms.%q.window: %w", out, err)
+		}
+		// DataKit takes a window of 10 ns or less as none.
+		if w > 10 {
+			if w < time.Second {
+				return Algorithm{}, fmt.Errorf("algorithms.%q.window %v is under 1s", out, w)
+			}
+			a.Window = w
+		}
+	}
+	for k, v := range ra.AddTags {
+		a.AddTags = append(a.AddTags, k+":"+v)
+	}
+	slices.Sort(a.AddTags)
+	if ra.QuantileOpts != nil {
+		a.Percentiles = ra.QuantileOpts.Percentiles
+	}
+	if m == Quantiles {
+		if len(a.Percentiles) == 0 {
+			return Algorithm{}, fmt.Errorf("algorithms.%q: quantiles requires quantile_opts.percentiles", out)
+		}
+		for _, p := range a.Percentiles {
+			if !(p >= 0 && p <= 1) {
+				return Algorithm{}, fmt.Errorf("algorithms.%q.quantile_opts.percentiles: %v is not in [0, 1]", out, p)
+			}
+			a.pNames = append(a.pNames, fmt.Sprintf("%s_P%.0f", out, p*100))
+		}
+	}
+	return a, nil
 }

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/DataDog/sketches-go/ddsketch"
-
 	"github.com/aggd/aggd/internal/filter"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
@@ -40,28 +38,21 @@ type Engine struct {
 type state struct {
 	groups  map[string]*group
 	scratch []byte
-	vals    []float64
 }
 
-// group is one (tenant, rule, window, group values) being aggregated.
+// group is one (tenant, rule, algorithm, window, measurement, group
+// values) being aggregated: DataKit's calculator.
 type group struct {
 	tenant       *window.Tenant
 	rule         *Rule
+	alg          *Algorithm
 	start, width int64
 	late         bool
-	tags         []string
-	accs         []acc
-}
-
-// acc holds what every method needs; each method reads its part.
-type acc struct {
-	n, sum, min, max float64
-	mean, m2         float64 // Welford, for stdev
-	firstV, lastV    float64
-	firstT, lastT    int64
-	distinct         map[string]struct{}
-	sketch           *ddsketch.DDSketch
-	buckets          []float64 // counts, one more than the bounds
+	// hasLE is set when the group's values include an le tag: histogram
+	// sums its points then, and keeps the first otherwise, as DataKit does.
+	hasLE bool
+	tags  []string
+	acc   acc
 }
 
 // NewEngine returns an engine for shards aggregator shards with window's
@@ -107,11 +98,6 @@ func (e *Engine) DropOriginals() bool {
 	return s != nil && s.DropOriginals
 }
 
-// sampleRecord presents a sample to conditions as the field of a DataKit
-// point: its tags by key (strings) and its own name as its value (a
-// float).
-type sampleRecord struct{ s *window.Sample }
-
 func tagValue(tags []string, key string) (string, bool) {
 	for _, t := range tags {
 		if len(t) > len(key) && t[len(key)] == ':' && t[:len(key)] == key {
@@ -121,6 +107,11 @@ func tagValue(tags []string, key string) (string, bool) {
 	return "", false
 }
 
+// sampleRecord presents a sample to conditions as the field of a DataKit
+// point: its tags by key (strings) and its own name as its value (a
+// float).
+type sampleRecord struct{ s *window.Sample }
+
 func (r sampleRecord) Field(name string) (filter.Value, bool) {
 	if v, ok := tagValue(r.s.Tags, name); ok {
 		return filter.Str(v), true
@@ -129,6 +120,23 @@ func (r sampleRecord) Field(name string) (filter.Value, bool) {
 		return filter.Num(r.s.Value), true
 	}
 	return filter.Value{}, false
+}
+
+// tagRecord gives a sample's tags only: the group_by keys a sample can
+// carry.
+type tagRecord struct{ s *window.Sample }
+
+func (r tagRecord) Field(name string) (filter.Value, bool) {
+	v, ok := tagValue(r.s.Tags, name)
+	return filter.Str(v), ok
+}
+
+// windowStart returns the start of the window of width w holding ts. As
+// in DataKit (AlignNextWallTime), a window holds the times after its start
+// up to and including its end.
+func windowStart(ts, w int64) int64 {
+	t := ts - 1
+	return t - ((t%w)+w)%w
 }
 
 // Due returns a tick by which every rule window a sample or span at ts
@@ -146,26 +154,33 @@ func (e *Engine) Due(ts int64) int64 {
 // tick while a write-ahead log is replayed; zero ends it.
 func (e *Engine) SetReplayCutoff(tick int64) { e.cutoff.Store(tick) }
 
-// replayed reports whether the window of r holding ts was drained before
+// replayed reports whether the window of a holding ts was drained before
 // the crash being replayed.
-func (e *Engine) replayed(r *Rule, ts int64) bool {
+func (e *Engine) replayed(a *Algorithm, ts int64) bool {
 	c := e.cutoff.Load()
 	if c == 0 {
 		return false
 	}
-	return e.timing.WindowDue(ts, int64(r.Window)) <= c
+	w := int64(a.Window)
+	return e.timing.Due(windowStart(ts, w), w) <= c
 }
 
 // ObserveSample applies the metric rules to s, which arrived at now, in
 // aggregator shard shard. It reports whether a rule matched, and refuses
 // (too_old, too_new) a matched sample whose time the windows refuse.
+//
+// As DataKit's RuleSelector does, a rule selects a sample when its name
+// is in metric_name (names, or regular expressions after "reg:"), its
+// measurement tag in measurements (when set) and the condition holds. Each
+// algorithm reads its source_field: the sample's value when it is the
+// sample's name, or a group_by tag's text.
 func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, now int64) (bool, window.Reason) {
 	set := e.set.Load()
 	if set == nil {
 		return false, window.Accepted
 	}
 	named := set.byName[s.Name]
-	if len(named) == 0 && len(set.anyName) == 0 {
+	if len(named) == 0 && len(set.byRegex) == 0 {
 		return false, window.Accepted
 	}
 	ts := s.Timestamp
@@ -174,9 +189,13 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 	}
 	st := &e.shards[shard]
 	matched := false
-	for _, list := range [2][]*Rule{named, set.anyName} {
+	for li, list := range [2][]*Rule{named, set.byRegex} {
 		for _, r := range list {
-			if !e.matchSample(r, s) {
+			if li == 1 && (slices.Contains(named, r) || !matchAny(r.metricNames, s.Name)) {
+				continue
+			}
+			measurement, _ := tagValue(s.Tags, "measurement")
+			if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sampleRecord{s}) {
 				continue
 			}
 			if !matched {
@@ -185,41 +204,28 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 				}
 			}
 			matched = true
-			if e.replayed(r, ts) {
-				continue
-			}
 			r.counters.Matched.Add(1)
-			g := e.groupFor(st, t, r, ts, func(key string) (string, bool) { return tagValue(s.Tags, key) })
 			for i := range r.Algorithms {
 				a := &r.Algorithms[i]
+				if e.replayed(a, ts) {
+					continue
+				}
 				if a.SourceField == s.Name {
-					st.vals = st.vals[:0]
-					if s.Values != nil {
-						st.vals = append(st.vals, s.Values...)
-					} else {
-						st.vals = append(st.vals, s.Value)
+					g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
+					if s.Values == nil {
+						g.acc.add(a, filter.Num(s.Value), ts, g, &st.scratch)
 					}
-					for _, v := range st.vals {
-						g.accs[i].add(a, v, "", ts)
+					for _, v := range s.Values {
+						g.acc.add(a, filter.Num(v), ts, g, &st.scratch)
 					}
-				} else if v, ok := tagValue(s.Tags, a.SourceField); ok {
-					f, _ := strconv.ParseFloat(v, 64)
-					g.accs[i].add(a, f, v, ts)
+				} else if v, ok := tagValue(s.Tags, a.SourceField); ok && v != "" && slices.Contains(r.GroupBy, a.SourceField) {
+					g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
+					g.acc.add(a, filter.Str(v), ts, g, &st.scratch)
 				}
 			}
 		}
 	}
 	return matched, window.Accepted
-}
-
-func (e *Engine) matchSample(r *Rule, s *window.Sample) bool {
-	if len(r.Measurements) > 0 {
-		m, _ := tagValue(s.Tags, "measurement")
-		if !slices.Contains(r.Measurements, m) {
-			return false
-		}
-	}
-	return r.Cond.Match(sampleRecord{s})
 }
 
 // spanMeasurement is a span's DataKit measurement: its source attribute,
@@ -233,9 +239,15 @@ func spanMeasurement(sp *spans.Span) string {
 	return "opentelemetry"
 }
 
+// spanFields are the fields of DataKit's span points, the keys metric_name
+// selects; a span's attributes are fields too in aggd.
+var spanFields = [...]string{"trace_id", "span_id", "parent_id", "resource", "start", "duration"}
+
 // ObserveSpan applies the tracing rules to a span; it implements
-// spans.Observer. A rule's metric_name lists span fields that must be
-// present.
+// spans.Observer. A span is a DataKit span point timed at its start: each
+// of its fields that metric_name selects feeds the algorithms reading it
+// (and those reading a group_by key), as DataKit forks a point per
+// selected field.
 func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 	set := e.set.Load()
 	if set == nil || len(set.tracing) == 0 {
@@ -243,42 +255,43 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 	}
 	e.spanMu.Lock()
 	defer e.spanMu.Unlock()
-	ts := sp.End()
+	ts := sp.Start
 	if e.timing.Admit(ts, now) != window.Accepted {
 		return
 	}
 	st := &e.spanState
+	measurement := spanMeasurement(sp)
 	for _, r := range set.tracing {
-		if len(r.Measurements) > 0 && !slices.Contains(r.Measurements, spanMeasurement(sp)) {
+		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sp) {
 			continue
 		}
-		present := true
-		for _, f := range r.MetricNames {
-			if _, ok := sp.Field(f); !ok {
-				present = false
-				break
+		selected := false
+		fork := func(field string) {
+			if !matchAny(r.metricNames, field) {
+				return
 			}
-		}
-		if !present || !r.Cond.Match(sp) || e.replayed(r, ts) {
-			continue
-		}
-		r.counters.Matched.Add(1)
-		g := e.groupFor(st, t, r, ts, func(key string) (string, bool) {
-			v, ok := sp.Field(key)
-			return valueString(v), ok
-		})
-		for i := range r.Algorithms {
-			a := &r.Algorithms[i]
-			if v, ok := sp.Field(a.SourceField); ok {
-				f := v.Num
-				switch v.Kind {
-				case filter.Int:
-					f = float64(v.I)
-				case filter.String:
-					f, _ = strconv.ParseFloat(v.Str, 64)
+			selected = true
+			for i := range r.Algorithms {
+				a := &r.Algorithms[i]
+				if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || e.replayed(a, ts) {
+					continue
 				}
-				g.accs[i].add(a, f, valueString(v), ts)
+				v, ok := sp.Field(a.SourceField)
+				if !ok || v.Kind == filter.String && v.Str == "" && a.SourceField != field {
+					continue
+				}
+				g := e.groupFor(st, t, r, i, ts, measurement, sp)
+				g.acc.add(a, v, ts, g, &st.scratch)
 			}
+		}
+		for _, f := range spanFields {
+			fork(f)
+		}
+		for _, at := range sp.Attrs {
+			fork(at.Key)
+		}
+		if selected {
+			r.counters.Matched.Add(1)
 		}
 	}
 }
@@ -295,122 +308,55 @@ func valueString(v filter.Value) string {
 	return v.Str
 }
 
-// groupFor finds or opens the group of (t, r, window of ts, group values).
-// The key is built in scratch, so finding an open group does not allocate.
-func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, ts int64, lookup func(string) (string, bool)) *group {
-	width := int64(r.Window)
-	start := window.Start(ts, width)
+// groupFor finds or opens the group of (t, r, algorithm i, window of ts,
+// measurement, group values). A group_by key an item lacks, or holds
+// empty, is not a tag of the output, as in DataKit. The key is built in
+// scratch, so finding an open group does not allocate.
+func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, i int, ts int64, measurement string, rec filter.Record) *group {
+	a := &r.Algorithms[i]
+	width := int64(a.Window)
+	start := windowStart(ts, width)
 	k := append(st.scratch[:0], t.ID...)
 	k = append(k, 0)
 	k = append(k, r.Name...)
-	k = binary.BigEndian.AppendUint64(append(k, 0), uint64(start))
+	k = binary.BigEndian.AppendUint64(append(k, 0, byte(i), byte(i>>8)), uint64(start))
+	k = append(k, measurement...)
 	for _, key := range r.GroupBy {
-		v, _ := lookup(key)
-		k = append(append(k, 0), v...)
+		v, ok := rec.Field(key)
+		switch {
+		case !ok:
+			k = append(k, 0, 0)
+		case v.Kind == filter.String:
+			k = append(append(k, 0, 1), v.Str...)
+		default:
+			k = append(append(k, 0, 2), valueString(v)...)
+		}
 	}
 	st.scratch = k
 	if g := st.groups[string(k)]; g != nil {
 		return g
 	}
-	g := &group{tenant: t, rule: r, start: start, width: width, accs: make([]acc, len(r.Algorithms)),
+	g := &group{tenant: t, rule: r, alg: a, start: start, width: width,
 		late: e.timing.Due(start, width) <= e.watermark.Load()}
 	for _, key := range r.GroupBy {
-		v, _ := lookup(key)
-		g.tags = append(g.tags, key+":"+v)
-	}
-	st.groups[string(k)] = g
-	return g
-}
-
-// add counts value v (text s, or "" for a sample's own value) at ts.
-func (a *acc) add(alg *Algorithm, v float64, s string, ts int64) {
-	a.n++
-	a.sum += v
-	if a.n == 1 {
-		a.min, a.max, a.firstV, a.firstT, a.lastV, a.lastT = v, v, v, ts, v, ts
-	} else {
-		a.min, a.max = math.Min(a.min, v), math.Max(a.max, v)
-		if ts < a.firstT {
-			a.firstV, a.firstT = v, ts
-		}
-		if ts >= a.lastT {
-			a.lastV, a.lastT = v, ts
-		}
-	}
-	d := v - a.mean
-	a.mean += d / a.n
-	a.m2 += d * (v - a.mean)
-	switch alg.Method {
-	case CountDistinct:
-		if a.distinct == nil {
-			a.distinct = map[string]struct{}{}
-		}
-		if s == "" { // a sample's own value: only this method needs its text
-			s = strconv.FormatFloat(v, 'g', -1, 64)
-		}
-		if _, ok := a.distinct[s]; !ok {
-			a.distinct[strings.Clone(s)] = struct{}{}
-		}
-	case Quantiles:
-		if a.sketch == nil {
-			a.sketch, _ = ddsketch.LogCollapsingLowestDenseDDSketch(window.RelativeAccuracy, 2048)
-		}
-		a.sketch.Add(v)
-	case Histogram:
-		if a.buckets == nil {
-			a.buckets = make([]float64, len(alg.Buckets)+1)
-		}
-		i := len(alg.Buckets)
-		for j, b := range alg.Buckets {
-			if v <= b {
-				i = j
-				break
+		if v, ok := rec.Field(key); ok {
+			if s := valueString(v); s != "" {
+				g.tags = append(g.tags, key+":"+s)
 			}
 		}
-		a.buckets[i]++
 	}
-}
-
-// merge folds o, the same algorithm's state from another shard, into a.
-func (a *acc) merge(o *acc) {
-	if o.n == 0 {
-		return
-	}
-	if a.n == 0 {
-		*a = *o
-		return
-	}
-	n := a.n + o.n
-	d := o.mean - a.mean
-	a.m2 += o.m2 + d*d*a.n*o.n/n
-	a.mean += d * o.n / n
-	a.n, a.sum = n, a.sum+o.sum
-	a.min, a.max = math.Min(a.min, o.min), math.Max(a.max, o.max)
-	if o.firstT < a.firstT {
-		a.firstV, a.firstT = o.firstV, o.firstT
-	}
-	if o.lastT >= a.lastT {
-		a.lastV, a.lastT = o.lastV, o.lastT
-	}
-	for k := range o.distinct {
-		if a.distinct == nil {
-			a.distinct = map[string]struct{}{}
-		}
-		a.distinct[k] = struct{}{}
-	}
-	if o.sketch != nil {
-		if a.sketch == nil {
-			a.sketch = o.sketch
-		} else {
-			a.sketch.MergeWith(o.sketch)
+	for _, at := range a.AddTags { // the item's tags win, as in DataKit
+		key, _, _ := strings.Cut(at, ":")
+		if _, ok := tagValue(g.tags, key); !ok {
+			g.tags = append(g.tags, at)
 		}
 	}
-	for i, c := range o.buckets {
-		if a.buckets == nil {
-			a.buckets = make([]float64, len(o.buckets))
-		}
-		a.buckets[i] += c
+	if measurement != "" {
+		g.tags = append(g.tags, "measurement:"+measurement)
 	}
+	g.hasLE = slices.ContainsFunc(g.tags, func(t string) bool { return strings.HasPrefix(t, "le:") })
+	st.groups[string(k)] = g
+	return g
 }
 
 // Drain removes the windows due at tick (all of them when all is set),
@@ -427,9 +373,7 @@ func (e *Engine) Drain(tick int64, all bool, lockShard func(i int, f func()), ou
 			}
 			delete(st.groups, k)
 			if m, ok := merged[k]; ok {
-				for i := range m.accs {
-					m.accs[i].merge(&g.accs[i])
-				}
+				m.acc.merge(&g.acc, m)
 				continue
 			}
 			merged[k] = g
@@ -451,58 +395,58 @@ func (e *Engine) Drain(tick int64, all bool, lockShard func(i int, f func()), ou
 	return out
 }
 
+// outputs emits a group's series as DataKit's calculators' Aggr do: the
+// output key and its <key>_count companion (quantiles: <key>_P<percent>
+// and <key>_count).
 func (e *Engine) outputs(g *group, out []window.Metric) []window.Metric {
+	a, s := g.alg, &g.acc
+	if s.n == 0 {
+		return out
+	}
 	emitted := 0
-	for i := range g.rule.Algorithms {
-		a, s := &g.rule.Algorithms[i], &g.accs[i]
-		if s.n == 0 {
-			continue
+	emit := func(name string, typ window.MetricType, v float64) {
+		out = append(out, window.Metric{Tenant: g.tenant, Name: name, Timestamp: g.start, Interval: g.width, Late: g.late,
+			Type: typ, Value: v, Tags: slices.Clone(g.tags)})
+		emitted++
+	}
+	n := float64(s.n)
+	switch a.Method {
+	case Sum:
+		emit(a.Output, window.TypeCount, s.sum)
+	case Count:
+		emit(a.Output, window.TypeCount, n)
+	case Avg:
+		emit(a.Output, window.TypeGauge, s.sum/n)
+	case Min:
+		emit(a.Output, window.TypeGauge, s.min)
+	case Max:
+		emit(a.Output, window.TypeGauge, s.max)
+	case Stdev:
+		if s.n < 2 { // DataKit's SampleStdDev refuses, and the group emits nothing
+			return out
 		}
-		m := window.Metric{Tenant: g.tenant, Name: a.Output, Timestamp: g.start, Interval: g.width, Late: g.late, Type: window.TypeGauge}
-		tags := append(append([]string(nil), g.tags...), a.AddTags...)
-		emit := func(typ window.MetricType, v float64, extra ...string) {
-			mm := m
-			mm.Type, mm.Value = typ, v
-			mm.Tags = append(append([]string(nil), tags...), extra...)
-			out = append(out, mm)
-			emitted++
-		}
-		switch a.Method {
-		case Sum:
-			emit(window.TypeCount, s.sum)
-		case Count:
-			emit(window.TypeCount, s.n)
-		case Avg:
-			emit(window.TypeGauge, s.sum/s.n)
-		case Min:
-			emit(window.TypeGauge, s.min)
-		case Max:
-			emit(window.TypeGauge, s.max)
-		case Stdev:
-			emit(window.TypeGauge, math.Sqrt(s.m2/s.n))
-		case First:
-			emit(window.TypeGauge, s.firstV)
-		case Last:
-			emit(window.TypeGauge, s.lastV)
-		case CountDistinct:
-			emit(window.TypeGauge, float64(len(s.distinct)))
-		case Quantiles:
-			q := window.Metric{Sketch: s.sketch, Min: s.min, Max: s.max}
-			for _, p := range a.Quantiles {
-				emit(window.TypeGauge, q.Quantile(p), "quantile:"+strconv.FormatFloat(p, 'g', -1, 64))
-			}
-		case Histogram:
-			cum := 0.0
-			for j, c := range s.buckets {
-				cum += c
-				le := "+Inf"
-				if j < len(a.Buckets) {
-					le = strconv.FormatFloat(a.Buckets[j], 'g', -1, 64)
-				}
-				emit(window.TypeCount, cum, "le:"+le)
+		emit(a.Output, window.TypeGauge, math.Sqrt(s.m2/(n-1)))
+	case First:
+		emit(a.Output, window.TypeGauge, s.first)
+	case Last:
+		emit(a.Output, window.TypeGauge, s.last)
+	case CountDistinct:
+		n = float64(s.distinctCount())
+		emit(a.Output, window.TypeGauge, n)
+	case Histogram:
+		emit(a.Output, window.TypeCount, s.hist)
+	case Quantiles:
+		n = float64(s.qn)
+		slices.Sort(s.all)
+		seen := map[string]bool{a.countName: true}
+		for j, p := range a.Percentiles {
+			if !seen[a.pNames[j]] { // DataKit's KVs.Add keeps the first of a name
+				seen[a.pNames[j]] = true
+				emit(a.pNames[j], window.TypeGauge, percentile(s.all, p))
 			}
 		}
 	}
+	emit(a.countName, window.TypeCount, n)
 	g.rule.counters.Outputs.Add(int64(emitted))
 	return out
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggd/aggd/internal/filter"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -65,7 +66,7 @@ func TestDataKitExamples(t *testing.T) {
 			t.Fatal(r)
 		}
 	}
-	root := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{1}, Service: "api", Resource: "/pay", Start: t0, Duration: sec}
+	root := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{1}, Service: "api", Resource: "/pay", Start: t0 + sec, Duration: sec}
 	child := root
 	child.SpanID, child.ParentID, child.HasParent = [8]byte{2}, [8]byte{1}, true
 	other := root
@@ -74,76 +75,371 @@ func TestDataKitExamples(t *testing.T) {
 		e.ObserveSpan(tn, &sp, t0+sec)
 	}
 	want := map[string]float64{
-		"acme/jvm_class_loaded_sum{metric:jvm_class_loaded_sum,service_name:billing}": 70,
-		"acme/jvm_class_loaded_sum{metric:jvm_class_loaded_sum,service_name:orders}":  150,
-		"acme/root_span.count{resource:/cart,service:api}":                            1,
-		"acme/root_span.count{resource:/pay,service:api}":                             2,
+		"acme/jvm_class_loaded_sum{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:billing}":       70,
+		"acme/jvm_class_loaded_sum_count{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:billing}": 1,
+		"acme/jvm_class_loaded_sum{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:orders}":        150,
+		"acme/jvm_class_loaded_sum_count{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:orders}":  2,
+		"acme/root_span.count{measurement:opentelemetry,resource:/cart,service:api}":                                 1,
+		"acme/root_span.count_count{measurement:opentelemetry,resource:/cart,service:api}":                           1,
+		"acme/root_span.count{measurement:opentelemetry,resource:/pay,service:api}":                                  2,
+		"acme/root_span.count_count{measurement:opentelemetry,resource:/pay,service:api}":                            2,
 	}
 	if got := drain(e); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("got  %v\nwant %v", got, want)
 	}
-	if c := e.Counters("otel_jvm_class_loaded_sum"); c.Matched.Load() != 3 || c.Outputs.Load() != 2 {
+	if c := e.Counters("otel_jvm_class_loaded_sum"); c.Matched.Load() != 3 || c.Outputs.Load() != 4 {
 		t.Fatalf("counters matched %d outputs %d", c.Matched.Load(), c.Outputs.Load())
 	}
 }
 
-func TestEveryAlgorithm(t *testing.T) {
-	text := `
+// TestDataKitDocumentedFile loads the rules of DataKit's aggregator
+// documentation unchanged; the metric rules give what DataKit gives (the
+// unloaded-classes rule reads a field it does not select, so nothing), the
+// logging rules load and select nothing in aggd.
+func TestDataKitDocumentedFile(t *testing.T) {
+	b, err := os.ReadFile("testdata/datakit-doc-examples.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engine(t, string(b), 1)
+	tn := window.NewTenant("t")
+	for _, s := range []*window.Sample{
+		sample("jvm.buffer.memory.used", 10, "measurement:otel_service", "service_name:a", "id:direct"),
+		sample("jvm.buffer.memory.used", 30, "measurement:otel_service", "service_name:a", "id:direct"),
+		sample("jvm.threads.live", 4, "measurement:otel_service", "service_name:a"),
+		sample("jvm.threads.live", 6, "measurement:otel_service", "service_name:a"),
+		sample("jvm.classes.unloaded", 6, "measurement:otel_service", "service_name:a"),
+	} {
+		e.ObserveSample(0, tn, s, t0+sec)
+	}
+	want := map[string]float64{
+		"t/jvm.buffer.memory.used.max{id:direct,measurement:otel_service,method:max,service_name:a}":        30,
+		"t/jvm.buffer.memory.used.max_count{id:direct,measurement:otel_service,method:max,service_name:a}":  2,
+		"t/jvm_threads_live_sum{measurement:otel_service,metric:jvm_threads_live_sum,service_name:a}":       10,
+		"t/jvm_threads_live_sum_count{measurement:otel_service,metric:jvm_threads_live_sum,service_name:a}": 2,
+	}
+	if got := drain(e); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got  %v\nwant %v", got, want)
+	}
+}
+
+// every is the rule DataKit's vectors below were computed with.
+const every = `
+default_window = "10s"
 [[aggregate_rules]]
 name = "all"
 group_by = ["host"]
 [aggregate_rules.select]
 category = "metric"
+measurements = ["m"]
 metric_name = ["lat"]
-condition = '{ env = "prod" }'
-` + func() string {
-		var b strings.Builder
-		for _, m := range []string{"sum", "avg", "count", "min", "max", "stdev", "count_distinct", "first", "last"} {
-			fmt.Fprintf(&b, "[aggregate_rules.algorithms.%q]\nmethod = %q\nsource_field = \"lat\"\n", "lat_"+m, m)
-		}
-		b.WriteString("[aggregate_rules.algorithms.\"lat_q\"]\nmethod = \"quantiles\"\nsource_field = \"lat\"\nquantiles = [0.5, 1]\n")
-		b.WriteString("[aggregate_rules.algorithms.\"lat_h\"]\nmethod = \"histogram\"\nsource_field = \"lat\"\nbuckets = [2, 5]\n")
-		return b.String()
-	}()
-	e := engine(t, text, 3)
-	tn := window.NewTenant("t")
-	vals := []float64{4, 1, 4, 7, 9} // in arrival order, timestamps rising
-	for i, v := range vals {
-		s := sample("lat", v, "env:prod", "host:a")
-		s.Timestamp = t0 + int64(i+1)*sec
-		e.ObserveSample(i%3, tn, s, t0+sec)
+[aggregate_rules.algorithms.l_sum]
+method = "sum"
+source_field = "lat"
+[aggregate_rules.algorithms.l_avg]
+method = "avg"
+source_field = "lat"
+[aggregate_rules.algorithms.l_count]
+method = "count"
+source_field = "lat"
+[aggregate_rules.algorithms.l_min]
+method = "min"
+source_field = "lat"
+[aggregate_rules.algorithms.l_max]
+method = "max"
+source_field = "lat"
+[aggregate_rules.algorithms.l_stdev]
+method = "stdev"
+source_field = "lat"
+[aggregate_rules.algorithms.l_cd]
+method = "count_distinct"
+source_field = "lat"
+[aggregate_rules.algorithms.l_first]
+method = "first"
+source_field = "lat"
+[aggregate_rules.algorithms.l_last]
+method = "last"
+source_field = "lat"
+[aggregate_rules.algorithms.l_q]
+method = "quantiles"
+source_field = "lat"
+[aggregate_rules.algorithms.l_q.quantile_opts]
+percentiles = [0.5, 0.9, 0.99]
+`
+
+// observeAt feeds samples of one tenant at t0 plus their second offsets.
+func observeAt(e *Engine, tn *window.Tenant, at []int64, ss ...*window.Sample) {
+	for i, s := range ss {
+		s.Timestamp = t0 + at[i]*sec
+		e.ObserveSample(i%len(e.shards), tn, s, t0+sec)
 	}
-	e.ObserveSample(0, tn, sample("lat", 100, "env:dev", "host:a"), t0+sec) // condition false
-	single := sample("lat", 3, "env:prod", "host:b")
-	e.ObserveSample(1, tn, single, t0+sec)
-	got := drain(e)
-	mean := 5.0
-	ss := 0.0
-	for _, v := range vals {
-		ss += (v - mean) * (v - mean)
+}
+
+// TestDataKitVectors holds the outputs of DataKit's aggregator (cliutils
+// aggregate: AggregatorConfigure.Setup, PickPoints, newCalculators,
+// Cache.AddBatchs, WindowsToData and each calculator's Aggr), recorded by
+// running it on the same points: a DataKit point (measurement M, field K,
+// tags) is the series K tagged measurement:M.
+func TestDataKitVectors(t *testing.T) {
+	type in struct {
+		at int64 // seconds after t0
+		s  *window.Sample
+	}
+	tests := []struct {
+		name string
+		conf string
+		in   []in
+		want map[string]float64
+	}{{
+		// algoSum, algoAvg, algoCount, algoMin, algoMax, algoStdev
+		// (n-1, nothing under two points), algoCountDistinct,
+		// algoCountFirst, algoCountLast, algoQuantiles (percentileFromSorted).
+		name: "every algorithm", conf: every,
+		in: []in{
+			{3, sample("lat", 3, "measurement:m", "host:a")}, {1, sample("lat", 1, "measurement:m", "host:a")},
+			{4, sample("lat", 4, "measurement:m", "host:a")}, {2, sample("lat", 2, "measurement:m", "host:a")},
+			{5, sample("lat", 7, "measurement:m", "host:b")}, {5, sample("lat", 100, "measurement:other", "host:a")},
+		},
+		want: map[string]float64{
+			"l_avg{host:a,measurement:m}": 2.5, "l_avg_count{host:a,measurement:m}": 4,
+			"l_cd{host:a,measurement:m}": 4, "l_cd_count{host:a,measurement:m}": 4,
+			"l_count{host:a,measurement:m}": 4, "l_count_count{host:a,measurement:m}": 4,
+			"l_first{host:a,measurement:m}": 1, "l_first_count{host:a,measurement:m}": 4,
+			"l_last{host:a,measurement:m}": 4, "l_last_count{host:a,measurement:m}": 4,
+			"l_max{host:a,measurement:m}": 4, "l_max_count{host:a,measurement:m}": 4,
+			"l_min{host:a,measurement:m}": 1, "l_min_count{host:a,measurement:m}": 4,
+			"l_q_P50{host:a,measurement:m}": 2.5, "l_q_P90{host:a,measurement:m}": 3.7, "l_q_P99{host:a,measurement:m}": 3.9699999999999998,
+			"l_q_count{host:a,measurement:m}": 4,
+			"l_stdev{host:a,measurement:m}":   1.2909944487358054, "l_stdev_count{host:a,measurement:m}": 4,
+			"l_sum{host:a,measurement:m}": 10, "l_sum_count{host:a,measurement:m}": 4,
+			"l_avg{host:b,measurement:m}": 7, "l_avg_count{host:b,measurement:m}": 1,
+			"l_cd{host:b,measurement:m}": 1, "l_cd_count{host:b,measurement:m}": 1,
+			"l_count{host:b,measurement:m}": 1, "l_count_count{host:b,measurement:m}": 1,
+			"l_first{host:b,measurement:m}": 7, "l_first_count{host:b,measurement:m}": 1,
+			"l_last{host:b,measurement:m}": 7, "l_last_count{host:b,measurement:m}": 1,
+			"l_max{host:b,measurement:m}": 7, "l_max_count{host:b,measurement:m}": 1,
+			"l_min{host:b,measurement:m}": 7, "l_min_count{host:b,measurement:m}": 1,
+			"l_q_P50{host:b,measurement:m}": 7, "l_q_P90{host:b,measurement:m}": 7, "l_q_P99{host:b,measurement:m}": 7,
+			"l_q_count{host:b,measurement:m}": 1,
+			"l_sum{host:b,measurement:m}":     7, "l_sum_count{host:b,measurement:m}": 1,
+		},
+	}, {
+		// algoHistogram: points of one le summed; add_tags lose to the
+		// point's tags; a group_by key a point lacks is not a tag.
+		name: "histogram re-aggregates le buckets",
+		conf: `
+default_window = "10s"
+[[aggregate_rules]]
+name = "h"
+group_by = ["le", "svc"]
+[aggregate_rules.select]
+category = "metric"
+measurements = ["prom"]
+metric_name = ["req_bucket"]
+[aggregate_rules.algorithms.req]
+method = "histogram"
+source_field = "req_bucket"
+[aggregate_rules.algorithms.req.add_tags]
+svc = "from-add-tags"
+le = "x"
+kind = "h"
+[aggregate_rules.algorithms.req.histogram_opts]
+buckets = [1.0, 5.0]
+`,
+		in: []in{
+			{1, sample("req_bucket", 3, "measurement:prom", "le:0.1", "svc:s")}, {2, sample("req_bucket", 4, "measurement:prom", "le:0.1", "svc:s")},
+			{1, sample("req_bucket", 10, "measurement:prom", "le:+Inf", "svc:s")}, {2, sample("req_bucket", 12, "measurement:prom", "le:+Inf", "svc:s")},
+			{2, sample("req_bucket", 5, "measurement:prom", "le:+Inf")},
+		},
+		want: map[string]float64{
+			"req{kind:h,le:+Inf,measurement:prom,svc:from-add-tags}": 5, "req_count{kind:h,le:+Inf,measurement:prom,svc:from-add-tags}": 1,
+			"req{kind:h,le:+Inf,measurement:prom,svc:s}": 22, "req_count{kind:h,le:+Inf,measurement:prom,svc:s}": 2,
+			"req{kind:h,le:0.1,measurement:prom,svc:s}": 7, "req_count{kind:h,le:0.1,measurement:prom,svc:s}": 2,
+		},
+	}, {
+		// algoHistogram without an le among the group's tags keeps the
+		// first point's value (DataKit tags it le=""; aggd does not tag).
+		name: "histogram without le",
+		conf: "default_window = \"10s\"\n[[aggregate_rules]]\nname = \"h\"\ngroup_by = [\"svc\"]\n[aggregate_rules.select]\ncategory = \"metric\"\nmetric_name = [\"req_bucket\"]\n" +
+			"[aggregate_rules.algorithms.req]\nmethod = \"merge_histogram\"\nsource_field = \"req_bucket\"\n",
+		in:   []in{{1, sample("req_bucket", 3, "measurement:prom", "le:0.1", "svc:s")}, {2, sample("req_bucket", 4, "measurement:prom", "le:0.1", "svc:s")}},
+		want: map[string]float64{"req{measurement:prom,svc:s}": 3, "req_count{measurement:prom,svc:s}": 2},
+	}, {
+		// AlignNextWallTime: a window holds the times after its start up
+		// to its end; an algorithm's window of 10 ns or less is
+		// default_window.
+		name: "windows",
+		conf: `
+default_window = "10s"
+[[aggregate_rules]]
+name = "w"
+[aggregate_rules.select]
+category = "metric"
+metric_name = ["x"]
+[aggregate_rules.algorithms.x10]
+method = "sum"
+source_field = "x"
+[aggregate_rules.algorithms.x30]
+method = "sum"
+source_field = "x"
+window = 30000000000
+[aggregate_rules.algorithms.x_default]
+method = "sum"
+source_field = "x"
+window = 10
+`,
+		in: []in{{10, sample("x", 1)}, {11, sample("x", 1)}, {20, sample("x", 1)}, {31, sample("x", 1)}},
+		want: map[string]float64{
+			"x10{}@0": 1, "x10_count{}@0": 1, "x10{}@10": 2, "x10_count{}@10": 2, "x10{}@30": 1, "x10_count{}@30": 1,
+			"x_default{}@0": 1, "x_default_count{}@0": 1, "x_default{}@10": 2, "x_default_count{}@10": 2, "x_default{}@30": 1, "x_default_count{}@30": 1,
+			"x30{}@0": 3, "x30_count{}@0": 3, "x30{}@30": 1, "x30_count{}@30": 1,
+		},
+	}, {
+		// newCalculators: source_field defaults to the output key; a
+		// group_by tag is a string, counted but not summed.
+		name: "source fields",
+		conf: `
+default_window = "10s"
+[[aggregate_rules]]
+name = "k"
+group_by = ["svc"]
+[aggregate_rules.select]
+category = "metric"
+metric_name = ["x"]
+[aggregate_rules.algorithms.x]
+method = "sum"
+[aggregate_rules.algorithms.svcs]
+method = "count"
+source_field = "svc"
+[aggregate_rules.algorithms.svcsum]
+method = "sum"
+source_field = "svc"
+`,
+		in:   []in{{1, sample("x", 2, "svc:s")}, {2, sample("x", 3, "svc:s")}},
+		want: map[string]float64{"x{svc:s}": 5, "x_count{svc:s}": 2, "svcs{svc:s}": 2, "svcs_count{svc:s}": 2},
+	}, {
+		// RuleSelector.Setup: without metric_name nothing is selected.
+		name: "no metric_name",
+		conf: "[[aggregate_rules]]\nname = \"none\"\n[aggregate_rules.select]\ncategory = \"metric\"\n[aggregate_rules.algorithms.x]\nmethod = \"sum\"\n",
+		in:   []in{{1, sample("x", 1)}},
+		want: map[string]float64{},
+	}, {
+		// cliutils.WhiteListItem: reg: entries are regular expressions.
+		name: "reg: entries",
+		conf: "default_window = 10000000000\n[[aggregate_rules]]\nname = \"r\"\ngroup_by = [\"host\", \"zone\"]\n[aggregate_rules.select]\ncategory = \"metric\"\nmeasurements = [\"reg:^m\"]\nmetric_name = [\"reg:^v\"]\n" +
+			"[aggregate_rules.algorithms.v_sum]\nmethod = \"sum\"\nsource_field = \"v\"\n",
+		in:   []in{{2, sample("v", 2, "measurement:m1", "host:a")}, {3, sample("v", 2, "measurement:m1", "host:a")}, {4, sample("v", 9, "measurement:n1", "host:a")}},
+		want: map[string]float64{"v_sum{host:a,measurement:m1}": 4, "v_sum_count{host:a,measurement:m1}": 2},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := engine(t, tt.conf, 3)
+			tn := window.NewTenant("t")
+			for i, x := range tt.in {
+				x.s.Timestamp = t0 + x.at*sec
+				e.ObserveSample(i%3, tn, x.s, t0+sec)
+			}
+			got := map[string]float64{}
+			windows := strings.Contains(tt.name, "windows")
+			for _, m := range e.Drain(t0+time.Hour.Nanoseconds(), true, func(_ int, f func()) { f() }, nil) {
+				tags := slices.Clone(m.Tags)
+				sort.Strings(tags)
+				k := m.Name + "{" + strings.Join(tags, ",") + "}"
+				if windows {
+					k += fmt.Sprint("@", (m.Timestamp-t0)/sec)
+				}
+				got[k] += m.Value
+			}
+			// Shards merge in another order than DataKit's arrival
+			// order: floats may differ in their last bits.
+			same := len(got) == len(tt.want)
+			for k, w := range tt.want {
+				g, ok := got[k]
+				same = same && ok && math.Abs(g-w) <= 1e-12*math.Abs(w)
+			}
+			if !same {
+				t.Fatalf("got  %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestDataKitSpanVectors: DataKit's selector forks a span point per
+// metric_name field; integers are numbers (count_distinct sees them as
+// floats), strings are counted and not summed. Recorded from DataKit as
+// TestDataKitVectors, with duration in microseconds.
+func TestDataKitSpanVectors(t *testing.T) {
+	e := engine(t, `
+default_window = "10s"
+[[aggregate_rules]]
+name = "t"
+group_by = ["service", "zone"]
+[aggregate_rules.select]
+category = "tracing"
+measurements = ["opentelemetry"]
+metric_name = ["duration", "resource"]
+condition = '{ duration > 500 }'
+[aggregate_rules.algorithms.d_sum]
+method = "sum"
+source_field = "duration"
+[aggregate_rules.algorithms.d_cd]
+method = "count_distinct"
+source_field = "duration"
+[aggregate_rules.algorithms.r_count]
+method = "count"
+source_field = "resource"
+[aggregate_rules.algorithms.r_cd]
+method = "count_distinct"
+source_field = "resource"
+[aggregate_rules.algorithms.r_sum]
+method = "sum"
+source_field = "resource"
+`, 1)
+	tn := window.NewTenant("t")
+	for i, x := range []struct {
+		res string
+		us  int64
+	}{{"/a", 1000}, {"/b", 2000}, {"/a", 1000}, {"/c", 100}} {
+		sp := spans.Span{TraceID: [16]byte{byte(i)}, Service: "api", Resource: x.res, Start: t0 + int64(i+1)*sec, Duration: x.us * 1000}
+		e.ObserveSpan(tn, &sp, t0+sec)
 	}
 	want := map[string]float64{
-		"t/lat_sum{host:a}": 25, "t/lat_avg{host:a}": 5, "t/lat_count{host:a}": 5, "t/lat_min{host:a}": 1, "t/lat_max{host:a}": 9,
-		"t/lat_stdev{host:a}": math.Sqrt(ss / 5), "t/lat_count_distinct{host:a}": 4, "t/lat_first{host:a}": 4, "t/lat_last{host:a}": 9,
-		"t/lat_q{host:a,quantile:0.5}": 4, "t/lat_q{host:a,quantile:1}": 9,
-		"t/lat_h{host:a,le:2}": 1, "t/lat_h{host:a,le:5}": 3, "t/lat_h{host:a,le:+Inf}": 5,
-		// A group of one value.
-		"t/lat_sum{host:b}": 3, "t/lat_avg{host:b}": 3, "t/lat_count{host:b}": 1, "t/lat_min{host:b}": 3, "t/lat_max{host:b}": 3,
-		"t/lat_stdev{host:b}": 0, "t/lat_count_distinct{host:b}": 1, "t/lat_first{host:b}": 3, "t/lat_last{host:b}": 3,
-		"t/lat_q{host:b,quantile:0.5}": 3, "t/lat_q{host:b,quantile:1}": 3,
-		"t/lat_h{host:b,le:2}": 0, "t/lat_h{host:b,le:5}": 1, "t/lat_h{host:b,le:+Inf}": 1,
+		"t/d_cd{measurement:opentelemetry,service:api}": 2, "t/d_cd_count{measurement:opentelemetry,service:api}": 2,
+		"t/d_sum{measurement:opentelemetry,service:api}": 4000, "t/d_sum_count{measurement:opentelemetry,service:api}": 3,
+		"t/r_cd{measurement:opentelemetry,service:api}": 2, "t/r_cd_count{measurement:opentelemetry,service:api}": 2,
+		"t/r_count{measurement:opentelemetry,service:api}": 3, "t/r_count_count{measurement:opentelemetry,service:api}": 3,
 	}
-	for k, w := range want {
-		if g, ok := got[k]; !ok || math.Abs(g-w) > 1e-9+0.01*math.Abs(w) {
-			t.Errorf("%s = %v (present %v), want %v", k, g, ok, w)
+	if got := drain(e); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got  %v\nwant %v", got, want)
+	}
+}
+
+// TestDataKitLargeInputs holds what DataKit's algoQuantiles (past its
+// 8192-value reservoir, replacing slots by HashCombine of the count) and
+// algoCountDistinct (past 4096 values, a 2^18-bit linear counting sketch)
+// give for 0, 1, …, n−1 added in order, recorded by running them.
+func TestDataKitLargeInputs(t *testing.T) {
+	var q acc
+	for i := range 20000 {
+		q.addQuantile(float64(i))
+	}
+	if q.qn != 20000 || len(q.all) != quantileSampleLimit {
+		t.Fatalf("count %d, kept %d", q.qn, len(q.all))
+	}
+	slices.Sort(q.all)
+	for _, v := range []struct{ p, want float64 }{{0.5, 9020.5}, {0.9, 18043.9}, {0.99, 19813.09}} {
+		if got := percentile(q.all, v.p); math.Abs(got-v.want) > 1e-9 {
+			t.Errorf("P%v = %v, DataKit %v", v.p*100, got, v.want)
 		}
 	}
-	if len(got) != len(want) {
-		t.Errorf("got %d series, want %d: %v", len(got), len(want), got)
+	var d acc
+	var b []byte
+	for i := range 50000 {
+		b = distinctText(b[:0], filter.Num(float64(i)))
+		d.addHash(fnv1a(b))
 	}
-	// An empty window emits nothing.
-	if out := e.Drain(t0+2*time.Hour.Nanoseconds(), true, func(_ int, f func()) { f() }, nil); len(out) != 0 {
-		t.Fatalf("an empty window emitted %v", out)
+	if n := d.distinctCount(); n != 46613 {
+		t.Fatalf("estimate %d, DataKit 46613", n)
 	}
 }
 
@@ -171,9 +467,9 @@ func TestWindowsAndDropOriginals(t *testing.T) {
 		s.Timestamp = t0 + ts*sec
 		e.ObserveSample(0, tn, s, t0+sec)
 	}
-	// Windows of 20 s, due at end + grace (2 s): [t0, t0+20) at t0+22.
+	// Windows of 20 s, due at end + grace (2 s): (t0, t0+20] at t0+22.
 	out := e.Drain(t0+22*sec, false, func(_ int, f func()) { f() }, nil)
-	if len(out) != 1 || out[0].Value != 2 || out[0].Timestamp != t0 || out[0].Interval != 20*sec {
+	if len(out) != 2 || out[0].Value != 2 || out[0].Timestamp != t0 || out[0].Interval != 20*sec || out[1].Name != "x_sum_count" {
 		t.Fatalf("first window: %+v", out)
 	}
 	if matched, r := e.ObserveSample(0, tn, sample("x", 1), t0+int64(2*time.Hour)); !matched || r != window.ReasonTooOld {
@@ -184,22 +480,35 @@ func TestWindowsAndDropOriginals(t *testing.T) {
 func TestParseErrorsNameTheRuleAndField(t *testing.T) {
 	base := "[[aggregate_rules]]\nname = \"r1\"\n[aggregate_rules.select]\ncategory = \"metric\"\n"
 	for _, tc := range []struct{ text, want string }{
+		// validateAggregationAlgo's refusals.
 		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"expo_histogram\"\nsource_field = \"x\"\n", `"r1": algorithms."o".method "expo_histogram"`},
+		{base + "[aggregate_rules.algorithms.\"q\"]\nmethod = \"quantiles\"\n", `quantiles requires quantile_opts.percentiles`},
+		{base + "[aggregate_rules.algorithms.\"q\"]\nmethod = \"quantiles\"\n[aggregate_rules.algorithms.\"q\".quantile_opts]\npercentiles = [1.5]\n", `1.5 is not in [0, 1]`},
+		{base + "[aggregate_rules.algorithms.\"o\"]\nsource_field = \"x\"\n", `algorithms."o".method is empty`},
 		{base + "[[aggregate_rules.derived_metrics]]\nname = \"d\"\n", `aggregate_rules[0] "r1": unsupported key "derived_metrics"`},
 		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\nsource_field = \"x\"\nbogus = 1\n", `aggregate_rules[0] "r1": unsupported key "algorithms.o.bogus"`},
+		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\nbuckets = [1]\n", `unsupported key "algorithms.o.buckets"`},
 		{"[[aggregate_rules]]\nname = \"ok\"\n[[aggregate_rules]]\nname = \"r3\"\nwindw = \"1m\"\n", `aggregate_rules[1] "r3": unsupported key "windw"`},
-		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\n", `"r1": algorithms."o".source_field is empty`},
 		{base, `"r1": no algorithms`},
-		{"[[aggregate_rules]]\nname = \"r2\"\n[aggregate_rules.select]\ncategory = \"logging\"\n", `"r2": select.category "logging"`},
+		{"[[aggregate_rules]]\nname = \"r2\"\n[aggregate_rules.select]\ncategory = \"logs\"\n", `"r2": select.category "logs" is not a DataKit category`},
 		{base + "condition = \"{ a = }\"\n[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\nsource_field = \"x\"\n", `"r1": select.condition`},
+		{base + "metric_name = [\"reg:(\"]\n[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\n", `select.metric_name "reg:("`},
+		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\nwindow = \"soon\"\n", `algorithms."o".window`},
 		{"action = \"maybe\"\n", "action"},
 		{"default_window = \"soon\"\n", "default_window"},
-		{base + "[aggregate_rules.algorithms.\"o\"]\nmethod = \"sum\"\nsource_field = \"x\"\nbuckets = [1]\n", "buckets go with histogram"},
+		{"default_window = true\n", "default_window"},
 	} {
 		_, err := Parse(tc.text)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("got %v, want an error containing %s", err, tc.want)
 		}
+	}
+	// What DataKit accepts loads: a method written "SUM ", an integer
+	// default_window, other categories, expo_opts.
+	set, err := Parse("default_window = 20000000000\n[[aggregate_rules]]\nname = \"l\"\n[aggregate_rules.select]\ncategory = \"logging\"\nmetric_name = [\"message\"]\n" +
+		"[aggregate_rules.algorithms.n]\nmethod = \"SUM \"\n[aggregate_rules.algorithms.n.expo_opts]\nmax_scale = 20\n")
+	if err != nil || set.DefaultWindow != 20*time.Second || set.Rules[0].Algorithms[0].Method != Sum || set.Rules[0].Algorithms[0].SourceField != "n" {
+		t.Fatalf("%+v %v", set, err)
 	}
 }
 
@@ -216,7 +525,8 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	f.Add(datakitExamples)
-	f.Add("[[aggregate_rules]]\nname = \"x\"\n[aggregate_rules.select]\ncategory = \"metric\"\ncondition = \"{ a IN [1] }\"\n[aggregate_rules.algorithms.\"q\"]\nmethod = \"quantiles\"\nsource_field = \"a\"\nquantiles = [0.5]\n")
+	f.Add(every)
+	f.Add("[[aggregate_rules]]\nname = \"x\"\n[aggregate_rules.select]\ncategory = \"metric\"\nmetric_name = [\"reg:.\"]\ncondition = \"{ a IN [1] }\"\n[aggregate_rules.algorithms.\"q\"]\nmethod = \"quantiles\"\nsource_field = \"a\"\n[aggregate_rules.algorithms.\"q\".quantile_opts]\npercentiles = [0.5]\n")
 	f.Fuzz(func(t *testing.T, text string) {
 		set, err := Parse(text)
 		if err != nil {
@@ -240,7 +550,7 @@ func FuzzParse(f *testing.F) {
 func TestReplayCutoffSkipsDrainedWindows(t *testing.T) {
 	e := engine(t, xSum20s, 1)
 	tn := window.NewTenant("t")
-	e.SetReplayCutoff(t0 + 22*sec) // [t0, t0+20) was drained at t0+22
+	e.SetReplayCutoff(t0 + 22*sec) // (t0, t0+20] was drained at t0+22
 	for _, ts := range []int64{1, 15, 25} {
 		s := sample("x", 1)
 		s.Timestamp = t0 + ts*sec
@@ -253,7 +563,7 @@ func TestReplayCutoffSkipsDrainedWindows(t *testing.T) {
 	s.Timestamp = t0 + 5*sec
 	e.ObserveSample(0, tn, s, t0+30*sec) // after replay: a late sample counts
 	got := drain(e)
-	if got["t/x_sum{}"] != 2 || len(got) != 1 {
+	if got["t/x_sum{}"] != 2 || got["t/x_sum_count{}"] != 2 || len(got) != 2 {
 		t.Fatalf("got %v, want the open window's sample and the late one", got)
 	}
 	if d := e.Due(t0 + 25*sec); d < t0+40*sec+2*sec {
