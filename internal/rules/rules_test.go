@@ -167,14 +167,6 @@ source_field = "lat"
 percentiles = [0.5, 0.9, 0.99]
 `
 
-// observeAt feeds samples of one tenant at t0 plus their second offsets.
-func observeAt(e *Engine, tn *window.Tenant, at []int64, ss ...*window.Sample) {
-	for i, s := range ss {
-		s.Timestamp = t0 + at[i]*sec
-		e.ObserveSample(i%len(e.shards), tn, s, t0+sec)
-	}
-}
-
 // TestDataKitVectors holds the outputs of DataKit's aggregator (cliutils
 // aggregate: AggregatorConfigure.Setup, PickPoints, newCalculators,
 // Cache.AddBatchs, WindowsToData and each calculator's Aggr), recorded by
