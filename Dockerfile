@@ -6,7 +6,9 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/aggd ./cmd/aggd
+# The release; tag the image with it too (docker build -t aggd:0.1.0 .).
+ARG VERSION=0.1.0
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X github.com/aggd/aggd/internal/telemetry.version=${VERSION}" -o /out/aggd ./cmd/aggd
 RUN mkdir -p /out/data
 
 FROM gcr.io/distroless/static-debian12:nonroot
