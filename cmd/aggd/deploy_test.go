@@ -457,8 +457,9 @@ func checkAndStart(t *testing.T, objs map[string]k8sObject) {
 		ports[p.Name] = p.ContainerPort
 	}
 	listen := strconv.Itoa(ports["grpc"])
-	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) || port(opts["dogstatsd-udp"]) != strconv.Itoa(ports["dogstatsd"]) {
-		t.Errorf("container ports %v, aggd listens on %s, %s and %s", ports, opts["listen"], opts["admin-listen"], opts["dogstatsd-udp"])
+	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) || port(opts["dogstatsd-udp"]) != strconv.Itoa(ports["dogstatsd"]) ||
+		port(opts["otlp-http-listen"]) != strconv.Itoa(ports["otlp-http"]) {
+		t.Errorf("container ports %v, aggd listens on %s, %s, %s and %s", ports, opts["listen"], opts["admin-listen"], opts["dogstatsd-udp"], opts["otlp-http-listen"])
 	}
 	for _, p := range []probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
 		if p.GRPC == nil || strconv.Itoa(p.GRPC.Port) != listen {
@@ -531,7 +532,9 @@ func checkAndStart(t *testing.T, objs map[string]k8sObject) {
 	cfgText, _ := os.ReadFile(local["config"])
 	os.WriteFile(local["config"], []byte(strings.ReplaceAll(string(cfgText), "https://api.datadoghq.com", intake.URL)), 0o600)
 	local["dogstatsd-udp"] = freeUDP(t)
+	local["otlp-http-listen"] = "127.0.0.1:0"
 	delete(env, "AGGD_DOGSTATSD_UDP")
+	delete(env, "AGGD_OTLP_HTTP_LISTEN")
 	startedHealthy(t, local, env, secretEnv)
 }
 
