@@ -17,8 +17,8 @@ COPY --from=build /out/aggd /usr/local/bin/aggd
 COPY --from=build --chown=nonroot:nonroot /out/data /var/lib/aggd
 VOLUME /var/lib/aggd
 USER nonroot:nonroot
-# gRPC (and OTLP/gRPC), admin /metrics, DogStatsD.
-EXPOSE 8127 8128 8125/udp
+# gRPC (and OTLP/gRPC), admin /metrics, DogStatsD, OTLP/HTTP (when set).
+EXPOSE 8127 8128 8125/udp 4318
 ENV AGGD_LISTEN=:8127 \
     AGGD_ADMIN_LISTEN=:8128 \
     AGGD_LOG_FORMAT=json \
