@@ -54,9 +54,17 @@ type rawRule struct {
 	HashKeys  []string `toml:"hash_keys"` // read and unused, as in DataKit
 }
 
+// rawBuiltinMetric is a builtin_metrics entry: read and unused, since aggd
+// reports its sampling in its own metrics (see the README).
+type rawBuiltinMetric struct {
+	Name    string `toml:"name"`
+	Enabled bool   `toml:"enabled"`
+}
+
 type rawGroups struct {
-	DataTTL         any `toml:"data_ttl"`
-	Version         int `toml:"version"`
+	DataTTL         any                `toml:"data_ttl"`
+	BuiltinMetrics  []rawBuiltinMetric `toml:"builtin_metrics"`
+	Version         int                `toml:"version"`
 	GroupDimensions []struct {
 		GroupKey  string    `toml:"group_key"`
 		Pipelines []rawRule `toml:"pipelines"`
@@ -66,10 +74,11 @@ type rawGroups struct {
 type rawPolicy struct {
 	Version int `toml:"version"`
 	Trace   struct {
-		DataTTL          any       `toml:"data_ttl"`
-		Version          int       `toml:"version"`
-		GroupKey         string    `toml:"group_key"`
-		SamplingPipeline []rawRule `toml:"sampling_pipeline"`
+		DataTTL          any                `toml:"data_ttl"`
+		BuiltinMetrics   []rawBuiltinMetric `toml:"builtin_metrics"`
+		Version          int                `toml:"version"`
+		GroupKey         string             `toml:"group_key"`
+		SamplingPipeline []rawRule          `toml:"sampling_pipeline"`
 	} `toml:"trace"`
 	Logging rawGroups `toml:"logging"`
 	RUM     rawGroups `toml:"rum"`
@@ -104,7 +113,7 @@ func ParsePolicy(text string) (*Policy, error) {
 		return nil, err
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		return nil, fmt.Errorf("unsupported key %q (aggd supports version, [trace] data_ttl, group_key, sampling_pipeline, and [logging]/[rum] data_ttl, group_dimensions)", und[0].String())
+		return nil, fmt.Errorf("unsupported key %q (aggd supports version, [trace] data_ttl, group_key, sampling_pipeline, builtin_metrics, and [logging]/[rum] data_ttl, group_dimensions, builtin_metrics)", und[0].String())
 	}
 	p := &Policy{Version: raw.Version}
 	if p.DataTTL, err = ttl(raw.Trace.DataTTL, "trace", DefaultDataTTL); err != nil {

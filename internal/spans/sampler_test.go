@@ -105,6 +105,97 @@ func TestDataKitExampleLoads(t *testing.T) {
 	}
 }
 
+// datakitDocExamples are the tail-sampling examples of DataKit's
+// aggregate documentation (feature-overview.md, sections 5.5 to 5.7), key
+// for key.
+const datakitDocExamples = `
+[trace]
+data_ttl = "5m"
+
+  [[trace.builtin_metrics]]
+  name = "trace_total_count"
+  enabled = true
+
+  [[trace.builtin_metrics]]
+  name = "trace_duration"
+  enabled = true
+
+  [[trace.sampling_pipeline]]
+  name = "keep_errors"
+  type = "condition"
+  condition = "{ status = 'error' }"
+  action = "keep"
+
+  [[trace.sampling_pipeline]]
+  name = "default_sample"
+  type = "probabilistic"
+  condition = "{ 1 = 1 }"
+  rate = 0.1
+
+[logging]
+data_ttl = "1m"
+
+  [[logging.builtin_metrics]]
+  name = "logging_total_count"
+  enabled = true
+
+  [[logging.group_dimensions]]
+  group_key = "fields.user_id"
+
+    [[logging.group_dimensions.pipelines]]
+    name = "keep_error_logs"
+    type = "condition"
+    condition = "{ status = 'error' }"
+    action = "keep"
+
+    [[logging.group_dimensions.pipelines]]
+    name = "sample_normal_logs"
+    type = "probabilistic"
+    condition = "{ 1 = 1 }"
+    rate = 0.1
+
+[rum]
+data_ttl = "1m"
+
+  [[rum.builtin_metrics]]
+  name = "rum_total_count"
+  enabled = true
+
+  [[rum.group_dimensions]]
+  group_key = "fields.session.id"
+
+    [[rum.group_dimensions.pipelines]]
+    name = "keep_error_sessions"
+    type = "condition"
+    condition = "{ status = 'error' }"
+    action = "keep"
+`
+
+// TestDataKitDocExamplesLoad: the documented files load unchanged and
+// decide as documented: errors kept, a tenth of the rest by DataKit's hash.
+func TestDataKitDocExamplesLoad(t *testing.T) {
+	p := mustPolicy(t, datakitDocExamples)
+	if p.DataTTL != 5*time.Minute || len(p.Rules) != 2 || len(p.Logging) != 1 || p.Logging[0].GroupKey != "fields.user_id" || len(p.RUM) != 1 {
+		t.Fatalf("policy %+v", p)
+	}
+	kept := 0
+	for i := range 10000 {
+		id := traceID(uint64(i))
+		if Judge(p, id, []Span{sp(id, 0, nil)}) != KeepByRate(id, 0.1) {
+			t.Fatal("a plain trace was not decided by rate 0.1")
+		}
+		if Judge(p, id, []Span{sp(id, 0, func(s *Span) { s.Error = true })}) != true {
+			t.Fatal("an error trace was dropped")
+		}
+		if KeepByRate(id, 0.1) {
+			kept++
+		}
+	}
+	if kept < 900 || kept > 1100 {
+		t.Fatalf("kept %d of 10000 at 0.1", kept)
+	}
+}
+
 func TestPolicyErrors(t *testing.T) {
 	for _, tc := range []struct{ text, want string }{
 		{"[trace]\ngroup_key = \"span_id\"", "only trace_id"},
