@@ -88,21 +88,33 @@ var gramRecords = []rec{
 	{"a": IntValue(-1), "s": Str(""), "b": BoolValue(true), "f": Num(math.Inf(1))},
 }
 
-// TestDataKitGrammarCorpus replays testdata/datakit-grammar.txt: conditions
-// generated from DataKit's grammar (grammar_test.go) by seed 1, with what
-// DataKit's filter.GetConds and WhereConditions.Eval made of each on
-// gramRecords ("E": refused; else one 0 or 1 per record). aggd must refuse
-// the same conditions and match the same records.
+// TestDataKitGrammarCorpus replays testdata/datakit-grammar.txt and
+// datakit-grammar-plain.txt: conditions generated from DataKit's grammar
+// (grammar_test.go; seed 1, and seed 2 keeping to what DataKit evaluates),
+// with what DataKit's filter.GetConds and WhereConditions.Eval made of each
+// on gramRecords ("E": refused; else one 0 or 1 per record). aggd must
+// refuse the same conditions and match the same records.
 func TestDataKitGrammarCorpus(t *testing.T) {
-	f, err := os.Open("testdata/datakit-grammar.txt")
+	for _, c := range []struct {
+		file string
+		g    *grammar
+	}{
+		{"testdata/datakit-grammar.txt", &grammar{r: rand.New(rand.NewSource(1))}},
+		{"testdata/datakit-grammar-plain.txt", &grammar{r: rand.New(rand.NewSource(2)), plain: true}},
+	} {
+		t.Run(c.file, func(t *testing.T) { replayCorpus(t, c.file, c.g) })
+	}
+}
+
+func replayCorpus(t *testing.T, file string, g *grammar) {
+	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(nil, 1<<20)
-	g := &grammar{r: rand.New(rand.NewSource(1))}
-	n, bad := 0, 0
+	n, bad, matches := 0, 0, 0
 	for sc.Scan() {
 		want, quoted, _ := strings.Cut(sc.Text(), "\t")
 		src, err := strconv.Unquote(quoted)
@@ -113,6 +125,7 @@ func TestDataKitGrammarCorpus(t *testing.T) {
 			t.Fatalf("line %d: the generator gives %q, the corpus %q", n+1, gen, src)
 		}
 		n++
+		matches += strings.Count(want, "1")
 		c, err := Compile(src)
 		got := "E"
 		if err == nil {
@@ -132,8 +145,8 @@ func TestDataKitGrammarCorpus(t *testing.T) {
 	if bad > 0 {
 		t.Errorf("%d of %d conditions differ from DataKit", bad, n)
 	}
-	if n < 3000 {
-		t.Fatalf("only %d conditions in the corpus", n)
+	if n < 3000 || matches < 1000 {
+		t.Fatalf("only %d conditions, %d matches in the corpus", n, matches)
 	}
 }
 
@@ -152,7 +165,7 @@ func FuzzDataKitGrammar(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, seed int64) {
-		g := &grammar{r: rand.New(rand.NewSource(seed))}
+		g := &grammar{r: rand.New(rand.NewSource(seed)), plain: seed%2 == 0}
 		src := g.stmts()
 		c, err := Compile(src)
 		if err != nil {

@@ -13,6 +13,10 @@ import (
 type grammar struct {
 	r     *rand.Rand
 	depth int
+	// plain keeps to what DataKit evaluates (no arithmetic, calls, a.b,
+	// fields on the right, lone parentheses, empty lists), so that most
+	// conditions hold on some points and not on others.
+	plain bool
 }
 
 // Names the generated conditions read; gramRecords give them values.
@@ -24,7 +28,7 @@ func (g *grammar) pick(xs ...string) string { return xs[g.r.Intn(len(xs))] }
 func (g *grammar) stmts() string {
 	var parts []string
 	for n := 1 + g.r.Intn(3); n > 0; n-- {
-		if g.r.Intn(12) == 0 {
+		if !g.plain && g.r.Intn(12) == 0 {
 			parts = append(parts, "") // empty where_conditions
 			continue
 		}
@@ -36,7 +40,11 @@ func (g *grammar) stmts() string {
 // where_conditions: '{' filter_list '}'.
 func (g *grammar) whereConditions() string {
 	var elems []string
-	for n := g.r.Intn(4); n > 0; n-- {
+	n := g.r.Intn(4)
+	if g.plain {
+		n = 1 + g.r.Intn(2)
+	}
+	for ; n > 0; n-- {
 		elems = append(elems, g.filterElem())
 	}
 	s := strings.Join(elems, g.pick(",", ", ", " ,\n"))
@@ -48,7 +56,7 @@ func (g *grammar) whereConditions() string {
 
 // filter_elem: binary_expr | paren_expr.
 func (g *grammar) filterElem() string {
-	if g.r.Intn(10) == 0 {
+	if !g.plain && g.r.Intn(10) == 0 {
 		return "(" + g.binaryExpr() + ")"
 	}
 	return g.binaryExpr()
@@ -64,9 +72,11 @@ func (g *grammar) binaryExpr() string {
 		return g.columnref() + " " + g.pick("IN", "in", "NOTIN", "not_in") + " [" + g.arrayList() + "]"
 	case k < 15:
 		return g.columnref() + " " + g.pick("MATCH", "NOTMATCH", "match", "notmatch") + " [" + g.regexList() + "]"
-	case k < 19 && g.depth < 4:
+	case k < 19 && g.depth < 4, g.plain && g.depth < 3:
 		l, r := g.logicOperand(), g.logicOperand()
 		return l + " " + g.pick("AND", "OR", "and", "or", "&&", "||") + " " + r
+	case g.plain:
+		return g.columnref() + " " + g.pick("=", "!=", "<", ">=") + " " + g.literal()
 	}
 	// Arithmetic, which DataKit parses and evaluates as false.
 	return g.operandLeft() + " " + g.pick("+", "-", "*", "^") + " " + g.numberLiteral() + g.pick("", " > 1")
@@ -80,6 +90,9 @@ func (g *grammar) logicOperand() string {
 }
 
 func (g *grammar) operandLeft() string {
+	if g.plain {
+		return g.columnref()
+	}
 	switch k := g.r.Intn(20); {
 	case k < 12:
 		return g.columnref()
@@ -94,6 +107,11 @@ func (g *grammar) operandLeft() string {
 }
 
 func (g *grammar) operandRight() string {
+	if g.plain && g.r.Intn(6) == 0 {
+		return "re(" + g.stringLiteral(g.pick("5.*", "^e", "x|o", "")) + ")"
+	} else if g.plain {
+		return g.literal()
+	}
 	switch k := g.r.Intn(20); {
 	case k < 14:
 		return g.literal()
@@ -155,7 +173,11 @@ func (g *grammar) stringLiteral(s string) string {
 // string, columnref, nil, bool or '*'.
 func (g *grammar) arrayList() string {
 	var elems []string
-	for n := g.r.Intn(4); n > 0; n-- {
+	n := g.r.Intn(4)
+	if g.plain {
+		n = 1 + g.r.Intn(3)
+	}
+	for ; n > 0; n-- {
 		switch g.r.Intn(12) {
 		case 0:
 			elems = append(elems, g.columnref())
