@@ -101,6 +101,9 @@ func TestFlusherTicksGraceAndLatePartials(t *testing.T) {
 		want := []flushtest.Point{
 			{Tick: at(20 * time.Second), Tenant: "acme", Name: "c", Type: window.TypeCount, TS: at(0), Value: 3},
 			{Tick: at(30 * time.Second), Tenant: "acme", Name: "c", Type: window.TypeCount, TS: at(0), Value: 7, Late: true}, // the corrected total
+			// A counter without samples is flushed with 0 until its
+			// expiry, as the Agent does.
+			{Tick: at(30 * time.Second), Tenant: "acme", Name: "c", Type: window.TypeCount, TS: at(10 * time.Second), Value: 0},
 		}
 		if got := exp.Points(); !slices.Equal(got, want) {
 			t.Fatalf("got  %+v\nwant %+v", got, want)

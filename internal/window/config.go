@@ -27,17 +27,23 @@ type Config struct {
 	// MaxSetSize bounds the distinct members of one SET context in one
 	// bucket; new members past it are rejected (set_limit).
 	MaxSetSize int
+	// CounterExpiry is how long after its last sample a COUNT context is
+	// flushed with 0 every interval it has no sample, as the Datadog
+	// Agent does for DogStatsD counters (dogstatsd_expiry_seconds); zero
+	// turns it off.
+	CounterExpiry time.Duration
 }
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		Interval:    10 * time.Second,
-		Grace:       2 * time.Second,
-		MaxLateness: time.Hour,
-		MaxFuture:   10 * time.Minute,
-		ContextTTL:  15 * time.Minute,
-		MaxSetSize:  100_000,
+		Interval:      10 * time.Second,
+		Grace:         2 * time.Second,
+		MaxLateness:   time.Hour,
+		MaxFuture:     10 * time.Minute,
+		ContextTTL:    15 * time.Minute,
+		MaxSetSize:    100_000,
+		CounterExpiry: 300 * time.Second,
 	}
 }
 
@@ -58,6 +64,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("window: context ttl %v must be at least max_future + rollup + grace + interval = %v", c.ContextTTL, c.minTTL())
 	case c.MaxSetSize < 1:
 		return errors.New("window: max set size must be positive")
+	case c.CounterExpiry < 0:
+		return errors.New("window: counter expiry must not be negative")
 	}
 	return nil
 }

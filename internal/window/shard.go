@@ -24,6 +24,11 @@ type context struct {
 	// keptUntil is the tick until which a kept bucket holds the context:
 	// it is not forgotten before, so that late samples find it.
 	keptUntil int64
+	// A COUNT context is flushed with 0 in the interval buckets that start
+	// in [zeroFrom, zeroUntil): from its first sample's to its last sample
+	// plus the counter expiry; counting says it is in Shard.counters.
+	zeroFrom, zeroUntil int64
+	counting            bool
 }
 
 type bucketKey struct{ start, width int64 }
@@ -49,6 +54,11 @@ type Shard struct {
 	corrected []*Bucket
 	// fold, if set, takes the samples of a tenant past its context bound.
 	fold func(t *Tenant, s *Sample, now int64) Reason
+	// counters are the COUNT contexts within their expiry, zero-filled
+	// every interval; zeroed is the start of the last bucket filled.
+	counters      []*context
+	counterExpiry int64
+	zeroed        int64
 }
 
 // sweepBudget bounds the contexts one Drain examines for expiry, so that a
@@ -65,6 +75,8 @@ func NewShard(cfg Config) *Shard {
 		contexts: make(map[uint64]*context),
 		buckets:  make(map[bucketKey]*Bucket),
 		kept:     make(map[bucketKey]*Bucket),
+
+		counterExpiry: int64(cfg.CounterExpiry),
 	}
 }
 
@@ -156,6 +168,15 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 	case TypeCount:
 		sl.v += v * weight
 		sl.flags |= hasValue
+		if sh.counterExpiry > 0 {
+			from := Start(ts, sh.timing.interval)
+			if !c.counting {
+				c.counting, c.zeroFrom = true, from
+				sh.counters = append(sh.counters, c)
+			}
+			c.zeroFrom = min(c.zeroFrom, from)
+			c.zeroUntil = max(c.zeroUntil, ts+sh.counterExpiry)
+		}
 	case TypeRate:
 		r := &b.rates[sl.ext]
 		if c.lastT != 0 {
@@ -315,12 +336,14 @@ func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 	}
 	clear(sh.corrected)
 	sh.corrected = sh.corrected[:0]
+	start := len(out)
 	for k, b := range sh.buckets {
 		if all || sh.timing.Due(k.start, k.width) <= tick {
 			delete(sh.buckets, k)
 			out = sh.settle(k, b, out)
 		}
 	}
+	out = sh.zeroFill(tick, start, out)
 	sh.last = nil
 	sh.watermark = max(sh.watermark, tick)
 	for k, b := range sh.kept {
@@ -332,6 +355,59 @@ func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 		}
 	}
 	sh.expire(tick, sweepBudget)
+	return out
+}
+
+// zeroFill gives every COUNT context within its expiry a 0 in the last
+// interval bucket due at tick, unless it has a value there, as the Agent's
+// TimeSampler.countersSampleZeroValue does; drained holds the buckets this
+// drain handed out. Contexts past their expiry leave the list.
+func (sh *Shard) zeroFill(tick int64, drained int, out []*Bucket) []*Bucket {
+	if len(sh.counters) == 0 {
+		return out
+	}
+	iv := sh.timing.interval
+	k := bucketKey{Start(tick-sh.timing.grace, iv) - iv, iv}
+	if k.start <= sh.zeroed {
+		return out
+	}
+	sh.zeroed = k.start
+	var b *Bucket
+	for _, d := range out[drained:] {
+		if d.Start == k.start && d.Width == k.width && !d.Late {
+			b = d
+		}
+	}
+	fresh := b == nil
+	if fresh {
+		if _, flushed := sh.kept[k]; flushed {
+			return out // flushed by an earlier drain
+		}
+		b = getBucket(k.start, k.width, false)
+	}
+	for i := 0; i < len(sh.counters); {
+		c := sh.counters[i]
+		if c.zeroUntil <= k.start {
+			c.counting, c.zeroFrom, c.zeroUntil = false, 0, 0
+			last := len(sh.counters) - 1
+			sh.counters[i] = sh.counters[last]
+			sh.counters[last] = nil
+			sh.counters = sh.counters[:last]
+			continue
+		}
+		if _, ok := b.index[c]; !ok && k.start >= c.zeroFrom {
+			j := b.newSlot(c, TypeCount)
+			b.slots[j].flags |= hasValue
+		}
+		i++
+	}
+	if fresh {
+		if b.Len() == 0 {
+			b.release()
+			return out
+		}
+		return sh.settle(k, b, out)
+	}
 	return out
 }
 
@@ -385,7 +461,7 @@ func (sh *Shard) expire(now int64, budget int) {
 			sh.sweep = 0
 		}
 		c := sh.all[sh.sweep]
-		if now-c.seen <= sh.ttl || now <= c.keptUntil {
+		if now-c.seen <= sh.ttl || now <= c.keptUntil || c.counting {
 			sh.sweep++
 			continue
 		}

@@ -43,6 +43,7 @@ type out struct {
 func testConfig() Config {
 	c := DefaultConfig()
 	c.MaxSetSize = 3
+	c.CounterExpiry = 0 // TestCounterZeroFill covers it
 	return c
 }
 
@@ -308,6 +309,47 @@ func TestArrivalTimeSamplesAreNeverLate(t *testing.T) {
 	got := collect(sh.Drain(t0+40*sec, false, nil))
 	if want := []out{{key: "c||", ts: t0/sec + 20, value: 2}}; !slices.Equal(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+// TestCounterZeroFill follows the Agent's TimeSampler: a counter context is
+// flushed with 0 in every interval bucket it has no sample in, while the
+// bucket starts before its last sample plus the expiry
+// (countersSampleZeroValue: expiry + lastSampled > bucket start).
+func TestCounterZeroFill(t *testing.T) {
+	cfg := testConfig()
+	cfg.CounterExpiry = 30 * time.Second
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 2, now: t0 + 5*sec})
+	add(t, sh, tn, in{name: "g", typ: TypeGauge, v: 1, now: t0 + 5*sec})
+	var got []out
+	for tick := t0 + 20*sec; tick <= t0+90*sec; tick += 10 * sec {
+		if tick == t0+40*sec { // a sample in [t0+30, t0+40) pushes expiry on
+			add(t, sh, tn, in{name: "c", typ: TypeCount, v: 3, now: t0 + 31*sec})
+		}
+		got = append(got, collect(sh.Drain(tick, false, nil))...)
+	}
+	sort.Slice(got, func(i, j int) bool {
+		return got[i].key < got[j].key || got[i].key == got[j].key && got[i].ts < got[j].ts
+	})
+	bs := t0 / sec
+	want := []out{
+		{key: "c||", ts: bs, value: 2},
+		{key: "c||", ts: bs + 10, value: 0},
+		{key: "c||", ts: bs + 20, value: 0},
+		{key: "c||", ts: bs + 30, value: 3},
+		{key: "c||", ts: bs + 40, value: 0},
+		{key: "c||", ts: bs + 50, value: 0},
+		{key: "c||", ts: bs + 60, value: 0}, // 31 + 30 > 60
+		{key: "g||", ts: bs, value: 1},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got  %+v\nwant %+v", got, want)
+	}
+	// The bucket at t0+70 is past t0+31+30: the counter left the list.
+	if n := len(sh.counters); n != 0 {
+		t.Fatalf("%d counters still zero-filled", n)
 	}
 }
 
