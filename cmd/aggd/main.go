@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -52,6 +51,7 @@ import (
 	configpkg "github.com/aggd/aggd/internal/config"
 	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
@@ -76,11 +76,6 @@ func main() {
 // run builds aggd from args and the environment, serves until ctx is done,
 // then shuts down in order. ready, if set, is told the bound addresses.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(grpcAddr, adminAddr string)) error {
-	build := telemetry.BuildInfo()
-	if slices.ContainsFunc(args, func(a string) bool { return a == "--version" || a == "-version" }) {
-		_, err := fmt.Fprintln(stdout, build)
-		return err
-	}
 	cfg, err := parseConfig(args, getenv, stderr)
 	if err != nil {
 		return err
@@ -106,7 +101,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants, cfg.MetricsMaxTenants))
-	telemetry.RegisterBuildInfo(reg, build)
 
 	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
 		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout, InstanceID: cfg.Hostname,
@@ -116,23 +110,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	defer closeUpstreams()
-	var journal *wal.Log
+	var walLog *wal.Log
 	if cfg.WALDir != "" {
 		// Payloads a crash left queued are sent again once the router starts.
 		if err := router.Spool(filepath.Join(cfg.WALDir, "queue"), cfg.QueueMaxBytes); err != nil {
 			return err
 		}
 		sync, _ := wal.ParseSync(cfg.WALFsync)
-		if journal, err = wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync}); err != nil {
+		if walLog, err = wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync}); err != nil {
 			return err
 		}
-		defer journal.Close()
+		defer walLog.Close()
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
-			func() float64 { return float64(journal.Stats().Records) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_bytes", Help: "Bytes of the records in the write-ahead log (compressed, as written)."},
-				func() float64 { return float64(journal.Stats().Bytes) }),
+			func() float64 { return float64(walLog.Stats().Records) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aggd_wal_damaged_records_total", Help: "Write-ahead log records replay skipped because they failed their checksum."},
-				func() float64 { return float64(journal.Stats().Damaged) }),
+				func() float64 { return float64(walLog.Stats().Damaged) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_send_queue_full", Help: "1 while some upstream's send queue on disk is at --queue-max-bytes: flushes wait and batches are refused."},
 				func() float64 { return b2f(router.Full()) }))
 	}
@@ -225,7 +217,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// Memory pressure, and a full send queue on disk, push back on ingest.
 	var load interface{ Level() overload.Level }
 	switch {
-	case journal != nil:
+	case walLog != nil:
 		load = pushback{guard: guard, full: router.Full}
 	case guard != nil:
 		load = guard
@@ -263,11 +255,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if load != nil {
 		srv.SetLoadLevel(load)
 	}
-	if journal != nil {
-		eventHold, spanHold := holds(policy, cfg.Window.Interval)
-		srv.SetJournal(journal, agg.Due, eventHold, spanHold)
-		flusher.SetLog(journal)
-		if err := replay(journal, srv, log); err != nil {
+	if walLog != nil {
+		eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
+		jnl, err := journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold,
+			Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Logger: log})
+		if err != nil {
+			return err
+		}
+		srv.SetJournal(jnl)
+		flusher.SetLog(walLog)
+		if err := jnl.Replay(); err != nil {
 			return err
 		}
 	}
@@ -326,9 +323,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
-	// Series from the start for every method the interceptors count: not
-	// for Stream, which they skip and would leave at zero.
-	grpcMetrics.InitializeMetrics(exceptMethod{gs, aggdv1.AggregatorService_Stream_FullMethodName})
+	grpcMetrics.InitializeMetrics(gs)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -376,21 +371,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go func() { serveErr <- gs.Serve(lis) }()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(aggdv1.AggregatorService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	var watched []string
-	for _, w := range watchers {
-		watched = append(watched, w.Path())
-	}
-	memory := "off"
-	if cfg.MemoryLimit > 0 {
-		memory = fmt.Sprintf("%d bytes (%.0f MiB)", cfg.MemoryLimit, float64(cfg.MemoryLimit)/(1<<20))
-	}
-	wal := "off (in memory only)"
-	if cfg.WALDir != "" {
-		wal = fmt.Sprintf("%s (fsync %s)", cfg.WALDir, cfg.WALFsync)
-	}
-	log.Info("aggd serving", "version", build.Version, "grpc", lis.Addr().String(), "admin", adminAddr, "interval", cfg.Window.Interval,
-		"upstreams", describeUpstreams(upstreamFile), "wal", wal, "memory_limit", memory,
-		"auth", cfg.TenantsFile != "", "tenants_file", cfg.TenantsFile, "watched", watched)
+	log.Info("aggd serving", "grpc", lis.Addr().String(), "admin", adminAddr, "interval", cfg.Window.Interval,
+		"auth", cfg.TenantsFile != "", "output", cfg.Output)
 	if ready != nil {
 		ready(lis.Addr().String(), adminAddr)
 	}
@@ -528,48 +510,6 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// holds returns how long, past their buckets, events may wait in group
-// sampling and spans in tail sampling before they are flushed: the
-// policy's quiet times and two intervals more. Traces or event groups that
-// stay busy for longer extend their hold past this.
-func holds(p *spans.Policy, interval time.Duration) (eventHold, spanHold time.Duration) {
-	spanHold = spans.DefaultDataTTL
-	if p != nil {
-		if len(p.Logging) > 0 {
-			eventHold = p.LoggingTTL + 2*interval
-		}
-		spanHold = max(p.DataTTL, spanHold)
-	}
-	return eventHold, spanHold + 2*interval
-}
-
-// replay takes the write-ahead log's batches back into the windows before
-// aggd serves.
-func replay(j *wal.Log, srv *service.Server, log *slog.Logger) error {
-	start := time.Now()
-	records, skipped := 0, 0
-	damage, err := j.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
-		due, err := srv.Replay(rec, flushed, tick)
-		if err != nil {
-			skipped++
-			log.Error("write-ahead log record skipped", "err", err)
-			return 0, nil
-		}
-		records++
-		return due, nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, d := range damage {
-		log.Error("write-ahead log records skipped", "err", d, "records", d.Records)
-	}
-	if records+skipped+len(damage) > 0 {
-		log.Info("write-ahead log replayed", "records", records, "skipped", skipped, "took", time.Since(start))
-	}
-	return nil
-}
-
 func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, traces *spans.Runner, fl *flush.Flusher, router *upstream.Router, admin *http.Server) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
@@ -671,53 +611,12 @@ func pprofMux() *http.ServeMux {
 	return mux
 }
 
-// describeUpstreams names each upstream with its type and where it sends,
-// for the startup log (no credentials).
-func describeUpstreams(f *configpkg.File) []string {
-	var out []string
-	for _, u := range f.Upstreams {
-		to := u.Path
-		switch u.Type {
-		case "datadog":
-			to = u.URL
-		case "otlp":
-			to = u.Endpoint
-		}
-		out = append(out, fmt.Sprintf("%s (%s → %s)", u.Name, u.Type, to))
-	}
-	return out
-}
-
-// exceptMethod lists a server's services without one method.
-type exceptMethod struct {
-	*grpc.Server
-	fullMethod string
-}
-
-func (e exceptMethod) GetServiceInfo() map[string]grpc.ServiceInfo {
-	infos := e.Server.GetServiceInfo()
-	for name, info := range infos {
-		info.Methods = slices.DeleteFunc(slices.Clone(info.Methods), func(m grpc.MethodInfo) bool { return "/"+name+"/"+m.Name == e.fullMethod })
-		infos[name] = info
-	}
-	return infos
-}
-
 func newLogger(cfg config, w io.Writer) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel)))
-	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: durationText}
+	opts := &slog.HandlerOptions{Level: lvl}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// durationText writes durations as Go durations ("1.5s"), not as
-// nanoseconds, in both log formats.
-func durationText(_ []string, a slog.Attr) slog.Attr {
-	if a.Value.Kind() == slog.KindDuration {
-		a.Value = slog.StringValue(a.Value.Duration().String())
-	}
-	return a
 }

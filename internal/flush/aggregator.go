@@ -36,10 +36,6 @@ type Aggregator struct {
 	rules  RuleEngine
 
 	timing window.Timing
-	// cutoff, while a write-ahead log is replayed, is the tick of the last
-	// flush known to have carried the record: samples in buckets due by
-	// then are not added again. Zero otherwise.
-	cutoff int64
 }
 
 // RuleEngine applies aggregation rules to samples as they are aggregated,
@@ -49,16 +45,14 @@ type RuleEngine interface {
 	// aggregation.
 	DropOriginals() bool
 	// ObserveSample sees s in shard i, under that shard's lock; it reports
-	// whether a rule matched, and may refuse the sample.
-	ObserveSample(shard int, t *window.Tenant, s *window.Sample, now int64) (bool, window.Reason)
+	// whether a rule matched, and may refuse the sample. Windows due at or
+	// before cutoff (non-zero for a replayed batch) do not take it.
+	ObserveSample(shard int, t *window.Tenant, s *window.Sample, now, cutoff int64) (bool, window.Reason)
 	// Drain appends the outputs of the windows due at tick.
 	Drain(tick int64, all bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric
 	// Due returns a tick by which every window a sample at ts falls in
 	// is drained.
 	Due(ts int64) int64
-	// SetReplayCutoff makes the engine skip windows drained at or before
-	// tick; zero ends it.
-	SetReplayCutoff(tick int64)
 }
 
 // SetRules makes a apply rule engine r. Call it before ingesting.
@@ -175,17 +169,6 @@ func (a *Aggregator) Due(ts, now int64) int64 {
 	return d
 }
 
-// SetReplayCutoff makes ingestion skip samples whose buckets (and rule
-// windows) were drained at or before tick, as a write-ahead log is
-// replayed; zero ends it. It must not be called while batches are
-// ingested.
-func (a *Aggregator) SetReplayCutoff(tick int64) {
-	a.cutoff = tick
-	if a.rules != nil {
-		a.rules.SetReplayCutoff(tick)
-	}
-}
-
 // addLocked adds b's accepted samples of shard si, whose lock is held.
 // Rules see a sample once the windows took it, or instead of the windows
 // when they drop the originals they match.
@@ -202,11 +185,11 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 		}
 		if !drop {
 			if b.Results[i] = a.add(s, smp, b); b.Results[i] == window.Accepted {
-				a.rules.ObserveSample(si, b.Tenant, smp, b.Now)
+				a.rules.ObserveSample(si, b.Tenant, smp, b.Now, b.Cutoff)
 			}
 			continue
 		}
-		matched, r := a.rules.ObserveSample(si, b.Tenant, smp, b.Now)
+		matched, r := a.rules.ObserveSample(si, b.Tenant, smp, b.Now, b.Cutoff)
 		switch {
 		case r != window.Accepted:
 			b.Results[i] = r
@@ -216,10 +199,10 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 	}
 }
 
-// add adds smp to shard s, whose lock is held, unless a replay's cutoff
-// says a flush carried its bucket already.
+// add adds smp to shard s, whose lock is held, unless the batch is
+// replayed and its cutoff says a flush carried the bucket already.
 func (a *Aggregator) add(s *shard, smp *window.Sample, b *window.Batch) window.Reason {
-	if a.cutoff != 0 && a.timing.BucketDue(smp.Timestamp, b.Now) <= a.cutoff {
+	if b.Cutoff != 0 && a.timing.BucketDue(smp.Timestamp, b.Now) <= b.Cutoff {
 		return window.Accepted
 	}
 	return s.sh.Add(b.Tenant, smp, b.Now)

@@ -212,15 +212,14 @@ func TestReplayCutoffSkipsFlushedBuckets(t *testing.T) {
 	tn := window.NewTenant("t")
 	base := time.Now().Truncate(10 * time.Second)
 	cutoff := base.Add(2 * time.Second) // the flush that drained [base-10s, base)
-	agg.SetReplayCutoff(cutoff.UnixNano())
 	for _, ts := range []time.Time{base.Add(-5 * time.Second), base.Add(5 * time.Second)} {
 		b := count(tn, "c", 1, ts)
+		b.Cutoff = cutoff.UnixNano() // replayed
 		agg.Ingest(&b)
 		if b.Results[0] != window.Accepted {
 			t.Fatalf("sample at %v: %v", ts, b.Results[0])
 		}
 	}
-	agg.SetReplayCutoff(0)
 	exp := &flushtest.Exporter{}
 	flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler)).Flush(base.Add(time.Hour), true)
 	if pts := exp.Points(); len(pts) != 1 || pts[0].TS != base.Unix() {

@@ -29,10 +29,7 @@ type Engine struct {
 	spanMu    sync.Mutex
 	spanState state
 	watermark atomic.Int64
-	// cutoff skips windows drained at or before it, as a write-ahead log
-	// is replayed; zero otherwise.
-	cutoff   atomic.Int64
-	counters sync.Map // rule name → *Counters
+	counters  sync.Map // rule name → *Counters
 }
 
 type state struct {
@@ -150,19 +147,14 @@ func (e *Engine) Due(ts int64) int64 {
 	return e.timing.Due(ts, set.maxWindow)
 }
 
-// SetReplayCutoff makes the engine skip the windows drained at or before
-// tick while a write-ahead log is replayed; zero ends it.
-func (e *Engine) SetReplayCutoff(tick int64) { e.cutoff.Store(tick) }
-
-// replayed reports whether the window of a holding ts was drained before
-// the crash being replayed.
-func (e *Engine) replayed(a *Algorithm, ts int64) bool {
-	c := e.cutoff.Load()
-	if c == 0 {
+// replayed reports whether the window of a holding ts was drained by the
+// flush at cutoff, the cutoff of a replayed batch (zero: a live one).
+func (e *Engine) replayed(a *Algorithm, ts, cutoff int64) bool {
+	if cutoff == 0 {
 		return false
 	}
 	w := int64(a.Window)
-	return e.timing.Due(windowStart(ts, w), w) <= c
+	return e.timing.Due(windowStart(ts, w), w) <= cutoff
 }
 
 // ObserveSample applies the metric rules to s, which arrived at now, in
@@ -174,7 +166,10 @@ func (e *Engine) replayed(a *Algorithm, ts int64) bool {
 // measurement tag in measurements (when set) and the condition holds. Each
 // algorithm reads its source_field: the sample's value when it is the
 // sample's name, or a group_by tag's text.
-func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, now int64) (bool, window.Reason) {
+//
+// A replayed sample (cutoff non-zero) is matched but not added to windows
+// the flush at cutoff drained.
+func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, now, cutoff int64) (bool, window.Reason) {
 	set := e.set.Load()
 	if set == nil {
 		return false, window.Accepted
@@ -207,7 +202,7 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 			r.counters.Matched.Add(1)
 			for i := range r.Algorithms {
 				a := &r.Algorithms[i]
-				if e.replayed(a, ts) {
+				if e.replayed(a, ts, cutoff) {
 					continue
 				}
 				if a.SourceField == s.Name {
@@ -247,8 +242,8 @@ var spanFields = [...]string{"trace_id", "span_id", "parent_id", "resource", "st
 // spans.Observer. A span is a DataKit span point timed at its start: each
 // of its fields that metric_name selects feeds the algorithms reading it
 // (and those reading a group_by key), as DataKit forks a point per
-// selected field.
-func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
+// selected field. cutoff is as for ObserveSample.
+func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64) {
 	set := e.set.Load()
 	if set == nil || len(set.tracing) == 0 {
 		return
@@ -273,7 +268,7 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now int64) {
 			selected = true
 			for i := range r.Algorithms {
 				a := &r.Algorithms[i]
-				if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || e.replayed(a, ts) {
+				if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || e.replayed(a, ts, cutoff) {
 					continue
 				}
 				v, ok := sp.Field(a.SourceField)

@@ -62,7 +62,7 @@ func TestDataKitExamples(t *testing.T) {
 		sample("jvm.classes.loaded", 999, "measurement:other", "service_name:orders"), // another measurement
 		sample("jvm.threads.live", 5, "measurement:otel_service", "service_name:orders"),
 	} {
-		if _, r := e.ObserveSample(i%2, tn, s, t0+sec); r != window.Accepted {
+		if _, r := e.ObserveSample(i%2, tn, s, t0+sec, 0); r != window.Accepted {
 			t.Fatal(r)
 		}
 	}
@@ -72,7 +72,7 @@ func TestDataKitExamples(t *testing.T) {
 	other := root
 	other.TraceID, other.Resource = [16]byte{2}, "/cart"
 	for _, sp := range []spans.Span{root, child, other, root} {
-		e.ObserveSpan(tn, &sp, t0+sec)
+		e.ObserveSpan(tn, &sp, t0+sec, 0)
 	}
 	want := map[string]float64{
 		"acme/jvm_class_loaded_sum{measurement:otel_service,metric:jvm_class_loaded_sum,service_name:billing}":       70,
@@ -110,7 +110,7 @@ func TestDataKitDocumentedFile(t *testing.T) {
 		sample("jvm.threads.live", 6, "measurement:otel_service", "service_name:a"),
 		sample("jvm.classes.unloaded", 6, "measurement:otel_service", "service_name:a"),
 	} {
-		e.ObserveSample(0, tn, s, t0+sec)
+		e.ObserveSample(0, tn, s, t0+sec, 0)
 	}
 	want := map[string]float64{
 		"t/jvm.buffer.memory.used.max{id:direct,measurement:otel_service,method:max,service_name:a}":        30,
@@ -329,7 +329,7 @@ source_field = "svc"
 			tn := window.NewTenant("t")
 			for i, x := range tt.in {
 				x.s.Timestamp = t0 + x.at*sec
-				e.ObserveSample(i%3, tn, x.s, t0+sec)
+				e.ObserveSample(i%3, tn, x.s, t0+sec, 0)
 			}
 			got := map[string]float64{}
 			windows := strings.Contains(tt.name, "windows")
@@ -393,7 +393,7 @@ source_field = "resource"
 		us  int64
 	}{{"/a", 1000}, {"/b", 2000}, {"/a", 1000}, {"/c", 100}} {
 		sp := spans.Span{TraceID: [16]byte{byte(i)}, Service: "api", Resource: x.res, Start: t0 + int64(i+1)*sec, Duration: x.us * 1000}
-		e.ObserveSpan(tn, &sp, t0+sec)
+		e.ObserveSpan(tn, &sp, t0+sec, 0)
 	}
 	want := map[string]float64{
 		"t/d_cd{measurement:opentelemetry,service:api}": 2, "t/d_cd_count{measurement:opentelemetry,service:api}": 2,
@@ -457,14 +457,14 @@ func TestWindowsAndDropOriginals(t *testing.T) {
 	for _, ts := range []int64{1, 15, 25} {
 		s := sample("x", 1)
 		s.Timestamp = t0 + ts*sec
-		e.ObserveSample(0, tn, s, t0+sec)
+		e.ObserveSample(0, tn, s, t0+sec, 0)
 	}
 	// Windows of 20 s, due at end + grace (2 s): (t0, t0+20] at t0+22.
 	out := e.Drain(t0+22*sec, false, func(_ int, f func()) { f() }, nil)
 	if len(out) != 2 || out[0].Value != 2 || out[0].Timestamp != t0 || out[0].Interval != 20*sec || out[1].Name != "x_sum_count" {
 		t.Fatalf("first window: %+v", out)
 	}
-	if matched, r := e.ObserveSample(0, tn, sample("x", 1), t0+int64(2*time.Hour)); !matched || r != window.ReasonTooOld {
+	if matched, r := e.ObserveSample(0, tn, sample("x", 1), t0+int64(2*time.Hour), 0); !matched || r != window.ReasonTooOld {
 		t.Fatalf("an old sample: matched %v, %v", matched, r)
 	}
 }
@@ -509,8 +509,8 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 	tn := window.NewTenant("acme")
 	s := sample("jvm.classes.loaded", 1, "measurement:otel_service", "service_name:orders")
 	miss := sample("unrelated.metric", 1, "service_name:orders")
-	e.ObserveSample(0, tn, s, t0+sec) // opens the group
-	if n := testing.AllocsPerRun(100, func() { e.ObserveSample(0, tn, s, t0+sec); e.ObserveSample(0, tn, miss, t0+sec) }); n != 0 {
+	e.ObserveSample(0, tn, s, t0+sec, 0) // opens the group
+	if n := testing.AllocsPerRun(100, func() { e.ObserveSample(0, tn, s, t0+sec, 0); e.ObserveSample(0, tn, miss, t0+sec, 0) }); n != 0 {
 		t.Fatalf("%v allocations per observed sample", n)
 	}
 }
@@ -528,7 +528,7 @@ func FuzzParse(f *testing.F) {
 		tn := window.NewTenant("t")
 		for _, r := range set.Rules {
 			for _, n := range append(r.MetricNames, "m") {
-				e.ObserveSample(0, tn, sample(n, 1, "a:1"), t0+sec)
+				e.ObserveSample(0, tn, sample(n, 1, "a:1"), t0+sec, 0)
 			}
 		}
 		e.Drain(t0+time.Hour.Nanoseconds(), true, func(_ int, f func()) { f() }, nil)
@@ -542,18 +542,17 @@ func FuzzParse(f *testing.F) {
 func TestReplayCutoffSkipsDrainedWindows(t *testing.T) {
 	e := engine(t, xSum20s, 1)
 	tn := window.NewTenant("t")
-	e.SetReplayCutoff(t0 + 22*sec) // (t0, t0+20] was drained at t0+22
+	cutoff := t0 + 22*sec // (t0, t0+20] was drained at t0+22
 	for _, ts := range []int64{1, 15, 25} {
 		s := sample("x", 1)
 		s.Timestamp = t0 + ts*sec
-		if matched, _ := e.ObserveSample(0, tn, s, t0+30*sec); !matched {
+		if matched, _ := e.ObserveSample(0, tn, s, t0+30*sec, cutoff); !matched {
 			t.Fatalf("sample at +%ds not matched", ts)
 		}
 	}
-	e.SetReplayCutoff(0)
 	s := sample("x", 1)
 	s.Timestamp = t0 + 5*sec
-	e.ObserveSample(0, tn, s, t0+30*sec) // after replay: a late sample counts
+	e.ObserveSample(0, tn, s, t0+30*sec, 0) // after replay: a late sample counts
 	got := drain(e)
 	if got["t/x_sum{}"] != 2 || got["t/x_sum_count{}"] != 2 || len(got) != 2 {
 		t.Fatalf("got %v, want the open window's sample and the late one", got)

@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -10,7 +11,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/flush"
+	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
 	"github.com/aggd/aggd/internal/wal"
@@ -43,7 +46,13 @@ func benchStream(b *testing.B, l *wal.Log) {
 	agg := flush.NewAggregator(window.DefaultConfig(), 0)
 	addr := servicetest.ServeWith(b, agg, func(srv *service.Server) {
 		if l != nil {
-			srv.SetJournal(l, agg.Due, 0, time.Minute)
+			tenants, _ := service.NewTenants(nil, false, 100) // for replay, which does not run here
+			jnl, err := journal.New(journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, Tenants: tenants,
+				Limits: codec.DefaultLimits(), Ingest: agg, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv.SetJournal(jnl)
 		}
 	})
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -20,6 +20,7 @@ import (
 	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
+	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/wal"
@@ -32,12 +33,15 @@ type journaled struct {
 	srv     *service.Server
 	agg     *flush.Aggregator
 	log     *wal.Log
+	jnl     *journal.Journal
 	tenants *service.Tenants
 	client  aggdv1.AggregatorServiceClient
 	conn    *grpc.ClientConn
 }
 
-func startJournaled(t *testing.T, dir string) *journaled {
+// startJournaled starts it on the log in dir; withSpans takes spans into
+// stats and tail sampling, and replays them.
+func startJournaled(t *testing.T, dir string, withSpans bool) *journaled {
 	t.Helper()
 	tenants, err := service.NewTenants([]service.TenantConfig{{ID: "acme", Limits: window.TenantLimits{SamplesPerSecond: 10}}}, false, 10)
 	if err != nil {
@@ -52,9 +56,19 @@ func startJournaled(t *testing.T, dir string) *journaled {
 	}
 	t.Cleanup(func() { l.Close() })
 	srv := service.New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
-	srv.SetJournal(l, agg.Due, 0, time.Minute)
+	jc := journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: agg, Logger: slog.New(slog.DiscardHandler)}
+	if withSpans {
+		proc := spans.NewProcessor(agg, spans.NewSampler(nil, spans.DefaultLimits()))
+		srv.SetSpanIngester(proc)
+		jc.Spans = proc
+	}
+	jnl, err := journal.New(jc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.SetJournal(jnl)
 	conn := serveBufconn(t, srv)
-	return &journaled{srv: srv, agg: agg, log: l, tenants: tenants, conn: conn, client: aggdv1.NewAggregatorServiceClient(conn)}
+	return &journaled{srv: srv, agg: agg, log: l, jnl: jnl, tenants: tenants, conn: conn, client: aggdv1.NewAggregatorServiceClient(conn)}
 }
 
 func (j *journaled) submit(t *testing.T, b *aggdv1.Batch) *aggdv1.Ack {
@@ -83,7 +97,7 @@ func counts(name string, n int, ts int64) []*aggdv1.Sample {
 // refused.
 func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 	dir := t.TempDir()
-	j := startJournaled(t, dir)
+	j := startJournaled(t, dir, false)
 	now := time.Now()
 	tick := now.Truncate(10 * time.Second) // drains past buckets, not the open one
 	past := now.Add(-5 * time.Minute).UnixNano()
@@ -111,11 +125,11 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 	}
 
 	// kill -9: the first log is left as it is; state starts empty.
-	k := startJournaled(t, dir)
+	k := startJournaled(t, dir, false)
 	replayed := 0
 	if _, err := k.log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		replayed++
-		return k.srv.Replay(rec, flushed, tick)
+		return k.jnl.ReplayRecord(rec, flushed, tick)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -152,9 +166,9 @@ func sum(pts []flushtest.Point, name string) (v float64) {
 // TestReplayRefusesForeignRecords reports records it cannot read rather
 // than taking them in.
 func TestReplayRefusesForeignRecords(t *testing.T) {
-	j := startJournaled(t, t.TempDir())
+	j := startJournaled(t, t.TempDir(), false)
 	for _, rec := range [][]byte{nil, {9, 1}, {1, 7}, {1, 1, 0xff}, []byte("\x01\x01\x04acme")} {
-		if _, err := j.srv.Replay(rec, false, 0); err == nil {
+		if _, err := j.jnl.ReplayRecord(rec, false, 0); err == nil {
 			t.Errorf("record %q was taken", rec)
 		}
 	}
@@ -165,9 +179,7 @@ func TestReplayRefusesForeignRecords(t *testing.T) {
 // same aggregates and span stats come out.
 func TestOTLPExportsAreJournaled(t *testing.T) {
 	dir := t.TempDir()
-	j := startJournaled(t, dir)
-	sampler := spans.NewSampler(nil, spans.DefaultLimits())
-	j.srv.SetSpanIngester(spans.NewProcessor(j.agg, sampler))
+	j := startJournaled(t, dir, true)
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", "otel")
 	now := uint64(time.Now().UnixNano())
 	hist := &metricspb.Metric{Name: "h", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
@@ -188,10 +200,9 @@ func TestOTLPExportsAreJournaled(t *testing.T) {
 	}
 	want := flushPoints(t, j.agg)
 
-	k := startJournaled(t, dir)
-	k.srv.SetSpanIngester(spans.NewProcessor(k.agg, spans.NewSampler(nil, spans.DefaultLimits())))
+	k := startJournaled(t, dir, true)
 	if _, err := k.log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
-		return k.srv.Replay(rec, flushed, tick)
+		return k.jnl.ReplayRecord(rec, flushed, tick)
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/overload"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
@@ -54,7 +55,7 @@ type Server struct {
 	log          *slog.Logger
 	draining     atomic.Bool
 	states       sync.Pool
-	journal      *journal
+	journal      *journal.Journal
 	refusals     refusals
 }
 
@@ -189,6 +190,8 @@ type callState struct {
 	frame codec.Frame
 	ack   aggdv1.Ack
 	rec   []byte // the batch's write-ahead log record
+	// refused are the ack's rejections, for the record.
+	refused []journal.Item
 }
 
 func (s *Server) getState() *callState { return s.states.Get().(*callState) }
@@ -254,7 +257,7 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 		if seq != 0 && seq <= last {
 			s.refuseDuplicate(st, seq, last)
 		} else {
-			if err := s.ingestLogged(st, recordStream); err != nil {
+			if err := s.ingestLogged(st, journal.Stream); err != nil {
 				return err
 			}
 			last = max(last, seq)
@@ -291,7 +294,7 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 		if err := st.dec.DecodeSubmit(st.frame.Buf, &st.batch); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		if err := s.ingestLogged(st, recordSubmit); err != nil {
+		if err := s.ingestLogged(st, journal.Submit); err != nil {
 			return nil, err
 		}
 		// The response outlives the call state: copy the ack.

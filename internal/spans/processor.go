@@ -25,9 +25,11 @@ type Processor struct {
 	states   sync.Pool
 }
 
-// Observer sees every accepted span (aggregation rules).
+// Observer sees every accepted span (aggregation rules). cutoff is
+// non-zero for replayed spans: the tick of the last flush that carried
+// them, whose windows must not take them again.
 type Observer interface {
-	ObserveSpan(t *window.Tenant, s *Span, now int64)
+	ObserveSpan(t *window.Tenant, s *Span, now, cutoff int64)
 }
 
 // SetObserver makes p show every accepted span to o. Call it before use.
@@ -51,24 +53,25 @@ func NewProcessor(sink StatsSink, sampler *Sampler) *Processor {
 // sampling. A span whose stats are refused (its end is too old or too new
 // for the windows, or its tenant is at its context limit) is refused whole.
 func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results []window.Reason) {
-	p.ingest(t, now, sp, results, true)
+	p.ingest(t, now, sp, results, 0, true)
 }
 
 // ReplaySpans takes spans back from a write-ahead log after a restart:
-// their stats always (the aggregator skips windows already flushed), the
-// spans themselves to tail sampling only when sample is set.
-func (p *Processor) ReplaySpans(t *window.Tenant, now int64, sp []Span, results []window.Reason, sample bool) {
-	p.ingest(t, now, sp, results, sample)
+// their stats, except in windows the flush at cutoff (zero: none) already
+// carried, and the spans themselves to tail sampling only when sample is
+// set.
+func (p *Processor) ReplaySpans(t *window.Tenant, now int64, sp []Span, results []window.Reason, cutoff int64, sample bool) {
+	p.ingest(t, now, sp, results, cutoff, sample)
 }
 
-func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []window.Reason, sample bool) {
+func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []window.Reason, cutoff int64, sample bool) {
 	st := p.states.Get().(*procState)
 	defer p.states.Put(st)
 	st.batch.Reset()
 	st.stats.Reset()
 	st.arena = st.arena[:0]
 	st.first = st.first[:0]
-	st.batch.Tenant, st.batch.Now = t, now
+	st.batch.Tenant, st.batch.Now, st.batch.Cutoff = t, now, cutoff
 	for i := range sp {
 		st.first = append(st.first, len(st.batch.Samples))
 		if results[i] != window.Accepted {
@@ -90,7 +93,7 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 			continue
 		}
 		if p.observer != nil {
-			p.observer.ObserveSpan(t, &sp[i], now)
+			p.observer.ObserveSpan(t, &sp[i], now, cutoff)
 		}
 		if sample {
 			p.sampler.Add(t, &sp[i], now)

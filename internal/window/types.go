@@ -241,12 +241,17 @@ type Batch struct {
 	Results []Reason
 	Events  []Event
 	Checks  []ServiceCheck
+	// Cutoff is set on a batch replayed from the write-ahead log: the tick
+	// of the last flush known to have carried it. What windows due at or
+	// before it held is not taken again. Zero for a batch arriving live.
+	Cutoff int64
 }
 
 // Reset empties b, keeping its capacity.
 func (b *Batch) Reset() {
 	b.Tenant = nil
 	b.Now = 0
+	b.Cutoff = 0
 	b.Samples = b.Samples[:0]
 	b.Results = b.Results[:0]
 	clear(b.Events)

@@ -1,0 +1,111 @@
+package journal
+
+import (
+	"errors"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
+)
+
+// Kind is which aggd.v1 request message a record's frame is.
+type Kind byte
+
+// Record kinds.
+const (
+	Stream Kind = 1 // a StreamRequest
+	Submit Kind = 2 // a SubmitRequest
+)
+
+// version is the first byte of every record.
+const version byte = 1
+
+// Record is one batch as the log keeps it: the request frame as it came,
+// with what replaying it needs and cannot tell from the frame.
+type Record struct {
+	Kind   Kind
+	Tenant string
+	// Now is the arrival time, Unix nanoseconds.
+	Now int64
+	// Refused are the items refused after decoding.
+	Refused []Item
+	// Frame is the request message.
+	Frame []byte
+}
+
+// Item names one item of a batch: its kind and its index among the items
+// of that kind.
+type Item struct {
+	Kind  aggdv1.ItemKind
+	Index uint64
+}
+
+// AppendRecord appends the encoding of r to b.
+func AppendRecord(b []byte, r Record) []byte {
+	b = append(b, version, byte(r.Kind))
+	b = protowire.AppendString(b, r.Tenant)
+	b = protowire.AppendVarint(b, uint64(r.Now))
+	b = protowire.AppendVarint(b, uint64(len(r.Refused)))
+	for _, rj := range r.Refused {
+		b = protowire.AppendVarint(b, uint64(rj.Kind))
+		b = protowire.AppendVarint(b, rj.Index)
+	}
+	return append(b, r.Frame...)
+}
+
+// AppendSubmit appends batch, an aggd.v1 Batch message, to b as the frame of a
+// Submit record of tenant at now with nothing refused: how items that came
+// in another protocol are logged.
+func AppendSubmit(b []byte, tenant string, now int64, batch []byte) []byte {
+	b = append(b, version, byte(Submit))
+	b = protowire.AppendString(b, tenant)
+	b = protowire.AppendVarint(b, uint64(now))
+	b = protowire.AppendVarint(b, 0) // nothing refused
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	return protowire.AppendBytes(b, batch)
+}
+
+var errRecord = codec.MalformedError{What: "write-ahead log record"}
+
+// ParseRecord reads a record. Its Frame is a view into rec.
+func ParseRecord(rec []byte) (Record, error) {
+	if len(rec) < 2 || rec[0] != version || (Kind(rec[1]) != Stream && Kind(rec[1]) != Submit) {
+		return Record{}, errors.New("journal: write-ahead log record of an unknown version or kind")
+	}
+	r := Record{Kind: Kind(rec[1])}
+	p := rec[2:]
+	id, n := protowire.ConsumeString(p)
+	if n < 0 {
+		return Record{}, errRecord
+	}
+	p = p[n:]
+	now, n := protowire.ConsumeVarint(p)
+	if n < 0 {
+		return Record{}, errRecord
+	}
+	p = p[n:]
+	nrej, n := protowire.ConsumeVarint(p)
+	if n < 0 || nrej > uint64(len(p)) {
+		return Record{}, errRecord
+	}
+	p = p[n:]
+	r.Tenant, r.Now = id, int64(now)
+	if nrej > 0 {
+		r.Refused = make([]Item, 0, nrej)
+	}
+	for range nrej {
+		k, n1 := protowire.ConsumeVarint(p)
+		if n1 < 0 {
+			return Record{}, errRecord
+		}
+		i, n2 := protowire.ConsumeVarint(p[n1:])
+		if n2 < 0 {
+			return Record{}, errRecord
+		}
+		p = p[n1+n2:]
+		r.Refused = append(r.Refused, Item{Kind: aggdv1.ItemKind(k), Index: i})
+	}
+	r.Frame = p
+	return r, nil
+}

@@ -1,0 +1,128 @@
+package journal
+
+import (
+	"fmt"
+	"time"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+)
+
+// Replay takes every record of the log back into the windows, before
+// serving, and logs what it skipped and took. A record it cannot read, or
+// of a tenant no longer configured, is skipped and logged; only a failure
+// to read the log is an error.
+func (j *Journal) Replay() error {
+	log := j.cfg.Logger
+	start := time.Now()
+	records, skipped := 0, 0
+	damage, err := j.cfg.Log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
+		due, err := j.ReplayRecord(rec, flushed, tick)
+		if err != nil {
+			skipped++
+			log.Error("write-ahead log record skipped", "err", err)
+			return 0, nil
+		}
+		records++
+		return due, nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range damage {
+		log.Error("write-ahead log records skipped", "err", d, "records", d.Records)
+	}
+	if records+skipped+len(damage) > 0 {
+		log.Info("write-ahead log replayed", "records", records, "skipped", skipped, "took", time.Since(start))
+	}
+	return nil
+}
+
+// ReplayRecord takes one record back into the windows. flushed says that
+// a flush drained the windows after the record's batch was in them, and
+// tick is the last such flush: what it carried (buckets and rule windows
+// due by tick, events, checks, spans decided by then) is not taken again.
+// It returns the record's due time. Replay calls it; it must not run
+// concurrently with itself.
+func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, error) {
+	r, err := ParseRecord(rec)
+	if err != nil {
+		return 0, err
+	}
+	tn, err := j.cfg.Tenants.Get(r.Tenant)
+	if err != nil {
+		return 0, fmt.Errorf("journal: write-ahead log record skipped: %w", err)
+	}
+	d, b := j.dec, &j.batch
+	d.Reset(b)
+	d.ForTenant(tn)
+	b.Tenant, b.Now = tn, r.Now
+	if r.Kind == Stream {
+		_, err = d.DecodeStream(r.Frame, b)
+	} else {
+		err = d.DecodeSubmit(r.Frame, b)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("journal: write-ahead log record: %w", err)
+	}
+	j.dropRefused(r.Refused)
+	due := j.BatchDue(b, d.Spans, d.SpanResults)
+	next := j.cfg.Due(0, b.Now)
+	sample := true
+	if flushed {
+		b.Cutoff = tick
+		b.Checks = b.Checks[:0]
+		if j.eventHold == 0 || next+j.eventHold <= tick {
+			b.Events = b.Events[:0]
+		}
+		sample = next+j.spanHold > tick
+	}
+	j.cfg.Ingest.Ingest(b)
+	if len(d.Spans) > 0 && j.cfg.Spans != nil {
+		j.cfg.Spans.ReplaySpans(tn, b.Now, d.Spans, d.SpanResults, b.Cutoff, sample)
+	}
+	return due, nil
+}
+
+// dropRefused takes the items refused when the batch came in out of the
+// decoded batch: they stay refused, since rates and windows may judge
+// differently now.
+func (j *Journal) dropRefused(refused []Item) {
+	if len(refused) == 0 {
+		return
+	}
+	d, b := j.dec, &j.batch
+	gone := map[aggdv1.ItemKind][]bool{
+		aggdv1.ItemKind_ITEM_KIND_SAMPLE: make([]bool, len(b.Samples)),
+		aggdv1.ItemKind_ITEM_KIND_SPAN:   make([]bool, len(d.Spans)),
+		aggdv1.ItemKind_ITEM_KIND_EVENT:  make([]bool, d.NEvents),
+	}
+	for _, it := range refused {
+		if g := gone[it.Kind]; it.Index < uint64(len(g)) {
+			g[it.Index] = true
+		}
+	}
+	g := gone[aggdv1.ItemKind_ITEM_KIND_SAMPLE]
+	b.Samples = compact(b.Samples, g, identity)
+	b.Results = compact(b.Results, g, identity)
+	g = gone[aggdv1.ItemKind_ITEM_KIND_SPAN]
+	d.Spans = compact(d.Spans, g, identity)
+	d.SpanResults = compact(d.SpanResults, g, identity)
+	// Events refused at decoding are not in b.Events: EventIndex maps each
+	// kept one to its index in the batch.
+	b.Events = compact(b.Events, gone[aggdv1.ItemKind_ITEM_KIND_EVENT], func(i int) int { return d.EventIndex[i] })
+}
+
+func identity(i int) int { return i }
+
+// compact keeps the elements of s whose batch index, index(i), is not
+// gone.
+func compact[T any](s []T, gone []bool, index func(int) int) []T {
+	kept := s[:0]
+	for i := range s {
+		if !gone[index(i)] {
+			kept = append(kept, s[i])
+		}
+	}
+	clear(s[len(kept):])
+	return kept
+}
