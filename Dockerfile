@@ -6,7 +6,9 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/aggd ./cmd/aggd
+# The release; tag the image with it too (docker build -t aggd:0.1.0 .).
+ARG VERSION=0.1.0
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X github.com/aggd/aggd/internal/telemetry.version=${VERSION}" -o /out/aggd ./cmd/aggd
 RUN mkdir -p /out/data
 
 FROM gcr.io/distroless/static-debian12:nonroot
@@ -15,8 +17,8 @@ COPY --from=build /out/aggd /usr/local/bin/aggd
 COPY --from=build --chown=nonroot:nonroot /out/data /var/lib/aggd
 VOLUME /var/lib/aggd
 USER nonroot:nonroot
-# gRPC (and OTLP/gRPC), admin /metrics, DogStatsD.
-EXPOSE 8127 8128 8125/udp
+# gRPC (and OTLP/gRPC), admin /metrics, DogStatsD, OTLP/HTTP (when set).
+EXPOSE 8127 8128 8125/udp 4318
 ENV AGGD_LISTEN=:8127 \
     AGGD_ADMIN_LISTEN=:8128 \
     AGGD_LOG_FORMAT=json \

@@ -102,6 +102,7 @@ autoscaling: {enabled: false}
 replicaCount: 3
 persistence: {enabled: false}
 dogstatsd: {enabled: false}
+otlpHttp: {enabled: false}
 topologySpread: {enabled: false}
 memoryBudget: {enabled: false}
 resources: {requests: {cpu: 500m, memory: 512Mi, ephemeral-storage: 5Gi}}
@@ -122,7 +123,6 @@ var refusals = map[string]struct{ values, err string }{
 	"cluster mode":                  {"cluster: {enabled: true}", "cluster mode"},
 	"DogStatsD tenant not a tenant": {"adminToken: x\ntenants: |\n  [[tenant]]\n  id = \"shop\"\n", `dogstatsd.tenant "default" is not a tenant`},
 	"budget without a limit":        {"resources: {limits: null}", "resources.limits.memory"},
-	"OTLP/HTTP before aggd has it":  {"otlpHttp: {enabled: true}", "OTLP over gRPC only"},
 }
 
 func loadChart(t *testing.T) *chart.Chart {

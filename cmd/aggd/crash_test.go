@@ -54,7 +54,7 @@ func (l *logTail) String() string {
 	return strings.Join(l.lines, "\n")
 }
 
-var servingLine = regexp.MustCompile(`msg="aggd serving" grpc=(\S+) admin=(\S+)`)
+var servingLine = regexp.MustCompile(`msg="aggd serving" .*\bgrpc=(\S+) admin=(\S+)`)
 
 // startProcess runs bin with args and waits until it serves.
 func startProcess(t *testing.T, bin string, args ...string) *process {

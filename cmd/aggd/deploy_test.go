@@ -116,7 +116,7 @@ func TestDockerCompose(t *testing.T) {
 		t.Fatal("no aggd service")
 	}
 	opts := checkArgs(t, "compose", a.Command, a.Environment)
-	for _, p := range []string{port(opts["listen"]), port(opts["admin-listen"]), port(opts["dogstatsd-udp"]) + "/udp"} {
+	for _, p := range []string{port(opts["listen"]), port(opts["admin-listen"]), port(opts["dogstatsd-udp"]) + "/udp", port(opts["otlp-http-listen"])} {
 		if !slices.ContainsFunc(a.Ports, func(m string) bool { return strings.HasSuffix(m, ":"+p) }) {
 			t.Errorf("compose publishes %v, not %s", a.Ports, p)
 		}
@@ -171,6 +171,7 @@ func TestDockerCompose(t *testing.T) {
 		t.Errorf("upstream %+v does not reach the collector's receiver %s", u, otel.Receivers.OTLP.Protocols.GRPC.Endpoint)
 	}
 	var prom struct {
+		RuleFiles     []string `yaml:"rule_files"`
 		ScrapeConfigs []struct {
 			StaticConfigs []struct {
 				Targets []string `yaml:"targets"`
@@ -184,9 +185,12 @@ func TestDockerCompose(t *testing.T) {
 	if tg := prom.ScrapeConfigs[0].StaticConfigs[0].Targets[0]; tg != "aggd:"+port(opts["admin-listen"]) {
 		t.Errorf("Prometheus scrapes %s, aggd serves /metrics on %s", tg, opts["admin-listen"])
 	}
+	if len(prom.RuleFiles) == 0 || !strings.HasSuffix(mounts[prom.RuleFiles[0]], "deploy/monitoring/aggd-alerts.yaml") {
+		t.Errorf("Prometheus's rule files %v are not aggd's alerting rules", prom.RuleFiles)
+	}
 	// The binary starts with this configuration and passes a health check
 	// (the collector need not be up: OTLP connects lazily).
-	startedHealthy(t, map[string]string{"config": cfgFile, "sampling-file": sampling, "dogstatsd-udp": freeUDP(t)}, a.Environment, nil)
+	startedHealthy(t, map[string]string{"config": cfgFile, "sampling-file": sampling, "dogstatsd-udp": opts["dogstatsd-udp"]}, a.Environment, nil)
 }
 
 // k8sObject is the part of a manifest the tests read.
@@ -457,8 +461,9 @@ func checkAndStart(t *testing.T, objs map[string]k8sObject) {
 		ports[p.Name] = p.ContainerPort
 	}
 	listen := strconv.Itoa(ports["grpc"])
-	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) || port(opts["dogstatsd-udp"]) != strconv.Itoa(ports["dogstatsd"]) {
-		t.Errorf("container ports %v, aggd listens on %s, %s and %s", ports, opts["listen"], opts["admin-listen"], opts["dogstatsd-udp"])
+	if port(opts["listen"]) != listen || port(opts["admin-listen"]) != strconv.Itoa(ports["admin"]) || port(opts["dogstatsd-udp"]) != strconv.Itoa(ports["dogstatsd"]) ||
+		port(opts["otlp-http-listen"]) != strconv.Itoa(ports["otlp-http"]) {
+		t.Errorf("container ports %v, aggd listens on %s, %s, %s and %s", ports, opts["listen"], opts["admin-listen"], opts["dogstatsd-udp"], opts["otlp-http-listen"])
 	}
 	for _, p := range []probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
 		if p.GRPC == nil || strconv.Itoa(p.GRPC.Port) != listen {
@@ -530,8 +535,6 @@ func checkAndStart(t *testing.T, objs map[string]k8sObject) {
 	intake := upstreamtest.NewDatadogIntake(t)
 	cfgText, _ := os.ReadFile(local["config"])
 	os.WriteFile(local["config"], []byte(strings.ReplaceAll(string(cfgText), "https://api.datadoghq.com", intake.URL)), 0o600)
-	local["dogstatsd-udp"] = freeUDP(t)
-	delete(env, "AGGD_DOGSTATSD_UDP")
 	startedHealthy(t, local, env, secretEnv)
 }
 
@@ -550,6 +553,17 @@ func startedHealthy(t *testing.T, opts, env, extraEnv map[string]string) {
 	// test's.
 	for _, k := range []string{"AGGD_LISTEN", "AGGD_ADMIN_LISTEN"} {
 		delete(all, k)
+	}
+	loopback := map[string]string{"AGGD_DOGSTATSD_UDP": freeUDP(t), "AGGD_OTLP_HTTP_LISTEN": "127.0.0.1:0"}
+	for k, v := range loopback {
+		if _, ok := all[k]; ok {
+			all[k] = v
+		}
+	}
+	for _, flag := range []string{"dogstatsd-udp", "otlp-http-listen"} {
+		if _, ok := opts[flag]; ok {
+			opts[flag] = loopback[envName(flag)]
+		}
 	}
 	if _, ok := all["AGGD_WAL_DIR"]; ok {
 		all["AGGD_WAL_DIR"] = t.TempDir()

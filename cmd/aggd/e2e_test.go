@@ -48,6 +48,13 @@ func startAggd(t *testing.T, extra ...string) *instance {
 // startAggdEnv starts aggd with getenv as its environment.
 func startAggdEnv(t *testing.T, getenv func(string) string, extra ...string) *instance {
 	t.Helper()
+	return startAggdLog(t, getenv, io.Discard, extra...)
+}
+
+// startAggdLog starts aggd with getenv as its environment, logging to
+// stderr.
+func startAggdLog(t *testing.T, getenv func(string) string, stderr io.Writer, extra ...string) *instance {
+	t.Helper()
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out.jsonl")
 	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--pprof-listen", "127.0.0.1:0", "--output", out, "--hostname", "aggd-test"}, extra...)
@@ -55,7 +62,7 @@ func startAggdEnv(t *testing.T, getenv func(string) string, extra ...string) *in
 	in := &instance{out: out, cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})
 	go func() {
-		in.done <- run(ctx, args, getenv, io.Discard, io.Discard, func(g, a string) {
+		in.done <- run(ctx, args, getenv, io.Discard, stderr, func(g, a string) {
 			in.addr, in.admin = g, a
 			close(ready)
 		})

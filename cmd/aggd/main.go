@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -76,6 +77,11 @@ func main() {
 // run builds aggd from args and the environment, serves until ctx is done,
 // then shuts down in order. ready, if set, is told the bound addresses.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(grpcAddr, adminAddr string)) error {
+	build := telemetry.BuildInfo()
+	if slices.ContainsFunc(args, func(a string) bool { return a == "--version" || a == "-version" }) {
+		_, err := fmt.Fprintln(stdout, build)
+		return err
+	}
 	cfg, err := parseConfig(args, getenv, stderr)
 	if err != nil {
 		return err
@@ -101,6 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants, cfg.MetricsMaxTenants))
+	telemetry.RegisterBuildInfo(reg, build)
 
 	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
 		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout, InstanceID: cfg.Hostname,
@@ -123,6 +130,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer walLog.Close()
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
 			func() float64 { return float64(walLog.Stats().Records) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_bytes", Help: "Bytes of the records in the write-ahead log (compressed, as written)."},
+				func() float64 { return float64(walLog.Stats().Bytes) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aggd_wal_damaged_records_total", Help: "Write-ahead log records replay skipped because they failed their checksum."},
 				func() float64 { return float64(walLog.Stats().Damaged) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_send_queue_full", Help: "1 while some upstream's send queue on disk is at --queue-max-bytes: flushes wait and batches are refused."},
@@ -323,7 +332,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
-	grpcMetrics.InitializeMetrics(gs)
+	// Series from the start for every method the interceptors count: not
+	// for Stream, which they skip and would leave at zero.
+	grpcMetrics.InitializeMetrics(exceptMethod{gs, aggdv1.AggregatorService_Stream_FullMethodName})
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -371,8 +382,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go func() { serveErr <- gs.Serve(lis) }()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(aggdv1.AggregatorService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	log.Info("aggd serving", "grpc", lis.Addr().String(), "admin", adminAddr, "interval", cfg.Window.Interval,
-		"auth", cfg.TenantsFile != "", "output", cfg.Output)
+	var watched []string
+	for _, w := range watchers {
+		watched = append(watched, w.Path())
+	}
+	memory := "off"
+	if cfg.MemoryLimit > 0 {
+		memory = fmt.Sprintf("%d bytes (%.0f MiB)", cfg.MemoryLimit, float64(cfg.MemoryLimit)/(1<<20))
+	}
+	wal := "off (in memory only)"
+	if cfg.WALDir != "" {
+		wal = fmt.Sprintf("%s (fsync %s)", cfg.WALDir, cfg.WALFsync)
+	}
+	log.Info("aggd serving", "version", build.Version, "grpc", lis.Addr().String(), "admin", adminAddr, "interval", cfg.Window.Interval,
+		"upstreams", describeUpstreams(upstreamFile), "wal", wal, "memory_limit", memory,
+		"auth", cfg.TenantsFile != "", "tenants_file", cfg.TenantsFile, "watched", watched)
 	if ready != nil {
 		ready(lis.Addr().String(), adminAddr)
 	}
@@ -611,12 +635,53 @@ func pprofMux() *http.ServeMux {
 	return mux
 }
 
+// describeUpstreams names each upstream with its type and where it sends,
+// for the startup log (no credentials).
+func describeUpstreams(f *configpkg.File) []string {
+	var out []string
+	for _, u := range f.Upstreams {
+		to := u.Path
+		switch u.Type {
+		case "datadog":
+			to = u.URL
+		case "otlp":
+			to = u.Endpoint
+		}
+		out = append(out, fmt.Sprintf("%s (%s → %s)", u.Name, u.Type, to))
+	}
+	return out
+}
+
+// exceptMethod lists a server's services without one method.
+type exceptMethod struct {
+	*grpc.Server
+	fullMethod string
+}
+
+func (e exceptMethod) GetServiceInfo() map[string]grpc.ServiceInfo {
+	infos := e.Server.GetServiceInfo()
+	for name, info := range infos {
+		info.Methods = slices.DeleteFunc(slices.Clone(info.Methods), func(m grpc.MethodInfo) bool { return "/"+name+"/"+m.Name == e.fullMethod })
+		infos[name] = info
+	}
+	return infos
+}
+
 func newLogger(cfg config, w io.Writer) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel)))
-	opts := &slog.HandlerOptions{Level: lvl}
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: durationText}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationText writes durations as Go durations ("1.5s"), not as
+// nanoseconds, in both log formats.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }

@@ -40,6 +40,9 @@ func NewWatcher(path string, interval time.Duration, load func() error, observe 
 	return w
 }
 
+// Path is the file watched.
+func (w *Watcher) Path() string { return w.path }
+
 // Reload asks for a reload; it does not wait for it.
 func (w *Watcher) Reload() {
 	select {

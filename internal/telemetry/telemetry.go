@@ -177,6 +177,8 @@ type SendMetrics struct {
 	failed, lost    *prometheus.CounterVec
 	latency         *prometheus.HistogramVec
 	depth, bytes    *prometheus.GaugeVec
+	capacity        *prometheus.GaugeVec
+	capacityBytes   *prometheus.GaugeVec
 }
 
 // NewSendMetrics registers the send metrics with reg.
@@ -193,8 +195,12 @@ func NewSendMetrics(reg prometheus.Registerer) *SendMetrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}, up),
 		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "aggr_queue_depth", Help: "Payloads waiting to be sent."}, up),
 		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "aggr_queue_bytes", Help: "Bytes of payloads waiting to be sent."}, up),
+		capacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "aggd_queue_capacity",
+			Help: "Payloads the send queue in memory holds at most (compare aggr_queue_depth); absent with the queue on disk."}, up),
+		capacityBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "aggd_queue_capacity_bytes",
+			Help: "Bytes the send queue on disk holds at most (compare aggr_queue_bytes); absent with the queue in memory."}, up),
 	}
-	reg.MustRegister(m.success, m.points, m.failed, m.lost, m.latency, m.depth, m.bytes)
+	reg.MustRegister(m.success, m.points, m.failed, m.lost, m.latency, m.depth, m.bytes, m.capacity, m.capacityBytes)
 	return m
 }
 
@@ -213,6 +219,35 @@ func (m *SendMetrics) Failed(upstream, reason string) {
 // Lost implements upstream.PipelineMetrics.
 func (m *SendMetrics) Lost(upstream, reason string, points int) {
 	m.lost.WithLabelValues(upstream, reason).Add(float64(points))
+}
+
+// startReasons are the reasons of failures and losses every pipeline can
+// have, exported as zeros from the start so that a rate or an increase
+// sees their first occurrence.
+var startReasons = struct{ failed, lost []string }{
+	failed: []string{"queue_full", "timeout", "error"},
+	lost:   []string{"queue_full", "shutdown"},
+}
+
+// Started implements upstream.PipelineMetrics: every series of the
+// upstream exists from now on, and its queue's bound is set.
+func (m *SendMetrics) Started(upstream string, capacity int, capacityBytes int64) {
+	m.success.WithLabelValues(upstream)
+	m.points.WithLabelValues(upstream)
+	m.latency.WithLabelValues(upstream)
+	m.depth.WithLabelValues(upstream)
+	m.bytes.WithLabelValues(upstream)
+	for _, r := range startReasons.failed {
+		m.failed.WithLabelValues(upstream, r)
+	}
+	for _, r := range startReasons.lost {
+		m.lost.WithLabelValues(upstream, r)
+	}
+	if capacityBytes > 0 {
+		m.capacityBytes.WithLabelValues(upstream).Set(float64(capacityBytes))
+	} else {
+		m.capacity.WithLabelValues(upstream).Set(float64(capacity))
+	}
 }
 
 // Queue implements upstream.PipelineMetrics.

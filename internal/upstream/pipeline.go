@@ -164,6 +164,10 @@ type PipelineMetrics interface {
 	Failed(upstream, reason string)
 	Lost(upstream, reason string, points int)
 	Queue(upstream string, depth, bytes int)
+	// Started is told once, when the pipeline starts, the bound of its
+	// queue: capacity payloads in memory, or capacityBytes (nonzero) on
+	// disk.
+	Started(upstream string, capacity int, capacityBytes int64)
 }
 
 // PipelineConfig configures a Pipeline.
@@ -240,6 +244,13 @@ func (p *Pipeline) SetSpool(s *Spool) {
 
 // Start starts the senders. They exit when Shutdown returns.
 func (p *Pipeline) Start(context.Context) error {
+	if p.spool != nil {
+		p.metrics.Started(p.cfg.Name, 0, p.spool.maxBytes)
+		p.spoolGauge()
+	} else {
+		p.metrics.Started(p.cfg.Name, p.cfg.QueueSize, 0)
+		p.metrics.Queue(p.cfg.Name, len(p.queue), int(p.bytes.Load()))
+	}
 	if p.spool != nil {
 		p.feeding.Add(1)
 		go p.feed()

@@ -86,6 +86,7 @@ type generation struct {
 	dir    string
 	w      *tw.Log // nil once closed
 	n      uint64  // records
+	bytes  int64   // of its records, as written
 	maxDue int64
 	// replay marks a generation found by Open: it waits for Replay, which
 	// opens one at a time, so that many of them do not crowd memory.
@@ -334,6 +335,7 @@ func (l *Log) Append(rec []byte, due int64) (uint64, error) {
 		return 0, fmt.Errorf("wal: append: %w", err)
 	}
 	g.n++
+	g.bytes += int64(len(buf))
 	g.maxDue = max(g.maxDue, due)
 	l.seq++
 	return l.seq, nil
@@ -505,6 +507,9 @@ func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, e
 			if err != nil {
 				return damage, fmt.Errorf("wal: read generation %d: %w", g.id, err)
 			}
+			l.mu.Lock()
+			g.bytes += int64(len(data))
+			l.mu.Unlock()
 			intact := 0
 			var dmg []Damage
 			err = scanSegment(data, func(body []byte) error {
@@ -667,6 +672,7 @@ func frameAt(data []byte) (body []byte, n int) {
 // Stats is the log's size.
 type Stats struct {
 	Records     uint64 // records kept
+	Bytes       int64  // of the records kept, compressed, as written
 	Generations int    // generations kept, the current one included
 	// Damaged is how many records replay skipped because they failed
 	// their checks.
@@ -677,9 +683,10 @@ type Stats struct {
 func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := Stats{Records: l.cur.n, Generations: len(l.closed) + 1, Damaged: l.damaged}
+	st := Stats{Records: l.cur.n, Bytes: l.cur.bytes, Generations: len(l.closed) + 1, Damaged: l.damaged}
 	for _, g := range l.closed {
 		st.Records += g.n
+		st.Bytes += g.bytes
 	}
 	return st
 }

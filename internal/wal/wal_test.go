@@ -119,13 +119,20 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 		{b3, 300, 5},  // generations 2 and 3 go
 		{b3, 400, 5},  // generation 4 is not covered by the checkpoint
 	}
+	prev := l.Stats()
 	for _, s := range steps {
 		if err := l.Record(s.gen, s.tick); err != nil {
 			t.Fatal(err)
 		}
-		if got := l.Stats().Records; got != s.records {
-			t.Fatalf("after Record(%d, %d): %d records, want %d", s.gen, s.tick, got, s.records)
+		st := l.Stats()
+		if st.Records != s.records {
+			t.Fatalf("after Record(%d, %d): %d records, want %d", s.gen, s.tick, st.Records, s.records)
 		}
+		// The bytes go with the records.
+		if st.Bytes <= 0 || (st.Records == prev.Records) != (st.Bytes == prev.Bytes) || (st.Records < prev.Records) != (st.Bytes < prev.Bytes) {
+			t.Fatalf("after Record(%d, %d): %d bytes for %d records, had %d for %d", s.gen, s.tick, st.Bytes, st.Records, prev.Bytes, prev.Records)
+		}
+		prev = st
 	}
 	if err := l.Record(b2, 400); err == nil {
 		t.Fatal("a checkpoint going back was taken")
@@ -137,6 +144,11 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 	l = open(t, dir, wal.SyncAlways)
 	defer l.Close()
 	got, flushed, _ := replayAll(t, l)
+	// Replay counts the generations' bytes as read: the records plus the
+	// segments' framing.
+	if b := l.Stats().Bytes; b < prev.Bytes || b > prev.Bytes+64*int64(prev.Records) {
+		t.Errorf("after replay %d bytes, %d before the restart", b, prev.Bytes)
+	}
 	if !slices.Equal(got, want(30, 35)) || flushed != 0 || l.Checkpoint() != (wal.Checkpoint{Generation: b3, Tick: 400}) {
 		t.Fatalf("replayed %d records, %d flushed, with %+v; want records 30-34, none flushed", len(got), flushed, l.Checkpoint())
 	}

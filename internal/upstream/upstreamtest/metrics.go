@@ -48,6 +48,9 @@ func (m *Metrics) Lost(_, reason string, points int) {
 // Queue implements upstream.PipelineMetrics.
 func (m *Metrics) Queue(string, int, int) {}
 
+// Started implements upstream.PipelineMetrics.
+func (m *Metrics) Started(string, int, int64) {}
+
 // Snapshot returns payloads sent, points sent, failures and lost points by
 // reason.
 func (m *Metrics) Snapshot() (sent, points int, failed, lost map[string]int) {
