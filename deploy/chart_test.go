@@ -5,6 +5,7 @@ package deploy
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"maps"
@@ -82,6 +83,10 @@ sampling: |
   action = "keep"
 serviceMonitor:
   enabled: true
+prometheusRule:
+  enabled: true
+grafanaDashboard:
+  enabled: true
 networkPolicy:
   enabled: true
   metricsFrom:
@@ -155,12 +160,14 @@ func render(t *testing.T, c *chart.Chart, values string) (map[string]string, err
 type objects struct {
 	StatefulSet    *appsv1.StatefulSet
 	Services       []*corev1.Service
-	ConfigMap      *corev1.ConfigMap
+	ConfigMap      *corev1.ConfigMap // aggd's files
+	Dashboard      *corev1.ConfigMap
 	Secret         *corev1.Secret
 	HPA            *autoscalingv2.HorizontalPodAutoscaler
 	PDB            *policyv1.PodDisruptionBudget
 	NetworkPolicy  *networkingv1.NetworkPolicy
 	ServiceMonitor *monitoringv1.ServiceMonitor
+	PrometheusRule *monitoringv1.PrometheusRule
 	count          int
 }
 
@@ -181,8 +188,17 @@ func decodeStrict(doc []byte, o *objects) error {
 		o.Services = append(o.Services, s)
 		into = s
 	case "v1 ConfigMap":
-		o.ConfigMap = new(corev1.ConfigMap)
-		into = o.ConfigMap
+		cm := new(corev1.ConfigMap)
+		if err := yaml.UnmarshalStrict(doc, cm); err != nil {
+			return err
+		}
+		if strings.HasSuffix(cm.Name, "-dashboard") {
+			o.Dashboard = cm
+		} else {
+			o.ConfigMap = cm
+		}
+		o.count++
+		return nil
 	case "v1 Secret":
 		o.Secret = new(corev1.Secret)
 		into = o.Secret
@@ -195,6 +211,9 @@ func decodeStrict(doc []byte, o *objects) error {
 	case "networking.k8s.io/v1 NetworkPolicy":
 		o.NetworkPolicy = new(networkingv1.NetworkPolicy)
 		into = o.NetworkPolicy
+	case "monitoring.coreos.com/v1 PrometheusRule":
+		o.PrometheusRule = new(monitoringv1.PrometheusRule)
+		into = o.PrometheusRule
 	case "monitoring.coreos.com/v1 ServiceMonitor":
 		o.ServiceMonitor = new(monitoringv1.ServiceMonitor)
 		into = o.ServiceMonitor
@@ -476,5 +495,41 @@ func checkWorkload(t *testing.T, appVersion string, o *objects, vals chartutil.V
 	secret := ct.EnvFrom[0].SecretRef.Name
 	if o.Secret != nil && o.Secret.Name != secret {
 		t.Errorf("envFrom names Secret %s, the chart makes %s", secret, o.Secret.Name)
+	}
+}
+
+// TestHelmMonitoring checks that the chart's PrometheusRule holds the
+// rules promtool tests, and its dashboard ConfigMap the dashboard.
+func TestHelmMonitoring(t *testing.T) {
+	out, err := render(t, loadChart(t), scenarios["example"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := decodeAll(manifests(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.PrometheusRule == nil || o.Dashboard == nil {
+		t.Fatal("no PrometheusRule or dashboard ConfigMap")
+	}
+	data, err := os.ReadFile(filepath.Join(chartDir, "files/aggd-alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file monitoringv1.PrometheusRuleSpec
+	if err := yaml.UnmarshalStrict(data, &file); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(o.PrometheusRule.Spec)
+	want, _ := json.Marshal(file)
+	if len(file.Groups) == 0 || len(file.Groups[0].Rules) < 10 || string(got) != string(want) {
+		t.Errorf("the PrometheusRule's spec\n%s\nis not files/aggd-alerts.yaml\n%s", got, want)
+	}
+	dash, err := os.ReadFile(filepath.Join(chartDir, "files/grafana-aggd.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Dashboard.Data["aggd.json"] != string(dash) || !json.Valid(dash) || o.Dashboard.Labels["grafana_dashboard"] != "1" {
+		t.Errorf("the dashboard ConfigMap %s does not hold files/grafana-aggd.json with the sidecar's label", o.Dashboard.Name)
 	}
 }

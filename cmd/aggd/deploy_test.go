@@ -185,7 +185,7 @@ func TestDockerCompose(t *testing.T) {
 	if tg := prom.ScrapeConfigs[0].StaticConfigs[0].Targets[0]; tg != "aggd:"+port(opts["admin-listen"]) {
 		t.Errorf("Prometheus scrapes %s, aggd serves /metrics on %s", tg, opts["admin-listen"])
 	}
-	if len(prom.RuleFiles) == 0 || !strings.HasSuffix(mounts[prom.RuleFiles[0]], "deploy/monitoring/aggd-alerts.yaml") {
+	if len(prom.RuleFiles) == 0 || !strings.HasSuffix(mounts[prom.RuleFiles[0]], "deploy/helm/aggd/files/aggd-alerts.yaml") {
 		t.Errorf("Prometheus's rule files %v are not aggd's alerting rules", prom.RuleFiles)
 	}
 	// The binary starts with this configuration and passes a health check

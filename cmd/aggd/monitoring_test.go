@@ -27,12 +27,12 @@ type grafanaPanel struct {
 }
 
 // TestMonitoringNames checks that every metric the alerting rules and
-// the Grafana dashboard (deploy/monitoring) query is one a running aggd
+// the Grafana dashboard (deploy/helm/aggd/files) query is one a running aggd
 // exports, so a renamed metric cannot leave an alert that never fires.
 // promtool checks the rules' syntax and behaviour in CI.
 func TestMonitoringNames(t *testing.T) {
 	var exprs []string
-	data, err := os.ReadFile(filepath.Join(repo, "deploy/monitoring/aggd-alerts.yaml"))
+	data, err := os.ReadFile(filepath.Join(repo, "deploy/helm/aggd/files/aggd-alerts.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestMonitoringNames(t *testing.T) {
 		}
 	}
 	// Every alert has a promtool unit test.
-	tests, err := os.ReadFile(filepath.Join(repo, "deploy/monitoring/aggd-alerts.test.yaml"))
+	tests, err := os.ReadFile(filepath.Join(repo, "deploy/helm/aggd/files/aggd-alerts.test.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestMonitoringNames(t *testing.T) {
 			t.Errorf("alert %s has no promtool test", a)
 		}
 	}
-	data, err = os.ReadFile(filepath.Join(repo, "deploy/monitoring/grafana-aggd.json"))
+	data, err = os.ReadFile(filepath.Join(repo, "deploy/helm/aggd/files/grafana-aggd.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
