@@ -271,8 +271,15 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64
 				if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || e.replayed(a, ts, cutoff) {
 					continue
 				}
-				v, ok := sp.Field(a.SourceField)
-				if !ok || v.Kind == filter.String && v.Str == "" && a.SourceField != field {
+				var (
+					v  filter.Value
+					ok bool
+				)
+				if a.Method == Count && a.SourceField == field {
+					// A selected field is present, and count reads no
+					// value: the span's ids are not formatted.
+					v = filter.Str("")
+				} else if v, ok = sp.Field(a.SourceField); !ok || v.Kind == filter.String && v.Str == "" && a.SourceField != field {
 					continue
 				}
 				g := e.groupFor(st, t, r, i, ts, measurement, sp)

@@ -561,3 +561,13 @@ func TestReplayCutoffSkipsDrainedWindows(t *testing.T) {
 		t.Fatalf("Due(+25s) = +%ds, before the window's end plus grace", (d-t0)/sec)
 	}
 }
+
+func TestObserveSpanDoesNotAllocate(t *testing.T) {
+	e := engine(t, datakitExamples, 1)
+	tn := window.NewTenant("acme")
+	root := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{1}, Service: "api", Resource: "/pay", Start: t0 + sec, Duration: sec}
+	e.ObserveSpan(tn, &root, t0+sec, 0) // opens the group
+	if n := testing.AllocsPerRun(100, func() { e.ObserveSpan(tn, &root, t0+sec, 0) }); n != 0 {
+		t.Fatalf("%v allocations per observed span", n)
+	}
+}
