@@ -126,6 +126,7 @@ tenants: |
 var refusals = map[string]struct{ values, err string }{
 	"tenants without admin token":   {"dogstatsd: {enabled: false}\ntenants: |\n  [[tenant]]\n  id = \"a\"\n", "adminToken"},
 	"cluster mode":                  {"cluster: {enabled: true}", "cluster mode"},
+	"an empty secret":               {"secretEnv: {DD_API_KEY: ''}", "secretEnv.DD_API_KEY is empty"},
 	"DogStatsD tenant not a tenant": {"adminToken: x\ntenants: |\n  [[tenant]]\n  id = \"shop\"\n", `dogstatsd.tenant "default" is not a tenant`},
 	"budget without a limit":        {"resources: {limits: null}", "resources.limits.memory"},
 }
