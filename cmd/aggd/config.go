@@ -276,6 +276,7 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.DogStatsD.UDP, "dogstatsd-udp", "", "DogStatsD UDP address, such as :8125; empty disables it")
 	fs.StringVar(&c.DogStatsD.Socket, "dogstatsd-socket", "", "DogStatsD Unix datagram socket path; empty disables it")
 	fs.StringVar(&c.DogStatsDTenant, "dogstatsd-tenant", "default", "tenant of everything the DogStatsD listener receives")
+	fs.StringVar(&c.DogStatsD.DefaultHost, "dogstatsd-default-host", "", "host of DogStatsD items that name none, as the Agent stamps its hostname; empty: none")
 	fs.IntVar(&c.DogStatsD.Readers, "dogstatsd-readers", 0, "goroutines reading each DogStatsD socket (0: one per CPU)")
 	fs.IntVar(&c.DogStatsD.ReceiveBuffer, "dogstatsd-receive-buffer", c.DogStatsD.ReceiveBuffer, "DogStatsD socket receive buffer in bytes (0: the system's)")
 	fs.IntVar(&c.DogStatsD.PacketSize, "dogstatsd-packet-size", c.DogStatsD.PacketSize, "largest DogStatsD datagram read whole, bytes")

@@ -9,9 +9,14 @@
 // with type g, c, ms, h, d or s. Events are
 // _e{<title bytes>,<text bytes>}:<title>|<text>[|d:<ts>][|h:<host>][|p:<priority>][|t:<alert>][|k:<key>][|s:<source>][|#<tags>]
 // and service checks _sc|<name>|<status>[|d:<ts>][|h:<host>][|#<tags>][|m:<message>].
-// A host:<h> tag sets the item's host and is removed from its tags, as the
-// Datadog Agent does. Unknown |x fields are ignored for forward
-// compatibility; a container id is accepted and not used.
+// Tags are enriched as the Datadog Agent's DogStatsD server does
+// (extractTagsMetadata): a host:<h> tag sets the item's host and is removed
+// from its tags, an empty one clearing the host; dd.internal.entity_id:,
+// dd.internal.card: and dd.internal.jmx_check_name: tags are origin
+// metadata, not tags, and are dropped. An event's or service check's h:
+// field wins over a host: tag. Items without either take Parser.DefaultHost.
+// Unknown |x fields are ignored for forward compatibility; a container id
+// is accepted and not used.
 package dogstatsd
 
 import (
@@ -46,8 +51,25 @@ const (
 // Parser parses lines into window types. Its scratch space is reused from
 // datagram to datagram; it is not safe for concurrent use.
 type Parser struct {
+	// DefaultHost is the host of items that name none, as the Agent
+	// stamps its own hostname; empty by default.
+	DefaultHost string
+
 	tags   []string
 	values []float64
+}
+
+// metadataTagPrefixes start tags the Agent takes as origin metadata and
+// drops from the tags (extractTagsMetadata).
+var metadataTagPrefixes = [...]string{"dd.internal.entity_id:", "dd.internal.card:", "dd.internal.jmx_check_name:"}
+
+func isMetadataTag(t []byte) bool {
+	for _, p := range metadataTagPrefixes {
+		if len(t) >= len(p) && string(t[:len(p)]) == p {
+			return true
+		}
+	}
+	return false
 }
 
 // Reset forgets the previous datagram's tags and values.
@@ -58,10 +80,11 @@ func (p *Parser) Reset() {
 }
 
 // splitTags appends the comma-separated tags of b to p.tags, taking a
-// host:<h> tag as the host, and returns the appended slice and the host.
-func (p *Parser) splitTags(b []byte) ([]string, string) {
+// host:<h> tag (possibly empty) as the host and dropping metadata tags, and
+// returns the appended slice, the host and whether a host: tag was seen.
+func (p *Parser) splitTags(b []byte) ([]string, string, bool) {
 	start := len(p.tags)
-	host := ""
+	host, hasHost := "", false
 	for len(b) > 0 {
 		i := bytes.IndexByte(b, ',')
 		var t []byte
@@ -70,15 +93,15 @@ func (p *Parser) splitTags(b []byte) ([]string, string) {
 		} else {
 			t, b = b[:i], b[i+1:]
 		}
-		if len(t) > 5 && string(t[:5]) == "host:" {
-			host = view(t[5:])
+		if len(t) >= 5 && string(t[:5]) == "host:" {
+			host, hasHost = view(t[5:]), true
 			continue
 		}
-		if len(t) > 0 {
+		if len(t) > 0 && !isMetadataTag(t) {
 			p.tags = append(p.tags, view(t))
 		}
 	}
-	return p.tags[start:len(p.tags):len(p.tags)], host
+	return p.tags[start:len(p.tags):len(p.tags)], host, hasHost
 }
 
 func parseFloat(b []byte) (float64, bool) {
@@ -94,7 +117,7 @@ func (p *Parser) ParseMetric(line []byte, s *window.Sample) (Reason, string) {
 	if colon <= 0 || pipe < 0 || pipe < colon {
 		return window.ReasonMalformed, "not name:value|type"
 	}
-	*s = window.Sample{Name: view(line[:colon]), SampleRate: 1}
+	*s = window.Sample{Name: view(line[:colon]), SampleRate: 1, Host: p.DefaultHost}
 	if !utf8.Valid(line) {
 		return window.ReasonInvalidUTF8, "line is not valid UTF-8"
 	}
@@ -141,8 +164,8 @@ func (p *Parser) ParseMetric(line []byte, s *window.Sample) (Reason, string) {
 			s.SampleRate = r
 		case f[0] == '#':
 			var host string
-			s.Tags, host = p.splitTags(f[1:])
-			if host != "" {
+			var hasHost bool
+			if s.Tags, host, hasHost = p.splitTags(f[1:]); hasHost {
 				s.Host = host
 			}
 		case f[0] == 'T':
@@ -209,6 +232,8 @@ func (p *Parser) ParseEvent(line []byte, e *window.Event) (Reason, string) {
 	e.Title = string(body[:titleLen])
 	e.Text = strings.ReplaceAll(string(body[titleLen+1:titleLen+1+textLen]), `\n`, "\n")
 	rest := body[titleLen+1+textLen:]
+	var h hosts
+	defer func() { e.Host = h.resolve(p.DefaultHost) }()
 	for len(rest) > 0 {
 		if rest[0] != '|' {
 			return window.ReasonMalformed, "event field does not start with |"
@@ -222,7 +247,7 @@ func (p *Parser) ParseEvent(line []byte, e *window.Event) (Reason, string) {
 		}
 		switch {
 		case bytes.HasPrefix(f, []byte("d:")), bytes.HasPrefix(f, []byte("h:")), len(f) > 0 && f[0] == '#':
-			if !p.common(f, &e.Timestamp, &e.Host, &e.Tags) {
+			if !p.common(f, &e.Timestamp, &h, &e.Tags) {
 				return window.ReasonInvalidValue, "event timestamp is not unix seconds"
 			}
 		case bytes.HasPrefix(f, []byte("k:")):
@@ -256,10 +281,29 @@ func (p *Parser) ParseEvent(line []byte, e *window.Event) (Reason, string) {
 	return window.Accepted, ""
 }
 
+// hosts holds what an event's or service check's fields say of its host.
+type hosts struct {
+	field, tag string
+	hasTag     bool
+}
+
+// resolve returns the host as the Agent's enrichEvent and
+// enrichServiceCheck choose it: a non-empty h: field, else the host: tag
+// (an empty one clears the host), else the default.
+func (h *hosts) resolve(def string) string {
+	switch {
+	case h.field != "":
+		return h.field
+	case h.hasTag:
+		return h.tag
+	}
+	return def
+}
+
 // common applies a field events and service checks share: d:<unix
-// seconds>, h:<host> or #<tags> (whose host: tag wins). Strings are
-// copied. It reports false for a bad timestamp; other fields are ignored.
-func (p *Parser) common(f []byte, ts *int64, host *string, tags *[]string) bool {
+// seconds>, h:<host> or #<tags>. Strings are copied. It reports false for
+// a bad timestamp; other fields are ignored.
+func (p *Parser) common(f []byte, ts *int64, h *hosts, tags *[]string) bool {
 	switch {
 	case bytes.HasPrefix(f, []byte("d:")):
 		secs, err := strconv.ParseInt(string(f[2:]), 10, 64)
@@ -268,12 +312,12 @@ func (p *Parser) common(f []byte, ts *int64, host *string, tags *[]string) bool 
 		}
 		*ts = secs * 1e9
 	case bytes.HasPrefix(f, []byte("h:")):
-		*host = string(f[2:])
+		h.field = string(f[2:])
 	case len(f) > 0 && f[0] == '#':
-		t, h := p.splitTags(f[1:])
+		t, host, hasHost := p.splitTags(f[1:])
 		*tags = cloneAll(t)
-		if h != "" {
-			*host = strings.Clone(h)
+		if hasHost {
+			h.tag, h.hasTag = strings.Clone(host), true
 		}
 	}
 	return true
@@ -310,6 +354,8 @@ func (p *Parser) ParseServiceCheck(line []byte, c *window.ServiceCheck) (Reason,
 	}
 	c.Name = string(name)
 	c.Status = window.CheckStatus(status[0] - '0')
+	var h hosts
+	defer func() { c.Host = h.resolve(p.DefaultHost) }()
 	for len(rest) > 0 {
 		f := rest
 		if m, ok := bytes.CutPrefix(rest, []byte("m:")); ok { // the message is last and may hold |
@@ -321,7 +367,7 @@ func (p *Parser) ParseServiceCheck(line []byte, c *window.ServiceCheck) (Reason,
 		} else {
 			rest = nil
 		}
-		if !p.common(f, &c.Timestamp, &c.Host, &c.Tags) {
+		if !p.common(f, &c.Timestamp, &h, &c.Tags) {
 			return window.ReasonInvalidValue, "service check timestamp is not unix seconds"
 		}
 	}

@@ -63,7 +63,8 @@ func TestParseEventAndServiceCheck(t *testing.T) {
 	if r, d := p.ParseEvent([]byte(line), &e); r != window.Accepted {
 		t.Fatalf("%v %s", r, d)
 	}
-	if e.Title != "deploy!" || e.Text != "v2 is\nlive" || e.Timestamp != 1700000000e9 || e.Host != "web-2" || e.Priority != window.PriorityLow ||
+	// The h: field wins over a host: tag (the Agent's enrichEvent).
+	if e.Title != "deploy!" || e.Text != "v2 is\nlive" || e.Timestamp != 1700000000e9 || e.Host != "web" || e.Priority != window.PriorityLow ||
 		e.AlertType != window.AlertSuccess || e.AggregationKey != "dep" || e.SourceType != "ci" || !slices.Equal(e.Tags, []string{"env:prod"}) {
 		t.Fatalf("event %+v", e)
 	}
@@ -83,6 +84,54 @@ func TestParseEventAndServiceCheck(t *testing.T) {
 		if r, _ := p.ParseServiceCheck([]byte(bad), &c); r == window.Accepted {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestAgentEnrichment checks hosts and tags against the Datadog Agent's
+// DogStatsD enrichment (comp/dogstatsd/server/impl/enrich.go):
+// extractTagsMetadata for every item, enrichEvent and enrichServiceCheck
+// for the h: field. The Agent's default host stands in for DefaultHost.
+func TestAgentEnrichment(t *testing.T) {
+	p := Parser{DefaultHost: "agent-host"}
+	metrics := []struct {
+		line, host, agent string
+		tags              []string
+	}{
+		{"g:1|g|#env:prod", "agent-host", "extractTagsMetadata: host starts as the default hostname", []string{"env:prod"}},
+		{"g:1|g|#host:web-1,env:prod", "web-1", "extractTagsMetadata: a host: tag sets the host and is not a tag", []string{"env:prod"}},
+		{"g:1|g|#host:,env:prod", "", "extractTagsMetadata: an empty host: tag clears the host", []string{"env:prod"}},
+		{"g:1|g|#dd.internal.entity_id:pod-uid,dd.internal.card:high,dd.internal.jmx_check_name:kafka,env:prod", "agent-host",
+			"extractTagsMetadata: entity id, cardinality and JMX check name are origin metadata, not tags", []string{"env:prod"}},
+	}
+	for _, tt := range metrics {
+		p.Reset()
+		var s window.Sample
+		if r, d := p.ParseMetric([]byte(tt.line), &s); r != window.Accepted {
+			t.Fatalf("%q: %v %s", tt.line, r, d)
+		}
+		if s.Host != tt.host || !slices.Equal(s.Tags, tt.tags) {
+			t.Errorf("%q: host %q tags %q, want %q %q (%s)", tt.line, s.Host, s.Tags, tt.host, tt.tags, tt.agent)
+		}
+	}
+	checks := []struct{ line, host, agent string }{
+		{"_sc|x|0|#host:a|h:b", "b", "enrichServiceCheck: a non-empty h: field wins"},
+		{"_sc|x|0|h:b|#host:a", "b", "enrichServiceCheck: whatever the order"},
+		{"_sc|x|0|h:|#host:a", "a", "enrichServiceCheck: an empty h: leaves the tag's host"},
+		{"_sc|x|0|#host:", "", "extractTagsMetadata: an empty host: tag clears the default"},
+		{"_sc|x|0", "agent-host", "extractTagsMetadata: the default hostname"},
+	}
+	for _, tt := range checks {
+		var c window.ServiceCheck
+		if r, d := p.ParseServiceCheck([]byte(tt.line), &c); r != window.Accepted {
+			t.Fatalf("%q: %v %s", tt.line, r, d)
+		}
+		if c.Host != tt.host {
+			t.Errorf("%q: host %q, want %q (%s)", tt.line, c.Host, tt.host, tt.agent)
+		}
+	}
+	var e window.Event
+	if r, d := p.ParseEvent([]byte("_e{1,1}:a|b|#host:tagged"), &e); r != window.Accepted || e.Host != "tagged" {
+		t.Errorf("event host %q (%v %s), want the host: tag's (enrichEvent)", e.Host, r, d)
 	}
 }
 

@@ -37,7 +37,9 @@ type Config struct {
 	ReceiveBuffer int
 	// PacketSize is the largest datagram read whole.
 	PacketSize int
-	Limits     codec.Limits
+	// DefaultHost is the host of items that name none (Parser.DefaultHost).
+	DefaultHost string
+	Limits      codec.Limits
 }
 
 // Validate reports a setting out of range.
@@ -159,7 +161,7 @@ type reader struct {
 
 func (s *Server) read(c net.PacketConn) {
 	defer s.wg.Done()
-	r := &reader{s: s}
+	r := &reader{s: s, p: Parser{DefaultHost: s.cfg.DefaultHost}}
 	buf := make([]byte, s.cfg.PacketSize)
 	for {
 		n, _, err := c.ReadFrom(buf)

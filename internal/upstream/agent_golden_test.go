@@ -115,6 +115,18 @@ func TestAgentGoldenSeries(t *testing.T) {
 	}
 }
 
+// TestAgentGoldenResources checks that device: and dd.internal.resource:
+// tags become series resources, not tags, as the Agent's serializer makes
+// them (Serie.PopulateDeviceField, Serie.PopulateResources).
+func TestAgentGoldenResources(t *testing.T) {
+	got, _ := exportedSeries(t, nil, window.Sample{Name: "g", Type: window.TypeGauge, Value: 1, Host: "web-1",
+		Tags: []string{"env:prod", "device:sda1", "dd.internal.resource:database_instance:db-1", "dd.internal.resource:bad"}})
+	p := got["g"]
+	if p.Host != "web-1" || p.Resources != "database_instance:db-1,device:sda1" || p.Tags != "dd.internal.resource:bad,env:prod" {
+		t.Fatalf("host %q resources %q tags %q", p.Host, p.Resources, p.Tags)
+	}
+}
+
 func keys(m map[string]upstreamtest.DDPoint) []string {
 	var out []string
 	for k := range m {

@@ -301,18 +301,21 @@ func (d *Datadog) appendSeries(b []byte, m *window.Metric, suffix string, typ in
 }
 
 func appendSeriesBody(s []byte, m *window.Metric, suffix string, typ int, v float64) []byte {
-	if m.Host != "" { // resources: {type: "host", name: host}
-		s = protowire.AppendTag(s, 1, protowire.BytesType)
-		s = protowire.AppendVarint(s, uint64(1+protowire.SizeBytes(len("host"))+1+protowire.SizeBytes(len(m.Host))))
-		s = protowire.AppendTag(s, 1, protowire.BytesType)
-		s = protowire.AppendString(s, "host")
-		s = protowire.AppendTag(s, 2, protowire.BytesType)
-		s = protowire.AppendString(s, m.Host)
+	if m.Host != "" {
+		s = appendResource(s, "host", m.Host)
+	}
+	for _, t := range m.Tags {
+		if rt, rn, ok := resourceTag(t); ok {
+			s = appendResource(s, rt, rn)
+		}
 	}
 	s = protowire.AppendTag(s, 2, protowire.BytesType)
 	s = protowire.AppendVarint(s, uint64(len(m.Name)+len(suffix)))
 	s = append(append(s, m.Name...), suffix...)
 	for _, t := range m.Tags {
+		if _, _, ok := resourceTag(t); ok {
+			continue
+		}
 		s = protowire.AppendTag(s, 3, protowire.BytesType)
 		s = protowire.AppendString(s, t)
 	}
@@ -327,6 +330,32 @@ func appendSeriesBody(s []byte, m *window.Metric, suffix string, typ int, v floa
 	s = protowire.AppendVarint(s, uint64(typ))
 	s = protowire.AppendTag(s, 8, protowire.VarintType)
 	return protowire.AppendVarint(s, uint64(m.Interval/1e9))
+}
+
+// resourceTag reports whether tag t is a series resource rather than a tag,
+// as the Agent's serializer takes them (Serie.PopulateDeviceField and
+// PopulateResources): device:<name> is a resource of type device, and
+// dd.internal.resource:<type>:<name> one of that type.
+func resourceTag(t string) (typ, name string, ok bool) {
+	if name, ok := strings.CutPrefix(t, "device:"); ok {
+		return "device", name, true
+	}
+	if rest, ok := strings.CutPrefix(t, "dd.internal.resource:"); ok {
+		typ, name, ok := strings.Cut(rest, ":")
+		return typ, name, ok && typ != "" && name != ""
+	}
+	return "", "", false
+}
+
+// appendResource appends one MetricSeries.resources entry (field 1):
+// {type = 1, name = 2}.
+func appendResource(s []byte, typ, name string) []byte {
+	s = protowire.AppendTag(s, 1, protowire.BytesType)
+	s = protowire.AppendVarint(s, uint64(1+protowire.SizeBytes(len(typ))+1+protowire.SizeBytes(len(name))))
+	s = protowire.AppendTag(s, 1, protowire.BytesType)
+	s = protowire.AppendString(s, typ)
+	s = protowire.AppendTag(s, 2, protowire.BytesType)
+	return protowire.AppendString(s, name)
 }
 
 // appendSketch appends one SketchPayload.sketches entry (field 1) to b.
