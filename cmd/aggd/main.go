@@ -62,6 +62,28 @@ import (
 	"github.com/aggd/aggd/internal/wal"
 )
 
+// The components wired below, checked against the interfaces they are
+// wired in as.
+var (
+	_ flush.Exporter        = (*upstream.Router)(nil)
+	_ spans.Exporter        = (*upstream.Router)(nil)
+	_ flush.RuleEngine      = (*rules.Engine)(nil)
+	_ spans.Observer        = (*rules.Engine)(nil)
+	_ flush.EventHolder     = (*spans.GroupSampler)(nil)
+	_ flush.WAL             = (*wal.Log)(nil)
+	_ flush.TenantLister    = (*service.Tenants)(nil)
+	_ flush.Observer        = (*telemetry.FlushMetrics)(nil)
+	_ service.Ingester      = (*flush.Aggregator)(nil)
+	_ service.SpanIngester  = (*spans.Processor)(nil)
+	_ service.ContextRanker = (*flush.Aggregator)(nil)
+	_ spans.StatsSink       = (*flush.Aggregator)(nil)
+	_ dogstatsd.Ingester    = (*flush.Aggregator)(nil)
+	_ journal.Tenants       = (*service.Tenants)(nil)
+	_ journal.Ingester      = (*flush.Aggregator)(nil)
+	_ journal.SpanReplayer  = (*spans.Processor)(nil)
+	_ overload.Leveler      = pushback{}
+)
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -142,10 +164,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	agg := flush.NewAggregator(cfg.Window, cfg.Shards)
-	flusher := flush.NewFlusher(agg, router, tenants, flush.Config{
+	flushCfg := flush.Config{
 		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
 		Observer: telemetry.NewFlushMetrics(reg), Tracer: tracer,
-	}, log)
+	}
+	if walLog != nil {
+		flushCfg.WAL = walLog
+	}
+	if err := flushCfg.Validate(); err != nil {
+		return err
+	}
+	flusher := flush.NewFlusher(agg, router, tenants, flushCfg, log)
 
 	var ruleEngine *rules.Engine
 	reloadMetrics := telemetry.NewReloadMetrics(reg)
@@ -224,7 +253,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 				func() float64 { return float64(guard.Level()) }))
 	}
 	// Memory pressure, and a full send queue on disk, push back on ingest.
-	var load interface{ Level() overload.Level }
+	var load overload.Leveler
 	switch {
 	case walLog != nil:
 		load = pushback{guard: guard, full: router.Full}
@@ -272,7 +301,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		srv.SetJournal(jnl)
-		flusher.SetLog(walLog)
 		if err := jnl.Replay(); err != nil {
 			return err
 		}

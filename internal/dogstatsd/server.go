@@ -60,7 +60,7 @@ type Server struct {
 	conns  []net.PacketConn
 	wg     sync.WaitGroup
 
-	load interface{ Level() overload.Level }
+	load overload.Leveler
 
 	// Packets, Lines and ReadErrors count what the sockets delivered;
 	// Refused counts datagrams read and dropped past the hard memory limit.
@@ -71,7 +71,7 @@ type Server struct {
 // the hard limit, counting them in Refused: UDP has no way to slow its
 // senders, and the aggd.v1 services refuse batches at that point too.
 // Call it before Start.
-func (s *Server) SetLoadLevel(l interface{ Level() overload.Level }) { s.load = l }
+func (s *Server) SetLoadLevel(l overload.Leveler) { s.load = l }
 
 // New returns a server feeding ing for tenant t. cfg must be valid.
 func New(cfg Config, t *window.Tenant, ing Ingester, log *slog.Logger) *Server {

@@ -52,6 +52,8 @@ type Config struct {
 	Observer Observer
 	// Tracer, if set, traces every flush (span aggd.flush).
 	Tracer trace.Tracer
+	// WAL, if set, is told what every flush carried.
+	WAL WAL
 }
 
 // Validate reports a setting out of range.
@@ -76,10 +78,9 @@ type Flusher struct {
 	started  bool
 	stopOnce sync.Once
 
-	mu sync.Mutex // serialises flushes; guards f, wal and walHeld
+	mu sync.Mutex // serialises flushes; guards f and walHeld
 	f  window.Flush
 
-	wal     Log
 	walHeld bool // a flush failed: the log keeps everything from then on
 
 	// seen is each tenant's items, accepted and refused, at the last
@@ -87,9 +88,9 @@ type Flusher struct {
 	seen map[*window.Tenant]uint64
 }
 
-// Log is a write-ahead log of ingested batches that learns which of them
+// WAL is a write-ahead log of ingested batches that learns which of them
 // flushes have carried (wal.Log).
-type Log interface {
+type WAL interface {
 	// Rotate returns the last generation of records whose batches are in
 	// the windows; the flusher calls it before draining them.
 	Rotate() (uint64, error)
@@ -97,9 +98,6 @@ type Log interface {
 	// gen, was exported; the final flush passes math.MaxInt64.
 	Record(gen uint64, tick int64) error
 }
-
-// SetLog makes every flush tell l what it carried. Call it before Start.
-func (fl *Flusher) SetLog(l Log) { fl.wal = l }
 
 // NewFlusher returns a flusher of agg into exp. cfg must be valid.
 func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config, log *slog.Logger) *Flusher {
@@ -144,19 +142,23 @@ func (fl *Flusher) run() {
 
 // Flush drains what is due at tick (everything when all is set), exports
 // it and releases it. Ticks normally call it; Shutdown calls it with all.
-func (fl *Flusher) Flush(tick time.Time, all bool) {
+func (fl *Flusher) Flush(tick time.Time, all bool) { fl.flush(context.Background(), tick, all) }
+
+// flush is Flush within ctx: its export ends at ctx's deadline if that
+// comes before the export timeout.
+func (fl *Flusher) flush(ctx context.Context, tick time.Time, all bool) {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	start := time.Now()
-	ctx, span := fl.cfg.Tracer.Start(context.Background(), "aggd.flush",
+	ctx, span := fl.cfg.Tracer.Start(ctx, "aggd.flush",
 		trace.WithAttributes(attribute.Int64("aggd.tick", tick.Unix()), attribute.Bool("aggd.final", all)))
 	defer span.End()
 	f := &fl.f
 	f.Time = tick.UnixNano()
 	var gen uint64
-	if fl.wal != nil {
+	if fl.cfg.WAL != nil {
 		var err error
-		if gen, err = fl.wal.Rotate(); err != nil {
+		if gen, err = fl.cfg.WAL.Rotate(); err != nil {
 			fl.log.Error("write-ahead log rotation", "err", err)
 		}
 	}
@@ -206,7 +208,7 @@ func items(tn *window.Tenant) uint64 {
 // export the log keeps every record, so that a restart replays what the
 // failure lost.
 func (fl *Flusher) record(gen uint64, tick int64, all bool, err error) {
-	if fl.wal == nil || fl.walHeld {
+	if fl.cfg.WAL == nil || fl.walHeld {
 		return
 	}
 	if err != nil {
@@ -217,14 +219,15 @@ func (fl *Flusher) record(gen uint64, tick int64, all bool, err error) {
 	if all {
 		tick = math.MaxInt64
 	}
-	if err := fl.wal.Record(gen, tick); err != nil {
+	if err := fl.cfg.WAL.Record(gen, tick); err != nil {
 		fl.walHeld = true
 		fl.log.Error("write-ahead log checkpoint failed: it keeps every record from now on", "err", err)
 	}
 }
 
 // Shutdown stops the ticker and flushes everything held, open buckets
-// included. It is idempotent; later calls flush again (usually nothing).
+// included, within ctx's deadline. It is idempotent; later calls flush
+// again (usually nothing).
 func (fl *Flusher) Shutdown(ctx context.Context) error {
 	fl.stopOnce.Do(func() { close(fl.stop) })
 	if fl.started {
@@ -234,6 +237,6 @@ func (fl *Flusher) Shutdown(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	fl.Flush(time.Now(), true)
+	fl.flush(ctx, time.Now(), true)
 	return nil
 }

@@ -20,6 +20,14 @@ const (
 	Hard       // over 95 %: refuse new batches
 )
 
+// Leveler reports a load level: the Guard's memory pressure, or anything
+// else that must push back on ingest the same way.
+type Leveler interface {
+	Level() Level
+}
+
+var _ Leveler = (*Guard)(nil)
+
 // Guard samples memory every interval. Level is safe for concurrent use.
 type Guard struct {
 	soft, hard uint64

@@ -110,8 +110,7 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 		t.Fatalf("first batch: %v", ack)
 	}
 	exp := &flushtest.Exporter{}
-	fl := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
-	fl.SetLog(j.log)
+	fl := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
 	fl.Flush(tick, false)
 	if got := sum(exp.Points(), "past"); got != 3 {
 		t.Fatalf("the flush carried %v of the past bucket, want 3", got)

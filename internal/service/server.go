@@ -46,7 +46,7 @@ type Config struct {
 // use.
 type Server struct {
 	maxStreamAge time.Duration
-	load         LoadLevel
+	load         overload.Leveler
 	share        fairShare
 	ing          Ingester
 	spanIng      SpanIngester
@@ -66,16 +66,11 @@ func New(ing Ingester, tenants *Tenants, lim codec.Limits, log *slog.Logger) *Se
 	return s
 }
 
-// LoadLevel reports memory pressure: 0 normal, 1 slow down, 2 refuse.
-type LoadLevel interface {
-	Level() overload.Level
-}
-
 // SetLoadLevel makes s slow down and refuse traffic under memory pressure:
 // at Soft a stream stops reading (its acks wait), at Hard new batches are
 // refused with ResourceExhausted and RetryInfo; tenants far smaller than
 // the average are spared one step (see admit). Call it before serving.
-func (s *Server) SetLoadLevel(l LoadLevel) { s.load = l }
+func (s *Server) SetLoadLevel(l overload.Leveler) { s.load = l }
 
 // overloadRetry is the delay suggested to refused clients.
 const overloadRetry = time.Second

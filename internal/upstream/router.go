@@ -26,6 +26,27 @@ type Upstream interface {
 	Shutdown(ctx context.Context) error
 }
 
+// Queuer is an upstream with a send queue, which it reports.
+type Queuer interface {
+	Queue() QueueState
+}
+
+// piped is an upstream whose payloads go through a Pipeline: a send
+// queue that can be kept on disk, and be full.
+type piped interface {
+	pipeline() *Pipeline
+}
+
+var (
+	_ Upstream = (*JSONLines)(nil)
+	_ Upstream = (*Datadog)(nil)
+	_ Upstream = (*OTLP)(nil)
+	_ Queuer   = (*Datadog)(nil)
+	_ Queuer   = (*OTLP)(nil)
+	_ piped    = (*Datadog)(nil)
+	_ piped    = (*OTLP)(nil)
+)
+
 // TenantRoute sends one tenant's data to its own upstreams with its own
 // credentials, instead of the defaults.
 type TenantRoute struct {
@@ -127,7 +148,7 @@ func (r *Router) concurrently(do func(Upstream) error) error {
 func (r *Router) Queues() []QueueState {
 	var out []QueueState
 	for _, u := range r.upstreams {
-		if q, ok := u.(interface{ Queue() QueueState }); ok {
+		if q, ok := u.(Queuer); ok {
 			out = append(out, q.Queue())
 		}
 	}
@@ -141,7 +162,7 @@ func (r *Router) Spool(dir string, maxBytes int64) error {
 		return err
 	}
 	for _, u := range r.upstreams {
-		if q, ok := u.(interface{ pipeline() *Pipeline }); ok {
+		if q, ok := u.(piped); ok {
 			s, err := OpenSpool(filepath.Join(dir, url.PathEscape(u.Name())+".queue"), maxBytes)
 			if err != nil {
 				return err
@@ -155,7 +176,7 @@ func (r *Router) Spool(dir string, maxBytes int64) error {
 // Full reports whether some upstream's send queue is at its bound.
 func (r *Router) Full() bool {
 	for _, u := range r.upstreams {
-		if q, ok := u.(interface{ pipeline() *Pipeline }); ok && q.pipeline().Full() {
+		if q, ok := u.(piped); ok && q.pipeline().Full() {
 			return true
 		}
 	}
