@@ -187,6 +187,9 @@ func compileRules(raw []rawRule, where string) ([]Rule, error) {
 	for i, r := range raw {
 		at := fmt.Sprintf("%s[%d] %q", where, i, r.Name)
 		rule := Rule{Name: r.Name}
+		if r.Type == "probabilistic" && r.Rate <= 0 {
+			continue // removed before anything else is checked, as in DataKit
+		}
 		if r.Condition != "" {
 			var err error
 			if rule.Cond, err = filter.Compile(r.Condition); err != nil {
@@ -202,9 +205,6 @@ func compileRules(raw []rawRule, where string) ([]Rule, error) {
 				return nil, fmt.Errorf("%s: action %q is not keep or drop", at, r.Action)
 			}
 		case "probabilistic":
-			if r.Rate <= 0 {
-				continue
-			}
 			if r.Rate > 1 {
 				return nil, fmt.Errorf("%s: rate %v is above 1", at, r.Rate)
 			}

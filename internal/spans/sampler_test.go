@@ -315,6 +315,7 @@ func TestDataKitPipelineRules(t *testing.T) {
 	spans := []Span{sp(id, 0, nil)}
 	p := mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"c\"\ntype = \"condition\"\naction = \"drop\"\n"+
 		"[[trace.sampling_pipeline]]\nname = \"z\"\ntype = \"probabilistic\"\nrate = 0.0\ncondition = \"{ 1 = 1 }\"\n"+
+		"[[trace.sampling_pipeline]]\nname = \"z2\"\ntype = \"probabilistic\"\ncondition = \"{ a = }\"\n"+
 		"[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"probabilistic\"\nrate = 1.0\n")
 	if len(p.Rules) != 2 || p.Rules[1].Name != "all" {
 		t.Fatalf("rules %+v", p.Rules)
