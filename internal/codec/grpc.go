@@ -29,3 +29,21 @@ func (c grpcCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	return nil
 }
+
+// Raw is a request already encoded, which the Client codec sends as is.
+type Raw []byte
+
+// clientCodec is the proto codec, except that it sends a Raw as is.
+type clientCodec struct{ encoding.CodecV2 }
+
+// Client returns the codec of a gRPC client that sends requests it
+// encoded itself (Raw) and decodes responses with proto.
+func Client() encoding.CodecV2 { return clientCodec{encoding.GetCodecV2(proto.Name)} }
+
+// Marshal implements encoding.CodecV2.
+func (c clientCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(Raw); ok {
+		return mem.BufferSlice{mem.SliceBuffer(r)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}

@@ -9,7 +9,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
@@ -17,10 +19,13 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/otlpwire"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -105,11 +110,42 @@ func (s *Server) NewOTLP(cfg OTLPConfig) *OTLP {
 	return r
 }
 
-// Register registers the OTLP/gRPC metrics and trace services on g. The
-// tenant comes from the call's metadata as for the aggd.v1 API.
+// Register registers the OTLP/gRPC metrics and trace services on g, a
+// server made with ServerOptions: the metrics service decodes requests
+// without the generated types (otlpwire). The tenant comes from the
+// call's metadata as for the aggd.v1 API.
 func (r *OTLP) Register(g *grpc.Server) {
-	colmetricspb.RegisterMetricsServiceServer(g, r)
+	desc := colmetricspb.MetricsService_ServiceDesc
+	g.RegisterService(&grpc.ServiceDesc{
+		ServiceName: desc.ServiceName,
+		HandlerType: desc.HandlerType,
+		Methods:     []grpc.MethodDesc{{MethodName: "Export", Handler: r.exportHandler}},
+		Metadata:    desc.Metadata,
+	}, r)
 	coltracepb.RegisterTraceServiceServer(g, &r.traces)
+}
+
+var otlpFrames = sync.Pool{New: func() any { return &codec.Frame{} }}
+
+func (r *OTLP) exportHandler(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	f := otlpFrames.Get().(*codec.Frame)
+	put := func() {
+		if cap(f.Buf) <= 4<<20 { // do not pin one huge request's buffer
+			otlpFrames.Put(f)
+		}
+	}
+	if err := dec(f); err != nil {
+		put()
+		return nil, err
+	}
+	handler := func(ctx context.Context, _ any) (any, error) {
+		defer put()
+		return r.exportRaw(ctx, f.Buf)
+	}
+	if interceptor == nil {
+		return handler(ctx, f)
+	}
+	return interceptor(ctx, f, &grpc.UnaryServerInfo{Server: r, FullMethod: colmetricspb.MetricsService_Export_FullMethodName}, handler)
 }
 
 // RegisterOTLP registers an OTLP receiver with the default configuration
@@ -135,69 +171,130 @@ func anyString(v *commonpb.AnyValue) string {
 	return fmt.Sprint(v.GetValue())
 }
 
-// attrTags appends key:value tags of the attributes keep accepts (nil:
-// all); host.name becomes the host instead.
-func attrTags(tags []string, host *string, attrs []*commonpb.KeyValue, keep func(string) bool) []string {
-	for _, kv := range attrs {
+// pointBatch converts one metrics request, as otlpwire hands it over,
+// into samples; it is reused from request to request (otlpStates), so
+// steady-state conversion allocates nothing: tags and names are built in
+// arenas and referred to by views.
+type pointBatch struct {
+	r        *OTLP
+	dec      otlpwire.Decoder
+	b        window.Batch
+	lim      codec.Limits
+	rejected int
+	firstErr string
+	arena    []byte // sample keys
+	strs     []byte // tags and names built here
+	tags     []string
+	hists    []window.HistPoint
+	bins     bins
+	key      []byte
+	scratch  []uint64
+
+	// The current resource and scope.
+	host               string
+	resTags, scopeTags int // tags[resStart:resTags] and tags[resStart:scopeTags]
+	resStart           int
+	resID, scopeID     []byte
+}
+
+var otlpStates = sync.Pool{New: func() any { return &pointBatch{} }}
+
+func (r *OTLP) getBatch(tn *window.Tenant) *pointBatch {
+	pb := otlpStates.Get().(*pointBatch)
+	pb.r, pb.lim, pb.rejected, pb.firstErr = r, r.s.lim, 0, ""
+	pb.b.Reset()
+	pb.b.Tenant, pb.b.Now = tn, time.Now().UnixNano()
+	pb.arena, pb.strs, pb.tags, pb.hists = pb.arena[:0], pb.strs[:0], pb.tags[:0], pb.hists[:0]
+	pb.bins.vals, pb.bins.cnts = pb.bins.vals[:0], pb.bins.cnts[:0]
+	return pb
+}
+
+func putBatch(pb *pointBatch) {
+	if cap(pb.strs) > 4<<20 || cap(pb.arena) > 4<<20 {
+		*pb = pointBatch{} // do not pin one huge request's memory
+	}
+	pb.r = nil
+	otlpStates.Put(pb)
+}
+
+// str returns b's bytes appended to the batch's string arena as a view.
+func (pb *pointBatch) view(start int) string {
+	b := pb.strs[start:len(pb.strs):len(pb.strs)]
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// appendValue renders an attribute value as a tag value.
+func appendValue(b []byte, v *otlpwire.Value) []byte {
+	switch v.Kind {
+	case otlpwire.KindString:
+		return append(b, v.Str...)
+	case otlpwire.KindInt:
+		return strconv.AppendInt(b, v.Int, 10)
+	case otlpwire.KindDouble:
+		return strconv.AppendFloat(b, v.Double, 'g', -1, 64)
+	case otlpwire.KindBool:
+		return strconv.AppendBool(b, v.Int != 0)
+	case otlpwire.KindBytes:
+		return hex.AppendEncode(b, []byte(v.Str))
+	case otlpwire.KindArray:
+		var a commonpb.ArrayValue
+		proto.Unmarshal(v.Raw, &a)
+		return append(b, anyString(&commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &a}})...)
+	case otlpwire.KindKVList:
+		var l commonpb.KeyValueList
+		proto.Unmarshal(v.Raw, &l)
+		return append(b, anyString(&commonpb.AnyValue{Value: &commonpb.AnyValue_KvlistValue{KvlistValue: &l}})...)
+	}
+	return b
+}
+
+// addTags appends key:value tags of the attributes keep accepts (nil:
+// all); host.name sets the host instead.
+func (pb *pointBatch) addTags(host *string, attrs []otlpwire.KeyValue, keep func(string) bool) {
+	for i := range attrs {
+		kv := &attrs[i]
 		if kv.Key == "host.name" && host != nil {
-			*host = anyString(kv.Value)
+			start := len(pb.strs)
+			pb.strs = appendValue(pb.strs, &kv.Value)
+			*host = pb.view(start)
 			continue
 		}
 		if keep != nil && !keep(kv.Key) {
 			continue
 		}
-		tags = append(tags, kv.Key+":"+anyString(kv.Value))
+		start := len(pb.strs)
+		pb.strs = append(pb.strs, kv.Key...)
+		pb.strs = append(pb.strs, ':')
+		pb.strs = appendValue(pb.strs, &kv.Value)
+		pb.tags = append(pb.tags, pb.view(start))
 	}
-	return tags
 }
 
 // appendAttrIdentity appends what identifies attrs as a set: each key and
 // its typed value, in key order.
-func appendAttrIdentity(b []byte, attrs []*commonpb.KeyValue) []byte {
-	if !slices.IsSortedFunc(attrs, func(a, b *commonpb.KeyValue) int { return strings.Compare(a.Key, b.Key) }) {
-		attrs = slices.SortedFunc(slices.Values(attrs), func(a, b *commonpb.KeyValue) int { return strings.Compare(a.Key, b.Key) })
+func (pb *pointBatch) appendAttrIdentity(b []byte, attrs []otlpwire.KeyValue) []byte {
+	byKey := func(a, b otlpwire.KeyValue) int { return strings.Compare(a.Key, b.Key) }
+	if !slices.IsSortedFunc(attrs, byKey) {
+		slices.SortFunc(attrs, byKey) // the decoder's slice, read only here and for tags
 	}
 	b = protowire.AppendVarint(b, uint64(len(attrs)))
-	for _, kv := range attrs {
+	for i := range attrs {
+		kv := &attrs[i]
 		b = protowire.AppendString(b, kv.Key)
-		switch x := kv.Value.GetValue().(type) {
-		case *commonpb.AnyValue_StringValue:
-			b = append(b, 's')
-			b = protowire.AppendString(b, x.StringValue)
-		case *commonpb.AnyValue_IntValue:
-			b = append(b, 'i')
-			b = protowire.AppendVarint(b, uint64(x.IntValue))
-		case *commonpb.AnyValue_DoubleValue:
-			b = append(b, 'd')
-			b = protowire.AppendFixed64(b, math.Float64bits(x.DoubleValue))
-		case *commonpb.AnyValue_BoolValue:
-			b = append(b, 'b')
-			b = protowire.AppendVarint(b, protowire.EncodeBool(x.BoolValue))
-		case *commonpb.AnyValue_BytesValue:
-			b = append(b, 'y')
-			b = protowire.AppendBytes(b, x.BytesValue)
-		case nil:
-			b = append(b, 'n')
-		default:
-			m, _ := proto.MarshalOptions{Deterministic: true}.Marshal(kv.Value)
-			b = append(b, 'x')
-			b = protowire.AppendBytes(b, m)
+		v := &kv.Value
+		b = append(b, byte(v.Kind))
+		switch v.Kind {
+		case otlpwire.KindString, otlpwire.KindBytes:
+			b = protowire.AppendString(b, v.Str)
+		case otlpwire.KindInt, otlpwire.KindBool:
+			b = protowire.AppendVarint(b, uint64(v.Int))
+		case otlpwire.KindDouble:
+			b = protowire.AppendFixed64(b, math.Float64bits(v.Double))
+		case otlpwire.KindArray, otlpwire.KindKVList:
+			b = protowire.AppendBytes(b, v.Raw)
 		}
 	}
 	return b
-}
-
-// pointBatch collects the samples of one Export and which data point each
-// came from, to refuse a point whole.
-type pointBatch struct {
-	r        *OTLP
-	b        window.Batch
-	lim      codec.Limits
-	rejected int
-	firstErr string
-	arena    []byte
-	key      []byte
-	scratch  []uint64
 }
 
 // add validates and appends one sample of the current data point; it
@@ -221,8 +318,68 @@ func (pb *pointBatch) refuse(r window.Reason, detail string) {
 	}
 }
 
-// Export implements the OTLP MetricsService.
+// Resource implements otlpwire.MetricsHandler.
+func (pb *pointBatch) Resource(res *otlpwire.Resource) {
+	pb.host = ""
+	pb.resStart = len(pb.tags)
+	pb.addTags(&pb.host, res.Attrs, pb.r.cfg.resourceTag)
+	pb.resTags = len(pb.tags)
+	pb.resID = pb.appendAttrIdentity(protowire.AppendString(pb.resID[:0], pb.b.Tenant.ID), res.Attrs)
+}
+
+// Scope implements otlpwire.MetricsHandler.
+func (pb *pointBatch) Scope(sc *otlpwire.Scope) {
+	pb.tags = append(pb.tags, pb.tags[pb.resStart:pb.resTags]...)
+	pb.resStart, pb.resTags = len(pb.tags)-(pb.resTags-pb.resStart), len(pb.tags)
+	pb.addTags(nil, sc.Attrs, nil)
+	pb.scopeTags = len(pb.tags)
+	id := append(pb.scopeID[:0], pb.resID...)
+	id = protowire.AppendString(id, sc.Name)
+	id = protowire.AppendString(id, sc.Version)
+	pb.scopeID = pb.appendAttrIdentity(id, sc.Attrs)
+}
+
+// sample starts the sample of a point: its scope's tags and its own.
+func (pb *pointBatch) sample(m *otlpwire.Metric, p *otlpwire.Point) window.Sample {
+	start := len(pb.tags)
+	pb.tags = append(pb.tags, pb.tags[pb.resStart:pb.scopeTags]...)
+	host := pb.host
+	pb.addTags(&host, p.Attrs, nil)
+	return window.Sample{Name: m.Name, Host: host, Tags: pb.tags[start:len(pb.tags):len(pb.tags)], SampleRate: 1, Timestamp: int64(p.Time)}
+}
+
+// withTag returns s with one more tag.
+func (pb *pointBatch) withTag(s window.Sample, k string, v float64) window.Sample {
+	start := len(pb.tags)
+	pb.tags = append(pb.tags, s.Tags...)
+	at := len(pb.strs)
+	pb.strs = append(pb.strs, k...)
+	pb.strs = strconv.AppendFloat(append(pb.strs, ':'), v, 'g', -1, 64)
+	pb.tags = append(pb.tags, pb.view(at))
+	s.Tags = pb.tags[start:len(pb.tags):len(pb.tags)]
+	return s
+}
+
+// name returns m's name with a suffix, built in the arena.
+func (pb *pointBatch) name(m *otlpwire.Metric, suffix string) string {
+	at := len(pb.strs)
+	pb.strs = append(append(pb.strs, m.Name...), suffix...)
+	return pb.view(at)
+}
+
+// Export implements the OTLP MetricsService with the generated types;
+// the registered handler (Register) decodes without them.
 func (r *OTLP) Export(ctx context.Context, req *colmetricspb.ExportMetricsServiceRequest) (*colmetricspb.ExportMetricsServiceResponse, error) {
+	b, err := proto.Marshal(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return r.exportRaw(ctx, b)
+}
+
+// exportRaw resolves the tenant, applies memory pressure, then converts
+// and ingests an encoded ExportMetricsServiceRequest.
+func (r *OTLP) exportRaw(ctx context.Context, req []byte) (*colmetricspb.ExportMetricsServiceResponse, error) {
 	tn, err := r.s.tenants.Resolve(ctx)
 	if err != nil {
 		return nil, err
@@ -233,26 +390,13 @@ func (r *OTLP) Export(ctx context.Context, req *colmetricspb.ExportMetricsServic
 	return r.exportMetrics(tn, req)
 }
 
-// exportMetrics converts and ingests the metrics of an admitted request.
-func (r *OTLP) exportMetrics(tn *window.Tenant, req *colmetricspb.ExportMetricsServiceRequest) (*colmetricspb.ExportMetricsServiceResponse, error) {
-	pb := &pointBatch{r: r, lim: r.s.lim}
-	pb.b.Tenant, pb.b.Now = tn, time.Now().UnixNano()
-	var resID []byte
-	for _, rm := range req.ResourceMetrics {
-		var host string
-		res := rm.GetResource().GetAttributes()
-		resTags := attrTags(nil, &host, res, r.cfg.resourceTag)
-		resID = appendAttrIdentity(protowire.AppendString(resID[:0], tn.ID), res)
-		for _, sm := range rm.ScopeMetrics {
-			scope := sm.GetScope()
-			tags := attrTags(slices.Clone(resTags), nil, scope.GetAttributes(), nil)
-			id := protowire.AppendString(slices.Clone(resID), scope.GetName())
-			id = protowire.AppendString(id, scope.GetVersion())
-			id = appendAttrIdentity(id, scope.GetAttributes())
-			for _, m := range sm.Metrics {
-				r.metric(pb, m, tags, host, id)
-			}
-		}
+// exportMetrics converts and ingests the encoded metrics request of an
+// admitted tenant.
+func (r *OTLP) exportMetrics(tn *window.Tenant, req []byte) (*colmetricspb.ExportMetricsServiceResponse, error) {
+	pb := r.getBatch(tn)
+	defer putBatch(pb)
+	if err := pb.dec.DecodeMetrics(req, pb); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err := r.s.ingestConverted(tn, pb.b.Now, pb.b.Samples, pb.b.Results, nil, nil, func() { r.s.ing.Ingest(&pb.b) }); err != nil {
 		return nil, err
@@ -273,23 +417,15 @@ func (r *OTLP) exportMetrics(tn *window.Tenant, req *colmetricspb.ExportMetricsS
 	return resp, nil
 }
 
-func numberValue(dp *metricspb.NumberDataPoint) float64 {
-	if v, ok := dp.Value.(*metricspb.NumberDataPoint_AsInt); ok {
-		return float64(v.AsInt)
-	}
-	return dp.GetAsDouble()
-}
-
 const noRecordedValue = uint32(metricspb.DataPointFlags_DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK)
 
-// streamKey names a point's cumulative stream: scope is the resource's and
-// scope's identity, kind the metric's kind.
-func (pb *pointBatch) streamKey(scope []byte, kind byte, m *metricspb.Metric, attrs []*commonpb.KeyValue) []byte {
-	k := append(pb.key[:0], scope...)
+// streamKey names a point's cumulative stream within its scope.
+func (pb *pointBatch) streamKey(kind byte, m *otlpwire.Metric, attrs []otlpwire.KeyValue) []byte {
+	k := append(pb.key[:0], pb.scopeID...)
 	k = append(k, kind)
 	k = protowire.AppendString(k, m.Name)
 	k = protowire.AppendString(k, m.Unit)
-	k = appendAttrIdentity(k, attrs)
+	k = pb.appendAttrIdentity(k, attrs)
 	pb.key = k
 	return k
 }
@@ -303,136 +439,116 @@ func (pb *pointBatch) tracked(res deltaResult) bool {
 	return res == deltaOK
 }
 
-// metric converts one metric's data points. Points flagged
-// NO_RECORDED_VALUE (staleness markers) are skipped.
-func (r *OTLP) metric(pb *pointBatch, m *metricspb.Metric, resTags []string, host string, scope []byte) {
-	base := func(attrs []*commonpb.KeyValue, ts uint64) window.Sample {
-		h := host
-		tags := attrTags(slices.Clone(resTags), &h, attrs, nil)
-		return window.Sample{Name: m.Name, Host: h, Tags: tags, SampleRate: 1, Timestamp: int64(ts)}
-	}
-	const cumulative = metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
-	switch d := m.Data.(type) {
-	case *metricspb.Metric_Gauge:
-		for _, dp := range d.Gauge.DataPoints {
-			if dp.Flags&noRecordedValue != 0 {
-				continue
-			}
-			s := base(dp.Attributes, dp.TimeUnixNano)
-			s.Type, s.Value = window.TypeGauge, numberValue(dp)
-			pb.add(s)
-		}
-	case *metricspb.Metric_Sum:
-		cum := d.Sum.AggregationTemporality == cumulative
-		for _, dp := range d.Sum.DataPoints {
-			if dp.Flags&noRecordedValue != 0 {
-				continue
-			}
-			s := base(dp.Attributes, dp.TimeUnixNano)
-			v := numberValue(dp)
-			switch {
-			case cum && !d.Sum.IsMonotonic: // an up-down counter's level
-				s.Type, s.Value = window.TypeGauge, v
-			case cum:
-				if !finite(v) {
-					pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("value %v is not finite", v))
-					continue
-				}
-				delta, res := r.deltas.sum(pb.streamKey(scope, 's', m, dp.Attributes), dp.StartTimeUnixNano, dp.TimeUnixNano, v)
-				if !pb.tracked(res) {
-					continue
-				}
-				s.Type, s.Value = window.TypeCount, delta
-			default:
-				s.Type, s.Value = window.TypeCount, v
-			}
-			pb.add(s)
-		}
-	case *metricspb.Metric_Histogram:
-		cum := d.Histogram.AggregationTemporality == cumulative
-		for _, dp := range d.Histogram.DataPoints {
-			if dp.Flags&noRecordedValue != 0 {
-				continue
-			}
-			if detail := checkExplicit(dp); detail != "" {
-				pb.refuse(window.ReasonMalformed, detail)
-				continue
-			}
-			h := histInput{bounds: dp.ExplicitBounds, counts: dp.BucketCounts, count: dp.Count, sum: dp.GetSum(), hasSum: dp.Sum != nil}
-			if cum {
-				delta, res := r.deltas.histogram(pb.streamKey(scope, 'h', m, dp.Attributes), dp.StartTimeUnixNano, dp.TimeUnixNano,
-					dp.ExplicitBounds, dp.BucketCounts, dp.Count, dp.GetSum(), pb.scratch)
-				if !pb.tracked(res) {
-					continue
-				}
-				pb.scratch = delta.counts[:0]
-				h.counts, h.count, h.sum = delta.counts, delta.count, delta.sum
-				// A delta's extremes are unknown: the Collector removes them.
-			} else {
-				h.min, h.max = dp.Min, dp.Max
-			}
-			r.histogram(pb, base(dp.Attributes, dp.TimeUnixNano), &h)
-		}
-	case *metricspb.Metric_ExponentialHistogram:
-		cum := d.ExponentialHistogram.AggregationTemporality == cumulative
-		for _, dp := range d.ExponentialHistogram.DataPoints {
-			if dp.Flags&noRecordedValue != 0 {
-				continue
-			}
-			if dp.Scale < -10 || dp.Scale > 20 {
-				pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("exponential histogram scale %d is outside [-10, 20]", dp.Scale))
-				continue
-			}
-			p := expPoint{scale: dp.Scale, zeroThreshold: dp.ZeroThreshold, zeroCount: dp.ZeroCount, count: dp.Count, sum: dp.GetSum(),
-				pos: expBuckets{dp.Positive.GetOffset(), dp.Positive.GetBucketCounts()},
-				neg: expBuckets{dp.Negative.GetOffset(), dp.Negative.GetBucketCounts()}}
-			min, max := dp.Min, dp.Max
-			if cum {
-				var res deltaResult
-				p, res = r.deltas.exponential(pb.streamKey(scope, 'e', m, dp.Attributes), dp.StartTimeUnixNano, dp.TimeUnixNano, p)
-				if !pb.tracked(res) {
-					continue
-				}
-				min, max = nil, nil
-			}
-			r.exponential(pb, base(dp.Attributes, dp.TimeUnixNano), &p, dp.Sum != nil, min, max)
-		}
-	case *metricspb.Metric_Summary:
-		for _, dp := range d.Summary.DataPoints {
-			if dp.Flags&noRecordedValue != 0 {
-				continue
-			}
-			s := base(dp.Attributes, dp.TimeUnixNano)
-			dc, ds, res := r.deltas.summary(pb.streamKey(scope, 'q', m, dp.Attributes), dp.StartTimeUnixNano, dp.TimeUnixNano, dp.Count, dp.Sum)
-			if pb.tracked(res) {
-				c, sum := s, s
-				c.Name, c.Type, c.Value = m.Name+".count", window.TypeCount, float64(dc)
-				sum.Name, sum.Type, sum.Value = m.Name+".sum", window.TypeCount, ds
-				if !pb.add(c) || !pb.add(sum) {
-					continue
-				}
-			}
-			for _, q := range dp.QuantileValues {
-				g := s
-				g.Tags = append(slices.Clone(s.Tags), "quantile:"+strconv.FormatFloat(q.Quantile, 'g', -1, 64))
-				g.Type, g.Value = window.TypeGauge, q.Value
-				pb.add(g)
-			}
-		}
-	default:
+// Point implements otlpwire.MetricsHandler: it converts one data point.
+// Points flagged NO_RECORDED_VALUE (staleness markers) are skipped.
+func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
+	r := pb.r
+	if m.Kind == otlpwire.MetricNone {
 		pb.refuse(window.ReasonUnsupported, fmt.Sprintf("metric %s has no supported data", m.Name))
+		return
+	}
+	if p.Flags&noRecordedValue != 0 {
+		return
+	}
+	cum := m.Temporality == otlpwire.TemporalityCumulative
+	switch m.Kind {
+	case otlpwire.MetricGauge:
+		s := pb.sample(m, p)
+		s.Type, s.Value = window.TypeGauge, p.Value
+		pb.add(s)
+	case otlpwire.MetricSum:
+		s := pb.sample(m, p)
+		switch {
+		case cum && !m.Monotonic: // an up-down counter's level
+			s.Type, s.Value = window.TypeGauge, p.Value
+		case cum:
+			if !finite(p.Value) {
+				pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("value %v is not finite", p.Value))
+				return
+			}
+			delta, res := r.deltas.sum(pb.streamKey('s', m, p.Attrs), p.Start, p.Time, p.Value)
+			if !pb.tracked(res) {
+				return
+			}
+			s.Type, s.Value = window.TypeCount, delta
+		default:
+			s.Type, s.Value = window.TypeCount, p.Value
+		}
+		pb.add(s)
+	case otlpwire.MetricHistogram:
+		if detail := checkExplicit(p); detail != "" {
+			pb.refuse(window.ReasonMalformed, detail)
+			return
+		}
+		h := histInput{bounds: p.Bounds, counts: p.Counts, count: p.Count, sum: p.Sum, hasSum: p.HasSum}
+		if cum {
+			delta, res := r.deltas.histogram(pb.streamKey('h', m, p.Attrs), p.Start, p.Time, p.Bounds, p.Counts, p.Count, p.Sum, pb.scratch)
+			if !pb.tracked(res) {
+				return
+			}
+			pb.scratch = delta.counts[:0]
+			h.counts, h.count, h.sum = delta.counts, delta.count, delta.sum
+			// A delta's extremes are unknown: the Collector removes them.
+		} else {
+			if p.HasMin {
+				h.min = &p.Min
+			}
+			if p.HasMax {
+				h.max = &p.Max
+			}
+		}
+		pb.histogram(pb.sample(m, p), &h)
+	case otlpwire.MetricExponentialHistogram:
+		if p.Scale < -10 || p.Scale > 20 {
+			pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("exponential histogram scale %d is outside [-10, 20]", p.Scale))
+			return
+		}
+		e := expPoint{scale: p.Scale, zeroThreshold: p.ZeroThreshold, zeroCount: p.ZeroCount, count: p.Count, sum: p.Sum,
+			pos: expBuckets{p.Positive.Offset, p.Positive.Counts}, neg: expBuckets{p.Negative.Offset, p.Negative.Counts}}
+		var pmin, pmax *float64
+		if p.HasMin {
+			pmin = &p.Min
+		}
+		if p.HasMax {
+			pmax = &p.Max
+		}
+		if cum {
+			var res deltaResult
+			e, res = r.deltas.exponential(pb.streamKey('e', m, p.Attrs), p.Start, p.Time, e)
+			if !pb.tracked(res) {
+				return
+			}
+			pmin, pmax = nil, nil
+		}
+		pb.exponential(pb.sample(m, p), &e, p.HasSum, pmin, pmax)
+	case otlpwire.MetricSummary:
+		s := pb.sample(m, p)
+		dc, ds, res := r.deltas.summary(pb.streamKey('q', m, p.Attrs), p.Start, p.Time, p.Count, p.Sum)
+		if pb.tracked(res) {
+			c, sum := s, s
+			c.Name, c.Type, c.Value = pb.name(m, ".count"), window.TypeCount, float64(dc)
+			sum.Name, sum.Type, sum.Value = pb.name(m, ".sum"), window.TypeCount, ds
+			if !pb.add(c) || !pb.add(sum) {
+				return
+			}
+		}
+		for _, q := range p.Quantiles {
+			g := pb.withTag(s, "quantile", q.Quantile)
+			g.Type, g.Value = window.TypeGauge, q.Value
+			pb.add(g)
+		}
 	}
 }
 
 // checkExplicit reports what makes an explicit-bucket histogram point
 // malformed, or "".
-func checkExplicit(dp *metricspb.HistogramDataPoint) string {
-	b := dp.ExplicitBounds
+func checkExplicit(p *otlpwire.Point) string {
+	b := p.Bounds
 	switch {
-	case len(dp.BucketCounts) == 0 && len(b) == 0:
+	case len(p.Counts) == 0 && len(b) == 0:
 		return ""
-	case len(dp.BucketCounts) != len(b)+1:
-		return fmt.Sprintf("%d bucket counts for %d explicit bounds, want one more count than bounds", len(dp.BucketCounts), len(b))
+	case len(p.Counts) != len(b)+1:
+		return fmt.Sprintf("%d bucket counts for %d explicit bounds, want one more count than bounds", len(p.Counts), len(b))
 	}
 	for i, v := range b {
 		if !finite(v) || (i > 0 && !(v > b[i-1])) {
@@ -440,11 +556,11 @@ func checkExplicit(dp *metricspb.HistogramDataPoint) string {
 		}
 	}
 	var n uint64
-	for _, c := range dp.BucketCounts {
+	for _, c := range p.Counts {
 		n += c
 	}
-	if n != dp.Count {
-		return fmt.Sprintf("bucket counts add up to %d, count is %d", n, dp.Count)
+	if n != p.Count {
+		return fmt.Sprintf("bucket counts add up to %d, count is %d", n, p.Count)
 	}
 	return ""
 }
@@ -467,20 +583,20 @@ var sketchMapping, _ = mapping.NewLogarithmicMapping(window.RelativeAccuracy)
 // bins: each sketch bin the interval crosses gets the share of its width,
 // in whole counts, as the Datadog Agent's quantile.Agent.InsertInterpolate
 // does.
-func spread(h *window.HistPoint, lo, hi, c float64) {
+func spread(h *bins, lo, hi, c float64) {
 	switch {
 	case c == 0:
 	case !(hi > lo):
-		h.Values, h.Counts = append(h.Values, lo), append(h.Counts, c)
+		h.add(lo, c)
 	case lo < 0 && hi > 0:
 		neg := math.Round(c * -lo / (hi - lo))
 		spread(h, lo, 0, neg)
 		spread(h, 0, hi, c-neg)
 	case hi <= 0:
-		n := len(h.Values)
+		n := len(h.vals)
 		spreadPositive(h, -hi, -lo, c)
-		for i := n; i < len(h.Values); i++ {
-			h.Values[i] = -h.Values[i]
+		for i := n; i < len(h.vals); i++ {
+			h.vals[i] = -h.vals[i]
 		}
 	default:
 		spreadPositive(h, lo, hi, c)
@@ -491,7 +607,7 @@ func spread(h *window.HistPoint, lo, hi, c float64) {
 // millionth of hi goes to the lowest bin, which bounds the bins touched.
 // Each bin gets the rounded running share less what earlier bins got, so
 // the counts add up to c.
-func spreadPositive(h *window.HistPoint, lo, hi, c float64) {
+func spreadPositive(h *bins, lo, hi, c float64) {
 	m := sketchMapping
 	a := max(lo, hi*1e-6, m.MinIndexableValue())
 	k0, k1 := m.Index(a), m.Index(hi)
@@ -515,8 +631,7 @@ func spreadPositive(h *window.HistPoint, lo, hi, c float64) {
 			continue
 		}
 		given += n
-		h.Values = append(h.Values, min(max(m.Value(k), pl), ph))
-		h.Counts = append(h.Counts, n)
+		h.add(min(max(m.Value(k), pl), ph), n)
 	}
 }
 
@@ -525,15 +640,15 @@ func spreadPositive(h *window.HistPoint, lo, hi, c float64) {
 // buckets over the point's minimum or maximum when set, else at their
 // finite bound, as Datadog's OTLP mapping does in getSketchBuckets), with
 // the point's exact count, sum, minimum and maximum.
-func (r *OTLP) histogram(pb *pointBatch, s window.Sample, in *histInput) {
+func (pb *pointBatch) histogram(s window.Sample, in *histInput) {
 	if in.count == 0 {
 		return
 	}
-	h := &window.HistPoint{Count: float64(in.count), Min: math.Inf(1), Max: math.Inf(-1)}
+	h, start := pb.newHist(float64(in.count))
 	b := in.bounds
 	if len(in.counts) == 0 { // count and sum only
 		avg := in.sum / float64(in.count)
-		spread(h, avg, avg, float64(in.count))
+		spread(&pb.bins, avg, avg, float64(in.count))
 	}
 	for i, c := range in.counts {
 		if c == 0 {
@@ -562,8 +677,9 @@ func (r *OTLP) histogram(pb *pointBatch, s window.Sample, in *histInput) {
 			lo = hi
 		}
 		h.Min, h.Max = min(h.Min, lo), max(h.Max, hi)
-		spread(h, lo, hi, float64(c))
+		spread(&pb.bins, lo, hi, float64(c))
 	}
+	pb.endHist(h, start)
 	h.Sum = in.sum
 	if !in.hasSum || !finite(in.sum) {
 		h.Sum = 0
@@ -577,7 +693,7 @@ func (r *OTLP) histogram(pb *pointBatch, s window.Sample, in *histInput) {
 	if in.max != nil {
 		h.Max = *in.max
 	}
-	r.addHist(pb, s, h)
+	pb.addHist(s, h)
 }
 
 // appendHistSamples appends a histogram sample to an aggd.v1 batch as
@@ -594,7 +710,26 @@ func appendHistSamples(batch []byte, s *window.Sample) []byte {
 	return batch
 }
 
-func (r *OTLP) addHist(pb *pointBatch, s window.Sample, h *window.HistPoint) {
+// bins are the values and counts of histogram points being built.
+type bins struct{ vals, cnts []float64 }
+
+func (b *bins) add(v, c float64) {
+	b.vals, b.cnts = append(b.vals, v), append(b.cnts, c)
+}
+
+// newHist starts a histogram point whose bins are appended to pb.bins;
+// endHist takes them in.
+func (pb *pointBatch) newHist(count float64) (*window.HistPoint, int) {
+	pb.hists = append(pb.hists, window.HistPoint{Count: count, Min: math.Inf(1), Max: math.Inf(-1)})
+	return &pb.hists[len(pb.hists)-1], len(pb.bins.vals)
+}
+
+func (pb *pointBatch) endHist(h *window.HistPoint, start int) {
+	n := len(pb.bins.vals)
+	h.Values, h.Counts = pb.bins.vals[start:n:n], pb.bins.cnts[start:n:n]
+}
+
+func (pb *pointBatch) addHist(s window.Sample, h *window.HistPoint) {
 	if !finite(h.Sum) || !finite(h.Min) || !finite(h.Max) || h.Min > h.Max {
 		pb.refuse(window.ReasonInvalidValue, "histogram sum, min and max must be finite, min at most max")
 		return
@@ -607,11 +742,11 @@ func (r *OTLP) addHist(pb *pointBatch, s window.Sample, h *window.HistPoint) {
 // sample: each bucket's count spread over its bounds, the zero bucket's at
 // zero, with the point's exact count and sum, and its minimum and maximum
 // when set (else the bounds of its outer buckets).
-func (r *OTLP) exponential(pb *pointBatch, s window.Sample, p *expPoint, hasSum bool, pmin, pmax *float64) {
+func (pb *pointBatch) exponential(s window.Sample, p *expPoint, hasSum bool, pmin, pmax *float64) {
 	if p.count == 0 {
 		return
 	}
-	h := &window.HistPoint{Count: float64(p.count), Min: math.Inf(1), Max: math.Inf(-1)}
+	h, start := pb.newHist(float64(p.count))
 	base := math.Exp2(math.Ldexp(1, -int(p.scale)))
 	var n uint64
 	bad := false
@@ -631,7 +766,7 @@ func (r *OTLP) exponential(pb *pointBatch, s window.Sample, p *expPoint, hasSum 
 		}
 		n += c
 		h.Min, h.Max = min(h.Min, lo), max(h.Max, hi)
-		spread(h, lo, hi, float64(c))
+		spread(&pb.bins, lo, hi, float64(c))
 	}
 	add(0, 0, p.zeroCount)
 	for j, c := range p.pos.counts {
@@ -650,6 +785,7 @@ func (r *OTLP) exponential(pb *pointBatch, s window.Sample, p *expPoint, hasSum 
 		pb.refuse(window.ReasonMalformed, fmt.Sprintf("exponential histogram buckets add up to %d, count is %d", n, p.count))
 		return
 	}
+	pb.endHist(h, start)
 	h.Sum = p.sum
 	if !hasSum {
 		h.Sum = 0
@@ -663,7 +799,7 @@ func (r *OTLP) exponential(pb *pointBatch, s window.Sample, p *expPoint, hasSum 
 	if pmax != nil {
 		h.Max = *pmax
 	}
-	r.addHist(pb, s, h)
+	pb.addHist(s, h)
 }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"hash/maphash"
 	"math"
 	"slices"
 	"sync"
@@ -11,20 +12,40 @@ import (
 // (tracking.MetricTracker.Convert, initial_value auto). A stream is named
 // by everything that identifies it in OTLP: tenant, metric name, unit and
 // kind, every resource and scope attribute and the point's attributes.
-// It is safe for concurrent use.
+// It is safe for concurrent use: streams are sharded by key, each shard
+// under its own lock.
 type deltaTracker struct {
 	// started is when the receiver started (unix nanoseconds): a stream
 	// whose start time is earlier began before aggd saw it, so its first
 	// point is only a baseline.
 	started uint64
-	max     int
-
-	mu      sync.Mutex
-	streams map[string]*cumulative
+	max     int // streams per shard
+	shards  [deltaShards]deltaShard
 }
 
+const deltaShards = 64
+
+type deltaShard struct {
+	mu      sync.Mutex
+	streams map[string]*cumulative
+	_       [40]byte // a cache line each
+}
+
+var deltaSeed = maphash.MakeSeed()
+
 func newDeltaTracker(started uint64, max int) *deltaTracker {
-	return &deltaTracker{started: started, max: max, streams: map[string]*cumulative{}}
+	t := &deltaTracker{started: started, max: max / deltaShards}
+	for i := range t.shards {
+		t.shards[i].streams = map[string]*cumulative{}
+	}
+	return t
+}
+
+// lock locks and returns the shard of key.
+func (t *deltaTracker) lock(key []byte) *deltaShard {
+	sh := &t.shards[maphash.Bytes(deltaSeed, key)%deltaShards]
+	sh.mu.Lock()
+	return sh
 }
 
 // cumulative is the last point of one cumulative stream.
@@ -66,16 +87,16 @@ const (
 // stream returns the state of key for a point starting at start, and
 // whether the point is the stream's first (a new start time starts the
 // stream over, as the start time is part of the Collector's identity).
-// Callers hold t.mu.
-func (t *deltaTracker) streamLocked(key []byte, start uint64) (st *cumulative, first bool) {
-	st = t.streams[string(key)]
+// Callers hold sh.mu.
+func (sh *deltaShard) streamLocked(key []byte, start uint64, max int) (st *cumulative, first bool) {
+	st = sh.streams[string(key)]
 	switch {
 	case st == nil:
-		if len(t.streams) >= t.max {
+		if len(sh.streams) >= max {
 			return nil, false
 		}
 		st = &cumulative{start: start}
-		t.streams[string(key)] = st
+		sh.streams[string(key)] = st
 		return st, true
 	case st.start != start:
 		st.start = start
@@ -95,9 +116,9 @@ func (t *deltaTracker) initial(start, ts uint64) deltaResult {
 
 // sum converts a monotonic cumulative sum's point v.
 func (t *deltaTracker) sum(key []byte, start, ts uint64, v float64) (float64, deltaResult) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st, first := t.streamLocked(key, start)
+	sh := t.lock(key)
+	defer sh.mu.Unlock()
+	st, first := sh.streamLocked(key, start, t.max)
 	switch {
 	case st == nil:
 		return 0, deltaFull
@@ -123,9 +144,9 @@ type explicitDelta struct {
 // histogram converts a cumulative explicit-bucket histogram point; counts
 // is scratch space the delta's counts may be written to.
 func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64, counts []uint64, count uint64, sum float64, scratch []uint64) (explicitDelta, deltaResult) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st, first := t.streamLocked(key, start)
+	sh := t.lock(key)
+	defer sh.mu.Unlock()
+	st, first := sh.streamLocked(key, start, t.max)
 	if st == nil {
 		return explicitDelta{}, deltaFull
 	}
@@ -169,9 +190,9 @@ func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64,
 // summary converts a summary's cumulative count and sum; a drop of the
 // count is a reset, as for sums.
 func (t *deltaTracker) summary(key []byte, start, ts, count uint64, sum float64) (uint64, float64, deltaResult) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st, first := t.streamLocked(key, start)
+	sh := t.lock(key)
+	defer sh.mu.Unlock()
+	st, first := sh.streamLocked(key, start, t.max)
 	switch {
 	case st == nil:
 		return 0, 0, deltaFull
@@ -191,9 +212,9 @@ func (t *deltaTracker) summary(key []byte, start, ts, count uint64, sum float64)
 // count or zero threshold, or a finer scale, is a reset; a coarser scale
 // or a wider zero bucket first coarsens the previous point to match.
 func (t *deltaTracker) exponential(key []byte, start, ts uint64, p expPoint) (expPoint, deltaResult) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st, first := t.streamLocked(key, start)
+	sh := t.lock(key)
+	defer sh.mu.Unlock()
+	st, first := sh.streamLocked(key, start, t.max)
 	if st == nil {
 		return expPoint{}, deltaFull
 	}

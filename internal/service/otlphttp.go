@@ -40,11 +40,14 @@ const (
 func (r *OTLP) Handler(maxBody int) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/metrics", otlpHandler(r, maxBody, func(tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
-		req := &colmetricspb.ExportMetricsServiceRequest{}
-		if err := unmarshalOTLP(body, json, req); err != nil {
-			return nil, err
+		if json { // to protobuf, which the metrics decoder reads
+			req := &colmetricspb.ExportMetricsServiceRequest{}
+			if err := unmarshalOTLP(body, true, req); err != nil {
+				return nil, err
+			}
+			body, _ = proto.Marshal(req)
 		}
-		return r.exportMetrics(tn, req)
+		return r.exportMetrics(tn, body)
 	}))
 	mux.Handle("/v1/traces", otlpHandler(r, maxBody, func(tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
 		req := &coltracepb.ExportTraceServiceRequest{}

@@ -23,14 +23,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/gzip" // registers the gzip compressor
-	grpcproto "google.golang.org/grpc/encoding/proto"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -400,20 +398,7 @@ type otlpSender struct {
 	metrics     PipelineMetrics
 }
 
-// rawRequest is an already marshalled request.
-type rawRequest []byte
-
-// rawCodec sends rawRequest as is and decodes responses with proto.
-type rawCodec struct{ encoding.CodecV2 }
-
-func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	if r, ok := v.(rawRequest); ok {
-		return mem.BufferSlice{mem.SliceBuffer(r)}, nil
-	}
-	return c.CodecV2.Marshal(v)
-}
-
-var otlpCodec = rawCodec{encoding.GetCodecV2(grpcproto.Name)}
+var otlpCodec = codec.Client()
 
 // Send implements Sender, classifying errors as the OTLP specification
 // says: Canceled, DeadlineExceeded, Aborted, OutOfRange, Unavailable and
@@ -433,7 +418,7 @@ func (s *otlpSender) Send(ctx context.Context, p *Payload) error {
 	switch p.Kind {
 	case "logs":
 		var resp collogspb.ExportLogsServiceResponse
-		if err = s.conn.Invoke(ctx, collogspb.LogsService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
+		if err = s.conn.Invoke(ctx, collogspb.LogsService_Export_FullMethodName, codec.Raw(p.Body), &resp, opts...); err == nil {
 			if ps := resp.GetPartialSuccess(); ps.GetRejectedLogRecords() > 0 {
 				s.metrics.Lost(s.name, "partial_success", int(ps.GetRejectedLogRecords()))
 			}
@@ -441,7 +426,7 @@ func (s *otlpSender) Send(ctx context.Context, p *Payload) error {
 		}
 	case "traces":
 		var resp coltracepb.ExportTraceServiceResponse
-		if err = s.conn.Invoke(ctx, coltracepb.TraceService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
+		if err = s.conn.Invoke(ctx, coltracepb.TraceService_Export_FullMethodName, codec.Raw(p.Body), &resp, opts...); err == nil {
 			if ps := resp.GetPartialSuccess(); ps.GetRejectedSpans() > 0 {
 				s.metrics.Lost(s.name, "partial_success", int(ps.GetRejectedSpans()))
 			}
@@ -449,7 +434,7 @@ func (s *otlpSender) Send(ctx context.Context, p *Payload) error {
 		}
 	default:
 		var resp colmetricspb.ExportMetricsServiceResponse
-		if err = s.conn.Invoke(ctx, colmetricspb.MetricsService_Export_FullMethodName, rawRequest(p.Body), &resp, opts...); err == nil {
+		if err = s.conn.Invoke(ctx, colmetricspb.MetricsService_Export_FullMethodName, codec.Raw(p.Body), &resp, opts...); err == nil {
 			if ps := resp.GetPartialSuccess(); ps.GetRejectedDataPoints() > 0 {
 				s.metrics.Lost(s.name, "partial_success", int(ps.GetRejectedDataPoints()))
 			}
