@@ -31,6 +31,7 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	rungroup "github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -98,7 +99,7 @@ func main() {
 
 // run builds aggd from args and the environment, serves until ctx is done,
 // then shuts down in order. ready, if set, is told the bound addresses.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(grpcAddr, adminAddr string)) error {
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(grpcAddr, adminAddr string)) (err error) {
 	build := telemetry.BuildInfo()
 	if slices.ContainsFunc(args, func(a string) bool { return a == "--version" || a == "-version" }) {
 		_, err := fmt.Fprintln(stdout, build)
@@ -149,7 +150,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if walLog, err = wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync}); err != nil {
 			return err
 		}
-		defer walLog.Close()
+		defer func() { err = errors.Join(err, walLog.Close()) }() // fsyncs
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
 			func() float64 { return float64(walLog.Stats().Records) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_bytes", Help: "Bytes of the records in the write-ahead log (compressed, as written)."},
@@ -221,7 +222,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if len(watchers) > 0 {
 		for _, w := range watchers {
-			w.Start(ctx)
+			if err := w.Start(ctx); err != nil {
+				return err
+			}
 		}
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
@@ -245,8 +248,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		prev := debug.SetMemoryLimit(int64(cfg.MemoryLimit / 10 * 8)) // the GC works hard before traffic slows
 		defer debug.SetMemoryLimit(prev)
 		guard = overload.New(cfg.MemoryLimit, 100*time.Millisecond, nil)
-		guard.Start(ctx)
-		defer guard.Shutdown(context.Background())
+		if err := guard.Start(ctx); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, guard.Shutdown(context.Background())) }()
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_used_bytes", Help: "Memory the Go runtime holds, as the memory budget counts it."},
 			func() float64 { return float64(guard.Used()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_pressure", Help: "0 normal, 1 over 80 % of --memory-limit (streams slow), 2 over 95 % (batches refused)."},
@@ -406,8 +411,62 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := flusher.Start(ctx); err != nil {
 		return err
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- gs.Serve(lis) }()
+	// Serve until ctx is done or the gRPC server fails, then stop in the
+	// order the actors are added: run.Group interrupts them one after the
+	// other. Every stop's error is returned.
+	var (
+		g          rungroup.Group
+		stopErrs   []error
+		stopCtx    = context.Background() // the shutdown timeout's, from the gRPC stop on
+		cancelStop = func() {}
+		start      time.Time
+	)
+	defer func() { cancelStop() }()
+	stopped := func(err error) { stopErrs = append(stopErrs, err) }
+	untilStopped := func(stop func()) (func() error, func(error)) {
+		done := make(chan struct{})
+		return func() error { <-done; return nil }, func(error) { stop(); close(done) }
+	}
+	signalled := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-ctx.Done():
+		case <-signalled:
+		}
+		return nil
+	}, func(error) { close(signalled) })
+	g.Add(untilStopped(func() {
+		for _, w := range watchers {
+			stopped(w.Shutdown(context.Background()))
+		}
+	}))
+	if dsd != nil {
+		g.Add(untilStopped(func() { stopped(dsd.Shutdown(context.Background())) }))
+	}
+	g.Add(untilStopped(stopOTLPHTTP)) // stop taking OTLP/HTTP before the final flush
+	g.Add(func() error {
+		if err := gs.Serve(lis); err != nil {
+			log.Error("grpc server stopped", "err", err)
+			return err
+		}
+		return nil
+	}, func(error) {
+		start = time.Now()
+		stopCtx, cancelStop = context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		log.Info("shutting down")
+		drain(cfg, log, hs, srv, gs)
+	})
+	g.Add(untilStopped(func() { stopped(traceRunner.Shutdown(stopCtx)) }))
+	g.Add(untilStopped(func() { stopped(flusher.Shutdown(stopCtx)) }))
+	g.Add(untilStopped(func() {
+		if err := router.Shutdown(stopCtx); err != nil {
+			log.Error("send queues not drained", "err", err)
+			stopped(err)
+		}
+	}))
+	if admin != nil {
+		g.Add(untilStopped(func() { stopped(admin.Shutdown(stopCtx)) }))
+	}
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(aggdv1.AggregatorService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	var watched []string
@@ -429,19 +488,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ready(lis.Addr().String(), adminAddr)
 	}
 
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
-		log.Error("grpc server stopped", "err", err)
-	}
-	for _, w := range watchers {
-		w.Shutdown(context.Background())
-	}
-	if dsd != nil {
-		dsd.Shutdown(context.Background())
-	}
-	stopOTLPHTTP() // stop taking OTLP/HTTP before the final flush
-	return shutdown(cfg, log, hs, srv, gs, traceRunner, flusher, router, admin)
+	serveErr := g.Run()
+	err = errors.Join(stopErrs...)
+	log.Info("stopped", "took", time.Since(start), "err", err)
+	return errors.Join(serveErr, err)
 }
 
 // buildUpstreams makes the upstreams of the configuration file, or the
@@ -535,9 +585,6 @@ func effectiveConfig(cfg config, file *configpkg.File, tenants []configpkg.Tenan
 	return out.String()
 }
 
-// shutdown stops aggd in order: health NOT_SERVING, streams drained, held
-// traces decided and exported, final flush, send queues drained, admin
-// server closed, all within the shutdown timeout.
 // pushback is the load level of ingest: memory pressure, or Hard while a
 // send queue on disk is full.
 type pushback struct {
@@ -562,11 +609,10 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server, traces *spans.Runner, fl *flush.Flusher, router *upstream.Router, admin *http.Server) error {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	log.Info("shutting down")
+// drain takes aggd out of service: health NOT_SERVING, every stream
+// ended after its current batch, and the gRPC server stopped, forcibly
+// once the drain timeout has passed.
+func drain(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server, gs *grpc.Server) {
 	hs.Shutdown() // every service NOT_SERVING
 	srv.Drain()
 	stopped := make(chan struct{})
@@ -578,16 +624,6 @@ func shutdown(cfg config, log *slog.Logger, hs *health.Server, srv *service.Serv
 		gs.Stop()
 		<-stopped
 	}
-	err := errors.Join(traces.Shutdown(ctx), fl.Shutdown(ctx))
-	if uerr := router.Shutdown(ctx); uerr != nil {
-		log.Error("send queues not drained", "err", uerr)
-		err = errors.Join(err, uerr)
-	}
-	if admin != nil {
-		admin.Shutdown(ctx)
-	}
-	log.Info("stopped", "took", time.Since(start), "err", err)
-	return err
 }
 
 // newTracer returns the tracer of aggd's own flushes and sends: an OTLP
