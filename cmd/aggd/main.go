@@ -298,6 +298,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if load != nil {
 		srv.SetLoadLevel(load)
 	}
+	if guard != nil {
+		srv.SetMemoryRoom(guard)
+	}
 	if walLog != nil {
 		eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
 		jnl, err := journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold,

@@ -1,6 +1,8 @@
 package codec
 
 import (
+	"slices"
+
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
@@ -23,7 +25,7 @@ func (c grpcCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return c.CodecV2.Unmarshal(data, v)
 	}
-	f.Buf = f.Buf[:0]
+	f.Buf = slices.Grow(f.Buf[:0], data.Len()) // one allocation, at its size
 	for _, b := range data {
 		f.Buf = append(f.Buf, b.ReadOnlyData()...)
 	}

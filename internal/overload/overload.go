@@ -60,6 +60,13 @@ func New(budget uint64, interval time.Duration, read func() uint64) *Guard {
 // Level returns the level of the last sample.
 func (g *Guard) Level() Level { return Level(g.level.Load()) }
 
+// Room returns how far the memory of the last sample is below the hard
+// limit, bytes (negative past it).
+func (g *Guard) Room() int64 { return int64(g.hard) - int64(g.used.Load()) }
+
+// Capacity returns the hard limit, bytes.
+func (g *Guard) Capacity() int64 { return int64(g.hard) }
+
 // Used returns the memory of the last sample, bytes.
 func (g *Guard) Used() uint64 { return g.used.Load() }
 

@@ -57,6 +57,8 @@ type Server struct {
 	states       sync.Pool
 	journal      *journal.Journal
 	refusals     refusals
+	room         MemoryRoom
+	inflight     atomic.Int64 // bytes reserved by requests being decoded
 }
 
 // New returns a server that ingests into ing.
@@ -192,6 +194,9 @@ type callState struct {
 func (s *Server) getState() *callState { return s.states.Get().(*callState) }
 
 func (s *Server) putState(st *callState) {
+	if cap(st.batch.Samples) > 1<<16 || cap(st.dec.Spans) > 1<<14 {
+		return // do not pin one huge request's decoded items
+	}
 	if cap(st.frame.Buf) > 4<<20 {
 		st.frame.Buf = nil // do not pin one huge request's buffer
 	}
@@ -239,29 +244,41 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 			return s.errOverloaded(tenant.ID)
 		}
 		st.dec.Reset(&st.batch)
-		st.dec.ForTenant(tenant)
-		st.batch.Tenant = tenant
-		st.batch.Now = time.Now().UnixNano()
-		seq, err := st.dec.DecodeStream(st.frame.Buf, &st.batch)
+		release, err := s.reserve(ss.Context(), st, true, tenant.ID)
 		if err != nil {
-			return status.Error(codes.InvalidArgument, err.Error())
+			return err
 		}
-		// Sequences, when a client sets them, rise on a stream. One not
-		// above the last taken is a resend of a batch already applied:
-		// it is acked, every item refused, and nothing applied twice.
-		if seq != 0 && seq <= last {
-			s.refuseDuplicate(st, seq, last)
-		} else {
-			if err := s.ingestLogged(st, journal.Stream); err != nil {
-				return err
-			}
-			last = max(last, seq)
-		}
-		st.ack.Sequence = seq
-		if err := ss.SendMsg(resp); err != nil {
+		err = s.streamBatch(ss, st, tenant, resp, &last)
+		release()
+		if err != nil {
 			return err
 		}
 	}
+}
+
+// streamBatch decodes, takes in and acks the batch of a stream read into
+// st; last is the highest sequence taken on the stream.
+func (s *Server) streamBatch(ss grpc.ServerStream, st *callState, tenant *window.Tenant, resp *aggdv1.StreamResponse, last *uint64) error {
+	st.dec.ForTenant(tenant)
+	st.batch.Tenant = tenant
+	st.batch.Now = time.Now().UnixNano()
+	seq, err := st.dec.DecodeStream(st.frame.Buf, &st.batch)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	// Sequences, when a client sets them, rise on a stream. One not
+	// above the last taken is a resend of a batch already applied:
+	// it is acked, every item refused, and nothing applied twice.
+	if seq != 0 && seq <= *last {
+		s.refuseDuplicate(st, seq, *last)
+	} else {
+		if err := s.ingestLogged(st, journal.Stream); err != nil {
+			return err
+		}
+		*last = max(*last, seq)
+	}
+	st.ack.Sequence = seq
+	return ss.SendMsg(resp)
 }
 
 func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
@@ -283,6 +300,11 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 			return nil, err
 		}
 		st.dec.Reset(&st.batch)
+		release, err := s.reserve(ctx, st, false, tenant.ID)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 		st.dec.ForTenant(tenant)
 		st.batch.Tenant = tenant
 		st.batch.Now = time.Now().UnixNano()

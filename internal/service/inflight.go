@@ -1,0 +1,89 @@
+package service
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/aggd/aggd/internal/codec"
+)
+
+// MemoryRoom reports the memory left for requests in flight
+// (overload.Guard).
+type MemoryRoom interface {
+	// Room returns the bytes below the hard limit at the last sample.
+	Room() int64
+	// Capacity returns the hard limit, bytes.
+	Capacity() int64
+}
+
+// SetMemoryRoom makes s reserve the memory each request takes to decode,
+// ingest and log against m before it decodes it. Requests in flight may
+// hold half of the hard limit together, and no more than the room left
+// below it unless none is in flight; a request waits for its reservation
+// up to reserveWait, and is then refused with ResourceExhausted and
+// RetryInfo. One that could never fit (more than half of the hard limit
+// by itself) is refused with ResourceExhausted alone, with a message that
+// names the largest request that would. Call it before serving.
+func (s *Server) SetMemoryRoom(m MemoryRoom) { s.room = m }
+
+// reserveWait bounds how long a request waits for room.
+const reserveWait = 10 * time.Second
+
+// requestCost is the memory the request in st takes from here on: its
+// decoded items and keys, and, with a journal, its record and the record
+// compressed. It also sizes the decoder's slices for the request.
+func (s *Server) requestCost(st *callState, stream bool) int64 {
+	c := codec.Count(st.frame.Buf, stream)
+	st.dec.Grow(&st.batch, c)
+	n := codec.DecodeCost(len(st.frame.Buf), c)
+	if s.journal != nil {
+		n += 2 * int64(len(st.frame.Buf))
+	}
+	return n
+}
+
+// reserve reserves the memory the request read into st takes, or returns
+// the status that refuses it; release gives it back. Call it after the
+// decoder's Reset.
+func (s *Server) reserve(ctx context.Context, st *callState, stream bool, tenant string) (release func(), err error) {
+	if s.room == nil {
+		return func() {}, nil
+	}
+	n, size := s.requestCost(st, stream), len(st.frame.Buf)
+	limit := s.room.Capacity() / 2
+	if n > limit {
+		largest := int64(size) * limit / n
+		return nil, s.refuse(RefusedMemory, tenant, status.Errorf(codes.ResourceExhausted,
+			"request larger than max (%d vs. %d) that aggd's memory budget can decode at once: it needs %d bytes, half the budget is %d; send it in smaller requests",
+			size, largest, n, limit))
+	}
+	var deadline time.Time
+	for wait := time.Millisecond; ; wait = min(2*wait, 20*time.Millisecond) {
+		cur := s.inflight.Load()
+		if cur+n <= limit && (cur == 0 || cur+n <= s.room.Room()) {
+			if s.inflight.CompareAndSwap(cur, cur+n) {
+				return func() { s.inflight.Add(-n) }, nil
+			}
+			continue
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(reserveWait)
+		} else if time.Now().After(deadline) {
+			st, _ := status.New(codes.ResourceExhausted, "aggd's memory budget has had no room for this request; retry later").
+				WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(overloadRetry)})
+			return nil, s.refuse(RefusedMemory, tenant, st.Err())
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
+}
