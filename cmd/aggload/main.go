@@ -55,6 +55,10 @@ type options struct {
 	// instead of using gRPC; admin is aggd's admin address for the loss.
 	dogstatsd, admin string
 	packet           int
+	// baseline sends to a naive server this process starts instead of
+	// -addr; pairs > 0 alternates runs against -addr and that server.
+	baseline bool
+	pairs    int
 }
 
 func main() {
@@ -76,6 +80,8 @@ func main() {
 	flag.StringVar(&o.admin, "admin", "", "aggd's admin address, to count the DogStatsD lines it read (loss)")
 	flag.IntVar(&o.packet, "packet", 1432, "DogStatsD datagram payload size, bytes")
 	flag.IntVar(&o.spansPerTrace, "spans-per-trace", 0, "send spans, this many per trace, instead of samples (every batch carries new traces)")
+	flag.BoolVar(&o.baseline, "baseline", false, "send to a naive baseline server started in this process (standard codec, no aggregation) instead of -addr")
+	flag.IntVar(&o.pairs, "pairs", 0, "run this many interleaved pairs, -addr then the baseline, and print the ratios")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -89,6 +95,22 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if o.pairs > 0 {
+		if _, err := runPairs(ctx, o, o.pairs, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "aggload:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if o.baseline {
+		addr, stopBaseline, err := startBaseline()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "aggload:", err)
+			os.Exit(1)
+		}
+		defer stopBaseline()
+		o.addr = addr
 	}
 	r, err := run(ctx, o)
 	if err != nil {
@@ -411,12 +433,24 @@ func (r *result) print(w io.Writer, o options) {
 		fmt.Fprintf(w, "first rejection: %s\n", r.firstReject)
 	}
 	if len(r.latencies) > 0 {
-		slices.Sort(r.latencies)
-		q := func(p float64) time.Duration {
-			return r.latencies[min(int(p*float64(len(r.latencies))), len(r.latencies)-1)]
-		}
-		fmt.Fprintf(w, "ack latency: p50 %v p99 %v max %v (%d acks)\n", q(0.5).Round(time.Microsecond), q(0.99).Round(time.Microsecond), r.latencies[len(r.latencies)-1].Round(time.Microsecond), len(r.latencies))
+		fmt.Fprintf(w, "ack latency: p50 %v p99 %v max %v (%d acks)\n", r.quantile(0.5), r.quantile(0.99), r.quantile(1), len(r.latencies))
 	}
+}
+
+// ackedPerSecond returns the items acked, accepted or not, per second.
+func (r *result) ackedPerSecond() float64 {
+	return float64(r.accepted+r.rejects) / r.elapsed.Seconds()
+}
+
+// quantile returns the q-quantile of the ack latencies, 0 without acks.
+func (r *result) quantile(q float64) time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
+	}
+	if !slices.IsSorted(r.latencies) {
+		slices.Sort(r.latencies)
+	}
+	return r.latencies[min(int(q*float64(len(r.latencies))), len(r.latencies)-1)].Round(time.Microsecond)
 }
 
 func rateString(r float64) string {

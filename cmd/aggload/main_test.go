@@ -93,3 +93,33 @@ func (c *spanCounter) traces() int {
 	defer c.mu.Unlock()
 	return len(c.ids)
 }
+
+func TestPairsRunAggdAndBaselineAlternately(t *testing.T) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	addr := servicetest.Serve(t, agg)
+	o := options{addr: addr, streams: 2, batch: 50, contexts: 500, tenants: 1, tags: 2, mix: "gauge:1,count:1,set:1",
+		duration: 30 * time.Second, batches: 10, inflight: 2, seed: 1}
+	var out bytes.Buffer
+	runs, err := runPairs(context.Background(), o, 2, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 2 {
+		t.Fatalf("%d pairs, want 2", len(runs))
+	}
+	for i, p := range runs {
+		for _, r := range []*result{p.aggd, p.base} {
+			if r.accepted != 1000 || r.rejects != 0 || len(r.latencies) != 20 {
+				t.Fatalf("pair %d: accepted %d, rejected %d, acks %d; want 1000, 0, 20", i, r.accepted, r.rejects, len(r.latencies))
+			}
+		}
+	}
+	// Only aggd's runs reached the aggregator: 2 runs of the same 500
+	// contexts.
+	if n := agg.Contexts(); n != 500 {
+		t.Fatalf("%d contexts, want 500", n)
+	}
+	if !strings.Contains(out.String(), "over 2 interleaved pairs") {
+		t.Fatalf("report:\n%s", out.String())
+	}
+}

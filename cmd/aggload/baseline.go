@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+
+	"google.golang.org/grpc"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+)
+
+// baseline is the naive server every ingest figure is measured against: the
+// generated service with grpc-go's standard proto codec, decoding each
+// request into the generated types and acking every item, aggregating
+// nothing. It serves on 127.0.0.1 only.
+type baseline struct {
+	aggdv1.UnimplementedAggregatorServiceServer
+}
+
+// Stream acks every request with all its items accepted.
+func (baseline) Stream(st grpc.BidiStreamingServer[aggdv1.StreamRequest, aggdv1.StreamResponse]) error {
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := st.Send(&aggdv1.StreamResponse{Ack: ackAll(req.GetSequence(), req.GetBatch())}); err != nil {
+			return err
+		}
+	}
+}
+
+// Submit acks the batch with all its items accepted.
+func (baseline) Submit(_ context.Context, req *aggdv1.SubmitRequest) (*aggdv1.SubmitResponse, error) {
+	return &aggdv1.SubmitResponse{Ack: ackAll(0, req.GetBatch())}, nil
+}
+
+func ackAll(seq uint64, b *aggdv1.Batch) *aggdv1.Ack {
+	n := len(b.GetSamples()) + len(b.GetEvents()) + len(b.GetServiceChecks()) + len(b.GetSpans())
+	return &aggdv1.Ack{Sequence: seq, Accepted: uint32(n)}
+}
+
+// startBaseline serves the baseline on a free loopback port and returns
+// its address and the function that stops it.
+func startBaseline() (addr string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	g := grpc.NewServer()
+	aggdv1.RegisterAggregatorServiceServer(g, baseline{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = g.Serve(ln)
+	}()
+	return ln.Addr().String(), func() { g.Stop(); <-done }, nil
+}
+
+// pairRun is one round of interleaved runs: aggd's, then the baseline's.
+type pairRun struct{ aggd, base *result }
+
+// runPairs runs o against aggd and against a baseline served by this
+// process, alternating, pairs times, so that both see the same machine
+// load; it prints each pair and the ratios of acked samples per second.
+func runPairs(ctx context.Context, o options, pairs int, w io.Writer) ([]pairRun, error) {
+	baseAddr, stop, err := startBaseline()
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	var runs []pairRun
+	var ratios []float64
+	for i := range pairs {
+		var p pairRun
+		for _, target := range [...]struct {
+			addr string
+			res  **result
+		}{{o.addr, &p.aggd}, {baseAddr, &p.base}} {
+			ob := o
+			ob.addr = target.addr
+			r, err := run(ctx, ob)
+			if err != nil {
+				return runs, fmt.Errorf("pair %d, %s: %w", i+1, target.addr, err)
+			}
+			*target.res = r
+		}
+		runs = append(runs, p)
+		a, b := p.aggd.ackedPerSecond(), p.base.ackedPerSecond()
+		ratio := a / max(b, 1)
+		ratios = append(ratios, ratio)
+		fmt.Fprintf(w, "pair %d: aggd %.0f, baseline %.0f acked/s, ratio %.2f; ack p99 aggd %v, baseline %v\n",
+			i+1, a, b, ratio, p.aggd.quantile(0.99), p.base.quantile(0.99))
+	}
+	slices.Sort(ratios)
+	fmt.Fprintf(w, "ratio aggd/baseline over %d interleaved pairs: min %.2f median %.2f max %.2f\n",
+		len(ratios), ratios[0], ratios[len(ratios)/2], ratios[len(ratios)-1])
+	return runs, nil
+}
