@@ -59,6 +59,11 @@ type Shard struct {
 	counters      []*context
 	counterExpiry int64
 	zeroed        int64
+	// firstTick is the tick of the shard's first drain. Buckets that
+	// started before it may have been flushed by an earlier process (a
+	// restart replaying its log): they are never zero-filled, so a zero
+	// cannot replace what that process sent.
+	firstTick int64
 }
 
 // sweepBudget bounds the contexts one Drain examines for expiry, so that a
@@ -331,6 +336,9 @@ func (sh *Shard) keptUntil(k bucketKey) int64 {
 // Drain also forgets contexts idle for longer than the context TTL, a
 // bounded number per call.
 func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
+	if sh.firstTick == 0 {
+		sh.firstTick = tick
+	}
 	for _, b := range sh.corrected {
 		b.clearDirty()
 	}
@@ -361,14 +369,15 @@ func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 // zeroFill gives every COUNT context within its expiry a 0 in the last
 // interval bucket due at tick, unless it has a value there, as the Agent's
 // TimeSampler.countersSampleZeroValue does; drained holds the buckets this
-// drain handed out. Contexts past their expiry leave the list.
+// drain handed out. Contexts past their expiry leave the list. Buckets
+// that started before the shard's first drain are left alone.
 func (sh *Shard) zeroFill(tick int64, drained int, out []*Bucket) []*Bucket {
 	if len(sh.counters) == 0 {
 		return out
 	}
 	iv := sh.timing.interval
 	k := bucketKey{Start(tick-sh.timing.grace, iv) - iv, iv}
-	if k.start <= sh.zeroed {
+	if k.start <= sh.zeroed || k.start < sh.firstTick {
 		return out
 	}
 	sh.zeroed = k.start

@@ -321,6 +321,8 @@ func TestCounterZeroFill(t *testing.T) {
 	cfg.CounterExpiry = 30 * time.Second
 	sh := NewShard(cfg)
 	tn := NewTenant("t")
+	// The shard's first drain, at t0: no bucket before it is zero-filled.
+	collect(sh.Drain(t0, false, nil))
 	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 2, now: t0 + 5*sec})
 	add(t, sh, tn, in{name: "g", typ: TypeGauge, v: 1, now: t0 + 5*sec})
 	var got []out
@@ -350,6 +352,24 @@ func TestCounterZeroFill(t *testing.T) {
 	// The bucket at t0+70 is past t0+31+30: the counter left the list.
 	if n := len(sh.counters); n != 0 {
 		t.Fatalf("%d counters still zero-filled", n)
+	}
+}
+
+// TestZeroFillSparesBucketsBeforeTheFirstDrain replays samples from before
+// a restart: the buckets they fall in may hold what the previous process
+// sent, so no zero may replace it.
+func TestZeroFillSparesBucketsBeforeTheFirstDrain(t *testing.T) {
+	cfg := testConfig()
+	cfg.CounterExpiry = 5 * time.Minute
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 2, now: t0 + 5*sec}) // replayed
+	got := collect(sh.Drain(t0+40*sec, false, nil))
+	got = append(got, collect(sh.Drain(t0+50*sec, false, nil))...) // [t0+30, t0+40) started before
+	got = append(got, collect(sh.Drain(t0+60*sec, false, nil))...)
+	want := []out{{key: "c||", ts: t0 / sec, value: 2}, {key: "c||", ts: t0/sec + 40, value: 0}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got  %+v\nwant %+v", got, want)
 	}
 }
 
