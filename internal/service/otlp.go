@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -195,6 +196,7 @@ type pointBatch struct {
 	resTags, scopeTags int // tags[resStart:resTags] and tags[resStart:scopeTags]
 	resStart           int
 	resID, scopeID     []byte
+	scopeHash          streamID // of scopeID, which starts each stream's key
 }
 
 var otlpStates = sync.Pool{New: func() any { return &pointBatch{} }}
@@ -337,6 +339,7 @@ func (pb *pointBatch) Scope(sc *otlpwire.Scope) {
 	id = protowire.AppendString(id, sc.Name)
 	id = protowire.AppendString(id, sc.Version)
 	pb.scopeID = pb.appendAttrIdentity(id, sc.Attrs)
+	pb.scopeHash = idOf(pb.scopeID)
 }
 
 // sample starts the sample of a point: its scope's tags and its own.
@@ -421,7 +424,8 @@ const noRecordedValue = uint32(metricspb.DataPointFlags_DATA_POINT_FLAGS_NO_RECO
 
 // streamKey names a point's cumulative stream within its scope.
 func (pb *pointBatch) streamKey(kind byte, m *otlpwire.Metric, attrs []otlpwire.KeyValue) []byte {
-	k := append(pb.key[:0], pb.scopeID...)
+	k := binary.LittleEndian.AppendUint64(pb.key[:0], pb.scopeHash[0])
+	k = binary.LittleEndian.AppendUint64(k, pb.scopeHash[1])
 	k = append(k, kind)
 	k = protowire.AppendString(k, m.Name)
 	k = protowire.AppendString(k, m.Unit)

@@ -27,23 +27,31 @@ const deltaShards = 64
 
 type deltaShard struct {
 	mu      sync.Mutex
-	streams map[string]*cumulative
+	streams map[streamID]*cumulative
 	_       [40]byte // a cache line each
 }
 
-var deltaSeed = maphash.MakeSeed()
+// streamID is a 128-bit hash of a stream's identity: two streams collide
+// with a probability of about n²/2¹²⁹, nil for any real n.
+type streamID [2]uint64
+
+var deltaSeeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
+
+func idOf(key []byte) streamID {
+	return streamID{maphash.Bytes(deltaSeeds[0], key), maphash.Bytes(deltaSeeds[1], key)}
+}
 
 func newDeltaTracker(started uint64, max int) *deltaTracker {
 	t := &deltaTracker{started: started, max: max / deltaShards}
 	for i := range t.shards {
-		t.shards[i].streams = map[string]*cumulative{}
+		t.shards[i].streams = map[streamID]*cumulative{}
 	}
 	return t
 }
 
-// lock locks and returns the shard of key.
-func (t *deltaTracker) lock(key []byte) *deltaShard {
-	sh := &t.shards[maphash.Bytes(deltaSeed, key)%deltaShards]
+// lock locks and returns the shard of stream id.
+func (t *deltaTracker) lock(id streamID) *deltaShard {
+	sh := &t.shards[id[0]%deltaShards]
 	sh.mu.Lock()
 	return sh
 }
@@ -88,15 +96,15 @@ const (
 // whether the point is the stream's first (a new start time starts the
 // stream over, as the start time is part of the Collector's identity).
 // Callers hold sh.mu.
-func (sh *deltaShard) streamLocked(key []byte, start uint64, max int) (st *cumulative, first bool) {
-	st = sh.streams[string(key)]
+func (sh *deltaShard) streamLocked(id streamID, start uint64, max int) (st *cumulative, first bool) {
+	st = sh.streams[id]
 	switch {
 	case st == nil:
 		if len(sh.streams) >= max {
 			return nil, false
 		}
 		st = &cumulative{start: start}
-		sh.streams[string(key)] = st
+		sh.streams[id] = st
 		return st, true
 	case st.start != start:
 		st.start = start
@@ -116,9 +124,10 @@ func (t *deltaTracker) initial(start, ts uint64) deltaResult {
 
 // sum converts a monotonic cumulative sum's point v.
 func (t *deltaTracker) sum(key []byte, start, ts uint64, v float64) (float64, deltaResult) {
-	sh := t.lock(key)
+	id := idOf(key)
+	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(key, start, t.max)
+	st, first := sh.streamLocked(id, start, t.max)
 	switch {
 	case st == nil:
 		return 0, deltaFull
@@ -144,9 +153,10 @@ type explicitDelta struct {
 // histogram converts a cumulative explicit-bucket histogram point; counts
 // is scratch space the delta's counts may be written to.
 func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64, counts []uint64, count uint64, sum float64, scratch []uint64) (explicitDelta, deltaResult) {
-	sh := t.lock(key)
+	id := idOf(key)
+	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(key, start, t.max)
+	st, first := sh.streamLocked(id, start, t.max)
 	if st == nil {
 		return explicitDelta{}, deltaFull
 	}
@@ -190,9 +200,10 @@ func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64,
 // summary converts a summary's cumulative count and sum; a drop of the
 // count is a reset, as for sums.
 func (t *deltaTracker) summary(key []byte, start, ts, count uint64, sum float64) (uint64, float64, deltaResult) {
-	sh := t.lock(key)
+	id := idOf(key)
+	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(key, start, t.max)
+	st, first := sh.streamLocked(id, start, t.max)
 	switch {
 	case st == nil:
 		return 0, 0, deltaFull
@@ -212,9 +223,10 @@ func (t *deltaTracker) summary(key []byte, start, ts, count uint64, sum float64)
 // count or zero threshold, or a finer scale, is a reset; a coarser scale
 // or a wider zero bucket first coarsens the previous point to match.
 func (t *deltaTracker) exponential(key []byte, start, ts uint64, p expPoint) (expPoint, deltaResult) {
-	sh := t.lock(key)
+	id := idOf(key)
+	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(key, start, t.max)
+	st, first := sh.streamLocked(id, start, t.max)
 	if st == nil {
 		return expPoint{}, deltaFull
 	}
