@@ -67,6 +67,8 @@ type config struct {
 	SamplingReload time.Duration
 	Sampling       spans.Limits
 
+	Cluster clusterFlags
+
 	// values renders every flag as parsed, environment applied.
 	values map[string]string
 
@@ -217,13 +219,14 @@ func (c config) validate() error {
 	if dsd.Readers == 0 {
 		dsd.Readers = 1
 	}
-	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.OTLP.Validate(), c.Histogram.Validate(), dsd.Validate())
+	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.OTLP.Validate(), c.Histogram.Validate(), dsd.Validate(), c.Cluster.validate())
 	return errors.Join(errs...)
 }
 
 // defineFlags defines every flag of c on fs, with c's values as defaults.
 func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8127", "gRPC listen address")
+	defineClusterFlags(fs, &c.Cluster)
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:8128", "admin HTTP address serving /metrics; empty disables")
 	fs.StringVar(&c.PprofListen, "pprof-listen", "127.0.0.1:6060", "HTTP address serving /debug/pprof/; keep it on localhost; empty disables")
 	fs.StringVar(&c.OTLPHTTPListen, "otlp-http-listen", "", "OTLP/HTTP address serving /v1/metrics and /v1/traces, conventionally port 4318; empty disables")

@@ -313,6 +313,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 	}
+	node, err := startCluster(ctx, cfg, srv, reg, log)
+	if err != nil {
+		return err
+	}
+	defer node.shutdown()
 	tlsOpt, err := serverTLS(cfg)
 	if err != nil {
 		return err
@@ -336,6 +341,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 	)...)
 	srv.Register(gs)
+	srv.RegisterPeer(gs, cfg.Cluster.Token)
 	otlp := srv.NewOTLP(cfg.OTLP)
 	otlp.Register(gs)
 	srv.RegisterAdmin(gs, service.AdminConfig{
@@ -459,6 +465,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Info("shutting down")
 		drain(cfg, log, hs, srv, gs)
 	})
+	if node != nil {
+		// The peer port is served by the same gRPC server: its drain and
+		// stop above end this too.
+		g.Add(func() error { return gs.Serve(node.lis) }, func(error) {})
+	}
 	g.Add(untilStopped(func() { stopped(traceRunner.Shutdown(stopCtx)) }))
 	g.Add(untilStopped(func() { stopped(flusher.Shutdown(stopCtx)) }))
 	g.Add(untilStopped(func() {

@@ -1,6 +1,8 @@
 package service
 
 import (
+	"context"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -19,7 +21,13 @@ var errJournal = status.Error(codes.Unavailable, "aggd could not write the batch
 
 // ingestLogged ingests the decoded batch and, with a journal, records it
 // before returning: the ack that follows means the batch is on disk.
-func (s *Server) ingestLogged(st *callState, kind journal.Kind) error {
+func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.Kind) error {
+	if !st.peer {
+		s.applyTenantRates(&st.batch, st.dec)
+	}
+	// Forwards wait for their owners outside the journal's bracket, which
+	// a flush waits on.
+	s.forward(ctx, st)
 	j := s.journal
 	if j == nil {
 		s.ingest(st)
@@ -29,11 +37,14 @@ func (s *Server) ingestLogged(st *callState, kind journal.Kind) error {
 	s.ingest(st)
 	var idx uint64
 	var err error
-	if st.ack.Accepted > 0 {
+	if res, spRes := st.batch.Results, st.dec.SpanResults; int(st.ack.Accepted) > st.out.taken(res, spRes) {
 		st.refused = st.refused[:0]
 		for _, r := range st.ack.Rejections {
 			st.refused = append(st.refused, journal.Item{Kind: r.Kind, Index: uint64(r.Index)})
 		}
+		// Items forwarded are in their owners' logs: replay skips them as
+		// it skips the refused ones.
+		st.refused = st.out.appendTaken(st.refused, res, spRes)
 		st.rec = journal.AppendRecord(st.rec[:0], journal.Record{
 			Kind: kind, Tenant: st.batch.Tenant.ID, Now: st.batch.Now, Refused: st.refused, Frame: st.frame.Buf,
 		})

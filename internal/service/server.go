@@ -59,6 +59,7 @@ type Server struct {
 	refusals     refusals
 	room         MemoryRoom
 	inflight     atomic.Int64 // bytes reserved by requests being decoded
+	fwd          Forwarder
 }
 
 // New returns a server that ingests into ing.
@@ -189,6 +190,8 @@ type callState struct {
 	rec   []byte // the batch's write-ahead log record
 	// refused are the ack's rejections, for the record.
 	refused []journal.Item
+	out     Outgoing
+	peer    bool // the batch came from a peer: not forwarded again
 }
 
 func (s *Server) getState() *callState { return s.states.Get().(*callState) }
@@ -272,7 +275,7 @@ func (s *Server) streamBatch(ss grpc.ServerStream, st *callState, tenant *window
 	if seq != 0 && seq <= *last {
 		s.refuseDuplicate(st, seq, *last)
 	} else {
-		if err := s.ingestLogged(st, journal.Stream); err != nil {
+		if err := s.ingestLogged(ss.Context(), st, journal.Stream); err != nil {
 			return err
 		}
 		*last = max(*last, seq)
@@ -311,7 +314,7 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 		if err := st.dec.DecodeSubmit(st.frame.Buf, &st.batch); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		if err := s.ingestLogged(st, journal.Submit); err != nil {
+		if err := s.ingestLogged(ctx, st, journal.Submit); err != nil {
 			return nil, err
 		}
 		// The response outlives the call state: copy the ack.
@@ -373,10 +376,12 @@ func appendRejections(ack *aggdv1.Ack, tn *window.Tenant, kind aggdv1.ItemKind, 
 	}
 }
 
-// ingest hands the decoded batch to the ingester and fills st.ack.
+// ingest hands the decoded batch to the ingester and fills st.ack. Items
+// forwarded to their owners (st.out) are acked as the owners acked them
+// and not ingested here.
 func (s *Server) ingest(st *callState) {
 	b, d := &st.batch, st.dec
-	s.applyTenantRates(b, d)
+	st.out.hide(b.Results, d.SpanResults)
 	s.ing.Ingest(b)
 	if len(d.Spans) > 0 {
 		if s.spanIng == nil {
@@ -389,6 +394,7 @@ func (s *Server) ingest(st *callState) {
 			s.spanIng.IngestSpans(b.Tenant, b.Now, d.Spans, d.SpanResults)
 		}
 	}
+	st.out.unhide(b.Results, d.SpanResults)
 	ack := &st.ack
 	resetRejections(ack)
 	tn := b.Tenant

@@ -63,6 +63,9 @@ const (
 	ReasonInvalidEvent
 	ReasonUnsupported
 	ReasonDuplicateSequence
+	// ReasonOwnerUnavailable: in cluster mode, the replica owning the
+	// item could not be reached in time; sending it again is safe.
+	ReasonOwnerUnavailable
 	NumReasons
 )
 
@@ -71,7 +74,7 @@ var reasonNames = [NumReasons]string{
 	"invalid_sample_rate", "invalid_utf8", "too_many_tags", "tag_too_long",
 	"invalid_host", "type_conflict", "too_old", "too_new", "set_limit",
 	"tenant_limit", "invalid_status", "invalid_event", "unsupported",
-	"duplicate_sequence",
+	"duplicate_sequence", "owner_unavailable",
 }
 
 // String returns the snake_case code of r.

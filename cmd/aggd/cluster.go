@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/aggd/aggd/internal/cluster"
+	"github.com/aggd/aggd/internal/service"
+)
+
+// clusterFlags configure cluster mode: on when one of the member sources
+// (--peers, --peers-file, --peers-dns) is set.
+type clusterFlags struct {
+	Listen, Advertise          string
+	Peers, PeersFile, PeersDNS string
+	Token                      string
+	TLSCA                      string
+	Refresh, Settle, Timeout   time.Duration
+}
+
+func defineClusterFlags(fs *flag.FlagSet, c *clusterFlags) {
+	fs.StringVar(&c.Listen, "peer-listen", "", "address of the peer port, serving aggd.v1.PeerService to the other replicas (cluster mode)")
+	fs.StringVar(&c.Advertise, "peer-advertise", "", "this replica's peer address as the member list names it (host:port); default: --peer-listen's bound address")
+	fs.StringVar(&c.Peers, "peers", "", "cluster members, comma-separated peer addresses (a static list)")
+	fs.StringVar(&c.PeersFile, "peers-file", "", "file listing the cluster members, one peer address a line, optionally \"at <unix seconds>\"; read again every --peers-refresh")
+	fs.StringVar(&c.PeersDNS, "peers-dns", "", "host:port whose name resolves to every member, such as a Kubernetes headless Service; resolved again every --peers-refresh")
+	fs.StringVar(&c.Token, "peer-token", "", "shared secret of the peer port; every replica needs the same")
+	fs.StringVar(&c.TLSCA, "peer-tls-ca", "", "PEM CA verifying the peers' certificates: forwards go over TLS, presenting --tls-cert (the peer port serves the gRPC port's TLS)")
+	fs.DurationVar(&c.Refresh, "peers-refresh", 5*time.Second, "how often --peers-file or --peers-dns is read again")
+	fs.DurationVar(&c.Settle, "peers-settle", 0, "a member change seen now owns buckets from the first bucket boundary after this long (0: twice --peers-refresh)")
+	fs.DurationVar(&c.Timeout, "peer-forward-timeout", 30*time.Second, "how long a forward waits and retries for its owner before its items are refused as owner_unavailable")
+}
+
+func (c clusterFlags) on() bool { return c.Peers != "" || c.PeersFile != "" || c.PeersDNS != "" }
+
+func (c clusterFlags) validate() error {
+	if !c.on() {
+		return nil
+	}
+	n := 0
+	for _, s := range []string{c.Peers, c.PeersFile, c.PeersDNS} {
+		if s != "" {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		return errors.New("cluster: set one of --peers, --peers-file and --peers-dns")
+	case c.Listen == "":
+		return errors.New("cluster: --peer-listen is required")
+	case c.Token == "":
+		return errors.New("cluster: --peer-token is required")
+	case c.Refresh <= 0 || c.Settle < 0 || c.Timeout <= 0:
+		return errors.New("cluster: --peers-refresh and --peer-forward-timeout must be positive")
+	}
+	if c.PeersDNS != "" {
+		if _, _, err := net.SplitHostPort(c.PeersDNS); err != nil {
+			return fmt.Errorf("cluster: --peers-dns: %w", err)
+		}
+	}
+	return nil
+}
+
+// clusterNode is this replica's part of a cluster.
+type clusterNode struct {
+	lis     net.Listener
+	fwd     *cluster.Forwarder
+	watcher *cluster.Watcher
+}
+
+// startCluster listens on the peer port, reads the member list and makes
+// srv forward what other replicas own. It returns nil when cluster mode is
+// off. The caller serves the peer port with the gRPC server srv is on.
+func startCluster(ctx context.Context, cfg config, srv *service.Server, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
+	c := cfg.Cluster
+	if !c.on() {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return nil, err
+	}
+	self := c.Advertise
+	if self == "" {
+		self = lis.Addr().String()
+	}
+	var src cluster.Source
+	switch {
+	case c.Peers != "":
+		src = cluster.Static(splitList(c.Peers))
+	case c.PeersFile != "":
+		src = cluster.File(c.PeersFile)
+	default:
+		host, port, _ := net.SplitHostPort(c.PeersDNS)
+		src = cluster.DNS{Host: host, Port: port}
+	}
+	keep := int64(cfg.Window.MaxLateness + cfg.Window.Grace + 2*cfg.Window.Interval)
+	// The first list owns every bucket from the start: a replica starting
+	// joins the list it finds, as its peers found it.
+	entries, err := src.Members(ctx)
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("cluster members: %w", err)
+	}
+	m := cluster.NewMembership(entries[0].Members, int64(cfg.Window.Interval), keep)
+	w := cluster.NewWatcher(src, m, cluster.WatchConfig{Refresh: c.Refresh, Settle: c.Settle}, log)
+	if err := w.Refresh(ctx); err != nil { // the later lists of a file
+		log.Warn("cluster members", "err", err)
+	}
+	var creds credentials.TransportCredentials
+	if c.TLSCA != "" {
+		if creds, err = peerTLS(cfg); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
+	fwd := cluster.NewForwarder(cluster.Config{
+		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout,
+	}, m, log)
+	reg.MustRegister(fwd)
+	srv.SetForwarder(fwd)
+	if err := w.Start(ctx); err != nil {
+		lis.Close()
+		return nil, err
+	}
+	log.Info("cluster mode", "peer", lis.Addr().String(), "self", self, "members", m.Latest().Ring.Members())
+	return &clusterNode{lis: lis, fwd: fwd, watcher: w}, nil
+}
+
+// shutdown stops watching members and closes the connections to peers.
+func (n *clusterNode) shutdown() {
+	if n == nil {
+		return
+	}
+	n.watcher.Shutdown(context.Background())
+	n.fwd.Shutdown(context.Background())
+}
+
+// peerTLS returns the credentials of forwards: the peers' certificates
+// verified against --peer-tls-ca, this replica's --tls-cert presented.
+func peerTLS(cfg config) (credentials.TransportCredentials, error) {
+	pem, err := os.ReadFile(cfg.Cluster.TLSCA)
+	if err != nil {
+		return nil, fmt.Errorf("peer tls ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("peer tls ca: %s holds no PEM certificate", cfg.Cluster.TLSCA)
+	}
+	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("peer tls: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(tc), nil
+}
+

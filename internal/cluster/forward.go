@@ -1,0 +1,442 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Config configures a Forwarder.
+type Config struct {
+	// Self is this replica's peer address, as the member lists name it.
+	Self string
+	// Token is the shared peer token every call carries.
+	Token string
+	// TLS, when set, secures the calls to peers (the server's mTLS
+	// certificates); nil sends them in clear on the cluster network.
+	TLS credentials.TransportCredentials
+	// Timing places samples in buckets, whose start picks the member
+	// list in force.
+	Timing window.Timing
+	// Interval is the flush interval: spans are placed by the bucket of
+	// their arrival.
+	Interval time.Duration
+	// Timeout bounds how long a forward waits for its owner, retrying,
+	// before its items are refused as owner_unavailable; 30 s by default.
+	// While it waits, the client's ack waits: that is the push back.
+	Timeout time.Duration
+	// Attempt bounds one call; 5 s by default.
+	Attempt time.Duration
+	// InitialBackoff and MaxBackoff space the retries; 50 ms and 2 s by
+	// default.
+	InitialBackoff, MaxBackoff time.Duration
+}
+
+// Validate reports a configuration that cannot work.
+func (c *Config) Validate() error {
+	switch {
+	case c.Self == "":
+		return errors.New("cluster: this replica's peer address is not set")
+	case c.Token == "":
+		return errors.New("cluster: no peer token")
+	case c.Interval <= 0:
+		return errors.New("cluster: no flush interval")
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.Attempt <= 0 {
+		c.Attempt = 5 * time.Second
+	}
+	if c.InitialBackoff <= 0 {
+		c.InitialBackoff = 50 * time.Millisecond
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 2 * time.Second
+	}
+}
+
+// Forwarder routes each sample by its context, and each span by its trace,
+// to the owner the Membership names, and forwards what another replica
+// owns over aggd.v1.PeerService. It implements service.Forwarder and
+// prometheus.Collector, and is safe for concurrent use.
+type Forwarder struct {
+	cfg Config
+	m   *Membership
+	log *slog.Logger
+
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
+
+	calls sync.Pool // *call
+
+	// Item outcomes, by kind (0 samples, 1 spans): owned here, acked by
+	// their owner, refused by their owner, not delivered.
+	local, acked, refused, undelivered [2]atomic.Uint64
+	// Calls to peers: succeeded, failed and retried, failed for good.
+	callsOK, callsRetried, callsFailed atomic.Uint64
+	latency                            prometheus.Histogram
+	desc                               struct{ items, calls, members, version *prometheus.Desc }
+}
+
+// NewForwarder returns a forwarder over m. cfg must be valid.
+func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
+	cfg.setDefaults()
+	f := &Forwarder{cfg: cfg, m: m, log: log, conns: map[string]*grpc.ClientConn{}}
+	f.calls.New = func() any { return &call{groups: map[string]*group{}} }
+	f.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "aggd_cluster_forward_seconds", Help: "Time from sending a forwarded batch to its owner's ack, retries included.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+	})
+	f.desc.items = prometheus.NewDesc("aggd_cluster_items_total",
+		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable).",
+		[]string{"kind", "outcome"}, nil)
+	f.desc.calls = prometheus.NewDesc("aggd_cluster_forward_calls_total",
+		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
+	f.desc.members = prometheus.NewDesc("aggd_cluster_members", "Members of the latest member list.", nil, nil)
+	f.desc.version = prometheus.NewDesc("aggd_cluster_membership_version", "Number of the latest member list.", nil, nil)
+	return f
+}
+
+// call is the reusable memory of one Forward.
+type call struct {
+	groups map[string]*group
+	order  []*group
+	wg     sync.WaitGroup
+}
+
+// group is what one call sends to one owner.
+type group struct {
+	owner   string
+	version uint64
+	samples []int // indexes into Outgoing.Samples
+	spans   []int
+	frame   []byte // the ForwardRequest
+	batch   []byte // its Batch
+	item    []byte // one item's encoding
+}
+
+var _ service.Forwarder = (*Forwarder)(nil)
+
+// Forward implements service.Forwarder.
+func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
+	if f.m.Single(f.cfg.Self) {
+		f.countLocal(o)
+		return
+	}
+	c := f.calls.Get().(*call)
+	defer f.putCall(c)
+	tenant := o.Tenant.ID
+	for i := range o.Samples {
+		if o.Results[i] != window.Accepted {
+			continue
+		}
+		s := &o.Samples[i]
+		start, _ := f.cfg.Timing.Bucket(s.Timestamp, o.Now)
+		owner, v := f.m.Owner(ContextHash(tenant, s.Key), start)
+		if owner == f.cfg.Self || owner == "" {
+			f.local[0].Add(1)
+			continue
+		}
+		g := c.group(owner, v)
+		g.samples = append(g.samples, i)
+	}
+	spanBucket := window.Start(o.Now, int64(f.cfg.Interval))
+	for i := range o.Spans {
+		if o.SpanResults[i] != window.Accepted {
+			continue
+		}
+		owner, v := f.m.Owner(TraceHash(tenant, o.Spans[i].TraceID), spanBucket)
+		if owner == f.cfg.Self || owner == "" {
+			f.local[1].Add(1)
+			continue
+		}
+		g := c.group(owner, v)
+		g.spans = append(g.spans, i)
+	}
+	for _, g := range c.order {
+		f.encode(g, o)
+		c.wg.Go(func() { f.deliver(ctx, g, o) })
+	}
+	c.wg.Wait()
+}
+
+func (f *Forwarder) countLocal(o *service.Outgoing) {
+	var n [2]uint64
+	for _, r := range o.Results {
+		if r == window.Accepted {
+			n[0]++
+		}
+	}
+	for _, r := range o.SpanResults {
+		if r == window.Accepted {
+			n[1]++
+		}
+	}
+	f.local[0].Add(n[0])
+	f.local[1].Add(n[1])
+}
+
+func (c *call) group(owner string, v uint64) *group {
+	g := c.groups[owner]
+	if g == nil {
+		g = &group{owner: owner}
+		c.groups[owner] = g
+	}
+	if len(g.samples) == 0 && len(g.spans) == 0 {
+		c.order = append(c.order, g)
+	}
+	g.version = max(g.version, v)
+	return g
+}
+
+func (f *Forwarder) putCall(c *call) {
+	for _, g := range c.order {
+		g.samples, g.spans, g.version = g.samples[:0], g.spans[:0], 0
+		if cap(g.frame) > 4<<20 {
+			g.frame, g.batch = nil, nil
+		}
+	}
+	c.order = c.order[:0]
+	if len(c.groups) > 64 {
+		clear(c.groups) // members come and go; keep the map small
+	}
+	f.calls.Put(c)
+}
+
+// encode builds g's ForwardRequest in g.frame.
+func (f *Forwarder) encode(g *group, o *service.Outgoing) {
+	batch := g.batch[:0]
+	for _, i := range g.samples {
+		g.item = codec.AppendSample(g.item[:0], &o.Samples[i])
+		batch = protowire.AppendTag(batch, 1, protowire.BytesType)
+		batch = protowire.AppendBytes(batch, g.item)
+	}
+	for _, i := range g.spans {
+		g.item = codec.AppendSpan(g.item[:0], &o.Spans[i])
+		batch = protowire.AppendTag(batch, 4, protowire.BytesType)
+		batch = protowire.AppendBytes(batch, g.item)
+	}
+	g.batch = batch
+	frame := protowire.AppendTag(g.frame[:0], 1, protowire.BytesType)
+	frame = protowire.AppendBytes(frame, batch)
+	frame = protowire.AppendTag(frame, 2, protowire.BytesType)
+	frame = protowire.AppendString(frame, o.Tenant.ID)
+	frame = protowire.AppendTag(frame, 3, protowire.VarintType)
+	frame = protowire.AppendVarint(frame, uint64(o.Now))
+	frame = protowire.AppendTag(frame, 4, protowire.VarintType)
+	g.frame = protowire.AppendVarint(frame, g.version)
+}
+
+// deliver sends g to its owner and writes the outcome into o.
+func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) {
+	for _, i := range g.samples {
+		o.SampleSent[i] = true
+	}
+	for _, i := range g.spans {
+		o.SpanSent[i] = true
+	}
+	ack, err := f.send(ctx, g.owner, g.frame)
+	if err != nil {
+		detail := fmt.Sprintf("the replica owning it (%s) did not take it: %v", g.owner, err)
+		for _, i := range g.samples {
+			o.Results[i], o.Details[i] = window.ReasonOwnerUnavailable, detail
+		}
+		for _, i := range g.spans {
+			o.SpanResults[i], o.SpanDetails[i] = window.ReasonOwnerUnavailable, detail
+		}
+		f.undelivered[0].Add(uint64(len(g.samples)))
+		f.undelivered[1].Add(uint64(len(g.spans)))
+		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "err", err)
+		return
+	}
+	var refused [2]uint64
+	for _, rj := range ack.GetRejections() {
+		j := int(rj.GetIndex())
+		switch rj.GetKind() {
+		case aggdv1.ItemKind_ITEM_KIND_SAMPLE:
+			if j < len(g.samples) {
+				i := g.samples[j]
+				o.Results[i], o.Details[i] = parseReason(rj.GetReason()), rj.GetDetail()
+				refused[0]++
+			}
+		case aggdv1.ItemKind_ITEM_KIND_SPAN:
+			if j < len(g.spans) {
+				i := g.spans[j]
+				o.SpanResults[i], o.SpanDetails[i] = parseReason(rj.GetReason()), rj.GetDetail()
+				refused[1]++
+			}
+		}
+	}
+	f.refused[0].Add(refused[0])
+	f.refused[1].Add(refused[1])
+	f.acked[0].Add(uint64(len(g.samples)) - refused[0])
+	f.acked[1].Add(uint64(len(g.spans)) - refused[1])
+}
+
+// parseReason returns the Reason named name; an unknown name (a newer
+// owner's) reads as malformed.
+func parseReason(name string) window.Reason {
+	for r := window.Reason(1); r < window.NumReasons; r++ {
+		if r.String() == name {
+			return r
+		}
+	}
+	return window.ReasonMalformed
+}
+
+// forwardMethod is PeerService.Forward's full name.
+const forwardMethod = "/aggd.v1.PeerService/Forward"
+
+// send calls Forward on owner with frame, retrying with backoff what may
+// succeed later until Timeout or ctx ends.
+func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggdv1.Ack, error) {
+	conn, err := f.conn(owner)
+	if err != nil {
+		f.callsFailed.Add(1)
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.cfg.Token)
+	start := time.Now()
+	backoff := f.cfg.InitialBackoff
+	for {
+		actx, acancel := context.WithTimeout(ctx, f.cfg.Attempt)
+		resp := &aggdv1.ForwardResponse{}
+		err := conn.Invoke(actx, forwardMethod, rawFrame(frame), resp)
+		acancel()
+		if err == nil {
+			f.callsOK.Add(1)
+			f.latency.Observe(time.Since(start).Seconds())
+			return resp.GetAck(), nil
+		}
+		if permanent(err) {
+			f.callsFailed.Add(1)
+			return nil, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+			f.callsRetried.Add(1)
+			backoff = min(2*backoff, f.cfg.MaxBackoff)
+		case <-ctx.Done():
+			t.Stop()
+			f.callsFailed.Add(1)
+			return nil, fmt.Errorf("gave up after %v: %w", time.Since(start).Round(time.Millisecond), err)
+		}
+	}
+}
+
+// permanent reports whether err will not go away by sending again.
+func permanent(err error) bool {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition, codes.Unimplemented:
+		return true
+	}
+	return false
+}
+
+// conn returns the connection to owner, dialling it the first time.
+func (f *Forwarder) conn(owner string) (*grpc.ClientConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, errors.New("cluster: forwarder shut down")
+	}
+	if c := f.conns[owner]; c != nil {
+		return c, nil
+	}
+	creds := f.cfg.TLS
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	c, err := grpc.NewClient(owner, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(frameCodec{encoding.GetCodecV2(proto.Name)})))
+	if err != nil {
+		return nil, err
+	}
+	f.conns[owner] = c
+	return c, nil
+}
+
+// Shutdown closes the connections to peers. Forwards still running fail.
+// It is idempotent.
+func (f *Forwarder) Shutdown(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for k, c := range f.conns {
+		c.Close()
+		delete(f.conns, k)
+	}
+	return nil
+}
+
+// rawFrame is a request already encoded.
+type rawFrame []byte
+
+// frameCodec is the proto codec, except that a rawFrame is sent as is.
+type frameCodec struct{ encoding.CodecV2 }
+
+// Marshal implements encoding.CodecV2.
+func (c frameCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.(rawFrame); ok {
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+// Describe implements prometheus.Collector.
+func (f *Forwarder) Describe(ch chan<- *prometheus.Desc) {
+	ch <- f.desc.items
+	ch <- f.desc.calls
+	ch <- f.desc.members
+	ch <- f.desc.version
+	f.latency.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
+	for k, kind := range [2]string{"sample", "span"} {
+		for _, o := range []struct {
+			name string
+			n    *atomic.Uint64
+		}{{"local", &f.local[k]}, {"acked", &f.acked[k]}, {"refused", &f.refused[k]}, {"undelivered", &f.undelivered[k]}} {
+			ch <- prometheus.MustNewConstMetric(f.desc.items, prometheus.CounterValue, float64(o.n.Load()), kind, o.name)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(f.desc.calls, prometheus.CounterValue, float64(f.callsOK.Load()), "ok")
+	ch <- prometheus.MustNewConstMetric(f.desc.calls, prometheus.CounterValue, float64(f.callsRetried.Load()), "retry")
+	ch <- prometheus.MustNewConstMetric(f.desc.calls, prometheus.CounterValue, float64(f.callsFailed.Load()), "failed")
+	v := f.m.Latest()
+	ch <- prometheus.MustNewConstMetric(f.desc.members, prometheus.GaugeValue, float64(len(v.Ring.Members())))
+	ch <- prometheus.MustNewConstMetric(f.desc.version, prometheus.GaugeValue, float64(v.N))
+	f.latency.Collect(ch)
+}

@@ -1,0 +1,230 @@
+package service
+
+import (
+	"context"
+	"crypto/subtle"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/journal"
+	"github.com/aggd/aggd/internal/spans"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Forwarder sends the items of a batch that other replicas own to their
+// owners (cluster.Forwarder).
+type Forwarder interface {
+	// Forward sends the accepted items of o that another replica owns,
+	// waits for the owners' acks and records each outcome in o. It may
+	// block while an owner is slow or unreachable, up to its own bound
+	// or until ctx ends.
+	Forward(ctx context.Context, o *Outgoing)
+}
+
+// Outgoing is what a Forwarder sees of a batch, and where it writes what
+// the owners answered. Its slices are the batch's; the Forwarder must not
+// keep them.
+type Outgoing struct {
+	Tenant *window.Tenant
+	// Now is the batch's arrival time (unix nanoseconds).
+	Now         int64
+	Samples     []window.Sample
+	Results     []window.Reason
+	Details     []string
+	Spans       []spans.Span
+	SpanResults []window.Reason
+	SpanDetails []string
+	// SampleSent and SpanSent have one entry per item. Forward sets an
+	// entry for each item whose owner is another replica, and sets the
+	// item's result to the owner's (Accepted when the owner took it) or
+	// to why it could not be delivered, with a detail.
+	SampleSent, SpanSent []bool
+}
+
+// SetForwarder makes s forward the samples and spans other replicas own
+// to them, before ingesting the rest. Call it before serving.
+func (s *Server) SetForwarder(f Forwarder) { s.fwd = f }
+
+// forward hands st's batch to the forwarder, unless it came from a peer.
+func (s *Server) forward(ctx context.Context, st *callState) {
+	o := &st.out
+	o.SampleSent, o.SpanSent = o.SampleSent[:0], o.SpanSent[:0]
+	if s.fwd == nil || st.peer {
+		return
+	}
+	b, d := &st.batch, st.dec
+	o.Tenant, o.Now = b.Tenant, b.Now
+	o.Samples, o.Results, o.Details = b.Samples, b.Results, d.Detail
+	o.Spans, o.SpanResults, o.SpanDetails = d.Spans, d.SpanResults, d.SpanDetail
+	o.SampleSent = append(o.SampleSent, make([]bool, len(b.Samples))...)
+	o.SpanSent = append(o.SpanSent, make([]bool, len(d.Spans))...)
+	s.fwd.Forward(ctx, o)
+	o.Samples, o.Results, o.Details, o.Spans, o.SpanResults, o.SpanDetails = nil, nil, nil, nil, nil, nil
+}
+
+// hidden marks, while the batch is ingested, the items an owner took.
+const hidden = window.ReasonDuplicateSequence
+
+// hide keeps the items owners took out of local ingestion.
+func (o *Outgoing) hide(results, spanResults []window.Reason) {
+	mark(o.SampleSent, results, window.Accepted, hidden)
+	mark(o.SpanSent, spanResults, window.Accepted, hidden)
+}
+
+// unhide makes the items owners took count as accepted in the ack.
+func (o *Outgoing) unhide(results, spanResults []window.Reason) {
+	mark(o.SampleSent, results, hidden, window.Accepted)
+	mark(o.SpanSent, spanResults, hidden, window.Accepted)
+}
+
+func mark(sent []bool, results []window.Reason, from, to window.Reason) {
+	for i, ok := range sent {
+		if ok && results[i] == from {
+			results[i] = to
+		}
+	}
+}
+
+// taken counts the items an owner took, after unhide.
+func (o *Outgoing) taken(results, spanResults []window.Reason) int {
+	n := 0
+	for i, ok := range o.SampleSent {
+		if ok && results[i] == window.Accepted {
+			n++
+		}
+	}
+	for i, ok := range o.SpanSent {
+		if ok && spanResults[i] == window.Accepted {
+			n++
+		}
+	}
+	return n
+}
+
+// appendTaken appends every item an owner took, as the write-ahead log
+// record lists refusals.
+func (o *Outgoing) appendTaken(items []journal.Item, results, spanResults []window.Reason) []journal.Item {
+	for i, ok := range o.SampleSent {
+		if ok && results[i] == window.Accepted {
+			items = append(items, journal.Item{Kind: aggdv1.ItemKind_ITEM_KIND_SAMPLE, Index: uint64(i)})
+		}
+	}
+	for i, ok := range o.SpanSent {
+		if ok && spanResults[i] == window.Accepted {
+			items = append(items, journal.Item{Kind: aggdv1.ItemKind_ITEM_KIND_SPAN, Index: uint64(i)})
+		}
+	}
+	return items
+}
+
+// RegisterPeer registers aggd.v1.PeerService on g, for the replicas of
+// one cluster: a call must carry `authorization: Bearer <token>`.
+func (s *Server) RegisterPeer(g *grpc.Server, token string) {
+	h := func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		return s.forwarded(ctx, dec, token)
+	}
+	g.RegisterService(&grpc.ServiceDesc{
+		ServiceName: aggdv1.PeerService_ServiceDesc.ServiceName,
+		HandlerType: (*any)(nil),
+		Methods:     []grpc.MethodDesc{{MethodName: "Forward", Handler: h}},
+		Metadata:    aggdv1.PeerService_ServiceDesc.Metadata,
+	}, s)
+}
+
+var errPeerToken = status.Error(codes.Unauthenticated, "peer call without the cluster's peer token")
+
+// peerAuthorized reports whether ctx carries the peer token.
+func peerAuthorized(ctx context.Context, token string) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if subtle.ConstantTimeCompare([]byte(v), []byte("Bearer "+token)) == 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// forwarded takes a batch a peer forwarded: logged and ingested as the
+// peer's client sent it, at the peer's arrival time, and not forwarded
+// again.
+func (s *Server) forwarded(ctx context.Context, dec func(any) error, token string) (any, error) {
+	if token == "" || !peerAuthorized(ctx, token) {
+		return nil, errPeerToken
+	}
+	st := s.getState()
+	defer s.putState(st)
+	if err := dec(&st.frame); err != nil {
+		return nil, s.refuse(RefusedTooLarge, "", err)
+	}
+	id, now, err := forwardHeader(st.frame.Buf)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	tn, err := s.tenants.Get(id)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "forwarded batch of tenant %q: %v", id, err)
+	}
+	if s.draining.Load() {
+		return nil, errDraining
+	}
+	if err := s.admit(ctx, tn); err != nil {
+		return nil, err
+	}
+	release, err := s.reserve(ctx, st, false, tn.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	st.peer = true
+	defer func() { st.peer = false }()
+	st.dec.Reset(&st.batch)
+	st.dec.ForTenant(tn)
+	st.batch.Tenant = tn
+	st.batch.Now = now
+	if err := st.dec.DecodeSubmit(st.frame.Buf, &st.batch); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := s.ingestLogged(ctx, st, journal.Submit); err != nil {
+		return nil, err
+	}
+	ack := &aggdv1.Ack{Accepted: st.ack.Accepted, Rejected: st.ack.Rejected, Rejections: slices.Clone(st.ack.Rejections)}
+	return &aggdv1.ForwardResponse{Ack: ack}, nil
+}
+
+// forwardHeader reads the tenant and arrival time of a ForwardRequest.
+func forwardHeader(buf []byte) (tenant string, now int64, err error) {
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return "", 0, codec.MalformedError{What: "ForwardRequest"}
+		}
+		buf = buf[n:]
+		switch {
+		case num == 2 && typ == protowire.BytesType:
+			var v []byte
+			v, n = protowire.ConsumeBytes(buf)
+			tenant = string(v)
+		case num == 3 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			now = int64(v)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, buf)
+		}
+		if n < 0 {
+			return "", 0, codec.MalformedError{What: "ForwardRequest"}
+		}
+		buf = buf[n:]
+	}
+	if now == 0 {
+		return "", 0, codec.MalformedError{What: "ForwardRequest without arrival_unix_nano"}
+	}
+	return tenant, now, nil
+}
