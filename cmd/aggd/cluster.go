@@ -109,11 +109,20 @@ func startCluster(ctx context.Context, cfg config, srv *service.Server, reg prom
 	// The first list owns every bucket from the start: a replica starting
 	// joins the list it finds, as its peers found it.
 	entries, err := src.Members(ctx)
-	if err != nil {
+	var first []string
+	switch {
+	case err == nil:
+		first = entries[0].Members
+	case c.PeersDNS != "":
+		// A headless Service may not list the first pods yet: until it
+		// does, this replica owns everything it takes in, and the list
+		// resolved later takes effect at a boundary like any change.
+		log.Warn("cluster members not resolved yet", "err", err)
+	default:
 		lis.Close()
 		return nil, fmt.Errorf("cluster members: %w", err)
 	}
-	m := cluster.NewMembership(entries[0].Members, int64(cfg.Window.Interval), keep)
+	m := cluster.NewMembership(first, int64(cfg.Window.Interval), keep)
 	w := cluster.NewWatcher(src, m, cluster.WatchConfig{Refresh: c.Refresh, Settle: c.Settle}, log)
 	if err := w.Refresh(ctx); err != nil { // the later lists of a file
 		log.Warn("cluster members", "err", err)
@@ -168,4 +177,3 @@ func peerTLS(cfg config) (credentials.TransportCredentials, error) {
 	}
 	return credentials.NewTLS(tc), nil
 }
-

@@ -188,8 +188,11 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		return fmt.Errorf("cluster members: %w", err)
 	}
 	now := time.Now().UnixNano()
-	for _, e := range entries {
+	for i, e := range entries {
 		at := e.At
+		if at == 0 && i < len(entries)-1 {
+			continue // a file's first list, owning what its successors do not
+		}
 		if at == 0 {
 			at = now + int64(w.cfg.Settle)
 		}
