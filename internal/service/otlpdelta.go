@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"time"
 )
 
 // deltaTracker turns cumulative OTLP streams into deltas with the rules of
@@ -59,6 +60,7 @@ func (t *deltaTracker) lock(id streamID) *deltaShard {
 // cumulative is the last point of one cumulative stream.
 type cumulative struct {
 	start  uint64
+	seen   uint64 // the time of the stream's latest point
 	value  float64 // sum's value; histogram's and summary's sum
 	count  uint64  // histogram's and summary's count
 	counts []uint64
@@ -96,14 +98,20 @@ const (
 // whether the point is the stream's first (a new start time starts the
 // stream over, as the start time is part of the Collector's identity).
 // Callers hold sh.mu.
-func (sh *deltaShard) streamLocked(id streamID, start uint64, max int) (st *cumulative, first bool) {
+func (sh *deltaShard) streamLocked(id streamID, start, ts uint64, limit int) (st *cumulative, first bool) {
 	st = sh.streams[id]
+	if st != nil {
+		st.seen = max(st.seen, ts)
+	}
 	switch {
 	case st == nil:
-		if len(sh.streams) >= max {
+		if len(sh.streams) >= limit {
+			sh.forgetStale(ts)
+		}
+		if len(sh.streams) >= limit {
 			return nil, false
 		}
-		st = &cumulative{start: start}
+		st = &cumulative{start: start, seen: ts}
 		sh.streams[id] = st
 		return st, true
 	case st.start != start:
@@ -111,6 +119,22 @@ func (sh *deltaShard) streamLocked(id streamID, start uint64, max int) (st *cumu
 		return st, true
 	}
 	return st, false
+}
+
+// StaleCumulative is how long a cumulative stream without points is
+// remembered once the streams fill up: past MaxCumulativeStreams, streams
+// whose latest point is older than that (by the time of the point that
+// needs room) are forgotten first.
+const StaleCumulative = time.Hour
+
+// forgetStale drops the streams of sh not updated within StaleCumulative
+// of ts.
+func (sh *deltaShard) forgetStale(ts uint64) {
+	for id, st := range sh.streams {
+		if st.seen+uint64(StaleCumulative) < ts {
+			delete(sh.streams, id)
+		}
+	}
 }
 
 // initial reports whether a stream's first point counts in full: only if
@@ -127,7 +151,7 @@ func (t *deltaTracker) sum(key []byte, start, ts uint64, v float64) (float64, de
 	id := idOf(key)
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(id, start, t.max)
+	st, first := sh.streamLocked(id, start, ts, t.max)
 	switch {
 	case st == nil:
 		return 0, deltaFull
@@ -156,7 +180,7 @@ func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64,
 	id := idOf(key)
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(id, start, t.max)
+	st, first := sh.streamLocked(id, start, ts, t.max)
 	if st == nil {
 		return explicitDelta{}, deltaFull
 	}
@@ -203,7 +227,7 @@ func (t *deltaTracker) summary(key []byte, start, ts, count uint64, sum float64)
 	id := idOf(key)
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(id, start, t.max)
+	st, first := sh.streamLocked(id, start, ts, t.max)
 	switch {
 	case st == nil:
 		return 0, 0, deltaFull
@@ -226,7 +250,7 @@ func (t *deltaTracker) exponential(key []byte, start, ts uint64, p expPoint) (ex
 	id := idOf(key)
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(id, start, t.max)
+	st, first := sh.streamLocked(id, start, ts, t.max)
 	if st == nil {
 		return expPoint{}, deltaFull
 	}
