@@ -32,6 +32,13 @@ func ServeSpans(tb testing.TB, ing service.Ingester, si service.SpanIngester) st
 // ServeWith is Serve with setup applied to the server before it serves.
 func ServeWith(tb testing.TB, ing service.Ingester, setup func(*service.Server)) string {
 	tb.Helper()
+	return ServePeers(tb, ing, "", setup)
+}
+
+// ServePeers is ServeWith that also serves aggd.v1.PeerService, taking
+// calls that carry token; an empty token serves no peer.
+func ServePeers(tb testing.TB, ing service.Ingester, token string, setup func(*service.Server)) string {
+	tb.Helper()
 	tenants, err := service.NewTenants(nil, false, 100)
 	if err != nil {
 		tb.Fatal(err)
@@ -40,6 +47,9 @@ func ServeWith(tb testing.TB, ing service.Ingester, setup func(*service.Server))
 	setup(srv)
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.Register(gs)
+	if token != "" {
+		srv.RegisterPeer(gs, token)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)

@@ -1,0 +1,243 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/window"
+)
+
+const token = "peer-secret"
+
+// replica serves aggd.v1 and aggd.v1.PeerService into ing on loopback;
+// fwd, when set, makes it forward what it does not own.
+func replica(tb testing.TB, ing service.Ingester, fwd *Forwarder) string {
+	tb.Helper()
+	return servicetest.ServePeers(tb, ing, token, func(srv *service.Server) {
+		if fwd != nil {
+			srv.SetForwarder(fwd)
+		}
+	})
+}
+
+func submit(tb testing.TB, addr string, b *aggdv1.Batch) *aggdv1.Ack {
+	tb.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cc.Close()
+	resp, err := aggdv1.NewAggregatorServiceClient(cc).Submit(context.Background(), &aggdv1.SubmitRequest{Batch: b})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.GetAck()
+}
+
+// ownedBy returns n sample names whose context (no tags, no host) is
+// owned by want under ring r.
+func ownedBy(r *Ring, want string, n int) []string {
+	var out []string
+	for i := 0; len(out) < n; i++ {
+		name := fmt.Sprintf("m%d", i)
+		if r.Owner(ContextHash("default", window.AppendKey(nil, name, "", nil))) == want {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func TestForwardOutcomes(t *testing.T) {
+	const self = "127.0.0.1:1" // the entry replica's peer address; never dialled
+	dead := func() string {    // an address nothing listens on
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer l.Close()
+		return l.Addr().String()
+	}()
+	tests := []struct {
+		name      string
+		token     string
+		deadOwner bool
+		// want: the reason of the forwarded samples, and the outcome
+		// counted for them.
+		reason  string
+		outcome string
+	}{
+		{name: "acked", token: token, reason: "", outcome: "acked"},
+		{name: "wrong token", token: "guess", reason: "owner_unavailable", outcome: "undelivered"},
+		{name: "owner down", token: token, deadOwner: true, reason: "owner_unavailable", outcome: "undelivered"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			owner := &servicetest.Recorder{Refuse: func(s *window.Sample) window.Reason {
+				if s.Value < 0 {
+					return window.ReasonTypeConflict
+				}
+				return window.Accepted
+			}}
+			ownerAddr := replica(t, owner, nil)
+			if tt.deadOwner {
+				ownerAddr = dead
+			}
+			m := NewMembership([]string{self, ownerAddr}, int64(time.Second), int64(time.Hour))
+			fwd := NewForwarder(Config{Self: self, Token: tt.token, Timing: window.DefaultConfig().Timing(), Interval: time.Second,
+				Timeout: 300 * time.Millisecond, InitialBackoff: 10 * time.Millisecond}, m, slog.New(slog.DiscardHandler))
+			defer fwd.Shutdown(context.Background())
+			entry := &servicetest.Recorder{}
+			entryAddr := replica(t, entry, fwd)
+
+			r := m.Latest().Ring
+			remote, local := ownedBy(r, ownerAddr, 3), ownedBy(r, self, 2)
+			b := &aggdv1.Batch{}
+			for i, name := range []string{remote[0], local[0], remote[1], local[1], remote[2]} {
+				v := 1.0
+				if i == 4 {
+					v = -1 // the owner refuses it
+				}
+				b.Samples = append(b.Samples, &aggdv1.Sample{Name: name, Type: aggdv1.MetricType_METRIC_TYPE_GAUGE, Value: v})
+			}
+			ack := submit(t, entryAddr, b)
+
+			if got := len(entry.Samples()); got != 2 {
+				t.Errorf("entry replica ingested %d samples, want its own 2", got)
+			}
+			reasons := map[uint32]string{}
+			for _, rj := range ack.GetRejections() {
+				reasons[rj.GetIndex()] = rj.GetReason()
+			}
+			for i := range uint32(5) {
+				want := ""
+				switch {
+				case i == 1 || i == 3: // owned where they arrived
+				case tt.reason != "":
+					want = tt.reason
+				case i == 4:
+					want = "type_conflict"
+				}
+				if reasons[i] != want {
+					t.Errorf("sample %d: reason %q, want %q (ack %v)", i, reasons[i], want, ack)
+				}
+			}
+			if tt.reason == "" && len(owner.Samples()) != 2 {
+				t.Errorf("owner ingested %d samples, want 2", len(owner.Samples()))
+			}
+			counted := func(outcome string) float64 {
+				return itemsCounted(t, fwd, "sample", outcome)
+			}
+			if got := counted("local"); got != 2 {
+				t.Errorf("local %v, want 2", got)
+			}
+			wantOut := 3.0
+			if tt.reason == "" {
+				wantOut = 2
+				if got := counted("refused"); got != 1 {
+					t.Errorf("refused %v, want 1", got)
+				}
+			}
+			if got := counted(tt.outcome); got != wantOut {
+				t.Errorf("%s %v, want %v", tt.outcome, got, wantOut)
+			}
+			if tt.deadOwner && fwd.callsRetried.Load() == 0 {
+				t.Error("the unreachable owner was not retried")
+			}
+			if tt.token != token && fwd.callsRetried.Load() != 0 {
+				t.Error("a refused token was retried")
+			}
+		})
+	}
+}
+
+// itemsCounted reads aggd_cluster_items_total{kind, outcome} from f.
+func itemsCounted(tb testing.TB, f *Forwarder, kind, outcome string) float64 {
+	tb.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(f)
+	mfs, err := reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "aggd_cluster_items_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["kind"] == kind && l["outcome"] == outcome {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	tb.Fatalf("no aggd_cluster_items_total{kind=%q,outcome=%q}", kind, outcome)
+	return 0
+}
+
+// BenchmarkForward submits batches of 500 samples to a replica that owns
+// them all (local) or none (forwarded: every sample goes on to a second
+// replica over the peer service), both on loopback in this process. The
+// difference per sample is the cost of forwarding it: encoding, the peer
+// call, and the owner's decoding.
+func BenchmarkForward(b *testing.B) {
+	const self = "127.0.0.1:1"
+	batch := &aggdv1.Batch{}
+	for i := range 500 {
+		batch.Samples = append(batch.Samples, &aggdv1.Sample{Name: "bench.count", Type: aggdv1.MetricType_METRIC_TYPE_COUNT,
+			Value: 1, Tags: []string{fmt.Sprintf("ctx:%d", i%100), "env:bench"}})
+	}
+	ownerAddr := replica(b, discard{}, nil)
+	for _, mode := range []string{"local", "forwarded"} {
+		b.Run(mode, func(b *testing.B) {
+			members := []string{self}
+			if mode == "forwarded" {
+				members = []string{ownerAddr}
+			}
+			fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
+				NewMembership(members, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
+			defer fwd.Shutdown(context.Background())
+			entryAddr := replica(b, discard{}, fwd)
+			cc, err := grpc.NewClient(entryAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cc.Close()
+			c := aggdv1.NewAggregatorServiceClient(cc)
+			req := &aggdv1.SubmitRequest{Batch: batch}
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			for b.Loop() {
+				resp, err := c.Submit(context.Background(), req)
+				if err != nil || resp.GetAck().GetAccepted() != 500 {
+					b.Fatalf("ack %v, err %v", resp.GetAck(), err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
+			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*500), "cpu-ns/sample")
+		})
+	}
+}
+
+// discard is an Ingester that keeps nothing.
+type discard struct{}
+
+func (discard) Ingest(*window.Batch) {}
+
+// cpuTime returns the CPU time (user and system) the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
