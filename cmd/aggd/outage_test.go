@@ -123,11 +123,7 @@ func TestFullSendQueuePushesBack(t *testing.T) {
 	client := aggdv1.NewAggregatorServiceClient(in.conn)
 	refused := false
 	for i := 0; !refused && i < 2000; i++ {
-		b := &aggdv1.Batch{}
-		for j := range 500 { // new contexts every batch: big payloads
-			b.Samples = append(b.Samples, &aggdv1.Sample{Name: "queue.fill", Type: aggdv1.MetricType_METRIC_TYPE_GAUGE, Value: 1,
-				Tags: []string{fmt.Sprintf("batch:%d", i), fmt.Sprintf("n:%d", j)}})
-		}
+		b := newContexts("queue.fill", aggdv1.MetricType_METRIC_TYPE_GAUGE, i, 500)
 		_, err := client.Submit(context.Background(), &aggdv1.SubmitRequest{Batch: b})
 		switch status.Code(err) {
 		case codes.OK:
@@ -159,6 +155,17 @@ func TestFullSendQueuePushesBack(t *testing.T) {
 	in.stop(t)
 }
 
+// newContexts is batch i of n samples of value 1, each of a new context:
+// big payloads.
+func newContexts(name string, typ aggdv1.MetricType, i, n int) *aggdv1.Batch {
+	b := &aggdv1.Batch{}
+	for j := range n {
+		b.Samples = append(b.Samples, &aggdv1.Sample{Name: name, Type: typ, Value: 1,
+			Tags: []string{fmt.Sprintf("batch:%d", i), fmt.Sprintf("n:%d", j)}})
+	}
+	return b
+}
+
 // flakyIntake is a loopback Datadog intake answering 503 while down is
 // set, and the aggd.toml that makes it the only upstream (extra: more
 // keys of its [[upstream]] table).
@@ -184,4 +191,71 @@ api_key = "k"
 %s
 `, dd.URL, extra)), 0o600)
 	return dd, down, cfgFile
+}
+
+// TestCleanStopDeliversEverythingAcked fills the send queue on disk while
+// the intake is down, with an export timeout far shorter than the outage:
+// flushes wait for room instead of dropping payloads, and batches are
+// refused meanwhile. With the intake back, a clean stop delivers every
+// sample acked and returns no error. With the intake still down, a stop
+// whose deadline passes returns an error naming what was not handed on.
+func TestCleanStopDeliversEverythingAcked(t *testing.T) {
+	for _, comesBack := range []bool{true, false} {
+		t.Run(fmt.Sprint("intake back ", comesBack), func(t *testing.T) {
+			dd, down, cfgFile := flakyIntake(t, "compression = \"none\"\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"")
+			down.Store(true)
+			dir := t.TempDir()
+			in := startAggd(t, "--config", cfgFile, "--wal-dir", filepath.Join(dir, "data"), "--queue-max-bytes", "1048576",
+				"--interval", "1s", "--grace", "0s", "--export-timeout", "100ms", "--shutdown-timeout", "10s")
+			client := aggdv1.NewAggregatorServiceClient(in.conn)
+			acked, refusals := 0, 0
+			// Batches until 20 refusals: the queue filled and stayed full
+			// across several flushes.
+			for i := 0; refusals < 20 && i < 5000; i++ {
+				b := newContexts("stop.count", aggdv1.MetricType_METRIC_TYPE_COUNT, i, 200)
+				_, err := client.Submit(context.Background(), &aggdv1.SubmitRequest{Batch: b})
+				switch status.Code(err) {
+				case codes.OK:
+					acked += len(b.Samples)
+				case codes.ResourceExhausted:
+					refusals++
+					time.Sleep(50 * time.Millisecond)
+				default:
+					t.Fatal(err)
+				}
+			}
+			if refusals < 20 {
+				t.Fatal("batches were never refused while the send queue filled")
+			}
+			if comesBack {
+				down.Store(false)
+			}
+			start := time.Now()
+			in.cancel()
+			in.conn.Close()
+			err := <-in.done
+			in.cancel = nil
+			took := time.Since(start)
+			if !comesBack {
+				if err == nil || !strings.Contains(err.Error(), "--wal-dir") {
+					t.Fatalf("stop with the intake down: %v, want an error naming what the log keeps", err)
+				}
+				t.Logf("stop with the intake down: %v", err)
+				return
+			}
+			if err != nil {
+				t.Fatalf("clean stop: %v", err)
+			}
+			delivered := 0.0
+			for _, p := range dd.Series() {
+				if p.Metric == "stop.count" {
+					delivered += p.Value * float64(p.Interval) // a rate of sum ÷ interval
+				}
+			}
+			if delivered != float64(acked) {
+				t.Fatalf("intake received %v, acked %d", delivered, acked)
+			}
+			t.Logf("%d samples acked, all delivered; the stop that sent the queue took %v", acked, took)
+		})
+	}
 }

@@ -3,6 +3,7 @@ package flush
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"sync"
@@ -44,7 +45,10 @@ type Config struct {
 	// Interval is the tick period; ticks fall on multiples of it since the
 	// Unix epoch.
 	Interval time.Duration
-	// Timeout bounds one Export; zero means Interval.
+	// Timeout bounds one Export; zero means Interval. With a WAL it does
+	// not: a flush waits for room in the send queue for as long as it
+	// takes (ingest is pushed back meanwhile), until Shutdown's deadline,
+	// so that no payload the log would have to replay is dropped.
 	Timeout time.Duration
 	// Hostname is the host of the aggd.up checks.
 	Hostname string
@@ -82,6 +86,14 @@ type Flusher struct {
 	f  window.Flush
 
 	walHeld bool // a flush failed: the log keeps everything from then on
+	// undelivered counts the aggregates, events and checks of failed
+	// flushes: acked data that is not on its way upstream.
+	undelivered int
+
+	// abort ends the exports of tick flushes once Shutdown's deadline has
+	// passed.
+	aborted context.Context
+	abort   context.CancelFunc
 
 	// seen is each tenant's items, accepted and refused, at the last
 	// flush: a tenant whose count moved since was active and gets aggd.up.
@@ -107,8 +119,10 @@ func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config,
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("aggd")
 	}
-	return &Flusher{agg: agg, exp: exp, tenants: tenants, cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{}),
+	fl := &Flusher{agg: agg, exp: exp, tenants: tenants, cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{}),
 		seen: map[*window.Tenant]uint64{}}
+	fl.aborted, fl.abort = context.WithCancel(context.Background())
+	return fl
 }
 
 // Start starts the ticker goroutine. It exits when Shutdown is called.
@@ -170,12 +184,24 @@ func (fl *Flusher) flush(ctx context.Context, tick time.Time, all bool) {
 			f.Checks = append(f.Checks, window.ServiceCheck{Tenant: tn, Name: "aggd.up", Status: window.StatusOK, Host: fl.cfg.Hostname, Timestamp: f.Time})
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, fl.cfg.Timeout)
+	var cancel context.CancelFunc
+	if fl.cfg.WAL != nil {
+		// Wait for the queue rather than drop: only Shutdown's deadline
+		// ends the wait.
+		ctx, cancel = context.WithCancel(ctx)
+		stop := context.AfterFunc(fl.aborted, cancel)
+		defer stop()
+	} else {
+		ctx, cancel = context.WithTimeout(ctx, fl.cfg.Timeout)
+	}
 	err := fl.exp.Export(ctx, f)
 	cancel()
 	points := 0
 	for _, b := range f.Buckets {
 		points += b.Len()
+	}
+	if err != nil {
+		fl.undelivered += points + len(f.Events) + len(f.Checks)
 	}
 	span.SetAttributes(attribute.Int("aggd.contexts", points), attribute.Int("aggd.events", len(f.Events)), attribute.Int("aggd.checks", len(f.Checks)))
 	if err != nil {
@@ -226,17 +252,27 @@ func (fl *Flusher) record(gen uint64, tick int64, all bool, err error) {
 }
 
 // Shutdown stops the ticker and flushes everything held, open buckets
-// included, within ctx's deadline. It is idempotent; later calls flush
-// again (usually nothing).
+// included, within ctx's deadline: a flush waiting for room in the send
+// queue goes on waiting until then. It returns an error naming how much
+// acked data some flush failed to hand on (after a failure the write-ahead
+// log keeps its batches for the next start on the same directory). It is
+// idempotent; later calls flush again (usually nothing).
 func (fl *Flusher) Shutdown(ctx context.Context) error {
 	fl.stopOnce.Do(func() { close(fl.stop) })
+	stop := context.AfterFunc(ctx, fl.abort)
+	defer stop()
 	if fl.started {
-		select {
-		case <-fl.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		<-fl.done // a tick's flush waiting for the queue ends at ctx's deadline
 	}
 	fl.flush(ctx, time.Now(), true)
-	return nil
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	switch {
+	case fl.undelivered == 0:
+		return nil
+	case fl.cfg.WAL != nil:
+		return fmt.Errorf("flush: %d aggregates, events and checks acked were not handed to the send queue; the write-ahead log keeps their batches: start aggd again on the same --wal-dir to send them", fl.undelivered)
+	default:
+		return fmt.Errorf("flush: %d aggregates, events and checks acked were not handed to the send queue and are lost", fl.undelivered)
+	}
 }
