@@ -82,7 +82,6 @@ var (
 	_ journal.Tenants       = (*service.Tenants)(nil)
 	_ journal.Ingester      = (*flush.Aggregator)(nil)
 	_ journal.SpanReplayer  = (*spans.Processor)(nil)
-	_ overload.Leveler      = pushback{}
 )
 
 func main() {
@@ -261,7 +260,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	var load overload.Leveler
 	switch {
 	case walLog != nil:
-		load = pushback{guard: guard, full: router.Full}
+		load = overload.Pushback{Memory: guard, Full: router.Full}
 	case guard != nil:
 		load = guard
 	}
@@ -597,23 +596,6 @@ func effectiveConfig(cfg config, file *configpkg.File, tenants []configpkg.Tenan
 	enc.SetIndent("", "  ")
 	enc.Encode(map[string]any{"flags": flags, "default_upstreams": file.DefaultUpstreams, "upstreams": ups, "tenants": tvs})
 	return out.String()
-}
-
-// pushback is the load level of ingest: memory pressure, or Hard while a
-// send queue on disk is full.
-type pushback struct {
-	guard *overload.Guard
-	full  func() bool
-}
-
-func (p pushback) Level() overload.Level {
-	if p.full() {
-		return overload.Hard
-	}
-	if p.guard != nil {
-		return p.guard.Level()
-	}
-	return overload.OK
 }
 
 func b2f(b bool) float64 {

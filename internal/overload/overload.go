@@ -26,7 +26,29 @@ type Leveler interface {
 	Level() Level
 }
 
-var _ Leveler = (*Guard)(nil)
+var (
+	_ Leveler = (*Guard)(nil)
+	_ Leveler = Pushback{}
+)
+
+// Pushback is the load level of ingest when a full send queue on disk must
+// push back as memory does: Hard while Full reports true, else the level
+// of Memory (OK without one).
+type Pushback struct {
+	Memory *Guard
+	Full   func() bool
+}
+
+// Level implements Leveler.
+func (p Pushback) Level() Level {
+	if p.Full() {
+		return Hard
+	}
+	if p.Memory != nil {
+		return p.Memory.Level()
+	}
+	return OK
+}
 
 // Guard samples memory every interval. Level is safe for concurrent use.
 type Guard struct {

@@ -33,3 +33,30 @@ func TestReadRuntime(t *testing.T) {
 		t.Fatalf("runtime memory %d bytes", n)
 	}
 }
+
+func TestPushback(t *testing.T) {
+	var used atomic.Uint64
+	g := New(1000, time.Hour, func() uint64 { return used.Load() })
+	g.Sample()
+	full := false
+	for _, tc := range []struct {
+		name string
+		p    Pushback
+		used uint64
+		full bool
+		want Level
+	}{
+		{"no guard, queue has room", Pushback{Full: func() bool { return full }}, 0, false, OK},
+		{"no guard, queue full", Pushback{Full: func() bool { return full }}, 0, true, Hard},
+		{"memory soft, queue has room", Pushback{Memory: g, Full: func() bool { return full }}, 850, false, Soft},
+		{"memory soft, queue full", Pushback{Memory: g, Full: func() bool { return full }}, 850, true, Hard},
+		{"memory ok, queue has room", Pushback{Memory: g, Full: func() bool { return full }}, 10, false, OK},
+	} {
+		used.Store(tc.used)
+		g.Sample()
+		full = tc.full
+		if got := tc.p.Level(); got != tc.want {
+			t.Errorf("%s: Level = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
