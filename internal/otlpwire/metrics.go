@@ -145,6 +145,9 @@ type Decoder struct {
 	point  Point
 	data   [][]byte
 	scopes [][]byte
+	parts  [][]byte
+	raw    []byte
+	sp     Span
 }
 
 // view returns b as a string sharing its memory.
@@ -258,13 +261,18 @@ func decodeValue(v *Value, buf []byte) error {
 // DecodeMetrics decodes an ExportMetricsServiceRequest, handing its
 // contents to h. On error h may have been handed part of the request.
 func (d *Decoder) DecodeMetrics(buf []byte, h MetricsHandler) error {
+	return eachBytes(buf, 1, func(rm []byte) error { return d.resourceMetrics(rm, h) })
+}
+
+// eachBytes calls fn with each length-delimited field num of buf, in order.
+func eachBytes(buf []byte, num protowire.Number, fn func([]byte) error) error {
 	var f field
 	for len(buf) > 0 {
 		if err := next(&buf, &f); err != nil {
 			return err
 		}
-		if f.num == 1 && f.typ == protowire.BytesType {
-			if err := d.resourceMetrics(f.b, h); err != nil {
+		if f.num == num && f.typ == protowire.BytesType {
+			if err := fn(f.b); err != nil {
 				return err
 			}
 		}

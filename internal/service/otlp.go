@@ -120,33 +120,42 @@ func (r *OTLP) Register(g *grpc.Server) {
 	g.RegisterService(&grpc.ServiceDesc{
 		ServiceName: desc.ServiceName,
 		HandlerType: desc.HandlerType,
-		Methods:     []grpc.MethodDesc{{MethodName: "Export", Handler: r.exportHandler}},
+		Methods:     []grpc.MethodDesc{{MethodName: "Export", Handler: rawHandler(r, colmetricspb.MetricsService_Export_FullMethodName, r.exportRaw)}},
 		Metadata:    desc.Metadata,
 	}, r)
-	coltracepb.RegisterTraceServiceServer(g, &r.traces)
+	tdesc := coltracepb.TraceService_ServiceDesc
+	g.RegisterService(&grpc.ServiceDesc{
+		ServiceName: tdesc.ServiceName,
+		HandlerType: tdesc.HandlerType,
+		Methods:     []grpc.MethodDesc{{MethodName: "Export", Handler: rawHandler(&r.traces, coltracepb.TraceService_Export_FullMethodName, r.traces.exportRaw)}},
+		Metadata:    tdesc.Metadata,
+	}, &r.traces)
 }
 
 var otlpFrames = sync.Pool{New: func() any { return &codec.Frame{} }}
 
-func (r *OTLP) exportHandler(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
-	f := otlpFrames.Get().(*codec.Frame)
-	put := func() {
-		if cap(f.Buf) <= 4<<20 { // do not pin one huge request's buffer
-			otlpFrames.Put(f)
+// rawHandler is a unary handler that hands export the request's bytes.
+func rawHandler[R any](srv any, method string, export func(context.Context, []byte) (R, error)) grpc.MethodHandler {
+	return func(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		f := otlpFrames.Get().(*codec.Frame)
+		put := func() {
+			if cap(f.Buf) <= 4<<20 { // do not pin one huge request's buffer
+				otlpFrames.Put(f)
+			}
 		}
+		if err := dec(f); err != nil {
+			put()
+			return nil, err
+		}
+		handler := func(ctx context.Context, _ any) (any, error) {
+			defer put()
+			return export(ctx, f.Buf)
+		}
+		if interceptor == nil {
+			return handler(ctx, f)
+		}
+		return interceptor(ctx, f, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, handler)
 	}
-	if err := dec(f); err != nil {
-		put()
-		return nil, err
-	}
-	handler := func(ctx context.Context, _ any) (any, error) {
-		defer put()
-		return r.exportRaw(ctx, f.Buf)
-	}
-	if interceptor == nil {
-		return handler(ctx, f)
-	}
-	return interceptor(ctx, f, &grpc.UnaryServerInfo{Server: r, FullMethod: colmetricspb.MetricsService_Export_FullMethodName}, handler)
 }
 
 // RegisterOTLP registers an OTLP receiver with the default configuration

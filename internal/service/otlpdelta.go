@@ -60,7 +60,7 @@ func (t *deltaTracker) lock(id streamID) *deltaShard {
 // cumulative is the last point of one cumulative stream.
 type cumulative struct {
 	start  uint64
-	seen   uint64 // the time of the stream's latest point
+	seen   uint64  // the time of the stream's latest point
 	value  float64 // sum's value; histogram's and summary's sum
 	count  uint64  // histogram's and summary's count
 	counts []uint64

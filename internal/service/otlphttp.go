@@ -50,14 +50,15 @@ func (r *OTLP) Handler(maxBody int) http.Handler {
 		return r.exportMetrics(tn, body)
 	}))
 	mux.Handle("/v1/traces", otlpHandler(r, maxBody, func(tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
-		req := &coltracepb.ExportTraceServiceRequest{}
-		if err := unmarshalOTLP(body, json, req); err != nil {
-			return nil, err
-		}
-		if json {
+		if json { // to protobuf, with the ids OTLP/JSON writes in hex
+			req := &coltracepb.ExportTraceServiceRequest{}
+			if err := unmarshalOTLP(body, true, req); err != nil {
+				return nil, err
+			}
 			hexIDs(req)
+			body, _ = proto.Marshal(req)
 		}
-		return r.traces.exportTraces(tn, req)
+		return r.traces.exportTraces(tn, body)
 	}))
 	return mux
 }

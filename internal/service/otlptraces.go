@@ -5,18 +5,31 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unsafe"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/otlpwire"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
-// Export implements the OTLP TraceService: spans go through the same
-// stats and tail sampling as aggd.v1 spans.
+// Export implements the OTLP TraceService with the generated types; the
+// registered handler (Register) decodes without them.
 func (t *otlpTraces) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	b, err := proto.Marshal(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return t.exportRaw(ctx, b)
+}
+
+func (t *otlpTraces) exportRaw(ctx context.Context, req []byte) (*coltracepb.ExportTraceServiceResponse, error) {
 	s := t.r.s
 	tn, err := s.tenants.Resolve(ctx)
 	if err != nil {
@@ -28,47 +41,85 @@ func (t *otlpTraces) Export(ctx context.Context, req *coltracepb.ExportTraceServ
 	return t.exportTraces(tn, req)
 }
 
-// exportTraces converts and ingests the spans of an admitted request.
-func (t *otlpTraces) exportTraces(tn *window.Tenant, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
-	s := t.r.s
-	var sps []spans.Span
-	var results []window.Reason
-	var firstErr string
-	for _, rs := range req.ResourceSpans {
-		service := "unknown_service"
-		var resAttrs []spans.Attr
-		for _, kv := range rs.GetResource().GetAttributes() {
-			if kv.Key == "service.name" {
-				service = anyString(kv.Value)
-				continue
-			}
-			resAttrs = append(resAttrs, spans.Attr{Key: kv.Key, Value: anyString(kv.Value)})
-		}
-		det := proto.MarshalOptions{Deterministic: true}
-		resWire, _ := det.Marshal(rs.GetResource())
-		for _, ss := range rs.ScopeSpans {
-			scopeWire, _ := det.Marshal(ss.GetScope())
-			attrs := slices.Clone(resAttrs)
-			for _, kv := range ss.GetScope().GetAttributes() {
-				attrs = append(attrs, spans.Attr{Key: kv.Key, Value: anyString(kv.Value)})
-			}
-			for _, p := range ss.Spans {
-				sp, r, detail := otlpSpan(p, service, attrs)
-				if r == window.Accepted {
-					wire, _ := det.Marshal(p)
-					sp.Wire = &spans.Wire{Resource: resWire, Scope: scopeWire, Span: wire}
-				}
-				if r == window.Accepted {
-					r, detail = s.lim.CheckSpan(&sp)
-				}
-				if r != window.Accepted && firstErr == "" {
-					firstErr = r.String() + ": " + detail
-				}
-				sps = append(sps, sp)
-				results = append(results, r)
-			}
-		}
+// spanBatch converts one traces request as otlpwire hands it over: spans
+// go through the same stats and tail sampling as aggd.v1 spans.
+type spanBatch struct {
+	dec      otlpwire.Decoder
+	lim      codec.Limits
+	sps      []spans.Span
+	results  []window.Reason
+	attrs    []spans.Attr
+	strs     []byte
+	firstErr string
+
+	service         string
+	resAttrs        int // attrs[resStart:resAttrs] are the resource's
+	resStart        int
+	scopeAttrs      int
+	resWire, scWire []byte
+}
+
+func (b *spanBatch) value(v *otlpwire.Value) string {
+	if v.Kind == otlpwire.KindString {
+		return v.Str
 	}
+	at := len(b.strs)
+	b.strs = appendValue(b.strs, v)
+	s := b.strs[at:len(b.strs):len(b.strs)]
+	return unsafe.String(unsafe.SliceData(s), len(s))
+}
+
+// Resource implements otlpwire.TracesHandler.
+func (b *spanBatch) Resource(r *otlpwire.Resource, raw []byte) {
+	b.service = "unknown_service"
+	b.resStart = len(b.attrs)
+	for i := range r.Attrs {
+		kv := &r.Attrs[i]
+		if kv.Key == "service.name" {
+			b.service = b.value(&kv.Value)
+			continue
+		}
+		b.attrs = append(b.attrs, spans.Attr{Key: kv.Key, Value: b.value(&kv.Value)})
+	}
+	b.resAttrs = len(b.attrs)
+	b.resWire = slices.Clone(raw)
+}
+
+// Scope implements otlpwire.TracesHandler.
+func (b *spanBatch) Scope(sc *otlpwire.Scope, raw []byte) {
+	b.attrs = append(b.attrs, b.attrs[b.resStart:b.resAttrs]...)
+	b.resStart, b.resAttrs = len(b.attrs)-(b.resAttrs-b.resStart), len(b.attrs)
+	for i := range sc.Attrs {
+		kv := &sc.Attrs[i]
+		b.attrs = append(b.attrs, spans.Attr{Key: kv.Key, Value: b.value(&kv.Value)})
+	}
+	b.scopeAttrs = len(b.attrs)
+	b.scWire = slices.Clone(raw)
+}
+
+// Span implements otlpwire.TracesHandler.
+func (b *spanBatch) Span(p *otlpwire.Span, raw []byte) {
+	sp, r, detail := b.span(p)
+	if r == window.Accepted {
+		sp.Wire = &spans.Wire{Resource: b.resWire, Scope: b.scWire, Span: slices.Clone(raw)}
+		r, detail = b.lim.CheckSpan(&sp)
+	}
+	if r != window.Accepted && b.firstErr == "" {
+		b.firstErr = r.String() + ": " + detail
+	}
+	b.sps = append(b.sps, sp)
+	b.results = append(b.results, r)
+}
+
+// exportTraces converts and ingests the encoded traces request of an
+// admitted tenant.
+func (t *otlpTraces) exportTraces(tn *window.Tenant, req []byte) (*coltracepb.ExportTraceServiceResponse, error) {
+	s := t.r.s
+	b := &spanBatch{lim: s.lim}
+	if err := b.dec.DecodeTraces(req, b); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	sps, results, firstErr := b.sps, b.results, b.firstErr
 	if s.spanIng != nil {
 		now := time.Now().UnixNano()
 		if err := s.ingestConverted(tn, now, nil, nil, sps, results, func() { s.spanIng.IngestSpans(tn, now, sps, results) }); err != nil {
@@ -99,29 +150,33 @@ func (t *otlpTraces) exportTraces(tn *window.Tenant, req *coltracepb.ExportTrace
 	return resp, nil
 }
 
-// otlpSpan converts an OTLP span. The resource is the resource.name
+const statusError = int32(tracepb.Status_STATUS_CODE_ERROR)
+
+// span converts an OTLP span. The resource is the resource.name
 // attribute, else http.route, else the span name; the HTTP status is
 // http.response.status_code or http.status_code.
-func otlpSpan(p *tracepb.Span, service string, resAttrs []spans.Attr) (spans.Span, window.Reason, string) {
+func (b *spanBatch) span(p *otlpwire.Span) (spans.Span, window.Reason, string) {
 	var s spans.Span
-	if len(p.TraceId) != 16 || len(p.SpanId) != 8 || (len(p.ParentSpanId) != 0 && len(p.ParentSpanId) != 8) {
+	if len(p.TraceID) != 16 || len(p.SpanID) != 8 || (len(p.ParentSpanID) != 0 && len(p.ParentSpanID) != 8) {
 		return s, window.ReasonInvalidValue, "trace_id must be 16 bytes, span_id 8, parent_span_id empty or 8"
 	}
-	copy(s.TraceID[:], p.TraceId)
-	copy(s.SpanID[:], p.SpanId)
-	if len(p.ParentSpanId) == 8 && [8]byte(p.ParentSpanId) != [8]byte{} {
-		copy(s.ParentID[:], p.ParentSpanId)
+	copy(s.TraceID[:], p.TraceID)
+	copy(s.SpanID[:], p.SpanID)
+	if len(p.ParentSpanID) == 8 && [8]byte(p.ParentSpanID) != [8]byte{} {
+		copy(s.ParentID[:], p.ParentSpanID)
 		s.HasParent = true
 	}
-	s.Service, s.Name, s.Resource = service, p.Name, p.Name
-	s.Kind = spans.Kind(min(max(int32(p.Kind), 0), int32(spans.KindConsumer)))
-	s.Start = int64(p.StartTimeUnixNano)
-	s.Duration = int64(p.EndTimeUnixNano) - int64(p.StartTimeUnixNano)
-	s.Error = p.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR
-	s.Attrs = append(s.Attrs, resAttrs...)
+	s.Service, s.Name, s.Resource = b.service, p.Name, p.Name
+	s.Kind = spans.Kind(min(max(p.Kind, 0), int32(spans.KindConsumer)))
+	s.Start = int64(p.Start)
+	s.Duration = int64(p.End) - int64(p.Start)
+	s.Error = p.StatusCode == statusError
+	start := len(b.attrs)
+	b.attrs = append(b.attrs, b.attrs[b.resStart:b.scopeAttrs]...)
 	route := ""
-	for _, kv := range p.Attributes {
-		v := anyString(kv.Value)
+	for i := range p.Attrs {
+		kv := &p.Attrs[i]
+		v := b.value(&kv.Value)
 		switch kv.Key {
 		case "resource.name":
 			s.Resource = v
@@ -132,8 +187,9 @@ func otlpSpan(p *tracepb.Span, service string, resAttrs []spans.Attr) (spans.Spa
 				s.HTTPStatus = uint32(c)
 			}
 		}
-		s.Attrs = append(s.Attrs, spans.Attr{Key: kv.Key, Value: v})
+		b.attrs = append(b.attrs, spans.Attr{Key: kv.Key, Value: v})
 	}
+	s.Attrs = b.attrs[start:len(b.attrs):len(b.attrs)]
 	if route != "" && s.Resource == p.Name {
 		s.Resource = route
 	}
