@@ -108,7 +108,9 @@ func startCluster(ctx context.Context, cfg config, srv *service.Server, reg prom
 	keep := int64(cfg.Window.MaxLateness + cfg.Window.Grace + 2*cfg.Window.Interval)
 	// The first list owns every bucket from the start: a replica starting
 	// joins the list it finds, as its peers found it.
-	entries, err := src.Members(ctx)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	entries, err := src.Members(rctx)
+	cancel()
 	var first []string
 	switch {
 	case err == nil:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -193,6 +194,11 @@ func TestDockerCompose(t *testing.T) {
 	startedHealthy(t, map[string]string{"config": cfgFile, "sampling-file": sampling, "dogstatsd-udp": opts["dogstatsd-udp"]}, a.Environment, nil)
 }
 
+type servicePort struct {
+	Port       int    `yaml:"port"`
+	TargetPort string `yaml:"targetPort"`
+}
+
 // k8sObject is the part of a manifest the tests read.
 type k8sObject struct {
 	Kind     string `yaml:"kind"`
@@ -209,11 +215,10 @@ type k8sObject struct {
 		ScaleTargetRef struct {
 			Kind, Name string
 		} `yaml:"scaleTargetRef"`
-		Ports []struct {
-			Port       int    `yaml:"port"`
-			TargetPort string `yaml:"targetPort"`
-		} `yaml:"ports"`
-		VolumeClaimTemplates []struct {
+		ClusterIP                string        `yaml:"clusterIP"`
+		PublishNotReadyAddresses bool          `yaml:"publishNotReadyAddresses"`
+		Ports                    []servicePort `yaml:"ports"`
+		VolumeClaimTemplates     []struct {
 			Metadata struct {
 				Name string `yaml:"name"`
 			} `yaml:"metadata"`
@@ -527,6 +532,7 @@ func checkAndStart(t *testing.T, objs map[string]k8sObject) {
 			}
 		}
 	}
+	checkClusterMode(t, objs, opts, ports)
 	if h := byKind["HorizontalPodAutoscaler"][0].Spec.ScaleTargetRef; h.Kind != "StatefulSet" || h.Name != sts.Metadata.Name {
 		t.Errorf("HPA targets %s/%s", h.Kind, h.Name)
 	}
@@ -536,6 +542,38 @@ func checkAndStart(t *testing.T, objs map[string]k8sObject) {
 	cfgText, _ := os.ReadFile(local["config"])
 	os.WriteFile(local["config"], []byte(strings.ReplaceAll(string(cfgText), "https://api.datadoghq.com", intake.URL)), 0o600)
 	startedHealthy(t, local, env, secretEnv)
+}
+
+// checkClusterMode checks, when the manifests run cluster mode with a
+// headless Service for members, that the Service lists every pod, ready
+// or not, on the port the pods serve peers on, and that the pods name
+// themselves by their address on that port and carry a peer token.
+func checkClusterMode(t *testing.T, objs map[string]k8sObject, opts map[string]string, ports map[string]int) {
+	t.Helper()
+	dns := opts["peers-dns"]
+	if dns == "" {
+		return
+	}
+	host, port, err := net.SplitHostPort(dns)
+	if err != nil {
+		t.Fatalf("--peers-dns %q: %v", dns, err)
+	}
+	if p := strconv.Itoa(ports["peer"]); port != p || opts["peer-listen"] != ":"+p || opts["peer-advertise"] != "$(POD_IP):"+p {
+		t.Errorf("peer port %s: --peers-dns %s, --peer-listen %s, --peer-advertise %s", p, dns, opts["peer-listen"], opts["peer-advertise"])
+	}
+	svc, ok := objs["Service/"+host]
+	if !ok {
+		t.Fatalf("--peers-dns names a missing Service %s", host)
+	}
+	if svc.Spec.ClusterIP != "None" || !svc.Spec.PublishNotReadyAddresses {
+		t.Errorf("Service %s is not headless with every pod listed (clusterIP %q, publishNotReadyAddresses %v)", host, svc.Spec.ClusterIP, svc.Spec.PublishNotReadyAddresses)
+	}
+	if !slices.ContainsFunc(svc.Spec.Ports, func(p servicePort) bool { return p.TargetPort == "peer" && strconv.Itoa(p.Port) == port }) {
+		t.Errorf("Service %s ports %+v lack the peer port %s", host, svc.Spec.Ports, port)
+	}
+	if opts["peer-token"] == "" {
+		t.Error("cluster mode without a peer token")
+	}
 }
 
 // startedHealthy runs aggd with opts (files) and env, on loopback ports,
@@ -554,7 +592,7 @@ func startedHealthy(t *testing.T, opts, env, extraEnv map[string]string) {
 	for _, k := range []string{"AGGD_LISTEN", "AGGD_ADMIN_LISTEN"} {
 		delete(all, k)
 	}
-	loopback := map[string]string{"AGGD_DOGSTATSD_UDP": freeUDP(t), "AGGD_OTLP_HTTP_LISTEN": "127.0.0.1:0"}
+	loopback := map[string]string{"AGGD_DOGSTATSD_UDP": freeUDP(t), "AGGD_OTLP_HTTP_LISTEN": "127.0.0.1:0", "AGGD_PEER_LISTEN": "127.0.0.1:0"}
 	for k, v := range loopback {
 		if _, ok := all[k]; ok {
 			all[k] = v
