@@ -20,7 +20,8 @@ func TestAdminService(t *testing.T) {
 	dd := upstreamtest.NewDatadogIntake(t)
 	dir := t.TempDir()
 	cfgFile, tenants := filepath.Join(dir, "aggd.toml"), filepath.Join(dir, "tenants.toml")
-	os.WriteFile(cfgFile, []byte(fmt.Sprintf("[[upstream]]\nname = \"dd\"\ntype = \"datadog\"\nurl = %q\napi_key = \"dd-secret-key-123\"\nheaders = { x-h = \"header-secret\" }\n", dd.URL)), 0o600)
+	os.WriteFile(cfgFile, []byte(fmt.Sprintf("default_upstreams = [\"dd\"]\n[[upstream]]\nname = \"dd\"\ntype = \"datadog\"\nurl = %q\napi_key = \"dd-secret-key-123\"\n"+
+		"[[upstream]]\nname = \"collector\"\ntype = \"otlp\"\nendpoint = \"127.0.0.1:1\"\ninsecure = true\nheaders = { x-h = \"header-secret\" }\n", dd.URL)), 0o600)
 	os.WriteFile(tenants, []byte(fmt.Sprintf("[[tenant]]\nid = \"acme\"\ntokens = [%q]\nmax_contexts = 50\n", acmeToken)), 0o600)
 	in := startAggd(t, "--config", cfgFile, "--tenants-file", tenants, "--admin-token", "admin-0123456789abcdef", "--interval", "1h", "--context-ttl", "3h")
 	client := aggdv1.NewAggregatorServiceClient(in.conn)
@@ -59,7 +60,7 @@ func TestAdminService(t *testing.T) {
 		t.Fatalf("unknown tenant: %v", err)
 	}
 	q, err := admin.GetQueues(ctx, &aggdv1.GetQueuesRequest{})
-	if err != nil || len(q.Queues) != 1 || q.Queues[0].Upstream != "dd" || q.Queues[0].Capacity != 1000 {
+	if err != nil || len(q.Queues) != 2 || q.Queues[0].Upstream != "dd" || q.Queues[0].Capacity != 1000 || q.Queues[1].Upstream != "collector" {
 		t.Fatalf("queues %v %v", q, err)
 	}
 	c, err := admin.GetConfig(ctx, &aggdv1.GetConfigRequest{})

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/service"
@@ -101,6 +103,29 @@ func (f floatList) Set(v string) error {
 		}
 		*f.p = append(*f.p, x)
 	}
+	return nil
+}
+
+// byteSize is a flag of a size in bytes that takes units: 512MiB, 4Gi,
+// 1GB (1000s), 1.5GiB, or bytes.
+type byteSize[T ~int | ~int64 | ~uint64] struct{ p *T }
+
+func (b byteSize[T]) String() string {
+	if b.p == nil {
+		return "0"
+	}
+	return strconv.FormatUint(uint64(*b.p), 10)
+}
+
+func (b byteSize[T]) Set(v string) error {
+	n, err := humanize.ParseBytes(v)
+	if err != nil {
+		return fmt.Errorf("%q is not a size such as 512MiB, 4Gi or 1GB", v)
+	}
+	if T(n) < 0 || uint64(T(n)) != n {
+		return fmt.Errorf("%s is too large", v)
+	}
+	*b.p = T(n)
 	return nil
 }
 
@@ -239,11 +264,13 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the aggd.v1.AdminService; required for it when --tenants-file is set")
 	fs.IntVar(&c.MaxTenants, "max-tenants", 1000, "tenants created on demand from x-tenant-id when authentication is off")
 	fs.IntVar(&c.MetricsMaxTenants, "metrics-max-tenants", 100, "tenants with series of their own in /metrics, those that accepted most; the rest are summed under tenant=\"_other\" (0: every tenant)")
-	fs.Uint64Var(&c.MemoryLimit, "memory-limit", 0, "memory budget in bytes: past 80 % streams slow down, past 95 % batches are refused (RESOURCE_EXHAUSTED); 0: off")
+	fs.Var(byteSize[uint64]{&c.MemoryLimit}, "memory-limit", "memory budget (512MiB, 4Gi, or bytes): past 80 % streams slow down, past 95 % batches are refused (RESOURCE_EXHAUSTED); 0: off")
 	fs.StringVar(&c.WALDir, "wal-dir", "", "directory of the write-ahead log and the send queues on disk: a batch is acked once it is logged, and payloads wait on disk until the intake takes them; empty: in memory only")
 	fs.StringVar(&c.WALFsync, "wal-fsync", "interval", "interval: a batch is written before its ack and fsynced within a second; always: fsynced before its ack (group commit); never: fsynced when its segment is full")
-	fs.Int64Var(&c.QueueMaxBytes, "queue-max-bytes", 1<<30, "bound of each upstream's send queue on disk (with --wal-dir); when full, flushes wait and batches are refused")
-	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest request message in bytes")
+	c.QueueMaxBytes = 1 << 30
+	fs.Var(byteSize[int64]{&c.QueueMaxBytes}, "queue-max-bytes", "bound (1GiB, or bytes) of each upstream's send queue on disk (with --wal-dir); when full, flushes wait and batches are refused")
+	c.MaxRecvMsgSize = 16 << 20
+	fs.Var(byteSize[int]{&c.MaxRecvMsgSize}, "max-recv-msg-size", "largest request message (16MiB, or bytes)")
 	fs.IntVar(&c.Shards, "shards", 0, "aggregation shards (0: 4 per CPU)")
 	fs.StringVar(&c.Hostname, "hostname", c.Hostname, "host of aggd's own aggd.up service checks")
 	fs.DurationVar(&c.MaxConnAge, "max-connection-age", 5*time.Minute, "connections older than this get GOAWAY, so clients reconnect through the load balancer (0: never)")
@@ -281,14 +308,14 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.DogStatsDTenant, "dogstatsd-tenant", "default", "tenant of everything the DogStatsD listener receives")
 	fs.StringVar(&c.DogStatsD.DefaultHost, "dogstatsd-default-host", "", "host of DogStatsD items that name none, as the Agent stamps its hostname; empty: none")
 	fs.IntVar(&c.DogStatsD.Readers, "dogstatsd-readers", 0, "goroutines reading each DogStatsD socket (0: one per CPU)")
-	fs.IntVar(&c.DogStatsD.ReceiveBuffer, "dogstatsd-receive-buffer", c.DogStatsD.ReceiveBuffer, "DogStatsD socket receive buffer in bytes (0: the system's)")
-	fs.IntVar(&c.DogStatsD.PacketSize, "dogstatsd-packet-size", c.DogStatsD.PacketSize, "largest DogStatsD datagram read whole, bytes")
+	fs.Var(byteSize[int]{&c.DogStatsD.ReceiveBuffer}, "dogstatsd-receive-buffer", "DogStatsD socket receive buffer (8MiB, or bytes; 0: the system's)")
+	fs.Var(byteSize[int]{&c.DogStatsD.PacketSize}, "dogstatsd-packet-size", "largest DogStatsD datagram read whole (64KiB, or bytes)")
 	fs.StringVar(&c.RulesFile, "rules-file", "", "DataKit aggr.toml of aggregation rules; empty: no rules")
 	fs.DurationVar(&c.RulesReload, "rules-reload-interval", time.Minute, "how often the rules file is checked for changes (SIGHUP reloads at once)")
 	fs.StringVar(&c.SamplingFile, "sampling-file", "", "DataKit tail-sampling.toml; without it every span is kept")
 	fs.DurationVar(&c.SamplingReload, "sampling-reload-interval", time.Minute, "how often the sampling file is checked for changes (SIGHUP reloads at once)")
 	fs.IntVar(&c.Sampling.MaxTracesPerTenant, "sampling-max-traces", c.Sampling.MaxTracesPerTenant, "traces held per tenant; new traces past it are decided at once")
 	fs.IntVar(&c.Sampling.MaxSpansPerTrace, "sampling-max-spans-per-trace", c.Sampling.MaxSpansPerTrace, "spans held per trace; the trace is decided when it reaches it")
-	fs.Int64Var(&c.Sampling.MaxBytes, "sampling-max-bytes", c.Sampling.MaxBytes, "memory of all held spans; new traces past it are decided at once")
+	fs.Var(byteSize[int64]{&c.Sampling.MaxBytes}, "sampling-max-bytes", "memory of all held spans (512MiB, or bytes); new traces past it are decided at once")
 	fs.DurationVar(&c.Sampling.DecisionTTL, "sampling-decision-ttl", c.Sampling.DecisionTTL, "how long a trace's decision applies to its late spans")
 }

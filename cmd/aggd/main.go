@@ -104,8 +104,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_, err := fmt.Fprintln(stdout, build)
 		return err
 	}
+	if len(args) > 0 && args[0] == "validate" {
+		return validate(args[1:], getenv, stdout)
+	}
 	cfg, err := parseConfig(args, getenv, stderr)
 	if err != nil {
+		return err
+	}
+	if err := checkEnviron(environ()); err != nil {
 		return err
 	}
 	log := newLogger(cfg, stderr)

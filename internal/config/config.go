@@ -12,8 +12,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -111,22 +114,77 @@ func decodeFile(path string, v any) error {
 	return nil
 }
 
-// Load reads a configuration file, expanding ${NAME} in secrets with getenv.
+// Load reads a configuration file. Every string in it may name
+// environment variables (see Expand); a key that does not apply to an
+// upstream's type, or a duration without a unit, is an error. Every
+// problem is reported, not only the first.
 func Load(path string, getenv func(string) string) (*File, error) {
 	var f File
 	if err := decodeFile(path, &f); err != nil {
 		return nil, err
 	}
+	var raw struct {
+		Upstreams []map[string]any `toml:"upstream"`
+	}
+	if _, err := toml.DecodeFile(path, &raw); err != nil {
+		return nil, err
+	}
+	var errs []error
+	for i, keys := range raw.Upstreams {
+		errs = append(errs, checkKeys(f.Upstreams[i], keys))
+	}
 	for i := range f.Upstreams {
-		u := &f.Upstreams[i]
-		u.APIKey = os.Expand(u.APIKey, getenv)
-		u.Headers = expandAll(u.Headers, getenv)
+		errs = append(errs, expandFields("upstream "+f.Upstreams[i].Name, reflect.ValueOf(&f.Upstreams[i]), getenv))
+	}
+	errs = append(errs, expandFields("default_upstreams", reflect.ValueOf(&f.DefaultUpstreams), getenv))
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &f, nil
 }
 
-// LoadTenants reads a tenants file, expanding ${NAME} in tokens and
-// credentials with getenv.
+// upstreamKeys are the keys each type of upstream takes.
+var upstreamKeys = func() map[string]map[string]bool {
+	common := []string{"name", "type"}
+	sending := append(common, "ca_file", "compression", "senders", "queue_size", "timeout", "initial_backoff", "max_backoff", "max_payload_bytes")
+	set := func(keys ...string) map[string]bool {
+		m := map[string]bool{}
+		for _, k := range keys {
+			m[k] = true
+		}
+		return m
+	}
+	return map[string]map[string]bool{
+		"datadog":   set(append(sending, "url", "api_key", "raw_counts")...),
+		"otlp":      set(append(sending, "endpoint", "insecure", "headers", "tenant_attribute", "tenant_header")...),
+		"jsonlines": set(append(common, "path")...),
+	}
+}()
+
+// durationKeys are the upstream keys holding durations.
+var durationKeys = map[string]bool{"timeout": true, "initial_backoff": true, "max_backoff": true}
+
+// checkKeys reports keys of u (as keys, decoded without a schema) that do
+// not apply to its type, and durations written without a unit.
+func checkKeys(u Upstream, keys map[string]any) error {
+	allowed, ok := upstreamKeys[u.Type]
+	if !ok {
+		return fmt.Errorf("upstream %s: type %q is not datadog, otlp or jsonlines", u.Name, u.Type)
+	}
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
+		if !allowed[k] {
+			errs = append(errs, fmt.Errorf("upstream %s: %s does not apply to type %s", u.Name, k, u.Type))
+		}
+		if _, isString := keys[k].(string); durationKeys[k] && !isString {
+			errs = append(errs, fmt.Errorf("upstream %s: %s = %v has no unit: write a duration such as \"%vs\"", u.Name, k, keys[k], keys[k]))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LoadTenants reads a tenants file. Every string in it may name
+// environment variables (see Expand).
 func LoadTenants(path string, getenv func(string) string) ([]Tenant, error) {
 	var f struct {
 		Tenants []Tenant `toml:"tenant"`
@@ -134,25 +192,14 @@ func LoadTenants(path string, getenv func(string) string) ([]Tenant, error) {
 	if err := decodeFile(path, &f); err != nil {
 		return nil, err
 	}
+	var errs []error
 	for i := range f.Tenants {
-		for j, tok := range f.Tenants[i].Tokens {
-			f.Tenants[i].Tokens[j] = os.Expand(tok, getenv)
-		}
-		for name, c := range f.Tenants[i].Credentials {
-			c.APIKey = os.Expand(c.APIKey, getenv)
-			c.Headers = expandAll(c.Headers, getenv)
-			f.Tenants[i].Credentials[name] = c
-		}
+		errs = append(errs, expandFields("tenant "+f.Tenants[i].ID, reflect.ValueOf(&f.Tenants[i]), getenv))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return f.Tenants, nil
-}
-
-func expandAll(m map[string]string, getenv func(string) string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = os.Expand(v, getenv)
-	}
-	return out
 }
 
 // ServiceTenants returns what the gRPC edge needs of the tenants.

@@ -36,14 +36,17 @@ default_upstreams = ["dd"]
 name = "dd"
 type = "datadog"
 api_key = "${KEY}"
-headers = { x = "a-${TOKEN}" }
 timeout = "3s"
+[[upstream]]
+name = "collector"
+type = "otlp"
+headers = { x = "a-${TOKEN}" }
 `), getenv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	u := f.Upstreams[0]
-	if u.APIKey != "secret" || u.Headers["x"] != "a-t0k" || u.Timeout.String() != "3s" || f.DefaultUpstreams[0] != "dd" {
+	if u.APIKey != "secret" || f.Upstreams[1].Headers["x"] != "a-t0k" || u.Timeout.String() != "3s" || f.DefaultUpstreams[0] != "dd" {
 		t.Fatalf("got %+v", f)
 	}
 	if _, err := config.Load(write(t, "b.toml", "[[upstream]]\nname = \"x\"\napi_kee = \"typo\"\n"), getenv); err == nil || !strings.Contains(err.Error(), "api_kee") {
