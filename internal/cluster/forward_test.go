@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -240,4 +242,90 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// spanRecorder records the trace ids of the spans it takes.
+type spanRecorder struct {
+	mu     sync.Mutex
+	traces map[[16]byte]int
+}
+
+func (r *spanRecorder) IngestSpans(_ *window.Tenant, _ int64, sps []spans.Span, results []window.Reason) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.traces == nil {
+		r.traces = map[[16]byte]int{}
+	}
+	for i := range sps {
+		if results[i] == window.Accepted {
+			r.traces[sps[i].TraceID]++
+		}
+	}
+}
+
+func (r *spanRecorder) spans(id [16]byte) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.traces[id]
+}
+
+// Spans of one trace sent to different replicas all reach the trace's
+// owner, whose span ingester (tail sampling) sees the trace whole; the
+// other replica's sees none of it.
+func TestForwardRoutesSpansByTrace(t *testing.T) {
+	var lis [2]net.Listener
+	var addrs []string
+	for i := range lis {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis[i], addrs = l, append(addrs, l.Addr().String())
+	}
+	m := NewMembership(addrs, int64(time.Second), int64(time.Hour))
+	var recs [2]spanRecorder
+	for i := range lis {
+		fwd := NewForwarder(Config{Self: addrs[i], Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
+			m, slog.New(slog.DiscardHandler))
+		t.Cleanup(func() { fwd.Shutdown(context.Background()) })
+		servicetest.ServeOn(t, lis[i], discard{}, token, func(srv *service.Server) {
+			srv.SetForwarder(fwd)
+			srv.SetSpanIngester(&recs[i])
+		})
+	}
+	const traces, perTrace = 40, 6
+	now := time.Now().UnixNano()
+	for part := range 2 { // each trace's spans split over both replicas
+		b := &aggdv1.Batch{}
+		for tr := range traces {
+			for s := range perTrace / 2 {
+				b.Spans = append(b.Spans, &aggdv1.Span{
+					TraceId: []byte{byte(tr), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+					SpanId:  []byte{byte(part), byte(s), 1, 1, 1, 1, 1, byte(tr)},
+					Service: "svc", Name: "op", StartUnixNano: now, DurationNano: 1000,
+				})
+			}
+		}
+		if ack := submit(t, addrs[part], b); ack.GetRejected() != 0 {
+			t.Fatalf("replica %d refused spans: %v", part, ack.GetRejections())
+		}
+	}
+	owned := [2]int{}
+	for tr := range traces {
+		id := [16]byte{byte(tr), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+		owner, _ := m.Owner(TraceHash("default", id), 0)
+		for i := range recs {
+			want := 0
+			if addrs[i] == owner {
+				want = perTrace
+				owned[i]++
+			}
+			if got := recs[i].spans(id); got != want {
+				t.Errorf("trace %d: replica %d holds %d spans, want %d (owner %s)", tr, i, got, want, owner)
+			}
+		}
+	}
+	if owned[0] == 0 || owned[1] == 0 {
+		t.Errorf("traces owned %v: the test needs both replicas to own some", owned)
+	}
 }

@@ -39,6 +39,18 @@ func ServeWith(tb testing.TB, ing service.Ingester, setup func(*service.Server))
 // calls that carry token; an empty token serves no peer.
 func ServePeers(tb testing.TB, ing service.Ingester, token string, setup func(*service.Server)) string {
 	tb.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ServeOn(tb, lis, ing, token, setup)
+	return lis.Addr().String()
+}
+
+// ServeOn is ServePeers on a listener the caller made, so that it knows
+// the address before the server is set up.
+func ServeOn(tb testing.TB, lis net.Listener, ing service.Ingester, token string, setup func(*service.Server)) {
+	tb.Helper()
 	tenants, err := service.NewTenants(nil, false, 100)
 	if err != nil {
 		tb.Fatal(err)
@@ -50,11 +62,6 @@ func ServePeers(tb testing.TB, ing service.Ingester, token string, setup func(*s
 	if token != "" {
 		srv.RegisterPeer(gs, token)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
 	go gs.Serve(lis)
 	tb.Cleanup(gs.Stop)
-	return lis.Addr().String()
 }
