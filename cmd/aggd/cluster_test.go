@@ -37,9 +37,8 @@ func intakeConfig(t *testing.T, dd *upstreamtest.DatadogIntake) string {
 // dozen contexts each, timestamped, so that which replica takes a sample
 // and when does not change its bucket.
 type clusterLoad struct {
-	rng   *rand.Rand
-	mono  map[int]float64 // each MONOTONIC_COUNT and RATE context's counter
-	types []aggdv1.MetricType
+	rng  *rand.Rand
+	mono map[int]float64 // each MONOTONIC_COUNT and RATE context's counter
 }
 
 const clusterContexts = 24
