@@ -293,6 +293,7 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.DurationVar(&c.Window.MaxFuture, "max-future", c.Window.MaxFuture, "furthest accepted future sample timestamp, relative to arrival")
 	fs.DurationVar(&c.Window.ContextTTL, "context-ttl", c.Window.ContextTTL, "how long an idle context is kept")
 	fs.IntVar(&c.Window.MaxSetSize, "max-set-size", c.Window.MaxSetSize, "distinct members of one set context per bucket")
+	fs.DurationVar(&c.Window.LateWindow, "late-window", c.Window.LateWindow, "how long a flushed bucket holding timestamped samples is kept to correct it with late ones (at most max-lateness)")
 	fs.DurationVar(&c.Window.CounterExpiry, "counter-expiry", c.Window.CounterExpiry, "how long after its last sample a counter is flushed with 0 each interval (the Agent's dogstatsd_expiry_seconds); 0: off")
 	fs.IntVar(&c.Limits.MaxNameLength, "max-name-length", c.Limits.MaxNameLength, "longest metric or check name in bytes")
 	fs.IntVar(&c.Limits.MaxTags, "max-tags", c.Limits.MaxTags, "most tags per item")

@@ -173,6 +173,7 @@ type Bucket struct {
 	stamped, kept bool
 	base          *Bucket
 	nDirty        int
+	drain         uint64 // the shard's Drain call that last handed it out
 
 	index map[*context]int32
 	slots []slot

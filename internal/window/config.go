@@ -27,6 +27,11 @@ type Config struct {
 	// MaxSetSize bounds the distinct members of one SET context in one
 	// bucket; new members past it are rejected (set_limit).
 	MaxSetSize int
+	// LateWindow is how long after its due tick a flushed bucket that held
+	// timestamped samples is kept, so that late samples correct it exactly;
+	// later samples for it are refused (too_old). At most MaxLateness;
+	// zero keeps none.
+	LateWindow time.Duration
 	// CounterExpiry is how long after its last sample a COUNT context is
 	// flushed with 0 every interval it has no sample, as the Datadog
 	// Agent does for DogStatsD counters (dogstatsd_expiry_seconds); zero
@@ -43,6 +48,7 @@ func DefaultConfig() Config {
 		MaxFuture:     10 * time.Minute,
 		ContextTTL:    15 * time.Minute,
 		MaxSetSize:    100_000,
+		LateWindow:    2 * time.Minute,
 		CounterExpiry: 300 * time.Second,
 	}
 }
@@ -64,6 +70,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("window: context ttl %v must be at least max_future + rollup + grace + interval = %v", c.ContextTTL, c.minTTL())
 	case c.MaxSetSize < 1:
 		return errors.New("window: max set size must be positive")
+	case c.LateWindow < 0 || c.LateWindow > c.MaxLateness:
+		return fmt.Errorf("window: late window %v must be between 0 and max lateness %v", c.LateWindow, c.MaxLateness)
 	case c.CounterExpiry < 0:
 		return errors.New("window: counter expiry must not be negative")
 	}

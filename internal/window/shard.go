@@ -46,9 +46,12 @@ type Shard struct {
 	buckets   map[bucketKey]*Bucket
 	last      *Bucket // the bucket written last, a lookup cache
 	watermark int64   // every bucket due at or before it has been drained
-	// kept holds the flushed buckets late samples may still reach: those
-	// that held a timestamped sample, and nil for those that did not.
-	kept map[bucketKey]*Bucket
+	// kept holds the flushed buckets late samples may still correct: those
+	// that held a timestamped sample, for the late window; then, and for
+	// those that did not, nil until max lateness has passed.
+	kept       map[bucketKey]*Bucket
+	lateWindow int64
+	drains     uint64 // Drain calls, to know what the current one handed out
 	// corrected are the kept buckets the last drain handed out as
 	// corrections.
 	corrected []*Bucket
@@ -82,6 +85,7 @@ func NewShard(cfg Config) *Shard {
 		kept:     make(map[bucketKey]*Bucket),
 
 		counterExpiry: int64(cfg.CounterExpiry),
+		lateWindow:    int64(cfg.LateWindow),
 	}
 }
 
@@ -303,7 +307,7 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 		var base *Bucket
 		if late {
 			var kept bool
-			if base, kept = sh.kept[k]; kept && base == nil || sh.keptUntil(k) < sh.watermark {
+			if base, kept = sh.kept[k]; kept && base == nil || sh.markedUntil(k) < sh.watermark {
 				return nil
 			}
 		}
@@ -315,9 +319,13 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 	return b
 }
 
-// keptUntil returns the last tick at which a flushed bucket of range k may
-// still take late samples.
-func (sh *Shard) keptUntil(k bucketKey) int64 {
+// keptUntil returns the last tick at which a flushed bucket of range k is
+// kept for late samples.
+func (sh *Shard) keptUntil(k bucketKey) int64 { return sh.timing.Due(k.start, k.width) + sh.lateWindow }
+
+// markedUntil returns the last tick at which a sample may still reach range
+// k: until then the shard remembers whether it flushed the range.
+func (sh *Shard) markedUntil(k bucketKey) int64 {
 	return sh.timing.Due(k.start, k.width) + sh.timing.maxLate
 }
 
@@ -336,6 +344,7 @@ func (sh *Shard) keptUntil(k bucketKey) int64 {
 // Drain also forgets contexts idle for longer than the context TTL, a
 // bounded number per call.
 func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
+	sh.drains++
 	if sh.firstTick == 0 {
 		sh.firstTick = tick
 	}
@@ -355,11 +364,13 @@ func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 	sh.last = nil
 	sh.watermark = max(sh.watermark, tick)
 	for k, b := range sh.kept {
-		if sh.keptUntil(k) < sh.watermark {
+		if b != nil && sh.keptUntil(k) < sh.watermark && b.drain != sh.drains {
+			// A bucket handed out by this drain goes at the next.
+			b.release()
+			sh.kept[k], b = nil, nil // flushed: later samples are refused
+		}
+		if b == nil && sh.markedUntil(k) < sh.watermark {
 			delete(sh.kept, k)
-			if b != nil {
-				b.release()
-			}
 		}
 	}
 	sh.expire(tick, sweepBudget)
@@ -452,8 +463,9 @@ func (sh *Shard) settle(k bucketKey, b *Bucket, out []*Bucket) []*Bucket {
 }
 
 // keep makes b a kept bucket of range k and holds its contexts as long.
+// The current drain hands it out.
 func (sh *Shard) keep(k bucketKey, b *Bucket) {
-	b.kept = true
+	b.kept, b.drain = true, sh.drains
 	sh.kept[k] = b
 	until := sh.keptUntil(k)
 	for i := range b.slots {

@@ -373,9 +373,34 @@ func TestZeroFillSparesBucketsBeforeTheFirstDrain(t *testing.T) {
 	}
 }
 
+// TestLateWindow keeps a flushed bucket for the late window only: a late
+// sample for it after that is refused, while a range the shard never
+// flushed still takes samples up to max lateness.
+func TestLateWindow(t *testing.T) {
+	cfg := testConfig()
+	cfg.LateWindow = 30 * time.Second
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 1, ts: t0})
+	for tick := t0 + 20*sec; tick <= t0+50*sec; tick += 10 * sec {
+		collect(sh.Drain(tick, false, nil))
+	}
+	// Due at t0+12s, kept until t0+42s: the drain at t0+50s let it go.
+	if r := add(t, sh, tn, in{name: "c", typ: TypeCount, v: 1, ts: t0, now: t0 + 51*sec}); r != ReasonTooOld {
+		t.Fatalf("late sample past the late window: %v, want too_old", r)
+	}
+	if r := add(t, sh, tn, in{name: "c", typ: TypeCount, v: 5, ts: t0 - 20*sec, now: t0 + 51*sec}); r != Accepted {
+		t.Fatalf("sample for a range never flushed: %v", r)
+	}
+	if got, want := collect(sh.Drain(t0+60*sec, false, nil)), []out{{key: "c||", ts: t0/sec - 20, value: 5, late: true}}; !slices.Equal(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
 func TestKeptBucketsLastMaxLateness(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxLateness = 2 * time.Minute
+	cfg.LateWindow = cfg.MaxLateness
 	sh := NewShard(cfg)
 	tn := NewTenant("t")
 	add(t, sh, tn, in{name: "c", typ: TypeCount, v: 1, ts: t0})
