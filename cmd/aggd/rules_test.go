@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -153,4 +155,90 @@ func TestRulesReloadUnderLoad(t *testing.T) {
 		t.Fatalf("only %v reloads happened during the load", reloads)
 	}
 	t.Logf("%v reloads during the load; every sample counted once", reloads)
+}
+
+// TestLoggingRulesEndToEnd: a DataKit logging rule counts aggd's events,
+// sent over gRPC and DogStatsD, as DataKit counts log points (see
+// internal/rules TestDataKitLogVectors), and the events still pass on.
+func TestLoggingRulesEndToEnd(t *testing.T) {
+	rulesFile := filepath.Join(t.TempDir(), "aggr.toml")
+	if err := os.WriteFile(rulesFile, []byte(`
+[[aggregate_rules]]
+name = "nginx_errors"
+group_by = ["host", "status"]
+[aggregate_rules.select]
+category = "logging"
+measurements = ["nginx"]
+metric_name = ["message"]
+condition = '{ status IN ["error", "warning"] }'
+[aggregate_rules.algorithms.nginx_logs]
+method = "count"
+source_field = "message"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeUDP(t)
+	in := startAggd(t, "--rules-file", rulesFile, "--dogstatsd-udp", addr, "--dogstatsd-tenant", "default",
+		"--interval", "1h", "--context-ttl", "3h")
+	ev := func(title, host string, at aggdv1.EventAlertType, source string) *aggdv1.Event {
+		return &aggdv1.Event{Title: title, Text: title + " text", Host: host, AlertType: at, SourceType: source}
+	}
+	const errType, warnType, infoType = aggdv1.EventAlertType_EVENT_ALERT_TYPE_ERROR, aggdv1.EventAlertType_EVENT_ALERT_TYPE_WARNING, aggdv1.EventAlertType_EVENT_ALERT_TYPE_INFO
+	resp, err := aggdv1.NewAggregatorServiceClient(in.conn).Submit(context.Background(), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Events: []*aggdv1.Event{
+		ev("502", "web-1", errType, "nginx"), ev("504", "web-1", errType, "nginx"), ev("slow", "web-2", warnType, "nginx"),
+		ev("200", "web-1", infoType, "nginx"), ev("deadlock", "db-1", errType, "mysql"),
+	}}})
+	if err != nil || resp.Ack.Rejected != 0 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte("_e{3,8}:503|503 text|h:web-1|t:error|s:nginx"))
+	conn.Close()
+	// A bound only a hang reaches: the machine may be slow.
+	for deadline := time.Now().Add(30 * time.Second); metric(scrape(t, in.admin), `aggd_dogstatsd_lines_total{tenant="default"}`) < 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the listener did not read the datagram")
+		}
+	}
+	rl, err := aggdv1.NewAdminServiceClient(in.conn).ListRules(context.Background(), &aggdv1.ListRulesRequest{})
+	if err != nil || len(rl.Rules) != 1 || rl.Rules[0].Matched != 4 {
+		t.Fatalf("ListRules: %v %v", rl, err)
+	}
+	got := map[string]float64{}
+	events := 0
+	for _, l := range in.stop(t) {
+		switch l["kind"] {
+		case "event":
+			events++
+		case "metric":
+			name := l["name"].(string)
+			if !strings.HasPrefix(name, "nginx_logs") {
+				continue
+			}
+			var tags []string
+			for _, x := range l["tags"].([]any) {
+				tags = append(tags, x.(string))
+			}
+			sort.Strings(tags)
+			got[name+"{"+strings.Join(tags, ",")+"}"] += l["value"].(float64)
+			if l["interval"] != 10.0 {
+				t.Errorf("%s interval %v, want the default_window 10", name, l["interval"])
+			}
+		}
+	}
+	want := map[string]float64{
+		"nginx_logs{host:web-1,measurement:nginx,status:error}":         3,
+		"nginx_logs_count{host:web-1,measurement:nginx,status:error}":   3,
+		"nginx_logs{host:web-2,measurement:nginx,status:warning}":       1,
+		"nginx_logs_count{host:web-2,measurement:nginx,status:warning}": 1,
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got  %v\nwant %v", got, want)
+	}
+	if events != 6 {
+		t.Errorf("%d events passed on, want all 6", events)
+	}
 }

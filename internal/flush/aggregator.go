@@ -48,6 +48,9 @@ type RuleEngine interface {
 	// whether a rule matched, and may refuse the sample. Windows due at or
 	// before cutoff (non-zero for a replayed batch) do not take it.
 	ObserveSample(shard int, t *window.Tenant, s *window.Sample, now, cutoff int64) (bool, window.Reason)
+	// ObserveEvent sees an accepted event, under no lock of the
+	// aggregator's; cutoff is as for ObserveSample.
+	ObserveEvent(t *window.Tenant, e *window.Event, now, cutoff int64)
 	// Drain appends the outputs of the windows due at tick.
 	Drain(tick int64, all bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric
 	// Due returns a tick by which every window a sample at ts falls in
@@ -105,7 +108,9 @@ func (a *Aggregator) shardOf(hash uint64) int {
 	return int(hash >> a.shift)
 }
 
-// Ingest aggregates b's accepted samples and buffers its events and checks.
+// Ingest aggregates b's accepted samples and buffers its events and checks;
+// rules see its events, those of a replayed batch a flush already sent
+// (b.EventsFlushed) too, which are not buffered again.
 // It locks each shard it needs once, taking free shards first so that a
 // batch does not queue behind the flusher shard after shard.
 func (a *Aggregator) Ingest(b *window.Batch) {
@@ -143,6 +148,14 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 			a.addLocked(s, si, b)
 			s.mu.Unlock()
 		}
+	}
+	if a.rules != nil {
+		for i := range b.Events {
+			a.rules.ObserveEvent(b.Tenant, &b.Events[i], b.Now, b.Cutoff)
+		}
+	}
+	if b.EventsFlushed {
+		b.Events = b.Events[:0] // rules took them; a flush sent them
 	}
 	if len(b.Events) > 0 || len(b.Checks) > 0 {
 		a.mu.Lock()

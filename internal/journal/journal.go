@@ -98,8 +98,15 @@ func (j *Journal) Wait(idx uint64) error { return j.cfg.Log.Wait(idx) }
 
 // BatchDue returns the tick by which everything the decoded batch b and
 // its spans brought has been flushed.
+// An event with a timestamp waits for the rule windows holding it too.
 func (j *Journal) BatchDue(b *window.Batch, sps []spans.Span, spResults []window.Reason) int64 {
-	return j.Due(b.Now, b.Samples, b.Results, sps, spResults, len(b.Checks) > 0, len(b.Events) > 0)
+	due := j.Due(b.Now, b.Samples, b.Results, sps, spResults, len(b.Checks) > 0, len(b.Events) > 0)
+	for i := range b.Events {
+		if ts := b.Events[i].Timestamp; ts != 0 {
+			due = max(due, j.cfg.Due(ts, b.Now))
+		}
+	}
+	return due
 }
 
 // Due returns the tick by which the accepted samples and spans, and any

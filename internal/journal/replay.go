@@ -40,7 +40,8 @@ func (j *Journal) Replay() error {
 // ReplayRecord takes one record back into the windows. flushed says that
 // a flush drained the windows after the record's batch was in them, and
 // tick is the last such flush: what it carried (buckets and rule windows
-// due by tick, events, checks, spans decided by then) is not taken again.
+// due by tick, events, checks, spans decided by then) is not taken again;
+// events it carried still go to rule windows due after tick.
 // It returns the record's due time. Replay calls it; it must not run
 // concurrently with itself.
 func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, error) {
@@ -71,9 +72,9 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 	if flushed {
 		b.Cutoff = tick
 		b.Checks = b.Checks[:0]
-		if j.eventHold == 0 || next+j.eventHold <= tick {
-			b.Events = b.Events[:0]
-		}
+		// Events a flush sent are not sent again; rule windows it did
+		// not drain take them.
+		b.EventsFlushed = j.eventHold == 0 || next+j.eventHold <= tick
 		sample = next+j.spanHold > tick
 	}
 	j.cfg.Ingest.Ingest(b)

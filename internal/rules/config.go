@@ -91,7 +91,7 @@ type Rule struct {
 	Name string
 	// GroupBy is sorted, as DataKit sorts it.
 	GroupBy      []string
-	Category     string // metric or tracing
+	Category     string // metric, tracing or logging select; others select nothing
 	Measurements []string
 	MetricNames  []string
 	Cond         *filter.Condition
@@ -112,6 +112,7 @@ type Set struct {
 	byName  map[string][]*Rule // metric rules by exact metric name
 	byRegex []*Rule            // metric rules with a reg: metric name
 	tracing []*Rule
+	logging []*Rule
 	// maxWindow is the widest algorithm window, in nanoseconds.
 	maxWindow int64
 }
@@ -212,6 +213,9 @@ func Parse(text string) (*Set, error) {
 		switch r.Category {
 		case "tracing":
 			s.tracing = append(s.tracing, r)
+			continue
+		case "logging":
+			s.logging = append(s.logging, r)
 			continue
 		case "metric":
 		default:
@@ -316,8 +320,8 @@ func compileRule(rr rawRule, defWindow time.Duration) (*Rule, error) {
 	r := &Rule{Name: rr.Name, GroupBy: slices.Sorted(slices.Values(rr.GroupBy)), Category: rr.Select.Category,
 		Measurements: rr.Select.Measurements, MetricNames: rr.Select.MetricName}
 	switch r.Category {
-	case "metric", "tracing":
-	case "network", "keyevent", "object", "object_change", "custom_object", "logging", "rum", "security",
+	case "metric", "tracing", "logging":
+	case "network", "keyevent", "object", "object_change", "custom_object", "rum", "security",
 		"profiling", "dialtesting", "agent_llm":
 		// DataKit's other categories load; aggd has no such items, so the
 		// rule selects nothing.

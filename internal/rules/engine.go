@@ -20,8 +20,8 @@ type Counters struct {
 }
 
 // Engine applies a rule Set. It keeps one state per aggregator shard, used
-// under that shard's lock, and one for spans under its own lock, so rules
-// add no lock every shard contends for.
+// under that shard's lock, and one for spans and events under its own
+// lock, so rules add no lock every shard contends for.
 type Engine struct {
 	set       atomic.Pointer[Set]
 	timing    window.Timing
@@ -261,36 +261,104 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64
 			continue
 		}
 		selected := false
-		fork := func(field string) {
-			if !matchAny(r.metricNames, field) {
-				return
-			}
-			selected = true
-			for i := range r.Algorithms {
-				a := &r.Algorithms[i]
-				if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || e.replayed(a, ts, cutoff) {
-					continue
-				}
-				var (
-					v  filter.Value
-					ok bool
-				)
-				if a.Method == Count && a.SourceField == field {
-					// A selected field is present, and count reads no
-					// value: the span's ids are not formatted.
-					v = filter.Str("")
-				} else if v, ok = sp.Field(a.SourceField); !ok || v.Kind == filter.String && v.Str == "" && a.SourceField != field {
-					continue
-				}
-				g := e.groupFor(st, t, r, i, ts, measurement, sp)
-				g.acc.add(a, v, ts, g, &st.scratch)
-			}
-		}
 		for _, f := range spanFields {
-			fork(f)
+			selected = e.fork(st, t, r, sp, f, ts, measurement, cutoff) || selected
 		}
 		for _, at := range sp.Attrs {
-			fork(at.Key)
+			selected = e.fork(st, t, r, sp, at.Key, ts, measurement, cutoff) || selected
+		}
+		if selected {
+			r.counters.Matched.Add(1)
+		}
+	}
+}
+
+// fork feeds field of rec, present in rec, to r's algorithms reading it
+// (and those reading a group_by key) when metric_name selects it, as
+// DataKit forks a point per selected field. It reports whether metric_name
+// selected the field. st is locked by the caller.
+func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, field string, ts int64, measurement string, cutoff int64) bool {
+	if !matchAny(r.metricNames, field) {
+		return false
+	}
+	for i := range r.Algorithms {
+		a := &r.Algorithms[i]
+		if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || e.replayed(a, ts, cutoff) {
+			continue
+		}
+		var (
+			v  filter.Value
+			ok bool
+		)
+		if a.Method == Count && a.SourceField == field {
+			// A selected field is present, and count reads no value: a
+			// span's ids are not formatted.
+			v = filter.Str("")
+		} else if v, ok = rec.Field(a.SourceField); !ok || v.Kind == filter.String && v.Str == "" && a.SourceField != field {
+			continue
+		}
+		g := e.groupFor(st, t, r, i, ts, measurement, rec)
+		g.acc.add(a, v, ts, g, &st.scratch)
+	}
+	return true
+}
+
+// logPoint presents an event as the DataKit log point it stands for: see
+// window.Event.Field. Its values are strings, as a log point's message
+// and status are.
+type logPoint struct{ e *window.Event }
+
+func (p logPoint) Field(name string) (filter.Value, bool) {
+	v, ok := p.e.Field(name)
+	return filter.Str(v), ok
+}
+
+// logFields are the fields of the DataKit log point an event stands for,
+// the keys metric_name selects; its host and tags are the point's tags,
+// which group_by and conditions read and metric_name does not select.
+var logFields = [...]string{"message", "status", "title", "priority", "aggregation_key"}
+
+// logMeasurement is an event's DataKit measurement: its source type (a
+// log point's source), else DataKit's default source, "default".
+func logMeasurement(ev *window.Event) string {
+	if ev.SourceType != "" {
+		return ev.SourceType
+	}
+	return "default"
+}
+
+// ObserveEvent applies the logging rules to ev, which arrived at now: ev
+// is a DataKit log point (logFields, logMeasurement) timed at its
+// timestamp, else at now. Each of its fields that metric_name selects
+// feeds the algorithms reading it, as ObserveSpan does. An event whose
+// time the windows refuse (too old, too new) is not observed; it is still
+// sent on. cutoff is as for ObserveSample.
+func (e *Engine) ObserveEvent(t *window.Tenant, ev *window.Event, now, cutoff int64) {
+	set := e.set.Load()
+	if set == nil || len(set.logging) == 0 {
+		return
+	}
+	ts := ev.Timestamp
+	if ts == 0 {
+		ts = now
+	}
+	if e.timing.Admit(ts, now) != window.Accepted {
+		return
+	}
+	e.spanMu.Lock()
+	defer e.spanMu.Unlock()
+	st := &e.spanState
+	measurement := logMeasurement(ev)
+	rec := logPoint{ev}
+	for _, r := range set.logging {
+		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {
+			continue
+		}
+		selected := false
+		for _, f := range logFields {
+			if _, ok := ev.Field(f); ok {
+				selected = e.fork(st, t, r, rec, f, ts, measurement, cutoff) || selected
+			}
 		}
 		if selected {
 			r.counters.Matched.Add(1)

@@ -406,6 +406,122 @@ source_field = "resource"
 	}
 }
 
+// TestDataKitLogVectors: logging rules take aggd's events as DataKit's
+// log points (measurement: the source type; fields message, status,
+// title, priority; tags host and the event's tags). Recorded from DataKit
+// (AggregatorConfigure.PickPoints with category "logging", then
+// newCalculators and each calculator's Aggr) on the log points these
+// events stand for, built with point.DefaultLoggingOptions:
+//
+//	nginx,host=web-1 log_count=3i,log_count_count=3i
+//	nginx,host=web-1 titles=2i,titles_count=2i
+//	nginx,host=web-2 log_count=1i,log_count_count=1i
+//	nginx,host=web-2 titles=1i,titles_count=1i
+//
+// msg_sum (a sum of a string) and zone_cd (a tag outside group_by) emit
+// nothing in DataKit either. aggd adds measurement:nginx and, as for a
+// span field, keeps the status field it groups by as a tag.
+func TestDataKitLogVectors(t *testing.T) {
+	e := engine(t, `
+[[aggregate_rules]]
+name = "logs"
+group_by = ["host", "status"]
+[aggregate_rules.select]
+category = "logging"
+measurements = ["nginx"]
+metric_name = ["message", "title"]
+condition = '{ status IN ["error", "warning"] }'
+[aggregate_rules.algorithms.log_count]
+method = "count"
+source_field = "message"
+[aggregate_rules.algorithms.titles]
+method = "count_distinct"
+source_field = "title"
+[aggregate_rules.algorithms.msg_sum]
+method = "sum"
+source_field = "message"
+[aggregate_rules.algorithms.zone_cd]
+method = "count_distinct"
+source_field = "zone"
+`, 1)
+	tn := window.NewTenant("t")
+	for i, ev := range []window.Event{
+		{SourceType: "nginx", AlertType: window.AlertError, Title: "upstream down", Text: "502 from a", Host: "web-1", Tags: []string{"zone:z1"}},
+		{SourceType: "nginx", AlertType: window.AlertError, Title: "upstream down", Text: "502 from b", Host: "web-1", Tags: []string{"zone:z2"}},
+		{SourceType: "nginx", AlertType: window.AlertError, Title: "timeout", Text: "504", Host: "web-1"},
+		{SourceType: "nginx", AlertType: window.AlertWarning, Title: "slow", Text: "slow", Host: "web-2", Tags: []string{"zone:z1"}},
+		{SourceType: "nginx", AlertType: window.AlertInfo, Title: "no status", Text: "info line", Host: "web-1", Tags: []string{"zone:z1"}},
+		{SourceType: "nginx", AlertType: window.AlertInfo, Title: "ok", Text: "200", Host: "web-1", Tags: []string{"zone:z1"}},
+		{SourceType: "mysql", AlertType: window.AlertError, Title: "deadlock", Text: "deadlock", Host: "db-1", Tags: []string{"zone:z1"}},
+	} {
+		ev.Timestamp = t0 + int64(i+1)*sec
+		e.ObserveEvent(tn, &ev, t0+sec, 0)
+	}
+	want := map[string]float64{
+		"t/log_count{host:web-1,measurement:nginx,status:error}": 3, "t/log_count_count{host:web-1,measurement:nginx,status:error}": 3,
+		"t/titles{host:web-1,measurement:nginx,status:error}": 2, "t/titles_count{host:web-1,measurement:nginx,status:error}": 2,
+		"t/log_count{host:web-2,measurement:nginx,status:warning}": 1, "t/log_count_count{host:web-2,measurement:nginx,status:warning}": 1,
+		"t/titles{host:web-2,measurement:nginx,status:warning}": 1, "t/titles_count{host:web-2,measurement:nginx,status:warning}": 1,
+	}
+	if got := drain(e); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got  %v\nwant %v", got, want)
+	}
+	if m := e.Counters("logs").Matched.Load(); m != 4 {
+		t.Fatalf("matched %d events, want 4", m)
+	}
+}
+
+// TestLogMeasurementAndReplay: an event without a source type is DataKit's
+// "default" source; a replayed event is taken only by windows the flush at
+// its cutoff did not drain, as samples are.
+func TestLogMeasurementAndReplay(t *testing.T) {
+	e := engine(t, `
+[[aggregate_rules]]
+name = "logs"
+window = "20s"
+[aggregate_rules.select]
+category = "logging"
+measurements = ["default"]
+metric_name = ["message"]
+[aggregate_rules.algorithms.n]
+method = "count"
+source_field = "message"
+`, 1)
+	tn := window.NewTenant("t")
+	cutoff := t0 + 22*sec // (t0, t0+20] was drained at t0+22
+	for _, ts := range []int64{1, 15, 25} {
+		ev := window.Event{Title: "x", Text: "y", Timestamp: t0 + ts*sec}
+		e.ObserveEvent(tn, &ev, t0+30*sec, cutoff)
+	}
+	other := window.Event{Title: "x", Text: "y", SourceType: "nginx", Timestamp: t0 + 25*sec}
+	e.ObserveEvent(tn, &other, t0+30*sec, 0)
+	got := drain(e)
+	if got["t/n{measurement:default}"] != 1 || got["t/n_count{measurement:default}"] != 1 || len(got) != 2 {
+		t.Fatalf("got %v, want one event of the default source in the open window", got)
+	}
+}
+
+func TestObserveEventDoesNotAllocate(t *testing.T) {
+	e := engine(t, `
+[[aggregate_rules]]
+name = "logs"
+group_by = ["host", "status"]
+[aggregate_rules.select]
+category = "logging"
+metric_name = ["message"]
+condition = '{ status = "error" }'
+[aggregate_rules.algorithms.n]
+method = "count"
+source_field = "message"
+`, 1)
+	tn := window.NewTenant("acme")
+	ev := window.Event{Title: "down", Text: "502", Host: "web-1", AlertType: window.AlertError, Timestamp: t0 + sec}
+	e.ObserveEvent(tn, &ev, t0+sec, 0) // opens the group
+	if n := testing.AllocsPerRun(100, func() { e.ObserveEvent(tn, &ev, t0+sec, 0) }); n != 0 {
+		t.Fatalf("%v allocations per observed event", n)
+	}
+}
+
 // TestDataKitLargeInputs holds what DataKit's algoQuantiles (past its
 // 8192-value reservoir, replacing slots by HashCombine of the count) and
 // algoCountDistinct (past 4096 values, a 2^18-bit linear counting sketch)

@@ -1,7 +1,6 @@
 package spans
 
 import (
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -58,34 +57,8 @@ type eventRecord struct{ e *window.Event }
 
 // Field implements filter.Record.
 func (r eventRecord) Field(name string) (filter.Value, bool) {
-	v, ok := eventField(r.e, name)
+	v, ok := r.e.Field(name)
 	return filter.Str(v), ok
-}
-
-func eventField(e *window.Event, name string) (string, bool) {
-	name = strings.TrimPrefix(strings.TrimPrefix(name, "fields."), "tags.")
-	switch name {
-	case "title":
-		return e.Title, true
-	case "text", "message":
-		return e.Text, true
-	case "host":
-		return e.Host, e.Host != ""
-	case "source_type", "source":
-		return e.SourceType, e.SourceType != ""
-	case "aggregation_key":
-		return e.AggregationKey, e.AggregationKey != ""
-	case "priority":
-		return e.Priority.String(), true
-	case "alert_type", "status":
-		return e.AlertType.String(), true
-	}
-	for _, t := range e.Tags {
-		if k, v, ok := strings.Cut(t, ":"); ok && k == name {
-			return v, true
-		}
-	}
-	return "", false
 }
 
 // Hold takes e into its group and reports true, or reports false when e
@@ -97,7 +70,7 @@ func (g *GroupSampler) Hold(e *window.Event, now int64) bool {
 		return false
 	}
 	for i, d := range p.Logging {
-		v, ok := eventField(e, d.GroupKey)
+		v, ok := e.Field(d.GroupKey)
 		if !ok || v == "" { // DataKit's pickByGroupKey passes these through
 			continue
 		}

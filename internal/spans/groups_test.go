@@ -64,7 +64,7 @@ func TestGroupSamplingOfEvents(t *testing.T) {
 		t.Fatalf("kept %d of 1000 plain groups at rate 0.1", len(out))
 	}
 	for _, e := range out {
-		v, _ := eventField(&e, "user_id")
+		v, _ := e.Field("user_id")
 		if !keepHash(hashString(v), 0.1) {
 			t.Fatalf("group %s kept against its hash", v)
 		}

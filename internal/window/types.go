@@ -1,6 +1,7 @@
 package window
 
 import (
+	"strings"
 	"sync/atomic"
 )
 
@@ -221,6 +222,38 @@ type Event struct {
 	Tags           []string
 }
 
+// Field returns the field name of e as conditions and rules read it, in
+// DataKit's log-point names and aggd's own: title; message and text;
+// status and alert_type (info, warning, error, success); priority; source
+// and source_type; aggregation_key; host; else the value of tag name. A
+// "fields." or "tags." prefix is ignored. Empty host, source and
+// aggregation key are absent.
+func (e *Event) Field(name string) (string, bool) {
+	name = strings.TrimPrefix(strings.TrimPrefix(name, "fields."), "tags.")
+	switch name {
+	case "title":
+		return e.Title, true
+	case "text", "message":
+		return e.Text, true
+	case "host":
+		return e.Host, e.Host != ""
+	case "source_type", "source":
+		return e.SourceType, e.SourceType != ""
+	case "aggregation_key":
+		return e.AggregationKey, e.AggregationKey != ""
+	case "priority":
+		return e.Priority.String(), true
+	case "alert_type", "status":
+		return e.AlertType.String(), true
+	}
+	for _, t := range e.Tags {
+		if k, v, ok := strings.Cut(t, ":"); ok && k == name {
+			return v, true
+		}
+	}
+	return "", false
+}
+
 // ServiceCheck is a status report. Its strings are owned (not views).
 type ServiceCheck struct {
 	Tenant    *Tenant
@@ -248,6 +281,10 @@ type Batch struct {
 	// of the last flush known to have carried it. What windows due at or
 	// before it held is not taken again. Zero for a batch arriving live.
 	Cutoff int64
+	// EventsFlushed is set on a replayed batch whose events a flush
+	// already sent: aggregation rules take them again (in windows after
+	// Cutoff), and they are not sent again.
+	EventsFlushed bool
 }
 
 // Reset empties b, keeping its capacity.
@@ -255,6 +292,7 @@ func (b *Batch) Reset() {
 	b.Tenant = nil
 	b.Now = 0
 	b.Cutoff = 0
+	b.EventsFlushed = false
 	b.Samples = b.Samples[:0]
 	b.Results = b.Results[:0]
 	clear(b.Events)

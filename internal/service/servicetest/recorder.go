@@ -51,7 +51,9 @@ func (r *Recorder) Ingest(b *window.Batch) {
 		}
 		r.samples = append(r.samples, Sample{Tenant: b.Tenant.ID, Name: strings.Clone(s.Name), Tags: tags, Type: s.Type, Value: s.Value})
 	}
-	r.events = append(r.events, b.Events...)
+	if !b.EventsFlushed { // a flush sent them before a restart
+		r.events = append(r.events, b.Events...)
+	}
 	r.checks = append(r.checks, b.Checks...)
 }
 
