@@ -50,6 +50,15 @@ func (p Pushback) Level() Level {
 	return OK
 }
 
+// Cause says why the level is up, as the message clients are refused
+// with, and whether it is the send queue rather than memory.
+func (p Pushback) Cause() (msg string, queue bool) {
+	if p.Full() {
+		return "aggd's send queue on disk is full or its disk refuses writes (see aggd_send_queue_full and aggd's log); retry later", true
+	}
+	return "aggd is over its memory budget; retry later", false
+}
+
 // Guard samples memory every interval. Level is safe for concurrent use.
 type Guard struct {
 	soft, hard uint64

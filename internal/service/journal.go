@@ -17,8 +17,6 @@ import (
 // Call it before serving.
 func (s *Server) SetJournal(j *journal.Journal) { s.journal = j }
 
-var errJournal = status.Error(codes.Unavailable, "aggd could not write the batch to its write-ahead log, so it is not acknowledged; send it again")
-
 // ingestLogged ingests the decoded batch and, with a journal, records it
 // before returning: the ack that follows means the batch is on disk.
 func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.Kind) error {
@@ -65,7 +63,8 @@ func (s *Server) journaled(idx uint64, err error) error {
 	}
 	if err != nil {
 		s.log.Error("write-ahead log", "err", err)
-		return errJournal
+		// The error names the file: a full disk says which one.
+		return status.Errorf(codes.Unavailable, "aggd could not write the batch to its write-ahead log (%v), so it is not acknowledged; send it again", err)
 	}
 	return nil
 }

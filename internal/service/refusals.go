@@ -19,11 +19,14 @@ const (
 	RefusedTooLarge
 	// RefusedMemory: aggd was over its memory budget (with RetryInfo).
 	RefusedMemory
+	// RefusedQueue: the send queue on disk was full or could not be
+	// written (with RetryInfo).
+	RefusedQueue
 	// NumRefusals is the number of kinds.
 	NumRefusals
 )
 
-var refusalNames = [NumRefusals]string{"tenant_limit", "too_large", "memory"}
+var refusalNames = [NumRefusals]string{"tenant_limit", "too_large", "memory", "queue"}
 
 // String returns the snake_case code of r.
 func (r Refusal) String() string {

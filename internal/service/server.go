@@ -79,7 +79,21 @@ func (s *Server) SetLoadLevel(l overload.Leveler) { s.load = l }
 const overloadRetry = time.Second
 
 func (s *Server) errOverloaded(tenant string) error {
+	if c, ok := s.load.(LoadCause); ok {
+		if msg, queue := c.Cause(); queue {
+			st, _ := status.New(codes.ResourceExhausted, msg).
+				WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(overloadRetry)})
+			return s.refuse(RefusedQueue, tenant, st.Err())
+		}
+	}
 	return s.refuse(RefusedMemory, tenant, errOverloaded())
+}
+
+// LoadCause, implemented by a LoadLevel, says why the level is up: the
+// message clients are refused with, and whether it is the send queue
+// rather than memory.
+type LoadCause interface {
+	Cause() (msg string, queue bool)
 }
 
 func errOverloaded() error {

@@ -126,7 +126,7 @@ type RefusalCollector struct {
 // NewRefusalCollector returns a collector over src.
 func NewRefusalCollector(src RefusalCounter) *RefusalCollector {
 	return &RefusalCollector{src: src, desc: prometheus.NewDesc("aggd_requests_refused_total",
-		"Requests refused whole with RESOURCE_EXHAUSTED, by reason: tenant_limit, too_large, memory.", []string{"reason"}, nil)}
+		"Requests refused whole with RESOURCE_EXHAUSTED, by reason: tenant_limit, too_large, memory, queue.", []string{"reason"}, nil)}
 }
 
 // Describe implements prometheus.Collector.

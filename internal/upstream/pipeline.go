@@ -293,13 +293,36 @@ func (p *Pipeline) Enqueue(ctx context.Context, pl *Payload) error {
 	}
 }
 
-// enqueueSpooled writes pl to the spool, waiting while it is full.
+// enqueueSpooled writes pl to the spool, waiting while it is full or its
+// disk refuses writes (a full filesystem): the queue counts as full then,
+// so ingest is pushed back, and the write is tried again until ctx ends.
 func (p *Pipeline) enqueueSpooled(ctx context.Context, pl *Payload) error {
-	_, err := p.spool.Put(ctx, pl, func() {
+	onFull := func() {
 		p.full.Store(true)
 		p.metrics.Failed(p.cfg.Name, "queue_full")
 		p.log.Warn("send queue on disk is full: flushes wait for room and ingest is refused", "max_bytes", p.spool.maxBytes)
-	})
+	}
+	var err error
+	for wait, failing := 50*time.Millisecond, false; ; wait = min(2*wait, 2*time.Second) {
+		if _, err = p.spool.Put(ctx, pl, onFull); err == nil || ctx.Err() != nil {
+			if failing && err == nil {
+				p.log.Info("send queue on disk written again")
+			}
+			break
+		}
+		if !failing {
+			failing = true
+			p.full.Store(true)
+			p.metrics.Failed(p.cfg.Name, "queue_write")
+			p.log.Error("send queue on disk cannot be written: flushes wait and ingest is refused until it can", "err", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
 	p.spoolGauge()
 	if err != nil {
 		p.metrics.Lost(p.cfg.Name, "queue_full", pl.Points)
