@@ -81,6 +81,9 @@ sampling: |
   type = "condition"
   condition = '{ status = "error" }'
   action = "keep"
+cluster:
+  enabled: true
+  peerToken: example-peer-token
 serviceMonitor:
   enabled: true
 prometheusRule:
@@ -125,7 +128,7 @@ tenants: |
 // refusals are value sets the chart must refuse, with the reason.
 var refusals = map[string]struct{ values, err string }{
 	"tenants without admin token":   {"dogstatsd: {enabled: false}\ntenants: |\n  [[tenant]]\n  id = \"a\"\n", "adminToken"},
-	"cluster mode":                  {"cluster: {enabled: true}", "cluster mode"},
+	"cluster without a peer token":  {"cluster: {enabled: true}", "cluster.peerToken"},
 	"an empty secret":               {"secretEnv: {DD_API_KEY: ''}", "secretEnv.DD_API_KEY is empty"},
 	"DogStatsD tenant not a tenant": {"adminToken: x\ntenants: |\n  [[tenant]]\n  id = \"shop\"\n", `dogstatsd.tenant "default" is not a tenant`},
 	"budget without a limit":        {"resources: {limits: null}", "resources.limits.memory"},
