@@ -64,20 +64,17 @@ func TestOpenTelemetrySDKExportsToAggd(t *testing.T) {
 	}
 }
 
-func testSDKExport(t *testing.T, transport string) {
-	httpAddr := freeAddr(t)
-	in := startAggd(t, "--interval", "1h", "--context-ttl", "3h", "--otlp-http-listen", httpAddr)
+// sdkExporters returns the SDK's OTLP exporters of transport: gRPC to
+// grpcAddr, or HTTP (gzipped protobuf) to httpAddr.
+func sdkExporters(t *testing.T, transport, grpcAddr, httpAddr string, headers map[string]string) (metricExporter, sdktrace.SpanExporter) {
+	t.Helper()
 	ctx := context.Background()
-	res := resource.NewSchemaless(semconv.ServiceName("checkout"), attribute.String("host.name", "node-1"), attribute.String("env", "prod"),
-		attribute.String("service.instance.id", "f00d"))
-	headers := map[string]string{"x-tenant-id": "otel-team"}
-
 	var mexp metricExporter
 	var texp sdktrace.SpanExporter
 	var err, terr error
 	if transport == "grpc" {
-		mexp, err = otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithEndpoint(in.addr), otlpmetricgrpc.WithInsecure(), otlpmetricgrpc.WithHeaders(headers))
-		texp, terr = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(in.addr), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(headers))
+		mexp, err = otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithEndpoint(grpcAddr), otlpmetricgrpc.WithInsecure(), otlpmetricgrpc.WithHeaders(headers))
+		texp, terr = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(grpcAddr), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(headers))
 	} else {
 		mexp, err = otlpmetrichttp.New(ctx, otlpmetrichttp.WithEndpoint(httpAddr), otlpmetrichttp.WithInsecure(), otlpmetrichttp.WithHeaders(headers),
 			otlpmetrichttp.WithCompression(otlpmetrichttp.GzipCompression))
@@ -87,6 +84,18 @@ func testSDKExport(t *testing.T, transport string) {
 	if err != nil || terr != nil {
 		t.Fatal(err, terr)
 	}
+	return mexp, texp
+}
+
+func testSDKExport(t *testing.T, transport string) {
+	httpAddr := freeAddr(t)
+	in := startAggd(t, "--interval", "1h", "--context-ttl", "3h", "--otlp-http-listen", httpAddr)
+	ctx := context.Background()
+	res := resource.NewSchemaless(semconv.ServiceName("checkout"), attribute.String("host.name", "node-1"), attribute.String("env", "prod"),
+		attribute.String("service.instance.id", "f00d"))
+	headers := map[string]string{"x-tenant-id": "otel-team"}
+
+	mexp, texp := sdkExporters(t, transport, in.addr, httpAddr, headers)
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
 	meter := mp.Meter("test")
@@ -212,18 +221,21 @@ func TestOTLPHTTPJSONThroughAggd(t *testing.T) {
 // status message, events, links, resource and scope), aggregates are
 // valid points.
 func TestOTLPThroughAggdToOTLP(t *testing.T) {
+	for _, transport := range []string{"grpc", "http"} {
+		t.Run(transport, func(t *testing.T) { testThroughToOTLP(t, transport) })
+	}
+}
+
+func testThroughToOTLP(t *testing.T, transport string) {
 	otel := upstreamtest.NewOTLPReceiver(t)
 	cfgFile := filepath.Join(t.TempDir(), "aggd.toml")
 	os.WriteFile(cfgFile, []byte(fmt.Sprintf("[[upstream]]\nname = \"otel\"\ntype = \"otlp\"\nendpoint = %q\ninsecure = true\n", otel.Addr)), 0o600)
-	in := startAggd(t, "--config", cfgFile, "--interval", "1h", "--context-ttl", "3h", "--hostname", "aggd-0")
+	httpAddr := freeAddr(t)
+	in := startAggd(t, "--config", cfgFile, "--interval", "1h", "--context-ttl", "3h", "--hostname", "aggd-0", "--otlp-http-listen", httpAddr)
 	ctx := context.Background()
 	res := resource.NewSchemaless(semconv.ServiceName("checkout"), attribute.String("host.name", "node-1"), attribute.Int("build", 42))
 	headers := map[string]string{"x-tenant-id": "otel-team"}
-
-	texp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(in.addr), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(headers))
-	if err != nil {
-		t.Fatal(err)
-	}
+	mexp, texp := sdkExporters(t, transport, in.addr, httpAddr, headers)
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(texp), sdktrace.WithResource(res))
 	tracer := tp.Tracer("shop", trace.WithInstrumentationVersion("1.2.3"))
 	_, other := tracer.Start(ctx, "other")
@@ -235,10 +247,6 @@ func TestOTLPThroughAggdToOTLP(t *testing.T) {
 	sp.End()
 	tp.Shutdown(ctx)
 
-	mexp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithEndpoint(in.addr), otlpmetricgrpc.WithInsecure(), otlpmetricgrpc.WithHeaders(headers))
-	if err != nil {
-		t.Fatal(err)
-	}
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
 	requests, _ := mp.Meter("shop").Int64Counter("shop.requests")
@@ -253,6 +261,20 @@ func TestOTLPThroughAggdToOTLP(t *testing.T) {
 		t.Fatal(err)
 	}
 	mexp.Shutdown(ctx)
+	if transport == "http" { // and OTLP/JSON, as a script would post it
+		body := `{"resourceMetrics":[{"resource":{"attributes":[{"key":"host.name","value":{"stringValue":"node-1"}}]},"scopeMetrics":[{"metrics":[
+		  {"name":"json.temp","gauge":{"dataPoints":[{"timeUnixNano":"` + strconv.FormatInt(time.Now().UnixNano(), 10) + `","asDouble":21.5,
+		  "attributes":[{"key":"room","value":{"intValue":"7"}}]}]}}]}]}]}`
+		req, _ := http.NewRequest(http.MethodPost, "http://"+httpAddr+"/v1/metrics", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("x-tenant-id", "otel-team")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("OTLP/JSON: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		http.DefaultClient.CloseIdleConnections()
+	}
 	// Events and service checks go out as log records.
 	if _, err := aggdv1.NewAggregatorServiceClient(in.conn).Submit(metadata.AppendToOutgoingContext(ctx, "x-tenant-id", "otel-team"), &aggdv1.SubmitRequest{Batch: &aggdv1.Batch{
 		Events: []*aggdv1.Event{{Title: "deploy", Text: "v2 is out", Host: "node-1", Tags: []string{"env:a", "env:b", "aggd.title:clash"},
@@ -315,6 +337,23 @@ func TestOTLPThroughAggdToOTLP(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+	if transport == "http" {
+		var temp *metricspb.NumberDataPoint
+		for _, r := range otel.Requests() {
+			for _, rm := range r.Req.ResourceMetrics {
+				for _, sm := range rm.ScopeMetrics {
+					for _, m := range sm.Metrics {
+						if m.Name == "json.temp" {
+							temp = m.GetGauge().GetDataPoints()[0]
+						}
+					}
+				}
+			}
+		}
+		if temp.GetAsDouble() != 21.5 || len(temp.GetAttributes()) != 1 || temp.Attributes[0].Value.GetStringValue() != "7" {
+			t.Errorf("json.temp = %v, want 21.5 with room=7", temp)
 		}
 	}
 	if hist.GetCount() != 6 || hist.GetSum() != 427 {
