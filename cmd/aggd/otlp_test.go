@@ -326,32 +326,11 @@ func testThroughToOTLP(t *testing.T, transport string) {
 		t.Errorf("span scope %v", payScope)
 	}
 
-	var hist *metricspb.ExponentialHistogramDataPoint
-	var hres *resourcepb.Resource
-	for _, r := range otel.Requests() {
-		for _, rm := range r.Req.ResourceMetrics {
-			for _, sm := range rm.ScopeMetrics {
-				for _, m := range sm.Metrics {
-					if m.Name == "shop.latency" {
-						hist, hres = m.GetExponentialHistogram().GetDataPoints()[0], rm.Resource
-					}
-				}
-			}
-		}
-	}
+	m, hres := findMetric(otel, "shop.latency")
+	hist := m.GetExponentialHistogram().GetDataPoints()[0]
 	if transport == "http" {
-		var temp *metricspb.NumberDataPoint
-		for _, r := range otel.Requests() {
-			for _, rm := range r.Req.ResourceMetrics {
-				for _, sm := range rm.ScopeMetrics {
-					for _, m := range sm.Metrics {
-						if m.Name == "json.temp" {
-							temp = m.GetGauge().GetDataPoints()[0]
-						}
-					}
-				}
-			}
-		}
+		m, _ := findMetric(otel, "json.temp")
+		temp := m.GetGauge().GetDataPoints()[0]
 		if temp.GetAsDouble() != 21.5 || len(temp.GetAttributes()) != 1 || temp.Attributes[0].Value.GetStringValue() != "7" {
 			t.Errorf("json.temp = %v, want 21.5 with room=7", temp)
 		}
@@ -382,4 +361,23 @@ func testThroughToOTLP(t *testing.T, transport string) {
 	if c := logs["slow"]; c.GetSeverityNumber() != logspb.SeverityNumber_SEVERITY_NUMBER_WARN || c.GetSeverityText() != "warning" {
 		t.Errorf("service check as a log record: %v", c)
 	}
+}
+
+// findMetric returns the last metric called name the receiver took, and
+// its resource.
+func findMetric(otel *upstreamtest.OTLPReceiver, name string) (*metricspb.Metric, *resourcepb.Resource) {
+	var found *metricspb.Metric
+	var res *resourcepb.Resource
+	for _, r := range otel.Requests() {
+		for _, rm := range r.Req.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					if m.Name == name {
+						found, res = m, rm.Resource
+					}
+				}
+			}
+		}
+	}
+	return found, res
 }
