@@ -423,6 +423,17 @@ func checkWorkload(t *testing.T, appVersion string, o *objects, vals chartutil.V
 				}
 			}
 		}
+		// Restricted egress must let forwards out to the other replicas.
+		if peer, ok := ports["peer"]; ok && slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+			out := slices.ContainsFunc(np.Spec.Egress, func(r networkingv1.NetworkPolicyEgressRule) bool {
+				return len(r.To) > 0 && r.To[0].PodSelector != nil && slices.ContainsFunc(r.Ports, func(p networkingv1.NetworkPolicyPort) bool {
+					return p.Port != nil && p.Port.IntVal == peer.ContainerPort
+				})
+			})
+			if !out {
+				t.Errorf("NetworkPolicy restricts egress without letting the peer port %d out to aggd's pods", peer.ContainerPort)
+			}
+		}
 	}
 	if sm := o.ServiceMonitor; sm != nil {
 		if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "admin" || sm.Spec.Endpoints[0].Path != "/metrics" {
