@@ -33,8 +33,14 @@ func TestStreamsRebalanceAcrossReplicas(t *testing.T) {
 	c := client.New(conn, client.Options{BatchSize: 50, FlushInterval: 20 * time.Millisecond})
 	ctx := context.Background()
 	sent := 0.0
-	deadline := time.Now().Add(1500 * time.Millisecond)
-	for i := 0; time.Now().Before(deadline); i++ {
+	// Send for longer than several stream ages, and on until the client has
+	// moved streams three times: a slow machine moves them later, not
+	// fewer times. Only a hang reaches the hard bound.
+	least, bound := time.Now().Add(1500*time.Millisecond), time.Now().Add(60*time.Second)
+	for i := 0; time.Now().Before(least) || c.Resumes.Load() < 3; i++ {
+		if time.Now().After(bound) {
+			t.Fatalf("the client moved streams %d times in 60s, want 3", c.Resumes.Load())
+		}
 		if err := c.Add(ctx, &aggdv1.Sample{Name: "lb.count", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1}); err != nil {
 			t.Fatal(err)
 		}
