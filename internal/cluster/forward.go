@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -46,8 +47,6 @@ type Config struct {
 	// before its items are refused as owner_unavailable; 30 s by default.
 	// While it waits, the client's ack waits: that is the push back.
 	Timeout time.Duration
-	// Attempt bounds one call; 5 s by default.
-	Attempt time.Duration
 	// InitialBackoff and MaxBackoff space the retries; 50 ms and 2 s by
 	// default.
 	InitialBackoff, MaxBackoff time.Duration
@@ -69,9 +68,6 @@ func (c *Config) Validate() error {
 func (c *Config) setDefaults() {
 	if c.Timeout <= 0 {
 		c.Timeout = 30 * time.Second
-	}
-	if c.Attempt <= 0 {
-		c.Attempt = 5 * time.Second
 	}
 	if c.InitialBackoff <= 0 {
 		c.InitialBackoff = 50 * time.Millisecond
@@ -328,10 +324,13 @@ func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggd
 	start := time.Now()
 	backoff := f.cfg.InitialBackoff
 	for {
-		actx, acancel := context.WithTimeout(ctx, f.cfg.Attempt)
+		// One call waits for its owner as long as the forward may: a call
+		// cut short by a deadline of its own may have been applied, and
+		// sending it again would apply it twice. Calls are retried only
+		// when they failed (the owner unreachable, refusing for now, or
+		// its connection lost).
 		resp := &aggdv1.ForwardResponse{}
-		err := conn.Invoke(actx, forwardMethod, rawFrame(frame), resp)
-		acancel()
+		err := conn.Invoke(ctx, forwardMethod, rawFrame(frame), resp)
 		if err == nil {
 			f.callsOK.Add(1)
 			f.latency.Observe(time.Since(start).Seconds())
@@ -378,6 +377,9 @@ func (f *Forwarder) conn(owner string) (*grpc.ClientConn, error) {
 		creds = insecure.NewCredentials()
 	}
 	c, err := grpc.NewClient(owner, grpc.WithTransportCredentials(creds),
+		// Pings find a peer gone silent, so that its calls fail and are
+		// retried on a new connection; peers' servers allow one every 10 s.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: false}),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(frameCodec{encoding.GetCodecV2(proto.Name)})))
 	if err != nil {
 		return nil, err
