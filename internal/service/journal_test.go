@@ -21,6 +21,7 @@ import (
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
 	"github.com/aggd/aggd/internal/journal"
+	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/wal"
@@ -146,6 +147,78 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 	}
 	if ev := exp2.Events(); len(ev) != 1 || ev[0].Title != "e2" || len(exp2.Checks()) != 0 {
 		t.Errorf("after replay: events %v, %d checks; want e2 alone", ev, len(exp2.Checks()))
+	}
+}
+
+// TestReplayedEventsMeetLogRulesOnce: after a kill -9, a replayed event a
+// flush already sent is not sent again, and a logging rule counts it once:
+// in its window when the flush had not drained that window, not at all
+// when it had.
+func TestReplayedEventsMeetLogRulesOnce(t *testing.T) {
+	set, err := rules.Parse(`
+[[aggregate_rules]]
+name = "logs"
+window = "60s"
+[aggregate_rules.select]
+category = "logging"
+metric_name = ["message"]
+[aggregate_rules.algorithms.n]
+method = "count"
+source_field = "message"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withRules := func(j *journaled) *journaled {
+		cfg := window.DefaultConfig()
+		cfg.Grace = 0
+		j.agg.SetRules(rules.NewEngine(set, j.agg.Shards(), cfg))
+		return j
+	}
+	counted := func(pts []flushtest.Point) map[int64]float64 {
+		out := map[int64]float64{}
+		for _, p := range pts {
+			if p.Name == "n" {
+				out[p.TS] += p.Value
+			}
+		}
+		return out
+	}
+	dir := t.TempDir()
+	j := withRules(startJournaled(t, dir, false))
+	now := time.Now()
+	tick := now.Truncate(10 * time.Second) // drains past windows, not the open one
+	past := now.Add(-5 * time.Minute)
+	if ack := j.submit(t, &aggdv1.Batch{Events: []*aggdv1.Event{
+		{Title: "open", Text: "a", TimestampUnixNano: now.UnixNano()},
+		{Title: "past", Text: "b", TimestampUnixNano: past.UnixNano()},
+	}}); ack.Rejected != 0 {
+		t.Fatalf("first batch: %v", ack)
+	}
+	exp := &flushtest.Exporter{}
+	fl := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
+	fl.Flush(tick, false)
+	if got := counted(exp.Points()); len(got) != 1 || len(exp.Events()) != 2 {
+		t.Fatalf("first flush: rule outputs %v, %d events; want the past window's 1 and both events", got, len(exp.Events()))
+	}
+	if ack := j.submit(t, &aggdv1.Batch{Events: []*aggdv1.Event{{Title: "later", Text: "c", TimestampUnixNano: now.UnixNano()}}}); ack.Rejected != 0 {
+		t.Fatalf("second batch: %v", ack)
+	}
+
+	// kill -9: state starts empty and the log is replayed.
+	k := withRules(startJournaled(t, dir, false))
+	if _, err := k.log.Replay(k.jnl.ReplayRecord); err != nil {
+		t.Fatal(err)
+	}
+	exp2 := &flushtest.Exporter{}
+	fl2 := flush.NewFlusher(k.agg, exp2, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl2.Flush(time.Now(), true)
+	open := now.Add(-time.Nanosecond).Truncate(time.Minute).Unix() // the window holding now
+	if got := counted(exp2.Points()); len(got) != 1 || got[open] != 2 {
+		t.Errorf("after replay: rule outputs %v; want 2 (open and later) in the window at %d alone", got, open)
+	}
+	if ev := exp2.Events(); len(ev) != 1 || ev[0].Title != "later" {
+		t.Errorf("after replay: events %v; want later alone", ev)
 	}
 }
 
