@@ -138,7 +138,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	telemetry.RegisterBuildInfo(reg, build)
 
 	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
-		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout, InstanceID: cfg.Hostname,
+		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout, InstanceID: instanceID(cfg),
 		Tracer: tracer,
 	})
 	if err != nil {

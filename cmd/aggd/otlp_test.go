@@ -381,3 +381,18 @@ func findMetric(otel *upstreamtest.OTLPReceiver, name string) (*metricspb.Metric
 	}
 	return found, res
 }
+
+// TestInstanceIDOutsideClusterMode: aggregates carry the replica's
+// hostname as service.instance.id only while replicas may write the same
+// series.
+func TestInstanceIDOutsideClusterMode(t *testing.T) {
+	alone := config{Hostname: "aggd-0"}
+	cluster := alone
+	cluster.Cluster.PeersDNS = "aggd-peers:8129"
+	if got := instanceID(alone); got != "aggd-0" {
+		t.Errorf("outside cluster mode: %q, want aggd-0", got)
+	}
+	if got := instanceID(cluster); got != "" {
+		t.Errorf("in cluster mode: %q, want none", got)
+	}
+}

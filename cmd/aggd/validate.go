@@ -97,7 +97,7 @@ func validate(args []string, getenv func(string) string, stdout io.Writer) error
 		errs = append(errs, err)
 		if file != nil {
 			sh := configpkg.Shared{Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: nopMetrics{},
-				Log: slog.New(slog.DiscardHandler), Stdout: io.Discard, InstanceID: cfg.Hostname}
+				Log: slog.New(slog.DiscardHandler), Stdout: io.Discard, InstanceID: instanceID(cfg)}
 			var ups []upstream.Upstream
 			var defaults []string
 			for _, u := range file.Upstreams {
