@@ -143,7 +143,7 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 	bin := buildAggd(t)
 	ddC, ddS := upstreamtest.NewDatadogIntake(t), upstreamtest.NewDatadogIntake(t)
 	cfgC, cfgS := intakeConfig(t, ddC), intakeConfig(t, ddS)
-	common := []string{"--interval", "1s", "--grace", "0s", "--max-lateness", "2h", "--shutdown-timeout", "60s"}
+	common := []string{"--interval", "1s", "--grace", "0s", "--max-lateness", "2h", "--late-window", "2h", "--shutdown-timeout", "60s"}
 	single := startProcess(t, bin, append([]string{"--config", cfgS}, common...)...)
 
 	// Bucket time of the run: ten minutes ago, in phases of ten buckets.
