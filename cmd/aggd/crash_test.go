@@ -174,9 +174,24 @@ func TestKillNineLosesNoAckedSample(t *testing.T) {
 	for range streams {
 		wg.Go(func() { load(p.addr, stop) })
 	}
-	time.Sleep(2500 * time.Millisecond) // delivered
+	// Run until flushes have reached the intake, then until sends fail
+	// during the outage (queued on disk and in the log): at least 2.5 s
+	// each, longer on a slow machine; only a hang reaches the bound.
+	waitFor := func(what string, least time.Duration, cond func() bool) {
+		t.Helper()
+		start := time.Now()
+		for time.Since(start) < least || !cond() {
+			if time.Since(start) > 60*time.Second {
+				t.Fatalf("no %s within 60s\n%s", what, p.log)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("delivery before the outage", 2500*time.Millisecond, func() bool { return len(dd.Series()) > 0 })
 	down.Store(true)
-	time.Sleep(2500 * time.Millisecond) // queued on disk and in the log
+	waitFor("failed send during the outage", 2500*time.Millisecond, func() bool {
+		return metric(scrape(t, p.admin), `aggr_send_failed_total{reason="http_503",upstream="dd"}`) > 0
+	})
 	before := len(dd.Series())
 	killed := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
