@@ -63,6 +63,11 @@ type Options struct {
 	// by default): a larger batch is split. A server refusing a request
 	// as too large lowers it to the limit the server states.
 	MaxBatchBytes int
+	// FullNames sends every sample with its full name. By default the
+	// first sample of a series on a stream declares a series reference
+	// and the next ones send only the reference and the measurement;
+	// a new stream declares again.
+	FullNames bool
 }
 
 func (o *Options) defaults() {
@@ -332,8 +337,12 @@ func (c *Client) session() error {
 	if err != nil {
 		return err
 	}
+	var refs *seriesRefs
+	if !c.opts.FullNames {
+		refs = newSeriesRefs()
+	}
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- c.receive(st) }()
+	go func() { recvErr <- c.receive(st, refs) }()
 	sent := uint64(0) // highest sequence sent on this stream
 	for {
 		c.mu.Lock()
@@ -345,7 +354,11 @@ func (c *Client) session() error {
 		}
 		c.mu.Unlock()
 		for _, e := range toSend {
-			if err := st.Send(&aggdv1.StreamRequest{Sequence: e.seq, Batch: e.batch}); err != nil {
+			b := e.batch
+			if refs != nil {
+				b = refs.encode(b)
+			}
+			if err := st.Send(&aggdv1.StreamRequest{Sequence: e.seq, Batch: b}); err != nil {
 				cancel()
 				if rerr := <-recvErr; rerr != nil {
 					return rerr
@@ -367,8 +380,10 @@ func (c *Client) session() error {
 	}
 }
 
-// receive reads acks in order, retiring the batches they ack.
-func (c *Client) receive(st aggdv1.AggregatorService_StreamClient) error {
+// receive reads acks in order, retiring the batches they ack. A refused
+// sample's series is declared again with its next sample (refs, when
+// set, are the stream's series references).
+func (c *Client) receive(st aggdv1.AggregatorService_StreamClient, refs *seriesRefs) error {
 	for {
 		resp, err := st.Recv()
 		if err != nil {
@@ -393,6 +408,13 @@ func (c *Client) receive(st aggdv1.AggregatorService_StreamClient) error {
 		}
 		if done.token {
 			c.space <- struct{}{}
+		}
+		if refs != nil {
+			for _, r := range a.Rejections {
+				if r.Kind == aggdv1.ItemKind_ITEM_KIND_SAMPLE && int(r.Index) < len(done.batch.Samples) {
+					refs.forget(done.batch.Samples[r.Index])
+				}
+			}
 		}
 		if c.opts.OnReject != nil {
 			for _, r := range a.Rejections {

@@ -65,6 +65,8 @@ type Decoder struct {
 	attrs       []spans.Attr
 	// samples decoded, by index, including refused ones.
 	NSamples, NEvents, NChecks, NSpans int
+	// Series resolves series references; without it they are refused.
+	Series *Series
 }
 
 func NewDecoder(lim Limits) *Decoder { return &Decoder{lim: lim, server: lim} }
@@ -102,6 +104,9 @@ func (d *Decoder) Reset(b *window.Batch) {
 	clear(d.attrs)
 	d.attrs = d.attrs[:0]
 	d.NSamples, d.NEvents, d.NChecks, d.NSpans = 0, 0, 0, 0
+	if d.Series != nil {
+		d.Series.beginBatch()
+	}
 }
 
 // MalformedError reports bytes that are not a valid message of the expected
@@ -138,6 +143,48 @@ func (d *Decoder) DecodeStream(buf []byte, b *window.Batch) (seq uint64, err err
 		buf = buf[n:]
 	}
 	return seq, nil
+}
+
+// DecodeDefinitions declares in d.Series the series references of defs, an
+// aggd.v1 Batch of declaring Samples (name, type, host, tags and
+// series_ref; values are ignored), as the write-ahead log keeps them
+// beside a batch that uses them. A definition that does not validate
+// leaves its reference undeclared; only broken framing is an error.
+func (d *Decoder) DecodeDefinitions(defs []byte, t *window.Tenant) error {
+	for len(defs) > 0 {
+		num, typ, n := protowire.ConsumeTag(defs)
+		if n < 0 {
+			return MalformedError{"series definitions"}
+		}
+		defs = defs[n:]
+		if num != 1 || typ != protowire.BytesType {
+			if n = protowire.ConsumeFieldValue(num, typ, defs); n < 0 {
+				return MalformedError{"series definitions"}
+			}
+			defs = defs[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(defs)
+		if n < 0 {
+			return MalformedError{"series definitions"}
+		}
+		defs = defs[n:]
+		var s window.Sample
+		r, _, ref := d.decodeSample(v, &s)
+		if ref == 0 || ref > MaxSeriesRef || d.Series == nil {
+			continue
+		}
+		if r == window.Accepted && s.Name != "" {
+			r, _ = d.lim.checkSeries(&s)
+		}
+		if r != window.Accepted || s.Name == "" {
+			d.Series.forget(ref)
+			continue
+		}
+		d.arena = s.Prepare(t, d.arena)
+		d.Series.declare(ref, &s)
+	}
+	return nil
 }
 
 // DecodeSubmit decodes a SubmitRequest.
@@ -213,29 +260,55 @@ func (d *Decoder) addSample(buf []byte, b *window.Batch) {
 	d.NSamples++
 	b.Samples = append(b.Samples, window.Sample{})
 	s := &b.Samples[len(b.Samples)-1]
-	r, detail := d.decodeSample(buf, s)
-	if r == window.Accepted {
-		r, detail = d.validate(s)
+	r, detail, ref := d.decodeSample(buf, s)
+	switch {
+	case r != window.Accepted:
+		if ref != 0 && s.Name != "" && d.Series != nil {
+			d.Series.forget(ref) // a refused declaration leaves ref undeclared
+		}
+	case ref != 0 && (d.Series == nil || ref > MaxSeriesRef):
+		r, detail = window.ReasonInvalidSeriesRef, fmt.Sprintf("series_ref %d is not in [1, %d]", ref, MaxSeriesRef)
+		if d.Series == nil {
+			r, detail = window.ReasonUnsupported, "series references are taken on Stream and Submit only"
+		}
+	case ref != 0 && s.Name == "":
+		if r, detail = d.bySeries(ref, len(b.Samples)-1, s); r == window.Accepted {
+			r, detail = d.lim.checkValues(s)
+		}
+	default:
+		if r, detail = d.validate(s); r == window.Accepted {
+			d.arena = s.Prepare(b.Tenant, d.arena)
+			if ref != 0 {
+				d.Series.declare(ref, s)
+			}
+		} else if ref != 0 {
+			d.Series.forget(ref) // a refused declaration leaves ref undeclared
+		}
 	}
 	b.Results = append(b.Results, r)
 	d.Detail = append(d.Detail, detail)
-	if r != window.Accepted {
-		return
+}
+
+// bySeries fills s, a sample that names its series by reference, from the
+// stream's table. It may carry no host or tags of its own.
+func (d *Decoder) bySeries(ref uint32, i int, s *window.Sample) (window.Reason, string) {
+	if s.Host != "" || len(s.Tags) > 0 {
+		return window.ReasonInvalidSeriesRef, fmt.Sprintf("a sample by series_ref %d carries no host or tags; declare another reference for another series", ref)
 	}
-	d.arena = s.Prepare(b.Tenant, d.arena)
+	return d.Series.resolve(ref, i, s)
 }
 
 // view returns b as a string without copying. The string is valid while
 // the request buffer is.
 func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, string) {
+func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _ string, ref uint32) {
 	tagStart, valStart := len(d.tags), len(d.values)
 	badUTF8 := ""
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
-			return window.ReasonMalformed, "sample is not a valid Sample message"
+			return window.ReasonMalformed, "sample is not a valid Sample message", 0
 		}
 		buf = buf[n:]
 		switch {
@@ -281,7 +354,7 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, str
 			var v []byte
 			v, n = protowire.ConsumeBytes(buf)
 			if n < 0 || len(v)%8 != 0 {
-				return window.ReasonMalformed, "packed values are not a whole number of doubles"
+				return window.ReasonMalformed, "packed values are not a whole number of doubles", 0
 			}
 			for ; len(v) > 0; v = v[8:] {
 				u, _ := protowire.ConsumeFixed64(v)
@@ -295,11 +368,15 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, str
 			var v uint64
 			v, n = protowire.ConsumeVarint(buf)
 			s.Timestamp = int64(v)
+		case num == 10 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			ref = uint32(v) // a uint32 field keeps the low 32 bits
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, buf)
 		}
 		if n < 0 {
-			return window.ReasonMalformed, "sample is not a valid Sample message"
+			return window.ReasonMalformed, "sample is not a valid Sample message", 0
 		}
 		buf = buf[n:]
 	}
@@ -310,9 +387,9 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (window.Reason, str
 		s.Values = d.values[valStart:len(d.values):len(d.values)]
 	}
 	if badUTF8 != "" {
-		return window.ReasonInvalidUTF8, badUTF8 + " is not valid UTF-8"
+		return window.ReasonInvalidUTF8, badUTF8 + " is not valid UTF-8", ref
 	}
-	return window.Accepted, ""
+	return window.Accepted, "", ref
 }
 
 // validate checks a decoded sample against the API's rules and d's limits.
@@ -322,6 +399,15 @@ func (d *Decoder) validate(s *window.Sample) (window.Reason, string) { return d.
 // type, host, tags, sample rate (0 becomes 1) and values. Every edge
 // (gRPC, DogStatsD) applies it.
 func (l Limits) Check(s *window.Sample) (window.Reason, string) {
+	if r, detail := l.checkSeries(s); r != window.Accepted {
+		return r, detail
+	}
+	return l.checkValues(s)
+}
+
+// checkSeries validates what names a sample's series: name, type, host
+// and tags.
+func (l Limits) checkSeries(s *window.Sample) (window.Reason, string) {
 	d := struct{ lim Limits }{l}
 	switch {
 	case s.Name == "":
@@ -342,6 +428,12 @@ func (l Limits) Check(s *window.Sample) (window.Reason, string) {
 			return window.ReasonTagTooLong, fmt.Sprintf("tag %.32q… is %d bytes long, limit %d", t, len(t), d.lim.MaxTagLength)
 		}
 	}
+	return window.Accepted, ""
+}
+
+// checkValues validates what a sample measures: sample rate (0 becomes 1),
+// set member and values.
+func (l Limits) checkValues(s *window.Sample) (window.Reason, string) {
 	switch sr := s.SampleRate; {
 	case sr == 0:
 		s.SampleRate = 1

@@ -39,6 +39,7 @@ func sameFloats(a, b []float64) bool {
 func checkDecode(t *testing.T, data []byte) {
 	var pb aggdv1.StreamRequest
 	d := NewDecoder(DefaultLimits())
+	d.Series = new(Series)
 	var b window.Batch
 	b.Tenant = window.NewTenant("t")
 	seq, err := d.DecodeStream(data, &b)
@@ -55,11 +56,35 @@ func checkDecode(t *testing.T, data []byte) {
 	if len(b.Samples) != len(want) {
 		t.Fatalf("got %d samples, want %d", len(b.Samples), len(want))
 	}
+	declared := map[uint32]window.Sample{} // the series references, the obvious way
 	for i, w := range want {
 		ref := referenceSample(w)
-		wantR, _ := d.validate(&ref)
-		if wantR == window.Accepted {
-			ref.Prepare(b.Tenant, nil)
+		var wantR window.Reason
+		switch id := w.SeriesRef; {
+		case id > MaxSeriesRef:
+			wantR = window.ReasonInvalidSeriesRef
+		case id != 0 && w.Name == "":
+			def, ok := declared[id]
+			switch {
+			case w.Host != "" || len(w.Tags) > 0:
+				wantR = window.ReasonInvalidSeriesRef
+			case !ok:
+				wantR = window.ReasonUnknownSeries
+			case ref.Type != 0 && ref.Type != def.Type:
+				wantR = window.ReasonTypeConflict
+			default:
+				ref.Name, ref.Host, ref.Tags, ref.Type, ref.Key, ref.Hash = def.Name, def.Host, def.Tags, def.Type, def.Key, def.Hash
+				wantR, _ = d.lim.checkValues(&ref)
+			}
+		default:
+			if wantR, _ = d.validate(&ref); wantR == window.Accepted {
+				ref.Prepare(b.Tenant, nil)
+			}
+			if id != 0 && wantR == window.Accepted {
+				declared[id] = ref
+			} else if id != 0 {
+				delete(declared, id)
+			}
 		}
 		got := b.Samples[i]
 		if b.Results[i] != wantR {
@@ -89,6 +114,23 @@ func seedRequests() []*aggdv1.StreamRequest {
 			{Name: "t", Type: 99},
 			{Name: "long", Type: 1, Tags: []string{strings.Repeat("x", 300)}},
 		}, Events: []*aggdv1.Event{{Title: "e"}}, ServiceChecks: []*aggdv1.ServiceCheck{{Name: "c", Status: 1}}}},
+		{Sequence: 8, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
+			{Name: "r.a", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, Tags: []string{"b:1", "a:2"}, Host: "h", SeriesRef: 1},
+			{SeriesRef: 1, Value: 2, SampleRate: 0.5},
+			{SeriesRef: 1, Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Values: []float64{3, 4}, TimestampUnixNano: 1e18},
+			{SeriesRef: 2, Value: 1},
+			{SeriesRef: 1, Type: aggdv1.MetricType_METRIC_TYPE_GAUGE, Value: 1},
+			{SeriesRef: 1, Tags: []string{"x"}, Value: 1},
+			{Name: "r.s", Type: aggdv1.MetricType_METRIC_TYPE_SET, SetMember: "m", SeriesRef: 3},
+			{SeriesRef: 3, SetMember: "n"},
+			{SeriesRef: 3},
+			{Name: "bad name", Type: 1, SeriesRef: 1},
+			{SeriesRef: 1, Value: 5},
+			{Name: "big", Type: 1, SeriesRef: MaxSeriesRef + 1},
+			{Name: "edge", Type: 1, SeriesRef: MaxSeriesRef},
+			{SeriesRef: MaxSeriesRef, Value: math.NaN()},
+			{Name: "plain", Type: 1, Value: 1},
+		}}},
 		{},
 	}
 }
@@ -122,6 +164,35 @@ func TestDecodeRejectsPerSample(t *testing.T) {
 	want := []window.Reason{window.Accepted, window.ReasonInvalidValue, window.Accepted, window.ReasonInvalidName, window.ReasonInvalidType, window.ReasonTagTooLong}
 	if !slices.Equal(b.Results, want) {
 		t.Fatalf("got %v, want %v", b.Results, want)
+	}
+	// Series references, without a table (Decoder.Series nil), and with
+	// one: declarations, uses, and every refusal.
+	data, _ = proto.Marshal(seedRequests()[1])
+	d.Reset(&b)
+	b.Tenant = window.NewTenant("t")
+	if _, err := d.DecodeStream(data, &b); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range b.Results[:14] {
+		if r != window.ReasonUnsupported {
+			t.Fatalf("sample %d without a table: %v, want unsupported", i, r)
+		}
+	}
+	d.Series = new(Series)
+	d.Reset(&b)
+	b.Tenant = window.NewTenant("t")
+	if _, err := d.DecodeStream(data, &b); err != nil {
+		t.Fatal(err)
+	}
+	want = []window.Reason{window.Accepted, window.Accepted, window.Accepted, window.ReasonUnknownSeries,
+		window.ReasonTypeConflict, window.ReasonInvalidSeriesRef, window.Accepted, window.Accepted, window.ReasonInvalidValue,
+		window.ReasonInvalidName, window.ReasonUnknownSeries, window.ReasonInvalidSeriesRef, window.Accepted, window.ReasonInvalidValue, window.Accepted}
+	if !slices.Equal(b.Results, want) {
+		t.Fatalf("got %v, want %v", b.Results, want)
+	}
+	if s := b.Samples[2]; s.Name != "r.a" || s.Host != "h" || !slices.Equal(s.Tags, []string{"a:2", "b:1"}) || s.Type != window.TypeCount ||
+		string(s.Key) != string(b.Samples[0].Key) || s.Hash != b.Samples[0].Hash || s.Handle == nil || s.Handle != b.Samples[0].Handle {
+		t.Fatalf("sample by reference: %+v, declared as %+v", s, b.Samples[0])
 	}
 	// Invalid UTF-8 in one sample, which proto.Unmarshal refuses for the
 	// whole message, rejects only that sample here.

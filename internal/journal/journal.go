@@ -72,6 +72,10 @@ type Journal struct {
 	eventHold, spanHold int64
 	dec                 *codec.Decoder // replay's; replay runs alone
 	batch               window.Batch
+	// series are replay's series references, by stream; submit's are
+	// those of one Submit record.
+	series map[uint64]*codec.Series
+	submit codec.Series
 }
 
 // New returns a journal of cfg.
@@ -88,6 +92,11 @@ func (j *Journal) Enter() { j.cfg.Log.Enter() }
 
 // Leave ends what Enter began.
 func (j *Journal) Leave() { j.cfg.Log.Leave() }
+
+// Generation returns the write-ahead log generation the records appended
+// between Enter and Leave go to. A record's series definitions must be in
+// its own generation: generations are removed whole, oldest first.
+func (j *Journal) Generation() uint64 { return j.cfg.Log.Generation() }
 
 // Append writes rec, which waits for flush ticks up to due, and returns
 // its index for Wait.

@@ -18,8 +18,12 @@ const (
 	Submit Kind = 2 // a SubmitRequest
 )
 
-// version is the first byte of every record.
-const version byte = 1
+// The first byte of every record is its version. Version 2 adds the
+// stream and the series definitions; version 1 records are still read.
+const (
+	version1 byte = 1
+	version  byte = 2
+)
 
 // Record is one batch as the log keeps it: the request frame as it came,
 // with what replaying it needs and cannot tell from the frame.
@@ -30,6 +34,13 @@ type Record struct {
 	Now int64
 	// Refused are the items refused after decoding.
 	Refused []Item
+	// Stream identifies the stream of a Stream record, for its series
+	// references: unique within and across runs, 0 when unknown.
+	Stream uint64
+	// Defs are the series definitions the frame's references need that
+	// earlier records of the same generation do not hold: an aggd.v1
+	// Batch of declaring Samples (see codec.Series).
+	Defs []byte
 	// Frame is the request message.
 	Frame []byte
 }
@@ -51,6 +62,8 @@ func AppendRecord(b []byte, r Record) []byte {
 		b = protowire.AppendVarint(b, uint64(rj.Kind))
 		b = protowire.AppendVarint(b, rj.Index)
 	}
+	b = protowire.AppendVarint(b, r.Stream)
+	b = protowire.AppendBytes(b, r.Defs)
 	return append(b, r.Frame...)
 }
 
@@ -62,6 +75,8 @@ func AppendSubmit(b []byte, tenant string, now int64, batch []byte) []byte {
 	b = protowire.AppendString(b, tenant)
 	b = protowire.AppendVarint(b, uint64(now))
 	b = protowire.AppendVarint(b, 0) // nothing refused
+	b = protowire.AppendVarint(b, 0) // no stream
+	b = protowire.AppendBytes(b, nil)
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	return protowire.AppendBytes(b, batch)
 }
@@ -70,7 +85,7 @@ var errRecord = codec.MalformedError{What: "write-ahead log record"}
 
 // ParseRecord reads a record. Its Frame is a view into rec.
 func ParseRecord(rec []byte) (Record, error) {
-	if len(rec) < 2 || rec[0] != version || (Kind(rec[1]) != Stream && Kind(rec[1]) != Submit) {
+	if len(rec) < 2 || (rec[0] != version && rec[0] != version1) || (Kind(rec[1]) != Stream && Kind(rec[1]) != Submit) {
 		return Record{}, errors.New("journal: write-ahead log record of an unknown version or kind")
 	}
 	r := Record{Kind: Kind(rec[1])}
@@ -105,6 +120,22 @@ func ParseRecord(rec []byte) (Record, error) {
 		}
 		p = p[n1+n2:]
 		r.Refused = append(r.Refused, Item{Kind: aggdv1.ItemKind(k), Index: i})
+	}
+	if rec[0] == version {
+		st, n := protowire.ConsumeVarint(p)
+		if n < 0 {
+			return Record{}, errRecord
+		}
+		p = p[n:]
+		defs, n := protowire.ConsumeBytes(p)
+		if n < 0 {
+			return Record{}, errRecord
+		}
+		p = p[n:]
+		r.Stream = st
+		if len(defs) > 0 {
+			r.Defs = defs
+		}
 	}
 	r.Frame = p
 	return r, nil

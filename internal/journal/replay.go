@@ -5,6 +5,7 @@ import (
 	"time"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 )
 
 // Replay takes every record of the log back into the windows, before
@@ -14,6 +15,7 @@ import (
 func (j *Journal) Replay() error {
 	log := j.cfg.Logger
 	start := time.Now()
+	defer func() { j.series = nil }() // the streams replayed are gone
 	records, skipped := 0, 0
 	damage, err := j.cfg.Log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		due, err := j.ReplayRecord(rec, flushed, tick)
@@ -57,6 +59,10 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 	d.Reset(b)
 	d.ForTenant(tn)
 	b.Tenant, b.Now = tn, r.Now
+	d.Series = j.seriesOf(r.Stream)
+	if err := d.DecodeDefinitions(r.Defs, tn); err != nil {
+		return 0, fmt.Errorf("journal: write-ahead log record: %w", err)
+	}
 	if r.Kind == Stream {
 		_, err = d.DecodeStream(r.Frame, b)
 	} else {
@@ -82,6 +88,25 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 		j.cfg.Spans.ReplaySpans(tn, b.Now, d.Spans, d.SpanResults, b.Cutoff, sample)
 	}
 	return due, nil
+}
+
+// seriesOf returns the series references of stream id as the records
+// replayed so far declared them; for id 0 (a Submit, or a record before
+// references) an empty table.
+func (j *Journal) seriesOf(id uint64) *codec.Series {
+	if id == 0 {
+		j.submit.Reset()
+		return &j.submit
+	}
+	if j.series == nil {
+		j.series = make(map[uint64]*codec.Series)
+	}
+	t := j.series[id]
+	if t == nil {
+		t = new(codec.Series)
+		j.series[id] = t
+	}
+	return t
 }
 
 // dropRefused takes the items refused when the batch came in out of the

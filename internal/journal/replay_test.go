@@ -72,6 +72,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	for _, r := range []journal.Record{
 		{Kind: journal.Stream, Tenant: "acme", Now: 1_700_000_000_000_000_000, Frame: []byte{0x08, 0x07}},
 		{Kind: journal.Submit, Tenant: "", Now: 1, Refused: []journal.Item{{Kind: aggdv1.ItemKind_ITEM_KIND_SPAN, Index: 3}, {Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: 0}}, Frame: []byte{}},
+		{Kind: journal.Stream, Tenant: "acme", Now: 2, Stream: 1<<40 | 7, Defs: []byte{0x0a, 0x02, 0x50, 0x03}, Frame: []byte{0x08, 0x01}},
 	} {
 		got, err := journal.ParseRecord(journal.AppendRecord(nil, r))
 		if err != nil {
@@ -80,6 +81,11 @@ func TestRecordRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, r) {
 			t.Fatalf("got %+v, want %+v", got, r)
 		}
+	}
+	// A record of version 1, before streams and definitions, still reads.
+	v1 := []byte{1, byte(journal.Stream), 4, 'a', 'c', 'm', 'e', 9, 0, 0x08, 0x07}
+	if got, err := journal.ParseRecord(v1); err != nil || got.Tenant != "acme" || got.Now != 9 || got.Stream != 0 || got.Defs != nil || string(got.Frame) != "\x08\x07" {
+		t.Fatalf("version 1 record: %+v, %v", got, err)
 	}
 	sub := journal.AppendSubmit(nil, "t", 5, []byte{0x0a, 0x00})
 	got, err := journal.ParseRecord(sub)

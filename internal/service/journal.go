@@ -43,10 +43,17 @@ func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.K
 		// Items forwarded are in their owners' logs: replay skips them as
 		// it skips the refused ones.
 		st.refused = st.out.appendTaken(st.refused, res, spRes)
+		// The generation does not change before Leave: the definitions
+		// it lacks go with the record.
+		defs := st.series.LogDefinitions(j.Generation(), st.batch.Samples)
 		st.rec = journal.AppendRecord(st.rec[:0], journal.Record{
-			Kind: kind, Tenant: st.batch.Tenant.ID, Now: st.batch.Now, Refused: st.refused, Frame: st.frame.Buf,
+			Kind: kind, Tenant: st.batch.Tenant.ID, Now: st.batch.Now, Refused: st.refused,
+			Stream: st.stream, Defs: defs, Frame: st.frame.Buf,
 		})
 		idx, err = j.Append(st.rec, j.BatchDue(&st.batch, st.dec.Spans, st.dec.SpanResults))
+		if err != nil {
+			st.series.Unlog() // not recorded: the definitions are not in the log
+		}
 		if cap(st.rec) > 4<<20 {
 			st.rec = nil
 		}

@@ -184,6 +184,8 @@ func (s *Server) forwarded(ctx context.Context, dec func(any) error, token strin
 	defer release()
 	st.peer = true
 	defer func() { st.peer = false }()
+	st.series.Reset() // peers send full names
+	st.stream = 0
 	st.dec.Reset(&st.batch)
 	st.dec.ForTenant(tn)
 	st.batch.Tenant = tn

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,12 +61,21 @@ type Server struct {
 	room         MemoryRoom
 	inflight     atomic.Int64 // bytes reserved by requests being decoded
 	fwd          Forwarder
+	// streamBase and streams number the streams for the write-ahead
+	// log, uniquely across runs.
+	streamBase uint64
+	streams    atomic.Uint64
 }
 
 // New returns a server that ingests into ing.
 func New(ing Ingester, tenants *Tenants, lim codec.Limits, log *slog.Logger) *Server {
 	s := &Server{ing: ing, tenants: tenants, lim: lim, log: log}
-	s.states.New = func() any { return &callState{dec: codec.NewDecoder(lim)} }
+	s.states.New = func() any {
+		st := &callState{dec: codec.NewDecoder(lim)}
+		st.dec.Series = &st.series
+		return st
+	}
+	s.streamBase = rand.Uint64() &^ (1<<32 - 1)
 	return s
 }
 
@@ -206,6 +216,10 @@ type callState struct {
 	refused []journal.Item
 	out     Outgoing
 	peer    bool // the batch came from a peer: not forwarded again
+	// series are the call's series references; stream numbers the
+	// stream for the write-ahead log (0 for Submit).
+	series codec.Series
+	stream uint64
 }
 
 func (s *Server) getState() *callState { return s.states.Get().(*callState) }
@@ -229,6 +243,8 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 	}
 	st := s.getState()
 	defer s.putState(st)
+	st.series.Reset()
+	st.stream = s.streamBase | s.streams.Add(1)&(1<<32-1)
 	resp := &aggdv1.StreamResponse{Ack: &st.ack}
 	var last uint64 // highest sequence taken on this stream
 	var deadline time.Time
@@ -325,6 +341,8 @@ func (s *Server) submitHandler(_ any, ctx context.Context, dec func(any) error, 
 		st.dec.ForTenant(tenant)
 		st.batch.Tenant = tenant
 		st.batch.Now = time.Now().UnixNano()
+		st.series.Reset() // a Submit's references live for the request
+		st.stream = 0
 		if err := st.dec.DecodeSubmit(st.frame.Buf, &st.batch); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}

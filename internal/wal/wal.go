@@ -305,6 +305,14 @@ func (l *Log) Enter() { l.gate.RLock() }
 // Leave ends what Enter began.
 func (l *Log) Leave() { l.gate.RUnlock() }
 
+// Generation returns the id of the generation records are appended to.
+// Between Enter and Leave it does not change.
+func (l *Log) Generation() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cur.id
+}
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Append writes rec, whose contents wait for flush ticks up to due, and

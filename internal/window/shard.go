@@ -29,6 +29,9 @@ type context struct {
 	// plus the counter expiry; counting says it is in Shard.counters.
 	zeroFrom, zeroUntil int64
 	counting            bool
+	// gone is set when the context is forgotten, for the Handles that
+	// still point to it.
+	gone bool
 }
 
 type bucketKey struct{ start, width int64 }
@@ -139,10 +142,7 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 			return ReasonTypeConflict
 		}
 	}
-	i, ok := b.index[c]
-	if !ok {
-		i = b.newSlot(c, s.Type)
-	}
+	i := sh.slotOf(b, c, s)
 	sl := &b.slots[i]
 	if sl.typ != s.Type {
 		return ReasonTypeConflict
@@ -165,6 +165,26 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 		}
 	}
 	return Accepted
+}
+
+// slotOf returns the index of c's slot in b, creating it. A sample's
+// Handle remembers the index, so that a series reference's next sample in
+// the same bucket skips the bucket's map.
+func (sh *Shard) slotOf(b *Bucket, c *context, s *Sample) int32 {
+	h := s.Handle
+	if h != nil && h.c == c {
+		if j := h.slot; int(j) < len(b.slots) && b.slots[j].ctx == c {
+			return j
+		}
+	}
+	i, ok := b.index[c]
+	if !ok {
+		i = b.newSlot(c, s.Type)
+	}
+	if h != nil {
+		h.slot = i
+	}
+	return i
 }
 
 func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, ts int64, weight float64) Reason {
@@ -233,12 +253,24 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 // context finds or creates the context of s. Past its tenant's bound it
 // returns the overflow context, or nil when the shard folds elsewhere.
 func (sh *Shard) context(t *Tenant, s *Sample, now int64) *context {
+	if h := s.Handle; h != nil {
+		if c := h.c; c != nil && !c.gone && c.tenant == t {
+			c.seen = now
+			if c.samples != math.MaxUint32 {
+				c.samples++
+			}
+			return c
+		}
+	}
 	head := sh.contexts[s.Hash]
 	for c := head; c != nil; c = c.next {
 		if c.tenant == t && c.key == string(s.Key) {
 			c.seen = now
 			if c.samples != math.MaxUint32 {
 				c.samples++
+			}
+			if s.Handle != nil {
+				s.Handle.c = c
 			}
 			return c
 		}
@@ -253,7 +285,11 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) *context {
 		t.Overflowed.Add(1)
 		return sh.overflow(t, s.Type, now)
 	}
-	return sh.newContext(t, string(s.Key), s.Hash, head, now)
+	c := sh.newContext(t, string(s.Key), s.Hash, head, now)
+	if s.Handle != nil {
+		s.Handle.c = c
+	}
+	return c
 }
 
 func (sh *Shard) newContext(t *Tenant, key string, hash uint64, head *context, now int64) *context {
@@ -514,6 +550,7 @@ func (sh *Shard) forget(c *context) {
 	sh.all[len(sh.all)-1] = nil
 	sh.all = sh.all[:len(sh.all)-1]
 	c.tenant.Contexts.Add(-1)
+	c.gone = true
 }
 
 // ContextStat is a context and its sample count, for introspection.

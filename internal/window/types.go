@@ -67,6 +67,8 @@ const (
 	// ReasonOwnerUnavailable: in cluster mode, the replica owning the
 	// item could not be reached in time; sending it again is safe.
 	ReasonOwnerUnavailable
+	ReasonUnknownSeries
+	ReasonInvalidSeriesRef
 	NumReasons
 )
 
@@ -75,7 +77,7 @@ var reasonNames = [NumReasons]string{
 	"invalid_sample_rate", "invalid_utf8", "too_many_tags", "tag_too_long",
 	"invalid_host", "type_conflict", "too_old", "too_new", "set_limit",
 	"tenant_limit", "invalid_status", "invalid_event", "unsupported",
-	"duplicate_sequence", "owner_unavailable",
+	"duplicate_sequence", "owner_unavailable", "unknown_series", "invalid_series_ref",
 }
 
 // String returns the snake_case code of r.
@@ -146,9 +148,23 @@ type Sample struct {
 	Hist *HistPoint
 
 	// Key is the canonical context key (see AppendKey) and Hash its hash;
-	// both are set by Prepare.
+	// both are set by Prepare, or copied from a series reference's
+	// definition.
 	Key  []byte
 	Hash uint64
+	// Handle, when set, caches the context of a series reference: Add
+	// finds the context through it without a map probe, and fills it.
+	Handle *Handle
+}
+
+// Handle caches the context a series reference of one stream resolved to,
+// so that the reference's samples skip hashing and the map probe. A
+// context that expired is found again by its key. A Handle is read and
+// written only under the lock of the shard its series hashes to, by the
+// one goroutine that owns the stream.
+type Handle struct {
+	c    *context
+	slot int32 // index of c's slot in the bucket written last, a hint
 }
 
 // HistPoint is a distribution aggregated elsewhere: Counts[i] values at

@@ -591,3 +591,36 @@ func TestExpirySweepIsIncrementalAndComplete(t *testing.T) {
 		t.Fatalf("sum %v, want %v", sum, want)
 	}
 }
+
+// A Handle finds its context without a probe, and finds it again by key
+// once the context expired; it never keeps an expired context alive.
+func TestHandleSurvivesContextExpiry(t *testing.T) {
+	cfg := testConfig()
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	var h Handle
+	smp := Sample{Name: "a", Type: TypeCount, Value: 1, SampleRate: 1, Tags: []string{"k:v"}, Handle: &h}
+	smp.Prepare(tn, nil)
+	if r := sh.Add(tn, &smp, t0); r != Accepted || h.c == nil {
+		t.Fatalf("first add: %v, handle %v", r, h.c)
+	}
+	first := h.c
+	if r := sh.Add(tn, &smp, t0+1); r != Accepted || h.c != first || first.samples != 2 {
+		t.Fatalf("second add: %v, handle moved or samples %d", r, first.samples)
+	}
+	ttl := int64(cfg.ContextTTL)
+	collect(sh.Drain(t0+ttl+2*sec, false, nil))
+	if sh.Contexts() != 0 || !first.gone {
+		t.Fatalf("%d contexts after the TTL, gone %v; want 0, true", sh.Contexts(), first.gone)
+	}
+	now := t0 + ttl + 3*sec
+	if r := sh.Add(tn, &smp, now); r != Accepted || h.c == first || h.c == nil || sh.Contexts() != 1 || tn.Contexts.Load() != 1 {
+		t.Fatalf("add after expiry: %v, contexts %d (tenant %d), handle renewed %v", r, sh.Contexts(), tn.Contexts.Load(), h.c != first)
+	}
+	// A sample by full name reaches the context the handle holds.
+	plain := Sample{Name: "a", Type: TypeCount, Value: 1, SampleRate: 1, Tags: []string{"k:v"}}
+	plain.Prepare(tn, nil)
+	if r := sh.Add(tn, &plain, now); r != Accepted || sh.Contexts() != 1 || h.c.samples != 2 {
+		t.Fatalf("full-name add: %v, contexts %d, samples %d", r, sh.Contexts(), h.c.samples)
+	}
+}

@@ -636,6 +636,23 @@ func (x *Batch) GetSpans() []*Span {
 }
 
 // Sample is one or several measurements of one context.
+//
+// On a Stream, a client may name a series once and refer to it afterwards
+// by a small number of its choosing, series_ref, scoped to that stream:
+//
+//   - a Sample with series_ref and name declares the reference as the
+//     series (name, type, host, tags) and is a sample of it; declaring a
+//     reference again replaces what it named;
+//   - a Sample with series_ref and no name is a sample of the series the
+//     reference names: it carries value or values, set_member, sample_rate
+//     and timestamp_unix_nano only (type, when set, must be the declared
+//     one); a reference never declared on the stream, or whose declaration
+//     was refused, is refused as unknown_series, and the client declares
+//     it again.
+//
+// References live as long as their stream: after a reconnect a client
+// declares them again. Samples with and without references mix freely in
+// a batch. On Submit, a reference lives for the one request.
 type Sample struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -653,8 +670,11 @@ type Sample struct {
 	SampleRate float64 `protobuf:"fixed64,8,opt,name=sample_rate,json=sampleRate,proto3" json:"sample_rate,omitempty"`
 	// timestamp_unix_nano is the time of the measurement; 0 means arrival time.
 	TimestampUnixNano int64 `protobuf:"varint,9,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// series_ref, when not 0, declares (with name) or uses (without) a series
+	// reference of the stream, in [1, 1048576].
+	SeriesRef     uint32 `protobuf:"varint,10,opt,name=series_ref,json=seriesRef,proto3" json:"series_ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Sample) Reset() {
@@ -746,6 +766,13 @@ func (x *Sample) GetSampleRate() float64 {
 func (x *Sample) GetTimestampUnixNano() int64 {
 	if x != nil {
 		return x.TimestampUnixNano
+	}
+	return 0
+}
+
+func (x *Sample) GetSeriesRef() uint32 {
+	if x != nil {
+		return x.SeriesRef
 	}
 	return 0
 }
@@ -1162,8 +1189,8 @@ type Rejection struct {
 	Kind  ItemKind               `protobuf:"varint,1,opt,name=kind,proto3,enum=aggd.v1.ItemKind" json:"kind,omitempty"`
 	// index of the item within its list in the Batch.
 	Index uint32 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	// reason is a stable snake_case code such as invalid_value, too_old or
-	// type_conflict.
+	// reason is a stable snake_case code such as invalid_value, too_old,
+	// type_conflict or unknown_series.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// detail is a human-readable explanation.
 	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
@@ -1247,7 +1274,7 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\asamples\x18\x01 \x03(\v2\x0f.aggd.v1.SampleR\asamples\x12&\n" +
 	"\x06events\x18\x02 \x03(\v2\x0e.aggd.v1.EventR\x06events\x12<\n" +
 	"\x0eservice_checks\x18\x03 \x03(\v2\x15.aggd.v1.ServiceCheckR\rserviceChecks\x12#\n" +
-	"\x05spans\x18\x04 \x03(\v2\r.aggd.v1.SpanR\x05spans\"\x8b\x02\n" +
+	"\x05spans\x18\x04 \x03(\v2\r.aggd.v1.SpanR\x05spans\"\xaa\x02\n" +
 	"\x06Sample\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.aggd.v1.MetricTypeR\x04type\x12\x14\n" +
@@ -1259,7 +1286,10 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\x04host\x18\a \x01(\tR\x04host\x12\x1f\n" +
 	"\vsample_rate\x18\b \x01(\x01R\n" +
 	"sampleRate\x12.\n" +
-	"\x13timestamp_unix_nano\x18\t \x01(\x03R\x11timestampUnixNano\"\xbf\x02\n" +
+	"\x13timestamp_unix_nano\x18\t \x01(\x03R\x11timestampUnixNano\x12\x1d\n" +
+	"\n" +
+	"series_ref\x18\n" +
+	" \x01(\rR\tseriesRef\"\xbf\x02\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12.\n" +

@@ -1,0 +1,84 @@
+package codec
+
+import (
+	"fmt"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// loadBatches encodes StreamRequests of batch samples covering contexts
+// counters and gauges once. With refs, series i is reference i+1: the
+// declaring requests name every series, the others refer to them.
+func loadBatches(contexts, batch int, refs bool) (declare, use [][]byte) {
+	for start := 0; start < contexts; start += batch {
+		var decl, by aggdv1.Batch
+		for c := start; c < start+batch; c++ {
+			s := &aggdv1.Sample{
+				Name: fmt.Sprintf("load.metric.%d", c%500), Type: aggdv1.MetricType(1 + c%2), Value: float64(c % 97),
+				Host: fmt.Sprintf("host-%d", c%50), Tags: []string{fmt.Sprintf("ctx:%d", c/500), "env:prod", "service:api", fmt.Sprintf("az:%d", c%3)},
+			}
+			if refs {
+				s.SeriesRef = uint32(c + 1)
+				by.Samples = append(by.Samples, &aggdv1.Sample{SeriesRef: uint32(c + 1), Value: float64(c % 89)})
+			} else {
+				by.Samples = append(by.Samples, s)
+			}
+			decl.Samples = append(decl.Samples, s)
+		}
+		d, _ := proto.Marshal(&aggdv1.StreamRequest{Sequence: 1, Batch: &decl})
+		u, _ := proto.Marshal(&aggdv1.StreamRequest{Sequence: 1, Batch: &by})
+		declare, use = append(declare, d), append(use, u)
+	}
+	return declare, use
+}
+
+// BenchmarkDecodeAdd is the per-sample cost of the ingest path after the
+// transport: decode (validate, canonicalise and hash a full name, or
+// resolve a series reference) and add into an existing context of a
+// shard, over 100k counters and gauges in 500-sample batches.
+func BenchmarkDecodeAdd(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		refs bool
+	}{{"full-name", false}, {"series-ref", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			const contexts, batch = 100_000, 500
+			declare, use := loadBatches(contexts, batch, mode.refs)
+			d := NewDecoder(DefaultLimits())
+			d.Series = new(Series)
+			sh := window.NewShard(window.DefaultConfig())
+			tn := window.NewTenant("t")
+			var bt window.Batch
+			now := int64(1_700_000_000_000_000_000)
+			run := func(data []byte) {
+				d.Reset(&bt)
+				bt.Tenant = tn
+				if _, err := d.DecodeStream(data, &bt); err != nil {
+					b.Fatal(err)
+				}
+				for i := range bt.Samples {
+					if bt.Results[i] != window.Accepted {
+						b.Fatalf("sample %d: %v: %s", i, bt.Results[i], d.Detail[i])
+					}
+					if r := sh.Add(tn, &bt.Samples[i], now); r != window.Accepted {
+						b.Fatal(r)
+					}
+				}
+			}
+			for _, data := range declare {
+				run(data)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				run(use[i%len(use)])
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/sample")
+			b.ReportMetric(float64(len(use[0]))/batch, "bytes/sample")
+		})
+	}
+}
