@@ -23,8 +23,9 @@ func TestClientRefusalsDoNotWedge(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	// 2000 samples of about 100 bytes: one batch of about 200 KB.
-	big := client.New(in.conn, client.Options{BatchSize: 2000, Metadata: map[string]string{"x-tenant-id": "big"}})
+	// 2000 samples of about 100 bytes: one batch of about 200 KB (with
+	// full names: by series reference it would fit).
+	big := client.New(in.conn, client.Options{BatchSize: 2000, FullNames: true, Metadata: map[string]string{"x-tenant-id": "big"}})
 	const n = 2000
 	tag := "pad:" + strings.Repeat("x", 80)
 	for i := range n {

@@ -59,6 +59,9 @@ type options struct {
 	// -addr; pairs > 0 alternates runs against -addr and that server.
 	baseline bool
 	pairs    int
+	// refs sends samples by series reference: each stream declares a
+	// context (full name and reference) the first time it sends it.
+	refs bool
 }
 
 func main() {
@@ -82,6 +85,7 @@ func main() {
 	flag.IntVar(&o.spansPerTrace, "spans-per-trace", 0, "send spans, this many per trace, instead of samples (every batch carries new traces)")
 	flag.BoolVar(&o.baseline, "baseline", false, "send to a naive baseline server started in this process (standard codec, no aggregation) instead of -addr")
 	flag.IntVar(&o.pairs, "pairs", 0, "run this many interleaved pairs, -addr then the baseline, and print the ratios")
+	flag.BoolVar(&o.refs, "refs", false, "send samples by series reference, each context declared once per stream, instead of with full names")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -161,10 +165,13 @@ func parseMix(s string) ([]aggdv1.MetricType, error) {
 
 // template is a pre-encoded batch and where its trace ids are: sending
 // writes a fresh counter into the first 8 bytes of each, so that every
-// batch carries new traces.
+// batch carries new traces. With -refs, declare is the batch that
+// declares its contexts' series references, sent first on each stream,
+// and data refers to them.
 type template struct {
-	data   []byte
-	traces []int // offsets of trace id bytes
+	data    []byte
+	declare []byte
+	traces  []int // offsets of trace id bytes
 }
 
 // encodeSpanBatches pre-encodes span batches whose contexts (service,
@@ -217,16 +224,18 @@ func encodeSpanBatches(o options) ([]template, error) {
 	return out, nil
 }
 
-// encodeBatches pre-encodes batches covering every context once.
-func encodeBatches(o options) ([][]byte, error) {
+// encodeBatches pre-encodes batches covering every context once: with
+// o.refs, each as the batch declaring its contexts' series references
+// (context i is reference i+1) and the batch using them.
+func encodeBatches(o options) ([]template, error) {
 	mix, err := parseMix(o.mix)
 	if err != nil {
 		return nil, err
 	}
 	rng := rand.New(rand.NewPCG(o.seed, 0))
-	var out [][]byte
+	var out []template
 	for start := 0; start < o.contexts; start += o.batch {
-		b := &aggdv1.Batch{}
+		b, byRef := &aggdv1.Batch{}, &aggdv1.Batch{}
 		for i := start; i < start+o.batch; i++ {
 			c := i % o.contexts
 			s := &aggdv1.Sample{
@@ -240,13 +249,24 @@ func encodeBatches(o options) ([][]byte, error) {
 			if s.Type == aggdv1.MetricType_METRIC_TYPE_SET {
 				s.SetMember = "user-" + strconv.Itoa(rng.IntN(100))
 			}
+			if o.refs {
+				s.SeriesRef = uint32(c + 1)
+				byRef.Samples = append(byRef.Samples, &aggdv1.Sample{SeriesRef: s.SeriesRef, Value: s.Value, SetMember: s.SetMember})
+			}
 			b.Samples = append(b.Samples, s)
 		}
 		data, err := gproto.Marshal(b)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, data)
+		t := template{data: data}
+		if o.refs {
+			t.declare = data
+			if t.data, err = gproto.Marshal(byRef); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, t)
 	}
 	return out, nil
 }
@@ -265,6 +285,8 @@ func run(ctx context.Context, o options) (*result, error) {
 		return nil, errors.New("-duration must be in (0, 10m]")
 	case o.streams < 1 || o.batch < 1 || o.contexts < 1 || o.tenants < 1 || o.inflight < 1 || o.tags < 1:
 		return nil, errors.New("-streams, -batch, -contexts, -tenants, -inflight and -tags must be positive")
+	case o.refs && (o.spansPerTrace > 0 || o.contexts+o.batch > 1<<20):
+		return nil, errors.New("-refs sends samples of at most 1048576 contexts (references), not spans")
 	}
 	var templates []template
 	if o.spansPerTrace > 0 {
@@ -277,13 +299,11 @@ func run(ctx context.Context, o options) (*result, error) {
 		}
 		templates = ts
 	} else {
-		bs, err := encodeBatches(o)
+		ts, err := encodeBatches(o)
 		if err != nil {
 			return nil, err
 		}
-		for _, b := range bs {
-			templates = append(templates, template{data: b})
-		}
+		templates = ts
 	}
 	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{encoding.GetCodecV2(proto.Name)})))
@@ -371,6 +391,7 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 	}()
 	next := time.Now()
 	var seq uint64
+	declared := make([]bool, len(batches)) // by template, with -refs
 	for i := id * 7; ctx.Err() == nil; i++ {
 		if o.batches > 0 && int64(seq) >= o.batches {
 			break
@@ -392,12 +413,16 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 			break
 		}
 		t := batches[i%len(batches)]
-		req := protowire.AppendTag(make([]byte, 0, len(t.data)+16), 1, protowire.VarintType)
+		data := t.data
+		if t.declare != nil && !declared[i%len(batches)] {
+			data, declared[i%len(batches)] = t.declare, true
+		}
+		req := protowire.AppendTag(make([]byte, 0, len(data)+16), 1, protowire.VarintType)
 		req = protowire.AppendVarint(req, seq)
 		req = protowire.AppendTag(req, 2, protowire.BytesType)
-		req = protowire.AppendBytes(req, t.data)
+		req = protowire.AppendBytes(req, data)
 		if len(t.traces) > 0 { // fresh trace ids: stream, sequence, round
-			body := req[len(req)-len(t.data):]
+			body := req[len(req)-len(data):]
 			fresh := uint64(id+1)<<48 | seq<<8 | 1
 			for _, off := range t.traces {
 				binary.BigEndian.PutUint64(body[off:], fresh)

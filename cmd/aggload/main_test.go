@@ -123,3 +123,28 @@ func TestPairsRunAggdAndBaselineAlternately(t *testing.T) {
 		t.Fatalf("report:\n%s", out.String())
 	}
 }
+
+// With -refs every stream declares each context's reference the first
+// time it sends it and then sends references: every sample is accepted
+// into the same contexts as with full names.
+func TestRefsModeDeclaresOncePerStream(t *testing.T) {
+	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	addr := servicetest.Serve(t, agg)
+	o := options{addr: addr, streams: 2, batch: 100, contexts: 1000, tenants: 1, tags: 3, mix: "gauge:1,count:1,set:1,distribution:1",
+		duration: 30 * time.Second, batches: 25, inflight: 4, seed: 1, refs: true}
+	r, err := run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.accepted != 5000 || r.rejects != 0 {
+		t.Fatalf("accepted %d, rejected %d (%s); want 5000, 0", r.accepted, r.rejects, r.firstReject)
+	}
+	if n := agg.Contexts(); n != 1000 {
+		t.Fatalf("%d contexts, want 1000", n)
+	}
+	full, _ := encodeBatches(options{batch: 100, contexts: 100, tags: 3, mix: "count:1", seed: 1})
+	refs, _ := encodeBatches(options{batch: 100, contexts: 100, tags: 3, mix: "count:1", seed: 1, refs: true})
+	if len(refs[0].data)*3 > len(full[0].data) || len(refs[0].declare) <= len(full[0].data) {
+		t.Fatalf("a batch by reference is %d bytes, with full names %d", len(refs[0].data), len(full[0].data))
+	}
+}

@@ -182,7 +182,7 @@ func (d *Decoder) DecodeDefinitions(defs []byte, t *window.Tenant) error {
 			continue
 		}
 		d.arena = s.Prepare(t, d.arena)
-		d.Series.declare(ref, &s)
+		d.Series.declare(ref, 0, &s)
 	}
 	return nil
 }
@@ -279,7 +279,7 @@ func (d *Decoder) addSample(buf []byte, b *window.Batch) {
 		if r, detail = d.validate(s); r == window.Accepted {
 			d.arena = s.Prepare(b.Tenant, d.arena)
 			if ref != 0 {
-				d.Series.declare(ref, s)
+				d.Series.declare(ref, len(b.Samples)-1, s)
 			}
 		} else if ref != 0 {
 			d.Series.forget(ref) // a refused declaration leaves ref undeclared

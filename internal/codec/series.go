@@ -51,6 +51,9 @@ type seriesDef struct {
 	typ        window.MetricType
 	handle     window.Handle
 	logged     uint64 // write-ahead log generation last holding the definition
+	// declaredAt is 1 + the index of the sample of the batch decoded last
+	// that first declared the reference; 0 when none did.
+	declaredAt int32
 }
 
 // Reset forgets every reference, keeping the table's memory unless it
@@ -67,6 +70,11 @@ func (t *Series) Reset() {
 
 // beginBatch forgets what the last batch used and declared.
 func (t *Series) beginBatch() {
+	for _, ref := range t.declared {
+		if def := t.def(ref); def != nil {
+			def.declaredAt = 0
+		}
+	}
 	t.used, t.declared, t.log, t.marked = t.used[:0], t.declared[:0], t.log[:0], t.marked[:0]
 }
 
@@ -93,18 +101,23 @@ func (t *Series) slot(ref uint32) *seriesDef {
 	return &t.pages[p][ref%seriesPage]
 }
 
-// declare makes ref name the series of s, which is validated and keyed.
-func (t *Series) declare(ref uint32, s *window.Sample) {
+// declare makes ref name the series of s, sample i of the batch, which
+// is validated and keyed.
+func (t *Series) declare(ref uint32, i int, s *window.Sample) {
 	t.declared = append(t.declared, ref)
 	def := t.slot(ref)
+	if def.declaredAt == 0 {
+		def.declaredAt = int32(i) + 1
+	}
 	if def.key == string(s.Key) && def.typ == s.Type && def.key != "" {
 		s.Handle = &def.handle
 		return
 	}
+	at := def.declaredAt
 	key := string(s.Key)
 	name, host, tags := window.SplitKey(key, t.tags[:0])
 	t.tags = tags[:0]
-	*def = seriesDef{key: key, name: name, host: host, hash: s.Hash, typ: s.Type}
+	*def = seriesDef{key: key, name: name, host: host, hash: s.Hash, typ: s.Type, declaredAt: at}
 	if len(tags) > 0 {
 		def.tags = append([]string(nil), tags...)
 	}
@@ -150,8 +163,8 @@ func (t *Series) LogDefinitions(gen uint64, samples []window.Sample) []byte {
 	t.log, t.marked = t.log[:0], t.marked[:0]
 	for _, u := range t.used {
 		def := t.def(u.ref)
-		if def == nil || def.logged == gen {
-			continue // gone since, or held: by gen, or by this record
+		if def == nil || def.logged == gen || def.declaredAt != 0 && int(def.declaredAt-1) < int(u.sample) {
+			continue // gone since, or held: by gen, by this record, or by its frame before u
 		}
 		t.mark(u.ref, def, gen)
 		s := &samples[u.sample]

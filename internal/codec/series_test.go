@@ -2,6 +2,7 @@ package codec
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -80,5 +81,51 @@ func BenchmarkDecodeAdd(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/sample")
 			b.ReportMetric(float64(len(use[0]))/batch, "bytes/sample")
 		})
+	}
+}
+
+// TestLogDefinitionsOncePerGeneration checks which definitions a batch's
+// record carries: none that its frame declares before use, those of the
+// references it uses that its generation lacks, once per generation,
+// and, for a reference declared anew within the batch, the definition
+// its earlier samples used.
+func TestLogDefinitionsOncePerGeneration(t *testing.T) {
+	d := NewDecoder(DefaultLimits())
+	d.Series = new(Series)
+	tn := window.NewTenant("t")
+	var b window.Batch
+	decl := func(name string, ref uint32) *aggdv1.Sample {
+		return &aggdv1.Sample{Name: name, Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, SeriesRef: ref}
+	}
+	use := func(ref uint32) *aggdv1.Sample { return &aggdv1.Sample{SeriesRef: ref, Value: 1} }
+	for i, c := range []struct {
+		gen     uint64
+		samples []*aggdv1.Sample
+		want    string // names of the definitions logged
+	}{
+		{1, []*aggdv1.Sample{decl("a", 1), use(1), decl("b", 2)}, ""},
+		{1, []*aggdv1.Sample{use(1), use(2)}, ""},
+		{2, []*aggdv1.Sample{use(2), use(1), use(2)}, "b a"},
+		{3, []*aggdv1.Sample{use(1), decl("c", 1), use(1)}, "a"},
+		{3, []*aggdv1.Sample{use(1)}, ""},
+		{4, []*aggdv1.Sample{decl("c", 1), use(1)}, ""},
+	} {
+		data, _ := proto.Marshal(&aggdv1.StreamRequest{Batch: &aggdv1.Batch{Samples: c.samples}})
+		d.Reset(&b)
+		b.Tenant = tn
+		if _, err := d.DecodeStream(data, &b); err != nil {
+			t.Fatal(err)
+		}
+		var defs aggdv1.Batch
+		if err := proto.Unmarshal(d.Series.LogDefinitions(c.gen, b.Samples), &defs); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, s := range defs.Samples {
+			names = append(names, s.Name)
+		}
+		if got := strings.Join(names, " "); got != c.want {
+			t.Errorf("batch %d: definitions %q, want %q", i, got, c.want)
+		}
 	}
 }
