@@ -52,7 +52,7 @@ type RuleEngine interface {
 	// aggregator's; cutoff is as for ObserveSample.
 	ObserveEvent(t *window.Tenant, e *window.Event, now, cutoff int64)
 	// Drain appends the outputs of the windows due at tick.
-	Drain(tick int64, all bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric
+	Drain(tick int64, final bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric
 	// Due returns a tick by which every window a sample at ts falls in
 	// is drained.
 	Due(ts int64) int64
@@ -69,9 +69,9 @@ func (a *Aggregator) Shards() int { return len(a.shards) }
 type EventHolder interface {
 	// Hold takes e and reports true, or reports false to leave it.
 	Hold(e *window.Event, now int64) bool
-	// Release returns the held events to flush at tick (all when all is
+	// Release returns the held events to flush at tick (all of them at the
 	// set).
-	Release(tick int64, all bool) []window.Event
+	Release(tick int64, final bool) []window.Event
 }
 
 // SetEventHolder makes a pass events through h. Call it before ingesting.
@@ -244,16 +244,16 @@ func (a *Aggregator) Contexts() int {
 	return n
 }
 
-// drain takes every bucket due at tick (all of them when all is set) and
+// drain takes every bucket due at tick (all of them when final is set) and
 // the buffered events and checks. Each shard is locked only for its swap.
-func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
+func (a *Aggregator) drain(tick int64, final bool, f *window.Flush) {
 	for s := range a.all() {
 		s.mu.Lock()
-		f.Buckets = s.sh.Drain(tick, all, f.Buckets)
+		f.Buckets = s.sh.Drain(tick, final, f.Buckets)
 		s.mu.Unlock()
 	}
 	if a.rules != nil {
-		f.Extra = a.rules.Drain(tick, all, func(i int, fn func()) {
+		f.Extra = a.rules.Drain(tick, final, func(i int, fn func()) {
 			a.shards[i].mu.Lock()
 			fn()
 			a.shards[i].mu.Unlock()
@@ -264,7 +264,7 @@ func (a *Aggregator) drain(tick int64, all bool, f *window.Flush) {
 	f.Checks, a.checks = a.checks, nil
 	a.mu.Unlock()
 	if a.holder != nil {
-		f.Events = append(f.Events, a.holder.Release(tick, all)...)
+		f.Events = append(f.Events, a.holder.Release(tick, final)...)
 	}
 }
 

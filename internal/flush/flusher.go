@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 
@@ -107,8 +106,9 @@ type WAL interface {
 	// the windows; the flusher calls it before draining them.
 	Rotate() (uint64, error)
 	// Record notes that the flush of tick, drained after Rotate returned
-	// gen, was exported; the final flush passes math.MaxInt64.
-	Record(gen uint64, tick int64) error
+	// gen, was exported; final says it was the final flush, which drained
+	// everything.
+	Record(gen uint64, tick int64, final bool) error
 }
 
 // NewFlusher returns a flusher of agg into exp. cfg must be valid.
@@ -154,18 +154,19 @@ func (fl *Flusher) run() {
 	}
 }
 
-// Flush drains what is due at tick (everything when all is set), exports
-// it and releases it. Ticks normally call it; Shutdown calls it with all.
-func (fl *Flusher) Flush(tick time.Time, all bool) { fl.flush(context.Background(), tick, all) }
+// Flush drains what is due at tick (everything when final is set),
+// exports it and releases it. Ticks normally call it; Shutdown calls it
+// with final.
+func (fl *Flusher) Flush(tick time.Time, final bool) { fl.flush(context.Background(), tick, final) }
 
 // flush is Flush within ctx: its export ends at ctx's deadline if that
 // comes before the export timeout.
-func (fl *Flusher) flush(ctx context.Context, tick time.Time, all bool) {
+func (fl *Flusher) flush(ctx context.Context, tick time.Time, final bool) {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	start := time.Now()
 	ctx, span := fl.cfg.Tracer.Start(ctx, "aggd.flush",
-		trace.WithAttributes(attribute.Int64("aggd.tick", tick.Unix()), attribute.Bool("aggd.final", all)))
+		trace.WithAttributes(attribute.Int64("aggd.tick", tick.Unix()), attribute.Bool("aggd.final", final)))
 	defer span.End()
 	f := &fl.f
 	f.Time = tick.UnixNano()
@@ -176,7 +177,7 @@ func (fl *Flusher) flush(ctx context.Context, tick time.Time, all bool) {
 			fl.log.Error("write-ahead log rotation", "err", err)
 		}
 	}
-	fl.agg.drain(f.Time, all, f)
+	fl.agg.drain(f.Time, final, f)
 	for _, tn := range fl.tenants.List() {
 		tn.EventsInWindow.Store(0) // a new window of events_per_window
 		if n := items(tn); n != fl.seen[tn] {
@@ -216,7 +217,7 @@ func (fl *Flusher) flush(ctx context.Context, tick time.Time, all bool) {
 		fl.log.Debug("flushed", "tick", tick, "buckets", len(f.Buckets), "contexts", points,
 			"events", len(f.Events), "checks", len(f.Checks), "duration", time.Since(start))
 	}
-	fl.record(gen, f.Time, all, err)
+	fl.record(gen, f.Time, final, err)
 	f.Release()
 	f.Events, f.Checks = nil, nil
 }
@@ -233,7 +234,7 @@ func items(tn *window.Tenant) uint64 {
 // record tells the log what an exported flush carried. After a failed
 // export the log keeps every record, so that a restart replays what the
 // failure lost.
-func (fl *Flusher) record(gen uint64, tick int64, all bool, err error) {
+func (fl *Flusher) record(gen uint64, tick int64, final bool, err error) {
 	if fl.cfg.WAL == nil || fl.walHeld {
 		return
 	}
@@ -242,10 +243,7 @@ func (fl *Flusher) record(gen uint64, tick int64, all bool, err error) {
 		fl.log.Error("a flush failed: the write-ahead log keeps every record from now on; restart aggd to replay what was lost", "tick", time.Unix(0, tick))
 		return
 	}
-	if all {
-		tick = math.MaxInt64
-	}
-	if err := fl.cfg.WAL.Record(gen, tick); err != nil {
+	if err := fl.cfg.WAL.Record(gen, tick, final); err != nil {
 		fl.walHeld = true
 		fl.log.Error("write-ahead log checkpoint failed: it keeps every record from now on", "err", err)
 	}

@@ -429,16 +429,16 @@ func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, i int, ts int64,
 	return g
 }
 
-// Drain removes the windows due at tick (all of them when all is set),
+// Drain removes the windows due at tick (all of them when final is set),
 // merges them across shards and appends their outputs to out. Windows end
 // like buckets: at the first tick at or after their end plus grace. shard
 // states are read under their locks by lockShard.
-func (e *Engine) Drain(tick int64, all bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric {
+func (e *Engine) Drain(tick int64, final bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric {
 	merged := map[string]*group{}
 	var order []string
 	take := func(st *state) {
 		for k, g := range st.groups {
-			if !all && e.timing.Due(g.start, g.width) > tick {
+			if !final && e.timing.Due(g.start, g.width) > tick {
 				continue
 			}
 			delete(st.groups, k)

@@ -146,17 +146,17 @@ func judgeGroup(rules []Rule, value string, events []window.Event) bool {
 }
 
 // Release decides the groups quiet for logging.data_ttl at now (all of
-// them when all is set) and returns the events to flush: kept groups and
+// them when final is set) and returns the events to flush: kept groups and
 // later events of kept groups. Old decisions are forgotten after a
 // further data_ttl.
-func (g *GroupSampler) Release(now int64, all bool) []window.Event {
+func (g *GroupSampler) Release(now int64, final bool) []window.Event {
 	p := g.policy.Load()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if p != nil {
 		ttl := int64(p.LoggingTTL)
 		for k, gr := range g.groups {
-			if all || now-gr.last >= ttl {
+			if final || now-gr.last >= ttl {
 				delete(g.groups, k)
 				g.held -= len(gr.events)
 				g.decideLocked(p, k, gr, now)

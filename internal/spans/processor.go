@@ -146,10 +146,10 @@ func (r *Runner) Start(context.Context) error {
 	return nil
 }
 
-// export decides the traces due at now (all when all is set) and exports
+// export decides the traces due at now (all when final is set) and exports
 // the kept ones, within the runner's timeout and ctx.
-func (r *Runner) export(ctx context.Context, now time.Time, all bool) error {
-	traces := r.sampler.Advance(now.UnixNano(), all)
+func (r *Runner) export(ctx context.Context, now time.Time, final bool) error {
+	traces := r.sampler.Advance(now.UnixNano(), final)
 	if len(traces) == 0 {
 		return nil
 	}

@@ -356,9 +356,9 @@ func (r *Rule) matches(tv *traceVars) bool {
 }
 
 // Advance decides the traces quiet for the policy's data_ttl at now (every
-// held trace when all is set) and returns what is to be exported: kept
+// held trace when final is set) and returns what is to be exported: kept
 // traces and late spans of kept traces. It also forgets old decisions.
-func (s *Sampler) Advance(now int64, all bool) []Trace {
+func (s *Sampler) Advance(now int64, final bool) []Trace {
 	p := s.policy.Load()
 	ttl := int64(DefaultDataTTL)
 	if p != nil {
@@ -369,8 +369,8 @@ func (s *Sampler) Advance(now int64, all bool) []Trace {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		for k, tr := range sh.traces {
-			if all || now-tr.last >= ttl {
-				if all {
+			if final || now-tr.last >= ttl {
+				if final {
 					s.C.early(EarlyShutdown)
 				}
 				s.releaseLocked(sh, k, tr)

@@ -416,13 +416,17 @@ func (l *Log) Rotate() (uint64, error) {
 
 // Record notes that the flush of tick, which drained the windows after
 // Rotate returned generation gen, has its payloads safely queued: the
-// checkpoint is written, and the generations it covers removed. The
-// final flush, which drains everything, passes Final as tick.
-func (l *Log) Record(gen uint64, tick int64) error {
+// checkpoint is written, and the generations it covers removed. final says
+// it was the final flush, which drained everything: its checkpoint covers
+// every due time.
+func (l *Log) Record(gen uint64, tick int64, final bool) error {
+	if final {
+		tick = finalTick
+	}
 	l.mu.Lock()
 	cp := Checkpoint{Generation: gen, Tick: tick}
 	// After a final flush the next run starts its ticks again.
-	if cp.Generation < l.cp.Generation || (cp.Tick < l.cp.Tick && l.cp.Tick != Final) {
+	if cp.Generation < l.cp.Generation || (cp.Tick < l.cp.Tick && l.cp.Tick != finalTick) {
 		l.mu.Unlock()
 		return fmt.Errorf("wal: checkpoint %+v goes back from %+v", cp, l.cp)
 	}
@@ -699,5 +703,6 @@ func (l *Log) Stats() Stats {
 	return st
 }
 
-// Final is the tick the final flush records: it drains everything.
-const Final = math.MaxInt64
+// finalTick is the checkpoint tick of the final flush, which drains
+// everything: every due time is at or before it.
+const finalTick = math.MaxInt64

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -121,7 +120,7 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 	}
 	prev := l.Stats()
 	for _, s := range steps {
-		if err := l.Record(s.gen, s.tick); err != nil {
+		if err := l.Record(s.gen, s.tick, false); err != nil {
 			t.Fatal(err)
 		}
 		st := l.Stats()
@@ -134,7 +133,7 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 		}
 		prev = st
 	}
-	if err := l.Record(b2, 400); err == nil {
+	if err := l.Record(b2, 400, false); err == nil {
 		t.Fatal("a checkpoint going back was taken")
 	}
 	if err := l.Close(); err != nil {
@@ -153,7 +152,7 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 		t.Fatalf("replayed %d records, %d flushed, with %+v; want records 30-34, none flushed", len(got), flushed, l.Checkpoint())
 	}
 	// The replayed generation waits for a flush; a final one removes it.
-	if err := l.Record(rotate(t, l), math.MaxInt64); err != nil {
+	if err := l.Record(rotate(t, l), 300, true); err != nil {
 		t.Fatal(err)
 	}
 	if st := l.Stats(); st.Records != 0 || st.Generations != 1 {
@@ -161,7 +160,7 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 	}
 	// A new run's first tick may be below the final one.
 	appendN(t, l, 0, 1, 10)
-	if err := l.Record(rotate(t, l), 10); err != nil {
+	if err := l.Record(rotate(t, l), 10, false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -347,7 +346,7 @@ func TestConcurrentAppendsShareSyncs(t *testing.T) {
 			}
 			g, err := l.Rotate()
 			if err == nil {
-				err = l.Record(g, 0)
+				err = l.Record(g, 0, false)
 			}
 			if err != nil {
 				t.Error(err)

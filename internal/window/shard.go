@@ -366,7 +366,7 @@ func (sh *Shard) markedUntil(k bucketKey) int64 {
 }
 
 // Drain removes and appends to out every bucket due at tick: those whose end
-// plus grace is at or before tick, or all of them when all is set (the final
+// plus grace is at or before tick, or all of them when final is set (the final
 // flush).
 //
 // A flushed bucket that held a timestamped sample is kept until
@@ -379,7 +379,7 @@ func (sh *Shard) markedUntil(k bucketKey) int64 {
 //
 // Drain also forgets contexts idle for longer than the context TTL, a
 // bounded number per call.
-func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
+func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
 	sh.drains++
 	if sh.firstTick == 0 {
 		sh.firstTick = tick
@@ -391,7 +391,7 @@ func (sh *Shard) Drain(tick int64, all bool, out []*Bucket) []*Bucket {
 	sh.corrected = sh.corrected[:0]
 	start := len(out)
 	for k, b := range sh.buckets {
-		if all || sh.timing.Due(k.start, k.width) <= tick {
+		if final || sh.timing.Due(k.start, k.width) <= tick {
 			delete(sh.buckets, k)
 			out = sh.settle(k, b, out)
 		}
