@@ -47,10 +47,14 @@ func ackAll(seq uint64, b *aggdv1.Batch) *aggdv1.Ack {
 	return &aggdv1.Ack{Sequence: seq, Accepted: uint32(n)}
 }
 
-// startBaseline serves the baseline on a free loopback port and returns
-// its address and the function that stops it.
-func startBaseline() (addr string, stop func(), err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// startBaseline serves the baseline on addr (a loopback host:port; port 0
+// picks a free one) and returns its address and the function that stops
+// it.
+func startBaseline(addr string) (_ string, stop func(), err error) {
+	if host, _, err := net.SplitHostPort(addr); err != nil || !net.ParseIP(host).IsLoopback() {
+		return "", nil, fmt.Errorf("the baseline serves on a loopback address, not %q", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, err
 	}
@@ -67,15 +71,21 @@ func startBaseline() (addr string, stop func(), err error) {
 // pairRun is one round of interleaved runs: aggd's, then the baseline's.
 type pairRun struct{ aggd, base *result }
 
-// runPairs runs o against aggd and against a baseline served by this
-// process, alternating, pairs times, so that both see the same machine
-// load; it prints each pair and the ratios of acked samples per second.
+// runPairs runs o against aggd and against a baseline, alternating,
+// pairs times, so that both see the same machine load; it prints each pair
+// and the ratios of acked samples per second. The baseline is the one at
+// o.baselineAddr (aggload -serve-baseline in a process of its own, as aggd
+// is), or else one served by this process.
 func runPairs(ctx context.Context, o options, pairs int, w io.Writer) ([]pairRun, error) {
-	baseAddr, stop, err := startBaseline()
-	if err != nil {
-		return nil, err
+	baseAddr := o.baselineAddr
+	if baseAddr == "" {
+		addr, stop, err := startBaseline("127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		baseAddr = addr
 	}
-	defer stop()
 	var runs []pairRun
 	var ratios []float64
 	for i := range pairs {

@@ -59,6 +59,8 @@ type options struct {
 	// -addr; pairs > 0 alternates runs against -addr and that server.
 	baseline bool
 	pairs    int
+	// baselineAddr is a baseline served by another process, for -pairs.
+	baselineAddr string
 	// refs sends samples by series reference: each stream declares a
 	// context (full name and reference) the first time it sends it.
 	refs bool
@@ -85,6 +87,8 @@ func main() {
 	flag.IntVar(&o.spansPerTrace, "spans-per-trace", 0, "send spans, this many per trace, instead of samples (every batch carries new traces)")
 	flag.BoolVar(&o.baseline, "baseline", false, "send to a naive baseline server started in this process (standard codec, no aggregation) instead of -addr")
 	flag.IntVar(&o.pairs, "pairs", 0, "run this many interleaved pairs, -addr then the baseline, and print the ratios")
+	flag.StringVar(&o.baselineAddr, "baseline-addr", "", "with -pairs, the baseline at this address (aggload -serve-baseline) instead of one in this process")
+	serveBaseline := flag.String("serve-baseline", "", "only serve the naive baseline on this loopback address, for -duration or until interrupted")
 	flag.BoolVar(&o.refs, "refs", false, "send samples by series reference, each context declared once per stream, instead of with full names")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -100,6 +104,20 @@ func main() {
 		}
 		return
 	}
+	if *serveBaseline != "" {
+		addr, stopBaseline, err := startBaseline(*serveBaseline)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "aggload:", err)
+			os.Exit(1)
+		}
+		fmt.Println("baseline serving on", addr)
+		select {
+		case <-ctx.Done():
+		case <-time.After(o.duration):
+		}
+		stopBaseline()
+		return
+	}
 	if o.pairs > 0 {
 		if _, err := runPairs(ctx, o, o.pairs, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "aggload:", err)
@@ -108,7 +126,7 @@ func main() {
 		return
 	}
 	if o.baseline {
-		addr, stopBaseline, err := startBaseline()
+		addr, stopBaseline, err := startBaseline("127.0.0.1:0")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "aggload:", err)
 			os.Exit(1)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -121,6 +122,20 @@ func TestPairsRunAggdAndBaselineAlternately(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "over 2 interleaved pairs") {
 		t.Fatalf("report:\n%s", out.String())
+	}
+
+	// A baseline of another process (-serve-baseline, -baseline-addr).
+	base, stop, err := startBaseline("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	o.baselineAddr = base
+	if runs, err = runPairs(context.Background(), o, 1, io.Discard); err != nil || runs[0].base.accepted != 1000 {
+		t.Fatalf("pairs with an outside baseline: %v, %v", runs, err)
+	}
+	if _, _, err := startBaseline("0.0.0.0:0"); err == nil {
+		t.Fatal("the baseline served beyond loopback")
 	}
 }
 
