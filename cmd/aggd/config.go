@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/aggd/aggd/internal/codec"
+	configpkg "github.com/aggd/aggd/internal/config"
 	"github.com/aggd/aggd/internal/dogstatsd"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
@@ -175,6 +178,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if err := applySettings(fs, given, getenv); err != nil {
+		return c, err
+	}
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] || envErr != nil {
@@ -193,6 +199,40 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	c.values = map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { c.values[f.Name] = f.Value.String() })
 	return c, c.validate()
+}
+
+// applySettings sets the options of the configuration file's [aggd]
+// table that neither a flag nor the environment sets: a flag wins over
+// the environment, which wins over the file, which wins over the default.
+func applySettings(fs *flag.FlagSet, given map[string]bool, getenv func(string) string) error {
+	path := fs.Lookup("config").Value.String()
+	if !given["config"] && getenv("AGGD_CONFIG") != "" {
+		path = getenv("AGGD_CONFIG")
+	}
+	if path == "" {
+		return nil
+	}
+	settings, err := configpkg.LoadSettings(path, getenv)
+	errs := []error{err}
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		f := fs.Lookup(k)
+		switch {
+		case k == "config":
+			errs = append(errs, fmt.Errorf("%s: [aggd] config: the file cannot name another", path))
+		case f == nil:
+			var names []string
+			fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+			best := slices.MinFunc(names, func(a, b string) int { return distance(k, a) - distance(k, b) })
+			errs = append(errs, fmt.Errorf("%s: [aggd] %s is not an option (%s?)", path, k, best))
+		case given[k] || getenv(envName(k)) != "":
+			// the flag or the environment wins
+		default:
+			if err := f.Value.Set(settings[k]); err != nil {
+				errs = append(errs, fmt.Errorf("%s: [aggd] %s = %q: %w", path, k, settings[k], err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func envName(flagName string) string {

@@ -564,8 +564,10 @@ const redacted = "<redacted>"
 // redacted.
 func effectiveConfig(cfg config, file *configpkg.File, tenants []configpkg.Tenant) string {
 	flags := maps.Clone(cfg.values)
-	if flags["admin-token"] != "" {
-		flags["admin-token"] = redacted
+	for _, secret := range []string{"admin-token", "peer-token"} {
+		if flags[secret] != "" {
+			flags[secret] = redacted
+		}
 	}
 	type upstreamView struct {
 		configpkg.Upstream

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	configpkg "github.com/aggd/aggd/internal/config"
 )
 
 func TestSizesTakeUnits(t *testing.T) {
@@ -113,5 +115,62 @@ func TestValidate(t *testing.T) {
 		if !strings.Contains(out.String(), "error: ") || !strings.Contains(out.String(), want) {
 			t.Errorf("validate's output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestSettingsInTheFile checks the [aggd] table of --config: any option by
+// its flag name, below the environment and flags.
+func TestSettingsInTheFile(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "aggd.toml")
+	os.WriteFile(cfgFile, []byte(`
+[aggd]
+max-tags = 7
+interval = "20s"
+memory-limit = "64MiB"
+histogram-percentiles = [0.5, 0.99]
+admin-token = "${env:ADMIN}"
+max-name-length = 150
+
+[[upstream]]
+name = "out"
+type = "jsonlines"
+path = "-"
+`), 0o600)
+	env := map[string]string{"ADMIN": "from-env-0123456789", "AGGD_INTERVAL": "30s"}
+	c, err := parseConfig([]string{"--config", cfgFile, "--max-name-length", "99"}, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.MaxTags != 7 || c.MemoryLimit != 64<<20 || c.AdminToken != "from-env-0123456789" || len(c.Histogram.Percentiles) != 2 || c.Histogram.Percentiles[1] != 0.99 {
+		t.Errorf("the file's settings were not applied: %+v", c)
+	}
+	if c.Window.Interval.String() != "30s" || c.Limits.MaxNameLength != 99 {
+		t.Errorf("interval %v (the environment's 30s wins), max-name-length %d (the flag's 99 wins)", c.Window.Interval, c.Limits.MaxNameLength)
+	}
+	// Through AGGD_CONFIG too.
+	env["AGGD_CONFIG"] = cfgFile
+	if c, err := parseConfig(nil, func(k string) string { return env[k] }, &bytes.Buffer{}); err != nil || c.Limits.MaxTags != 7 {
+		t.Errorf("AGGD_CONFIG: max-tags %d, %v", c.Limits.MaxTags, err)
+	}
+	os.WriteFile(cfgFile, []byte("[aggd]\nmax-tag = 7\ninterval = 10\nconfig = \"other.toml\"\nadmin-token = \"${UNSET}\"\n"), 0o600)
+	_, err = parseConfig([]string{"--config", cfgFile}, func(string) string { return "" }, &bytes.Buffer{})
+	for _, want := range []string{"[aggd] max-tag is not an option (max-tags?)", `[aggd] interval = "10"`, "[aggd] config: the file cannot name another", "variable UNSET is not set"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not say %q", err, want)
+		}
+	}
+}
+
+// TestEffectiveConfigHidesTokens checks that GetConfig's view of the flags
+// shows neither token, wherever it was set.
+func TestEffectiveConfigHidesTokens(t *testing.T) {
+	c, err := parseConfig([]string{"--admin-token", "admin-secret-0123456789", "--peer-token", "peer-secret-0123456789"}, func(string) string { return "" }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := effectiveConfig(c, &configpkg.File{}, nil)
+	if strings.Contains(view, "admin-secret") || strings.Contains(view, "peer-secret") || !strings.Contains(view, `"peer-token"`) {
+		t.Errorf("the effective configuration shows a token:\n%s", view)
 	}
 }

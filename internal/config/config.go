@@ -17,6 +17,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -33,6 +34,47 @@ type File struct {
 	// upstreams list.
 	DefaultUpstreams []string   `toml:"default_upstreams"`
 	Upstreams        []Upstream `toml:"upstream"`
+	// Settings are the [aggd] table: options by flag name, below flags
+	// and the environment (see LoadSettings).
+	Settings map[string]any `toml:"aggd"`
+}
+
+// LoadSettings reads the [aggd] table of a configuration file: every
+// option of aggd by its flag name (max-tags = 200, interval = "10s",
+// memory-limit = "512MiB"), as the strings a flag would be given, lists
+// joined with commas, and environment variables expanded (see Expand).
+func LoadSettings(path string, getenv func(string) string) (map[string]string, error) {
+	var f struct {
+		Settings map[string]any `toml:"aggd"`
+	}
+	if _, err := toml.DecodeFile(path, &f); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	var errs []error
+	for k, v := range f.Settings {
+		var s string
+		switch v := v.(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, p := range v {
+				parts[i] = fmt.Sprint(p)
+			}
+			s = strings.Join(parts, ",")
+		case map[string]any:
+			errs = append(errs, fmt.Errorf("%s: [aggd] %s is a table, not an option's value", path, k))
+			continue
+		default:
+			s = fmt.Sprint(v)
+		}
+		x, err := Expand(s, getenv)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: [aggd] %s: %w", path, k, err))
+			continue
+		}
+		out[k] = x
+	}
+	return out, errors.Join(errs...)
 }
 
 // Upstream is one [[upstream]] entry.
