@@ -24,6 +24,36 @@ func held(p upstreamtest.DDPoint) float64 {
 	return p.Value
 }
 
+// lastWriteIntake starts the real Datadog upstream, behind a router, into
+// a test intake that keeps the last write per series and timestamp.
+func lastWriteIntake(t *testing.T) (*upstreamtest.DatadogIntake, *upstream.Router) {
+	t.Helper()
+	intake := upstreamtest.NewDatadogIntake(t)
+	dcfg := upstream.DatadogConfig{Pipeline: upstream.DefaultPipelineConfig("dd"), URL: intake.URL, APIKey: "k",
+		Compression: upstream.CompressZstd, Histogram: upstream.DefaultHistogramConfig()}
+	dd := upstream.NewDatadog(dcfg, &upstreamtest.Metrics{}, slog.New(slog.DiscardHandler))
+	router, err := upstream.NewRouter([]upstream.Upstream{dd}, []string{"dd"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := router.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return intake, router
+}
+
+// stopIntake shuts router down, sending what it holds, and fails t if the
+// intake found a payload wrong.
+func stopIntake(t *testing.T, intake *upstreamtest.DatadogIntake, router *upstream.Router) {
+	t.Helper()
+	if err := router.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := intake.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestLastWriteIntakeHoldsTrueTotals drives late samples over several ticks
 // and a tenant past its context bound over every shard through the real
 // Datadog upstream into an intake that keeps the last write per series and
@@ -37,17 +67,7 @@ func TestLastWriteIntakeHoldsTrueTotals(t *testing.T) {
 	acme, tight := window.NewTenant("acme"), window.NewTenant("tight")
 	tight.MaxContexts.Store(4)
 
-	intake := upstreamtest.NewDatadogIntake(t)
-	dcfg := upstream.DatadogConfig{Pipeline: upstream.DefaultPipelineConfig("dd"), URL: intake.URL, APIKey: "k",
-		Compression: upstream.CompressZstd, Histogram: upstream.DefaultHistogramConfig()}
-	dd := upstream.NewDatadog(dcfg, &upstreamtest.Metrics{}, slog.New(slog.DiscardHandler))
-	router, err := upstream.NewRouter([]upstream.Upstream{dd}, []string{"dd"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := router.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	intake, router := lastWriteIntake(t)
 	fl := flush.NewFlusher(agg, router, tenants{acme, tight}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
 
 	ingest := func(tn *window.Tenant, now int64, ss ...window.Sample) {
@@ -111,12 +131,7 @@ func TestLastWriteIntakeHoldsTrueTotals(t *testing.T) {
 	ingest(tight, at(31), overflowed(0, 8, at(6))...)
 	fl.Flush(time.Unix(0, at(40)), false)
 	fl.Flush(time.Unix(0, at(50)), true)
-	if err := router.Shutdown(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := intake.Err(); err != nil {
-		t.Fatal(err)
-	}
+	stopIntake(t, intake, router)
 
 	got := map[string]float64{}
 	var tightTotal float64

@@ -17,6 +17,10 @@ import (
 // Counters count a rule's work. They are safe for concurrent use.
 type Counters struct {
 	Matched, Outputs atomic.Int64
+	// Corrections counts windows sent again with late items merged in;
+	// TooLate counts items the rule did not observe because their window
+	// was drained and its late window has passed.
+	Corrections, TooLate atomic.Int64
 }
 
 // Engine applies a rule Set. It keeps one state per aggregator shard, used
@@ -30,6 +34,10 @@ type Engine struct {
 	spanState state
 	watermark atomic.Int64
 	counters  sync.Map // rule name → *Counters
+	// kept holds drained groups, merged across shards, until their late
+	// window has passed, by group key: late items merge into them and the
+	// next drain sends their corrected outputs. Only Drain touches it.
+	kept map[string]*group
 }
 
 type state struct {
@@ -55,7 +63,7 @@ type group struct {
 // NewEngine returns an engine for shards aggregator shards with window's
 // time rules, applying set (nil: no rules).
 func NewEngine(set *Set, shards int, cfg window.Config) *Engine {
-	e := &Engine{timing: cfg.Timing(), shards: make([]state, shards)}
+	e := &Engine{timing: cfg.Timing(), shards: make([]state, shards), kept: map[string]*group{}}
 	for i := range e.shards {
 		e.shards[i].groups = map[string]*group{}
 	}
@@ -157,6 +165,13 @@ func (e *Engine) replayed(a *Algorithm, ts, cutoff int64) bool {
 	return e.timing.Due(windowStart(ts, w), w) <= cutoff
 }
 
+// tooLate reports whether the window of a holding ts was drained and its
+// late window has passed: an item for it is not observed.
+func (e *Engine) tooLate(a *Algorithm, ts int64) bool {
+	w := int64(a.Window)
+	return e.timing.KeptUntil(windowStart(ts, w), w) < e.watermark.Load()
+}
+
 // ObserveSample applies the metric rules to s, which arrived at now, in
 // aggregator shard shard. It reports whether a rule matched, and refuses
 // (too_old, too_new) a matched sample whose time the windows refuse.
@@ -166,6 +181,12 @@ func (e *Engine) replayed(a *Algorithm, ts, cutoff int64) bool {
 // measurement tag in measurements (when set) and the condition holds. Each
 // algorithm reads its source_field: the sample's value when it is the
 // sample's name, or a group_by tag's text.
+//
+// A sample for a window already drained joins it while its late window
+// lasts (the next drain sends the window's corrected outputs); past it,
+// the algorithm does not observe the sample (TooLate). When the rules drop
+// the originals, such a sample is refused too_old instead, whole, since it
+// would be lost.
 //
 // A replayed sample (cutoff non-zero) is matched but not added to windows
 // the flush at cutoff drained.
@@ -182,45 +203,67 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 	if ts == 0 {
 		ts = now
 	}
-	st := &e.shards[shard]
-	matched := false
+	measurement, _ := tagValue(s.Tags, "measurement")
+	var buf [8]*Rule
+	matched := buf[:0]
 	for li, list := range [2][]*Rule{named, set.byRegex} {
 		for _, r := range list {
 			if li == 1 && (slices.Contains(named, r) || !matchAny(r.metricNames, s.Name)) {
 				continue
 			}
-			measurement, _ := tagValue(s.Tags, "measurement")
 			if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sampleRecord{s}) {
 				continue
 			}
-			if !matched {
-				if r := e.timing.Admit(ts, now); r != window.Accepted {
-					return true, r
-				}
-			}
-			matched = true
-			r.counters.Matched.Add(1)
+			matched = append(matched, r)
+		}
+	}
+	if len(matched) == 0 {
+		return false, window.Accepted
+	}
+	if r := e.timing.Admit(ts, now); r != window.Accepted {
+		return true, r
+	}
+	if set.DropOriginals {
+		for _, r := range matched {
 			for i := range r.Algorithms {
-				a := &r.Algorithms[i]
-				if e.replayed(a, ts, cutoff) {
-					continue
-				}
-				if a.SourceField == s.Name {
-					g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
-					if s.Values == nil {
-						g.acc.add(a, filter.Num(s.Value), ts, g, &st.scratch)
-					}
-					for _, v := range s.Values {
-						g.acc.add(a, filter.Num(v), ts, g, &st.scratch)
-					}
-				} else if v, ok := tagValue(s.Tags, a.SourceField); ok && v != "" && slices.Contains(r.GroupBy, a.SourceField) {
-					g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
-					g.acc.add(a, filter.Str(v), ts, g, &st.scratch)
+				if a := &r.Algorithms[i]; !e.replayed(a, ts, cutoff) && e.tooLate(a, ts) {
+					r.counters.TooLate.Add(1)
+					return true, window.ReasonTooOld
 				}
 			}
 		}
 	}
-	return matched, window.Accepted
+	st := &e.shards[shard]
+	for _, r := range matched {
+		r.counters.Matched.Add(1)
+		late := false
+		for i := range r.Algorithms {
+			a := &r.Algorithms[i]
+			if e.replayed(a, ts, cutoff) {
+				continue
+			}
+			if e.tooLate(a, ts) {
+				late = true
+				continue
+			}
+			if a.SourceField == s.Name {
+				g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
+				if s.Values == nil {
+					g.acc.add(a, filter.Num(s.Value), ts, g, &st.scratch)
+				}
+				for _, v := range s.Values {
+					g.acc.add(a, filter.Num(v), ts, g, &st.scratch)
+				}
+			} else if v, ok := tagValue(s.Tags, a.SourceField); ok && v != "" && slices.Contains(r.GroupBy, a.SourceField) {
+				g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
+				g.acc.add(a, filter.Str(v), ts, g, &st.scratch)
+			}
+		}
+		if late {
+			r.counters.TooLate.Add(1)
+		}
+	}
+	return true, window.Accepted
 }
 
 // spanMeasurement is a span's DataKit measurement: its source attribute,
@@ -260,24 +303,34 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64
 		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sp) {
 			continue
 		}
-		selected := false
+		selected, late := false, false
 		for _, f := range spanFields {
-			selected = e.fork(st, t, r, sp, f, ts, measurement, cutoff) || selected
+			selected = e.fork(st, t, r, sp, f, ts, measurement, cutoff, &late) || selected
 		}
 		for _, at := range sp.Attrs {
-			selected = e.fork(st, t, r, sp, at.Key, ts, measurement, cutoff) || selected
+			selected = e.fork(st, t, r, sp, at.Key, ts, measurement, cutoff, &late) || selected
 		}
-		if selected {
-			r.counters.Matched.Add(1)
-		}
+		e.count(r, selected, late)
+	}
+}
+
+// count counts an item rule r selected, and one some of whose windows were
+// past their late window.
+func (e *Engine) count(r *Rule, selected, late bool) {
+	if selected {
+		r.counters.Matched.Add(1)
+	}
+	if late {
+		r.counters.TooLate.Add(1)
 	}
 }
 
 // fork feeds field of rec, present in rec, to r's algorithms reading it
 // (and those reading a group_by key) when metric_name selects it, as
 // DataKit forks a point per selected field. It reports whether metric_name
-// selected the field. st is locked by the caller.
-func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, field string, ts int64, measurement string, cutoff int64) bool {
+// selected the field, and sets late when an algorithm's window was past
+// its late window. st is locked by the caller.
+func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, field string, ts int64, measurement string, cutoff int64, late *bool) bool {
 	if !matchAny(r.metricNames, field) {
 		return false
 	}
@@ -295,6 +348,10 @@ func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, f
 			// span's ids are not formatted.
 			v = filter.Str("")
 		} else if v, ok = rec.Field(a.SourceField); !ok || v.Kind == filter.String && v.Str == "" && a.SourceField != field {
+			continue
+		}
+		if e.tooLate(a, ts) {
+			*late = true
 			continue
 		}
 		g := e.groupFor(st, t, r, i, ts, measurement, rec)
@@ -354,15 +411,13 @@ func (e *Engine) ObserveEvent(t *window.Tenant, ev *window.Event, now, cutoff in
 		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {
 			continue
 		}
-		selected := false
+		selected, late := false, false
 		for _, f := range logFields {
 			if _, ok := ev.Field(f); ok {
-				selected = e.fork(st, t, r, rec, f, ts, measurement, cutoff) || selected
+				selected = e.fork(st, t, r, rec, f, ts, measurement, cutoff, &late) || selected
 			}
 		}
-		if selected {
-			r.counters.Matched.Add(1)
-		}
+		e.count(r, selected, late)
 	}
 }
 
@@ -433,7 +488,20 @@ func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, i int, ts int64,
 // merges them across shards and appends their outputs to out. Windows end
 // like buckets: at the first tick at or after their end plus grace. shard
 // states are read under their locks by lockShard.
+//
+// A drained window is kept, merged across shards, until its late window
+// (window.Timing.KeptUntil) has passed. Items that reach it meanwhile
+// gather in a group of their own, which the next drain merges into the
+// kept one; that drain then sends every output of the kept window again,
+// its corrected total, with the window's own timestamp and Late set, to
+// replace what the intake holds.
 func (e *Engine) Drain(tick int64, final bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric {
+	// The watermark moves first: an item a shard takes after its turn
+	// below finds its window drained, and is refused once the kept window
+	// is gone.
+	if tick > e.watermark.Load() {
+		e.watermark.Store(tick)
+	}
 	merged := map[string]*group{}
 	var order []string
 	take := func(st *state) {
@@ -456,13 +524,35 @@ func (e *Engine) Drain(tick int64, final bool, lockShard func(i int, f func()), 
 	e.spanMu.Lock()
 	take(&e.spanState)
 	e.spanMu.Unlock()
-	if tick > e.watermark.Load() {
-		e.watermark.Store(tick)
-	}
 	for _, k := range order {
-		out = e.outputs(merged[k], out)
+		g := merged[k]
+		if kg := e.kept[k]; kg != nil && sameMethod(kg.alg, g.alg) {
+			kg.acc.merge(&g.acc, kg)
+			kg.late = true
+			g.rule.counters.Corrections.Add(1)
+			out = e.outputs(kg, out)
+			continue
+		}
+		out = e.outputs(g, out)
+		if e.timing.KeptUntil(g.start, g.width) >= tick {
+			e.kept[k] = g
+		} else {
+			delete(e.kept, k)
+		}
+	}
+	for k, g := range e.kept {
+		if e.timing.KeptUntil(g.start, g.width) < tick {
+			delete(e.kept, k)
+		}
 	}
 	return out
+}
+
+// sameMethod reports whether a window kept under algorithm a may take
+// late items gathered under b: a rules reload may have changed the method
+// of the same output.
+func sameMethod(a, b *Algorithm) bool {
+	return a == b || a.Method == b.Method && slices.Equal(a.Percentiles, b.Percentiles)
 }
 
 // outputs emits a group's series as DataKit's calculators' Aggr do: the

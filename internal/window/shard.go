@@ -52,9 +52,8 @@ type Shard struct {
 	// kept holds the flushed buckets late samples may still correct: those
 	// that held a timestamped sample, for the late window; then, and for
 	// those that did not, nil until max lateness has passed.
-	kept       map[bucketKey]*Bucket
-	lateWindow int64
-	drains     uint64 // Drain calls, to know what the current one handed out
+	kept   map[bucketKey]*Bucket
+	drains uint64 // Drain calls, to know what the current one handed out
 	// corrected are the kept buckets the last drain handed out as
 	// corrections.
 	corrected []*Bucket
@@ -88,7 +87,6 @@ func NewShard(cfg Config) *Shard {
 		kept:     make(map[bucketKey]*Bucket),
 
 		counterExpiry: int64(cfg.CounterExpiry),
-		lateWindow:    int64(cfg.LateWindow),
 	}
 }
 
@@ -357,7 +355,7 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 
 // keptUntil returns the last tick at which a flushed bucket of range k is
 // kept for late samples.
-func (sh *Shard) keptUntil(k bucketKey) int64 { return sh.timing.Due(k.start, k.width) + sh.lateWindow }
+func (sh *Shard) keptUntil(k bucketKey) int64 { return sh.timing.KeptUntil(k.start, k.width) }
 
 // markedUntil returns the last tick at which a sample may still reach range
 // k: until then the shard remembers whether it flushed the range.

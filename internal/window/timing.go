@@ -8,16 +8,18 @@ package window
 type Timing struct {
 	interval, rollup, grace int64
 	maxLate, maxFuture      int64
+	lateWindow              int64
 }
 
 // Timing returns the time rules of c, which must be valid.
 func (c Config) Timing() Timing {
 	return Timing{
-		interval:  int64(c.Interval),
-		rollup:    int64(c.rollup()),
-		grace:     int64(c.Grace),
-		maxLate:   int64(c.MaxLateness),
-		maxFuture: int64(c.MaxFuture),
+		interval:   int64(c.Interval),
+		rollup:     int64(c.rollup()),
+		grace:      int64(c.Grace),
+		maxLate:    int64(c.MaxLateness),
+		maxFuture:  int64(c.MaxFuture),
+		lateWindow: int64(c.LateWindow),
 	}
 }
 
@@ -34,6 +36,12 @@ func Start(ts, width int64) int64 {
 // Due returns the tick that drains the window [start, start+width): its
 // end plus grace.
 func (t Timing) Due(start, width int64) int64 { return start + width + t.grace }
+
+// KeptUntil returns the last tick at which a flushed window [start,
+// start+width) is kept for late items: its due tick plus the late window.
+// A late item for it is merged while the watermark (the last drain's tick)
+// is at most KeptUntil, and refused after.
+func (t Timing) KeptUntil(start, width int64) int64 { return t.Due(start, width) + t.lateWindow }
 
 // WindowDue returns the tick that drains the window of width holding ts.
 func (t Timing) WindowDue(ts, width int64) int64 { return t.Due(Start(ts, width), width) }
