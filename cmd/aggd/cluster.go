@@ -79,10 +79,20 @@ type clusterNode struct {
 	watcher *cluster.Watcher
 }
 
-// startCluster listens on the peer port, reads the member list and makes
-// srv forward what other replicas own. It returns nil when cluster mode is
-// off. The caller serves the peer port with the gRPC server srv is on.
-func startCluster(ctx context.Context, cfg config, srv *service.Server, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
+// forwarder returns the forwarder the aggregator service hands what other
+// replicas own to; nil (no forwarding) when cluster mode is off.
+func (n *clusterNode) forwarder() service.Forwarder {
+	if n == nil {
+		return nil
+	}
+	return n.fwd
+}
+
+// startCluster listens on the peer port, reads the member list and starts
+// the forwarder of what other replicas own, for the aggregator service to
+// use (forwarder). It returns nil when cluster mode is off. The caller
+// serves the peer port with the gRPC server the aggregator service is on.
+func startCluster(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
 	c := cfg.Cluster
 	if !c.on() {
 		return nil, nil
@@ -140,7 +150,6 @@ func startCluster(ctx context.Context, cfg config, srv *service.Server, reg prom
 		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout,
 	}, m, log)
 	reg.MustRegister(fwd)
-	srv.SetForwarder(fwd)
 	if err := w.Start(ctx); err != nil {
 		lis.Close()
 		return nil, err

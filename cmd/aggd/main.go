@@ -292,19 +292,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Info("dogstatsd listening", "addrs", dsd.Addrs(), "tenant", tn.ID)
 	}
 
-	srv := service.New(agg, tenants, cfg.Limits, log)
-	reg.MustRegister(telemetry.NewRefusalCollector(srv))
 	proc := spans.NewProcessor(agg, sampler)
 	if ruleEngine != nil {
 		proc.SetObserver(ruleEngine)
 	}
-	srv.SetSpanIngester(proc)
-	srv.SetMaxStreamAge(cfg.MaxStreamAge)
+	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge}
 	if load != nil {
-		srv.SetLoadLevel(load)
+		sc.Load = load
 	}
 	if guard != nil {
-		srv.SetMemoryRoom(guard)
+		sc.Memory = guard
 	}
 	if walLog != nil {
 		eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
@@ -313,16 +310,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		srv.SetJournal(jnl)
+		sc.Journal = jnl
 		if err := jnl.Replay(); err != nil {
 			return err
 		}
 	}
-	node, err := startCluster(ctx, cfg, srv, reg, log)
+	node, err := startCluster(ctx, cfg, reg, log)
 	if err != nil {
 		return err
 	}
 	defer node.shutdown()
+	sc.Forwarder = node.forwarder()
+	srv, err := service.New(sc)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(telemetry.NewRefusalCollector(srv))
 	tlsOpt, err := serverTLS(cfg)
 	if err != nil {
 		return err

@@ -27,9 +27,9 @@ const token = "peer-secret"
 // fwd, when set, makes it forward what it does not own.
 func replica(tb testing.TB, ing service.Ingester, fwd *Forwarder) string {
 	tb.Helper()
-	return servicetest.ServePeers(tb, ing, token, func(srv *service.Server) {
+	return servicetest.ServePeers(tb, ing, token, func(cfg *service.Config) {
 		if fwd != nil {
-			srv.SetForwarder(fwd)
+			cfg.Forwarder = fwd
 		}
 	})
 }
@@ -288,9 +288,9 @@ func TestForwardRoutesSpansByTrace(t *testing.T) {
 		fwd := NewForwarder(Config{Self: addrs[i], Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
 			m, slog.New(slog.DiscardHandler))
 		t.Cleanup(func() { fwd.Shutdown(context.Background()) })
-		servicetest.ServeOn(t, lis[i], discard{}, token, func(srv *service.Server) {
-			srv.SetForwarder(fwd)
-			srv.SetSpanIngester(&recs[i])
+		servicetest.ServeOn(t, lis[i], discard{}, token, func(cfg *service.Config) {
+			cfg.Forwarder = fwd
+			cfg.Spans = &recs[i]
 		})
 	}
 	const traces, perTrace = 40, 6

@@ -44,7 +44,7 @@ func BenchmarkStreamLoopback(b *testing.B) {
 
 func benchStream(b *testing.B, l *wal.Log) {
 	agg := flush.NewAggregator(window.DefaultConfig(), 0)
-	addr := servicetest.ServeWith(b, agg, func(srv *service.Server) {
+	addr := servicetest.ServeWith(b, agg, func(cfg *service.Config) {
 		if l != nil {
 			tenants, _ := service.NewTenants(nil, false, 100) // for replay, which does not run here
 			jnl, err := journal.New(journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, Tenants: tenants,
@@ -52,7 +52,7 @@ func benchStream(b *testing.B, l *wal.Log) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			srv.SetJournal(jnl)
+			cfg.Journal = jnl
 		}
 	})
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

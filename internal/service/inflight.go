@@ -21,17 +21,14 @@ type MemoryRoom interface {
 	Capacity() int64
 }
 
-// SetMemoryRoom makes s reserve the memory each request takes to decode,
-// ingest and log against m before it decodes it. Requests in flight may
-// hold half of the hard limit together, and no more than the room left
+// A server with Config.Memory reserves the memory each request takes to
+// decode, ingest and log against it before it decodes it. Requests in
+// flight may hold half of the hard limit together, and no more than the room left
 // below it unless none is in flight; a request waits for its reservation
 // up to reserveWait, and is then refused with ResourceExhausted and
 // RetryInfo. One that could never fit (more than half of the hard limit
 // by itself) is refused with ResourceExhausted alone, with a message that
-// names the largest request that would. Call it before serving.
-func (s *Server) SetMemoryRoom(m MemoryRoom) { s.room = m }
-
-// reserveWait bounds how long a request waits for room.
+// names the largest request that would. reserveWait bounds how long a request waits for room.
 const reserveWait = 10 * time.Second
 
 // requestCost is the memory the request in st takes from here on: its

@@ -13,10 +13,6 @@ import (
 	"github.com/aggd/aggd/internal/window"
 )
 
-// SetJournal makes s record every batch it takes in j before acking it.
-// Call it before serving.
-func (s *Server) SetJournal(j *journal.Journal) { s.journal = j }
-
 // ingestLogged ingests the decoded batch and, with a journal, records it
 // before returning: the ack that follows means the batch is on disk.
 func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.Kind) error {

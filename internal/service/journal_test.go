@@ -56,18 +56,22 @@ func startJournaled(t *testing.T, dir string, withSpans bool) *journaled {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	srv := service.New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
+	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler)}
 	jc := journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: agg, Logger: slog.New(slog.DiscardHandler)}
 	if withSpans {
 		proc := spans.NewProcessor(agg, spans.NewSampler(nil, spans.DefaultLimits()))
-		srv.SetSpanIngester(proc)
+		sc.Spans = proc
 		jc.Spans = proc
 	}
 	jnl, err := journal.New(jc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.SetJournal(jnl)
+	sc.Journal = jnl
+	srv, err := service.New(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conn := serveBufconn(t, srv)
 	return &journaled{srv: srv, agg: agg, log: l, jnl: jnl, tenants: tenants, conn: conn, client: aggdv1.NewAggregatorServiceClient(conn)}
 }

@@ -89,10 +89,15 @@ func OTLPLoad(kind string, series, perReq int) [][]byte {
 	return out
 }
 
-func benchReceiver(tb testing.TB) (*OTLP, *window.Tenant) {
+// benchReceiver returns a receiver into an aggregator, and spans into si
+// (nil: spans refused).
+func benchReceiver(tb testing.TB, si SpanIngester) (*OTLP, *window.Tenant) {
 	tenants, _ := NewTenants(nil, false, 10)
 	agg := flush.NewAggregator(window.DefaultConfig(), 0)
-	srv := New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
+	srv, err := New(Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler), Spans: si})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tn, _ := tenants.Resolve(tbContext(tb))
 	return srv.NewOTLP(DefaultOTLPConfig()), tn
 }
@@ -106,7 +111,7 @@ func BenchmarkOTLPMetrics(b *testing.B) {
 		b.Run(kind, func(b *testing.B) {
 			const series, perReq = 100_000, 500
 			reqs := OTLPLoad(kind, series, perReq)
-			r, tn := benchReceiver(b)
+			r, tn := benchReceiver(b, nil)
 			for _, q := range append(reqs, reqs...) { // two rounds: series, then contexts of cumulative ones
 				if _, err := r.exportMetrics(tn, q); err != nil {
 					b.Fatal(err)
@@ -142,8 +147,7 @@ func BenchmarkOTLPTraces(b *testing.B) {
 			Attributes: []*commonpb.KeyValue{benchAttr("http.route", "/items"), {Key: "http.response.status_code", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: 200}}}}})
 	}
 	body, _ := proto.Marshal(req)
-	r, tn := benchReceiver(b)
-	r.s.SetSpanIngester(discardSpans{})
+	r, tn := benchReceiver(b, discardSpans{})
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -181,7 +185,7 @@ func (nopMetrics) Export(context.Context, *colmetricspb.ExportMetricsServiceRequ
 func BenchmarkOTLPReceiver(b *testing.B) {
 	reqs := OTLPLoad("sum", 100_000, 500)
 	b.Run("aggd", func(b *testing.B) {
-		r, _ := benchReceiver(b)
+		r, _ := benchReceiver(b, nil)
 		gs := grpc.NewServer(ServerOptions()...)
 		r.Register(gs)
 		benchReceiverLoad(b, serveLoopback(b, gs), reqs, true)

@@ -29,19 +29,23 @@ import (
 )
 
 // startOTLP serves the OTLP receiver on bufconn; setup, if any, adjusts
-// the server before it serves.
-func startOTLP(t *testing.T, setup ...func(*service.Server)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
+// the server's configuration.
+func startOTLP(t *testing.T, setup ...func(*service.Config)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
 	t.Helper()
 	return startOTLPWith(t, service.DefaultOTLPConfig(), setup...)
 }
 
-func startOTLPWith(t *testing.T, cfg service.OTLPConfig, setup ...func(*service.Server)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
+func startOTLPWith(t *testing.T, cfg service.OTLPConfig, setup ...func(*service.Config)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
 	t.Helper()
 	tenants, _ := service.NewTenants(nil, false, 10)
 	agg := flush.NewAggregator(window.DefaultConfig(), 2)
-	srv := service.New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
+	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler)}
 	for _, f := range setup {
-		f(srv)
+		f(&sc)
+	}
+	srv, err := service.New(sc)
+	if err != nil {
+		t.Fatal(err)
 	}
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.NewOTLP(cfg).Register(gs)
@@ -378,7 +382,7 @@ func TestOTLPResourceAttributesAsTags(t *testing.T) {
 // which OTLP exporters retry, past the hard limit.
 func TestOTLPUnderMemoryPressure(t *testing.T) {
 	lv := &level{}
-	conn, _, _ := startOTLP(t, func(s *service.Server) { s.SetLoadLevel(lv) })
+	conn, _, _ := startOTLP(t, func(c *service.Config) { c.Load = lv })
 	metricsC, tracesC := colmetricspb.NewMetricsServiceClient(conn), coltracepb.NewTraceServiceClient(conn)
 	ctx := context.Background()
 	lv.l.Store(int32(overload.Hard))

@@ -38,15 +38,18 @@ func (s *spanSink) IngestSpans(_ *window.Tenant, _ int64, sps []spans.Span, resu
 }
 
 // startOTLPHTTP serves the OTLP/HTTP receiver on loopback.
-func startOTLPHTTP(t *testing.T, maxBody int, setup ...func(*service.Server)) (*httptest.Server, *flush.Aggregator, *service.Tenants, *spanSink) {
+func startOTLPHTTP(t *testing.T, maxBody int, setup ...func(*service.Config)) (*httptest.Server, *flush.Aggregator, *service.Tenants, *spanSink) {
 	t.Helper()
 	tenants, _ := service.NewTenants(nil, false, 10)
 	agg := flush.NewAggregator(window.DefaultConfig(), 2)
-	srv := service.New(agg, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
 	sink := &spanSink{}
-	srv.SetSpanIngester(sink)
+	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler), Spans: sink}
 	for _, f := range setup {
-		f(srv)
+		f(&sc)
+	}
+	srv, err := service.New(sc)
+	if err != nil {
+		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.NewOTLP(service.DefaultOTLPConfig()).Handler(maxBody))
 	t.Cleanup(hs.Close)
@@ -146,7 +149,7 @@ func TestOTLPHTTPMetrics(t *testing.T) {
 // with Retry-After, which OTLP/HTTP exporters retry; GET is refused.
 func TestOTLPHTTPPartialSuccessAndPressure(t *testing.T) {
 	lv := &level{}
-	hs, _, _, _ := startOTLPHTTP(t, 1<<20, func(s *service.Server) { s.SetLoadLevel(lv) })
+	hs, _, _, _ := startOTLPHTTP(t, 1<<20, func(c *service.Config) { c.Load = lv })
 	bad := histPoint(1, 0, []float64{1}, []uint64{1}, 1) // one count for two buckets
 	body, _ := proto.Marshal(request(bad, sumPoint(0, 1)))
 	resp := post(t, hs, "/v1/metrics", "application/x-protobuf", "", body)

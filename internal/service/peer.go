@@ -48,10 +48,6 @@ type Outgoing struct {
 	SampleSent, SpanSent []bool
 }
 
-// SetForwarder makes s forward the samples and spans other replicas own
-// to them, before ingesting the rest. Call it before serving.
-func (s *Server) SetForwarder(f Forwarder) { s.fwd = f }
-
 // forward hands st's batch to the forwarder, unless it came from a peer.
 func (s *Server) forward(ctx context.Context, st *callState) {
 	o := &st.out

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,9 +39,52 @@ type SpanIngester interface {
 	IngestSpans(t *window.Tenant, now int64, sp []spans.Span, results []window.Reason)
 }
 
-// Config configures a Server.
+// Config configures a Server: New takes everything through it.
 type Config struct {
+	// Ingest takes the decoded batches. Required.
+	Ingest Ingester
+	// Tenants resolves a call's tenant. Required.
+	Tenants *Tenants
+	// Limits bound the names, tags and hosts of one item; zero means
+	// codec.DefaultLimits().
 	Limits codec.Limits
+	// Logger logs; nil discards.
+	Logger *slog.Logger
+	// Spans takes spans; nil refuses them (unsupported).
+	Spans SpanIngester
+	// MaxStreamAge makes a stream older than it end with Unavailable
+	// after its current batch, so that long-lived clients move across
+	// replicas behind an L4 load balancer; 0 means never.
+	MaxStreamAge time.Duration
+	// Load, if set, makes the server slow down and refuse traffic under
+	// memory pressure: at Soft a stream stops reading (its acks wait), at
+	// Hard new batches are refused with ResourceExhausted and RetryInfo;
+	// tenants far smaller than the average are spared one step (see
+	// admit).
+	Load overload.Leveler
+	// Memory, if set, is reserved against by every request before it is
+	// decoded (see reserve).
+	Memory MemoryRoom
+	// Journal, if set, records every batch the server takes before it is
+	// acked.
+	Journal *journal.Journal
+	// Forwarder, if set, takes the samples and spans other replicas own
+	// before the rest is ingested.
+	Forwarder Forwarder
+}
+
+// Validate reports a missing or out-of-range setting.
+func (c Config) Validate() error {
+	if c.Ingest == nil || c.Tenants == nil {
+		return errors.New("service: an ingester and tenants are required")
+	}
+	if c.MaxStreamAge < 0 {
+		return fmt.Errorf("service: max stream age %v is negative", c.MaxStreamAge)
+	}
+	if c.Limits != (codec.Limits{}) {
+		return c.Limits.Validate()
+	}
+	return nil
 }
 
 // Server implements aggd.v1.AggregatorService. It is safe for concurrent
@@ -67,23 +111,22 @@ type Server struct {
 	streams    atomic.Uint64
 }
 
-// New returns a server that ingests into ing.
-func New(ing Ingester, tenants *Tenants, lim codec.Limits, log *slog.Logger) *Server {
-	s := &Server{ing: ing, tenants: tenants, lim: lim, log: log}
+// New returns a server configured by cfg, or why cfg is not valid.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	lim := cmp.Or(cfg.Limits, codec.DefaultLimits())
+	s := &Server{ing: cfg.Ingest, tenants: cfg.Tenants, lim: lim, log: cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
+		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder}
 	s.states.New = func() any {
 		st := &callState{dec: codec.NewDecoder(lim)}
 		st.dec.Series = &st.series
 		return st
 	}
 	s.streamBase = rand.Uint64() &^ (1<<32 - 1)
-	return s
+	return s, nil
 }
-
-// SetLoadLevel makes s slow down and refuse traffic under memory pressure:
-// at Soft a stream stops reading (its acks wait), at Hard new batches are
-// refused with ResourceExhausted and RetryInfo; tenants far smaller than
-// the average are spared one step (see admit). Call it before serving.
-func (s *Server) SetLoadLevel(l overload.Leveler) { s.load = l }
 
 // overloadRetry is the delay suggested to refused clients.
 const overloadRetry = time.Second
@@ -169,16 +212,7 @@ func (f *fairShare) heavy(ts *Tenants, tn *window.Tenant) bool {
 	return 2*tn.Contexts.Load() >= f.avg.Load()
 }
 
-// SetMaxStreamAge makes a stream older than d end with Unavailable after
-// its current batch, so that long-lived clients move across replicas
-// behind an L4 load balancer; 0 means never. Call it before serving.
-func (s *Server) SetMaxStreamAge(d time.Duration) { s.maxStreamAge = d }
-
 var errStreamAge = status.Error(codes.Unavailable, "stream reached its maximum age; reconnect to continue")
-
-// SetSpanIngester makes s take spans into si; without one, spans are
-// refused (unsupported). Call it before serving.
-func (s *Server) SetSpanIngester(si SpanIngester) { s.spanIng = si }
 
 // ServerOptions returns the options a grpc.Server needs to serve s: the
 // codec that hands request bytes to the protowire decoder.

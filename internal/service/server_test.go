@@ -42,6 +42,13 @@ type env struct {
 
 func start(t *testing.T, auth bool) *env {
 	t.Helper()
+	return startWith(t, auth, service.Config{})
+}
+
+// startWith is start with cfg's settings beside the ingester, tenants,
+// limits and logger.
+func startWith(t *testing.T, auth bool, cfg service.Config) *env {
+	t.Helper()
 	var cfgs []service.TenantConfig
 	if auth {
 		cfgs = []service.TenantConfig{{ID: "acme", Tokens: []string{token}}}
@@ -51,7 +58,11 @@ func start(t *testing.T, auth bool) *env {
 		t.Fatal(err)
 	}
 	rec := &servicetest.Recorder{}
-	srv := service.New(rec, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
+	cfg.Ingest, cfg.Tenants, cfg.Limits, cfg.Logger = rec, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler)
+	srv, err := service.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	client := aggdv1.NewAggregatorServiceClient(serveBufconn(t, srv))
 	return &env{rec: rec, srv: srv, tenants: tenants, client: client}
 }
@@ -302,8 +313,7 @@ func TestMaxStreamAgeEndsTheStreamAfterItsBatch(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := start(t, false)
-			e.srv.SetMaxStreamAge(tc.age)
+			e := startWith(t, false, service.Config{MaxStreamAge: tc.age})
 			st, err := e.client.Stream(context.Background())
 			if err != nil {
 				t.Fatal(err)
@@ -357,9 +367,8 @@ func (l *level) Level() overload.Level {
 // acked. Under hard pressure batches are refused with RetryInfo. The test
 // is driven by the level the server has read, not by time.
 func TestMemoryPressureSlowsThenRefuses(t *testing.T) {
-	e := start(t, false)
 	lv := &level{}
-	e.srv.SetLoadLevel(lv)
+	e := startWith(t, false, service.Config{Load: lv})
 	st, err := e.client.Stream(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -411,9 +420,8 @@ func TestMemoryPressureSlowsThenRefuses(t *testing.T) {
 // most contexts is slowed and refused while a far smaller one goes on past
 // the soft limit and only waits past the hard one.
 func TestMemoryPressureSparesSmallTenants(t *testing.T) {
-	e := start(t, false)
 	lv := &level{}
-	e.srv.SetLoadLevel(lv)
+	e := startWith(t, false, service.Config{Load: lv})
 	ctxOf := func(id string) context.Context {
 		return metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", id)
 	}

@@ -22,22 +22,18 @@ func Serve(tb testing.TB, ing service.Ingester) string {
 // ServeSpans is Serve with spans taken into si (nil: spans refused).
 func ServeSpans(tb testing.TB, ing service.Ingester, si service.SpanIngester) string {
 	tb.Helper()
-	return ServeWith(tb, ing, func(srv *service.Server) {
-		if si != nil {
-			srv.SetSpanIngester(si)
-		}
-	})
+	return ServeWith(tb, ing, func(cfg *service.Config) { cfg.Spans = si })
 }
 
-// ServeWith is Serve with setup applied to the server before it serves.
-func ServeWith(tb testing.TB, ing service.Ingester, setup func(*service.Server)) string {
+// ServeWith is Serve with setup applied to the server's configuration.
+func ServeWith(tb testing.TB, ing service.Ingester, setup func(*service.Config)) string {
 	tb.Helper()
 	return ServePeers(tb, ing, "", setup)
 }
 
 // ServePeers is ServeWith that also serves aggd.v1.PeerService, taking
 // calls that carry token; an empty token serves no peer.
-func ServePeers(tb testing.TB, ing service.Ingester, token string, setup func(*service.Server)) string {
+func ServePeers(tb testing.TB, ing service.Ingester, token string, setup func(*service.Config)) string {
 	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -49,14 +45,18 @@ func ServePeers(tb testing.TB, ing service.Ingester, token string, setup func(*s
 
 // ServeOn is ServePeers on a listener the caller made, so that it knows
 // the address before the server is set up.
-func ServeOn(tb testing.TB, lis net.Listener, ing service.Ingester, token string, setup func(*service.Server)) {
+func ServeOn(tb testing.TB, lis net.Listener, ing service.Ingester, token string, setup func(*service.Config)) {
 	tb.Helper()
 	tenants, err := service.NewTenants(nil, false, 100)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := service.New(ing, tenants, codec.DefaultLimits(), slog.New(slog.DiscardHandler))
-	setup(srv)
+	cfg := service.Config{Ingest: ing, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler)}
+	setup(&cfg)
+	srv, err := service.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	gs := grpc.NewServer(service.ServerOptions()...)
 	srv.Register(gs)
 	if token != "" {
