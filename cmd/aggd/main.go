@@ -280,11 +280,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if dc.Readers == 0 {
 			dc.Readers = runtime.GOMAXPROCS(0)
 		}
-		dc.Limits = cfg.Limits
+		dc.Limits, dc.Load = cfg.Limits, load
 		dsd = dogstatsd.New(dc, tn, agg, log)
-		if load != nil {
-			dsd.SetLoadLevel(load)
-		}
 		if err := dsd.Start(ctx); err != nil {
 			return err
 		}
@@ -292,14 +289,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Info("dogstatsd listening", "addrs", dsd.Addrs(), "tenant", tn.ID)
 	}
 
-	proc := spans.NewProcessor(agg, sampler)
+	var spanObserver spans.Observer
 	if ruleEngine != nil {
-		proc.SetObserver(ruleEngine)
+		spanObserver = ruleEngine
 	}
-	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge}
-	if load != nil {
-		sc.Load = load
-	}
+	proc := spans.NewProcessor(agg, sampler, spanObserver)
+	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge, Load: load}
 	if guard != nil {
 		sc.Memory = guard
 	}

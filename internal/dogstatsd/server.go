@@ -40,6 +40,11 @@ type Config struct {
 	// DefaultHost is the host of items that name none (Parser.DefaultHost).
 	DefaultHost string
 	Limits      codec.Limits
+	// Load, if set, makes the server drop the datagrams it reads while
+	// memory is past the hard limit, counting them in Refused: UDP has no
+	// way to slow its senders, and the aggd.v1 services refuse batches at
+	// that point too.
+	Load overload.Leveler
 }
 
 // Validate reports a setting out of range.
@@ -60,18 +65,10 @@ type Server struct {
 	conns  []net.PacketConn
 	wg     sync.WaitGroup
 
-	load overload.Leveler
-
 	// Packets, Lines and ReadErrors count what the sockets delivered;
 	// Refused counts datagrams read and dropped past the hard memory limit.
 	Packets, Lines, ReadErrors, Refused atomic.Int64
 }
-
-// SetLoadLevel makes s drop the datagrams it reads while memory is past
-// the hard limit, counting them in Refused: UDP has no way to slow its
-// senders, and the aggd.v1 services refuse batches at that point too.
-// Call it before Start.
-func (s *Server) SetLoadLevel(l overload.Leveler) { s.load = l }
 
 // New returns a server feeding ing for tenant t. cfg must be valid.
 func New(cfg Config, t *window.Tenant, ing Ingester, log *slog.Logger) *Server {
@@ -172,7 +169,7 @@ func (s *Server) read(c net.PacketConn) {
 			s.ReadErrors.Add(1)
 			continue
 		}
-		if s.load != nil && s.load.Level() == overload.Hard {
+		if s.cfg.Load != nil && s.cfg.Load.Level() == overload.Hard {
 			s.Refused.Add(1) // before Packets: who sees the datagram sees its refusal
 			s.Packets.Add(1)
 			continue

@@ -30,16 +30,14 @@ type tenants []*window.Tenant
 
 func (t tenants) List() []*window.Tenant { return t }
 
-// start starts a server; setup, if any, adjusts it before it starts.
-func start(t *testing.T, cfg dogstatsd.Config, setup ...func(*dogstatsd.Server)) (*dogstatsd.Server, *flush.Aggregator, *window.Tenant) {
+// start starts a server configured by cfg and the test's readers, packet
+// size and limits.
+func start(t *testing.T, cfg dogstatsd.Config) (*dogstatsd.Server, *flush.Aggregator, *window.Tenant) {
 	t.Helper()
 	agg := flush.NewAggregator(window.DefaultConfig(), 4)
 	tn := window.NewTenant("statsd")
 	cfg.Readers, cfg.PacketSize, cfg.Limits = 2, 8192, codec.DefaultLimits()
 	s := dogstatsd.New(cfg, tn, agg, slog.New(slog.DiscardHandler))
-	for _, f := range setup {
-		f(s)
-	}
 	if err := s.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +184,7 @@ func (l *level) Level() overload.Level { return overload.Level(l.l.Load()) }
 // and dropped, counted; below it they are taken again.
 func TestHardMemoryLimitDropsDatagrams(t *testing.T) {
 	lv := &level{}
-	s, agg, tn := start(t, dogstatsd.Config{UDP: "127.0.0.1:0"}, func(s *dogstatsd.Server) { s.SetLoadLevel(lv) })
+	s, agg, tn := start(t, dogstatsd.Config{UDP: "127.0.0.1:0", Load: lv})
 	c, err := net.Dial("udp", s.Addrs()[0].String())
 	if err != nil {
 		t.Fatal(err)

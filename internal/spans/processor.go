@@ -32,9 +32,6 @@ type Observer interface {
 	ObserveSpan(t *window.Tenant, s *Span, now, cutoff int64)
 }
 
-// SetObserver makes p show every accepted span to o. Call it before use.
-func (p *Processor) SetObserver(o Observer) { p.observer = o }
-
 type procState struct {
 	stats Stats
 	batch window.Batch
@@ -42,9 +39,10 @@ type procState struct {
 	first []int
 }
 
-// NewProcessor returns a processor feeding sink and sampler.
-func NewProcessor(sink StatsSink, sampler *Sampler) *Processor {
-	p := &Processor{sink: sink, sampler: sampler}
+// NewProcessor returns a processor feeding sink and sampler that shows
+// every accepted span to o (nil: to none).
+func NewProcessor(sink StatsSink, sampler *Sampler, o Observer) *Processor {
+	p := &Processor{sink: sink, sampler: sampler, observer: o}
 	p.states.New = func() any { return &procState{} }
 	return p
 }

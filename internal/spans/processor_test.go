@@ -13,7 +13,7 @@ import (
 func TestProcessorFeedsStatsAndSampler(t *testing.T) {
 	agg := flush.NewAggregator(window.DefaultConfig(), 4)
 	s := spans.NewSampler(nil, spans.DefaultLimits())
-	p := spans.NewProcessor(agg, s)
+	p := spans.NewProcessor(agg, s, nil)
 	tn := window.NewTenant("t")
 	now := time.Now().UnixNano()
 	sp := []spans.Span{
@@ -55,7 +55,7 @@ rate = 0.1
 		b.Fatal(err)
 	}
 	sampler := spans.NewSampler(policy, spans.DefaultLimits())
-	p := spans.NewProcessor(agg, sampler)
+	p := spans.NewProcessor(agg, sampler, nil)
 	tn := window.NewTenant("t")
 	now := time.Now().UnixNano()
 	// Traces of 5 spans, each batch carrying spans of 100 traces; every
