@@ -15,6 +15,10 @@ type context struct {
 	next   *context // hash chain
 	seen   int64    // last arrival time, for expiry
 	pos    int32    // index in Shard.all
+	// slot is the index of the context's slot in the bucket it was last
+	// written in: a hint that spares the bucket's map when the next
+	// sample goes to the same bucket. It fits in padding.
+	slot int32
 	// The last sample seen, kept across buckets for RATE and
 	// MONOTONIC_COUNT; lastT is 0 before the first (timestamps are never 0).
 	lastV float64
@@ -140,7 +144,7 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 			return ReasonTypeConflict
 		}
 	}
-	i := sh.slotOf(b, c, s)
+	i := sh.slotOf(b, c, s.Type)
 	sl := &b.slots[i]
 	if sl.typ != s.Type {
 		return ReasonTypeConflict
@@ -165,23 +169,18 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	return Accepted
 }
 
-// slotOf returns the index of c's slot in b, creating it. A sample's
-// Handle remembers the index, so that a series reference's next sample in
-// the same bucket skips the bucket's map.
-func (sh *Shard) slotOf(b *Bucket, c *context, s *Sample) int32 {
-	h := s.Handle
-	if h != nil && h.c == c {
-		if j := h.slot; int(j) < len(b.slots) && b.slots[j].ctx == c {
-			return j
-		}
+// slotOf returns the index of c's slot in b, creating it. The context
+// remembers the index, so that its next sample in the same bucket skips
+// the bucket's map.
+func (sh *Shard) slotOf(b *Bucket, c *context, typ MetricType) int32 {
+	if j := c.slot; int(j) < len(b.slots) && b.slots[j].ctx == c {
+		return j
 	}
 	i, ok := b.index[c]
 	if !ok {
-		i = b.newSlot(c, s.Type)
+		i = b.newSlot(c, typ)
 	}
-	if h != nil {
-		h.slot = i
-	}
+	c.slot = i
 	return i
 }
 

@@ -162,10 +162,7 @@ type Sample struct {
 // context that expired is found again by its key. A Handle is read and
 // written only under the lock of the shard its series hashes to, by the
 // one goroutine that owns the stream.
-type Handle struct {
-	c    *context
-	slot int32 // index of c's slot in the bucket written last, a hint
-}
+type Handle struct{ c *context }
 
 // HistPoint is a distribution aggregated elsewhere: Counts[i] values at
 // about Values[i] go into the sketch, while its count, sum, minimum and
