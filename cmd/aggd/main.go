@@ -177,10 +177,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if walLog != nil {
 		flushCfg.WAL = walLog
 	}
-	if err := flushCfg.Validate(); err != nil {
+	flusher, err := flush.NewFlusher(agg, router, tenants, flushCfg, log)
+	if err != nil {
 		return err
 	}
-	flusher := flush.NewFlusher(agg, router, tenants, flushCfg, log)
 
 	var ruleEngine *rules.Engine
 	reloadMetrics := telemetry.NewReloadMetrics(reg)

@@ -64,7 +64,10 @@ func waitCount(t *testing.T, c *atomic.Int64, n int64, what string) {
 
 func flushAll(t *testing.T, agg *flush.Aggregator, tn *window.Tenant) *flushtest.Exporter {
 	exp := &flushtest.Exporter{}
-	fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fl.Shutdown(context.Background())
 	return exp
 }

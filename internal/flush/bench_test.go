@@ -27,7 +27,10 @@ func BenchmarkFlush1M(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	batches := make([]window.Batch, n/500)
 	for i := range batches {

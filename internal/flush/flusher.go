@@ -111,8 +111,11 @@ type WAL interface {
 	Record(gen uint64, tick int64, final bool) error
 }
 
-// NewFlusher returns a flusher of agg into exp. cfg must be valid.
-func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config, log *slog.Logger) *Flusher {
+// NewFlusher returns a flusher of agg into exp, or why cfg is not valid.
+func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config, log *slog.Logger) (*Flusher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = cfg.Interval
 	}
@@ -122,7 +125,7 @@ func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config,
 	fl := &Flusher{agg: agg, exp: exp, tenants: tenants, cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{}),
 		seen: map[*window.Tenant]uint64{}}
 	fl.aborted, fl.abort = context.WithCancel(context.Background())
-	return fl
+	return fl, nil
 }
 
 // Start starts the ticker goroutine. It exits when Shutdown is called.

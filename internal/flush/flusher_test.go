@@ -40,7 +40,10 @@ func count(tn *window.Tenant, name string, v float64, ts time.Time) window.Batch
 func TestAggdUpOnlyForActiveTenants(t *testing.T) {
 	a, b, c := window.NewTenant("a"), window.NewTenant("b"), window.NewTenant("c")
 	exp := &flushtest.Exporter{}
-	fl := flush.NewFlusher(flush.NewAggregator(window.DefaultConfig(), 1), exp, tenants{a, b, c}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(flush.NewAggregator(window.DefaultConfig(), 1), exp, tenants{a, b, c}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	steps := []struct {
 		name   string
 		active func()
@@ -79,7 +82,10 @@ func TestFlusherTicksGraceAndLatePartials(t *testing.T) {
 		agg := flush.NewAggregator(cfg, 4)
 		exp := &flushtest.Exporter{}
 		tn := window.NewTenant("acme")
-		fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+		fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
 		fl.Start(t.Context())
 
 		time.Sleep(3 * time.Second)
@@ -123,7 +129,10 @@ func TestFlusherAlignsToTheIntervalFromAnyStart(t *testing.T) {
 		time.Sleep(7300 * time.Millisecond) // start off the grid
 		agg := flush.NewAggregator(window.DefaultConfig(), 1)
 		exp := &flushtest.Exporter{}
-		fl := flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+		fl, err := flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
 		fl.Start(t.Context())
 		time.Sleep(25 * time.Second)
 		fl.Shutdown(context.Background())
@@ -139,7 +148,10 @@ func TestShutdownFlushesOpenBucketsEventsAndChecks(t *testing.T) {
 		agg := flush.NewAggregator(window.DefaultConfig(), 2)
 		exp := &flushtest.Exporter{}
 		tn := window.NewTenant("acme")
-		fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: 10 * time.Second, Hostname: "h1"}, slog.New(slog.DiscardHandler))
+		fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: 10 * time.Second, Hostname: "h1"}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
 		fl.Start(t.Context())
 		time.Sleep(time.Second)
 		b := count(tn, "c", 5, time.Time{})
@@ -176,7 +188,10 @@ func TestIngestIsConcurrentWithFlush(t *testing.T) {
 	agg := flush.NewAggregator(cfg, 8)
 	exp := &flushtest.Exporter{}
 	tn := window.NewTenant("t")
-	fl := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fl.Start(t.Context())
 	done := make(chan struct{})
 	const writers, per = 4, 3000
@@ -221,11 +236,40 @@ func TestReplayCutoffSkipsFlushedBuckets(t *testing.T) {
 		}
 	}
 	exp := &flushtest.Exporter{}
-	flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler)).Flush(base.Add(time.Hour), true)
+	{
+		fl, err := flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl.Flush(base.Add(time.Hour), true)
+	}
 	if pts := exp.Points(); len(pts) != 1 || pts[0].TS != base.Unix() {
 		t.Fatalf("flushed %+v, want only the bucket at %v", pts, base)
 	}
 	if d, want := agg.Due(base.Add(5*time.Second).UnixNano(), 0), base.Add(12*time.Second).UnixNano(); d != want {
 		t.Fatalf("Due = %v, want %v", time.Unix(0, d), time.Unix(0, want))
+	}
+}
+
+// TestNewFlusherRefusesInvalidConfig: a flusher is not built on a config
+// Validate refuses.
+func TestNewFlusherRefusesInvalidConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  flush.Config
+		ok   bool
+	}{
+		{"interval", flush.Config{Interval: 10 * time.Second}, true},
+		{"no interval", flush.Config{}, false},
+		{"negative interval", flush.Config{Interval: -time.Second}, false},
+		{"negative timeout", flush.Config{Interval: 10 * time.Second, Timeout: -time.Second}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fl, err := flush.NewFlusher(flush.NewAggregator(window.DefaultConfig(), 1), &flushtest.Exporter{}, tenants{}, tc.cfg, slog.New(slog.DiscardHandler))
+			if (err == nil) != tc.ok || (fl != nil) != tc.ok {
+				t.Fatalf("NewFlusher(%+v) = %v, %v; want a flusher: %v", tc.cfg, fl, err, tc.ok)
+			}
+		})
 	}
 }

@@ -68,7 +68,10 @@ func TestLastWriteIntakeHoldsTrueTotals(t *testing.T) {
 	tight.MaxContexts.Store(4)
 
 	intake, router := lastWriteIntake(t)
-	fl := flush.NewFlusher(agg, router, tenants{acme, tight}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(agg, router, tenants{acme, tight}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	ingest := func(tn *window.Tenant, now int64, ss ...window.Sample) {
 		t.Helper()

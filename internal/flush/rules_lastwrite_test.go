@@ -61,7 +61,10 @@ func testRuleOutputsAtLastWriteIntake(t *testing.T, action string) {
 	agg.SetRules(eng)
 	acme := window.NewTenant("acme")
 	intake, router := lastWriteIntake(t)
-	fl := flush.NewFlusher(agg, router, tenants{acme}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(agg, router, tenants{acme}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// ingest sends lat samples of service api, one pod each, so that they
 	// land in different shards, and returns their results.

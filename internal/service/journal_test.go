@@ -115,7 +115,10 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 		t.Fatalf("first batch: %v", ack)
 	}
 	exp := &flushtest.Exporter{}
-	fl := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fl.Flush(tick, false)
 	if got := sum(exp.Points(), "past"); got != 3 {
 		t.Fatalf("the flush carried %v of the past bucket, want 3", got)
@@ -141,7 +144,10 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 		t.Fatalf("replayed %d records, want 2", replayed)
 	}
 	exp2 := &flushtest.Exporter{}
-	fl2 := flush.NewFlusher(k.agg, exp2, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl2, err := flush.NewFlusher(k.agg, exp2, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fl2.Flush(time.Now(), true)
 	pts := exp2.Points()
 	for name, want := range map[string]float64{"open": 7, "past": 0, "limited": 2} {
@@ -200,7 +206,10 @@ source_field = "message"
 		t.Fatalf("first batch: %v", ack)
 	}
 	exp := &flushtest.Exporter{}
-	fl := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fl.Flush(tick, false)
 	if got := counted(exp.Points()); len(got) != 1 || len(exp.Events()) != 2 {
 		t.Fatalf("first flush: rule outputs %v, %d events; want the past window's 1 and both events", got, len(exp.Events()))
@@ -215,7 +224,10 @@ source_field = "message"
 		t.Fatal(err)
 	}
 	exp2 := &flushtest.Exporter{}
-	fl2 := flush.NewFlusher(k.agg, exp2, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl2, err := flush.NewFlusher(k.agg, exp2, noTenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fl2.Flush(time.Now(), true)
 	open := now.Add(-time.Nanosecond).Truncate(time.Minute).Unix() // the window holding now
 	if got := counted(exp2.Points()); len(got) != 1 || got[open] != 2 {
@@ -293,7 +305,13 @@ func TestOTLPExportsAreJournaled(t *testing.T) {
 func flushPoints(t *testing.T, agg *flush.Aggregator) map[string]string {
 	t.Helper()
 	exp := &flushtest.Exporter{}
-	flush.NewFlusher(agg, exp, noTenants{}, flush.Config{Interval: time.Hour}, slog.New(slog.DiscardHandler)).Flush(time.Now(), true)
+	{
+		fl, err := flush.NewFlusher(agg, exp, noTenants{}, flush.Config{Interval: time.Hour}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl.Flush(time.Now(), true)
+	}
 	out := map[string]string{}
 	for _, p := range exp.Points() {
 		out[p.Name+"{"+p.Tags+"}"] = fmt.Sprintf("%v %v %v", p.Type, p.Value, p.Count)

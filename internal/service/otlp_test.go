@@ -110,7 +110,13 @@ func onResource(req *colmetricspb.ExportMetricsServiceRequest, attrs ...*commonp
 
 func drained(t *testing.T, agg *flush.Aggregator, tenants *service.Tenants) *flushtest.Exporter {
 	exp := &flushtest.Exporter{}
-	flush.NewFlusher(agg, exp, tenants, flush.Config{Interval: time.Hour}, slog.New(slog.DiscardHandler)).Shutdown(context.Background())
+	{
+		fl, err := flush.NewFlusher(agg, exp, tenants, flush.Config{Interval: time.Hour}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl.Shutdown(context.Background())
+	}
 	return exp
 }
 
