@@ -63,6 +63,12 @@ func FuzzReplay(f *testing.F) {
 			Refused: []journal.Item{{Kind: aggdv1.ItemKind_ITEM_KIND_SAMPLE, Index: 1}, {Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: 0}},
 			Frame:   data}), true, int64(1_700_000_000_000_000_000))
 	}
+	// A stream's record whose frame uses series references its
+	// definitions declare.
+	defs, _ := proto.Marshal(&aggdv1.Batch{Samples: []*aggdv1.Sample{{Name: "r", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Tags: []string{"a:1"}, SeriesRef: 3}}})
+	byRef, _ := proto.Marshal(&aggdv1.StreamRequest{Sequence: 2, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{{SeriesRef: 3, Value: 1}, {SeriesRef: 4, Value: 1}}}})
+	f.Add(journal.AppendRecord(nil, journal.Record{Kind: journal.Stream, Tenant: "acme", Now: 1_700_000_000_000_000_000, Stream: 1 << 40, Defs: defs, Frame: byRef}),
+		false, int64(0))
 	f.Fuzz(func(t *testing.T, rec []byte, flushed bool, tick int64) {
 		j.ReplayRecord(rec, flushed, tick)
 	})
