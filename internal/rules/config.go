@@ -111,6 +111,9 @@ type Set struct {
 
 	byName  map[string][]*Rule // metric rules by exact metric name
 	byRegex []*Rule            // metric rules with a reg: metric name
+	// byHist holds metric rules by the name of the histogram whose fields
+	// (histFields) their exact metric names select.
+	byHist  map[string][]*Rule
 	tracing []*Rule
 	logging []*Rule
 	// maxWindow is the widest algorithm window, in nanoseconds.
@@ -180,7 +183,7 @@ func Parse(text string) (*Set, error) {
 	if und := md.Undecoded(); len(und) > 0 {
 		return nil, unknownKey(text, und[0].String())
 	}
-	s := &Set{DefaultWindow: 10 * time.Second, byName: map[string][]*Rule{}}
+	s := &Set{DefaultWindow: 10 * time.Second, byName: map[string][]*Rule{}, byHist: map[string][]*Rule{}}
 	if raw.DefaultWindow != nil {
 		d, err := duration(raw.DefaultWindow)
 		if err != nil || d < time.Second {
@@ -228,6 +231,11 @@ func Parse(text string) (*Set, error) {
 				regex = true
 			} else if !slices.Contains(s.byName[p.s], r) {
 				s.byName[p.s] = append(s.byName[p.s], r)
+			}
+			for _, f := range histFields {
+				if base, ok := strings.CutSuffix(p.s, f); ok && p.re == nil && base != "" && !slices.Contains(s.byHist[base], r) {
+					s.byHist[base] = append(s.byHist[base], r)
+				}
 			}
 		}
 		if regex {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/aggd/aggd/internal/filter"
 	"github.com/aggd/aggd/internal/spans"
@@ -43,6 +44,7 @@ type Engine struct {
 type state struct {
 	groups  map[string]*group
 	scratch []byte
+	field   []byte // a histogram field's name, being matched
 }
 
 // group is one (tenant, rule, algorithm, window, measurement, group
@@ -121,10 +123,39 @@ func (r sampleRecord) Field(name string) (filter.Value, bool) {
 	if v, ok := tagValue(r.s.Tags, name); ok {
 		return filter.Str(v), true
 	}
+	if r.s.Hist != nil {
+		v, ok := histField(r.s, name)
+		return filter.Num(v), ok
+	}
 	if name == r.s.Name {
 		return filter.Num(r.s.Value), true
 	}
 	return filter.Value{}, false
+}
+
+// histFields are the fields of the DataKit point an OTLP histogram point
+// becomes, after the metric's name (cliutils otlp buildHistogramPoints and
+// buildExponentialHistogramPoint): its exact moments.
+var histFields = [...]string{"_min", "_max", "_count", "_sum"}
+
+// histField returns field name of a histogram sample s, named after s as
+// in histFields.
+func histField(s *window.Sample, name string) (float64, bool) {
+	rest, ok := strings.CutPrefix(name, s.Name)
+	if !ok {
+		return 0, false
+	}
+	switch h := s.Hist; rest {
+	case "_min":
+		return h.Min, true
+	case "_max":
+		return h.Max, true
+	case "_count":
+		return h.Count, true
+	case "_sum":
+		return h.Sum, true
+	}
+	return 0, false
 }
 
 // tagRecord gives a sample's tags only: the group_by keys a sample can
@@ -195,6 +226,9 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 	if set == nil {
 		return false, window.Accepted
 	}
+	if s.Hist != nil {
+		return e.observeHist(shard, set, t, s, now, cutoff)
+	}
 	named := set.byName[s.Name]
 	if len(named) == 0 && len(set.byRegex) == 0 {
 		return false, window.Accepted
@@ -220,18 +254,8 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 	if len(matched) == 0 {
 		return false, window.Accepted
 	}
-	if r := e.timing.Admit(ts, now); r != window.Accepted {
+	if r := e.admit(set, matched, ts, now, cutoff); r != window.Accepted {
 		return true, r
-	}
-	if set.DropOriginals {
-		for _, r := range matched {
-			for i := range r.Algorithms {
-				if a := &r.Algorithms[i]; !e.replayed(a, ts, cutoff) && e.tooLate(a, ts) {
-					r.counters.TooLate.Add(1)
-					return true, window.ReasonTooOld
-				}
-			}
-		}
 	}
 	st := &e.shards[shard]
 	for _, r := range matched {
@@ -264,6 +288,90 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 		}
 	}
 	return true, window.Accepted
+}
+
+// admit decides whether a sample at ts arriving at now, which the rules
+// matched selected, is taken: its time must be within the windows'
+// bounds, and when the rules drop the originals every window it falls in
+// must still take it (else it would be lost).
+func (e *Engine) admit(set *Set, matched []*Rule, ts, now, cutoff int64) window.Reason {
+	if r := e.timing.Admit(ts, now); r != window.Accepted {
+		return r
+	}
+	if set.DropOriginals {
+		for _, r := range matched {
+			for i := range r.Algorithms {
+				if a := &r.Algorithms[i]; !e.replayed(a, ts, cutoff) && e.tooLate(a, ts) {
+					r.counters.TooLate.Add(1)
+					return window.ReasonTooOld
+				}
+			}
+		}
+	}
+	return window.Accepted
+}
+
+// observeHist applies the metric rules to s, a histogram aggregated before
+// it arrived (an OTLP histogram point), as ObserveSample does. As in
+// DataKit, the point's fields are its exact moments, <name>_min, _max,
+// _count and _sum (histFields); metric_name selects them, and each
+// selected field feeds the algorithms reading it, as a span's do.
+func (e *Engine) observeHist(shard int, set *Set, t *window.Tenant, s *window.Sample, now, cutoff int64) (bool, window.Reason) {
+	named := set.byHist[s.Name]
+	if len(named) == 0 && len(set.byRegex) == 0 {
+		return false, window.Accepted
+	}
+	ts := s.Timestamp
+	if ts == 0 {
+		ts = now
+	}
+	st := &e.shards[shard]
+	measurement, _ := tagValue(s.Tags, "measurement")
+	rec := sampleRecord{s}
+	var buf [8]*Rule
+	matched := buf[:0]
+	for li, list := range [2][]*Rule{named, set.byRegex} {
+		for _, r := range list {
+			if li == 1 && slices.Contains(named, r) || !e.selectsHist(st, r, s) {
+				continue
+			}
+			if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {
+				continue
+			}
+			matched = append(matched, r)
+		}
+	}
+	if len(matched) == 0 {
+		return false, window.Accepted
+	}
+	if r := e.admit(set, matched, ts, now, cutoff); r != window.Accepted {
+		return true, r
+	}
+	for _, r := range matched {
+		late := false
+		for _, f := range histFields {
+			e.fork(st, t, r, rec, e.histName(st, s, f), ts, measurement, cutoff, &late)
+		}
+		e.count(r, true, late)
+	}
+	return true, window.Accepted
+}
+
+// histName returns the name of field f of histogram s, built in st's
+// buffer: valid until the next call, and not to be kept.
+func (e *Engine) histName(st *state, s *window.Sample, f string) string {
+	st.field = append(append(st.field[:0], s.Name...), f...)
+	return unsafe.String(unsafe.SliceData(st.field), len(st.field))
+}
+
+// selectsHist reports whether r's metric_name selects a field of s.
+func (e *Engine) selectsHist(st *state, r *Rule, s *window.Sample) bool {
+	for _, f := range histFields {
+		if matchAny(r.metricNames, e.histName(st, s, f)) {
+			return true
+		}
+	}
+	return false
 }
 
 // spanMeasurement is a span's DataKit measurement: its source attribute,
