@@ -55,6 +55,19 @@ type metricExporter interface {
 	Shutdown(context.Context) error
 }
 
+// collectAndExport collects what reader's meters hold and exports it
+// through mexp.
+func collectAndExport(t *testing.T, reader *sdkmetric.ManualReader, mexp metricExporter) {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	if err := mexp.Export(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestOpenTelemetrySDKExportsToAggd points the OpenTelemetry Go SDK's
 // OTLP exporters at aggd: OTLP/gRPC on its gRPC port, OTLP/HTTP (gzipped
 // protobuf) on --otlp-http-listen.
@@ -104,16 +117,7 @@ func testSDKExport(t *testing.T, transport string) {
 	latency, _ := meter.Float64Histogram("otel.latency", otelmetric.WithExplicitBucketBoundaries(10, 20, 50, 100))
 	temp, _ := meter.Float64Gauge("otel.temperature")
 	route := otelmetric.WithAttributes(attribute.String("route", "/pay"))
-	export := func() {
-		t.Helper()
-		var rm metricdata.ResourceMetrics
-		if err := reader.Collect(ctx, &rm); err != nil {
-			t.Fatal(err)
-		}
-		if err := mexp.Export(ctx, &rm); err != nil {
-			t.Fatal(err)
-		}
-	}
+	export := func() { t.Helper(); collectAndExport(t, reader, mexp) }
 	requests.Add(ctx, 3, route)
 	inflight.Add(ctx, 5)
 	for _, v := range []float64{5, 15, 15, 40, 70, 500} {

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	otelmetric "go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc/metadata"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
@@ -240,5 +243,58 @@ source_field = "message"
 	}
 	if events != 6 {
 		t.Errorf("%d events passed on, want all 6", events)
+	}
+}
+
+// TestRulesReadOTLPHistograms exports an OpenTelemetry SDK histogram to a
+// running aggd over OTLP/gRPC: a rule reading the fields DataKit makes of
+// it (<name>_sum, <name>_count) sums the exact moments of its points.
+func TestRulesReadOTLPHistograms(t *testing.T) {
+	rulesFile := filepath.Join(t.TempDir(), "aggr.toml")
+	if err := os.WriteFile(rulesFile, []byte(`
+[[aggregate_rules]]
+name = "latency"
+group_by = ["route"]
+[aggregate_rules.select]
+category = "metric"
+metric_name = ["otel.latency_sum", "otel.latency_count"]
+[aggregate_rules.algorithms."latency_total"]
+method = "sum"
+source_field = "otel.latency_sum"
+[aggregate_rules.algorithms."latency_n"]
+method = "sum"
+source_field = "otel.latency_count"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := startAggd(t, "--rules-file", rulesFile, "--interval", "1h", "--context-ttl", "3h")
+	ctx := context.Background()
+	mexp, texp := sdkExporters(t, "grpc", in.addr, "", map[string]string{"x-tenant-id": "otel-team"})
+	texp.Shutdown(ctx)
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	latency, _ := mp.Meter("test").Float64Histogram("otel.latency", otelmetric.WithExplicitBucketBoundaries(10, 20, 50, 100))
+	route := otelmetric.WithAttributes(attribute.String("route", "/pay"))
+	for _, v := range []float64{5, 15, 15, 40, 70, 500} {
+		latency.Record(ctx, v, route)
+	}
+	collectAndExport(t, reader, mexp)
+	latency.Record(ctx, 15, route)
+	collectAndExport(t, reader, mexp) // cumulative: aggd takes the difference, one value of 15
+	mexp.Shutdown(ctx)
+
+	got := map[string]float64{}
+	for _, l := range in.stop(t) {
+		if l["kind"] == "metric" && strings.HasPrefix(l["name"].(string), "latency_") {
+			got[key(l)] += l["value"].(float64)
+		}
+	}
+	want := map[string]float64{
+		"otel-team/latency_total{route:/pay}": 660, "otel-team/latency_n{route:/pay}": 7,
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], w, got)
+		}
 	}
 }
