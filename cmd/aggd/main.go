@@ -169,17 +169,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 
-	agg := flush.NewAggregator(cfg.Window, cfg.Shards)
 	flushCfg := flush.Config{
 		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
 		Observer: telemetry.NewFlushMetrics(reg), Tracer: tracer,
 	}
 	if walLog != nil {
 		flushCfg.WAL = walLog
-	}
-	flusher, err := flush.NewFlusher(agg, router, tenants, flushCfg, log)
-	if err != nil {
-		return err
 	}
 
 	var ruleEngine *rules.Engine
@@ -190,8 +185,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		ruleEngine = rules.NewEngine(set, agg.Shards(), cfg.Window)
-		agg.SetRules(ruleEngine)
+		ruleEngine = rules.NewEngine(set, flush.ShardCount(cfg.Shards), cfg.Window)
 		watchers = append(watchers, configpkg.NewWatcher(cfg.RulesFile, cfg.RulesReload, func() error {
 			set, err := rules.Load(cfg.RulesFile)
 			if err == nil {
@@ -209,7 +203,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	sampler := spans.NewSampler(policy, cfg.Sampling)
 	groups := spans.NewGroupSampler(policy, spans.MaxHeldEvents)
-	agg.SetEventHolder(groups)
+	aggCfg := flush.AggregatorConfig{Window: cfg.Window, Shards: cfg.Shards, Events: groups}
+	if ruleEngine != nil {
+		aggCfg.Rules = ruleEngine
+	}
+	agg := flush.NewAggregator(aggCfg)
+	flusher, err := flush.NewFlusher(agg, router, tenants, flushCfg, log)
+	if err != nil {
+		return err
+	}
 	reg.MustRegister(telemetry.NewSamplerCollector(&sampler.C))
 	traceRunner := spans.NewRunner(sampler, router, cfg.Window.Interval, log)
 	if err := traceRunner.Start(ctx); err != nil {

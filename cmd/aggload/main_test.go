@@ -16,7 +16,7 @@ import (
 )
 
 func TestLoadIsAckedAndCoversEveryContext(t *testing.T) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 	addr := servicetest.Serve(t, agg)
 	o := options{addr: addr, streams: 3, batch: 100, contexts: 2000, tenants: 3, tags: 3,
 		mix:      "gauge:1,count:1,histogram:1,distribution:1,set:1,rate:1,monotonic_count:1,timing:1",
@@ -55,7 +55,7 @@ func TestBadOptions(t *testing.T) {
 }
 
 func TestSpansModeSendsFreshTraces(t *testing.T) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 	rec := &spanCounter{}
 	addr := servicetest.ServeSpans(t, agg, rec)
 	o := options{addr: addr, streams: 2, batch: 100, contexts: 300, tenants: 1, tags: 1, mix: "gauge:1",
@@ -96,7 +96,7 @@ func (c *spanCounter) traces() int {
 }
 
 func TestPairsRunAggdAndBaselineAlternately(t *testing.T) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 	addr := servicetest.Serve(t, agg)
 	o := options{addr: addr, streams: 2, batch: 50, contexts: 500, tenants: 1, tags: 2, mix: "gauge:1,count:1,set:1",
 		duration: 30 * time.Second, batches: 10, inflight: 2, seed: 1}
@@ -143,7 +143,7 @@ func TestPairsRunAggdAndBaselineAlternately(t *testing.T) {
 // time it sends it and then sends references: every sample is accepted
 // into the same contexts as with full names.
 func TestRefsModeDeclaresOncePerStream(t *testing.T) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 	addr := servicetest.Serve(t, agg)
 	o := options{addr: addr, streams: 2, batch: 100, contexts: 1000, tenants: 1, tags: 3, mix: "gauge:1,count:1,set:1,distribution:1",
 		duration: 30 * time.Second, batches: 25, inflight: 4, seed: 1, refs: true}

@@ -34,7 +34,7 @@ func (t tenants) List() []*window.Tenant { return t }
 // size and limits.
 func start(t *testing.T, cfg dogstatsd.Config) (*dogstatsd.Server, *flush.Aggregator, *window.Tenant) {
 	t.Helper()
-	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 	tn := window.NewTenant("statsd")
 	cfg.Readers, cfg.PacketSize, cfg.Limits = 2, 8192, codec.DefaultLimits()
 	s := dogstatsd.New(cfg, tn, agg, slog.New(slog.DiscardHandler))

@@ -58,9 +58,6 @@ type RuleEngine interface {
 	Due(ts int64) int64
 }
 
-// SetRules makes a apply rule engine r. Call it before ingesting.
-func (a *Aggregator) SetRules(r RuleEngine) { a.rules = r }
-
 // Shards returns the number of shards.
 func (a *Aggregator) Shards() int { return len(a.shards) }
 
@@ -74,28 +71,43 @@ type EventHolder interface {
 	Release(tick int64, final bool) []window.Event
 }
 
-// SetEventHolder makes a pass events through h. Call it before ingesting.
-func (a *Aggregator) SetEventHolder(h EventHolder) { a.holder = h }
+// AggregatorConfig configures an Aggregator.
+type AggregatorConfig struct {
+	// Window is the windows' timing and limits; it must be valid.
+	Window window.Config
+	// Shards is the number of shards, rounded up by ShardCount.
+	Shards int
+	// Rules, if set, applies aggregation rules to the samples and events
+	// aggregated; it must have ShardCount(Shards) shards.
+	Rules RuleEngine
+	// Events, if set, may hold events back from a flush (group sampling).
+	Events EventHolder
+}
 
-// NewAggregator returns an aggregator with n shards, rounded up to a power
-// of two; n ≤ 0 means four per GOMAXPROCS. cfg must be valid.
-func NewAggregator(cfg window.Config, n int) *Aggregator {
+// ShardCount returns the shards an Aggregator of n shards has: n rounded
+// up to a power of two; n ≤ 0 means four per GOMAXPROCS.
+func ShardCount(n int) int {
 	if n <= 0 {
 		n = 4 * runtime.GOMAXPROCS(0)
 	}
-	b := bits.Len(uint(n - 1))
-	a := &Aggregator{shards: make([]shard, 1<<b), shift: uint(64 - b), timing: cfg.Timing()}
+	return 1 << bits.Len(uint(n-1))
+}
+
+// NewAggregator returns an aggregator configured by cfg.
+func NewAggregator(cfg AggregatorConfig) *Aggregator {
+	b := bits.Len(uint(ShardCount(cfg.Shards) - 1))
+	a := &Aggregator{shards: make([]shard, 1<<b), shift: uint(64 - b), timing: cfg.Window.Timing(), rules: cfg.Rules, holder: cfg.Events}
 	if b == 0 {
 		a.shift = 63 // one shard: any shift that leaves index 0 works
 	}
-	a.over.sh = window.NewShard(cfg)
+	a.over.sh = window.NewShard(cfg.Window)
 	fold := func(t *window.Tenant, s *window.Sample, now int64) window.Reason {
 		a.over.mu.Lock()
 		defer a.over.mu.Unlock()
 		return a.over.sh.AddOverflow(t, s, now)
 	}
 	for i := range a.shards {
-		a.shards[i].sh = window.NewShard(cfg)
+		a.shards[i].sh = window.NewShard(cfg.Window)
 		a.shards[i].sh.SetOverflow(fold)
 	}
 	return a

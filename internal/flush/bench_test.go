@@ -20,7 +20,7 @@ import (
 func BenchmarkFlush1M(b *testing.B) {
 	const n = 1_000_000
 	cfg := window.DefaultConfig()
-	agg := flush.NewAggregator(cfg, 8)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 8})
 	tn := window.NewTenant("t")
 	json := upstream.NewJSONLines("json", io.Discard, upstream.JSONLinesConfig{Histogram: upstream.DefaultHistogramConfig()})
 	exp, err := upstream.NewRouter([]upstream.Upstream{json}, []string{"json"}, nil)
@@ -85,7 +85,7 @@ func BenchmarkFlush1M(b *testing.B) {
 // (100k of them) to the aggregator: the locking and shard work per
 // sample, without decoding. ns/sample is the figure to watch.
 func BenchmarkIngest(b *testing.B) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 0)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 0})
 	tn := window.NewTenant("t")
 	const batch, contexts = 500, 100_000
 	batches := make([]window.Batch, contexts/batch)

@@ -40,7 +40,7 @@ func count(tn *window.Tenant, name string, v float64, ts time.Time) window.Batch
 func TestAggdUpOnlyForActiveTenants(t *testing.T) {
 	a, b, c := window.NewTenant("a"), window.NewTenant("b"), window.NewTenant("c")
 	exp := &flushtest.Exporter{}
-	fl, err := flush.NewFlusher(flush.NewAggregator(window.DefaultConfig(), 1), exp, tenants{a, b, c}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 1}), exp, tenants{a, b, c}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestFlusherTicksGraceAndLatePartials(t *testing.T) {
 		epoch := time.Now()
 		at := func(d time.Duration) int64 { return epoch.Add(d).Unix() }
 		cfg := window.DefaultConfig() // interval 10s, grace 2s
-		agg := flush.NewAggregator(cfg, 4)
+		agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 4})
 		exp := &flushtest.Exporter{}
 		tn := window.NewTenant("acme")
 		fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
@@ -127,7 +127,7 @@ func TestFlusherTicksGraceAndLatePartials(t *testing.T) {
 func TestFlusherAlignsToTheIntervalFromAnyStart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		time.Sleep(7300 * time.Millisecond) // start off the grid
-		agg := flush.NewAggregator(window.DefaultConfig(), 1)
+		agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 1})
 		exp := &flushtest.Exporter{}
 		fl, err := flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
 		if err != nil {
@@ -145,7 +145,7 @@ func TestFlusherAlignsToTheIntervalFromAnyStart(t *testing.T) {
 
 func TestShutdownFlushesOpenBucketsEventsAndChecks(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		agg := flush.NewAggregator(window.DefaultConfig(), 2)
+		agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 2})
 		exp := &flushtest.Exporter{}
 		tn := window.NewTenant("acme")
 		fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: 10 * time.Second, Hostname: "h1"}, slog.New(slog.DiscardHandler))
@@ -185,7 +185,7 @@ func TestIngestIsConcurrentWithFlush(t *testing.T) {
 	// Many writers over every shard while ticks drain: totals must match.
 	cfg := window.DefaultConfig()
 	cfg.Interval, cfg.Grace = time.Second, 0
-	agg := flush.NewAggregator(cfg, 8)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 8})
 	exp := &flushtest.Exporter{}
 	tn := window.NewTenant("t")
 	fl, err := flush.NewFlusher(agg, exp, tenants{tn}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))
@@ -223,7 +223,7 @@ func TestIngestIsConcurrentWithFlush(t *testing.T) {
 // again; the others are, and Due says when each is flushed.
 func TestReplayCutoffSkipsFlushedBuckets(t *testing.T) {
 	cfg := window.DefaultConfig() // 10 s buckets, 2 s grace
-	agg := flush.NewAggregator(cfg, 2)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 2})
 	tn := window.NewTenant("t")
 	base := time.Now().Truncate(10 * time.Second)
 	cutoff := base.Add(2 * time.Second) // the flush that drained [base-10s, base)
@@ -266,7 +266,7 @@ func TestNewFlusherRefusesInvalidConfig(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			fl, err := flush.NewFlusher(flush.NewAggregator(window.DefaultConfig(), 1), &flushtest.Exporter{}, tenants{}, tc.cfg, slog.New(slog.DiscardHandler))
+			fl, err := flush.NewFlusher(flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 1}), &flushtest.Exporter{}, tenants{}, tc.cfg, slog.New(slog.DiscardHandler))
 			if (err == nil) != tc.ok || (fl != nil) != tc.ok {
 				t.Fatalf("NewFlusher(%+v) = %v, %v; want a flusher: %v", tc.cfg, fl, err, tc.ok)
 			}

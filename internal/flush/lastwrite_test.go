@@ -63,7 +63,7 @@ func TestLastWriteIntakeHoldsTrueTotals(t *testing.T) {
 	const base = int64(1_700_000_000) // unix seconds, a multiple of 10
 	at := func(s int64) int64 { return (base + s) * int64(time.Second) }
 	cfg := window.DefaultConfig() // interval 10s, grace 2s, max lateness 1h
-	agg := flush.NewAggregator(cfg, 4)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 4})
 	acme, tight := window.NewTenant("acme"), window.NewTenant("tight")
 	tight.MaxContexts.Store(4)
 

@@ -52,13 +52,12 @@ func testRuleOutputsAtLastWriteIntake(t *testing.T, action string) {
 	at := func(s int64) int64 { return (base + s) * int64(time.Second) }
 	cfg := window.DefaultConfig()
 	cfg.LateWindow = 20 * time.Second // the window (base, base+10] is kept to +32
-	agg := flush.NewAggregator(cfg, 4)
 	set, err := rules.Parse("action = \"" + action + "\"\n" + latencyRules)
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng := rules.NewEngine(set, agg.Shards(), cfg)
-	agg.SetRules(eng)
+	eng := rules.NewEngine(set, flush.ShardCount(4), cfg)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 4, Rules: eng})
 	acme := window.NewTenant("acme")
 	intake, router := lastWriteIntake(t)
 	fl, err := flush.NewFlusher(agg, router, tenants{acme}, flush.Config{Interval: cfg.Interval}, slog.New(slog.DiscardHandler))

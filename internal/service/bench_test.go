@@ -43,7 +43,7 @@ func BenchmarkStreamLoopback(b *testing.B) {
 }
 
 func benchStream(b *testing.B, l *wal.Log) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 0)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 0})
 	addr := servicetest.ServeWith(b, agg, func(cfg *service.Config) {
 		if l != nil {
 			tenants, _ := service.NewTenants(nil, false, 100) // for replay, which does not run here

@@ -41,8 +41,9 @@ type journaled struct {
 }
 
 // startJournaled starts it on the log in dir; withSpans takes spans into
-// stats and tail sampling, and replays them.
-func startJournaled(t *testing.T, dir string, withSpans bool) *journaled {
+// stats and tail sampling, and replays them; set, if not nil, is the
+// aggregation rules the aggregator applies.
+func startJournaled(t *testing.T, dir string, withSpans bool, set *rules.Set) *journaled {
 	t.Helper()
 	tenants, err := service.NewTenants([]service.TenantConfig{{ID: "acme", Limits: window.TenantLimits{SamplesPerSecond: 10}}}, false, 10)
 	if err != nil {
@@ -50,7 +51,11 @@ func startJournaled(t *testing.T, dir string, withSpans bool) *journaled {
 	}
 	cfg := window.DefaultConfig()
 	cfg.Grace = 0
-	agg := flush.NewAggregator(cfg, 4)
+	ac := flush.AggregatorConfig{Window: cfg, Shards: 4}
+	if set != nil {
+		ac.Rules = rules.NewEngine(set, flush.ShardCount(ac.Shards), cfg)
+	}
+	agg := flush.NewAggregator(ac)
 	l, err := wal.Open(dir, wal.Options{Sync: wal.SyncAlways})
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +107,7 @@ func counts(name string, n int, ts int64) []*aggdv1.Sample {
 // refused.
 func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 	dir := t.TempDir()
-	j := startJournaled(t, dir, false)
+	j := startJournaled(t, dir, false, nil)
 	now := time.Now()
 	tick := now.Truncate(10 * time.Second) // drains past buckets, not the open one
 	past := now.Add(-5 * time.Minute).UnixNano()
@@ -132,7 +137,7 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 	}
 
 	// kill -9: the first log is left as it is; state starts empty.
-	k := startJournaled(t, dir, false)
+	k := startJournaled(t, dir, false, nil)
 	replayed := 0
 	if _, err := k.log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		replayed++
@@ -179,12 +184,6 @@ source_field = "message"
 	if err != nil {
 		t.Fatal(err)
 	}
-	withRules := func(j *journaled) *journaled {
-		cfg := window.DefaultConfig()
-		cfg.Grace = 0
-		j.agg.SetRules(rules.NewEngine(set, j.agg.Shards(), cfg))
-		return j
-	}
 	counted := func(pts []flushtest.Point) map[int64]float64 {
 		out := map[int64]float64{}
 		for _, p := range pts {
@@ -195,7 +194,7 @@ source_field = "message"
 		return out
 	}
 	dir := t.TempDir()
-	j := withRules(startJournaled(t, dir, false))
+	j := startJournaled(t, dir, false, set)
 	now := time.Now()
 	tick := now.Truncate(10 * time.Second) // drains past windows, not the open one
 	past := now.Add(-5 * time.Minute)
@@ -219,7 +218,7 @@ source_field = "message"
 	}
 
 	// kill -9: state starts empty and the log is replayed.
-	k := withRules(startJournaled(t, dir, false))
+	k := startJournaled(t, dir, false, set)
 	if _, err := k.log.Replay(k.jnl.ReplayRecord); err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +253,7 @@ func sum(pts []flushtest.Point, name string) (v float64) {
 // TestReplayRefusesForeignRecords reports records it cannot read rather
 // than taking them in.
 func TestReplayRefusesForeignRecords(t *testing.T) {
-	j := startJournaled(t, t.TempDir(), false)
+	j := startJournaled(t, t.TempDir(), false, nil)
 	for _, rec := range [][]byte{nil, {9, 1}, {1, 7}, {1, 1, 0xff}, []byte("\x01\x01\x04acme")} {
 		if _, err := j.jnl.ReplayRecord(rec, false, 0); err == nil {
 			t.Errorf("record %q was taken", rec)
@@ -267,7 +266,7 @@ func TestReplayRefusesForeignRecords(t *testing.T) {
 // same aggregates and span stats come out.
 func TestOTLPExportsAreJournaled(t *testing.T) {
 	dir := t.TempDir()
-	j := startJournaled(t, dir, true)
+	j := startJournaled(t, dir, true, nil)
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", "otel")
 	now := uint64(time.Now().UnixNano())
 	hist := &metricspb.Metric{Name: "h", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
@@ -288,7 +287,7 @@ func TestOTLPExportsAreJournaled(t *testing.T) {
 	}
 	want := flushPoints(t, j.agg)
 
-	k := startJournaled(t, dir, true)
+	k := startJournaled(t, dir, true, nil)
 	if _, err := k.log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		return k.jnl.ReplayRecord(rec, flushed, tick)
 	}); err != nil {
@@ -326,7 +325,7 @@ func flushPoints(t *testing.T, agg *flush.Aggregator) map[string]string {
 // whole log takes every sample once.
 func TestSeriesRefsAreJournaledPerGeneration(t *testing.T) {
 	dir := t.TempDir()
-	j := startJournaled(t, dir, false)
+	j := startJournaled(t, dir, false, nil)
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", "refs")
 	st, err := j.client.Stream(ctx)
 	if err != nil {
@@ -369,7 +368,7 @@ func TestSeriesRefsAreJournaledPerGeneration(t *testing.T) {
 	}
 
 	var recs [][]byte
-	if _, err := startJournaled(t, dir, false).log.Replay(func(rec []byte, _ bool, _ int64) (int64, error) {
+	if _, err := startJournaled(t, dir, false, nil).log.Replay(func(rec []byte, _ bool, _ int64) (int64, error) {
 		recs = append(recs, append([]byte(nil), rec...))
 		return 0, nil
 	}); err != nil {
@@ -401,7 +400,7 @@ func TestSeriesRefsAreJournaledPerGeneration(t *testing.T) {
 	}
 
 	// The second generation alone replays: its references resolve.
-	k := startJournaled(t, dir, false)
+	k := startJournaled(t, dir, false, nil)
 	for _, rec := range recs[1:] {
 		if _, err := k.jnl.ReplayRecord(rec, false, 0); err != nil {
 			t.Fatal(err)
@@ -413,7 +412,7 @@ func TestSeriesRefsAreJournaledPerGeneration(t *testing.T) {
 	}
 
 	// The whole log replays to what was taken live.
-	m := startJournaled(t, dir, false)
+	m := startJournaled(t, dir, false, nil)
 	if err := m.jnl.Replay(); err != nil {
 		t.Fatal(err)
 	}

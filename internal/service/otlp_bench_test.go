@@ -93,7 +93,7 @@ func OTLPLoad(kind string, series, perReq int) [][]byte {
 // (nil: spans refused).
 func benchReceiver(tb testing.TB, si SpanIngester) (*OTLP, *window.Tenant) {
 	tenants, _ := NewTenants(nil, false, 10)
-	agg := flush.NewAggregator(window.DefaultConfig(), 0)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 0})
 	srv, err := New(Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler), Spans: si})
 	if err != nil {
 		tb.Fatal(err)

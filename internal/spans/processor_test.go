@@ -11,7 +11,7 @@ import (
 )
 
 func TestProcessorFeedsStatsAndSampler(t *testing.T) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 4)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 	s := spans.NewSampler(nil, spans.DefaultLimits())
 	p := spans.NewProcessor(agg, s, nil)
 	tn := window.NewTenant("t")
@@ -37,7 +37,7 @@ func TestProcessorFeedsStatsAndSampler(t *testing.T) {
 }
 
 func BenchmarkIngestSpans(b *testing.B) {
-	agg := flush.NewAggregator(window.DefaultConfig(), 0)
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 0})
 	policy, err := spans.ParsePolicy(`
 [trace]
 data_ttl = "10s"
