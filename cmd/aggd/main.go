@@ -367,7 +367,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			var out []service.RuleInfo
 			for _, r := range ruleEngine.Rules().Rules {
 				c := ruleEngine.Counters(r.Name)
-				ri := service.RuleInfo{Name: r.Name, Category: r.Category, Matched: c.Matched.Load(), Emitted: c.Outputs.Load()}
+				ri := service.RuleInfo{Name: r.Name, Category: r.Category, Matched: c.Matched.Load(), Emitted: c.Outputs.Load(),
+					Corrections: c.Corrections.Load(), TooLate: c.TooLate.Load()}
 				for _, a := range r.Algorithms {
 					ri.Outputs = append(ri.Outputs, a.Output)
 				}

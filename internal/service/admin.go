@@ -47,6 +47,9 @@ type RuleInfo struct {
 	Name, Category   string
 	Outputs          []string
 	Matched, Emitted int64
+	// Corrections and TooLate count late items' effects (see the rules
+	// engine's Counters).
+	Corrections, TooLate int64
 }
 
 type admin struct {
@@ -159,7 +162,8 @@ func (a *admin) ListRules(ctx context.Context, _ *aggdv1.ListRulesRequest) (*agg
 	resp := &aggdv1.ListRulesResponse{}
 	if a.cfg.Rules != nil {
 		for _, r := range a.cfg.Rules() {
-			resp.Rules = append(resp.Rules, &aggdv1.RuleInfo{Name: r.Name, Category: r.Category, Outputs: r.Outputs, Matched: r.Matched, Emitted: r.Emitted})
+			resp.Rules = append(resp.Rules, &aggdv1.RuleInfo{Name: r.Name, Category: r.Category, Outputs: r.Outputs, Matched: r.Matched, Emitted: r.Emitted,
+				Corrections: r.Corrections, TooLate: r.TooLate})
 		}
 	}
 	return resp, nil

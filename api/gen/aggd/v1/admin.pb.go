@@ -685,7 +685,12 @@ type RuleInfo struct {
 	// matched counts the samples or spans the rule matched.
 	Matched int64 `protobuf:"varint,4,opt,name=matched,proto3" json:"matched,omitempty"`
 	// emitted counts the output series it flushed.
-	Emitted       int64 `protobuf:"varint,5,opt,name=emitted,proto3" json:"emitted,omitempty"`
+	Emitted int64 `protobuf:"varint,5,opt,name=emitted,proto3" json:"emitted,omitempty"`
+	// corrections counts windows sent again with late items merged in.
+	Corrections int64 `protobuf:"varint,6,opt,name=corrections,proto3" json:"corrections,omitempty"`
+	// too_late counts items the rule did not observe because their window
+	// was drained and its late window had passed.
+	TooLate       int64 `protobuf:"varint,7,opt,name=too_late,json=tooLate,proto3" json:"too_late,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -755,6 +760,20 @@ func (x *RuleInfo) GetEmitted() int64 {
 	return 0
 }
 
+func (x *RuleInfo) GetCorrections() int64 {
+	if x != nil {
+		return x.Corrections
+	}
+	return 0
+}
+
+func (x *RuleInfo) GetTooLate() int64 {
+	if x != nil {
+		return x.TooLate
+	}
+	return 0
+}
+
 var File_aggd_v1_admin_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_admin_proto_rawDesc = "" +
@@ -797,13 +816,15 @@ const file_aggd_v1_admin_proto_rawDesc = "" +
 	"\x04json\x18\x01 \x01(\tR\x04json\"\x12\n" +
 	"\x10ListRulesRequest\"<\n" +
 	"\x11ListRulesResponse\x12'\n" +
-	"\x05rules\x18\x01 \x03(\v2\x11.aggd.v1.RuleInfoR\x05rules\"\x88\x01\n" +
+	"\x05rules\x18\x01 \x03(\v2\x11.aggd.v1.RuleInfoR\x05rules\"\xc5\x01\n" +
 	"\bRuleInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x12\x18\n" +
 	"\aoutputs\x18\x03 \x03(\tR\aoutputs\x12\x18\n" +
 	"\amatched\x18\x04 \x01(\x03R\amatched\x12\x18\n" +
-	"\aemitted\x18\x05 \x01(\x03R\aemitted2\xee\x02\n" +
+	"\aemitted\x18\x05 \x01(\x03R\aemitted\x12 \n" +
+	"\vcorrections\x18\x06 \x01(\x03R\vcorrections\x12\x19\n" +
+	"\btoo_late\x18\a \x01(\x03R\atooLate2\xee\x02\n" +
 	"\fAdminService\x12H\n" +
 	"\vListTenants\x12\x1b.aggd.v1.ListTenantsRequest\x1a\x1c.aggd.v1.ListTenantsResponse\x12H\n" +
 	"\vTopContexts\x12\x1b.aggd.v1.TopContextsRequest\x1a\x1c.aggd.v1.TopContextsResponse\x12B\n" +
