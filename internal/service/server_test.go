@@ -46,8 +46,8 @@ func start(t *testing.T, auth bool) *env {
 }
 
 // startWith is start with cfg's settings beside the ingester, tenants,
-// limits and logger.
-func startWith(t *testing.T, auth bool, cfg service.Config) *env {
+// limits and logger, and opts added to the gRPC server's options.
+func startWith(t *testing.T, auth bool, cfg service.Config, opts ...grpc.ServerOption) *env {
 	t.Helper()
 	var cfgs []service.TenantConfig
 	if auth {
@@ -63,15 +63,16 @@ func startWith(t *testing.T, auth bool, cfg service.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := aggdv1.NewAggregatorServiceClient(serveBufconn(t, srv))
+	client := aggdv1.NewAggregatorServiceClient(serveBufconn(t, srv, opts...))
 	return &env{rec: rec, srv: srv, tenants: tenants, client: client}
 }
 
 // serveBufconn serves srv's aggd.v1 and OTLP services over an in-memory
-// connection until the test ends and returns a connection to it.
-func serveBufconn(t *testing.T, srv *service.Server) *grpc.ClientConn {
+// connection until the test ends and returns a connection to it; opts
+// are added to the server's options.
+func serveBufconn(t *testing.T, srv *service.Server, opts ...grpc.ServerOption) *grpc.ClientConn {
 	t.Helper()
-	gs := grpc.NewServer(service.ServerOptions()...)
+	gs := grpc.NewServer(append(service.ServerOptions(), opts...)...)
 	srv.Register(gs)
 	srv.RegisterOTLP(gs)
 	lis := bufconn.Listen(1 << 20)
@@ -269,8 +270,25 @@ func TestMalformedFramingEndsOnlyThatStream(t *testing.T) {
 	}
 }
 
+// recvWaiter is a server stream that reports each time its handler
+// starts to wait for a message.
+type recvWaiter struct {
+	grpc.ServerStream
+	waiting chan<- struct{}
+}
+
+func (w recvWaiter) RecvMsg(m any) error {
+	w.waiting <- struct{}{}
+	return w.ServerStream.RecvMsg(m)
+}
+
 func TestDrainEndsStreamsAfterTheirBatch(t *testing.T) {
-	e := start(t, false)
+	// waiting receives once each time the handler begins to read a batch,
+	// so the test knows the handler waits for batch 2 before it drains.
+	waiting := make(chan struct{}, 8)
+	e := startWith(t, false, service.Config{}, grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		return h(srv, recvWaiter{ServerStream: ss, waiting: waiting})
+	}))
 	st, err := e.client.Stream(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -279,6 +297,8 @@ func TestDrainEndsStreamsAfterTheirBatch(t *testing.T) {
 	if _, err := st.Recv(); err != nil {
 		t.Fatal(err)
 	}
+	<-waiting // batch 1
+	<-waiting // batch 2
 	e.srv.Drain()
 	// The handler was already waiting for batch 2 when the drain began: it
 	// takes and acks it, then ends the stream without reading more.
