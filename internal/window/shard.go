@@ -13,29 +13,49 @@ type context struct {
 	key    string
 	tenant *Tenant
 	next   *context // hash chain
-	seen   int64    // last arrival time, for expiry
-	pos    int32    // index in Shard.all
-	// slot is the index of the context's slot in the bucket it was last
-	// written in: a hint that spares the bucket's map when the next
-	// sample goes to the same bucket. It fits in padding.
-	slot int32
-	// The last sample seen, kept across buckets for RATE and
-	// MONOTONIC_COUNT; lastT is 0 before the first (timestamps are never 0).
-	lastV float64
-	lastT int64
-	// samples counts the samples of the context, saturating.
-	samples uint32
-	// keptUntil is the tick until which a kept bucket holds the context:
-	// it is not forgotten before, so that late samples find it.
-	keptUntil int64
+	// expires is when the context may be forgotten: the later of its last
+	// arrival plus the TTL and the tick until which a kept bucket holds it
+	// (it is not forgotten before, so that late samples find it).
+	expires int64
 	// A COUNT context is flushed with 0 in the interval buckets that start
 	// in [zeroFrom, zeroUntil): from its first sample's to its last sample
 	// plus the counter expiry; counting says it is in Shard.counters.
 	zeroFrom, zeroUntil int64
-	counting            bool
+	// last is the last sample seen, kept across buckets for RATE and
+	// MONOTONIC_COUNT; nil before the first. Other types never need it, so
+	// it lives outside the context.
+	last *lastSample
+	pos  int32 // index in Shard.all
+	// slot is the index of the context's slot in the bucket it was last
+	// written in: a hint that spares the bucket's map when the next
+	// sample goes to the same bucket.
+	slot int32
+	// samples counts the samples of the context, saturating.
+	samples  uint32
+	counting bool
 	// gone is set when the context is forgotten, for the Handles that
 	// still point to it.
 	gone bool
+}
+
+type lastSample struct {
+	v float64
+	t int64
+}
+
+// touch records an arrival at now.
+func (c *context) touch(now, ttl int64) {
+	if e := now + ttl; e > c.expires {
+		c.expires = e
+	}
+}
+
+// remember records v at ts as the context's last sample.
+func (c *context) remember(v float64, ts int64) {
+	if c.last == nil {
+		c.last = new(lastSample)
+	}
+	c.last.v, c.last.t = v, ts
 }
 
 type bucketKey struct{ start, width int64 }
@@ -80,11 +100,14 @@ type Shard struct {
 // of n contexts is swept every n/sweepBudget drains.
 const sweepBudget = 4096
 
+// maxTTL bounds the TTL so that an arrival time plus it cannot overflow.
+const maxTTL = 1 << 62
+
 // NewShard returns an empty shard. cfg must be valid.
 func NewShard(cfg Config) *Shard {
 	return &Shard{
 		timing:   cfg.Timing(),
-		ttl:      int64(cfg.ContextTTL),
+		ttl:      min(int64(cfg.ContextTTL), maxTTL),
 		maxSet:   cfg.MaxSetSize,
 		contexts: make(map[uint64]*context),
 		buckets:  make(map[bucketKey]*Bucket),
@@ -205,21 +228,21 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 		}
 	case TypeRate:
 		r := &b.rates[sl.ext]
-		if c.lastT != 0 {
-			r.prevV, r.prevT = c.lastV, c.lastT
+		if l := c.last; l != nil {
+			r.prevV, r.prevT = l.v, l.t
 			sl.flags |= hasPrev
 		}
 		sl.v, sl.t = v, ts
 		sl.flags |= hasValue
-		c.lastV, c.lastT = v, ts
+		c.remember(v, ts)
 	case TypeMonotonicCount:
-		if c.lastT != 0 {
-			if d := v - c.lastV; d > 0 {
+		if l := c.last; l != nil {
+			if d := v - l.v; d > 0 {
 				sl.v += d
 			}
 			sl.flags |= hasValue
 		}
-		c.lastV, c.lastT = v, ts
+		c.remember(v, ts)
 	case TypeHistogram, TypeTiming, TypeDistribution:
 		b.dists[sl.ext].add(v, weight)
 		sl.flags |= hasValue
@@ -252,7 +275,7 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 func (sh *Shard) context(t *Tenant, s *Sample, now int64) *context {
 	if h := s.Handle; h != nil {
 		if c := h.c; c != nil && !c.gone && c.tenant == t {
-			c.seen = now
+			c.touch(now, sh.ttl)
 			if c.samples != math.MaxUint32 {
 				c.samples++
 			}
@@ -262,7 +285,7 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) *context {
 	head := sh.contexts[s.Hash]
 	for c := head; c != nil; c = c.next {
 		if c.tenant == t && c.key == string(s.Key) {
-			c.seen = now
+			c.touch(now, sh.ttl)
 			if c.samples != math.MaxUint32 {
 				c.samples++
 			}
@@ -290,7 +313,7 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) *context {
 }
 
 func (sh *Shard) newContext(t *Tenant, key string, hash uint64, head *context, now int64) *context {
-	c := &context{key: key, tenant: t, next: head, seen: now, pos: int32(len(sh.all)), samples: 1}
+	c := &context{key: key, tenant: t, next: head, expires: now + sh.ttl, pos: int32(len(sh.all)), samples: 1}
 	sh.contexts[hash] = c
 	sh.all = append(sh.all, c)
 	t.Contexts.Add(1)
@@ -318,7 +341,7 @@ func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) *context {
 	head := sh.contexts[hash]
 	for c := head; c != nil; c = c.next {
 		if c.tenant == t && c.key == key {
-			c.seen = now
+			c.touch(now, sh.ttl)
 			return c
 		}
 	}
@@ -503,7 +526,7 @@ func (sh *Shard) keep(k bucketKey, b *Bucket) {
 	until := sh.keptUntil(k)
 	for i := range b.slots {
 		c := b.slots[i].ctx
-		c.keptUntil = max(c.keptUntil, until)
+		c.expires = max(c.expires, until)
 	}
 }
 
@@ -515,7 +538,7 @@ func (sh *Shard) expire(now int64, budget int) {
 			sh.sweep = 0
 		}
 		c := sh.all[sh.sweep]
-		if now-c.seen <= sh.ttl || now <= c.keptUntil || c.counting {
+		if now <= c.expires || c.counting {
 			sh.sweep++
 			continue
 		}
