@@ -93,34 +93,38 @@ func BenchmarkDrain1M(b *testing.B) {
 	}
 }
 
-// TestMemoryPerContext reports the heap held per counter context with its
-// bucket; the budget is 300 bytes.
+// TestMemoryPerContext reports the heap held per counter and per gauge
+// context with its bucket; the budget is 265 bytes.
 func TestMemoryPerContext(t *testing.T) {
 	if testing.Short() {
 		t.Skip("allocates 200k contexts")
 	}
-	const n = 200_000
-	tn := NewTenant("t")
-	ss := benchSamples(n, TypeCount)
-	for i := range ss {
-		ss[i].Name = fmt.Sprintf("svc.request.count.%d", i) // 200k distinct contexts
-		ss[i].Prepare(tn, nil)
+	for _, typ := range []MetricType{TypeCount, TypeGauge} {
+		t.Run(typ.String(), func(t *testing.T) {
+			const n = 200_000
+			tn := NewTenant("t")
+			ss := benchSamples(n, typ)
+			for i := range ss {
+				ss[i].Name = fmt.Sprintf("svc.request.count.%d", i) // 200k distinct contexts
+				ss[i].Prepare(tn, nil)
+			}
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			sh := NewShard(DefaultConfig())
+			for i := range ss {
+				sh.Add(tn, &ss[i], t0)
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			per := float64(after.HeapAlloc-before.HeapAlloc) / n
+			t.Logf("%.0f bytes per %s context (key %d bytes)", per, typ, len(ss[0].Key))
+			if per > 265 {
+				t.Errorf("%.0f bytes per context, budget 265", per)
+			}
+			runtime.KeepAlive(sh)
+		})
 	}
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	sh := NewShard(DefaultConfig())
-	for i := range ss {
-		sh.Add(tn, &ss[i], t0)
-	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	per := float64(after.HeapAlloc-before.HeapAlloc) / n
-	t.Logf("%.0f bytes per counter context (key %d bytes)", per, len(ss[0].Key))
-	if per > 300 {
-		t.Errorf("%.0f bytes per context, budget 300", per)
-	}
-	runtime.KeepAlive(sh)
 }
 
 // TestMemoryPerKeptSlot reports the heap a kept bucket holds per counter
