@@ -66,7 +66,7 @@ func (s *Server) forward(ctx context.Context, st *callState) {
 }
 
 // hidden marks, while the batch is ingested, the items an owner took.
-const hidden = window.ReasonDuplicateSequence
+const hidden = window.Withheld
 
 // hide keeps the items owners took out of local ingestion.
 func (o *Outgoing) hide(results, spanResults []window.Reason) {

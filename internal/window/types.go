@@ -72,6 +72,13 @@ const (
 	NumReasons
 )
 
+// Withheld is not a rejection reason: a caller sets it on an item to keep
+// the item out of one ingestion (in cluster mode, because the replica
+// owning it took it) and sets the item's result back before results are
+// reported or counted. It is outside the reasons, so it has no code and
+// no counter: indexing Tenant.Rejected with it panics.
+const Withheld Reason = NumReasons
+
 var reasonNames = [NumReasons]string{
 	"accepted", "malformed", "invalid_name", "invalid_type", "invalid_value",
 	"invalid_sample_rate", "invalid_utf8", "too_many_tags", "tag_too_long",

@@ -624,3 +624,17 @@ func TestHandleSurvivesContextExpiry(t *testing.T) {
 		t.Fatalf("full-name add: %v, contexts %d, samples %d", r, sh.Contexts(), h.c.samples)
 	}
 }
+
+// TestWithheldIsNoReason: the marker for items kept out of one ingestion
+// has no client code and no counter, so it can never be reported or
+// counted as a rejection.
+func TestWithheldIsNoReason(t *testing.T) {
+	if Withheld < NumReasons {
+		t.Fatalf("Withheld = %d is one of the %d reasons", Withheld, NumReasons)
+	}
+	for r := Accepted; r < NumReasons; r++ {
+		if r.String() == Withheld.String() {
+			t.Fatalf("reason %d has Withheld's code %q", r, r.String())
+		}
+	}
+}
