@@ -327,7 +327,7 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 	// change or the restart may lack the delta from the sample before it:
 	// that previous sample is not handed to a new owner, nor kept across a
 	// restart (README, Cluster mode).
-	want := seriesStore(ddS.Series())
+	want := seriesStore(ddS.Series(), "cl.")
 	first := map[storeKey]bool{}
 	for _, edge := range []int64{t1 / 1e9, restart / 1e9, t2 / 1e9} {
 		next := map[[2]string]int64{}
@@ -365,9 +365,9 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 		}
 		return o
 	}
-	compareStores(t, "series", want, seriesStore(ddC.Series()), skip)
-	compareStores(t, "sketches", sketchStore(ddS.Sketches()), sketchStore(ddC.Sketches()), skip)
-	if n := len(seriesStore(ddS.Series())); n < 500 {
+	compareStores(t, "series", want, seriesStore(ddC.Series(), "cl."), skip)
+	compareStores(t, "sketches", sketchStore(ddS.Sketches(), "cl."), sketchStore(ddC.Sketches(), "cl."), skip)
+	if n := len(seriesStore(ddS.Series(), "cl.")); n < 500 {
 		t.Errorf("only %d points from the single aggd: the load did not reach the intake", n)
 	}
 }
@@ -392,20 +392,22 @@ func sortedTags(tags string) string {
 	return strings.Join(s, ",")
 }
 
-func seriesStore(pts []upstreamtest.DDPoint) map[storeKey]string {
+// seriesStore keeps the points of the metrics named with prefix.
+func seriesStore(pts []upstreamtest.DDPoint, prefix string) map[storeKey]string {
 	out := map[storeKey]string{}
 	for _, p := range pts {
-		if strings.HasPrefix(p.Metric, "cl.") {
+		if strings.HasPrefix(p.Metric, prefix) {
 			out[storeKey{p.Metric, p.Host, sortedTags(p.Tags), p.TS}] = fmt.Sprintf("%.9g type %d", p.Value, p.Type)
 		}
 	}
 	return out
 }
 
-func sketchStore(sks []upstreamtest.DDSketch) map[storeKey]string {
+// sketchStore keeps the sketches of the metrics named with prefix.
+func sketchStore(sks []upstreamtest.DDSketch, prefix string) map[storeKey]string {
 	out := map[storeKey]string{}
 	for _, s := range sks {
-		if strings.HasPrefix(s.Metric, "cl.") {
+		if strings.HasPrefix(s.Metric, prefix) {
 			out[storeKey{s.Metric, s.Host, sortedTags(s.Tags), s.TS}] = fmt.Sprintf("cnt %d min %.9g max %.9g sum %.9g k %v n %v", s.Cnt, s.Min, s.Max, s.Sum, s.K, s.N)
 		}
 	}

@@ -272,6 +272,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case guard != nil:
 		load = guard
 	}
+	node, err := startCluster(ctx, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer node.shutdown()
 	var dsd *dogstatsd.Server
 	if cfg.DogStatsD.UDP != "" || cfg.DogStatsD.Socket != "" {
 		tn, err := tenants.Get(cfg.DogStatsDTenant)
@@ -283,7 +288,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			dc.Readers = runtime.GOMAXPROCS(0)
 		}
 		dc.Limits, dc.Load = cfg.Limits, load
-		dsd = dogstatsd.New(dc, tn, agg, log)
+		var ing dogstatsd.Ingester = agg
+		if fwd := node.forwarder(); fwd != nil {
+			ing = &service.Routed{Forwarder: fwd, Ingester: agg}
+		}
+		dsd = dogstatsd.New(dc, tn, ing, log)
 		if err := dsd.Start(ctx); err != nil {
 			return err
 		}
@@ -312,11 +321,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 	}
-	node, err := startCluster(ctx, cfg, reg, log)
-	if err != nil {
-		return err
-	}
-	defer node.shutdown()
 	sc.Forwarder = node.forwarder()
 	srv, err := service.New(sc)
 	if err != nil {

@@ -90,3 +90,33 @@ func AppendSpan(b []byte, sp *spans.Span) []byte {
 	}
 	return b
 }
+
+// AppendBatchSample appends s to an aggd.v1 Batch as its field 1, using
+// item as scratch. A histogram sample (Hist set) becomes one weighted
+// sample per bin, so that taking the items in restores its counts and
+// sketch, with the sum, minimum and maximum the bins give; Items tells
+// how many items it becomes.
+func AppendBatchSample(batch, item []byte, s *window.Sample) ([]byte, []byte) {
+	if s.Hist == nil {
+		item = AppendSample(item[:0], s)
+		batch = protowire.AppendTag(batch, 1, protowire.BytesType)
+		return protowire.AppendBytes(batch, item), item
+	}
+	w := *s
+	w.Hist = nil
+	for i, v := range s.Hist.Values {
+		w.Value, w.SampleRate = v, 1/s.Hist.Counts[i]
+		item = AppendSample(item[:0], &w)
+		batch = protowire.AppendTag(batch, 1, protowire.BytesType)
+		batch = protowire.AppendBytes(batch, item)
+	}
+	return batch, item
+}
+
+// Items is the number of Batch items AppendBatchSample makes of s.
+func Items(s *window.Sample) int {
+	if s.Hist == nil {
+		return 1
+	}
+	return len(s.Hist.Values)
+}

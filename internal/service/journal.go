@@ -76,8 +76,23 @@ func (s *Server) journaled(idx uint64, err error) error {
 // (OTLP): ingest takes them in, then the accepted ones are recorded as the
 // aggd.v1 Submit they amount to, so that replay takes them like any other
 // batch. Cumulative-to-delta state is not logged: after a restart, the
-// first point of each cumulative stream starts it again.
-func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason, ingest func()) error {
+// first point of each cumulative stream starts it again. In cluster mode
+// the items other replicas own go to them first (routeConverted) and are
+// neither ingested nor recorded here.
+func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason, ingest func()) error {
+	if s.fwd != nil {
+		// Forwards wait for their owners outside the journal's bracket.
+		c := routeConverted(ctx, s.fwd, tn, now, smp, results, sps, spResults)
+		defer c.put()
+		if n, detail := c.undelivered(results, spResults); n > 0 {
+			// The request has no per-item answer: refuse all of it,
+			// retryably, and take none of it here.
+			tn.Rejected[window.ReasonOwnerUnavailable].Add(uint64(n))
+			return status.Errorf(codes.Unavailable, "%d items: owner_unavailable: %s", n, detail)
+		}
+		c.out.hide(results, spResults)
+		defer c.out.unhide(results, spResults)
+	}
 	j := s.journal
 	if j == nil {
 		ingest()
@@ -87,11 +102,8 @@ func (s *Server) ingestConverted(tn *window.Tenant, now int64, smp []window.Samp
 	ingest()
 	var batch []byte
 	for i := range smp {
-		if results[i] == window.Accepted && smp[i].Hist != nil {
-			batch = appendHistSamples(batch, &smp[i])
-		} else if results[i] == window.Accepted {
-			batch = protowire.AppendTag(batch, 1, protowire.BytesType)
-			batch = protowire.AppendBytes(batch, codec.AppendSample(nil, &smp[i]))
+		if results[i] == window.Accepted {
+			batch, _ = codec.AppendBatchSample(batch, nil, &smp[i])
 		}
 	}
 	for i := range sps {

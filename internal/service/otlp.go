@@ -399,18 +399,18 @@ func (r *OTLP) exportRaw(ctx context.Context, req []byte) (*colmetricspb.ExportM
 	if err := r.s.admit(ctx, tn); err != nil {
 		return nil, err
 	}
-	return r.exportMetrics(tn, req)
+	return r.exportMetrics(ctx, tn, req)
 }
 
 // exportMetrics converts and ingests the encoded metrics request of an
 // admitted tenant.
-func (r *OTLP) exportMetrics(tn *window.Tenant, req []byte) (*colmetricspb.ExportMetricsServiceResponse, error) {
+func (r *OTLP) exportMetrics(ctx context.Context, tn *window.Tenant, req []byte) (*colmetricspb.ExportMetricsServiceResponse, error) {
 	pb := r.getBatch(tn)
 	defer putBatch(pb)
 	if err := pb.dec.DecodeMetrics(req, pb); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := r.s.ingestConverted(tn, pb.b.Now, pb.b.Samples, pb.b.Results, nil, nil, func() { r.s.ing.Ingest(&pb.b) }); err != nil {
+	if err := r.s.ingestConverted(ctx, tn, pb.b.Now, pb.b.Samples, pb.b.Results, nil, nil, func() { r.s.ing.Ingest(&pb.b) }); err != nil {
 		return nil, err
 	}
 	accepted := 0
@@ -707,20 +707,6 @@ func (pb *pointBatch) histogram(s window.Sample, in *histInput) {
 		h.Max = *in.max
 	}
 	pb.addHist(s, h)
-}
-
-// appendHistSamples appends a histogram sample to an aggd.v1 batch as
-// one weighted sample per bin: replaying it restores the counts and the
-// sketch, with the sum, minimum and maximum the bins give.
-func appendHistSamples(batch []byte, s *window.Sample) []byte {
-	w := *s
-	w.Hist = nil
-	for i, v := range s.Hist.Values {
-		w.Value, w.SampleRate = v, 1/s.Hist.Counts[i]
-		batch = protowire.AppendTag(batch, 1, protowire.BytesType)
-		batch = protowire.AppendBytes(batch, codec.AppendSample(nil, &w))
-	}
-	return batch
 }
 
 // bins are the values and counts of histogram points being built.

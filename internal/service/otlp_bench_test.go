@@ -113,19 +113,19 @@ func BenchmarkOTLPMetrics(b *testing.B) {
 			reqs := OTLPLoad(kind, series, perReq)
 			r, tn := benchReceiver(b, nil)
 			for _, q := range append(reqs, reqs...) { // two rounds: series, then contexts of cumulative ones
-				if _, err := r.exportMetrics(tn, q); err != nil {
+				if _, err := r.exportMetrics(context.Background(), tn, q); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if _, err := r.exportMetrics(tn, reqs[i%len(reqs)]); err != nil {
+				if _, err := r.exportMetrics(context.Background(), tn, reqs[i%len(reqs)]); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*perReq), "ns/point")
-			b.ReportMetric(float64(testing.AllocsPerRun(1, func() { r.exportMetrics(tn, reqs[0]) }))/perReq, "allocs/point")
+			b.ReportMetric(float64(testing.AllocsPerRun(1, func() { r.exportMetrics(context.Background(), tn, reqs[0]) }))/perReq, "allocs/point")
 		})
 	}
 }
@@ -151,12 +151,12 @@ func BenchmarkOTLPTraces(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := r.traces.exportTraces(tn, body); err != nil {
+		if _, err := r.traces.exportTraces(context.Background(), tn, body); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*perReq), "ns/span")
-	b.ReportMetric(testing.AllocsPerRun(1, func() { r.traces.exportTraces(tn, body) })/perReq, "allocs/span")
+	b.ReportMetric(testing.AllocsPerRun(1, func() { r.traces.exportTraces(context.Background(), tn, body) })/perReq, "allocs/span")
 }
 
 type discardSpans struct{}

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -39,7 +40,7 @@ const (
 // in the request's encoding for every error.
 func (r *OTLP) Handler(maxBody int) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/v1/metrics", otlpHandler(r, maxBody, func(tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
+	mux.Handle("/v1/metrics", otlpHandler(r, maxBody, func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
 		if json { // to protobuf, which the metrics decoder reads
 			req := &colmetricspb.ExportMetricsServiceRequest{}
 			if err := unmarshalOTLP(body, true, req); err != nil {
@@ -47,9 +48,9 @@ func (r *OTLP) Handler(maxBody int) http.Handler {
 			}
 			body, _ = proto.Marshal(req)
 		}
-		return r.exportMetrics(tn, body)
+		return r.exportMetrics(ctx, tn, body)
 	}))
-	mux.Handle("/v1/traces", otlpHandler(r, maxBody, func(tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
+	mux.Handle("/v1/traces", otlpHandler(r, maxBody, func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
 		if json { // to protobuf, with the ids OTLP/JSON writes in hex
 			req := &coltracepb.ExportTraceServiceRequest{}
 			if err := unmarshalOTLP(body, true, req); err != nil {
@@ -58,12 +59,12 @@ func (r *OTLP) Handler(maxBody int) http.Handler {
 			hexIDs(req)
 			body, _ = proto.Marshal(req)
 		}
-		return r.traces.exportTraces(tn, body)
+		return r.traces.exportTraces(ctx, tn, body)
 	}))
 	return mux
 }
 
-type exportFunc func(tn *window.Tenant, body []byte, json bool) (proto.Message, error)
+type exportFunc func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error)
 
 func otlpHandler(r *OTLP, maxBody int, export exportFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -98,7 +99,7 @@ func otlpHandler(r *OTLP, maxBody int, export exportFunc) http.Handler {
 			writeOTLPError(w, json, code, status.New(codes.InvalidArgument, err.Error()))
 			return
 		}
-		resp, err := export(tn, body, json)
+		resp, err := export(ctx, tn, body, json)
 		if err != nil {
 			writeOTLPStatus(w, json, status.Convert(err))
 			return

@@ -38,7 +38,7 @@ func (t *otlpTraces) exportRaw(ctx context.Context, req []byte) (*coltracepb.Exp
 	if err := s.admit(ctx, tn); err != nil {
 		return nil, err
 	}
-	return t.exportTraces(tn, req)
+	return t.exportTraces(ctx, tn, req)
 }
 
 // spanBatch converts one traces request as otlpwire hands it over: spans
@@ -113,7 +113,7 @@ func (b *spanBatch) Span(p *otlpwire.Span, raw []byte) {
 
 // exportTraces converts and ingests the encoded traces request of an
 // admitted tenant.
-func (t *otlpTraces) exportTraces(tn *window.Tenant, req []byte) (*coltracepb.ExportTraceServiceResponse, error) {
+func (t *otlpTraces) exportTraces(ctx context.Context, tn *window.Tenant, req []byte) (*coltracepb.ExportTraceServiceResponse, error) {
 	s := t.r.s
 	b := &spanBatch{lim: s.lim}
 	if err := b.dec.DecodeTraces(req, b); err != nil {
@@ -122,7 +122,7 @@ func (t *otlpTraces) exportTraces(tn *window.Tenant, req []byte) (*coltracepb.Ex
 	sps, results, firstErr := b.sps, b.results, b.firstErr
 	if s.spanIng != nil {
 		now := time.Now().UnixNano()
-		if err := s.ingestConverted(tn, now, nil, nil, sps, results, func() { s.spanIng.IngestSpans(tn, now, sps, results) }); err != nil {
+		if err := s.ingestConverted(ctx, tn, now, nil, nil, sps, results, func() { s.spanIng.IngestSpans(tn, now, sps, results) }); err != nil {
 			return nil, err
 		}
 	} else {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"slices"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -56,13 +57,91 @@ func (s *Server) forward(ctx context.Context, st *callState) {
 		return
 	}
 	b, d := &st.batch, st.dec
-	o.Tenant, o.Now = b.Tenant, b.Now
-	o.Samples, o.Results, o.Details = b.Samples, b.Results, d.Detail
-	o.Spans, o.SpanResults, o.SpanDetails = d.Spans, d.SpanResults, d.SpanDetail
-	o.SampleSent = append(o.SampleSent, make([]bool, len(b.Samples))...)
-	o.SpanSent = append(o.SpanSent, make([]bool, len(d.Spans))...)
-	s.fwd.Forward(ctx, o)
+	o.Details, o.SpanDetails = d.Detail, d.SpanDetail
+	o.send(ctx, s.fwd, b.Tenant, b.Now, b.Samples, b.Results, d.Spans, d.SpanResults)
+}
+
+// send hands the items to fwd, which marks and answers those another
+// replica owns. o.Details and o.SpanDetails must be as long as the items.
+func (o *Outgoing) send(ctx context.Context, fwd Forwarder, tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason) {
+	o.Tenant, o.Now = tn, now
+	o.Samples, o.Results, o.Spans, o.SpanResults = smp, results, sps, spResults
+	o.SampleSent = append(o.SampleSent[:0], make([]bool, len(smp))...)
+	o.SpanSent = append(o.SpanSent[:0], make([]bool, len(sps))...)
+	fwd.Forward(ctx, o)
 	o.Samples, o.Results, o.Details, o.Spans, o.SpanResults, o.SpanDetails = nil, nil, nil, nil, nil, nil
+}
+
+// converted is the memory of forwarding a batch converted from another
+// protocol (OTLP, DogStatsD), which has no per-item details of its own.
+type converted struct {
+	out              Outgoing
+	details, spanDet []string
+}
+
+var convertedPool = sync.Pool{New: func() any { return new(converted) }}
+
+// routeConverted forwards the accepted items of a converted batch that
+// other replicas own, waiting for their owners. The caller hides the
+// returned batch's forwarded items while it ingests, and puts it back.
+func routeConverted(ctx context.Context, fwd Forwarder, tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason) *converted {
+	c := convertedPool.Get().(*converted)
+	c.details = append(c.details[:0], make([]string, len(smp))...)
+	c.spanDet = append(c.spanDet[:0], make([]string, len(sps))...)
+	c.out.Details, c.out.SpanDetails = c.details, c.spanDet
+	c.out.send(ctx, fwd, tn, now, smp, results, sps, spResults)
+	return c
+}
+
+// undelivered counts the items no owner could be reached for, and
+// returns the first one's detail.
+func (c *converted) undelivered(results, spResults []window.Reason) (n int, detail string) {
+	for i, sent := range c.out.SampleSent {
+		if sent && results[i] == window.ReasonOwnerUnavailable {
+			if n++; detail == "" {
+				detail = c.details[i]
+			}
+		}
+	}
+	for i, sent := range c.out.SpanSent {
+		if sent && spResults[i] == window.ReasonOwnerUnavailable {
+			if n++; detail == "" {
+				detail = c.spanDet[i]
+			}
+		}
+	}
+	return n, detail
+}
+
+func (c *converted) put() {
+	clear(c.details)
+	clear(c.spanDet)
+	if cap(c.details) > 1<<16 {
+		*c = converted{}
+	}
+	convertedPool.Put(c)
+}
+
+// Routed is the ingester of input without acks (DogStatsD) in cluster
+// mode: it forwards the samples other replicas own, with the forwarder's
+// retries, and ingests the rest. A sample its owner could not take is
+// refused owner_unavailable (counted by the forwarder and the tenant).
+type Routed struct {
+	Forwarder Forwarder
+	Ingester  interface{ Ingest(b *window.Batch) }
+}
+
+// Ingest implements dogstatsd.Ingester.
+func (r *Routed) Ingest(b *window.Batch) {
+	if len(b.Samples) == 0 {
+		r.Ingester.Ingest(b)
+		return
+	}
+	c := routeConverted(context.Background(), r.Forwarder, b.Tenant, b.Now, b.Samples, b.Results, nil, nil)
+	defer c.put()
+	c.out.hide(b.Results, nil)
+	r.Ingester.Ingest(b)
+	c.out.unhide(b.Results, nil)
 }
 
 // hidden marks, while the batch is ingested, the items an owner took.
