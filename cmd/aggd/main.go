@@ -311,7 +311,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if walLog != nil {
 		eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
-		jnl, err := journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold,
+		jnl, err := journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold, LateWindow: cfg.Window.LateWindow,
 			Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Logger: log})
 		if err != nil {
 			return err

@@ -101,9 +101,12 @@ func NewAggregator(cfg AggregatorConfig) *Aggregator {
 		a.shift = 63 // one shard: any shift that leaves index 0 works
 	}
 	a.over.sh = window.NewShard(cfg.Window)
-	fold := func(t *window.Tenant, s *window.Sample, now int64) window.Reason {
+	fold := func(t *window.Tenant, s *window.Sample, now int64, restore bool) window.Reason {
 		a.over.mu.Lock()
 		defer a.over.mu.Unlock()
+		if restore {
+			return a.over.sh.RestoreOverflow(t, s, now)
+		}
 		return a.over.sh.AddOverflow(t, s, now)
 	}
 	for i := range a.shards {
@@ -224,13 +227,26 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 	}
 }
 
-// add adds smp to shard s, whose lock is held, unless the batch is
-// replayed and its cutoff says a flush carried the bucket already.
+// add adds smp to shard s, whose lock is held. When the batch is replayed
+// and its cutoff says a flush carried the bucket already, the sample goes
+// back into that flushed bucket, kept for late samples, and is not sent
+// again.
 func (a *Aggregator) add(s *shard, smp *window.Sample, b *window.Batch) window.Reason {
 	if b.Cutoff != 0 && a.timing.BucketDue(smp.Timestamp, b.Now) <= b.Cutoff {
-		return window.Accepted
+		return s.sh.Restore(b.Tenant, smp, b.Now)
 	}
 	return s.sh.Add(b.Tenant, smp, b.Now)
+}
+
+// Resume tells every shard, before replay and before any batch, that an
+// earlier process flushed every bucket due at or before tick (see
+// window.Shard.Resume).
+func (a *Aggregator) Resume(tick int64) {
+	for s := range a.all() {
+		s.mu.Lock()
+		s.sh.Resume(tick)
+		s.mu.Unlock()
+	}
 }
 
 // all yields every shard and then the overflow shard.

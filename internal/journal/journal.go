@@ -21,9 +21,12 @@ type Tenants interface {
 }
 
 // Ingester takes replayed samples, events and checks (flush.Aggregator).
-// A batch it is given carries its Cutoff.
+// A batch it is given carries its Cutoff. Resume, called before replay
+// when the log holds a checkpoint, says that an earlier process flushed
+// every bucket due at or before tick.
 type Ingester interface {
 	Ingest(b *window.Batch)
+	Resume(tick int64)
 }
 
 // SpanReplayer takes replayed spans (spans.Processor): their stats, except
@@ -43,6 +46,10 @@ type Config struct {
 	// (group sampling) and spans (tail sampling) are held before they are
 	// flushed.
 	EventHold, SpanHold time.Duration
+	// LateWindow is how long a flushed bucket is kept for late samples
+	// (window.Config.LateWindow): a batch with samples is kept as much
+	// longer, so that replay restores the buckets still kept.
+	LateWindow time.Duration
 	// Replay: the tenants, the limits the edge decodes with, and where
 	// replayed items go. Spans may be nil: spans are then not replayed.
 	Tenants Tenants
@@ -58,8 +65,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Log == nil || c.Due == nil || c.Tenants == nil || c.Ingest == nil || c.Logger == nil:
 		return errors.New("journal: Log, Due, Tenants, Ingest and Logger are required")
-	case c.EventHold < 0 || c.SpanHold < 0:
-		return errors.New("journal: holds must not be negative")
+	case c.EventHold < 0 || c.SpanHold < 0 || c.LateWindow < 0:
+		return errors.New("journal: holds and the late window must not be negative")
 	}
 	return c.Limits.Validate()
 }
@@ -70,6 +77,7 @@ func (c Config) Validate() error {
 type Journal struct {
 	cfg                 Config
 	eventHold, spanHold int64
+	lateWindow          int64
 	dec                 *codec.Decoder // replay's; replay runs alone
 	batch               window.Batch
 	// series are replay's series references, by stream; submit's are
@@ -83,7 +91,8 @@ func New(cfg Config) (*Journal, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Journal{cfg: cfg, eventHold: int64(cfg.EventHold), spanHold: int64(cfg.SpanHold), dec: codec.NewDecoder(cfg.Limits)}, nil
+	return &Journal{cfg: cfg, eventHold: int64(cfg.EventHold), spanHold: int64(cfg.SpanHold),
+		lateWindow: int64(cfg.LateWindow), dec: codec.NewDecoder(cfg.Limits)}, nil
 }
 
 // Enter and Leave bracket ingesting a batch and appending its record, so
@@ -119,7 +128,10 @@ func (j *Journal) BatchDue(b *window.Batch, sps []spans.Span, spResults []window
 }
 
 // Due returns the tick by which the accepted samples and spans, and any
-// checks and events, arriving at now have been flushed.
+// checks and events, arriving at now have been flushed, and the buckets
+// of the samples are no longer kept for late samples: the first
+// checkpoint after that may remove the record, and replay restores the
+// buckets still kept until then.
 func (j *Journal) Due(now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason, checks, events bool) int64 {
 	due, untimed := int64(0), false
 	for i := range smp {
@@ -133,7 +145,15 @@ func (j *Journal) Due(now int64, smp []window.Sample, results []window.Reason, s
 		}
 	}
 	next := j.cfg.Due(0, now)
-	if untimed || checks {
+	if untimed {
+		due = max(due, next)
+	}
+	if due != 0 {
+		// A bucket is kept while its due tick plus the late window is at
+		// or after the watermark (window.Shard.Drain): one past that.
+		due += j.lateWindow + 1
+	}
+	if checks {
 		due = max(due, next)
 	}
 	if events {

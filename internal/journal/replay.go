@@ -17,6 +17,9 @@ func (j *Journal) Replay() error {
 	start := time.Now()
 	defer func() { j.series = nil }() // the streams replayed are gone
 	records, skipped := 0, 0
+	if cp := j.cfg.Log.Checkpoint(); cp.Tick != 0 && !cp.Final() {
+		j.cfg.Ingest.Resume(cp.Tick)
+	}
 	damage, err := j.cfg.Log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		due, err := j.ReplayRecord(rec, flushed, tick)
 		if err != nil {

@@ -38,6 +38,7 @@ func replaySeeds() []*aggdv1.StreamRequest {
 type ingestNothing struct{}
 
 func (ingestNothing) Ingest(*window.Batch) {}
+func (ingestNothing) Resume(int64)         {}
 
 // FuzzReplay feeds write-ahead log records, real ones and whatever the
 // fuzzer makes of them, to replay: a record it cannot read is an error,

@@ -62,7 +62,7 @@ func startJournaled(t *testing.T, dir string, withSpans bool, set *rules.Set) *j
 	}
 	t.Cleanup(func() { l.Close() })
 	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler)}
-	jc := journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: agg, Logger: slog.New(slog.DiscardHandler)}
+	jc := journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, LateWindow: cfg.LateWindow, Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: agg, Logger: slog.New(slog.DiscardHandler)}
 	if withSpans {
 		proc := spans.NewProcessor(agg, spans.NewSampler(nil, spans.DefaultLimits()), nil)
 		sc.Spans = proc

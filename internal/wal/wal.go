@@ -703,6 +703,10 @@ func (l *Log) Stats() Stats {
 	return st
 }
 
+// Final reports whether c is the checkpoint of a final flush, which drained
+// everything: its Tick is no flush time.
+func (c Checkpoint) Final() bool { return c.Tick == finalTick }
+
 // finalTick is the checkpoint tick of the final flush, which drains
 // everything: every due time is at or before it.
 const finalTick = math.MaxInt64

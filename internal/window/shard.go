@@ -82,12 +82,16 @@ type Shard struct {
 	// corrections.
 	corrected []*Bucket
 	// fold, if set, takes the samples of a tenant past its context bound.
-	fold func(t *Tenant, s *Sample, now int64) Reason
+	fold func(t *Tenant, s *Sample, now int64, restore bool) Reason
 	// counters are the COUNT contexts within their expiry, zero-filled
 	// every interval; zeroed is the start of the last bucket filled.
 	counters      []*context
 	counterExpiry int64
 	zeroed        int64
+	// resumed is the tick of the last flush an earlier process made (see
+	// Resume); restoring is set while Restore adds a sample.
+	resumed   int64
+	restoring bool
 	// firstTick is the tick of the shard's first drain. Buckets that
 	// started before it may have been flushed by an earlier process (a
 	// restart replaying its log): they are never zero-filled, so a zero
@@ -120,7 +124,10 @@ func NewShard(cfg Config) *Shard {
 // SetOverflow makes the samples of a tenant past its context bound go to
 // fold instead of the shard's own overflow contexts, so that several
 // shards share one overflow series per tenant and type (see AddOverflow).
-func (sh *Shard) SetOverflow(fold func(t *Tenant, s *Sample, now int64) Reason) { sh.fold = fold }
+// A restored sample (see Restore) is folded with restore set.
+func (sh *Shard) SetOverflow(fold func(t *Tenant, s *Sample, now int64, restore bool) Reason) {
+	sh.fold = fold
+}
 
 // Contexts returns the number of live contexts.
 func (sh *Shard) Contexts() int { return len(sh.all) }
@@ -137,6 +144,37 @@ func (sh *Shard) AddOverflow(t *Tenant, s *Sample, now int64) Reason {
 	return sh.add(t, s, now, true)
 }
 
+// Resume tells the shard, before any sample, that an earlier process
+// (before a restart) flushed every bucket due at or before tick: samples
+// for those ranges are late. Replay then restores, with Restore, the
+// buckets of those ranges that are still kept for late samples; a range
+// past its late window at tick refuses late samples, since its records may
+// be gone and a correction could not be exact.
+func (sh *Shard) Resume(tick int64) {
+	sh.resumed = max(sh.resumed, tick)
+	sh.watermark = max(sh.watermark, tick)
+}
+
+// Restore adds s, of a replayed batch whose bucket the earlier process
+// flushed (due at or before Resume's tick), to the kept bucket of its
+// range: flushed and not sent again, so that late samples correct the true
+// total. A range already past its late window is only marked flushed.
+func (sh *Shard) Restore(t *Tenant, s *Sample, now int64) Reason { return sh.restore(t, s, now, false) }
+
+// RestoreOverflow is Restore for a sample folded into its tenant's
+// overflow series (see AddOverflow).
+func (sh *Shard) RestoreOverflow(t *Tenant, s *Sample, now int64) Reason {
+	t.Overflowed.Add(1)
+	return sh.restore(t, s, now, true)
+}
+
+func (sh *Shard) restore(t *Tenant, s *Sample, now int64, folded bool) Reason {
+	sh.restoring = true
+	r := sh.add(t, s, now, folded)
+	sh.restoring = false
+	return r
+}
+
 func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	ts := s.Timestamp
 	if ts == 0 {
@@ -148,9 +186,18 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	if folded {
 		c = sh.overflow(t, s.Type, now)
 	} else if c = sh.context(t, s, now); c == nil {
-		return sh.fold(t, s, now)
+		return sh.fold(t, s, now, sh.restoring)
 	}
 	start, width := sh.timing.Bucket(s.Timestamp, now)
+	if sh.restoring {
+		k := bucketKey{start, width}
+		b := sh.restored(k)
+		if b == nil {
+			return Accepted // flushed; no late sample may correct it
+		}
+		c.expires = max(c.expires, sh.keptUntil(k))
+		return sh.put(b, c, s, ts)
+	}
 	if s.Timestamp == 0 && sh.timing.Due(start, width) <= sh.watermark {
 		// Stamped with its arrival before a tick and added after it: the
 		// sample goes to the bucket open now, as if it arrived a moment
@@ -161,6 +208,11 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	if b == nil {
 		return ReasonTooOld
 	}
+	return sh.put(b, c, s, ts)
+}
+
+// put adds s, of context c, at ts to bucket b.
+func (sh *Shard) put(b *Bucket, c *context, s *Sample, ts int64) Reason {
 	if b.base != nil {
 		// A late sample: the bucket it corrects decides type conflicts.
 		if j, ok := b.base.index[c]; ok && b.base.slots[j].typ != s.Type {
@@ -363,7 +415,15 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 		var base *Bucket
 		if late {
 			var kept bool
-			if base, kept = sh.kept[k]; kept && base == nil || sh.markedUntil(k) < sh.watermark {
+			base, kept = sh.kept[k]
+			switch {
+			case kept && (base == nil || !base.stamped), sh.markedUntil(k) < sh.watermark:
+				// Flushed with nothing to correct it from (a restored
+				// bucket of untimed samples only), or too old.
+				return nil
+			case !kept && sh.keptUntil(k) < sh.resumed:
+				// Flushed before a restart, past its late window then:
+				// what it held is not known.
 				return nil
 			}
 		}
@@ -372,6 +432,24 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 		sh.buckets[k] = b
 	}
 	sh.last = b
+	return b
+}
+
+// restored returns the kept bucket of range k that Restore fills, opening
+// it, or nil when the range was past its late window at the restart.
+func (sh *Shard) restored(k bucketKey) *Bucket {
+	if sh.keptUntil(k) < sh.resumed {
+		if _, ok := sh.kept[k]; !ok && sh.markedUntil(k) >= sh.resumed {
+			sh.kept[k] = nil
+		}
+		return nil
+	}
+	b := sh.kept[k]
+	if b == nil {
+		b = getBucket(k.start, k.width, false)
+		b.kept = true
+		sh.kept[k] = b
+	}
 	return b
 }
 
@@ -420,6 +498,11 @@ func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
 	sh.last = nil
 	sh.watermark = max(sh.watermark, tick)
 	for k, b := range sh.kept {
+		if b != nil && !b.stamped {
+			// Restored with untimed samples only: not corrected.
+			b.release()
+			sh.kept[k], b = nil, nil
+		}
 		if b != nil && sh.keptUntil(k) < sh.watermark && b.drain != sh.drains {
 			// A bucket handed out by this drain goes at the next.
 			b.release()
