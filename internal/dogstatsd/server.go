@@ -40,10 +40,10 @@ type Config struct {
 	// DefaultHost is the host of items that name none (Parser.DefaultHost).
 	DefaultHost string
 	Limits      codec.Limits
-	// Load, if set, makes the server drop the datagrams it reads while
-	// memory is past the hard limit, counting them in Refused: UDP has no
-	// way to slow its senders, and the aggd.v1 services refuse batches at
-	// that point too.
+	// Load, if set, makes the server drop the datagrams it reads while it
+	// is Hard (memory past the hard limit, or a full send queue), counting
+	// them in Refused: UDP has no way to slow its senders, and the aggd.v1
+	// services refuse batches at that point too.
 	Load overload.Leveler
 }
 
@@ -66,8 +66,16 @@ type Server struct {
 	wg     sync.WaitGroup
 
 	// Packets, Lines and ReadErrors count what the sockets delivered;
-	// Refused counts datagrams read and dropped past the hard memory limit.
-	Packets, Lines, ReadErrors, Refused atomic.Int64
+	// Refused counts datagrams read and dropped while the load level is
+	// Hard: RefusedQueue those dropped because the send queue was full
+	// (the level's Cause, when it has one), RefusedMemory the others.
+	Packets, Lines, ReadErrors, Refused, RefusedMemory, RefusedQueue atomic.Int64
+}
+
+// loadCause, implemented by a load level (overload.Pushback), says
+// whether a Hard level is the send queue's rather than memory's.
+type loadCause interface {
+	Cause() (msg string, queue bool)
 }
 
 // New returns a server feeding ing for tenant t. cfg must be valid.
@@ -170,6 +178,15 @@ func (s *Server) read(c net.PacketConn) {
 			continue
 		}
 		if s.cfg.Load != nil && s.cfg.Load.Level() == overload.Hard {
+			queue := false
+			if c, ok := s.cfg.Load.(loadCause); ok {
+				_, queue = c.Cause()
+			}
+			if queue {
+				s.RefusedQueue.Add(1)
+			} else {
+				s.RefusedMemory.Add(1)
+			}
 			s.Refused.Add(1) // before Packets: who sees the datagram sees its refusal
 			s.Packets.Add(1)
 			continue

@@ -210,9 +210,34 @@ func TestHardMemoryLimitDropsDatagrams(t *testing.T) {
 			t.Fatalf("level %d: refused %d datagrams, want %d", tc.level, got, tc.refused)
 		}
 	}
+	if m, q := s.RefusedMemory.Load(), s.RefusedQueue.Load(); m != 1 || q != 0 {
+		t.Errorf("refused for memory %d, for the send queue %d; want 1 and 0", m, q)
+	}
 	s.Shutdown(context.Background())
 	pts := flushAll(t, agg, tn).Points()
 	if len(pts) != 1 || pts[0].Name != "mem.c" || pts[0].Value != 2 {
 		t.Fatalf("points %+v, want mem.c = 2 (the datagram past the hard limit dropped)", pts)
 	}
+}
+
+// TestFullSendQueueDropsDatagramsAsSuch: a datagram dropped because the
+// send queue is full (overload.Pushback) counts as the queue's, not as
+// memory's.
+func TestFullSendQueueDropsDatagramsAsSuch(t *testing.T) {
+	var full atomic.Bool
+	full.Store(true)
+	s, _, _ := start(t, dogstatsd.Config{UDP: "127.0.0.1:0", Load: overload.Pushback{Full: full.Load}})
+	c, err := net.Dial("udp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("q.c:1|c")); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, &s.Packets, 1, "datagrams")
+	if r, m, q := s.Refused.Load(), s.RefusedMemory.Load(), s.RefusedQueue.Load(); r != 1 || m != 0 || q != 1 {
+		t.Errorf("refused %d: for memory %d, for the send queue %d; want 1: 0 and 1", r, m, q)
+	}
+	s.Shutdown(context.Background())
 }

@@ -276,5 +276,32 @@ func FuzzDecodeMetrics(f *testing.F) {
 		if want := dumpProto(&req); got != want {
 			t.Fatalf("decoded\n%s\nproto.Unmarshal\n%s", got, want)
 		}
+		// The count sizes the memory reserved for decoding: it may not
+		// be below the points there are.
+		if n, want := otlpwire.CountPoints(b), protoPoints(&req); n < want {
+			t.Fatalf("CountPoints = %d, proto.Unmarshal finds %d points", n, want)
+		}
 	})
+}
+
+// protoPoints counts the data points of req.
+func protoPoints(req *colmetricspb.ExportMetricsServiceRequest) int {
+	n := 0
+	for _, rm := range req.ResourceMetrics {
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				n += len(m.GetGauge().GetDataPoints()) + len(m.GetSum().GetDataPoints()) + len(m.GetHistogram().GetDataPoints()) +
+					len(m.GetExponentialHistogram().GetDataPoints()) + len(m.GetSummary().GetDataPoints())
+			}
+		}
+	}
+	return n
+}
+
+func TestCountPoints(t *testing.T) {
+	req := sample()
+	b, _ := proto.Marshal(req)
+	if got, want := otlpwire.CountPoints(b), protoPoints(req); got != want || want == 0 {
+		t.Fatalf("CountPoints = %d, want %d", got, want)
+	}
 }

@@ -113,5 +113,27 @@ func FuzzDecodeTraces(f *testing.F) {
 		if want := dumpTraces(&req); got.String() != want {
 			t.Fatalf("decoded\n%s\nproto.Unmarshal\n%s", got, want)
 		}
+		if n, want := otlpwire.CountSpans(b), protoSpans(&req); n < want {
+			t.Fatalf("CountSpans = %d, proto.Unmarshal finds %d spans", n, want)
+		}
 	})
+}
+
+// protoSpans counts the spans of req.
+func protoSpans(req *coltracepb.ExportTraceServiceRequest) int {
+	n := 0
+	for _, rs := range req.ResourceSpans {
+		for _, ss := range rs.ScopeSpans {
+			n += len(ss.Spans)
+		}
+	}
+	return n
+}
+
+func TestCountSpans(t *testing.T) {
+	req := traceSample()
+	b, _ := proto.Marshal(req)
+	if got, want := otlpwire.CountSpans(b), protoSpans(req); got != want || want == 0 {
+		t.Fatalf("CountSpans = %d, want %d", got, want)
+	}
 }

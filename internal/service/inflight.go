@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -28,8 +29,10 @@ type MemoryRoom interface {
 // up to reserveWait, and is then refused with ResourceExhausted and
 // RetryInfo. One that could never fit (more than half of the hard limit
 // by itself) is refused with ResourceExhausted alone, with a message that
-// names the largest request that would. reserveWait bounds how long a request waits for room.
-const reserveWait = 10 * time.Second
+// names the largest request that would.
+//
+// defaultReserveWait bounds how long a request waits for room.
+const defaultReserveWait = 10 * time.Second
 
 // requestCost is the memory the request in st takes from here on: its
 // decoded items and keys, and, with a journal, its record and the record
@@ -51,13 +54,26 @@ func (s *Server) reserve(ctx context.Context, st *callState, stream bool, tenant
 	if s.room == nil {
 		return func() {}, nil
 	}
-	n, size := s.requestCost(st, stream), len(st.frame.Buf)
+	return s.reserveBytes(ctx, s.requestCost(st, stream), len(st.frame.Buf), tenant)
+}
+
+// errTooLargeForBudget marks the refusal of a request that could never
+// fit the budget, which OTLP/HTTP answers with 413 rather than 429.
+var errTooLargeForBudget = errors.New("request too large for the memory budget")
+
+// reserveBytes reserves n bytes for a request of size bytes (see
+// SetMemoryRoom), or returns the status that refuses it; release gives
+// them back.
+func (s *Server) reserveBytes(ctx context.Context, n int64, size int, tenant string) (release func(), err error) {
+	if s.room == nil {
+		return func() {}, nil
+	}
 	limit := s.room.Capacity() / 2
 	if n > limit {
 		largest := int64(size) * limit / n
-		return nil, s.refuse(RefusedMemory, tenant, status.Errorf(codes.ResourceExhausted,
+		return nil, tooLarge{s.refuse(RefusedMemory, tenant, status.Errorf(codes.ResourceExhausted,
 			"request larger than max (%d vs. %d) that aggd's memory budget can decode at once: it needs %d bytes, half the budget is %d; send it in smaller requests",
-			size, largest, n, limit))
+			size, largest, n, limit))}
 	}
 	var deadline time.Time
 	for wait := time.Millisecond; ; wait = min(2*wait, 20*time.Millisecond) {
@@ -69,7 +85,7 @@ func (s *Server) reserve(ctx context.Context, st *callState, stream bool, tenant
 			continue
 		}
 		if deadline.IsZero() {
-			deadline = time.Now().Add(reserveWait)
+			deadline = time.Now().Add(s.reserveWait)
 		} else if time.Now().After(deadline) {
 			st, _ := status.New(codes.ResourceExhausted, "aggd's memory budget has had no room for this request; retry later").
 				WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(overloadRetry)})
@@ -83,4 +99,32 @@ func (s *Server) reserve(ctx context.Context, st *callState, stream bool, tenant
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// tooLarge is the status of a request that could never fit the budget;
+// it unwraps to errTooLargeForBudget.
+type tooLarge struct{ error }
+
+func (e tooLarge) GRPCStatus() *status.Status { return status.Convert(e.error) }
+func (e tooLarge) Unwrap() error              { return errTooLargeForBudget }
+
+// otlpCost is the memory converting an OTLP request of size bytes holding
+// n points or spans takes: the items, the keys and tags built from the
+// request's bytes (at most as many again), and with a journal the record
+// and the record compressed; a JSON body (json) also takes the generated
+// message protojson fills and the protobuf it is encoded to, taken here as
+// four times its size.
+func (s *Server) otlpCost(size, n int, spans, json bool) int64 {
+	c := codec.Counts{Samples: n}
+	if spans {
+		c = codec.Counts{Spans: n}
+	}
+	cost := codec.DecodeCost(size, c) + int64(size)
+	if s.journal != nil {
+		cost += 2 * int64(size)
+	}
+	if json {
+		cost += 4 * int64(size)
+	}
+	return cost
 }

@@ -399,7 +399,33 @@ func (r *OTLP) exportRaw(ctx context.Context, req []byte) (*colmetricspb.ExportM
 	if err := r.s.admit(ctx, tn); err != nil {
 		return nil, err
 	}
+	release, err := r.reserve(ctx, tn, req, false, false)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	return r.exportMetrics(ctx, tn, req)
+}
+
+// reserve reserves the memory converting an OTLP request body takes
+// against the budget, as the aggd.v1 services do (Config.Memory),
+// or returns the status that refuses it; release gives it back. The
+// points or spans of a protobuf body are counted; a JSON body is taken to
+// hold one per 16 bytes, the least a point takes in OTLP/JSON.
+func (r *OTLP) reserve(ctx context.Context, tn *window.Tenant, body []byte, spans, json bool) (release func(), err error) {
+	if r.s.room == nil {
+		return func() {}, nil
+	}
+	var n int
+	switch {
+	case json:
+		n = len(body) / 16
+	case spans:
+		n = otlpwire.CountSpans(body)
+	default:
+		n = otlpwire.CountPoints(body)
+	}
+	return r.s.reserveBytes(ctx, r.s.otlpCost(len(body), n, spans, json), len(body), tn.ID)
 }
 
 // exportMetrics converts and ingests the encoded metrics request of an

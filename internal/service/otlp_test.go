@@ -47,14 +47,20 @@ func startOTLPWith(t *testing.T, cfg service.OTLPConfig, setup ...func(*service.
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOTLP(t, srv.NewOTLP(cfg)), agg, tenants
+}
+
+// serveOTLP serves r over OTLP/gRPC on bufconn.
+func serveOTLP(t *testing.T, r *service.OTLP) *grpc.ClientConn {
+	t.Helper()
 	gs := grpc.NewServer(service.ServerOptions()...)
-	srv.NewOTLP(cfg).Register(gs)
+	r.Register(gs)
 	lis := bufconn.Listen(1 << 20)
 	go gs.Serve(lis)
 	conn, _ := grpc.NewClient("passthrough:///otlp", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	t.Cleanup(func() { conn.Close(); gs.Stop() })
-	return conn, agg, tenants
+	return conn
 }
 
 func sumPoint(start uint64, v int64) *metricspb.Metric {

@@ -40,7 +40,7 @@ const (
 // in the request's encoding for every error.
 func (r *OTLP) Handler(maxBody int) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/v1/metrics", otlpHandler(r, maxBody, func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
+	mux.Handle("/v1/metrics", otlpHandler(r, maxBody, false, func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
 		if json { // to protobuf, which the metrics decoder reads
 			req := &colmetricspb.ExportMetricsServiceRequest{}
 			if err := unmarshalOTLP(body, true, req); err != nil {
@@ -50,7 +50,7 @@ func (r *OTLP) Handler(maxBody int) http.Handler {
 		}
 		return r.exportMetrics(ctx, tn, body)
 	}))
-	mux.Handle("/v1/traces", otlpHandler(r, maxBody, func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
+	mux.Handle("/v1/traces", otlpHandler(r, maxBody, true, func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error) {
 		if json { // to protobuf, with the ids OTLP/JSON writes in hex
 			req := &coltracepb.ExportTraceServiceRequest{}
 			if err := unmarshalOTLP(body, true, req); err != nil {
@@ -66,7 +66,8 @@ func (r *OTLP) Handler(maxBody int) http.Handler {
 
 type exportFunc func(ctx context.Context, tn *window.Tenant, body []byte, json bool) (proto.Message, error)
 
-func otlpHandler(r *OTLP, maxBody int, export exportFunc) http.Handler {
+// otlpHandler serves one signal's path; spans says it is traces.
+func otlpHandler(r *OTLP, maxBody int, spans bool, export exportFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		ct, _, _ := mime.ParseMediaType(req.Header.Get("Content-Type"))
 		json := ct == contentJSON
@@ -99,7 +100,16 @@ func otlpHandler(r *OTLP, maxBody int, export exportFunc) http.Handler {
 			writeOTLPError(w, json, code, status.New(codes.InvalidArgument, err.Error()))
 			return
 		}
+		release, err := r.reserve(ctx, tn, body, spans, json)
+		if errors.Is(err, errTooLargeForBudget) {
+			writeOTLPError(w, json, http.StatusRequestEntityTooLarge, status.Convert(err))
+			return
+		} else if err != nil {
+			writeOTLPStatus(w, json, status.Convert(err))
+			return
+		}
 		resp, err := export(ctx, tn, body, json)
+		release()
 		if err != nil {
 			writeOTLPStatus(w, json, status.Convert(err))
 			return

@@ -38,6 +38,11 @@ func (t *otlpTraces) exportRaw(ctx context.Context, req []byte) (*coltracepb.Exp
 	if err := s.admit(ctx, tn); err != nil {
 		return nil, err
 	}
+	release, err := t.r.reserve(ctx, tn, req, true, false)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	return t.exportTraces(ctx, tn, req)
 }
 

@@ -104,6 +104,7 @@ type Server struct {
 	refusals     refusals
 	room         MemoryRoom
 	inflight     atomic.Int64 // bytes reserved by requests being decoded
+	reserveWait  time.Duration
 	fwd          Forwarder
 	// streamBase and streams number the streams for the write-ahead
 	// log, uniquely across runs.
@@ -118,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	lim := cmp.Or(cfg.Limits, codec.DefaultLimits())
 	s := &Server{ing: cfg.Ingest, tenants: cfg.Tenants, lim: lim, log: cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
-		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder}
+		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, reserveWait: defaultReserveWait}
 	s.states.New = func() any {
 		st := &callState{dec: codec.NewDecoder(lim)}
 		st.dec.Series = &st.series

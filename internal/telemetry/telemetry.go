@@ -348,7 +348,7 @@ func NewDogStatsDCollector(s *dogstatsd.Server, tenant string) *DogStatsDCollect
 		lines:   prometheus.NewDesc("aggd_dogstatsd_lines_total", "Lines read, bad ones included (those count in aggd_items_rejected_total).", l, nil),
 		errs:    prometheus.NewDesc("aggd_dogstatsd_read_errors_total", "Socket read errors.", l, nil),
 		drops:   prometheus.NewDesc("aggd_dogstatsd_kernel_drops_total", "Datagrams the kernel dropped because the UDP receive buffer was full.", l, nil),
-		refused: prometheus.NewDesc("aggd_dogstatsd_refused_total", "Datagrams read and dropped because memory was past the hard limit of --memory-limit.", l, nil),
+		refused: prometheus.NewDesc("aggd_dogstatsd_refused_total", "Datagrams read and dropped, by cause: memory past the hard limit of --memory-limit, or a full send queue on disk (send_queue).", []string{"tenant", "cause"}, nil),
 	}
 }
 
@@ -366,7 +366,8 @@ func (c *DogStatsDCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(c.s.Packets.Load()), c.tenant)
 	ch <- prometheus.MustNewConstMetric(c.lines, prometheus.CounterValue, float64(c.s.Lines.Load()), c.tenant)
 	ch <- prometheus.MustNewConstMetric(c.errs, prometheus.CounterValue, float64(c.s.ReadErrors.Load()), c.tenant)
-	ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.s.Refused.Load()), c.tenant)
+	ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.s.RefusedMemory.Load()), c.tenant, "memory")
+	ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.s.RefusedQueue.Load()), c.tenant, "send_queue")
 	if d, ok := c.s.KernelDrops(); ok {
 		ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(d), c.tenant)
 	}
