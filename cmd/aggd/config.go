@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -359,4 +360,53 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.Sampling.MaxSpansPerTrace, "sampling-max-spans-per-trace", c.Sampling.MaxSpansPerTrace, "spans held per trace; the trace is decided when it reaches it")
 	fs.Var(byteSize[int64]{&c.Sampling.MaxBytes}, "sampling-max-bytes", "memory of all held spans (512MiB, or bytes); new traces past it are decided at once")
 	fs.DurationVar(&c.Sampling.DecisionTTL, "sampling-decision-ttl", c.Sampling.DecisionTTL, "how long a trace's decision applies to its late spans")
+}
+
+const redacted = "<redacted>"
+
+// effectiveConfig renders the configuration in force as JSON: every flag,
+// the upstreams and the tenants, with tokens, keys and header values
+// redacted.
+func effectiveConfig(cfg config, file *configpkg.File, tenants []configpkg.Tenant) string {
+	flags := maps.Clone(cfg.values)
+	for _, secret := range []string{"admin-token", "peer-token"} {
+		if flags[secret] != "" {
+			flags[secret] = redacted
+		}
+	}
+	type upstreamView struct {
+		configpkg.Upstream
+		APIKey  string            `json:"APIKey,omitempty"`
+		Headers map[string]string `json:"Headers,omitempty"`
+	}
+	var ups []upstreamView
+	for _, u := range file.Upstreams {
+		v := upstreamView{Upstream: u}
+		if u.APIKey != "" {
+			v.APIKey = redacted
+		}
+		for k := range u.Headers {
+			if v.Headers == nil {
+				v.Headers = map[string]string{}
+			}
+			v.Headers[k] = redacted
+		}
+		ups = append(ups, v)
+	}
+	type tenantView struct {
+		ID          string
+		Tokens      int
+		MaxContexts int64
+		Upstreams   []string
+	}
+	var tvs []tenantView
+	for _, t := range tenants {
+		tvs = append(tvs, tenantView{ID: t.ID, Tokens: len(t.Tokens), MaxContexts: t.MaxContexts, Upstreams: t.Upstreams})
+	}
+	var out strings.Builder
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false) // for people reading it through grpcurl
+	enc.SetIndent("", "  ")
+	enc.Encode(map[string]any{"flags": flags, "default_upstreams": file.DefaultUpstreams, "upstreams": ups, "tenants": tvs})
+	return out.String()
 }

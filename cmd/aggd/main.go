@@ -7,13 +7,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -356,30 +354,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv.RegisterAdmin(gs, service.AdminConfig{
 		Token:    cfg.AdminToken,
 		Contexts: agg,
-		Queues: func() []service.QueueInfo {
-			var out []service.QueueInfo
-			for _, q := range router.Queues() {
-				out = append(out, service.QueueInfo{Upstream: q.Upstream, Depth: q.Depth, Capacity: q.Capacity, Bytes: q.Bytes})
-			}
-			return out
-		},
-		Config: func() string { return effectiveConfig(cfg, upstreamFile, tenantCfgs) },
-		Rules: func() []service.RuleInfo {
-			if ruleEngine == nil {
-				return nil
-			}
-			var out []service.RuleInfo
-			for _, r := range ruleEngine.Rules().Rules {
-				c := ruleEngine.Counters(r.Name)
-				ri := service.RuleInfo{Name: r.Name, Category: r.Category, Matched: c.Matched.Load(), Emitted: c.Outputs.Load(),
-					Corrections: c.Corrections.Load(), TooLate: c.TooLate.Load()}
-				for _, a := range r.Algorithms {
-					ri.Outputs = append(ri.Outputs, a.Output)
-				}
-				out = append(out, ri)
-			}
-			return out
-		},
+		Queues:   service.RouterQueues(router),
+		Config:   func() string { return effectiveConfig(cfg, upstreamFile, tenantCfgs) },
+		Rules:    service.EngineRules(ruleEngine),
 	})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -560,55 +537,6 @@ func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.
 	}
 	closeAll()
 	return nil, nil, nil, err
-}
-
-const redacted = "<redacted>"
-
-// effectiveConfig renders the configuration in force as JSON: every flag,
-// the upstreams and the tenants, with tokens, keys and header values
-// redacted.
-func effectiveConfig(cfg config, file *configpkg.File, tenants []configpkg.Tenant) string {
-	flags := maps.Clone(cfg.values)
-	for _, secret := range []string{"admin-token", "peer-token"} {
-		if flags[secret] != "" {
-			flags[secret] = redacted
-		}
-	}
-	type upstreamView struct {
-		configpkg.Upstream
-		APIKey  string            `json:"APIKey,omitempty"`
-		Headers map[string]string `json:"Headers,omitempty"`
-	}
-	var ups []upstreamView
-	for _, u := range file.Upstreams {
-		v := upstreamView{Upstream: u}
-		if u.APIKey != "" {
-			v.APIKey = redacted
-		}
-		for k := range u.Headers {
-			if v.Headers == nil {
-				v.Headers = map[string]string{}
-			}
-			v.Headers[k] = redacted
-		}
-		ups = append(ups, v)
-	}
-	type tenantView struct {
-		ID          string
-		Tokens      int
-		MaxContexts int64
-		Upstreams   []string
-	}
-	var tvs []tenantView
-	for _, t := range tenants {
-		tvs = append(tvs, tenantView{ID: t.ID, Tokens: len(t.Tokens), MaxContexts: t.MaxContexts, Upstreams: t.Upstreams})
-	}
-	var out strings.Builder
-	enc := json.NewEncoder(&out)
-	enc.SetEscapeHTML(false) // for people reading it through grpcurl
-	enc.SetIndent("", "  ")
-	enc.Encode(map[string]any{"flags": flags, "default_upstreams": file.DefaultUpstreams, "upstreams": ups, "tenants": tvs})
-	return out.String()
 }
 
 func b2f(b bool) float64 {

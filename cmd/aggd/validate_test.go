@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	configpkg "github.com/aggd/aggd/internal/config"
 )
 
 func TestSizesTakeUnits(t *testing.T) {
@@ -159,18 +157,5 @@ path = "-"
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not say %q", err, want)
 		}
-	}
-}
-
-// TestEffectiveConfigHidesTokens checks that GetConfig's view of the flags
-// shows neither token, wherever it was set.
-func TestEffectiveConfigHidesTokens(t *testing.T) {
-	c, err := parseConfig([]string{"--admin-token", "admin-secret-0123456789", "--peer-token", "peer-secret-0123456789"}, func(string) string { return "" }, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	view := effectiveConfig(c, &configpkg.File{}, nil)
-	if strings.Contains(view, "admin-secret") || strings.Contains(view, "peer-secret") || !strings.Contains(view, `"peer-token"`) {
-		t.Errorf("the effective configuration shows a token:\n%s", view)
 	}
 }

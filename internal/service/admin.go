@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/rules"
+	"github.com/aggd/aggd/internal/upstream"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -50,6 +52,38 @@ type RuleInfo struct {
 	// Corrections and TooLate count late items' effects (see the rules
 	// engine's Counters).
 	Corrections, TooLate int64
+}
+
+// RouterQueues is an AdminConfig.Queues reporting r's send queues.
+func RouterQueues(r *upstream.Router) func() []QueueInfo {
+	return func() []QueueInfo {
+		var out []QueueInfo
+		for _, q := range r.Queues() {
+			out = append(out, QueueInfo{Upstream: q.Upstream, Depth: q.Depth, Capacity: q.Capacity, Bytes: q.Bytes})
+		}
+		return out
+	}
+}
+
+// EngineRules is an AdminConfig.Rules reporting the rules e holds and
+// their counters; a nil e holds none.
+func EngineRules(e *rules.Engine) func() []RuleInfo {
+	return func() []RuleInfo {
+		if e == nil {
+			return nil
+		}
+		var out []RuleInfo
+		for _, r := range e.Rules().Rules {
+			c := e.Counters(r.Name)
+			ri := RuleInfo{Name: r.Name, Category: r.Category, Matched: c.Matched.Load(), Emitted: c.Outputs.Load(),
+				Corrections: c.Corrections.Load(), TooLate: c.TooLate.Load()}
+			for _, a := range r.Algorithms {
+				ri.Outputs = append(ri.Outputs, a.Output)
+			}
+			out = append(out, ri)
+		}
+		return out
+	}
 }
 
 type admin struct {
