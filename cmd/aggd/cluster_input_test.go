@@ -19,7 +19,9 @@ import (
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/aggd/aggd/internal/upstream/upstreamtest"
@@ -248,4 +250,72 @@ func sketchCounts(m map[storeKey]string) map[storeKey]string {
 		out[k] = cnt + " k " + bins
 	}
 	return out
+}
+
+// TestClusterUnreachableOwnerRefusesOTLPAndCountsDogStatsD runs a replica
+// whose only peer never answers: an OTLP request holding points that peer
+// owns is refused UNAVAILABLE and nothing of it is taken, and DogStatsD
+// samples it owns are counted undelivered, not aggregated here.
+func TestClusterUnreachableOwnerRefusesOTLPAndCountsDogStatsD(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds aggd and runs it")
+	}
+	bin := buildAggd(t)
+	dd := upstreamtest.NewDatadogIntake(t)
+	self, dead := freeAddr(t), freeAddr(t)
+	sock := filepath.Join(t.TempDir(), "dsd.sock")
+	p := startProcess(t, bin, "--config", intakeConfig(t, dd), "--interval", "1s", "--grace", "0s", "--max-lateness", "2h",
+		"--late-window", "2h", "--dogstatsd-socket", sock, "--peer-listen", self, "--peers", self+","+dead,
+		"--peer-token", "s3cret", "--peer-forward-timeout", "1s")
+	base := time.Now().Add(-10 * time.Minute).Truncate(10 * time.Second).UnixNano()
+
+	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	_, err = colmetricspb.NewMetricsServiceClient(cc).Export(context.Background(), otlpRequest("ot.", base, 0, false))
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "owner_unavailable") {
+		t.Fatalf("export with an unreachable owner: %v, want UNAVAILABLE owner_unavailable", err)
+	}
+
+	undelivered := func() float64 { return undeliveredAt(scrape(t, p.admin)) }
+	otlpUndelivered := undelivered()
+	localBefore := metric(scrape(t, p.admin), `aggd_cluster_items_total{kind="sample",outcome="local"}`)
+	if otlpUndelivered == 0 {
+		t.Fatal("no OTLP point counted undelivered")
+	}
+	c, err := net.Dial("unixgram", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d := dogstatsdDatagram(base, 0)
+	if _, err := c.Write(d); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); sumMetric(scrape(t, p.admin), "aggd_dogstatsd_lines_total") < float64(bytes.Count(d, []byte("\n"))) || undelivered() == otlpUndelivered; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("DogStatsD samples of the unreachable owner were not counted undelivered (%v)", undelivered())
+		}
+	}
+	text := scrape(t, p.admin)
+	local := metric(text, `aggd_cluster_items_total{kind="sample",outcome="local"}`) - localBefore
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	if p.err != nil {
+		t.Fatalf("aggd: %v\n%s", p.err, p.log)
+	}
+	if n := len(seriesStore(dd.Series(), "ot.")) + len(sketchStore(dd.Sketches(), "ot.")); n != 0 {
+		t.Errorf("%d points of the refused OTLP request reached the intake", n)
+	}
+	// Every DogStatsD sample was either aggregated here or counted.
+	dsdUndelivered := undeliveredAt(text) - otlpUndelivered
+	if lines := float64(bytes.Count(d, []byte("\n"))); local+dsdUndelivered != lines || dsdUndelivered == 0 || local == 0 {
+		t.Errorf("DogStatsD: %v lines, %v owned here, %v undelivered", lines, local, dsdUndelivered)
+	}
+}
+
+func undeliveredAt(text string) float64 {
+	return metric(text, `aggd_cluster_items_total{kind="sample",outcome="undelivered"}`)
 }
