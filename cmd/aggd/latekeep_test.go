@@ -13,14 +13,26 @@ import (
 // TestKillNineKeepsLateCorrectionsExact runs aggd with a write-ahead log
 // into an intake that keeps the last write per series and timestamp: a
 // bucket is flushed, corrected by a late sample, aggd is killed with
-// SIGKILL and started again on the same directory, and another late
-// sample for the bucket must leave the intake holding the true total of
-// all three, not the last one's partial.
+// SIGKILL, or stopped cleanly with SIGTERM, and started again on the same
+// directory, and another late sample for the bucket must leave the intake
+// holding the true total of all three, not the last one's partial.
 func TestKillNineKeepsLateCorrectionsExact(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds aggd and runs it twice")
+		t.Skip("builds aggd and runs it four times")
 	}
 	bin := buildAggd(t)
+	for _, tc := range []struct {
+		name string
+		stop syscall.Signal
+	}{
+		{"kill -9", syscall.SIGKILL},
+		{"clean stop", syscall.SIGTERM},
+	} {
+		t.Run(tc.name, func(t *testing.T) { lateCorrectionAcrossRestart(t, bin, tc.stop) })
+	}
+}
+
+func lateCorrectionAcrossRestart(t *testing.T, bin string, stop syscall.Signal) {
 	dd := upstreamtest.NewDatadogIntake(t)
 	args := []string{"--config", intakeConfig(t, dd), "--wal-dir", filepath.Join(t.TempDir(), "data"), "--interval", "1s", "--grace", "0s"}
 	ts := time.Now().Add(-30 * time.Second).UnixNano() // flushed at the first tick, kept for --late-window (2m)
@@ -68,13 +80,16 @@ func TestKillNineKeepsLateCorrectionsExact(t *testing.T) {
 	if v := next(1); v != 3 {
 		t.Fatalf("intake holds %v after a late sample, want 3", v)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := p.cmd.Process.Signal(stop); err != nil {
 		t.Fatal(err)
 	}
 	<-p.done
+	if stop == syscall.SIGTERM && p.err != nil {
+		t.Fatalf("aggd did not stop cleanly: %v\n%s", p.err, p.log)
+	}
 	q := startProcess(t, bin, args...)
 	send(q, 4)
 	if v := next(3); v != 7 {
-		t.Fatalf("intake holds %v after a late sample following kill -9, want 7\n%s", v, q.log)
+		t.Fatalf("intake holds %v after a late sample following %v, want 7\n%s", v, stop, q.log)
 	}
 }

@@ -17,8 +17,11 @@ func (j *Journal) Replay() error {
 	start := time.Now()
 	defer func() { j.series = nil }() // the streams replayed are gone
 	records, skipped := 0, 0
-	if cp := j.cfg.Log.Checkpoint(); cp.Tick != 0 && !cp.Final() {
-		j.cfg.Ingest.Resume(cp.Tick)
+	// A final flush (a clean stop) drained open buckets too: replay then
+	// restores every sample as flushed (its tick is math.MaxInt64), and
+	// the buckets due after the stop's tick stay kept, ahead of it.
+	if t := j.cfg.Log.Checkpoint().Flushed(); t != 0 {
+		j.cfg.Ingest.Resume(t)
 	}
 	damage, err := j.cfg.Log.Replay(func(rec []byte, flushed bool, tick int64) (int64, error) {
 		due, err := j.ReplayRecord(rec, flushed, tick)

@@ -78,6 +78,9 @@ type Options struct {
 type Checkpoint struct {
 	Generation uint64 `json:"generation"`
 	Tick       int64  `json:"tick"`
+	// Stop marks the checkpoint of a final flush (a clean stop), which
+	// drained everything, open buckets included, at Tick.
+	Stop bool `json:"final,omitempty"`
 }
 
 // generation is the records between two rotations.
@@ -418,15 +421,14 @@ func (l *Log) Rotate() (uint64, error) {
 // Rotate returned generation gen, has its payloads safely queued: the
 // checkpoint is written, and the generations it covers removed. final says
 // it was the final flush, which drained everything: its checkpoint covers
-// every due time.
+// every record, and keeps, as any other, the generations whose due times
+// (the late window of their buckets included) are after tick, so that the
+// next start restores the buckets still kept for late samples.
 func (l *Log) Record(gen uint64, tick int64, final bool) error {
-	if final {
-		tick = finalTick
-	}
 	l.mu.Lock()
-	cp := Checkpoint{Generation: gen, Tick: tick}
+	cp := Checkpoint{Generation: gen, Tick: tick, Stop: final}
 	// After a final flush the next run starts its ticks again.
-	if cp.Generation < l.cp.Generation || (cp.Tick < l.cp.Tick && l.cp.Tick != finalTick) {
+	if cp.Generation < l.cp.Generation || (cp.Tick < l.cp.Tick && !l.cp.Final()) {
 		l.mu.Unlock()
 		return fmt.Errorf("wal: checkpoint %+v goes back from %+v", cp, l.cp)
 	}
@@ -494,7 +496,8 @@ func syncDir(dir string) error {
 
 // Replay calls fn with every intact record the log opened with, oldest
 // first; flushed says that the checkpoint's flush, of tick, drained the
-// windows after the record's batch was in them. fn returns the record's
+// windows after the record's batch was in them (after a final flush, which
+// drained everything, tick is math.MaxInt64). fn returns the record's
 // due time. rec is only valid during the call. Records that fail their
 // checks (a torn tail after a power loss, a damaged sector) are skipped
 // and returned as Damage, one per damaged stretch; intact records after
@@ -505,6 +508,9 @@ func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, e
 	gens := slices.Clone(l.closed)
 	cp := l.cp
 	l.mu.Unlock()
+	if cp.Final() {
+		cp.Tick = finalTick
+	}
 	var damage []Damage
 	for _, g := range gens {
 		if !g.replay {
@@ -704,9 +710,20 @@ func (l *Log) Stats() Stats {
 }
 
 // Final reports whether c is the checkpoint of a final flush, which drained
-// everything: its Tick is no flush time.
-func (c Checkpoint) Final() bool { return c.Tick == finalTick }
+// everything, open buckets included.
+func (c Checkpoint) Final() bool { return c.Stop || c.Tick == finalTick }
 
-// finalTick is the checkpoint tick of the final flush, which drains
-// everything: every due time is at or before it.
+// Flushed returns the tick by which the checkpoint's flush had flushed
+// every bucket due, or 0 when it does not say: no checkpoint, or one of a
+// final flush written before final checkpoints kept their tick.
+func (c Checkpoint) Flushed() int64 {
+	if c.Tick == finalTick {
+		return 0
+	}
+	return c.Tick
+}
+
+// finalTick is the checkpoint tick of the final flush as earlier releases
+// wrote it, and the tick Replay reports for a final flush's checkpoint:
+// every due time is at or before it.
 const finalTick = math.MaxInt64

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -141,7 +142,6 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 	}
 
 	l = open(t, dir, wal.SyncAlways)
-	defer l.Close()
 	got, flushed, _ := replayAll(t, l)
 	// Replay counts the generations' bytes as read: the records plus the
 	// segments' framing.
@@ -151,17 +151,48 @@ func TestCheckpointRemovesCoveredGenerations(t *testing.T) {
 	if !slices.Equal(got, want(30, 35)) || flushed != 0 || l.Checkpoint() != (wal.Checkpoint{Generation: b3, Tick: 400}) {
 		t.Fatalf("replayed %d records, %d flushed, with %+v; want records 30-34, none flushed", len(got), flushed, l.Checkpoint())
 	}
-	// The replayed generation waits for a flush; a final one removes it.
-	if err := l.Record(rotate(t, l), 300, true); err != nil {
+	// The replayed generation waits for a flush; a final one removes it,
+	// and keeps, as any flush, a generation due after its tick (a
+	// bucket's late window).
+	appendN(t, l, 35, 5, 600)
+	fin := rotate(t, l)
+	if err := l.Record(fin, 500, true); err != nil {
 		t.Fatal(err)
 	}
-	if st := l.Stats(); st.Records != 0 || st.Generations != 1 {
-		t.Fatalf("%+v after the final flush", st)
+	if st := l.Stats(); st.Records != 5 || st.Generations != 2 {
+		t.Fatalf("%+v after the final flush, want the 5 records due at 600 kept", st)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = open(t, dir, wal.SyncAlways)
+	defer l.Close()
+	cp := l.Checkpoint()
+	if !cp.Final() || cp.Flushed() != 500 || cp.Generation != fin {
+		t.Fatalf("checkpoint %+v after the final flush: want final, flushed at 500, generation %d", cp, fin)
+	}
+	// The final flush drained everything: every record it kept comes back
+	// flushed, past every due time.
+	var ticks []int64
+	if _, err := l.Replay(func(r []byte, f bool, tick int64) (int64, error) {
+		if !f {
+			t.Errorf("record %q not flushed after a final flush", r)
+		}
+		ticks = append(ticks, tick)
+		return 600, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(ticks) != 5 || ticks[0] != math.MaxInt64 {
+		t.Fatalf("replay after the final flush gave ticks %v, want 5 of math.MaxInt64", ticks)
 	}
 	// A new run's first tick may be below the final one.
 	appendN(t, l, 0, 1, 10)
 	if err := l.Record(rotate(t, l), 10, false); err != nil {
 		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Records != 6 {
+		t.Fatalf("%+v: the records due at 600 and 10 must wait", st)
 	}
 }
 

@@ -413,7 +413,11 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 	if !ok {
 		late := sh.timing.Due(start, width) <= sh.watermark
 		var base *Bucket
-		if late {
+		if !late && sh.kept[k] != nil {
+			// Not due yet, but flushed by an earlier process's final
+			// flush and restored: what comes now corrects it.
+			base, late = sh.kept[k], true
+		} else if late {
 			var kept bool
 			base, kept = sh.kept[k]
 			switch {
@@ -498,8 +502,8 @@ func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
 	sh.last = nil
 	sh.watermark = max(sh.watermark, tick)
 	for k, b := range sh.kept {
-		if b != nil && !b.stamped {
-			// Restored with untimed samples only: not corrected.
+		if b != nil && !b.stamped && sh.timing.Due(k.start, k.width) <= sh.watermark && b.drain != sh.drains {
+			// Restored with untimed samples only: not corrected once due.
 			b.release()
 			sh.kept[k], b = nil, nil
 		}
