@@ -281,8 +281,26 @@ func eachBytes(buf []byte, num protowire.Number, fn func([]byte) error) error {
 }
 
 func (d *Decoder) resourceMetrics(buf []byte, h MetricsHandler) error {
+	if err := d.readResource(buf); err != nil {
+		return err
+	}
+	h.Resource(&d.res)
+	for _, sm := range d.scopes {
+		if err := d.scopeMetrics(sm, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readResource reads a ResourceMetrics or ResourceSpans message (both carry
+// the resource as field 1 and their scopes as field 2): the resource's
+// attributes into d.res, the occurrences of its encoding into d.parts and
+// the scopes' encodings into d.scopes.
+func (d *Decoder) readResource(buf []byte) error {
 	d.res.Attrs = d.res.Attrs[:0]
 	d.scopes = d.scopes[:0]
+	d.parts = d.parts[:0]
 	var f field
 	for len(buf) > 0 {
 		if err := next(&buf, &f); err != nil {
@@ -293,14 +311,9 @@ func (d *Decoder) resourceMetrics(buf []byte, h MetricsHandler) error {
 			if err := d.resource(f.b); err != nil {
 				return err
 			}
+			d.parts = append(d.parts, f.b)
 		case f.num == 2 && f.typ == protowire.BytesType:
 			d.scopes = append(d.scopes, f.b)
-		}
-	}
-	h.Resource(&d.res)
-	for _, sm := range d.scopes {
-		if err := d.scopeMetrics(sm, h); err != nil {
-			return err
 		}
 	}
 	return nil
@@ -323,8 +336,28 @@ func (d *Decoder) resource(buf []byte) error {
 }
 
 func (d *Decoder) scopeMetrics(buf []byte, h MetricsHandler) error {
-	d.scope = Scope{Attrs: d.scope.Attrs[:0]}
 	start := len(d.data)
+	defer func() { d.data = d.data[:start] }()
+	if err := d.readScope(buf); err != nil {
+		return err
+	}
+	h.Scope(&d.scope)
+	metrics := d.data[start:]
+	for i := range metrics {
+		if err := d.metric(metrics[i], h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readScope reads a ScopeMetrics or ScopeSpans message (both carry the scope
+// as field 1 and their items as field 2): the scope into d.scope, the
+// occurrences of its encoding into d.parts, and appends the items'
+// encodings to d.data.
+func (d *Decoder) readScope(buf []byte) error {
+	d.scope = Scope{Attrs: d.scope.Attrs[:0]}
+	d.parts = d.parts[:0]
 	var f field
 	for len(buf) > 0 {
 		if err := next(&buf, &f); err != nil {
@@ -335,16 +368,9 @@ func (d *Decoder) scopeMetrics(buf []byte, h MetricsHandler) error {
 			if err := d.scopeFields(f.b); err != nil {
 				return err
 			}
+			d.parts = append(d.parts, f.b)
 		case f.num == 2 && f.typ == protowire.BytesType:
 			d.data = append(d.data, f.b)
-		}
-	}
-	h.Scope(&d.scope)
-	metrics := d.data[start:]
-	defer func() { d.data = d.data[:start] }()
-	for i := range metrics {
-		if err := d.metric(metrics[i], h); err != nil {
-			return err
 		}
 	}
 	return nil

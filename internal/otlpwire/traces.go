@@ -44,23 +44,8 @@ func (d *Decoder) joined(parts [][]byte) []byte {
 }
 
 func (d *Decoder) resourceSpans(buf []byte, h TracesHandler) error {
-	d.res.Attrs = d.res.Attrs[:0]
-	d.scopes = d.scopes[:0]
-	d.parts = d.parts[:0]
-	var f field
-	for len(buf) > 0 {
-		if err := next(&buf, &f); err != nil {
-			return err
-		}
-		switch {
-		case f.num == 1 && f.typ == protowire.BytesType:
-			if err := d.resource(f.b); err != nil {
-				return err
-			}
-			d.parts = append(d.parts, f.b)
-		case f.num == 2 && f.typ == protowire.BytesType:
-			d.scopes = append(d.scopes, f.b)
-		}
+	if err := d.readResource(buf); err != nil {
+		return err
 	}
 	h.Resource(&d.res, d.joined(d.parts))
 	for _, ss := range d.scopes {
@@ -72,24 +57,10 @@ func (d *Decoder) resourceSpans(buf []byte, h TracesHandler) error {
 }
 
 func (d *Decoder) scopeSpans(buf []byte, h TracesHandler) error {
-	d.scope = Scope{Attrs: d.scope.Attrs[:0]}
 	start := len(d.data)
 	defer func() { d.data = d.data[:start] }()
-	d.parts = d.parts[:0]
-	var f field
-	for len(buf) > 0 {
-		if err := next(&buf, &f); err != nil {
-			return err
-		}
-		switch {
-		case f.num == 1 && f.typ == protowire.BytesType:
-			if err := d.scopeFields(f.b); err != nil {
-				return err
-			}
-			d.parts = append(d.parts, f.b)
-		case f.num == 2 && f.typ == protowire.BytesType:
-			d.data = append(d.data, f.b)
-		}
+	if err := d.readScope(buf); err != nil {
+		return err
 	}
 	h.Scope(&d.scope, d.joined(d.parts))
 	for _, sp := range d.data[start:] {
