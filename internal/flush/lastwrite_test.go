@@ -15,15 +15,6 @@ import (
 	"github.com/aggd/aggd/internal/window"
 )
 
-// held returns what an intake point stands for in the sample's own unit: a
-// Datadog RATE point is a count divided by its interval.
-func held(p upstreamtest.DDPoint) float64 {
-	if p.Type == 2 {
-		return p.Value * float64(p.Interval)
-	}
-	return p.Value
-}
-
 // lastWriteIntake starts the real Datadog upstream, behind a router, into
 // a test intake that keeps the last write per series and timestamp.
 func lastWriteIntake(t *testing.T) (*upstreamtest.DatadogIntake, *upstream.Router) {
@@ -148,10 +139,10 @@ func TestLastWriteIntakeHoldsTrueTotals(t *testing.T) {
 			continue
 		}
 		if p.Metric == window.OverflowPrefix+"count" || strings.HasPrefix(p.Metric, "o.") {
-			tightTotal += held(p)
+			tightTotal += p.Held()
 			continue
 		}
-		got[p.Metric] = held(p)
+		got[p.Metric] = p.Held()
 	}
 	want := map[string]float64{"c": 15, "g": 7, "s": 4, "h.count": 4, "h.max": 40, "h.avg": 25}
 	for k, w := range want {

@@ -112,7 +112,7 @@ func testRuleOutputsAtLastWriteIntake(t *testing.T, action string) {
 			t.Errorf("%s at %d tagged %q, want only %d tagged service:api", p.Metric, p.TS, p.Tags, base)
 			continue
 		}
-		got[p.Metric] = held(p)
+		got[p.Metric] = p.Held()
 	}
 	// 10, 20, 30 on time; 5, 40 and 50 late.
 	want := map[string]float64{

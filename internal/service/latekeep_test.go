@@ -58,7 +58,7 @@ func TestKeptBucketsSurviveACrash(t *testing.T) {
 	got := map[string]float64{}
 	for _, p := range intake.Series() {
 		if p.TS == bucket {
-			got[p.Metric] = held(p)
+			got[p.Metric] = p.Held()
 		}
 	}
 	for name, want := range map[string]float64{"c": 7, "g": 4} {
@@ -117,7 +117,7 @@ func TestOpenBucketSurvivesACleanStop(t *testing.T) {
 	holds := func(name string) float64 {
 		for _, p := range intake.Series() {
 			if p.Metric == name && p.TS == bucket {
-				return held(p)
+				return p.Held()
 			}
 		}
 		return 0
@@ -163,13 +163,4 @@ func TestOpenBucketSurvivesACleanStop(t *testing.T) {
 			t.Errorf("intake holds %s = %v at the bucket, want 3 (%v)", name, v, intake.Series())
 		}
 	}
-}
-
-// held returns what an intake point stands for in the sample's own unit: a
-// Datadog RATE point is a count divided by its interval.
-func held(p upstreamtest.DDPoint) float64 {
-	if p.Type == 2 {
-		return p.Value * float64(p.Interval)
-	}
-	return p.Value
 }

@@ -36,6 +36,15 @@ type DDPoint struct {
 	Interval  int64
 }
 
+// Held returns what p stands for in the sample's own unit: a RATE point is
+// a count divided by its interval, so it holds Value × Interval.
+func (p DDPoint) Held() float64 {
+	if p.Type == 2 {
+		return p.Value * float64(p.Interval)
+	}
+	return p.Value
+}
+
 // DDSketch is one decoded Dogsketch.
 type DDSketch struct {
 	APIKey, Metric, Host, Tags string
