@@ -24,14 +24,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/encoding/proto"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protowire"
 	gproto "google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 )
 
 type options struct {
@@ -140,19 +138,6 @@ func main() {
 		os.Exit(1)
 	}
 	r.print(os.Stdout, o)
-}
-
-// rawRequest is a StreamRequest already encoded.
-type rawRequest []byte
-
-// codec sends rawRequest as is and decodes responses with proto.
-type codec struct{ encoding.CodecV2 }
-
-func (c codec) Marshal(v any) (mem.BufferSlice, error) {
-	if r, ok := v.(rawRequest); ok {
-		return mem.BufferSlice{mem.SliceBuffer(r)}, nil
-	}
-	return c.CodecV2.Marshal(v)
 }
 
 var types = map[string]aggdv1.MetricType{
@@ -324,7 +309,7 @@ func run(ctx context.Context, o options) (*result, error) {
 		templates = ts
 	}
 	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{encoding.GetCodecV2(proto.Name)})))
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client())))
 	if err != nil {
 		return nil, err
 	}
@@ -447,7 +432,7 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 			}
 		}
 		sentAt[seq%uint64(o.inflight)].Store(time.Now().UnixNano())
-		if err := st.SendMsg(rawRequest(req)); err != nil {
+		if err := st.SendMsg(codec.Raw(req)); err != nil {
 			return r, err
 		}
 		r.sentSamples += int64(o.batch) // samples or spans
