@@ -2,6 +2,7 @@ package upstreamtest
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
@@ -11,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 
@@ -474,42 +474,32 @@ func (d *DatadogIntake) decodeSketches(key string, body []byte) error {
 // series and timestamp, sorted by metric, host, tags and time.
 func (d *DatadogIntake) Series() []DDPoint {
 	d.mu.Lock()
-	out := slices.Collect(maps.Values(d.series))
-	d.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Metric != b.Metric {
-			return a.Metric < b.Metric
-		}
-		if a.Host != b.Host {
-			return a.Host < b.Host
-		}
-		if a.Tags != b.Tags {
-			return a.Tags < b.Tags
-		}
-		return a.TS < b.TS
-	})
-	return out
+	defer d.mu.Unlock()
+	return sortedBySeries(d.series, func(p DDPoint) seriesOrder { return seriesOrder{p.Metric, p.Host, p.Tags, p.TS} })
 }
 
 // Sketches returns the sketches the intake holds, the last written of each
 // series and timestamp, sorted by metric, host, tags and time.
 func (d *DatadogIntake) Sketches() []DDSketch {
 	d.mu.Lock()
-	out := slices.Collect(maps.Values(d.sketches))
-	d.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Metric != b.Metric {
-			return a.Metric < b.Metric
-		}
-		if a.Host != b.Host {
-			return a.Host < b.Host
-		}
-		if a.Tags != b.Tags {
-			return a.Tags < b.Tags
-		}
-		return a.TS < b.TS
+	defer d.mu.Unlock()
+	return sortedBySeries(d.sketches, func(s DDSketch) seriesOrder { return seriesOrder{s.Metric, s.Host, s.Tags, s.TS} })
+}
+
+// seriesOrder is what Series and Sketches sort by.
+type seriesOrder struct {
+	metric, host, tags string
+	ts                 int64
+}
+
+// sortedBySeries returns the values of m sorted by metric, host, tags and
+// time.
+func sortedBySeries[K comparable, T any](m map[K]T, order func(T) seriesOrder) []T {
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(x, y T) int {
+		a, b := order(x), order(y)
+		return cmp.Or(cmp.Compare(a.metric, b.metric), cmp.Compare(a.host, b.host),
+			cmp.Compare(a.tags, b.tags), cmp.Compare(a.ts, b.ts))
 	})
 	return out
 }
