@@ -69,7 +69,7 @@ var (
 	_ flush.RuleEngine      = (*rules.Engine)(nil)
 	_ spans.Observer        = (*rules.Engine)(nil)
 	_ flush.EventHolder     = (*spans.GroupSampler)(nil)
-	_ flush.WAL             = (*wal.Log)(nil)
+	_ flush.WAL             = (*journal.Journal)(nil)
 	_ flush.TenantLister    = (*service.Tenants)(nil)
 	_ flush.Observer        = (*telemetry.FlushMetrics)(nil)
 	_ service.Ingester      = (*flush.Aggregator)(nil)
@@ -171,9 +171,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
 		Observer: telemetry.NewFlushMetrics(reg), Tracer: tracer,
 	}
-	if walLog != nil {
-		flushCfg.WAL = walLog
-	}
 
 	var ruleEngine *rules.Engine
 	reloadMetrics := telemetry.NewReloadMetrics(reg)
@@ -206,6 +203,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		aggCfg.Rules = ruleEngine
 	}
 	agg := flush.NewAggregator(aggCfg)
+	var spanObserver spans.Observer
+	if ruleEngine != nil {
+		spanObserver = ruleEngine
+	}
+	proc := spans.NewProcessor(agg, sampler, spanObserver)
+	var jnl *journal.Journal
+	if walLog != nil {
+		eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
+		if jnl, err = journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold, LateWindow: cfg.Window.LateWindow,
+			Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Logger: log}); err != nil {
+			return err
+		}
+		flushCfg.WAL = jnl
+	}
 	flusher, err := flush.NewFlusher(agg, router, tenants, flushCfg, log)
 	if err != nil {
 		return err
@@ -298,22 +309,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Info("dogstatsd listening", "addrs", dsd.Addrs(), "tenant", tn.ID)
 	}
 
-	var spanObserver spans.Observer
-	if ruleEngine != nil {
-		spanObserver = ruleEngine
-	}
-	proc := spans.NewProcessor(agg, sampler, spanObserver)
 	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge, Load: load}
 	if guard != nil {
 		sc.Memory = guard
 	}
-	if walLog != nil {
-		eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
-		jnl, err := journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold, LateWindow: cfg.Window.LateWindow,
-			Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Logger: log})
-		if err != nil {
-			return err
-		}
+	if jnl != nil {
 		sc.Journal = jnl
 		if err := jnl.Replay(); err != nil {
 			return err

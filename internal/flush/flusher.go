@@ -100,7 +100,7 @@ type Flusher struct {
 }
 
 // WAL is a write-ahead log of ingested batches that learns which of them
-// flushes have carried (wal.Log).
+// flushes have carried (journal.Journal).
 type WAL interface {
 	// Rotate returns the last generation of records whose batches are in
 	// the windows; the flusher calls it before draining them.

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/wal"
@@ -95,24 +97,118 @@ func New(cfg Config) (*Journal, error) {
 		lateWindow: int64(cfg.LateWindow), dec: codec.NewDecoder(cfg.Limits)}, nil
 }
 
-// Enter and Leave bracket ingesting a batch and appending its record, so
-// that a flush's rotation falls between batches.
-func (j *Journal) Enter() { j.cfg.Log.Enter() }
+// Rotate ends the log's current generation once every batch Take is
+// ingesting has been recorded, and returns its id: every record of
+// generations up to it is in the windows. The flusher calls it before it
+// drains them (flush.WAL).
+func (j *Journal) Rotate() (uint64, error) { return j.cfg.Log.Rotate() }
 
-// Leave ends what Enter began.
-func (j *Journal) Leave() { j.cfg.Log.Leave() }
+// Record notes that the flush of tick, drained after Rotate returned gen,
+// has its payloads safely queued: the records it carried go, except those
+// whose buckets are still kept for late samples. final says it was the
+// final flush, which drained everything (flush.WAL).
+func (j *Journal) Record(gen uint64, tick int64, final bool) error {
+	return j.cfg.Log.Record(gen, tick, final)
+}
 
-// Generation returns the write-ahead log generation the records appended
-// between Enter and Leave go to. A record's series definitions must be in
-// its own generation: generations are removed whole, oldest first.
-func (j *Journal) Generation() uint64 { return j.cfg.Log.Generation() }
+// Entry is one batch as the edge hands it to Take: the record it builds
+// and the decoded items the record's due tick and series definitions come
+// from. The edge keeps it with its call state: Take reuses its buffer.
+type Entry struct {
+	// Record is the batch's record; Take fills its Defs from Series.
+	Record Record
+	// Converted says the items came in another protocol (OTLP): Take
+	// records the accepted samples and spans as the aggd.v1 Submit they
+	// amount to, with nothing refused, and nothing when none was
+	// accepted. Record's Kind, Refused, Stream and Frame are then unused.
+	Converted bool
+	// Series, if set, are the call's series references: the definitions
+	// the frame's references need that the record's generation lacks.
+	Series *codec.Series
+	// Batch (nil: none) and Spans are the decoded items, with their
+	// results once ingested.
+	Batch       *window.Batch
+	Spans       []spans.Span
+	SpanResults []window.Reason
 
-// Append writes rec, which waits for flush ticks up to due, and returns
-// its index for Wait.
-func (j *Journal) Append(rec []byte, due int64) (uint64, error) { return j.cfg.Log.Append(rec, due) }
+	buf []byte // the encoded record
+}
 
-// Wait returns once record idx is durable.
-func (j *Journal) Wait(idx uint64) error { return j.cfg.Log.Wait(idx) }
+// Take ingests a batch and records it before it returns, so that the ack
+// that follows means the batch is on disk. ingest takes the batch in,
+// fills e.Record.Refused, and reports whether anything is left to record
+// (false when every item was refused or went to another replica).
+// Ingesting and appending are one step for the flusher: its Rotate falls
+// between batches. Take returns once the record is as durable as the
+// log's fsync policy makes it, or why it was not written. On a nil
+// Journal it only ingests.
+func (j *Journal) Take(e *Entry, ingest func() bool) error {
+	if j == nil {
+		ingest()
+		return nil
+	}
+	l := j.cfg.Log
+	l.Enter()
+	var idx uint64
+	var err error
+	if ingest() {
+		idx, err = j.append(e)
+	}
+	l.Leave()
+	if err == nil && idx != 0 {
+		err = l.Wait(idx)
+	}
+	return err
+}
+
+// append encodes e's record and appends it; 0 and no error when there is
+// nothing to record. Call it between the log's Enter and Leave: the
+// generation does not change before Leave, and the definitions a record
+// lacks must be in its own generation, since generations are removed
+// whole, oldest first.
+func (j *Journal) append(e *Entry) (uint64, error) {
+	now := e.Record.Now
+	var smp []window.Sample
+	var results []window.Reason
+	if e.Batch != nil {
+		smp, results = e.Batch.Samples, e.Batch.Results
+	}
+	if e.Converted {
+		var batch []byte
+		for i := range smp {
+			if results[i] == window.Accepted {
+				batch, _ = codec.AppendBatchSample(batch, nil, &smp[i])
+			}
+		}
+		for i := range e.Spans {
+			if e.SpanResults[i] == window.Accepted {
+				batch = protowire.AppendTag(batch, 4, protowire.BytesType)
+				batch = protowire.AppendBytes(batch, codec.AppendSpan(nil, &e.Spans[i]))
+			}
+		}
+		if len(batch) == 0 {
+			return 0, nil
+		}
+		rec := AppendSubmit(make([]byte, 0, len(batch)+len(e.Record.Tenant)+24), e.Record.Tenant, now, batch)
+		return j.cfg.Log.Append(rec, j.Due(now, smp, results, e.Spans, e.SpanResults, false, false))
+	}
+	if e.Series != nil {
+		e.Record.Defs = e.Series.LogDefinitions(j.cfg.Log.Generation(), smp)
+	}
+	e.buf = AppendRecord(e.buf[:0], e.Record)
+	due := j.Due(now, smp, results, e.Spans, e.SpanResults, false, false)
+	if e.Batch != nil {
+		due = j.BatchDue(e.Batch, e.Spans, e.SpanResults)
+	}
+	idx, err := j.cfg.Log.Append(e.buf, due)
+	if err != nil && e.Series != nil {
+		e.Series.Unlog() // not recorded: the definitions are not in the log
+	}
+	if cap(e.buf) > 4<<20 {
+		e.buf = nil // do not pin one huge record
+	}
+	return idx, err
+}
 
 // BatchDue returns the tick by which everything the decoded batch b and
 // its spans brought has been flushed.

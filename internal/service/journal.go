@@ -5,9 +5,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
@@ -22,16 +20,15 @@ func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.K
 	// Forwards wait for their owners outside the journal's bracket, which
 	// a flush waits on.
 	s.forward(ctx, st)
-	j := s.journal
-	if j == nil {
+	e := &st.entry
+	e.Record = journal.Record{Kind: kind, Tenant: st.batch.Tenant.ID, Now: st.batch.Now, Stream: st.stream, Frame: st.frame.Buf}
+	e.Series, e.Batch, e.Spans, e.SpanResults = &st.series, &st.batch, st.dec.Spans, st.dec.SpanResults
+	err := s.journal.Take(e, func() bool {
 		s.ingest(st)
-		return nil
-	}
-	j.Enter()
-	s.ingest(st)
-	var idx uint64
-	var err error
-	if res, spRes := st.batch.Results, st.dec.SpanResults; int(st.ack.Accepted) > st.out.taken(res, spRes) {
+		res, spRes := st.batch.Results, st.dec.SpanResults
+		if int(st.ack.Accepted) <= st.out.taken(res, spRes) {
+			return false
+		}
 		st.refused = st.refused[:0]
 		for _, r := range st.ack.Rejections {
 			st.refused = append(st.refused, journal.Item{Kind: r.Kind, Index: uint64(r.Index)})
@@ -39,31 +36,16 @@ func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.K
 		// Items forwarded are in their owners' logs: replay skips them as
 		// it skips the refused ones.
 		st.refused = st.out.appendTaken(st.refused, res, spRes)
-		// The generation does not change before Leave: the definitions
-		// it lacks go with the record.
-		defs := st.series.LogDefinitions(j.Generation(), st.batch.Samples)
-		st.rec = journal.AppendRecord(st.rec[:0], journal.Record{
-			Kind: kind, Tenant: st.batch.Tenant.ID, Now: st.batch.Now, Refused: st.refused,
-			Stream: st.stream, Defs: defs, Frame: st.frame.Buf,
-		})
-		idx, err = j.Append(st.rec, j.BatchDue(&st.batch, st.dec.Spans, st.dec.SpanResults))
-		if err != nil {
-			st.series.Unlog() // not recorded: the definitions are not in the log
-		}
-		if cap(st.rec) > 4<<20 {
-			st.rec = nil
-		}
-	}
-	j.Leave()
-	return s.journaled(idx, err)
+		e.Record.Refused = st.refused
+		return true
+	})
+	e.Record.Frame = nil // the state's buffer may be dropped
+	return s.journaled(err)
 }
 
-// journaled waits for record idx, appended with err, to be durable, and
-// turns a failure into the status the caller returns.
-func (s *Server) journaled(idx uint64, err error) error {
-	if err == nil && idx != 0 {
-		err = s.journal.Wait(idx)
-	}
+// journaled turns a failure to record a batch into the status the caller
+// returns.
+func (s *Server) journaled(err error) error {
 	if err != nil {
 		s.log.Error("write-ahead log", "err", err)
 		// The error names the file: a full disk says which one.
@@ -93,31 +75,7 @@ func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int
 		c.out.hide(results, spResults)
 		defer c.out.unhide(results, spResults)
 	}
-	j := s.journal
-	if j == nil {
-		ingest()
-		return nil
-	}
-	j.Enter()
-	ingest()
-	var batch []byte
-	for i := range smp {
-		if results[i] == window.Accepted {
-			batch, _ = codec.AppendBatchSample(batch, nil, &smp[i])
-		}
-	}
-	for i := range sps {
-		if spResults[i] == window.Accepted {
-			batch = protowire.AppendTag(batch, 4, protowire.BytesType)
-			batch = protowire.AppendBytes(batch, codec.AppendSpan(nil, &sps[i]))
-		}
-	}
-	var idx uint64
-	var err error
-	if len(batch) > 0 {
-		rec := journal.AppendSubmit(make([]byte, 0, len(batch)+len(tn.ID)+24), tn.ID, now, batch)
-		idx, err = j.Append(rec, j.Due(now, smp, results, sps, spResults, false, false))
-	}
-	j.Leave()
-	return s.journaled(idx, err)
+	e := journal.Entry{Record: journal.Record{Tenant: tn.ID, Now: now}, Converted: true,
+		Batch: &window.Batch{Samples: smp, Results: results}, Spans: sps, SpanResults: spResults}
+	return s.journaled(s.journal.Take(&e, func() bool { ingest(); return true }))
 }

@@ -120,7 +120,7 @@ func TestReplaySkipsWhatAFlushCarried(t *testing.T) {
 		t.Fatalf("first batch: %v", ack)
 	}
 	exp := &flushtest.Exporter{}
-	fl, err := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.jnl}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ source_field = "message"
 		t.Fatalf("first batch: %v", ack)
 	}
 	exp := &flushtest.Exporter{}
-	fl, err := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.log}, slog.New(slog.DiscardHandler))
+	fl, err := flush.NewFlusher(j.agg, exp, noTenants{}, flush.Config{Interval: 10 * time.Second, WAL: j.jnl}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -246,8 +246,9 @@ type callState struct {
 	batch window.Batch
 	frame codec.Frame
 	ack   aggdv1.Ack
-	rec   []byte // the batch's write-ahead log record
-	// refused are the ack's rejections, for the record.
+	// entry is the batch's write-ahead log record; refused are the
+	// ack's rejections, for it.
+	entry   journal.Entry
 	refused []journal.Item
 	out     Outgoing
 	peer    bool // the batch came from a peer: not forwarded again
