@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/cputime"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -75,10 +76,12 @@ func BenchmarkDecodeAdd(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := cputime.Process()
 			for i := 0; i < b.N; i++ {
 				run(use[i%len(use)])
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/sample")
+			b.ReportMetric(float64(cputime.Process()-cpu)/float64(b.N*batch), "cpu-ns/sample")
 			b.ReportMetric(float64(len(use[0]))/batch, "bytes/sample")
 		})
 	}

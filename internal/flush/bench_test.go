@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggd/aggd/internal/cputime"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/upstream"
 	"github.com/aggd/aggd/internal/window"
@@ -106,6 +107,7 @@ func BenchmarkIngest(b *testing.B) {
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := cputime.Process()
 	for i := 0; i < b.N; i++ {
 		bt := &batches[i%len(batches)]
 		for j := range bt.Results {
@@ -114,4 +116,5 @@ func BenchmarkIngest(b *testing.B) {
 		agg.Ingest(bt)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/sample")
+	b.ReportMetric(float64(cputime.Process()-cpu)/float64(b.N*batch), "cpu-ns/sample")
 }
