@@ -126,44 +126,32 @@ func (a *Aggregator) shardOf(hash uint64) int {
 // Ingest aggregates b's accepted samples and buffers its events and checks;
 // rules see its events, those of a replayed batch a flush already sent
 // (b.EventsFlushed) too, which are not buffered again.
-// It locks each shard it needs once, taking free shards first so that a
-// batch does not queue behind the flusher shard after shard.
+// It groups the samples by shard once, then locks each shard it needs
+// once, taking free shards first so that a batch does not queue behind
+// the flusher shard after shard.
 func (a *Aggregator) Ingest(b *window.Batch) {
-	var need [4]uint64 // bit i: shard i has samples; shard counts ≤ 256 use it
-	small := len(a.shards) <= 256
-	if small {
-		for i := range b.Samples {
-			if b.Results[i] == window.Accepted {
-				si := a.shardOf(b.Samples[i].Hash)
-				need[si>>6] |= 1 << (si & 63)
-			}
-		}
-	}
-	has := func(si int) bool { return !small || need[si>>6]&(1<<(si&63)) != 0 }
-	var busy [4]uint64
+	g := groupPool.Get().(*byShard)
+	g.group(a, b)
 	for si := range a.shards {
-		if !has(si) {
+		idx := g.of(si)
+		if len(idx) == 0 {
 			continue
 		}
 		s := &a.shards[si]
-		if small && !s.mu.TryLock() {
-			busy[si>>6] |= 1 << (si & 63)
+		if !s.mu.TryLock() {
+			g.busy = append(g.busy, int32(si))
 			continue
 		}
-		if !small {
-			s.mu.Lock()
-		}
-		a.addLocked(s, si, b)
+		a.addLocked(s, si, b, idx)
 		s.mu.Unlock()
 	}
-	for si := range a.shards {
-		if small && busy[si>>6]&(1<<(si&63)) != 0 {
-			s := &a.shards[si]
-			s.mu.Lock()
-			a.addLocked(s, si, b)
-			s.mu.Unlock()
-		}
+	for _, si := range g.busy {
+		s := &a.shards[si]
+		s.mu.Lock()
+		a.addLocked(s, int(si), b, g.of(int(si)))
+		s.mu.Unlock()
 	}
+	g.release()
 	if a.rules != nil {
 		for i := range b.Events {
 			a.rules.ObserveEvent(b.Tenant, &b.Events[i], b.Now, b.Cutoff)
@@ -197,20 +185,18 @@ func (a *Aggregator) Due(ts, now int64) int64 {
 	return d
 }
 
-// addLocked adds b's accepted samples of shard si, whose lock is held.
-// Rules see a sample once the windows took it, or instead of the windows
-// when they drop the originals they match.
-func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
-	drop := a.rules != nil && a.rules.DropOriginals()
-	for i := range b.Samples {
+// addLocked adds the accepted samples of b at idx, all of shard si, whose
+// lock is held.
+func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch, idx []int32) {
+	if a.rules == nil {
+		for _, i := range idx {
+			b.Results[i] = a.add(s, &b.Samples[i], b)
+		}
+		return
+	}
+	drop := a.rules.DropOriginals()
+	for _, i := range idx {
 		smp := &b.Samples[i]
-		if b.Results[i] != window.Accepted || a.shardOf(smp.Hash) != si {
-			continue
-		}
-		if a.rules == nil {
-			b.Results[i] = a.add(s, smp, b)
-			continue
-		}
 		if !drop {
 			if b.Results[i] = a.add(s, smp, b); b.Results[i] == window.Accepted {
 				a.rules.ObserveSample(si, b.Tenant, smp, b.Now, b.Cutoff)
@@ -224,6 +210,62 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch) {
 		case !matched:
 			b.Results[i] = a.add(s, smp, b)
 		}
+	}
+}
+
+// byShard is the accepted samples of one batch grouped by shard, so that
+// each shard's pass reads only its own: idx holds sample indexes, shard
+// after shard, and ends[si] is where shard si's end. busy lists the
+// shards whose lock was taken at the first try.
+type byShard struct {
+	idx  []int32
+	ends []int32
+	busy []int32
+}
+
+var groupPool = sync.Pool{New: func() any { return new(byShard) }}
+
+// group fills g with b's accepted samples: a counting sort by shard.
+func (g *byShard) group(a *Aggregator, b *window.Batch) {
+	n := len(a.shards)
+	g.ends = slices.Grow(g.ends[:0], n+1)[:n+1]
+	clear(g.ends)
+	accepted := 0
+	for i := range b.Samples {
+		if b.Results[i] == window.Accepted {
+			g.ends[a.shardOf(b.Samples[i].Hash)+1]++
+			accepted++
+		}
+	}
+	for si := 1; si <= n; si++ {
+		g.ends[si] += g.ends[si-1]
+	}
+	// ends[si] is now where shard si starts; filling moves it on to
+	// where shard si ends, as of expects.
+	g.idx = slices.Grow(g.idx[:0], accepted)[:accepted]
+	for i := range b.Samples {
+		if b.Results[i] == window.Accepted {
+			si := a.shardOf(b.Samples[i].Hash)
+			g.idx[g.ends[si]] = int32(i)
+			g.ends[si]++
+		}
+	}
+	g.busy = g.busy[:0]
+}
+
+// of returns the indexes of shard si's samples.
+func (g *byShard) of(si int) []int32 {
+	lo := int32(0)
+	if si > 0 {
+		lo = g.ends[si-1]
+	}
+	return g.idx[lo:g.ends[si]]
+}
+
+// release returns g to the pool unless it grew large.
+func (g *byShard) release() {
+	if cap(g.idx) <= 1<<16 {
+		groupPool.Put(g)
 	}
 }
 
