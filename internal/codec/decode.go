@@ -218,7 +218,7 @@ func (d *Decoder) DecodeSubmit(buf []byte, b *window.Batch) error {
 // by itself; only broken framing of the batch is an error.
 func (d *Decoder) decodeBatch(buf []byte, b *window.Batch) error {
 	for len(buf) > 0 {
-		num, typ, n := protowire.ConsumeTag(buf)
+		num, typ, n := consumeTag(buf)
 		if n < 0 {
 			return MalformedError{"Batch"}
 		}
@@ -298,6 +298,15 @@ func (d *Decoder) bySeries(ref uint32, i int, s *window.Sample) (window.Reason, 
 	return d.Series.resolve(ref, i, s)
 }
 
+// consumeTag is protowire.ConsumeTag with the one-byte tags of fields 1
+// to 15, every field of a Batch and a Sample, read inline.
+func consumeTag(b []byte) (protowire.Number, protowire.Type, int) {
+	if c := b[0]; c < 0x80 && c >= 1<<3 {
+		return protowire.Number(c >> 3), protowire.Type(c & 7), 1
+	}
+	return protowire.ConsumeTag(b)
+}
+
 // view returns b as a string without copying. The string is valid while
 // the request buffer is.
 func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
@@ -306,7 +315,7 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _
 	tagStart, valStart := len(d.tags), len(d.values)
 	badUTF8 := ""
 	for len(buf) > 0 {
-		num, typ, n := protowire.ConsumeTag(buf)
+		num, typ, n := consumeTag(buf)
 		if n < 0 {
 			return window.ReasonMalformed, "sample is not a valid Sample message", 0
 		}
