@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,7 +89,19 @@ func main() {
 	flag.StringVar(&o.baselineAddr, "baseline-addr", "", "with -pairs, the baseline at this address (aggload -serve-baseline) instead of one in this process")
 	serveBaseline := flag.String("serve-baseline", "", "only serve the naive baseline on this loopback address, for -duration or until interrupted")
 	flag.BoolVar(&o.refs, "refs", false, "send samples by series reference, each context declared once per stream, instead of with full names")
+	cpuProfile := flag.String("cpuprofile", "", "write aggload's own CPU profile to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "aggload:", err)
+			os.Exit(1)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if o.dogstatsd != "" {
@@ -395,6 +408,7 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 	next := time.Now()
 	var seq uint64
 	declared := make([]bool, len(batches)) // by template, with -refs
+	bufs := make([][]byte, o.inflight)     // request buffers, by sequence
 	for i := id * 7; ctx.Err() == nil; i++ {
 		if o.batches > 0 && int64(seq) >= o.batches {
 			break
@@ -420,7 +434,11 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 		if t.declare != nil && !declared[i%len(batches)] {
 			data, declared[i%len(batches)] = t.declare, true
 		}
-		req := protowire.AppendTag(make([]byte, 0, len(data)+16), 1, protowire.VarintType)
+		// A buffer is reused once the batch it carried was acked, so it
+		// has left: acks come in order, and the slot taken above means
+		// the batch o.inflight before this one was acked.
+		buf := &bufs[seq%uint64(o.inflight)]
+		req := protowire.AppendTag((*buf)[:0], 1, protowire.VarintType)
 		req = protowire.AppendVarint(req, seq)
 		req = protowire.AppendTag(req, 2, protowire.BytesType)
 		req = protowire.AppendBytes(req, data)
@@ -431,6 +449,7 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 				binary.BigEndian.PutUint64(body[off:], fresh)
 			}
 		}
+		*buf = req
 		sentAt[seq%uint64(o.inflight)].Store(time.Now().UnixNano())
 		if err := st.SendMsg(codec.Raw(req)); err != nil {
 			return r, err
