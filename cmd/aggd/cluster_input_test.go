@@ -55,6 +55,15 @@ func otlpRequest(prefix string, base int64, i int, cumulative bool) *colmetricsp
 		{Name: prefix + "gauge", Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{DataPoints: gauge}}},
 		{Name: prefix + "hist", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA, DataPoints: hpts}}},
 	}
+	if i == 0 || i == 5 {
+		// 3, 7, 7, 30, 80 and 300, alone in its bucket: one of the two
+		// arrives at the replica that does not own it.
+		metrics = append(metrics, &metricspb.Metric{Name: prefix + "exact", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
+			AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
+			DataPoints: []*metricspb.HistogramDataPoint{{StartTimeUnixNano: ts - 1, TimeUnixNano: ts, Count: 6, Sum: proto.Float64(427),
+				Min: proto.Float64(3), Max: proto.Float64(300), ExplicitBounds: []float64{5, 10, 50, 100}, BucketCounts: []uint64{1, 2, 1, 1, 1}}},
+		}}})
+	}
 	if cumulative {
 		metrics = []*metricspb.Metric{
 			{Name: prefix + "cumulative", Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{IsMonotonic: true, AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE, DataPoints: cum}}},
@@ -225,31 +234,30 @@ func TestClusterRoutesOTLPAndDogStatsD(t *testing.T) {
 			t.Errorf("%s: only %d points from the single aggd: the load did not reach the intake", prefix, len(want))
 		}
 		compareStores(t, prefix+" series", want, seriesStore(ddC.Series(), prefix), none)
-		wantSk, gotSk := sketchStore(ddS.Sketches(), prefix), sketchStore(ddC.Sketches(), prefix)
-		if prefix != "ds." {
-			// A forwarded OTLP histogram point travels as its bins: the
-			// owner's sum, minimum and maximum are the bins' (README,
-			// Cluster mode); counts and the sketch are exact.
-			wantSk, gotSk = sketchCounts(wantSk), sketchCounts(gotSk)
+		// A forwarded OTLP histogram point keeps its exact sum, minimum
+		// and maximum: the sketches equal the single aggd's whole.
+		compareStores(t, prefix+" sketches", sketchStore(ddS.Sketches(), prefix), sketchStore(ddC.Sketches(), prefix), none)
+	}
+	for _, prefix := range []string{"ot.", "oh."} {
+		exact := 0
+		for _, sk := range ddC.Sketches() {
+			if sk.Metric != prefix+"exact" {
+				continue
+			}
+			exact++
+			if sk.Cnt != 6 || sk.Sum != 427 || sk.Min != 3 || sk.Max != 300 {
+				t.Errorf("%s @%d: count %d sum %v min %v max %v, want 6, 427, 3, 300", sk.Metric, sk.TS, sk.Cnt, sk.Sum, sk.Min, sk.Max)
+			}
 		}
-		compareStores(t, prefix+" sketches", wantSk, gotSk, none)
+		if exact != 2 {
+			t.Errorf("%sexact: %d sketches at the cluster's intake, want 2", prefix, exact)
+		}
 	}
 	for _, prefix := range []string{"ot.", "oh.", "ds."} {
 		if len(sketchStore(ddS.Sketches(), prefix)) == 0 {
 			t.Errorf("%s: no sketch reached the intake", prefix)
 		}
 	}
-}
-
-// sketchCounts keeps the count and the bins of each stored sketch.
-func sketchCounts(m map[storeKey]string) map[storeKey]string {
-	out := make(map[storeKey]string, len(m))
-	for k, v := range m {
-		cnt, _, _ := strings.Cut(v, " min ")
-		_, bins, _ := strings.Cut(v, " k ")
-		out[k] = cnt + " k " + bins
-	}
-	return out
 }
 
 // TestClusterUnreachableOwnerRefusesOTLPAndCountsDogStatsD runs a replica

@@ -156,16 +156,12 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		s := &o.Samples[i]
 		start, _ := f.cfg.Timing.Bucket(s.Timestamp, o.Now)
 		owner, v := f.m.Owner(ContextHash(tenant, s.Key), start)
-		if owner == f.cfg.Self || owner == "" || codec.Items(s) == 0 {
+		if owner == f.cfg.Self || owner == "" {
 			f.local[0].Add(1)
 			continue
 		}
 		g := c.group(owner, v)
-		// One index per item the sample becomes, so that the owner's
-		// refusals, by item, find their sample.
-		for range codec.Items(s) {
-			g.samples = append(g.samples, i)
-		}
+		g.samples = append(g.samples, i)
 	}
 	spanBucket := window.Start(o.Now, int64(f.cfg.Interval))
 	for i := range o.Spans {
@@ -233,10 +229,8 @@ func (f *Forwarder) putCall(c *call) {
 // encode builds g's ForwardRequest in g.frame.
 func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 	batch := g.batch[:0]
-	for k := 0; k < len(g.samples); {
-		s := &o.Samples[g.samples[k]]
-		batch, g.item = codec.AppendBatchSample(batch, g.item, s)
-		k += codec.Items(s)
+	for _, i := range g.samples {
+		batch, g.item = codec.AppendBatchSample(batch, g.item, &o.Samples[i])
 	}
 	for _, i := range g.spans {
 		g.item = codec.AppendSpan(g.item[:0], &o.Spans[i])

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -158,6 +159,57 @@ func TestForwardOutcomes(t *testing.T) {
 				t.Error("a refused token was retried")
 			}
 		})
+	}
+}
+
+// An OTLP histogram point (a sample with Hist) travels to its owner as
+// one item with its exact count, sum, minimum and maximum, and counts as
+// one item, not one per bin.
+func TestForwardHistogramPoint(t *testing.T) {
+	const self = "127.0.0.1:1"
+	owner := &servicetest.Recorder{}
+	ownerAddr := replica(t, owner, nil)
+	m := NewMembership([]string{self, ownerAddr}, int64(time.Second), int64(time.Hour))
+	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
+		m, slog.New(slog.DiscardHandler))
+	defer fwd.Shutdown(context.Background())
+
+	r := m.Latest().Ring
+	names := append(ownedBy(r, ownerAddr, 2), ownedBy(r, self, 1)...)
+	tn := window.NewTenant("default")
+	// 3, 7, 7, 30, 80 and 300, in bins as the OTLP receiver makes them.
+	h := &window.HistPoint{Values: []float64{3, 7, 30, 80, 300}, Counts: []float64{1, 2, 1, 1, 1}, Count: 6, Sum: 427, Min: 3, Max: 300}
+	now := time.Now().UnixNano()
+	smp := []window.Sample{
+		{Name: names[0], Type: window.TypeDistribution, Hist: h, Timestamp: now},
+		{Name: names[1], Type: window.TypeCount, Value: 2, SampleRate: 1, Timestamp: now},
+		{Name: names[2], Type: window.TypeDistribution, Hist: h, Timestamp: now},
+	}
+	for i := range smp {
+		smp[i].Prepare(tn, nil)
+	}
+	o := &service.Outgoing{Tenant: tn, Now: now, Samples: smp, Results: make([]window.Reason, 3), Details: make([]string, 3),
+		SampleSent: make([]bool, 3)}
+	fwd.Forward(context.Background(), o)
+
+	if want := []bool{true, true, false}; !slices.Equal(o.SampleSent, want) {
+		t.Fatalf("sent %v, want %v", o.SampleSent, want)
+	}
+	if want := make([]window.Reason, 3); !slices.Equal(o.Results, want) {
+		t.Fatalf("results %v %q, want all accepted", o.Results, o.Details)
+	}
+	got := owner.Samples()
+	if len(got) != 2 || got[0].Name != names[0] || got[1].Name != names[1] || got[1].Value != 2 {
+		t.Fatalf("owner took %+v", got)
+	}
+	if g := got[0].Hist; g == nil || fmt.Sprint(*g) != fmt.Sprint(*h) {
+		t.Fatalf("owner took the histogram as %+v, want %+v", g, h)
+	}
+	if n := itemsCounted(t, fwd, "sample", "acked"); n != 2 {
+		t.Errorf("acked %v items, want 2: a histogram point is one item, whatever its bins", n)
+	}
+	if n := itemsCounted(t, fwd, "sample", "local"); n != 1 {
+		t.Errorf("local %v items, want 1", n)
 	}
 }
 

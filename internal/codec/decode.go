@@ -67,6 +67,11 @@ type Decoder struct {
 	NSamples, NEvents, NChecks, NSpans int
 	// Series resolves series references; without it they are refused.
 	Series *Series
+	// Histograms makes the decoder take Sample.histogram, which only
+	// cluster peers send (and the write-ahead log keeps); otherwise a
+	// sample with one is refused as unsupported.
+	Histograms bool
+	hists      []window.HistPoint
 }
 
 func NewDecoder(lim Limits) *Decoder { return &Decoder{lim: lim, server: lim} }
@@ -104,6 +109,7 @@ func (d *Decoder) Reset(b *window.Batch) {
 	clear(d.attrs)
 	d.attrs = d.attrs[:0]
 	d.NSamples, d.NEvents, d.NChecks, d.NSpans = 0, 0, 0, 0
+	d.hists = d.hists[:0]
 	if d.Series != nil {
 		d.Series.beginBatch()
 	}
@@ -314,6 +320,8 @@ func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _ string, ref uint32) {
 	tagStart, valStart := len(d.tags), len(d.values)
 	badUTF8 := ""
+	var hist []byte
+	hasHist := false
 	for len(buf) > 0 {
 		num, typ, n := consumeTag(buf)
 		if n < 0 {
@@ -381,6 +389,9 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _
 			var v uint64
 			v, n = protowire.ConsumeVarint(buf)
 			ref = uint32(v) // a uint32 field keeps the low 32 bits
+		case num == 11 && typ == protowire.BytesType:
+			hist, n = protowire.ConsumeBytes(buf)
+			hasHist = true
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, buf)
 		}
@@ -398,7 +409,105 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _
 	if badUTF8 != "" {
 		return window.ReasonInvalidUTF8, badUTF8 + " is not valid UTF-8", ref
 	}
+	if hasHist {
+		if !d.Histograms {
+			return window.ReasonUnsupported, "histogram points are taken from the replicas of a cluster only", ref
+		}
+		r, detail := d.decodeHist(hist, s)
+		return r, detail, ref
+	}
 	return window.Accepted, "", ref
+}
+
+// decodeHist decodes and checks a HistogramPoint into s.Hist.
+func (d *Decoder) decodeHist(buf []byte, s *window.Sample) (window.Reason, string) {
+	if s.Type != window.TypeHistogram && s.Type != window.TypeTiming && s.Type != window.TypeDistribution {
+		return window.ReasonInvalidType, fmt.Sprintf("a histogram point is taken on a histogram, timing or distribution sample, not a %v one", s.Type)
+	}
+	d.hists = append(d.hists, window.HistPoint{})
+	h := &d.hists[len(d.hists)-1]
+	// The bins go to d.values, values first: a field may come in parts.
+	for _, field := range [2]protowire.Number{1, 2} {
+		start := len(d.values)
+		var ok bool
+		if d.values, ok = appendHistField(d.values, buf, field, h); !ok {
+			return window.ReasonMalformed, "histogram is not a valid HistogramPoint message"
+		}
+		vs := d.values[start:len(d.values):len(d.values)]
+		if field == 1 {
+			h.Values = vs
+		} else {
+			h.Counts = vs
+		}
+	}
+	if len(h.Values) != len(h.Counts) {
+		return window.ReasonMalformed, fmt.Sprintf("histogram has %d values and %d counts", len(h.Values), len(h.Counts))
+	}
+	total := 0.0
+	for i, v := range h.Values {
+		c := h.Counts[i]
+		if !finite(v) || !(c > 0) || !finite(c) {
+			return window.ReasonInvalidValue, fmt.Sprintf("histogram bin %d: value %v count %v: values must be finite, counts positive", i, v, c)
+		}
+		total += c
+	}
+	switch {
+	case !(h.Count > 0) || total != h.Count:
+		return window.ReasonInvalidValue, fmt.Sprintf("histogram counts add up to %v, count is %v", total, h.Count)
+	case !finite(h.Sum) || !finite(h.Min) || !finite(h.Max) || h.Min > h.Max:
+		return window.ReasonInvalidValue, "histogram sum, min and max must be finite, min at most max"
+	}
+	s.Hist = h
+	return window.Accepted, ""
+}
+
+// appendHistField appends the doubles of field num (1 values, 2 counts)
+// of a HistogramPoint to vs, and on the pass for values also reads count,
+// sum, min and max into h. It reports whether buf is well formed.
+func appendHistField(vs []float64, buf []byte, num protowire.Number, h *window.HistPoint) ([]float64, bool) {
+	for len(buf) > 0 {
+		f, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return vs, false
+		}
+		buf = buf[n:]
+		switch {
+		case f == num && typ == protowire.BytesType:
+			var v []byte
+			if v, n = protowire.ConsumeBytes(buf); n < 0 || len(v)%8 != 0 {
+				return vs, false
+			}
+			for ; len(v) > 0; v = v[8:] {
+				u, _ := protowire.ConsumeFixed64(v)
+				vs = append(vs, math.Float64frombits(u))
+			}
+		case f == num && typ == protowire.Fixed64Type:
+			var u uint64
+			u, n = protowire.ConsumeFixed64(buf)
+			vs = append(vs, math.Float64frombits(u))
+		case num == 1 && f >= 3 && f <= 6 && typ == protowire.Fixed64Type:
+			var u uint64
+			u, n = protowire.ConsumeFixed64(buf)
+			v := math.Float64frombits(u)
+			switch f {
+			case 3:
+				h.Count = v
+			case 4:
+				h.Sum = v
+			case 5:
+				h.Min = v
+			case 6:
+				h.Max = v
+			}
+		default:
+			n = protowire.ConsumeFieldValue(f, typ, buf)
+		}
+		if n < 0 {
+			return vs, false
+		}
+		buf = buf[n:]
+	}
+	return vs, true
 }
 
 // validate checks a decoded sample against the API's rules and d's limits.

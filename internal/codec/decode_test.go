@@ -1,11 +1,13 @@
 package codec
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
@@ -61,6 +63,11 @@ func checkDecode(t *testing.T, data []byte) {
 		ref := referenceSample(w)
 		var wantR window.Reason
 		switch id := w.SeriesRef; {
+		case w.Histogram != nil: // a peer's only; d.Histograms is off
+			wantR = window.ReasonUnsupported
+			if id != 0 && w.Name != "" {
+				delete(declared, id)
+			}
 		case id > MaxSeriesRef:
 			wantR = window.ReasonInvalidSeriesRef
 		case id != 0 && w.Name == "":
@@ -113,6 +120,7 @@ func seedRequests() []*aggdv1.StreamRequest {
 			{Name: "bad name", Type: aggdv1.MetricType_METRIC_TYPE_GAUGE},
 			{Name: "t", Type: 99},
 			{Name: "long", Type: 1, Tags: []string{strings.Repeat("x", 300)}},
+			{Name: "h", Type: aggdv1.MetricType_METRIC_TYPE_DISTRIBUTION, Histogram: &aggdv1.HistogramPoint{Values: []float64{1}, Counts: []float64{2}, Count: 2, Sum: 2, Min: 1, Max: 1}},
 		}, Events: []*aggdv1.Event{{Title: "e"}}, ServiceChecks: []*aggdv1.ServiceCheck{{Name: "c", Status: 1}}}},
 		{Sequence: 8, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
 			{Name: "r.a", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, Tags: []string{"b:1", "a:2"}, Host: "h", SeriesRef: 1},
@@ -161,7 +169,7 @@ func TestDecodeRejectsPerSample(t *testing.T) {
 	if _, err := d.DecodeStream(data, &b); err != nil {
 		t.Fatal(err)
 	}
-	want := []window.Reason{window.Accepted, window.ReasonInvalidValue, window.Accepted, window.ReasonInvalidName, window.ReasonInvalidType, window.ReasonTagTooLong}
+	want := []window.Reason{window.Accepted, window.ReasonInvalidValue, window.Accepted, window.ReasonInvalidName, window.ReasonInvalidType, window.ReasonTagTooLong, window.ReasonUnsupported}
 	if !slices.Equal(b.Results, want) {
 		t.Fatalf("got %v, want %v", b.Results, want)
 	}
@@ -242,4 +250,89 @@ func BenchmarkDecodeStream(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
+}
+
+// A histogram point (an OTLP point a peer forwards, or the log keeps)
+// decodes with its exact count, sum, minimum and maximum; one that cannot
+// be a distribution is refused by itself, with its reason.
+func TestDecodeHistogram(t *testing.T) {
+	dist := aggdv1.MetricType_METRIC_TYPE_DISTRIBUTION
+	good := func() *aggdv1.HistogramPoint {
+		return &aggdv1.HistogramPoint{Values: []float64{3, 7, 30, 80, 300}, Counts: []float64{1, 2, 1, 1, 1}, Count: 6, Sum: 427, Min: 3, Max: 300}
+	}
+	tests := []struct {
+		name   string
+		typ    aggdv1.MetricType
+		edit   func(h *aggdv1.HistogramPoint)
+		want   window.Reason
+		detail string
+	}{
+		{name: "distribution", typ: dist, want: window.Accepted},
+		{name: "histogram", typ: aggdv1.MetricType_METRIC_TYPE_HISTOGRAM, want: window.Accepted},
+		{name: "timing", typ: aggdv1.MetricType_METRIC_TYPE_TIMING, want: window.Accepted},
+		{name: "gauge", typ: aggdv1.MetricType_METRIC_TYPE_GAUGE, want: window.ReasonInvalidType, detail: "not a gauge one"},
+		{name: "bins unpaired", typ: dist, edit: func(h *aggdv1.HistogramPoint) { h.Counts = h.Counts[1:] }, want: window.ReasonMalformed, detail: "5 values and 4 counts"},
+		{name: "counts short of count", typ: dist, edit: func(h *aggdv1.HistogramPoint) { h.Count = 7 }, want: window.ReasonInvalidValue, detail: "add up to 6, count is 7"},
+		{name: "no count", typ: dist, edit: func(h *aggdv1.HistogramPoint) { h.Values, h.Counts, h.Count = nil, nil, 0 }, want: window.ReasonInvalidValue, detail: "count is 0"},
+		{name: "zero bin", typ: dist, edit: func(h *aggdv1.HistogramPoint) { h.Counts[0] = 0 }, want: window.ReasonInvalidValue, detail: "bin 0"},
+		{name: "NaN value", typ: dist, edit: func(h *aggdv1.HistogramPoint) { h.Values[2] = math.NaN() }, want: window.ReasonInvalidValue, detail: "bin 2"},
+		{name: "infinite sum", typ: dist, edit: func(h *aggdv1.HistogramPoint) { h.Sum = math.Inf(1) }, want: window.ReasonInvalidValue, detail: "finite"},
+		{name: "min over max", typ: dist, edit: func(h *aggdv1.HistogramPoint) { h.Min = 301 }, want: window.ReasonInvalidValue, detail: "min at most max"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := good()
+			if tt.edit != nil {
+				tt.edit(h)
+			}
+			// The histogram between two plain samples: only it is refused.
+			data, err := proto.Marshal(&aggdv1.SubmitRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
+				{Name: "before", Type: dist, Values: []float64{1, 2}},
+				{Name: "h", Type: tt.typ, Value: 99, Histogram: h},
+				{Name: "after", Type: dist, Value: 5},
+			}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := NewDecoder(DefaultLimits())
+			d.Histograms = true
+			var b window.Batch
+			b.Tenant = window.NewTenant("t")
+			if err := d.DecodeSubmit(data, &b); err != nil {
+				t.Fatal(err)
+			}
+			if want := []window.Reason{window.Accepted, tt.want, window.Accepted}; !slices.Equal(b.Results, want) {
+				t.Fatalf("results %v, want %v (%q)", b.Results, want, d.Detail)
+			}
+			if !strings.Contains(d.Detail[1], tt.detail) {
+				t.Errorf("detail %q, want it to say %q", d.Detail[1], tt.detail)
+			}
+			if !sameFloats(b.Samples[0].Values, []float64{1, 2}) || b.Samples[2].Value != 5 {
+				t.Errorf("the plain samples around it: %+v %+v", b.Samples[0], b.Samples[2])
+			}
+			if tt.want != window.Accepted {
+				return
+			}
+			got := b.Samples[1].Hist
+			if got == nil || !slices.Equal(got.Values, h.Values) || !slices.Equal(got.Counts, h.Counts) ||
+				got.Count != 6 || got.Sum != 427 || got.Min != 3 || got.Max != 300 {
+				t.Fatalf("histogram %+v, want %+v", got, h)
+			}
+			// What the forwarder and the log encode decodes to the same.
+			batch, _ := AppendBatchSample(nil, nil, &b.Samples[1])
+			var again window.Batch
+			d.Reset(&again)
+			again.Tenant = b.Tenant
+			if err := d.DecodeSubmit(protowire.AppendBytes([]byte{0x0a}, batch), &again); err != nil {
+				t.Fatal(err)
+			}
+			if r := again.Results[0]; r != window.Accepted || fmt.Sprint(*again.Samples[0].Hist) != fmt.Sprint(*got) {
+				t.Fatalf("re-encoded: %v %+v, want %+v", r, again.Samples[0].Hist, got)
+			}
+			var pb aggdv1.Batch
+			if err := proto.Unmarshal(batch, &pb); err != nil || !proto.Equal(pb.Samples[0].Histogram, h) {
+				t.Fatalf("AppendBatchSample's encoding reads as %v (%v), want %v", pb.Samples[0].GetHistogram(), err, h)
+			}
+		})
+	}
 }

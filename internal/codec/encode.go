@@ -46,6 +46,40 @@ func AppendSample(b []byte, s *window.Sample) []byte {
 		b = protowire.AppendTag(b, 9, protowire.VarintType)
 		b = protowire.AppendVarint(b, uint64(s.Timestamp))
 	}
+	if h := s.Hist; h != nil {
+		b = protowire.AppendTag(b, 11, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(histSize(h)))
+		b = appendPacked(b, 1, h.Values)
+		b = appendPacked(b, 2, h.Counts)
+		for i, v := range [...]float64{h.Count, h.Sum, h.Min, h.Max} {
+			b = protowire.AppendTag(b, protowire.Number(3+i), protowire.Fixed64Type)
+			b = protowire.AppendFixed64(b, math.Float64bits(v))
+		}
+	}
+	return b
+}
+
+// histSize is the size of h's HistogramPoint message.
+func histSize(h *window.HistPoint) int {
+	n := 4 * (1 + 8) // count, sum, min, max
+	for _, vs := range [2][]float64{h.Values, h.Counts} {
+		if len(vs) > 0 {
+			n += 1 + protowire.SizeBytes(8*len(vs))
+		}
+	}
+	return n
+}
+
+// appendPacked appends vs as the packed repeated double field num.
+func appendPacked(b []byte, num protowire.Number, vs []float64) []byte {
+	if len(vs) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(8*len(vs)))
+	for _, v := range vs {
+		b = protowire.AppendFixed64(b, math.Float64bits(v))
+	}
 	return b
 }
 
@@ -92,31 +126,10 @@ func AppendSpan(b []byte, sp *spans.Span) []byte {
 }
 
 // AppendBatchSample appends s to an aggd.v1 Batch as its field 1, using
-// item as scratch. A histogram sample (Hist set) becomes one weighted
-// sample per bin, so that taking the items in restores its counts and
-// sketch, with the sum, minimum and maximum the bins give; Items tells
-// how many items it becomes.
+// item as scratch. A histogram sample (Hist set) keeps its bins and its
+// exact count, sum, minimum and maximum (Sample.histogram).
 func AppendBatchSample(batch, item []byte, s *window.Sample) ([]byte, []byte) {
-	if s.Hist == nil {
-		item = AppendSample(item[:0], s)
-		batch = protowire.AppendTag(batch, 1, protowire.BytesType)
-		return protowire.AppendBytes(batch, item), item
-	}
-	w := *s
-	w.Hist = nil
-	for i, v := range s.Hist.Values {
-		w.Value, w.SampleRate = v, 1/s.Hist.Counts[i]
-		item = AppendSample(item[:0], &w)
-		batch = protowire.AppendTag(batch, 1, protowire.BytesType)
-		batch = protowire.AppendBytes(batch, item)
-	}
-	return batch, item
-}
-
-// Items is the number of Batch items AppendBatchSample makes of s.
-func Items(s *window.Sample) int {
-	if s.Hist == nil {
-		return 1
-	}
-	return len(s.Hist.Values)
+	item = AppendSample(item[:0], s)
+	batch = protowire.AppendTag(batch, 1, protowire.BytesType)
+	return protowire.AppendBytes(batch, item), item
 }

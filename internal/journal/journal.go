@@ -93,8 +93,10 @@ func New(cfg Config) (*Journal, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Journal{cfg: cfg, eventHold: int64(cfg.EventHold), spanHold: int64(cfg.SpanHold),
-		lateWindow: int64(cfg.LateWindow), dec: codec.NewDecoder(cfg.Limits)}, nil
+	j := &Journal{cfg: cfg, eventHold: int64(cfg.EventHold), spanHold: int64(cfg.SpanHold),
+		lateWindow: int64(cfg.LateWindow), dec: codec.NewDecoder(cfg.Limits)}
+	j.dec.Histograms = true // OTLP histogram points and peers' are logged whole
+	return j, nil
 }
 
 // Rotate ends the log's current generation once every batch Take is

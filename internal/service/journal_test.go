@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -263,7 +264,8 @@ func TestReplayRefusesForeignRecords(t *testing.T) {
 
 // TestOTLPExportsAreJournaled records OTLP exports, metrics and spans, as
 // the aggd.v1 batches they amount to: after a replay into fresh state the
-// same aggregates and span stats come out.
+// same aggregates and span stats come out, a histogram point's exact sum,
+// minimum and maximum included.
 func TestOTLPExportsAreJournaled(t *testing.T) {
 	dir := t.TempDir()
 	j := startJournaled(t, dir, true, nil)
@@ -297,6 +299,9 @@ func TestOTLPExportsAreJournaled(t *testing.T) {
 	if len(want) < 3 || fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("after replay:\n%v\nbefore:\n%v", got, want)
 	}
+	if h := got["h{}"]; !strings.Contains(h, "sum 30 min 1 max 10") {
+		t.Errorf("histogram after replay: %s, want the point's sum 30 (its bins give more), min 1, max 10", h)
+	}
 }
 
 // flushPoints flushes everything agg holds and returns the aggregates by
@@ -313,7 +318,11 @@ func flushPoints(t *testing.T, agg *flush.Aggregator) map[string]string {
 	}
 	out := map[string]string{}
 	for _, p := range exp.Points() {
-		out[p.Name+"{"+p.Tags+"}"] = fmt.Sprintf("%v %v %v", p.Type, p.Value, p.Count)
+		v := fmt.Sprintf("%v %v %v", p.Type, p.Value, p.Count)
+		if p.Type == window.TypeDistribution {
+			v += fmt.Sprintf(" sum %v min %v max %v", p.Sum, p.Min, p.Max)
+		}
+		out[p.Name+"{"+p.Tags+"}"] = v
 	}
 	return out
 }

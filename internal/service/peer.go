@@ -258,7 +258,8 @@ func (s *Server) forwarded(ctx context.Context, dec func(any) error, token strin
 	}
 	defer release()
 	st.peer = true
-	defer func() { st.peer = false }()
+	st.dec.Histograms = true // peers send OTLP histogram points whole
+	defer func() { st.peer, st.dec.Histograms = false, false }()
 	st.series.Reset() // peers send full names
 	st.stream = 0
 	st.dec.Reset(&st.batch)

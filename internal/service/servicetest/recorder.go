@@ -17,6 +17,8 @@ type Sample struct {
 	Tags   []string
 	Type   window.MetricType
 	Value  float64
+	// Hist is a copy of the sample's histogram point, if it has one.
+	Hist *window.HistPoint
 }
 
 // Recorder is an Ingester that records accepted samples, events and checks.
@@ -49,7 +51,12 @@ func (r *Recorder) Ingest(b *window.Batch) {
 		for j, t := range s.Tags {
 			tags[j] = strings.Clone(t)
 		}
-		r.samples = append(r.samples, Sample{Tenant: b.Tenant.ID, Name: strings.Clone(s.Name), Tags: tags, Type: s.Type, Value: s.Value})
+		var h *window.HistPoint
+		if s.Hist != nil {
+			h = &window.HistPoint{Values: slices.Clone(s.Hist.Values), Counts: slices.Clone(s.Hist.Counts),
+				Count: s.Hist.Count, Sum: s.Hist.Sum, Min: s.Hist.Min, Max: s.Hist.Max}
+		}
+		r.samples = append(r.samples, Sample{Tenant: b.Tenant.ID, Name: strings.Clone(s.Name), Tags: tags, Type: s.Type, Value: s.Value, Hist: h})
 	}
 	if !b.EventsFlushed { // a flush sent them before a restart
 		r.events = append(r.events, b.Events...)

@@ -672,7 +672,13 @@ type Sample struct {
 	TimestampUnixNano int64 `protobuf:"varint,9,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
 	// series_ref, when not 0, declares (with name) or uses (without) a series
 	// reference of the stream, in [1, 1048576].
-	SeriesRef     uint32 `protobuf:"varint,10,opt,name=series_ref,json=seriesRef,proto3" json:"series_ref,omitempty"`
+	SeriesRef uint32 `protobuf:"varint,10,opt,name=series_ref,json=seriesRef,proto3" json:"series_ref,omitempty"`
+	// histogram is a distribution aggregated before it arrived, on a
+	// HISTOGRAM, TIMING or DISTRIBUTION sample; value, values and
+	// sample_rate are then ignored. Only the replicas of a cluster send it
+	// (an OTLP histogram point forwarded to its owner, PeerService); a
+	// client's sample with it is refused as unsupported.
+	Histogram     *HistogramPoint `protobuf:"bytes,11,opt,name=histogram,proto3" json:"histogram,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -777,6 +783,100 @@ func (x *Sample) GetSeriesRef() uint32 {
 	return 0
 }
 
+func (x *Sample) GetHistogram() *HistogramPoint {
+	if x != nil {
+		return x.Histogram
+	}
+	return nil
+}
+
+// HistogramPoint is a distribution with exact count, sum, minimum and
+// maximum, and bins for its sketch: counts[i] values at about values[i].
+type HistogramPoint struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Values []float64              `protobuf:"fixed64,1,rep,packed,name=values,proto3" json:"values,omitempty"`
+	// counts are positive; they add up to count.
+	Counts        []float64 `protobuf:"fixed64,2,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	Count         float64   `protobuf:"fixed64,3,opt,name=count,proto3" json:"count,omitempty"`
+	Sum           float64   `protobuf:"fixed64,4,opt,name=sum,proto3" json:"sum,omitempty"`
+	Min           float64   `protobuf:"fixed64,5,opt,name=min,proto3" json:"min,omitempty"`
+	Max           float64   `protobuf:"fixed64,6,opt,name=max,proto3" json:"max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistogramPoint) Reset() {
+	*x = HistogramPoint{}
+	mi := &file_aggd_v1_aggd_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistogramPoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistogramPoint) ProtoMessage() {}
+
+func (x *HistogramPoint) ProtoReflect() protoreflect.Message {
+	mi := &file_aggd_v1_aggd_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistogramPoint.ProtoReflect.Descriptor instead.
+func (*HistogramPoint) Descriptor() ([]byte, []int) {
+	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HistogramPoint) GetValues() []float64 {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *HistogramPoint) GetCounts() []float64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *HistogramPoint) GetCount() float64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *HistogramPoint) GetSum() float64 {
+	if x != nil {
+		return x.Sum
+	}
+	return 0
+}
+
+func (x *HistogramPoint) GetMin() float64 {
+	if x != nil {
+		return x.Min
+	}
+	return 0
+}
+
+func (x *HistogramPoint) GetMax() float64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
 // Event is a discrete occurrence, flushed as is at the next tick.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -798,7 +898,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_aggd_v1_aggd_proto_msgTypes[6]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +910,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_aggd_v1_aggd_proto_msgTypes[6]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +923,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{6}
+	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Event) GetTitle() string {
@@ -905,7 +1005,7 @@ type ServiceCheck struct {
 
 func (x *ServiceCheck) Reset() {
 	*x = ServiceCheck{}
-	mi := &file_aggd_v1_aggd_proto_msgTypes[7]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1017,7 @@ func (x *ServiceCheck) String() string {
 func (*ServiceCheck) ProtoMessage() {}
 
 func (x *ServiceCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_aggd_v1_aggd_proto_msgTypes[7]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1030,7 @@ func (x *ServiceCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceCheck.ProtoReflect.Descriptor instead.
 func (*ServiceCheck) Descriptor() ([]byte, []int) {
-	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{7}
+	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ServiceCheck) GetName() string {
@@ -999,7 +1099,7 @@ type Span struct {
 
 func (x *Span) Reset() {
 	*x = Span{}
-	mi := &file_aggd_v1_aggd_proto_msgTypes[8]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1111,7 @@ func (x *Span) String() string {
 func (*Span) ProtoMessage() {}
 
 func (x *Span) ProtoReflect() protoreflect.Message {
-	mi := &file_aggd_v1_aggd_proto_msgTypes[8]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1124,7 @@ func (x *Span) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Span.ProtoReflect.Descriptor instead.
 func (*Span) Descriptor() ([]byte, []int) {
-	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{8}
+	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Span) GetTraceId() []byte {
@@ -1127,7 +1227,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_aggd_v1_aggd_proto_msgTypes[9]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1239,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_aggd_v1_aggd_proto_msgTypes[9]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1252,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{9}
+	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Ack) GetSequence() uint64 {
@@ -1200,7 +1300,7 @@ type Rejection struct {
 
 func (x *Rejection) Reset() {
 	*x = Rejection{}
-	mi := &file_aggd_v1_aggd_proto_msgTypes[10]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1312,7 @@ func (x *Rejection) String() string {
 func (*Rejection) ProtoMessage() {}
 
 func (x *Rejection) ProtoReflect() protoreflect.Message {
-	mi := &file_aggd_v1_aggd_proto_msgTypes[10]
+	mi := &file_aggd_v1_aggd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1325,7 @@ func (x *Rejection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejection.ProtoReflect.Descriptor instead.
 func (*Rejection) Descriptor() ([]byte, []int) {
-	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{10}
+	return file_aggd_v1_aggd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Rejection) GetKind() ItemKind {
@@ -1274,7 +1374,7 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\asamples\x18\x01 \x03(\v2\x0f.aggd.v1.SampleR\asamples\x12&\n" +
 	"\x06events\x18\x02 \x03(\v2\x0e.aggd.v1.EventR\x06events\x12<\n" +
 	"\x0eservice_checks\x18\x03 \x03(\v2\x15.aggd.v1.ServiceCheckR\rserviceChecks\x12#\n" +
-	"\x05spans\x18\x04 \x03(\v2\r.aggd.v1.SpanR\x05spans\"\xaa\x02\n" +
+	"\x05spans\x18\x04 \x03(\v2\r.aggd.v1.SpanR\x05spans\"\xe1\x02\n" +
 	"\x06Sample\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.aggd.v1.MetricTypeR\x04type\x12\x14\n" +
@@ -1289,7 +1389,15 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\x13timestamp_unix_nano\x18\t \x01(\x03R\x11timestampUnixNano\x12\x1d\n" +
 	"\n" +
 	"series_ref\x18\n" +
-	" \x01(\rR\tseriesRef\"\xbf\x02\n" +
+	" \x01(\rR\tseriesRef\x125\n" +
+	"\thistogram\x18\v \x01(\v2\x17.aggd.v1.HistogramPointR\thistogram\"\x8c\x01\n" +
+	"\x0eHistogramPoint\x12\x16\n" +
+	"\x06values\x18\x01 \x03(\x01R\x06values\x12\x16\n" +
+	"\x06counts\x18\x02 \x03(\x01R\x06counts\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x01R\x05count\x12\x10\n" +
+	"\x03sum\x18\x04 \x01(\x01R\x03sum\x12\x10\n" +
+	"\x03min\x18\x05 \x01(\x01R\x03min\x12\x10\n" +
+	"\x03max\x18\x06 \x01(\x01R\x03max\"\xbf\x02\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12.\n" +
@@ -1397,7 +1505,7 @@ func file_aggd_v1_aggd_proto_rawDescGZIP() []byte {
 }
 
 var file_aggd_v1_aggd_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_aggd_v1_aggd_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_aggd_v1_aggd_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_aggd_v1_aggd_proto_goTypes = []any{
 	(MetricType)(0),         // 0: aggd.v1.MetricType
 	(EventPriority)(0),      // 1: aggd.v1.EventPriority
@@ -1411,39 +1519,41 @@ var file_aggd_v1_aggd_proto_goTypes = []any{
 	(*SubmitResponse)(nil),  // 9: aggd.v1.SubmitResponse
 	(*Batch)(nil),           // 10: aggd.v1.Batch
 	(*Sample)(nil),          // 11: aggd.v1.Sample
-	(*Event)(nil),           // 12: aggd.v1.Event
-	(*ServiceCheck)(nil),    // 13: aggd.v1.ServiceCheck
-	(*Span)(nil),            // 14: aggd.v1.Span
-	(*Ack)(nil),             // 15: aggd.v1.Ack
-	(*Rejection)(nil),       // 16: aggd.v1.Rejection
-	nil,                     // 17: aggd.v1.Span.AttributesEntry
+	(*HistogramPoint)(nil),  // 12: aggd.v1.HistogramPoint
+	(*Event)(nil),           // 13: aggd.v1.Event
+	(*ServiceCheck)(nil),    // 14: aggd.v1.ServiceCheck
+	(*Span)(nil),            // 15: aggd.v1.Span
+	(*Ack)(nil),             // 16: aggd.v1.Ack
+	(*Rejection)(nil),       // 17: aggd.v1.Rejection
+	nil,                     // 18: aggd.v1.Span.AttributesEntry
 }
 var file_aggd_v1_aggd_proto_depIdxs = []int32{
 	10, // 0: aggd.v1.StreamRequest.batch:type_name -> aggd.v1.Batch
-	15, // 1: aggd.v1.StreamResponse.ack:type_name -> aggd.v1.Ack
+	16, // 1: aggd.v1.StreamResponse.ack:type_name -> aggd.v1.Ack
 	10, // 2: aggd.v1.SubmitRequest.batch:type_name -> aggd.v1.Batch
-	15, // 3: aggd.v1.SubmitResponse.ack:type_name -> aggd.v1.Ack
+	16, // 3: aggd.v1.SubmitResponse.ack:type_name -> aggd.v1.Ack
 	11, // 4: aggd.v1.Batch.samples:type_name -> aggd.v1.Sample
-	12, // 5: aggd.v1.Batch.events:type_name -> aggd.v1.Event
-	13, // 6: aggd.v1.Batch.service_checks:type_name -> aggd.v1.ServiceCheck
-	14, // 7: aggd.v1.Batch.spans:type_name -> aggd.v1.Span
+	13, // 5: aggd.v1.Batch.events:type_name -> aggd.v1.Event
+	14, // 6: aggd.v1.Batch.service_checks:type_name -> aggd.v1.ServiceCheck
+	15, // 7: aggd.v1.Batch.spans:type_name -> aggd.v1.Span
 	0,  // 8: aggd.v1.Sample.type:type_name -> aggd.v1.MetricType
-	1,  // 9: aggd.v1.Event.priority:type_name -> aggd.v1.EventPriority
-	2,  // 10: aggd.v1.Event.alert_type:type_name -> aggd.v1.EventAlertType
-	3,  // 11: aggd.v1.ServiceCheck.status:type_name -> aggd.v1.ServiceCheckStatus
-	4,  // 12: aggd.v1.Span.kind:type_name -> aggd.v1.SpanKind
-	17, // 13: aggd.v1.Span.attributes:type_name -> aggd.v1.Span.AttributesEntry
-	16, // 14: aggd.v1.Ack.rejections:type_name -> aggd.v1.Rejection
-	5,  // 15: aggd.v1.Rejection.kind:type_name -> aggd.v1.ItemKind
-	6,  // 16: aggd.v1.AggregatorService.Stream:input_type -> aggd.v1.StreamRequest
-	8,  // 17: aggd.v1.AggregatorService.Submit:input_type -> aggd.v1.SubmitRequest
-	7,  // 18: aggd.v1.AggregatorService.Stream:output_type -> aggd.v1.StreamResponse
-	9,  // 19: aggd.v1.AggregatorService.Submit:output_type -> aggd.v1.SubmitResponse
-	18, // [18:20] is the sub-list for method output_type
-	16, // [16:18] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	12, // 9: aggd.v1.Sample.histogram:type_name -> aggd.v1.HistogramPoint
+	1,  // 10: aggd.v1.Event.priority:type_name -> aggd.v1.EventPriority
+	2,  // 11: aggd.v1.Event.alert_type:type_name -> aggd.v1.EventAlertType
+	3,  // 12: aggd.v1.ServiceCheck.status:type_name -> aggd.v1.ServiceCheckStatus
+	4,  // 13: aggd.v1.Span.kind:type_name -> aggd.v1.SpanKind
+	18, // 14: aggd.v1.Span.attributes:type_name -> aggd.v1.Span.AttributesEntry
+	17, // 15: aggd.v1.Ack.rejections:type_name -> aggd.v1.Rejection
+	5,  // 16: aggd.v1.Rejection.kind:type_name -> aggd.v1.ItemKind
+	6,  // 17: aggd.v1.AggregatorService.Stream:input_type -> aggd.v1.StreamRequest
+	8,  // 18: aggd.v1.AggregatorService.Submit:input_type -> aggd.v1.SubmitRequest
+	7,  // 19: aggd.v1.AggregatorService.Stream:output_type -> aggd.v1.StreamResponse
+	9,  // 20: aggd.v1.AggregatorService.Submit:output_type -> aggd.v1.SubmitResponse
+	19, // [19:21] is the sub-list for method output_type
+	17, // [17:19] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_aggd_v1_aggd_proto_init() }
@@ -1457,7 +1567,7 @@ func file_aggd_v1_aggd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aggd_v1_aggd_proto_rawDesc), len(file_aggd_v1_aggd_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
