@@ -56,6 +56,10 @@ type RuleEngine interface {
 	// Due returns a tick by which every window a sample at ts falls in
 	// is drained.
 	Due(ts int64) int64
+	// Resume says, before replay, that an earlier process drained every
+	// window due at or before tick: replayed items of windows it drained
+	// go back into them as flushed, kept for late items.
+	Resume(tick int64)
 }
 
 // Shards returns the number of shards.
@@ -280,14 +284,17 @@ func (a *Aggregator) add(s *shard, smp *window.Sample, b *window.Batch) window.R
 	return s.sh.Add(b.Tenant, smp, b.Now)
 }
 
-// Resume tells every shard, before replay and before any batch, that an
-// earlier process flushed every bucket due at or before tick (see
-// window.Shard.Resume).
+// Resume tells every shard and the rules, before replay and before any
+// batch, that an earlier process flushed every bucket and rule window due
+// at or before tick (see window.Shard.Resume and rules.Engine.Resume).
 func (a *Aggregator) Resume(tick int64) {
 	for s := range a.all() {
 		s.mu.Lock()
 		s.sh.Resume(tick)
 		s.mu.Unlock()
+	}
+	if a.rules != nil {
+		a.rules.Resume(tick)
 	}
 }
 

@@ -42,8 +42,13 @@ type Engine struct {
 }
 
 type state struct {
-	groups  map[string]*group
-	scratch []byte
+	groups map[string]*group
+	// restored are the windows an earlier process drained that replay
+	// rebuilds from the write-ahead log: flushed, not to be sent again,
+	// kept for late items. The next Drain moves them to the engine's kept
+	// windows.
+	restored map[string]*group
+	scratch  []byte
 	field   []byte // a histogram field's name, being matched
 }
 
@@ -67,9 +72,9 @@ type group struct {
 func NewEngine(set *Set, shards int, cfg window.Config) *Engine {
 	e := &Engine{timing: cfg.Timing(), shards: make([]state, shards), kept: map[string]*group{}}
 	for i := range e.shards {
-		e.shards[i].groups = map[string]*group{}
+		e.shards[i].groups, e.shards[i].restored = map[string]*group{}, map[string]*group{}
 	}
-	e.spanState.groups = map[string]*group{}
+	e.spanState.groups, e.spanState.restored = map[string]*group{}, map[string]*group{}
 	e.SetRules(set)
 	return e
 }
@@ -187,7 +192,8 @@ func (e *Engine) Due(ts int64) int64 {
 }
 
 // replayed reports whether the window of a holding ts was drained by the
-// flush at cutoff, the cutoff of a replayed batch (zero: a live one).
+// flush at cutoff, the cutoff of a replayed batch (zero: a live one): the
+// item goes back into that window as flushed (see Resume).
 func (e *Engine) replayed(a *Algorithm, ts, cutoff int64) bool {
 	if cutoff == 0 {
 		return false
@@ -201,6 +207,37 @@ func (e *Engine) replayed(a *Algorithm, ts, cutoff int64) bool {
 func (e *Engine) tooLate(a *Algorithm, ts int64) bool {
 	w := int64(a.Window)
 	return e.timing.KeptUntil(windowStart(ts, w), w) < e.watermark.Load()
+}
+
+// Resume tells the engine, before replay and before any item, that an
+// earlier process (before a restart) drained every window due at or before
+// tick. Replay then gives back the items of the records that flush carried
+// (their cutoff) and the engine restores the windows holding them that are
+// still kept for late items, as flushed: they are not sent again, and a
+// late item for one sends the window's corrected outputs over all its
+// items, as before the restart. A window past its late window at tick
+// takes no late item.
+func (e *Engine) Resume(tick int64) {
+	if tick > e.watermark.Load() {
+		e.watermark.Store(tick)
+	}
+}
+
+// target returns where an item at ts goes for algorithm a: the groups
+// being aggregated, or, for an item of a replayed batch whose window the
+// flush at cutoff drained, the restored windows; nil when the window's
+// late window has passed, and then late is set for a live item.
+func (e *Engine) target(st *state, a *Algorithm, ts, cutoff int64, late *bool) map[string]*group {
+	switch replayed := e.replayed(a, ts, cutoff); {
+	case e.tooLate(a, ts):
+		// Flushed and past its late window: a replayed item has nothing
+		// left to correct, a live one is too late.
+		*late = *late || !replayed
+		return nil
+	case replayed:
+		return st.restored
+	}
+	return st.groups
 }
 
 // ObserveSample applies the metric rules to s, which arrived at now, in
@@ -263,15 +300,12 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 		late := false
 		for i := range r.Algorithms {
 			a := &r.Algorithms[i]
-			if e.replayed(a, ts, cutoff) {
-				continue
-			}
-			if e.tooLate(a, ts) {
-				late = true
+			groups := e.target(st, a, ts, cutoff, &late)
+			if groups == nil {
 				continue
 			}
 			if a.SourceField == s.Name {
-				g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
+				g := e.groupFor(st, groups, t, r, i, ts, measurement, tagRecord{s})
 				if s.Values == nil {
 					g.acc.add(a, filter.Num(s.Value), ts, g, &st.scratch)
 				}
@@ -279,7 +313,7 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 					g.acc.add(a, filter.Num(v), ts, g, &st.scratch)
 				}
 			} else if v, ok := tagValue(s.Tags, a.SourceField); ok && v != "" && slices.Contains(r.GroupBy, a.SourceField) {
-				g := e.groupFor(st, t, r, i, ts, measurement, tagRecord{s})
+				g := e.groupFor(st, groups, t, r, i, ts, measurement, tagRecord{s})
 				g.acc.add(a, filter.Str(v), ts, g, &st.scratch)
 			}
 		}
@@ -444,7 +478,7 @@ func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, f
 	}
 	for i := range r.Algorithms {
 		a := &r.Algorithms[i]
-		if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || e.replayed(a, ts, cutoff) {
+		if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) {
 			continue
 		}
 		var (
@@ -458,11 +492,11 @@ func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, f
 		} else if v, ok = rec.Field(a.SourceField); !ok || v.Kind == filter.String && v.Str == "" && a.SourceField != field {
 			continue
 		}
-		if e.tooLate(a, ts) {
-			*late = true
+		groups := e.target(st, a, ts, cutoff, late)
+		if groups == nil {
 			continue
 		}
-		g := e.groupFor(st, t, r, i, ts, measurement, rec)
+		g := e.groupFor(st, groups, t, r, i, ts, measurement, rec)
 		g.acc.add(a, v, ts, g, &st.scratch)
 	}
 	return true
@@ -541,11 +575,12 @@ func valueString(v filter.Value) string {
 	return v.Str
 }
 
-// groupFor finds or opens the group of (t, r, algorithm i, window of ts,
-// measurement, group values). A group_by key an item lacks, or holds
-// empty, is not a tag of the output, as in DataKit. The key is built in
-// scratch, so finding an open group does not allocate.
-func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, i int, ts int64, measurement string, rec filter.Record) *group {
+// groupFor finds or opens, in groups (st's open or restored groups), the
+// group of (t, r, algorithm i, window of ts, measurement, group values). A
+// group_by key an item lacks, or holds empty, is not a tag of the output,
+// as in DataKit. The key is built in st's scratch, so finding an open
+// group does not allocate.
+func (e *Engine) groupFor(st *state, groups map[string]*group, t *window.Tenant, r *Rule, i int, ts int64, measurement string, rec filter.Record) *group {
 	a := &r.Algorithms[i]
 	width := int64(a.Window)
 	start := windowStart(ts, width)
@@ -566,7 +601,7 @@ func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, i int, ts int64,
 		}
 	}
 	st.scratch = k
-	if g := st.groups[string(k)]; g != nil {
+	if g := groups[string(k)]; g != nil {
 		return g
 	}
 	g := &group{tenant: t, rule: r, alg: a, start: start, width: width,
@@ -588,7 +623,7 @@ func (e *Engine) groupFor(st *state, t *window.Tenant, r *Rule, i int, ts int64,
 		g.tags = append(g.tags, "measurement:"+measurement)
 	}
 	g.hasLE = slices.ContainsFunc(g.tags, func(t string) bool { return strings.HasPrefix(t, "le:") })
-	st.groups[string(k)] = g
+	groups[string(k)] = g
 	return g
 }
 
@@ -613,6 +648,10 @@ func (e *Engine) Drain(tick int64, final bool, lockShard func(i int, f func()), 
 	merged := map[string]*group{}
 	var order []string
 	take := func(st *state) {
+		for k, g := range st.restored {
+			delete(st.restored, k)
+			e.restore(k, g)
+		}
 		for k, g := range st.groups {
 			if !final && e.timing.Due(g.start, g.width) > tick {
 				continue
@@ -654,6 +693,17 @@ func (e *Engine) Drain(tick int64, final bool, lockShard func(i int, f func()), 
 		}
 	}
 	return out
+}
+
+// restore makes g, a window replay rebuilt as flushed, a kept window, or
+// merges it into the kept window of key k, rebuilt from another shard.
+// Only Drain calls it.
+func (e *Engine) restore(k string, g *group) {
+	if kg := e.kept[k]; kg != nil && sameMethod(kg.alg, g.alg) {
+		kg.acc.merge(&g.acc, kg)
+		return
+	}
+	e.kept[k] = g
 }
 
 // sameMethod reports whether a window kept under algorithm a may take
