@@ -49,7 +49,7 @@ type state struct {
 	// windows.
 	restored map[string]*group
 	scratch  []byte
-	field   []byte // a histogram field's name, being matched
+	field    []byte // a histogram field's name, being matched
 }
 
 // group is one (tenant, rule, algorithm, window, measurement, group

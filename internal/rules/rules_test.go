@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -651,14 +652,16 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// TestReplayCutoffSkipsDrainedWindows: while a write-ahead log is
-// replayed, samples of rule windows a flush already drained are matched
-// but not added; the windows still open take theirs. Due covers every
-// window a sample can fall in.
-func TestReplayCutoffSkipsDrainedWindows(t *testing.T) {
+// TestReplayCutoffRestoresDrainedWindows: while a write-ahead log is
+// replayed, samples of rule windows a flush already drained go back into
+// them as flushed, not sent again; the windows still open take theirs. A
+// late sample after the replay sends the drained window's corrected
+// total. Due covers every window a sample can fall in.
+func TestReplayCutoffRestoresDrainedWindows(t *testing.T) {
 	e := engine(t, xSum20s, 1)
 	tn := window.NewTenant("t")
 	cutoff := t0 + 22*sec // (t0, t0+20] was drained at t0+22
+	e.Resume(cutoff)
 	for _, ts := range []int64{1, 15, 25} {
 		s := sample("x", 1)
 		s.Timestamp = t0 + ts*sec
@@ -666,12 +669,19 @@ func TestReplayCutoffSkipsDrainedWindows(t *testing.T) {
 			t.Fatalf("sample at +%ds not matched", ts)
 		}
 	}
+	if out := e.Drain(t0+32*sec, false, func(_ int, f func()) { f() }, nil); len(out) != 0 {
+		t.Fatalf("the first drain after the replay sent %v, want nothing: the drained window was flushed, the open one is not due", out)
+	}
 	s := sample("x", 1)
 	s.Timestamp = t0 + 5*sec
-	e.ObserveSample(0, tn, s, t0+30*sec, 0) // after replay: a late sample counts
-	got := drain(e)
-	if got["t/x_sum{}"] != 2 || got["t/x_sum_count{}"] != 2 || len(got) != 2 {
-		t.Fatalf("got %v, want the open window's sample and the late one", got)
+	e.ObserveSample(0, tn, s, t0+33*sec, 0) // after replay: a late sample counts
+	got := map[string]float64{}
+	for _, m := range e.Drain(t0+42*sec, false, func(_ int, f func()) { f() }, nil) {
+		got[fmt.Sprintf("%s@+%ds late=%v", m.Name, (m.Timestamp-t0)/sec, m.Late)] = m.Value
+	}
+	want := map[string]float64{"x_sum@+0s late=true": 3, "x_sum_count@+0s late=true": 3, "x_sum@+20s late=false": 1, "x_sum_count@+20s late=false": 1}
+	if !maps.Equal(got, want) {
+		t.Fatalf("got %v, want %v: the drained window's correction over all its samples, and the open window", got, want)
 	}
 	if d := e.Due(t0 + 25*sec); d < t0+40*sec+2*sec {
 		t.Fatalf("Due(+25s) = +%ds, before the window's end plus grace", (d-t0)/sec)
