@@ -281,11 +281,7 @@ func (c config) validate() error {
 	if c.RulesReload <= 0 || c.SamplingReload <= 0 || c.Sampling.MaxTracesPerTenant < 1 || c.Sampling.MaxSpansPerTrace < 1 || c.Sampling.MaxBytes < 1 || c.Sampling.DecisionTTL <= 0 {
 		errs = append(errs, errors.New("sampling limits and intervals must be positive"))
 	}
-	dsd := c.DogStatsD
-	if dsd.Readers == 0 {
-		dsd.Readers = 1
-	}
-	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.OTLP.Validate(), c.Histogram.Validate(), dsd.Validate(), c.Cluster.validate())
+	errs = append(errs, c.Window.Validate(), c.Limits.Validate(), c.OTLP.Validate(), c.Histogram.Validate(), c.DogStatsD.Validate(), c.Cluster.validate())
 	return errors.Join(errs...)
 }
 

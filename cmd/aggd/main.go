@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -135,9 +134,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants, cfg.MetricsMaxTenants))
 	telemetry.RegisterBuildInfo(reg, build)
 
+	spoolDir := ""
+	if cfg.WALDir != "" {
+		spoolDir = filepath.Join(cfg.WALDir, "queue")
+	}
 	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
 		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout, InstanceID: instanceID(cfg),
-		Tracer: tracer,
+		Tracer: tracer, SpoolDir: spoolDir, SpoolMaxBytes: cfg.QueueMaxBytes,
 	})
 	if err != nil {
 		return err
@@ -145,10 +148,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer closeUpstreams()
 	var walLog *wal.Log
 	if cfg.WALDir != "" {
-		// Payloads a crash left queued are sent again once the router starts.
-		if err := router.Spool(filepath.Join(cfg.WALDir, "queue"), cfg.QueueMaxBytes); err != nil {
-			return err
-		}
 		sync, _ := wal.ParseSync(cfg.WALFsync)
 		if walLog, err = wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync}); err != nil {
 			return err
@@ -222,7 +221,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	reg.MustRegister(telemetry.NewSamplerCollector(&sampler.C))
-	traceRunner := spans.NewRunner(sampler, router, cfg.Window.Interval, log)
+	traceRunner, err := spans.NewRunner(spans.RunnerConfig{Sampler: sampler, Exporter: router, Timeout: cfg.Window.Interval, Logger: log})
+	if err != nil {
+		return err
+	}
 	if err := traceRunner.Start(ctx); err != nil {
 		return err
 	}
@@ -293,15 +295,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return fmt.Errorf("dogstatsd tenant: %w", err)
 		}
 		dc := cfg.DogStatsD
-		if dc.Readers == 0 {
-			dc.Readers = runtime.GOMAXPROCS(0)
-		}
 		dc.Limits, dc.Load = cfg.Limits, load
 		var ing dogstatsd.Ingester = agg
 		if fwd := node.forwarder(); fwd != nil {
 			ing = &service.Routed{Forwarder: fwd, Ingester: agg}
 		}
-		dsd = dogstatsd.New(dc, tn, ing, log)
+		if dsd, err = dogstatsd.New(dc, tn, ing, log); err != nil {
+			return err
+		}
 		if err := dsd.Start(ctx); err != nil {
 			return err
 		}

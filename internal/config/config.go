@@ -287,6 +287,21 @@ type Shared struct {
 	// InstanceID names this aggd among its replicas (service.instance.id
 	// of OTLP aggregates).
 	InstanceID string
+	// SpoolDir, if set, keeps the payloads of every upstream with a send
+	// queue on disk, in SpoolDir/<upstream>.queue, each holding at most
+	// SpoolMaxBytes. Payloads a crash left there are sent again once the
+	// upstream starts.
+	SpoolDir      string
+	SpoolMaxBytes int64
+}
+
+// spool opens the send queue on disk of upstream name; nil without
+// SpoolDir.
+func (sh Shared) spool(name string) (*upstream.Spool, error) {
+	if sh.SpoolDir == "" {
+		return nil, nil
+	}
+	return upstream.OpenSpoolIn(sh.SpoolDir, name, sh.SpoolMaxBytes)
 }
 
 // Build makes the upstream u describes. The closer releases what Build
@@ -331,6 +346,9 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 			c.Client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsCfg,
 				MaxIdleConnsPerHost: pc.Senders, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}}
 		}
+		if c.Pipeline.Spool, err = sh.spool(u.Name); err != nil {
+			return nil, nil, err
+		}
 		return upstream.NewDatadog(c, sh.Metrics, sh.Log), noop, nil
 	case "otlp":
 		c := upstream.OTLPConfig{Pipeline: pc, Endpoint: u.Endpoint, Insecure: u.Insecure, Headers: u.Headers,
@@ -340,7 +358,13 @@ func (u Upstream) Build(sh Shared) (upstream.Upstream, func() error, error) {
 		if err := c.Validate(); err != nil {
 			return nil, nil, err
 		}
+		if c.Pipeline.Spool, err = sh.spool(u.Name); err != nil {
+			return nil, nil, err
+		}
 		o, err := upstream.NewOTLP(c, sh.Metrics, sh.Log)
+		if err != nil && c.Pipeline.Spool != nil {
+			c.Pipeline.Spool.Close()
+		}
 		return o, noop, err
 	case "jsonlines":
 		w, closer := sh.Stdout, noop

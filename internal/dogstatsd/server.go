@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +32,8 @@ type Config struct {
 	UDP string
 	// Socket is the Unix datagram socket path; empty disables it.
 	Socket string
-	// Readers is the number of goroutines reading each socket.
+	// Readers is the number of goroutines reading each socket; 0 is one
+	// per CPU (GOMAXPROCS).
 	Readers int
 	// ReceiveBuffer sets SO_RCVBUF in bytes; 0 keeps the system's.
 	ReceiveBuffer int
@@ -49,8 +51,8 @@ type Config struct {
 
 // Validate reports a setting out of range.
 func (c Config) Validate() error {
-	if c.Readers < 1 || c.ReceiveBuffer < 0 || c.PacketSize < 512 {
-		return errors.New("dogstatsd: readers must be positive, receive buffer not negative, packet size at least 512")
+	if c.Readers < 0 || c.ReceiveBuffer < 0 || c.PacketSize < 512 {
+		return errors.New("dogstatsd: readers and receive buffer must not be negative, packet size at least 512")
 	}
 	return nil
 }
@@ -78,9 +80,18 @@ type loadCause interface {
 	Cause() (msg string, queue bool)
 }
 
-// New returns a server feeding ing for tenant t. cfg must be valid.
-func New(cfg Config, t *window.Tenant, ing Ingester, log *slog.Logger) *Server {
-	return &Server{cfg: cfg, tenant: t, ing: ing, log: log.With("tenant", t.ID)}
+// New returns a server feeding ing for tenant t, or why cfg is not valid.
+func New(cfg Config, t *window.Tenant, ing Ingester, log *slog.Logger) (*Server, error) {
+	if err := errors.Join(cfg.Validate(), cfg.Limits.Validate()); err != nil {
+		return nil, err
+	}
+	if t == nil || ing == nil || log == nil {
+		return nil, errors.New("dogstatsd: a tenant, an ingester and a logger are required")
+	}
+	if cfg.Readers == 0 {
+		cfg.Readers = runtime.GOMAXPROCS(0)
+	}
+	return &Server{cfg: cfg, tenant: t, ing: ing, log: log.With("tenant", t.ID)}, nil
 }
 
 // Start opens the sockets and starts the readers.

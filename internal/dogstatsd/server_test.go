@@ -37,7 +37,10 @@ func start(t *testing.T, cfg dogstatsd.Config) (*dogstatsd.Server, *flush.Aggreg
 	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 	tn := window.NewTenant("statsd")
 	cfg.Readers, cfg.PacketSize, cfg.Limits = 2, 8192, codec.DefaultLimits()
-	s := dogstatsd.New(cfg, tn, agg, slog.New(slog.DiscardHandler))
+	s, err := dogstatsd.New(cfg, tn, agg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package spans
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -117,10 +118,35 @@ type Runner struct {
 	started  bool
 }
 
-// NewRunner returns a runner of sampler into exp; timeout bounds one
-// export.
-func NewRunner(sampler *Sampler, exp Exporter, timeout time.Duration, log *slog.Logger) *Runner {
-	return &Runner{sampler: sampler, exp: exp, timeout: timeout, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+// RunnerConfig configures a Runner.
+type RunnerConfig struct {
+	// Sampler holds the traces; Exporter sends the kept ones.
+	Sampler  *Sampler
+	Exporter Exporter
+	// Timeout bounds one export.
+	Timeout time.Duration
+	// Logger logs failed exports.
+	Logger *slog.Logger
+}
+
+// Validate reports a missing or out-of-range setting.
+func (c RunnerConfig) Validate() error {
+	if c.Sampler == nil || c.Exporter == nil || c.Logger == nil {
+		return errors.New("spans: a runner needs a sampler, an exporter and a logger")
+	}
+	if c.Timeout <= 0 {
+		return errors.New("spans: the runner's export timeout must be positive")
+	}
+	return nil
+}
+
+// NewRunner returns a runner of cfg, or why cfg is not valid.
+func NewRunner(cfg RunnerConfig) (*Runner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Runner{sampler: cfg.Sampler, exp: cfg.Exporter, timeout: cfg.Timeout, log: cfg.Logger,
+		stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 // Start starts the decision loop; it exits when Shutdown is called.

@@ -186,6 +186,11 @@ type PipelineConfig struct {
 	InitialBackoff, MaxBackoff time.Duration
 	// Tracer, if set, traces every attempt (span aggd.send).
 	Tracer trace.Tracer
+	// Spool, if set, keeps the payloads on disk until the intake takes
+	// them: the queue is bounded by its bytes instead of QueueSize, and
+	// the payloads it held from before are sent first. The pipeline's
+	// Shutdown closes it.
+	Spool *Spool
 }
 
 // DefaultPipelineConfig returns the documented defaults.
@@ -230,16 +235,12 @@ func NewPipeline(cfg PipelineConfig, send Sender, m PipelineMetrics, log *slog.L
 		cfg.Tracer = noop.NewTracerProvider().Tracer("aggd")
 	}
 	stop, cancel := context.WithCancel(context.Background())
-	return &Pipeline{cfg: cfg, send: send, metrics: m, log: log.With("upstream", cfg.Name),
-		queue: make(chan *Payload, cfg.QueueSize), stop: stop, cancel: cancel}
-}
-
-// SetSpool makes p keep its payloads in s, on disk, until the intake
-// takes them: the queue is bounded by s's bytes instead of QueueSize, and
-// the payloads s held from before are sent first. Call it before Start.
-func (p *Pipeline) SetSpool(s *Spool) {
-	p.spool = s
-	p.queue = make(chan *Payload) // payloads wait on disk, not here
+	p := &Pipeline{cfg: cfg, send: send, metrics: m, log: log.With("upstream", cfg.Name),
+		queue: make(chan *Payload, cfg.QueueSize), spool: cfg.Spool, stop: stop, cancel: cancel}
+	if p.spool != nil {
+		p.queue = make(chan *Payload) // payloads wait on disk, not here
+	}
+	return p
 }
 
 // Start starts the senders. They exit when Shutdown returns.

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 
@@ -153,24 +150,6 @@ func (r *Router) Queues() []QueueState {
 		}
 	}
 	return out
-}
-
-// Spool keeps the payloads of every upstream with a send queue on disk, in
-// dir/<upstream>.queue, each holding at most maxBytes. Call it before Start.
-func (r *Router) Spool(dir string, maxBytes int64) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for _, u := range r.upstreams {
-		if q, ok := u.(piped); ok {
-			s, err := OpenSpool(filepath.Join(dir, url.PathEscape(u.Name())+".queue"), maxBytes)
-			if err != nil {
-				return err
-			}
-			q.pipeline().SetSpool(s)
-		}
-	}
-	return nil
 }
 
 // Full reports whether some upstream's send queue is at its bound.

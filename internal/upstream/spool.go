@@ -8,6 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -73,6 +76,15 @@ func OpenSpool(path string, maxBytes int64) (*Spool, error) {
 		return nil, fmt.Errorf("send queue %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// OpenSpoolIn opens or creates the spool of upstream name in dir,
+// dir/<name>.queue, creating dir if need be.
+func OpenSpoolIn(dir, name string, maxBytes int64) (*Spool, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("send queue: %w", err)
+	}
+	return OpenSpool(filepath.Join(dir, url.PathEscape(name)+".queue"), maxBytes)
 }
 
 // Close closes the file; what it holds stays for the next Open.

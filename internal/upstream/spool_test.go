@@ -165,9 +165,9 @@ func TestSpooledPipelineResendsAfterRestart(t *testing.T) {
 func TestSpooledPipelineFullIsVisible(t *testing.T) {
 	down := &script{block: true}
 	m := &upstreamtest.Metrics{}
-	p := upstream.NewPipeline(upstream.DefaultPipelineConfig("test"), down, m, slog.New(slog.DiscardHandler))
-	s := openSpool(t, filepath.Join(t.TempDir(), "q"), 1000)
-	p.SetSpool(s)
+	cfg := upstream.DefaultPipelineConfig("test")
+	cfg.Spool = openSpool(t, filepath.Join(t.TempDir(), "q"), 1000)
+	p := upstream.NewPipeline(cfg, down, m, slog.New(slog.DiscardHandler))
 	p.Start(context.Background())
 	body := bytes.Repeat([]byte("x"), 300)
 	for range 2 {
@@ -202,8 +202,8 @@ func newSpooledPipeline(t *testing.T, path string, s upstream.Sender, m upstream
 	t.Helper()
 	cfg := upstream.DefaultPipelineConfig("test")
 	cfg.Senders = 1 // in order
+	cfg.Spool = openSpool(t, path, 1<<20)
 	p := upstream.NewPipeline(cfg, s, m, slog.New(slog.DiscardHandler))
-	p.SetSpool(openSpool(t, path, 1<<20))
 	p.Start(context.Background())
 	return p
 }
