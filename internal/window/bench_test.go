@@ -94,7 +94,7 @@ func BenchmarkDrain1M(b *testing.B) {
 }
 
 // TestMemoryPerContext reports the heap held per counter and per gauge
-// context with its bucket; the budget is 265 bytes.
+// context with its bucket; the budget is 255 bytes.
 func TestMemoryPerContext(t *testing.T) {
 	if testing.Short() {
 		t.Skip("allocates 200k contexts")
@@ -119,8 +119,8 @@ func TestMemoryPerContext(t *testing.T) {
 			runtime.ReadMemStats(&after)
 			per := float64(after.HeapAlloc-before.HeapAlloc) / n
 			t.Logf("%.0f bytes per %s context (key %d bytes)", per, typ, len(ss[0].Key))
-			if per > 265 {
-				t.Errorf("%.0f bytes per context, budget 265", per)
+			if per > 255 {
+				t.Errorf("%.0f bytes per context, budget 255", per)
 			}
 			runtime.KeepAlive(sh)
 		})

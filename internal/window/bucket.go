@@ -175,7 +175,7 @@ type Bucket struct {
 	nDirty        int
 	drain         uint64 // the shard's Drain call that last handed it out
 
-	index map[*context]int32
+	index slotIndex
 	slots []slot
 	rates []rateState
 	dists []distState
@@ -186,7 +186,7 @@ type Bucket struct {
 }
 
 var bucketPool = sync.Pool{New: func() any {
-	return &Bucket{index: make(map[*context]int32)}
+	return new(Bucket)
 }}
 
 func getBucket(start, width int64, late bool) *Bucket {
@@ -213,7 +213,7 @@ func (b *Bucket) Release() {
 
 func (b *Bucket) release() {
 	b.stamped, b.kept, b.base, b.nDirty = false, false, nil, 0
-	clear(b.index)
+	b.index.reset()
 	clear(b.slots) // drop context pointers
 	b.slots = b.slots[:0]
 	b.rates = b.rates[:0]
@@ -229,6 +229,9 @@ func (b *Bucket) release() {
 	b.nDists, b.nSets = 0, 0
 	bucketPool.Put(b)
 }
+
+// find returns the index of c's slot in b.
+func (b *Bucket) find(c *context) (int32, bool) { return b.index.find(c, b.slots) }
 
 func (b *Bucket) newSlot(c *context, typ MetricType) int32 {
 	sl := slot{ctx: c, typ: typ}
@@ -252,7 +255,7 @@ func (b *Bucket) newSlot(c *context, typ MetricType) int32 {
 	}
 	i := int32(len(b.slots))
 	b.slots = append(b.slots, sl)
-	b.index[c] = i
+	b.index.add(i, b.slots)
 	return i
 }
 
@@ -333,7 +336,7 @@ func (b *Bucket) absorb(p *Bucket) {
 		if ps.flags&hasValue == 0 {
 			continue
 		}
-		j, ok := b.index[ps.ctx]
+		j, ok := b.find(ps.ctx)
 		if !ok {
 			j = b.newSlot(ps.ctx, ps.typ)
 		}

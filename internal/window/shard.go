@@ -215,7 +215,7 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 func (sh *Shard) put(b *Bucket, c *context, s *Sample, ts int64) Reason {
 	if b.base != nil {
 		// A late sample: the bucket it corrects decides type conflicts.
-		if j, ok := b.base.index[c]; ok && b.base.slots[j].typ != s.Type {
+		if j, ok := b.base.find(c); ok && b.base.slots[j].typ != s.Type {
 			return ReasonTypeConflict
 		}
 	}
@@ -251,7 +251,7 @@ func (sh *Shard) slotOf(b *Bucket, c *context, typ MetricType) int32 {
 	if j := c.slot; int(j) < len(b.slots) && b.slots[j].ctx == c {
 		return j
 	}
-	i, ok := b.index[c]
+	i, ok := b.find(c)
 	if !ok {
 		i = b.newSlot(c, typ)
 	}
@@ -304,7 +304,7 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 			// Late members count with those of the bucket they correct.
 			var held map[string]struct{}
 			if b.base != nil {
-				if j, ok := b.base.index[c]; ok {
+				if j, ok := b.base.find(c); ok {
 					held = b.base.sets[b.base.slots[j].ext]
 				}
 			}
@@ -558,7 +558,7 @@ func (sh *Shard) zeroFill(tick int64, drained int, out []*Bucket) []*Bucket {
 			sh.counters = sh.counters[:last]
 			continue
 		}
-		if _, ok := b.index[c]; !ok && k.start >= c.zeroFrom {
+		if _, ok := b.find(c); !ok && k.start >= c.zeroFrom {
 			j := b.newSlot(c, TypeCount)
 			b.slots[j].flags |= hasValue
 		}
