@@ -63,6 +63,11 @@ type options struct {
 	// refs sends samples by series reference: each stream declares a
 	// context (full name and reference) the first time it sends it.
 	refs bool
+	// phases, when positive, is aggd's flush interval: the report adds
+	// the ack latency by second of the interval each batch was sent in
+	// (wall clock, as aggd's ticks are aligned to it), so that the
+	// seconds of a flush show beside the others.
+	phases time.Duration
 }
 
 func main() {
@@ -90,6 +95,7 @@ func main() {
 	serveBaseline := flag.String("serve-baseline", "", "only serve the naive baseline on this loopback address, for -duration or until interrupted")
 	flag.BoolVar(&o.refs, "refs", false, "send samples by series reference, each context declared once per stream, instead of with full names")
 	cpuProfile := flag.String("cpuprofile", "", "write aggload's own CPU profile to this file")
+	flag.DurationVar(&o.phases, "phases", 0, "aggd's flush interval: also report ack latency by second of the interval a batch was sent in (0: off)")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -292,6 +298,7 @@ type result struct {
 	sentSamples       int64
 	accepted, rejects int64
 	latencies         []time.Duration
+	sent              []int64 // unix nanoseconds each latency's batch was sent at
 	firstReject       string
 }
 
@@ -356,6 +363,7 @@ func run(ctx context.Context, o options) (*result, error) {
 			res.accepted += r.accepted
 			res.rejects += r.rejects
 			res.latencies = append(res.latencies, r.latencies...)
+			res.sent = append(res.sent, r.sent...)
 			if res.firstReject == "" {
 				res.firstReject = r.firstReject
 			}
@@ -396,7 +404,9 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 				return
 			}
 			a := resp.GetAck()
-			r.latencies = append(r.latencies, time.Duration(time.Now().UnixNano()-sentAt[a.Sequence%uint64(o.inflight)].Load()))
+			at := sentAt[a.Sequence%uint64(o.inflight)].Load()
+			r.latencies = append(r.latencies, time.Duration(time.Now().UnixNano()-at))
+			r.sent = append(r.sent, at)
 			r.accepted += int64(a.Accepted)
 			r.rejects += int64(a.Rejected)
 			if len(a.Rejections) > 0 && r.firstReject == "" {
@@ -479,8 +489,30 @@ func (r *result) print(w io.Writer, o options) {
 	if r.firstReject != "" {
 		fmt.Fprintf(w, "first rejection: %s\n", r.firstReject)
 	}
+	if o.phases > 0 {
+		r.printPhases(w, o.phases) // before quantile sorts the latencies
+	}
 	if len(r.latencies) > 0 {
 		fmt.Fprintf(w, "ack latency: p50 %v p99 %v max %v (%d acks)\n", r.quantile(0.5), r.quantile(0.99), r.quantile(1), len(r.latencies))
+	}
+}
+
+// printPhases writes the ack latency of the batches sent in each second of
+// the flush interval (the wall clock modulo interval), over every interval
+// of the run.
+func (r *result) printPhases(w io.Writer, interval time.Duration) {
+	n := max(1, int(interval/time.Second))
+	by := make([]result, n)
+	for i, at := range r.sent {
+		p := int(at % int64(interval) / int64(time.Second))
+		by[min(p, n-1)].latencies = append(by[min(p, n-1)].latencies, r.latencies[i])
+	}
+	for p := range by {
+		if len(by[p].latencies) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "ack latency, sent %2ds into the interval: p50 %v p99 %v max %v (%d acks)\n",
+			p, by[p].quantile(0.5), by[p].quantile(0.99), by[p].quantile(1), len(by[p].latencies))
 	}
 }
 
