@@ -163,3 +163,31 @@ func TestRefsModeDeclaresOncePerStream(t *testing.T) {
 		t.Fatalf("a batch by reference is %d bytes, with full names %d", len(refs[0].data), len(full[0].data))
 	}
 }
+
+// TestPhasesSplitLatencyBySecondOfInterval checks that -phases files each
+// ack under the second of the interval its batch was sent in, over every
+// interval, and leaves the overall figures whole.
+func TestPhasesSplitLatencyBySecondOfInterval(t *testing.T) {
+	const s = int64(time.Second)
+	base := 1_700_000_000 * s // a multiple of 10 s
+	r := &result{elapsed: time.Second}
+	for i, at := range []int64{base + s/2, base + 10*s + s/4, base + 3*s, base + 9*s + s - 1, base + 20*s} {
+		r.sent = append(r.sent, at)
+		r.latencies = append(r.latencies, time.Duration(i+1)*time.Millisecond)
+	}
+	var out bytes.Buffer
+	r.print(&out, options{phases: 10 * time.Second, mix: "count:1"})
+	for _, want := range []string{
+		"sent  0s into the interval: p50 2ms p99 5ms max 5ms (3 acks)",
+		"sent  3s into the interval: p50 3ms p99 3ms max 3ms (1 acks)",
+		"sent  9s into the interval: p50 4ms p99 4ms max 4ms (1 acks)",
+		"ack latency: p50 3ms p99 5ms max 5ms (5 acks)",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "sent  1s") {
+		t.Errorf("a second without acks is reported:\n%s", out.String())
+	}
+}
