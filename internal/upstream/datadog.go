@@ -87,9 +87,7 @@ type Datadog struct {
 	metrics  PipelineMetrics
 	log      *slog.Logger
 	scratch  []byte
-	bins     []agentBin
-	ks       []int32
-	ns       []uint32
+	bins     []window.AgentBin
 	entryBuf []byte
 }
 
@@ -360,27 +358,26 @@ func appendResource(s []byte, typ, name string) []byte {
 
 // appendSketch appends one SketchPayload.sketches entry (field 1) to b.
 func (d *Datadog) appendSketch(b []byte, m *window.Metric) []byte {
-	d.bins = agentBins(m, d.bins)
-	var cnt int64
-	d.ks, d.ns, cnt = agentCounts(d.bins, d.ks[:0], d.ns[:0])
+	var cnt uint64
+	d.bins, cnt = m.AgentBins(d.bins[:0])
 	ds := d.entryBuf[:0] // Dogsketch
 	ds = protowire.AppendTag(ds, 1, protowire.VarintType)
 	ds = protowire.AppendVarint(ds, uint64(m.Timestamp/1e9))
 	ds = protowire.AppendTag(ds, 2, protowire.VarintType)
-	ds = protowire.AppendVarint(ds, uint64(cnt))
+	ds = protowire.AppendVarint(ds, cnt)
 	for i, v := range [...]float64{m.Min, m.Max, m.Sum / m.Count, m.Sum} {
 		ds = protowire.AppendTag(ds, protowire.Number(3+i), protowire.Fixed64Type)
 		ds = protowire.AppendFixed64(ds, math.Float64bits(v))
 	}
 	var packed []byte
-	for _, k := range d.ks {
-		packed = protowire.AppendVarint(packed, protowire.EncodeZigZag(int64(k)))
+	for _, bin := range d.bins {
+		packed = protowire.AppendVarint(packed, protowire.EncodeZigZag(int64(bin.K)))
 	}
 	ds = protowire.AppendTag(ds, 7, protowire.BytesType)
 	ds = protowire.AppendBytes(ds, packed)
 	packed = packed[:0]
-	for _, n := range d.ns {
-		packed = protowire.AppendVarint(packed, uint64(n))
+	for _, bin := range d.bins {
+		packed = protowire.AppendVarint(packed, uint64(bin.N))
 	}
 	ds = protowire.AppendTag(ds, 8, protowire.BytesType)
 	ds = protowire.AppendBytes(ds, packed)

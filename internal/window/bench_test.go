@@ -2,6 +2,7 @@ package window
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"testing"
@@ -168,19 +169,30 @@ func TestMemoryPerKeptSlot(t *testing.T) {
 }
 
 // TestMemoryPerHistogramContext reports the heap a histogram context holds
-// in its bucket with n samples kept exact, and with the bound passed (the
-// sketch alone).
+// in its bucket with n samples kept exact, with the bound passed (the Agent
+// sketch of 500 keys), and with values over 60 decades that fill the
+// sketch's 4096 bins.
 func TestMemoryPerHistogramContext(t *testing.T) {
 	if testing.Short() {
 		t.Skip("allocates thousands of sketches")
 	}
-	for _, n := range []int{10, 100, MaxExactSamples, MaxExactSamples + 1} {
-		const contexts = 2000
+	tests := []struct {
+		n, contexts int
+		spread      bool
+	}{
+		{10, 2000, false}, {100, 2000, false}, {MaxExactSamples, 2000, false}, {MaxExactSamples + 1, 2000, false},
+		{6000, 100, true},
+	}
+	for _, tt := range tests {
+		n, contexts := tt.n, tt.contexts
 		tn := NewTenant("t")
 		ss := benchSamples(contexts, TypeHistogram)
 		vals := make([]float64, n)
 		for i := range vals {
 			vals[i] = float64(i%500) + 0.25
+			if tt.spread {
+				vals[i] = math.Pow(10, -15+60*math.Mod(float64(i)*0.6180339887498949, 1))
+			}
 		}
 		for i := range ss {
 			ss[i].Name = fmt.Sprintf("svc.latency.%d", i)
@@ -196,8 +208,11 @@ func TestMemoryPerHistogramContext(t *testing.T) {
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		per := float64(after.HeapAlloc-before.HeapAlloc) / contexts
-		t.Logf("%d samples: %.0f bytes per histogram context", n, per)
+		per := float64(after.HeapAlloc-before.HeapAlloc) / float64(contexts)
+		t.Logf("%d samples (spread %v): %.0f bytes per histogram context", n, tt.spread, per)
+		// Exact samples take 16 bytes each (16 KiB at most, their capacity
+		// kept for reuse); the Agent sketch 4 bytes a bin (4096 at most,
+		// with room to grow) and 1 KiB of buffer.
 		if limit := 16.0*float64(min(n, MaxExactSamples)) + 40_000; per > limit {
 			t.Errorf("%d samples: %.0f bytes per context, budget %.0f", n, per, limit)
 		}

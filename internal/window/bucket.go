@@ -5,16 +5,11 @@ import (
 	"math"
 	"sort"
 	"sync"
-
-	"github.com/DataDog/sketches-go/ddsketch"
 )
 
-// RelativeAccuracy is the relative accuracy of every sketch aggd keeps.
+// RelativeAccuracy is the relative accuracy at which OTLP histogram
+// buckets are spread over sketch bins before they join a distribution.
 const RelativeAccuracy = 0.01
-
-// maxSketchBins bounds a sketch's memory; past it the lowest bins collapse,
-// so only the smallest quantiles lose accuracy.
-const maxSketchBins = 2048
 
 const (
 	hasValue uint8 = 1 << iota
@@ -41,22 +36,31 @@ type rateState struct {
 
 // MaxExactSamples bounds the samples one histogram, timing or distribution
 // context keeps in one bucket for exact percentiles (16 bytes each, so at
-// most 16 KiB). Past it the samples move into the context's sketch, whose
-// quantiles are within RelativeAccuracy.
+// most 16 KiB). Past it the samples move into the context's Agent sketch
+// (see agentSketch), whose quantiles are within 0.78 % of a sample's
+// value.
 const MaxExactSamples = 1024
 
 // distState is the state of a histogram, timing or distribution: its exact
 // moments, and its samples while they number at most MaxExactSamples, or
-// the sketch they spilled into.
+// the Agent sketch they spilled into.
+//
+// While the samples are exact, the Agent's sketch of them depends only on
+// how many fall on each key, not on their order, because they never fill
+// more than agentBinLimit bins: exactBins bounds the bins they may take, and
+// a sample that would pass the bound spills them. The sketch of spilled
+// samples is built in arrival order, as the Agent builds it.
 type distState struct {
-	sketch               *ddsketch.DDSketch
+	sketch               agentSketch
 	min, max, sum, count float64
 	vals, wts            []float64 // samples and their weights
+	exactBins            float64   // bound on the Agent bins vals need
+	carry                float64   // rounding of fractional weights
 	spilled              bool      // the sketch holds the samples
 	sorted               bool      // vals (with wts) are in increasing order
 }
 
-func (d *distState) add(v, weight float64) {
+func (d *distState) add(v, weight float64, sc *sketchScratch) {
 	if d.count == 0 {
 		d.min, d.max = v, v
 	} else {
@@ -64,36 +68,60 @@ func (d *distState) add(v, weight float64) {
 	}
 	d.sum += v * weight
 	d.count += weight
-	d.insert(v, weight)
+	d.insert(v, weight, sc)
 }
 
+// binsFor bounds the Agent bins a sample of weight w adds: one per key,
+// plus one per 65535 of its count, rounded up.
+func binsFor(w float64) float64 { return 1 + (w+1)/agentMaxBin }
+
 // insert keeps sample v of weight w, exactly while there is room.
-func (d *distState) insert(v, w float64) {
+func (d *distState) insert(v, w float64, sc *sketchScratch) {
 	if !d.spilled {
-		if len(d.vals) < MaxExactSamples {
+		if n := binsFor(w); len(d.vals) < MaxExactSamples && d.exactBins+n <= agentBinLimit {
 			d.vals = append(d.vals, v)
 			d.wts = append(d.wts, w)
+			d.exactBins += n
 			d.sorted = false
 			return
 		}
-		d.spill()
+		d.spill(sc)
 	}
-	// The value is finite (validated) and the weight positive, which are
-	// the sketch's only error cases.
-	_ = d.sketch.AddWithCount(v, w)
+	if n := d.units(w); n > 0 {
+		d.sketch.add(AgentKey(v), n, sc)
+	}
 }
 
-// spill moves the exact samples into the sketch.
-func (d *distState) spill() {
+// units returns the whole count of weight w: w itself when whole (the
+// Agent's count for sample rate 1/w), else w rounded with the rounding of
+// earlier weights carried, so that the counts add up to the weights.
+func (d *distState) units(w float64) uint64 {
+	if w != math.Trunc(w) {
+		x := w + d.carry
+		w = math.Round(x)
+		d.carry = x - w
+	}
+	return uint64(min(max(w, 0), agentMaxUnits))
+}
+
+// spill moves the exact samples into the sketch, in their order.
+func (d *distState) spill(sc *sketchScratch) {
 	for i, v := range d.vals {
-		_ = d.sketch.AddWithCount(v, d.wts[i])
+		if n := d.units(d.wts[i]); n > 0 {
+			d.sketch.add(AgentKey(v), n, sc)
+		}
 	}
-	d.vals, d.wts, d.spilled = d.vals[:0], d.wts[:0], true
+	d.vals, d.wts, d.spilled, d.exactBins = d.vals[:0], d.wts[:0], true, 0
 }
 
-// sort orders the exact samples by value.
-func (d *distState) sort() {
-	if !d.spilled && !d.sorted {
+// sort orders the exact samples by value, or flushes the sketch's buffer,
+// so that readers need not write.
+func (d *distState) sort(sc *sketchScratch) {
+	if d.spilled {
+		d.sketch.flush(sc)
+		return
+	}
+	if !d.sorted {
 		sort.Sort((*byValue)(d))
 		d.sorted = true
 	}
@@ -110,7 +138,7 @@ func (s *byValue) Swap(i, j int) {
 }
 
 // merge adds a distribution aggregated elsewhere, keeping its exact moments.
-func (d *distState) merge(h *HistPoint) {
+func (d *distState) merge(h *HistPoint, sc *sketchScratch) {
 	if !(h.Count > 0) {
 		return
 	}
@@ -123,13 +151,15 @@ func (d *distState) merge(h *HistPoint) {
 	d.count += h.Count
 	for i, v := range h.Values {
 		if c := h.Counts[i]; c > 0 {
-			d.insert(v, c)
+			d.insert(v, c, sc)
 		}
 	}
 }
 
-// mergeDist adds o's samples to d.
-func (d *distState) mergeDist(o *distState) {
+// mergeDist adds o's samples to d: exactly while both are exact and their
+// union fits, else as the Agent's Sketch.Merge adds the flushed sketch of
+// o's samples to the flushed sketch of d's.
+func (d *distState) mergeDist(o *distState, sc *sketchScratch) {
 	if o.count == 0 {
 		return
 	}
@@ -140,17 +170,33 @@ func (d *distState) mergeDist(o *distState) {
 	}
 	d.sum += o.sum
 	d.count += o.count
-	for i, v := range o.vals {
-		d.insert(v, o.wts[i])
+	if !d.spilled && !o.spilled && len(d.vals)+len(o.vals) <= MaxExactSamples && d.exactBins+o.exactBins <= agentBinLimit {
+		d.vals = append(d.vals, o.vals...)
+		d.wts = append(d.wts, o.wts...)
+		d.exactBins += o.exactBins
+		d.sorted = false
+		return
 	}
+	if !d.spilled {
+		d.spill(sc)
+	}
+	d.sketch.flush(sc)
 	if o.spilled {
-		if !d.spilled {
-			d.spill()
-		}
-		// Both sketches have the same mapping, the merge's only error
-		// case.
-		_ = d.sketch.MergeWith(o.sketch)
+		o.sketch.flush(sc)
+		d.sketch.merge(&o.sketch, sc)
+		return
 	}
+	// o's exact samples fill fewer bins than the limit, so their sketch
+	// is the same in any order.
+	late := &sc.late
+	late.reset()
+	for i, v := range o.vals {
+		if n := d.units(o.wts[i]); n > 0 {
+			late.add(AgentKey(v), n, sc)
+		}
+	}
+	late.flush(sc)
+	d.sketch.merge(late, sc)
 }
 
 // Bucket is the state of every context of one shard over one time range.
@@ -183,6 +229,7 @@ type Bucket struct {
 	// dists and sets keep their allocations across reuse; these count the
 	// ones in use.
 	nDists, nSets int
+	scratch       sketchScratch
 }
 
 var bucketPool = sync.Pool{New: func() any {
@@ -219,9 +266,9 @@ func (b *Bucket) release() {
 	b.rates = b.rates[:0]
 	for i := range b.dists[:b.nDists] {
 		d := &b.dists[i]
-		d.sketch.Clear()
+		d.sketch.reset()
 		d.min, d.max, d.sum, d.count = 0, 0, 0, 0
-		d.vals, d.wts, d.spilled = d.vals[:0], d.wts[:0], false
+		d.vals, d.wts, d.spilled, d.exactBins, d.carry = d.vals[:0], d.wts[:0], false, 0, 0
 	}
 	for _, m := range b.sets[:b.nSets] {
 		clear(m)
@@ -241,8 +288,7 @@ func (b *Bucket) newSlot(c *context, typ MetricType) int32 {
 		b.rates = append(b.rates, rateState{})
 	case TypeHistogram, TypeTiming, TypeDistribution:
 		if b.nDists == len(b.dists) {
-			s, _ := ddsketch.LogCollapsingLowestDenseDDSketch(RelativeAccuracy, maxSketchBins)
-			b.dists = append(b.dists, distState{sketch: s})
+			b.dists = append(b.dists, distState{})
 		}
 		sl.ext = int32(b.nDists)
 		b.nDists++
@@ -275,15 +321,19 @@ type Metric struct {
 	// Value is the aggregate of GAUGE (last value), COUNT and
 	// MONOTONIC_COUNT (sums), RATE (per second) and SET (distinct members).
 	Value float64
-	// Sketch, Min, Max, Sum and Count describe HISTOGRAM, TIMING and
+	// Min, Max, Sum and Count describe HISTOGRAM, TIMING and
 	// DISTRIBUTION. Count and Sum are weighted by 1/sample_rate.
-	Sketch               *ddsketch.DDSketch
 	Min, Max, Sum, Count float64
 	// Exact, when not nil, holds every sample in increasing order, with
-	// its weight in ExactWeights; Sketch is then empty. It is nil past
-	// MaxExactSamples samples, which Sketch holds instead.
+	// its weight in ExactWeights. It is nil past MaxExactSamples samples,
+	// which the Agent sketch (AgentBins) holds instead.
 	Exact, ExactWeights []float64
+	// bins are the Agent sketch's bins once the samples spilled into it.
+	bins []AgentBin
 }
+
+// IsDist reports whether m is a HISTOGRAM, TIMING or DISTRIBUTION.
+func (m *Metric) IsDist() bool { return m.Type.isDist() }
 
 // Metrics yields the aggregate of every context of b that has one. A RATE
 // yields nothing without a previous sample or when negative; a
@@ -316,8 +366,10 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 				m.Value = float64(len(b.sets[sl.ext]))
 			default:
 				d := &b.dists[sl.ext]
-				m.Sketch, m.Min, m.Max, m.Sum, m.Count = d.sketch, d.min, d.max, d.sum, d.count
-				if !d.spilled {
+				m.Min, m.Max, m.Sum, m.Count = d.min, d.max, d.sum, d.count
+				if d.spilled {
+					m.bins = d.sketch.bins
+				} else {
 					m.Exact, m.ExactWeights = d.vals, d.wts
 				}
 			}
@@ -362,7 +414,7 @@ func (b *Bucket) absorb(p *Bucket) {
 				b.sets[s.ext][m] = struct{}{}
 			}
 		default:
-			b.dists[s.ext].mergeDist(&p.dists[ps.ext])
+			b.dists[s.ext].mergeDist(&p.dists[ps.ext], &b.scratch)
 		}
 		if s.flags&dirty == 0 {
 			b.nDirty++
@@ -386,7 +438,7 @@ func (b *Bucket) markDirty() {
 // readers of the drained bucket need not write to it.
 func (b *Bucket) sortExact() {
 	for i := range b.dists[:b.nDists] {
-		b.dists[i].sort()
+		b.dists[i].sort(&b.scratch)
 	}
 }
 
@@ -400,8 +452,8 @@ func (b *Bucket) clearDirty() {
 
 // ForEach calls fn with every sample and its weight of a histogram, timing
 // or distribution in increasing order while they are exact, else with
-// every bin of its sketch (a representative value and its count), until fn
-// returns true.
+// every bin of its Agent sketch (the value of its key and its count), until
+// fn returns true.
 func (m *Metric) ForEach(fn func(v, w float64) bool) {
 	if m.Exact != nil {
 		for i, v := range m.Exact {
@@ -411,9 +463,49 @@ func (m *Metric) ForEach(fn func(v, w float64) bool) {
 		}
 		return
 	}
-	if m.Sketch != nil {
-		m.Sketch.ForEach(fn)
+	for _, b := range m.bins {
+		if fn(AgentKeyValue(int32(b.K)), float64(b.N)) {
+			return
+		}
 	}
+}
+
+// AgentBins appends to dst the bins of the Datadog Agent's sketch
+// (pkg/quantile) of a histogram, timing or distribution, by increasing key,
+// and returns them with their total count. They are the bins the Agent
+// builds from the same samples in the same order. Fractional weights (a
+// sample rate whose inverse is not whole) are rounded, each rounding
+// carried into the next, so that the counts add up to the weights; the
+// Agent truncates 1/rate instead.
+func (m *Metric) AgentBins(dst []AgentBin) ([]AgentBin, uint64) {
+	if m.Exact == nil {
+		var total uint64
+		for _, b := range m.bins {
+			total += uint64(b.N)
+		}
+		return append(dst, m.bins...), total
+	}
+	// The exact samples fill fewer bins than the Agent's limit (see
+	// distState), so its sketch of them holds, for each key, the total of
+	// its samples: the remainder past whole bins of 65535 first, then the
+	// full bins.
+	var carry float64
+	var total uint64
+	for i := 0; i < len(m.Exact); {
+		k := AgentKey(m.Exact[i])
+		var w float64
+		for ; i < len(m.Exact) && AgentKey(m.Exact[i]) == k; i++ {
+			w += m.ExactWeights[i]
+		}
+		x := w + carry
+		n := math.Round(x)
+		carry = x - n
+		if n > 0 {
+			dst = appendBins(dst, k, uint64(n))
+			total += uint64(n)
+		}
+	}
+	return dst, total
 }
 
 // Quantile returns the nearest-rank q-quantile (0 ≤ q ≤ 1) of a histogram,
@@ -422,8 +514,9 @@ func (m *Metric) ForEach(fn func(v, w float64) bool) {
 // weights this is the Datadog Agent's rule (Histogram.flush: the first
 // sample whose cumulative weight exceeds (P·W − 1) / 100 for percentile P,
 // (W − 1) / 2 for the median). It is exact while the samples are (Exact);
-// past MaxExactSamples it is read from the sketch, within its relative
-// accuracy, and clamped to the exact minimum and maximum.
+// past MaxExactSamples it is the value of the Agent sketch key holding that
+// rank, within 0.78 % of the sample's value unless the lowest bins
+// collapsed, and clamped to the exact minimum and maximum.
 func (m *Metric) Quantile(q float64) float64 {
 	if m.Exact != nil {
 		if len(m.Exact) == 0 {
@@ -440,30 +533,26 @@ func (m *Metric) Quantile(q float64) float64 {
 		}
 		return m.Exact[len(m.Exact)-1]
 	}
-	s := m.Sketch
-	n := s.GetCount()
+	var n float64
+	for _, b := range m.bins {
+		n += float64(b.N)
+	}
 	if n == 0 {
 		return math.NaN()
 	}
-	// Nearest rank: the ceil(q·n)-th smallest value, 0-based here. The
-	// extreme ranks are known exactly.
-	rank := math.Max(math.Ceil(q*n)-1, 0)
+	// The extreme ranks are known exactly.
+	target := math.Max(math.Ceil(q*n*(1-1e-12))-1, 0)
 	switch {
-	case rank == 0:
+	case target == 0:
 		return m.Min
-	case rank >= n-1:
+	case target >= n-1:
 		return m.Max
 	}
-	neg, pos := s.GetNegativeValueStore(), s.GetPositiveValueStore()
-	negCount := neg.TotalCount()
-	var v float64
-	switch {
-	case rank < negCount:
-		v = -s.Value(neg.KeyAtRank(negCount - 1 - rank))
-	case rank < negCount+s.GetZeroCount():
-		v = 0
-	default:
-		v = s.Value(pos.KeyAtRank(rank - negCount - s.GetZeroCount()))
+	var cum float64
+	for _, b := range m.bins {
+		if cum += float64(b.N); cum > target {
+			return math.Min(math.Max(AgentKeyValue(int32(b.K)), m.Min), m.Max)
+		}
 	}
-	return math.Min(math.Max(v, m.Min), m.Max)
+	return m.Max
 }

@@ -228,7 +228,7 @@ func (sh *Shard) put(b *Bucket, c *context, s *Sample, ts int64) Reason {
 		b.stamped = true
 	}
 	if s.Hist != nil && sl.typ.isDist() {
-		b.dists[sl.ext].merge(s.Hist)
+		b.dists[sl.ext].merge(s.Hist, &b.scratch)
 		sl.flags |= hasValue
 		return Accepted
 	}
@@ -296,7 +296,7 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 		}
 		c.remember(v, ts)
 	case TypeHistogram, TypeTiming, TypeDistribution:
-		b.dists[sl.ext].add(v, weight)
+		b.dists[sl.ext].add(v, weight, &b.scratch)
 		sl.flags |= hasValue
 	case TypeSet:
 		m := b.sets[sl.ext]

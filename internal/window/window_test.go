@@ -66,7 +66,7 @@ func collect(buckets []*Bucket) []out {
 	for _, b := range buckets {
 		for m := range b.Metrics() {
 			o := out{key: m.Name + "|" + m.Host + "|" + strings.Join(m.Tags, ","), ts: m.Timestamp / sec, value: m.Value, late: m.Late}
-			if m.Sketch != nil {
+			if m.IsDist() {
 				o.count, o.sum, o.min, o.max = m.Count, m.Sum, m.Min, m.Max
 			}
 			got = append(got, o)

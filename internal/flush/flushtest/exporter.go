@@ -45,7 +45,7 @@ func (e *Exporter) Export(_ context.Context, f *window.Flush) error {
 			Tick: f.Time / 1e9, Tenant: m.Tenant.ID, Name: strings.Clone(m.Name), Host: strings.Clone(m.Host), Tags: strings.Join(m.Tags, ","),
 			Type: m.Type, TS: m.Timestamp / 1e9, Value: m.Value, Count: m.Count, Late: m.Late,
 		}
-		if m.Sketch != nil {
+		if m.IsDist() {
 			p.Sum, p.Min, p.Max, p.P50 = m.Sum, m.Min, m.Max, m.Quantile(0.5)
 		}
 		e.points = append(e.points, p)

@@ -18,7 +18,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/aggd/aggd/internal/upstream"
+	"github.com/aggd/aggd/internal/window"
 )
 
 // DDPoint is one decoded series point.
@@ -62,7 +62,7 @@ func (s DDSketch) Quantile(q float64) float64 {
 	for i, n := range s.N {
 		seen += float64(n)
 		if seen >= rank {
-			return min(max(upstream.AgentKeyValue(s.K[i]), s.Min), s.Max)
+			return min(max(window.AgentKeyValue(s.K[i]), s.Min), s.Max)
 		}
 	}
 	return s.Max
