@@ -505,11 +505,11 @@ func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
 				pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("value %v is not finite", p.Value))
 				return
 			}
-			delta, res := r.deltas.sum(pb.streamKey('s', m, p.Attrs), p.Start, p.Time, p.Value)
+			delta, h, res := r.deltas.sum(pb.streamKey('s', m, p.Attrs), p.Start, p.Time, p.Value)
 			if !pb.tracked(res) {
 				return
 			}
-			s.Type, s.Value = window.TypeCount, delta
+			s.Type, s.Value, s.Handle = window.TypeCount, delta, h
 		default:
 			s.Type, s.Value = window.TypeCount, p.Value
 		}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/aggd/aggd/internal/window"
 )
 
 // deltaTracker turns cumulative OTLP streams into deltas with the rules of
@@ -59,6 +61,10 @@ func (t *deltaTracker) lock(id streamID) *deltaShard {
 
 // cumulative is the last point of one cumulative stream.
 type cumulative struct {
+	// handle caches the aggregation context the stream's samples go to,
+	// so that they skip the window's map probe: a stream's identity fixes
+	// its sample's name, host and tags.
+	handle window.Handle
 	start  uint64
 	seen   uint64  // the time of the stream's latest point
 	value  float64 // sum's value; histogram's and summary's sum
@@ -146,25 +152,26 @@ func (t *deltaTracker) initial(start, ts uint64) deltaResult {
 	return deltaOK
 }
 
-// sum converts a monotonic cumulative sum's point v.
-func (t *deltaTracker) sum(key []byte, start, ts uint64, v float64) (float64, deltaResult) {
+// sum converts a monotonic cumulative sum's point v. The handle caches
+// the stream's context (nil when the stream is not tracked).
+func (t *deltaTracker) sum(key []byte, start, ts uint64, v float64) (float64, *window.Handle, deltaResult) {
 	id := idOf(key)
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
 	st, first := sh.streamLocked(id, start, ts, t.max)
 	switch {
 	case st == nil:
-		return 0, deltaFull
+		return 0, nil, deltaFull
 	case first:
 		st.value = v
-		return v, t.initial(start, ts)
+		return v, &st.handle, t.initial(start, ts)
 	}
 	prev := st.value
 	st.value = v
 	if v < prev {
-		return 0, deltaReset
+		return 0, &st.handle, deltaReset
 	}
-	return v - prev, deltaOK
+	return v - prev, &st.handle, deltaOK
 }
 
 // explicitDelta is the delta of an explicit-bucket histogram point.
