@@ -321,6 +321,23 @@ func (pb *pointBatch) add(s window.Sample) bool {
 	return true
 }
 
+// addKnown appends the sample of a point of a sum stream whose context
+// key is known: its name, host and tags are views into the key.
+func (pb *pointBatch) addKnown(sp *sumPoint, p *otlpwire.Point) {
+	start := len(pb.tags)
+	var name, host string
+	name, host, pb.tags = window.SplitKey(sp.key, pb.tags)
+	s := window.Sample{Name: name, Host: host, Tags: pb.tags[start:len(pb.tags):len(pb.tags)], Type: window.TypeCount,
+		Value: sp.delta, SampleRate: 1, Timestamp: int64(p.Time),
+		Key: unsafe.Slice(unsafe.StringData(sp.key), len(sp.key)), Hash: sp.hash, Handle: &sp.st.handle}
+	if r, detail := pb.lim.Check(&s); r != window.Accepted {
+		pb.refuse(r, detail)
+		return
+	}
+	pb.b.Samples = append(pb.b.Samples, s)
+	pb.b.Results = append(pb.b.Results, window.Accepted)
+}
+
 func (pb *pointBatch) refuse(r window.Reason, detail string) {
 	pb.rejected++
 	pb.b.Tenant.Rejected[r].Add(1)
@@ -496,24 +513,36 @@ func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
 		s.Type, s.Value = window.TypeGauge, p.Value
 		pb.add(s)
 	case otlpwire.MetricSum:
-		s := pb.sample(m, p)
 		switch {
 		case cum && !m.Monotonic: // an up-down counter's level
+			s := pb.sample(m, p)
 			s.Type, s.Value = window.TypeGauge, p.Value
+			pb.add(s)
 		case cum:
 			if !finite(p.Value) {
 				pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("value %v is not finite", p.Value))
 				return
 			}
-			delta, h, res := r.deltas.sum(pb.streamKey('s', m, p.Attrs), p.Start, p.Time, p.Value)
-			if !pb.tracked(res) {
+			id := idOf(pb.streamKey('s', m, p.Attrs))
+			sp := r.deltas.sum(id, p.Start, p.Time, p.Value)
+			if !pb.tracked(sp.res) {
 				return
 			}
-			s.Type, s.Value, s.Handle = window.TypeCount, delta, h
+			if sp.key != "" {
+				pb.addKnown(&sp, p)
+				return
+			}
+			s := pb.sample(m, p)
+			s.Type, s.Value, s.Handle = window.TypeCount, sp.delta, &sp.st.handle
+			if pb.add(s) {
+				added := &pb.b.Samples[len(pb.b.Samples)-1]
+				r.deltas.keepKey(id, sp.st, added.Key, added.Hash)
+			}
 		default:
+			s := pb.sample(m, p)
 			s.Type, s.Value = window.TypeCount, p.Value
+			pb.add(s)
 		}
-		pb.add(s)
 	case otlpwire.MetricHistogram:
 		if detail := checkExplicit(p); detail != "" {
 			pb.refuse(window.ReasonMalformed, detail)

@@ -277,6 +277,38 @@ func TestOTLPCumulativeToDelta(t *testing.T) {
 	}
 }
 
+// TestOTLPSumStreamKeepsItsSeries: from a cumulative sum stream's third
+// point on, its samples take the series its earlier ones went to (the
+// stream keeps their context key): same name, host and canonical tags,
+// with a tag the resource and the point repeat, and a point's own
+// host.name.
+func TestOTLPSumStreamKeepsItsSeries(t *testing.T) {
+	conn, agg, tenants := startOTLP(t)
+	c := colmetricspb.NewMetricsServiceClient(conn)
+	a, b := []int64{100, 110, 125, 160}, []int64{5, 6, 8, 9}
+	for i := range a {
+		m := sumPoint(1, a[i]) // started before aggd: the first point is a baseline
+		pb := sumPoint(1, b[i]).GetSum().DataPoints[0]
+		dp := m.GetSum()
+		dp.DataPoints[0].Attributes = []*commonpb.KeyValue{strAttr("route", "/a"), strAttr("env", "prod")}
+		pb.Attributes = []*commonpb.KeyValue{strAttr("route", "/b"), strAttr("host.name", "b")}
+		dp.DataPoints = append(dp.DataPoints, pb)
+		req := onResource(request(m), strAttr("host.name", "a"), strAttr("env", "prod"), strAttr("service.instance.id", "1"))
+		req.ResourceMetrics[0].ScopeMetrics[0].Scope = &commonpb.InstrumentationScope{Name: "lib", Attributes: []*commonpb.KeyValue{strAttr("lib", "x")}}
+		if _, err := c.Export(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]float64{}
+	for _, p := range drained(t, agg, tenants).Points() {
+		got[p.Name+"{"+p.Host+"}"+p.Tags] += p.Value
+	}
+	want := map[string]float64{"s{a}env:prod,lib:x,route:/a": 60, "s{b}env:prod,lib:x,route:/b": 4}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}
+
 // TestOTLPHistogramsKeepExactMoments: explicit-bucket histograms become
 // sketches by spreading each bucket's count over its bounds (Datadog's
 // OTLP mapping, getSketchBuckets with quantile.Agent.InsertInterpolate),

@@ -30,8 +30,9 @@ const deltaShards = 64
 
 type deltaShard struct {
 	mu      sync.Mutex
-	streams map[streamID]*cumulative
-	_       [40]byte // a cache line each
+	streams map[streamID]*cumulative // histograms and summaries
+	sums    map[streamID]*sumStream  // monotonic sums, the most common
+	_       [32]byte                 // a cache line each
 }
 
 // streamID is a 128-bit hash of a stream's identity: two streams collide
@@ -48,6 +49,7 @@ func newDeltaTracker(started uint64, max int) *deltaTracker {
 	t := &deltaTracker{started: started, max: max / deltaShards}
 	for i := range t.shards {
 		t.shards[i].streams = map[streamID]*cumulative{}
+		t.shards[i].sums = map[streamID]*sumStream{}
 	}
 	return t
 }
@@ -59,15 +61,34 @@ func (t *deltaTracker) lock(id streamID) *deltaShard {
 	return sh
 }
 
-// cumulative is the last point of one cumulative stream.
-type cumulative struct {
+// streamHead is what every tracked stream keeps.
+type streamHead struct {
+	start uint64
+	seen  uint64 // the time of the stream's latest point
+}
+
+func (h *streamHead) head() *streamHead { return h }
+
+// sumStream is the last point of a monotonic cumulative sum, the stream
+// kind most OTLP metrics are.
+type sumStream struct {
+	streamHead
+	value float64
 	// handle caches the aggregation context the stream's samples go to,
-	// so that they skip the window's map probe: a stream's identity fixes
-	// its sample's name, host and tags.
+	// so that they skip the window's map probe. key and hash are the
+	// context key and hash of the stream's samples once one was accepted
+	// (keepKey): a stream's identity fixes its samples' name, host and
+	// tags, so later points skip building them.
 	handle window.Handle
-	start  uint64
-	seen   uint64  // the time of the stream's latest point
-	value  float64 // sum's value; histogram's and summary's sum
+	key    string
+	hash   uint64
+}
+
+// cumulative is the last point of one cumulative histogram or summary
+// stream.
+type cumulative struct {
+	streamHead
+	value  float64 // histogram's and summary's sum
 	count  uint64  // histogram's and summary's count
 	counts []uint64
 	bounds []float64
@@ -100,31 +121,40 @@ const (
 	deltaFull                        // too many streams tracked
 )
 
-// stream returns the state of key for a point starting at start, and
-// whether the point is the stream's first (a new start time starts the
-// stream over, as the start time is part of the Collector's identity).
-// Callers hold sh.mu.
-func (sh *deltaShard) streamLocked(id streamID, start, ts uint64, limit int) (st *cumulative, first bool) {
-	st = sh.streams[id]
+// track returns the state of stream id in m for a point starting at
+// start, and whether the point is the stream's first (a new start time
+// starts the stream over, as the start time is part of the Collector's
+// identity). Callers hold sh.mu.
+func track[S any, P interface {
+	*S
+	head() *streamHead
+}](sh *deltaShard, m map[streamID]P, id streamID, start, ts uint64, limit int) (st P, first bool) {
+	st = m[id]
 	if st != nil {
-		st.seen = max(st.seen, ts)
-	}
-	switch {
-	case st == nil:
-		if len(sh.streams) >= limit {
-			sh.forgetStale(ts)
+		h := st.head()
+		h.seen = max(h.seen, ts)
+		if h.start != start {
+			h.start = start
+			return st, true
 		}
-		if len(sh.streams) >= limit {
-			return nil, false
-		}
-		st = &cumulative{start: start, seen: ts}
-		sh.streams[id] = st
-		return st, true
-	case st.start != start:
-		st.start = start
-		return st, true
+		return st, false
 	}
-	return st, false
+	if sh.len() >= limit {
+		sh.forgetStale(ts)
+	}
+	if sh.len() >= limit {
+		return nil, false
+	}
+	st = new(S)
+	*st.head() = streamHead{start: start, seen: ts}
+	m[id] = st
+	return st, true
+}
+
+func (sh *deltaShard) len() int { return len(sh.streams) + len(sh.sums) }
+
+func (sh *deltaShard) streamLocked(id streamID, start, ts uint64, limit int) (*cumulative, bool) {
+	return track(sh, sh.streams, id, start, ts, limit)
 }
 
 // StaleCumulative is how long a cumulative stream without points is
@@ -136,9 +166,15 @@ const StaleCumulative = time.Hour
 // forgetStale drops the streams of sh not updated within StaleCumulative
 // of ts.
 func (sh *deltaShard) forgetStale(ts uint64) {
+	stale := func(h *streamHead) bool { return h.seen+uint64(StaleCumulative) < ts }
 	for id, st := range sh.streams {
-		if st.seen+uint64(StaleCumulative) < ts {
+		if stale(&st.streamHead) {
 			delete(sh.streams, id)
+		}
+	}
+	for id, st := range sh.sums {
+		if stale(&st.streamHead) {
+			delete(sh.sums, id)
 		}
 	}
 }
@@ -152,26 +188,41 @@ func (t *deltaTracker) initial(start, ts uint64) deltaResult {
 	return deltaOK
 }
 
-// sum converts a monotonic cumulative sum's point v. The handle caches
-// the stream's context (nil when the stream is not tracked).
-func (t *deltaTracker) sum(key []byte, start, ts uint64, v float64) (float64, *window.Handle, deltaResult) {
-	id := idOf(key)
+// sumPoint is what a monotonic cumulative sum's point became.
+type sumPoint struct {
+	delta float64
+	res   deltaResult
+	st    *sumStream // nil when the stream is not tracked
+	key   string     // st's samples' context key, "" until keepKey
+	hash  uint64
+}
+
+// sum converts a monotonic cumulative sum's point v of stream id.
+func (t *deltaTracker) sum(id streamID, start, ts uint64, v float64) sumPoint {
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := sh.streamLocked(id, start, ts, t.max)
+	st, first := track(sh, sh.sums, id, start, ts, t.max)
+	if st == nil {
+		return sumPoint{res: deltaFull}
+	}
+	p := sumPoint{delta: v - st.value, res: deltaOK, st: st, key: st.key, hash: st.hash}
 	switch {
-	case st == nil:
-		return 0, nil, deltaFull
 	case first:
-		st.value = v
-		return v, &st.handle, t.initial(start, ts)
+		p.delta, p.res = v, t.initial(start, ts)
+	case v < st.value:
+		p.delta, p.res = 0, deltaReset
 	}
-	prev := st.value
 	st.value = v
-	if v < prev {
-		return 0, &st.handle, deltaReset
+	return p
+}
+
+// keepKey records the context key and hash of stream id's samples, st.
+func (t *deltaTracker) keepKey(id streamID, st *sumStream, key []byte, hash uint64) {
+	sh := t.lock(id)
+	defer sh.mu.Unlock()
+	if st.key == "" {
+		st.key, st.hash = string(key), hash
 	}
-	return v - prev, &st.handle, deltaOK
 }
 
 // explicitDelta is the delta of an explicit-bucket histogram point.

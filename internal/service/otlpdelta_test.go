@@ -29,7 +29,7 @@ func TestDeltaTrackerForgetsStaleStreams(t *testing.T) {
 		{b, 12*hour + 2*minute, false}, // a tracked stream always goes on
 	}
 	for i, s := range steps {
-		if _, _, res := tr.sum(s.key, 1, s.ts, 1); (res == deltaFull) != s.full {
+		if res := tr.sum(idOf(s.key), 1, s.ts, 1).res; (res == deltaFull) != s.full {
 			t.Errorf("step %d: full %v, want %v", i, res == deltaFull, s.full)
 		}
 	}
