@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	configpkg "github.com/aggd/aggd/internal/config"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/upstream"
 )
 
 // TestEffectiveConfigRedactsEverySecret: the admin service's view of the
@@ -36,8 +38,9 @@ func TestEffectiveConfigRedactsEverySecret(t *testing.T) {
 		},
 	}
 	tenants := []configpkg.Tenant{{
-		ID: "acme", Tokens: []string{secrets["tenant token"]}, Upstreams: []string{"dd"},
-		Credentials: map[string]configpkg.Credentials{"dd": {APIKey: secrets["tenant API key"], Headers: map[string]string{"X-Auth": secrets["tenant credential header"]}}},
+		TenantConfig: service.TenantConfig{ID: "acme", Tokens: []string{secrets["tenant token"]}},
+		TenantRoute: upstream.TenantRoute{Upstreams: []string{"dd"},
+			Credentials: map[string]configpkg.Credentials{"dd": {APIKey: secrets["tenant API key"], Headers: map[string]string{"X-Auth": secrets["tenant credential header"]}}}},
 	}}
 	got := effectiveConfig(cfg, file, tenants)
 	for what, secret := range secrets {

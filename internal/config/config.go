@@ -25,7 +25,6 @@ import (
 
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/upstream"
-	"github.com/aggd/aggd/internal/window"
 )
 
 // File is the configuration file (--config).
@@ -118,28 +117,19 @@ type Upstream struct {
 }
 
 // Tenant is one [[tenant]] entry of the tenants file.
+// A tenant's settings are declared once, in the two parts its consumers
+// take whole: the edge's (id, tokens, the context bound and the limits,
+// which the edge hands on to window.Tenant) and the router's (its own
+// upstreams and its credentials for them).
 type Tenant struct {
-	ID          string   `toml:"id"`
-	Tokens      []string `toml:"tokens"`
-	MaxContexts int64    `toml:"max_contexts"`
-	// The tenant's own limits; absent or 0: the server's.
-	SamplesPerSecond float64 `toml:"samples_per_second"`
-	EventsPerWindow  int64   `toml:"events_per_window"`
-	MaxTags          int     `toml:"max_tags"`
-	MaxNameLength    int     `toml:"max_name_length"`
-	MaxTagLength     int     `toml:"max_tag_length"`
-	MaxHeldTraces    int     `toml:"max_held_traces"`
-	// Upstreams, if set, replaces the default upstreams for this tenant.
-	Upstreams []string `toml:"upstreams"`
-	// Credentials by upstream name.
-	Credentials map[string]Credentials `toml:"credentials"`
+	service.TenantConfig
+	// TenantRoute's Upstreams, if set, replace the default upstreams for
+	// this tenant.
+	upstream.TenantRoute
 }
 
 // Credentials are a tenant's secrets for one upstream.
-type Credentials struct {
-	APIKey  string            `toml:"api_key"`
-	Headers map[string]string `toml:"headers"`
-}
+type Credentials = upstream.Credentials
 
 func decodeFile(path string, v any) error {
 	data, err := os.ReadFile(path)
@@ -248,10 +238,7 @@ func LoadTenants(path string, getenv func(string) string) ([]Tenant, error) {
 func ServiceTenants(ts []Tenant) []service.TenantConfig {
 	out := make([]service.TenantConfig, len(ts))
 	for i, t := range ts {
-		out[i] = service.TenantConfig{ID: t.ID, Tokens: t.Tokens, MaxContexts: t.MaxContexts, Limits: window.TenantLimits{
-			SamplesPerSecond: t.SamplesPerSecond, EventsPerWindow: t.EventsPerWindow, MaxTags: t.MaxTags,
-			MaxNameLength: t.MaxNameLength, MaxTagLength: t.MaxTagLength, MaxHeldTraces: t.MaxHeldTraces,
-		}}
+		out[i] = t.TenantConfig
 	}
 	return out
 }
@@ -266,11 +253,7 @@ func Routes(ts []Tenant) (map[string]upstream.TenantRoute, error) {
 			}
 			continue
 		}
-		r := upstream.TenantRoute{Upstreams: t.Upstreams, Credentials: map[string]upstream.Credentials{}}
-		for name, c := range t.Credentials {
-			r.Credentials[name] = upstream.Credentials{APIKey: c.APIKey, Headers: c.Headers}
-		}
-		out[t.ID] = r
+		out[t.ID] = t.TenantRoute
 	}
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/aggd/aggd/internal/config"
+	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/upstream"
 	"github.com/aggd/aggd/internal/upstream/upstreamtest"
 	"github.com/aggd/aggd/internal/window"
@@ -70,7 +71,7 @@ api_key = "${KEY}-acme"
 	if st := config.ServiceTenants(ts); st[0].ID != "acme" || st[0].Tokens[0] != "0123456789abcdef" || st[0].Tokens[1] != "t0k-from-the-environment" {
 		t.Fatalf("service tenants %+v", st)
 	}
-	if _, err := config.Routes([]config.Tenant{{ID: "x", Credentials: map[string]config.Credentials{"dd": {}}}}); err == nil {
+	if _, err := config.Routes([]config.Tenant{{TenantConfig: service.TenantConfig{ID: "x"}, TenantRoute: upstream.TenantRoute{Credentials: map[string]config.Credentials{"dd": {}}}}}); err == nil {
 		t.Fatal("credentials without upstreams accepted")
 	}
 }

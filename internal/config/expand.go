@@ -85,7 +85,11 @@ func expandFields(where string, v reflect.Value, getenv func(string) string) err
 				continue
 			}
 			name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
-			errs = append(errs, expandFields(where+"."+cmp.Or(name, f.Name), v.Field(i), getenv))
+			at := where + "." + cmp.Or(name, f.Name)
+			if f.Anonymous {
+				at = where // an embedded struct's keys are its container's
+			}
+			errs = append(errs, expandFields(at, v.Field(i), getenv))
 		}
 	case reflect.String:
 		s, err := Expand(v.String(), getenv)

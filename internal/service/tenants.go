@@ -29,8 +29,9 @@ type TenantConfig struct {
 	Tokens []string `toml:"tokens"`
 	// MaxContexts bounds the tenant's live contexts; zero means no bound.
 	MaxContexts int64 `toml:"max_contexts"`
-	// Limits are the tenant's own limits; zero fields take the server's.
-	Limits window.TenantLimits
+	// TenantLimits are the tenant's own limits; zero fields take the
+	// server's.
+	window.TenantLimits
 }
 
 func validateTenants(ts []TenantConfig) error {
@@ -44,7 +45,7 @@ func validateTenants(ts []TenantConfig) error {
 			return fmt.Errorf("tenant %q is listed twice", t.ID)
 		}
 		ids[t.ID] = true
-		if l := t.Limits; t.MaxContexts < 0 || l.SamplesPerSecond < 0 || l.EventsPerWindow < 0 || l.MaxTags < 0 || l.MaxNameLength < 0 || l.MaxTagLength < 0 || l.MaxHeldTraces < 0 {
+		if l := t.TenantLimits; t.MaxContexts < 0 || l.SamplesPerSecond < 0 || l.EventsPerWindow < 0 || l.MaxTags < 0 || l.MaxNameLength < 0 || l.MaxTagLength < 0 || l.MaxHeldTraces < 0 {
 			return fmt.Errorf("tenant %q: limits must not be negative", t.ID)
 		}
 		for _, tok := range t.Tokens {
@@ -130,10 +131,10 @@ func NewTenants(cfgs []TenantConfig, auth bool, maxTenants int) (*Tenants, error
 	for _, c := range cfgs {
 		tn := window.NewTenant(c.ID)
 		tn.MaxContexts.Store(c.MaxContexts)
-		tn.Limits = c.Limits
+		tn.Limits = c.TenantLimits
 		t.byID[c.ID] = tn
-		if c.Limits.SamplesPerSecond > 0 {
-			t.buckets[tn] = &tokenBucket{rate: c.Limits.SamplesPerSecond, tokens: c.Limits.SamplesPerSecond}
+		if c.SamplesPerSecond > 0 {
+			t.buckets[tn] = &tokenBucket{rate: c.SamplesPerSecond, tokens: c.SamplesPerSecond}
 		}
 		for _, tok := range c.Tokens {
 			// Tokens are looked up by digest, so the lookup's timing says

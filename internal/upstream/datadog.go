@@ -67,9 +67,9 @@ func (c DatadogConfig) Validate() error {
 // Credentials are one tenant's secrets for an upstream.
 type Credentials struct {
 	// APIKey is the Datadog API key.
-	APIKey string
+	APIKey string `toml:"api_key"`
 	// Headers are sent with every request (OTLP metadata, HTTP headers).
-	Headers map[string]string
+	Headers map[string]string `toml:"headers"`
 }
 
 // Routes tells an upstream whether a tenant's data goes to it, and with

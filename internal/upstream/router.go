@@ -46,9 +46,10 @@ var (
 
 // TenantRoute sends one tenant's data to its own upstreams with its own
 // credentials, instead of the defaults.
+// The toml keys are those of a [[tenant]] entry of the tenants file.
 type TenantRoute struct {
-	Upstreams   []string
-	Credentials map[string]Credentials // by upstream name
+	Upstreams   []string               `toml:"upstreams"`
+	Credentials map[string]Credentials `toml:"credentials"` // by upstream name
 }
 
 // Router fans each flush out to upstreams by tenant. It implements

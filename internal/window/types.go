@@ -123,13 +123,14 @@ type Tenant struct {
 }
 
 // TenantLimits are one tenant's bounds; a zero field means the server's.
+// The toml keys are those of a [[tenant]] entry of the tenants file.
 type TenantLimits struct {
-	SamplesPerSecond float64
-	EventsPerWindow  int64
-	MaxTags          int
-	MaxNameLength    int
-	MaxTagLength     int
-	MaxHeldTraces    int
+	SamplesPerSecond float64 `toml:"samples_per_second"`
+	EventsPerWindow  int64   `toml:"events_per_window"`
+	MaxTags          int     `toml:"max_tags"`
+	MaxNameLength    int     `toml:"max_name_length"`
+	MaxTagLength     int     `toml:"max_tag_length"`
+	MaxHeldTraces    int     `toml:"max_held_traces"`
 }
 
 // NewTenant returns a tenant named id.
