@@ -90,9 +90,11 @@ func (n *clusterNode) forwarder() service.Forwarder {
 
 // startCluster listens on the peer port, reads the member list and starts
 // the forwarder of what other replicas own, for the aggregator service to
-// use (forwarder). It returns nil when cluster mode is off. The caller
-// serves the peer port with the gRPC server the aggregator service is on.
-func startCluster(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
+// use (forwarder), which keeps the previous samples of the contexts this
+// replica is about to own in seeder. It returns nil when cluster mode is
+// off. The caller serves the peer port with the gRPC server the
+// aggregator service is on.
+func startCluster(ctx context.Context, cfg config, seeder service.Seeder, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
 	c := cfg.Cluster
 	if !c.on() {
 		return nil, nil
@@ -148,6 +150,7 @@ func startCluster(ctx context.Context, cfg config, reg prometheus.Registerer, lo
 	}
 	fwd := cluster.NewForwarder(cluster.Config{
 		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout,
+		Seeder: seeder,
 	}, m, log)
 	reg.MustRegister(fwd)
 	if err := w.Start(ctx); err != nil {

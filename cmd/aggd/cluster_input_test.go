@@ -227,16 +227,15 @@ func TestClusterRoutesOTLPAndDogStatsD(t *testing.T) {
 	if err := errorsJoin(ddC.Err(), ddS.Err()); err != nil {
 		t.Fatal(err)
 	}
-	none := func(string, string, int64) bool { return false }
 	for _, prefix := range []string{"ot.", "oh.", "ds."} {
 		want := seriesStore(ddS.Series(), prefix)
 		if len(want) < 100 {
 			t.Errorf("%s: only %d points from the single aggd: the load did not reach the intake", prefix, len(want))
 		}
-		compareStores(t, prefix+" series", want, seriesStore(ddC.Series(), prefix), none)
+		compareStores(t, prefix+" series", want, seriesStore(ddC.Series(), prefix))
 		// A forwarded OTLP histogram point keeps its exact sum, minimum
 		// and maximum: the sketches equal the single aggd's whole.
-		compareStores(t, prefix+" sketches", sketchStore(ddS.Sketches(), prefix), sketchStore(ddC.Sketches(), prefix), none)
+		compareStores(t, prefix+" sketches", sketchStore(ddS.Sketches(), prefix), sketchStore(ddC.Sketches(), prefix))
 	}
 	for _, prefix := range []string{"ot.", "oh."} {
 		exact := 0

@@ -283,7 +283,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case guard != nil:
 		load = guard
 	}
-	node, err := startCluster(ctx, cfg, reg, log)
+	node, err := startCluster(ctx, cfg, agg, reg, log)
 	if err != nil {
 		return err
 	}

@@ -50,6 +50,10 @@ type Config struct {
 	// InitialBackoff and MaxBackoff space the retries; 50 ms and 2 s by
 	// default.
 	InitialBackoff, MaxBackoff time.Duration
+	// Seeder takes the previous samples of the RATE and MONOTONIC_COUNT
+	// contexts this replica is about to own (the aggregator); nil drops
+	// them.
+	Seeder service.Seeder
 }
 
 // Validate reports a configuration that cannot work.
@@ -92,9 +96,9 @@ type Forwarder struct {
 
 	calls sync.Pool // *call
 
-	// Item outcomes, by kind (0 samples, 1 spans): owned here, acked by
-	// their owner, refused by their owner, not delivered.
-	local, acked, refused, undelivered [2]atomic.Uint64
+	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds): owned here,
+	// acked by their owner, refused by their owner, not delivered.
+	local, acked, refused, undelivered [3]atomic.Uint64
 	// Calls to peers: succeeded, failed and retried, failed for good.
 	callsOK, callsRetried, callsFailed atomic.Uint64
 	latency                            prometheus.Histogram
@@ -111,7 +115,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	})
 	f.desc.items = prometheus.NewDesc("aggd_cluster_items_total",
-		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable).",
+		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (undelivered: its first delta there is lost).",
 		[]string{"kind", "outcome"}, nil)
 	f.desc.calls = prometheus.NewDesc("aggd_cluster_forward_calls_total",
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
@@ -125,6 +129,8 @@ type call struct {
 	groups map[string]*group
 	order  []*group
 	wg     sync.WaitGroup
+	heirs  []string     // the later owners of one sample's context
+	seeds  window.Batch // the samples this replica seeds for itself
 }
 
 // group is what one call sends to one owner.
@@ -133,8 +139,10 @@ type group struct {
 	version uint64
 	samples []int // indexes into Outgoing.Samples
 	spans   []int
+	seeds   []int  // samples the owner keeps as previous samples only
 	frame   []byte // the ForwardRequest
 	batch   []byte // its Batch
+	seedsB  []byte // its seeds' Batch
 	item    []byte // one item's encoding
 }
 
@@ -154,8 +162,12 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 			continue
 		}
 		s := &o.Samples[i]
-		start, _ := f.cfg.Timing.Bucket(s.Timestamp, o.Now)
-		owner, v := f.m.Owner(ContextHash(tenant, s.Key), start)
+		var owner string
+		var v uint64
+		owner, v, c.heirs = f.route(tenant, s, o.Now, c.heirs[:0])
+		if len(c.heirs) > 0 {
+			f.seed(c, o, i)
+		}
 		if owner == f.cfg.Self || owner == "" {
 			f.local[0].Add(1)
 			continue
@@ -180,7 +192,53 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		f.encode(g, o)
 		c.wg.Go(func() { f.deliver(ctx, g, o) })
 	}
+	if len(c.seeds.Samples) > 0 {
+		f.seedHere(c, o)
+	}
 	c.wg.Wait()
+}
+
+// route returns the owner of s, a sample of tenant arriving at now: the
+// owner of its context in its bucket, by the member list in force at the
+// bucket's start, and that list's number. For a RATE or MONOTONIC_COUNT
+// sample it appends to heirs the replicas owning the context under later
+// lists, which need it as their previous sample; while no change is
+// scheduled there are none.
+func (f *Forwarder) route(tenant string, s *window.Sample, now int64, heirs []string) (string, uint64, []string) {
+	start, _ := f.cfg.Timing.Bucket(s.Timestamp, now)
+	h := ContextHash(tenant, s.Key)
+	owner, v := f.m.Owner(h, start)
+	if s.Type.Stateful() {
+		heirs = f.m.Heirs(heirs, h, start, owner)
+	}
+	return owner, v, heirs
+}
+
+// seed hands sample i to the heirs route found (c.heirs): each keeps it
+// as its context's previous sample, so that its first delta as the owner
+// is the one a single aggd computes.
+func (f *Forwarder) seed(c *call, o *service.Outgoing, i int) {
+	for _, heir := range c.heirs {
+		if heir == f.cfg.Self {
+			c.seeds.Samples = append(c.seeds.Samples, o.Samples[i])
+			c.seeds.Results = append(c.seeds.Results, window.Accepted)
+			continue
+		}
+		g := c.group(heir, f.m.Latest().N)
+		g.seeds = append(g.seeds, i)
+	}
+}
+
+// seedHere keeps the seeds of the contexts this replica will own.
+func (f *Forwarder) seedHere(c *call, o *service.Outgoing) {
+	b := &c.seeds
+	b.Tenant, b.Now = o.Tenant, o.Now
+	if f.cfg.Seeder != nil {
+		f.cfg.Seeder.Seed(b)
+	}
+	f.local[2].Add(uint64(len(b.Samples)))
+	clear(b.Samples) // drop the batch's strings
+	b.Samples, b.Results, b.Tenant = b.Samples[:0], b.Results[:0], nil
 }
 
 func (f *Forwarder) countLocal(o *service.Outgoing) {
@@ -205,7 +263,7 @@ func (c *call) group(owner string, v uint64) *group {
 		g = &group{owner: owner}
 		c.groups[owner] = g
 	}
-	if len(g.samples) == 0 && len(g.spans) == 0 {
+	if len(g.samples) == 0 && len(g.spans) == 0 && len(g.seeds) == 0 {
 		c.order = append(c.order, g)
 	}
 	g.version = max(g.version, v)
@@ -214,9 +272,9 @@ func (c *call) group(owner string, v uint64) *group {
 
 func (f *Forwarder) putCall(c *call) {
 	for _, g := range c.order {
-		g.samples, g.spans, g.version = g.samples[:0], g.spans[:0], 0
+		g.samples, g.spans, g.seeds, g.version = g.samples[:0], g.spans[:0], g.seeds[:0], 0
 		if cap(g.frame) > 4<<20 {
-			g.frame, g.batch = nil, nil
+			g.frame, g.batch, g.seedsB = nil, nil, nil
 		}
 	}
 	c.order = c.order[:0]
@@ -245,8 +303,21 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 	frame = protowire.AppendTag(frame, 3, protowire.VarintType)
 	frame = protowire.AppendVarint(frame, uint64(o.Now))
 	frame = protowire.AppendTag(frame, 4, protowire.VarintType)
-	g.frame = protowire.AppendVarint(frame, g.version)
+	frame = protowire.AppendVarint(frame, g.version)
+	if len(g.seeds) > 0 {
+		seeds := g.seedsB[:0]
+		for _, i := range g.seeds {
+			seeds, g.item = codec.AppendBatchSample(seeds, g.item, &o.Samples[i])
+		}
+		g.seedsB = seeds
+		frame = protowire.AppendTag(frame, seedsField, protowire.BytesType)
+		frame = protowire.AppendBytes(frame, seeds)
+	}
+	g.frame = frame
 }
+
+// seedsField is ForwardRequest.seeds.
+const seedsField = 7
 
 // deliver sends g to its owner and writes the outcome into o.
 func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) {
@@ -267,9 +338,11 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 		}
 		f.undelivered[0].Add(uint64(len(g.samples)))
 		f.undelivered[1].Add(uint64(len(g.spans)))
-		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "err", err)
+		f.undelivered[2].Add(uint64(len(g.seeds)))
+		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "err", err)
 		return
 	}
+	f.acked[2].Add(uint64(len(g.seeds)))
 	var refused [2]uint64
 	for _, rj := range ack.GetRejections() {
 		j := int(rj.GetIndex())
@@ -424,7 +497,7 @@ func (f *Forwarder) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
-	for k, kind := range [2]string{"sample", "span"} {
+	for k, kind := range [3]string{"sample", "span", "seed"} {
 		for _, o := range []struct {
 			name string
 			n    *atomic.Uint64

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -99,6 +100,25 @@ func inForce(vs []Version, t int64) Version {
 func (m *Membership) Owner(h uint64, bucket int64) (string, uint64) {
 	v := inForce(*m.versions.Load(), bucket)
 	return v.Ring.Owner(h), v.N
+}
+
+// Heirs appends to dst the members that own hash h under the versions
+// scheduled after the one in force at bucket, other than owner (its owner
+// there), each once. They are the replicas a RATE or MONOTONIC_COUNT
+// context moves to: each takes its previous sample from the samples of
+// earlier buckets. Without a later version, it appends nothing.
+func (m *Membership) Heirs(dst []string, h uint64, bucket int64, owner string) []string {
+	vs := *m.versions.Load()
+	i := len(vs) - 1
+	for i > 0 && vs[i].Since > bucket {
+		i--
+	}
+	for _, v := range vs[i+1:] {
+		if o := v.Ring.Owner(h); o != owner && o != "" && !slices.Contains(dst, o) {
+			dst = append(dst, o)
+		}
+	}
+	return dst
 }
 
 // Single reports whether every bucket is owned by self alone: the schedule

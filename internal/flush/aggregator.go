@@ -176,6 +176,22 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 	}
 }
 
+// Seed makes each accepted sample of b, a RATE or MONOTONIC_COUNT sample
+// another replica aggregates, the previous sample of its context here (see
+// window.Shard.Seed), and sets its result. Seeds come only while the
+// owner of a context is about to change, so it locks shard by shard.
+func (a *Aggregator) Seed(b *window.Batch) {
+	for i := range b.Samples {
+		if b.Results[i] != window.Accepted {
+			continue
+		}
+		s := &a.shards[a.shardOf(b.Samples[i].Hash)]
+		s.mu.Lock()
+		b.Results[i] = s.sh.Seed(b.Tenant, &b.Samples[i], b.Now)
+		s.mu.Unlock()
+	}
+}
+
 // Due returns a tick by which every window a sample at ts arriving at now
 // falls in is drained: its bucket's, and the rules' windows.
 func (a *Aggregator) Due(ts, now int64) int64 {

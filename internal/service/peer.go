@@ -262,6 +262,9 @@ func (s *Server) forwarded(ctx context.Context, dec func(any) error, token strin
 	defer func() { st.peer, st.dec.Histograms = false, false }()
 	st.series.Reset() // peers send full names
 	st.stream = 0
+	if err := s.seed(st, tn, now); err != nil {
+		return nil, err
+	}
 	st.dec.Reset(&st.batch)
 	st.dec.ForTenant(tn)
 	st.batch.Tenant = tn
@@ -274,6 +277,52 @@ func (s *Server) forwarded(ctx context.Context, dec func(any) error, token strin
 	}
 	ack := &aggdv1.Ack{Accepted: st.ack.Accepted, Rejected: st.ack.Rejected, Rejections: slices.Clone(st.ack.Rejections)}
 	return &aggdv1.ForwardResponse{Ack: ack}, nil
+}
+
+// Seeder keeps samples aggregated elsewhere as their contexts' previous
+// samples (flush.Aggregator.Seed). A Server whose Ingester is one takes
+// the seeds of forwarded batches.
+type Seeder interface{ Seed(b *window.Batch) }
+
+// seed keeps the seeds of the ForwardRequest in st.frame (see
+// ForwardRequest.seeds), before its batch: they are samples of buckets
+// before the batch's, routed there in the same ack, so the order of
+// arrival a single aggd sees is kept.
+func (s *Server) seed(st *callState, tn *window.Tenant, now int64) error {
+	seeds := forwardSeeds(st.frame.Buf)
+	sd, ok := s.ing.(Seeder)
+	if seeds == nil || !ok {
+		return nil
+	}
+	st.dec.Reset(&st.batch)
+	st.dec.ForTenant(tn)
+	st.batch.Tenant, st.batch.Now = tn, now
+	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), seeds)
+	if err := st.dec.DecodeSubmit(req, &st.batch); err != nil {
+		return status.Error(codes.InvalidArgument, "seeds: "+err.Error())
+	}
+	sd.Seed(&st.batch)
+	return nil
+}
+
+// forwardSeeds returns the seeds of a ForwardRequest (a Batch), or nil.
+func forwardSeeds(buf []byte) []byte {
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return nil
+		}
+		buf = buf[n:]
+		if num == 7 && typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(buf)
+			return v
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, buf); n < 0 {
+			return nil
+		}
+		buf = buf[n:]
+	}
+	return nil
 }
 
 // forwardHeader reads the tenant and arrival time of a ForwardRequest.

@@ -144,6 +144,44 @@ func (sh *Shard) AddOverflow(t *Tenant, s *Sample, now int64) Reason {
 	return sh.add(t, s, now, true)
 }
 
+// Seed makes s, a RATE or MONOTONIC_COUNT sample aggregated elsewhere,
+// the previous sample of its context, creating the context if need be,
+// without aggregating it: the context's next sample here takes its delta
+// from s. A cluster hands a context's previous sample this way to the
+// replica that owns the context from a later bucket on. A sample of
+// another type changes nothing; a context past its tenant's bound is not
+// created.
+func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
+	if !s.Type.Stateful() {
+		return ReasonMalformed
+	}
+	ts := s.Timestamp
+	if ts == 0 {
+		ts = now
+	} else if r := sh.timing.Admit(ts, now); r != Accepted {
+		return r
+	}
+	v := s.Value
+	if n := len(s.Values); n > 0 {
+		v = s.Values[n-1]
+	}
+	head := sh.contexts[s.Hash]
+	c := head
+	for c != nil && (c.tenant != t || c.key != string(s.Key)) {
+		c = c.next
+	}
+	if c == nil {
+		if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
+			return Accepted // its samples fold into the overflow series
+		}
+		c = sh.newContext(t, string(s.Key), s.Hash, head, now)
+		c.samples = 0 // a seed is no sample of this replica's
+	}
+	c.touch(now, sh.ttl)
+	c.remember(v, ts)
+	return Accepted
+}
+
 // Resume tells the shard, before any sample, that an earlier process
 // (before a restart) flushed every bucket due at or before tick: samples
 // for those ranges are late. Replay then restores, with Restore, the

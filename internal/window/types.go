@@ -36,6 +36,10 @@ func (t MetricType) String() string {
 // Valid reports whether t is a type samples may carry.
 func (t MetricType) Valid() bool { return t > TypeUnspecified && t < numTypes }
 
+// Stateful reports whether a context of type t carries its last sample
+// from bucket to bucket: RATE and MONOTONIC_COUNT.
+func (t MetricType) Stateful() bool { return t == TypeRate || t == TypeMonotonicCount }
+
 func (t MetricType) isDist() bool {
 	return t == TypeHistogram || t == TypeTiming || t == TypeDistribution
 }

@@ -638,3 +638,113 @@ func TestWithheldIsNoReason(t *testing.T) {
 		}
 	}
 }
+
+// TestSeedHandsOverThePreviousSample splits each stream at a bucket
+// boundary between an old and a new shard, as a cluster splits a context
+// between its owners; every sample before the boundary is also seeded into
+// the new shard. The new shard's points from the boundary on must be those
+// of one shard fed every sample.
+func TestSeedHandsOverThePreviousSample(t *testing.T) {
+	bs := t0 / sec
+	boundary := t0 + 10*sec
+	tests := []struct {
+		name string
+		in   []in
+		want []out // of the new shard, from the boundary on
+	}{
+		{"rate: the first bucket's only sample takes its delta from the seed",
+			[]in{
+				{name: "r", typ: TypeRate, v: 10, ts: t0 + 6*sec},
+				{name: "r", typ: TypeRate, v: 20, ts: t0 + 8*sec},
+				{name: "r", typ: TypeRate, v: 40, ts: t0 + 12*sec},
+				{name: "r", typ: TypeRate, v: 43, ts: t0 + 23*sec},
+			},
+			[]out{{key: "r||", ts: bs + 10, value: 5}, {key: "r||", ts: bs + 20, value: 3.0 / 11}}},
+		{"monotonic count: the first delta is counted",
+			[]in{
+				{name: "m", typ: TypeMonotonicCount, v: 100, ts: t0 + 2*sec},
+				{name: "m", typ: TypeMonotonicCount, v: 107, ts: t0 + 9*sec},
+				{name: "m", typ: TypeMonotonicCount, v: 110, ts: t0 + 11*sec},
+				{name: "m", typ: TypeMonotonicCount, v: 111, ts: t0 + 12*sec},
+			},
+			[]out{{key: "m||", ts: bs + 10, value: 4}}},
+		{"monotonic count: a reset at the boundary counts nothing, but sends its point",
+			[]in{
+				{name: "m", typ: TypeMonotonicCount, v: 100, ts: t0 + 9*sec},
+				{name: "m", typ: TypeMonotonicCount, v: 4, ts: t0 + 11*sec},
+			},
+			[]out{{key: "m||", ts: bs + 10, value: 0}}},
+		{"a sample of several values seeds its last",
+			[]in{
+				{name: "m", typ: TypeMonotonicCount, vals: []float64{1, 5, 8}, ts: t0 + 9*sec},
+				{name: "m", typ: TypeMonotonicCount, v: 10, ts: t0 + 11*sec},
+			},
+			[]out{{key: "m||", ts: bs + 10, value: 2}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tn := NewTenant("t")
+			one, old, nw := NewShard(testConfig()), NewShard(testConfig()), NewShard(testConfig())
+			now := t0 + 30*sec
+			for _, s := range tt.in {
+				s.now = now
+				add(t, one, tn, s)
+				if s.ts >= boundary {
+					add(t, nw, tn, s)
+					continue
+				}
+				add(t, old, tn, s)
+				smp := Sample{Name: s.name, Type: s.typ, Value: s.v, Values: s.vals, Timestamp: s.ts, SampleRate: 1}
+				smp.Prepare(tn, nil)
+				if r := nw.Seed(tn, &smp, now); r != Accepted {
+					t.Fatalf("seed: %v", r)
+				}
+			}
+			var want []out
+			for _, o := range collect(one.Drain(now, true, nil)) {
+				if o.ts >= boundary/sec {
+					want = append(want, o)
+				}
+			}
+			if !slices.Equal(want, tt.want) {
+				t.Fatalf("one shard: got %+v, want %+v", want, tt.want)
+			}
+			if got := collect(nw.Drain(now, true, nil)); !slices.Equal(got, tt.want) {
+				t.Errorf("new owner: got  %+v\nwant %+v", got, tt.want)
+			}
+			unseeded := NewShard(testConfig())
+			for _, s := range tt.in {
+				if s.ts >= boundary {
+					s.now = now
+					add(t, unseeded, tn, s)
+				}
+			}
+			if got := collect(unseeded.Drain(now, true, nil)); slices.Equal(got, tt.want) {
+				t.Errorf("without the seed the new owner sends the same %+v: the case proves nothing", got)
+			}
+		})
+	}
+}
+
+func TestSeedRefusals(t *testing.T) {
+	tn := NewTenant("t")
+	tn.MaxContexts.Store(1)
+	sh := NewShard(testConfig())
+	seed := func(name string, typ MetricType, ts int64) Reason {
+		s := Sample{Name: name, Type: typ, Value: 1, Timestamp: ts, SampleRate: 1}
+		s.Prepare(tn, nil)
+		return sh.Seed(tn, &s, t0)
+	}
+	if r := seed("g", TypeGauge, t0); r != ReasonMalformed {
+		t.Errorf("a gauge seeded: %v, want malformed", r)
+	}
+	if r := seed("r", TypeRate, t0-2*int64(time.Hour)); r != ReasonTooOld {
+		t.Errorf("a seed past the lateness: %v, want too_old", r)
+	}
+	if r := seed("r", TypeRate, t0); r != Accepted || tn.Contexts.Load() != 1 {
+		t.Errorf("seed: %v, %d contexts; want accepted, 1", r, tn.Contexts.Load())
+	}
+	if r := seed("r2", TypeRate, t0); r != Accepted || tn.Contexts.Load() != 1 || tn.Overflowed.Load() != 0 {
+		t.Errorf("a seed past the context bound: %v, %d contexts, %d folded; want accepted, 1, 0", r, tn.Contexts.Load(), tn.Overflowed.Load())
+	}
+}

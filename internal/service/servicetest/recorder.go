@@ -19,6 +19,8 @@ type Sample struct {
 	Value  float64
 	// Hist is a copy of the sample's histogram point, if it has one.
 	Hist *window.HistPoint
+	// Timestamp is set on seeds only.
+	Timestamp int64
 }
 
 // Recorder is an Ingester that records accepted samples, events and checks.
@@ -29,6 +31,7 @@ type Recorder struct {
 
 	mu      sync.Mutex
 	samples []Sample
+	seeds   []Sample
 	events  []window.Event
 	checks  []window.ServiceCheck
 }
@@ -37,31 +40,66 @@ type Recorder struct {
 func (r *Recorder) Ingest(b *window.Batch) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.samples = record(r.samples, b, r.Refuse, false)
+	if !b.EventsFlushed { // a flush sent them before a restart
+		r.events = append(r.events, b.Events...)
+	}
+	r.checks = append(r.checks, b.Checks...)
+}
+
+// Seed implements service.Seeder: it records the seeds, as Samples with
+// their timestamps, apart from the samples. It refuses a seed of a type
+// without state as malformed, as window.Shard.Seed does.
+func (r *Recorder) Seed(b *window.Batch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seeds = record(r.seeds, b, func(s *window.Sample) window.Reason {
+		if !s.Type.Stateful() {
+			return window.ReasonMalformed
+		}
+		return window.Accepted
+	}, true)
+}
+
+// record appends b's accepted samples that refuse (if set) accepts to dst,
+// with their timestamps when stamped is set.
+func record(dst []Sample, b *window.Batch, refuse func(*window.Sample) window.Reason, stamped bool) []Sample {
 	for i := range b.Samples {
 		if b.Results[i] != window.Accepted {
 			continue
 		}
 		s := &b.Samples[i]
-		if r.Refuse != nil {
-			if b.Results[i] = r.Refuse(s); b.Results[i] != window.Accepted {
+		if refuse != nil {
+			if b.Results[i] = refuse(s); b.Results[i] != window.Accepted {
 				continue
 			}
 		}
-		tags := make([]string, len(s.Tags))
-		for j, t := range s.Tags {
-			tags[j] = strings.Clone(t)
+		rs := Sample{Tenant: b.Tenant.ID, Name: strings.Clone(s.Name), Tags: cloneTags(s.Tags), Type: s.Type, Value: s.Value}
+		if stamped {
+			rs.Timestamp = s.Timestamp
 		}
-		var h *window.HistPoint
 		if s.Hist != nil {
-			h = &window.HistPoint{Values: slices.Clone(s.Hist.Values), Counts: slices.Clone(s.Hist.Counts),
+			rs.Hist = &window.HistPoint{Values: slices.Clone(s.Hist.Values), Counts: slices.Clone(s.Hist.Counts),
 				Count: s.Hist.Count, Sum: s.Hist.Sum, Min: s.Hist.Min, Max: s.Hist.Max}
 		}
-		r.samples = append(r.samples, Sample{Tenant: b.Tenant.ID, Name: strings.Clone(s.Name), Tags: tags, Type: s.Type, Value: s.Value, Hist: h})
+		dst = append(dst, rs)
 	}
-	if !b.EventsFlushed { // a flush sent them before a restart
-		r.events = append(r.events, b.Events...)
+	return dst
+}
+
+func cloneTags(tags []string) []string {
+	out := make([]string, len(tags))
+	for j, t := range tags {
+		out[j] = strings.Clone(t)
 	}
-	r.checks = append(r.checks, b.Checks...)
+	return out
+}
+
+// Seeds returns the seeds recorded so far.
+func (r *Recorder) Seeds() []Sample {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.seeds)
 }
 
 // Samples returns the samples recorded so far.

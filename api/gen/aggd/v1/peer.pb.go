@@ -35,8 +35,15 @@ type ForwardRequest struct {
 	// membership_version is the version of the member list the sender chose
 	// the owner by.
 	MembershipVersion uint64 `protobuf:"varint,4,opt,name=membership_version,json=membershipVersion,proto3" json:"membership_version,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// seeds are RATE and MONOTONIC_COUNT samples of contexts the receiver
+	// owns under a later member list than their sender routed them by
+	// (their owner takes them in batch): the receiver keeps each as its
+	// context's previous sample, without aggregating it, so that its first
+	// delta as the owner is the one a single aggd computes. They are not
+	// logged, and the ack says nothing of them.
+	Seeds         *Batch `protobuf:"bytes,7,opt,name=seeds,proto3" json:"seeds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForwardRequest) Reset() {
@@ -97,6 +104,13 @@ func (x *ForwardRequest) GetMembershipVersion() uint64 {
 	return 0
 }
 
+func (x *ForwardRequest) GetSeeds() *Batch {
+	if x != nil {
+		return x.Seeds
+	}
+	return nil
+}
+
 // ForwardResponse acknowledges a ForwardRequest; indexes in its rejections
 // refer to the forwarded batch.
 type ForwardResponse struct {
@@ -147,12 +161,13 @@ var File_aggd_v1_peer_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\xa9\x01\n" +
+	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\xcf\x01\n" +
 	"\x0eForwardRequest\x12$\n" +
 	"\x05batch\x18\x01 \x01(\v2\x0e.aggd.v1.BatchR\x05batch\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12*\n" +
 	"\x11arrival_unix_nano\x18\x03 \x01(\x03R\x0farrivalUnixNano\x12-\n" +
-	"\x12membership_version\x18\x04 \x01(\x04R\x11membershipVersion\"1\n" +
+	"\x12membership_version\x18\x04 \x01(\x04R\x11membershipVersion\x12$\n" +
+	"\x05seeds\x18\a \x01(\v2\x0e.aggd.v1.BatchR\x05seeds\"1\n" +
 	"\x0fForwardResponse\x12\x1e\n" +
 	"\x03ack\x18\x01 \x01(\v2\f.aggd.v1.AckR\x03ack2K\n" +
 	"\vPeerService\x12<\n" +
@@ -179,14 +194,15 @@ var file_aggd_v1_peer_proto_goTypes = []any{
 }
 var file_aggd_v1_peer_proto_depIdxs = []int32{
 	2, // 0: aggd.v1.ForwardRequest.batch:type_name -> aggd.v1.Batch
-	3, // 1: aggd.v1.ForwardResponse.ack:type_name -> aggd.v1.Ack
-	0, // 2: aggd.v1.PeerService.Forward:input_type -> aggd.v1.ForwardRequest
-	1, // 3: aggd.v1.PeerService.Forward:output_type -> aggd.v1.ForwardResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 1: aggd.v1.ForwardRequest.seeds:type_name -> aggd.v1.Batch
+	3, // 2: aggd.v1.ForwardResponse.ack:type_name -> aggd.v1.Ack
+	0, // 3: aggd.v1.PeerService.Forward:input_type -> aggd.v1.ForwardRequest
+	1, // 4: aggd.v1.PeerService.Forward:output_type -> aggd.v1.ForwardResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_aggd_v1_peer_proto_init() }

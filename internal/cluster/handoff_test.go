@@ -1,0 +1,203 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// movedFrom returns a context name (no tags, no host) owned by from under
+// ring a and by to under ring b.
+func movedFrom(a, b *Ring, from, to string) string {
+	for i := 0; ; i++ {
+		name := fmt.Sprintf("m%d", i)
+		h := ContextHash("default", window.AppendKey(nil, name, "", nil))
+		if a.Owner(h) == from && b.Owner(h) == to {
+			return name
+		}
+	}
+}
+
+func TestHeirs(t *testing.T) {
+	abc, abcd, acd := []string{"a", "b", "c"}, []string{"a", "b", "c", "d"}, []string{"a", "c", "d"}
+	m := NewMembership(abc, 10*sec, 3600*sec)
+	m.Schedule(abcd, 100*sec, 0)
+	m.Schedule(acd, 200*sec, 0)
+	r1, r2, r3 := NewRing(abc), NewRing(abcd), NewRing(acd)
+	bToD := movedFrom(r1, r2, "b", "d") // b, then d, then d
+	bToB := movedFrom(r1, r2, "b", "b") // b, then b, then a, c or d
+	aToA := movedFrom(r2, r3, "a", "a") // unmoved by the second change
+	hash := func(name string) uint64 { return ContextHash("default", window.AppendKey(nil, name, "", nil)) }
+	tests := []struct {
+		name   string
+		key    string
+		bucket int64
+		want   []string
+	}{
+		{"moved once: the later owner, once", bToD, 50 * sec, []string{"d"}},
+		{"owned by the bucket's owner until the second change", bToB, 50 * sec, []string{r3.Owner(hash(bToB))}},
+		{"from the middle version", bToB, 150 * sec, []string{r3.Owner(hash(bToB))}},
+		{"latest version: nobody", bToD, 250 * sec, nil},
+		{"a context no change moves", aToA, 150 * sec, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := hash(tt.key)
+			owner, _ := m.Owner(h, tt.bucket)
+			got := m.Heirs(nil, h, tt.bucket, owner)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("heirs of %s (owner %s) at %d s: %v, want %v", tt.key, owner, tt.bucket/sec, got, tt.want)
+			}
+		})
+	}
+	if aToA == "" || r1.Owner(hash(aToA)) == "" {
+		t.Fatal("no context found")
+	}
+}
+
+// The hand-off's timing: a member seen joining at t owns contexts from the
+// first boundary at least Settle after t. From the moment a replica sees
+// the change, each RATE or MONOTONIC_COUNT sample of a bucket before the
+// boundary goes to its owner and is seeded to the joining member; from the
+// boundary on, samples go to the new owner and nothing is seeded, except
+// for late samples of the old buckets.
+func TestHandOffTiming(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const self, old, joining = "10.0.0.1:8129", "10.0.0.2:8129", "10.0.0.3:8129"
+		dns := &fakeDNS{}
+		dns.set(nil, "10.0.0.1", "10.0.0.2")
+		src := DNS{Host: "aggd-peers", Port: "8129", Resolver: dns}
+		m := NewMembership([]string{self, old}, 10*sec, 60*sec)
+		w := NewWatcher(src, m, WatchConfig{Refresh: 5 * time.Second, Settle: 12 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err := w.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer w.Shutdown(context.Background())
+		f := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: 10 * time.Second}, m, slog.New(slog.DiscardHandler))
+		name := movedFrom(NewRing([]string{self, old}), NewRing([]string{self, old, joining}), old, joining)
+		tn := window.NewTenant("default")
+		route := func(ts, now int64) (string, []string) {
+			s := window.Sample{Name: name, Type: window.TypeRate, Value: 1, SampleRate: 1, Timestamp: ts}
+			s.Prepare(tn, nil)
+			owner, _, heirs := f.route("default", &s, now, nil)
+			return owner, heirs
+		}
+
+		// Sent once a second, stamped with their arrival.
+		start := time.Now().UnixNano()
+		dns.set(nil, "10.0.0.1", "10.0.0.2", "10.0.0.3") // seen at the refresh at 5 s
+		var seen, boundary int64
+		var lastBefore int64
+		for range 40 {
+			time.Sleep(time.Second)
+			synctest.Wait()
+			now := time.Now().UnixNano()
+			owner, heirs := route(0, now)
+			if seen == 0 && m.Latest().N == 2 {
+				seen, boundary = now, m.Latest().Since
+			}
+			switch {
+			case seen == 0 || now < seen:
+				if owner != old || heirs != nil {
+					t.Fatalf("at %v, before the change is seen: owner %s, heirs %v; want %s and none", time.Duration(now-start), owner, heirs, old)
+				}
+			case now < boundary:
+				if owner != old || !slices.Equal(heirs, []string{joining}) {
+					t.Fatalf("at %v, change seen, before the boundary: owner %s, heirs %v; want %s, seeding %s", time.Duration(now-start), owner, heirs, old, joining)
+				}
+				lastBefore = now
+			default:
+				if owner != joining || heirs != nil {
+					t.Fatalf("at %v, past the boundary: owner %s, heirs %v; want %s and none", time.Duration(now-start), owner, heirs, joining)
+				}
+			}
+		}
+		if seen == 0 || lastBefore == 0 || boundary < seen+12*sec || boundary%(10*sec) != 0 {
+			t.Fatalf("change seen at %v takes effect at %v; want a boundary at least 12 s later, seeded in between", time.Duration(seen-start), time.Duration(boundary-start))
+		}
+		// A late sample of a bucket before the boundary, arriving after.
+		if owner, heirs := route(boundary-sec, time.Now().UnixNano()); owner != old || !slices.Equal(heirs, []string{joining}) {
+			t.Errorf("late sample of the old owner's bucket: owner %s, heirs %v; want %s, seeding %s", owner, heirs, old, joining)
+		}
+	})
+}
+
+// A forward while a change is scheduled: the owner of a RATE sample's
+// bucket aggregates it, the replica owning its context from the change on
+// keeps it as the context's previous sample (a remote heir through the
+// peer service, this replica itself directly), and the client's ack is the
+// owner's. A heir that cannot be reached loses its seed, counted, and
+// refuses nothing.
+func TestForwardSeedsTheHeirs(t *testing.T) {
+	for _, heirDown := range []bool{false, true} {
+		t.Run(fmt.Sprintf("heir down %v", heirDown), func(t *testing.T) {
+			const self = "127.0.0.1:1"
+			owner, heir := &servicetest.Recorder{}, &servicetest.Recorder{}
+			ownerAddr, heirAddr := replica(t, owner, nil), replica(t, heir, nil)
+			if heirDown {
+				l, _ := net.Listen("tcp", "127.0.0.1:0")
+				heirAddr = l.Addr().String()
+				l.Close()
+			}
+			now := time.Now()
+			boundary := now.Truncate(time.Second).Add(time.Hour).UnixNano()
+			before, after := []string{self, ownerAddr}, []string{self, heirAddr}
+			m := NewMembership(before, int64(time.Second), int64(time.Hour))
+			m.Schedule(after, boundary, now.UnixNano())
+			local := &servicetest.Recorder{}
+			fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second,
+				Timeout: 300 * time.Millisecond, InitialBackoff: 10 * time.Millisecond, Seeder: local}, m, slog.New(slog.DiscardHandler))
+			defer fwd.Shutdown(context.Background())
+			entry := &servicetest.Recorder{}
+			entryAddr := replica(t, entry, fwd)
+
+			r1, r2 := NewRing(before), NewRing(after)
+			toHeir, toSelf := movedFrom(r1, r2, ownerAddr, heirAddr), movedFrom(r1, r2, ownerAddr, self)
+			ts := now.UnixNano()
+			b := &aggdv1.Batch{Samples: []*aggdv1.Sample{
+				{Name: toHeir, Type: aggdv1.MetricType_METRIC_TYPE_RATE, Value: 7, TimestampUnixNano: ts},
+				{Name: toSelf, Type: aggdv1.MetricType_METRIC_TYPE_MONOTONIC_COUNT, Value: 9, TimestampUnixNano: ts},
+				{Name: toHeir, Type: aggdv1.MetricType_METRIC_TYPE_GAUGE, Value: 1, TimestampUnixNano: ts}, // no state: no seed
+			}}
+			ack := submit(t, entryAddr, b)
+			if ack.GetAccepted() != 3 || ack.GetRejected() != 0 {
+				t.Fatalf("ack %v, want the 3 samples accepted by their owner", ack)
+			}
+			if got := len(owner.Samples()); got != 3 {
+				t.Errorf("the buckets' owner aggregated %d samples, want 3", got)
+			}
+			wantHeir := []servicetest.Sample{{Tenant: "default", Name: toHeir, Tags: []string{}, Type: window.TypeRate, Value: 7, Timestamp: ts}}
+			if heirDown {
+				wantHeir = nil
+			}
+			if got := heir.Seeds(); !slices.EqualFunc(got, wantHeir, sampleEqual) || len(heir.Samples()) != 0 {
+				t.Errorf("heir: seeds %+v and %d samples; want %+v and none", got, len(heir.Samples()), wantHeir)
+			}
+			wantLocal := []servicetest.Sample{{Tenant: "default", Name: toSelf, Tags: []string{}, Type: window.TypeMonotonicCount, Value: 9, Timestamp: ts}}
+			if got := local.Seeds(); !slices.EqualFunc(got, wantLocal, sampleEqual) {
+				t.Errorf("this replica's seeds %+v, want %+v", got, wantLocal)
+			}
+			outcome := "acked"
+			if heirDown {
+				outcome = "undelivered"
+			}
+			if got := itemsCounted(t, fwd, "seed", outcome); got != 1 {
+				t.Errorf("seeds %s: %v, want 1", outcome, got)
+			}
+		})
+	}
+}
+
+func sampleEqual(a, b servicetest.Sample) bool {
+	return a.Tenant == b.Tenant && a.Name == b.Name && slices.Equal(a.Tags, b.Tags) && a.Type == b.Type && a.Value == b.Value && a.Timestamp == b.Timestamp
+}
