@@ -1,6 +1,7 @@
 package otlpwire
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -163,6 +164,24 @@ type field struct {
 
 // next consumes the field at the start of *buf.
 func next(buf *[]byte, f *field) error {
+	// Most fields of OTLP have a one-byte tag (numbers 1 to 15) and a
+	// one-byte length or a fixed64 value: those skip the general path.
+	if b := *buf; len(b) >= 2 && b[0] < 0x80 && b[0] >= 8 {
+		switch typ := protowire.Type(b[0] & 7); {
+		case typ == protowire.BytesType && b[1] < 0x80 && int(b[1]) <= len(b)-2:
+			f.num, f.typ, f.b = protowire.Number(b[0]>>3), typ, b[2:2+int(b[1]):2+int(b[1])]
+			*buf = b[2+int(b[1]):]
+			return nil
+		case typ == protowire.Fixed64Type && len(b) >= 9:
+			f.num, f.typ, f.v = protowire.Number(b[0]>>3), typ, binary.LittleEndian.Uint64(b[1:9])
+			*buf = b[9:]
+			return nil
+		case typ == protowire.VarintType && b[1] < 0x80:
+			f.num, f.typ, f.v = protowire.Number(b[0]>>3), typ, uint64(b[1])
+			*buf = b[2:]
+			return nil
+		}
+	}
 	num, typ, n := protowire.ConsumeTag(*buf)
 	if n < 0 {
 		return malformed("bad tag")
