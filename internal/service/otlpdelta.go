@@ -30,9 +30,9 @@ const deltaShards = 64
 
 type deltaShard struct {
 	mu      sync.Mutex
-	streams map[streamID]*cumulative // histograms and summaries
-	sums    map[streamID]*sumStream  // monotonic sums, the most common
-	_       [32]byte                 // a cache line each
+	streams streamTable[cumulative] // histograms and summaries
+	sums    streamTable[sumStream]  // monotonic sums, the most common
+	_       [8]byte                 // a cache line each
 }
 
 // streamID is a 128-bit hash of a stream's identity: two streams collide
@@ -47,10 +47,6 @@ func idOf(key []byte) streamID {
 
 func newDeltaTracker(started uint64, max int) *deltaTracker {
 	t := &deltaTracker{started: started, max: max / deltaShards}
-	for i := range t.shards {
-		t.shards[i].streams = map[streamID]*cumulative{}
-		t.shards[i].sums = map[streamID]*sumStream{}
-	}
 	return t
 }
 
@@ -121,6 +117,69 @@ const (
 	deltaFull                        // too many streams tracked
 )
 
+// streamTable holds streams by id, in open addressing with linear
+// probing. An id is a hash already, so its bits find its slot without
+// hashing again, and a slot holds the id beside its stream: one memory
+// access finds a point's stream, where a map takes two or three.
+type streamTable[S any] struct {
+	slots []streamSlot[S] // a power of two long, at most 3/4 full
+	n     int
+}
+
+type streamSlot[S any] struct {
+	id streamID
+	st *S // nil: the slot is free
+}
+
+// get returns the stream id, or nil.
+func (t *streamTable[S]) get(id streamID) *S {
+	if t.n == 0 {
+		return nil
+	}
+	mask := uint64(len(t.slots) - 1)
+	for i := id[1] & mask; ; i = (i + 1) & mask {
+		sl := &t.slots[i]
+		if sl.st == nil || sl.id == id {
+			return sl.st
+		}
+	}
+}
+
+// put adds stream id, which the table does not hold.
+func (t *streamTable[S]) put(id streamID, st *S) {
+	if (t.n+1)*4 > len(t.slots)*3 {
+		t.rebuild(max(16, 2*len(t.slots)), nil)
+	}
+	mask := uint64(len(t.slots) - 1)
+	i := id[1] & mask
+	for t.slots[i].st != nil {
+		i = (i + 1) & mask
+	}
+	t.slots[i] = streamSlot[S]{id, st}
+	t.n++
+}
+
+// filter drops the streams keep refuses.
+func (t *streamTable[S]) filter(keep func(*S) bool) {
+	for _, sl := range t.slots {
+		if sl.st != nil && !keep(sl.st) {
+			t.rebuild(len(t.slots), keep)
+			return
+		}
+	}
+}
+
+// rebuild moves the streams keep accepts (nil: all) into size slots.
+func (t *streamTable[S]) rebuild(size int, keep func(*S) bool) {
+	old := t.slots
+	t.slots, t.n = make([]streamSlot[S], size), 0
+	for _, sl := range old {
+		if sl.st != nil && (keep == nil || keep(sl.st)) {
+			t.put(sl.id, sl.st)
+		}
+	}
+}
+
 // track returns the state of stream id in m for a point starting at
 // start, and whether the point is the stream's first (a new start time
 // starts the stream over, as the start time is part of the Collector's
@@ -128,9 +187,8 @@ const (
 func track[S any, P interface {
 	*S
 	head() *streamHead
-}](sh *deltaShard, m map[streamID]P, id streamID, start, ts uint64, limit int) (st P, first bool) {
-	st = m[id]
-	if st != nil {
+}](sh *deltaShard, m *streamTable[S], id streamID, start, ts uint64, limit int) (P, bool) {
+	if st := P(m.get(id)); st != nil {
 		h := st.head()
 		h.seen = max(h.seen, ts)
 		if h.start != start {
@@ -145,16 +203,16 @@ func track[S any, P interface {
 	if sh.len() >= limit {
 		return nil, false
 	}
-	st = new(S)
+	st := P(new(S))
 	*st.head() = streamHead{start: start, seen: ts}
-	m[id] = st
+	m.put(id, (*S)(st))
 	return st, true
 }
 
-func (sh *deltaShard) len() int { return len(sh.streams) + len(sh.sums) }
+func (sh *deltaShard) len() int { return sh.streams.n + sh.sums.n }
 
 func (sh *deltaShard) streamLocked(id streamID, start, ts uint64, limit int) (*cumulative, bool) {
-	return track(sh, sh.streams, id, start, ts, limit)
+	return track(sh, &sh.streams, id, start, ts, limit)
 }
 
 // StaleCumulative is how long a cumulative stream without points is
@@ -166,17 +224,9 @@ const StaleCumulative = time.Hour
 // forgetStale drops the streams of sh not updated within StaleCumulative
 // of ts.
 func (sh *deltaShard) forgetStale(ts uint64) {
-	stale := func(h *streamHead) bool { return h.seen+uint64(StaleCumulative) < ts }
-	for id, st := range sh.streams {
-		if stale(&st.streamHead) {
-			delete(sh.streams, id)
-		}
-	}
-	for id, st := range sh.sums {
-		if stale(&st.streamHead) {
-			delete(sh.sums, id)
-		}
-	}
+	fresh := func(h *streamHead) bool { return h.seen+uint64(StaleCumulative) >= ts }
+	sh.streams.filter(func(st *cumulative) bool { return fresh(&st.streamHead) })
+	sh.sums.filter(func(st *sumStream) bool { return fresh(&st.streamHead) })
 }
 
 // initial reports whether a stream's first point counts in full: only if
@@ -201,7 +251,7 @@ type sumPoint struct {
 func (t *deltaTracker) sum(id streamID, start, ts uint64, v float64) sumPoint {
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := track(sh, sh.sums, id, start, ts, t.max)
+	st, first := track(sh, &sh.sums, id, start, ts, t.max)
 	if st == nil {
 		return sumPoint{res: deltaFull}
 	}

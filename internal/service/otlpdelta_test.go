@@ -34,3 +34,45 @@ func TestDeltaTrackerForgetsStaleStreams(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamTable: every stream put is found again, through growth,
+// probing past ids that share their slot and wrapping around the end,
+// and filter drops exactly the streams it refuses.
+func TestStreamTable(t *testing.T) {
+	tests := []struct {
+		name string
+		id   func(i int) streamID
+	}{
+		{"spread ids", func(i int) streamID { return idOf([]byte{byte(i), byte(i >> 8)}) }},
+		{"ids sharing a slot", func(i int) streamID { return streamID{uint64(i), 1 << 40} }},
+		{"ids at the table's end", func(i int) streamID { return streamID{uint64(i), 1<<20 - 1} }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var tb streamTable[sumStream]
+			const n = 1000
+			for i := range n {
+				tb.put(tc.id(i), &sumStream{value: float64(i)})
+			}
+			if tb.n != n || tb.n*4 > len(tb.slots)*3 {
+				t.Fatalf("%d streams in %d slots, want %d at most 3/4 full", tb.n, len(tb.slots), n)
+			}
+			tb.filter(func(st *sumStream) bool { return int(st.value)%3 != 0 })
+			kept := 0
+			for i := range n {
+				st := tb.get(tc.id(i))
+				switch {
+				case i%3 == 0 && st != nil:
+					t.Errorf("stream %d is kept, want it dropped", i)
+				case i%3 != 0 && (st == nil || st.value != float64(i)):
+					t.Errorf("stream %d: got %v, want its own", i, st)
+				case st != nil:
+					kept++
+				}
+			}
+			if tb.n != kept {
+				t.Errorf("n = %d, %d streams found", tb.n, kept)
+			}
+		})
+	}
+}
