@@ -127,6 +127,7 @@ type keyCount struct {
 type sketchScratch struct {
 	tmp, over []AgentBin
 	kcs       []keyCount
+	keys      []int16
 	late      agentSketch
 }
 
@@ -168,7 +169,7 @@ func (s *agentSketch) flush(sc *sketchScratch) {
 		return
 	}
 	keys := s.buf
-	slices.Sort(keys)
+	sc.keys = sortKeys(keys, sc.keys)
 	tmp := sc.tmp[:0]
 	i, j := 0, 0
 	for i < len(s.bins) && j < len(keys) {
@@ -196,6 +197,34 @@ func (s *agentSketch) flush(sc *sketchScratch) {
 	}
 	s.store(tmp, sc)
 	s.buf = s.buf[:0]
+}
+
+// sortKeys sorts keys in increasing order with two counting passes over
+// their bytes (the order alone matters, not how it is reached), using
+// scratch, which it returns grown to len(keys).
+func sortKeys(keys, scratch []int16) []int16 {
+	scratch = slices.Grow(scratch[:0], len(keys))[:len(keys)]
+	var lo, hi [257]int
+	for _, k := range keys {
+		u := uint16(k) ^ 0x8000 // in the order of k
+		lo[u&0xff+1]++
+		hi[u>>8+1]++
+	}
+	for i := 1; i < len(lo); i++ {
+		lo[i] += lo[i-1]
+		hi[i] += hi[i-1]
+	}
+	for _, k := range keys {
+		u := uint16(k) ^ 0x8000
+		scratch[lo[u&0xff]] = k
+		lo[u&0xff]++
+	}
+	for _, k := range scratch {
+		u := uint16(k) ^ 0x8000
+		keys[hi[u>>8]] = k
+		hi[u>>8]++
+	}
+	return scratch
 }
 
 // leadingEqual returns how many keys at the start of keys equal the first.

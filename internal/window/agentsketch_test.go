@@ -149,3 +149,12 @@ func TestPercentilesPastTheExactBound(t *testing.T) {
 		t.Fatalf("%d metrics", seen)
 	}
 }
+
+func TestSortKeys(t *testing.T) {
+	keys := []int16{5, -3, 32767, -32767, 0, 5, 1338, -1338, 256, 255, -256, 1}
+	want := slices.Sorted(slices.Values(keys))
+	sortKeys(keys, nil)
+	if !slices.Equal(keys, want) {
+		t.Fatalf("got %v, want %v", keys, want)
+	}
+}
