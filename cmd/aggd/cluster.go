@@ -76,6 +76,7 @@ func (c clusterFlags) validate() error {
 type clusterNode struct {
 	lis     net.Listener
 	fwd     *cluster.Forwarder
+	calls   *cluster.Calls
 	watcher *cluster.Watcher
 }
 
@@ -86,6 +87,15 @@ func (n *clusterNode) forwarder() service.Forwarder {
 		return nil
 	}
 	return n.fwd
+}
+
+// peerCalls returns the memory of the calls peers forwarded here; nil
+// when cluster mode is off.
+func (n *clusterNode) peerCalls() service.PeerCalls {
+	if n == nil {
+		return nil
+	}
+	return n.calls
 }
 
 // startCluster listens on the peer port, reads the member list and starts
@@ -153,12 +163,16 @@ func startCluster(ctx context.Context, cfg config, seeder service.Seeder, reg pr
 		Seeder: seeder,
 	}, m, log)
 	reg.MustRegister(fwd)
+	// A forward is sent again for up to --peer-forward-timeout after its
+	// first attempt: its owner remembers it twice that long.
+	calls := cluster.NewCalls(2*c.Timeout, 0)
+	reg.MustRegister(calls)
 	if err := w.Start(ctx); err != nil {
 		lis.Close()
 		return nil, err
 	}
 	log.Info("cluster mode", "peer", lis.Addr().String(), "self", self, "members", m.Latest().Ring.Members())
-	return &clusterNode{lis: lis, fwd: fwd, watcher: w}, nil
+	return &clusterNode{lis: lis, fwd: fwd, calls: calls, watcher: w}, nil
 }
 
 // shutdown stops watching members and closes the connections to peers.

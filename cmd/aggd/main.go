@@ -321,6 +321,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 	sc.Forwarder = node.forwarder()
+	sc.PeerCalls = node.peerCalls()
 	srv, err := service.New(sc)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,6 +97,11 @@ type Forwarder struct {
 
 	calls sync.Pool // *call
 
+	// run (drawn at start) and seq name each call, so that its owner
+	// applies a call sent again only once (Calls).
+	run uint64
+	seq atomic.Uint64
+
 	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds): owned here,
 	// acked by their owner, refused by their owner, not delivered.
 	local, acked, refused, undelivered [3]atomic.Uint64
@@ -108,7 +114,7 @@ type Forwarder struct {
 // NewForwarder returns a forwarder over m. cfg must be valid.
 func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 	cfg.setDefaults()
-	f := &Forwarder{cfg: cfg, m: m, log: log, conns: map[string]*grpc.ClientConn{}}
+	f := &Forwarder{cfg: cfg, m: m, log: log, conns: map[string]*grpc.ClientConn{}, run: rand.Uint64() | 1}
 	f.calls.New = func() any { return &call{groups: map[string]*group{}} }
 	f.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "aggd_cluster_forward_seconds", Help: "Time from sending a forwarded batch to its owner's ack, retries included.",
@@ -296,14 +302,8 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 		batch = protowire.AppendBytes(batch, g.item)
 	}
 	g.batch = batch
-	frame := protowire.AppendTag(g.frame[:0], 1, protowire.BytesType)
-	frame = protowire.AppendBytes(frame, batch)
-	frame = protowire.AppendTag(frame, 2, protowire.BytesType)
-	frame = protowire.AppendString(frame, o.Tenant.ID)
-	frame = protowire.AppendTag(frame, 3, protowire.VarintType)
-	frame = protowire.AppendVarint(frame, uint64(o.Now))
-	frame = protowire.AppendTag(frame, 4, protowire.VarintType)
-	frame = protowire.AppendVarint(frame, g.version)
+	call := codec.CallID{Replica: f.run, Sequence: f.seq.Add(1)}
+	frame := codec.AppendForward(g.frame[:0], batch, codec.Forward{Tenant: o.Tenant.ID, Now: o.Now, Call: call}, g.version)
 	if len(g.seeds) > 0 {
 		seeds := g.seedsB[:0]
 		for _, i := range g.seeds {
@@ -395,11 +395,12 @@ func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggd
 	start := time.Now()
 	backoff := f.cfg.InitialBackoff
 	for {
-		// One call waits for its owner as long as the forward may: a call
-		// cut short by a deadline of its own may have been applied, and
-		// sending it again would apply it twice. Calls are retried only
-		// when they failed (the owner unreachable, refusing for now, or
-		// its connection lost).
+		// One call waits for its owner as long as the forward may, and
+		// is sent again when it failed (the owner unreachable, refusing
+		// for now, or its connection lost). Every attempt carries the
+		// same name: an owner that applied the call answers a repeat
+		// with its first ack (Calls), so a call whose answer was lost
+		// is not applied twice.
 		resp := &aggdv1.ForwardResponse{}
 		err := conn.Invoke(ctx, forwardMethod, rawFrame(frame), resp)
 		if err == nil {

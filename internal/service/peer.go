@@ -199,6 +199,23 @@ func (o *Outgoing) appendTaken(items []journal.Item, results, spanResults []wind
 	return items
 }
 
+// CallID names one forwarded call.
+type CallID = codec.CallID
+
+// PeerCalls remembers the forwarded calls this replica applied, so that a
+// call its sender sends again is answered, not applied twice
+// (cluster.Calls).
+type PeerCalls interface {
+	// Begin returns the ack of call id if it was applied. Otherwise it
+	// returns nil and the caller applies the call, then calls End; while
+	// another attempt of the call is being applied, Begin waits for it,
+	// or for ctx.
+	Begin(ctx context.Context, id CallID) (*aggdv1.Ack, error)
+	// End ends the attempt Begin let through: ack is its answer, nil if
+	// it failed (the call is then not remembered).
+	End(id CallID, ack *aggdv1.Ack)
+}
+
 // RegisterPeer registers aggd.v1.PeerService on g, for the replicas of
 // one cluster: a call must carry `authorization: Bearer <token>`.
 func (s *Server) RegisterPeer(g *grpc.Server, token string) {
@@ -238,14 +255,34 @@ func (s *Server) forwarded(ctx context.Context, dec func(any) error, token strin
 	if err := dec(&st.frame); err != nil {
 		return nil, s.refuse(RefusedTooLarge, "", err)
 	}
-	id, now, err := forwardHeader(st.frame.Buf)
+	fw, err := codec.ParseForward(st.frame.Buf)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	tn, err := s.tenants.Get(id)
+	tn, err := s.tenants.Get(fw.Tenant)
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "forwarded batch of tenant %q: %v", id, err)
+		return nil, status.Errorf(codes.FailedPrecondition, "forwarded batch of tenant %q: %v", fw.Tenant, err)
 	}
+	if s.calls != nil && fw.Call != (codec.CallID{}) {
+		// A call sent again after this replica applied it is answered
+		// with its first ack; one still being applied is waited for.
+		ack, err := s.calls.Begin(ctx, fw.Call)
+		if err != nil {
+			return nil, err
+		}
+		if ack != nil {
+			return &aggdv1.ForwardResponse{Ack: ack}, nil
+		}
+		var resp *aggdv1.ForwardResponse
+		defer func() { s.calls.End(fw.Call, resp.GetAck()) }()
+		resp, err = s.applyForwarded(ctx, st, tn, fw.Now)
+		return resp, err
+	}
+	return s.applyForwarded(ctx, st, tn, fw.Now)
+}
+
+// applyForwarded logs and ingests the forwarded batch in st.
+func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.Tenant, now int64) (*aggdv1.ForwardResponse, error) {
 	if s.draining.Load() {
 		return nil, errDraining
 	}
@@ -271,6 +308,11 @@ func (s *Server) forwarded(ctx context.Context, dec func(any) error, token strin
 	st.batch.Now = now
 	if err := st.dec.DecodeSubmit(st.frame.Buf, &st.batch); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := ctx.Err(); err != nil {
+		// The forwarding replica gave up on this call and refuses its
+		// items to its client, which may send them again: take none.
+		return nil, status.FromContextError(err).Err()
 	}
 	if err := s.ingestLogged(ctx, st, journal.Submit); err != nil {
 		return nil, err
@@ -323,35 +365,4 @@ func forwardSeeds(buf []byte) []byte {
 		buf = buf[n:]
 	}
 	return nil
-}
-
-// forwardHeader reads the tenant and arrival time of a ForwardRequest.
-func forwardHeader(buf []byte) (tenant string, now int64, err error) {
-	for len(buf) > 0 {
-		num, typ, n := protowire.ConsumeTag(buf)
-		if n < 0 {
-			return "", 0, codec.MalformedError{What: "ForwardRequest"}
-		}
-		buf = buf[n:]
-		switch {
-		case num == 2 && typ == protowire.BytesType:
-			var v []byte
-			v, n = protowire.ConsumeBytes(buf)
-			tenant = string(v)
-		case num == 3 && typ == protowire.VarintType:
-			var v uint64
-			v, n = protowire.ConsumeVarint(buf)
-			now = int64(v)
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, buf)
-		}
-		if n < 0 {
-			return "", 0, codec.MalformedError{What: "ForwardRequest"}
-		}
-		buf = buf[n:]
-	}
-	if now == 0 {
-		return "", 0, codec.MalformedError{What: "ForwardRequest without arrival_unix_nano"}
-	}
-	return tenant, now, nil
 }

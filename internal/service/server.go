@@ -71,6 +71,9 @@ type Config struct {
 	// Forwarder, if set, takes the samples and spans other replicas own
 	// before the rest is ingested.
 	Forwarder Forwarder
+	// PeerCalls, if set, remembers the calls peers forwarded here, so
+	// that a retried one is not applied twice.
+	PeerCalls PeerCalls
 }
 
 // Validate reports a missing or out-of-range setting.
@@ -106,6 +109,7 @@ type Server struct {
 	inflight     atomic.Int64 // bytes reserved by requests being decoded
 	reserveWait  time.Duration
 	fwd          Forwarder
+	calls        PeerCalls
 	// streamBase and streams number the streams for the write-ahead
 	// log, uniquely across runs.
 	streamBase uint64
@@ -119,7 +123,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	lim := cmp.Or(cfg.Limits, codec.DefaultLimits())
 	s := &Server{ing: cfg.Ingest, tenants: cfg.Tenants, lim: lim, log: cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
-		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, reserveWait: defaultReserveWait}
+		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, calls: cfg.PeerCalls, reserveWait: defaultReserveWait}
 	s.states.New = func() any {
 		st := &callState{dec: codec.NewDecoder(lim)}
 		st.dec.Series = &st.series

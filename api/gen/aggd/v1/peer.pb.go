@@ -35,6 +35,14 @@ type ForwardRequest struct {
 	// membership_version is the version of the member list the sender chose
 	// the owner by.
 	MembershipVersion uint64 `protobuf:"varint,4,opt,name=membership_version,json=membershipVersion,proto3" json:"membership_version,omitempty"`
+	// replica_id (drawn at random when the sending replica starts) and
+	// sequence (counted from 1 by that run) name the call. A call sent again
+	// with the same name (a retry after a lost answer or a deadline) is
+	// answered with the ack of the first one, and not applied twice, for as
+	// long as the owner remembers the name (see README, Cluster mode).
+	// 0 names no call: it is applied every time.
+	ReplicaId uint64 `protobuf:"fixed64,5,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	Sequence  uint64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// seeds are RATE and MONOTONIC_COUNT samples of contexts the receiver
 	// owns under a later member list than their sender routed them by
 	// (their owner takes them in batch): the receiver keeps each as its
@@ -104,6 +112,20 @@ func (x *ForwardRequest) GetMembershipVersion() uint64 {
 	return 0
 }
 
+func (x *ForwardRequest) GetReplicaId() uint64 {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return 0
+}
+
+func (x *ForwardRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
 func (x *ForwardRequest) GetSeeds() *Batch {
 	if x != nil {
 		return x.Seeds
@@ -161,12 +183,15 @@ var File_aggd_v1_peer_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\xcf\x01\n" +
+	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\x8a\x02\n" +
 	"\x0eForwardRequest\x12$\n" +
 	"\x05batch\x18\x01 \x01(\v2\x0e.aggd.v1.BatchR\x05batch\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12*\n" +
 	"\x11arrival_unix_nano\x18\x03 \x01(\x03R\x0farrivalUnixNano\x12-\n" +
-	"\x12membership_version\x18\x04 \x01(\x04R\x11membershipVersion\x12$\n" +
+	"\x12membership_version\x18\x04 \x01(\x04R\x11membershipVersion\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x05 \x01(\x06R\treplicaId\x12\x1a\n" +
+	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12$\n" +
 	"\x05seeds\x18\a \x01(\v2\x0e.aggd.v1.BatchR\x05seeds\"1\n" +
 	"\x0fForwardResponse\x12\x1e\n" +
 	"\x03ack\x18\x01 \x01(\v2\f.aggd.v1.AckR\x03ack2K\n" +

@@ -1,0 +1,201 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// Calls answers a call applied before with its ack, lets a failed one be
+// applied again, makes a second attempt wait for one being applied, and
+// forgets a call after its time, or early when full.
+func TestCallsRemembersAppliedCalls(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		c := NewCalls(time.Minute, 3)
+		a, b := codec.CallID{Replica: 7, Sequence: 1}, codec.CallID{Replica: 7, Sequence: 2}
+		ack := &aggdv1.Ack{Accepted: 5}
+
+		if got, err := c.Begin(ctx, a); got != nil || err != nil {
+			t.Fatalf("first attempt: %v %v, want it let through", got, err)
+		}
+		// A second attempt while the first is applied waits for it.
+		second := make(chan *aggdv1.Ack)
+		go func() {
+			got, _ := c.Begin(ctx, a)
+			second <- got
+		}()
+		synctest.Wait()
+		select {
+		case got := <-second:
+			t.Fatalf("second attempt answered %v while the first was applied", got)
+		default:
+		}
+		c.End(a, ack)
+		if got := <-second; got != ack {
+			t.Fatalf("second attempt: %v, want the first's ack", got)
+		}
+
+		// A failed attempt is not remembered: the next one applies.
+		if got, _ := c.Begin(ctx, b); got != nil {
+			t.Fatal("b was not applied yet")
+		}
+		c.End(b, nil)
+		if got, _ := c.Begin(ctx, b); got != nil {
+			t.Fatalf("after a failure: %v, want b let through again", got)
+		}
+		c.End(b, &aggdv1.Ack{Accepted: 1})
+
+		// A wait ends with its caller's context.
+		d := codec.CallID{Replica: 8, Sequence: 1}
+		c.Begin(ctx, d)
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := c.Begin(wctx, d)
+		cancel()
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("waiting past the caller's deadline: %v", err)
+		}
+		c.End(d, &aggdv1.Ack{Accepted: 2})
+
+		// Three kept, the limit: a fourth call forgets the oldest early.
+		e := codec.CallID{Replica: 9, Sequence: 1}
+		c.Begin(ctx, e)
+		c.End(e, &aggdv1.Ack{})
+		if n := c.forgotten.Load(); n != 1 {
+			t.Fatalf("forgotten %d, want 1", n)
+		}
+		if got, _ := c.Begin(ctx, a); got != nil {
+			t.Fatal("a, forgotten early, is still answered")
+		}
+		c.End(a, ack)
+
+		// After its time, a call is forgotten.
+		time.Sleep(time.Minute + time.Second)
+		if got, _ := c.Begin(ctx, e); got != nil {
+			t.Fatal("e is still remembered after its time")
+		}
+		if n := c.repeated.Load(); n != 1 {
+			t.Errorf("repeated %d, want 1", n)
+		}
+	})
+}
+
+// cutter is a TCP proxy that can cut every connection through it.
+type cutter struct {
+	lis   net.Listener
+	to    string
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newCutter(tb testing.TB, to string) *cutter {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &cutter{lis: l, to: to}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			wg.Go(func() { io.Copy(s, c); s.Close() })
+			wg.Go(func() { io.Copy(c, s); c.Close() })
+		}
+	})
+	tb.Cleanup(func() { l.Close(); p.cut(); wg.Wait() })
+	return p
+}
+
+func (p *cutter) addr() string { return p.lis.Addr().String() }
+
+// cut closes every connection through p.
+func (p *cutter) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// A forward whose answer is lost (the connection cut after the owner took
+// the batch, before its ack left) is sent again under the same name: the
+// owner that remembers its calls answers with the first ack and takes the
+// samples once; one that does not takes them twice.
+func TestForwardRetriedAfterLostAnswerAppliesOnce(t *testing.T) {
+	const self = "127.0.0.1:1"
+	for _, tt := range []struct {
+		name     string
+		remember bool
+		want     int
+	}{
+		{name: "owner remembers calls", remember: true, want: 3},
+		{name: "owner without memory", remember: false, want: 6},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var proxy *cutter
+			var cuts atomic.Int32
+			owner := &servicetest.Recorder{Refuse: func(*window.Sample) window.Reason {
+				if cuts.Add(1) == 1 {
+					proxy.cut() // the ack of this batch never leaves
+				}
+				return window.Accepted
+			}}
+			calls := NewCalls(time.Minute, 0)
+			ownerAddr := servicetest.ServePeers(t, owner, token, func(cfg *service.Config) {
+				if tt.remember {
+					cfg.PeerCalls = calls
+				}
+			})
+			proxy = newCutter(t, ownerAddr)
+			m := NewMembership([]string{self, proxy.addr()}, int64(time.Second), int64(time.Hour))
+			fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second,
+				Timeout: time.Minute, InitialBackoff: 10 * time.Millisecond}, m, slog.New(slog.DiscardHandler))
+			defer fwd.Shutdown(context.Background())
+			entryAddr := replica(t, discard{}, fwd)
+
+			b := &aggdv1.Batch{}
+			for _, name := range ownedBy(m.Latest().Ring, proxy.addr(), 3) {
+				b.Samples = append(b.Samples, &aggdv1.Sample{Name: name, Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1})
+			}
+			if ack := submit(t, entryAddr, b); ack.GetAccepted() != 3 || ack.GetRejected() != 0 {
+				t.Fatalf("ack %v, want 3 accepted", ack)
+			}
+			if got := len(owner.Samples()); got != tt.want {
+				t.Errorf("owner took %d samples, want %d", got, tt.want)
+			}
+			if fwd.callsRetried.Load() == 0 {
+				t.Error("the call was not sent again")
+			}
+			if n := calls.repeated.Load(); tt.remember && n != 1 {
+				t.Errorf("repeated calls %d, want 1", n)
+			}
+		})
+	}
+}

@@ -1,0 +1,71 @@
+package codec
+
+import "google.golang.org/protobuf/encoding/protowire"
+
+// CallID names one forwarded call (aggd.v1.ForwardRequest's replica_id
+// and sequence); the zero CallID names none.
+type CallID struct{ Replica, Sequence uint64 }
+
+// Forward is what a ForwardRequest says besides its batch.
+type Forward struct {
+	Tenant string
+	// Now is the forwarding replica's arrival time, Unix nanoseconds.
+	Now  int64
+	Call CallID
+}
+
+// ParseForward reads a ForwardRequest's tenant, arrival time and name.
+func ParseForward(buf []byte) (Forward, error) {
+	var f Forward
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return Forward{}, MalformedError{What: "ForwardRequest"}
+		}
+		buf = buf[n:]
+		switch {
+		case num == 2 && typ == protowire.BytesType:
+			var v []byte
+			v, n = protowire.ConsumeBytes(buf)
+			f.Tenant = string(v)
+		case num == 3 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			f.Now = int64(v)
+		case num == 5 && typ == protowire.Fixed64Type:
+			f.Call.Replica, n = protowire.ConsumeFixed64(buf)
+		case num == 6 && typ == protowire.VarintType:
+			f.Call.Sequence, n = protowire.ConsumeVarint(buf)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, buf)
+		}
+		if n < 0 {
+			return Forward{}, MalformedError{What: "ForwardRequest"}
+		}
+		buf = buf[n:]
+	}
+	if f.Now == 0 {
+		return Forward{}, MalformedError{What: "ForwardRequest without arrival_unix_nano"}
+	}
+	return f, nil
+}
+
+// AppendForward appends a ForwardRequest of batch, an encoded aggd.v1
+// Batch, to b.
+func AppendForward(b, batch []byte, f Forward, membership uint64) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, batch)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendString(b, f.Tenant)
+	b = protowire.AppendTag(b, 3, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(f.Now))
+	b = protowire.AppendTag(b, 4, protowire.VarintType)
+	b = protowire.AppendVarint(b, membership)
+	if f.Call != (CallID{}) {
+		b = protowire.AppendTag(b, 5, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, f.Call.Replica)
+		b = protowire.AppendTag(b, 6, protowire.VarintType)
+		b = protowire.AppendVarint(b, f.Call.Sequence)
+	}
+	return b
+}
