@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/aggd/aggd/internal/window"
 )
@@ -28,6 +29,9 @@ type Aggregator struct {
 	// flush sends one point per overflow series and timestamp. Its lock is
 	// taken under a shard's, never the other way round.
 	over shard
+
+	// drained is the tick of the last drain, or of Resume.
+	drained atomic.Int64
 
 	mu     sync.Mutex // guards events and checks
 	events []window.Event
@@ -293,12 +297,26 @@ func (g *byShard) release() {
 // and its cutoff says a flush carried the bucket already, the sample goes
 // back into that flushed bucket, kept for late samples, and is not sent
 // again.
+//
+// A replayed sample without a timestamp goes to the bucket it went to
+// when it arrived: that of its arrival, or, when the drain before it was
+// taken in (b.Drained) had flushed that one already, the bucket open at
+// that drain (see window.Shard.Add).
 func (a *Aggregator) add(s *shard, smp *window.Sample, b *window.Batch) window.Reason {
-	if b.Cutoff != 0 && a.timing.BucketDue(smp.Timestamp, b.Now) <= b.Cutoff {
-		return s.sh.Restore(b.Tenant, smp, b.Now)
+	now := b.Now
+	if smp.Timestamp == 0 && b.Drained != 0 && a.timing.BucketDue(0, now) <= b.Drained {
+		now = b.Drained
 	}
-	return s.sh.Add(b.Tenant, smp, b.Now)
+	if b.Cutoff != 0 && a.timing.BucketDue(smp.Timestamp, now) <= b.Cutoff {
+		return s.sh.Restore(b.Tenant, smp, now)
+	}
+	return s.sh.Add(b.Tenant, smp, now)
 }
+
+// Drained returns the tick of the last drain, or of Resume: while a
+// journaled batch is taken in no drain runs (flush.WAL.Rotate), so every
+// shard has drained up to it and no further.
+func (a *Aggregator) Drained() int64 { return a.drained.Load() }
 
 // Resume tells every shard and the rules, before replay and before any
 // batch, that an earlier process flushed every bucket and rule window due
@@ -309,6 +327,7 @@ func (a *Aggregator) Resume(tick int64) {
 		s.sh.Resume(tick)
 		s.mu.Unlock()
 	}
+	a.noteDrain(tick)
 	if a.rules != nil {
 		a.rules.Resume(tick)
 	}
@@ -340,6 +359,7 @@ func (a *Aggregator) Contexts() int {
 // drain takes every bucket due at tick (all of them when final is set) and
 // the buffered events and checks. Each shard is locked only for its swap.
 func (a *Aggregator) drain(tick int64, final bool, f *window.Flush) {
+	a.noteDrain(tick)
 	for s := range a.all() {
 		s.mu.Lock()
 		f.Buckets = s.sh.Drain(tick, final, f.Buckets)
@@ -358,6 +378,16 @@ func (a *Aggregator) drain(tick int64, final bool, f *window.Flush) {
 	a.mu.Unlock()
 	if a.holder != nil {
 		f.Events = append(f.Events, a.holder.Release(tick, final)...)
+	}
+}
+
+// noteDrain moves Drained to tick, never back.
+func (a *Aggregator) noteDrain(tick int64) {
+	for {
+		d := a.drained.Load()
+		if tick <= d || a.drained.CompareAndSwap(d, tick) {
+			return
+		}
 	}
 }
 

@@ -103,8 +103,10 @@ type Flusher struct {
 // flushes have carried (journal.Journal).
 type WAL interface {
 	// Rotate returns the last generation of records whose batches are in
-	// the windows; the flusher calls it before draining them.
-	Rotate() (uint64, error)
+	// the windows, and calls drain, which drains them, before any other
+	// batch is taken in: a batch either was in the windows drain took and
+	// its record in a generation up to the one returned, or neither.
+	Rotate(drain func()) (uint64, error)
 	// Record notes that the flush of tick, drained after Rotate returned
 	// gen, was exported; final says it was the final flush, which drained
 	// everything.
@@ -174,13 +176,15 @@ func (fl *Flusher) flush(ctx context.Context, tick time.Time, final bool) {
 	f := &fl.f
 	f.Time = tick.UnixNano()
 	var gen uint64
+	drain := func() { fl.agg.drain(f.Time, final, f) }
 	if fl.cfg.WAL != nil {
 		var err error
-		if gen, err = fl.cfg.WAL.Rotate(); err != nil {
+		if gen, err = fl.cfg.WAL.Rotate(drain); err != nil {
 			fl.log.Error("write-ahead log rotation", "err", err)
 		}
+	} else {
+		drain()
 	}
-	fl.agg.drain(f.Time, final, f)
 	for _, tn := range fl.tenants.List() {
 		tn.EventsInWindow.Store(0) // a new window of events_per_window
 		if n := items(tn); n != fl.seen[tn] {

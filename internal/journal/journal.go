@@ -29,6 +29,10 @@ type Tenants interface {
 type Ingester interface {
 	Ingest(b *window.Batch)
 	Resume(tick int64)
+	// Drained returns the tick of the last drain of the windows (or of
+	// Resume): records keep it, since an untimed sample stamped before it
+	// went to the bucket open after it.
+	Drained() int64
 }
 
 // SpanReplayer takes replayed spans (spans.Processor): their stats, except
@@ -100,10 +104,11 @@ func New(cfg Config) (*Journal, error) {
 }
 
 // Rotate ends the log's current generation once every batch Take is
-// ingesting has been recorded, and returns its id: every record of
-// generations up to it is in the windows. The flusher calls it before it
-// drains them (flush.WAL).
-func (j *Journal) Rotate() (uint64, error) { return j.cfg.Log.Rotate() }
+// ingesting has been recorded, calls drain, which drains the windows,
+// before Take lets any batch in again, and returns the generation's id:
+// every record of generations up to it was in the windows the drain
+// took, and none after it (flush.WAL).
+func (j *Journal) Rotate(drain func()) (uint64, error) { return j.cfg.Log.Rotate(drain) }
 
 // Record notes that the flush of tick, drained after Rotate returned gen,
 // has its payloads safely queued: the records it carried go, except those
@@ -169,7 +174,9 @@ func (j *Journal) Take(e *Entry, ingest func() bool) error {
 // lacks must be in its own generation, since generations are removed
 // whole, oldest first.
 func (j *Journal) append(e *Entry) (uint64, error) {
-	now := e.Record.Now
+	// No drain runs between Enter and Leave.
+	now, drained := e.Record.Now, j.cfg.Ingest.Drained()
+	e.Record.Drained = drained
 	var smp []window.Sample
 	var results []window.Reason
 	if e.Batch != nil {
@@ -191,16 +198,18 @@ func (j *Journal) append(e *Entry) (uint64, error) {
 		if len(batch) == 0 {
 			return 0, nil
 		}
-		rec := AppendSubmit(make([]byte, 0, len(batch)+len(e.Record.Tenant)+24), e.Record.Tenant, now, batch)
-		return j.cfg.Log.Append(rec, j.Due(now, smp, results, e.Spans, e.SpanResults, false, false))
+		rec := AppendSubmit(make([]byte, 0, len(batch)+len(e.Record.Tenant)+32), e.Record.Tenant, now, drained, batch)
+		return j.cfg.Log.Append(rec, j.Due(max(now, drained), smp, results, e.Spans, e.SpanResults, false, false))
 	}
 	if e.Series != nil {
 		e.Record.Defs = e.Series.LogDefinitions(j.cfg.Log.Generation(), smp)
 	}
 	e.buf = AppendRecord(e.buf[:0], e.Record)
-	due := j.Due(now, smp, results, e.Spans, e.SpanResults, false, false)
+	// An untimed sample stamped before the last drain went to a bucket
+	// open after it: its due tick is no earlier than that bucket's.
+	due := j.Due(max(now, drained), smp, results, e.Spans, e.SpanResults, false, false)
 	if e.Batch != nil {
-		due = j.BatchDue(e.Batch, e.Spans, e.SpanResults)
+		due = max(due, j.BatchDue(e.Batch, e.Spans, e.SpanResults))
 	}
 	idx, err := j.cfg.Log.Append(e.buf, due)
 	if err != nil && e.Series != nil {

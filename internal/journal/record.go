@@ -19,10 +19,12 @@ const (
 )
 
 // The first byte of every record is its version. Version 2 adds the
-// stream and the series definitions; version 1 records are still read.
+// stream and the series definitions, version 3 the tick of the last
+// drain; records of versions 1 and 2 are still read.
 const (
 	version1 byte = 1
-	version  byte = 2
+	version2 byte = 2
+	version  byte = 3
 )
 
 // Record is one batch as the log keeps it: the request frame as it came,
@@ -41,6 +43,10 @@ type Record struct {
 	// earlier records of the same generation do not hold: an aggd.v1
 	// Batch of declaring Samples (see codec.Series).
 	Defs []byte
+	// Drained is the tick of the last drain of the windows when the batch
+	// was taken in (Ingester.Drained), 0 when unknown: samples without a
+	// timestamp stamped before it went to the bucket open after it.
+	Drained int64
 	// Frame is the request message.
 	Frame []byte
 }
@@ -64,19 +70,22 @@ func AppendRecord(b []byte, r Record) []byte {
 	}
 	b = protowire.AppendVarint(b, r.Stream)
 	b = protowire.AppendBytes(b, r.Defs)
+	b = protowire.AppendVarint(b, uint64(r.Drained))
 	return append(b, r.Frame...)
 }
 
 // AppendSubmit appends batch, an aggd.v1 Batch message, to b as the frame of a
-// Submit record of tenant at now with nothing refused: how items that came
-// in another protocol are logged.
-func AppendSubmit(b []byte, tenant string, now int64, batch []byte) []byte {
+// Submit record of tenant at now, taken in after the drain at drained,
+// with nothing refused: how items that came in another protocol are
+// logged.
+func AppendSubmit(b []byte, tenant string, now, drained int64, batch []byte) []byte {
 	b = append(b, version, byte(Submit))
 	b = protowire.AppendString(b, tenant)
 	b = protowire.AppendVarint(b, uint64(now))
 	b = protowire.AppendVarint(b, 0) // nothing refused
 	b = protowire.AppendVarint(b, 0) // no stream
 	b = protowire.AppendBytes(b, nil)
+	b = protowire.AppendVarint(b, uint64(drained))
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	return protowire.AppendBytes(b, batch)
 }
@@ -85,7 +94,7 @@ var errRecord = codec.MalformedError{What: "write-ahead log record"}
 
 // ParseRecord reads a record. Its Frame is a view into rec.
 func ParseRecord(rec []byte) (Record, error) {
-	if len(rec) < 2 || (rec[0] != version && rec[0] != version1) || (Kind(rec[1]) != Stream && Kind(rec[1]) != Submit) {
+	if len(rec) < 2 || rec[0] < version1 || rec[0] > version || (Kind(rec[1]) != Stream && Kind(rec[1]) != Submit) {
 		return Record{}, errors.New("journal: write-ahead log record of an unknown version or kind")
 	}
 	r := Record{Kind: Kind(rec[1])}
@@ -121,7 +130,7 @@ func ParseRecord(rec []byte) (Record, error) {
 		p = p[n1+n2:]
 		r.Refused = append(r.Refused, Item{Kind: aggdv1.ItemKind(k), Index: i})
 	}
-	if rec[0] == version {
+	if rec[0] >= version2 {
 		st, n := protowire.ConsumeVarint(p)
 		if n < 0 {
 			return Record{}, errRecord
@@ -136,6 +145,14 @@ func ParseRecord(rec []byte) (Record, error) {
 		if len(defs) > 0 {
 			r.Defs = defs
 		}
+	}
+	if rec[0] >= version {
+		drained, n := protowire.ConsumeVarint(p)
+		if n < 0 {
+			return Record{}, errRecord
+		}
+		p = p[n:]
+		r.Drained = int64(drained)
 	}
 	r.Frame = p
 	return r, nil

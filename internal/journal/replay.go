@@ -64,7 +64,7 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 	d, b := j.dec, &j.batch
 	d.Reset(b)
 	d.ForTenant(tn)
-	b.Tenant, b.Now = tn, r.Now
+	b.Tenant, b.Now, b.Drained = tn, r.Now, r.Drained
 	d.Series = j.seriesOf(r.Stream)
 	if err := d.DecodeDefinitions(r.Defs, tn); err != nil {
 		return 0, fmt.Errorf("journal: write-ahead log record: %w", err)

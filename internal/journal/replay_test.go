@@ -39,6 +39,7 @@ type ingestNothing struct{}
 
 func (ingestNothing) Ingest(*window.Batch) {}
 func (ingestNothing) Resume(int64)         {}
+func (ingestNothing) Drained() int64       { return 0 }
 
 // FuzzReplay feeds write-ahead log records, real ones and whatever the
 // fuzzer makes of them, to replay: a record it cannot read is an error,
@@ -80,6 +81,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		{Kind: journal.Stream, Tenant: "acme", Now: 1_700_000_000_000_000_000, Frame: []byte{0x08, 0x07}},
 		{Kind: journal.Submit, Tenant: "", Now: 1, Refused: []journal.Item{{Kind: aggdv1.ItemKind_ITEM_KIND_SPAN, Index: 3}, {Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: 0}}, Frame: []byte{}},
 		{Kind: journal.Stream, Tenant: "acme", Now: 2, Stream: 1<<40 | 7, Defs: []byte{0x0a, 0x02, 0x50, 0x03}, Frame: []byte{0x08, 0x01}},
+		{Kind: journal.Stream, Tenant: "acme", Now: 1_700_000_009_000_000_000, Drained: 1_700_000_010_000_000_000, Frame: []byte{0x08, 0x01}},
 	} {
 		got, err := journal.ParseRecord(journal.AppendRecord(nil, r))
 		if err != nil {
@@ -94,9 +96,14 @@ func TestRecordRoundTrip(t *testing.T) {
 	if got, err := journal.ParseRecord(v1); err != nil || got.Tenant != "acme" || got.Now != 9 || got.Stream != 0 || got.Defs != nil || string(got.Frame) != "\x08\x07" {
 		t.Fatalf("version 1 record: %+v, %v", got, err)
 	}
-	sub := journal.AppendSubmit(nil, "t", 5, []byte{0x0a, 0x00})
+	// One of version 2, before the last drain's tick, still reads.
+	v2 := []byte{2, byte(journal.Stream), 4, 'a', 'c', 'm', 'e', 9, 0, 7, 0, 0x08, 0x07}
+	if got, err := journal.ParseRecord(v2); err != nil || got.Tenant != "acme" || got.Now != 9 || got.Stream != 7 || got.Drained != 0 || string(got.Frame) != "\x08\x07" {
+		t.Fatalf("version 2 record: %+v, %v", got, err)
+	}
+	sub := journal.AppendSubmit(nil, "t", 5, 6, []byte{0x0a, 0x00})
 	got, err := journal.ParseRecord(sub)
-	if err != nil || got.Kind != journal.Submit || got.Tenant != "t" || got.Now != 5 || len(got.Refused) != 0 || string(got.Frame) != "\x0a\x02\x0a\x00" {
+	if err != nil || got.Kind != journal.Submit || got.Tenant != "t" || got.Now != 5 || got.Drained != 6 || len(got.Refused) != 0 || string(got.Frame) != "\x0a\x02\x0a\x00" {
 		t.Fatalf("submit record: %+v, %v", got, err)
 	}
 }

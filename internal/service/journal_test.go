@@ -365,7 +365,7 @@ func TestSeriesRefsAreJournaledPerGeneration(t *testing.T) {
 		decl = append(decl, &aggdv1.Sample{Name: "r", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, Tags: []string{fmt.Sprintf("ref:%d", r)}, SeriesRef: r})
 	}
 	send(1, append(decl, byRef(1, 2)...))
-	if _, err := j.log.Rotate(); err != nil {
+	if _, err := j.log.Rotate(nil); err != nil {
 		t.Fatal(err)
 	}
 	send(2, append(byRef(1, 3), &aggdv1.Sample{Name: "plain", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1}))

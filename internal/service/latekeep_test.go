@@ -3,8 +3,12 @@ package service_test
 import (
 	"context"
 	"log/slog"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/metadata"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/flush"
@@ -162,5 +166,160 @@ func TestOpenBucketSurvivesACleanStop(t *testing.T) {
 		if v := holds(name); v != 3 {
 			t.Errorf("intake holds %s = %v at the bucket, want 3 (%v)", name, v, intake.Series())
 		}
+	}
+}
+
+// alignToInterval waits, when the wall clock is within 2 s of the next
+// multiple of 10 s, for that boundary, so that the samples a test sends
+// arrive in one interval bucket. Were the clock to cross anyway, the
+// untimed samples of the test would go to the later bucket by arrival,
+// and the test would pass without testing what it means to.
+func alignToInterval() time.Time {
+	now := time.Now()
+	if next := now.Truncate(10 * time.Second).Add(10 * time.Second); next.Sub(now) < 2*time.Second {
+		time.Sleep(next.Sub(now))
+	}
+	return time.Now()
+}
+
+// TestUntimedSampleReplaysIntoItsBucket: a sample without a timestamp
+// that arrives in one interval but is taken in after the tick that
+// drained that interval's bucket goes to the bucket open then, and is
+// flushed with it. After a crash, replay must restore it there, not in
+// its arrival's bucket one interval earlier: late samples for both
+// buckets then send corrections that hold exactly what was sent for each.
+func TestUntimedSampleReplaysIntoItsBucket(t *testing.T) {
+	dir := t.TempDir()
+	intake := upstreamtest.NewDatadogIntake(t)
+	flushOnce := flushInto(t, intake)
+	start := alignToInterval().Truncate(10 * time.Second) // the bucket of every arrival below
+	tick := start.Add(10 * time.Second)                   // drains it
+	at := func(d time.Duration) *aggdv1.Sample {
+		return &aggdv1.Sample{Name: "c", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, TimestampUnixNano: start.Add(d).UnixNano()}
+	}
+	with := func(s *aggdv1.Sample, v float64) *aggdv1.Sample { s.Value = v; return s }
+
+	j := startJournaled(t, dir, false, nil)
+	if ack := j.submit(t, &aggdv1.Batch{Samples: []*aggdv1.Sample{with(at(time.Second), 1)}}); ack.Rejected != 0 {
+		t.Fatalf("first batch: %v", ack)
+	}
+	flushOnce(j.agg, tick, j.log, false) // start: c = 1
+	// Arrives before tick, by the wall clock, and is taken in after it:
+	// the untimed 10 goes to the next bucket, with the timestamped 100.
+	untimed := &aggdv1.Sample{Name: "c", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 10}
+	if ack := j.submit(t, &aggdv1.Batch{Samples: []*aggdv1.Sample{untimed, with(at(11*time.Second), 100)}}); ack.Rejected != 0 {
+		t.Fatalf("second batch: %v", ack)
+	}
+	flushOnce(j.agg, tick.Add(10*time.Second), j.log, false) // start+10s: c = 110, and a checkpoint covering the batch
+
+	k := startJournaled(t, dir, false, nil) // kill -9
+	if err := k.jnl.Replay(); err != nil {
+		t.Fatal(err)
+	}
+	if ack := k.submit(t, &aggdv1.Batch{Samples: []*aggdv1.Sample{with(at(2*time.Second), 1000), with(at(12*time.Second), 1000)}}); ack.Rejected != 0 {
+		t.Fatalf("late after the restart: %v", ack)
+	}
+	flushOnce(k.agg, tick.Add(20*time.Second), nil, false)
+	if err := intake.Err(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[int64]float64{}
+	for _, p := range intake.Series() {
+		if p.Metric == "c" {
+			got[p.TS] = p.Held()
+		}
+	}
+	first, second := start.Unix(), start.Add(10*time.Second).Unix()
+	if got[first] != 1001 || got[second] != 1110 {
+		t.Errorf("intake holds c = %v at the first bucket and %v at the second, want 1001 and 1110 (all: %v)", got[first], got[second], got)
+	}
+}
+
+// drainHook is a flush.WAL that runs during in the flush's drain, after
+// the log's rotation.
+type drainHook struct {
+	flush.WAL
+	during func()
+}
+
+func (h drainHook) Rotate(drain func()) (uint64, error) {
+	return h.WAL.Rotate(func() { h.during(); drain() })
+}
+
+// TestBatchDuringAFlushCountsOnce sends a batch while a flush drains,
+// after the log's rotation, and crashes before the next checkpoint. The
+// batch must wait for the drain: had it gone in between, the flush would
+// have sent it while its record lies after the checkpoint, and replay
+// would send its untimed sample a second time, one bucket later.
+func TestBatchDuringAFlushCountsOnce(t *testing.T) {
+	dir := t.TempDir()
+	intake := upstreamtest.NewDatadogIntake(t)
+	flushOnce := flushInto(t, intake)
+	start := alignToInterval().Truncate(10 * time.Second)
+	tick := start.Add(10 * time.Second)
+
+	j := startJournaled(t, dir, false, nil)
+	untimed := func(v float64) *aggdv1.Batch {
+		return &aggdv1.Batch{Samples: []*aggdv1.Sample{{Name: "c", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: v}}}
+	}
+	if ack := j.submit(t, untimed(1)); ack.Rejected != 0 {
+		t.Fatalf("first batch: %v", ack)
+	}
+	type result struct {
+		resp *aggdv1.SubmitResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	acked := false
+	flushOnce(j.agg, tick, drainHook{WAL: j.log, during: func() {
+		go func() {
+			ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tenant-id", "acme")
+			resp, err := j.client.Submit(ctx, &aggdv1.SubmitRequest{Batch: untimed(10)})
+			done <- result{resp, err}
+		}()
+		// Either the batch waits for the drain, or it is taken in before
+		// the drain: which one, the intake tells below.
+		acked = blockedOrDone(done)
+	}}, false)
+	if r := <-done; r.err != nil || r.resp.Ack.Rejected != 0 {
+		t.Fatalf("batch during the flush: %v %v", r.resp, r.err)
+	}
+	t.Logf("the batch sent during the drain was acked before the drain ended: %v", acked)
+
+	k := startJournaled(t, dir, false, nil) // kill -9 before the next checkpoint
+	if err := k.jnl.Replay(); err != nil {
+		t.Fatal(err)
+	}
+	flushOnce(k.agg, tick.Add(10*time.Second), nil, false)
+	if err := intake.Err(); err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, p := range intake.Series() {
+		if p.Metric == "c" {
+			total += p.Held()
+		}
+	}
+	if total != 11 {
+		t.Errorf("intake holds c = %v over its buckets, want 11, each sample once (%v)", total, intake.Series())
+	}
+}
+
+// blockedOrDone waits until the batch being submitted is either acked
+// (done is ready: true) or held out of the log's bracket, blocked in
+// wal.(*Log).Enter (false).
+func blockedOrDone[T any](done chan T) bool {
+	buf := make([]byte, 1<<20)
+	for {
+		if len(done) > 0 {
+			return true
+		}
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			if strings.Contains(g, "[sync.RWMutex.RLock") && strings.Contains(g, "wal.(*Log).Enter") {
+				return false
+			}
+		}
+		runtime.Gosched()
 	}
 }

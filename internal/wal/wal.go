@@ -389,24 +389,29 @@ func (l *Log) Wait(seq uint64) error {
 
 // Rotate ends the current generation, once every batch between Enter and
 // Leave has left, and returns its id: every record of generations up to
-// it is in the windows. The flusher calls it before it drains them.
-func (l *Log) Rotate() (uint64, error) {
+// it is in the windows. The flusher calls it with drain, which drains the
+// windows (nil: nothing to drain): no batch enters until drain returns,
+// so a record of a later generation was taken into the windows after the
+// drain, never between the rotation and the drain, where the flush would
+// carry it while its checkpoint does not cover it.
+func (l *Log) Rotate(drain func()) (uint64, error) {
 	l.gate.Lock()
 	l.mu.Lock()
 	old := l.cur
-	if old.n == 0 {
-		l.mu.Unlock()
-		l.gate.Unlock()
-		return old.id - 1, nil
-	}
-	err := l.startGeneration(old.id + 1)
-	if err == nil {
-		l.closed = append(l.closed, old)
-		l.dirty = append(l.dirty, old)
+	rotated := old.n != 0
+	var err error
+	if rotated {
+		if err = l.startGeneration(old.id + 1); err == nil {
+			l.closed = append(l.closed, old)
+			l.dirty = append(l.dirty, old)
+		}
 	}
 	l.mu.Unlock()
+	if drain != nil {
+		drain()
+	}
 	l.gate.Unlock()
-	if err != nil {
+	if !rotated || err != nil {
 		return old.id - 1, err
 	}
 	// Closing syncs the generation: the flusher waits for it, not ingest.

@@ -70,7 +70,7 @@ func replayAll(t *testing.T, l *wal.Log) (got []string, flushed, skipped int) {
 
 func rotate(t *testing.T, l *wal.Log) uint64 {
 	t.Helper()
-	g, err := l.Rotate()
+	g, err := l.Rotate(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +375,7 @@ func TestConcurrentAppendsShareSyncs(t *testing.T) {
 				return
 			default:
 			}
-			g, err := l.Rotate()
+			g, err := l.Rotate(nil)
 			if err == nil {
 				err = l.Record(g, 0, false)
 			}

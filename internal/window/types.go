@@ -310,6 +310,11 @@ type Batch struct {
 	// already sent: aggregation rules take them again (in windows after
 	// Cutoff), and they are not sent again.
 	EventsFlushed bool
+	// Drained is set on a replayed batch: the tick of the last drain
+	// before it was first taken in (zero: not known). A sample without a
+	// timestamp whose arrival's bucket that drain had flushed went to the
+	// bucket open then, and goes there again.
+	Drained int64
 }
 
 // Reset empties b, keeping its capacity.
@@ -318,6 +323,7 @@ func (b *Batch) Reset() {
 	b.Now = 0
 	b.Cutoff = 0
 	b.EventsFlushed = false
+	b.Drained = 0
 	b.Samples = b.Samples[:0]
 	b.Results = b.Results[:0]
 	clear(b.Events)
