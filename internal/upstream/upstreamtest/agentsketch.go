@@ -36,6 +36,7 @@ func AgentSketchCases(path string) ([]AgentSketchCase, error) {
 		"decades 0…149999":         {DecadeSamples(0, 150_000), nil},
 		"weighted":                 {weightedSamples(), nil},
 		"heavy":                    {heavySamples(), nil},
+		"rates 1, 0.5, 0.1, 0.01":  {rateSamples(), nil},
 		"merge decades 0…59999 with 60000…109999":  {DecadeSamples(0, 60_000), DecadeSamples(60_000, 50_000)},
 		"merge decades 0…59999 with 200000…200699": {DecadeSamples(0, 60_000), DecadeSamples(200_000, 700)},
 	}
@@ -142,6 +143,18 @@ func heavySamples() []AgentSample {
 		if i%10 == 0 {
 			out = append(out, AgentSample{float64(i), 1})
 		}
+	}
+	return out
+}
+
+// rateSamples returns 0.37·i, i = 1 … 2000, at sample rates 1, 0.5, 0.1
+// and 0.01 in turn: rates whose inverse is whole, which the Agent and aggd
+// count alike.
+func rateSamples() []AgentSample {
+	rates := []float64{1, 0.5, 0.1, 0.01}
+	out := make([]AgentSample, 0, 2000)
+	for i := 1; i <= 2000; i++ {
+		out = append(out, AgentSample{float64(i) * 0.37, rates[i%4]})
 	}
 	return out
 }
