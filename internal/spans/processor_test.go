@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggd/aggd/internal/cputime"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
@@ -64,6 +65,7 @@ rate = 0.1
 	res := make([]window.Reason, len(batch))
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := cputime.Process()
 	for i := 0; i < b.N; i++ {
 		for j := range batch {
 			tr := i*100 + j/5
@@ -79,6 +81,7 @@ rate = 0.1
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/span")
+	b.ReportMetric(float64(cputime.Process()-cpu)/float64(b.N*len(batch)), "cpu-ns/span")
 }
 
 // TestMemoryPerHeldSpan reports the heap held per span waiting for its

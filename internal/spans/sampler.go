@@ -87,7 +87,32 @@ type samplerShard struct {
 	traces  map[key]*heldTrace
 	decided map[key]decision
 	pending []Trace // kept spans to export at the next Advance
+	// quiet finds the held traces that may have gone quiet: each is under
+	// the second of its arrival, moved on lazily when Advance finds that
+	// later spans came. Advance reads only the seconds at least data_ttl
+	// old, not every held trace.
+	quiet map[int64][]heldRef
+	// expiry lists the decisions in the order they were made, for
+	// Advance to forget the old ones without reading the others.
+	expiry     []decidedRef
+	expiryHead int
 }
+
+// heldRef is a held trace as the quiet wheel lists it.
+type heldRef struct {
+	k  key
+	tr *heldTrace
+}
+
+// decidedRef is a decision as the expiry queue lists it: at tells a
+// decision made again later, listed again, from this one.
+type decidedRef struct {
+	k  key
+	at int64
+}
+
+// second is the quiet wheel's slot of arrival time t.
+func second(t int64) int64 { return t / int64(time.Second) }
 
 // Sampler holds spans by trace and decides traces with a Policy. It is safe
 // for concurrent use. Without a policy every span is kept at once.
@@ -107,6 +132,7 @@ func NewSampler(p *Policy, lim Limits) *Sampler {
 	for i := range s.shards {
 		s.shards[i].traces = map[key]*heldTrace{}
 		s.shards[i].decided = map[key]decision{}
+		s.shards[i].quiet = map[int64][]heldRef{}
 	}
 	s.policy.Store(p)
 	return s
@@ -224,6 +250,8 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 		}
 		tr = &heldTrace{}
 		sh.traces[k] = tr
+		sec := second(now)
+		sh.quiet[sec] = append(sh.quiet[sec], heldRef{k, tr})
 		s.C.HeldTraces.Add(1)
 	}
 	own := sp.Own()
@@ -288,8 +316,61 @@ func (s *Sampler) decideLocked(sh *samplerShard, p *Policy, k key, tr *heldTrace
 			s.decided.Add(1)
 		}
 		sh.decided[k] = decision{keep: keep, at: now}
+		sh.expiry = append(sh.expiry, decidedRef{k, now})
 	} else {
 		s.C.early(DecisionsDropped)
+	}
+}
+
+// decideQuietLocked decides the traces of sh quiet for ttl at now: those
+// listed under the seconds ttl old, unless later spans came, which lists
+// them under the second of their last.
+func (s *Sampler) decideQuietLocked(sh *samplerShard, p *Policy, now, ttl int64) {
+	var due []int64
+	for sec := range sh.quiet {
+		if now-sec*int64(time.Second) >= ttl { // else even its first arrival is not ttl old
+			due = append(due, sec)
+		}
+	}
+	for _, sec := range due {
+		refs := sh.quiet[sec]
+		delete(sh.quiet, sec)
+		for _, r := range refs {
+			switch tr := r.tr; {
+			case sh.traces[r.k] != tr:
+				// Decided already (a bound); a trace held now under
+				// its id is listed by itself.
+			case now-tr.last >= ttl:
+				s.releaseLocked(sh, r.k, tr)
+				s.decideLocked(sh, p, r.k, tr, now)
+			default:
+				last := second(tr.last)
+				sh.quiet[last] = append(sh.quiet[last], r)
+			}
+		}
+	}
+}
+
+// forgetDecisionsLocked forgets the decisions of sh older than the
+// decision TTL at now, oldest first.
+func (s *Sampler) forgetDecisionsLocked(sh *samplerShard, now int64) {
+	ttl := int64(s.lim.DecisionTTL)
+	for sh.expiryHead < len(sh.expiry) {
+		r := sh.expiry[sh.expiryHead]
+		if now-r.at <= ttl {
+			break
+		}
+		sh.expiry[sh.expiryHead] = decidedRef{}
+		sh.expiryHead++
+		if d, ok := sh.decided[r.k]; ok && d.at == r.at {
+			delete(sh.decided, r.k)
+			s.decided.Add(-1)
+		}
+	}
+	if sh.expiryHead > len(sh.expiry)/2 {
+		n := copy(sh.expiry, sh.expiry[sh.expiryHead:])
+		clear(sh.expiry[n:])
+		sh.expiry, sh.expiryHead = sh.expiry[:n], 0
 	}
 }
 
@@ -368,21 +449,17 @@ func (s *Sampler) Advance(now int64, final bool) []Trace {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, tr := range sh.traces {
-			if final || now-tr.last >= ttl {
-				if final {
-					s.C.early(EarlyShutdown)
-				}
+		if final {
+			for k, tr := range sh.traces {
+				s.C.early(EarlyShutdown)
 				s.releaseLocked(sh, k, tr)
 				s.decideLocked(sh, p, k, tr, now)
 			}
+			clear(sh.quiet)
+		} else {
+			s.decideQuietLocked(sh, p, now, ttl)
 		}
-		for k, d := range sh.decided {
-			if now-d.at > int64(s.lim.DecisionTTL) {
-				delete(sh.decided, k)
-				s.decided.Add(-1)
-			}
-		}
+		s.forgetDecisionsLocked(sh, now)
 		out = append(out, sh.pending...)
 		clear(sh.pending)
 		sh.pending = sh.pending[:0]

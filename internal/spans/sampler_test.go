@@ -373,6 +373,68 @@ func TestHoldUntilQuietThenDecide(t *testing.T) {
 	}
 }
 
+// TestDecidedWhenQuiet checks that a trace is decided at the first
+// Advance at least data_ttl after its last span, to the nanosecond, however
+// long its spans keep coming, and a decision forgotten at the first
+// Advance more than the decision TTL after it was made.
+func TestDecidedWhenQuiet(t *testing.T) {
+	const ms = int64(time.Millisecond)
+	p := mustPolicy(t, "[trace]\ndata_ttl = \"5s\"\n[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"probabilistic\"\nrate = 1\n")
+	lim := DefaultLimits()
+	lim.DecisionTTL = 30 * time.Second
+	for _, c := range []struct {
+		name     string
+		arrivals []int64 // of the trace's spans, ms
+		before   int64   // an Advance that must not decide it, ms
+		at       int64   // the Advance that decides it, ms
+	}{
+		{"one span", []int64{200}, 5199, 5200},
+		{"late in its second", []int64{200, 3700}, 8699, 8700},
+		{"spans for longer than the TTL", []int64{200, 1200, 2200, 3200, 4200, 5200, 6200, 7200, 8200, 9200, 10200}, 15199, 15200},
+		{"a gap just under the TTL", []int64{0, 4999}, 9998, 9999},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := NewSampler(p, lim)
+			tn := window.NewTenant("t")
+			id := traceID(7)
+			// Advances every second, as the runner makes them, while the
+			// spans arrive.
+			next := int64(1000)
+			for i, a := range c.arrivals {
+				for ; next <= a; next += 1000 {
+					if out := s.Advance(next*ms, false); len(out) != 0 {
+						t.Fatalf("decided at %d ms, before span %d", next, i)
+					}
+				}
+				span := sp(id, byte(i+1), nil)
+				s.Add(tn, &span, a*ms)
+			}
+			if out := s.Advance(c.before*ms, false); len(out) != 0 {
+				t.Fatalf("decided at %d ms", c.before)
+			}
+			out := s.Advance(c.at*ms, false)
+			if len(out) != 1 || len(out[0].Spans) != len(c.arrivals) {
+				t.Fatalf("at %d ms: %+v, want the trace's %d spans", c.at, out, len(c.arrivals))
+			}
+			// The decision holds for late spans until its TTL has passed.
+			late := sp(id, 100, nil)
+			s.Add(tn, &late, c.at*ms+1)
+			s.Advance(c.at*ms+int64(lim.DecisionTTL), false)
+			if s.C.LateKept.Load() != 1 || s.decided.Load() != 1 {
+				t.Fatalf("late kept %d, decisions %d", s.C.LateKept.Load(), s.decided.Load())
+			}
+			s.Advance(c.at*ms+int64(lim.DecisionTTL)+1, false)
+			if s.decided.Load() != 0 {
+				t.Fatalf("%d decisions past their TTL", s.decided.Load())
+			}
+			again := sp(id, 101, nil)
+			if s.Add(tn, &again, c.at*ms+int64(lim.DecisionTTL)+2); s.C.HeldTraces.Load() != 1 {
+				t.Fatal("a span after the decision's TTL is not held anew")
+			}
+		})
+	}
+}
+
 func TestBoundsDecideEarly(t *testing.T) {
 	keepAll := mustPolicy(t, "[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"condition\"\naction = \"keep\"\ncondition = \"{ 1 = 1 }\"")
 	tn := window.NewTenant("t")
