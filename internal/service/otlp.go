@@ -284,9 +284,12 @@ func (pb *pointBatch) addTags(host *string, attrs []otlpwire.KeyValue, keep func
 // appendAttrIdentity appends what identifies attrs as a set: each key and
 // its typed value, in key order.
 func (pb *pointBatch) appendAttrIdentity(b []byte, attrs []otlpwire.KeyValue) []byte {
-	byKey := func(a, b otlpwire.KeyValue) int { return strings.Compare(a.Key, b.Key) }
-	if !slices.IsSortedFunc(attrs, byKey) {
-		slices.SortFunc(attrs, byKey) // the decoder's slice, read only here and for tags
+	for i := 1; i < len(attrs); i++ { // usually sorted already: checked without copying them
+		if attrs[i].Key < attrs[i-1].Key {
+			// The decoder's slice, read only here and for tags.
+			slices.SortFunc(attrs, func(a, b otlpwire.KeyValue) int { return strings.Compare(a.Key, b.Key) })
+			break
+		}
 	}
 	b = protowire.AppendVarint(b, uint64(len(attrs)))
 	for i := range attrs {
