@@ -175,13 +175,9 @@ func startCluster(ctx context.Context, cfg config, seeder service.Seeder, reg pr
 	return &clusterNode{lis: lis, fwd: fwd, calls: calls, watcher: w}, nil
 }
 
-// shutdown stops watching members and closes the connections to peers.
-func (n *clusterNode) shutdown() {
-	if n == nil {
-		return
-	}
-	n.watcher.Shutdown(context.Background())
-	n.fwd.Shutdown(context.Background())
+// Shutdown stops watching members and closes the connections to peers.
+func (n *clusterNode) Shutdown(ctx context.Context) error {
+	return errors.Join(n.watcher.Shutdown(ctx), n.fwd.Shutdown(ctx))
 }
 
 // peerTLS returns the credentials of forwards: the peers' certificates

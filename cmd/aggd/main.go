@@ -95,6 +95,9 @@ func main() {
 
 // run builds aggd from args and the environment, serves until ctx is done,
 // then shuts down in order. ready, if set, is told the bound addresses.
+// It only wires: the parts are built by their constructors (the helpers
+// below), started, and stopped by one run group in the order of
+// STYLE.md's shutdown; every Start, Shutdown and Close error is returned.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(grpcAddr, adminAddr string)) (err error) {
 	build := telemetry.BuildInfo()
 	if slices.ContainsFunc(args, func(a string) bool { return a == "--version" || a == "-version" }) {
@@ -113,114 +116,67 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := newLogger(cfg, stderr)
 
-	var tenantCfgs []configpkg.Tenant
-	if cfg.TenantsFile != "" {
-		if tenantCfgs, err = configpkg.LoadTenants(cfg.TenantsFile, getenv); err != nil {
-			return err
-		}
-	}
-	tenants, err := service.NewTenants(configpkg.ServiceTenants(tenantCfgs), cfg.TenantsFile != "", cfg.MaxTenants)
+	tenantCfgs, tenants, err := loadTenants(cfg, getenv)
 	if err != nil {
-		return fmt.Errorf("tenants file: %w", err)
+		return err
 	}
-
 	tracer, stopTracing, err := newTracer(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer stopTracing()
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), telemetry.NewTenantCollector(tenants, cfg.MetricsMaxTenants))
 	telemetry.RegisterBuildInfo(reg, build)
 
-	spoolDir := ""
-	if cfg.WALDir != "" {
-		spoolDir = filepath.Join(cfg.WALDir, "queue")
-	}
 	router, upstreamFile, closeUpstreams, err := buildUpstreams(cfg, getenv, tenantCfgs, configpkg.Shared{
 		Histogram: cfg.Histogram, SketchPercentiles: cfg.SketchPct, Metrics: telemetry.NewSendMetrics(reg), Log: log, Stdout: stdout, InstanceID: instanceID(cfg),
-		Tracer: tracer, SpoolDir: spoolDir, SpoolMaxBytes: cfg.QueueMaxBytes,
+		Tracer: tracer, SpoolDir: spoolDir(cfg), SpoolMaxBytes: cfg.QueueMaxBytes,
 	})
+	if err != nil {
+		return errors.Join(err, stopTracing(context.Background()))
+	}
+	defer func() { err = errors.Join(err, closeUpstreams()) }()
+	walLog, err := openWAL(cfg, reg, router)
 	if err != nil {
 		return err
 	}
-	defer closeUpstreams()
-	var walLog *wal.Log
-	if cfg.WALDir != "" {
-		sync, _ := wal.ParseSync(cfg.WALFsync)
-		if walLog, err = wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync}); err != nil {
-			return err
-		}
+	if walLog != nil {
 		defer func() { err = errors.Join(err, walLog.Close()) }() // fsyncs
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
-			func() float64 { return float64(walLog.Stats().Records) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_bytes", Help: "Bytes of the records in the write-ahead log (compressed, as written)."},
-				func() float64 { return float64(walLog.Stats().Bytes) }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aggd_wal_damaged_records_total", Help: "Write-ahead log records replay skipped because they failed their checksum."},
-				func() float64 { return float64(walLog.Stats().Damaged) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_send_queue_full", Help: "1 while some upstream's send queue on disk is at --queue-max-bytes: flushes wait and batches are refused."},
-				func() float64 { return b2f(router.Full()) }))
 	}
+	// Payloads a crash left queued are sent again once the router starts.
 	if err := router.Start(ctx); err != nil {
 		return err
 	}
 
+	ruleEngine, policy, err := loadRulesAndPolicy(cfg)
+	if err != nil {
+		return err
+	}
+	sampler := spans.NewSampler(policy, cfg.Sampling)
+	groups := spans.NewGroupSampler(policy, spans.MaxHeldEvents)
+	reg.MustRegister(telemetry.NewSamplerCollector(&sampler.C))
+	aggCfg := flush.AggregatorConfig{Window: cfg.Window, Shards: cfg.Shards, Events: groups}
+	var spanObserver spans.Observer
+	if ruleEngine != nil {
+		aggCfg.Rules, spanObserver = ruleEngine, ruleEngine
+	}
+	agg := flush.NewAggregator(aggCfg)
+	proc := spans.NewProcessor(agg, sampler, spanObserver)
+	jnl, err := newJournal(cfg, walLog, policy, agg, tenants, proc, log)
+	if err != nil {
+		return err
+	}
 	flushCfg := flush.Config{
 		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
 		Observer: telemetry.NewFlushMetrics(reg), Tracer: tracer,
 	}
-
-	var ruleEngine *rules.Engine
-	reloadMetrics := telemetry.NewReloadMetrics(reg)
-	var watchers []*configpkg.Watcher
-	if cfg.RulesFile != "" {
-		set, err := rules.Load(cfg.RulesFile)
-		if err != nil {
-			return err
-		}
-		ruleEngine = rules.NewEngine(set, flush.ShardCount(cfg.Shards), cfg.Window)
-		watchers = append(watchers, configpkg.NewWatcher(cfg.RulesFile, cfg.RulesReload, func() error {
-			set, err := rules.Load(cfg.RulesFile)
-			if err == nil {
-				ruleEngine.SetRules(set)
-			}
-			return err
-		}, reloadMetrics.Observer("rules"), log))
-	}
-
-	var policy *spans.Policy
-	if cfg.SamplingFile != "" {
-		if policy, err = spans.LoadPolicy(cfg.SamplingFile); err != nil {
-			return err
-		}
-	}
-	sampler := spans.NewSampler(policy, cfg.Sampling)
-	groups := spans.NewGroupSampler(policy, spans.MaxHeldEvents)
-	aggCfg := flush.AggregatorConfig{Window: cfg.Window, Shards: cfg.Shards, Events: groups}
-	if ruleEngine != nil {
-		aggCfg.Rules = ruleEngine
-	}
-	agg := flush.NewAggregator(aggCfg)
-	var spanObserver spans.Observer
-	if ruleEngine != nil {
-		spanObserver = ruleEngine
-	}
-	proc := spans.NewProcessor(agg, sampler, spanObserver)
-	var jnl *journal.Journal
-	if walLog != nil {
-		eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
-		if jnl, err = journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold, LateWindow: cfg.Window.LateWindow,
-			Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Logger: log}); err != nil {
-			return err
-		}
+	if jnl != nil {
 		flushCfg.WAL = jnl
 	}
 	flusher, err := flush.NewFlusher(agg, router, tenants, flushCfg, log)
 	if err != nil {
 		return err
 	}
-	reg.MustRegister(telemetry.NewSamplerCollector(&sampler.C))
 	traceRunner, err := spans.NewRunner(spans.RunnerConfig{Sampler: sampler, Exporter: router, Timeout: cfg.Window.Interval, Logger: log})
 	if err != nil {
 		return err
@@ -228,91 +184,37 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := traceRunner.Start(ctx); err != nil {
 		return err
 	}
-	if cfg.SamplingFile != "" {
-		watchers = append(watchers, configpkg.NewWatcher(cfg.SamplingFile, cfg.SamplingReload, func() error {
-			p, err := spans.LoadPolicy(cfg.SamplingFile)
-			if err == nil {
-				sampler.SetPolicy(p)
-				groups.SetPolicy(p)
-			}
-			return err
-		}, reloadMetrics.Observer("sampling"), log))
+	reloads := newReloader(cfg, ruleEngine, sampler, groups, telemetry.NewReloadMetrics(reg), log)
+	if err := reloads.Start(ctx); err != nil {
+		return err
 	}
-	if len(watchers) > 0 {
-		for _, w := range watchers {
-			if err := w.Start(ctx); err != nil {
-				return err
-			}
-		}
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		go func() {
-			for {
-				select {
-				case <-hup:
-					for _, w := range watchers {
-						w.Reload()
-					}
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
-	}
-
-	var guard *overload.Guard
-	if cfg.MemoryLimit > 0 {
-		prev := debug.SetMemoryLimit(int64(cfg.MemoryLimit / 10 * 8)) // the GC works hard before traffic slows
-		defer debug.SetMemoryLimit(prev)
-		guard = overload.New(cfg.MemoryLimit, 100*time.Millisecond, nil)
+	guard := newGuard(cfg, reg)
+	if guard != nil {
 		if err := guard.Start(ctx); err != nil {
 			return err
 		}
-		defer func() { err = errors.Join(err, guard.Shutdown(context.Background())) }()
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_used_bytes", Help: "Memory the Go runtime holds, as the memory budget counts it."},
-			func() float64 { return float64(guard.Used()) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_pressure", Help: "0 normal, 1 over 80 % of --memory-limit (streams slow), 2 over 95 % (batches refused)."},
-				func() float64 { return float64(guard.Level()) }))
 	}
-	// Memory pressure, and a full send queue on disk, push back on ingest.
-	var load overload.Leveler
-	switch {
-	case walLog != nil:
-		load = overload.Pushback{Memory: guard, Full: router.Full}
-	case guard != nil:
-		load = guard
-	}
+	load := loadLevel(walLog != nil, guard.overload(), router)
 	node, err := startCluster(ctx, cfg, agg, reg, log)
 	if err != nil {
 		return err
 	}
-	defer node.shutdown()
-	var dsd *dogstatsd.Server
-	if cfg.DogStatsD.UDP != "" || cfg.DogStatsD.Socket != "" {
-		tn, err := tenants.Get(cfg.DogStatsDTenant)
-		if err != nil {
-			return fmt.Errorf("dogstatsd tenant: %w", err)
-		}
-		dc := cfg.DogStatsD
-		dc.Limits, dc.Load = cfg.Limits, load
-		var ing dogstatsd.Ingester = agg
-		if fwd := node.forwarder(); fwd != nil {
-			ing = &service.Routed{Forwarder: fwd, Ingester: agg}
-		}
-		if dsd, err = dogstatsd.New(dc, tn, ing, log); err != nil {
-			return err
-		}
+	dsd, err := newDogStatsD(cfg, tenants, agg, node, load, log)
+	if err != nil {
+		return err
+	}
+	if dsd != nil {
 		if err := dsd.Start(ctx); err != nil {
 			return err
 		}
-		reg.MustRegister(telemetry.NewDogStatsDCollector(dsd, tn.ID))
-		log.Info("dogstatsd listening", "addrs", dsd.Addrs(), "tenant", tn.ID)
+		reg.MustRegister(telemetry.NewDogStatsDCollector(dsd, cfg.DogStatsDTenant))
+		log.Info("dogstatsd listening", "addrs", dsd.Addrs(), "tenant", cfg.DogStatsDTenant)
 	}
 
-	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge, Load: load}
-	if guard != nil {
-		sc.Memory = guard
+	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge, Load: load,
+		Forwarder: node.forwarder(), PeerCalls: node.peerCalls()}
+	if g := guard.overload(); g != nil {
+		sc.Memory = g
 	}
 	if jnl != nil {
 		sc.Journal = jnl
@@ -320,16 +222,436 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 	}
-	sc.Forwarder = node.forwarder()
-	sc.PeerCalls = node.peerCalls()
 	srv, err := service.New(sc)
 	if err != nil {
 		return err
 	}
 	reg.MustRegister(telemetry.NewRefusalCollector(srv))
-	tlsOpt, err := serverTLS(cfg)
+	gs, hs, otlp, err := newGRPCServer(cfg, reg, srv)
 	if err != nil {
 		return err
+	}
+	srv.RegisterAdmin(gs, service.AdminConfig{
+		Token:    cfg.AdminToken,
+		Contexts: agg,
+		Queues:   service.RouterQueues(router),
+		Config:   func() string { return effectiveConfig(cfg, upstreamFile, tenantCfgs) },
+		Rules:    service.EngineRules(ruleEngine),
+	})
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	admin, err := listenHTTP(cfg.AdminListen, metricsMux(reg))
+	if err != nil {
+		return errors.Join(err, lis.Close())
+	}
+	pprofSrv, err := listenHTTP(cfg.PprofListen, pprofMux())
+	if err != nil {
+		return errors.Join(err, lis.Close(), admin.close())
+	}
+	otlpHTTP, err := listenHTTP(cfg.OTLPHTTPListen, otlp.Handler(cfg.MaxRecvMsgSize))
+	if err != nil {
+		return errors.Join(err, lis.Close(), admin.close(), pprofSrv.close())
+	}
+	if otlpHTTP != nil {
+		log.Info("OTLP/HTTP serving", "addr", otlpHTTP.addr())
+	}
+	if err := flusher.Start(ctx); err != nil {
+		return err
+	}
+
+	// Serve until ctx is done or the gRPC server fails, then stop in the
+	// order the actors are added: run.Group interrupts them one after the
+	// other. Every stop's error is returned.
+	var (
+		g          rungroup.Group
+		stopErrs   []error
+		stopCtx    = context.Background() // the shutdown timeout's, from the gRPC stop on
+		cancelStop = func() {}
+		start      time.Time
+	)
+	defer func() { cancelStop() }()
+	// stops adds an actor that waits until it is interrupted, then stops
+	// a part, its error kept for the return.
+	stops := func(stop func() error) {
+		done := make(chan struct{})
+		g.Add(func() error { <-done; return nil }, func(error) { stopErrs = append(stopErrs, stop()); close(done) })
+	}
+	// serves adds an actor serving an HTTP server until it is
+	// interrupted; a failure to serve is logged, as it stops none of
+	// the rest.
+	serves := func(h *httpServer, what string, stop func() error) {
+		if h == nil {
+			return
+		}
+		g.Add(func() error {
+			if err := h.serve(); err != nil {
+				log.Error(what+" stopped", "err", err)
+			}
+			return nil
+		}, func(error) { stopErrs = append(stopErrs, stop()) })
+	}
+	signalled := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-ctx.Done():
+		case <-signalled:
+		}
+		return nil
+	}, func(error) { close(signalled) })
+	stops(func() error { return reloads.Shutdown(context.Background()) })
+	if dsd != nil {
+		stops(func() error { return dsd.Shutdown(context.Background()) })
+	}
+	// Stop taking OTLP/HTTP before the final flush.
+	serves(otlpHTTP, "OTLP/HTTP server", func() error { otlpHTTP.drain(cfg.DrainTimeout, log); return nil })
+	g.Add(func() error {
+		if err := gs.Serve(lis); err != nil {
+			log.Error("grpc server stopped", "err", err)
+			return err
+		}
+		return nil
+	}, func(error) {
+		start = time.Now()
+		stopCtx, cancelStop = context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		log.Info("shutting down")
+		drain(cfg, log, hs, srv, gs)
+	})
+	if node != nil {
+		// The peer port is served by the same gRPC server: its drain and
+		// stop above end this too. Nothing forwards once it has stopped.
+		g.Add(func() error { return gs.Serve(node.lis) }, func(error) {})
+		stops(func() error { return node.Shutdown(stopCtx) })
+	}
+	stops(func() error { return traceRunner.Shutdown(stopCtx) })
+	stops(func() error { return flusher.Shutdown(stopCtx) })
+	stops(func() error {
+		err := router.Shutdown(stopCtx)
+		if err != nil {
+			log.Error("send queues not drained", "err", err)
+		}
+		return err
+	})
+	// aggd's own traces, the flushes' and sends' among them, go last.
+	stops(func() error { return stopTracing(stopCtx) })
+	serves(admin, "admin server", func() error { return admin.srv.Shutdown(stopCtx) })
+	serves(pprofSrv, "pprof server", pprofSrv.close)
+	if guard != nil {
+		stops(func() error { return guard.Shutdown(stopCtx) })
+	}
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(aggdv1.AggregatorService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	memory := "off"
+	if cfg.MemoryLimit > 0 {
+		memory = fmt.Sprintf("%d bytes (%.0f MiB)", cfg.MemoryLimit, float64(cfg.MemoryLimit)/(1<<20))
+	}
+	wal := "off (in memory only)"
+	if cfg.WALDir != "" {
+		wal = fmt.Sprintf("%s (fsync %s)", cfg.WALDir, cfg.WALFsync)
+	}
+	log.Info("aggd serving", "version", build.Version, "grpc", lis.Addr().String(), "admin", admin.addr(), "interval", cfg.Window.Interval,
+		"upstreams", describeUpstreams(upstreamFile), "wal", wal, "memory_limit", memory,
+		"auth", cfg.TenantsFile != "", "tenants_file", cfg.TenantsFile, "watched", reloads.paths())
+	if ready != nil {
+		ready(lis.Addr().String(), admin.addr())
+	}
+
+	serveErr := g.Run()
+	err = errors.Join(stopErrs...)
+	log.Info("stopped", "took", time.Since(start), "err", err)
+	return errors.Join(serveErr, err)
+}
+
+// buildUpstreams makes the upstreams of the configuration file, or the
+// JSON-lines upstream of --output without one, and the router over them.
+func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.Tenant, sh configpkg.Shared) (*upstream.Router, *configpkg.File, func() error, error) {
+	file := &configpkg.File{Upstreams: []configpkg.Upstream{{Name: "jsonlines", Type: "jsonlines", Path: cfg.Output}}}
+	if cfg.ConfigFile != "" {
+		var err error
+		if file, err = configpkg.Load(cfg.ConfigFile, getenv); err != nil {
+			return nil, nil, nil, err
+		}
+		if len(file.Upstreams) == 0 {
+			return nil, nil, nil, fmt.Errorf("%s defines no [[upstream]]", cfg.ConfigFile)
+		}
+	}
+	var ups []upstream.Upstream
+	var closers []func() error
+	closeAll := func() error {
+		var errs []error
+		for _, c := range closers {
+			errs = append(errs, c())
+		}
+		return errors.Join(errs...)
+	}
+	defaults := file.DefaultUpstreams
+	for _, u := range file.Upstreams {
+		built, closer, err := u.Build(sh)
+		if err != nil {
+			return nil, nil, nil, errors.Join(err, closeAll())
+		}
+		ups = append(ups, built)
+		closers = append(closers, closer)
+		if len(file.DefaultUpstreams) == 0 {
+			defaults = append(defaults, u.Name)
+		}
+	}
+	routes, err := configpkg.Routes(tenants)
+	if err == nil {
+		var r *upstream.Router
+		if r, err = upstream.NewRouter(ups, defaults, routes); err == nil {
+			return r, file, closeAll, nil
+		}
+	}
+	return nil, nil, nil, errors.Join(err, closeAll())
+}
+
+// loadTenants reads the tenants file, if any, and returns its tenants and
+// the edge's tenants built from them.
+func loadTenants(cfg config, getenv func(string) string) ([]configpkg.Tenant, *service.Tenants, error) {
+	var tenantCfgs []configpkg.Tenant
+	if cfg.TenantsFile != "" {
+		var err error
+		if tenantCfgs, err = configpkg.LoadTenants(cfg.TenantsFile, getenv); err != nil {
+			return nil, nil, err
+		}
+	}
+	tenants, err := service.NewTenants(configpkg.ServiceTenants(tenantCfgs), cfg.TenantsFile != "", cfg.MaxTenants)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tenants file: %w", err)
+	}
+	return tenantCfgs, tenants, nil
+}
+
+// spoolDir is where the upstreams' send queues are kept on disk: under
+// --wal-dir, and nowhere (in memory) without it.
+func spoolDir(cfg config) string {
+	if cfg.WALDir == "" {
+		return ""
+	}
+	return filepath.Join(cfg.WALDir, "queue")
+}
+
+// openWAL opens the write-ahead log under --wal-dir, nil without it, and
+// registers its metrics and the send queue's.
+func openWAL(cfg config, reg prometheus.Registerer, router *upstream.Router) (*wal.Log, error) {
+	if cfg.WALDir == "" {
+		return nil, nil
+	}
+	sync, _ := wal.ParseSync(cfg.WALFsync)
+	walLog, err := wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync})
+	if err != nil {
+		return nil, err
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
+		func() float64 { return float64(walLog.Stats().Records) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_bytes", Help: "Bytes of the records in the write-ahead log (compressed, as written)."},
+			func() float64 { return float64(walLog.Stats().Bytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aggd_wal_damaged_records_total", Help: "Write-ahead log records replay skipped because they failed their checksum."},
+			func() float64 { return float64(walLog.Stats().Damaged) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_send_queue_full", Help: "1 while some upstream's send queue on disk is at --queue-max-bytes: flushes wait and batches are refused."},
+			func() float64 { return b2f(router.Full()) }))
+	return walLog, nil
+}
+
+// loadRulesAndPolicy reads the aggregation rules and the sampling policy
+// files; each is nil when its file is not set.
+func loadRulesAndPolicy(cfg config) (*rules.Engine, *spans.Policy, error) {
+	var engine *rules.Engine
+	if cfg.RulesFile != "" {
+		set, err := rules.Load(cfg.RulesFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		engine = rules.NewEngine(set, flush.ShardCount(cfg.Shards), cfg.Window)
+	}
+	var policy *spans.Policy
+	if cfg.SamplingFile != "" {
+		var err error
+		if policy, err = spans.LoadPolicy(cfg.SamplingFile); err != nil {
+			return nil, nil, err
+		}
+	}
+	return engine, policy, nil
+}
+
+// newJournal returns the journal over walLog, nil without one.
+func newJournal(cfg config, walLog *wal.Log, policy *spans.Policy, agg *flush.Aggregator, tenants *service.Tenants, proc *spans.Processor, log *slog.Logger) (*journal.Journal, error) {
+	if walLog == nil {
+		return nil, nil
+	}
+	eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
+	return journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold, LateWindow: cfg.Window.LateWindow,
+		Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Logger: log})
+}
+
+// reloader watches the rules and sampling files and reads them again on
+// SIGHUP too.
+type reloader struct {
+	watchers   []*configpkg.Watcher
+	hup        chan os.Signal
+	stop, done chan struct{}
+}
+
+// newReloader returns the reloader of the rules file into engine and of
+// the sampling file into sampler and groups; either file may be unset.
+func newReloader(cfg config, engine *rules.Engine, sampler *spans.Sampler, groups *spans.GroupSampler, m *telemetry.ReloadMetrics, log *slog.Logger) *reloader {
+	r := &reloader{hup: make(chan os.Signal, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	if cfg.RulesFile != "" {
+		r.watchers = append(r.watchers, configpkg.NewWatcher(cfg.RulesFile, cfg.RulesReload, func() error {
+			set, err := rules.Load(cfg.RulesFile)
+			if err == nil {
+				engine.SetRules(set)
+			}
+			return err
+		}, m.Observer("rules"), log))
+	}
+	if cfg.SamplingFile != "" {
+		r.watchers = append(r.watchers, configpkg.NewWatcher(cfg.SamplingFile, cfg.SamplingReload, func() error {
+			p, err := spans.LoadPolicy(cfg.SamplingFile)
+			if err == nil {
+				sampler.SetPolicy(p)
+				groups.SetPolicy(p)
+			}
+			return err
+		}, m.Observer("sampling"), log))
+	}
+	return r
+}
+
+// Start starts the watchers and, when there are any, takes SIGHUP.
+func (r *reloader) Start(ctx context.Context) error {
+	if len(r.watchers) == 0 {
+		close(r.done)
+		return nil
+	}
+	for _, w := range r.watchers {
+		if err := w.Start(ctx); err != nil {
+			close(r.done)
+			return err
+		}
+	}
+	signal.Notify(r.hup, syscall.SIGHUP)
+	go func() {
+		defer close(r.done)
+		for {
+			select {
+			case <-r.hup:
+				for _, w := range r.watchers {
+					w.Reload()
+				}
+			case <-r.stop:
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// Shutdown stops taking SIGHUP and stops the watchers.
+func (r *reloader) Shutdown(ctx context.Context) error {
+	signal.Stop(r.hup)
+	close(r.stop)
+	<-r.done
+	var errs []error
+	for _, w := range r.watchers {
+		errs = append(errs, w.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// paths returns the files watched.
+func (r *reloader) paths() []string {
+	var out []string
+	for _, w := range r.watchers {
+		out = append(out, w.Path())
+	}
+	return out
+}
+
+// memoryGuard is the guard of --memory-limit; while it runs, the Go
+// runtime's soft memory limit is 80 % of it, so that the GC works hard
+// before traffic slows.
+type memoryGuard struct {
+	guard       *overload.Guard
+	limit, prev int64
+}
+
+// newGuard returns the memory guard, nil without --memory-limit, and
+// registers its metrics.
+func newGuard(cfg config, reg prometheus.Registerer) *memoryGuard {
+	if cfg.MemoryLimit == 0 {
+		return nil
+	}
+	g := &memoryGuard{guard: overload.New(cfg.MemoryLimit, 100*time.Millisecond, nil), limit: int64(cfg.MemoryLimit / 10 * 8)}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_used_bytes", Help: "Memory the Go runtime holds, as the memory budget counts it."},
+		func() float64 { return float64(g.guard.Used()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_memory_pressure", Help: "0 normal, 1 over 80 % of --memory-limit (streams slow), 2 over 95 % (batches refused)."},
+			func() float64 { return float64(g.guard.Level()) }))
+	return g
+}
+
+// Start sets the runtime's memory limit and starts the guard.
+func (g *memoryGuard) Start(ctx context.Context) error {
+	g.prev = debug.SetMemoryLimit(g.limit)
+	return g.guard.Start(ctx)
+}
+
+// Shutdown stops the guard and restores the runtime's memory limit.
+func (g *memoryGuard) Shutdown(ctx context.Context) error {
+	err := g.guard.Shutdown(ctx)
+	debug.SetMemoryLimit(g.prev)
+	return err
+}
+
+// overload returns the guard; nil on a nil memoryGuard.
+func (g *memoryGuard) overload() *overload.Guard {
+	if g == nil {
+		return nil
+	}
+	return g.guard
+}
+
+// loadLevel is what pushes back on ingest: memory pressure and, with a
+// write-ahead log (send queues on disk), a full send queue; nil for
+// neither.
+func loadLevel(wal bool, guard *overload.Guard, router *upstream.Router) overload.Leveler {
+	switch {
+	case wal:
+		return overload.Pushback{Memory: guard, Full: router.Full}
+	case guard != nil:
+		return guard
+	}
+	return nil
+}
+
+// newDogStatsD returns the DogStatsD server, nil when it listens nowhere.
+// In cluster mode what other replicas own goes to them.
+func newDogStatsD(cfg config, tenants *service.Tenants, agg *flush.Aggregator, node *clusterNode, load overload.Leveler, log *slog.Logger) (*dogstatsd.Server, error) {
+	if cfg.DogStatsD.UDP == "" && cfg.DogStatsD.Socket == "" {
+		return nil, nil
+	}
+	tn, err := tenants.Get(cfg.DogStatsDTenant)
+	if err != nil {
+		return nil, fmt.Errorf("dogstatsd tenant: %w", err)
+	}
+	dc := cfg.DogStatsD
+	dc.Limits, dc.Load = cfg.Limits, load
+	var ing dogstatsd.Ingester = agg
+	if fwd := node.forwarder(); fwd != nil {
+		ing = &service.Routed{Forwarder: fwd, Ingester: agg}
+	}
+	return dogstatsd.New(dc, tn, ing, log)
+}
+
+// newGRPCServer returns the gRPC server with srv's services, OTLP's,
+// health and reflection registered, and srv's OTLP receiver; the admin
+// service is registered by the caller.
+func newGRPCServer(cfg config, reg prometheus.Registerer, srv *service.Server) (*grpc.Server, *health.Server, *service.OTLP, error) {
+	tlsOpt, err := serverTLS(cfg)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(grpcMetrics)
@@ -353,192 +675,75 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv.RegisterPeer(gs, cfg.Cluster.Token)
 	otlp := srv.NewOTLP(cfg.OTLP)
 	otlp.Register(gs)
-	srv.RegisterAdmin(gs, service.AdminConfig{
-		Token:    cfg.AdminToken,
-		Contexts: agg,
-		Queues:   service.RouterQueues(router),
-		Config:   func() string { return effectiveConfig(cfg, upstreamFile, tenantCfgs) },
-		Rules:    service.EngineRules(ruleEngine),
-	})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	// Series from the start for every method the interceptors count: not
 	// for Stream, which they skip and would leave at zero.
 	grpcMetrics.InitializeMetrics(exceptMethod{gs, aggdv1.AggregatorService_Stream_FullMethodName})
-
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return err
-	}
-	var admin *http.Server
-	adminAddr := ""
-	if cfg.AdminListen != "" {
-		alis, err := net.Listen("tcp", cfg.AdminListen)
-		if err != nil {
-			lis.Close()
-			return err
-		}
-		adminAddr = alis.Addr().String()
-		admin = &http.Server{Handler: metricsMux(reg), ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("admin server stopped", "err", err)
-			}
-		}()
-	}
-
-	if cfg.PprofListen != "" {
-		plis, err := net.Listen("tcp", cfg.PprofListen)
-		if err != nil {
-			lis.Close()
-			return err
-		}
-		pprofSrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
-		go pprofSrv.Serve(plis)
-		defer pprofSrv.Close()
-	}
-
-	stopOTLPHTTP := func() {}
-	if cfg.OTLPHTTPListen != "" {
-		if stopOTLPHTTP, err = serveOTLPHTTP(cfg.OTLPHTTPListen, otlp.Handler(cfg.MaxRecvMsgSize), cfg.DrainTimeout, log); err != nil {
-			lis.Close()
-			return err
-		}
-	}
-	if err := flusher.Start(ctx); err != nil {
-		return err
-	}
-	// Serve until ctx is done or the gRPC server fails, then stop in the
-	// order the actors are added: run.Group interrupts them one after the
-	// other. Every stop's error is returned.
-	var (
-		g          rungroup.Group
-		stopErrs   []error
-		stopCtx    = context.Background() // the shutdown timeout's, from the gRPC stop on
-		cancelStop = func() {}
-		start      time.Time
-	)
-	defer func() { cancelStop() }()
-	stopped := func(err error) { stopErrs = append(stopErrs, err) }
-	untilStopped := func(stop func()) (func() error, func(error)) {
-		done := make(chan struct{})
-		return func() error { <-done; return nil }, func(error) { stop(); close(done) }
-	}
-	signalled := make(chan struct{})
-	g.Add(func() error {
-		select {
-		case <-ctx.Done():
-		case <-signalled:
-		}
-		return nil
-	}, func(error) { close(signalled) })
-	g.Add(untilStopped(func() {
-		for _, w := range watchers {
-			stopped(w.Shutdown(context.Background()))
-		}
-	}))
-	if dsd != nil {
-		g.Add(untilStopped(func() { stopped(dsd.Shutdown(context.Background())) }))
-	}
-	g.Add(untilStopped(stopOTLPHTTP)) // stop taking OTLP/HTTP before the final flush
-	g.Add(func() error {
-		if err := gs.Serve(lis); err != nil {
-			log.Error("grpc server stopped", "err", err)
-			return err
-		}
-		return nil
-	}, func(error) {
-		start = time.Now()
-		stopCtx, cancelStop = context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		log.Info("shutting down")
-		drain(cfg, log, hs, srv, gs)
-	})
-	if node != nil {
-		// The peer port is served by the same gRPC server: its drain and
-		// stop above end this too.
-		g.Add(func() error { return gs.Serve(node.lis) }, func(error) {})
-	}
-	g.Add(untilStopped(func() { stopped(traceRunner.Shutdown(stopCtx)) }))
-	g.Add(untilStopped(func() { stopped(flusher.Shutdown(stopCtx)) }))
-	g.Add(untilStopped(func() {
-		if err := router.Shutdown(stopCtx); err != nil {
-			log.Error("send queues not drained", "err", err)
-			stopped(err)
-		}
-	}))
-	if admin != nil {
-		g.Add(untilStopped(func() { stopped(admin.Shutdown(stopCtx)) }))
-	}
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	hs.SetServingStatus(aggdv1.AggregatorService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	var watched []string
-	for _, w := range watchers {
-		watched = append(watched, w.Path())
-	}
-	memory := "off"
-	if cfg.MemoryLimit > 0 {
-		memory = fmt.Sprintf("%d bytes (%.0f MiB)", cfg.MemoryLimit, float64(cfg.MemoryLimit)/(1<<20))
-	}
-	wal := "off (in memory only)"
-	if cfg.WALDir != "" {
-		wal = fmt.Sprintf("%s (fsync %s)", cfg.WALDir, cfg.WALFsync)
-	}
-	log.Info("aggd serving", "version", build.Version, "grpc", lis.Addr().String(), "admin", adminAddr, "interval", cfg.Window.Interval,
-		"upstreams", describeUpstreams(upstreamFile), "wal", wal, "memory_limit", memory,
-		"auth", cfg.TenantsFile != "", "tenants_file", cfg.TenantsFile, "watched", watched)
-	if ready != nil {
-		ready(lis.Addr().String(), adminAddr)
-	}
-
-	serveErr := g.Run()
-	err = errors.Join(stopErrs...)
-	log.Info("stopped", "took", time.Since(start), "err", err)
-	return errors.Join(serveErr, err)
+	return gs, hs, otlp, nil
 }
 
-// buildUpstreams makes the upstreams of the configuration file, or the
-// JSON-lines upstream of --output without one, and the router over them.
-func buildUpstreams(cfg config, getenv func(string) string, tenants []configpkg.Tenant, sh configpkg.Shared) (*upstream.Router, *configpkg.File, func(), error) {
-	file := &configpkg.File{Upstreams: []configpkg.Upstream{{Name: "jsonlines", Type: "jsonlines", Path: cfg.Output}}}
-	if cfg.ConfigFile != "" {
-		var err error
-		if file, err = configpkg.Load(cfg.ConfigFile, getenv); err != nil {
-			return nil, nil, nil, err
-		}
-		if len(file.Upstreams) == 0 {
-			return nil, nil, nil, fmt.Errorf("%s defines no [[upstream]]", cfg.ConfigFile)
-		}
+// httpServer is an HTTP server and its listener.
+type httpServer struct {
+	srv *http.Server
+	lis net.Listener
+}
+
+// listenHTTP listens on addr for h; nil for an empty addr.
+func listenHTTP(addr string, h http.Handler) (*httpServer, error) {
+	if addr == "" {
+		return nil, nil
 	}
-	var ups []upstream.Upstream
-	var closers []func() error
-	closeAll := func() {
-		for _, c := range closers {
-			c()
-		}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
 	}
-	defaults := file.DefaultUpstreams
-	for _, u := range file.Upstreams {
-		built, closer, err := u.Build(sh)
-		if err != nil {
-			closeAll()
-			return nil, nil, nil, err
-		}
-		ups = append(ups, built)
-		closers = append(closers, closer)
-		if len(file.DefaultUpstreams) == 0 {
-			defaults = append(defaults, u.Name)
-		}
+	return &httpServer{srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, lis: lis}, nil
+}
+
+// serve serves until the server is shut down or closed.
+func (h *httpServer) serve() error {
+	if err := h.srv.Serve(h.lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
 	}
-	routes, err := configpkg.Routes(tenants)
-	if err == nil {
-		var r *upstream.Router
-		if r, err = upstream.NewRouter(ups, defaults, routes); err == nil {
-			return r, file, closeAll, nil
-		}
+	return nil
+}
+
+// close closes the server, or its listener before it serves; nil does
+// nothing.
+func (h *httpServer) close() error {
+	if h == nil {
+		return nil
 	}
-	closeAll()
-	return nil, nil, nil, err
+	return errors.Join(h.srv.Close(), ignoreClosed(h.lis.Close()))
+}
+
+// drain waits up to timeout for the requests in flight, then closes what
+// is left of them.
+func (h *httpServer) drain(timeout time.Duration, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := h.srv.Shutdown(ctx); err != nil {
+		log.Warn("requests still open after the drain timeout; closing them", "drain_timeout", timeout)
+		h.srv.Close()
+	}
+}
+
+// addr is the bound address; empty for nil.
+func (h *httpServer) addr() string {
+	if h == nil {
+		return ""
+	}
+	return h.lis.Addr().String()
+}
+
+// ignoreClosed drops the error of closing what is closed already.
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
 }
 
 func b2f(b bool) float64 {
@@ -567,9 +772,9 @@ func drain(cfg config, log *slog.Logger, hs *health.Server, srv *service.Server,
 
 // newTracer returns the tracer of aggd's own flushes and sends: an OTLP
 // exporter when --otel-traces-endpoint is set, else a no-op.
-func newTracer(ctx context.Context, cfg config) (trace.Tracer, func(), error) {
+func newTracer(ctx context.Context, cfg config) (trace.Tracer, func(context.Context) error, error) {
 	if cfg.OTelTraces == "" {
-		return nooptrace.NewTracerProvider().Tracer("aggd"), func() {}, nil
+		return nooptrace.NewTracerProvider().Tracer("aggd"), func(context.Context) error { return nil }, nil
 	}
 	opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(cfg.OTelTraces)}
 	if cfg.OTelTracesInsecure {
@@ -581,11 +786,9 @@ func newTracer(ctx context.Context, cfg config) (trace.Tracer, func(), error) {
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp),
 		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "aggd"), attribute.String("host.name", cfg.Hostname))))
-	return tp.Tracer("aggd"), func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		tp.Shutdown(ctx)
-	}, nil
+	// Shutdown exports the spans still held, within the shutdown
+	// deadline it is given.
+	return tp.Tracer("aggd"), tp.Shutdown, nil
 }
 
 // serverTLS returns the gRPC port's transport credentials: TLS with
