@@ -63,7 +63,9 @@ func (t *Series) Reset() {
 		t.pages = nil
 	}
 	for _, p := range t.pages {
-		clear(p[:])
+		if p != nil { // pages below the lowest reference used are nil
+			clear(p[:])
+		}
 	}
 	t.beginBatch()
 }

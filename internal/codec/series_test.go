@@ -132,3 +132,31 @@ func TestLogDefinitionsOncePerGeneration(t *testing.T) {
 		}
 	}
 }
+
+// TestSeriesResetWithUnusedPages resets, as a new stream on a reused call
+// state does, a table whose references left lower pages unused: nothing
+// declared before survives, and Reset does not fail on the missing pages.
+func TestSeriesResetWithUnusedPages(t *testing.T) {
+	d := NewDecoder(DefaultLimits())
+	d.Series = new(Series)
+	tn := window.NewTenant("t")
+	var b window.Batch
+	decode := func(samples ...*aggdv1.Sample) []window.Reason {
+		t.Helper()
+		data, _ := proto.Marshal(&aggdv1.StreamRequest{Batch: &aggdv1.Batch{Samples: samples}})
+		d.Reset(&b)
+		b.Tenant = tn
+		if _, err := d.DecodeStream(data, &b); err != nil {
+			t.Fatal(err)
+		}
+		return b.Results
+	}
+	const ref = 3*seriesPage + 5 // pages 0 to 2 stay unused
+	decode(&aggdv1.Sample{Name: "a", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, SeriesRef: ref})
+	for range 2 {
+		d.Series.Reset()
+		if r := decode(&aggdv1.Sample{SeriesRef: ref, Value: 1}); r[0] != window.ReasonUnknownSeries {
+			t.Fatalf("after Reset: %v, want unknown_series", r[0])
+		}
+	}
+}
