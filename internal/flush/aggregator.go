@@ -356,14 +356,28 @@ func (a *Aggregator) Contexts() int {
 	return n
 }
 
+// zeroFillStep bounds the counters a shard zero-fills under its lock at a
+// time: a flush of a million contexts holds each shard for about a
+// millisecond at a time, not for tens of milliseconds.
+const zeroFillStep = 4096
+
 // drain takes every bucket due at tick (all of them when final is set) and
-// the buffered events and checks. Each shard is locked only for its swap.
+// the buffered events and checks. Each shard is locked for its swap, then
+// for steps of its zero-fill, taking samples in between.
 func (a *Aggregator) drain(tick int64, final bool, f *window.Flush) {
 	a.noteDrain(tick)
 	for s := range a.all() {
 		s.mu.Lock()
-		f.Buckets = s.sh.Drain(tick, final, f.Buckets)
-		s.mu.Unlock()
+		f.Buckets = s.sh.BeginDrain(tick, final, f.Buckets)
+		for {
+			var done bool
+			f.Buckets, done = s.sh.FillZeros(zeroFillStep, f.Buckets)
+			s.mu.Unlock()
+			if done {
+				break
+			}
+			s.mu.Lock()
+		}
 	}
 	if a.rules != nil {
 		f.Extra = a.rules.Drain(tick, final, func(i int, fn func()) {

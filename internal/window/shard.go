@@ -60,6 +60,16 @@ func (c *context) remember(v float64, ts int64) {
 
 type bucketKey struct{ start, width int64 }
 
+// zeroFill is a zero-fill of counters under way: the bucket of range k it
+// fills, made for it if fresh, and the next entry of Shard.counters to
+// examine. b is nil when none is under way.
+type zeroFill struct {
+	b     *Bucket
+	k     bucketKey
+	next  int
+	fresh bool
+}
+
 // Shard holds the contexts and open buckets of one hash range of contexts.
 // It is not safe for concurrent use.
 type Shard struct {
@@ -88,6 +98,8 @@ type Shard struct {
 	counters      []*context
 	counterExpiry int64
 	zeroed        int64
+	// filling is the zero-fill under way (see FillZeros).
+	filling zeroFill
 	// resumed is the tick of the last flush an earlier process made (see
 	// Resume); restoring is set while Restore adds a sample.
 	resumed   int64
@@ -520,6 +532,23 @@ func (sh *Shard) markedUntil(k bucketKey) int64 {
 // Drain also forgets contexts idle for longer than the context TTL, a
 // bounded number per call.
 func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
+	out = sh.BeginDrain(tick, final, out)
+	for done := false; !done; {
+		out, done = sh.FillZeros(math.MaxInt, out)
+	}
+	return out
+}
+
+// BeginDrain is Drain but for the zero-fill of counters (see FillZeros),
+// which it only begins: its cost grows with the shard's counters, so a
+// caller holding a lock around the shard calls FillZeros in steps and lets
+// samples in between. The drain is done, and its buckets may be read, once
+// FillZeros reports it done. A drain begun while one is still filling
+// finishes that fill first, into out.
+func (sh *Shard) BeginDrain(tick int64, final bool, out []*Bucket) []*Bucket {
+	for done := false; !done; {
+		out, done = sh.FillZeros(math.MaxInt, out)
+	}
 	sh.drains++
 	if sh.firstTick == 0 {
 		sh.firstTick = tick
@@ -536,7 +565,7 @@ func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
 			out = sh.settle(k, b, out)
 		}
 	}
-	out = sh.zeroFill(tick, start, out)
+	sh.beginZeroFill(tick, start, out)
 	sh.last = nil
 	sh.watermark = max(sh.watermark, tick)
 	for k, b := range sh.kept {
@@ -558,19 +587,19 @@ func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
 	return out
 }
 
-// zeroFill gives every COUNT context within its expiry a 0 in the last
-// interval bucket due at tick, unless it has a value there, as the Agent's
-// TimeSampler.countersSampleZeroValue does; drained holds the buckets this
-// drain handed out. Contexts past their expiry leave the list. Buckets
+// beginZeroFill begins giving every COUNT context within its expiry a 0
+// in the last interval bucket due at tick, unless it has a value there, as
+// the Agent's TimeSampler.countersSampleZeroValue does; out[drained:] are
+// the buckets this drain handed out. FillZeros goes on with it. Buckets
 // that started before the shard's first drain are left alone.
-func (sh *Shard) zeroFill(tick int64, drained int, out []*Bucket) []*Bucket {
+func (sh *Shard) beginZeroFill(tick int64, drained int, out []*Bucket) {
 	if len(sh.counters) == 0 {
-		return out
+		return
 	}
 	iv := sh.timing.interval
 	k := bucketKey{Start(tick-sh.timing.grace, iv) - iv, iv}
 	if k.start <= sh.zeroed || k.start < sh.firstTick {
-		return out
+		return
 	}
 	sh.zeroed = k.start
 	var b *Bucket
@@ -582,34 +611,55 @@ func (sh *Shard) zeroFill(tick int64, drained int, out []*Bucket) []*Bucket {
 	fresh := b == nil
 	if fresh {
 		if _, flushed := sh.kept[k]; flushed {
-			return out // flushed by an earlier drain
+			return // flushed by an earlier drain
 		}
 		b = getBucket(k.start, k.width, false)
 	}
-	for i := 0; i < len(sh.counters); {
-		c := sh.counters[i]
-		if c.zeroUntil <= k.start {
+	sh.filling = zeroFill{b: b, k: k, fresh: fresh}
+}
+
+// FillZeros goes on with the zero-fill the last drain began, examining at
+// most budget counters, and reports whether it is done. Counters past
+// their expiry leave the list. A bucket made for the fill alone (no
+// counter had a sample in its range) is appended to out once it is done.
+//
+// Between steps the shard takes samples as after a drain: the filled
+// bucket was handed out, so they go to the buckets open now or correct
+// the flushed ones.
+func (sh *Shard) FillZeros(budget int, out []*Bucket) (_ []*Bucket, done bool) {
+	f := &sh.filling
+	if f.b == nil {
+		return out, true
+	}
+	for ; budget > 0 && f.next < len(sh.counters); budget-- {
+		c := sh.counters[f.next]
+		if c.zeroUntil <= f.k.start {
 			c.counting, c.zeroFrom, c.zeroUntil = false, 0, 0
 			last := len(sh.counters) - 1
-			sh.counters[i] = sh.counters[last]
+			sh.counters[f.next] = sh.counters[last]
 			sh.counters[last] = nil
 			sh.counters = sh.counters[:last]
-			continue
+			continue // the last counter moved into this place
 		}
-		if _, ok := b.find(c); !ok && k.start >= c.zeroFrom {
-			j := b.newSlot(c, TypeCount)
-			b.slots[j].flags |= hasValue
+		if _, ok := f.b.find(c); !ok && f.k.start >= c.zeroFrom {
+			j := f.b.newSlot(c, TypeCount)
+			f.b.slots[j].flags |= hasValue
 		}
-		i++
+		f.next++
 	}
-	if fresh {
-		if b.Len() == 0 {
-			b.release()
-			return out
-		}
-		return sh.settle(k, b, out)
+	if f.next < len(sh.counters) {
+		return out, false
 	}
-	return out
+	b, k, fresh := f.b, f.k, f.fresh
+	*f = zeroFill{}
+	if !fresh {
+		return out, true
+	}
+	if b.Len() == 0 {
+		b.release()
+		return out, true
+	}
+	return sh.settle(k, b, out), true
 }
 
 // settle appends drained bucket b of range k to out, as itself or as the

@@ -748,3 +748,68 @@ func TestSeedRefusals(t *testing.T) {
 		t.Errorf("a seed past the context bound: %v, %d contexts, %d folded; want accepted, 1, 0", r, tn.Contexts.Load(), tn.Overflowed.Load())
 	}
 }
+
+// TestZeroFillInSteps zero-fills counters a few at a time with samples
+// arriving between the steps, as the aggregator does with its lock
+// released, and gets what one Drain with the samples after it gets.
+func TestZeroFillInSteps(t *testing.T) {
+	cfg := testConfig()
+	cfg.CounterExpiry = 30 * time.Second
+	bs := t0 / sec
+	want := []out{{key: "c0||", ts: bs, value: 1}, {key: "c0||", ts: bs + 10, value: 0}, {key: "c0||", ts: bs + 20, value: 0},
+		{key: "c0||", ts: bs + 30, value: 0}, {key: "c0||", ts: bs + 40, value: 100}, {key: "c0||", ts: bs + 50, value: 0}}
+	for i := 1; i < 10; i++ {
+		key := fmt.Sprintf("c%d||", i)
+		want = append(want, out{key: key, ts: bs, value: float64(i + 1)}, out{key: key, ts: bs + 10, value: 0},
+			out{key: key, ts: bs + 20, value: 0}, out{key: key, ts: bs + 30, value: 0})
+	}
+	want = append(want, out{key: "g||", ts: bs, value: 5}, out{key: "n||", ts: bs + 40, value: 7}, out{key: "n||", ts: bs + 50, value: 0})
+	sort.Slice(want, func(i, j int) bool {
+		return want[i].key < want[j].key || want[i].key == want[j].key && want[i].ts < want[j].ts
+	})
+	for _, step := range []int{0, 1, 3, 1 << 20} { // 0: one Drain
+		t.Run(fmt.Sprint(step), func(t *testing.T) {
+			sh := NewShard(cfg)
+			tn := NewTenant("t")
+			collect(sh.Drain(t0, false, nil))
+			for i := range 10 {
+				add(t, sh, tn, in{name: fmt.Sprintf("c%d", i), typ: TypeCount, v: float64(i + 1), now: t0 + 5*sec})
+			}
+			add(t, sh, tn, in{name: "g", typ: TypeGauge, v: 5, now: t0 + 5*sec})
+			between := func(tick int64) {
+				if tick == t0+40*sec {
+					add(t, sh, tn, in{name: "c0", typ: TypeCount, v: 100, now: tick + sec})
+					add(t, sh, tn, in{name: "n", typ: TypeCount, v: 7, now: tick + sec})
+				}
+			}
+			var got []out
+			for tick := t0 + 20*sec; tick <= t0+70*sec; tick += 10 * sec {
+				if step == 0 {
+					got = append(got, collect(sh.Drain(tick, false, nil))...)
+					between(tick)
+					continue
+				}
+				bs, steps := sh.BeginDrain(tick, false, nil), 0
+				for done := false; !done; steps++ {
+					bs, done = sh.FillZeros(step, bs)
+					if steps == 0 {
+						between(tick)
+					}
+				}
+				if tick == t0+30*sec && step == 1 && steps < 10 {
+					t.Errorf("10 counters filled in %d steps of 1", steps)
+				}
+				got = append(got, collect(bs)...)
+			}
+			sort.Slice(got, func(i, j int) bool {
+				return got[i].key < got[j].key || got[i].key == got[j].key && got[i].ts < got[j].ts
+			})
+			if !slices.Equal(got, want) {
+				t.Fatalf("got  %+v\nwant %+v", got, want)
+			}
+			if n := len(sh.counters); n != 2 { // c0 and n, until t0+71
+				t.Fatalf("%d counters still zero-filled, want 2", n)
+			}
+		})
+	}
+}
