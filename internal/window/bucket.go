@@ -277,6 +277,15 @@ func (b *Bucket) release() {
 	bucketPool.Put(b)
 }
 
+// reserve makes room in b for n contexts, so that filling it does not grow
+// its slots and index step by step.
+func (b *Bucket) reserve(n int) {
+	if n > cap(b.slots) {
+		b.slots = append(make([]slot, 0, n), b.slots...)
+	}
+	b.index.reserve(n, b.slots)
+}
+
 // find returns the index of c's slot in b.
 func (b *Bucket) find(c *context) (int32, bool) { return b.index.find(c, b.slots) }
 

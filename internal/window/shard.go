@@ -100,6 +100,11 @@ type Shard struct {
 	zeroed        int64
 	// filling is the zero-fill under way (see FillZeros).
 	filling zeroFill
+	// sizeHint is the number of contexts of the last interval bucket
+	// drained: a new one is made that large at once, so that it does not
+	// grow (copying its slots, placing them again in its index) under the
+	// lock while batches wait.
+	sizeHint int
 	// resumed is the tick of the last flush an earlier process made (see
 	// Resume); restoring is set while Restore adds a sample.
 	resumed   int64
@@ -482,6 +487,9 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 			}
 		}
 		b = getBucket(start, width, late)
+		if !late && width == sh.timing.interval {
+			b.reserve(sh.sizeHint)
+		}
 		b.base = base
 		sh.buckets[k] = b
 	}
@@ -562,6 +570,9 @@ func (sh *Shard) BeginDrain(tick int64, final bool, out []*Bucket) []*Bucket {
 	for k, b := range sh.buckets {
 		if final || sh.timing.Due(k.start, k.width) <= tick {
 			delete(sh.buckets, k)
+			if !b.Late && k.width == sh.timing.interval {
+				sh.sizeHint = len(b.slots)
+			}
 			out = sh.settle(k, b, out)
 		}
 	}

@@ -66,6 +66,20 @@ func (x *slotIndex) grow(slots []slot) {
 	}
 }
 
+// reserve makes room for n contexts without growing, over slots, every
+// slot held so far.
+func (x *slotIndex) reserve(n int, slots []slot) {
+	if n*4 <= len(x.tab)*3 {
+		return
+	}
+	bits := uint8(minIndexBits)
+	for n*4 > 3<<bits {
+		bits++
+	}
+	x.bits = bits - 1 // grow doubles it
+	x.grow(slots)
+}
+
 // reset empties the index, keeping its table.
 func (x *slotIndex) reset() {
 	if x.n > 0 {
