@@ -1,6 +1,7 @@
 package window
 
 import (
+	"runtime"
 	"strings"
 	"sync/atomic"
 )
@@ -345,14 +346,24 @@ type Flush struct {
 	Checks []ServiceCheck
 }
 
+// yieldEvery is how many aggregates a flush encodes before it lets other
+// goroutines run (see Flush.Metrics).
+const yieldEvery = 1024
+
 // Metrics yields every aggregate of every bucket of f (see
-// Bucket.Metrics).
+// Bucket.Metrics). Every yieldEvery aggregates it yields the processor
+// (runtime.Gosched), so that encoding a large flush, which takes a core
+// for up to a second, lets the goroutines acking batches run in between.
 func (f *Flush) Metrics() func(yield func(*Metric) bool) {
 	return func(yield func(*Metric) bool) {
+		n := 0
 		for _, b := range f.Buckets {
 			for m := range b.Metrics() {
 				if !yield(m) {
 					return
+				}
+				if n++; n%yieldEvery == 0 {
+					runtime.Gosched()
 				}
 			}
 		}
