@@ -222,13 +222,14 @@ func (j *Journal) append(e *Entry) (uint64, error) {
 }
 
 // BatchDue returns the tick by which everything the decoded batch b and
-// its spans brought has been flushed.
+// its spans brought has been flushed, and the buckets and rule windows
+// they went to are no longer kept for late items.
 // An event with a timestamp waits for the rule windows holding it too.
 func (j *Journal) BatchDue(b *window.Batch, sps []spans.Span, spResults []window.Reason) int64 {
 	due := j.Due(b.Now, b.Samples, b.Results, sps, spResults, len(b.Checks) > 0, len(b.Events) > 0)
 	for i := range b.Events {
 		if ts := b.Events[i].Timestamp; ts != 0 {
-			due = max(due, j.cfg.Due(ts, b.Now))
+			due = max(due, j.cfg.Due(ts, b.Now)+j.lateWindow+1)
 		}
 	}
 	return due
@@ -236,9 +237,10 @@ func (j *Journal) BatchDue(b *window.Batch, sps []spans.Span, spResults []window
 
 // Due returns the tick by which the accepted samples and spans, and any
 // checks and events, arriving at now have been flushed, and the buckets
-// of the samples are no longer kept for late samples: the first
-// checkpoint after that may remove the record, and replay restores the
-// buckets still kept until then.
+// and rule windows they went to (spans' stats, events' rules) are no
+// longer kept for late items: the first checkpoint after that may remove
+// the record, and replay restores the buckets and windows still kept
+// until then.
 func (j *Journal) Due(now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason, checks, events bool) int64 {
 	due, untimed := int64(0), false
 	for i := range smp {
@@ -263,12 +265,14 @@ func (j *Journal) Due(now int64, smp []window.Sample, results []window.Reason, s
 	if checks {
 		due = max(due, next)
 	}
+	// Events feed rule windows, and spans their stats buckets and rule
+	// windows: those are kept for late items as long as buckets are.
 	if events {
-		due = max(due, next+j.eventHold)
+		due = max(due, next+j.eventHold, next+j.lateWindow+1)
 	}
 	for i := range sps {
 		if spResults[i] == window.Accepted {
-			due = max(due, j.cfg.Due(sps[i].End(), now), next+j.spanHold)
+			due = max(due, j.cfg.Due(sps[i].End(), now)+j.lateWindow+1, next+j.spanHold)
 		}
 	}
 	return due

@@ -12,6 +12,7 @@ import (
 	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/wal"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -105,5 +106,60 @@ func TestRecordRoundTrip(t *testing.T) {
 	got, err := journal.ParseRecord(sub)
 	if err != nil || got.Kind != journal.Submit || got.Tenant != "t" || got.Now != 5 || got.Drained != 6 || len(got.Refused) != 0 || string(got.Frame) != "\x0a\x02\x0a\x00" {
 		t.Fatalf("submit record: %+v, %v", got, err)
+	}
+}
+
+// TestDueOutlastsKeptWindows: a record stays in the log until every bucket
+// and rule window its items went to is past its late window, so that
+// replay restores them whole: a sample's bucket, a span's stats buckets
+// and the rule windows of spans and events alike.
+func TestDueOutlastsKeptWindows(t *testing.T) {
+	const (
+		sec  = int64(time.Second)
+		now  = 1_700_000_005 * sec
+		late = 120 * sec
+	)
+	l, err := wal.Open(t.TempDir(), wal.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Every window an item at ts falls in is due by the next 10 s tick
+	// after ts + 20 s (a 20 s rule window).
+	due := func(ts, now int64) int64 {
+		if ts == 0 {
+			ts = now
+		}
+		return (ts+20*sec)/(10*sec)*(10*sec) + 10*sec
+	}
+	tenants, err := service.NewTenants(nil, false, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := journal.New(journal.Config{Log: l, Due: due, SpanHold: 30 * time.Second, LateWindow: time.Duration(late),
+		Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: ingestNothing{}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := now - 3*sec
+	acc := []window.Reason{window.Accepted}
+	sp := []spans.Span{{Start: ts - sec, Duration: sec}}
+	for _, tc := range []struct {
+		name string
+		got  int64
+	}{
+		{"timestamped sample", j.Due(now, []window.Sample{{Timestamp: ts}}, acc, nil, nil, false, false)},
+		{"untimed sample", j.Due(now, []window.Sample{{}}, acc, nil, nil, false, false)},
+		{"span", j.Due(now, nil, nil, sp, acc, false, false)},
+		{"timestamped event", j.BatchDue(&window.Batch{Now: now, Events: []window.Event{{Timestamp: ts}}}, nil, nil)},
+		{"untimed event", j.BatchDue(&window.Batch{Now: now, Events: []window.Event{{}}}, nil, nil)},
+	} {
+		at := ts
+		if tc.name == "untimed sample" || tc.name == "untimed event" {
+			at = now
+		}
+		if kept := due(at, now) + late; tc.got <= kept {
+			t.Errorf("%s: due at %d, not after %d, the last tick its windows are kept", tc.name, tc.got/sec, kept/sec)
+		}
 	}
 }
