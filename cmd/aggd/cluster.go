@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/aggd/aggd/internal/cluster"
+	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/service"
 )
 
@@ -92,6 +93,15 @@ func (n *clusterNode) forwarder() service.Forwarder {
 // peerCalls returns the memory of the calls peers forwarded here; nil
 // when cluster mode is off.
 func (n *clusterNode) peerCalls() service.PeerCalls {
+	if n == nil {
+		return nil
+	}
+	return n.calls
+}
+
+// callMemory returns the memory of forwarded calls for the write-ahead
+// log's replay to fill; nil when cluster mode is off.
+func (n *clusterNode) callMemory() journal.Calls {
 	if n == nil {
 		return nil
 	}

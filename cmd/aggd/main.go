@@ -218,6 +218,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if jnl != nil {
 		sc.Journal = jnl
+		if c := node.callMemory(); c != nil {
+			jnl.RememberCalls(c) // a forward retried across a restart is applied once
+		}
 		if err := jnl.Replay(); err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,13 +12,18 @@ import (
 	"testing/synctest"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/wal"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -197,5 +203,97 @@ func TestForwardRetriedAfterLostAnswerAppliesOnce(t *testing.T) {
 				t.Errorf("repeated calls %d, want 1", n)
 			}
 		})
+	}
+}
+
+// recorder is a servicetest.Recorder the write-ahead log replays into.
+type recorder struct{ servicetest.Recorder }
+
+func (*recorder) Resume(int64)   {}
+func (*recorder) Drained() int64 { return 0 }
+
+// An owner with a write-ahead log that restarts after it applied a
+// forwarded call (its answer lost with it) learns the call from its log:
+// the call sent again is answered with what the first attempt took, its
+// refusals as owner_unavailable, and applied once; a new call is applied.
+func TestForwardRetriedAcrossOwnerRestartAppliesOnce(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now().UnixNano()
+	frame := func(seq uint64) *aggdv1.ForwardRequest {
+		b := &aggdv1.Batch{}
+		for i, v := range []float64{1, -1, 2} { // the owner refuses -1
+			b.Samples = append(b.Samples, &aggdv1.Sample{Name: fmt.Sprintf("m%d", i), Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: v})
+		}
+		return &aggdv1.ForwardRequest{Batch: b, Tenant: "default", ArrivalUnixNano: now, ReplicaId: 0xfeed, Sequence: seq}
+	}
+	// owner starts a replica on the log in dir, replaying it first.
+	owner := func() (*recorder, aggdv1.PeerServiceClient, func()) {
+		l, err := wal.Open(dir, wal.Options{Sync: wal.SyncAlways})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tenants, err := service.NewTenants(nil, false, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := &recorder{servicetest.Recorder{Refuse: func(s *window.Sample) window.Reason {
+			if s.Value < 0 {
+				return window.ReasonTypeConflict
+			}
+			return window.Accepted
+		}}}
+		j, err := journal.New(journal.Config{Log: l, Due: func(ts, now int64) int64 { return max(ts, now) + int64(time.Hour) },
+			Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: rec, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := NewCalls(time.Minute, 0)
+		j.RememberCalls(calls)
+		if err := j.Replay(); err != nil {
+			t.Fatal(err)
+		}
+		addr := servicetest.ServePeers(t, rec, token, func(cfg *service.Config) { cfg.Journal, cfg.PeerCalls = j, calls })
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec, aggdv1.NewPeerServiceClient(cc), func() { cc.Close(); l.Close() }
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
+	forward := func(c aggdv1.PeerServiceClient, seq uint64) *aggdv1.Ack {
+		t.Helper()
+		resp, err := c.Forward(ctx, frame(seq))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetAck()
+	}
+
+	rec, c, stop := owner()
+	if ack := forward(c, 1); ack.GetAccepted() != 2 || ack.GetRejections()[0].GetReason() != "type_conflict" {
+		t.Fatalf("first attempt: %v", ack)
+	}
+	if n := len(rec.Samples()); n != 2 {
+		t.Fatalf("owner took %d samples, want 2", n)
+	}
+	stop() // killed before its answer left; the log has the batch
+
+	rec, c, stop = owner()
+	defer stop()
+	if n := len(rec.Samples()); n != 2 {
+		t.Fatalf("replay took %d samples, want 2", n)
+	}
+	ack := forward(c, 1)
+	if rj := ack.GetRejections(); ack.GetAccepted() != 2 || len(rj) != 1 || rj[0].GetIndex() != 1 || rj[0].GetReason() != "owner_unavailable" {
+		t.Fatalf("call sent again after the restart: %v, want 2 accepted, sample 1 owner_unavailable", ack)
+	}
+	if n := len(rec.Samples()); n != 2 {
+		t.Fatalf("after the call was sent again the owner holds %d samples, want 2", n)
+	}
+	if ack := forward(c, 2); ack.GetAccepted() != 2 {
+		t.Fatalf("a new call: %v", ack)
+	}
+	if n := len(rec.Samples()); n != 4 {
+		t.Fatalf("after a new call the owner holds %d samples, want 4", n)
 	}
 }

@@ -242,7 +242,8 @@ func itemsCounted(tb testing.TB, f *Forwarder, kind, outcome string) float64 {
 
 // BenchmarkForward submits batches of 500 samples to a replica that owns
 // them all (local) or none (forwarded: every sample goes on to a second
-// replica over the peer service), both on loopback in this process. The
+// replica over the peer service, which remembers each call it applied),
+// both on loopback in this process. The
 // difference per sample is the cost of forwarding it: encoding, the peer
 // call, and the owner's decoding.
 func BenchmarkForward(b *testing.B) {
@@ -252,7 +253,8 @@ func BenchmarkForward(b *testing.B) {
 		batch.Samples = append(batch.Samples, &aggdv1.Sample{Name: "bench.count", Type: aggdv1.MetricType_METRIC_TYPE_COUNT,
 			Value: 1, Tags: []string{fmt.Sprintf("ctx:%d", i%100), "env:bench"}})
 	}
-	ownerAddr := replica(b, discard{}, nil)
+	// The owner remembers the calls it applied, as in cmd/aggd.
+	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) { cfg.PeerCalls = NewCalls(time.Minute, 0) })
 	for _, mode := range []string{"local", "forwarded"} {
 		b.Run(mode, func(b *testing.B) {
 			members := []string{self}

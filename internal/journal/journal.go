@@ -84,6 +84,7 @@ type Journal struct {
 	cfg                 Config
 	eventHold, spanHold int64
 	lateWindow          int64
+	calls               Calls
 	dec                 *codec.Decoder // replay's; replay runs alone
 	batch               window.Batch
 	// series are replay's series references, by stream; submit's are

@@ -6,6 +6,7 @@ import (
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/window"
 )
 
 // Replay takes every record of the log back into the windows, before
@@ -77,6 +78,7 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 	if err != nil {
 		return 0, fmt.Errorf("journal: write-ahead log record: %w", err)
 	}
+	j.rememberCall(&r)
 	j.dropRefused(r.Refused)
 	due := j.BatchDue(b, d.Spans, d.SpanResults)
 	next := j.cfg.Due(0, b.Now)
@@ -94,6 +96,40 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 		j.cfg.Spans.ReplaySpans(tn, b.Now, d.Spans, d.SpanResults, b.Cutoff, sample)
 	}
 	return due, nil
+}
+
+// Calls remembers the calls peers forwarded (cluster.Calls).
+type Calls interface {
+	// Applied remembers call id, applied at the sender's arrival time at
+	// (Unix nanoseconds), and answered with ack.
+	Applied(id codec.CallID, ack *aggdv1.Ack, at int64)
+}
+
+// RememberCalls makes Replay tell c of the forwarded calls the log holds,
+// so that one sent again after a restart is not applied twice. Call it
+// before Replay.
+func (j *Journal) RememberCalls(c Calls) { j.calls = c }
+
+// rememberCall tells j.calls of r, the record of a forwarded call (a
+// ForwardRequest with a name), with the ack it got: the items refused
+// then are refused again as owner_unavailable, since the record does not
+// keep why.
+func (j *Journal) rememberCall(r *Record) {
+	if j.calls == nil || r.Kind != Submit {
+		return
+	}
+	fw, err := codec.ParseForward(r.Frame)
+	if err != nil || fw.Call == (codec.CallID{}) {
+		return // a client's Submit
+	}
+	d := j.dec
+	ack := &aggdv1.Ack{Rejected: uint32(len(r.Refused))}
+	ack.Accepted = uint32(max(d.NSamples+d.NEvents+d.NChecks+d.NSpans-len(r.Refused), 0))
+	for _, it := range r.Refused {
+		ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{Kind: it.Kind, Index: uint32(it.Index),
+			Reason: window.ReasonOwnerUnavailable.String(), Detail: "refused by its owner before the owner restarted; send it again"})
+	}
+	j.calls.Applied(fw.Call, ack, r.Now)
 }
 
 // seriesOf returns the series references of stream id as the records
