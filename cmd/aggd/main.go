@@ -420,7 +420,7 @@ func loadTenants(cfg config, getenv func(string) string) ([]configpkg.Tenant, *s
 			return nil, nil, err
 		}
 	}
-	tenants, err := service.NewTenants(configpkg.ServiceTenants(tenantCfgs), cfg.TenantsFile != "", cfg.MaxTenants)
+	tenants, err := service.NewTenants(service.TenantsConfig{Tenants: configpkg.ServiceTenants(tenantCfgs), Auth: cfg.TenantsFile != "", MaxTenants: cfg.MaxTenants})
 	if err != nil {
 		return nil, nil, fmt.Errorf("tenants file: %w", err)
 	}

@@ -88,7 +88,7 @@ func validate(args []string, getenv func(string) string, stdout io.Writer) error
 	if cfg.TenantsFile != "" {
 		tenantCfgs, err = configpkg.LoadTenants(cfg.TenantsFile, getenv)
 		errs = append(errs, err)
-		if _, err := service.NewTenants(configpkg.ServiceTenants(tenantCfgs), true, cfg.MaxTenants); err != nil {
+		if _, err := service.NewTenants(service.TenantsConfig{Tenants: configpkg.ServiceTenants(tenantCfgs), Auth: true, MaxTenants: cfg.MaxTenants}); err != nil {
 			errs = append(errs, fmt.Errorf("tenants file: %w", err))
 		}
 	}

@@ -41,7 +41,7 @@ func TestEveryTenantLimitReachesTheTenant(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tenants, err := service.NewTenants(config.ServiceTenants(ts), true, 0)
+	tenants, err := service.NewTenants(service.TenantsConfig{Tenants: config.ServiceTenants(ts), Auth: true})
 	if err != nil {
 		t.Fatal(err)
 	}

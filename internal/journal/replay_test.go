@@ -46,7 +46,7 @@ func (ingestNothing) Drained() int64       { return 0 }
 // fuzzer makes of them, to replay: a record it cannot read is an error,
 // never a panic.
 func FuzzReplay(f *testing.F) {
-	tenants, err := service.NewTenants(nil, false, 1000)
+	tenants, err := service.NewTenants(service.TenantsConfig{MaxTenants: 1000})
 	if err != nil {
 		f.Fatal(err)
 	}

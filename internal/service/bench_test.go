@@ -46,7 +46,7 @@ func benchStream(b *testing.B, l *wal.Log) {
 	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 0})
 	addr := servicetest.ServeWith(b, agg, func(cfg *service.Config) {
 		if l != nil {
-			tenants, _ := service.NewTenants(nil, false, 100) // for replay, which does not run here
+			tenants, _ := service.NewTenants(service.TenantsConfig{MaxTenants: 100}) // for replay, which does not run here
 			jnl, err := journal.New(journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, Tenants: tenants,
 				Limits: codec.DefaultLimits(), Ingest: agg, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {

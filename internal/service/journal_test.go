@@ -46,7 +46,7 @@ type journaled struct {
 // aggregation rules the aggregator applies.
 func startJournaled(t *testing.T, dir string, withSpans bool, set *rules.Set) *journaled {
 	t.Helper()
-	tenants, err := service.NewTenants([]service.TenantConfig{{ID: "acme", TenantLimits: window.TenantLimits{SamplesPerSecond: 10}}}, false, 10)
+	tenants, err := service.NewTenants(service.TenantsConfig{Tenants: []service.TenantConfig{{ID: "acme", TenantLimits: window.TenantLimits{SamplesPerSecond: 10}}}, MaxTenants: 10})
 	if err != nil {
 		t.Fatal(err)
 	}

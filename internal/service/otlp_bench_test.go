@@ -92,7 +92,7 @@ func OTLPLoad(kind string, series, perReq int) [][]byte {
 // benchReceiver returns a receiver into an aggregator, and spans into si
 // (nil: spans refused).
 func benchReceiver(tb testing.TB, si SpanIngester) (*OTLP, *window.Tenant) {
-	tenants, _ := NewTenants(nil, false, 10)
+	tenants, _ := NewTenants(TenantsConfig{MaxTenants: 10})
 	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 0})
 	srv, err := New(Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler), Spans: si})
 	if err != nil {

@@ -37,7 +37,7 @@ func startOTLP(t *testing.T, setup ...func(*service.Config)) (*grpc.ClientConn, 
 
 func startOTLPWith(t *testing.T, cfg service.OTLPConfig, setup ...func(*service.Config)) (*grpc.ClientConn, *flush.Aggregator, *service.Tenants) {
 	t.Helper()
-	tenants, _ := service.NewTenants(nil, false, 10)
+	tenants, _ := service.NewTenants(service.TenantsConfig{MaxTenants: 10})
 	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 2})
 	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler)}
 	for _, f := range setup {

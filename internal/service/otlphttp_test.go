@@ -40,7 +40,7 @@ func (s *spanSink) IngestSpans(_ *window.Tenant, _ int64, sps []spans.Span, resu
 // startOTLPHTTP serves the OTLP/HTTP receiver on loopback.
 func startOTLPHTTP(t *testing.T, maxBody int, setup ...func(*service.Config)) (*httptest.Server, *flush.Aggregator, *service.Tenants, *spanSink) {
 	t.Helper()
-	tenants, _ := service.NewTenants(nil, false, 10)
+	tenants, _ := service.NewTenants(service.TenantsConfig{MaxTenants: 10})
 	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 2})
 	sink := &spanSink{}
 	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler), Spans: sink}

@@ -79,7 +79,7 @@ type otlpBudgetEnv struct {
 
 func startBudget(t *testing.T, b budget) *otlpBudgetEnv {
 	t.Helper()
-	tenants, _ := service.NewTenants(nil, false, 10)
+	tenants, _ := service.NewTenants(service.TenantsConfig{MaxTenants: 10})
 	g := &gate{Ingester: flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 2}), entered: make(chan struct{}), open: make(chan struct{})}
 	srv, err := service.New(service.Config{Ingest: g, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler),
 		Spans: &spanSink{}, Memory: b})

@@ -53,7 +53,7 @@ func startWith(t *testing.T, auth bool, cfg service.Config, opts ...grpc.ServerO
 	if auth {
 		cfgs = []service.TenantConfig{{ID: "acme", Tokens: []string{token}}}
 	}
-	tenants, err := service.NewTenants(cfgs, auth, 3)
+	tenants, err := service.NewTenants(service.TenantsConfig{Tenants: cfgs, Auth: auth, MaxTenants: 3})
 	if err != nil {
 		t.Fatal(err)
 	}

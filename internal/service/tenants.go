@@ -120,12 +120,31 @@ func (t *Tenants) admitSamples(tn *window.Tenant, n int, now time.Time) int {
 	return b.take(n, now)
 }
 
-// NewTenants returns the tenants of cfgs. Authentication is on when auth is
-// set; maxTenants bounds the tenants created on demand when it is off.
-func NewTenants(cfgs []TenantConfig, auth bool, maxTenants int) (*Tenants, error) {
-	if err := validateTenants(cfgs); err != nil {
+// TenantsConfig configures Tenants.
+type TenantsConfig struct {
+	// Tenants are the configured tenants (the tenants file).
+	Tenants []TenantConfig
+	// Auth turns authentication on: a call's bearer token selects its
+	// tenant, one of Tenants.
+	Auth bool
+	// MaxTenants bounds the tenants created on demand when Auth is off.
+	MaxTenants int
+}
+
+// Validate reports a tenant that is not valid or a negative bound.
+func (c TenantsConfig) Validate() error {
+	if c.MaxTenants < 0 {
+		return errors.New("the tenant bound must not be negative")
+	}
+	return validateTenants(c.Tenants)
+}
+
+// NewTenants returns the tenants of cfg, or why cfg is not valid.
+func NewTenants(cfg TenantsConfig) (*Tenants, error) {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfgs, auth, maxTenants := cfg.Tenants, cfg.Auth, cfg.MaxTenants
 	t := &Tenants{auth: auth, maxTenants: maxTenants, byID: map[string]*window.Tenant{}, byToken: map[[sha256.Size]byte]*window.Tenant{},
 		buckets: map[*window.Tenant]*tokenBucket{}}
 	for _, c := range cfgs {

@@ -47,7 +47,7 @@ func ServePeers(tb testing.TB, ing service.Ingester, token string, setup func(*s
 // the address before the server is set up.
 func ServeOn(tb testing.TB, lis net.Listener, ing service.Ingester, token string, setup func(*service.Config)) {
 	tb.Helper()
-	tenants, err := service.NewTenants(nil, false, 100)
+	tenants, err := service.NewTenants(service.TenantsConfig{MaxTenants: 100})
 	if err != nil {
 		tb.Fatal(err)
 	}
