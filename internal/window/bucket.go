@@ -500,19 +500,27 @@ func (m *Metric) AgentBins(dst []AgentBin) ([]AgentBin, uint64) {
 	// full bins.
 	var carry float64
 	var total uint64
-	for i := 0; i < len(m.Exact); {
-		k := AgentKey(m.Exact[i])
-		var w float64
-		for ; i < len(m.Exact) && AgentKey(m.Exact[i]) == k; i++ {
-			w += m.ExactWeights[i]
-		}
+	key, w := int16(0), 0.0
+	put := func() {
 		x := w + carry
 		n := math.Round(x)
 		carry = x - n
 		if n > 0 {
-			dst = appendBins(dst, k, uint64(n))
+			dst = appendBins(dst, key, uint64(n))
 			total += uint64(n)
 		}
+	}
+	for i, v := range m.Exact {
+		if k := AgentKey(v); i == 0 || k != key {
+			if i > 0 {
+				put()
+			}
+			key, w = k, 0
+		}
+		w += m.ExactWeights[i]
+	}
+	if len(m.Exact) > 0 {
+		put()
 	}
 	return dst, total
 }

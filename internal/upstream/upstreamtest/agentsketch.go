@@ -37,8 +37,9 @@ func AgentSketchCases(path string) ([]AgentSketchCase, error) {
 		"weighted":                 {weightedSamples(), nil},
 		"heavy":                    {heavySamples(), nil},
 		"rates 1, 0.5, 0.1, 0.01":  {rateSamples(), nil},
-		"merge decades 0…59999 with 60000…109999":  {DecadeSamples(0, 60_000), DecadeSamples(60_000, 50_000)},
-		"merge decades 0…59999 with 200000…200699": {DecadeSamples(0, 60_000), DecadeSamples(200_000, 700)},
+		"merge decades 0…59999 with 60000…109999":     {DecadeSamples(0, 60_000), DecadeSamples(60_000, 50_000)},
+		"merge decades 0…59999 with 200000…200699":    {DecadeSamples(0, 60_000), DecadeSamples(200_000, 700)},
+		"merge linear 1.5·i, i = 1…800 with 801…1600": {linearSamples(800, 1.5), linearSamples(1600, 1.5)[800:]},
 	}
 	f, err := os.Open(path)
 	if err != nil {
