@@ -158,3 +158,35 @@ func TestSortKeys(t *testing.T) {
 		t.Fatalf("got %v, want %v", keys, want)
 	}
 }
+
+// TestHistPointPastTheBound checks that the counts of a distribution
+// aggregated elsewhere (an OTLP histogram point), added in one pass past
+// the exact bound, give the bins of adding them one by one.
+func TestHistPointPastTheBound(t *testing.T) {
+	var d distState
+	var sc sketchScratch
+	var one agentSketch
+	for i := range 2000 {
+		v := float64(i%700) + 0.5
+		d.add(v, 1, &sc)
+		one.add(AgentKey(v), 1, &sc)
+	}
+	if !d.spilled {
+		t.Fatal("2000 samples stayed exact")
+	}
+	h := HistPoint{Count: 0}
+	for i := range 300 {
+		v := float64(i*13%900) + 0.25
+		c := float64(1 + i%5*40_000)
+		h.Values, h.Counts = append(h.Values, v), append(h.Counts, c)
+		h.Count += c
+		one.add(AgentKey(v), uint64(c), &sc)
+	}
+	h.Min, h.Max = 0.25, 899.25
+	d.merge(&h, &sc)
+	d.sort(&sc)
+	one.flush(&sc)
+	if !slices.Equal(d.sketch.bins, one.bins) {
+		t.Fatalf("%d bins in one pass, %d one by one", len(d.sketch.bins), len(one.bins))
+	}
+}

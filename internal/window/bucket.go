@@ -3,6 +3,7 @@ package window
 import (
 	"iter"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 )
@@ -149,11 +150,37 @@ func (d *distState) merge(h *HistPoint, sc *sketchScratch) {
 	}
 	d.sum += h.Sum
 	d.count += h.Count
+	// Past the bound the counts go into the sketch together, sorted by
+	// key, in one pass over its bins rather than one each.
+	kcs := sc.kcs[:0]
 	for i, v := range h.Values {
-		if c := h.Counts[i]; c > 0 {
+		c := h.Counts[i]
+		switch {
+		case !(c > 0):
+		case !d.spilled:
 			d.insert(v, c, sc)
+		default:
+			if n := d.units(c); n > 0 {
+				kcs = append(kcs, keyCount{AgentKey(v), n})
+			}
 		}
 	}
+	if len(kcs) > 0 {
+		slices.SortFunc(kcs, func(a, b keyCount) int { return int(a.k) - int(b.k) })
+		j := 0
+		for _, kc := range kcs[1:] {
+			if kc.k == kcs[j].k {
+				kcs[j].n += kc.n
+			} else {
+				j++
+				kcs[j] = kc
+			}
+		}
+		kcs = kcs[:j+1]
+		d.sketch.flush(sc)
+		d.sketch.insertCounts(kcs, sc)
+	}
+	sc.kcs = kcs[:0]
 }
 
 // mergeDist adds o's samples to d: exactly while both are exact and their
