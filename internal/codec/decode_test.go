@@ -109,6 +109,31 @@ func checkDecode(t *testing.T, data []byte) {
 	if n := len(pb.GetBatch().GetEvents()) + len(pb.GetBatch().GetServiceChecks()); d.NEvents+d.NChecks != n {
 		t.Fatalf("got %d events and checks, want %d", d.NEvents+d.NChecks, n)
 	}
+	checkHistograms(t, data, want, b.Results)
+}
+
+// checkHistograms decodes data again as a peer's (Histograms on): a sample
+// without a histogram is judged as before, and one taken with it holds
+// the histogram the reference reads.
+func checkHistograms(t *testing.T, data []byte, want []*aggdv1.Sample, before []window.Reason) {
+	d := NewDecoder(DefaultLimits())
+	d.Series = new(Series)
+	d.Histograms = true
+	var b window.Batch
+	b.Tenant = window.NewTenant("t")
+	if _, err := d.DecodeStream(data, &b); err != nil {
+		t.Fatalf("with histograms: %v", err)
+	}
+	for i, w := range want {
+		h, got := w.GetHistogram(), b.Samples[i].Hist
+		switch {
+		case h == nil && b.Results[i] != before[i] && w.SeriesRef == 0:
+			t.Fatalf("sample %d without a histogram: %v, %v without histograms taken", i, b.Results[i], before[i])
+		case h != nil && b.Results[i] == window.Accepted && (got == nil || !sameFloats(got.Values, h.Values) ||
+			!sameFloats(got.Counts, h.Counts) || got.Count != h.Count || got.Sum != h.Sum || got.Min != h.Min || got.Max != h.Max):
+			t.Fatalf("sample %d: histogram %+v, want %v", i, got, h)
+		}
+	}
 }
 
 func seedRequests() []*aggdv1.StreamRequest {
