@@ -23,15 +23,11 @@ type Upstream interface {
 	Shutdown(ctx context.Context) error
 }
 
-// Queuer is an upstream with a send queue, which it reports.
+// Queuer is an upstream with a send queue, which it reports: its state,
+// and whether it is at its bound (Pipeline.Full).
 type Queuer interface {
 	Queue() QueueState
-}
-
-// piped is an upstream whose payloads go through a Pipeline: a send
-// queue that can be kept on disk, and be full.
-type piped interface {
-	pipeline() *Pipeline
+	Full() bool
 }
 
 var (
@@ -40,8 +36,6 @@ var (
 	_ Upstream = (*OTLP)(nil)
 	_ Queuer   = (*Datadog)(nil)
 	_ Queuer   = (*OTLP)(nil)
-	_ piped    = (*Datadog)(nil)
-	_ piped    = (*OTLP)(nil)
 )
 
 // TenantRoute sends one tenant's data to its own upstreams with its own
@@ -156,15 +150,18 @@ func (r *Router) Queues() []QueueState {
 // Full reports whether some upstream's send queue is at its bound.
 func (r *Router) Full() bool {
 	for _, u := range r.upstreams {
-		if q, ok := u.(piped); ok && q.pipeline().Full() {
+		if q, ok := u.(Queuer); ok && q.Full() {
 			return true
 		}
 	}
 	return false
 }
 
-func (d *Datadog) pipeline() *Pipeline { return d.pipe }
-func (o *OTLP) pipeline() *Pipeline    { return o.pipe }
+// Full reports whether the send queue is at its bound.
+func (d *Datadog) Full() bool { return d.pipe.Full() }
+
+// Full reports whether the send queue is at its bound.
+func (o *OTLP) Full() bool { return o.pipe.Full() }
 
 // Queue returns the send queue's state.
 func (d *Datadog) Queue() QueueState { return d.pipe.State() }
