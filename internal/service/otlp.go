@@ -552,13 +552,14 @@ func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
 			return
 		}
 		h := histInput{bounds: p.Bounds, counts: p.Counts, count: p.Count, sum: p.Sum, hasSum: p.HasSum}
+		var handle *window.Handle
 		if cum {
 			delta, res := r.deltas.histogram(pb.streamKey('h', m, p.Attrs), p.Start, p.Time, p.Bounds, p.Counts, p.Count, p.Sum, pb.scratch)
 			if !pb.tracked(res) {
 				return
 			}
 			pb.scratch = delta.counts[:0]
-			h.counts, h.count, h.sum = delta.counts, delta.count, delta.sum
+			h.counts, h.count, h.sum, handle = delta.counts, delta.count, delta.sum, delta.handle
 			// A delta's extremes are unknown: the Collector removes them.
 		} else {
 			if p.HasMin {
@@ -568,7 +569,9 @@ func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
 				h.max = &p.Max
 			}
 		}
-		pb.histogram(pb.sample(m, p), &h)
+		s := pb.sample(m, p)
+		s.Handle = handle
+		pb.histogram(s, &h)
 	case otlpwire.MetricExponentialHistogram:
 		if p.Scale < -10 || p.Scale > 20 {
 			pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("exponential histogram scale %d is outside [-10, 20]", p.Scale))
@@ -583,15 +586,16 @@ func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
 		if p.HasMax {
 			pmax = &p.Max
 		}
+		s := pb.sample(m, p)
 		if cum {
 			var res deltaResult
-			e, res = r.deltas.exponential(pb.streamKey('e', m, p.Attrs), p.Start, p.Time, e)
+			e, s.Handle, res = r.deltas.exponential(pb.streamKey('e', m, p.Attrs), p.Start, p.Time, e)
 			if !pb.tracked(res) {
 				return
 			}
 			pmin, pmax = nil, nil
 		}
-		pb.exponential(pb.sample(m, p), &e, p.HasSum, pmin, pmax)
+		pb.exponential(s, &e, p.HasSum, pmin, pmax)
 	case otlpwire.MetricSummary:
 		s := pb.sample(m, p)
 		dc, ds, res := r.deltas.summary(pb.streamKey('q', m, p.Attrs), p.Start, p.Time, p.Count, p.Sum)

@@ -204,6 +204,20 @@ func TestOTLPCumulativeToDelta(t *testing.T) {
 		want:    map[string]float64{"h{}": 3},
 		wantSum: map[string]float64{"h{}": 30},
 	}, {
+		name:    "a histogram's later deltas go to the series of its first",
+		follows: "tracking.MetricTracker.Convert (MetricTypeHistogram)",
+		send: func(before, _ uint64) reqs {
+			var rs reqs
+			counts := [][]uint64{{1, 2, 3}, {2, 4, 3}, {3, 4, 5}, {3, 6, 5}}
+			for i, c := range counts {
+				rs = append(rs, onResource(request(histPoint(hist, before, bounds, c, float64(500+40*i))), strAttr("host.name", "a")),
+					onResource(request(histPoint(hist, before, bounds, c, float64(50+10*i))), strAttr("host.name", "b")))
+			}
+			return rs
+		},
+		want:    map[string]float64{"h{a}": 8, "h{b}": 8},
+		wantSum: map[string]float64{"h{a}": 120, "h{b}": 30},
+	}, {
 		name:    "a histogram whose bounds change starts over",
 		follows: "tracking.MetricTracker.Convert (ReasonBucketMismatch)",
 		send: func(before, _ uint64) reqs {

@@ -84,6 +84,9 @@ type sumStream struct {
 // stream.
 type cumulative struct {
 	streamHead
+	// handle caches the context of a histogram stream's samples (see
+	// sumStream).
+	handle window.Handle
 	value  float64 // histogram's and summary's sum
 	count  uint64  // histogram's and summary's count
 	counts []uint64
@@ -280,6 +283,7 @@ type explicitDelta struct {
 	counts []uint64
 	count  uint64
 	sum    float64
+	handle *window.Handle // the stream's
 }
 
 // histogram converts a cumulative explicit-bucket histogram point; counts
@@ -301,7 +305,7 @@ func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64,
 		st.bounds = append(prevBounds[:0], bounds...)
 		st.count, st.value = count, sum
 	}
-	full := explicitDelta{counts: counts, count: count, sum: sum}
+	full := explicitDelta{counts: counts, count: count, sum: sum, handle: &st.handle}
 	switch {
 	case first:
 		keep()
@@ -310,7 +314,7 @@ func (t *deltaTracker) histogram(key []byte, start, ts uint64, bounds []float64,
 		keep()
 		return explicitDelta{}, deltaMismatch
 	}
-	d := explicitDelta{counts: scratch[:0], count: count - prevCount, sum: sum - prevSum}
+	d := explicitDelta{counts: scratch[:0], count: count - prevCount, sum: sum - prevSum, handle: &st.handle}
 	reset := count < prevCount
 	for i, c := range counts {
 		if c < prev[i] {
@@ -353,22 +357,24 @@ func (t *deltaTracker) summary(key []byte, start, ts, count uint64, sum float64)
 
 // exponential converts a cumulative exponential histogram point. A lower
 // count or zero threshold, or a finer scale, is a reset; a coarser scale
-// or a wider zero bucket first coarsens the previous point to match.
-func (t *deltaTracker) exponential(key []byte, start, ts uint64, p expPoint) (expPoint, deltaResult) {
+// or a wider zero bucket first coarsens the previous point to match. The
+// handle caches the stream's context.
+func (t *deltaTracker) exponential(key []byte, start, ts uint64, p expPoint) (expPoint, *window.Handle, deltaResult) {
 	id := idOf(key)
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
 	st, first := sh.streamLocked(id, start, ts, t.max)
 	if st == nil {
-		return expPoint{}, deltaFull
+		return expPoint{}, nil, deltaFull
 	}
+	h := &st.handle
 	prev := st.exp
 	st.exp = p.clone(expPoint{})
 	if first {
-		return p, t.initial(start, ts)
+		return p, h, t.initial(start, ts)
 	}
 	if p.count < prev.count || p.zeroThreshold < prev.zeroThreshold || p.scale > prev.scale {
-		return expPoint{}, deltaReset
+		return expPoint{}, h, deltaReset
 	}
 	if p.zeroThreshold > prev.zeroThreshold {
 		// Buckets the wider zero bucket now covers fold into it: the
@@ -385,16 +391,16 @@ func (t *deltaTracker) exponential(key []byte, start, ts uint64, p expPoint) (ex
 	d.count -= prev.count
 	d.sum -= prev.sum
 	if p.zeroCount < prev.zeroCount {
-		return expPoint{}, deltaReset
+		return expPoint{}, h, deltaReset
 	}
 	d.zeroCount -= prev.zeroCount
 	var ok1, ok2 bool
 	d.pos, ok1 = p.pos.diff(prev.pos)
 	d.neg, ok2 = p.neg.diff(prev.neg)
 	if !ok1 || !ok2 {
-		return expPoint{}, deltaReset
+		return expPoint{}, h, deltaReset
 	}
-	return d, deltaOK
+	return d, h, deltaOK
 }
 
 // clone copies p, reusing into's bucket slices.
