@@ -362,22 +362,17 @@ func (a *Aggregator) Contexts() int {
 const zeroFillStep = 4096
 
 // drain takes every bucket due at tick (all of them when final is set) and
-// the buffered events and checks. Each shard is locked for its swap, then
-// for steps of its zero-fill, taking samples in between.
+// the buffered events and checks. Each shard is locked for its swap; the
+// zero-fill of counters the swap begins is left to fillZeros. With a
+// write-ahead log drain runs while batches are held out (flush.WAL.Rotate):
+// it is kept to what must happen before a batch of the next generation
+// comes in.
 func (a *Aggregator) drain(tick int64, final bool, f *window.Flush) {
 	a.noteDrain(tick)
 	for s := range a.all() {
 		s.mu.Lock()
 		f.Buckets = s.sh.BeginDrain(tick, final, f.Buckets)
-		for {
-			var done bool
-			f.Buckets, done = s.sh.FillZeros(zeroFillStep, f.Buckets)
-			s.mu.Unlock()
-			if done {
-				break
-			}
-			s.mu.Lock()
-		}
+		s.mu.Unlock()
 	}
 	if a.rules != nil {
 		f.Extra = a.rules.Drain(tick, final, func(i int, fn func()) {
@@ -401,6 +396,18 @@ func (a *Aggregator) noteDrain(tick int64) {
 		d := a.drained.Load()
 		if tick <= d || a.drained.CompareAndSwap(d, tick) {
 			return
+		}
+	}
+}
+
+// fillZeros finishes the drain: each shard zero-fills its counters in
+// steps, locked for each step and taking samples in between.
+func (a *Aggregator) fillZeros(f *window.Flush) {
+	for s := range a.all() {
+		for done := false; !done; {
+			s.mu.Lock()
+			f.Buckets, done = s.sh.FillZeros(zeroFillStep, f.Buckets)
+			s.mu.Unlock()
 		}
 	}
 }
