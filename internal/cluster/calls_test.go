@@ -232,7 +232,7 @@ func TestForwardRetriedAcrossOwnerRestartAppliesOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tenants, err := service.NewTenants(nil, false, 100)
+		tenants, err := service.NewTenants(service.TenantsConfig{MaxTenants: 100})
 		if err != nil {
 			t.Fatal(err)
 		}

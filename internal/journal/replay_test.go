@@ -132,7 +132,7 @@ func TestDueOutlastsKeptWindows(t *testing.T) {
 		}
 		return (ts+20*sec)/(10*sec)*(10*sec) + 10*sec
 	}
-	tenants, err := service.NewTenants(nil, false, 10)
+	tenants, err := service.NewTenants(service.TenantsConfig{MaxTenants: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
