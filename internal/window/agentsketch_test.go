@@ -190,3 +190,22 @@ func TestHistPointPastTheBound(t *testing.T) {
 		t.Fatalf("%d bins in one pass, %d one by one", len(d.sketch.bins), len(one.bins))
 	}
 }
+
+// TestTinySampleRatesKeepTheSketchBounded checks that absurd sample rates
+// (a weight of 1e300 each) neither hang insertion nor grow the sketch past
+// its bound: the bins count at most maxBinned.
+func TestTinySampleRatesKeepTheSketchBounded(t *testing.T) {
+	var d distState
+	var sc sketchScratch
+	for i := range 2000 {
+		d.add(float64(i%300+1), 1e300, &sc)
+	}
+	d.sort(&sc)
+	if !d.spilled || len(d.sketch.bins) > agentBinLimit+maxBinned/agentMaxBin+1 {
+		t.Fatalf("spilled %v, %d bins", d.spilled, len(d.sketch.bins))
+	}
+	m := Metric{Type: TypeDistribution, bins: d.sketch.bins}
+	if _, total := m.AgentBins(nil); total != maxBinned {
+		t.Fatalf("bins count %d, want %d", total, maxBinned)
+	}
+}

@@ -57,6 +57,7 @@ type distState struct {
 	vals, wts            []float64 // samples and their weights
 	exactBins            float64   // bound on the Agent bins vals need
 	carry                float64   // rounding of fractional weights
+	binned               uint64    // the count units gave the sketch
 	spilled              bool      // the sketch holds the samples
 	sorted               bool      // vals (with wts) are in increasing order
 }
@@ -95,15 +96,26 @@ func (d *distState) insert(v, w float64, sc *sketchScratch) {
 
 // units returns the whole count of weight w: w itself when whole (the
 // Agent's count for sample rate 1/w), else w rounded with the rounding of
-// earlier weights carried, so that the counts add up to the weights.
+// earlier weights carried, so that the counts add up to the weights. One
+// sample counts at most agentMaxUnits (the Agent's MaxCount), and the
+// samples of one sketch at most maxBinned, which keeps its bins under
+// agentBinLimit + maxBinned/65535 + 1 whatever the sample rates: weight
+// past that is left out of the bins.
 func (d *distState) units(w float64) uint64 {
 	if w != math.Trunc(w) {
 		x := w + d.carry
 		w = math.Round(x)
 		d.carry = x - w
 	}
-	return uint64(min(max(w, 0), agentMaxUnits))
+	n := uint64(min(max(w, 0), agentMaxUnits))
+	n = min(n, maxBinned-min(d.binned, maxBinned))
+	d.binned += n
+	return n
 }
+
+// maxBinned bounds the count in one context's sketch in one bucket, which
+// only sample rates can reach: 4 × 4096 × 65535, about 1.07 billion.
+const maxBinned = 4 * agentMaxUnits
 
 // spill moves the exact samples into the sketch, in their order.
 func (d *distState) spill(sc *sketchScratch) {
@@ -211,6 +223,7 @@ func (d *distState) mergeDist(o *distState, sc *sketchScratch) {
 	if o.spilled {
 		o.sketch.flush(sc)
 		d.sketch.merge(&o.sketch, sc)
+		d.binned += o.binned
 		return
 	}
 	// o's exact samples fill fewer bins than the limit, so their sketch
@@ -295,7 +308,7 @@ func (b *Bucket) release() {
 		d := &b.dists[i]
 		d.sketch.reset()
 		d.min, d.max, d.sum, d.count = 0, 0, 0, 0
-		d.vals, d.wts, d.spilled, d.exactBins, d.carry = d.vals[:0], d.wts[:0], false, 0, 0
+		d.vals, d.wts, d.spilled, d.exactBins, d.carry, d.binned = d.vals[:0], d.wts[:0], false, 0, 0, 0
 	}
 	for _, m := range b.sets[:b.nSets] {
 		clear(m)
