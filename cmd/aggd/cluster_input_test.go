@@ -214,15 +214,7 @@ func TestClusterRoutesOTLPAndDogStatsD(t *testing.T) {
 		t.Errorf("forwarded %v, local %v: the load did not reach both owners", acked, local)
 	}
 	for _, p := range []*process{a.p, b.p, single.p} {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-			if p.err != nil {
-				t.Errorf("aggd: %v\n%s", p.err, p.log)
-			}
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("aggd did not stop\n%s", p.log)
-		}
+		stopAggd(t, p)
 	}
 	if err := errorsJoin(ddC.Err(), ddS.Err()); err != nil {
 		t.Fatal(err)

@@ -286,17 +286,6 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 	}
 
 	// Every replica stops cleanly, flushing what it holds.
-	stop := func(p *process) {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-			if p.err != nil {
-				t.Errorf("aggd: %v\n%s", p.err, p.log)
-			}
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("aggd did not stop\n%s", p.log)
-		}
-	}
 	var forwarded, local, seeded float64
 	for _, n := range names {
 		text := scrape(t, replica[n].admin)
@@ -312,9 +301,9 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 		t.Error("no previous sample of a RATE or MONOTONIC_COUNT context was handed to its later owner")
 	}
 	for _, n := range names {
-		stop(replica[n])
+		stopAggd(t, replica[n])
 	}
-	stop(single)
+	stopAggd(t, single)
 	if err := errorsJoin(ddC.Err(), ddS.Err()); err != nil {
 		t.Fatal(err)
 	}
@@ -344,6 +333,21 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 	compareStores(t, "sketches", sketchStore(ddS.Sketches(), "cl."), sketchStore(ddC.Sketches(), "cl."))
 	if n := len(seriesStore(ddS.Series(), "cl.")); n < 500 {
 		t.Errorf("only %d points from the single aggd: the load did not reach the intake", n)
+	}
+}
+
+// stopAggd stops p with SIGTERM, as a pod is stopped, and waits for it to
+// flush what it holds and exit.
+func stopAggd(t *testing.T, p *process) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Errorf("aggd: %v\n%s", p.err, p.log)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("aggd did not stop\n%s", p.log)
 	}
 }
 

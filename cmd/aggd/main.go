@@ -161,7 +161,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		aggCfg.Rules, spanObserver = ruleEngine, ruleEngine
 	}
 	agg := flush.NewAggregator(aggCfg)
-	proc := spans.NewProcessor(agg, sampler, spanObserver)
+	// In cluster mode the stats of spans go to their contexts' owners,
+	// like other samples: the forwarder is set once the cluster starts.
+	spanStats := &service.Routed{Ingester: agg}
+	proc := spans.NewProcessor(spanStats, sampler, spanObserver)
 	jnl, err := newJournal(cfg, walLog, policy, agg, tenants, proc, log)
 	if err != nil {
 		return err
@@ -199,6 +202,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	spanStats.Forwarder = node.forwarder()
 	dsd, err := newDogStatsD(cfg, tenants, agg, node, load, log)
 	if err != nil {
 		return err

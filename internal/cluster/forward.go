@@ -220,6 +220,16 @@ func (f *Forwarder) route(tenant string, s *window.Sample, now int64, heirs []st
 	return owner, v, heirs
 }
 
+// Owns implements service.Owner: whether this replica owns s, a sample of
+// tenant arriving at now.
+func (f *Forwarder) Owns(tenant string, s *window.Sample, now int64) bool {
+	if f.m.Single(f.cfg.Self) {
+		return true
+	}
+	owner, _, _ := f.route(tenant, s, now, nil)
+	return owner == f.cfg.Self || owner == ""
+}
+
 // seed hands sample i to the heirs route found (c.heirs): each keeps it
 // as its context's previous sample, so that its first delta as the owner
 // is the one a single aggd computes.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -200,4 +201,48 @@ func TestForwardSeedsTheHeirs(t *testing.T) {
 
 func sampleEqual(a, b servicetest.Sample) bool {
 	return a.Tenant == b.Tenant && a.Name == b.Name && slices.Equal(a.Tags, b.Tags) && a.Type == b.Type && a.Value == b.Value && a.Timestamp == b.Timestamp
+}
+
+// Samples made here (the stats of spans) go through service.Routed: live,
+// each to its context's owner; replayed from the write-ahead log, only the
+// ones this replica owns are taken here, and nothing is forwarded again
+// (the owners logged theirs when they acked them).
+func TestRoutedStatsHaveOneOwner(t *testing.T) {
+	const self = "127.0.0.1:1"
+	peer := &servicetest.Recorder{}
+	peerAddr := replica(t, peer, nil)
+	members := []string{self, peerAddr}
+	m := NewMembership(members, int64(time.Second), int64(time.Hour))
+	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}, m, slog.New(slog.DiscardHandler))
+	defer fwd.Shutdown(context.Background())
+	local := &servicetest.Recorder{}
+	r := &service.Routed{Forwarder: fwd, Ingester: local}
+	tn := window.NewTenant("default")
+	ring := NewRing(members)
+	names := append(ownedBy(ring, self, 3), ownedBy(ring, peerAddr, 3)...)
+	batch := func() *window.Batch {
+		b := &window.Batch{Tenant: tn, Now: time.Now().UnixNano()}
+		for _, n := range names {
+			s := window.Sample{Name: n, Type: window.TypeCount, Value: 1, SampleRate: 1}
+			s.Prepare(tn, nil)
+			b.Samples = append(b.Samples, s)
+			b.Results = append(b.Results, window.Accepted)
+		}
+		return b
+	}
+	b := batch()
+	r.Ingest(b)
+	if len(local.Samples()) != 3 || len(peer.Samples()) != 3 {
+		t.Fatalf("live: %d samples taken here and %d by the peer, want 3 and 3", len(local.Samples()), len(peer.Samples()))
+	}
+	b = batch()
+	r.IngestReplayed(b)
+	if len(local.Samples()) != 6 || len(peer.Samples()) != 3 {
+		t.Errorf("replayed: %d samples taken here and %d by the peer, want 3 more here and none forwarded", len(local.Samples()), len(peer.Samples()))
+	}
+	for i, res := range b.Results {
+		if res != window.Accepted {
+			t.Errorf("replayed sample %d: %v, want accepted", i, res)
+		}
+	}
 }

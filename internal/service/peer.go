@@ -122,18 +122,26 @@ func (c *converted) put() {
 	convertedPool.Put(c)
 }
 
-// Routed is the ingester of input without acks (DogStatsD) in cluster
-// mode: it forwards the samples other replicas own, with the forwarder's
-// retries, and ingests the rest. A sample its owner could not take is
-// refused owner_unavailable (counted by the forwarder and the tenant).
+// Routed is the ingester of samples made here without a client's ack
+// (DogStatsD, and the stats of spans) in cluster mode: it forwards the
+// samples other replicas own, with the forwarder's retries, and ingests
+// the rest. A sample its owner could not take is refused
+// owner_unavailable (counted by the forwarder and the tenant). Without a
+// Forwarder it ingests everything.
 type Routed struct {
 	Forwarder Forwarder
 	Ingester  interface{ Ingest(b *window.Batch) }
 }
 
-// Ingest implements dogstatsd.Ingester.
+// Owner is a Forwarder that tells whether this replica owns a sample
+// (cluster.Forwarder).
+type Owner interface {
+	Owns(tenant string, s *window.Sample, now int64) bool
+}
+
+// Ingest implements dogstatsd.Ingester and spans.StatsSink.
 func (r *Routed) Ingest(b *window.Batch) {
-	if len(b.Samples) == 0 {
+	if r.Forwarder == nil || len(b.Samples) == 0 {
 		r.Ingester.Ingest(b)
 		return
 	}
@@ -142,6 +150,29 @@ func (r *Routed) Ingest(b *window.Batch) {
 	c.out.hide(b.Results, nil)
 	r.Ingester.Ingest(b)
 	c.out.unhide(b.Results, nil)
+}
+
+// IngestReplayed implements spans.ReplaySink: samples made again from a
+// write-ahead log after a restart (the stats of replayed spans) are
+// ingested here only where this replica owns them; the others' owners
+// logged them when they acked them, and replay them themselves.
+func (r *Routed) IngestReplayed(b *window.Batch) {
+	o, ok := r.Forwarder.(Owner)
+	if !ok {
+		r.Ingester.Ingest(b)
+		return
+	}
+	for i := range b.Samples {
+		if b.Results[i] == window.Accepted && !o.Owns(b.Tenant.ID, &b.Samples[i], b.Now) {
+			b.Results[i] = hidden
+		}
+	}
+	r.Ingester.Ingest(b)
+	for i, res := range b.Results {
+		if res == hidden {
+			b.Results[i] = window.Accepted
+		}
+	}
 }
 
 // hidden marks, while the batch is ingested, the items an owner took.

@@ -5,15 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/aggd/aggd/internal/window"
 )
 
-// StatsSink takes the stats samples of spans: the aggregator.
+// StatsSink takes the stats samples of spans: the aggregator, or in
+// cluster mode what forwards each to its context's owner.
 type StatsSink interface {
 	Ingest(b *window.Batch)
+}
+
+// ReplaySink is a StatsSink that takes the stats of replayed spans apart
+// (service.Routed: only those this replica owns).
+type ReplaySink interface {
+	IngestReplayed(b *window.Batch)
 }
 
 // Processor takes spans: their stats go to a StatsSink, then the spans to
@@ -52,7 +60,7 @@ func NewProcessor(sink StatsSink, sampler *Sampler, o Observer) *Processor {
 // sampling. A span whose stats are refused (its end is too old or too new
 // for the windows, or its tenant is at its context limit) is refused whole.
 func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results []window.Reason) {
-	p.ingest(t, now, sp, results, 0, true)
+	p.ingest(t, now, sp, results, 0, true, false)
 }
 
 // ReplaySpans takes spans back from a write-ahead log after a restart:
@@ -60,10 +68,10 @@ func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results 
 // carried, and the spans themselves to tail sampling only when sample is
 // set.
 func (p *Processor) ReplaySpans(t *window.Tenant, now int64, sp []Span, results []window.Reason, cutoff int64, sample bool) {
-	p.ingest(t, now, sp, results, cutoff, sample)
+	p.ingest(t, now, sp, results, cutoff, sample, true)
 }
 
-func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []window.Reason, cutoff int64, sample bool) {
+func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []window.Reason, cutoff int64, sample, replay bool) {
 	st := p.states.Get().(*procState)
 	defer p.states.Put(st)
 	st.batch.Reset()
@@ -82,13 +90,24 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 			st.arena = st.batch.Samples[j].Prepare(t, st.arena)
 		}
 	}
-	p.sink.Ingest(&st.batch)
+	if rs, ok := p.sink.(ReplaySink); ok && replay {
+		rs.IngestReplayed(&st.batch)
+	} else {
+		p.sink.Ingest(&st.batch)
+	}
+	st.first = append(st.first, len(st.batch.Samples))
 	for i := range sp {
 		if results[i] != window.Accepted {
 			continue
 		}
 		if r := st.batch.Results[st.first[i]]; r != window.Accepted {
 			results[i] = r
+			continue
+		}
+		// A stats sample whose owner (another replica) could not be
+		// reached refuses its span, which the client sends again.
+		if slices.Contains(st.batch.Results[st.first[i]:st.first[i+1]], window.ReasonOwnerUnavailable) {
+			results[i] = window.ReasonOwnerUnavailable
 			continue
 		}
 		if p.observer != nil {

@@ -109,3 +109,59 @@ func TestMemoryPerHeldSpan(t *testing.T) {
 	t.Logf("%.0f bytes of heap per held span (estimate used for --sampling-max-bytes: %d)", per, s.C.HeldBytes.Load()/n)
 	runtime.KeepAlive(s)
 }
+
+// routingSink is a StatsSink as cluster mode has one: Ingest answers for
+// the owners of the stats, refusing the samples named unreachable as an
+// owner that cannot be reached does; IngestReplayed records that replay
+// took the stats apart.
+type routingSink struct {
+	unreachable    string // a stats metric name
+	live, replayed int
+}
+
+func (r *routingSink) Ingest(b *window.Batch) {
+	r.live += len(b.Samples)
+	for i := range b.Samples {
+		if b.Samples[i].Name == r.unreachable {
+			b.Results[i] = window.ReasonOwnerUnavailable
+		}
+	}
+}
+
+func (r *routingSink) IngestReplayed(b *window.Batch) { r.replayed += len(b.Samples) }
+
+func TestProcessorRoutesStats(t *testing.T) {
+	now := time.Now().UnixNano()
+	span := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{1}, Service: "api", Name: "op", Resource: "/r", Kind: spans.KindServer, Start: now - 1e9, Duration: 5e8}
+	tests := []struct {
+		name          string
+		unreachable   string
+		replay        bool
+		want          window.Reason
+		live, replays int
+	}{
+		{"every owner takes the stats", "", false, window.Accepted, 4, 0},
+		{"the first stat's owner unreachable", spans.MetricHits, false, window.ReasonOwnerUnavailable, 4, 0},
+		{"a later stat's owner unreachable refuses the span too", spans.MetricDuration, false, window.ReasonOwnerUnavailable, 4, 0},
+		{"replayed stats go to the replay sink", spans.MetricDuration, true, window.Accepted, 0, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sink := &routingSink{unreachable: tt.unreachable}
+			s := spans.NewSampler(nil, spans.DefaultLimits())
+			p := spans.NewProcessor(sink, s, nil)
+			res := []window.Reason{window.Accepted}
+			if tt.replay {
+				p.ReplaySpans(window.NewTenant("t"), now, []spans.Span{span}, res, 0, true)
+			} else {
+				p.IngestSpans(window.NewTenant("t"), now, []spans.Span{span}, res)
+			}
+			if res[0] != tt.want || sink.live != tt.live || sink.replayed != tt.replays {
+				t.Errorf("span %v, %d stats live, %d replayed; want %v, %d, %d", res[0], sink.live, sink.replayed, tt.want, tt.live, tt.replays)
+			}
+			if held := len(s.Advance(now+int64(time.Hour), true)); (res[0] == window.Accepted) != (held == 1) {
+				t.Errorf("span %v, and %d traces held for sampling", res[0], held)
+			}
+		})
+	}
+}
