@@ -106,8 +106,8 @@ func runPairs(ctx context.Context, o options, pairs int, w io.Writer) ([]pairRun
 		a, b := p.aggd.ackedPerSecond(), p.base.ackedPerSecond()
 		ratio := a / max(b, 1)
 		ratios = append(ratios, ratio)
-		fmt.Fprintf(w, "pair %d: aggd %.0f, baseline %.0f acked/s, ratio %.2f; ack p99 aggd %v, baseline %v\n",
-			i+1, a, b, ratio, p.aggd.quantile(0.99), p.base.quantile(0.99))
+		fmt.Fprintf(w, "pair %d: aggd %.0f, baseline %.0f acked/s, ratio %.2f; ack p99 aggd %v, baseline %v; aggload CPU per item %.0f ns, %.0f ns\n",
+			i+1, a, b, ratio, p.aggd.quantile(0.99), p.base.quantile(0.99), p.aggd.cpuPerItem(), p.base.cpuPerItem())
 	}
 	slices.Sort(ratios)
 	fmt.Fprintf(w, "ratio aggd/baseline over %d interleaved pairs: min %.2f median %.2f max %.2f\n",

@@ -31,6 +31,7 @@ import (
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/cputime"
 )
 
 type options struct {
@@ -300,6 +301,10 @@ type result struct {
 	latencies         []time.Duration
 	sent              []int64 // unix nanoseconds each latency's batch was sent at
 	firstReject       string
+	// cpu is the CPU this process used during the run: the generator's
+	// cost, which shares the machine with the server measured (and the
+	// baseline's too, when it is served in this process).
+	cpu time.Duration
 }
 
 func run(ctx context.Context, o options) (*result, error) {
@@ -349,7 +354,7 @@ func run(ctx context.Context, o options) (*result, error) {
 	if o.rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(o.batch) * float64(o.streams) / o.rate)
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), cputime.Process()
 	for s := range o.streams {
 		wg.Add(1)
 		go func() {
@@ -371,7 +376,7 @@ func run(ctx context.Context, o options) (*result, error) {
 		}()
 	}
 	wg.Wait()
-	res.elapsed = time.Since(start)
+	res.elapsed, res.cpu = time.Since(start), cputime.Process()-cpu0
 	return &res, runErr
 }
 
@@ -495,6 +500,9 @@ func (r *result) print(w io.Writer, o options) {
 	if len(r.latencies) > 0 {
 		fmt.Fprintf(w, "ack latency: p50 %v p99 %v max %v (%d acks)\n", r.quantile(0.5), r.quantile(0.99), r.quantile(1), len(r.latencies))
 	}
+	if r.accepted+r.rejects > 0 {
+		fmt.Fprintf(w, "aggload CPU: %.2fs, %.0f ns per %s acked\n", r.cpu.Seconds(), r.cpuPerItem(), strings.TrimSuffix(unit, "s"))
+	}
 }
 
 // printPhases writes the ack latency of the batches sent in each second of
@@ -514,6 +522,11 @@ func (r *result) printPhases(w io.Writer, interval time.Duration) {
 		fmt.Fprintf(w, "ack latency, sent %2ds into the interval: p50 %v p99 %v max %v (%d acks)\n",
 			p, by[p].quantile(0.5), by[p].quantile(0.99), by[p].quantile(1), len(by[p].latencies))
 	}
+}
+
+// cpuPerItem returns this process's CPU per item acked, in nanoseconds.
+func (r *result) cpuPerItem() float64 {
+	return float64(r.cpu.Nanoseconds()) / float64(max(r.accepted+r.rejects, 1))
 }
 
 // ackedPerSecond returns the items acked, accepted or not, per second.
