@@ -55,13 +55,18 @@ func (s *Server) journaled(err error) error {
 }
 
 // ingestConverted is ingestLogged for items that came in another protocol
-// (OTLP): ingest takes them in, then the accepted ones are recorded as the
+// (OTLP), b holding the decoded samples (nil for spans only): ingest takes them in, then the accepted ones are recorded as the
 // aggd.v1 Submit they amount to, so that replay takes them like any other
 // batch. Cumulative-to-delta state is not logged: after a restart, the
 // first point of each cumulative stream starts it again. In cluster mode
 // the items other replicas own go to them first (routeConverted) and are
 // neither ingested nor recorded here.
-func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason, ingest func()) error {
+func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int64, b *window.Batch, sps []spans.Span, spResults []window.Reason, ingest func()) error {
+	var smp []window.Sample
+	var results []window.Reason
+	if b != nil {
+		smp, results = b.Samples, b.Results
+	}
 	if s.fwd != nil {
 		// Forwards wait for their owners outside the journal's bracket.
 		c := routeConverted(ctx, s.fwd, tn, now, smp, results, sps, spResults)
@@ -76,6 +81,6 @@ func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int
 		defer c.out.unhide(results, spResults)
 	}
 	e := journal.Entry{Record: journal.Record{Tenant: tn.ID, Now: now}, Converted: true,
-		Batch: &window.Batch{Samples: smp, Results: results}, Spans: sps, SpanResults: spResults}
+		Batch: b, Spans: sps, SpanResults: spResults}
 	return s.journaled(s.journal.Take(&e, func() bool { ingest(); return true }))
 }

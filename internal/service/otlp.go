@@ -456,7 +456,7 @@ func (r *OTLP) exportMetrics(ctx context.Context, tn *window.Tenant, req []byte)
 	if err := pb.dec.DecodeMetrics(req, pb); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := r.s.ingestConverted(ctx, tn, pb.b.Now, pb.b.Samples, pb.b.Results, nil, nil, func() { r.s.ing.Ingest(&pb.b) }); err != nil {
+	if err := r.s.ingestConverted(ctx, tn, pb.b.Now, &pb.b, nil, nil, func() { r.s.ing.Ingest(&pb.b) }); err != nil {
 		return nil, err
 	}
 	accepted := 0

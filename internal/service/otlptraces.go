@@ -127,7 +127,7 @@ func (t *otlpTraces) exportTraces(ctx context.Context, tn *window.Tenant, req []
 	sps, results, firstErr := b.sps, b.results, b.firstErr
 	if s.spanIng != nil {
 		now := time.Now().UnixNano()
-		if err := s.ingestConverted(ctx, tn, now, nil, nil, sps, results, func() { s.spanIng.IngestSpans(tn, now, sps, results) }); err != nil {
+		if err := s.ingestConverted(ctx, tn, now, nil, sps, results, func() { s.spanIng.IngestSpans(tn, now, sps, results) }); err != nil {
 			return nil, err
 		}
 	} else {
