@@ -138,15 +138,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer func() { err = errors.Join(err, closeUpstreams()) }()
 	walLog, err := openWAL(cfg, reg, router)
 	if err != nil {
-		return err
+		return errors.Join(err, stopTracing(context.Background()))
 	}
 	if walLog != nil {
 		defer func() { err = errors.Join(err, walLog.Close()) }() // fsyncs
 	}
+	// What has started is stopped again, last first, if a later step
+	// fails before aggd serves; from then on the run group stops it.
+	started := undo{stopTracing}
+	serving := false
+	defer func() {
+		if !serving {
+			err = errors.Join(err, started.run(cfg.ShutdownTimeout))
+		}
+	}()
 	// Payloads a crash left queued are sent again once the router starts.
 	if err := router.Start(ctx); err != nil {
 		return err
 	}
+	started.add(router.Shutdown)
 
 	ruleEngine, policy, err := loadRulesAndPolicy(cfg)
 	if err != nil {
@@ -187,15 +197,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := traceRunner.Start(ctx); err != nil {
 		return err
 	}
+	started.add(traceRunner.Shutdown)
 	reloads := newReloader(cfg, ruleEngine, sampler, groups, telemetry.NewReloadMetrics(reg), log)
 	if err := reloads.Start(ctx); err != nil {
 		return err
 	}
+	started.add(reloads.Shutdown)
 	guard := newGuard(cfg, reg)
 	if guard != nil {
 		if err := guard.Start(ctx); err != nil {
 			return err
 		}
+		started.add(guard.Shutdown)
 	}
 	load := loadLevel(walLog != nil, guard.overload(), router)
 	node, err := startCluster(ctx, cfg, agg, reg, log)
@@ -203,6 +216,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	spanStats.Forwarder = node.forwarder()
+	if node != nil {
+		started.add(func(ctx context.Context) error {
+			return errors.Join(node.Shutdown(ctx), ignoreClosed(node.lis.Close()))
+		})
+	}
 	dsd, err := newDogStatsD(cfg, tenants, agg, node, load, log)
 	if err != nil {
 		return err
@@ -211,6 +229,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err := dsd.Start(ctx); err != nil {
 			return err
 		}
+		started.add(dsd.Shutdown)
 		reg.MustRegister(telemetry.NewDogStatsDCollector(dsd, cfg.DogStatsDTenant))
 		log.Info("dogstatsd listening", "addrs", dsd.Addrs(), "tenant", cfg.DogStatsDTenant)
 	}
@@ -249,24 +268,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	started.add(func(context.Context) error { return ignoreClosed(lis.Close()) })
 	admin, err := listenHTTP(cfg.AdminListen, metricsMux(reg))
 	if err != nil {
-		return errors.Join(err, lis.Close())
+		return err
 	}
+	started.add(func(context.Context) error { return admin.close() })
 	pprofSrv, err := listenHTTP(cfg.PprofListen, pprofMux())
 	if err != nil {
-		return errors.Join(err, lis.Close(), admin.close())
+		return err
 	}
+	started.add(func(context.Context) error { return pprofSrv.close() })
 	otlpHTTP, err := listenHTTP(cfg.OTLPHTTPListen, otlp.Handler(cfg.MaxRecvMsgSize))
 	if err != nil {
-		return errors.Join(err, lis.Close(), admin.close(), pprofSrv.close())
+		return err
 	}
+	started.add(func(context.Context) error { return otlpHTTP.close() })
 	if otlpHTTP != nil {
 		log.Info("OTLP/HTTP serving", "addr", otlpHTTP.addr())
 	}
 	if err := flusher.Start(ctx); err != nil {
 		return err
 	}
+	serving = true // the run group below stops everything
 
 	// Serve until ctx is done or the gRPC server fails, then stop in the
 	// order the actors are added: run.Group interrupts them one after the
@@ -689,6 +713,22 @@ func newGRPCServer(cfg config, reg prometheus.Registerer, srv *service.Server) (
 	// for Stream, which they skip and would leave at zero.
 	grpcMetrics.InitializeMetrics(exceptMethod{gs, aggdv1.AggregatorService_Stream_FullMethodName})
 	return gs, hs, otlp, nil
+}
+
+// undo holds the stops of the parts started so far.
+type undo []func(context.Context) error
+
+func (u *undo) add(stop func(context.Context) error) { *u = append(*u, stop) }
+
+// run stops the parts, last started first, within timeout.
+func (u undo) run(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var errs []error
+	for i := len(u) - 1; i >= 0; i-- {
+		errs = append(errs, u[i](ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // httpServer is an HTTP server and its listener.

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -278,4 +280,25 @@ func TestCleanStopDeliversEverythingAcked(t *testing.T) {
 			t.Logf("%d samples acked, all delivered; the stop that sent the queue took %v", acked, took)
 		})
 	}
+}
+
+// TestFailedStartStopsWhatStarted fails a start at its last step, the
+// gRPC port being taken, after the router has opened its send queue on
+// disk: the error names the port, and what had started is stopped again,
+// so that a second start on the same --wal-dir opens the queue (a file
+// one process holds at a time) and serves.
+func TestFailedStartStopsWhatStarted(t *testing.T) {
+	_, _, cfgFile := flakyIntake(t, "")
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := filepath.Join(t.TempDir(), "data")
+	args := []string{"--config", cfgFile, "--wal-dir", dir, "--admin-listen", "", "--pprof-listen", "", "--listen", taken.Addr().String()}
+	err = run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), taken.Addr().String()) {
+		t.Fatalf("start on a taken port: %v, want an error naming it", err)
+	}
+	startAggd(t, "--config", cfgFile, "--wal-dir", dir)
 }
