@@ -156,8 +156,14 @@ func TestForwardSeedsTheHeirs(t *testing.T) {
 			m := NewMembership(before, int64(time.Second), int64(time.Hour))
 			m.Schedule(after, boundary, now.UnixNano())
 			local := &servicetest.Recorder{}
+			// The owner must get its forward however busy the machine:
+			// only the seed to a heir that is down may give up soon.
+			timeout := 30 * time.Second
+			if heirDown {
+				timeout = 300 * time.Millisecond
+			}
 			fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second,
-				Timeout: 300 * time.Millisecond, InitialBackoff: 10 * time.Millisecond, Seeder: local}, m, slog.New(slog.DiscardHandler))
+				Timeout: timeout, InitialBackoff: 10 * time.Millisecond, Seeder: local}, m, slog.New(slog.DiscardHandler))
 			defer fwd.Shutdown(context.Background())
 			entry := &servicetest.Recorder{}
 			entryAddr := replica(t, entry, fwd)
