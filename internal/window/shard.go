@@ -165,9 +165,9 @@ func (sh *Shard) AddOverflow(t *Tenant, s *Sample, now int64) Reason {
 // the previous sample of its context, creating the context if need be,
 // without aggregating it: the context's next sample here takes its delta
 // from s. A cluster hands a context's previous sample this way to the
-// replica that owns the context from a later bucket on. A sample of
-// another type changes nothing; a context past its tenant's bound is not
-// created.
+// replica that owns the context from a later bucket on. A seed older
+// than the context's last sample changes nothing, nor does a sample of
+// another type; a context past its tenant's bound is not created.
 func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
 	if !s.Type.Stateful() {
 		return ReasonMalformed
@@ -195,7 +195,11 @@ func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
 		c.samples = 0 // a seed is no sample of this replica's
 	}
 	c.touch(now, sh.ttl)
-	c.remember(v, ts)
+	if c.last == nil || c.last.t <= ts {
+		// A seed older than a sample the context took since (sent by
+		// another replica) is no longer its previous sample.
+		c.remember(v, ts)
+	}
 	return Accepted
 }
 

@@ -813,3 +813,31 @@ func TestZeroFillInSteps(t *testing.T) {
 		})
 	}
 }
+
+// TestSeedAfterANewerSample: a seed is a sample of a bucket before the
+// heir owns the context, so it cannot be the previous sample of one the
+// heir took since. In a cluster it can come after one (sent by another
+// replica): it then changes nothing, and the next delta is not counted
+// again from the older value.
+func TestSeedAfterANewerSample(t *testing.T) {
+	tn := NewTenant("t")
+	sh := NewShard(testConfig())
+	now := t0 + 30*sec
+	seed := func(v float64, ts int64) {
+		t.Helper()
+		s := Sample{Name: "m", Type: TypeMonotonicCount, Value: v, Timestamp: ts, SampleRate: 1}
+		s.Prepare(tn, nil)
+		if r := sh.Seed(tn, &s, now); r != Accepted {
+			t.Fatalf("seed: %v", r)
+		}
+	}
+	seed(100, t0+2*sec)
+	add(t, sh, tn, in{name: "m", typ: TypeMonotonicCount, v: 110, ts: t0 + 11*sec, now: now})
+	seed(107, t0+9*sec) // late: 110 at 11 s is newer
+	add(t, sh, tn, in{name: "m", typ: TypeMonotonicCount, v: 111, ts: t0 + 12*sec, now: now})
+	got := collect(sh.Drain(now, true, nil))
+	want := []out{{key: "m||", ts: t0/sec + 10, value: 11}} // 110-100, 111-110
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
