@@ -263,7 +263,7 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 		// later, instead of correcting a flushed one.
 		start, width = sh.timing.Bucket(0, sh.watermark)
 	}
-	b := sh.bucket(start, width)
+	b := sh.bucket(start, width, now)
 	if b == nil {
 		return ReasonTooOld
 	}
@@ -462,8 +462,9 @@ func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) *context {
 // bucket finds or opens the bucket [start, start+width). For a range
 // already flushed it opens a bucket of late samples, or returns nil when
 // their corrections could not be exact: the flushed bucket held no
-// timestamped sample and was not kept, or its lateness has passed.
-func (sh *Shard) bucket(start, width int64) *Bucket {
+// timestamped sample and was not kept, or its lateness has passed. now
+// is the sample's arrival.
+func (sh *Shard) bucket(start, width, now int64) *Bucket {
 	if b := sh.last; b != nil && b.Start == start && b.Width == width {
 		return b
 	}
@@ -491,7 +492,10 @@ func (sh *Shard) bucket(start, width int64) *Bucket {
 			}
 		}
 		b = getBucket(start, width, late)
-		if !late && width == sh.timing.interval {
+		if !late && width == sh.timing.interval && start <= now {
+			// Only the bucket open now takes the bulk of the contexts:
+			// one timestamped sample ahead of it (up to MaxFuture) must
+			// not make a bucket as large.
 			b.reserve(sh.sizeHint)
 		}
 		b.base = base

@@ -1,6 +1,10 @@
 package window
 
-import "testing"
+import (
+	"fmt"
+	"runtime"
+	"testing"
+)
 
 // TestBucketFindsEverySlot fills buckets of several sizes across the
 // index's growth and reuse, and checks that every context finds its own
@@ -83,5 +87,50 @@ func TestNewBucketIsSizedLikeTheLastDrained(t *testing.T) {
 	}
 	if cap(b.slots) < 300 || len(b.index.tab)*3 < 300*4 {
 		t.Fatalf("the next bucket holds room for %d slots, want 300", cap(b.slots))
+	}
+}
+
+// TestOnlyTheOpenBucketIsMadeLarge: a new interval bucket is made with
+// room for the contexts of the last one drained, but only the bucket open
+// at the sample's arrival: a timestamped sample ahead of it (within
+// MaxFuture) opens a bucket as small as what it holds, so that a few such
+// samples do not make as many buckets the size of the whole shard.
+func TestOnlyTheOpenBucketIsMadeLarge(t *testing.T) {
+	const n = 5000
+	sh := NewShard(testConfig())
+	tn := NewTenant("t")
+	gauge := func(i int, ts int64) *Sample {
+		s := &Sample{Name: fmt.Sprintf("m%d", i), Type: TypeGauge, Value: 1, SampleRate: 1, Timestamp: ts}
+		s.Prepare(tn, nil)
+		return s
+	}
+	for i := range n {
+		sh.Add(tn, gauge(i, 0), t0)
+	}
+	now := t0 + 20*sec
+	for _, b := range sh.Drain(now, false, nil) {
+		b.Release()
+	}
+	// Samples made before measuring, so that only the buckets count.
+	ahead := make([]*Sample, 5)
+	for k := range ahead {
+		ahead[k] = gauge(0, now+int64(k+1)*10*sec)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for k, s := range ahead {
+		if r := sh.Add(tn, s, now); r != Accepted {
+			t.Fatalf("sample %d intervals ahead: %v", k+1, r)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// Made for n contexts, each bucket would take n slots of 32 bytes
+	// and an index of 4 bytes an entry: about a megabyte for the five.
+	if got := after.TotalAlloc - before.TotalAlloc; got > 100<<10 {
+		t.Fatalf("5 samples ahead of the open bucket allocated %d bytes, want buckets of their size", got)
+	}
+	sh.Add(tn, gauge(1, 0), now)
+	if b := sh.buckets[bucketKey{Start(now, 10*sec), 10 * sec}]; b == nil || cap(b.slots) < n {
+		t.Fatalf("the bucket open now was not made for the %d contexts of the last", n)
 	}
 }
