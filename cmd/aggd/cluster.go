@@ -108,13 +108,20 @@ func (n *clusterNode) callMemory() journal.Calls {
 	return n.calls
 }
 
+// clusterState is the state a replica hands over and takes in when the
+// owners of contexts change: the aggregator's.
+type clusterState interface {
+	service.Seeder
+	cluster.LastSamples
+}
+
 // startCluster listens on the peer port, reads the member list and starts
 // the forwarder of what other replicas own, for the aggregator service to
 // use (forwarder), which keeps the previous samples of the contexts this
 // replica is about to own in seeder. It returns nil when cluster mode is
 // off. The caller serves the peer port with the gRPC server the
 // aggregator service is on.
-func startCluster(ctx context.Context, cfg config, seeder service.Seeder, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
+func startCluster(ctx context.Context, cfg config, seeder clusterState, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
 	c := cfg.Cluster
 	if !c.on() {
 		return nil, nil
@@ -157,7 +164,16 @@ func startCluster(ctx context.Context, cfg config, seeder service.Seeder, reg pr
 		return nil, fmt.Errorf("cluster members: %w", err)
 	}
 	m := cluster.NewMembership(first, int64(cfg.Window.Interval), keep)
-	w := cluster.NewWatcher(src, m, cluster.WatchConfig{Refresh: c.Refresh, Settle: c.Settle}, log)
+	// Each change hands the last samples of the RATE and MONOTONIC_COUNT
+	// contexts it moves to their new owners. The lists read at start have
+	// nothing to hand over yet.
+	var fwd *cluster.Forwarder
+	handOver := func(ctx context.Context, v cluster.Version) {
+		if fwd != nil {
+			fwd.HandOver(ctx, seeder, v)
+		}
+	}
+	w := cluster.NewWatcher(src, m, cluster.WatchConfig{Refresh: c.Refresh, Settle: c.Settle, OnChange: handOver}, log)
 	if err := w.Refresh(ctx); err != nil { // the later lists of a file
 		log.Warn("cluster members", "err", err)
 	}
@@ -168,7 +184,7 @@ func startCluster(ctx context.Context, cfg config, seeder service.Seeder, reg pr
 			return nil, err
 		}
 	}
-	fwd := cluster.NewForwarder(cluster.Config{
+	fwd = cluster.NewForwarder(cluster.Config{
 		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout,
 		Seeder: seeder,
 	}, m, log)

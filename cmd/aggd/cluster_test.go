@@ -130,8 +130,8 @@ func (s *submitter) send(addr string, b *aggdv1.Batch) error {
 // single aggd. Both deliver to intakes that keep the last write per
 // series and timestamp: the cluster's intake must hold what the single
 // aggd's does, the first points of RATE and MONOTONIC_COUNT contexts after
-// a change of owner included. Each change is announced before the samples
-// of the buckets before it end, as a change seen --peers-settle ahead is.
+// a change of owner included: one change is announced once the samples
+// before it were all sent, the other halfway through them.
 func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds aggd and runs five processes")
@@ -228,27 +228,42 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 		}
 		return nil
 	}
+	// handedOver waits until every replica of ns has handed over the
+	// state of n member changes.
+	handedOver := func(n float64, ns ...string) {
+		t.Helper()
+		for _, r := range ns {
+			deadline := time.Now().Add(time.Minute)
+			for metric(scrape(t, replica[r].admin), "aggd_cluster_handovers_total") < n {
+				if time.Now().After(deadline) {
+					t.Fatalf("replica %s did not hand over member list %d\n%s", r, int(n), replica[r].log)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
 	const perPhase = 40 // batches: four per bucket
-	const step = int64(250 * time.Millisecond)
-	if err := run(base, perPhase/2, false, abc...); err != nil {
+	if err := run(base, perPhase, false, abc...); err != nil {
 		t.Fatal(err)
 	}
 
-	// d starts, and joins from T1: the rest of the buckets before T1 hand
-	// the previous samples of the RATE and MONOTONIC_COUNT contexts d will
-	// own to d.
+	// d starts, and joins from T1, announced once every sample before T1
+	// was sent: the last sample of each RATE and MONOTONIC_COUNT context
+	// d will own reaches d by the hand-over of the change.
 	writePeers(abc, abcd)
 	start("d")
 	versionSeen(2, abcd...)
-	if err := run(base+perPhase/2*step, perPhase/2, false, abcd...); err != nil {
-		t.Fatal(err)
-	}
+	handedOver(1, abc...)
 	if err := run(t1, perPhase/2, true, abcd...); err != nil {
 		t.Fatal(err)
 	}
-	// b is to leave from T2.
+	// b is to leave from T2, announced halfway to it: the hand-over, then
+	// the samples sent until T2, give the new owners of b's contexts their
+	// previous samples.
 	writePeers(abc, abcd, acd)
 	versionSeen(3, abcd...)
+	handedOver(2, abc...)
+	handedOver(1, "d")
 	// c is killed under load, its log holding batches of flushed buckets
 	// it keeps for late samples: it replays them into kept buckets, so
 	// that late samples after the restart still send corrected totals.

@@ -107,8 +107,9 @@ type Forwarder struct {
 	local, acked, refused, undelivered [3]atomic.Uint64
 	// Calls to peers: succeeded, failed and retried, failed for good.
 	callsOK, callsRetried, callsFailed atomic.Uint64
+	handOvers                          atomic.Uint64
 	latency                            prometheus.Histogram
-	desc                               struct{ items, calls, members, version *prometheus.Desc }
+	desc                               struct{ items, calls, members, version, handOvers *prometheus.Desc }
 }
 
 // NewForwarder returns a forwarder over m. cfg must be valid.
@@ -127,6 +128,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
 	f.desc.members = prometheus.NewDesc("aggd_cluster_members", "Members of the latest member list.", nil, nil)
 	f.desc.version = prometheus.NewDesc("aggd_cluster_membership_version", "Number of the latest member list.", nil, nil)
+	f.desc.handOvers = prometheus.NewDesc("aggd_cluster_handovers_total", "Member lists scheduled whose RATE and MONOTONIC_COUNT last samples this replica has handed to their new owners.", nil, nil)
 	return f
 }
 
@@ -228,6 +230,64 @@ func (f *Forwarder) Owns(tenant string, s *window.Sample, now int64) bool {
 	}
 	owner, _, _ := f.route(tenant, s, now, nil)
 	return owner == f.cfg.Self || owner == ""
+}
+
+// LastSamples holds the last samples of RATE and MONOTONIC_COUNT contexts
+// (flush.Aggregator).
+type LastSamples interface {
+	EachLast(fn func(t *window.Tenant, key string, typ window.MetricType, v float64, ts int64))
+}
+
+// handOverChunk bounds the seeds of one hand-over call.
+const handOverChunk = 1000
+
+// HandOver sends the last sample of every RATE and MONOTONIC_COUNT
+// context of src that this replica owns (in the bucket of that sample) and
+// another replica owns under v, to that replica as a seed: it then has
+// the previous sample of a context whose last sample came before v was
+// scheduled, which the seeds of arriving samples (Forward) do not give it.
+// The heir keeps the later of a hand-over and a seed. It returns once
+// every heir has answered or been given up (counted as seeds undelivered).
+func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
+	type heirTenant struct {
+		heir string
+		t    *window.Tenant
+	}
+	now := time.Now().UnixNano()
+	out := map[heirTenant][]window.Sample{}
+	src.EachLast(func(t *window.Tenant, key string, typ window.MetricType, val float64, ts int64) {
+		h := ContextHash(t.ID, []byte(key))
+		start, _ := f.cfg.Timing.Bucket(ts, now)
+		if owner, _ := f.m.Owner(h, start); owner != f.cfg.Self {
+			return
+		}
+		heir := v.Ring.Owner(h)
+		if heir == f.cfg.Self || heir == "" {
+			return
+		}
+		s := window.Sample{Type: typ, Value: val, Timestamp: ts, SampleRate: 1}
+		s.Name, s.Host, s.Tags = window.SplitKey(key, nil)
+		k := heirTenant{heir, t}
+		out[k] = append(out[k], s)
+	})
+	var wg sync.WaitGroup
+	for k, smp := range out {
+		wg.Go(func() {
+			for len(smp) > 0 {
+				n := min(len(smp), handOverChunk)
+				o := &service.Outgoing{Tenant: k.t, Now: now, Samples: smp[:n]}
+				g := &group{owner: k.heir, version: v.N}
+				for i := range n {
+					g.seeds = append(g.seeds, i)
+				}
+				f.encode(g, o)
+				f.deliver(ctx, g, o)
+				smp = smp[n:]
+			}
+		})
+	}
+	wg.Wait()
+	f.handOvers.Add(1)
 }
 
 // seed hands sample i to the heirs route found (c.heirs): each keeps it
@@ -503,6 +563,7 @@ func (f *Forwarder) Describe(ch chan<- *prometheus.Desc) {
 	ch <- f.desc.calls
 	ch <- f.desc.members
 	ch <- f.desc.version
+	ch <- f.desc.handOvers
 	f.latency.Describe(ch)
 }
 
@@ -522,5 +583,6 @@ func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
 	v := f.m.Latest()
 	ch <- prometheus.MustNewConstMetric(f.desc.members, prometheus.GaugeValue, float64(len(v.Ring.Members())))
 	ch <- prometheus.MustNewConstMetric(f.desc.version, prometheus.GaugeValue, float64(v.N))
+	ch <- prometheus.MustNewConstMetric(f.desc.handOvers, prometheus.CounterValue, float64(f.handOvers.Load()))
 	f.latency.Collect(ch)
 }

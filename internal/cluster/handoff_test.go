@@ -252,3 +252,46 @@ func TestRoutedStatsHaveOneOwner(t *testing.T) {
 		}
 	}
 }
+
+// lastSamples is a LastSamples of fixed contexts.
+type lastSamples []servicetest.Sample
+
+func (l lastSamples) EachLast(fn func(t *window.Tenant, key string, typ window.MetricType, v float64, ts int64)) {
+	tn := window.NewTenant("default")
+	for _, s := range l {
+		fn(tn, string(window.AppendKey(nil, s.Name, "", s.Tags)), s.Type, s.Value, s.Timestamp)
+	}
+}
+
+// A change scheduled hands the last sample of each RATE and
+// MONOTONIC_COUNT context this replica owns and the change moves to its new
+// owner; the contexts that stay, and those of other owners, stay.
+func TestHandOverSendsMovedContexts(t *testing.T) {
+	const self = "127.0.0.1:1"
+	heir := &servicetest.Recorder{}
+	heirAddr := replica(t, heir, nil)
+	other := "127.0.0.1:2" // owns contexts before the change; never dialled
+	before, after := []string{self, other}, []string{self, other, heirAddr}
+	m := NewMembership(before, int64(time.Second), int64(time.Hour))
+	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}, m, slog.New(slog.DiscardHandler))
+	defer fwd.Shutdown(context.Background())
+	now := time.Now()
+	v := m.Schedule(after, now.Add(time.Minute).UnixNano(), now.UnixNano())
+	r1, r2 := NewRing(before), NewRing(after)
+	ts := now.Add(-3 * time.Second).UnixNano()
+	moved := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r2, self, heirAddr), Type: window.TypeRate, Value: 41, Timestamp: ts}
+	stays := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r2, self, self), Type: window.TypeMonotonicCount, Value: 5, Timestamp: ts}
+	others := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r2, other, heirAddr), Type: window.TypeRate, Value: 9, Timestamp: ts}
+	fwd.HandOver(context.Background(), lastSamples{moved, stays, others}, v)
+
+	moved.Tags = []string{} // as the heir decodes them
+	if got := heir.Seeds(); !slices.EqualFunc(got, []servicetest.Sample{moved}, sampleEqual) {
+		t.Errorf("heir's seeds %+v, want only %+v", got, moved)
+	}
+	if got := itemsCounted(t, fwd, "seed", "acked"); got != 1 {
+		t.Errorf("seeds acked %v, want 1", got)
+	}
+	if fwd.handOvers.Load() != 1 {
+		t.Errorf("%d hand-overs counted, want 1", fwd.handOvers.Load())
+	}
+}

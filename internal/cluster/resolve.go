@@ -145,6 +145,9 @@ type WatchConfig struct {
 	// up to a bucket boundary, so that replicas seeing it up to Settle
 	// apart still pick the same boundary; 2 × Refresh by default.
 	Settle time.Duration
+	// OnChange, if set, is called with each list scheduled, before the
+	// next read (Forwarder.HandOver).
+	OnChange func(ctx context.Context, v Version)
 }
 
 func (c *WatchConfig) setDefaults() {
@@ -180,9 +183,9 @@ func NewWatcher(src Source, m *Membership, cfg WatchConfig, log *slog.Logger) *W
 
 // Refresh reads the source once and schedules what changed.
 func (w *Watcher) Refresh(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
-	entries, err := w.src.Members(ctx)
+	entries, err := w.src.Members(rctx)
 	if err != nil {
 		w.Failures.Add(1)
 		return fmt.Errorf("cluster members: %w", err)
@@ -200,6 +203,9 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		if v := w.m.Schedule(e.Members, at, now); w.m.Latest().N != prev.N {
 			w.Changes.Add(1)
 			w.log.Info("cluster members change", "version", v.N, "members", v.Ring.Members(), "from", time.Unix(0, v.Since).UTC())
+			if w.cfg.OnChange != nil {
+				w.cfg.OnChange(ctx, v)
+			}
 		}
 	}
 	return nil

@@ -196,6 +196,18 @@ func (a *Aggregator) Seed(b *window.Batch) {
 	}
 }
 
+// EachLast calls fn with the last sample of every RATE and MONOTONIC_COUNT
+// context (see window.Shard.EachLast), holding one shard's lock at a time;
+// fn must not call into the aggregator.
+func (a *Aggregator) EachLast(fn func(t *window.Tenant, key string, typ window.MetricType, v float64, ts int64)) {
+	for i := range a.shards {
+		s := &a.shards[i]
+		s.mu.Lock()
+		s.sh.EachLast(fn)
+		s.mu.Unlock()
+	}
+}
+
 // Due returns a tick by which every window a sample at ts arriving at now
 // falls in is drained: its bucket's, and the rules' windows.
 func (a *Aggregator) Due(ts, now int64) int64 {

@@ -39,8 +39,9 @@ type context struct {
 }
 
 type lastSample struct {
-	v float64
-	t int64
+	v   float64
+	t   int64
+	typ MetricType
 }
 
 // touch records an arrival at now.
@@ -50,12 +51,12 @@ func (c *context) touch(now, ttl int64) {
 	}
 }
 
-// remember records v at ts as the context's last sample.
-func (c *context) remember(v float64, ts int64) {
+// remember records v at ts, of type typ, as the context's last sample.
+func (c *context) remember(typ MetricType, v float64, ts int64) {
 	if c.last == nil {
 		c.last = new(lastSample)
 	}
-	c.last.v, c.last.t = v, ts
+	c.last.v, c.last.t, c.last.typ = v, ts, typ
 }
 
 type bucketKey struct{ start, width int64 }
@@ -165,9 +166,11 @@ func (sh *Shard) AddOverflow(t *Tenant, s *Sample, now int64) Reason {
 // the previous sample of its context, creating the context if need be,
 // without aggregating it: the context's next sample here takes its delta
 // from s. A cluster hands a context's previous sample this way to the
-// replica that owns the context from a later bucket on. A seed older
-// than the context's last sample changes nothing, nor does a sample of
-// another type; a context past its tenant's bound is not created.
+// replica that owns the context from a later bucket on. A seed older than
+// the context's last sample changes nothing (the replica handing over its
+// contexts and the replicas seeding samples as they arrive may be read in
+// any order). A sample of another type changes nothing; a context past
+// its tenant's bound is not created.
 func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
 	if !s.Type.Stateful() {
 		return ReasonMalformed
@@ -198,9 +201,20 @@ func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
 	if c.last == nil || c.last.t <= ts {
 		// A seed older than a sample the context took since (sent by
 		// another replica) is no longer its previous sample.
-		c.remember(v, ts)
+		c.remember(s.Type, v, ts)
 	}
 	return Accepted
+}
+
+// EachLast calls fn with the last sample of every RATE and MONOTONIC_COUNT
+// context of the shard: its tenant, canonical key, type, value and
+// timestamp. fn must not call into the shard.
+func (sh *Shard) EachLast(fn func(t *Tenant, key string, typ MetricType, v float64, ts int64)) {
+	for _, c := range sh.all {
+		if l := c.last; l != nil {
+			fn(c.tenant, c.key, l.typ, l.v, l.t)
+		}
+	}
 }
 
 // Resume tells the shard, before any sample, that an earlier process
@@ -345,7 +359,7 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 		}
 		sl.v, sl.t = v, ts
 		sl.flags |= hasValue
-		c.remember(v, ts)
+		c.remember(sl.typ, v, ts)
 	case TypeMonotonicCount:
 		if l := c.last; l != nil {
 			if d := v - l.v; d > 0 {
@@ -353,7 +367,7 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 			}
 			sl.flags |= hasValue
 		}
-		c.remember(v, ts)
+		c.remember(sl.typ, v, ts)
 	case TypeHistogram, TypeTiming, TypeDistribution:
 		b.dists[sl.ext].add(v, weight, &b.scratch)
 		sl.flags |= hasValue

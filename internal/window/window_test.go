@@ -841,3 +841,30 @@ func TestSeedAfterANewerSample(t *testing.T) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 }
+
+// EachLast lists every context with a last sample (seeded or taken), with
+// its type; a seed older than the last one changes nothing.
+func TestEachLastListsTheLastSamples(t *testing.T) {
+	tn := NewTenant("t")
+	sh := NewShard(testConfig())
+	seed := func(v float64, ts int64) {
+		s := Sample{Name: "r", Type: TypeRate, Value: v, Timestamp: ts, SampleRate: 1}
+		s.Prepare(tn, nil)
+		if r := sh.Seed(tn, &s, t0); r != Accepted {
+			t.Fatal(r)
+		}
+	}
+	seed(10, t0-2*sec)
+	seed(5, t0-3*sec) // older: a hand-over read before the seed above
+	add(t, sh, tn, in{name: "m", typ: TypeMonotonicCount, v: 3, ts: t0 - sec})
+	add(t, sh, tn, in{name: "g", typ: TypeGauge, v: 3, ts: t0 - sec})
+	got := map[string]string{}
+	sh.EachLast(func(_ *Tenant, key string, typ MetricType, v float64, ts int64) {
+		name, _, _ := SplitKey(key, nil)
+		got[name] = fmt.Sprintf("%v %v @%d", typ, v, (ts-t0)/sec)
+	})
+	want := map[string]string{"r": "rate 10 @-2", "m": "monotonic_count 3 @-1"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("last samples %v, want %v", got, want)
+	}
+}
