@@ -316,12 +316,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if h == nil {
 			return
 		}
-		g.Add(func() error {
-			if err := h.serve(); err != nil {
-				log.Error(what+" stopped", "err", err)
-			}
-			return nil
-		}, func(error) { stopErrs = append(stopErrs, stop()) })
+		g.Add(servesUntilStopped(h.serve, func(err error) { log.Error(what+" stopped", "err", err) },
+			func() { stopErrs = append(stopErrs, stop()) }))
 	}
 	signalled := make(chan struct{})
 	g.Add(func() error {
@@ -937,4 +933,23 @@ func durationText(_ []string, a slog.Attr) slog.Attr {
 		a.Value = slog.StringValue(a.Value.Duration().String())
 	}
 	return a
+}
+
+// servesUntilStopped returns a run group actor for a server that serves
+// until it is stopped: if serve fails first, the failure goes to failed
+// and the actor still waits for its interrupt, since the first actor to
+// return would end the whole group (a failed admin or OTLP/HTTP listener
+// must not stop aggd's ingest).
+func servesUntilStopped(serve func() error, failed func(error), stop func()) (execute func() error, interrupt func(error)) {
+	done := make(chan struct{})
+	return func() error {
+			if err := serve(); err != nil {
+				failed(err)
+			}
+			<-done
+			return nil
+		}, func(error) {
+			stop()
+			close(done)
+		}
 }

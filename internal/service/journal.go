@@ -55,7 +55,8 @@ func (s *Server) journaled(err error) error {
 }
 
 // ingestConverted is ingestLogged for items that came in another protocol
-// (OTLP), b holding the decoded samples (nil for spans only): ingest takes them in, then the accepted ones are recorded as the
+// (OTLP), b holding the decoded samples (nil for spans only): ingest
+// takes them in, then the accepted ones are recorded as the
 // aggd.v1 Submit they amount to, so that replay takes them like any other
 // batch. Cumulative-to-delta state is not logged: after a restart, the
 // first point of each cumulative stream starts it again. In cluster mode
