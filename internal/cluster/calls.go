@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
@@ -18,6 +19,15 @@ import (
 // about 160 bytes each, 20 MB.
 const DefaultMaxCalls = 1 << 17
 
+// MaxCallBytes bounds the bytes of the calls Calls remembers, their acks
+// counted at their encoded size: an ack listing many refusals, each with
+// its detail, weighs far more than the 160 bytes of one that lists none.
+const MaxCallBytes = 32 << 20
+
+// callOverhead is what a remembered call holds beside its ack's encoding
+// (map entry, memo, order slot, the ack's structs).
+const callOverhead = 160
+
 // Calls remembers the forwarded calls this replica applied as their
 // owner, by the name the forwarding replica gave them, with the ack each
 // got: a call sent again (a retry after a lost answer or a deadline) is
@@ -26,13 +36,15 @@ const DefaultMaxCalls = 1 << 17
 // service.PeerCalls and prometheus.Collector, and is safe for concurrent
 // use.
 type Calls struct {
-	keep int64
-	max  int
+	keep     int64
+	max      int
+	maxBytes int
 
 	mu    sync.Mutex
 	calls map[codec.CallID]*memo
 	order []codec.CallID // in the order begun, to forget the oldest
 	head  int
+	bytes int // of the applied calls remembered
 
 	repeated, forgotten atomic.Uint64
 	desc                struct{ repeated, remembered, forgotten *prometheus.Desc }
@@ -41,18 +53,19 @@ type Calls struct {
 // memo is what Calls holds of one call.
 type memo struct {
 	ack     *aggdv1.Ack // nil while the call is applied
+	size    int         // bytes counted for it once applied
 	expires int64
 	wait    chan struct{} // closed when the call ends; made by a waiter
 }
 
 // NewCalls returns a memory that keeps each call for keep after it was
-// applied, and at most max calls (DefaultMaxCalls when max ≤ 0): past
-// that the oldest are forgotten early.
+// applied, and at most max calls (DefaultMaxCalls when max ≤ 0) of at
+// most MaxCallBytes together: past that the oldest are forgotten early.
 func NewCalls(keep time.Duration, max int) *Calls {
 	if max <= 0 {
 		max = DefaultMaxCalls
 	}
-	c := &Calls{keep: int64(keep), max: max, calls: map[codec.CallID]*memo{}}
+	c := &Calls{keep: int64(keep), max: max, maxBytes: MaxCallBytes, calls: map[codec.CallID]*memo{}}
 	c.desc.repeated = prometheus.NewDesc("aggd_cluster_forwards_repeated_total",
 		"Forwarded calls received again after this replica applied them (a retry): answered with their first ack, not applied twice.", nil, nil)
 	c.desc.remembered = prometheus.NewDesc("aggd_cluster_forwards_remembered",
@@ -106,6 +119,7 @@ func (c *Calls) End(id codec.CallID, ack *aggdv1.Ack) {
 		delete(c.calls, id)
 	} else {
 		m.ack, m.expires = ack, time.Now().UnixNano()+c.keep
+		c.count(m)
 	}
 	if m.wait != nil {
 		close(m.wait)
@@ -119,13 +133,28 @@ func (c *Calls) Applied(id codec.CallID, ack *aggdv1.Ack, at int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.calls[id]; !ok {
-		c.calls[id] = &memo{ack: ack, expires: at + c.keep}
+		m := &memo{ack: ack, expires: at + c.keep}
+		c.calls[id] = m
 		c.order = append(c.order, id)
+		c.count(m)
 	}
 }
 
+// count adds the applied call m's bytes.
+func (c *Calls) count(m *memo) {
+	m.size = callOverhead + proto.Size(m.ack)
+	c.bytes += m.size
+}
+
+// dropLocked forgets the applied call id.
+func (c *Calls) dropLocked(id codec.CallID, m *memo) {
+	delete(c.calls, id)
+	c.bytes -= m.size
+}
+
 // forgetLocked drops the calls kept past their time, oldest first, and
-// the oldest applied ones while more than max are kept.
+// the oldest applied ones while more than max, or more than maxBytes,
+// are kept.
 func (c *Calls) forgetLocked(now int64) {
 	for c.head < len(c.order) {
 		id := c.order[c.head]
@@ -135,9 +164,9 @@ func (c *Calls) forgetLocked(now int64) {
 		case m.ack == nil: // being applied: it ends within its call
 			return
 		case m.expires <= now:
-			delete(c.calls, id)
-		case len(c.calls) >= c.max:
-			delete(c.calls, id)
+			c.dropLocked(id, m)
+		case len(c.calls) >= c.max || c.bytes > c.maxBytes:
+			c.dropLocked(id, m)
 			c.forgotten.Add(1)
 		default:
 			return

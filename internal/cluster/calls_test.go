@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
@@ -99,6 +100,53 @@ func TestCallsRemembersAppliedCalls(t *testing.T) {
 			t.Errorf("repeated %d, want 1", n)
 		}
 	})
+}
+
+// Calls bounds the bytes of the acks it keeps, not only their number:
+// acks that list many refusals, each with its detail, make it forget the
+// oldest calls early, while small acks of the same number are all kept.
+func TestCallsBoundTheirBytes(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		refused int // rejections in each ack
+		want    int // calls remembered of 400
+	}{
+		{"small acks", 0, 400},
+		{"acks listing 500 refusals", 500, -1}, // fewer than 400, bytes within the bound
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			c := NewCalls(time.Hour, 0)
+			c.maxBytes = 1 << 20
+			ack := &aggdv1.Ack{Accepted: 500 - uint32(tt.refused)}
+			for i := range tt.refused {
+				ack.Rejections = append(ack.Rejections, &aggdv1.Rejection{Index: uint32(i), Reason: "type_conflict",
+					Detail: fmt.Sprintf("sample %d: series web.requests was declared a gauge, this sample is a count", i)})
+			}
+			for i := range 400 {
+				id := codec.CallID{Replica: 1, Sequence: uint64(i + 1)}
+				c.Begin(ctx, id)
+				c.End(id, ack)
+			}
+			c.mu.Lock()
+			n, bytes := len(c.calls), c.bytes
+			c.mu.Unlock()
+			if tt.want >= 0 && n != tt.want {
+				t.Fatalf("remembered %d calls, want %d", n, tt.want)
+			}
+			if tt.want < 0 && (n >= 400 || n == 0) {
+				t.Fatalf("remembered %d of 400 calls of %d bytes each, want fewer, not none", n, proto.Size(ack))
+			}
+			// The bound holds after the next call trims (one call over it
+			// at most, the last one added).
+			if limit := c.maxBytes + callOverhead + proto.Size(ack); bytes > limit {
+				t.Fatalf("remembered %d bytes, over %d", bytes, limit)
+			}
+			if tt.want < 0 && c.forgotten.Load() == 0 {
+				t.Fatal("no call counted as forgotten early")
+			}
+		})
+	}
 }
 
 // cutter is a TCP proxy that can cut every connection through it.
