@@ -656,8 +656,7 @@ var sketchMapping, _ = mapping.NewLogarithmicMapping(window.RelativeAccuracy)
 
 // spread adds count c (a whole number) spread evenly over [lo, hi] to h's
 // bins: each sketch bin the interval crosses gets the share of its width,
-// in whole counts, as the Datadog Agent's quantile.Agent.InsertInterpolate
-// does.
+// in whole counts.
 func spread(h *bins, lo, hi, c float64) {
 	switch {
 	case c == 0:
@@ -711,10 +710,13 @@ func spreadPositive(h *bins, lo, hi, c float64) {
 }
 
 // histogram adds an explicit-bucket histogram point as one distribution
-// sample: each bucket's count spread over its bounds (the open-ended
-// buckets over the point's minimum or maximum when set, else at their
-// finite bound, as Datadog's OTLP mapping does in getSketchBuckets), with
-// the point's exact count, sum, minimum and maximum.
+// sample: each bucket's count interpolated across the Agent sketch keys
+// between its bounds as the Agent's InsertInterpolate does, so that the
+// sketch's bins are the ones Datadog's OTLP mapping (getSketchBuckets)
+// builds, with the point's exact count, sum, minimum and maximum. An
+// open-ended bucket takes its finite bound for the infinite one, as
+// getSketchBuckets does; where the point has a minimum or maximum, aggd
+// first narrows every bucket to them, which getSketchBuckets does not.
 func (pb *pointBatch) histogram(s window.Sample, in *histInput) {
 	if in.count == 0 {
 		return
@@ -752,7 +754,7 @@ func (pb *pointBatch) histogram(s window.Sample, in *histInput) {
 			lo = hi
 		}
 		h.Min, h.Max = min(h.Min, lo), max(h.Max, hi)
-		spread(&pb.bins, lo, hi, float64(c))
+		window.AgentInterpolate(lo, hi, c, func(v float64, n uint64) { pb.bins.add(v, float64(n)) })
 	}
 	pb.endHist(h, start)
 	h.Sum = in.sum

@@ -301,3 +301,44 @@ func (s *agentSketch) store(tmp []AgentBin, sc *sketchScratch) {
 	s.bins = append(s.bins[:0], tmp...)
 	sc.tmp = tmp[:0]
 }
+
+// AgentInterpolate spreads count n over [lo, hi] across the Agent sketch
+// keys from AgentKey(lo) to AgentKey(hi), as pkg/quantile's
+// Agent.InsertInterpolate does, and calls add with each key's value
+// (AgentKeyValue, which AgentKey maps back to the key) and its count, by
+// increasing key. A key takes the share of n that the width from its value
+// to the next key's value is of hi − lo, truncated, and once the
+// fractions of shares above 1 add up past 1 it takes one more; a share
+// below 1 goes to the next key instead, and what is left to the last key
+// that took a share (or the first). Infinite keys are clamped to the
+// largest finite ones. lo must be at most hi.
+func AgentInterpolate(lo, hi float64, n uint64, add func(v float64, n uint64)) {
+	clamp := func(k int16) int32 { return int32(max(min(k, agentMaxKey), -agentMaxKey)) }
+	start, end := clamp(AgentKey(lo)), clamp(AgentKey(hi))
+	left := n
+	dist := hi - lo
+	from := start
+	low := AgentKeyValue(from)
+	var rem float64
+	for k := start + 1; k <= end && left > 0; k++ {
+		up := AgentKeyValue(k)
+		f := (up - low) / dist * float64(n)
+		if f > 1 {
+			rem += f - math.Trunc(f)
+		}
+		kn := uint64(f)
+		if rem > 1 {
+			kn++
+			rem--
+		}
+		if kn > 0 {
+			kn = min(kn, left)
+			add(low, kn)
+			left -= kn
+			from, low = k, up
+		}
+	}
+	if left > 0 {
+		add(AgentKeyValue(from), left)
+	}
+}
