@@ -389,11 +389,13 @@ func (l *level) Level() overload.Level {
 func TestMemoryPressureSlowsThenRefuses(t *testing.T) {
 	lv := &level{}
 	e := startWith(t, false, service.Config{Load: lv})
+	// Soft before the stream opens: a level read before the batch came
+	// must not be OK, or the batch is taken at once.
+	lv.l.Store(int32(overload.Soft))
 	st, err := e.client.Stream(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	lv.l.Store(int32(overload.Soft))
 	st.Send(&aggdv1.StreamRequest{Sequence: 1, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{sample("a", 1)}}})
 	acked := make(chan error, 1)
 	go func() {
