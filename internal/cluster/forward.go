@@ -247,7 +247,10 @@ const handOverChunk = 1000
 // the previous sample of a context whose last sample came before v was
 // scheduled, which the seeds of arriving samples (Forward) do not give it.
 // The heir keeps the later of a hand-over and a seed. It returns once
-// every heir has answered or been given up (counted as seeds undelivered).
+// every heir has answered or been given up (counted as seeds undelivered):
+// a heir that did not take one call within Timeout gets no further calls,
+// so that an unreachable heir holds the member-list watcher (which calls
+// HandOver) for one Timeout, not one per thousand contexts.
 func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 	type heirTenant struct {
 		heir string
@@ -281,8 +284,12 @@ func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 					g.seeds = append(g.seeds, i)
 				}
 				f.encode(g, o)
-				f.deliver(ctx, g, o)
+				err := f.deliver(ctx, g, o)
 				smp = smp[n:]
+				if err != nil {
+					f.undelivered[2].Add(uint64(len(smp)))
+					return
+				}
 			}
 		})
 	}
@@ -389,8 +396,9 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 // seedsField is ForwardRequest.seeds.
 const seedsField = 7
 
-// deliver sends g to its owner and writes the outcome into o.
-func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) {
+// deliver sends g to its owner and writes the outcome into o. It returns
+// the error of a call its owner did not take.
+func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) error {
 	for _, i := range g.samples {
 		o.SampleSent[i] = true
 	}
@@ -410,7 +418,7 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 		f.undelivered[1].Add(uint64(len(g.spans)))
 		f.undelivered[2].Add(uint64(len(g.seeds)))
 		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "err", err)
-		return
+		return err
 	}
 	f.acked[2].Add(uint64(len(g.seeds)))
 	var refused [2]uint64
@@ -435,6 +443,7 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 	f.refused[1].Add(refused[1])
 	f.acked[0].Add(uint64(len(g.samples)) - refused[0])
 	f.acked[1].Add(uint64(len(g.spans)) - refused[1])
+	return nil
 }
 
 // parseReason returns the Reason named name; an unknown name (a newer

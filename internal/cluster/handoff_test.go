@@ -295,3 +295,40 @@ func TestHandOverSendsMovedContexts(t *testing.T) {
 		t.Errorf("%d hand-overs counted, want 1", fwd.handOvers.Load())
 	}
 }
+
+// A heir that does not take a hand-over call within Timeout gets no
+// further calls: the rest of its seeds are counted undelivered at once,
+// so that the member-list watcher waits one Timeout, not one per call.
+func TestHandOverGivesUpAnUnreachableHeir(t *testing.T) {
+	const self = "127.0.0.1:1"
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String() // nothing listens there once closed
+	l.Close()
+	before, after := []string{self}, []string{self, dead}
+	m := NewMembership(before, int64(time.Second), int64(time.Hour))
+	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second,
+		Timeout: 100 * time.Millisecond}, m, slog.New(slog.DiscardHandler))
+	defer fwd.Shutdown(context.Background())
+	now := time.Now()
+	v := m.Schedule(after, now.Add(time.Minute).UnixNano(), now.UnixNano())
+	ts := now.Add(-3 * time.Second).UnixNano()
+	const moving = 3*handOverChunk + 1 // four calls' worth
+	var src lastSamples
+	for i := 0; len(src) < moving; i++ {
+		name := fmt.Sprintf("m%d", i)
+		if v.Ring.Owner(ContextHash("default", window.AppendKey(nil, name, "", nil))) == dead {
+			src = append(src, servicetest.Sample{Tenant: "default", Name: name, Type: window.TypeRate, Value: 1, Timestamp: ts})
+		}
+	}
+	fwd.HandOver(context.Background(), src, v)
+
+	if got := fwd.callsFailed.Load(); got != 1 {
+		t.Errorf("%d calls given up, want 1 (no call after the first failed)", got)
+	}
+	if got := itemsCounted(t, fwd, "seed", "undelivered"); got != moving {
+		t.Errorf("seeds undelivered %v, want %d", got, moving)
+	}
+}
