@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -166,10 +167,11 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, reg prom
 	m := cluster.NewMembership(first, int64(cfg.Window.Interval), keep)
 	// Each change hands the last samples of the RATE and MONOTONIC_COUNT
 	// contexts it moves to their new owners. The lists read at start have
-	// nothing to hand over yet.
-	var fwd *cluster.Forwarder
+	// nothing to hand over yet. The watcher calls handOver on a goroutine
+	// of its own, hence the atomic.
+	var handTo atomic.Pointer[cluster.Forwarder]
 	handOver := func(ctx context.Context, v cluster.Version) {
-		if fwd != nil {
+		if fwd := handTo.Load(); fwd != nil {
 			fwd.HandOver(ctx, seeder, v)
 		}
 	}
@@ -184,11 +186,12 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, reg prom
 			return nil, err
 		}
 	}
-	fwd = cluster.NewForwarder(cluster.Config{
+	fwd := cluster.NewForwarder(cluster.Config{
 		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout,
 		Seeder: seeder,
 	}, m, log)
 	reg.MustRegister(fwd)
+	handTo.Store(fwd)
 	// A forward is sent again for up to --peer-forward-timeout after its
 	// first attempt: its owner remembers it twice that long.
 	calls := cluster.NewCalls(2*c.Timeout, 0)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -200,6 +201,47 @@ func TestWatcherReadsFileHistory(t *testing.T) {
 		}
 		if w.Changes.Load() != 1 {
 			t.Errorf("%d changes after reading the same file 3 times, want 1", w.Changes.Load())
+		}
+	})
+}
+
+// A change whose OnChange (a hand-over to an heir not answering) is still
+// running does not hold the next reads: the change after it is scheduled
+// at the boundary the other replicas, seeing it at the same refresh,
+// pick. Shutdown ends and waits for the OnChange still running.
+func TestWatcherReadsOnDuringAChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dns := &fakeDNS{}
+		dns.set(nil, "10.0.0.1", "10.0.0.2")
+		src := DNS{Host: "aggd-peers", Port: "8129", Resolver: dns}
+		m := NewMembership([]string{"10.0.0.1:8129", "10.0.0.2:8129"}, 10*sec, 600*sec)
+		var running, ended atomic.Int32
+		onChange := func(ctx context.Context, v Version) {
+			running.Add(1)
+			<-ctx.Done() // an heir that never answers
+			ended.Add(1)
+		}
+		w := NewWatcher(src, m, WatchConfig{Refresh: 5 * time.Second, Settle: 12 * time.Second, OnChange: onChange},
+			slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err := w.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		dns.set(nil, "10.0.0.1", "10.0.0.2", "10.0.0.3")
+		time.Sleep(5 * time.Second) // the refresh at 5 s schedules version 2
+		synctest.Wait()
+		dns.set(nil, "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
+		time.Sleep(5 * time.Second) // the refresh at 10 s, version 3
+		synctest.Wait()
+		seen := time.Now().UnixNano()
+		if v := m.Latest(); v.N != 3 || v.Since != alignUp(seen+12*sec, 10*sec) {
+			t.Errorf("version %d from %v, want 3 from the boundary after %v", v.N, time.Unix(0, v.Since), time.Unix(0, seen+12*sec))
+		}
+		if n := running.Load(); n != 2 {
+			t.Errorf("%d changes handed on, want 2", n)
+		}
+		w.Shutdown(context.Background())
+		if n := ended.Load(); n != 2 {
+			t.Errorf("%d changes ended by Shutdown, want 2", n)
 		}
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -145,8 +146,12 @@ type WatchConfig struct {
 	// up to a bucket boundary, so that replicas seeing it up to Settle
 	// apart still pick the same boundary; 2 × Refresh by default.
 	Settle time.Duration
-	// OnChange, if set, is called with each list scheduled, before the
-	// next read (Forwarder.HandOver).
+	// OnChange, if set, is called with each list scheduled
+	// (Forwarder.HandOver), on its own goroutine: a slow one (an heir not
+	// answering) must not hold the next reads, since a list seen later
+	// than the other replicas see it is scheduled at a later boundary than
+	// theirs. Shutdown cancels its ctx, when Start made it, and waits
+	// for it.
 	OnChange func(ctx context.Context, v Version)
 }
 
@@ -171,8 +176,9 @@ type Watcher struct {
 	log      *slog.Logger
 	done     chan struct{}
 	cancel   context.CancelFunc
-	Failures atomic.Uint64 // reads that failed
-	Changes  atomic.Uint64 // lists scheduled
+	changes  sync.WaitGroup // OnChange calls running
+	Failures atomic.Uint64  // reads that failed
+	Changes  atomic.Uint64  // lists scheduled
 }
 
 // NewWatcher returns a watcher of src for m.
@@ -204,7 +210,7 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 			w.Changes.Add(1)
 			w.log.Info("cluster members change", "version", v.N, "members", v.Ring.Members(), "from", time.Unix(0, v.Since).UTC())
 			if w.cfg.OnChange != nil {
-				w.cfg.OnChange(ctx, v)
+				w.changes.Go(func() { w.cfg.OnChange(ctx, v) })
 			}
 		}
 	}
@@ -233,11 +239,13 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown stops the watcher and waits for it. It is idempotent.
+// Shutdown stops the watcher and waits for it and its OnChange calls. It
+// is idempotent.
 func (w *Watcher) Shutdown(context.Context) error {
 	if w.cancel != nil {
 		w.cancel()
 		<-w.done
 	}
+	w.changes.Wait()
 	return nil
 }
