@@ -128,7 +128,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
 	f.desc.members = prometheus.NewDesc("aggd_cluster_members", "Members of the latest member list.", nil, nil)
 	f.desc.version = prometheus.NewDesc("aggd_cluster_membership_version", "Number of the latest member list.", nil, nil)
-	f.desc.handOvers = prometheus.NewDesc("aggd_cluster_handovers_total", "Member lists scheduled whose RATE and MONOTONIC_COUNT last samples this replica has handed to their new owners.", nil, nil)
+	f.desc.handOvers = prometheus.NewDesc("aggd_cluster_handovers_total", "Member lists scheduled whose hand-over of RATE and MONOTONIC_COUNT last samples to their new owners this replica has finished: each seed delivered or given up (aggd_cluster_items_total{kind=\"seed\"}).", nil, nil)
 	return f
 }
 
