@@ -118,8 +118,7 @@ func NewAggregator(cfg AggregatorConfig) *Aggregator {
 		return a.over.sh.AddOverflow(t, s, now)
 	}
 	for i := range a.shards {
-		a.shards[i].sh = window.NewShard(cfg.Window)
-		a.shards[i].sh.SetOverflow(fold)
+		a.shards[i].sh = window.NewSharingShard(cfg.Window, fold)
 	}
 	return a
 }

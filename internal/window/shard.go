@@ -93,7 +93,7 @@ type Shard struct {
 	// corrections.
 	corrected []*Bucket
 	// fold, if set, takes the samples of a tenant past its context bound.
-	fold func(t *Tenant, s *Sample, now int64, restore bool) Reason
+	fold OverflowFunc
 	// counters are the COUNT contexts within their expiry, zero-filled
 	// every interval; zeroed is the start of the last bucket filled.
 	counters      []*context
@@ -126,8 +126,20 @@ const sweepBudget = 4096
 const maxTTL = 1 << 62
 
 // NewShard returns an empty shard. cfg must be valid.
-func NewShard(cfg Config) *Shard {
+func NewShard(cfg Config) *Shard { return NewSharingShard(cfg, nil) }
+
+// OverflowFunc takes a sample of a tenant past its context bound, arriving
+// at now; restore is set for a sample Restore adds.
+type OverflowFunc func(t *Tenant, s *Sample, now int64, restore bool) Reason
+
+// NewSharingShard returns an empty shard whose samples of a tenant past
+// its context bound go to fold instead of the shard's own overflow
+// contexts, so that several shards share one overflow series per tenant
+// and type (see AddOverflow); nil keeps them in the shard. cfg must be
+// valid.
+func NewSharingShard(cfg Config, fold OverflowFunc) *Shard {
 	return &Shard{
+		fold:     fold,
 		timing:   cfg.Timing(),
 		ttl:      min(int64(cfg.ContextTTL), maxTTL),
 		maxSet:   cfg.MaxSetSize,
@@ -137,14 +149,6 @@ func NewShard(cfg Config) *Shard {
 
 		counterExpiry: int64(cfg.CounterExpiry),
 	}
-}
-
-// SetOverflow makes the samples of a tenant past its context bound go to
-// fold instead of the shard's own overflow contexts, so that several
-// shards share one overflow series per tenant and type (see AddOverflow).
-// A restored sample (see Restore) is folded with restore set.
-func (sh *Shard) SetOverflow(fold func(t *Tenant, s *Sample, now int64, restore bool) Reason) {
-	sh.fold = fold
 }
 
 // Contexts returns the number of live contexts.
