@@ -113,7 +113,7 @@ func TestClusterRoutesOTLPAndDogStatsD(t *testing.T) {
 	bin := buildAggd(t)
 	ddC, ddS := upstreamtest.NewDatadogIntake(t), upstreamtest.NewDatadogIntake(t)
 	cfgC, cfgS := intakeConfig(t, ddC), intakeConfig(t, ddS)
-	common := []string{"--interval", "1s", "--grace", "0s", "--max-lateness", "2h", "--late-window", "2h", "--shutdown-timeout", "60s"}
+	common := comparedFlags()
 	dir := t.TempDir()
 	type node struct {
 		p          *process

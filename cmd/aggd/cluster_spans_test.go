@@ -23,7 +23,7 @@ func TestClusterSpanStatsHaveOneWriter(t *testing.T) {
 	bin := buildAggd(t)
 	ddC, ddS := upstreamtest.NewDatadogIntake(t), upstreamtest.NewDatadogIntake(t)
 	cfgC, cfgS := intakeConfig(t, ddC), intakeConfig(t, ddS)
-	common := []string{"--interval", "1s", "--grace", "0s", "--max-lateness", "2h", "--late-window", "2h", "--shutdown-timeout", "60s"}
+	common := comparedFlags()
 	single := startProcess(t, bin, append([]string{"--config", cfgS}, common...)...)
 	peerA, peerB := freeAddr(t), freeAddr(t)
 	replicas := [2]*process{}

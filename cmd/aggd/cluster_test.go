@@ -22,6 +22,14 @@ import (
 	"github.com/aggd/aggd/internal/window"
 )
 
+// comparedFlags are the flags every aggd of a cluster-against-one-aggd
+// comparison runs with: one-second buckets flushed at once, samples hours
+// late still taken and their buckets kept for corrections, so that both
+// sides aggregate every sample, and a stop long enough to deliver it all.
+func comparedFlags() []string {
+	return []string{"--interval", "1s", "--grace", "0s", "--max-lateness", "2h", "--late-window", "2h", "--shutdown-timeout", "60s"}
+}
+
 // intakeConfig writes an aggd configuration sending to dd.
 func intakeConfig(t *testing.T, dd *upstreamtest.DatadogIntake) string {
 	t.Helper()
@@ -139,7 +147,7 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 	bin := buildAggd(t)
 	ddC, ddS := upstreamtest.NewDatadogIntake(t), upstreamtest.NewDatadogIntake(t)
 	cfgC, cfgS := intakeConfig(t, ddC), intakeConfig(t, ddS)
-	common := []string{"--interval", "1s", "--grace", "0s", "--max-lateness", "2h", "--late-window", "2h", "--shutdown-timeout", "60s"}
+	common := comparedFlags()
 	single := startProcess(t, bin, append([]string{"--config", cfgS}, common...)...)
 
 	// Bucket time of the run: ten minutes ago, in phases of ten buckets.
