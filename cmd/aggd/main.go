@@ -235,7 +235,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge, Load: load,
-		Forwarder: node.forwarder(), PeerCalls: node.peerCalls()}
+		Forwarder: node.forwarder(), PeerCalls: node.peerCalls(), Seeder: agg}
 	if g := guard.overload(); g != nil {
 		sc.Memory = g
 	}

@@ -32,6 +32,9 @@ func replica(tb testing.TB, ing service.Ingester, fwd *Forwarder) string {
 		if fwd != nil {
 			cfg.Forwarder = fwd
 		}
+		if sd, ok := ing.(service.Seeder); ok { // the recorder keeps seeds apart
+			cfg.Seeder = sd
+		}
 	})
 }
 

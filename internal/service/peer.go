@@ -353,8 +353,8 @@ func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.T
 }
 
 // Seeder keeps samples aggregated elsewhere as their contexts' previous
-// samples (flush.Aggregator.Seed). A Server whose Ingester is one takes
-// the seeds of forwarded batches.
+// samples (flush.Aggregator.Seed): Config.Seeder takes the seeds of
+// forwarded batches.
 type Seeder interface{ Seed(b *window.Batch) }
 
 // seed keeps the seeds of the ForwardRequest in st.frame (see
@@ -363,8 +363,7 @@ type Seeder interface{ Seed(b *window.Batch) }
 // arrival a single aggd sees is kept.
 func (s *Server) seed(st *callState, tn *window.Tenant, now int64) error {
 	seeds := forwardSeeds(st.frame.Buf)
-	sd, ok := s.ing.(Seeder)
-	if seeds == nil || !ok {
+	if seeds == nil || s.seeder == nil {
 		return nil
 	}
 	st.dec.Reset(&st.batch)
@@ -374,7 +373,7 @@ func (s *Server) seed(st *callState, tn *window.Tenant, now int64) error {
 	if err := st.dec.DecodeSubmit(req, &st.batch); err != nil {
 		return status.Error(codes.InvalidArgument, "seeds: "+err.Error())
 	}
-	sd.Seed(&st.batch)
+	s.seeder.Seed(&st.batch)
 	return nil
 }
 

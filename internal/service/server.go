@@ -74,6 +74,10 @@ type Config struct {
 	// PeerCalls, if set, remembers the calls peers forwarded here, so
 	// that a retried one is not applied twice.
 	PeerCalls PeerCalls
+	// Seeder, if set, keeps the seeds forwarded calls carry (the previous
+	// samples of RATE and MONOTONIC_COUNT contexts moving here); without
+	// one they are ignored.
+	Seeder Seeder
 }
 
 // Validate reports a missing or out-of-range setting.
@@ -97,6 +101,7 @@ type Server struct {
 	load         overload.Leveler
 	share        fairShare
 	ing          Ingester
+	seeder       Seeder
 	spanIng      SpanIngester
 	tenants      *Tenants
 	lim          codec.Limits
@@ -123,7 +128,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	lim := cmp.Or(cfg.Limits, codec.DefaultLimits())
 	s := &Server{ing: cfg.Ingest, tenants: cfg.Tenants, lim: lim, log: cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
-		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, calls: cfg.PeerCalls, reserveWait: defaultReserveWait}
+		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, calls: cfg.PeerCalls, seeder: cfg.Seeder, reserveWait: defaultReserveWait}
 	s.states.New = func() any {
 		st := &callState{dec: codec.NewDecoder(lim)}
 		st.dec.Series = &st.series
