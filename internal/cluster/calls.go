@@ -154,15 +154,19 @@ func (c *Calls) dropLocked(id codec.CallID, m *memo) {
 
 // forgetLocked drops the calls kept past their time, oldest first, and
 // the oldest applied ones while more than max, or more than maxBytes,
-// are kept.
+// are kept. Calls still being applied are passed over, not waited for.
 func (c *Calls) forgetLocked(now int64) {
-	for c.head < len(c.order) {
+	moved := 0 // calls being applied moved to the end of order
+	for c.head < len(c.order) && moved < len(c.order)-c.head {
 		id := c.order[c.head]
 		m := c.calls[id]
 		switch {
 		case m == nil: // failed, or already forgotten
-		case m.ack == nil: // being applied: it ends within its call
-			return
+		case m.ack == nil:
+			// Being applied: it ends within its call. Look at it again
+			// after the others, so that it holds none of them back.
+			c.order = append(c.order, id)
+			moved++
 		case m.expires <= now:
 			c.dropLocked(id, m)
 		case len(c.calls) >= c.max || c.bytes > c.maxBytes:

@@ -102,6 +102,33 @@ func TestCallsRemembersAppliedCalls(t *testing.T) {
 	})
 }
 
+// A call still being applied holds no other back: the calls applied
+// after it are forgotten past the limit all the same, and it is kept.
+func TestCallsForgetPastACallBeingApplied(t *testing.T) {
+	ctx := context.Background()
+	c := NewCalls(time.Hour, 4)
+	slow := codec.CallID{Replica: 1, Sequence: 1}
+	c.Begin(ctx, slow)
+	for i := range 100 {
+		id := codec.CallID{Replica: 2, Sequence: uint64(i + 1)}
+		c.Begin(ctx, id)
+		c.End(id, &aggdv1.Ack{Accepted: 1})
+	}
+	c.mu.Lock()
+	n, slowKept := len(c.calls), c.calls[slow] != nil
+	c.mu.Unlock()
+	if n > 5 {
+		t.Fatalf("%d calls remembered while one is applied, want at most the limit 4 and that one", n)
+	}
+	if !slowKept {
+		t.Fatal("the call being applied was forgotten")
+	}
+	c.End(slow, &aggdv1.Ack{Accepted: 2})
+	if got, _ := c.Begin(ctx, slow); got == nil || got.Accepted != 2 {
+		t.Fatalf("the slow call, once applied, is answered %v", got)
+	}
+}
+
 // Calls bounds the bytes of the acks it keeps, not only their number:
 // acks that list many refusals, each with its detail, make it forget the
 // oldest calls early, while small acks of the same number are all kept.
