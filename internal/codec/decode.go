@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -244,7 +245,9 @@ func (d *Decoder) decodeBatch(buf []byte, b *window.Batch) error {
 		buf = buf[n:]
 		switch num {
 		case 1:
-			d.addSample(v, b)
+			if !d.addByRef(v, b) {
+				d.addSample(v, b)
+			}
 		case 2:
 			d.addEvent(v, b)
 		case 3:
@@ -293,6 +296,114 @@ func (d *Decoder) addSample(buf []byte, b *window.Batch) {
 	}
 	b.Results = append(b.Results, r)
 	d.Detail = append(d.Detail, detail)
+}
+
+// addByRef takes buf, a Sample, when it is a plain sample by series
+// reference: series_ref in range, and otherwise only type, value, values,
+// set_member (valid UTF-8), sample_rate and timestamp_unix_nano, each with
+// its usual wire type and the tags of fields 2 and 10 and type's value in
+// one byte. It reads them in one pass over the bytes, without the general
+// decoder's dispatch, and resolves the reference as addSample would. For
+// anything else it takes nothing and reports false, and addSample decodes
+// the sample.
+func (d *Decoder) addByRef(buf []byte, b *window.Batch) bool {
+	if d.Series == nil {
+		return false
+	}
+	var (
+		ref       uint64
+		typ       window.MetricType
+		value     float64
+		rate      float64
+		ts        uint64
+		member    []byte
+		hasMember bool
+	)
+	valStart := len(d.values)
+	for len(buf) > 0 {
+		switch c := buf[0]; {
+		case c == 3<<3|1 && len(buf) >= 9: // value
+			value = math.Float64frombits(binary.LittleEndian.Uint64(buf[1:]))
+			buf = buf[9:]
+			continue
+		case c == 10<<3 && len(buf) >= 2: // series_ref
+			var n int
+			if ref, n = uvarint(buf[1:]); n < 0 {
+				break
+			}
+			buf = buf[1+n:]
+			continue
+		case c == 2<<3 && len(buf) >= 2 && buf[1] < 0x80: // type
+			typ = window.MetricType(buf[1])
+			buf = buf[2:]
+			continue
+		case c == 8<<3|1 && len(buf) >= 9: // sample_rate
+			rate = math.Float64frombits(binary.LittleEndian.Uint64(buf[1:]))
+			buf = buf[9:]
+			continue
+		case c == 9<<3 && len(buf) >= 2: // timestamp_unix_nano
+			var n int
+			if ts, n = uvarint(buf[1:]); n < 0 {
+				break
+			}
+			buf = buf[1+n:]
+			continue
+		case c == 5<<3|2: // set_member
+			v, n := protowire.ConsumeBytes(buf[1:])
+			if n < 0 || !utf8.Valid(v) {
+				break
+			}
+			member, hasMember = v, true
+			buf = buf[1+n:]
+			continue
+		case c == 4<<3|2: // values, packed
+			v, n := protowire.ConsumeBytes(buf[1:])
+			if n < 0 || len(v)%8 != 0 {
+				break
+			}
+			for ; len(v) > 0; v = v[8:] {
+				d.values = append(d.values, math.Float64frombits(binary.LittleEndian.Uint64(v)))
+			}
+			buf = buf[1+n:]
+			continue
+		case c == 4<<3|1 && len(buf) >= 9: // values, one
+			d.values = append(d.values, math.Float64frombits(binary.LittleEndian.Uint64(buf[1:])))
+			buf = buf[9:]
+			continue
+		}
+		d.values = d.values[:valStart] // not a plain sample by reference
+		return false
+	}
+	// A uint32 field keeps the low 32 bits, as decodeSample does.
+	if r := uint32(ref); r == 0 || r > MaxSeriesRef {
+		d.values = d.values[:valStart]
+		return false
+	}
+	d.NSamples++
+	i := len(b.Samples)
+	b.Samples = append(b.Samples, window.Sample{Type: typ, Value: value, SampleRate: rate, Timestamp: int64(ts)})
+	s := &b.Samples[i]
+	if hasMember {
+		s.SetMember = view(member)
+	}
+	if len(d.values) > valStart {
+		s.Values = d.values[valStart:len(d.values):len(d.values)]
+	}
+	r, detail := d.Series.resolve(uint32(ref), i, s)
+	if r == window.Accepted {
+		r, detail = d.lim.checkValues(s)
+	}
+	b.Results = append(b.Results, r)
+	d.Detail = append(d.Detail, detail)
+	return true
+}
+
+// uvarint is protowire.ConsumeVarint with a one-byte varint read inline.
+func uvarint(b []byte) (uint64, int) {
+	if c := b[0]; c < 0x80 {
+		return uint64(c), 1
+	}
+	return protowire.ConsumeVarint(b)
 }
 
 // bySeries fills s, a sample that names its series by reference, from the

@@ -1,6 +1,8 @@
 package codec
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -173,7 +175,51 @@ func FuzzDecodeStream(f *testing.F) {
 		data, _ := proto.Marshal(r)
 		f.Add(data)
 	}
+	for _, data := range byRefWireForms() {
+		f.Add(data)
+	}
 	f.Fuzz(checkDecode)
+}
+
+// byRefWireForms are StreamRequests whose samples by reference take the
+// decoder's plain-sample path (addByRef) or leave it for the general one
+// in ways proto.Marshal does not write: a declaration, then uses with
+// unpacked and repeated values, a reference over 32 bits (its low 32
+// bits count), a type in two bytes, a field unknown, and set members.
+func byRefWireForms() [][]byte {
+	decl, _ := proto.Marshal(&aggdv1.Sample{Name: "w", Type: aggdv1.MetricType_METRIC_TYPE_DISTRIBUTION, SeriesRef: 2})
+	set, _ := proto.Marshal(&aggdv1.Sample{Name: "ws", Type: aggdv1.MetricType_METRIC_TYPE_SET, SetMember: "a", SeriesRef: 3})
+	f64 := func(tag byte, v float64) []byte {
+		return binary.LittleEndian.AppendUint64([]byte{tag}, math.Float64bits(v))
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	ref2 := []byte{0x50, 2}
+	samples := [][]byte{
+		decl, set,
+		cat(ref2, f64(0x19, 1), f64(0x19, 2)),                                               // value twice: the last counts
+		cat(f64(0x21, 1), ref2, f64(0x21, 2)),                                               // values, unpacked
+		cat(ref2, []byte{0x22, 8}, f64(0x19, 7)[1:]),                                        // values, packed
+		cat([]byte{0x50, 0x82, 0x80, 0x80, 0x80, 0x10}, f64(0x19, 3)),                       // ref 2 + 1<<32
+		cat(ref2, []byte{0x10, 0x85, 0x00}),                                                 // type 5 in two bytes
+		cat(ref2, []byte{0x10, 0x06}),                                                       // type conflict
+		cat(ref2, []byte{0x60, 1}),                                                          // field 12, unknown
+		cat(ref2, []byte{0x48, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}), // timestamp past 63 bits
+		cat([]byte{0x50, 3, 0x2a, 1, 'b'}),                                                  // set member
+		cat([]byte{0x50, 3, 0x2a, 1, 0xff}),                                                 // set member not UTF-8
+		cat([]byte{0x50, 3, 0x2a, 5, 'b'}),                                                  // set member cut short
+		cat(ref2, f64(0x41, 0.5), []byte{0x48, 9}),                                          // rate and timestamp
+		{0x50, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01},            // ref too long
+		{0x50}, // ref cut short
+	}
+	var out [][]byte
+	for i := range samples {
+		var batch []byte
+		for _, smp := range samples[:i+1] {
+			batch = protowire.AppendBytes(append(batch, 0x0a), smp)
+		}
+		out = append(out, protowire.AppendBytes([]byte{0x12}, batch))
+	}
+	return out
 }
 
 func TestDecodeSeeds(t *testing.T) {
@@ -182,6 +228,9 @@ func TestDecodeSeeds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		checkDecode(t, data)
+	}
+	for _, data := range byRefWireForms() {
 		checkDecode(t, data)
 	}
 }
