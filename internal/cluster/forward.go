@@ -233,9 +233,10 @@ func (f *Forwarder) Owns(tenant string, s *window.Sample, now int64) bool {
 }
 
 // LastSamples holds the last samples of RATE and MONOTONIC_COUNT contexts
-// (flush.Aggregator).
+// (flush.Aggregator): it calls fn with them in slices of at most n, holding
+// no lock of its own while fn runs, until fn returns false.
 type LastSamples interface {
-	EachLast(fn func(t *window.Tenant, key string, typ window.MetricType, v float64, ts int64))
+	LastSamples(n int, fn func([]window.Last) bool)
 }
 
 // handOverChunk bounds the seeds of one hand-over call.
@@ -258,20 +259,23 @@ func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 	}
 	now := time.Now().UnixNano()
 	out := map[heirTenant][]window.Sample{}
-	src.EachLast(func(t *window.Tenant, key string, typ window.MetricType, val float64, ts int64) {
-		h := ContextHash(t.ID, []byte(key))
-		start, _ := f.cfg.Timing.Bucket(ts, now)
-		if owner, _ := f.m.Owner(h, start); owner != f.cfg.Self {
-			return
+	src.LastSamples(handOverChunk, func(ls []window.Last) bool {
+		for _, l := range ls {
+			h := ContextHash(l.Tenant.ID, []byte(l.Key))
+			start, _ := f.cfg.Timing.Bucket(l.Timestamp, now)
+			if owner, _ := f.m.Owner(h, start); owner != f.cfg.Self {
+				continue
+			}
+			heir := v.Ring.Owner(h)
+			if heir == f.cfg.Self || heir == "" {
+				continue
+			}
+			s := window.Sample{Type: l.Type, Value: l.Value, Timestamp: l.Timestamp, SampleRate: 1}
+			s.Name, s.Host, s.Tags = window.SplitKey(l.Key, nil)
+			k := heirTenant{heir, l.Tenant}
+			out[k] = append(out[k], s)
 		}
-		heir := v.Ring.Owner(h)
-		if heir == f.cfg.Self || heir == "" {
-			return
-		}
-		s := window.Sample{Type: typ, Value: val, Timestamp: ts, SampleRate: 1}
-		s.Name, s.Host, s.Tags = window.SplitKey(key, nil)
-		k := heirTenant{heir, t}
-		out[k] = append(out[k], s)
+		return true
 	})
 	var wg sync.WaitGroup
 	for k, smp := range out {

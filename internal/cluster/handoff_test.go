@@ -253,13 +253,28 @@ func TestRoutedStatsHaveOneOwner(t *testing.T) {
 	}
 }
 
-// lastSamples is a LastSamples of fixed contexts.
-type lastSamples []servicetest.Sample
+// lastSamples is a LastSamples of fixed contexts. before, if set, is
+// called before each slice is handed out, with the number of contexts
+// handed out so far.
+type lastSamples struct {
+	ls     []servicetest.Sample
+	before func(n int)
+}
 
-func (l lastSamples) EachLast(fn func(t *window.Tenant, key string, typ window.MetricType, v float64, ts int64)) {
+func (l lastSamples) LastSamples(n int, fn func([]window.Last) bool) {
 	tn := window.NewTenant("default")
-	for _, s := range l {
-		fn(tn, string(window.AppendKey(nil, s.Name, "", s.Tags)), s.Type, s.Value, s.Timestamp)
+	var buf []window.Last
+	for i, s := range l.ls {
+		buf = append(buf, window.Last{Tenant: tn, Key: string(window.AppendKey(nil, s.Name, "", s.Tags)), Type: s.Type, Value: s.Value, Timestamp: s.Timestamp})
+		if len(buf) == n || i == len(l.ls)-1 {
+			if l.before != nil {
+				l.before(i + 1 - len(buf))
+			}
+			if !fn(buf) {
+				return
+			}
+			buf = buf[:0]
+		}
 	}
 }
 
@@ -282,7 +297,7 @@ func TestHandOverSendsMovedContexts(t *testing.T) {
 	moved := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r2, self, heirAddr), Type: window.TypeRate, Value: 41, Timestamp: ts}
 	stays := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r2, self, self), Type: window.TypeMonotonicCount, Value: 5, Timestamp: ts}
 	others := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r2, other, heirAddr), Type: window.TypeRate, Value: 9, Timestamp: ts}
-	fwd.HandOver(context.Background(), lastSamples{moved, stays, others}, v)
+	fwd.HandOver(context.Background(), lastSamples{ls: []servicetest.Sample{moved, stays, others}}, v)
 
 	moved.Tags = []string{} // as the heir decodes them
 	if got := heir.Seeds(); !slices.EqualFunc(got, []servicetest.Sample{moved}, sampleEqual) {
@@ -317,10 +332,10 @@ func TestHandOverGivesUpAnUnreachableHeir(t *testing.T) {
 	ts := now.Add(-3 * time.Second).UnixNano()
 	const moving = 3*handOverChunk + 1 // four calls' worth
 	var src lastSamples
-	for i := 0; len(src) < moving; i++ {
+	for i := 0; len(src.ls) < moving; i++ {
 		name := fmt.Sprintf("m%d", i)
 		if v.Ring.Owner(ContextHash("default", window.AppendKey(nil, name, "", nil))) == dead {
-			src = append(src, servicetest.Sample{Tenant: "default", Name: name, Type: window.TypeRate, Value: 1, Timestamp: ts})
+			src.ls = append(src.ls, servicetest.Sample{Tenant: "default", Name: name, Type: window.TypeRate, Value: 1, Timestamp: ts})
 		}
 	}
 	fwd.HandOver(context.Background(), src, v)

@@ -195,15 +195,26 @@ func (a *Aggregator) Seed(b *window.Batch) {
 	}
 }
 
-// EachLast calls fn with the last sample of every RATE and MONOTONIC_COUNT
-// context (see window.Shard.EachLast), holding one shard's lock at a time;
-// fn must not call into the aggregator.
-func (a *Aggregator) EachLast(fn func(t *window.Tenant, key string, typ window.MetricType, v float64, ts int64)) {
+// LastSamples calls fn with the last samples of every RATE and
+// MONOTONIC_COUNT context (see window.Shard.LastSamples), in slices of at
+// most n, each collected under one shard's lock and passed to fn with no
+// lock held: fn may take its time (send them over the network) while the
+// shards take samples. The slice is reused once fn returns; the walk
+// stops when fn returns false. A context is listed at least once if it
+// lives through the walk.
+func (a *Aggregator) LastSamples(n int, fn func([]window.Last) bool) {
+	n = max(n, 1)
+	buf := make([]window.Last, 0, n)
 	for i := range a.shards {
 		s := &a.shards[i]
-		s.mu.Lock()
-		s.sh.EachLast(fn)
-		s.mu.Unlock()
+		for next := -1; next != 0; {
+			s.mu.Lock()
+			buf, next = s.sh.LastSamples(buf[:0], next, n)
+			s.mu.Unlock()
+			if len(buf) > 0 && !fn(buf) {
+				return
+			}
+		}
 	}
 }
 

@@ -210,15 +210,36 @@ func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
 	return Accepted
 }
 
-// EachLast calls fn with the last sample of every RATE and MONOTONIC_COUNT
-// context of the shard: its tenant, canonical key, type, value and
-// timestamp. fn must not call into the shard.
-func (sh *Shard) EachLast(fn func(t *Tenant, key string, typ MetricType, v float64, ts int64)) {
-	for _, c := range sh.all {
+// Last is the last sample of a RATE or MONOTONIC_COUNT context: its
+// tenant, canonical key (see SplitKey), type, value and timestamp.
+type Last struct {
+	Tenant    *Tenant
+	Key       string
+	Type      MetricType
+	Value     float64
+	Timestamp int64
+}
+
+// LastSamples examines up to n contexts of the shard, appends to dst the
+// last samples of those of type RATE or MONOTONIC_COUNT and returns it,
+// with where the next call resumes. A walk starts with before = -1 and ends when next is
+// 0. The shard may change between the calls of one walk (its lock
+// released): the walk goes from the newest context to the oldest, and a
+// forgotten context's place takes the newest, so every context that lives
+// through the walk is listed at least once, except those created during
+// it (their samples arrive after the walk began).
+func (sh *Shard) LastSamples(dst []Last, before, n int) ([]Last, int) {
+	i := len(sh.all)
+	if before >= 0 {
+		i = min(i, before)
+	}
+	for end := max(i-n, 0); i > end; i-- {
+		c := sh.all[i-1]
 		if l := c.last; l != nil {
-			fn(c.tenant, c.key, l.typ, l.v, l.t)
+			dst = append(dst, Last{Tenant: c.tenant, Key: c.key, Type: l.typ, Value: l.v, Timestamp: l.t})
 		}
 	}
+	return dst, i
 }
 
 // Resume tells the shard, before any sample, that an earlier process

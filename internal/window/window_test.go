@@ -842,9 +842,9 @@ func TestSeedAfterANewerSample(t *testing.T) {
 	}
 }
 
-// EachLast lists every context with a last sample (seeded or taken), with
-// its type; a seed older than the last one changes nothing.
-func TestEachLastListsTheLastSamples(t *testing.T) {
+// LastSamples lists every context with a last sample (seeded or taken),
+// with its type; a seed older than the last one changes nothing.
+func TestLastSamplesListsTheLastSamples(t *testing.T) {
 	tn := NewTenant("t")
 	sh := NewShard(testConfig())
 	seed := func(v float64, ts int64) {
@@ -859,12 +859,90 @@ func TestEachLastListsTheLastSamples(t *testing.T) {
 	add(t, sh, tn, in{name: "m", typ: TypeMonotonicCount, v: 3, ts: t0 - sec})
 	add(t, sh, tn, in{name: "g", typ: TypeGauge, v: 3, ts: t0 - sec})
 	got := map[string]string{}
-	sh.EachLast(func(_ *Tenant, key string, typ MetricType, v float64, ts int64) {
-		name, _, _ := SplitKey(key, nil)
-		got[name] = fmt.Sprintf("%v %v @%d", typ, v, (ts-t0)/sec)
-	})
+	ls, next := sh.LastSamples(nil, -1, 100)
+	if next != 0 {
+		t.Fatalf("one call over 3 contexts resumes at %d, want 0 (done)", next)
+	}
+	for _, l := range ls {
+		name, _, _ := SplitKey(l.Key, nil)
+		got[name] = fmt.Sprintf("%v %v @%d", l.Type, l.Value, (l.Timestamp-t0)/sec)
+	}
 	want := map[string]string{"r": "rate 10 @-2", "m": "monotonic_count 3 @-1"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("last samples %v, want %v", got, want)
 	}
+}
+
+// A walk of LastSamples in steps, with the shard changing between them
+// (its lock released): contexts forgotten and made. Every context that
+// lives through the walk is listed, each step examines at most n
+// contexts, and only RATE and MONOTONIC_COUNT contexts are listed.
+func TestLastSamplesWalkInSteps(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 7, 100} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			tn := NewTenant("t")
+			sh := NewShard(testConfig())
+			var victims []string
+			want := map[string]bool{}
+			for i := range 4 {
+				name := fmt.Sprintf("x%d", i) // forgotten during the walk
+				add(t, sh, tn, in{name: name, typ: TypeRate, v: 1, ts: t0})
+				victims = append(victims, name)
+			}
+			for i := range 6 {
+				name := fmt.Sprintf("r%d", i)
+				add(t, sh, tn, in{name: name, typ: TypeRate, v: float64(i), ts: t0})
+				add(t, sh, tn, in{name: "g" + name, typ: TypeGauge, v: 1, ts: t0})
+				want[name] = true
+			}
+			for i := range 3 {
+				name := fmt.Sprintf("m%d", i)
+				add(t, sh, tn, in{name: name, typ: TypeMonotonicCount, v: 1, ts: t0})
+				want[name] = true
+			}
+			got := map[string]bool{}
+			var ls []Last
+			for next, step := -1, 0; next != 0; step++ {
+				ls = ls[:0]
+				ls, next = sh.LastSamples(ls, next, n)
+				if len(ls) > n {
+					t.Fatalf("step %d listed %d contexts, more than the %d it may examine", step, len(ls), n)
+				}
+				for _, l := range ls {
+					name, _, _ := SplitKey(l.Key, nil)
+					if l.Type != TypeRate && l.Type != TypeMonotonicCount {
+						t.Errorf("%s listed with type %v", name, l.Type)
+					}
+					got[name] = true
+				}
+				// Between steps: the oldest victim left is forgotten (the
+				// newest context takes its place) and a context is made.
+				if len(victims) > 0 {
+					forgetNamed(t, sh, tn, victims[0])
+					victims = victims[1:]
+				}
+				add(t, sh, tn, in{name: fmt.Sprintf("new%d", step), typ: TypeRate, v: 1, ts: t0})
+				if step > 1000 {
+					t.Fatal("the walk does not end")
+				}
+			}
+			for name := range want {
+				if !got[name] {
+					t.Errorf("%s lived through the walk and was not listed (listed %v)", name, got)
+				}
+			}
+		})
+	}
+}
+
+// forgetNamed forgets the context of tenant tn named name (no tags, host).
+func forgetNamed(t *testing.T, sh *Shard, tn *Tenant, name string) {
+	t.Helper()
+	for _, c := range sh.all {
+		if c.tenant == tn && c.key == string(AppendKey(nil, name, "", nil)) {
+			sh.forget(c)
+			return
+		}
+	}
+	t.Fatalf("no context %s", name)
 }
