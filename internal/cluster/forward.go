@@ -239,7 +239,9 @@ type LastSamples interface {
 	LastSamples(n int, fn func([]window.Last) bool)
 }
 
-// handOverChunk bounds the seeds of one hand-over call.
+// handOverChunk bounds the last samples a hand-over holds at once: it
+// reads that many, sends them and waits for their heirs before it reads
+// more, so its memory does not grow with the number of contexts.
 const handOverChunk = 1000
 
 // HandOver sends the last sample of every RATE and MONOTONIC_COUNT
@@ -247,11 +249,13 @@ const handOverChunk = 1000
 // another replica owns under v, to that replica as a seed: it then has
 // the previous sample of a context whose last sample came before v was
 // scheduled, which the seeds of arriving samples (Forward) do not give it.
-// The heir keeps the later of a hand-over and a seed. It returns once
-// every heir has answered or been given up (counted as seeds undelivered):
-// a heir that did not take one call within Timeout gets no further calls,
-// so that an unreachable heir holds the member-list watcher (which calls
-// HandOver) for one Timeout, not one per thousand contexts.
+// The heir keeps the later of a hand-over and a seed. It reads src in
+// slices of handOverChunk, each sent (one call per heir and tenant) and
+// answered before the next is read, and returns once every heir has
+// answered or been given up (counted as seeds undelivered): a heir that
+// did not take one call within Timeout gets no further calls, so that an
+// unreachable heir holds the hand-over for one Timeout, not one per
+// thousand contexts.
 func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 	type heirTenant struct {
 		heir string
@@ -259,6 +263,8 @@ func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 	}
 	now := time.Now().UnixNano()
 	out := map[heirTenant][]window.Sample{}
+	var mu sync.Mutex
+	gone := map[string]bool{} // heirs given up
 	src.LastSamples(handOverChunk, func(ls []window.Last) bool {
 		for _, l := range ls {
 			h := ContextHash(l.Tenant.ID, []byte(l.Key))
@@ -270,34 +276,35 @@ func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 			if heir == f.cfg.Self || heir == "" {
 				continue
 			}
+			if gone[heir] {
+				f.undelivered[2].Add(1)
+				continue
+			}
 			s := window.Sample{Type: l.Type, Value: l.Value, Timestamp: l.Timestamp, SampleRate: 1}
 			s.Name, s.Host, s.Tags = window.SplitKey(l.Key, nil)
 			k := heirTenant{heir, l.Tenant}
 			out[k] = append(out[k], s)
 		}
-		return true
-	})
-	var wg sync.WaitGroup
-	for k, smp := range out {
-		wg.Go(func() {
-			for len(smp) > 0 {
-				n := min(len(smp), handOverChunk)
-				o := &service.Outgoing{Tenant: k.t, Now: now, Samples: smp[:n]}
+		var wg sync.WaitGroup
+		for k, smp := range out {
+			wg.Go(func() {
+				o := &service.Outgoing{Tenant: k.t, Now: now, Samples: smp}
 				g := &group{owner: k.heir, version: v.N}
-				for i := range n {
+				for i := range smp {
 					g.seeds = append(g.seeds, i)
 				}
 				f.encode(g, o)
-				err := f.deliver(ctx, g, o)
-				smp = smp[n:]
-				if err != nil {
-					f.undelivered[2].Add(uint64(len(smp)))
-					return
+				if err := f.deliver(ctx, g, o); err != nil {
+					mu.Lock()
+					gone[k.heir] = true
+					mu.Unlock()
 				}
-			}
-		})
-	}
-	wg.Wait()
+			})
+		}
+		wg.Wait()
+		clear(out)
+		return true
+	})
 	f.handOvers.Add(1)
 }
 

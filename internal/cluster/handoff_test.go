@@ -347,3 +347,41 @@ func TestHandOverGivesUpAnUnreachableHeir(t *testing.T) {
 		t.Errorf("seeds undelivered %v, want %d", got, moving)
 	}
 }
+
+// A hand-over streams: it reads the last samples handOverChunk at a time
+// and has the heirs take each slice before it reads the next, so that it
+// holds a bounded number of seeds whatever the number of contexts.
+func TestHandOverStreamsInBoundedSlices(t *testing.T) {
+	const self = "127.0.0.1:1"
+	heir := &servicetest.Recorder{}
+	heirAddr := replica(t, heir, nil)
+	before, after := []string{self}, []string{self, heirAddr}
+	m := NewMembership(before, int64(time.Second), int64(time.Hour))
+	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}, m, slog.New(slog.DiscardHandler))
+	defer fwd.Shutdown(context.Background())
+	now := time.Now()
+	v := m.Schedule(after, now.Add(time.Minute).UnixNano(), now.UnixNano())
+	ts := now.Add(-3 * time.Second).UnixNano()
+	const moving = 3*handOverChunk + 7
+	src := lastSamples{}
+	for i := 0; len(src.ls) < moving; i++ {
+		name := fmt.Sprintf("m%d", i)
+		if v.Ring.Owner(ContextHash("default", window.AppendKey(nil, name, "", nil))) == heirAddr {
+			src.ls = append(src.ls, servicetest.Sample{Tenant: "default", Name: name, Type: window.TypeRate, Value: 1, Timestamp: ts})
+		}
+	}
+	reads := 0
+	src.before = func(n int) {
+		reads++
+		if got := len(heir.Seeds()); got != n {
+			t.Errorf("before slice %d: the heir holds %d seeds, want the %d handed out so far", reads, got, n)
+		}
+	}
+	fwd.HandOver(context.Background(), src, v)
+	if got := len(heir.Seeds()); got != moving {
+		t.Errorf("the heir holds %d seeds, want %d", got, moving)
+	}
+	if want := (moving + handOverChunk - 1) / handOverChunk; reads != want {
+		t.Errorf("%d slices read, want %d", reads, want)
+	}
+}
