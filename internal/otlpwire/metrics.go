@@ -91,7 +91,11 @@ type Quantile struct{ Quantile, Value float64 }
 // Point is a data point of any kind; which fields are set depends on the
 // metric's kind.
 type Point struct {
+	// Attrs are the point's attributes; AttrFields their encodings
+	// (each a KeyValue message), in order. A RawPointHandler may take the
+	// point before Attrs are decoded: they are empty then.
 	Attrs       []KeyValue
+	AttrFields  [][]byte
 	Start, Time uint64
 	Flags       uint32
 	// Value is a gauge's or sum's value; IsInt tells as_int from
@@ -116,7 +120,7 @@ type Point struct {
 }
 
 func (p *Point) reset() {
-	*p = Point{Attrs: p.Attrs[:0], Counts: p.Counts[:0], Bounds: p.Bounds[:0],
+	*p = Point{Attrs: p.Attrs[:0], AttrFields: p.AttrFields[:0], Counts: p.Counts[:0], Bounds: p.Bounds[:0],
 		Positive: Buckets{Counts: p.Positive.Counts[:0]}, Negative: Buckets{Counts: p.Negative.Counts[:0]},
 		Quantiles: p.Quantiles[:0]}
 }
@@ -130,6 +134,17 @@ type MetricsHandler interface {
 	// Point receives a point of m; a metric without data gets one call
 	// with m.Kind MetricNone and p nil.
 	Point(m *Metric, p *Point)
+}
+
+// RawPointHandler is a MetricsHandler that may take a point from its
+// fields and the encodings of its attributes alone (Point.AttrFields),
+// before they are decoded: PointRaw reports whether it took p. If it did
+// not, the decoder decodes the attributes, which may fail the request, and
+// calls Point. A handler may only take a point whose attribute encodings
+// it has seen decode before.
+type RawPointHandler interface {
+	MetricsHandler
+	PointRaw(m *Metric, p *Point) bool
 }
 
 // ErrMalformed is wrapped by the errors of a request that does not decode.
@@ -149,6 +164,7 @@ type Decoder struct {
 	parts  [][]byte
 	raw    []byte
 	sp     Span
+	rawH   RawPointHandler // the handler of DecodeMetrics, if one
 }
 
 // view returns b as a string sharing its memory.
@@ -280,6 +296,8 @@ func decodeValue(v *Value, buf []byte) error {
 // DecodeMetrics decodes an ExportMetricsServiceRequest, handing its
 // contents to h. On error h may have been handed part of the request.
 func (d *Decoder) DecodeMetrics(buf []byte, h MetricsHandler) error {
+	d.rawH, _ = h.(RawPointHandler)
+	defer func() { d.rawH = nil }()
 	return eachBytes(buf, 1, func(rm []byte) error { return d.resourceMetrics(rm, h) })
 }
 
@@ -484,11 +502,20 @@ func (d *Decoder) metric(buf []byte, h MetricsHandler) error {
 			if f.num != 1 || f.typ != protowire.BytesType {
 				continue
 			}
-			d.point.reset()
+			p := &d.point
+			p.reset()
 			if err := d.decodePoint(m.Kind, f.b); err != nil {
 				return err
 			}
-			h.Point(m, &d.point)
+			if d.rawH != nil && d.rawH.PointRaw(m, p) {
+				continue
+			}
+			for _, kv := range p.AttrFields {
+				if p.Attrs, err = appendKV(p.Attrs, kv); err != nil {
+					return err
+				}
+			}
+			h.Point(m, p)
 		}
 	}
 	return nil
@@ -509,16 +536,13 @@ func (d *Decoder) decodePoint(k MetricKind, buf []byte) error {
 	p := &d.point
 	lay := pointLayout[k]
 	var f field
-	var err error
 	for len(buf) > 0 {
 		if err := next(&buf, &f); err != nil {
 			return err
 		}
 		switch {
 		case f.num == lay.attrs && f.typ == protowire.BytesType:
-			if p.Attrs, err = appendKV(p.Attrs, f.b); err != nil {
-				return err
-			}
+			p.AttrFields = append(p.AttrFields, f.b)
 		case f.num == 2 && f.typ == protowire.Fixed64Type:
 			p.Start = f.v
 		case f.num == 3 && f.typ == protowire.Fixed64Type:

@@ -1,6 +1,8 @@
 package otlpwire_test
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -303,5 +305,77 @@ func TestCountPoints(t *testing.T) {
 	b, _ := proto.Marshal(req)
 	if got, want := otlpwire.CountPoints(b), protoPoints(req); got != want || want == 0 {
 		t.Fatalf("CountPoints = %d, want %d", got, want)
+	}
+}
+
+// rawDump is a dump that takes the points whose attribute encodings it
+// saw decode, with the attributes they decoded to.
+type rawDump struct {
+	dump
+	seen  map[string][]otlpwire.KeyValue
+	taken int
+}
+
+func encodings(p *otlpwire.Point) string {
+	var b strings.Builder
+	for _, f := range p.AttrFields {
+		fmt.Fprintf(&b, "%d:%s", len(f), f)
+	}
+	return b.String()
+}
+
+func (d *rawDump) Point(m *otlpwire.Metric, p *otlpwire.Point) {
+	if p != nil {
+		d.seen[encodings(p)] = append([]otlpwire.KeyValue(nil), p.Attrs...) // views into the test's bytes, kept alive
+	}
+	d.dump.Point(m, p)
+}
+
+func (d *rawDump) PointRaw(m *otlpwire.Metric, p *otlpwire.Point) bool {
+	if len(p.Attrs) != 0 {
+		panic("attributes decoded before PointRaw")
+	}
+	attrs, ok := d.seen[encodings(p)]
+	if ok {
+		d.taken++
+		q := *p
+		q.Attrs = attrs
+		d.dump.Point(m, &q)
+	}
+	return ok
+}
+
+// TestRawPointHandler: a RawPointHandler gets every point before its
+// attributes are decoded, with their encodings; the points it takes are
+// not decoded further, the others are and go to Point, so that a request
+// reads the same either way. Attributes that do not decode fail the
+// request when the handler does not take the point.
+func TestRawPointHandler(t *testing.T) {
+	b, _ := proto.Marshal(sample())
+	var req colmetricspb.ExportMetricsServiceRequest
+	proto.Unmarshal(b, &req)
+	want := dumpProto(&req)
+	h := &rawDump{seen: map[string][]otlpwire.KeyValue{}}
+	d := &otlpwire.Decoder{}
+	for round := range 2 {
+		h.dump.Reset()
+		h.taken = 0
+		if err := d.DecodeMetrics(b, h); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.dump.String(); got != want {
+			t.Fatalf("round %d decoded\n%s\nproto.Unmarshal\n%s", round, got, want)
+		}
+		// The first time, only points whose encodings came before.
+		if points, want := protoPoints(&req), []int{protoPoints(&req) - len(h.seen), protoPoints(&req)}[round]; h.taken != want {
+			t.Errorf("round %d: %d of %d points taken raw, want %d", round, h.taken, points, want)
+		}
+	}
+	bad := &colmetricspb.ExportMetricsServiceRequest{ResourceMetrics: []*metricspb.ResourceMetrics{{ScopeMetrics: []*metricspb.ScopeMetrics{{Metrics: []*metricspb.Metric{{
+		Name: "g", Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{DataPoints: []*metricspb.NumberDataPoint{{Attributes: []*commonpb.KeyValue{str("k", "<bad>")}}}}}}}}}}}}
+	bb, _ := proto.Marshal(bad)
+	bb = bytes.Replace(bb, []byte("<bad>"), []byte("\xff\xfe\xfd\xfc\xfb"), 1)
+	if err := d.DecodeMetrics(bb, h); !errors.Is(err, otlpwire.ErrMalformed) {
+		t.Errorf("an attribute with invalid UTF-8: error %v, want ErrMalformed", err)
 	}
 }

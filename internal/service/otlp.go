@@ -206,6 +206,12 @@ type pointBatch struct {
 	resStart           int
 	resID, scopeID     []byte
 	scopeHash          streamID // of scopeID, which starts each stream's key
+
+	// rawID is the id of the current point's stream key with its
+	// attributes as encoded (rawStreamKey), when PointRaw did not find
+	// it: Point makes it an alias of the stream.
+	rawID    streamID
+	rawAlias bool
 }
 
 var otlpStates = sync.Pool{New: func() any { return &pointBatch{} }}
@@ -489,6 +495,50 @@ func (pb *pointBatch) streamKey(kind byte, m *otlpwire.Metric, attrs []otlpwire.
 	return k
 }
 
+// rawStreamKey names a monotonic cumulative sum's stream within its scope
+// by its attributes' encodings, as the point carries them: the same
+// attributes encoded otherwise (another order, say) are another key of
+// the same stream (deltaTracker.alias).
+func (pb *pointBatch) rawStreamKey(m *otlpwire.Metric, fields [][]byte) []byte {
+	k := binary.LittleEndian.AppendUint64(pb.key[:0], pb.scopeHash[0])
+	k = binary.LittleEndian.AppendUint64(k, pb.scopeHash[1])
+	k = protowire.AppendString(k, m.Name)
+	k = protowire.AppendString(k, m.Unit)
+	for _, f := range fields {
+		k = protowire.AppendBytes(k, f)
+	}
+	pb.key = k
+	return k
+}
+
+// PointRaw implements otlpwire.RawPointHandler: a point of a monotonic
+// cumulative sum whose stream an earlier point with the same attribute
+// encodings named (deltaTracker.sumRaw) becomes its sample straight from
+// the stream, its attributes neither decoded nor made tags again. Those
+// encodings decoded before, so taking the point hides no malformed
+// request.
+func (pb *pointBatch) PointRaw(m *otlpwire.Metric, p *otlpwire.Point) bool {
+	pb.rawAlias = false
+	if m.Kind != otlpwire.MetricSum || m.Temporality != otlpwire.TemporalityCumulative || !m.Monotonic {
+		return false
+	}
+	id := idOf(pb.rawStreamKey(m, p.AttrFields))
+	skip := p.Flags&noRecordedValue != 0 || !finite(p.Value)
+	sp, ok := pb.r.deltas.sumRaw(id, p.Start, p.Time, p.Value, skip)
+	if !ok {
+		pb.rawID, pb.rawAlias = id, true
+		return false
+	}
+	switch {
+	case p.Flags&noRecordedValue != 0:
+	case skip:
+		pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("value %v is not finite", p.Value))
+	case pb.tracked(sp.res):
+		pb.addKnown(&sp, p)
+	}
+	return true
+}
+
 // tracked reports whether a cumulative point yields a delta, refusing it
 // when the stream cannot be tracked.
 func (pb *pointBatch) tracked(res deltaResult) bool {
@@ -528,6 +578,9 @@ func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
 			}
 			id := idOf(pb.streamKey('s', m, p.Attrs))
 			sp := r.deltas.sum(id, p.Start, p.Time, p.Value)
+			if sp.st != nil && pb.rawAlias {
+				r.deltas.alias(pb.rawID, sp.st)
+			}
 			if !pb.tracked(sp.res) {
 				return
 			}

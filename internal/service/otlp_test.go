@@ -196,6 +196,23 @@ func TestOTLPCumulativeToDelta(t *testing.T) {
 		},
 		want: map[string]float64{"s{}": 30},
 	}, {
+		name:    "one stream whatever the order its attributes come in",
+		follows: "tracking.MetricIdentity.Write (pdatautil.MapHash hashes the attributes in key order)",
+		send: func(before, _ uint64) reqs {
+			ab := []*commonpb.KeyValue{strAttr("a", "1"), strAttr("b", "2")}
+			ba := []*commonpb.KeyValue{ab[1], ab[0]}
+			var rs reqs
+			// The second order comes once the stream is known by the first:
+			// each order's encoding then names the same stream.
+			for i, attrs := range [][]*commonpb.KeyValue{ab, ab, ab, ba, ba, ab, ba} {
+				m := sumPoint(before, 100+int64(10*i))
+				m.GetSum().DataPoints[0].Attributes = attrs
+				rs = append(rs, request(m))
+			}
+			return rs
+		},
+		want: map[string]float64{"s{}": 60},
+	}, {
 		name:    "histogram deltas by bucket",
 		follows: "tracking.MetricTracker.Convert (MetricTypeHistogram)",
 		send: func(before, _ uint64) reqs {

@@ -24,6 +24,20 @@ type deltaTracker struct {
 	started uint64
 	max     int // streams per shard
 	shards  [deltaShards]deltaShard
+	// aliases find monotonic sum streams by the encoding of their points'
+	// attributes (sumRaw), sharded by that encoding's id.
+	aliases [deltaShards]aliasShard
+}
+
+// aliasShard holds sum streams by the id of an encoding of their
+// attributes: the encoding a client sends, as it sends it, so that a
+// known stream is found without decoding the attributes. A stream has
+// one alias per encoding seen (usually one); an alias of a forgotten
+// stream is dropped when the shard fills.
+type aliasShard struct {
+	mu   sync.Mutex
+	sums streamTable[sumStream]
+	_    [24]byte // a cache line each
 }
 
 const deltaShards = 64
@@ -78,6 +92,10 @@ type sumStream struct {
 	handle window.Handle
 	key    string
 	hash   uint64
+	// home is the shard that holds the stream (under whose lock it
+	// changes), set when it is made; dead, that the shard forgot it.
+	home uint8
+	dead bool
 }
 
 // cumulative is the last point of one cumulative histogram or summary
@@ -148,6 +166,23 @@ func (t *streamTable[S]) get(id streamID) *S {
 	}
 }
 
+// slot returns where the table holds stream id, or nil.
+func (t *streamTable[S]) slot(id streamID) **S {
+	if t.n == 0 {
+		return nil
+	}
+	mask := uint64(len(t.slots) - 1)
+	for i := id[1] & mask; ; i = (i + 1) & mask {
+		sl := &t.slots[i]
+		if sl.st == nil {
+			return nil
+		}
+		if sl.id == id {
+			return &sl.st
+		}
+	}
+}
+
 // put adds stream id, which the table does not hold.
 func (t *streamTable[S]) put(id streamID, st *S) {
 	if (t.n+1)*4 > len(t.slots)*3 {
@@ -184,38 +219,44 @@ func (t *streamTable[S]) rebuild(size int, keep func(*S) bool) {
 }
 
 // track returns the state of stream id in m for a point starting at
-// start, and whether the point is the stream's first (a new start time
+// start, whether the point is the stream's first (a new start time
 // starts the stream over, as the start time is part of the Collector's
-// identity). Callers hold sh.mu.
+// identity) and whether the stream is new. Callers hold sh.mu.
 func track[S any, P interface {
 	*S
 	head() *streamHead
-}](sh *deltaShard, m *streamTable[S], id streamID, start, ts uint64, limit int) (P, bool) {
+}](sh *deltaShard, m *streamTable[S], id streamID, start, ts uint64, limit int) (st P, first, made bool) {
 	if st := P(m.get(id)); st != nil {
-		h := st.head()
-		h.seen = max(h.seen, ts)
-		if h.start != start {
-			h.start = start
-			return st, true
-		}
-		return st, false
+		return st, st.head().see(start, ts), false
 	}
 	if sh.len() >= limit {
 		sh.forgetStale(ts)
 	}
 	if sh.len() >= limit {
-		return nil, false
+		return nil, false, false
 	}
-	st := P(new(S))
+	st = P(new(S))
 	*st.head() = streamHead{start: start, seen: ts}
 	m.put(id, (*S)(st))
-	return st, true
+	return st, true, true
+}
+
+// see records a point of the stream starting at start, at ts, and
+// reports whether it starts the stream over.
+func (h *streamHead) see(start, ts uint64) bool {
+	h.seen = max(h.seen, ts)
+	if h.start != start {
+		h.start = start
+		return true
+	}
+	return false
 }
 
 func (sh *deltaShard) len() int { return sh.streams.n + sh.sums.n }
 
 func (sh *deltaShard) streamLocked(id streamID, start, ts uint64, limit int) (*cumulative, bool) {
-	return track(sh, &sh.streams, id, start, ts, limit)
+	st, first, _ := track(sh, &sh.streams, id, start, ts, limit)
+	return st, first
 }
 
 // StaleCumulative is how long a cumulative stream without points is
@@ -229,7 +270,10 @@ const StaleCumulative = time.Hour
 func (sh *deltaShard) forgetStale(ts uint64) {
 	fresh := func(h *streamHead) bool { return h.seen+uint64(StaleCumulative) >= ts }
 	sh.streams.filter(func(st *cumulative) bool { return fresh(&st.streamHead) })
-	sh.sums.filter(func(st *sumStream) bool { return fresh(&st.streamHead) })
+	sh.sums.filter(func(st *sumStream) bool {
+		st.dead = !fresh(&st.streamHead)
+		return !st.dead
+	})
 }
 
 // initial reports whether a stream's first point counts in full: only if
@@ -254,10 +298,19 @@ type sumPoint struct {
 func (t *deltaTracker) sum(id streamID, start, ts uint64, v float64) sumPoint {
 	sh := t.lock(id)
 	defer sh.mu.Unlock()
-	st, first := track(sh, &sh.sums, id, start, ts, t.max)
+	st, first, made := track(sh, &sh.sums, id, start, ts, t.max)
 	if st == nil {
 		return sumPoint{res: deltaFull}
 	}
+	if made {
+		st.home = uint8(id[0] % deltaShards)
+	}
+	return t.sumLocked(st, first, start, ts, v)
+}
+
+// sumLocked converts point v of sum stream st; first tells whether it
+// starts the stream (over). Callers hold the lock of st's home shard.
+func (t *deltaTracker) sumLocked(st *sumStream, first bool, start, ts uint64, v float64) sumPoint {
 	p := sumPoint{delta: v - st.value, res: deltaOK, st: st, key: st.key, hash: st.hash}
 	switch {
 	case first:
@@ -267,6 +320,56 @@ func (t *deltaTracker) sum(id streamID, start, ts uint64, v float64) sumPoint {
 	}
 	st.value = v
 	return p
+}
+
+// sumRaw converts point v of the monotonic cumulative sum stream that an
+// encoding of its attributes, raw (the id of its stream key with that
+// encoding: pointBatch.rawStreamKey), names, if the encoding is known
+// (alias) and the stream's samples have their context key: else it
+// reports false and changes nothing. With skip it only reports whether
+// the stream is known so.
+func (t *deltaTracker) sumRaw(raw streamID, start, ts uint64, v float64, skip bool) (sumPoint, bool) {
+	al := &t.aliases[raw[0]%deltaShards]
+	al.mu.Lock()
+	st := al.sums.get(raw)
+	al.mu.Unlock()
+	if st == nil {
+		return sumPoint{}, false
+	}
+	sh := &t.shards[st.home]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if st.dead || st.key == "" {
+		return sumPoint{}, false
+	}
+	if skip {
+		return sumPoint{}, true
+	}
+	return t.sumLocked(st, st.see(start, ts), start, ts, v), true
+}
+
+// alias makes raw, the id of an encoding of the attributes of sum stream
+// st's points, name st for sumRaw. A full shard first drops the aliases
+// of forgotten streams, then takes no more.
+func (t *deltaTracker) alias(raw streamID, st *sumStream) {
+	al := &t.aliases[raw[0]%deltaShards]
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	if at := al.sums.slot(raw); at != nil {
+		*at = st // the stream named so was forgotten and made again
+		return
+	}
+	if al.sums.n >= t.max {
+		al.sums.filter(func(st *sumStream) bool {
+			sh := &t.shards[st.home]
+			sh.mu.Lock()
+			defer sh.mu.Unlock()
+			return !st.dead
+		})
+	}
+	if al.sums.n < t.max {
+		al.sums.put(raw, st)
+	}
 }
 
 // keepKey records the context key and hash of stream id's samples, st.

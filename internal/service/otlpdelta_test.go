@@ -1,6 +1,7 @@
 package service
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -75,4 +76,52 @@ func TestStreamTable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDeltaTrackerAliases: an encoding's alias finds its sum stream only
+// once the stream's samples have their context key, goes on with the
+// stream's deltas, and stops finding it once the stream is forgotten; a
+// full alias shard makes room by dropping aliases of forgotten streams.
+func TestDeltaTrackerAliases(t *testing.T) {
+	tr := newDeltaTracker(0, deltaShards) // one stream and one alias per shard
+	hour := uint64(time.Hour)
+	a, raw := idOf([]byte("a")), idOf([]byte("a as sent"))
+	var b streamID // a stream of a's shard
+	for i := 0; b == (streamID{}); i++ {
+		if id := idOf([]byte{'b', byte(i), byte(i >> 8)}); id[0]%deltaShards == a[0]%deltaShards {
+			b = id
+		}
+	}
+	var raw2 streamID // another encoding of raw's alias shard
+	for i := 0; raw2 == (streamID{}); i++ {
+		if id := idOf([]byte{'r', byte(i), byte(i >> 8)}); id[0]%deltaShards == raw[0]%deltaShards {
+			raw2 = id
+		}
+	}
+	known := func(step string, id streamID, ts uint64, v, wantDelta float64, want bool) {
+		t.Helper()
+		p, ok := tr.sumRaw(id, 1, ts, v, false)
+		if ok != want || (ok && (p.res != deltaOK || p.delta != wantDelta)) {
+			t.Errorf("%s: known %v delta %v (%v), want known %v delta %v", step, ok, p.delta, p.res, want, wantDelta)
+		}
+	}
+	sp := tr.sum(a, 1, 10*hour, 100)
+	tr.alias(raw, sp.st)
+	known("before the key", raw, 10*hour, 100, 0, false)
+	tr.keepKey(a, sp.st, []byte("key"), 7)
+	known("with the key", raw, 10*hour, 110, 10, true)
+	if p := tr.sum(a, 1, 10*hour, 115); p.delta != 5 {
+		t.Errorf("by its identity after the alias: delta %v, want 5", p.delta)
+	}
+	if _, ok := tr.sumRaw(raw, 1, 10*hour, math.NaN(), true); !ok {
+		t.Error("skip: the stream is not known")
+	}
+	known("unknown encoding", raw2, 10*hour, 1, 0, false)
+	tr.sum(b, 1, 12*hour, 1) // a is stale: forgotten
+	known("forgotten stream", raw, 12*hour, 130, 0, false)
+	sp = tr.sum(b, 1, 12*hour, 2)
+	tr.keepKey(b, sp.st, []byte("key b"), 8)
+	tr.alias(raw2, sp.st) // the shard is full of a forgotten stream's alias
+	known("alias in a full shard", raw2, 12*hour, 5, 3, true)
+	known("dropped alias", raw, 12*hour, 130, 0, false)
 }
