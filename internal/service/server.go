@@ -15,6 +15,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -225,9 +226,10 @@ func (f *fairShare) heavy(ts *Tenants, tn *window.Tenant) bool {
 var errStreamAge = status.Error(codes.Unavailable, "stream reached its maximum age; reconnect to continue")
 
 // ServerOptions returns the options a grpc.Server needs to serve s: the
-// codec that hands request bytes to the protowire decoder.
+// codec that hands request bytes to the protowire decoder, and the buffer
+// pool that does not zero the buffers requests are read into.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec.GRPC())}
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec.GRPC()), experimental.BufferPool(codec.BufferPool())}
 }
 
 // Register registers s on g. The service is the generated one, with
@@ -273,9 +275,7 @@ func (s *Server) putState(st *callState) {
 	if cap(st.batch.Samples) > 1<<16 || cap(st.dec.Spans) > 1<<14 {
 		return // do not pin one huge request's decoded items
 	}
-	if cap(st.frame.Buf) > 4<<20 {
-		st.frame.Buf = nil // do not pin one huge request's buffer
-	}
+	st.frame.Trim(4 << 20) // do not pin one huge request's buffer
 	s.states.Put(st)
 }
 
@@ -288,6 +288,10 @@ func (s *Server) streamHandler(_ any, ss grpc.ServerStream) error {
 	}
 	st := s.getState()
 	defer s.putState(st)
+	// A batch is decoded from gRPC's buffer, not a copy: the frame holds
+	// it until the next batch is read, or the stream ends.
+	st.frame.Borrow = true
+	defer func() { st.frame.Release(); st.frame.Borrow = false }()
 	st.series.Reset()
 	st.stream = s.streamBase | s.streams.Add(1)&(1<<32-1)
 	resp := &aggdv1.StreamResponse{Ack: &st.ack}
