@@ -143,15 +143,16 @@ type call struct {
 
 // group is what one call sends to one owner.
 type group struct {
-	owner   string
-	version uint64
-	samples []int // indexes into Outgoing.Samples
-	spans   []int
-	seeds   []int  // samples the owner keeps as previous samples only
-	frame   []byte // the ForwardRequest
-	batch   []byte // its Batch
-	seedsB  []byte // its seeds' Batch
-	item    []byte // one item's encoding
+	owner    string
+	version  uint64
+	samples  []int // indexes into Outgoing.Samples
+	spans    []int
+	seeds    []int  // samples the owner keeps as previous samples only
+	handOver bool   // the seeds are a hand-over's
+	frame    []byte // the ForwardRequest
+	batch    []byte // its Batch
+	seedsB   []byte // its seeds' Batch
+	item     []byte // one item's encoding
 }
 
 var _ service.Forwarder = (*Forwarder)(nil)
@@ -289,7 +290,7 @@ func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 		for k, smp := range out {
 			wg.Go(func() {
 				o := &service.Outgoing{Tenant: k.t, Now: now, Samples: smp}
-				g := &group{owner: k.heir, version: v.N}
+				g := &group{owner: k.heir, version: v.N, handOver: true}
 				for i := range smp {
 					g.seeds = append(g.seeds, i)
 				}
@@ -328,7 +329,7 @@ func (f *Forwarder) seedHere(c *call, o *service.Outgoing) {
 	b := &c.seeds
 	b.Tenant, b.Now = o.Tenant, o.Now
 	if f.cfg.Seeder != nil {
-		f.cfg.Seeder.Seed(b)
+		f.cfg.Seeder.Seed(b, false)
 	}
 	f.local[2].Add(uint64(len(b.Samples)))
 	clear(b.Samples) // drop the batch's strings
@@ -400,12 +401,20 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 		g.seedsB = seeds
 		frame = protowire.AppendTag(frame, seedsField, protowire.BytesType)
 		frame = protowire.AppendBytes(frame, seeds)
+		if g.handOver {
+			frame = protowire.AppendTag(frame, handedOverField, protowire.VarintType)
+			frame = protowire.AppendVarint(frame, 1)
+		}
 	}
 	g.frame = frame
 }
 
-// seedsField is ForwardRequest.seeds.
-const seedsField = 7
+// seedsField is ForwardRequest.seeds, handedOverField
+// ForwardRequest.seeds_handed_over.
+const (
+	seedsField      = 7
+	handedOverField = 8
+)
 
 // deliver sends g to its owner and writes the outcome into o. It returns
 // the error of a call its owner did not take.

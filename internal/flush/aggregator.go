@@ -181,16 +181,17 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 
 // Seed makes each accepted sample of b, a RATE or MONOTONIC_COUNT sample
 // another replica aggregates, the previous sample of its context here (see
-// window.Shard.Seed), and sets its result. Seeds come only while the
-// owner of a context is about to change, so it locks shard by shard.
-func (a *Aggregator) Seed(b *window.Batch) {
+// window.Shard.Seed; handedOver marks a hand-over's seeds), and sets its
+// result. Seeds come only while the owner of a context is about to
+// change, so it locks shard by shard.
+func (a *Aggregator) Seed(b *window.Batch, handedOver bool) {
 	for i := range b.Samples {
 		if b.Results[i] != window.Accepted {
 			continue
 		}
 		s := &a.shards[a.shardOf(b.Samples[i].Hash)]
 		s.mu.Lock()
-		b.Results[i] = s.sh.Seed(b.Tenant, &b.Samples[i], b.Now)
+		b.Results[i] = s.sh.Seed(b.Tenant, &b.Samples[i], b.Now, handedOver)
 		s.mu.Unlock()
 	}
 }

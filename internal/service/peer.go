@@ -354,15 +354,18 @@ func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.T
 
 // Seeder keeps samples aggregated elsewhere as their contexts' previous
 // samples (flush.Aggregator.Seed): Config.Seeder takes the seeds of
-// forwarded batches.
-type Seeder interface{ Seed(b *window.Batch) }
+// forwarded batches; handedOver marks a hand-over's (see
+// ForwardRequest.seeds_handed_over).
+type Seeder interface {
+	Seed(b *window.Batch, handedOver bool)
+}
 
 // seed keeps the seeds of the ForwardRequest in st.frame (see
 // ForwardRequest.seeds), before its batch: they are samples of buckets
 // before the batch's, routed there in the same ack, so the order of
 // arrival a single aggd sees is kept.
 func (s *Server) seed(st *callState, tn *window.Tenant, now int64) error {
-	seeds := forwardSeeds(st.frame.Buf)
+	seeds, handedOver := forwardSeeds(st.frame.Buf)
 	if seeds == nil || s.seeder == nil {
 		return nil
 	}
@@ -373,26 +376,30 @@ func (s *Server) seed(st *callState, tn *window.Tenant, now int64) error {
 	if err := st.dec.DecodeSubmit(req, &st.batch); err != nil {
 		return status.Error(codes.InvalidArgument, "seeds: "+err.Error())
 	}
-	s.seeder.Seed(&st.batch)
+	s.seeder.Seed(&st.batch, handedOver)
 	return nil
 }
 
-// forwardSeeds returns the seeds of a ForwardRequest (a Batch), or nil.
-func forwardSeeds(buf []byte) []byte {
+// forwardSeeds returns the seeds of a ForwardRequest (a Batch), or nil,
+// and whether they are a hand-over's.
+func forwardSeeds(buf []byte) (seeds []byte, handedOver bool) {
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
-			return nil
+			return nil, false
 		}
 		buf = buf[n:]
-		if num == 7 && typ == protowire.BytesType {
-			v, _ := protowire.ConsumeBytes(buf)
-			return v
+		switch {
+		case num == 7 && typ == protowire.BytesType:
+			seeds, _ = protowire.ConsumeBytes(buf)
+		case num == 8 && typ == protowire.VarintType:
+			v, _ := protowire.ConsumeVarint(buf)
+			handedOver = v != 0
 		}
 		if n = protowire.ConsumeFieldValue(num, typ, buf); n < 0 {
-			return nil
+			return nil, false
 		}
 		buf = buf[n:]
 	}
-	return nil
+	return seeds, handedOver
 }

@@ -170,12 +170,16 @@ func (sh *Shard) AddOverflow(t *Tenant, s *Sample, now int64) Reason {
 // the previous sample of its context, creating the context if need be,
 // without aggregating it: the context's next sample here takes its delta
 // from s. A cluster hands a context's previous sample this way to the
-// replica that owns the context from a later bucket on. A seed older than
-// the context's last sample changes nothing (the replica handing over its
-// contexts and the replicas seeding samples as they arrive may be read in
-// any order). A sample of another type changes nothing; a context past
-// its tenant's bound is not created.
-func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
+// replica that owns the context from a later bucket on. The replica
+// handing over its contexts and the replicas seeding samples as they
+// arrive may be read in any order, so the later sample wins: a seed older
+// than the context's last sample changes nothing. At an equal timestamp,
+// a seed of a sample taken as it arrived (handedOver unset) replaces the
+// last sample, as a later arrival does; a hand-over's seed (handedOver
+// set: read from its old owner's state, perhaps before that owner took
+// the sample seeded since) does not. A sample of another type changes
+// nothing; a context past its tenant's bound is not created.
+func (sh *Shard) Seed(t *Tenant, s *Sample, now int64, handedOver bool) Reason {
 	if !s.Type.Stateful() {
 		return ReasonMalformed
 	}
@@ -202,7 +206,7 @@ func (sh *Shard) Seed(t *Tenant, s *Sample, now int64) Reason {
 		c.samples = 0 // a seed is no sample of this replica's
 	}
 	c.touch(now, sh.ttl)
-	if c.last == nil || c.last.t <= ts {
+	if c.last == nil || c.last.t < ts || c.last.t == ts && !handedOver {
 		// A seed older than a sample the context took since (sent by
 		// another replica) is no longer its previous sample.
 		c.remember(s.Type, v, ts)

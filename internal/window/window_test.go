@@ -696,7 +696,7 @@ func TestSeedHandsOverThePreviousSample(t *testing.T) {
 				add(t, old, tn, s)
 				smp := Sample{Name: s.name, Type: s.typ, Value: s.v, Values: s.vals, Timestamp: s.ts, SampleRate: 1}
 				smp.Prepare(tn, nil)
-				if r := nw.Seed(tn, &smp, now); r != Accepted {
+				if r := nw.Seed(tn, &smp, now, false); r != Accepted {
 					t.Fatalf("seed: %v", r)
 				}
 			}
@@ -733,7 +733,7 @@ func TestSeedRefusals(t *testing.T) {
 	seed := func(name string, typ MetricType, ts int64) Reason {
 		s := Sample{Name: name, Type: typ, Value: 1, Timestamp: ts, SampleRate: 1}
 		s.Prepare(tn, nil)
-		return sh.Seed(tn, &s, t0)
+		return sh.Seed(tn, &s, t0, false)
 	}
 	if r := seed("g", TypeGauge, t0); r != ReasonMalformed {
 		t.Errorf("a gauge seeded: %v, want malformed", r)
@@ -827,7 +827,7 @@ func TestSeedAfterANewerSample(t *testing.T) {
 		t.Helper()
 		s := Sample{Name: "m", Type: TypeMonotonicCount, Value: v, Timestamp: ts, SampleRate: 1}
 		s.Prepare(tn, nil)
-		if r := sh.Seed(tn, &s, now); r != Accepted {
+		if r := sh.Seed(tn, &s, now, false); r != Accepted {
 			t.Fatalf("seed: %v", r)
 		}
 	}
@@ -850,7 +850,7 @@ func TestLastSamplesListsTheLastSamples(t *testing.T) {
 	seed := func(v float64, ts int64) {
 		s := Sample{Name: "r", Type: TypeRate, Value: v, Timestamp: ts, SampleRate: 1}
 		s.Prepare(tn, nil)
-		if r := sh.Seed(tn, &s, t0); r != Accepted {
+		if r := sh.Seed(tn, &s, t0, false); r != Accepted {
 			t.Fatal(r)
 		}
 	}
@@ -945,4 +945,47 @@ func forgetNamed(t *testing.T, sh *Shard, tn *Tenant, name string) {
 		}
 	}
 	t.Fatalf("no context %s", name)
+}
+
+// TestSeedOrder: seeds of one context read in any order keep the later
+// sample. At an equal timestamp a seed of a sample taken as it arrived
+// (live) replaces the last sample, as a later arrival does, and a
+// hand-over's seed (read from the old owner's state, perhaps before it
+// took the live sample) does not.
+func TestSeedOrder(t *testing.T) {
+	type seed struct {
+		v          float64
+		ts         int64
+		handedOver bool
+	}
+	tests := []struct {
+		name  string
+		seeds []seed
+		want  float64 // the last sample kept
+	}{
+		{"live, then a hand-over of the same timestamp: live kept", []seed{{2, 5, false}, {1, 5, true}}, 2},
+		{"hand-over, then live of the same timestamp: live kept", []seed{{1, 5, true}, {2, 5, false}}, 2},
+		{"live, then an older hand-over: live kept", []seed{{2, 5, false}, {1, 4, true}}, 2},
+		{"live, then a later hand-over: hand-over kept", []seed{{2, 5, false}, {3, 6, true}}, 3},
+		{"hand-over, then an older live: hand-over kept", []seed{{3, 6, true}, {2, 5, false}}, 3},
+		{"live, then live of the same timestamp: the later arrival", []seed{{2, 5, false}, {7, 5, false}}, 7},
+		{"hand-over, then hand-over of the same timestamp: the first", []seed{{2, 5, true}, {7, 5, true}}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tn := NewTenant("t")
+			sh := NewShard(testConfig())
+			for _, sd := range tt.seeds {
+				s := Sample{Name: "m", Type: TypeMonotonicCount, Value: sd.v, Timestamp: t0 + sd.ts*sec, SampleRate: 1}
+				s.Prepare(tn, nil)
+				if r := sh.Seed(tn, &s, t0+30*sec, sd.handedOver); r != Accepted {
+					t.Fatalf("seed: %v", r)
+				}
+			}
+			ls, _ := sh.LastSamples(nil, -1, 10)
+			if len(ls) != 1 || ls[0].Value != tt.want {
+				t.Errorf("last samples %+v, want one of value %v", ls, tt.want)
+			}
+		})
+	}
 }

@@ -21,6 +21,8 @@ type Sample struct {
 	Hist *window.HistPoint
 	// Timestamp is set on seeds only.
 	Timestamp int64
+	// HandedOver is set on a hand-over's seeds.
+	HandedOver bool
 }
 
 // Recorder is an Ingester that records accepted samples, events and checks.
@@ -48,17 +50,22 @@ func (r *Recorder) Ingest(b *window.Batch) {
 }
 
 // Seed implements service.Seeder: it records the seeds, as Samples with
-// their timestamps, apart from the samples. It refuses a seed of a type
-// without state as malformed, as window.Shard.Seed does.
-func (r *Recorder) Seed(b *window.Batch) {
+// their timestamps and whether a hand-over sent them, apart from the
+// samples. It refuses a seed of a type without state as malformed, as
+// window.Shard.Seed does.
+func (r *Recorder) Seed(b *window.Batch, handedOver bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	n := len(r.seeds)
 	r.seeds = record(r.seeds, b, func(s *window.Sample) window.Reason {
 		if !s.Type.Stateful() {
 			return window.ReasonMalformed
 		}
 		return window.Accepted
 	}, true)
+	for i := n; i < len(r.seeds); i++ {
+		r.seeds[i].HandedOver = handedOver
+	}
 }
 
 // record appends b's accepted samples that refuse (if set) accepts to dst,

@@ -49,9 +49,15 @@ type ForwardRequest struct {
 	// context's previous sample, without aggregating it, so that its first
 	// delta as the owner is the one a single aggd computes. They are not
 	// logged, and the ack says nothing of them.
-	Seeds         *Batch `protobuf:"bytes,7,opt,name=seeds,proto3" json:"seeds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Seeds *Batch `protobuf:"bytes,7,opt,name=seeds,proto3" json:"seeds,omitempty"`
+	// seeds_handed_over says the seeds are a hand-over's: the last samples
+	// the sender held when it scheduled a member list, not samples taken
+	// now. The receiver keeps such a seed only if it is later than its
+	// context's last sample; a seed of a sample taken now is kept at an
+	// equal timestamp too, so that the live path wins a tie.
+	SeedsHandedOver bool `protobuf:"varint,8,opt,name=seeds_handed_over,json=seedsHandedOver,proto3" json:"seeds_handed_over,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ForwardRequest) Reset() {
@@ -133,6 +139,13 @@ func (x *ForwardRequest) GetSeeds() *Batch {
 	return nil
 }
 
+func (x *ForwardRequest) GetSeedsHandedOver() bool {
+	if x != nil {
+		return x.SeedsHandedOver
+	}
+	return false
+}
+
 // ForwardResponse acknowledges a ForwardRequest; indexes in its rejections
 // refer to the forwarded batch.
 type ForwardResponse struct {
@@ -183,7 +196,7 @@ var File_aggd_v1_peer_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\x8a\x02\n" +
+	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\xb6\x02\n" +
 	"\x0eForwardRequest\x12$\n" +
 	"\x05batch\x18\x01 \x01(\v2\x0e.aggd.v1.BatchR\x05batch\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12*\n" +
@@ -192,7 +205,8 @@ const file_aggd_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"replica_id\x18\x05 \x01(\x06R\treplicaId\x12\x1a\n" +
 	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12$\n" +
-	"\x05seeds\x18\a \x01(\v2\x0e.aggd.v1.BatchR\x05seeds\"1\n" +
+	"\x05seeds\x18\a \x01(\v2\x0e.aggd.v1.BatchR\x05seeds\x12*\n" +
+	"\x11seeds_handed_over\x18\b \x01(\bR\x0fseedsHandedOver\"1\n" +
 	"\x0fForwardResponse\x12\x1e\n" +
 	"\x03ack\x18\x01 \x01(\v2\f.aggd.v1.AckR\x03ack2K\n" +
 	"\vPeerService\x12<\n" +
