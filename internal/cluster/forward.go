@@ -246,8 +246,10 @@ type LastSamples interface {
 const handOverChunk = 1000
 
 // HandOver sends the last sample of every RATE and MONOTONIC_COUNT
-// context of src that this replica owns (in the bucket of that sample) and
-// another replica owns under v, to that replica as a seed: it then has
+// context of src that this replica owns (in the bucket of that sample, or
+// in a later one before v: it took the sample as a seed and has not taken
+// one of its own) and another replica owns under v, to that replica as a
+// seed: it then has
 // the previous sample of a context whose last sample came before v was
 // scheduled, which the seeds of arriving samples (Forward) do not give it.
 // The heir keeps the later of a hand-over and a seed. It reads src in
@@ -270,8 +272,8 @@ func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 		for _, l := range ls {
 			h := ContextHash(l.Tenant.ID, []byte(l.Key))
 			start, _ := f.cfg.Timing.Bucket(l.Timestamp, now)
-			if owner, _ := f.m.Owner(h, start); owner != f.cfg.Self {
-				continue
+			if !f.m.Held(f.cfg.Self, h, start, v.Since) {
+				continue // another replica holds its latest sample
 			}
 			heir := v.Ring.Owner(h)
 			if heir == f.cfg.Self || heir == "" {

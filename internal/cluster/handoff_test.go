@@ -386,3 +386,56 @@ func TestHandOverStreamsInBoundedSlices(t *testing.T) {
 		t.Errorf("%d slices read, want %d", reads, want)
 	}
 }
+
+// A replica that took a context's last sample as a seed (it owns the
+// context from a change on, and no sample came since) hands it over when
+// the context moves again: it holds the context's latest state, though
+// the sample's bucket had another owner.
+func TestHandOverPassesOnASeed(t *testing.T) {
+	const self, other = "127.0.0.1:1", "127.0.0.1:2" // other is never dialled
+	heir := &servicetest.Recorder{}
+	heirAddr := replica(t, heir, nil)
+	now := time.Now()
+	m := NewMembership([]string{self, other}, int64(time.Second), int64(time.Hour))
+	m.Schedule([]string{self}, now.Add(-time.Minute).UnixNano(), now.UnixNano()) // self took over everything
+	v := m.Schedule([]string{self, heirAddr}, now.Add(time.Minute).UnixNano(), now.UnixNano())
+	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}, m, slog.New(slog.DiscardHandler))
+	defer fwd.Shutdown(context.Background())
+	r1, r3 := NewRing([]string{self, other}), NewRing([]string{self, heirAddr})
+	seeded := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r3, other, heirAddr), Type: window.TypeRate, Value: 41,
+		Timestamp: now.Add(-2 * time.Minute).UnixNano()} // a seed: its bucket was other's
+	stays := servicetest.Sample{Tenant: "default", Name: movedFrom(r1, r3, other, self), Type: window.TypeRate, Value: 5,
+		Timestamp: now.Add(-2 * time.Minute).UnixNano()}
+	fwd.HandOver(context.Background(), lastSamples{ls: []servicetest.Sample{seeded, stays}}, v)
+
+	seeded.Tags, seeded.HandedOver = []string{}, true
+	if got := heir.Seeds(); !slices.EqualFunc(got, []servicetest.Sample{seeded}, sampleEqual) {
+		t.Errorf("heir's seeds %+v, want %+v", got, seeded)
+	}
+}
+
+func TestHeld(t *testing.T) {
+	m := NewMembership([]string{"a"}, sec, 3600*sec)
+	m.Schedule([]string{"b"}, 100*sec, 0)
+	m.Schedule([]string{"c"}, 200*sec, 0)
+	m.Schedule([]string{"d"}, 300*sec, 0)
+	tests := []struct {
+		self        string
+		from, until int64
+		want        bool
+	}{
+		{"a", 50 * sec, 300 * sec, true},   // the sample's bucket's owner
+		{"b", 50 * sec, 300 * sec, true},   // owner since, seeded
+		{"c", 50 * sec, 300 * sec, true},   // owner since, seeded
+		{"d", 50 * sec, 300 * sec, false},  // the heir itself
+		{"a", 150 * sec, 300 * sec, false}, // replaced before the sample
+		{"b", 150 * sec, 200 * sec, true},
+		{"c", 150 * sec, 200 * sec, false}, // takes effect at until
+		{"c", 200 * sec, 300 * sec, true},  // from its first bucket
+	}
+	for _, tt := range tests {
+		if got := m.Held(tt.self, 1, tt.from, tt.until); got != tt.want {
+			t.Errorf("Held(%s, [%d s, %d s)) = %v, want %v", tt.self, tt.from/sec, tt.until/sec, got, tt.want)
+		}
+	}
+}

@@ -121,6 +121,28 @@ func (m *Membership) Heirs(dst []string, h uint64, bucket int64, owner string) [
 	return dst
 }
 
+// Held reports whether self owns hash h in some bucket from the one
+// starting at from up to until (excluded): under the version in force at
+// from, or under one taking effect after it and before until. Those
+// replicas may hold the context's latest sample: the owner of that
+// sample's bucket, and the later owners that took it as a seed before
+// taking a sample of their own.
+func (m *Membership) Held(self string, h uint64, from, until int64) bool {
+	vs := *m.versions.Load()
+	for i, v := range vs {
+		if v.Since >= until {
+			break
+		}
+		if i+1 < len(vs) && vs[i+1].Since <= from {
+			continue // replaced before from
+		}
+		if v.Ring.Owner(h) == self {
+			return true
+		}
+	}
+	return false
+}
+
 // Single reports whether every bucket is owned by self alone: the schedule
 // has one version, of self only (or of nobody).
 func (m *Membership) Single(self string) bool {
