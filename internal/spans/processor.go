@@ -31,6 +31,7 @@ type Processor struct {
 	sink     StatsSink
 	sampler  *Sampler
 	observer Observer
+	cache    *statsCache
 	states   sync.Pool
 }
 
@@ -44,15 +45,14 @@ type Observer interface {
 type procState struct {
 	stats Stats
 	batch window.Batch
-	arena []byte
 	first []int
 }
 
 // NewProcessor returns a processor feeding sink and sampler that shows
 // every accepted span to o (nil: to none).
 func NewProcessor(sink StatsSink, sampler *Sampler, o Observer) *Processor {
-	p := &Processor{sink: sink, sampler: sampler, observer: o}
-	p.states.New = func() any { return &procState{} }
+	p := &Processor{sink: sink, sampler: sampler, observer: o, cache: newStatsCache(statsCacheShardSize)}
+	p.states.New = func() any { return &procState{stats: Stats{cache: p.cache}} }
 	return p
 }
 
@@ -76,7 +76,6 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 	defer p.states.Put(st)
 	st.batch.Reset()
 	st.stats.Reset()
-	st.arena = st.arena[:0]
 	st.first = st.first[:0]
 	st.batch.Tenant, st.batch.Now, st.batch.Cutoff = t, now, cutoff
 	for i := range sp {
@@ -84,11 +83,7 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 		if results[i] != window.Accepted {
 			continue
 		}
-		start := len(st.batch.Samples)
 		st.stats.Add(&st.batch, &sp[i])
-		for j := start; j < len(st.batch.Samples); j++ {
-			st.arena = st.batch.Samples[j].Prepare(t, st.arena)
-		}
 	}
 	if rs, ok := p.sink.(ReplaySink); ok && replay {
 		rs.IngestReplayed(&st.batch)
