@@ -63,14 +63,21 @@ rate = 0.1
 	// 20 batches time moves 1 s and held traces are decided.
 	batch := make([]spans.Span, 500)
 	res := make([]window.Reason, len(batch))
+	resources := make([]string, 20)
+	for i := range resources {
+		resources[i] = "/r" + string(rune('a'+i))
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	mallocs := ms0.Mallocs
 	cpu := cputime.Process()
 	for i := 0; i < b.N; i++ {
 		for j := range batch {
 			tr := i*100 + j/5
 			batch[j] = spans.Span{TraceID: [16]byte{byte(tr), byte(tr >> 8), byte(tr >> 16), byte(tr >> 24), 1}, SpanID: [8]byte{byte(j % 5), 1},
-				HasParent: j%5 != 0, Service: "api", Name: "op", Resource: "/r" + string(rune('a'+j%20)), Kind: spans.KindServer,
+				HasParent: j%5 != 0, Service: "api", Name: "op", Resource: resources[j%20], Kind: spans.KindServer,
 				Start: now, Duration: 1e6, HTTPStatus: 200, Error: tr%50 == 0}
 		}
 		clear(res)
@@ -80,6 +87,10 @@ rate = 0.1
 			sampler.Advance(now, false)
 		}
 	}
+	b.StopTimer()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.Mallocs-mallocs)/float64(b.N*len(batch)), "allocs/span")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/span")
 	b.ReportMetric(float64(cputime.Process()-cpu)/float64(b.N*len(batch)), "cpu-ns/span")
 }

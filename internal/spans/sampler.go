@@ -69,12 +69,6 @@ type key struct {
 	id     [16]byte
 }
 
-type heldTrace struct {
-	spans []Span
-	last  int64 // arrival of the last span
-	bytes int64
-}
-
 type decision struct {
 	keep bool
 	at   int64
@@ -96,6 +90,11 @@ type samplerShard struct {
 	// Advance to forget the old ones without reading the others.
 	expiry     []decidedRef
 	expiryHead int
+	// one, spans, attrs and tv are reused to judge a trace.
+	one   [1]Span
+	spans []Span
+	attrs []Attr
+	tv    traceVars
 }
 
 // heldRef is a held trace as the quiet wheel lists it.
@@ -245,7 +244,9 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 		}
 		if early != "" { // judged now, on this span alone
 			s.C.early(early)
-			s.decideLocked(sh, p, k, &heldTrace{spans: []Span{sp.Own()}}, now)
+			sh.one[0] = *sp
+			s.decideLocked(sh, p, k, sh.one[:], false, now)
+			sh.one[0] = Span{}
 			return
 		}
 		tr = &heldTrace{}
@@ -254,17 +255,16 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 		sh.quiet[sec] = append(sh.quiet[sec], heldRef{k, tr})
 		s.C.HeldTraces.Add(1)
 	}
-	own := sp.Own()
-	size := int64(own.Size())
-	tr.spans = append(tr.spans, own)
+	size := heldSize(sp)
+	tr.add(sp)
 	tr.last = now
 	tr.bytes += size
 	s.C.HeldSpans.Add(1)
 	s.C.HeldBytes.Add(size)
-	if len(tr.spans) >= s.lim.MaxSpansPerTrace {
+	if tr.n >= s.lim.MaxSpansPerTrace {
 		s.C.early(EarlySpansLimit)
 		s.releaseLocked(sh, k, tr)
-		s.decideLocked(sh, p, k, tr, now)
+		s.decideHeldLocked(sh, p, k, tr, now)
 	}
 }
 
@@ -286,7 +286,7 @@ func (s *Sampler) addTenantTrace(t *window.Tenant) bool {
 func (s *Sampler) releaseLocked(sh *samplerShard, k key, tr *heldTrace) {
 	delete(sh.traces, k)
 	s.C.HeldTraces.Add(-1)
-	s.C.HeldSpans.Add(-int64(len(tr.spans)))
+	s.C.HeldSpans.Add(-int64(tr.n))
 	s.C.HeldBytes.Add(-tr.bytes)
 	s.tenantMu.Lock()
 	if s.tenants[k.tenant]--; s.tenants[k.tenant] <= 0 {
@@ -300,16 +300,36 @@ func (s *Sampler) keepLocked(sh *samplerShard, k key, spans []Span) {
 	sh.pending = append(sh.pending, Trace{Tenant: k.tenant, TraceID: k.id, Spans: spans})
 }
 
-// decideLocked judges tr, queues it for export when kept and remembers the
-// decision for late spans.
-func (s *Sampler) decideLocked(sh *samplerShard, p *Policy, k key, tr *heldTrace, now int64) {
-	keep := Judge(p, k.id, tr.spans)
+// decideHeldLocked decides a held trace, released already.
+func (s *Sampler) decideHeldLocked(sh *samplerShard, p *Policy, k key, tr *heldTrace, now int64) {
+	sh.spans, sh.attrs = decodeRecords(sh.spans[:0], sh.attrs[:0], k.id, tr.recs, tr.wires, tr.n)
+	if s.decideLocked(sh, p, k, sh.spans, true, now) {
+		// The kept spans' strings are views into tr.recs, which nothing
+		// changes any more; their slices are sh's.
+		s.keepLocked(sh, k, cloneSpans(sh.spans, sh.attrs))
+	}
+	clear(sh.spans)
+	clear(sh.attrs)
+}
+
+// decideLocked judges the trace of spans, queues it for export when kept
+// (unless held is set: the caller queues held spans itself, which it must
+// copy) and remembers the decision for late spans. It reports whether the
+// trace is kept.
+func (s *Sampler) decideLocked(sh *samplerShard, p *Policy, k key, spans []Span, held bool, now int64) bool {
+	keep := judge(p, k.id, spans, &sh.tv)
 	if keep {
 		s.C.TracesKept.Add(1)
-		s.keepLocked(sh, k, tr.spans)
+		if !held {
+			own := make([]Span, len(spans))
+			for i := range spans {
+				own[i] = spans[i].Own()
+			}
+			s.keepLocked(sh, k, own)
+		}
 	} else {
 		s.C.TracesDropped.Add(1)
-		s.C.SpansDropped.Add(int64(len(tr.spans)))
+		s.C.SpansDropped.Add(int64(len(spans)))
 	}
 	if s.decided.Load() < int64(s.lim.MaxDecisions) {
 		if _, had := sh.decided[k]; !had {
@@ -320,6 +340,7 @@ func (s *Sampler) decideLocked(sh *samplerShard, p *Policy, k key, tr *heldTrace
 	} else {
 		s.C.early(DecisionsDropped)
 	}
+	return keep
 }
 
 // decideQuietLocked decides the traces of sh quiet for ttl at now: those
@@ -342,7 +363,7 @@ func (s *Sampler) decideQuietLocked(sh *samplerShard, p *Policy, now, ttl int64)
 				// its id is listed by itself.
 			case now-tr.last >= ttl:
 				s.releaseLocked(sh, r.k, tr)
-				s.decideLocked(sh, p, r.k, tr, now)
+				s.decideHeldLocked(sh, p, r.k, tr, now)
 			default:
 				last := second(tr.last)
 				sh.quiet[last] = append(sh.quiet[last], r)
@@ -378,12 +399,19 @@ func (s *Sampler) forgetDecisionsLocked(sh *samplerShard, now int64) {
 // condition a span of the trace matches decides. A trace no rule decides is
 // dropped, as in DataKit. Without a policy every trace is kept.
 func Judge(p *Policy, id [16]byte, spans []Span) bool {
+	var tv traceVars
+	return judge(p, id, spans, &tv)
+}
+
+// judge is Judge evaluating conditions through tv, which it leaves empty.
+func judge(p *Policy, id [16]byte, spans []Span, tv *traceVars) bool {
 	if p == nil {
 		return true
 	}
-	tv := traceVars{spans: spans}
+	*tv = traceVars{spans: spans}
+	defer func() { *tv = traceVars{} }()
 	for _, r := range p.Rules {
-		if !r.matches(&tv) {
+		if !r.matches(tv) {
 			continue
 		}
 		if r.Probabilistic {
@@ -453,7 +481,7 @@ func (s *Sampler) Advance(now int64, final bool) []Trace {
 			for k, tr := range sh.traces {
 				s.C.early(EarlyShutdown)
 				s.releaseLocked(sh, k, tr)
-				s.decideLocked(sh, p, k, tr, now)
+				s.decideHeldLocked(sh, p, k, tr, now)
 			}
 			clear(sh.quiet)
 		} else {

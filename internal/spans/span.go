@@ -106,23 +106,6 @@ func (s *Span) Own() Span {
 	return o
 }
 
-// Size estimates the memory a held, owned span takes.
-func (s *Span) Size() int {
-	n := spanOverhead + len(s.Service) + len(s.Name) + len(s.Resource)
-	if s.Wire != nil {
-		n += 64 + len(s.Wire.Span) // resource and scope are shared
-	}
-	for _, a := range s.Attrs {
-		n += 32 + len(a.Key) + len(a.Value)
-	}
-	return n
-}
-
-// spanOverhead is the fixed memory of a held span beyond its strings: the
-// struct, its share of the trace's slice growth, the trace's map entry and
-// the string buffer's rounding. Measured by TestMemoryPerHeldSpan.
-const spanOverhead = 260
-
 // Field implements filter.Record: the span's fields by their DataKit names
 // and types, then its attributes (strings). duration and start are integer
 // microseconds and http_status_code a string, as on DataKit's span points;
