@@ -59,6 +59,7 @@ type config struct {
 	KeepaliveMinTime                          time.Duration
 	ShutdownTimeout                           time.Duration
 	ExportTimeout                             time.Duration
+	FlushSpread                               time.Duration
 	OTelTraces                                string
 	OTelTracesInsecure                        bool
 	LogFormat                                 string
@@ -319,6 +320,7 @@ func defineFlags(fs *flag.FlagSet, c *config) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "how long shutdown waits for streams to end before closing them")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "bound on the whole shutdown, final flush included")
 	fs.DurationVar(&c.ExportTimeout, "export-timeout", 0, "deadline of one flush's export (0: the interval)")
+	fs.DurationVar(&c.FlushSpread, "flush-spread", 0, "longest a flush spends encoding, paced at most 500k aggregates/s so that it does not take a core in a burst (0: a quarter of the interval; negative: not paced)")
 	fs.StringVar(&c.OTelTraces, "otel-traces-endpoint", "", "OTLP/gRPC host:port receiving traces of aggd's own flushes and sends; empty: off")
 	fs.BoolVar(&c.OTelTracesInsecure, "otel-traces-insecure", false, "send aggd's own traces without TLS")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")

@@ -180,7 +180,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	flushCfg := flush.Config{
-		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Hostname: cfg.Hostname,
+		Interval: cfg.Window.Interval, Timeout: cfg.ExportTimeout, Spread: cfg.FlushSpread, Hostname: cfg.Hostname,
 		Observer: telemetry.NewFlushMetrics(reg), Tracer: tracer,
 	}
 	if jnl != nil {

@@ -57,6 +57,13 @@ type Config struct {
 	Tracer trace.Tracer
 	// WAL, if set, is told what every flush carried.
 	WAL WAL
+	// Spread bounds how long a flush spends encoding its aggregates: a
+	// flush of n aggregates is paced over the least of n ×
+	// PacePerAggregate and Spread, so that its encoding does not take a
+	// core in one burst. Zero means a quarter of Interval (and at most
+	// half of Timeout without a WAL); negative turns pacing off. The
+	// final flush is not paced.
+	Spread time.Duration
 }
 
 // Validate reports a setting out of range.
@@ -120,6 +127,12 @@ func NewFlusher(agg *Aggregator, exp Exporter, tenants TenantLister, cfg Config,
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = cfg.Interval
+	}
+	if cfg.Spread == 0 {
+		cfg.Spread = cfg.Interval / 4
+		if cfg.WAL == nil {
+			cfg.Spread = min(cfg.Spread, cfg.Timeout/2)
+		}
 	}
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("aggd")
@@ -203,12 +216,16 @@ func (fl *Flusher) flush(ctx context.Context, tick time.Time, final bool) {
 	} else {
 		ctx, cancel = context.WithTimeout(ctx, fl.cfg.Timeout)
 	}
-	err := fl.exp.Export(ctx, f)
-	cancel()
 	points := 0
 	for _, b := range f.Buckets {
 		points += b.Len()
 	}
+	if p := newPacer(ctx, points+len(f.Extra), fl.cfg.Spread); p != nil && !final {
+		f.Pace = p.pace
+	}
+	err := fl.exp.Export(ctx, f)
+	cancel()
+	f.Pace = nil
 	if err != nil {
 		fl.undelivered += points + len(f.Events) + len(f.Checks)
 	}

@@ -344,16 +344,22 @@ type Flush struct {
 	Extra  []Metric
 	Events []Event
 	Checks []ServiceCheck
+	// Pace, if set, is called by Metrics every YieldEvery aggregates with
+	// the number yielded so far by that iteration, instead of yielding the
+	// processor: it may sleep, to spread the encoding of a large flush
+	// over time. Several iterations may call it at once.
+	Pace func(yielded int)
 }
 
-// yieldEvery is how many aggregates a flush encodes before it lets other
-// goroutines run (see Flush.Metrics).
-const yieldEvery = 1024
+// YieldEvery is how many aggregates a flush encodes before it lets other
+// goroutines run, or paces itself (see Flush.Metrics).
+const YieldEvery = 1024
 
 // Metrics yields every aggregate of every bucket of f (see
-// Bucket.Metrics). Every yieldEvery aggregates it yields the processor
-// (runtime.Gosched), so that encoding a large flush, which takes a core
-// for up to a second, lets the goroutines acking batches run in between.
+// Bucket.Metrics). Every YieldEvery aggregates it calls f.Pace, or
+// without one yields the processor (runtime.Gosched), so that encoding a
+// large flush, which takes a core for up to a second, lets the goroutines
+// acking batches run in between.
 func (f *Flush) Metrics() func(yield func(*Metric) bool) {
 	return func(yield func(*Metric) bool) {
 		n := 0
@@ -362,8 +368,12 @@ func (f *Flush) Metrics() func(yield func(*Metric) bool) {
 				if !yield(m) {
 					return
 				}
-				if n++; n%yieldEvery == 0 {
-					runtime.Gosched()
+				if n++; n%YieldEvery == 0 {
+					if f.Pace != nil {
+						f.Pace(n)
+					} else {
+						runtime.Gosched()
+					}
 				}
 			}
 		}
