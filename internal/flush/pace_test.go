@@ -30,7 +30,7 @@ func TestFlushPacesEncoding(t *testing.T) {
 		{"bounded by the spread", 20_000, 30 * time.Millisecond, false, 30 * time.Millisecond},
 		{"default spread of a 10 s interval", 20_000, 0, false, 20_000 * flush.PacePerAggregate},
 		{"fewer aggregates than a step", window.YieldEvery - 1, 10 * time.Second, false, 0},
-		{"pacing off", 20_000, -1, false, 0},
+		{"pacing off", 20_000, -time.Second, false, 0},
 		{"final flush", 20_000, 10 * time.Second, true, 0},
 	}
 	for _, c := range cases {
