@@ -13,7 +13,7 @@ import (
 
 // mixFlush is one flush of n contexts in aggload's default type mix: gauge
 // 30, count 40, histogram 10, distribution 10, set 10.
-func mixFlush(b *testing.B, n int) *window.Flush {
+func mixFlush(b testing.TB, n int) *window.Flush {
 	types := []window.MetricType{}
 	for t, w := range map[window.MetricType]int{window.TypeGauge: 3, window.TypeCount: 4, window.TypeHistogram: 1, window.TypeDistribution: 1, window.TypeSet: 1} {
 		for range w {

@@ -89,6 +89,12 @@ type Datadog struct {
 	scratch  []byte
 	bins     []window.AgentBin
 	entryBuf []byte
+	packed   []byte // a sketch's packed keys or counts
+	sketch   []byte // a sketch's SketchPayload.sketches entry
+	// free holds the batches of earlier flushes, their buffers kept: a
+	// flush encodes into them instead of growing new ones to the payload
+	// size, which would leave megabytes of garbage per flush.
+	free []*ddBatch
 }
 
 // NewDatadog returns a Datadog upstream. cfg must be valid.
@@ -158,14 +164,18 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 				for k, v := range cred.Headers {
 					h.Set(k, v)
 				}
-				b = &ddBatch{tenant: t.ID, header: h}
-				b.lateSeries.replaces, b.lateSketch.replaces = true, true
+				b = d.newBatch(t.ID, h)
 			}
 			batches[t] = b
 		}
 		return b
 	}
 	var errs []error
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for m := range f.Metrics() {
 		b := batch(m.Tenant)
 		if b == nil {
@@ -178,7 +188,7 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 		switch m.Type {
 		case window.TypeDistribution:
 			d.scratch = d.appendSketch(d.scratch[:0], m)
-			errs = append(errs, d.add(ctx, b, sketch, "sketches"))
+			note(d.add(ctx, b, sketch, "sketches"))
 		case window.TypeHistogram, window.TypeTiming:
 			for _, s := range d.series {
 				v, isCount := s.value(m)
@@ -187,7 +197,7 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 					typ, v = d.countSeries(v, m.Interval)
 				}
 				d.scratch = d.appendSeries(d.scratch[:0], m, s.suffix, typ, v)
-				errs = append(errs, d.add(ctx, b, series, "series"))
+				note(d.add(ctx, b, series, "series"))
 			}
 		default:
 			// As the Agent flushes them: RATE (Rate.flush) and SET
@@ -202,7 +212,7 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 				typ = ddCount
 			}
 			d.scratch = d.appendSeries(d.scratch[:0], m, "", typ, v)
-			errs = append(errs, d.add(ctx, b, series, "series"))
+			note(d.add(ctx, b, series, "series"))
 		}
 	}
 	for i := range f.Checks {
@@ -228,8 +238,29 @@ func (d *Datadog) Export(ctx context.Context, f *window.Flush, routes Routes) er
 			body := append([]byte{'['}, b.checks[:len(b.checks)-1]...) // drop the last comma
 			errs = append(errs, d.enqueue(ctx, b, "check_run", append(body, ']'), b.nChecks))
 		}
+		d.free = append(d.free, b)
 	}
 	return errors.Join(errs...)
+}
+
+// newBatch returns an empty batch of tenant's, reusing the buffers of an
+// earlier flush's batch when there is one. The payloads queued do not
+// share them: compression copies.
+func (d *Datadog) newBatch(tenant string, h http.Header) *ddBatch {
+	b := &ddBatch{}
+	if n := len(d.free); n > 0 {
+		b, d.free[n-1] = d.free[n-1], nil
+		d.free = d.free[:n-1]
+	}
+	*b = ddBatch{tenant: tenant, header: h, series: b.series.empty(), sketch: b.sketch.empty(),
+		lateSeries: b.lateSeries.empty(), lateSketch: b.lateSketch.empty(), checks: b.checks[:0]}
+	b.lateSeries.replaces, b.lateSketch.replaces = true, true
+	return b
+}
+
+// empty returns pb emptied, its buffers kept.
+func (pb payloadBuilder) empty() payloadBuilder {
+	return payloadBuilder{buf: pb.buf[:0], starts: pb.starts[:0]}
 }
 
 // countSeries returns the series type and value of sum over an interval of
@@ -369,7 +400,7 @@ func (d *Datadog) appendSketch(b []byte, m *window.Metric) []byte {
 		ds = protowire.AppendTag(ds, protowire.Number(3+i), protowire.Fixed64Type)
 		ds = protowire.AppendFixed64(ds, math.Float64bits(v))
 	}
-	var packed []byte
+	packed := d.packed[:0]
 	for _, bin := range d.bins {
 		packed = protowire.AppendVarint(packed, protowire.EncodeZigZag(int64(bin.K)))
 	}
@@ -381,9 +412,9 @@ func (d *Datadog) appendSketch(b []byte, m *window.Metric) []byte {
 	}
 	ds = protowire.AppendTag(ds, 8, protowire.BytesType)
 	ds = protowire.AppendBytes(ds, packed)
-	d.entryBuf = ds
+	d.entryBuf, d.packed = ds, packed
 
-	var s []byte
+	s := d.sketch[:0]
 	s = protowire.AppendTag(s, 1, protowire.BytesType)
 	s = protowire.AppendString(s, m.Name)
 	if m.Host != "" {
@@ -396,6 +427,7 @@ func (d *Datadog) appendSketch(b []byte, m *window.Metric) []byte {
 	}
 	s = protowire.AppendTag(s, 7, protowire.BytesType)
 	s = protowire.AppendBytes(s, ds)
+	d.sketch = s
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	return protowire.AppendBytes(b, s)
 }

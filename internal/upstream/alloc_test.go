@@ -1,0 +1,93 @@
+package upstream_test
+
+import (
+	"context"
+	"io"
+	"runtime"
+	"testing"
+
+	"github.com/aggd/aggd/internal/upstream"
+	"github.com/aggd/aggd/internal/upstream/upstreamtest"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// encoders are the upstreams whose encoding the allocation tests and
+// benchmarks measure, each made fresh and not started: payloads wait in
+// the queue, so only encoding, compression and queuing are counted.
+var encoders = []struct {
+	name string
+	new  func(testing.TB) upstream.Upstream
+	// maxBytes bounds what one flush allocates per context once the
+	// encoder's buffers have grown, from measurements with a margin:
+	// the payloads queued (compressed), not buffers grown anew each flush.
+	maxBytes float64
+}{
+	{"jsonlines", func(testing.TB) upstream.Upstream {
+		return upstream.NewJSONLines("json", io.Discard, upstream.JSONLinesConfig{Histogram: upstream.DefaultHistogramConfig()})
+	}, 1},
+	{"datadog-zstd", func(t testing.TB) upstream.Upstream { return unstartedDatadog(t, upstream.CompressZstd) }, 150},
+	{"datadog-gzip", func(t testing.TB) upstream.Upstream { return unstartedDatadog(t, upstream.CompressGzip) }, 150},
+}
+
+func unstartedDatadog(t testing.TB, c upstream.Compression) upstream.Upstream {
+	cfg := upstream.DatadogConfig{Pipeline: upstream.DefaultPipelineConfig("dd"), URL: "http://127.0.0.1:1", APIKey: "k",
+		Compression: c, Histogram: upstream.DefaultHistogramConfig()}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return upstream.NewDatadog(cfg, &upstreamtest.Metrics{}, discard)
+}
+
+// exportAllocs returns the bytes and objects one Export of f into u
+// allocates per context of f (n of them), measured over the second of
+// two exports, when the encoder has buffers of the flush's size.
+func exportAllocs(t testing.TB, u upstream.Upstream, f *window.Flush, n int) (bytes, objects float64) {
+	export := func() {
+		if err := u.Export(context.Background(), f, routed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	export()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	export()
+	runtime.ReadMemStats(&after)
+	return float64(after.TotalAlloc-before.TotalAlloc) / float64(n), float64(after.Mallocs-before.Mallocs) / float64(n)
+}
+
+// TestFlushAllocatesLittlePerAggregate bounds what encoding a flush of the
+// load generator's mix allocates per context, so that a large flush does
+// not drive garbage collections whose assists land on the goroutines
+// acking batches.
+func TestFlushAllocatesLittlePerAggregate(t *testing.T) {
+	const n = 20_000
+	f := mixFlush(t, n)
+	for _, e := range encoders {
+		t.Run(e.name, func(t *testing.T) {
+			bytes, objects := exportAllocs(t, e.new(t), f, n)
+			t.Logf("%.1f bytes and %.3f objects per context", bytes, objects)
+			if bytes > e.maxBytes {
+				t.Errorf("a flush allocated %.1f bytes per context, want at most %v", bytes, e.maxBytes)
+			}
+		})
+	}
+}
+
+// BenchmarkFlushEncode reports what encoding one flush of 100k contexts of
+// the mix allocates per context (B/context, allocs/context), its
+// buffers grown by an earlier flush, and its time.
+func BenchmarkFlushEncode(b *testing.B) {
+	const n = 100_000
+	f := mixFlush(b, n)
+	for _, e := range encoders {
+		b.Run(e.name, func(b *testing.B) {
+			var bytes, objects float64
+			for b.Loop() {
+				bb, oo := exportAllocs(b, e.new(b), f, n)
+				bytes, objects = bytes+bb, objects+oo
+			}
+			b.ReportMetric(bytes/float64(b.N), "B/context")
+			b.ReportMetric(objects/float64(b.N), "allocs/context")
+		})
+	}
+}
