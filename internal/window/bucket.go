@@ -20,19 +20,30 @@ const (
 	dirty
 )
 
-// slot is the state of one context in one bucket.
+// slot is the state of one context in one bucket: 16 bytes, all that a
+// COUNT needs. A GAUGE keeps its timestamp in Bucket.stamps and the other
+// types their state in rates, dists or sets, at the slot's ext.
 type slot struct {
-	ctx   *context
-	v     float64 // gauge, count, rate's last value, monotonic sum
-	t     int64   // gauge's and rate's timestamp
-	ext   int32   // index into rates, dists or sets
-	typ   MetricType
-	flags uint8
+	v   float64 // gauge, count, rate's last value, monotonic sum
+	ctx uint32  // the context's ID in its shard
+	// meta is ext<<8 | typ<<4 | flags: ext below 1<<24, as the bucket
+	// holds at most maxShardContexts slots.
+	meta uint32
 }
+
+func (sl *slot) typ() MetricType              { return MetricType(sl.meta >> 4 & 0xf) }
+func (sl *slot) ext() uint32                  { return sl.meta >> 8 }
+func (sl *slot) has(f uint8) bool             { return sl.meta&uint32(f) != 0 }
+func (sl *slot) set(f uint8)                  { sl.meta |= uint32(f) }
+func (sl *slot) unset(f uint8)                { sl.meta &^= uint32(f) }
+func (sl *slot) flags() uint8                 { return uint8(sl.meta & 0xf) }
+func (sl *slot) setFlags(f uint8)             { sl.meta = sl.meta&^0xf | uint32(f) }
+func makeMeta(typ MetricType, ext int) uint32 { return uint32(ext)<<8 | uint32(typ)<<4 }
 
 type rateState struct {
 	prevV float64
 	prevT int64
+	t     int64 // the last value's timestamp
 }
 
 // MaxExactSamples bounds the samples one histogram, timing or distribution
@@ -261,11 +272,14 @@ type Bucket struct {
 	nDirty        int
 	drain         uint64 // the shard's Drain call that last handed it out
 
-	index slotIndex
-	slots []slot
-	rates []rateState
-	dists []distState
-	sets  []map[string]struct{}
+	// store holds the contexts the slots name (their shard's).
+	store  *ctxStore
+	index  slotIndex
+	slots  []slot
+	stamps []int64 // gauges' timestamps
+	rates  []rateState
+	dists  []distState
+	sets   []map[string]struct{}
 	// dists and sets keep their allocations across reuse; these count the
 	// ones in use.
 	nDists, nSets int
@@ -276,9 +290,9 @@ var bucketPool = sync.Pool{New: func() any {
 	return new(Bucket)
 }}
 
-func getBucket(start, width int64, late bool) *Bucket {
+func (sh *Shard) getBucket(start, width int64, late bool) *Bucket {
 	b := bucketPool.Get().(*Bucket)
-	b.Start, b.Width, b.Late = start, width, late
+	b.Start, b.Width, b.Late, b.store = start, width, late, &sh.store
 	return b
 }
 
@@ -299,10 +313,10 @@ func (b *Bucket) Release() {
 }
 
 func (b *Bucket) release() {
-	b.stamped, b.kept, b.base, b.nDirty = false, false, nil, 0
+	b.stamped, b.kept, b.base, b.nDirty, b.store = false, false, nil, 0, nil
 	b.index.reset()
-	clear(b.slots) // drop context pointers
 	b.slots = b.slots[:0]
+	b.stamps = b.stamps[:0]
 	b.rates = b.rates[:0]
 	for i := range b.dists[:b.nDists] {
 		d := &b.dists[i]
@@ -326,29 +340,33 @@ func (b *Bucket) reserve(n int) {
 	b.index.reserve(n, b.slots)
 }
 
-// find returns the index of c's slot in b.
-func (b *Bucket) find(c *context) (int32, bool) { return b.index.find(c, b.slots) }
+// find returns the index of the slot of context id in b.
+func (b *Bucket) find(id uint32) (uint32, bool) { return b.index.find(id, b.slots) }
 
-func (b *Bucket) newSlot(c *context, typ MetricType) int32 {
-	sl := slot{ctx: c, typ: typ}
+func (b *Bucket) newSlot(id uint32, typ MetricType) uint32 {
+	ext := 0
 	switch typ {
+	case TypeGauge:
+		ext = len(b.stamps)
+		b.stamps = append(b.stamps, 0)
 	case TypeRate:
-		sl.ext = int32(len(b.rates))
+		ext = len(b.rates)
 		b.rates = append(b.rates, rateState{})
 	case TypeHistogram, TypeTiming, TypeDistribution:
 		if b.nDists == len(b.dists) {
 			b.dists = append(b.dists, distState{})
 		}
-		sl.ext = int32(b.nDists)
+		ext = b.nDists
 		b.nDists++
 	case TypeSet:
 		if b.nSets == len(b.sets) {
 			b.sets = append(b.sets, make(map[string]struct{}))
 		}
-		sl.ext = int32(b.nSets)
+		ext = b.nSets
 		b.nSets++
 	}
-	i := int32(len(b.slots))
+	sl := slot{ctx: id, meta: makeMeta(typ, ext)}
+	i := uint32(len(b.slots))
 	b.slots = append(b.slots, sl)
 	b.index.add(i, b.slots)
 	return i
@@ -393,18 +411,19 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 		var m Metric
 		for i := range b.slots {
 			sl := &b.slots[i]
-			if sl.flags&hasValue == 0 || b.Late && sl.flags&dirty == 0 {
+			if !sl.has(hasValue) || b.Late && !sl.has(dirty) {
 				continue
 			}
-			m = Metric{Tenant: sl.ctx.tenant, Type: sl.typ, Timestamp: b.Start, Interval: b.Width, Late: b.Late, Tags: m.Tags[:0]}
-			m.Name, m.Host, m.Tags = SplitKey(sl.ctx.key, m.Tags)
-			switch sl.typ {
+			c := b.store.at(sl.ctx)
+			m = Metric{Tenant: c.tenant, Type: sl.typ(), Timestamp: b.Start, Interval: b.Width, Late: b.Late, Tags: m.Tags[:0]}
+			m.Name, m.Host, m.Tags = SplitKey(c.keyString(), m.Tags)
+			switch m.Type {
 			case TypeGauge, TypeCount, TypeMonotonicCount:
 				m.Value = sl.v
 			case TypeRate:
-				r := b.rates[sl.ext]
-				dt := sl.t - r.prevT
-				if sl.flags&hasPrev == 0 || dt <= 0 {
+				r := b.rates[sl.ext()]
+				dt := r.t - r.prevT
+				if !sl.has(hasPrev) || dt <= 0 {
 					continue
 				}
 				m.Value = (sl.v - r.prevV) / (float64(dt) / 1e9)
@@ -412,9 +431,9 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 					continue
 				}
 			case TypeSet:
-				m.Value = float64(len(b.sets[sl.ext]))
+				m.Value = float64(len(b.sets[sl.ext()]))
 			default:
-				d := &b.dists[sl.ext]
+				d := &b.dists[sl.ext()]
 				m.Min, m.Max, m.Sum, m.Count = d.min, d.max, d.sum, d.count
 				if d.spilled {
 					m.bins = d.sketch.bins
@@ -434,41 +453,40 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 func (b *Bucket) absorb(p *Bucket) {
 	for i := range p.slots {
 		ps := &p.slots[i]
-		if ps.flags&hasValue == 0 {
+		if !ps.has(hasValue) {
 			continue
 		}
 		j, ok := b.find(ps.ctx)
 		if !ok {
-			j = b.newSlot(ps.ctx, ps.typ)
+			j = b.newSlot(ps.ctx, ps.typ())
 		}
 		s := &b.slots[j]
-		if s.typ != ps.typ {
+		if s.typ() != ps.typ() {
 			continue // refused when added; kept for safety
 		}
-		switch ps.typ {
+		switch ps.typ() {
 		case TypeGauge:
-			if s.flags&hasValue == 0 || ps.t >= s.t {
-				s.v, s.t = ps.v, ps.t
+			if t := &b.stamps[s.ext()]; !s.has(hasValue) || p.stamps[ps.ext()] >= *t {
+				s.v, *t = ps.v, p.stamps[ps.ext()]
 			}
 		case TypeCount, TypeMonotonicCount:
 			s.v += ps.v
 		case TypeRate:
-			if s.flags&hasValue == 0 || ps.t >= s.t {
-				s.v, s.t = ps.v, ps.t
-				b.rates[s.ext] = p.rates[ps.ext]
-				s.flags = s.flags&^hasPrev | ps.flags&hasPrev
+			if r := &b.rates[s.ext()]; !s.has(hasValue) || p.rates[ps.ext()].t >= r.t {
+				s.v, *r = ps.v, p.rates[ps.ext()]
+				s.setFlags(s.flags()&^hasPrev | ps.flags()&hasPrev)
 			}
 		case TypeSet:
-			for m := range p.sets[ps.ext] {
-				b.sets[s.ext][m] = struct{}{}
+			for m := range p.sets[ps.ext()] {
+				b.sets[s.ext()][m] = struct{}{}
 			}
 		default:
-			b.dists[s.ext].mergeDist(&p.dists[ps.ext], &b.scratch)
+			b.dists[s.ext()].mergeDist(&p.dists[ps.ext()], &b.scratch)
 		}
-		if s.flags&dirty == 0 {
+		if !s.has(dirty) {
 			b.nDirty++
 		}
-		s.flags |= hasValue | dirty
+		s.set(hasValue | dirty)
 	}
 }
 
@@ -476,8 +494,8 @@ func (b *Bucket) absorb(p *Bucket) {
 func (b *Bucket) markDirty() {
 	b.nDirty = 0
 	for i := range b.slots {
-		if b.slots[i].flags&hasValue != 0 {
-			b.slots[i].flags |= dirty
+		if b.slots[i].has(hasValue) {
+			b.slots[i].set(dirty)
 			b.nDirty++
 		}
 	}
@@ -494,7 +512,7 @@ func (b *Bucket) sortExact() {
 // clearDirty forgets which slots a correction changed, once flushed.
 func (b *Bucket) clearDirty() {
 	for i := range b.slots {
-		b.slots[i].flags &^= dirty
+		b.slots[i].unset(dirty)
 	}
 	b.nDirty = 0
 }

@@ -8,7 +8,7 @@ import (
 
 // seed keys every context hash of the process. Hashes are never persisted or
 // compared across processes, so a random seed costs nothing and keeps
-// adversarial tag sets from piling into one hash chain.
+// adversarial tag sets from piling into one probe sequence.
 var seed = maphash.MakeSeed()
 
 // tenantHash returns the hash mixed into every context key of tenant t.

@@ -4,59 +4,14 @@ import (
 	"hash/maphash"
 	"math"
 	"strings"
+	"unsafe"
 )
-
-// context is one aggregation context: (tenant, name, host, sorted tags). Its
-// key and tenant never change after creation, so a drained bucket may read
-// them without the shard's lock; the other fields belong to the shard.
-type context struct {
-	key    string
-	tenant *Tenant
-	next   *context // hash chain
-	// expires is when the context may be forgotten: the later of its last
-	// arrival plus the TTL and the tick until which a kept bucket holds it
-	// (it is not forgotten before, so that late samples find it).
-	expires int64
-	// A COUNT context is flushed with 0 in the interval buckets that start
-	// in [zeroFrom, zeroUntil): from its first sample's to its last sample
-	// plus the counter expiry; counting says it is in Shard.counters.
-	zeroFrom, zeroUntil int64
-	// last is the last sample seen, kept across buckets for RATE and
-	// MONOTONIC_COUNT; nil before the first. Other types never need it, so
-	// it lives outside the context.
-	last *lastSample
-	pos  int32 // index in Shard.all
-	// slot is the index of the context's slot in the bucket it was last
-	// written in: a hint that spares the bucket's map when the next
-	// sample goes to the same bucket.
-	slot int32
-	// samples counts the samples of the context, saturating.
-	samples  uint32
-	counting bool
-	// gone is set when the context is forgotten, for the Handles that
-	// still point to it.
-	gone bool
-}
-
-type lastSample struct {
-	v   float64
-	t   int64
-	typ MetricType
-}
 
 // touch records an arrival at now.
 func (c *context) touch(now, ttl int64) {
 	if e := now + ttl; e > c.expires {
 		c.expires = e
 	}
-}
-
-// remember records v at ts, of type typ, as the context's last sample.
-func (c *context) remember(typ MetricType, v float64, ts int64) {
-	if c.last == nil {
-		c.last = new(lastSample)
-	}
-	c.last.v, c.last.t, c.last.typ = v, ts, typ
 }
 
 type bucketKey struct{ start, width int64 }
@@ -78,9 +33,22 @@ type Shard struct {
 	ttl    int64
 	maxSet int
 
-	contexts  map[uint64]*context
-	all       []*context // every context, for the expiry sweep
-	sweep     int        // where the expiry sweep resumes in all
+	// chunks hold the contexts by ID (see contexts.go); store publishes
+	// them to the readers of drained buckets. made is the number of IDs
+	// ever taken and live the number in use; free are forgotten IDs that
+	// may be taken again, and limbo those forgotten by the current drain,
+	// which its buckets may still name until the next.
+	chunks      []*ctxChunk
+	store       ctxStore
+	made        uint32
+	live        int
+	free, limbo []uint32
+	index       ctxIndex
+	sweep       uint32 // the ID where the expiry sweep resumes
+	// lasts holds the last samples of RATE and MONOTONIC_COUNT contexts
+	// (see context.last); freeLasts are its unused entries.
+	lasts     []lastSample
+	freeLasts []uint32
 	buckets   map[bucketKey]*Bucket
 	last      *Bucket // the bucket written last, a lookup cache
 	watermark int64   // every bucket due at or before it has been drained
@@ -96,7 +64,7 @@ type Shard struct {
 	fold OverflowFunc
 	// counters are the COUNT contexts within their expiry, zero-filled
 	// every interval; zeroed is the start of the last bucket filled.
-	counters      []*context
+	counters      []uint32
 	counterExpiry int64
 	zeroed        int64
 	// filling is the zero-fill under way (see FillZeros).
@@ -139,20 +107,69 @@ type OverflowFunc func(t *Tenant, s *Sample, now int64, restore bool) Reason
 // valid.
 func NewSharingShard(cfg Config, fold OverflowFunc) *Shard {
 	return &Shard{
-		fold:     fold,
-		timing:   cfg.Timing(),
-		ttl:      min(int64(cfg.ContextTTL), maxTTL),
-		maxSet:   cfg.MaxSetSize,
-		contexts: make(map[uint64]*context),
-		buckets:  make(map[bucketKey]*Bucket),
-		kept:     make(map[bucketKey]*Bucket),
+		fold:    fold,
+		timing:  cfg.Timing(),
+		ttl:     min(int64(cfg.ContextTTL), maxTTL),
+		maxSet:  cfg.MaxSetSize,
+		buckets: make(map[bucketKey]*Bucket),
+		kept:    make(map[bucketKey]*Bucket),
 
 		counterExpiry: int64(cfg.CounterExpiry),
 	}
 }
 
 // Contexts returns the number of live contexts.
-func (sh *Shard) Contexts() int { return len(sh.all) }
+func (sh *Shard) Contexts() int { return sh.live }
+
+// at returns the context of ID id, which must have been made.
+func (sh *Shard) at(id uint32) *context {
+	return &sh.chunks[id>>chunkBits][id&(chunkLen-1)]
+}
+
+// find returns the ID of tenant t's context of key and hash h.
+func (sh *Shard) find(t *Tenant, key []byte, h uint64) (uint32, *context, bool) {
+	x := &sh.index
+	if x.n == 0 {
+		return 0, nil, false
+	}
+	mask := uint64(len(x.tab) - 1)
+	i, tag := x.start(h)
+	for {
+		e := x.tab[i]
+		if e == 0 {
+			return 0, nil, false
+		}
+		if e&^idMask == tag {
+			id := uint32(e&idMask) - 1
+			if c := sh.at(id); c.tenant == t && c.keyString() == string(key) {
+				return id, c, true
+			}
+		}
+		i = (i + 1) & mask
+	}
+}
+
+// remember records v at ts, of type typ, as c's last sample.
+func (sh *Shard) remember(c *context, typ MetricType, v float64, ts int64) {
+	if c.last == 0 {
+		if n := len(sh.freeLasts); n > 0 {
+			c.last = sh.freeLasts[n-1]
+			sh.freeLasts = sh.freeLasts[:n-1]
+		} else {
+			sh.lasts = append(sh.lasts, lastSample{})
+			c.last = uint32(len(sh.lasts))
+		}
+	}
+	sh.lasts[c.last-1] = lastSample{v: v, t: ts, typ: typ}
+}
+
+// lastOf returns c's last sample, or nil before the first.
+func (sh *Shard) lastOf(c *context) *lastSample {
+	if c.last == 0 {
+		return nil
+	}
+	return &sh.lasts[c.last-1]
+}
 
 // Add aggregates s, which Prepare has keyed, arriving at now (unix
 // nanoseconds). It returns Accepted or why s was refused; a refused sample
@@ -193,23 +210,21 @@ func (sh *Shard) Seed(t *Tenant, s *Sample, now int64, handedOver bool) Reason {
 	if n := len(s.Values); n > 0 {
 		v = s.Values[n-1]
 	}
-	head := sh.contexts[s.Hash]
-	c := head
-	for c != nil && (c.tenant != t || c.key != string(s.Key)) {
-		c = c.next
-	}
-	if c == nil {
+	_, c, ok := sh.find(t, s.Key, s.Hash)
+	if !ok {
 		if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
 			return Accepted // its samples fold into the overflow series
 		}
-		c = sh.newContext(t, string(s.Key), s.Hash, head, now)
+		if _, c = sh.newContext(t, string(s.Key), s.Hash, now); c == nil {
+			return Accepted // the shard is full: as past the bound
+		}
 		c.samples = 0 // a seed is no sample of this replica's
 	}
 	c.touch(now, sh.ttl)
-	if c.last == nil || c.last.t < ts || c.last.t == ts && !handedOver {
+	if l := sh.lastOf(c); l == nil || l.t < ts || l.t == ts && !handedOver {
 		// A seed older than a sample the context took since (sent by
 		// another replica) is no longer its previous sample.
-		c.remember(s.Type, v, ts)
+		sh.remember(c, s.Type, v, ts)
 	}
 	return Accepted
 }
@@ -226,21 +241,21 @@ type Last struct {
 
 // LastSamples examines up to n contexts of the shard, appends to dst the
 // last samples of those of type RATE or MONOTONIC_COUNT and returns it,
-// with where the next call resumes. A walk starts with before = -1 and ends when next is
-// 0. The shard may change between the calls of one walk (its lock
-// released): the walk goes from the newest context to the oldest, and a
-// forgotten context's place takes the newest, so every context that lives
-// through the walk is listed at least once, except those created during
-// it (their samples arrive after the walk began).
+// with where the next call resumes. A walk starts with before = -1 and
+// ends when next is 0. The shard may change between the calls of one walk
+// (its lock released): the walk goes from the highest context ID to the
+// lowest, and a context keeps its ID while it lives, so every context that
+// lives through the walk is listed once; one created during it may not be
+// (its samples arrive after the walk began).
 func (sh *Shard) LastSamples(dst []Last, before, n int) ([]Last, int) {
-	i := len(sh.all)
+	i := int(sh.made)
 	if before >= 0 {
 		i = min(i, before)
 	}
 	for end := max(i-n, 0); i > end; i-- {
-		c := sh.all[i-1]
-		if l := c.last; l != nil {
-			dst = append(dst, Last{Tenant: c.tenant, Key: c.key, Type: l.typ, Value: l.v, Timestamp: l.t})
+		c := sh.at(uint32(i - 1))
+		if l := sh.lastOf(c); l != nil && c.live() {
+			dst = append(dst, Last{Tenant: c.tenant, Key: c.keyString(), Type: l.typ, Value: l.v, Timestamp: l.t})
 		}
 	}
 	return dst, i
@@ -284,10 +299,17 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	} else if r := sh.timing.Admit(ts, now); r != Accepted {
 		return r
 	}
+	var id uint32
 	var c *context
 	if folded {
-		c = sh.overflow(t, s.Type, now)
-	} else if c = sh.context(t, s, now); c == nil {
+		id, c = sh.overflow(t, s.Type, now)
+	} else {
+		id, c = sh.context(t, s, now)
+	}
+	if c == nil {
+		if sh.fold == nil || folded {
+			return ReasonTenantLimit // the shard holds maxShardContexts
+		}
 		return sh.fold(t, s, now, sh.restoring)
 	}
 	start, width := sh.timing.Bucket(s.Timestamp, now)
@@ -298,7 +320,7 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 			return Accepted // flushed; no late sample may correct it
 		}
 		c.expires = max(c.expires, sh.keptUntil(k))
-		return sh.put(b, c, s, ts)
+		return sh.put(b, id, c, s, ts)
 	}
 	if s.Timestamp == 0 && sh.timing.Due(start, width) <= sh.watermark {
 		// Stamped with its arrival before a tick and added after it: the
@@ -310,36 +332,36 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 	if b == nil {
 		return ReasonTooOld
 	}
-	return sh.put(b, c, s, ts)
+	return sh.put(b, id, c, s, ts)
 }
 
-// put adds s, of context c, at ts to bucket b.
-func (sh *Shard) put(b *Bucket, c *context, s *Sample, ts int64) Reason {
+// put adds s, of context c of ID id, at ts to bucket b.
+func (sh *Shard) put(b *Bucket, id uint32, c *context, s *Sample, ts int64) Reason {
 	if b.base != nil {
 		// A late sample: the bucket it corrects decides type conflicts.
-		if j, ok := b.base.find(c); ok && b.base.slots[j].typ != s.Type {
+		if j, ok := b.base.find(id); ok && b.base.slots[j].typ() != s.Type {
 			return ReasonTypeConflict
 		}
 	}
-	i := sh.slotOf(b, c, s.Type)
+	i := sh.slotOf(b, id, c, s.Type)
 	sl := &b.slots[i]
-	if sl.typ != s.Type {
+	if sl.typ() != s.Type {
 		return ReasonTypeConflict
 	}
 	if s.Timestamp != 0 {
 		b.stamped = true
 	}
-	if s.Hist != nil && sl.typ.isDist() {
-		b.dists[sl.ext].merge(s.Hist, &b.scratch)
-		sl.flags |= hasValue
+	if s.Hist != nil && s.Type.isDist() {
+		b.dists[sl.ext()].merge(s.Hist, &b.scratch)
+		sl.set(hasValue)
 		return Accepted
 	}
 	weight := 1 / s.SampleRate
 	if s.Values == nil {
-		return sh.update(b, sl, c, s, s.Value, ts, weight)
+		return sh.update(b, sl, id, c, s, s.Value, ts, weight)
 	}
 	for _, v := range s.Values {
-		if r := sh.update(b, sl, c, s, v, ts, weight); r != Accepted {
+		if r := sh.update(b, sl, id, c, s, v, ts, weight); r != Accepted {
 			return r
 		}
 	}
@@ -349,69 +371,70 @@ func (sh *Shard) put(b *Bucket, c *context, s *Sample, ts int64) Reason {
 // slotOf returns the index of c's slot in b, creating it. The context
 // remembers the index, so that its next sample in the same bucket skips
 // the bucket's map.
-func (sh *Shard) slotOf(b *Bucket, c *context, typ MetricType) int32 {
-	if j := c.slot; int(j) < len(b.slots) && b.slots[j].ctx == c {
+func (sh *Shard) slotOf(b *Bucket, id uint32, c *context, typ MetricType) uint32 {
+	if j := c.slot; int(j) < len(b.slots) && b.slots[j].ctx == id {
 		return j
 	}
-	i, ok := b.find(c)
+	i, ok := b.find(id)
 	if !ok {
-		i = b.newSlot(c, typ)
+		i = b.newSlot(id, typ)
 	}
 	c.slot = i
 	return i
 }
 
-func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, ts int64, weight float64) Reason {
-	switch sl.typ {
+func (sh *Shard) update(b *Bucket, sl *slot, id uint32, c *context, s *Sample, v float64, ts int64, weight float64) Reason {
+	switch sl.typ() {
 	case TypeGauge:
-		if sl.flags&hasValue == 0 || ts >= sl.t {
-			sl.v, sl.t = v, ts
+		t := &b.stamps[sl.ext()]
+		if !sl.has(hasValue) || ts >= *t {
+			sl.v, *t = v, ts
 		}
-		sl.flags |= hasValue
+		sl.set(hasValue)
 	case TypeCount:
 		sl.v += v * weight
-		sl.flags |= hasValue
+		sl.set(hasValue)
 		if sh.counterExpiry > 0 {
-			from := Start(ts, sh.timing.interval)
-			if !c.counting {
-				c.counting, c.zeroFrom = true, from
-				sh.counters = append(sh.counters, c)
+			from := unixSeconds(Start(ts, sh.timing.interval), false)
+			if !c.counting() {
+				c.zeroFrom = from
+				sh.counters = append(sh.counters, id)
 			}
 			c.zeroFrom = min(c.zeroFrom, from)
-			c.zeroUntil = max(c.zeroUntil, ts+sh.counterExpiry)
+			c.zeroUntil = max(c.zeroUntil, unixSeconds(ts+sh.counterExpiry, true))
 		}
 	case TypeRate:
-		r := &b.rates[sl.ext]
-		if l := c.last; l != nil {
+		r := &b.rates[sl.ext()]
+		if l := sh.lastOf(c); l != nil {
 			r.prevV, r.prevT = l.v, l.t
-			sl.flags |= hasPrev
+			sl.set(hasPrev)
 		}
-		sl.v, sl.t = v, ts
-		sl.flags |= hasValue
-		c.remember(sl.typ, v, ts)
+		sl.v, r.t = v, ts
+		sl.set(hasValue)
+		sh.remember(c, TypeRate, v, ts)
 	case TypeMonotonicCount:
-		if l := c.last; l != nil {
+		if l := sh.lastOf(c); l != nil {
 			if d := v - l.v; d > 0 {
 				sl.v += d
 			}
-			sl.flags |= hasValue
+			sl.set(hasValue)
 		}
-		c.remember(sl.typ, v, ts)
+		sh.remember(c, TypeMonotonicCount, v, ts)
 	case TypeHistogram, TypeTiming, TypeDistribution:
-		b.dists[sl.ext].add(v, weight, &b.scratch)
-		sl.flags |= hasValue
+		b.dists[sl.ext()].add(v, weight, &b.scratch)
+		sl.set(hasValue)
 	case TypeSet:
-		m := b.sets[sl.ext]
+		m := b.sets[sl.ext()]
 		if _, ok := m[s.SetMember]; !ok {
 			// Late members count with those of the bucket they correct.
 			var held map[string]struct{}
 			if b.base != nil {
-				if j, ok := b.base.find(c); ok {
-					held = b.base.sets[b.base.slots[j].ext]
+				if j, ok := b.base.find(id); ok {
+					held = b.base.sets[b.base.slots[j].ext()]
 				}
 			}
 			if _, ok := held[s.SetMember]; ok {
-				sl.flags |= hasValue // the correction resends the same set
+				sl.set(hasValue) // the correction resends the same set
 				return Accepted
 			}
 			if len(m)+len(held) >= sh.maxSet {
@@ -419,59 +442,84 @@ func (sh *Shard) update(b *Bucket, sl *slot, c *context, s *Sample, v float64, t
 			}
 			m[strings.Clone(s.SetMember)] = struct{}{}
 		}
-		sl.flags |= hasValue
+		sl.set(hasValue)
 	}
 	return Accepted
 }
 
-// context finds or creates the context of s. Past its tenant's bound it
-// returns the overflow context, or nil when the shard folds elsewhere.
-func (sh *Shard) context(t *Tenant, s *Sample, now int64) *context {
-	if h := s.Handle; h != nil {
-		if c := h.c; c != nil && !c.gone && c.tenant == t {
+// context finds or creates the context of s and returns it with its ID.
+// Past its tenant's bound it returns the overflow context, or nil when the
+// shard folds elsewhere; nil too when the shard is full.
+func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
+	h := s.Handle
+	if h != nil && h.sh == sh && h.id < sh.made {
+		if c := sh.at(h.id); c.gen == h.gen && c.tenant == t {
 			c.touch(now, sh.ttl)
 			if c.samples != math.MaxUint32 {
 				c.samples++
 			}
-			return c
+			return h.id, c
 		}
 	}
-	head := sh.contexts[s.Hash]
-	for c := head; c != nil; c = c.next {
-		if c.tenant == t && c.key == string(s.Key) {
-			c.touch(now, sh.ttl)
-			if c.samples != math.MaxUint32 {
-				c.samples++
-			}
-			if s.Handle != nil {
-				s.Handle.c = c
-			}
-			return c
+	if id, c, ok := sh.find(t, s.Key, s.Hash); ok {
+		c.touch(now, sh.ttl)
+		if c.samples != math.MaxUint32 {
+			c.samples++
 		}
+		if h != nil {
+			*h = Handle{sh: sh, id: id, gen: c.gen}
+		}
+		return id, c
 	}
-	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
+	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max || sh.full() {
 		// Past its bound, a tenant's new contexts fold into its overflow
 		// series for the sample's type: nothing is dropped, and the
 		// folding is counted.
 		if sh.fold != nil {
-			return nil
+			return 0, nil
 		}
 		t.Overflowed.Add(1)
 		return sh.overflow(t, s.Type, now)
 	}
-	c := sh.newContext(t, string(s.Key), s.Hash, head, now)
-	if s.Handle != nil {
-		s.Handle.c = c
+	id, c := sh.newContext(t, string(s.Key), s.Hash, now)
+	if h != nil && c != nil {
+		*h = Handle{sh: sh, id: id, gen: c.gen}
 	}
-	return c
+	return id, c
 }
 
-func (sh *Shard) newContext(t *Tenant, key string, hash uint64, head *context, now int64) *context {
-	c := &context{key: key, tenant: t, next: head, expires: now + sh.ttl, pos: int32(len(sh.all)), samples: 1}
-	sh.contexts[hash] = c
-	sh.all = append(sh.all, c)
+// full reports whether every context ID is taken.
+func (sh *Shard) full() bool { return len(sh.free) == 0 && sh.made == maxShardContexts }
+
+// newContext makes tenant t's context of key and hash h, or returns nil
+// when the shard is full.
+func (sh *Shard) newContext(t *Tenant, key string, h uint64, now int64) (uint32, *context) {
+	var id uint32
+	if n := len(sh.free); n > 0 {
+		id = sh.free[n-1]
+		sh.free = sh.free[:n-1]
+	} else {
+		if sh.made == maxShardContexts {
+			return 0, nil
+		}
+		id = sh.made
+		if id&(chunkLen-1) == 0 {
+			sh.chunks = append(sh.chunks, new(ctxChunk))
+			dir := sh.chunks // the readers' copy never grows in place
+			sh.store.dir.Store(&dir)
+		}
+		sh.made++
+	}
+	c := sh.at(id)
+	gen := c.gen
+	if gen&1 != 0 {
+		gen++ // was forgotten
+	}
+	*c = context{key: makeKey(key), tenant: t, expires: now + sh.ttl, samples: 1, gen: gen}
+	sh.index.insert(h, id)
+	sh.live++
 	t.Contexts.Add(1)
-	return c
+	return id, c
 }
 
 // overflowKeys are the context keys of the overflow series, by type.
@@ -488,18 +536,16 @@ var overflowKeys = func() [numTypes]string {
 const OverflowPrefix = "aggd.overflow."
 
 // overflow returns the tenant's overflow context of type typ, creating it
-// even past the bound (one per type and shard at most).
-func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) *context {
+// even past the bound (one per type and shard at most), with its ID; nil
+// when the shard is full.
+func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) (uint32, *context) {
 	key := overflowKeys[min(typ, numTypes-1)]
 	hash := maphash.String(seed, key) ^ t.hash()
-	head := sh.contexts[hash]
-	for c := head; c != nil; c = c.next {
-		if c.tenant == t && c.key == key {
-			c.touch(now, sh.ttl)
-			return c
-		}
+	if id, c, ok := sh.find(t, unsafe.Slice(unsafe.StringData(key), len(key)), hash); ok {
+		c.touch(now, sh.ttl)
+		return id, c
 	}
-	return sh.newContext(t, key, hash, head, now)
+	return sh.newContext(t, key, hash, now)
 }
 
 // bucket finds or opens the bucket [start, start+width). For a range
@@ -534,7 +580,7 @@ func (sh *Shard) bucket(start, width, now int64) *Bucket {
 				return nil
 			}
 		}
-		b = getBucket(start, width, late)
+		b = sh.getBucket(start, width, late)
 		if !late && width == sh.timing.interval && start <= now {
 			// Only the bucket open now takes the bulk of the contexts:
 			// one timestamped sample ahead of it (up to MaxFuture) must
@@ -559,7 +605,7 @@ func (sh *Shard) restored(k bucketKey) *Bucket {
 	}
 	b := sh.kept[k]
 	if b == nil {
-		b = getBucket(k.start, k.width, false)
+		b = sh.getBucket(k.start, k.width, false)
 		b.kept = true
 		sh.kept[k] = b
 	}
@@ -609,6 +655,10 @@ func (sh *Shard) BeginDrain(tick int64, final bool, out []*Bucket) []*Bucket {
 		out, done = sh.FillZeros(math.MaxInt, out)
 	}
 	sh.drains++
+	// The buckets the last drain handed out are read: the IDs it forgot
+	// may be taken again.
+	sh.free = append(sh.free, sh.limbo...)
+	sh.limbo = sh.limbo[:0]
 	if sh.firstTick == 0 {
 		sh.firstTick = tick
 	}
@@ -675,7 +725,7 @@ func (sh *Shard) beginZeroFill(tick int64, drained int, out []*Bucket) {
 		if _, flushed := sh.kept[k]; flushed {
 			return // flushed by an earlier drain
 		}
-		b = getBucket(k.start, k.width, false)
+		b = sh.getBucket(k.start, k.width, false)
 	}
 	sh.filling = zeroFill{b: b, k: k, fresh: fresh}
 }
@@ -694,18 +744,18 @@ func (sh *Shard) FillZeros(budget int, out []*Bucket) (_ []*Bucket, done bool) {
 		return out, true
 	}
 	for ; budget > 0 && f.next < len(sh.counters); budget-- {
-		c := sh.counters[f.next]
-		if c.zeroUntil <= f.k.start {
-			c.counting, c.zeroFrom, c.zeroUntil = false, 0, 0
+		id := sh.counters[f.next]
+		c := sh.at(id)
+		if int64(c.zeroUntil)*1e9 <= f.k.start {
+			c.zeroFrom, c.zeroUntil = 0, 0
 			last := len(sh.counters) - 1
 			sh.counters[f.next] = sh.counters[last]
-			sh.counters[last] = nil
 			sh.counters = sh.counters[:last]
 			continue // the last counter moved into this place
 		}
-		if _, ok := f.b.find(c); !ok && f.k.start >= c.zeroFrom {
-			j := f.b.newSlot(c, TypeCount)
-			f.b.slots[j].flags |= hasValue
+		if _, ok := f.b.find(id); !ok && f.k.start >= int64(c.zeroFrom)*1e9 {
+			j := f.b.newSlot(id, TypeCount)
+			f.b.slots[j].set(hasValue)
 		}
 		f.next++
 	}
@@ -762,52 +812,42 @@ func (sh *Shard) keep(k bucketKey, b *Bucket) {
 	sh.kept[k] = b
 	until := sh.keptUntil(k)
 	for i := range b.slots {
-		c := b.slots[i].ctx
+		c := sh.at(b.slots[i].ctx)
 		c.expires = max(c.expires, until)
 	}
 }
 
-// expire examines up to budget contexts from where the last sweep stopped
-// and forgets those idle for longer than the TTL.
+// expire examines up to budget context IDs from where the last sweep
+// stopped and forgets the contexts idle for longer than the TTL.
 func (sh *Shard) expire(now int64, budget int) {
-	for ; budget > 0 && len(sh.all) > 0; budget-- {
-		if sh.sweep >= len(sh.all) {
+	if sh.live == 0 {
+		return
+	}
+	for ; budget > 0; budget-- {
+		if sh.sweep >= sh.made {
 			sh.sweep = 0
 		}
-		c := sh.all[sh.sweep]
-		if now <= c.expires || c.counting {
-			sh.sweep++
-			continue
+		id := sh.sweep
+		sh.sweep++
+		if c := sh.at(id); c.live() && now > c.expires && !c.counting() {
+			sh.forget(id, c)
 		}
-		sh.forget(c)
-		// The last context moved into c's place: examine it next.
 	}
 }
 
-// forget removes c from the hash chains and the dense list.
-func (sh *Shard) forget(c *context) {
-	h := maphash.String(seed, c.key) ^ c.tenant.hash()
-	if head := sh.contexts[h]; head == c {
-		if c.next == nil {
-			delete(sh.contexts, h)
-		} else {
-			sh.contexts[h] = c.next
-		}
-	} else {
-		for p := head; p != nil; p = p.next {
-			if p.next == c {
-				p.next = c.next
-				break
-			}
-		}
+// forget removes context id from the index. Its ID is taken again from
+// the next drain on: until then its key and tenant stay for the buckets
+// this drain hands out.
+func (sh *Shard) forget(id uint32, c *context) {
+	sh.index.remove(maphash.String(seed, c.keyString())^c.tenant.hash(), id)
+	if c.last != 0 {
+		sh.freeLasts = append(sh.freeLasts, c.last)
+		c.last = 0
 	}
-	last := sh.all[len(sh.all)-1]
-	sh.all[c.pos] = last
-	last.pos = c.pos
-	sh.all[len(sh.all)-1] = nil
-	sh.all = sh.all[:len(sh.all)-1]
+	c.gen++ // odd: forgotten, and every Handle to it is stale
+	sh.limbo = append(sh.limbo, id)
+	sh.live--
 	c.tenant.Contexts.Add(-1)
-	c.gone = true
 }
 
 // ContextStat is a context and its sample count, for introspection.
@@ -821,11 +861,12 @@ type ContextStat struct {
 // of tenant t only unless t is nil, and returns out.
 func (sh *Shard) Top(t *Tenant, n int, out []ContextStat) []ContextStat {
 	start := len(out)
-	for _, c := range sh.all {
-		if t != nil && c.tenant != t {
+	for id := range sh.made {
+		c := sh.at(id)
+		if !c.live() || t != nil && c.tenant != t {
 			continue
 		}
-		st := ContextStat{Tenant: c.tenant, Key: c.key, Samples: uint64(c.samples)}
+		st := ContextStat{Tenant: c.tenant, Key: c.keyString(), Samples: uint64(c.samples)}
 		top := out[start:]
 		if len(top) < n {
 			out = append(out, st)

@@ -1,15 +1,12 @@
 package window
 
-import "unsafe"
-
 // slotIndex finds a context's slot in a bucket: an open-addressing table
 // with linear probing over slot numbers plus one (0 marks a free entry),
-// placed by the context's address. Contexts are heap objects, which Go
-// never moves. At 4 bytes an entry and at most three quarters full, it
-// holds a context in 5 to 11 bytes, where a map[*context]int32 takes
-// about 26.
+// placed by the context's ID. At 4 bytes an entry and at most three
+// quarters full, it holds a context in 5 to 11 bytes, where a
+// map[uint32]uint32 takes about 20.
 type slotIndex struct {
-	tab  []int32
+	tab  []uint32
 	n    int
 	bits uint8 // len(tab) == 1<<bits once tab is made
 }
@@ -17,22 +14,22 @@ type slotIndex struct {
 // minIndexBits sizes the first table: 16 entries.
 const minIndexBits = 4
 
-func (x *slotIndex) pos(c *context) uint64 {
-	return uint64(uintptr(unsafe.Pointer(c))) * 0x9e3779b97f4a7c15 >> (64 - x.bits)
+func (x *slotIndex) pos(id uint32) uint64 {
+	return uint64(id+1) * 0x9e3779b97f4a7c15 >> (64 - x.bits)
 }
 
-// find returns the slot of c among slots, which the index covers.
-func (x *slotIndex) find(c *context, slots []slot) (int32, bool) {
+// find returns the slot of context id among slots, which the index covers.
+func (x *slotIndex) find(id uint32, slots []slot) (uint32, bool) {
 	if x.n == 0 {
 		return 0, false
 	}
 	mask := uint64(len(x.tab) - 1)
-	for i := x.pos(c); ; i = (i + 1) & mask {
+	for i := x.pos(id); ; i = (i + 1) & mask {
 		e := x.tab[i]
 		if e == 0 {
 			return 0, false
 		}
-		if slots[e-1].ctx == c {
+		if slots[e-1].ctx == id {
 			return e - 1, true
 		}
 	}
@@ -40,7 +37,7 @@ func (x *slotIndex) find(c *context, slots []slot) (int32, bool) {
 
 // add records that slots[i], the last slot, holds its context, which the
 // index does not hold yet.
-func (x *slotIndex) add(i int32, slots []slot) {
+func (x *slotIndex) add(i uint32, slots []slot) {
 	if (x.n+1)*4 > len(x.tab)*3 {
 		x.grow(slots[:i])
 	}
@@ -48,9 +45,9 @@ func (x *slotIndex) add(i int32, slots []slot) {
 	x.n++
 }
 
-func (x *slotIndex) put(c *context, i int32) {
+func (x *slotIndex) put(id, i uint32) {
 	mask := uint64(len(x.tab) - 1)
-	j := x.pos(c)
+	j := x.pos(id)
 	for x.tab[j] != 0 {
 		j = (j + 1) & mask
 	}
@@ -60,9 +57,9 @@ func (x *slotIndex) put(c *context, i int32) {
 // grow doubles the table and places slots, every slot held so far, again.
 func (x *slotIndex) grow(slots []slot) {
 	x.bits = max(x.bits+1, minIndexBits)
-	x.tab = make([]int32, 1<<x.bits)
+	x.tab = make([]uint32, 1<<x.bits)
 	for i := range slots {
-		x.put(slots[i].ctx, int32(i))
+		x.put(slots[i].ctx, uint32(i))
 	}
 }
 

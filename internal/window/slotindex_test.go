@@ -10,14 +10,14 @@ import (
 // index's growth and reuse, and checks that every context finds its own
 // slot and that a context without one finds none.
 func TestBucketFindsEverySlot(t *testing.T) {
-	tn := NewTenant("t")
-	absent := &context{tenant: tn}
+	sh := NewShard(testConfig())
+	const absent = 1 << 23
 	for _, n := range []int{0, 1, 12, 13, 100, 5000} {
-		b := getBucket(0, 10*sec, false)
+		b := sh.getBucket(0, 10*sec, false)
 		for round := range 2 { // the second round reuses the table
-			cs := make([]*context, n)
+			cs := make([]uint32, n)
 			for i := range cs {
-				cs[i] = &context{tenant: tn}
+				cs[i] = uint32(i*7919+round) % absent // spread, not in order
 				if j := b.newSlot(cs[i], TypeCount); int(j) != i {
 					t.Fatalf("n=%d: slot %d for context %d", n, j, i)
 				}
@@ -46,16 +46,16 @@ func TestBucketFindsEverySlot(t *testing.T) {
 // that filling the bucket then keeps its slots and index tables, and that
 // every context still finds its slot.
 func TestReservedBucketDoesNotGrow(t *testing.T) {
-	tn := NewTenant("t")
+	sh := NewShard(testConfig())
 	for _, n := range []int{1, 12, 13, 1000} {
-		b := getBucket(0, 10*sec, false)
-		first := &context{tenant: tn}
+		b := sh.getBucket(0, 10*sec, false)
+		first := uint32(0)
 		b.newSlot(first, TypeCount) // held before the reservation
 		b.reserve(n)
 		slots, tab := &b.slots[:1][0], &b.index.tab[0]
-		cs := []*context{first}
+		cs := []uint32{first}
 		for len(cs) < n {
-			c := &context{tenant: tn}
+			c := uint32(len(cs))
 			b.newSlot(c, TypeCount)
 			cs = append(cs, c)
 		}

@@ -166,16 +166,23 @@ type Sample struct {
 	Key  []byte
 	Hash uint64
 	// Handle, when set, caches the context of a series reference: Add
-	// finds the context through it without a map probe, and fills it.
+	// finds the context through it without an index probe, and fills it.
 	Handle *Handle
 }
 
 // Handle caches the context a series reference of one stream resolved to,
-// so that the reference's samples skip hashing and the map probe. A
-// context that expired is found again by its key. A Handle is read and
+// so that the reference's samples skip hashing and the index probe: its
+// shard, the context's ID there and the ID's generation, which moves on
+// when the context is forgotten, so that a Handle never reaches another
+// context that took the ID since. A context that expired is found again
+// by its key. A Handle is read and
 // written only under the lock of the shard its series hashes to, by the
 // one goroutine that owns the stream.
-type Handle struct{ c *context }
+type Handle struct {
+	sh  *Shard
+	id  uint32 // the context's ID in sh
+	gen uint32 // the context's generation when the Handle was made
+}
 
 // HistPoint is a distribution aggregated elsewhere: Counts[i] values at
 // about Values[i] go into the sketch, while its count, sum, minimum and

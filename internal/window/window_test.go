@@ -2,6 +2,7 @@ package window
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -593,7 +594,9 @@ func TestExpirySweepIsIncrementalAndComplete(t *testing.T) {
 }
 
 // A Handle finds its context without a probe, and finds it again by key
-// once the context expired; it never keeps an expired context alive.
+// once the context expired; it never keeps an expired context alive, and
+// once another context took the expired one's ID, the Handle does not
+// reach it.
 func TestHandleSurvivesContextExpiry(t *testing.T) {
 	cfg := testConfig()
 	sh := NewShard(cfg)
@@ -601,27 +604,47 @@ func TestHandleSurvivesContextExpiry(t *testing.T) {
 	var h Handle
 	smp := Sample{Name: "a", Type: TypeCount, Value: 1, SampleRate: 1, Tags: []string{"k:v"}, Handle: &h}
 	smp.Prepare(tn, nil)
-	if r := sh.Add(tn, &smp, t0); r != Accepted || h.c == nil {
-		t.Fatalf("first add: %v, handle %v", r, h.c)
+	if r := sh.Add(tn, &smp, t0); r != Accepted || h.sh != sh {
+		t.Fatalf("first add: %v, handle %+v", r, h)
 	}
-	first := h.c
-	if r := sh.Add(tn, &smp, t0+1); r != Accepted || h.c != first || first.samples != 2 {
-		t.Fatalf("second add: %v, handle moved or samples %d", r, first.samples)
+	first := h
+	if r := sh.Add(tn, &smp, t0+1); r != Accepted || h != first || sh.at(h.id).samples != 2 {
+		t.Fatalf("second add: %v, handle moved or samples %d", r, sh.at(h.id).samples)
 	}
 	ttl := int64(cfg.ContextTTL)
 	collect(sh.Drain(t0+ttl+2*sec, false, nil))
-	if sh.Contexts() != 0 || !first.gone {
-		t.Fatalf("%d contexts after the TTL, gone %v; want 0, true", sh.Contexts(), first.gone)
+	if sh.Contexts() != 0 || sh.at(first.id).live() {
+		t.Fatalf("%d contexts after the TTL, live %v; want 0, false", sh.Contexts(), sh.at(first.id).live())
 	}
-	now := t0 + ttl + 3*sec
-	if r := sh.Add(tn, &smp, now); r != Accepted || h.c == first || h.c == nil || sh.Contexts() != 1 || tn.Contexts.Load() != 1 {
-		t.Fatalf("add after expiry: %v, contexts %d (tenant %d), handle renewed %v", r, sh.Contexts(), tn.Contexts.Load(), h.c != first)
+	// The next drain frees the ID: another context takes it, and the
+	// stale Handle of the first must not reach that one.
+	collect(sh.Drain(t0+ttl+3*sec, false, nil))
+	other := Sample{Name: "b", Type: TypeCount, Value: 5, SampleRate: 1}
+	other.Prepare(tn, nil)
+	now := t0 + ttl + 4*sec
+	if r := sh.Add(tn, &other, now); r != Accepted {
+		t.Fatalf("other add: %v", r)
+	}
+	if c := sh.at(first.id); !c.live() || c.keyString() != string(other.Key) {
+		t.Fatalf("the forgotten ID was not taken again: key %q", c.keyString())
+	}
+	if r := sh.Add(tn, &smp, now); r != Accepted || h == first || h.id == first.id || sh.Contexts() != 2 || tn.Contexts.Load() != 2 {
+		t.Fatalf("add after expiry: %v, contexts %d (tenant %d), handle %+v (was %+v)", r, sh.Contexts(), tn.Contexts.Load(), h, first)
 	}
 	// A sample by full name reaches the context the handle holds.
 	plain := Sample{Name: "a", Type: TypeCount, Value: 1, SampleRate: 1, Tags: []string{"k:v"}}
 	plain.Prepare(tn, nil)
-	if r := sh.Add(tn, &plain, now); r != Accepted || sh.Contexts() != 1 || h.c.samples != 2 {
-		t.Fatalf("full-name add: %v, contexts %d, samples %d", r, sh.Contexts(), h.c.samples)
+	if r := sh.Add(tn, &plain, now); r != Accepted || sh.Contexts() != 2 || sh.at(h.id).samples != 2 {
+		t.Fatalf("full-name add: %v, contexts %d, samples %d", r, sh.Contexts(), sh.at(h.id).samples)
+	}
+	got := map[string]float64{}
+	for _, b := range sh.Drain(now+time.Minute.Nanoseconds(), true, nil) {
+		for m := range b.Metrics() {
+			got[m.Name] += m.Value
+		}
+	}
+	if want := map[string]float64{"a": 2, "b": 5}; !maps.Equal(got, want) {
+		t.Fatalf("flushed %v, want %v", got, want)
 	}
 }
 
@@ -915,8 +938,8 @@ func TestLastSamplesWalkInSteps(t *testing.T) {
 					}
 					got[name] = true
 				}
-				// Between steps: the oldest victim left is forgotten (the
-				// newest context takes its place) and a context is made.
+				// Between steps: the oldest victim left is forgotten and a
+				// context is made.
 				if len(victims) > 0 {
 					forgetNamed(t, sh, tn, victims[0])
 					victims = victims[1:]
@@ -938,9 +961,9 @@ func TestLastSamplesWalkInSteps(t *testing.T) {
 // forgetNamed forgets the context of tenant tn named name (no tags, host).
 func forgetNamed(t *testing.T, sh *Shard, tn *Tenant, name string) {
 	t.Helper()
-	for _, c := range sh.all {
-		if c.tenant == tn && c.key == string(AppendKey(nil, name, "", nil)) {
-			sh.forget(c)
+	for id := range sh.made {
+		if c := sh.at(id); c.live() && c.tenant == tn && c.keyString() == string(AppendKey(nil, name, "", nil)) {
+			sh.forget(id, c)
 			return
 		}
 	}
