@@ -122,7 +122,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	})
 	f.desc.items = prometheus.NewDesc("aggd_cluster_items_total",
-		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (undelivered: its first delta there is lost).",
+		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost).",
 		[]string{"kind", "outcome"}, nil)
 	f.desc.calls = prometheus.NewDesc("aggd_cluster_forward_calls_total",
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
@@ -330,10 +330,17 @@ func (f *Forwarder) seed(c *call, o *service.Outgoing, i int) {
 func (f *Forwarder) seedHere(c *call, o *service.Outgoing) {
 	b := &c.seeds
 	b.Tenant, b.Now = o.Tenant, o.Now
+	var refused uint64
 	if f.cfg.Seeder != nil {
 		f.cfg.Seeder.Seed(b, false)
+		for _, r := range b.Results {
+			if r != window.Accepted {
+				refused++
+			}
+		}
 	}
-	f.local[2].Add(uint64(len(b.Samples)))
+	f.refused[2].Add(refused)
+	f.local[2].Add(uint64(len(b.Samples)) - refused)
 	clear(b.Samples) // drop the batch's strings
 	b.Samples, b.Results, b.Tenant = b.Samples[:0], b.Results[:0], nil
 }
@@ -427,7 +434,7 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 	for _, i := range g.spans {
 		o.SpanSent[i] = true
 	}
-	ack, err := f.send(ctx, g.owner, g.frame)
+	resp, err := f.send(ctx, g.owner, g.frame)
 	if err != nil {
 		detail := fmt.Sprintf("the replica owning it (%s) did not take it: %v", g.owner, err)
 		for _, i := range g.samples {
@@ -442,9 +449,11 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "err", err)
 		return err
 	}
-	f.acked[2].Add(uint64(len(g.seeds)))
+	seedsRefused := min(uint64(resp.GetSeedsRefused()), uint64(len(g.seeds)))
+	f.refused[2].Add(seedsRefused)
+	f.acked[2].Add(uint64(len(g.seeds)) - seedsRefused)
 	var refused [2]uint64
-	for _, rj := range ack.GetRejections() {
+	for _, rj := range resp.GetAck().GetRejections() {
 		j := int(rj.GetIndex())
 		switch rj.GetKind() {
 		case aggdv1.ItemKind_ITEM_KIND_SAMPLE:
@@ -484,7 +493,7 @@ const forwardMethod = "/aggd.v1.PeerService/Forward"
 
 // send calls Forward on owner with frame, retrying with backoff what may
 // succeed later until Timeout or ctx ends.
-func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggdv1.Ack, error) {
+func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggdv1.ForwardResponse, error) {
 	conn, err := f.conn(owner)
 	if err != nil {
 		f.callsFailed.Add(1)
@@ -507,7 +516,7 @@ func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggd
 		if err == nil {
 			f.callsOK.Add(1)
 			f.latency.Observe(time.Since(start).Seconds())
-			return resp.GetAck(), nil
+			return resp, nil
 		}
 		if permanent(err) {
 			f.callsFailed.Add(1)

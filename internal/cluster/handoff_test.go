@@ -12,6 +12,7 @@ import (
 	"time"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
 	"github.com/aggd/aggd/internal/window"
@@ -353,16 +354,9 @@ func TestHandOverGivesUpAnUnreachableHeir(t *testing.T) {
 // and has the heirs take each slice before it reads the next, so that it
 // holds a bounded number of seeds whatever the number of contexts.
 func TestHandOverStreamsInBoundedSlices(t *testing.T) {
-	const self = "127.0.0.1:1"
 	heir := &servicetest.Recorder{}
-	heirAddr := replica(t, heir, nil)
-	before, after := []string{self}, []string{self, heirAddr}
-	m := NewMembership(before, int64(time.Second), int64(time.Hour))
-	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}, m, slog.New(slog.DiscardHandler))
-	defer fwd.Shutdown(context.Background())
-	now := time.Now()
-	v := m.Schedule(after, now.Add(time.Minute).UnixNano(), now.UnixNano())
-	ts := now.Add(-3 * time.Second).UnixNano()
+	fwd, v, heirAddr := joining(t, heir)
+	ts := time.Now().Add(-3 * time.Second).UnixNano()
 	const moving = 3*handOverChunk + 7
 	src := lastSamples{}
 	for i := 0; len(src.ls) < moving; i++ {
@@ -438,4 +432,38 @@ func TestHeld(t *testing.T) {
 			t.Errorf("Held(%s, [%d s, %d s)) = %v, want %v", tt.self, tt.from/sec, tt.until/sec, got, tt.want)
 		}
 	}
+}
+
+// Seeds a new owner refuses (past its max lateness) are counted refused,
+// not acked.
+func TestRefusedSeedsAreCounted(t *testing.T) {
+	fwd, v, heirAddr := joining(t, flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 1}))
+	now := time.Now()
+	names := ownedBy(v.Ring, heirAddr, 2) // self's before the change
+	tooOld := now.Add(-window.DefaultConfig().MaxLateness - time.Minute).UnixNano()
+	src := lastSamples{ls: []servicetest.Sample{
+		{Tenant: "default", Name: names[0], Type: window.TypeRate, Value: 1, Timestamp: now.Add(-time.Second).UnixNano()},
+		{Tenant: "default", Name: names[1], Type: window.TypeRate, Value: 1, Timestamp: tooOld},
+	}}
+	fwd.HandOver(context.Background(), src, v)
+	if got := itemsCounted(t, fwd, "seed", "acked"); got != 1 {
+		t.Errorf("seeds acked %v, want 1", got)
+	}
+	if got := itemsCounted(t, fwd, "seed", "refused"); got != 1 {
+		t.Errorf("seeds refused %v, want 1 (past max lateness)", got)
+	}
+}
+
+// joining returns the forwarder of a replica that is alone until a
+// minute from now, when heir, served on loopback (its address returned),
+// joins it: the change v is scheduled.
+func joining(t *testing.T, heir service.Ingester) (*Forwarder, Version, string) {
+	const self = "127.0.0.1:1"
+	heirAddr := replica(t, heir, nil)
+	m := NewMembership([]string{self}, int64(time.Second), int64(time.Hour))
+	fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}, m, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { fwd.Shutdown(context.Background()) })
+	now := time.Now()
+	v := m.Schedule([]string{self, heirAddr}, now.Add(time.Minute).UnixNano(), now.UnixNano())
+	return fwd, v, heirAddr
 }

@@ -330,7 +330,8 @@ func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.T
 	defer func() { st.peer, st.dec.Histograms = false, false }()
 	st.series.Reset() // peers send full names
 	st.stream = 0
-	if err := s.seed(st, tn, now); err != nil {
+	seedsRefused, err := s.seed(st, tn, now)
+	if err != nil {
 		return nil, err
 	}
 	st.dec.Reset(&st.batch)
@@ -349,7 +350,7 @@ func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.T
 		return nil, err
 	}
 	ack := &aggdv1.Ack{Accepted: st.ack.Accepted, Rejected: st.ack.Rejected, Rejections: slices.Clone(st.ack.Rejections)}
-	return &aggdv1.ForwardResponse{Ack: ack}, nil
+	return &aggdv1.ForwardResponse{Ack: ack, SeedsRefused: seedsRefused}, nil
 }
 
 // Seeder keeps samples aggregated elsewhere as their contexts' previous
@@ -363,21 +364,28 @@ type Seeder interface {
 // seed keeps the seeds of the ForwardRequest in st.frame (see
 // ForwardRequest.seeds), before its batch: they are samples of buckets
 // before the batch's, routed there in the same ack, so the order of
-// arrival a single aggd sees is kept.
-func (s *Server) seed(st *callState, tn *window.Tenant, now int64) error {
+// arrival a single aggd sees is kept. It returns how many seeds were
+// refused.
+func (s *Server) seed(st *callState, tn *window.Tenant, now int64) (uint32, error) {
 	seeds, handedOver := forwardSeeds(st.frame.Buf)
 	if seeds == nil || s.seeder == nil {
-		return nil
+		return 0, nil
 	}
 	st.dec.Reset(&st.batch)
 	st.dec.ForTenant(tn)
 	st.batch.Tenant, st.batch.Now = tn, now
 	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), seeds)
 	if err := st.dec.DecodeSubmit(req, &st.batch); err != nil {
-		return status.Error(codes.InvalidArgument, "seeds: "+err.Error())
+		return 0, status.Error(codes.InvalidArgument, "seeds: "+err.Error())
 	}
 	s.seeder.Seed(&st.batch, handedOver)
-	return nil
+	var refused uint32
+	for _, r := range st.batch.Results {
+		if r != window.Accepted {
+			refused++
+		}
+	}
+	return refused, nil
 }
 
 // forwardSeeds returns the seeds of a ForwardRequest (a Batch), or nil,

@@ -48,7 +48,8 @@ type ForwardRequest struct {
 	// (their owner takes them in batch): the receiver keeps each as its
 	// context's previous sample, without aggregating it, so that its first
 	// delta as the owner is the one a single aggd computes. They are not
-	// logged, and the ack says nothing of them.
+	// logged, and the ack says nothing of them (ForwardResponse counts
+	// those refused).
 	Seeds *Batch `protobuf:"bytes,7,opt,name=seeds,proto3" json:"seeds,omitempty"`
 	// seeds_handed_over says the seeds are a hand-over's: the last samples
 	// the sender held when it scheduled a member list, not samples taken
@@ -149,8 +150,12 @@ func (x *ForwardRequest) GetSeedsHandedOver() bool {
 // ForwardResponse acknowledges a ForwardRequest; indexes in its rejections
 // refer to the forwarded batch.
 type ForwardResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ack           *Ack                   `protobuf:"bytes,1,opt,name=ack,proto3" json:"ack,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ack   *Ack                   `protobuf:"bytes,1,opt,name=ack,proto3" json:"ack,omitempty"`
+	// seeds_refused counts the request's seeds the receiver did not keep
+	// (past max lateness, malformed, or past its bound on seeded contexts);
+	// a call answered again from the receiver's memory of calls says 0.
+	SeedsRefused  uint32 `protobuf:"varint,2,opt,name=seeds_refused,json=seedsRefused,proto3" json:"seeds_refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +197,13 @@ func (x *ForwardResponse) GetAck() *Ack {
 	return nil
 }
 
+func (x *ForwardResponse) GetSeedsRefused() uint32 {
+	if x != nil {
+		return x.SeedsRefused
+	}
+	return 0
+}
+
 var File_aggd_v1_peer_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_peer_proto_rawDesc = "" +
@@ -206,9 +218,10 @@ const file_aggd_v1_peer_proto_rawDesc = "" +
 	"replica_id\x18\x05 \x01(\x06R\treplicaId\x12\x1a\n" +
 	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12$\n" +
 	"\x05seeds\x18\a \x01(\v2\x0e.aggd.v1.BatchR\x05seeds\x12*\n" +
-	"\x11seeds_handed_over\x18\b \x01(\bR\x0fseedsHandedOver\"1\n" +
+	"\x11seeds_handed_over\x18\b \x01(\bR\x0fseedsHandedOver\"V\n" +
 	"\x0fForwardResponse\x12\x1e\n" +
-	"\x03ack\x18\x01 \x01(\v2\f.aggd.v1.AckR\x03ack2K\n" +
+	"\x03ack\x18\x01 \x01(\v2\f.aggd.v1.AckR\x03ack\x12#\n" +
+	"\rseeds_refused\x18\x02 \x01(\rR\fseedsRefused2K\n" +
 	"\vPeerService\x12<\n" +
 	"\aForward\x12\x17.aggd.v1.ForwardRequest\x1a\x18.aggd.v1.ForwardResponseB-Z+github.com/aggd/aggd/api/gen/aggd/v1;aggdv1b\x06proto3"
 
