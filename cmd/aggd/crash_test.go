@@ -102,7 +102,8 @@ func startProcess(t *testing.T, bin string, args ...string) *process {
 // TestKillNineLosesNoAckedSample streams counts into aggd with its
 // write-ahead log on, while the Datadog intake is up, then down (payloads
 // pile up in the send queue on disk), kills aggd with SIGKILL mid-load,
-// brings the intake back and restarts aggd on the same directory. Every
+// brings the intake back and restarts aggd on the same directory (with
+// the other --wal-compression). Every
 // acked sample must reach the intake; duplicates stay within the
 // documented bound: what was acked in the last flush interval before the
 // kill, plus the batches in flight.
@@ -111,7 +112,9 @@ func TestKillNineLosesNoAckedSample(t *testing.T) {
 	dd, down, cfgFile := flakyIntake(t, "initial_backoff = \"20ms\"\nmax_backoff = \"200ms\"")
 	dir := t.TempDir()
 	args := []string{"--config", cfgFile, "--wal-dir", filepath.Join(dir, "data"), "--interval", "1s", "--grace", "0s"}
-	p := startProcess(t, bin, args...)
+	// The first process stores its records as they came; the second,
+	// with the default s2, replays them.
+	p := startProcess(t, bin, append(args, "--wal-compression", "none")...)
 
 	const streams, inflight, perBatch, contexts = 2, 4, 200, 100
 	var acked atomic.Int64

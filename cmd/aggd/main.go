@@ -375,7 +375,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	wal := "off (in memory only)"
 	if cfg.WALDir != "" {
-		wal = fmt.Sprintf("%s (fsync %s)", cfg.WALDir, cfg.WALFsync)
+		wal = fmt.Sprintf("%s (fsync %s, compression %s)", cfg.WALDir, cfg.WALFsync, cfg.WALCompression)
 	}
 	log.Info("aggd serving", "version", build.Version, "grpc", lis.Addr().String(), "admin", admin.addr(), "interval", cfg.Window.Interval,
 		"upstreams", describeUpstreams(upstreamFile), "wal", wal, "memory_limit", memory,
@@ -467,7 +467,8 @@ func openWAL(cfg config, reg prometheus.Registerer, router *upstream.Router) (*w
 		return nil, nil
 	}
 	sync, _ := wal.ParseSync(cfg.WALFsync)
-	walLog, err := wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync})
+	comp, _ := wal.ParseCompression(cfg.WALCompression)
+	walLog, err := wal.Open(filepath.Join(cfg.WALDir, "wal"), wal.Options{Sync: sync, Compression: comp})
 	if err != nil {
 		return nil, err
 	}

@@ -9,29 +9,47 @@ import (
 	"github.com/klauspost/compress/s2"
 )
 
-// frame is a record as Append lays it out in a tidwall segment.
-func frame(rec []byte) []byte {
+// oldFrame is a record as Append laid it out before frames said how
+// their record is stored: an s2 block right after the checksum.
+func oldFrame(rec []byte) []byte {
 	enc := s2.Encode(nil, rec)
 	body := binary.LittleEndian.AppendUint32(nil, crc32.Checksum(enc, castagnoli))
 	body = append(body, enc...)
 	return append(binary.AppendUvarint(nil, uint64(len(body))), body...)
 }
 
-// FuzzScanSegment feeds segments of intact frames with any bytes around
+// frame is a record as Append lays it out now, stored with c.
+func frame(rec []byte, c Compression) []byte {
+	b, off := appendFrame(nil, rec, c)
+	return b[off:]
+}
+
+// FuzzScanSegment feeds segments of intact frames, of the earlier
+// format or of the current one with either storage, with any bytes around
 // and between them: scanning never panics, every intact frame that no
 // damage touches is found, and the damaged stretches and the frames
 // cover the segment exactly.
 func FuzzScanSegment(f *testing.F) {
-	f.Add([]byte{}, []byte("first record"), []byte{})
-	f.Add([]byte{0x05, 1, 2}, []byte("a"), []byte{0xff, 0xff})
-	f.Add(frame([]byte("before")), bytes.Repeat([]byte("tag:value,"), 30), []byte{0x80})
-	f.Fuzz(func(t *testing.T, pre, rec, post []byte) {
-		data := append(append(append([]byte(nil), pre...), frame(rec)...), post...)
+	f.Add([]byte{}, []byte("first record"), []byte{}, byte(0))
+	f.Add([]byte{0x05, 1, 2}, []byte("a"), []byte{0xff, 0xff}, byte(1))
+	f.Add(oldFrame([]byte("before")), bytes.Repeat([]byte("tag:value,"), 30), []byte{0x80}, byte(2))
+	f.Add(frame([]byte("before"), CompressNone), bytes.Repeat([]byte("tag:value,"), 30), frame([]byte("after"), CompressS2), byte(1))
+	f.Fuzz(func(t *testing.T, pre, rec, post []byte, format byte) {
+		var fr []byte
+		switch format % 3 {
+		case 0:
+			fr = oldFrame(rec)
+		case 1:
+			fr = frame(rec, CompressNone)
+		default:
+			fr = frame(rec, CompressS2)
+		}
+		data := append(append(append([]byte(nil), pre...), fr...), post...)
 		covered, found := 0, false
 		err := scanSegment(data, func(body []byte) error {
-			got, err := s2.Decode(nil, body)
+			got, err := decodeBody(nil, body)
 			if err != nil {
-				return errUndecodable
+				return err
 			}
 			covered += len(binary.AppendUvarint(nil, uint64(len(body)+4))) + 4 + len(body)
 			found = found || bytes.Equal(got, rec)
@@ -91,4 +109,48 @@ func TestRotateHoldsBatchesOutUntilDrained(t *testing.T) {
 		}
 		l.gate.RUnlock()
 	}
+}
+
+// FuzzDecodeBody: a body appendFrame made gives back its record, stored
+// either way, and any other body is decoded without panicking: a raw one
+// as its bytes after the marker, a compressed one or one of the earlier
+// format as s2 decodes it, or refused as undecodable.
+func FuzzDecodeBody(f *testing.F) {
+	f.Add([]byte("record"), []byte{})
+	f.Add(bytes.Repeat([]byte("tag:value,"), 30), []byte{bodyRaw, 3, 1})
+	f.Add([]byte{3, 1, 0}, []byte{bodyS2, 0x05, 0x10, 'a', 'b', 'c', 'd', 'e'})
+	f.Add([]byte{}, s2.Encode(nil, []byte("an earlier format's record")))
+	f.Fuzz(func(t *testing.T, rec, body []byte) {
+		for _, c := range []Compression{CompressNone, CompressS2} {
+			fr := frame(rec, c)
+			_, m := binary.Uvarint(fr)
+			got, err := decodeBody(nil, fr[m+4:])
+			if err != nil || !bytes.Equal(got, rec) {
+				t.Fatalf("compression %d: decodeBody = %q, %v; want %q", c, got, err, rec)
+			}
+		}
+		got, err := decodeBody(nil, body)
+		switch {
+		case len(body) == 0:
+			if err == nil {
+				t.Fatal("an empty body decoded")
+			}
+		case body[0] == bodyRaw:
+			if err != nil || !bytes.Equal(got, body[1:]) {
+				t.Fatalf("raw body: %q, %v", got, err)
+			}
+		default:
+			blk := body
+			if body[0] == bodyS2 {
+				blk = body[1:]
+			}
+			if n, err := s2.DecodedLen(blk); err == nil && n > 1<<20 {
+				return // a length that large is not worth the fuzzer's memory
+			}
+			want, werr := s2.Decode(nil, blk)
+			if (err != nil) != (werr != nil) || !bytes.Equal(got, want) {
+				t.Fatalf("s2 body: %q, %v; s2.Decode: %q, %v", got, err, want, werr)
+			}
+		}
+	})
 }

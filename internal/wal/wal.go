@@ -6,9 +6,9 @@
 // Record, called once that flush's payloads are in the persistent send
 // queue, writes a checkpoint of how far flushing has got and removes the
 // generations it covers. A generation is a directory holding one
-// github.com/tidwall/wal log, whose records are s2-compressed and
-// prefixed here with a CRC-32C so that a torn or zero-filled tail is
-// detected; removing a generation is removing its directory, with no
+// github.com/tidwall/wal log, whose records are stored as they are or
+// s2-compressed (Options.Compression), marked with which, and prefixed
+// here with a CRC-32C so that a torn or zero-filled tail is detected; removing a generation is removing its directory, with no
 // copying while batches are appended. The package knows nothing of what a
 // record holds; its caller tells Append each record's due time, the
 // latest flush tick its contents wait for.
@@ -29,7 +29,6 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/s2"
-	tw "github.com/tidwall/wal"
 )
 
 // Sync is the fsync policy.
@@ -64,9 +63,34 @@ func ParseSync(s string) (Sync, error) {
 	return 0, fmt.Errorf("wal: fsync policy %q is not always, interval or never", s)
 }
 
+// Compression is how records are stored.
+type Compression int
+
+const (
+	// CompressNone stores records as they are: the least CPU on the ack
+	// path, the most disk (a full-name sample about 86 bytes).
+	CompressNone Compression = iota
+	// CompressS2 stores records s2-compressed: about a quarter of the disk
+	// of CompressNone for full-name samples, at the CPU of compressing
+	// every record before its ack.
+	CompressS2
+)
+
+// ParseCompression parses "none" or "s2".
+func ParseCompression(s string) (Compression, error) {
+	switch s {
+	case "none":
+		return CompressNone, nil
+	case "s2":
+		return CompressS2, nil
+	}
+	return 0, fmt.Errorf("wal: compression %q is not none or s2", s)
+}
+
 // Options configures a Log.
 type Options struct {
-	Sync Sync
+	Sync        Sync
+	Compression Compression
 	// SegmentSize is the target size of a segment file; zero means 16 MiB.
 	SegmentSize int
 }
@@ -87,9 +111,9 @@ type Checkpoint struct {
 type generation struct {
 	id     uint64
 	dir    string
-	w      *tw.Log // nil once closed
-	n      uint64  // records
-	bytes  int64   // of its records, as written
+	w      *segWriter // nil once closed
+	n      uint64     // records
+	bytes  int64      // of its records, as written
 	maxDue int64
 	// replay marks a generation found by Open: it waits for Replay, which
 	// opens one at a time, so that many of them do not crowd memory.
@@ -100,7 +124,6 @@ type generation struct {
 type Log struct {
 	dir  string
 	opts Options
-	two  tw.Options
 
 	// gate is held for reading from before a batch is ingested until its
 	// record is appended, and for writing by Rotate, so that a generation,
@@ -139,9 +162,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	l := &Log{dir: dir, opts: opts, stop: make(chan struct{}), stopped: make(chan struct{}),
-		two: tw.Options{NoSync: true, SegmentSize: opts.SegmentSize, LogFormat: tw.Binary,
-			SegmentCacheSize: 1, NoCopy: true, AllowEmpty: true, DirPerms: 0o750, FilePerms: 0o640}}
+	l := &Log{dir: dir, opts: opts, stop: make(chan struct{}), stopped: make(chan struct{})}
 	l.scond = sync.NewCond(&l.smu)
 	b, err := os.ReadFile(filepath.Join(dir, checkpointFile))
 	switch {
@@ -177,26 +198,18 @@ func Open(dir string, opts Options) (*Log, error) {
 	return l, nil
 }
 
-// openTW opens the tidwall log of a new generation.
-func (l *Log) openTW(dir string) (*tw.Log, error) {
-	two := l.two
-	w, err := tw.Open(dir, &two)
-	if err != nil {
-		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
-	}
-	return w, nil
-}
-
 // startGeneration makes generation id the one appended to. l.mu is held,
 // or the log not yet shared.
 func (l *Log) startGeneration(id uint64) error {
 	g := &generation{id: id, dir: filepath.Join(l.dir, genName(id))}
 	var err error
-	if g.w, err = l.openTW(g.dir); err != nil {
+	// Without a syncer (never), a full segment is fsynced as it ends, as
+	// the policy promises; the others hand it to their next fsync.
+	if g.w, err = openSegWriter(g.dir, int64(l.opts.SegmentSize), l.opts.Sync == SyncNever); err != nil {
 		return err
 	}
 	if err := syncDir(l.dir); err != nil {
-		g.w.Close()
+		g.w.close()
 		return err
 	}
 	l.cur = g
@@ -227,16 +240,26 @@ func (l *Log) syncNow() error {
 	l.mu.Lock()
 	target := l.seq
 	dirs := make([]string, 0, len(l.dirty)+1)
+	ws := make([]*segWriter, 0, len(l.dirty)+1)
 	for _, g := range l.dirty {
 		dirs = append(dirs, g.dir)
+		if g.w != nil {
+			ws = append(ws, g.w)
+		}
 	}
 	l.dirty = l.dirty[:0]
 	dirs = append(dirs, l.cur.dir)
+	ws = append(ws, l.cur.w)
 	l.mu.Unlock()
-	// A segment is synced when its log moves past it, so only the newest
-	// of each generation needs it, through a file descriptor of its own
-	// (fsync acts on the file, not the descriptor): appends go on
-	// meanwhile.
+	// The segments appends moved past wait here for their fsync; the
+	// newest of each generation is synced through a file descriptor of
+	// its own (fsync acts on the file, not the descriptor): appends go on
+	// meanwhile. A generation Rotate ended is synced by its close.
+	for _, w := range ws {
+		if err := w.syncFull(); err != nil {
+			return fmt.Errorf("wal: fsync: %w", err)
+		}
+	}
 	for _, d := range dirs {
 		if err := syncNewest(d); err != nil {
 			return fmt.Errorf("wal: fsync: %w", err)
@@ -286,11 +309,11 @@ func (l *Log) Close() error {
 	var errs []error
 	for _, g := range l.closed {
 		if g.w != nil {
-			errs = append(errs, g.w.Close())
+			errs = append(errs, g.w.close())
 			g.w = nil
 		}
 	}
-	errs = append(errs, l.cur.w.Close())
+	errs = append(errs, l.cur.w.close())
 	return errors.Join(errs...)
 }
 
@@ -323,36 +346,84 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // hands; call Wait for it to be on disk as the fsync policy says. Call it
 // between Enter and Leave.
 func (l *Log) Append(rec []byte, due int64) (uint64, error) {
-	// Batches of metric names and tags compress several times over: less
-	// to write, and less for fsync to wait for. Compression happens before
-	// the lock, so that streams compress in parallel.
+	// Framing (and compressing) happens before the lock, so that streams
+	// do it in parallel.
 	bp := encBufs.Get().(*[]byte)
 	defer encBufs.Put(bp)
-	n := s2.MaxEncodedLen(len(rec)) + 4
-	if cap(*bp) < n {
-		*bp = make([]byte, n)
-	}
-	buf := (*bp)[:n]
-	enc := s2.Encode(buf[4:], rec)
-	binary.LittleEndian.PutUint32(buf, crc32.Checksum(enc, castagnoli))
-	buf = buf[:4+len(enc)]
+	buf, off := appendFrame((*bp)[:0], rec, l.opts.Compression)
+	frame := buf[off:]
+	*bp = buf[:0]
 	if cap(*bp) > 1<<20 {
 		*bp = nil // do not pin one huge record's buffer
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	g := l.cur
-	if err := g.w.Write(g.n+1, buf); err != nil {
-		return 0, fmt.Errorf("wal: append: %w", err)
+	if err := g.w.append(frame); err != nil {
+		return 0, err
 	}
 	g.n++
-	g.bytes += int64(len(buf))
+	g.bytes += int64(len(frame))
 	g.maxDue = max(g.maxDue, due)
 	l.seq++
 	return l.seq, nil
 }
 
 var encBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// The first byte of a frame's body (after its CRC-32C) says how the
+// record is stored. Frames written before the marker existed hold an s2
+// block directly, which starts with the uvarint length of the record:
+// every record is longer than 1 byte, so that byte is never 0 or 1.
+const (
+	bodyRaw byte = 0 // the record as it is
+	bodyS2  byte = 1 // the record s2-compressed
+)
+
+// appendFrame appends to b the frame of rec as Append writes it: the
+// uvarint length of its body, and the body: a CRC-32C of the rest, the
+// marker of how the record is stored, and the record, compressed with c.
+// It returns b and where the frame starts in it.
+func appendFrame(b, rec []byte, c Compression) ([]byte, int) {
+	// The body is built first, after room for the longest length.
+	start := len(b) + binary.MaxVarintLen64
+	b = slices.Grow(b, binary.MaxVarintLen64+5+len(rec))[:start]
+	b = append(b, 0, 0, 0, 0)
+	if c == CompressS2 {
+		b = append(b, bodyS2)
+		n, most := len(b), s2.MaxEncodedLen(len(rec))
+		b = slices.Grow(b, most)
+		b = b[:n+len(s2.Encode(b[n:n+most], rec))]
+	} else {
+		b = append(b, bodyRaw)
+		b = append(b, rec...)
+	}
+	binary.LittleEndian.PutUint32(b[start:], crc32.Checksum(b[start+4:], castagnoli))
+	var lb [binary.MaxVarintLen64]byte
+	m := binary.PutUvarint(lb[:], uint64(len(b)-start))
+	copy(b[start-m:], lb[:m])
+	return b, start - m
+}
+
+// decodeBody returns the record a frame body (its checksum held) stores,
+// decompressing into dst if it must; the record may be a view into body.
+func decodeBody(dst, body []byte) ([]byte, error) {
+	if len(body) == 0 {
+		return nil, errUndecodable
+	}
+	switch body[0] {
+	case bodyRaw:
+		return body[1:], nil
+	case bodyS2:
+		body = body[1:]
+	}
+	// bodyS2, or a frame of the earlier format: an s2 block.
+	rec, err := s2.Decode(dst, body)
+	if err != nil {
+		return nil, errUndecodable
+	}
+	return rec, nil
+}
 
 // Wait returns once record seq is as durable as the fsync policy makes
 // it. Concurrent waiters share one fsync.
@@ -415,7 +486,7 @@ func (l *Log) Rotate(drain func()) (uint64, error) {
 		return old.id - 1, err
 	}
 	// Closing syncs the generation: the flusher waits for it, not ingest.
-	cerr := old.w.Close()
+	cerr := old.w.close()
 	l.mu.Lock()
 	old.w = nil
 	l.mu.Unlock()
@@ -536,13 +607,15 @@ func (l *Log) Replay(fn func(rec []byte, flushed bool, tick int64) (due int64, e
 			intact := 0
 			var dmg []Damage
 			err = scanSegment(data, func(body []byte) error {
-				rec, err := s2.Decode(l.dec[:cap(l.dec)], body)
+				// The checksum held, so the writer wrote this: a record
+				// the decoder cannot read is damage too.
+				rec, err := decodeBody(l.dec[:cap(l.dec)], body)
 				if err != nil {
-					// The checksum held, so the writer wrote this: a
-					// record the decoder cannot read is damage too.
-					return errUndecodable
+					return err
 				}
-				l.dec = rec
+				if body[0] != bodyRaw {
+					l.dec = rec // keep the decompression buffer
+				}
 				due, err := fn(rec, g.id <= cp.Generation, cp.Tick)
 				if err != nil {
 					return err
@@ -637,7 +710,7 @@ func listSegments(dir string) ([]segment, error) {
 // scanSegment calls record with the compressed body of every frame of
 // data whose checksum holds, and damaged with every stretch between them
 // that holds none. A frame is tidwall's uvarint length and that many
-// bytes: a CRC-32C of the rest, then the s2-compressed record. Past a
+// bytes: a CRC-32C of the rest, then the body (see appendFrame). Past a
 // damaged stretch, scanning resynchronises at the next offset where a
 // whole frame's checksum holds; a false match is a one in 2^32 chance
 // per offset tried, and its record, if it even decompresses, is refused
@@ -695,7 +768,7 @@ func frameAt(data []byte) (body []byte, n int) {
 // Stats is the log's size.
 type Stats struct {
 	Records     uint64 // records kept
-	Bytes       int64  // of the records kept, compressed, as written
+	Bytes       int64  // of the records kept, as written
 	Generations int    // generations kept, the current one included
 	// Damaged is how many records replay skipped because they failed
 	// their checks.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -239,7 +240,7 @@ func segments(t *testing.T, dir string) (paths []string, first []uint64) {
 // frameLen is the size of record i on disk: tidwall's uvarint length,
 // then a CRC-32C and the s2-compressed record.
 func frameLen(i int) int {
-	body := 4 + len(s2.Encode(nil, rec(i)))
+	body := 4 + 1 + len(rec(i)) // checksum, marker, record stored as it is
 	return len(binary.AppendUvarint(nil, uint64(body))) + body
 }
 
@@ -410,5 +411,69 @@ func TestParseSync(t *testing.T) {
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("ParseSync(%q) = %v, %v", tc.in, got, err)
 		}
+	}
+}
+
+func TestParseCompression(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want wal.Compression
+		ok   bool
+	}{{"none", wal.CompressNone, true}, {"s2", wal.CompressS2, true}, {"zstd", 0, false}, {"", 0, false}} {
+		got, err := wal.ParseCompression(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseCompression(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+}
+
+// TestReplaysEveryFormat: a log holding a generation of the earlier
+// format (an s2 block right after each frame's checksum, no marker), one
+// written compressed and one written as it is, under every policy,
+// replays all of them in order; the compressed generation takes less
+// disk than the one stored as it is.
+func TestReplaysEveryFormat(t *testing.T) {
+	for _, sync := range []wal.Sync{wal.SyncAlways, wal.SyncInterval, wal.SyncNever} {
+		t.Run(fmt.Sprint(sync), func(t *testing.T) {
+			dir := t.TempDir()
+			gen := filepath.Join(dir, fmt.Sprintf("%020d", 1))
+			if err := os.Mkdir(gen, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			var old []byte
+			table := crc32.MakeTable(crc32.Castagnoli)
+			for i := range 10 {
+				enc := s2.Encode(nil, rec(i))
+				body := append(binary.LittleEndian.AppendUint32(nil, crc32.Checksum(enc, table)), enc...)
+				old = append(binary.AppendUvarint(old, uint64(len(body))), body...)
+			}
+			if err := os.WriteFile(filepath.Join(gen, fmt.Sprintf("%020d", 1)), old, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			var sizes []int64
+			for i, c := range []wal.Compression{wal.CompressS2, wal.CompressNone} {
+				l, err := wal.Open(dir, wal.Options{Sync: sync, Compression: c, SegmentSize: 4 << 10})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, _, skipped := replayAll(t, l); !slices.Equal(got, want(0, 10+10*i)) || skipped != 0 {
+					t.Fatalf("compression %d: replayed %d records (%d skipped), want %d", c, len(got), skipped, 10+10*i)
+				}
+				before := l.Stats().Bytes
+				appendN(t, l, 10+10*i, 10, 1)
+				sizes = append(sizes, l.Stats().Bytes-before)
+				if err := l.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if sizes[0] >= sizes[1] {
+				t.Errorf("s2 records took %d bytes, stored as they are %d", sizes[0], sizes[1])
+			}
+			l := open(t, dir, sync)
+			defer l.Close()
+			if got, _, skipped := replayAll(t, l); !slices.Equal(got, want(0, 30)) || skipped != 0 {
+				t.Fatalf("replayed %d records (%d skipped), want 30", len(got), skipped)
+			}
+		})
 	}
 }

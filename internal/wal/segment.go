@@ -1,0 +1,118 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// segWriter appends the frames of one generation to its segment files.
+// The files keep github.com/tidwall/wal's binary format, which logs
+// written before this writer hold: every segment is named by the 20-digit
+// index of its first record (from 1) and holds frames, each a uvarint
+// length and that many bytes. Unlike tidwall's writer it keeps nothing of
+// a segment in memory and copies no record: a frame goes to the kernel in
+// one write(2). A full segment is handed to the next sync (syncFull)
+// instead of being fsynced while appends wait, unless inline says so.
+//
+// append and close are called under the Log's lock, or by one goroutine
+// once the generation has ended; syncFull may run at the same time.
+type segWriter struct {
+	dir    string
+	size   int64 // target size of a segment
+	inline bool  // fsync a full segment before appending goes on
+	f      *os.File
+	n      int64  // bytes in f
+	next   uint64 // index of the next record
+
+	mu   sync.Mutex // guards full
+	full []*os.File // full segments not yet fsynced and closed
+}
+
+// openSegWriter creates the directory of a new generation and its first
+// segment.
+func openSegWriter(dir string, size int64, inline bool) (*segWriter, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	w := &segWriter{dir: dir, size: size, inline: inline, next: 1}
+	if err := w.create(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// create starts the segment whose first record is w.next.
+func (w *segWriter) create() error {
+	f, err := os.OpenFile(filepath.Join(w.dir, genName(w.next)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("wal: %w", err)
+	}
+	w.f, w.n = f, 0
+	return nil
+}
+
+// append writes frame, a whole frame (length and body), as record w.next.
+// A write the file refuses leaves nothing of the frame behind when the
+// file can be cut back, so that a later record follows the last whole one.
+func (w *segWriter) append(frame []byte) error {
+	if w.n >= w.size {
+		if err := w.cycle(); err != nil {
+			return err
+		}
+	}
+	n, err := w.f.Write(frame)
+	if err != nil {
+		if n > 0 && w.f.Truncate(w.n) != nil {
+			w.n += int64(n) // a torn frame stays: replay skips it
+		}
+		return fmt.Errorf("wal: append: %w", err)
+	}
+	w.n += int64(n)
+	w.next++
+	return nil
+}
+
+// cycle ends the current segment and starts the next one.
+func (w *segWriter) cycle() error {
+	old := w.f
+	if w.inline {
+		if err := old.Sync(); err != nil {
+			return fmt.Errorf("wal: fsync: %w", err)
+		}
+		if err := old.Close(); err != nil {
+			return fmt.Errorf("wal: %w", err)
+		}
+	}
+	if err := w.create(); err != nil {
+		w.f = old
+		return err
+	}
+	if !w.inline {
+		w.mu.Lock()
+		w.full = append(w.full, old)
+		w.mu.Unlock()
+	}
+	return syncDir(w.dir)
+}
+
+// syncFull fsyncs and closes the full segments appends have moved past.
+func (w *segWriter) syncFull() error {
+	w.mu.Lock()
+	full := w.full
+	w.full = nil
+	w.mu.Unlock()
+	var errs []error
+	for _, f := range full {
+		errs = append(errs, f.Sync(), f.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// close fsyncs and closes every segment of the generation.
+func (w *segWriter) close() error {
+	err := w.syncFull()
+	return errors.Join(err, w.f.Sync(), w.f.Close())
+}
