@@ -398,10 +398,16 @@ func (d *Decoder) addByRef(buf []byte, b *window.Batch) bool {
 	return true
 }
 
-// uvarint is protowire.ConsumeVarint with a one-byte varint read inline.
+// uvarint is protowire.ConsumeVarint with varints of up to three bytes,
+// every series reference, read inline.
 func uvarint(b []byte) (uint64, int) {
-	if c := b[0]; c < 0x80 {
-		return uint64(c), 1
+	switch {
+	case b[0] < 0x80:
+		return uint64(b[0]), 1
+	case len(b) >= 2 && b[1] < 0x80:
+		return uint64(b[0]&0x7f) | uint64(b[1])<<7, 2
+	case len(b) >= 3 && b[2] < 0x80:
+		return uint64(b[0]&0x7f) | uint64(b[1]&0x7f)<<7 | uint64(b[2])<<14, 3
 	}
 	return protowire.ConsumeVarint(b)
 }

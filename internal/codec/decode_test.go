@@ -410,3 +410,25 @@ func TestDecodeHistogram(t *testing.T) {
 		})
 	}
 }
+
+// TestUvarint checks the inline varint reader against protowire's on
+// values at each length's edges, in minimal and padded encodings, and
+// on varints cut short.
+func TestUvarint(t *testing.T) {
+	var cases [][]byte
+	for _, v := range []uint64{0, 1, 127, 128, 300, 16383, 16384, 1 << 20, 2097151, 2097152, 1<<32 + 2, math.MaxUint64} {
+		cases = append(cases, protowire.AppendVarint(nil, v))
+	}
+	cases = append(cases,
+		[]byte{0x80, 0x00}, []byte{0x81, 0x80, 0x00}, // padded: 0 and 1
+		[]byte{0x80}, []byte{0xff, 0xff}, // cut short
+		[]byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}, // too long
+	)
+	for _, b := range cases {
+		gotV, gotN := uvarint(b)
+		wantV, wantN := protowire.ConsumeVarint(b)
+		if gotN != wantN || (wantN >= 0 && gotV != wantV) {
+			t.Errorf("% x: got %d (%d bytes), want %d (%d bytes)", b, gotV, gotN, wantV, wantN)
+		}
+	}
+}
