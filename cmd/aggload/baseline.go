@@ -77,8 +77,9 @@ type pairRun struct{ aggd, base *result }
 // o.baselineAddr (aggload -serve-baseline in a process of its own, as aggd
 // is), or else one served by this process.
 func runPairs(ctx context.Context, o options, pairs int, w io.Writer) ([]pairRun, error) {
-	baseAddr := o.baselineAddr
+	baseAddr, baselinePID := o.baselineAddr, o.baselinePID
 	if baseAddr == "" {
+		baselinePID = 0 // the baseline shares this process with the generator
 		addr, stop, err := startBaseline("127.0.0.1:0")
 		if err != nil {
 			return nil, err
@@ -92,10 +93,11 @@ func runPairs(ctx context.Context, o options, pairs int, w io.Writer) ([]pairRun
 		var p pairRun
 		for _, target := range [...]struct {
 			addr string
+			pid  int
 			res  **result
-		}{{o.addr, &p.aggd}, {baseAddr, &p.base}} {
+		}{{o.addr, o.pid, &p.aggd}, {baseAddr, baselinePID, &p.base}} {
 			ob := o
-			ob.addr = target.addr
+			ob.addr, ob.serverPID = target.addr, target.pid
 			r, err := run(ctx, ob)
 			if err != nil {
 				return runs, fmt.Errorf("pair %d, %s: %w", i+1, target.addr, err)
@@ -106,8 +108,12 @@ func runPairs(ctx context.Context, o options, pairs int, w io.Writer) ([]pairRun
 		a, b := p.aggd.ackedPerSecond(), p.base.ackedPerSecond()
 		ratio := a / max(b, 1)
 		ratios = append(ratios, ratio)
-		fmt.Fprintf(w, "pair %d: aggd %.0f, baseline %.0f acked/s, ratio %.2f; ack p99 aggd %v, baseline %v; aggload CPU per item %.0f ns, %.0f ns\n",
+		fmt.Fprintf(w, "pair %d: aggd %.0f, baseline %.0f acked/s, ratio %.2f; ack p99 aggd %v, baseline %v; aggload CPU per item %.0f ns, %.0f ns",
 			i+1, a, b, ratio, p.aggd.quantile(0.99), p.base.quantile(0.99), p.aggd.cpuPerItem(), p.base.cpuPerItem())
+		if o.pid > 0 && baselinePID > 0 {
+			fmt.Fprintf(w, "; server CPU per item aggd %.0f ns, baseline %.0f ns", p.aggd.serverCPUPerItem(), p.base.serverCPUPerItem())
+		}
+		fmt.Fprintln(w)
 	}
 	slices.Sort(ratios)
 	fmt.Fprintf(w, "ratio aggd/baseline over %d interleaved pairs: min %.2f median %.2f max %.2f\n",

@@ -69,6 +69,11 @@ type options struct {
 	// (wall clock, as aggd's ticks are aligned to it), so that the
 	// seconds of a flush show beside the others.
 	phases time.Duration
+	// serverPID, when positive, is the process the run sends to (aggd's,
+	// or -serve-baseline's): its CPU time over the run is read from /proc
+	// and reported per item acked. With -pairs, pid and baselinePID are
+	// aggd's and the baseline's.
+	serverPID, pid, baselinePID int
 }
 
 func main() {
@@ -96,6 +101,8 @@ func main() {
 	serveBaseline := flag.String("serve-baseline", "", "only serve the naive baseline on this loopback address, for -duration or until interrupted")
 	flag.BoolVar(&o.refs, "refs", false, "send samples by series reference, each context declared once per stream, instead of with full names")
 	cpuProfile := flag.String("cpuprofile", "", "write aggload's own CPU profile to this file")
+	flag.IntVar(&o.pid, "pid", 0, "aggd's process id: report its CPU per item acked over each run (from /proc)")
+	flag.IntVar(&o.baselinePID, "baseline-pid", 0, "with -pairs and -baseline-addr, the baseline's process id: report its CPU per item acked too")
 	flag.DurationVar(&o.phases, "phases", 0, "aggd's flush interval: also report ack latency by second of the interval a batch was sent in (0: off)")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -128,7 +135,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "aggload:", err)
 			os.Exit(1)
 		}
-		fmt.Println("baseline serving on", addr)
+		fmt.Printf("baseline serving on %s (pid %d)\n", addr, os.Getpid())
 		select {
 		case <-ctx.Done():
 		case <-time.After(o.duration):
@@ -142,6 +149,9 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if !o.baseline {
+		o.serverPID = o.pid
 	}
 	if o.baseline {
 		addr, stopBaseline, err := startBaseline("127.0.0.1:0")
@@ -305,6 +315,9 @@ type result struct {
 	// cost, which shares the machine with the server measured (and the
 	// baseline's too, when it is served in this process).
 	cpu time.Duration
+	// serverCPU is the CPU the server process used during the run, when
+	// options.serverPID names it.
+	serverCPU time.Duration
 }
 
 func run(ctx context.Context, o options) (*result, error) {
@@ -354,6 +367,12 @@ func run(ctx context.Context, o options) (*result, error) {
 	if o.rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(o.batch) * float64(o.streams) / o.rate)
 	}
+	var server0 time.Duration
+	if o.serverPID > 0 {
+		if server0, err = cputime.Of(o.serverPID); err != nil {
+			return nil, fmt.Errorf("the server's CPU time: %w", err)
+		}
+	}
 	start, cpu0 := time.Now(), cputime.Process()
 	for s := range o.streams {
 		wg.Add(1)
@@ -377,6 +396,13 @@ func run(ctx context.Context, o options) (*result, error) {
 	}
 	wg.Wait()
 	res.elapsed, res.cpu = time.Since(start), cputime.Process()-cpu0
+	if o.serverPID > 0 {
+		server1, err := cputime.Of(o.serverPID)
+		if err != nil {
+			return &res, fmt.Errorf("the server's CPU time: %w", err)
+		}
+		res.serverCPU = server1 - server0
+	}
 	return &res, runErr
 }
 
@@ -502,6 +528,9 @@ func (r *result) print(w io.Writer, o options) {
 	}
 	if r.accepted+r.rejects > 0 {
 		fmt.Fprintf(w, "aggload CPU: %.2fs, %.0f ns per %s acked\n", r.cpu.Seconds(), r.cpuPerItem(), strings.TrimSuffix(unit, "s"))
+		if o.serverPID > 0 {
+			fmt.Fprintf(w, "server CPU (pid %d): %.2fs, %.0f ns per %s acked\n", o.serverPID, r.serverCPU.Seconds(), r.serverCPUPerItem(), strings.TrimSuffix(unit, "s"))
+		}
 	}
 }
 
@@ -527,6 +556,12 @@ func (r *result) printPhases(w io.Writer, interval time.Duration) {
 // cpuPerItem returns this process's CPU per item acked, in nanoseconds.
 func (r *result) cpuPerItem() float64 {
 	return float64(r.cpu.Nanoseconds()) / float64(max(r.accepted+r.rejects, 1))
+}
+
+// serverCPUPerItem returns the server's CPU per item acked, in
+// nanoseconds.
+func (r *result) serverCPUPerItem() float64 {
+	return float64(r.serverCPU.Nanoseconds()) / float64(max(r.accepted+r.rejects, 1))
 }
 
 // ackedPerSecond returns the items acked, accepted or not, per second.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -133,6 +134,22 @@ func TestPairsRunAggdAndBaselineAlternately(t *testing.T) {
 	o.baselineAddr = base
 	if runs, err = runPairs(context.Background(), o, 1, io.Discard); err != nil || runs[0].base.accepted != 1000 {
 		t.Fatalf("pairs with an outside baseline: %v, %v", runs, err)
+	}
+	// With their process ids, each run reports its server's CPU: here
+	// both serve in this process, so it is this process's CPU over the
+	// run, which getrusage measures too (/proc to a 10 ms tick).
+	o.pid, o.baselinePID = os.Getpid(), os.Getpid()
+	out.Reset()
+	if runs, err = runPairs(context.Background(), o, 1, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*result{runs[0].aggd, runs[0].base} {
+		if d := r.serverCPU - r.cpu; d < -20*time.Millisecond || d > 20*time.Millisecond {
+			t.Errorf("server CPU %v, this process's %v over the same run", r.serverCPU, r.cpu)
+		}
+	}
+	if !strings.Contains(out.String(), "server CPU per item aggd") {
+		t.Fatalf("report:\n%s", out.String())
 	}
 	if _, _, err := startBaseline("0.0.0.0:0"); err == nil {
 		t.Fatal("the baseline served beyond loopback")
