@@ -142,10 +142,18 @@ type MetricsHandler interface {
 // not, the decoder decodes the attributes, which may fail the request, and
 // calls Point. A handler may only take a point whose attribute encodings
 // it has seen decode before.
+//
+// The points of a metric come in runs of up to RawRun: PrepareRaw gets
+// each run first, so that the handler can look its points up together,
+// then each of its points goes to PointRaw (and Point) in order.
 type RawPointHandler interface {
 	MetricsHandler
+	PrepareRaw(m *Metric, run []Point)
 	PointRaw(m *Metric, p *Point) bool
 }
+
+// RawRun is the most points PrepareRaw gets at once.
+const RawRun = 512
 
 // ErrMalformed is wrapped by the errors of a request that does not decode.
 var ErrMalformed = errors.New("malformed OTLP request")
@@ -165,6 +173,7 @@ type Decoder struct {
 	raw    []byte
 	sp     Span
 	rawH   RawPointHandler // the handler of DecodeMetrics, if one
+	run    []Point         // its run of points
 }
 
 // view returns b as a string sharing its memory.
@@ -495,6 +504,7 @@ func (d *Decoder) metric(buf []byte, h MetricsHandler) error {
 		}
 	}
 	for _, data := range occurrences {
+		n := 0
 		for b := data; len(b) > 0; {
 			if err := next(&b, &f); err != nil {
 				return err
@@ -503,19 +513,61 @@ func (d *Decoder) metric(buf []byte, h MetricsHandler) error {
 				continue
 			}
 			p := &d.point
+			if d.rawH != nil {
+				if n == len(d.run) {
+					d.run = append(d.run, Point{})
+				}
+				p = &d.run[n]
+				n++
+			}
 			p.reset()
-			if err := d.decodePoint(m.Kind, f.b); err != nil {
+			if err := decodePoint(m.Kind, f.b, p); err != nil {
 				return err
 			}
-			if d.rawH != nil && d.rawH.PointRaw(m, p) {
-				continue
-			}
-			for _, kv := range p.AttrFields {
-				if p.Attrs, err = appendKV(p.Attrs, kv); err != nil {
+			if d.rawH == nil {
+				if err := decodeAttrs(p); err != nil {
 					return err
 				}
+				h.Point(m, p)
+			} else if n == RawRun {
+				if err := d.rawRun(m, d.run[:n]); err != nil {
+					return err
+				}
+				n = 0
 			}
-			h.Point(m, p)
+		}
+		if err := d.rawRun(m, d.run[:n]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rawRun hands a run of points to the RawPointHandler.
+func (d *Decoder) rawRun(m *Metric, run []Point) error {
+	if len(run) == 0 {
+		return nil
+	}
+	d.rawH.PrepareRaw(m, run)
+	for i := range run {
+		p := &run[i]
+		if d.rawH.PointRaw(m, p) {
+			continue
+		}
+		if err := decodeAttrs(p); err != nil {
+			return err
+		}
+		d.rawH.Point(m, p)
+	}
+	return nil
+}
+
+// decodeAttrs decodes p's attributes from their encodings.
+func decodeAttrs(p *Point) error {
+	var err error
+	for _, kv := range p.AttrFields {
+		if p.Attrs, err = appendKV(p.Attrs, kv); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -532,8 +584,7 @@ var pointLayout = [...]pointFields{
 	MetricSummary:              {7, 8},
 }
 
-func (d *Decoder) decodePoint(k MetricKind, buf []byte) error {
-	p := &d.point
+func decodePoint(k MetricKind, buf []byte, p *Point) error {
 	lay := pointLayout[k]
 	var f field
 	for len(buf) > 0 {
@@ -550,7 +601,7 @@ func (d *Decoder) decodePoint(k MetricKind, buf []byte) error {
 		case f.num == lay.flags && f.typ == protowire.VarintType:
 			p.Flags = uint32(f.v)
 		default:
-			if err := d.pointField(k, &f); err != nil {
+			if err := pointField(k, &f, p); err != nil {
 				return err
 			}
 		}
@@ -559,8 +610,7 @@ func (d *Decoder) decodePoint(k MetricKind, buf []byte) error {
 }
 
 // pointField decodes a field particular to the point's kind.
-func (d *Decoder) pointField(k MetricKind, f *field) error {
-	p := &d.point
+func pointField(k MetricKind, f *field, p *Point) error {
 	switch k {
 	case MetricGauge, MetricSum:
 		switch {

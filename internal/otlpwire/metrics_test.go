@@ -275,8 +275,15 @@ func FuzzDecodeMetrics(f *testing.F) {
 		if err != nil {
 			t.Fatalf("proto.Unmarshal takes the request, the decoder says %v", err)
 		}
-		if want := dumpProto(&req); got != want {
+		want := dumpProto(&req)
+		if got != want {
 			t.Fatalf("decoded\n%s\nproto.Unmarshal\n%s", got, want)
+		}
+		// A RawPointHandler reads the same, taking the points whose
+		// attribute encodings came before.
+		raw := &rawDump{seen: map[string][]otlpwire.KeyValue{}}
+		if err := d.DecodeMetrics(b, raw); err != nil || raw.String() != want {
+			t.Fatalf("with a RawPointHandler: %v\n%s\nproto.Unmarshal\n%s", err, raw.String(), want)
 		}
 		// The count sizes the memory reserved for decoding: it may not
 		// be below the points there are.
@@ -314,6 +321,16 @@ type rawDump struct {
 	dump
 	seen  map[string][]otlpwire.KeyValue
 	taken int
+	run   []string // the encodings of the points of the run PrepareRaw got, in order
+}
+
+func (d *rawDump) PrepareRaw(_ *otlpwire.Metric, run []otlpwire.Point) {
+	if len(d.run) != 0 {
+		panic("a run prepared before the last one's points all came")
+	}
+	for i := range run {
+		d.run = append(d.run, encodings(&run[i]))
+	}
 }
 
 func encodings(p *otlpwire.Point) string {
@@ -335,6 +352,10 @@ func (d *rawDump) PointRaw(m *otlpwire.Metric, p *otlpwire.Point) bool {
 	if len(p.Attrs) != 0 {
 		panic("attributes decoded before PointRaw")
 	}
+	if len(d.run) == 0 || d.run[0] != encodings(p) {
+		panic("PointRaw of a point not prepared in this order")
+	}
+	d.run = d.run[1:]
 	attrs, ok := d.seen[encodings(p)]
 	if ok {
 		d.taken++
@@ -351,26 +372,37 @@ func (d *rawDump) PointRaw(m *otlpwire.Metric, p *otlpwire.Point) bool {
 // reads the same either way. Attributes that do not decode fail the
 // request when the handler does not take the point.
 func TestRawPointHandler(t *testing.T) {
-	b, _ := proto.Marshal(sample())
-	var req colmetricspb.ExportMetricsServiceRequest
-	proto.Unmarshal(b, &req)
-	want := dumpProto(&req)
-	h := &rawDump{seen: map[string][]otlpwire.KeyValue{}}
+	// A metric of more points than a run: runs of RawRun and the rest.
+	long := &metricspb.Metric{Name: "long", Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{}}}
+	for i := range 2*otlpwire.RawRun + 76 {
+		long.GetGauge().DataPoints = append(long.GetGauge().DataPoints, &metricspb.NumberDataPoint{
+			Attributes: []*commonpb.KeyValue{str("i", fmt.Sprint(i))}, Value: &metricspb.NumberDataPoint_AsInt{AsInt: int64(i)}})
+	}
+	longReq := sample()
+	longReq.ResourceMetrics[0].ScopeMetrics[0].Metrics = append(longReq.ResourceMetrics[0].ScopeMetrics[0].Metrics, long)
 	d := &otlpwire.Decoder{}
-	for round := range 2 {
-		h.dump.Reset()
-		h.taken = 0
-		if err := d.DecodeMetrics(b, h); err != nil {
-			t.Fatal(err)
-		}
-		if got := h.dump.String(); got != want {
-			t.Fatalf("round %d decoded\n%s\nproto.Unmarshal\n%s", round, got, want)
-		}
-		// The first time, only points whose encodings came before.
-		if points, want := protoPoints(&req), []int{protoPoints(&req) - len(h.seen), protoPoints(&req)}[round]; h.taken != want {
-			t.Errorf("round %d: %d of %d points taken raw, want %d", round, h.taken, points, want)
+	for _, sent := range []*colmetricspb.ExportMetricsServiceRequest{sample(), longReq} {
+		b, _ := proto.Marshal(sent)
+		var req colmetricspb.ExportMetricsServiceRequest
+		proto.Unmarshal(b, &req)
+		want := dumpProto(&req)
+		h := &rawDump{seen: map[string][]otlpwire.KeyValue{}}
+		for round := range 2 {
+			h.dump.Reset()
+			h.taken = 0
+			if err := d.DecodeMetrics(b, h); err != nil {
+				t.Fatal(err)
+			}
+			if got := h.dump.String(); got != want {
+				t.Fatalf("round %d decoded\n%s\nproto.Unmarshal\n%s", round, got, want)
+			}
+			// The first time, only points whose encodings came before.
+			if points, want := protoPoints(&req), []int{protoPoints(&req) - len(h.seen), protoPoints(&req)}[round]; h.taken != want {
+				t.Errorf("round %d: %d of %d points taken raw, want %d", round, h.taken, points, want)
+			}
 		}
 	}
+	h := &rawDump{seen: map[string][]otlpwire.KeyValue{}}
 	bad := &colmetricspb.ExportMetricsServiceRequest{ResourceMetrics: []*metricspb.ResourceMetrics{{ScopeMetrics: []*metricspb.ScopeMetrics{{Metrics: []*metricspb.Metric{{
 		Name: "g", Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{DataPoints: []*metricspb.NumberDataPoint{{Attributes: []*commonpb.KeyValue{str("k", "<bad>")}}}}}}}}}}}}
 	bb, _ := proto.Marshal(bad)

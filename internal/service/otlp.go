@@ -212,6 +212,14 @@ type pointBatch struct {
 	// it: Point makes it an alias of the stream.
 	rawID    streamID
 	rawAlias bool
+	// run holds the aliases of the run of points PrepareRaw got, next
+	// the index of the point PointRaw gets next.
+	run  []rawAlias
+	next int
+	// groups is scratch space of deltaTracker.lookup; sink takes the
+	// loads that bring streams into cache.
+	groups []int32
+	sink   uintptr
 }
 
 var otlpStates = sync.Pool{New: func() any { return &pointBatch{} }}
@@ -511,6 +519,22 @@ func (pb *pointBatch) rawStreamKey(m *otlpwire.Metric, fields [][]byte) []byte {
 	return k
 }
 
+// PrepareRaw implements otlpwire.RawPointHandler: it looks the streams of
+// a run of monotonic cumulative sum points up by their attributes'
+// encodings, all at once (deltaTracker.lookup).
+func (pb *pointBatch) PrepareRaw(m *otlpwire.Metric, run []otlpwire.Point) {
+	pb.run, pb.next = pb.run[:0], 0
+	if m.Kind != otlpwire.MetricSum || m.Temporality != otlpwire.TemporalityCumulative || !m.Monotonic {
+		return
+	}
+	for i := range run {
+		pb.run = append(pb.run, rawAlias{id: idOf(pb.rawStreamKey(m, run[i].AttrFields))})
+	}
+	var sink uintptr
+	pb.groups, sink = pb.r.deltas.lookup(pb.run, pb.groups)
+	pb.sink += sink
+}
+
 // PointRaw implements otlpwire.RawPointHandler: a point of a monotonic
 // cumulative sum whose stream an earlier point with the same attribute
 // encodings named (deltaTracker.sumRaw) becomes its sample straight from
@@ -519,14 +543,15 @@ func (pb *pointBatch) rawStreamKey(m *otlpwire.Metric, fields [][]byte) []byte {
 // request.
 func (pb *pointBatch) PointRaw(m *otlpwire.Metric, p *otlpwire.Point) bool {
 	pb.rawAlias = false
-	if m.Kind != otlpwire.MetricSum || m.Temporality != otlpwire.TemporalityCumulative || !m.Monotonic {
+	if pb.next >= len(pb.run) {
 		return false
 	}
-	id := idOf(pb.rawStreamKey(m, p.AttrFields))
+	a := &pb.run[pb.next]
+	pb.next++
 	skip := p.Flags&noRecordedValue != 0 || !finite(p.Value)
-	sp, ok := pb.r.deltas.sumRaw(id, p.Start, p.Time, p.Value, skip)
+	sp, ok := pb.r.deltas.sumRaw(a.st, p.Start, p.Time, p.Value, skip)
 	if !ok {
-		pb.rawID, pb.rawAlias = id, true
+		pb.rawID, pb.rawAlias = a.id, true
 		return false
 	}
 	switch {

@@ -322,17 +322,90 @@ func (t *deltaTracker) sumLocked(st *sumStream, first bool, start, ts uint64, v 
 	return p
 }
 
-// sumRaw converts point v of the monotonic cumulative sum stream that an
-// encoding of its attributes, raw (the id of its stream key with that
-// encoding: pointBatch.rawStreamKey), names, if the encoding is known
-// (alias) and the stream's samples have their context key: else it
-// reports false and changes nothing. With skip it only reports whether
-// the stream is known so.
-func (t *deltaTracker) sumRaw(raw streamID, start, ts uint64, v float64, skip bool) (sumPoint, bool) {
-	al := &t.aliases[raw[0]%deltaShards]
-	al.mu.Lock()
-	st := al.sums.get(raw)
-	al.mu.Unlock()
+// rawAlias is an encoding of a monotonic sum point's attributes: id is
+// the id of its stream key with that encoding (pointBatch.rawStreamKey),
+// st the stream it is an alias of, nil if none.
+type rawAlias struct {
+	id streamID
+	st *sumStream
+}
+
+// lookup finds the streams of aliases all at once, grouped
+// by shard: the lookups of a shard run back to back under one hold of
+// its lock, so that their memory accesses overlap instead of each
+// waiting for the last, and the streams found are read the same way to
+// bring them into cache. groups is scratch space, returned for reuse;
+// sink is what was read.
+func (t *deltaTracker) lookup(aliases []rawAlias, groups []int32) (_ []int32, sink uintptr) {
+	groups = groupBy(aliases, groups, func(a *rawAlias) int { return int(a.id[0] % deltaShards) })
+	eachGroup(groups, len(aliases), func(sh int, at []int32) {
+		al := &t.aliases[sh]
+		al.mu.Lock()
+		for _, i := range at {
+			aliases[i].st = al.sums.get(aliases[i].id)
+		}
+		al.mu.Unlock()
+	})
+	groups = groupBy(aliases, groups, func(a *rawAlias) int {
+		if a.st == nil {
+			return deltaShards
+		}
+		return int(a.st.home)
+	})
+	eachGroup(groups, len(aliases), func(sh int, at []int32) {
+		s := &t.shards[sh]
+		s.mu.Lock()
+		for _, i := range at {
+			st := aliases[i].st
+			sink += uintptr(st.seen) + uintptr(len(st.key))
+			if len(st.key) > 0 {
+				sink += uintptr(st.key[0])
+			}
+		}
+		s.mu.Unlock()
+	})
+	return groups, sink
+}
+
+// eachGroup calls fn with each shard's indices that groupBy put in
+// groups, n of them in all.
+func eachGroup(groups []int32, n int, fn func(sh int, at []int32)) {
+	for sh, at := 0, 0; sh < deltaShards; sh++ {
+		if k := int(groups[n+sh]); k > 0 {
+			fn(sh, groups[at:at+k])
+			at += k
+		}
+	}
+}
+
+// groupBy orders the indices of aliases by group (0 to deltaShards, the
+// last not read) into groups[:len(aliases)], followed by each group's
+// size.
+func groupBy(aliases []rawAlias, groups []int32, group func(*rawAlias) int) []int32 {
+	n := len(aliases)
+	groups = slices.Grow(groups[:0], n+deltaShards+1)[:n+deltaShards+1]
+	count := groups[n:]
+	clear(count)
+	for i := range aliases {
+		count[group(&aliases[i])]++
+	}
+	var starts [deltaShards + 1]int32
+	for g := 1; g <= deltaShards; g++ {
+		starts[g] = starts[g-1] + count[g-1]
+	}
+	for i := range aliases {
+		g := group(&aliases[i])
+		groups[starts[g]] = int32(i)
+		starts[g]++
+	}
+	return groups
+}
+
+// sumRaw converts point v of the monotonic cumulative sum stream st, the
+// stream an alias named (nil: none), if the stream's samples have their
+// context key and it is not forgotten: else it reports false and changes
+// nothing. With skip it only reports whether the stream is known so.
+func (t *deltaTracker) sumRaw(st *sumStream, start, ts uint64, v float64, skip bool) (sumPoint, bool) {
 	if st == nil {
 		return sumPoint{}, false
 	}

@@ -98,9 +98,14 @@ func TestDeltaTrackerAliases(t *testing.T) {
 			raw2 = id
 		}
 	}
+	find := func(id streamID) *sumStream {
+		run := []rawAlias{{id: id}}
+		tr.lookup(run, nil)
+		return run[0].st
+	}
 	known := func(step string, id streamID, ts uint64, v, wantDelta float64, want bool) {
 		t.Helper()
-		p, ok := tr.sumRaw(id, 1, ts, v, false)
+		p, ok := tr.sumRaw(find(id), 1, ts, v, false)
 		if ok != want || (ok && (p.res != deltaOK || p.delta != wantDelta)) {
 			t.Errorf("%s: known %v delta %v (%v), want known %v delta %v", step, ok, p.delta, p.res, want, wantDelta)
 		}
@@ -113,7 +118,7 @@ func TestDeltaTrackerAliases(t *testing.T) {
 	if p := tr.sum(a, 1, 10*hour, 115); p.delta != 5 {
 		t.Errorf("by its identity after the alias: delta %v, want 5", p.delta)
 	}
-	if _, ok := tr.sumRaw(raw, 1, 10*hour, math.NaN(), true); !ok {
+	if _, ok := tr.sumRaw(find(raw), 1, 10*hour, math.NaN(), true); !ok {
 		t.Error("skip: the stream is not known")
 	}
 	known("unknown encoding", raw2, 10*hour, 1, 0, false)
@@ -124,4 +129,34 @@ func TestDeltaTrackerAliases(t *testing.T) {
 	tr.alias(raw2, sp.st) // the shard is full of a forgotten stream's alias
 	known("alias in a full shard", raw2, 12*hour, 5, 3, true)
 	known("dropped alias", raw, 12*hour, 130, 0, false)
+}
+
+// TestDeltaTrackerLookup: a run of aliases looked up at once, over every
+// shard, finds each known alias's own stream and nothing for the others,
+// in the run's order.
+func TestDeltaTrackerLookup(t *testing.T) {
+	tr := newDeltaTracker(0, MaxCumulativeStreams)
+	const n = 1000
+	id := func(kind byte, i int) streamID { return idOf([]byte{kind, byte(i), byte(i >> 8)}) }
+	streams := map[int]*sumStream{}
+	for i := range n {
+		if i%3 != 0 {
+			streams[i] = tr.sum(id('s', i), 1, 1, 1).st
+			tr.alias(id('r', i), streams[i])
+		}
+	}
+	run := make([]rawAlias, 0, n)
+	for i := n - 1; i >= 0; i-- {
+		run = append(run, rawAlias{id: id('r', i)})
+	}
+	groups, _ := tr.lookup(run, nil)
+	for k, a := range run {
+		if i := n - 1 - k; a.st != streams[i] {
+			t.Fatalf("alias %d: stream %p, want %p", i, a.st, streams[i])
+		}
+	}
+	tr.lookup(run[:10], groups)
+	if run[0].st != streams[n-1] {
+		t.Error("a shorter run in reused scratch space finds another stream")
+	}
 }
