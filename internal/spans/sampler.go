@@ -223,18 +223,20 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 		s.keepLocked(sh, k, []Span{sp.Own()})
 		return
 	}
-	if d, ok := sh.decided[k]; ok {
-		if d.keep {
-			s.C.LateKept.Add(1)
-			s.keepLocked(sh, k, []Span{sp.Own()})
-		} else {
-			s.C.LateDropped.Add(1)
-			s.C.SpansDropped.Add(1)
-		}
-		return
-	}
+	// A trace is held or decided, never both: the held traces, which
+	// most spans join, are looked up first.
 	tr := sh.traces[k]
 	if tr == nil {
+		if d, ok := sh.decided[k]; ok {
+			if d.keep {
+				s.C.LateKept.Add(1)
+				s.keepLocked(sh, k, []Span{sp.Own()})
+			} else {
+				s.C.LateDropped.Add(1)
+				s.C.SpansDropped.Add(1)
+			}
+			return
+		}
 		early := ""
 		switch {
 		case s.C.HeldBytes.Load() >= s.lim.MaxBytes:

@@ -56,7 +56,7 @@ func (st *Stats) Add(b *window.Batch, s *Span) int {
 	if st.cache == nil {
 		st.cache = newStatsCache(statsCacheShardSize)
 	}
-	st.scratch = appendStatsKey(st.scratch[:0], s)
+	st.scratch = appendField(appendStatsKey(st.scratch[:0], s), b.Tenant.ID)
 	e := st.cache.get(b.Tenant, st.scratch, s)
 	end := s.End()
 	add := func(m int, v float64) {
@@ -133,23 +133,25 @@ func newStatsEntry(t *window.Tenant, s *Span) *statsEntry {
 }
 
 // statsCache maps (tenant, stats tag set) to its statsEntry. It is safe for
-// concurrent use. Each shard holds at most size entries in
-// its current generation and the previous one; an entry used from the
-// previous generation moves to the current one, so what stays in use stays.
+// concurrent use. Each shard holds at most size entries in its current
+// generation and the previous one; an entry used from the previous
+// generation moves to the current one, so what stays in use stays.
+//
+// An entry is found by a 128-bit hash of the tenant's id and the span's
+// stats key (appendStatsKey), held in the map's slot itself: a lookup
+// reads no key bytes elsewhere in memory. Two keys of 262,144 entries
+// share a hash with a probability below 10⁻²⁷. The tenant's id, not the
+// Tenant, keys the entry, as it keys the contexts: a context handle
+// checks the Tenant itself.
 type statsCache struct {
-	seed   maphash.Seed
+	seeds  [2]maphash.Seed
 	size   int // entries per shard and generation
 	shards [statsCacheShards]statsCacheShard
 }
 
 type statsCacheShard struct {
 	mu       sync.Mutex
-	cur, old map[statsCacheKey]*statsEntry
-}
-
-type statsCacheKey struct {
-	t *window.Tenant
-	k string
+	cur, old map[[2]uint64]*statsEntry
 }
 
 const (
@@ -160,32 +162,31 @@ const (
 // newStatsCache returns a cache of at most 2 × statsCacheShards × size
 // entries.
 func newStatsCache(size int) *statsCache {
-	c := &statsCache{seed: maphash.MakeSeed(), size: size}
+	c := &statsCache{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}, size: size}
 	for i := range c.shards {
-		c.shards[i].cur = map[statsCacheKey]*statsEntry{}
+		c.shards[i].cur = map[[2]uint64]*statsEntry{}
 	}
 	return c
 }
 
-// get returns the entry of tenant t and stats key k (appendStatsKey of s),
-// making it when there is none.
+// get returns the entry of tenant t and stats key k (appendStatsKey of s
+// followed by t's id), making it when there is none.
 func (c *statsCache) get(t *window.Tenant, k []byte, s *Span) *statsEntry {
-	sh := &c.shards[maphash.Bytes(c.seed, k)%statsCacheShards]
+	h := [2]uint64{maphash.Bytes(c.seeds[0], k), maphash.Bytes(c.seeds[1], k)}
+	sh := &c.shards[h[0]%statsCacheShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	ck := statsCacheKey{t, unsafeString(k)}
-	if e := sh.cur[ck]; e != nil {
+	if e := sh.cur[h]; e != nil {
 		return e
 	}
-	e := sh.old[ck]
+	e := sh.old[h]
 	if e == nil {
 		e = newStatsEntry(t, s)
 	}
 	if len(sh.cur) >= c.size {
-		sh.old, sh.cur = sh.cur, make(map[statsCacheKey]*statsEntry, c.size)
+		sh.old, sh.cur = sh.cur, make(map[[2]uint64]*statsEntry, c.size)
 	}
-	ck.k = string(k)
-	sh.cur[ck] = e
+	sh.cur[h] = e
 	return e
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggd/aggd/internal/cputime"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -161,18 +162,28 @@ func TestStatsHandlesFromManyStreams(t *testing.T) {
 func BenchmarkStatsAdd(b *testing.B) {
 	st := Stats{cache: newStatsCache(statsCacheShardSize)}
 	tn := window.NewTenant("t")
-	spans := make([]Span, 1000)
+	// As many tag sets as aggload's default 100k contexts make.
+	spans := make([]Span, 100_000)
 	for i := range spans {
 		spans[i] = Span{Service: fmt.Sprintf("svc-%d", i%10), Name: "http.request", Resource: fmt.Sprintf("/r/%d", i),
 			Kind: KindServer, Start: 1e18, Duration: 1e6, HTTPStatus: 200}
 	}
 	bt := window.Batch{Tenant: tn}
+	for i := range spans { // warm the cache
+		st.Add(&bt, &spans[i])
+		st.Reset()
+		bt.Samples, bt.Results = bt.Samples[:0], bt.Results[:0]
+	}
 	b.ReportAllocs()
+	cpu := cputime.Process()
+	n := 0
 	for i := 0; b.Loop(); i++ {
-		if i%len(spans) == 0 {
+		if i%500 == 0 {
 			st.Reset()
 			bt.Samples, bt.Results = bt.Samples[:0], bt.Results[:0]
 		}
-		st.Add(&bt, &spans[i%len(spans)])
+		st.Add(&bt, &spans[i*7919%len(spans)])
+		n++
 	}
+	b.ReportMetric(float64(cputime.Process()-cpu)/float64(n), "cpu-ns/span")
 }

@@ -1,0 +1,55 @@
+package codec
+
+import (
+	"fmt"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/cputime"
+	"github.com/aggd/aggd/internal/window"
+)
+
+// BenchmarkDecodeSpans decodes a 500-span batch (5-span traces, two
+// attributes each): the per-span cost of decode and validate, whose
+// strings are views into the request.
+func BenchmarkDecodeSpans(b *testing.B) {
+	req := &aggdv1.StreamRequest{Sequence: 1, Batch: &aggdv1.Batch{}}
+	for i := range 500 {
+		s := &aggdv1.Span{TraceId: []byte(fmt.Sprintf("%016d", i/5)), SpanId: []byte(fmt.Sprintf("%08d", i%5+1)),
+			Service: fmt.Sprintf("svc-%d", i%10), Name: "http.request", Resource: fmt.Sprintf("/r/%d", i),
+			Kind: aggdv1.SpanKind_SPAN_KIND_SERVER, StartUnixNano: 1e18, DurationNano: 1e6, HttpStatusCode: 200,
+			Attributes: map[string]string{"http.method": "GET", "peer.service": "db"}}
+		if i%5 != 0 {
+			s.ParentSpanId, s.Kind = []byte("00000001"), aggdv1.SpanKind_SPAN_KIND_CLIENT
+		}
+		req.Batch.Spans = append(req.Batch.Spans, s)
+	}
+	data, _ := proto.Marshal(req)
+	d := NewDecoder(DefaultLimits())
+	var batch window.Batch
+	tn := window.NewTenant("t")
+	d.Reset(&batch)
+	batch.Tenant = tn
+	if _, err := d.DecodeStream(data, &batch); err != nil || d.NSpans != 500 {
+		b.Fatalf("%d spans decoded: %v", d.NSpans, err)
+	}
+	for i, r := range d.SpanResults {
+		if r != window.Accepted {
+			b.Fatalf("span %d: %v %s", i, r, d.SpanDetail[i])
+		}
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	cpu := cputime.Process()
+	for b.Loop() {
+		d.Reset(&batch)
+		batch.Tenant = tn
+		if _, err := d.DecodeStream(data, &batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/span")
+	b.ReportMetric(float64(cputime.Process()-cpu)/float64(b.N*500), "cpu-ns/span")
+}
