@@ -60,6 +60,10 @@ type context struct {
 // live reports whether the context is in use (not forgotten).
 func (c *context) live() bool { return c.gen&1 == 0 && c.key != nil }
 
+// seeded reports whether the context was made by a seed and has taken no
+// sample since (Shard.Seed).
+func (c *context) seeded() bool { return c.samples == 0 }
+
 // counting reports whether the context is in Shard.counters.
 func (c *context) counting() bool { return c.zeroUntil != 0 }
 

@@ -195,7 +195,9 @@ func (sh *Shard) AddOverflow(t *Tenant, s *Sample, now int64) Reason {
 // last sample, as a later arrival does; a hand-over's seed (handedOver
 // set: read from its old owner's state, perhaps before that owner took
 // the sample seeded since) does not. A sample of another type changes
-// nothing; a context past its tenant's bound is not created.
+// nothing. A context made by a seed counts in the tenant's Seeded, not
+// its Contexts, until it takes a sample; past MaxContexts seeded contexts
+// a seed of a new one is refused (tenant_limit).
 func (sh *Shard) Seed(t *Tenant, s *Sample, now int64, handedOver bool) Reason {
 	if !s.Type.Stateful() {
 		return ReasonMalformed
@@ -212,13 +214,15 @@ func (sh *Shard) Seed(t *Tenant, s *Sample, now int64, handedOver bool) Reason {
 	}
 	_, c, ok := sh.find(t, s.Key, s.Hash)
 	if !ok {
-		if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max {
-			return Accepted // its samples fold into the overflow series
+		// A context made by a seed is none the tenant sent here: it
+		// counts in Tenant.Seeded, bounded apart by the same bound,
+		// until its first sample (see context).
+		if max := t.MaxContexts.Load(); max > 0 && t.Seeded.Load() >= max {
+			return ReasonTenantLimit
 		}
-		if _, c = sh.newContext(t, string(s.Key), s.Hash, now); c == nil {
-			return Accepted // the shard is full: as past the bound
+		if _, c = sh.newContext(t, string(s.Key), s.Hash, now, true); c == nil {
+			return ReasonTenantLimit // the shard holds maxShardContexts
 		}
-		c.samples = 0 // a seed is no sample of this replica's
 	}
 	c.touch(now, sh.ttl)
 	if l := sh.lastOf(c); l == nil || l.t < ts || l.t == ts && !handedOver {
@@ -461,7 +465,19 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 			return h.id, c
 		}
 	}
-	if id, c, ok := sh.find(t, s.Key, s.Hash); ok {
+	id, c, ok := sh.find(t, s.Key, s.Hash)
+	if ok && c.seeded() {
+		// Its first sample makes a seeded context one of the tenant's,
+		// as a new one, within the bound; past it the sample folds as a
+		// new context's does, and the seed stays.
+		if max := t.MaxContexts.Load(); max <= 0 || t.Contexts.Load() < max {
+			t.Seeded.Add(-1)
+			t.Contexts.Add(1)
+		} else {
+			ok = false
+		}
+	}
+	if ok {
 		c.touch(now, sh.ttl)
 		if c.samples != math.MaxUint32 {
 			c.samples++
@@ -471,7 +487,7 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 		}
 		return id, c
 	}
-	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max || sh.full() {
+	if max := t.MaxContexts.Load(); max > 0 && t.Contexts.Load() >= max || sh.full() || c != nil {
 		// Past its bound, a tenant's new contexts fold into its overflow
 		// series for the sample's type: nothing is dropped, and the
 		// folding is counted.
@@ -481,7 +497,7 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 		t.Overflowed.Add(1)
 		return sh.overflow(t, s.Type, now)
 	}
-	id, c := sh.newContext(t, string(s.Key), s.Hash, now)
+	id, c = sh.newContext(t, string(s.Key), s.Hash, now, false)
 	if h != nil && c != nil {
 		*h = Handle{sh: sh, id: id, gen: c.gen}
 	}
@@ -492,8 +508,9 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 func (sh *Shard) full() bool { return len(sh.free) == 0 && sh.made == maxShardContexts }
 
 // newContext makes tenant t's context of key and hash h, or returns nil
-// when the shard is full.
-func (sh *Shard) newContext(t *Tenant, key string, h uint64, now int64) (uint32, *context) {
+// when the shard is full. A context made by a seed (seeded) counts in
+// Tenant.Seeded, others in Tenant.Contexts.
+func (sh *Shard) newContext(t *Tenant, key string, h uint64, now int64, seeded bool) (uint32, *context) {
 	var id uint32
 	if n := len(sh.free); n > 0 {
 		id = sh.free[n-1]
@@ -518,7 +535,12 @@ func (sh *Shard) newContext(t *Tenant, key string, h uint64, now int64) (uint32,
 	*c = context{key: makeKey(key), tenant: t, expires: now + sh.ttl, samples: 1, gen: gen}
 	sh.index.insert(h, id)
 	sh.live++
-	t.Contexts.Add(1)
+	if seeded {
+		c.samples = 0 // a seed is no sample of this replica's
+		t.Seeded.Add(1)
+	} else {
+		t.Contexts.Add(1)
+	}
 	return id, c
 }
 
@@ -545,7 +567,7 @@ func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) (uint32, *contex
 		c.touch(now, sh.ttl)
 		return id, c
 	}
-	return sh.newContext(t, key, hash, now)
+	return sh.newContext(t, key, hash, now, false)
 }
 
 // bucket finds or opens the bucket [start, start+width). For a range
@@ -847,7 +869,11 @@ func (sh *Shard) forget(id uint32, c *context) {
 	c.gen++ // odd: forgotten, and every Handle to it is stale
 	sh.limbo = append(sh.limbo, id)
 	sh.live--
-	c.tenant.Contexts.Add(-1)
+	if c.seeded() {
+		c.tenant.Seeded.Add(-1)
+	} else {
+		c.tenant.Contexts.Add(-1)
+	}
 }
 
 // ContextStat is a context and its sample count, for introspection.

@@ -114,7 +114,12 @@ type Tenant struct {
 	Contexts atomic.Int64
 	// MaxContexts bounds Contexts; zero means no bound. Samples of new
 	// contexts past it fold into the tenant's aggd.overflow.<type> series.
+	// It bounds Seeded apart: seeds of new contexts past it are refused.
 	MaxContexts atomic.Int64
+	// Seeded is the number of live contexts a cluster's seeds made here
+	// (previous samples of contexts this replica owns from a member change
+	// on) that have taken no sample yet; not in Contexts.
+	Seeded atomic.Int64
 	// Overflowed counts samples folded into an overflow series.
 	Overflowed atomic.Uint64
 	// Limits are the tenant's own limits; zero fields take the server's.

@@ -764,11 +764,76 @@ func TestSeedRefusals(t *testing.T) {
 	if r := seed("r", TypeRate, t0-2*int64(time.Hour)); r != ReasonTooOld {
 		t.Errorf("a seed past the lateness: %v, want too_old", r)
 	}
-	if r := seed("r", TypeRate, t0); r != Accepted || tn.Contexts.Load() != 1 {
-		t.Errorf("seed: %v, %d contexts; want accepted, 1", r, tn.Contexts.Load())
+	if r := seed("r", TypeRate, t0); r != Accepted || tn.Contexts.Load() != 0 || tn.Seeded.Load() != 1 {
+		t.Errorf("seed: %v, %d contexts, %d seeded; want accepted, 0, 1", r, tn.Contexts.Load(), tn.Seeded.Load())
 	}
-	if r := seed("r2", TypeRate, t0); r != Accepted || tn.Contexts.Load() != 1 || tn.Overflowed.Load() != 0 {
-		t.Errorf("a seed past the context bound: %v, %d contexts, %d folded; want accepted, 1, 0", r, tn.Contexts.Load(), tn.Overflowed.Load())
+	if r := seed("r2", TypeRate, t0); r != ReasonTenantLimit || tn.Seeded.Load() != 1 || tn.Overflowed.Load() != 0 {
+		t.Errorf("a seed past the bound on seeded contexts: %v, %d seeded, %d folded; want tenant_limit, 1, 0", r, tn.Seeded.Load(), tn.Overflowed.Load())
+	}
+}
+
+// TestSeededContextsBound: a context made by a seed is none the tenant
+// sent to this replica: it counts in Seeded, apart from Contexts and
+// bounded by the same MaxContexts, until its first sample makes it one
+// of the tenant's contexts, within the bound; past it that sample folds
+// into the overflow series as a new context's would.
+func TestSeededContextsBound(t *testing.T) {
+	tests := []struct {
+		name         string
+		taken        int // contexts the tenant sent before the seed
+		sample       bool
+		wantContexts int64
+		wantSeeded   int64
+		wantOverflow uint64
+		wantPoint    bool // m's point, its delta from the seed
+	}{
+		{"a seed at the tenant's bound is kept, apart", 2, false, 2, 1, 0, false},
+		{"its first sample makes it a context", 1, true, 2, 0, 0, true},
+		// The overflow series is a context of its own; its first
+		// monotonic count sample has no previous one: no point.
+		{"its first sample past the bound folds", 2, true, 3, 1, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tn := NewTenant("t")
+			tn.MaxContexts.Store(2)
+			sh := NewShard(testConfig())
+			for i := range tt.taken {
+				add(t, sh, tn, in{name: fmt.Sprintf("c%d", i), typ: TypeCount, v: 1, ts: t0})
+			}
+			s := Sample{Name: "m", Type: TypeMonotonicCount, Value: 100, Timestamp: t0 + 2*sec, SampleRate: 1}
+			s.Prepare(tn, nil)
+			if r := sh.Seed(tn, &s, t0+5*sec, false); r != Accepted {
+				t.Fatalf("seed: %v", r)
+			}
+			if tt.sample {
+				add(t, sh, tn, in{name: "m", typ: TypeMonotonicCount, v: 107, ts: t0 + 4*sec, now: t0 + 5*sec})
+			}
+			if got, seeded, over := tn.Contexts.Load(), tn.Seeded.Load(), tn.Overflowed.Load(); got != tt.wantContexts || seeded != tt.wantSeeded || over != tt.wantOverflow {
+				t.Errorf("%d contexts, %d seeded, %d folded; want %d, %d, %d", got, seeded, over, tt.wantContexts, tt.wantSeeded, tt.wantOverflow)
+			}
+			var points []out
+			for _, o := range collect(sh.Drain(t0+30*sec, true, nil)) {
+				if !strings.HasPrefix(o.key, "c") {
+					points = append(points, o)
+				}
+			}
+			var want []out
+			if tt.wantPoint {
+				want = []out{{key: "m||", ts: t0 / sec, value: 7}}
+			}
+			if !slices.Equal(points, want) {
+				t.Errorf("points %+v, want %+v", points, want)
+			}
+			forgetNamed(t, sh, tn, "m")
+			wantContexts := tt.wantContexts
+			if tt.wantSeeded == 0 {
+				wantContexts-- // m was one
+			}
+			if tn.Seeded.Load() != 0 || tn.Contexts.Load() != wantContexts {
+				t.Errorf("after forgetting m: %d contexts, %d seeded; want %d, 0", tn.Contexts.Load(), tn.Seeded.Load(), wantContexts)
+			}
+		})
 	}
 }
 
