@@ -1,6 +1,7 @@
 package spans
 
 import (
+	"hash/maphash"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,16 @@ type key struct {
 	id     [16]byte
 }
 
+// decidedKey is a decided trace as the decisions remember it, its tenant
+// by a 64-bit hash of the tenant's id: pointer-free, so that the garbage
+// collector reads none of the up to Limits.MaxDecisions entries. Two
+// tenants' ids share a hash with a probability of 2⁻⁶⁴, and would then
+// share only the decisions of the trace ids they both send.
+type decidedKey struct {
+	tenant uint64
+	id     [16]byte
+}
+
 type decision struct {
 	keep bool
 	at   int64
@@ -79,7 +90,7 @@ const nShards = 16
 type samplerShard struct {
 	mu      sync.Mutex
 	traces  map[key]*heldTrace
-	decided map[key]decision
+	decided map[decidedKey]decision
 	pending []Trace // kept spans to export at the next Advance
 	// quiet finds the held traces that may have gone quiet: each is under
 	// the second of its arrival, moved on lazily when Advance finds that
@@ -106,8 +117,12 @@ type heldRef struct {
 // decidedRef is a decision as the expiry queue lists it: at tells a
 // decision made again later, listed again, from this one.
 type decidedRef struct {
-	k  key
+	k  decidedKey
 	at int64
+}
+
+func (s *Sampler) decidedKey(k key) decidedKey {
+	return decidedKey{maphash.String(s.seed, k.tenant.ID), k.id}
 }
 
 // second is the quiet wheel's slot of arrival time t.
@@ -122,15 +137,16 @@ type Sampler struct {
 	tenantMu sync.Mutex
 	tenants  map[*window.Tenant]int // held traces per tenant
 	decided  atomic.Int64
+	seed     maphash.Seed // of decidedKey.tenant
 	C        Counters
 }
 
 // NewSampler returns a sampler applying p (nil: keep everything).
 func NewSampler(p *Policy, lim Limits) *Sampler {
-	s := &Sampler{lim: lim, tenants: map[*window.Tenant]int{}}
+	s := &Sampler{lim: lim, tenants: map[*window.Tenant]int{}, seed: maphash.MakeSeed()}
 	for i := range s.shards {
 		s.shards[i].traces = map[key]*heldTrace{}
-		s.shards[i].decided = map[key]decision{}
+		s.shards[i].decided = map[decidedKey]decision{}
 		s.shards[i].quiet = map[int64][]heldRef{}
 	}
 	s.policy.Store(p)
@@ -227,7 +243,7 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 	// most spans join, are looked up first.
 	tr := sh.traces[k]
 	if tr == nil {
-		if d, ok := sh.decided[k]; ok {
+		if d, ok := sh.decided[s.decidedKey(k)]; ok {
 			if d.keep {
 				s.C.LateKept.Add(1)
 				s.keepLocked(sh, k, []Span{sp.Own()})
@@ -334,11 +350,12 @@ func (s *Sampler) decideLocked(sh *samplerShard, p *Policy, k key, spans []Span,
 		s.C.SpansDropped.Add(int64(len(spans)))
 	}
 	if s.decided.Load() < int64(s.lim.MaxDecisions) {
-		if _, had := sh.decided[k]; !had {
+		dk := s.decidedKey(k)
+		if _, had := sh.decided[dk]; !had {
 			s.decided.Add(1)
 		}
-		sh.decided[k] = decision{keep: keep, at: now}
-		sh.expiry = append(sh.expiry, decidedRef{k, now})
+		sh.decided[dk] = decision{keep: keep, at: now}
+		sh.expiry = append(sh.expiry, decidedRef{dk, now})
 	} else {
 		s.C.early(DecisionsDropped)
 	}

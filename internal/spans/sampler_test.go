@@ -524,3 +524,40 @@ func TestFieldsOfASpan(t *testing.T) {
 		t.Error("unknown field found")
 	}
 }
+
+// TestDecisionsPerTenant: one trace id sent by two tenants is two traces,
+// decided apart, and late spans follow their own tenant's decision; a
+// tenant is known by its id.
+func TestDecisionsPerTenant(t *testing.T) {
+	s := NewSampler(mustPolicy(t, datakitExample), DefaultLimits())
+	a, b := window.NewTenant("a"), window.NewTenant("b")
+	const sec = int64(time.Second)
+	id := traceID(42)
+	kept, dropped := sp(id, 1, func(s *Span) { s.Error = true }), sp(id, 1, func(s *Span) { s.Resource = "/health" })
+	s.Add(a, &kept, 0)
+	s.Add(b, &dropped, 0)
+	out := s.Advance(60*sec, false)
+	if len(out) != 1 || out[0].Tenant != a || s.C.TracesDropped.Load() != 1 {
+		t.Fatalf("kept %+v, %d dropped; want tenant a's trace kept and b's dropped", out, s.C.TracesDropped.Load())
+	}
+	tests := []struct {
+		tenant   *window.Tenant
+		wantKept bool
+	}{
+		{a, true},
+		{b, false},
+		{window.NewTenant("a"), true},
+		{window.NewTenant("c"), false}, // held: a new trace of tenant c
+	}
+	for i, tt := range tests {
+		late := sp(id, byte(10+i), nil)
+		s.Add(tt.tenant, &late, 61*sec)
+		out := s.Advance(61*sec, false)
+		if got := len(out) == 1; got != tt.wantKept {
+			t.Errorf("tenant %s: late span exported %v, want %v", tt.tenant.ID, got, tt.wantKept)
+		}
+	}
+	if s.C.LateKept.Load() != 2 || s.C.LateDropped.Load() != 1 || s.C.HeldTraces.Load() != 1 {
+		t.Errorf("late kept %d, dropped %d, held traces %d; want 2, 1, 1", s.C.LateKept.Load(), s.C.LateDropped.Load(), s.C.HeldTraces.Load())
+	}
+}
