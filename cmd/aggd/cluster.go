@@ -18,6 +18,7 @@ import (
 
 	"github.com/aggd/aggd/internal/cluster"
 	"github.com/aggd/aggd/internal/journal"
+	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
 )
 
@@ -119,10 +120,12 @@ type clusterState interface {
 // startCluster listens on the peer port, reads the member list and starts
 // the forwarder of what other replicas own, for the aggregator service to
 // use (forwarder), which keeps the previous samples of the contexts this
-// replica is about to own in seeder. It returns nil when cluster mode is
-// off. The caller serves the peer port with the gRPC server the
-// aggregator service is on.
-func startCluster(ctx context.Context, cfg config, seeder clusterState, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
+// replica is about to own in seeder. The aggregation rules (engine, nil
+// when there are none) then feed only the rule groups this replica owns,
+// and the forwarder sends samples to the owners of the others. It returns
+// nil when cluster mode is off. The caller serves the peer port with the
+// gRPC server the aggregator service is on.
+func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *rules.Engine, reg prometheus.Registerer, log *slog.Logger) (*clusterNode, error) {
 	c := cfg.Cluster
 	if !c.on() {
 		return nil, nil
@@ -186,10 +189,17 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, reg prom
 			return nil, err
 		}
 	}
-	fwd := cluster.NewForwarder(cluster.Config{
+	fc := cluster.Config{
 		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout,
 		Seeder: seeder,
-	}, m, log)
+	}
+	if engine != nil {
+		fc.Rules = engine
+	}
+	fwd := cluster.NewForwarder(fc, m, log)
+	if engine != nil {
+		engine.SetOwner(fwd.OwnsGroup)
+	}
 	reg.MustRegister(fwd)
 	handTo.Store(fwd)
 	// A forward is sent again for up to --peer-forward-timeout after its

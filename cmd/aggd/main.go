@@ -211,7 +211,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		started.add(guard.Shutdown)
 	}
 	load := loadLevel(walLog != nil, guard.overload(), router)
-	node, err := startCluster(ctx, cfg, agg, reg, log)
+	node, err := startCluster(ctx, cfg, agg, ruleEngine, reg, log)
 	if err != nil {
 		return err
 	}

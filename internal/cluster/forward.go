@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ import (
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -55,6 +57,18 @@ type Config struct {
 	// contexts this replica is about to own (the aggregator); nil drops
 	// them.
 	Seeder service.Seeder
+	// Rules, when set, places the aggregation rule groups of a sample:
+	// the replica aggregating a sample sends it, marked rules_only, to
+	// the owner of each rule group it feeds that another replica owns.
+	// Its engine feeds only the groups OwnsGroup says are this
+	// replica's.
+	Rules RuleGroups
+}
+
+// RuleGroups places the aggregation rule groups a sample feeds
+// (rules.Engine).
+type RuleGroups interface {
+	AppendGroups(dst []rules.GroupRef, t *window.Tenant, s *window.Sample, now int64) []rules.GroupRef
 }
 
 // Validate reports a configuration that cannot work.
@@ -102,9 +116,10 @@ type Forwarder struct {
 	run uint64
 	seq atomic.Uint64
 
-	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds): owned here,
-	// acked by their owner, refused by their owner, not delivered.
-	local, acked, refused, undelivered [3]atomic.Uint64
+	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds, 3 samples to
+	// rule group owners): owned here, acked by their owner, refused by
+	// their owner, not delivered.
+	local, acked, refused, undelivered [4]atomic.Uint64
 	// Calls to peers: succeeded, failed and retried, failed for good.
 	callsOK, callsRetried, callsFailed atomic.Uint64
 	handOvers                          atomic.Uint64
@@ -122,7 +137,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	})
 	f.desc.items = prometheus.NewDesc("aggd_cluster_items_total",
-		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost).",
+		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost). Kind rule: samples aggregated here, once per replica owning aggregation rule groups they feed (local: this one; otherwise sent rules_only to that owner, and the sample is refused unless it took it).",
 		[]string{"kind", "outcome"}, nil)
 	f.desc.calls = prometheus.NewDesc("aggd_cluster_forward_calls_total",
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
@@ -139,6 +154,8 @@ type call struct {
 	wg     sync.WaitGroup
 	heirs  []string     // the later owners of one sample's context
 	seeds  window.Batch // the samples this replica seeds for itself
+	refs   []rules.GroupRef
+	owners []string // the owners of one sample's rule groups
 }
 
 // group is what one call sends to one owner.
@@ -149,10 +166,21 @@ type group struct {
 	spans    []int
 	seeds    []int  // samples the owner keeps as previous samples only
 	handOver bool   // the seeds are a hand-over's
+	observe  []int  // samples the owner observes for its rule groups only
 	frame    []byte // the ForwardRequest
 	batch    []byte // its Batch
 	seedsB   []byte // its seeds' Batch
 	item     []byte // one item's encoding
+	// observeRefused holds the owner's answer for the samples of
+	// observe it did not take, applied once every owner answered.
+	observeRefused []refusal
+}
+
+// refusal is an owner's refusal of sample i.
+type refusal struct {
+	i      int
+	reason window.Reason
+	detail string
 }
 
 var _ service.Forwarder = (*Forwarder)(nil)
@@ -171,6 +199,14 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 			continue
 		}
 		s := &o.Samples[i]
+		if o.Peer {
+			// A peer sent the batch's samples here, their owner: their
+			// rule groups remain to be placed.
+			if !s.RulesOnly {
+				f.routeRules(c, o, i)
+			}
+			continue
+		}
 		var owner string
 		var v uint64
 		owner, v, c.heirs = f.route(tenant, s, o.Now, c.heirs[:0])
@@ -179,6 +215,7 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		}
 		if owner == f.cfg.Self || owner == "" {
 			f.local[0].Add(1)
+			f.routeRules(c, o, i)
 			continue
 		}
 		g := c.group(owner, v)
@@ -186,6 +223,9 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 	}
 	spanBucket := window.Start(o.Now, int64(f.cfg.Interval))
 	for i := range o.Spans {
+		if o.Peer {
+			break // taken here, their trace's owner
+		}
 		if o.SpanResults[i] != window.Accepted {
 			continue
 		}
@@ -205,6 +245,53 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		f.seedHere(c, o)
 	}
 	c.wg.Wait()
+	// A sample fed to several rule groups' owners has their answers
+	// written once all are in, so that no two deliveries write one result.
+	for _, g := range c.order {
+		for _, rf := range g.observeRefused {
+			if o.Results[rf.i] == window.Accepted {
+				o.Results[rf.i], o.Details[rf.i] = rf.reason, rf.detail
+			}
+		}
+	}
+}
+
+// routeRules sends sample i, aggregated here, to the owner of each rule
+// group it feeds that another replica owns, marked rules_only. Rule
+// groups are placed as contexts are, by the member list in force at
+// their window's start.
+func (f *Forwarder) routeRules(c *call, o *service.Outgoing, i int) {
+	if f.cfg.Rules == nil {
+		return
+	}
+	c.refs = f.cfg.Rules.AppendGroups(c.refs[:0], o.Tenant, &o.Samples[i], o.Now)
+	c.owners = c.owners[:0]
+	for _, ref := range c.refs {
+		owner, v := f.m.Owner(ref.Hash, ref.Start)
+		if owner == "" {
+			owner = f.cfg.Self
+		}
+		if slices.Contains(c.owners, owner) {
+			continue
+		}
+		c.owners = append(c.owners, owner)
+		if owner == f.cfg.Self {
+			f.local[3].Add(1)
+			continue
+		}
+		g := c.group(owner, v)
+		g.observe = append(g.observe, i)
+	}
+}
+
+// OwnsGroup reports whether this replica owns the aggregation rule groups
+// of hash h in the window starting at start (rules.Engine.SetOwner).
+func (f *Forwarder) OwnsGroup(h uint64, start int64) bool {
+	if f.m.Single(f.cfg.Self) {
+		return true
+	}
+	owner, _ := f.m.Owner(h, start)
+	return owner == f.cfg.Self || owner == ""
 }
 
 // route returns the owner of s, a sample of tenant arriving at now: the
@@ -346,6 +433,9 @@ func (f *Forwarder) seedHere(c *call, o *service.Outgoing) {
 }
 
 func (f *Forwarder) countLocal(o *service.Outgoing) {
+	if o.Peer {
+		return // counted where they arrived
+	}
 	var n [2]uint64
 	for _, r := range o.Results {
 		if r == window.Accepted {
@@ -367,7 +457,7 @@ func (c *call) group(owner string, v uint64) *group {
 		g = &group{owner: owner}
 		c.groups[owner] = g
 	}
-	if len(g.samples) == 0 && len(g.spans) == 0 && len(g.seeds) == 0 {
+	if len(g.samples) == 0 && len(g.spans) == 0 && len(g.seeds) == 0 && len(g.observe) == 0 {
 		c.order = append(c.order, g)
 	}
 	g.version = max(g.version, v)
@@ -377,6 +467,8 @@ func (c *call) group(owner string, v uint64) *group {
 func (f *Forwarder) putCall(c *call) {
 	for _, g := range c.order {
 		g.samples, g.spans, g.seeds, g.version = g.samples[:0], g.spans[:0], g.seeds[:0], 0
+		clear(g.observeRefused) // drop the details
+		g.observe, g.observeRefused = g.observe[:0], g.observeRefused[:0]
 		if cap(g.frame) > 4<<20 {
 			g.frame, g.batch, g.seedsB = nil, nil, nil
 		}
@@ -393,6 +485,11 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 	batch := g.batch[:0]
 	for _, i := range g.samples {
 		batch, g.item = codec.AppendBatchSample(batch, g.item, &o.Samples[i])
+	}
+	for _, i := range g.observe { // after the samples: see deliver
+		s := o.Samples[i]
+		s.RulesOnly = true
+		batch, g.item = codec.AppendBatchSample(batch, g.item, &s)
 	}
 	for _, i := range g.spans {
 		g.item = codec.AppendSpan(g.item[:0], &o.Spans[i])
@@ -443,10 +540,15 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 		for _, i := range g.spans {
 			o.SpanResults[i], o.SpanDetails[i] = window.ReasonOwnerUnavailable, detail
 		}
+		for _, i := range g.observe {
+			g.observeRefused = append(g.observeRefused, refusal{i, window.ReasonOwnerUnavailable,
+				fmt.Sprintf("the replica owning one of its aggregation rule groups (%s) did not take it: %v", g.owner, err)})
+		}
 		f.undelivered[0].Add(uint64(len(g.samples)))
 		f.undelivered[1].Add(uint64(len(g.spans)))
 		f.undelivered[2].Add(uint64(len(g.seeds)))
-		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "err", err)
+		f.undelivered[3].Add(uint64(len(g.observe)))
+		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "rule_samples", len(g.observe), "err", err)
 		return err
 	}
 	seedsRefused := min(uint64(resp.GetSeedsRefused()), uint64(len(g.seeds)))
@@ -461,6 +563,8 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 				i := g.samples[j]
 				o.Results[i], o.Details[i] = parseReason(rj.GetReason()), rj.GetDetail()
 				refused[0]++
+			} else if k := j - len(g.samples); k < len(g.observe) {
+				g.observeRefused = append(g.observeRefused, refusal{g.observe[k], parseReason(rj.GetReason()), rj.GetDetail()})
 			}
 		case aggdv1.ItemKind_ITEM_KIND_SPAN:
 			if j < len(g.spans) {
@@ -474,6 +578,8 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 	f.refused[1].Add(refused[1])
 	f.acked[0].Add(uint64(len(g.samples)) - refused[0])
 	f.acked[1].Add(uint64(len(g.spans)) - refused[1])
+	f.refused[3].Add(uint64(len(g.observeRefused)))
+	f.acked[3].Add(uint64(len(g.observe) - len(g.observeRefused)))
 	return nil
 }
 
@@ -609,7 +715,7 @@ func (f *Forwarder) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
-	for k, kind := range [3]string{"sample", "span", "seed"} {
+	for k, kind := range [4]string{"sample", "span", "seed", "rule"} {
 		for _, o := range []struct {
 			name string
 			n    *atomic.Uint64

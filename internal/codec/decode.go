@@ -68,9 +68,10 @@ type Decoder struct {
 	NSamples, NEvents, NChecks, NSpans int
 	// Series resolves series references; without it they are refused.
 	Series *Series
-	// Histograms makes the decoder take Sample.histogram, which only
-	// cluster peers send (and the write-ahead log keeps); otherwise a
-	// sample with one is refused as unsupported.
+	// Histograms makes the decoder take Sample.histogram and
+	// Sample.rules_only, which only cluster peers send (and the
+	// write-ahead log keeps); otherwise a sample with one is refused as
+	// unsupported.
 	Histograms bool
 	hists      []window.HistPoint
 }
@@ -438,7 +439,7 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _
 	tagStart, valStart := len(d.tags), len(d.values)
 	badUTF8 := ""
 	var hist []byte
-	hasHist := false
+	hasHist, rulesOnly := false, false
 	for len(buf) > 0 {
 		num, typ, n := consumeTag(buf)
 		if n < 0 {
@@ -509,6 +510,10 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _
 		case num == 11 && typ == protowire.BytesType:
 			hist, n = protowire.ConsumeBytes(buf)
 			hasHist = true
+		case num == 12 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			rulesOnly = v != 0
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, buf)
 		}
@@ -525,6 +530,12 @@ func (d *Decoder) decodeSample(buf []byte, s *window.Sample) (_ window.Reason, _
 	}
 	if badUTF8 != "" {
 		return window.ReasonInvalidUTF8, badUTF8 + " is not valid UTF-8", ref
+	}
+	if rulesOnly {
+		if !d.Histograms {
+			return window.ReasonUnsupported, "rules_only is taken from the replicas of a cluster only", ref
+		}
+		s.RulesOnly = true
 	}
 	if hasHist {
 		if !d.Histograms {

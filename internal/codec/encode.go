@@ -56,6 +56,10 @@ func AppendSample(b []byte, s *window.Sample) []byte {
 			b = protowire.AppendFixed64(b, math.Float64bits(v))
 		}
 	}
+	if s.RulesOnly {
+		b = protowire.AppendTag(b, 12, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
 	return b
 }
 

@@ -234,9 +234,17 @@ func (a *Aggregator) Due(ts, now int64) int64 {
 
 // addLocked adds the accepted samples of b at idx, all of shard si, whose
 // lock is held.
+//
+// A sample marked RulesOnly (a peer aggregates it, and sent it here for
+// the rule groups this replica owns) is only observed by the rules; one
+// no rule matches is refused rules_mismatch.
 func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch, idx []int32) {
 	if a.rules == nil {
 		for _, i := range idx {
+			if b.Samples[i].RulesOnly {
+				b.Results[i] = window.ReasonRulesMismatch
+				continue
+			}
 			b.Results[i] = a.add(s, &b.Samples[i], b)
 		}
 		return
@@ -244,6 +252,15 @@ func (a *Aggregator) addLocked(s *shard, si int, b *window.Batch, idx []int32) {
 	drop := a.rules.DropOriginals()
 	for _, i := range idx {
 		smp := &b.Samples[i]
+		if smp.RulesOnly {
+			switch matched, r := a.rules.ObserveSample(si, b.Tenant, smp, b.Now, b.Cutoff); {
+			case r != window.Accepted:
+				b.Results[i] = r
+			case !matched:
+				b.Results[i] = window.ReasonRulesMismatch
+			}
+			continue
+		}
 		if !drop {
 			if b.Results[i] = a.add(s, smp, b); b.Results[i] == window.Accepted {
 				a.rules.ObserveSample(si, b.Tenant, smp, b.Now, b.Cutoff)

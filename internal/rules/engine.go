@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/cespare/xxhash/v2"
+
 	"github.com/aggd/aggd/internal/filter"
 	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
@@ -39,6 +41,20 @@ type Engine struct {
 	// window has passed, by group key: late items merge into them and the
 	// next drain sends their corrected outputs. Only Drain touches it.
 	kept map[string]*group
+	// owns, when set (cluster mode), says whether this replica owns a
+	// rule group (GroupRef): samples feed only the groups it owns.
+	owns func(h uint64, start int64) bool
+	// routing holds the states AppendGroups matches in.
+	routing sync.Pool
+}
+
+// GroupRef places the rule groups of one rule, algorithm and window in a
+// cluster: Hash is that of the tenant, rule, measurement and group values
+// (the output series but for the algorithm), Start the window's start,
+// whose member list picks the owner.
+type GroupRef struct {
+	Hash  uint64
+	Start int64
 }
 
 type state struct {
@@ -75,9 +91,18 @@ func NewEngine(set *Set, shards int, cfg window.Config) *Engine {
 		e.shards[i].groups, e.shards[i].restored = map[string]*group{}, map[string]*group{}
 	}
 	e.spanState.groups, e.spanState.restored = map[string]*group{}, map[string]*group{}
+	e.routing.New = func() any { return new(state) }
 	e.SetRules(set)
 	return e
 }
+
+// SetOwner makes the engine, from now on, feed a sample only to the rule
+// groups for which owns(GroupRef.Hash, GroupRef.Start) holds: in a
+// cluster, the replica aggregating a sample observes it for the groups it
+// owns and sends it to the owners of the others (AppendGroups), as a
+// sample marked RulesOnly. Call it before any sample comes in. Spans and
+// events feed every group.
+func (e *Engine) SetOwner(owns func(h uint64, start int64) bool) { e.owns = owns }
 
 // SetRules replaces the rules. Windows already open finish with the rules
 // they started with; samples from now on meet the new rules. No sample is
@@ -276,18 +301,7 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 	}
 	measurement, _ := tagValue(s.Tags, "measurement")
 	var buf [8]*Rule
-	matched := buf[:0]
-	for li, list := range [2][]*Rule{named, set.byRegex} {
-		for _, r := range list {
-			if li == 1 && (slices.Contains(named, r) || !matchAny(r.metricNames, s.Name)) {
-				continue
-			}
-			if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sampleRecord{s}) {
-				continue
-			}
-			matched = append(matched, r)
-		}
-	}
+	matched := matchSample(set, s, named, measurement, buf[:0])
 	if len(matched) == 0 {
 		return false, window.Accepted
 	}
@@ -296,10 +310,16 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 	}
 	st := &e.shards[shard]
 	for _, r := range matched {
-		r.counters.Matched.Add(1)
+		if !s.RulesOnly { // counted once in a cluster: by the sample's aggregator
+			r.counters.Matched.Add(1)
+		}
 		late := false
+		h := e.groupHash(t, r, measurement, tagRecord{s})
 		for i := range r.Algorithms {
 			a := &r.Algorithms[i]
+			if !e.mine(h, a, ts) {
+				continue
+			}
 			groups := e.target(st, a, ts, cutoff, &late)
 			if groups == nil {
 				continue
@@ -322,6 +342,125 @@ func (e *Engine) ObserveSample(shard int, t *window.Tenant, s *window.Sample, no
 		}
 	}
 	return true, window.Accepted
+}
+
+// matchSample appends to matched the metric rules that select s, a
+// sample that is not a histogram point: named (those naming s) and those
+// with regular expressions.
+func matchSample(set *Set, s *window.Sample, named []*Rule, measurement string, matched []*Rule) []*Rule {
+	for li, list := range [2][]*Rule{named, set.byRegex} {
+		for _, r := range list {
+			if li == 1 && (slices.Contains(named, r) || !matchAny(r.metricNames, s.Name)) {
+				continue
+			}
+			if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sampleRecord{s}) {
+				continue
+			}
+			matched = append(matched, r)
+		}
+	}
+	return matched
+}
+
+// matchHist appends to matched the metric rules that select a field of s,
+// a histogram point, as observeHist takes them; st's buffer builds the
+// field names.
+func (e *Engine) matchHist(st *state, set *Set, s *window.Sample, named []*Rule, measurement string, matched []*Rule) []*Rule {
+	rec := sampleRecord{s}
+	for li, list := range [2][]*Rule{named, set.byRegex} {
+		for _, r := range list {
+			if li == 1 && slices.Contains(named, r) || !e.selectsHist(st, r, s) {
+				continue
+			}
+			if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {
+				continue
+			}
+			matched = append(matched, r)
+		}
+	}
+	return matched
+}
+
+// mine reports whether this replica owns the group of algorithm a holding
+// ts among the groups of hash h (see SetOwner).
+func (e *Engine) mine(h uint64, a *Algorithm, ts int64) bool {
+	return e.owns == nil || e.owns(h, windowStart(ts, int64(a.Window)))
+}
+
+// groupHash returns the hash that places the groups of rule r that rec
+// falls in, in measurement, for tenant t: the same in every replica. It is
+// zero, and unused, outside a cluster.
+func (e *Engine) groupHash(t *window.Tenant, r *Rule, measurement string, rec filter.Record) uint64 {
+	if e.owns == nil {
+		return 0
+	}
+	var d xxhash.Digest
+	d.Reset()
+	d.WriteString(t.ID)
+	d.Write([]byte{2})
+	d.WriteString(r.Name)
+	d.Write([]byte{0})
+	d.WriteString(measurement)
+	for _, key := range r.GroupBy {
+		// As groupFor's key: missing, a string, another value.
+		switch v, ok := rec.Field(key); {
+		case !ok:
+			d.Write([]byte{0, 0})
+		case v.Kind == filter.String:
+			d.Write([]byte{0, 1})
+			d.WriteString(v.Str)
+		default:
+			d.Write([]byte{0, 2})
+			d.WriteString(valueString(v))
+		}
+	}
+	return d.Sum64()
+}
+
+// AppendGroups appends to dst where the rule groups that sample s of
+// tenant t, arriving at now, feeds are placed in a cluster: one GroupRef
+// per matched metric rule and algorithm window. The replica aggregating s
+// sends it to the owner of each (SetOwner). It takes no shard lock.
+func (e *Engine) AppendGroups(dst []GroupRef, t *window.Tenant, s *window.Sample, now int64) []GroupRef {
+	set := e.set.Load()
+	if set == nil {
+		return dst
+	}
+	named := set.byName[s.Name]
+	if s.Hist != nil {
+		named = set.byHist[s.Name]
+	}
+	if len(named) == 0 && len(set.byRegex) == 0 {
+		return dst
+	}
+	ts := s.Timestamp
+	if ts == 0 {
+		ts = now
+	}
+	measurement, _ := tagValue(s.Tags, "measurement")
+	var buf [8]*Rule
+	var matched []*Rule
+	if s.Hist != nil {
+		st := e.routing.Get().(*state)
+		matched = e.matchHist(st, set, s, named, measurement, buf[:0])
+		e.routing.Put(st)
+	} else {
+		matched = matchSample(set, s, named, measurement, buf[:0])
+	}
+	for _, r := range matched {
+		var rec filter.Record = tagRecord{s} // as ObserveSample's groups
+		if s.Hist != nil {
+			rec = sampleRecord{s} // as observeHist's
+		}
+		h := e.groupHash(t, r, measurement, rec)
+		for i := range r.Algorithms {
+			ref := GroupRef{Hash: h, Start: windowStart(ts, int64(r.Algorithms[i].Window))}
+			if !slices.Contains(dst, ref) {
+				dst = append(dst, ref)
+			}
+		}
+	}
+	return dst
 }
 
 // admit decides whether a sample at ts arriving at now, which the rules
@@ -363,18 +502,7 @@ func (e *Engine) observeHist(shard int, set *Set, t *window.Tenant, s *window.Sa
 	measurement, _ := tagValue(s.Tags, "measurement")
 	rec := sampleRecord{s}
 	var buf [8]*Rule
-	matched := buf[:0]
-	for li, list := range [2][]*Rule{named, set.byRegex} {
-		for _, r := range list {
-			if li == 1 && slices.Contains(named, r) || !e.selectsHist(st, r, s) {
-				continue
-			}
-			if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {
-				continue
-			}
-			matched = append(matched, r)
-		}
-	}
+	matched := e.matchHist(st, set, s, named, measurement, buf[:0])
 	if len(matched) == 0 {
 		return false, window.Accepted
 	}
@@ -383,10 +511,11 @@ func (e *Engine) observeHist(shard int, set *Set, t *window.Tenant, s *window.Sa
 	}
 	for _, r := range matched {
 		late := false
+		h := e.groupHash(t, r, measurement, rec)
 		for _, f := range histFields {
-			e.fork(st, t, r, rec, e.histName(st, s, f), ts, measurement, cutoff, &late)
+			e.fork(st, t, r, rec, e.histName(st, s, f), ts, measurement, cutoff, &late, h, true)
 		}
-		e.count(r, true, late)
+		e.count(r, !s.RulesOnly, late)
 	}
 	return true, window.Accepted
 }
@@ -447,10 +576,10 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64
 		}
 		selected, late := false, false
 		for _, f := range spanFields {
-			selected = e.fork(st, t, r, sp, f, ts, measurement, cutoff, &late) || selected
+			selected = e.fork(st, t, r, sp, f, ts, measurement, cutoff, &late, 0, false) || selected
 		}
 		for _, at := range sp.Attrs {
-			selected = e.fork(st, t, r, sp, at.Key, ts, measurement, cutoff, &late) || selected
+			selected = e.fork(st, t, r, sp, at.Key, ts, measurement, cutoff, &late, 0, false) || selected
 		}
 		e.count(r, selected, late)
 	}
@@ -472,13 +601,16 @@ func (e *Engine) count(r *Rule, selected, late bool) {
 // DataKit forks a point per selected field. It reports whether metric_name
 // selected the field, and sets late when an algorithm's window was past
 // its late window. st is locked by the caller.
-func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, field string, ts int64, measurement string, cutoff int64, late *bool) bool {
+//
+// routed is set for a sample's fields: then only the groups of hash h this
+// replica owns are fed (SetOwner).
+func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, field string, ts int64, measurement string, cutoff int64, late *bool, h uint64, routed bool) bool {
 	if !matchAny(r.metricNames, field) {
 		return false
 	}
 	for i := range r.Algorithms {
 		a := &r.Algorithms[i]
-		if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) {
+		if a.SourceField != field && !slices.Contains(r.GroupBy, a.SourceField) || routed && !e.mine(h, a, ts) {
 			continue
 		}
 		var (
@@ -556,7 +688,7 @@ func (e *Engine) ObserveEvent(t *window.Tenant, ev *window.Event, now, cutoff in
 		selected, late := false, false
 		for _, f := range logFields {
 			if _, ok := ev.Field(f); ok {
-				selected = e.fork(st, t, r, rec, f, ts, measurement, cutoff, &late) || selected
+				selected = e.fork(st, t, r, rec, f, ts, measurement, cutoff, &late, 0, false) || selected
 			}
 		}
 		e.count(r, selected, late)

@@ -47,16 +47,24 @@ type Outgoing struct {
 	// item's result to the owner's (Accepted when the owner took it) or
 	// to why it could not be delivered, with a detail.
 	SampleSent, SpanSent []bool
+	// Peer is set when a peer forwarded the batch here, the owner of its
+	// items: only the aggregation rule groups of its samples remain to
+	// be placed (a sample another owner refuses for them is refused
+	// here too), and no item is marked sent.
+	Peer bool
 }
 
-// forward hands st's batch to the forwarder, unless it came from a peer.
+// forward hands st's batch to the forwarder: all of it, or, for a batch
+// a peer forwarded, what its samples feed in rule groups other replicas
+// own.
 func (s *Server) forward(ctx context.Context, st *callState) {
 	o := &st.out
 	o.SampleSent, o.SpanSent = o.SampleSent[:0], o.SpanSent[:0]
-	if s.fwd == nil || st.peer {
+	if s.fwd == nil {
 		return
 	}
 	b, d := &st.batch, st.dec
+	o.Peer = st.peer
 	o.Details, o.SpanDetails = d.Detail, d.SpanDetail
 	o.send(ctx, s.fwd, b.Tenant, b.Now, b.Samples, b.Results, d.Spans, d.SpanResults)
 }
@@ -88,16 +96,17 @@ func routeConverted(ctx context.Context, fwd Forwarder, tn *window.Tenant, now i
 	c := convertedPool.Get().(*converted)
 	c.details = append(c.details[:0], make([]string, len(smp))...)
 	c.spanDet = append(c.spanDet[:0], make([]string, len(sps))...)
-	c.out.Details, c.out.SpanDetails = c.details, c.spanDet
+	c.out.Details, c.out.SpanDetails, c.out.Peer = c.details, c.spanDet, false
 	c.out.send(ctx, fwd, tn, now, smp, results, sps, spResults)
 	return c
 }
 
-// undelivered counts the items no owner could be reached for, and
-// returns the first one's detail.
+// undelivered counts the items no owner could be reached for (of the
+// item, or of a rule group a sample aggregated here feeds), and returns
+// the first one's detail.
 func (c *converted) undelivered(results, spResults []window.Reason) (n int, detail string) {
-	for i, sent := range c.out.SampleSent {
-		if sent && results[i] == window.ReasonOwnerUnavailable {
+	for i := range c.out.SampleSent {
+		if results[i] == window.ReasonOwnerUnavailable {
 			if n++; detail == "" {
 				detail = c.details[i]
 			}

@@ -543,6 +543,8 @@ func ingestDetail(r window.Reason) string {
 		return "the set already holds the maximum number of distinct members in this bucket"
 	case window.ReasonTenantLimit:
 		return "the tenant holds its maximum number of contexts"
+	case window.ReasonRulesMismatch:
+		return "a peer sent this sample for its aggregation rule groups, and no rule of this replica matches it: the replicas' rules files differ"
 	}
 	return r.String()
 }

@@ -74,6 +74,10 @@ const (
 	ReasonOwnerUnavailable
 	ReasonUnknownSeries
 	ReasonInvalidSeriesRef
+	// ReasonRulesMismatch: in cluster mode, a sample a peer sent for its
+	// aggregation rule groups matched no rule here: the replicas' rules
+	// differ.
+	ReasonRulesMismatch
 	NumReasons
 )
 
@@ -90,6 +94,7 @@ var reasonNames = [NumReasons]string{
 	"invalid_host", "type_conflict", "too_old", "too_new", "set_limit",
 	"tenant_limit", "invalid_status", "invalid_event", "unsupported",
 	"duplicate_sequence", "owner_unavailable", "unknown_series", "invalid_series_ref",
+	"rules_mismatch",
 }
 
 // String returns the snake_case code of r.
@@ -164,6 +169,10 @@ type Sample struct {
 	// distribution aggregated before it arrived (an OTLP histogram point);
 	// Value, Values and SampleRate are then ignored.
 	Hist *HistPoint
+	// RulesOnly marks a sample another replica aggregates, taken here only
+	// for the aggregation rule groups this replica owns (cluster mode):
+	// the rules observe it, and it is not aggregated.
+	RulesOnly bool
 
 	// Key is the canonical context key (see AppendKey) and Hash its hash;
 	// both are set by Prepare, or copied from a series reference's

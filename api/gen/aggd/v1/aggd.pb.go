@@ -678,7 +678,13 @@ type Sample struct {
 	// sample_rate are then ignored. Only the replicas of a cluster send it
 	// (an OTLP histogram point forwarded to its owner, PeerService); a
 	// client's sample with it is refused as unsupported.
-	Histogram     *HistogramPoint `protobuf:"bytes,11,opt,name=histogram,proto3" json:"histogram,omitempty"`
+	Histogram *HistogramPoint `protobuf:"bytes,11,opt,name=histogram,proto3" json:"histogram,omitempty"`
+	// rules_only marks a sample another replica aggregates, sent here only
+	// for the aggregation rule groups this replica owns: it observes the
+	// sample with its rules for those groups and does not aggregate it.
+	// Only the replicas of a cluster send it (PeerService); a client's
+	// sample with it is refused as unsupported.
+	RulesOnly     bool `protobuf:"varint,12,opt,name=rules_only,json=rulesOnly,proto3" json:"rules_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -788,6 +794,13 @@ func (x *Sample) GetHistogram() *HistogramPoint {
 		return x.Histogram
 	}
 	return nil
+}
+
+func (x *Sample) GetRulesOnly() bool {
+	if x != nil {
+		return x.RulesOnly
+	}
+	return false
 }
 
 // HistogramPoint is a distribution with exact count, sum, minimum and
@@ -1374,7 +1387,7 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\asamples\x18\x01 \x03(\v2\x0f.aggd.v1.SampleR\asamples\x12&\n" +
 	"\x06events\x18\x02 \x03(\v2\x0e.aggd.v1.EventR\x06events\x12<\n" +
 	"\x0eservice_checks\x18\x03 \x03(\v2\x15.aggd.v1.ServiceCheckR\rserviceChecks\x12#\n" +
-	"\x05spans\x18\x04 \x03(\v2\r.aggd.v1.SpanR\x05spans\"\xe1\x02\n" +
+	"\x05spans\x18\x04 \x03(\v2\r.aggd.v1.SpanR\x05spans\"\x80\x03\n" +
 	"\x06Sample\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.aggd.v1.MetricTypeR\x04type\x12\x14\n" +
@@ -1390,7 +1403,9 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\n" +
 	"series_ref\x18\n" +
 	" \x01(\rR\tseriesRef\x125\n" +
-	"\thistogram\x18\v \x01(\v2\x17.aggd.v1.HistogramPointR\thistogram\"\x8c\x01\n" +
+	"\thistogram\x18\v \x01(\v2\x17.aggd.v1.HistogramPointR\thistogram\x12\x1d\n" +
+	"\n" +
+	"rules_only\x18\f \x01(\bR\trulesOnly\"\x8c\x01\n" +
 	"\x0eHistogramPoint\x12\x16\n" +
 	"\x06values\x18\x01 \x03(\x01R\x06values\x12\x16\n" +
 	"\x06counts\x18\x02 \x03(\x01R\x06counts\x12\x14\n" +
