@@ -65,7 +65,7 @@ func checkDecode(t *testing.T, data []byte) {
 		ref := referenceSample(w)
 		var wantR window.Reason
 		switch id := w.SeriesRef; {
-		case w.Histogram != nil: // a peer's only; d.Histograms is off
+		case w.Histogram != nil || w.RulesOnly: // a peer's only; d.Histograms is off
 			wantR = window.ReasonUnsupported
 			if id != 0 && w.Name != "" {
 				delete(declared, id)
