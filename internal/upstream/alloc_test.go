@@ -27,6 +27,24 @@ var encoders = []struct {
 	}, 1},
 	{"datadog-zstd", func(t testing.TB) upstream.Upstream { return unstartedDatadog(t, upstream.CompressZstd) }, 150},
 	{"datadog-gzip", func(t testing.TB) upstream.Upstream { return unstartedDatadog(t, upstream.CompressGzip) }, 150},
+	// The request's body, uncompressed (gRPC compresses it as it sends):
+	// 136 bytes per context and no object, against 1,354 bytes and 17
+	// objects when the request was a tree of generated messages.
+	{"otlp", unstartedOTLP, 300},
+}
+
+func unstartedOTLP(t testing.TB) upstream.Upstream {
+	cfg := upstream.OTLPConfig{Pipeline: upstream.DefaultPipelineConfig("otel"), Endpoint: "127.0.0.1:1", Insecure: true,
+		TenantAttribute: "aggd.tenant", Compression: upstream.CompressGzip, Histogram: upstream.DefaultHistogramConfig()}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	o, err := upstream.NewOTLP(cfg, &upstreamtest.Metrics{}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Shutdown(context.Background()) })
+	return o
 }
 
 func unstartedDatadog(t testing.TB, c upstream.Compression) upstream.Upstream {

@@ -17,7 +17,6 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
-	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,7 +25,6 @@ import (
 	_ "google.golang.org/grpc/encoding/gzip" // registers the gzip compressor
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/window"
@@ -96,6 +94,13 @@ type OTLP struct {
 	cfg  OTLPConfig
 	pipe *Pipeline
 	conn *grpc.ClientConn
+
+	// Kept from flush to flush (one flush exports at a time): the
+	// encoder's scratch, and the batches of the last flush, their buffers
+	// kept.
+	enc        otlpEncoder
+	free       []*otlpBatch
+	resScratch []byte
 }
 
 // NewOTLP returns an OTLP upstream; it connects lazily. cfg must be valid.
@@ -130,17 +135,20 @@ func (o *OTLP) Shutdown(ctx context.Context) error {
 
 // otlpBatch is one tenant's request being built.
 type otlpBatch struct {
-	tenant    *window.Tenant
-	header    http.Header
-	req       *colmetricspb.ExportMetricsServiceRequest
-	resources map[string]*metricspb.ScopeMetrics // by host
-	size      int
-	points    int
+	tenant *window.Tenant
+	header http.Header
+	// hosts holds the encoded metrics by resource, in order of arrival;
+	// its buffers past len are kept for reuse.
+	hosts  []otlpHost
+	byHost map[string]int
+	size   int
+	points int
 	// replaces: the batch carries corrections of flushed buckets.
 	replaces bool
 }
 
-// Export encodes the part of f routed here and queues it.
+// Export encodes the part of f routed here and queues it. It is called by
+// one flush at a time.
 func (o *OTLP) Export(ctx context.Context, f *window.Flush, routes Routes) error {
 	batches := map[*window.Tenant]*otlpBatch{}
 	var errs []error
@@ -148,39 +156,78 @@ func (o *OTLP) Export(ctx context.Context, f *window.Flush, routes Routes) error
 		b, ok := batches[m.Tenant]
 		if !ok {
 			if cred, routed := routes(m.Tenant); routed {
-				b = newOTLPBatch(m.Tenant, o.header(m.Tenant, cred))
+				b = o.newBatch(m.Tenant, o.header(m.Tenant, cred))
 			}
 			batches[m.Tenant] = b
 		}
 		if b == nil {
 			continue
 		}
-		metric := o.metric(m)
-		n := proto.Size(metric) + 8
+		metric := o.enc.encode(m)
+		n := len(metric) + 8
 		if b.size+n > o.cfg.MaxPayloadBytes*95/100 && b.points > 0 {
-			errs = append(errs, o.send(ctx, b))
-			*b = *newOTLPBatch(b.tenant, b.header)
+			if err := o.send(ctx, b); err != nil {
+				errs = append(errs, err)
+			}
+			b.reset()
 		}
-		sm := b.resources[m.Host]
-		if sm == nil {
-			sm = o.resource(b, m.Host)
+		h, ok := b.byHost[m.Host]
+		if !ok {
+			h = b.addHost(m.Host)
+			b.size += 64 + len(m.Host) + len(b.tenant.ID)
 		}
-		sm.Metrics = append(sm.Metrics, metric)
+		b.hosts[h].metrics = appendMessage(b.hosts[h].metrics, 2, metric)
 		b.size += n
 		b.points++
 		b.replaces = b.replaces || m.Late
 	}
 	for _, b := range batches {
-		if b != nil && b.points > 0 {
+		if b == nil {
+			continue
+		}
+		if b.points > 0 {
 			errs = append(errs, o.send(ctx, b))
 		}
+		o.free = append(o.free, b)
 	}
 	errs = append(errs, o.exportLogs(ctx, f, routes))
 	return errors.Join(errs...)
 }
 
-func newOTLPBatch(t *window.Tenant, h http.Header) *otlpBatch {
-	return &otlpBatch{tenant: t, header: h, req: &colmetricspb.ExportMetricsServiceRequest{}, resources: map[string]*metricspb.ScopeMetrics{}}
+// newBatch returns an empty batch of t's, reusing the buffers of an earlier
+// flush's batch when there is one.
+func (o *OTLP) newBatch(t *window.Tenant, h http.Header) *otlpBatch {
+	b := &otlpBatch{byHost: map[string]int{}}
+	if n := len(o.free); n > 0 {
+		b, o.free[n-1] = o.free[n-1], nil
+		o.free = o.free[:n-1]
+	}
+	b.reset()
+	b.tenant, b.header = t, h
+	return b
+}
+
+// reset empties b for its next request, keeping its buffers.
+func (b *otlpBatch) reset() {
+	for i := range b.hosts {
+		b.hosts[i].metrics = b.hosts[i].metrics[:0]
+	}
+	b.hosts = b.hosts[:0]
+	clear(b.byHost)
+	b.size, b.points, b.replaces = 0, 0, false
+}
+
+// addHost adds host's resource to b and returns its index.
+func (b *otlpBatch) addHost(host string) int {
+	i := len(b.hosts)
+	if i < cap(b.hosts) {
+		b.hosts = b.hosts[:i+1]
+		b.hosts[i].host = host
+	} else {
+		b.hosts = append(b.hosts, otlpHost{host: host})
+	}
+	b.byHost[host] = i
+	return i
 }
 
 // header returns the request headers of tenant t: the upstream's, then the
@@ -212,22 +259,28 @@ func (o *OTLP) resourceAttrs(t *window.Tenant, host string) []*commonpb.KeyValue
 	return attrs
 }
 
-func (o *OTLP) resource(b *otlpBatch, host string) *metricspb.ScopeMetrics {
-	attrs := o.resourceAttrs(b.tenant, host)
-	sm := &metricspb.ScopeMetrics{Scope: &commonpb.InstrumentationScope{Name: "aggd"}}
-	b.req.ResourceMetrics = append(b.req.ResourceMetrics, &metricspb.ResourceMetrics{
-		Resource: &resourcepb.Resource{Attributes: attrs}, ScopeMetrics: []*metricspb.ScopeMetrics{sm},
-	})
-	b.resources[host] = sm
-	b.size += 64 + len(host) + len(b.tenant.ID)
-	return sm
+// appendResource appends the Resource attributes of b's tenant and host.
+func (o *OTLP) appendResource(t *window.Tenant) func(b []byte, host string) []byte {
+	return func(b []byte, host string) []byte {
+		b = appendStringKV(b, 1, o.cfg.TenantAttribute, t.ID)
+		if host != "" {
+			b = appendStringKV(b, 1, "host.name", host)
+		}
+		if o.cfg.InstanceID != "" {
+			b = appendStringKV(b, 1, "service.instance.id", o.cfg.InstanceID)
+		}
+		return b
+	}
 }
 
+// send queues b's request. Its body is a new slice, owned by the queue.
 func (o *OTLP) send(ctx context.Context, b *otlpBatch) error {
-	body, err := proto.Marshal(b.req)
-	if err != nil {
-		return err
+	size := 0
+	for i := range b.hosts {
+		size += len(b.hosts[i].metrics) + 128 + 2*len(b.hosts[i].host) + len(b.tenant.ID) + len(o.cfg.InstanceID)
 	}
+	var body []byte
+	body, o.resScratch = appendRequest(make([]byte, 0, size), b.hosts, o.appendResource(b.tenant), o.resScratch)
 	return o.pipe.Enqueue(ctx, &Payload{Tenant: b.tenant.ID, Kind: "metrics", Body: body, Header: b.header, Points: b.points, Replaces: b.replaces})
 }
 
@@ -260,50 +313,58 @@ func tagAttrs(tags []string) []*commonpb.KeyValue {
 	return attrs
 }
 
-// metric converts one aggregate.
-func (o *OTLP) metric(m *window.Metric) *metricspb.Metric {
-	start := uint64(m.Timestamp)
-	end := uint64(m.Timestamp + m.Interval)
-	attrs := tagAttrs(m.Tags)
-	gauge := func(unit string, v float64) *metricspb.Metric {
-		return &metricspb.Metric{Name: m.Name, Unit: unit, Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{
-			DataPoints: []*metricspb.NumberDataPoint{{Attributes: attrs, TimeUnixNano: start, Value: &metricspb.NumberDataPoint_AsDouble{AsDouble: v}}},
-		}}}
+// expHistogram converts a distribution's sketch (see expHistogramOf) into
+// a data point of its own.
+func expHistogram(m *window.Metric) *metricspb.ExponentialHistogramDataPoint {
+	var sc expScratch
+	e := expHistogramOf(m, &sc)
+	buckets := func(off int, counts []uint64) *metricspb.ExponentialHistogramDataPoint_Buckets {
+		if len(counts) == 0 {
+			return nil
+		}
+		return &metricspb.ExponentialHistogramDataPoint_Buckets{Offset: int32(off), BucketCounts: slices.Clone(counts)}
 	}
-	switch m.Type {
-	case window.TypeCount, window.TypeMonotonicCount:
-		return &metricspb.Metric{Name: m.Name, Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{
-			AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
-			IsMonotonic:            m.Type == window.TypeMonotonicCount,
-			DataPoints: []*metricspb.NumberDataPoint{{Attributes: attrs, StartTimeUnixNano: start, TimeUnixNano: end,
-				Value: &metricspb.NumberDataPoint_AsDouble{AsDouble: m.Value}}},
-		}}}
-	case window.TypeRate:
-		return gauge("1/s", m.Value)
-	case window.TypeHistogram, window.TypeTiming, window.TypeDistribution:
-		dp := expHistogram(m)
-		dp.Attributes, dp.StartTimeUnixNano, dp.TimeUnixNano = attrs, start, end
-		return &metricspb.Metric{Name: m.Name, Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
-			AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
-			DataPoints:             []*metricspb.ExponentialHistogramDataPoint{dp},
-		}}}
-	}
-	return gauge("", m.Value) // GAUGE, SET
+	dp := &metricspb.ExponentialHistogramDataPoint{Scale: int32(e.scale), Positive: buckets(e.posOff, e.pos), Negative: buckets(e.negOff, e.neg),
+		ZeroCount: e.zero, Count: e.count}
+	sum, mn, mx := m.Sum, m.Min, m.Max
+	dp.Sum, dp.Min, dp.Max = &sum, &mn, &mx
+	return dp
 }
 
-// expHistogram converts a distribution's sketch. Each sketch bin (within
-// 1 % of its values) moves whole into the exponential bucket holding its
-// representative value, so a quantile read at a bucket's midpoint is
-// within about 1.6 % at scale 6 (more at coarser scales, chosen only when
-// the values span more than 2048 buckets).
-func expHistogram(m *window.Metric) *metricspb.ExponentialHistogramDataPoint {
+// expBin is a sketch bin's weight at its exponential bucket index.
+type expBin struct {
+	i int
+	n float64
+}
+
+// expScratch holds the slices of expHistogramOf, kept from call to call.
+type expScratch struct {
+	pos, neg             []expBin
+	posCounts, negCounts []uint64
+}
+
+// expPoint is an exponential histogram's scale and buckets; pos and neg
+// are the bucket counts from posOff and negOff (none: empty).
+type expPoint struct {
+	scale          int
+	zero, count    uint64
+	posOff, negOff int
+	pos, neg       []uint64
+}
+
+// expHistogramOf converts a distribution's sketch, in sc's slices. Each
+// sketch bin (within 1 % of its values) moves whole into the exponential
+// bucket holding its representative value, so a quantile read at a
+// bucket's midpoint is within about 1.6 % at scale 6 (more at coarser
+// scales, chosen only when the values span more than 2048 buckets).
+func expHistogramOf(m *window.Metric, sc *expScratch) expPoint {
 	lo, hi := math.MaxInt, math.MinInt
 	scale := otlpMaxScale
 	index := func(v float64) int {
 		return int(math.Ceil(math.Log2(math.Abs(v))*math.Ldexp(1, scale))) - 1
 	}
 	// The widest magnitude range decides the scale.
-	for _, v := range []float64{m.Min, m.Max} {
+	for _, v := range [...]float64{m.Min, m.Max} {
 		if v != 0 {
 			i := index(v)
 			lo, hi = min(lo, i), max(hi, i)
@@ -313,23 +374,20 @@ func expHistogram(m *window.Metric) *metricspb.ExponentialHistogramDataPoint {
 		scale--
 		lo, hi = lo>>1, hi>>1
 	}
-	type bin struct {
-		i int
-		n float64
-	}
-	var pos, neg []bin
+	pos, neg := sc.pos[:0], sc.neg[:0]
 	var zero float64
 	m.ForEach(func(v, n float64) bool {
 		switch {
 		case v > 0:
-			pos = append(pos, bin{index(v), n})
+			pos = append(pos, expBin{index(v), n})
 		case v < 0:
-			neg = append(neg, bin{index(v), n})
+			neg = append(neg, expBin{index(v), n})
 		default:
 			zero += n
 		}
 		return false
 	})
+	sc.pos, sc.neg = pos, neg
 	var carry float64
 	round := func(x float64) uint64 {
 		x += carry
@@ -338,27 +396,29 @@ func expHistogram(m *window.Metric) *metricspb.ExponentialHistogramDataPoint {
 		return uint64(max(r, 0))
 	}
 	var total uint64
-	buckets := func(bins []bin) *metricspb.ExponentialHistogramDataPoint_Buckets {
+	buckets := func(bins []expBin, counts []uint64) (int, []uint64) {
 		if len(bins) == 0 {
-			return nil
+			return 0, counts[:0]
 		}
-		slices.SortFunc(bins, func(a, b bin) int { return a.i - b.i })
+		slices.SortFunc(bins, func(a, b expBin) int { return a.i - b.i })
 		off := bins[0].i
-		counts := make([]uint64, bins[len(bins)-1].i-off+1)
+		n := bins[len(bins)-1].i - off + 1
+		counts = slices.Grow(counts[:0], n)[:n]
+		clear(counts)
 		for _, b := range bins {
 			c := round(b.n)
 			counts[b.i-off] += c
 			total += c
 		}
-		return &metricspb.ExponentialHistogramDataPoint_Buckets{Offset: int32(off), BucketCounts: counts}
+		return off, counts
 	}
-	dp := &metricspb.ExponentialHistogramDataPoint{Scale: int32(scale), Positive: buckets(pos), Negative: buckets(neg)}
-	dp.ZeroCount = round(zero)
-	total += dp.ZeroCount
-	dp.Count = total
-	sum, mn, mx := m.Sum, m.Min, m.Max
-	dp.Sum, dp.Min, dp.Max = &sum, &mn, &mx
-	return dp
+	e := expPoint{scale: scale}
+	e.posOff, sc.posCounts = buckets(pos, sc.posCounts)
+	e.negOff, sc.negCounts = buckets(neg, sc.negCounts)
+	e.pos, e.neg = sc.posCounts, sc.negCounts
+	e.zero = round(zero)
+	e.count = total + e.zero
+	return e
 }
 
 // ExpHistogramQuantile returns the nearest-rank q-quantile of dp read at
