@@ -474,7 +474,7 @@ func openWAL(cfg config, reg prometheus.Registerer, router *upstream.Router) (*w
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_records", Help: "Batches in the write-ahead log, waiting for the flushes that carry them."},
 		func() float64 { return float64(walLog.Stats().Records) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_bytes", Help: "Bytes of the records in the write-ahead log (compressed, as written)."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aggd_wal_bytes", Help: "Bytes of the records in the write-ahead log, as written (see --wal-compression)."},
 			func() float64 { return float64(walLog.Stats().Bytes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aggd_wal_damaged_records_total", Help: "Write-ahead log records replay skipped because they failed their checksum."},
 			func() float64 { return float64(walLog.Stats().Damaged) }),
