@@ -416,7 +416,7 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 			}
 			c := b.store.at(sl.ctx)
 			m = Metric{Tenant: c.tenant, Type: sl.typ(), Timestamp: b.Start, Interval: b.Width, Late: b.Late, Tags: m.Tags[:0]}
-			m.Name, m.Host, m.Tags = SplitKey(c.keyString(), m.Tags)
+			m.Name, m.Host, m.Tags = SplitKey(b.store.key(c), m.Tags)
 			switch m.Type {
 			case TypeGauge, TypeCount, TypeMonotonicCount:
 				m.Value = sl.v

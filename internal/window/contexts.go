@@ -14,29 +14,31 @@ import (
 const (
 	chunkBits = 10
 	chunkLen  = 1 << chunkBits
-	// maxShardContexts bounds the contexts of one shard: slots and the
-	// index hold a context ID in 24 bits. Past it, new contexts fold into
-	// their tenant's overflow series.
-	maxShardContexts = 1 << 24
+	// maxShardContexts bounds the contexts of one shard, so that a
+	// bucket's slot numbers and extension indexes fit in 24 bits (see
+	// slot and slotIndex). Past it, new contexts fold into their tenant's
+	// overflow series.
+	maxShardContexts = 1<<24 - 1
 )
 
-// context is one aggregation context: (tenant, name, host, sorted tags).
-// Its key and tenant are set when the context is made and kept until its
-// ID is taken again, which is not before the drain after the one that
-// forgot it: a drained bucket may read them without the shard's lock
-// until the next drain. The other fields belong to the shard.
+// context is one aggregation context: (tenant, name, host, sorted tags),
+// 40 bytes. Its key and tenant are set when the context is made and kept
+// until its ID is taken again, which is not before the drain after the
+// one that forgot it: a drained bucket may read them without the shard's
+// lock until the next drain. The other fields belong to the shard.
 type context struct {
-	// key points to the context's key (see AppendKey) after its length as
-	// a uvarint, one allocation (see makeKey); nil before the ID is first
-	// taken.
-	key    *byte
+	// tenant is nil before the ID is first taken.
 	tenant *Tenant
-	// expires is when the context may be forgotten: the later of its last
-	// arrival plus the TTL and the tick until which a kept bucket holds it
-	// (it is not forgotten before, so that late samples find it).
-	expires int64
+	// key is where the context's key (see AppendKey) is in the shard's
+	// key arena (see keyArena).
+	key uint32
+	// expires is when the context may be forgotten, in Unix seconds
+	// rounded up (see unixSeconds): the later of its last arrival plus the
+	// TTL and the tick until which a kept bucket holds it (it is not
+	// forgotten before, so that late samples find it).
+	expires uint32
 	// A COUNT context is flushed with 0 in the interval buckets that start
-	// in [zeroFrom, zeroUntil), in whole Unix seconds (intervals are whole
+	// in [zeroFrom, zeroUntil), in Unix seconds (intervals are whole
 	// seconds): from its first sample's bucket to its last sample plus the
 	// counter expiry, rounded up. A non-zero zeroUntil says it is in
 	// Shard.counters.
@@ -57,8 +59,8 @@ type context struct {
 	gen uint32
 }
 
-// live reports whether the context is in use (not forgotten).
-func (c *context) live() bool { return c.gen&1 == 0 && c.key != nil }
+// live reports whether the context is in use (made and not forgotten).
+func (c *context) live() bool { return c.gen&1 == 0 && c.tenant != nil }
 
 // seeded reports whether the context was made by a seed and has taken no
 // sample since (Shard.Seed).
@@ -67,19 +69,66 @@ func (c *context) seeded() bool { return c.samples == 0 }
 // counting reports whether the context is in Shard.counters.
 func (c *context) counting() bool { return c.zeroUntil != 0 }
 
-// keyString returns the context's key. It is a view of the key's
-// allocation, which never changes.
-func (c *context) keyString() string { return keyOf(c.key) }
+// touch records an arrival at now.
+func (c *context) touch(now, ttl int64) {
+	if e := unixSeconds(now+ttl, true); e > c.expires {
+		c.expires = e
+	}
+}
 
-// makeKey returns key in an allocation of its own, after its length as a
-// uvarint: a context holds it as one pointer.
-func makeKey(key string) *byte {
-	var n [10]byte
-	w := putUvarint(n[:], uint64(len(key)))
-	b := make([]byte, w+len(key))
-	copy(b, n[:w])
-	copy(b[w:], key)
-	return &b[0]
+// expired reports whether the context may be forgotten at now.
+func (c *context) expired(now int64) bool { return now > int64(c.expires)*1e9 }
+
+// keyArena holds a shard's context keys, each after its length as a
+// uvarint, in chunks of keyChunkLen bytes (a longer key has a chunk of its
+// own): a context names its key by a 4-byte offset, the chunk's number
+// above keyChunkBits bits of place in it, and a key costs its length plus
+// one or two, not an allocation of its own rounded up to a size class.
+// Chunks are written once, at places no reader names yet. Forgotten keys
+// are dead bytes; once they outweigh the live ones, the shard copies the
+// live keys into new chunks (Shard.compactKeys), and the old chunks go
+// when nothing names them.
+type keyArena struct {
+	chunks     [][]byte
+	used       int // bytes taken in the last chunk
+	live, dead int // bytes of live and of forgotten keys
+}
+
+const (
+	keyChunkBits = 16
+	keyChunkLen  = 1 << keyChunkBits
+	maxKeyChunks = 1 << (32 - keyChunkBits)
+)
+
+// add stores key and returns its offset, or false when the arena is full
+// (4 GiB).
+func (a *keyArena) add(key []byte) (uint32, bool) {
+	var pre [10]byte
+	w := putUvarint(pre[:], uint64(len(key)))
+	n := w + len(key)
+	if len(a.chunks) == 0 || a.used+n > len(a.chunks[len(a.chunks)-1]) {
+		if len(a.chunks) == maxKeyChunks {
+			return 0, false
+		}
+		a.chunks = append(a.chunks, make([]byte, max(keyChunkLen, n)))
+		a.used = 0
+	}
+	last := len(a.chunks) - 1
+	off := uint32(last)<<keyChunkBits | uint32(a.used)
+	copy(a.chunks[last][a.used:], pre[:w])
+	copy(a.chunks[last][a.used+w:], key)
+	a.used += n
+	a.live += n
+	return off, true
+}
+
+// forget counts a key of n bytes (see keySize) forgotten.
+func (a *keyArena) forget(n int) { a.live, a.dead = a.live-n, a.dead+n }
+
+// keySize returns the bytes key takes in the arena.
+func keySize(key string) int {
+	var pre [10]byte
+	return putUvarint(pre[:], uint64(len(key))) + len(key)
 }
 
 func putUvarint(b []byte, v uint64) int {
@@ -93,16 +142,14 @@ func putUvarint(b []byte, v uint64) int {
 	return i + 1
 }
 
-// keyOf returns the key makeKey stored at p.
-func keyOf(p *byte) string {
-	if p == nil {
-		return ""
-	}
+// keyIn returns the key at offset off of chunks, a view of its bytes.
+func keyIn(chunks [][]byte, off uint32) string {
+	b := chunks[off>>keyChunkBits][off&(keyChunkLen-1):]
 	var n uint64
 	var shift uint
 	w := 0
 	for {
-		c := *(*byte)(unsafe.Add(unsafe.Pointer(p), w))
+		c := b[w]
 		w++
 		n |= uint64(c&0x7f) << shift
 		if c < 0x80 {
@@ -110,18 +157,26 @@ func keyOf(p *byte) string {
 		}
 		shift += 7
 	}
-	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(p), w)), int(n))
+	if n == 0 {
+		return ""
+	}
+	return unsafe.String(&b[w], int(n))
 }
 
 // ctxChunk holds chunkLen contexts; it never moves.
 type ctxChunk [chunkLen]context
 
-// ctxStore publishes a shard's chunks to the readers of its drained
-// buckets, which do not hold the shard's lock: the shard appends a chunk
-// by storing a new directory, and the chunks the old one named stay.
+// ctxStore publishes a shard's context and key chunks to the readers of
+// its drained buckets, which do not hold the shard's lock: the shard
+// appends a chunk by storing a new directory, and the chunks the old one
+// named stay.
 type ctxStore struct {
-	dir atomic.Pointer[[]*ctxChunk]
+	dir  atomic.Pointer[[]*ctxChunk]
+	keys atomic.Pointer[[][]byte]
 }
+
+// key returns the key of c, a context of the store.
+func (s *ctxStore) key(c *context) string { return keyIn(*s.keys.Load(), c.key) }
 
 // at returns the context of ID id, which must have been made.
 func (s *ctxStore) at(id uint32) *context {

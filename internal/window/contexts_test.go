@@ -3,7 +3,9 @@ package window
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestContextIndexRemoves inserts and removes IDs in random order, with
@@ -107,7 +109,83 @@ func TestForgottenIDWaitsForTheNextDrain(t *testing.T) {
 	collect(out)
 	collect(sh.Drain(t0+ttl+2*later, false, nil))
 	add(t, sh, tn, in{name: "taker", typ: TypeCount, v: 1, now: t0 + ttl + 2*later})
-	if c := sh.at(0); c.keyString() != string(AppendKey(nil, "taker", "", nil)) {
-		t.Fatalf("ID 0 holds %q after the next drain, want the new context", c.keyString())
+	if c := sh.at(0); sh.keyOf(c) != string(AppendKey(nil, "taker", "", nil)) {
+		t.Fatalf("ID 0 holds %q after the next drain, want the new context", sh.keyOf(c))
+	}
+}
+
+// TestKeysCompactAfterExpiry forgets most contexts of a shard and checks
+// that the drain after the one that forgot them copies the live keys into
+// new chunks, and that every live context is still found by its key and
+// its Handle, flushed under its own name, and listed with it.
+func TestKeysCompactAfterExpiry(t *testing.T) {
+	cfg := testConfig()
+	ttl := int64(cfg.ContextTTL)
+	sh := NewShard(cfg)
+	tn := NewTenant("t")
+	long := strings.Repeat("x", 60)
+	const gone, kept = 3000, 300
+	for i := range gone {
+		add(t, sh, tn, in{name: fmt.Sprintf("gone.%d", i), tags: []string{"pad:" + long}, typ: TypeCount, v: 1})
+	}
+	now := t0 + ttl // the kept ones arrive later and outlive the sweep
+	handles := make([]Handle, kept)
+	samples := make([]Sample, kept)
+	for i := range kept {
+		samples[i] = Sample{Name: fmt.Sprintf("kept.%d", i), Tags: []string{"pad:" + long}, Type: TypeRate, Value: float64(i), SampleRate: 1, Handle: &handles[i]}
+		samples[i].Prepare(tn, nil)
+		if r := sh.Add(tn, &samples[i], now); r != Accepted {
+			t.Fatal(r)
+		}
+	}
+	chunksBefore := len(sh.keys.chunks)
+	collect(sh.Drain(now+20*sec, false, nil)) // forgets the gone ones
+	if sh.Contexts() != kept || sh.keys.dead == 0 {
+		t.Fatalf("%d contexts, %d dead key bytes after the sweep; want %d, some", sh.Contexts(), sh.keys.dead, kept)
+	}
+	collect(sh.Drain(now+30*sec, false, nil)) // compacts as it begins
+	if sh.keys.dead != 0 || len(sh.keys.chunks) >= chunksBefore || len(*sh.store.keys.Load()) != len(sh.keys.chunks) {
+		t.Fatalf("after compaction: %d dead bytes, %d chunks (%d before, %d shown)", sh.keys.dead, len(sh.keys.chunks), chunksBefore, len(*sh.store.keys.Load()))
+	}
+	ls, _ := sh.LastSamples(nil, -1, 1<<20)
+	if len(ls) != kept {
+		t.Fatalf("%d last samples, want %d", len(ls), kept)
+	}
+	for _, l := range ls {
+		name, _, tags := SplitKey(l.Key, nil)
+		var i int
+		if _, err := fmt.Sscanf(name, "kept.%d", &i); err != nil || l.Value != float64(i) || len(tags) != 1 {
+			t.Fatalf("last sample %q %v of value %v after compaction", name, tags, l.Value)
+		}
+	}
+	later := now + 40*sec
+	for i := range kept {
+		id := handles[i].id
+		samples[i].Value += 10
+		if r := sh.Add(tn, &samples[i], later); r != Accepted || handles[i].id != id {
+			t.Fatalf("kept.%d by its Handle: %v, ID %d then %d", i, r, id, handles[i].id)
+		}
+		plain := Sample{Name: fmt.Sprintf("kept.%d", i), Tags: []string{"pad:" + long}, Type: TypeRate, Value: samples[i].Value + 10, SampleRate: 1}
+		plain.Prepare(tn, nil)
+		if r := sh.Add(tn, &plain, later+sec); r != Accepted {
+			t.Fatal(r)
+		}
+	}
+	if sh.Contexts() != kept {
+		t.Fatalf("%d contexts after adding by key, want %d: a key was not found", sh.Contexts(), kept)
+	}
+	n := 0
+	for _, b := range sh.Drain(later+time.Minute.Nanoseconds(), false, nil) {
+		for m := range b.Metrics() {
+			var i int
+			if _, err := fmt.Sscanf(m.Name, "kept.%d", &i); err != nil || len(m.Tags) != 1 || m.Tags[0] != "pad:"+long {
+				t.Fatalf("flushed %q %v", m.Name, m.Tags)
+			}
+			n++
+		}
+		b.Release()
+	}
+	if n != kept {
+		t.Fatalf("flushed %d rates, want %d", n, kept)
 	}
 }

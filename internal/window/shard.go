@@ -7,13 +7,6 @@ import (
 	"unsafe"
 )
 
-// touch records an arrival at now.
-func (c *context) touch(now, ttl int64) {
-	if e := now + ttl; e > c.expires {
-		c.expires = e
-	}
-}
-
 type bucketKey struct{ start, width int64 }
 
 // zeroFill is a zero-fill of counters under way: the bucket of range k it
@@ -39,6 +32,8 @@ type Shard struct {
 	// may be taken again, and limbo those forgotten by the current drain,
 	// which its buckets may still name until the next.
 	chunks      []*ctxChunk
+	keys        keyArena
+	keysShown   int // the key chunks store shows
 	store       ctxStore
 	made        uint32
 	live        int
@@ -126,6 +121,9 @@ func (sh *Shard) at(id uint32) *context {
 	return &sh.chunks[id>>chunkBits][id&(chunkLen-1)]
 }
 
+// keyOf returns the key of c, a context of the shard.
+func (sh *Shard) keyOf(c *context) string { return keyIn(sh.keys.chunks, c.key) }
+
 // find returns the ID of tenant t's context of key and hash h.
 func (sh *Shard) find(t *Tenant, key []byte, h uint64) (uint32, *context, bool) {
 	x := &sh.index
@@ -141,7 +139,7 @@ func (sh *Shard) find(t *Tenant, key []byte, h uint64) (uint32, *context, bool) 
 		}
 		if e&^idMask == tag {
 			id := uint32(e&idMask) - 1
-			if c := sh.at(id); c.tenant == t && c.keyString() == string(key) {
+			if c := sh.at(id); c.tenant == t && sh.keyOf(c) == string(key) {
 				return id, c, true
 			}
 		}
@@ -220,8 +218,8 @@ func (sh *Shard) Seed(t *Tenant, s *Sample, now int64, handedOver bool) Reason {
 		if max := t.MaxContexts.Load(); max > 0 && t.Seeded.Load() >= max {
 			return ReasonTenantLimit
 		}
-		if _, c = sh.newContext(t, string(s.Key), s.Hash, now, true); c == nil {
-			return ReasonTenantLimit // the shard holds maxShardContexts
+		if _, c = sh.newContext(t, s.Key, s.Hash, now, true); c == nil {
+			return ReasonTenantLimit // the shard is full
 		}
 	}
 	c.touch(now, sh.ttl)
@@ -259,7 +257,7 @@ func (sh *Shard) LastSamples(dst []Last, before, n int) ([]Last, int) {
 	for end := max(i-n, 0); i > end; i-- {
 		c := sh.at(uint32(i - 1))
 		if l := sh.lastOf(c); l != nil && c.live() {
-			dst = append(dst, Last{Tenant: c.tenant, Key: c.keyString(), Type: l.typ, Value: l.v, Timestamp: l.t})
+			dst = append(dst, Last{Tenant: c.tenant, Key: sh.keyOf(c), Type: l.typ, Value: l.v, Timestamp: l.t})
 		}
 	}
 	return dst, i
@@ -323,7 +321,7 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 		if b == nil {
 			return Accepted // flushed; no late sample may correct it
 		}
-		c.expires = max(c.expires, sh.keptUntil(k))
+		c.expires = max(c.expires, unixSeconds(sh.keptUntil(k), true))
 		return sh.put(b, id, c, s, ts)
 	}
 	if s.Timestamp == 0 && sh.timing.Due(start, width) <= sh.watermark {
@@ -497,26 +495,37 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 		t.Overflowed.Add(1)
 		return sh.overflow(t, s.Type, now)
 	}
-	id, c = sh.newContext(t, string(s.Key), s.Hash, now, false)
+	id, c = sh.newContext(t, s.Key, s.Hash, now, false)
 	if h != nil && c != nil {
 		*h = Handle{sh: sh, id: id, gen: c.gen}
 	}
 	return id, c
 }
 
-// full reports whether every context ID is taken.
-func (sh *Shard) full() bool { return len(sh.free) == 0 && sh.made == maxShardContexts }
+// full reports whether every context ID is taken, or the key arena full.
+func (sh *Shard) full() bool {
+	return len(sh.free) == 0 && sh.made == maxShardContexts || len(sh.keys.chunks) == maxKeyChunks
+}
 
 // newContext makes tenant t's context of key and hash h, or returns nil
 // when the shard is full. A context made by a seed (seeded) counts in
 // Tenant.Seeded, others in Tenant.Contexts.
-func (sh *Shard) newContext(t *Tenant, key string, h uint64, now int64, seeded bool) (uint32, *context) {
+func (sh *Shard) newContext(t *Tenant, key []byte, h uint64, now int64, seeded bool) (uint32, *context) {
+	off, ok := sh.keys.add(key)
+	if !ok {
+		return 0, nil
+	}
+	if chunks := sh.keys.chunks; sh.keysShown != len(chunks) {
+		sh.store.keys.Store(&chunks) // the readers' copy never grows in place
+		sh.keysShown = len(chunks)
+	}
 	var id uint32
 	if n := len(sh.free); n > 0 {
 		id = sh.free[n-1]
 		sh.free = sh.free[:n-1]
 	} else {
 		if sh.made == maxShardContexts {
+			sh.keys.forget(keySize(string(key)))
 			return 0, nil
 		}
 		id = sh.made
@@ -532,7 +541,7 @@ func (sh *Shard) newContext(t *Tenant, key string, h uint64, now int64, seeded b
 	if gen&1 != 0 {
 		gen++ // was forgotten
 	}
-	*c = context{key: makeKey(key), tenant: t, expires: now + sh.ttl, samples: 1, gen: gen}
+	*c = context{key: off, tenant: t, expires: unixSeconds(now+sh.ttl, true), samples: 1, gen: gen}
 	sh.index.insert(h, id)
 	sh.live++
 	if seeded {
@@ -563,11 +572,12 @@ const OverflowPrefix = "aggd.overflow."
 func (sh *Shard) overflow(t *Tenant, typ MetricType, now int64) (uint32, *context) {
 	key := overflowKeys[min(typ, numTypes-1)]
 	hash := maphash.String(seed, key) ^ t.hash()
-	if id, c, ok := sh.find(t, unsafe.Slice(unsafe.StringData(key), len(key)), hash); ok {
+	kb := unsafe.Slice(unsafe.StringData(key), len(key))
+	if id, c, ok := sh.find(t, kb, hash); ok {
 		c.touch(now, sh.ttl)
 		return id, c
 	}
-	return sh.newContext(t, key, hash, now, false)
+	return sh.newContext(t, kb, hash, now, false)
 }
 
 // bucket finds or opens the bucket [start, start+width). For a range
@@ -653,8 +663,10 @@ func (sh *Shard) markedUntil(k bucketKey) int64 {
 // own; the drain after they arrive adds them to the kept bucket and hands
 // it out again as a correction (Late): the contexts they changed, with
 // their corrected aggregates over the whole bucket, to replace what was
-// flushed. A bucket is handed out as a correction until the next Drain,
-// which must not start before its reader is done.
+// flushed. A bucket is handed out as a correction until the next Drain.
+// The next Drain (or BeginDrain) must not start before the readers of
+// every bucket this one handed out are done: it takes again the IDs of
+// the contexts this one forgot, and may move the keys of the others.
 //
 // Drain also forgets contexts idle for longer than the context TTL, a
 // bounded number per call.
@@ -681,6 +693,7 @@ func (sh *Shard) BeginDrain(tick int64, final bool, out []*Bucket) []*Bucket {
 	// may be taken again.
 	sh.free = append(sh.free, sh.limbo...)
 	sh.limbo = sh.limbo[:0]
+	sh.compactKeys()
 	if sh.firstTick == 0 {
 		sh.firstTick = tick
 	}
@@ -835,7 +848,7 @@ func (sh *Shard) keep(k bucketKey, b *Bucket) {
 	until := sh.keptUntil(k)
 	for i := range b.slots {
 		c := sh.at(b.slots[i].ctx)
-		c.expires = max(c.expires, until)
+		c.expires = max(c.expires, unixSeconds(until, true))
 	}
 }
 
@@ -851,7 +864,7 @@ func (sh *Shard) expire(now int64, budget int) {
 		}
 		id := sh.sweep
 		sh.sweep++
-		if c := sh.at(id); c.live() && now > c.expires && !c.counting() {
+		if c := sh.at(id); c.live() && c.expired(now) && !c.counting() {
 			sh.forget(id, c)
 		}
 	}
@@ -861,7 +874,9 @@ func (sh *Shard) expire(now int64, budget int) {
 // the next drain on: until then its key and tenant stay for the buckets
 // this drain hands out.
 func (sh *Shard) forget(id uint32, c *context) {
-	sh.index.remove(maphash.String(seed, c.keyString())^c.tenant.hash(), id)
+	key := sh.keyOf(c)
+	sh.index.remove(maphash.String(seed, key)^c.tenant.hash(), id)
+	sh.keys.forget(keySize(key))
 	if c.last != 0 {
 		sh.freeLasts = append(sh.freeLasts, c.last)
 		c.last = 0
@@ -874,6 +889,35 @@ func (sh *Shard) forget(id uint32, c *context) {
 	} else {
 		c.tenant.Contexts.Add(-1)
 	}
+}
+
+// compactKeys copies the live keys into new chunks once the forgotten
+// ones outweigh them (and a chunk). It runs as a drain begins, when no
+// reader holds a bucket the shard handed out: the keys of the contexts
+// forgotten by the last drain are no longer read. Its cost, a copy of
+// the live keys, is at most that of the keys forgotten since the last.
+func (sh *Shard) compactKeys() {
+	a := &sh.keys
+	if a.dead < keyChunkLen || a.dead < a.live {
+		return
+	}
+	var fresh keyArena
+	for id := range sh.made {
+		c := sh.at(id)
+		if !c.live() {
+			continue
+		}
+		key := keyIn(a.chunks, c.key)
+		off, ok := fresh.add(unsafe.Slice(unsafe.StringData(key), len(key)))
+		if !ok {
+			return // cannot happen: the live keys fit before
+		}
+		c.key = off
+	}
+	*a = fresh
+	chunks := a.chunks
+	sh.store.keys.Store(&chunks)
+	sh.keysShown = len(chunks)
 }
 
 // ContextStat is a context and its sample count, for introspection.
@@ -892,7 +936,7 @@ func (sh *Shard) Top(t *Tenant, n int, out []ContextStat) []ContextStat {
 		if !c.live() || t != nil && c.tenant != t {
 			continue
 		}
-		st := ContextStat{Tenant: c.tenant, Key: c.keyString(), Samples: uint64(c.samples)}
+		st := ContextStat{Tenant: c.tenant, Key: sh.keyOf(c), Samples: uint64(c.samples)}
 		top := out[start:]
 		if len(top) < n {
 			out = append(out, st)

@@ -625,8 +625,8 @@ func TestHandleSurvivesContextExpiry(t *testing.T) {
 	if r := sh.Add(tn, &other, now); r != Accepted {
 		t.Fatalf("other add: %v", r)
 	}
-	if c := sh.at(first.id); !c.live() || c.keyString() != string(other.Key) {
-		t.Fatalf("the forgotten ID was not taken again: key %q", c.keyString())
+	if c := sh.at(first.id); !c.live() || sh.keyOf(c) != string(other.Key) {
+		t.Fatalf("the forgotten ID was not taken again: key %q", sh.keyOf(c))
 	}
 	if r := sh.Add(tn, &smp, now); r != Accepted || h == first || h.id == first.id || sh.Contexts() != 2 || tn.Contexts.Load() != 2 {
 		t.Fatalf("add after expiry: %v, contexts %d (tenant %d), handle %+v (was %+v)", r, sh.Contexts(), tn.Contexts.Load(), h, first)
@@ -1027,7 +1027,7 @@ func TestLastSamplesWalkInSteps(t *testing.T) {
 func forgetNamed(t *testing.T, sh *Shard, tn *Tenant, name string) {
 	t.Helper()
 	for id := range sh.made {
-		if c := sh.at(id); c.live() && c.tenant == tn && c.keyString() == string(AppendKey(nil, name, "", nil)) {
+		if c := sh.at(id); c.live() && c.tenant == tn && sh.keyOf(c) == string(AppendKey(nil, name, "", nil)) {
 			sh.forget(id, c)
 			return
 		}
