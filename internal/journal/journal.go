@@ -190,10 +190,12 @@ func (j *Journal) append(e *Entry) (uint64, error) {
 				batch, _ = codec.AppendBatchSample(batch, nil, &smp[i])
 			}
 		}
+		var span []byte // one span's encoding, reused
 		for i := range e.Spans {
 			if e.SpanResults[i] == window.Accepted {
+				span = codec.AppendSpan(span[:0], &e.Spans[i])
 				batch = protowire.AppendTag(batch, 4, protowire.BytesType)
-				batch = protowire.AppendBytes(batch, codec.AppendSpan(nil, &e.Spans[i]))
+				batch = protowire.AppendBytes(batch, span)
 			}
 		}
 		if len(batch) == 0 {
