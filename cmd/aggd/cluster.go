@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -78,9 +79,16 @@ func (c clusterFlags) validate() error {
 // clusterNode is this replica's part of a cluster.
 type clusterNode struct {
 	lis     net.Listener
+	m       *cluster.Membership
 	fwd     *cluster.Forwarder
 	calls   *cluster.Calls
 	watcher *cluster.Watcher
+	// handTo is the forwarder the watcher's changes hand over by, once
+	// set (handOverPending); handOvers are the hand-overs of the changes
+	// scheduled before, and cancel ends them.
+	handTo    *atomic.Pointer[cluster.Forwarder]
+	handOvers sync.WaitGroup
+	cancel    context.CancelFunc
 }
 
 // forwarder returns the forwarder the aggregator service hands what other
@@ -169,10 +177,11 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	}
 	m := cluster.NewMembership(first, int64(cfg.Window.Interval), keep)
 	// Each change hands the last samples of the RATE and MONOTONIC_COUNT
-	// contexts it moves to their new owners. The lists read at start have
-	// nothing to hand over yet. The watcher calls handOver on a goroutine
-	// of its own, hence the atomic.
-	var handTo atomic.Pointer[cluster.Forwarder]
+	// contexts it moves to their new owners, once the write-ahead log is
+	// replayed (handOverPending sets handTo, and hands over the changes
+	// scheduled until then). The watcher calls handOver on a goroutine of
+	// its own, hence the atomic.
+	handTo := new(atomic.Pointer[cluster.Forwarder])
 	handOver := func(ctx context.Context, v cluster.Version) {
 		if fwd := handTo.Load(); fwd != nil {
 			fwd.HandOver(ctx, seeder, v)
@@ -201,7 +210,6 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 		engine.SetOwner(fwd.OwnsGroup)
 	}
 	reg.MustRegister(fwd)
-	handTo.Store(fwd)
 	// A forward is sent again for up to --peer-forward-timeout after its
 	// first attempt: its owner remembers it twice that long.
 	calls := cluster.NewCalls(2*c.Timeout, 0)
@@ -211,11 +219,39 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 		return nil, err
 	}
 	log.Info("cluster mode", "peer", lis.Addr().String(), "self", self, "members", m.Latest().Ring.Members())
-	return &clusterNode{lis: lis, fwd: fwd, calls: calls, watcher: w}, nil
+	return &clusterNode{lis: lis, m: m, fwd: fwd, calls: calls, watcher: w, handTo: handTo, cancel: func() {}}, nil
 }
 
-// Shutdown stops watching members and closes the connections to peers.
+// handOverPending starts the hand-overs, once the aggregator holds what
+// this replica restored from its write-ahead log: it hands over for each
+// list scheduled until now and not yet in force (the lists read at start,
+// such as a file's future "at", came before that state was there), and
+// from then on the watcher hands over for each change it schedules. It
+// returns at once; the hand-overs run on their own goroutines until done
+// or Shutdown. A change the watcher schedules meanwhile may be handed
+// over twice, which changes nothing: its new owner keeps the later
+// sample.
+func (n *clusterNode) handOverPending(ctx context.Context, src cluster.LastSamples) {
+	if n == nil {
+		return
+	}
+	ctx, n.cancel = context.WithCancel(ctx)
+	// A change the watcher schedules before the store finds no
+	// forwarder, and is read below.
+	n.handTo.Store(n.fwd)
+	now := time.Now().UnixNano()
+	for _, v := range n.m.Versions() {
+		if v.Since > now {
+			n.handOvers.Go(func() { n.fwd.HandOver(ctx, src, v) })
+		}
+	}
+}
+
+// Shutdown stops watching members and handing over, and closes the
+// connections to peers.
 func (n *clusterNode) Shutdown(ctx context.Context) error {
+	n.cancel()
+	n.handOvers.Wait()
 	return errors.Join(n.watcher.Shutdown(ctx), n.fwd.Shutdown(ctx))
 }
 

@@ -248,6 +248,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 	}
+	// The lists read at start that are not in force yet move contexts
+	// whose last samples the log just restored.
+	node.handOverPending(ctx, agg)
 	srv, err := service.New(sc)
 	if err != nil {
 		return err
