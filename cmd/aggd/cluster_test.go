@@ -323,13 +323,7 @@ func TestClusterDeliversWhatOneAggdWould(t *testing.T) {
 	if seeded == 0 {
 		t.Error("no previous sample of a RATE or MONOTONIC_COUNT context was handed to its later owner")
 	}
-	for _, n := range names {
-		stopAggd(t, replica[n])
-	}
-	stopAggd(t, single)
-	if err := errorsJoin(ddC.Err(), ddS.Err()); err != nil {
-		t.Fatal(err)
-	}
+	stopAll(t, append(procs(replica, names), single), ddC, ddS)
 
 	want := seriesStore(ddS.Series(), "cl.")
 	owners := cluster.NewMembership(nil, int64(time.Second), 0)
@@ -371,6 +365,29 @@ func stopAggd(t *testing.T, p *process) {
 		}
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("aggd did not stop\n%s", p.log)
+	}
+}
+
+// procs returns the processes named ns.
+func procs(byName map[string]*process, ns []string) []*process {
+	var out []*process
+	for _, n := range ns {
+		out = append(out, byName[n])
+	}
+	return out
+}
+
+// stopAll stops ps as stopAggd does, then fails the test if an intake
+// saw a request it could not take.
+func stopAll(t *testing.T, ps []*process, intakes ...*upstreamtest.DatadogIntake) {
+	t.Helper()
+	for _, p := range ps {
+		stopAggd(t, p)
+	}
+	for _, in := range intakes {
+		if err := in.Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/upstream/upstreamtest"
+)
+
+// clusterRulesFile holds rules over metrics whose contexts spread over the
+// replicas: mergeable methods (sum, max, count, avg) and one that is not
+// (quantiles), one rule by name and one by regular expression with two
+// group_by keys and a condition.
+const clusterRulesFile = `
+[[aggregate_rules]]
+name = "latency"
+window = "10s"
+group_by = ["svc"]
+[aggregate_rules.select]
+category = "metric"
+metric_name = ["rl.latency"]
+[aggregate_rules.algorithms."rl_lat_sum"]
+method = "sum"
+source_field = "rl.latency"
+[aggregate_rules.algorithms."rl_lat_max"]
+method = "max"
+source_field = "rl.latency"
+[aggregate_rules.algorithms."rl_lat_n"]
+method = "count"
+source_field = "rl.latency"
+[aggregate_rules.algorithms."rl_lat_avg"]
+method = "avg"
+source_field = "rl.latency"
+[aggregate_rules.algorithms."rl_lat_q"]
+method = "quantiles"
+source_field = "rl.latency"
+[aggregate_rules.algorithms."rl_lat_q".quantile_opts]
+percentiles = [0.5, 0.9, 0.99]
+
+[[aggregate_rules]]
+name = "bytes"
+window = "5s"
+group_by = ["svc", "region"]
+[aggregate_rules.select]
+category = "metric"
+metric_name = ["reg:^rl\\.bytes$"]
+condition = '{ region != "r2" }'
+[aggregate_rules.algorithms."rl_bytes_sum"]
+method = "sum"
+source_field = "rl.bytes"
+`
+
+// TestClusterRulesDeliverWhatOneAggdWould runs three replicas of one
+// cluster with aggregation rules, one of them killed with SIGKILL and
+// restarted from its write-ahead log halfway, sends samples of many
+// contexts feeding few rule groups round robin to them, and the same
+// samples to a single aggd with the same rules. Both deliver to intakes
+// that keep the last write per series and timestamp: the cluster's must
+// hold every rule output the single aggd's holds, quantiles included, and
+// the originals.
+func TestClusterRulesDeliverWhatOneAggdWould(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds aggd and runs four processes")
+	}
+	bin := buildAggd(t)
+	ddC, ddS := upstreamtest.NewDatadogIntake(t), upstreamtest.NewDatadogIntake(t)
+	cfgC, cfgS := intakeConfig(t, ddC), intakeConfig(t, ddS)
+	rulesFile := filepath.Join(t.TempDir(), "aggr.toml")
+	if err := os.WriteFile(rulesFile, []byte(clusterRulesFile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	common := append(comparedFlags(), "--rules-file", rulesFile)
+	single := startProcess(t, bin, append([]string{"--config", cfgS}, common...)...)
+	names := []string{"a", "b", "c"}
+	peer := map[string]string{}
+	for _, n := range names {
+		peer[n] = freeAddr(t)
+	}
+	peers := strings.Join(members(peer, names), ",")
+	walDir := t.TempDir()
+	replica := map[string]*process{}
+	start := func(n string) {
+		replica[n] = startProcess(t, bin, append([]string{"--config", cfgC, "--wal-dir", filepath.Join(walDir, n),
+			"--peer-listen", peer[n], "--peers", peers, "--peer-token", "s3cret", "--peer-forward-timeout", "3m"}, common...)...)
+	}
+	for _, n := range names {
+		start(n)
+	}
+
+	rng := rand.New(rand.NewPCG(5, 6))
+	base := time.Now().Add(-10 * time.Minute).Truncate(10 * time.Second).UnixNano()
+	// batch i holds samples from base + i/4 s on, and as many again late,
+	// anywhere from base on: integers, so that sums do not depend on the
+	// order they are added in.
+	batch := func(i int) *aggdv1.Batch {
+		b := &aggdv1.Batch{}
+		for j := range 60 {
+			ts := base + int64(i)*int64(250*time.Millisecond) + int64(j)*1000
+			if j%2 == 1 && i > 0 {
+				ts = base + rng.Int64N(int64(i)*int64(250*time.Millisecond))/1000*1000 + int64(j)
+			}
+			tags := []string{fmt.Sprintf("svc:s%d", rng.IntN(5)), fmt.Sprintf("pod:p%d", rng.IntN(30)), fmt.Sprintf("region:r%d", rng.IntN(3))}
+			if j%3 == 0 {
+				b.Samples = append(b.Samples, &aggdv1.Sample{Name: "rl.bytes", Type: aggdv1.MetricType_METRIC_TYPE_COUNT,
+					Value: float64(1 + rng.IntN(1000)), Tags: tags, TimestampUnixNano: ts})
+				continue
+			}
+			b.Samples = append(b.Samples, &aggdv1.Sample{Name: "rl.latency", Type: aggdv1.MetricType_METRIC_TYPE_GAUGE,
+				Value: float64(rng.IntN(5000)), Tags: tags, TimestampUnixNano: ts})
+		}
+		return b
+	}
+	sub := &submitter{t: t, conns: map[string]aggdv1.AggregatorServiceClient{}}
+	next := 0
+	// run sends batches [from, to) round robin to addrs, and each to the
+	// single aggd.
+	run := func(from, to int, addrs ...string) error {
+		for i := from; i < to; i++ {
+			b := batch(i)
+			if err := sub.send(addrs[next%len(addrs)], b); err != nil {
+				return err
+			}
+			next++
+			if err := sub.send(single.addr, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	addrs := func(ns ...string) []string {
+		var out []string
+		for _, n := range ns {
+			out = append(out, replica[n].addr)
+		}
+		return out
+	}
+	const batches = 80
+	if err := run(0, batches/2, addrs(names...)...); err != nil {
+		t.Fatal(err)
+	}
+	// c is killed; what the others forward to it, samples and rule
+	// samples, waits, and is taken once it is back and has replayed its
+	// log.
+	if err := replica["c"].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-replica["c"].done
+	sent := make(chan error, 1)
+	live := addrs("a", "b")
+	go func() { sent <- run(batches/2, batches/2+10, live...) }()
+	retried := func() float64 {
+		return metric(scrape(t, replica["a"].admin), `aggd_cluster_forward_calls_total{outcome="retry"}`) +
+			metric(scrape(t, replica["b"].admin), `aggd_cluster_forward_calls_total{outcome="retry"}`)
+	}
+	for deadline := time.Now().Add(time.Minute); retried() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no forward to the killed replica was retried")
+		}
+	}
+	start("c")
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if err := run(batches/2+10, batches, addrs(names...)...); err != nil {
+		t.Fatal(err)
+	}
+
+	var routed, local float64
+	for _, n := range names {
+		text := scrape(t, replica[n].admin)
+		routed += metric(text, `aggd_cluster_items_total{kind="rule",outcome="acked"}`)
+		local += metric(text, `aggd_cluster_items_total{kind="rule",outcome="local"}`)
+		for _, o := range []string{"refused", "undelivered"} {
+			if v := metric(text, `aggd_cluster_items_total{kind="rule",outcome="`+o+`"}`); v != 0 {
+				t.Errorf("replica %s: %v rule samples %s", n, v, o)
+			}
+		}
+	}
+	t.Logf("rule samples sent to their group's owner %.0f, kept where aggregated %.0f", routed, local)
+	if routed == 0 || local == 0 {
+		t.Error("want rule samples both sent to other replicas and kept")
+	}
+	stopAll(t, append(procs(replica, names), single), ddC, ddS)
+	want := seriesStore(ddS.Series(), "rl_")
+	if len(want) < 150 {
+		t.Fatalf("only %d rule output points from the single aggd", len(want))
+	}
+	compareStores(t, "rule outputs", want, seriesStore(ddC.Series(), "rl_"))
+	compareStores(t, "originals", seriesStore(ddS.Series(), "rl."), seriesStore(ddC.Series(), "rl."))
+}
