@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/rules"
@@ -203,5 +206,71 @@ func TestRuleGroupOwnerWithOtherRules(t *testing.T) {
 	}
 	if n := itemsCounted(t, entry.fwd, "rule", "refused"); n != 3 {
 		t.Errorf("refused %v, want 3", n)
+	}
+}
+
+// groupsOf places every sample's rule group at one hash, for
+// BenchmarkForwardRuleSamples.
+type groupsOf uint64
+
+func (h groupsOf) AppendGroups(dst []rules.GroupRef, _ *window.Tenant, s *window.Sample, now int64) []rules.GroupRef {
+	return append(dst, rules.GroupRef{Hash: uint64(h), Start: s.Timestamp})
+}
+
+// BenchmarkForwardRuleSamples submits batches of 500 samples whose
+// contexts the entry replica owns to a cluster of two replicas: without
+// rules (local), and with every sample feeding a rule group the other
+// replica owns (rule-forwarded: each goes there marked rules_only, over
+// the peer service, and is decoded there). The difference per sample is
+// the cost of sending a sample to its rule group's owner, as
+// BenchmarkForward's is of sending it to its context's owner.
+func BenchmarkForwardRuleSamples(b *testing.B) {
+	const self = "127.0.0.1:1"
+	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) { cfg.PeerCalls = NewCalls(time.Minute, 0) })
+	r := NewRing([]string{self, ownerAddr})
+	batch := &aggdv1.Batch{}
+	for i := 0; len(batch.Samples) < 500; i++ {
+		tags := []string{fmt.Sprintf("ctx:%d", i), "env:bench"}
+		if r.Owner(ContextHash("default", window.AppendKey(nil, "bench.count", "", tags))) == self {
+			batch.Samples = append(batch.Samples, &aggdv1.Sample{Name: "bench.count", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, Tags: tags})
+		}
+	}
+	var remote groupsOf
+	for h := uint64(1); ; h++ {
+		if r.Owner(h) == ownerAddr {
+			remote = groupsOf(h)
+			break
+		}
+	}
+	for _, mode := range []string{"local", "rule-forwarded"} {
+		b.Run(mode, func(b *testing.B) {
+			cfg := Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}
+			if mode == "rule-forwarded" {
+				cfg.Rules = remote
+			}
+			fwd := NewForwarder(cfg, NewMembership([]string{self, ownerAddr}, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
+			defer fwd.Shutdown(context.Background())
+			entryAddr := replica(b, discard{}, fwd)
+			cc, err := grpc.NewClient(entryAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cc.Close()
+			c := aggdv1.NewAggregatorServiceClient(cc)
+			req := &aggdv1.SubmitRequest{Batch: batch}
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			for b.Loop() {
+				resp, err := c.Submit(context.Background(), req)
+				if err != nil || resp.GetAck().GetAccepted() != 500 {
+					b.Fatalf("ack %v, err %v", resp.GetAck(), err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
+			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*500), "cpu-ns/sample")
+			if n := itemsCounted(b, fwd, "rule", "acked"); mode == "rule-forwarded" && n == 0 {
+				b.Fatal("no sample went to its rule group's owner")
+			}
+		})
 	}
 }
