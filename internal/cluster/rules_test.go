@@ -53,6 +53,7 @@ percentiles = [0.5, 0.9]
 type ruleNode struct {
 	addr   string
 	engine *rules.Engine
+	agg    *flush.Aggregator
 	fwd    *Forwarder
 }
 
@@ -78,6 +79,7 @@ func ruleNodes(t *testing.T, texts ...string) []*ruleNode {
 		}
 		n := &ruleNode{addr: members[i], engine: rules.NewEngine(set, flush.ShardCount(2), cfg)}
 		agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 2, Rules: n.engine})
+		n.agg = agg
 		if len(texts) > 1 {
 			n.fwd = NewForwarder(Config{Self: members[i], Token: token, Timing: cfg.Timing(), Interval: cfg.Interval,
 				Rules: n.engine}, NewMembership(members, int64(cfg.Interval), int64(time.Hour)), slog.New(slog.DiscardHandler))
@@ -110,10 +112,20 @@ func (n *ruleNode) outputs() map[string]float64 {
 // Samples of many contexts feeding few rule groups, sent round robin to
 // three replicas: each group is aggregated by one replica, whatever
 // replicas own its contexts, so the replicas' outputs are disjoint and
-// together are exactly what one aggd's rules output, quantiles included.
+// together are exactly what one aggd's rules output, quantiles included,
+// whether the rules drop the originals or not.
 func TestRuleGroupsHaveOneOwner(t *testing.T) {
-	nodes := ruleNodes(t, clusterRules, clusterRules, clusterRules)
-	single := ruleNodes(t, clusterRules)[0]
+	for _, tt := range []struct{ name, text string }{
+		{"originals kept", clusterRules},
+		{"originals dropped", "delete_rules_point = true\n" + clusterRules},
+	} {
+		t.Run(tt.name, func(t *testing.T) { ruleGroupsHaveOneOwner(t, tt.text) })
+	}
+}
+
+func ruleGroupsHaveOneOwner(t *testing.T, text string) {
+	nodes := ruleNodes(t, text, text, text)
+	single := ruleNodes(t, text)[0]
 	rng := rand.New(rand.NewPCG(3, 4))
 	base := time.Now().Add(-time.Minute).Truncate(10 * time.Second).UnixNano()
 	for i := range 30 {
@@ -130,6 +142,15 @@ func TestRuleGroupsHaveOneOwner(t *testing.T) {
 				t.Fatalf("ack from %s: %v", addr, ack)
 			}
 		}
+	}
+	// Each context is aggregated by one replica, and a sample sent for
+	// rule groups only makes none.
+	contexts := 0
+	for _, n := range nodes {
+		contexts += n.agg.Contexts()
+	}
+	if w := single.agg.Contexts(); contexts != w {
+		t.Errorf("the replicas hold %d contexts, one aggd %d", contexts, w)
 	}
 	want := single.outputs()
 	got := map[string]float64{}

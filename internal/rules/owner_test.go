@@ -116,3 +116,27 @@ func TestOwnersSplitRuleGroups(t *testing.T) {
 		t.Errorf("split engines output %d points, one engine %d", len(got), len(want))
 	}
 }
+
+// Placing a sample's rule groups, and observing a sample for the groups
+// this replica owns, allocate nothing once its groups are open.
+func TestOwnersAllocateNothing(t *testing.T) {
+	e := engine(t, ownerRules, 1)
+	e.SetOwner(func(h uint64, _ int64) bool { return h%2 == 0 })
+	tn := window.NewTenant("default")
+	smp := []*window.Sample{sample("x", 1, "svc:a"), sample("x", 2, "svc:b"), sample("x", 3, "svc:c"),
+		{Name: "dur", Type: window.TypeDistribution, Tags: []string{"service:v"}, Timestamp: t0 + sec,
+			Hist: &window.HistPoint{Values: []float64{1}, Counts: []float64{1}, Count: 1, Sum: 1, Min: 1, Max: 1}}}
+	var refs []GroupRef
+	for _, s := range smp {
+		e.ObserveSample(0, tn, s, t0+sec, 0) // opens the groups
+		refs = e.AppendGroups(refs[:0], tn, s, t0+sec)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		for _, s := range smp {
+			e.ObserveSample(0, tn, s, t0+sec, 0)
+			refs = e.AppendGroups(refs[:0], tn, s, t0+sec)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per round", n)
+	}
+}
