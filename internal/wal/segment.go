@@ -14,8 +14,9 @@ import (
 // index of its first record (from 1) and holds frames, each a uvarint
 // length and that many bytes. Unlike tidwall's writer it keeps nothing of
 // a segment in memory and copies no record: a frame goes to the kernel in
-// one write(2). A full segment is handed to the next sync (syncFull)
-// instead of being fsynced while appends wait, unless inline says so.
+// one write(2). A full segment, and the directory entry of the next one,
+// are handed to the next sync (syncFull) instead of being fsynced while
+// appends wait, unless inline says so.
 //
 // append and close are called under the Log's lock, or by one goroutine
 // once the generation has ended; syncFull may run at the same time.
@@ -27,8 +28,11 @@ type segWriter struct {
 	n      int64  // bytes in f
 	next   uint64 // index of the next record
 
-	mu   sync.Mutex // guards full
+	mu   sync.Mutex // guards full and newFile
 	full []*os.File // full segments not yet fsynced and closed
+	// newFile says a segment was created since the directory was last
+	// fsynced: its name is durable only once the directory is.
+	newFile bool
 }
 
 // openSegWriter creates the directory of a new generation and its first
@@ -90,23 +94,31 @@ func (w *segWriter) cycle() error {
 		w.f = old
 		return err
 	}
-	if !w.inline {
-		w.mu.Lock()
-		w.full = append(w.full, old)
-		w.mu.Unlock()
+	if w.inline {
+		return syncDir(w.dir)
 	}
-	return syncDir(w.dir)
+	w.mu.Lock()
+	w.full = append(w.full, old)
+	w.newFile = true
+	w.mu.Unlock()
+	return nil
 }
 
-// syncFull fsyncs and closes the full segments appends have moved past.
+// syncFull fsyncs and closes the full segments appends have moved past,
+// and the directory when a segment was created in it since the last time.
 func (w *segWriter) syncFull() error {
 	w.mu.Lock()
-	full := w.full
-	w.full = nil
+	full, newFile := w.full, w.newFile
+	w.full, w.newFile = nil, false
 	w.mu.Unlock()
 	var errs []error
 	for _, f := range full {
 		errs = append(errs, f.Sync(), f.Close())
+	}
+	if newFile {
+		if err := syncDir(w.dir); !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
