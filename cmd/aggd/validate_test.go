@@ -159,3 +159,28 @@ path = "-"
 		}
 	}
 }
+
+func TestWALCompressionFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+		err  string
+	}{
+		{args: []string{}, want: "s2"},
+		{args: []string{"--wal-compression", "none"}, want: "none"},
+		{env: map[string]string{"AGGD_WAL_COMPRESSION": "none"}, want: "none"},
+		{args: []string{"--wal-compression", "zstd"}, err: `wal: compression "zstd" is not none or s2`},
+	} {
+		c, err := parseConfig(tc.args, func(k string) string { return tc.env[k] }, &bytes.Buffer{})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%v: error %v, want %q", tc.args, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || c.WALCompression != tc.want {
+			t.Errorf("%v %v: %q, %v; want %q", tc.args, tc.env, c.WALCompression, err, tc.want)
+		}
+	}
+}
