@@ -157,6 +157,11 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 		src = cluster.DNS{Host: host, Port: port}
 	}
 	keep := int64(cfg.Window.MaxLateness + cfg.Window.Grace + 2*cfg.Window.Interval)
+	if engine != nil {
+		// A rule group is placed by the list in force at its window's
+		// start, which must be kept while the window takes samples.
+		keep += engine.MaxWindow()
+	}
 	// The first list owns every bucket from the start: a replica starting
 	// joins the list it finds, as its peers found it.
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)

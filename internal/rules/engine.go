@@ -119,6 +119,15 @@ func (e *Engine) SetRules(s *Set) {
 // Rules returns the rules in force.
 func (e *Engine) Rules() *Set { return e.set.Load() }
 
+// MaxWindow returns the widest window of the rules in force, in
+// nanoseconds (0 without rules).
+func (e *Engine) MaxWindow() int64 {
+	if s := e.set.Load(); s != nil {
+		return s.maxWindow
+	}
+	return 0
+}
+
 // Counters returns the counters of rule name.
 func (e *Engine) Counters(name string) *Counters {
 	if c, ok := e.counters.Load(name); ok {

@@ -144,3 +144,19 @@ func TestOwnersAllocateNothing(t *testing.T) {
 		t.Fatalf("%v allocations per round", n)
 	}
 }
+
+// MaxWindow is the widest algorithm window: a member list a rule group
+// was placed by is kept that much longer.
+func TestMaxWindow(t *testing.T) {
+	for _, tt := range []struct {
+		text string
+		want int64
+	}{{ownerRules, 30 * sec}, {xSum20s, 20 * sec}} {
+		if got := engine(t, tt.text, 1).MaxWindow(); got != tt.want {
+			t.Errorf("MaxWindow %v, want %v", got, tt.want)
+		}
+	}
+	if got := NewEngine(nil, 1, window.DefaultConfig()).MaxWindow(); got != 0 {
+		t.Errorf("MaxWindow without rules %v", got)
+	}
+}
