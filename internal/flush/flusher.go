@@ -62,7 +62,8 @@ type Config struct {
 	// PacePerAggregate and Spread, so that its encoding does not take a
 	// core in one burst. Zero means a quarter of Interval (and at most
 	// half of Timeout without a WAL); negative turns pacing off. The
-	// final flush is not paced.
+	// final flush is not paced, and Shutdown ends the pacing of a flush
+	// under way.
 	Spread time.Duration
 }
 
@@ -220,7 +221,7 @@ func (fl *Flusher) flush(ctx context.Context, tick time.Time, final bool) {
 	for _, b := range f.Buckets {
 		points += b.Len()
 	}
-	if p := newPacer(ctx, points+len(f.Extra), fl.cfg.Spread); p != nil && !final {
+	if p := newPacer(ctx, fl.stop, points+len(f.Extra), fl.cfg.Spread); p != nil && !final {
 		f.Pace = p.pace
 	}
 	err := fl.exp.Export(ctx, f)

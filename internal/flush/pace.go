@@ -20,18 +20,20 @@ const PacePerAggregate = 2 * time.Microsecond
 // pacing adds nothing to a flush that cannot keep the pace.
 type pacer struct {
 	ctx    context.Context // sleeping ends early when it is done
+	stop   <-chan struct{} // or when this is closed (Shutdown began)
 	start  time.Time
 	length time.Duration
 	total  int
 }
 
 // newPacer returns a pacer of total aggregates starting now, or nil when
-// spread is not positive.
-func newPacer(ctx context.Context, total int, spread time.Duration) *pacer {
+// spread is not positive. It stops waiting once ctx is done or stop is
+// closed.
+func newPacer(ctx context.Context, stop <-chan struct{}, total int, spread time.Duration) *pacer {
 	if spread <= 0 || total <= 0 {
 		return nil
 	}
-	return &pacer{ctx: ctx, start: time.Now(), length: min(spread, time.Duration(total)*PacePerAggregate), total: total}
+	return &pacer{ctx: ctx, stop: stop, start: time.Now(), length: min(spread, time.Duration(total)*PacePerAggregate), total: total}
 }
 
 // pace is window.Flush.Pace: it waits until the time the aggregate after
@@ -40,7 +42,7 @@ func newPacer(ctx context.Context, total int, spread time.Duration) *pacer {
 func (p *pacer) pace(yielded int) {
 	due := p.start.Add(time.Duration(float64(p.length) * float64(min(yielded, p.total)) / float64(p.total)))
 	wait := time.Until(due)
-	if wait <= 0 {
+	if wait <= 0 || p.ctx.Err() != nil {
 		runtime.Gosched()
 		return
 	}
@@ -49,5 +51,6 @@ func (p *pacer) pace(yielded int) {
 	select {
 	case <-t.C:
 	case <-p.ctx.Done():
+	case <-p.stop:
 	}
 }

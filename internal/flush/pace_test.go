@@ -37,18 +37,8 @@ func TestFlushPacesEncoding(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tn := window.NewTenant("t")
-				agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
 				now := time.Now()
-				for i := 0; i < c.contexts; i += 500 {
-					b := window.Batch{Tenant: tn, Now: now.UnixNano()}
-					for j := i; j < min(i+500, c.contexts); j++ {
-						s := window.Sample{Name: "c", Type: window.TypeCount, Value: 1, SampleRate: 1, Tags: []string{fmt.Sprintf("id:%d", j)}}
-						s.Prepare(tn, nil)
-						b.Samples = append(b.Samples, s)
-						b.Results = append(b.Results, window.Accepted)
-					}
-					agg.Ingest(&b)
-				}
+				agg := counters(tn, c.contexts, now)
 				var seen []time.Duration // when each aggregate reached the encoder
 				var start time.Time
 				exp := flush.ExporterFunc(func(_ context.Context, f *window.Flush) error {
@@ -85,4 +75,58 @@ func TestFlushPacesEncoding(t *testing.T) {
 			})
 		})
 	}
+}
+
+// counters returns an aggregator holding n counters of tenant tn.
+func counters(tn *window.Tenant, n int, now time.Time) *flush.Aggregator {
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
+	for i := 0; i < n; i += 500 {
+		b := window.Batch{Tenant: tn, Now: now.UnixNano()}
+		for j := i; j < min(i+500, n); j++ {
+			s := window.Sample{Name: "c", Type: window.TypeCount, Value: 1, SampleRate: 1, Tags: []string{fmt.Sprintf("id:%d", j)}}
+			s.Prepare(tn, nil)
+			b.Samples = append(b.Samples, s)
+			b.Results = append(b.Results, window.Accepted)
+		}
+		agg.Ingest(&b)
+	}
+	return agg
+}
+
+// TestShutdownEndsPacing lets a tick begin a paced flush and shuts the
+// flusher down while it waits: the flush under way goes on unpaced, so
+// that Shutdown waits for none of its pace (in the bubble only waiting
+// moves the clock), and every aggregate is still exported once.
+func TestShutdownEndsPacing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 20_000
+		tn := window.NewTenant("t")
+		now := time.Now() // a multiple of the interval: the bubble's epoch
+		encoded := 0
+		exp := flush.ExporterFunc(func(_ context.Context, f *window.Flush) error {
+			for range f.Metrics() {
+				encoded++
+			}
+			return nil
+		})
+		fl, err := flush.NewFlusher(counters(tn, n, now), exp, tenants{tn}, flush.Config{Interval: 10 * time.Second, Spread: time.Hour}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl.Start(context.Background())
+		// The tick at 20 s drains the bucket of the first 10 s (due at
+		// 12 s) and paces its encoding over 40 ms.
+		time.Sleep(20*time.Second + time.Millisecond)
+		synctest.Wait()
+		start := time.Now()
+		if err := fl.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took != 0 {
+			t.Errorf("shutdown waited %v of the flush's pace, want no wait", took)
+		}
+		if encoded != n {
+			t.Errorf("%d aggregates exported, want %d", encoded, n)
+		}
+	})
 }
