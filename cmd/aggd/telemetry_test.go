@@ -203,7 +203,7 @@ func TestStartupLog(t *testing.T) {
 	for _, want := range []string{
 		`"version":"` + telemetry.BuildInfo().Version + `"`,
 		`dd (datadog → ` + intake.URL + `)`, `collector (otlp → 127.0.0.1:1)`,
-		`"wal":"` + filepath.Join(dir, "wal") + ` (fsync interval)"`,
+		`"wal":"` + filepath.Join(dir, "wal") + ` (fsync interval, compression s2)"`,
 		`"memory_limit":"536870912 bytes (512 MiB)"`,
 		`"watched":["` + sampling + `"]`,
 		`"interval":"10s"`,
