@@ -129,8 +129,10 @@ func checkHistograms(t *testing.T, data []byte, want []*aggdv1.Sample, before []
 	for i, w := range want {
 		h, got := w.GetHistogram(), b.Samples[i].Hist
 		switch {
-		case h == nil && b.Results[i] != before[i] && w.SeriesRef == 0:
+		case h == nil && !w.RulesOnly && b.Results[i] != before[i] && w.SeriesRef == 0:
 			t.Fatalf("sample %d without a histogram: %v, %v without histograms taken", i, b.Results[i], before[i])
+		case w.RulesOnly && b.Results[i] == window.Accepted && !b.Samples[i].RulesOnly:
+			t.Fatalf("sample %d: rules_only taken from a peer but not kept", i)
 		case h != nil && b.Results[i] == window.Accepted && (got == nil || !sameFloats(got.Values, h.Values) ||
 			!sameFloats(got.Counts, h.Counts) || got.Count != h.Count || got.Sum != h.Sum || got.Min != h.Min || got.Max != h.Max):
 			t.Fatalf("sample %d: histogram %+v, want %v", i, got, h)
@@ -185,7 +187,8 @@ func FuzzDecodeStream(f *testing.F) {
 // decoder's plain-sample path (addByRef) or leave it for the general one
 // in ways proto.Marshal does not write: a declaration, then uses with
 // unpacked and repeated values, a reference over 32 bits (its low 32
-// bits count), a type in two bytes, a field unknown, and set members.
+// bits count), a type in two bytes, rules_only, a field unknown, and set
+// members.
 func byRefWireForms() [][]byte {
 	decl, _ := proto.Marshal(&aggdv1.Sample{Name: "w", Type: aggdv1.MetricType_METRIC_TYPE_DISTRIBUTION, SeriesRef: 2})
 	set, _ := proto.Marshal(&aggdv1.Sample{Name: "ws", Type: aggdv1.MetricType_METRIC_TYPE_SET, SetMember: "a", SeriesRef: 3})
@@ -202,7 +205,8 @@ func byRefWireForms() [][]byte {
 		cat([]byte{0x50, 0x82, 0x80, 0x80, 0x80, 0x10}, f64(0x19, 3)),                       // ref 2 + 1<<32
 		cat(ref2, []byte{0x10, 0x85, 0x00}),                                                 // type 5 in two bytes
 		cat(ref2, []byte{0x10, 0x06}),                                                       // type conflict
-		cat(ref2, []byte{0x60, 1}),                                                          // field 12, unknown
+		cat(ref2, []byte{0x60, 1}),                                                          // rules_only, a peer's only
+		cat(ref2, []byte{0x68, 1}),                                                          // field 13, unknown
 		cat(ref2, []byte{0x48, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}), // timestamp past 63 bits
 		cat([]byte{0x50, 3, 0x2a, 1, 'b'}),                                                  // set member
 		cat([]byte{0x50, 3, 0x2a, 1, 0xff}),                                                 // set member not UTF-8
