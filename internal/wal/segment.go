@@ -28,8 +28,11 @@ type segWriter struct {
 	n      int64  // bytes in f
 	next   uint64 // index of the next record
 
-	mu   sync.Mutex // guards full and newFile
-	full []*os.File // full segments not yet fsynced and closed
+	// syncMu is held through a whole syncFull, so that one returns only
+	// once the segments another took are fsynced too.
+	syncMu sync.Mutex
+	mu     sync.Mutex // guards full and newFile
+	full   []*os.File // full segments not yet fsynced and closed
 	// newFile says a segment was created since the directory was last
 	// fsynced: its name is durable only once the directory is.
 	newFile bool
@@ -107,6 +110,8 @@ func (w *segWriter) cycle() error {
 // syncFull fsyncs and closes the full segments appends have moved past,
 // and the directory when a segment was created in it since the last time.
 func (w *segWriter) syncFull() error {
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
 	w.mu.Lock()
 	full, newFile := w.full, w.newFile
 	w.full, w.newFile = nil, false
