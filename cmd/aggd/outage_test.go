@@ -227,8 +227,16 @@ func TestCleanStopDeliversEverythingAcked(t *testing.T) {
 			dd, down, cfgFile := flakyIntake(t, "compression = \"none\"\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"")
 			down.Store(true)
 			dir := t.TempDir()
+			// The stop that sends the queue gets a deadline far past what
+			// it needs on a quiet machine (about 1 s), so that a slow one
+			// still shows the queue delivered; the stop with the intake
+			// down waits out its deadline, so it is shorter.
+			stopWithin := "10s"
+			if comesBack {
+				stopWithin = "120s"
+			}
 			in := startAggd(t, "--config", cfgFile, "--wal-dir", filepath.Join(dir, "data"), "--queue-max-bytes", "1048576",
-				"--interval", "1s", "--grace", "0s", "--export-timeout", "100ms", "--shutdown-timeout", "10s")
+				"--interval", "1s", "--grace", "0s", "--export-timeout", "100ms", "--shutdown-timeout", stopWithin)
 			client := aggdv1.NewAggregatorServiceClient(in.conn)
 			acked, refusals := 0, 0
 			// Batches until 20 refusals: the queue filled and stayed full
