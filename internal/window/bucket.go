@@ -408,15 +408,21 @@ func (m *Metric) IsDist() bool { return m.Type.isDist() }
 // and its Tags are reused between iterations; copy what must outlive one.
 func (b *Bucket) Metrics() iter.Seq[*Metric] {
 	return func(yield func(*Metric) bool) {
+		if len(b.slots) == 0 {
+			return
+		}
+		// The chunks shown when b was drained hold every context and key
+		// it names, and stay until the next drain: load them once.
+		dir, keys := *b.store.dir.Load(), *b.store.keys.Load()
 		var m Metric
 		for i := range b.slots {
 			sl := &b.slots[i]
 			if !sl.has(hasValue) || b.Late && !sl.has(dirty) {
 				continue
 			}
-			c := b.store.at(sl.ctx)
+			c := &dir[sl.ctx>>chunkBits][sl.ctx&(chunkLen-1)]
 			m = Metric{Tenant: c.tenant, Type: sl.typ(), Timestamp: b.Start, Interval: b.Width, Late: b.Late, Tags: m.Tags[:0]}
-			m.Name, m.Host, m.Tags = SplitKey(b.store.key(c), m.Tags)
+			m.Name, m.Host, m.Tags = SplitKey(keyIn(keys, c.key), m.Tags)
 			switch m.Type {
 			case TypeGauge, TypeCount, TypeMonotonicCount:
 				m.Value = sl.v

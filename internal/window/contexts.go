@@ -175,14 +175,6 @@ type ctxStore struct {
 	keys atomic.Pointer[[][]byte]
 }
 
-// key returns the key of c, a context of the store.
-func (s *ctxStore) key(c *context) string { return keyIn(*s.keys.Load(), c.key) }
-
-// at returns the context of ID id, which must have been made.
-func (s *ctxStore) at(id uint32) *context {
-	return &(*s.dir.Load())[id>>chunkBits][id&(chunkLen-1)]
-}
-
 // ctxIndex finds a context's ID by its hash: open addressing with linear
 // probing over 8-byte entries, each the hash's high bits above the ID
 // plus one (0 marks a free entry), placed by those bits mixed: a shard
