@@ -118,7 +118,7 @@ func (w *segWriter) syncFull() error {
 	w.mu.Unlock()
 	var errs []error
 	for _, f := range full {
-		errs = append(errs, f.Sync(), f.Close())
+		errs = append(errs, fsync(f), f.Close())
 	}
 	if newFile {
 		if err := syncDir(w.dir); !errors.Is(err, os.ErrNotExist) {

@@ -3,6 +3,8 @@ package wal
 import (
 	"errors"
 	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -47,5 +49,58 @@ func TestSyncFullWaitsForConcurrentSync(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWaitSyncsSegmentAnAppendMovesPast checks that a Wait under always
+// fsyncs the segment that held its record when the sync began, even when
+// an append moves to a new segment while the sync runs: syncing only the
+// newest segment then found, which holds none of the records waited for,
+// acked a record whose segment was never fsynced.
+func TestWaitSyncsSegmentAnAppendMovesPast(t *testing.T) {
+	dir := t.TempDir()
+	l, err := Open(dir, Options{Sync: SyncAlways, SegmentSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	appendRec := func(rec string) uint64 {
+		t.Helper()
+		l.Enter()
+		defer l.Leave()
+		seq, err := l.Append([]byte(rec), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seq
+	}
+	// A generation Rotate ended is synced first; an append lands while it is.
+	appendRec("in generation 1")
+	gen, err := l.Rotate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := appendRec("waited for")
+	waited := l.cur.w.f.Name()
+
+	var synced []string
+	moved := false
+	fsync = func(f *os.File) error {
+		synced = append(synced, f.Name())
+		if !moved && filepath.Dir(f.Name()) == filepath.Join(dir, genName(gen)) {
+			moved = true
+			appendRec("starts the next segment")
+		}
+		return f.Sync()
+	}
+	defer func() { fsync = (*os.File).Sync }()
+	if err := l.Wait(seq); err != nil {
+		t.Fatal(err)
+	}
+	if !moved {
+		t.Fatal("the append during the sync did not happen")
+	}
+	if !slices.Contains(synced, waited) {
+		t.Fatalf("Wait(%d) returned without fsyncing %s, which holds the record; fsynced %q", seq, waited, synced)
 	}
 }

@@ -239,22 +239,29 @@ func (l *Log) syncEverySecond() {
 func (l *Log) syncNow() error {
 	l.mu.Lock()
 	target := l.seq
-	dirs := make([]string, 0, len(l.dirty)+1)
+	dirs := make([]string, 0, len(l.dirty))
 	ws := make([]*segWriter, 0, len(l.dirty)+1)
+	// The segment each writer appends to now, named under l.mu: a record
+	// up to target is in it or in a segment its writer holds as full.
+	// Finding the newest afterwards could find one a later append started,
+	// and leave the one holding those records unsynced.
+	files := make([]string, 0, len(l.dirty)+1)
 	for _, g := range l.dirty {
-		dirs = append(dirs, g.dir)
 		if g.w != nil {
 			ws = append(ws, g.w)
+			files = append(files, g.w.f.Name())
+		} else {
+			dirs = append(dirs, g.dir)
 		}
 	}
 	l.dirty = l.dirty[:0]
-	dirs = append(dirs, l.cur.dir)
 	ws = append(ws, l.cur.w)
+	files = append(files, l.cur.w.f.Name())
 	l.mu.Unlock()
 	// The segments appends moved past wait here for their fsync; the
-	// newest of each generation is synced through a file descriptor of
-	// its own (fsync acts on the file, not the descriptor): appends go on
-	// meanwhile. A generation Rotate ended is synced by its close.
+	// current one of each generation is synced through a file descriptor
+	// of its own (fsync acts on the file, not the descriptor): appends go
+	// on meanwhile. A generation Rotate ended is synced by its close.
 	for _, w := range ws {
 		if err := w.syncFull(); err != nil {
 			return fmt.Errorf("wal: fsync: %w", err)
@@ -262,6 +269,11 @@ func (l *Log) syncNow() error {
 	}
 	for _, d := range dirs {
 		if err := syncNewest(d); err != nil {
+			return fmt.Errorf("wal: fsync: %w", err)
+		}
+	}
+	for _, name := range files {
+		if err := syncPath(name); err != nil {
 			return fmt.Errorf("wal: fsync: %w", err)
 		}
 	}
@@ -289,16 +301,24 @@ func syncNewest(dir string) error {
 	if newest == "" {
 		return nil
 	}
-	f, err := os.Open(filepath.Join(dir, newest))
+	return syncPath(filepath.Join(dir, newest))
+}
+
+// syncPath fsyncs the file at path, if it was not removed.
+func syncPath(path string) error {
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil // removed: its records were flushed
 	}
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	err = fsync(f)
 	return errors.Join(err, f.Close())
 }
+
+// fsync is (*os.File).Sync; tests watch it.
+var fsync = (*os.File).Sync
 
 // Close closes the log, syncing what it holds.
 func (l *Log) Close() error {
