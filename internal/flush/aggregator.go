@@ -53,8 +53,9 @@ type RuleEngine interface {
 	// before cutoff (non-zero for a replayed batch) do not take it.
 	ObserveSample(shard int, t *window.Tenant, s *window.Sample, now, cutoff int64) (bool, window.Reason)
 	// ObserveEvent sees an accepted event, under no lock of the
-	// aggregator's; cutoff is as for ObserveSample.
-	ObserveEvent(t *window.Tenant, e *window.Event, now, cutoff int64)
+	// aggregator's; cutoff is as for ObserveSample. It reports whether a
+	// rule selected a field of it.
+	ObserveEvent(t *window.Tenant, e *window.Event, now, cutoff int64) bool
 	// Drain appends the outputs of the windows due at tick.
 	Drain(tick int64, final bool, lockShard func(i int, f func()), out []window.Metric) []window.Metric
 	// Due returns a tick by which every window a sample at ts falls in

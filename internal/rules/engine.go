@@ -44,6 +44,10 @@ type Engine struct {
 	// owns, when set (cluster mode), says whether this replica owns a
 	// rule group (GroupRef): samples feed only the groups it owns.
 	owns func(h uint64, start int64) bool
+	// routeItems makes events and spans feed only the groups owns says
+	// are this replica's too (RouteItems); marked ones (RulesOnly)
+	// always do.
+	routeItems bool
 	// routing holds the states AppendGroups matches in.
 	routing sync.Pool
 }
@@ -101,8 +105,16 @@ func NewEngine(set *Set, shards int, cfg window.Config) *Engine {
 // cluster, the replica aggregating a sample observes it for the groups it
 // owns and sends it to the owners of the others (AppendGroups), as a
 // sample marked RulesOnly. Call it before any sample comes in. Spans and
-// events feed every group.
+// events feed every group unless RouteItems was called, but for those
+// marked RulesOnly.
 func (e *Engine) SetOwner(owns func(h uint64, start int64) bool) { e.owns = owns }
+
+// RouteItems makes events and spans, as samples, feed only the rule
+// groups this replica owns (SetOwner): the replica that takes an event,
+// or runs a trace's spans, sends it to the owner of each other group it
+// feeds (AppendEventGroups, AppendSpanGroups), marked RulesOnly. Call it
+// before any item comes in.
+func (e *Engine) RouteItems() { e.routeItems = true }
 
 // SetRules replaces the rules. Windows already open finish with the rules
 // they started with; samples from now on meet the new rules. No sample is
@@ -461,15 +473,94 @@ func (e *Engine) AppendGroups(dst []GroupRef, t *window.Tenant, s *window.Sample
 		if s.Hist != nil {
 			rec = sampleRecord{s} // as observeHist's
 		}
-		h := e.groupHash(t, r, measurement, rec)
-		for i := range r.Algorithms {
-			ref := GroupRef{Hash: h, Start: windowStart(ts, int64(r.Algorithms[i].Window))}
-			if !slices.Contains(dst, ref) {
-				dst = append(dst, ref)
+		dst = appendRefs(dst, r, e.groupHash(t, r, measurement, rec), ts)
+	}
+	return dst
+}
+
+// appendRefs appends to dst, unless there already, the GroupRef of each
+// algorithm window of rule r holding ts, for groups of hash h.
+func appendRefs(dst []GroupRef, r *Rule, h uint64, ts int64) []GroupRef {
+	for i := range r.Algorithms {
+		ref := GroupRef{Hash: h, Start: windowStart(ts, int64(r.Algorithms[i].Window))}
+		if !slices.Contains(dst, ref) {
+			dst = append(dst, ref)
+		}
+	}
+	return dst
+}
+
+// AppendEventGroups appends to dst where the logging rule groups that ev,
+// an event of tenant t arriving at now, feeds are placed in a cluster, as
+// AppendGroups does for a sample: one GroupRef per rule selecting a field
+// of ev and algorithm window. The replica taking ev sends it to the owner
+// of each (RouteItems).
+func (e *Engine) AppendEventGroups(dst []GroupRef, t *window.Tenant, ev *window.Event, now int64) []GroupRef {
+	set := e.set.Load()
+	if set == nil || len(set.logging) == 0 {
+		return dst
+	}
+	ts := ev.Timestamp
+	if ts == 0 {
+		ts = now
+	}
+	if e.timing.Admit(ts, now) != window.Accepted {
+		return dst // ObserveEvent does not observe it
+	}
+	measurement := logMeasurement(ev)
+	rec := logPoint{ev}
+	for _, r := range set.logging {
+		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {
+			continue
+		}
+		for _, f := range logFields {
+			if _, ok := ev.Field(f); ok && matchAny(r.metricNames, f) {
+				dst = appendRefs(dst, r, e.groupHash(t, r, measurement, rec), ts)
+				break
 			}
 		}
 	}
 	return dst
+}
+
+// AppendSpanGroups appends to dst where the tracing rule groups that sp,
+// a span of tenant t arriving at now, feeds are placed in a cluster, as
+// AppendEventGroups does for an event. The replica running sp's trace
+// sends it to the owner of each (RouteItems).
+func (e *Engine) AppendSpanGroups(dst []GroupRef, t *window.Tenant, sp *spans.Span, now int64) []GroupRef {
+	set := e.set.Load()
+	if set == nil || len(set.tracing) == 0 {
+		return dst
+	}
+	ts := sp.Start
+	if e.timing.Admit(ts, now) != window.Accepted {
+		return dst // ObserveSpan does not observe it
+	}
+	measurement := spanMeasurement(sp)
+	for _, r := range set.tracing {
+		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sp) {
+			continue
+		}
+		if spanSelected(r, sp) {
+			dst = appendRefs(dst, r, e.groupHash(t, r, measurement, sp), ts)
+		}
+	}
+	return dst
+}
+
+// spanSelected reports whether metric_name of r selects a field of sp.
+func spanSelected(r *Rule, sp *spans.Span) bool {
+	for _, f := range spanFields {
+		if matchAny(r.metricNames, f) {
+			return true
+		}
+	}
+	for _, at := range sp.Attrs {
+		if matchAny(r.metricNames, at.Key) {
+			return true
+		}
+	}
+	return false
 }
 
 // admit decides whether a sample at ts arriving at now, which the rules
@@ -565,33 +656,45 @@ var spanFields = [...]string{"trace_id", "span_id", "parent_id", "resource", "st
 // spans.Observer. A span is a DataKit span point timed at its start: each
 // of its fields that metric_name selects feeds the algorithms reading it
 // (and those reading a group_by key), as DataKit forks a point per
-// selected field. cutoff is as for ObserveSample.
-func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64) {
+// selected field. cutoff is as for ObserveSample. It reports whether a
+// rule selected a field of the span. A span marked RulesOnly (its trace
+// runs on another replica), or any span after RouteItems, feeds only the
+// groups this replica owns; a marked one is not counted as matched, its
+// trace's replica counted it.
+func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64) bool {
 	set := e.set.Load()
 	if set == nil || len(set.tracing) == 0 {
-		return
+		return false
 	}
 	e.spanMu.Lock()
 	defer e.spanMu.Unlock()
 	ts := sp.Start
 	if e.timing.Admit(ts, now) != window.Accepted {
-		return
+		return false
 	}
 	st := &e.spanState
 	measurement := spanMeasurement(sp)
+	routed := e.routeItems || sp.RulesOnly
+	matched := false
 	for _, r := range set.tracing {
 		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sp) {
 			continue
 		}
+		var h uint64
+		if routed {
+			h = e.groupHash(t, r, measurement, sp)
+		}
 		selected, late := false, false
 		for _, f := range spanFields {
-			selected = e.fork(st, t, r, sp, f, ts, measurement, cutoff, &late, 0, false) || selected
+			selected = e.fork(st, t, r, sp, f, ts, measurement, cutoff, &late, h, routed) || selected
 		}
 		for _, at := range sp.Attrs {
-			selected = e.fork(st, t, r, sp, at.Key, ts, measurement, cutoff, &late, 0, false) || selected
+			selected = e.fork(st, t, r, sp, at.Key, ts, measurement, cutoff, &late, h, routed) || selected
 		}
-		e.count(r, selected, late)
+		matched = matched || selected
+		e.count(r, selected && !sp.RulesOnly, late)
 	}
+	return matched
 }
 
 // count counts an item rule r selected, and one some of whose windows were
@@ -611,8 +714,9 @@ func (e *Engine) count(r *Rule, selected, late bool) {
 // selected the field, and sets late when an algorithm's window was past
 // its late window. st is locked by the caller.
 //
-// routed is set for a sample's fields: then only the groups of hash h this
-// replica owns are fed (SetOwner).
+// routed is set for a sample's fields, and for an event's or a span's
+// when they are routed (RouteItems, RulesOnly): then only the groups of
+// hash h this replica owns are fed (SetOwner).
 func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, field string, ts int64, measurement string, cutoff int64, late *bool, h uint64, routed bool) bool {
 	if !matchAny(r.metricNames, field) {
 		return false
@@ -672,36 +776,47 @@ func logMeasurement(ev *window.Event) string {
 // timestamp, else at now. Each of its fields that metric_name selects
 // feeds the algorithms reading it, as ObserveSpan does. An event whose
 // time the windows refuse (too old, too new) is not observed; it is still
-// sent on. cutoff is as for ObserveSample.
-func (e *Engine) ObserveEvent(t *window.Tenant, ev *window.Event, now, cutoff int64) {
+// sent on. cutoff is as for ObserveSample. It reports whether a rule
+// selected a field of ev. An event marked RulesOnly (another replica took
+// it), or any event after RouteItems, feeds only the groups this replica
+// owns; a marked one is not counted as matched.
+func (e *Engine) ObserveEvent(t *window.Tenant, ev *window.Event, now, cutoff int64) bool {
 	set := e.set.Load()
 	if set == nil || len(set.logging) == 0 {
-		return
+		return false
 	}
 	ts := ev.Timestamp
 	if ts == 0 {
 		ts = now
 	}
 	if e.timing.Admit(ts, now) != window.Accepted {
-		return
+		return false
 	}
 	e.spanMu.Lock()
 	defer e.spanMu.Unlock()
 	st := &e.spanState
 	measurement := logMeasurement(ev)
 	rec := logPoint{ev}
+	routed := e.routeItems || ev.RulesOnly
+	matched := false
 	for _, r := range set.logging {
 		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {
 			continue
 		}
+		var h uint64
+		if routed {
+			h = e.groupHash(t, r, measurement, rec)
+		}
 		selected, late := false, false
 		for _, f := range logFields {
 			if _, ok := ev.Field(f); ok {
-				selected = e.fork(st, t, r, rec, f, ts, measurement, cutoff, &late, 0, false) || selected
+				selected = e.fork(st, t, r, rec, f, ts, measurement, cutoff, &late, h, routed) || selected
 			}
 		}
-		e.count(r, selected, late)
+		matched = matched || selected
+		e.count(r, selected && !ev.RulesOnly, late)
 	}
+	return matched
 }
 
 func valueString(v filter.Value) string {

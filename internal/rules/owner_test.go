@@ -48,15 +48,7 @@ source_field = "x"
 // about for it.
 func TestOwnersSplitRuleGroups(t *testing.T) {
 	one := engine(t, ownerRules, 1)
-	var split [2]*Engine
-	asked := map[GroupRef]bool{}
-	for i := range split {
-		split[i] = engine(t, ownerRules, 1)
-		split[i].SetOwner(func(h uint64, start int64) bool {
-			asked[GroupRef{h, start}] = true
-			return int(h%2) == i
-		})
-	}
+	split, asked := splitEngines(t, ownerRules)
 	tn := window.NewTenant("default")
 	var smp []*window.Sample
 	for i := range 60 {
@@ -87,6 +79,29 @@ func TestOwnersSplitRuleGroups(t *testing.T) {
 			t.Fatalf("%s %v: AppendGroups %v, engines asked about %v", s.Name, s.Tags, refs, got)
 		}
 	}
+	compareSplit(t, one, split, 40)
+}
+
+// splitEngines returns two engines of rules owning the groups of even
+// and of odd hashes, and the groups they are asked about.
+func splitEngines(t *testing.T, rules string) ([2]*Engine, map[GroupRef]bool) {
+	var split [2]*Engine
+	asked := map[GroupRef]bool{}
+	for i := range split {
+		split[i] = engine(t, rules, 1)
+		split[i].SetOwner(func(h uint64, start int64) bool {
+			asked[GroupRef{h, start}] = true
+			return int(h%2) == i
+		})
+	}
+	return split, asked
+}
+
+// compareSplit checks that the engines of split, which split the rule
+// groups between them, output together what one outputs, each point once
+// and at least min points.
+func compareSplit(t *testing.T, one *Engine, split [2]*Engine, min int) {
+	t.Helper()
 	drain := func(e *Engine) map[string]float64 {
 		out := map[string]float64{}
 		for _, m := range e.Drain(t0+3600*sec, true, func(_ int, f func()) { f() }, nil) {
@@ -106,12 +121,12 @@ func TestOwnersSplitRuleGroups(t *testing.T) {
 		}
 		got[k] = v
 	}
-	if len(want) < 40 {
+	if len(want) < min {
 		t.Fatalf("one engine output %d points", len(want))
 	}
 	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s: split %v, one engine %v", k, got[k], v)
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s: split %v (present %v), one engine %v", k, g, ok, v)
 		}
 	}
 	if len(got) != len(want) {

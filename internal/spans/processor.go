@@ -37,9 +37,10 @@ type Processor struct {
 
 // Observer sees every accepted span (aggregation rules). cutoff is
 // non-zero for replayed spans: the tick of the last flush that carried
-// them, whose windows must not take them again.
+// them, whose windows must not take them again. ObserveSpan reports
+// whether a rule selected a field of the span.
 type Observer interface {
-	ObserveSpan(t *window.Tenant, s *Span, now, cutoff int64)
+	ObserveSpan(t *window.Tenant, s *Span, now, cutoff int64) bool
 }
 
 type procState struct {

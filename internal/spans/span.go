@@ -55,6 +55,10 @@ type Span struct {
 	Kind       Kind
 	HasParent  bool
 	Error      bool
+	// RulesOnly marks a span whose trace runs on another replica, for
+	// the tracing rule groups this replica owns: the rules feed only
+	// those with it (rules.Engine.ObserveSpan).
+	RulesOnly bool
 	// Wire, for a span received over OTLP, is what aggd does not model,
 	// so an OTLP upstream can send the span on as it came.
 	Wire *Wire

@@ -267,6 +267,10 @@ type Event struct {
 	SourceType     string
 	Host           string
 	Tags           []string
+	// RulesOnly marks an event another replica took, for the logging
+	// rule groups this replica owns: the rules feed only those with it
+	// (rules.Engine.ObserveEvent).
+	RulesOnly bool
 }
 
 // Field returns the field name of e as conditions and rules read it, in
