@@ -80,8 +80,10 @@ func TestClusterRestartHandsOverPendingList(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-replica["a"].done
-	// While a is down, b is to join at a boundary well after a is back.
-	boundary := time.Now().Add(20 * time.Second).Truncate(time.Second)
+	// While a is down, b is to join at a boundary well after a is back:
+	// five minutes ahead, within --max-future, so that the samples of
+	// the boundary's buckets are sent at once, timestamped ahead.
+	boundary := time.Now().Add(5 * time.Minute).Truncate(time.Second)
 	writeFile(fmt.Sprintf("%s\nat %d\n%s\n%s\n", peer["a"], boundary.Unix(), peer["a"], peer["b"]))
 	waitMetric("b", "aggd_cluster_membership_version", 2)
 	start("a")
@@ -91,7 +93,6 @@ func TestClusterRestartHandsOverPendingList(t *testing.T) {
 	}
 	// From the boundary on, b owns about half the contexts: their first
 	// points there take their deltas from what a handed over.
-	time.Sleep(time.Until(boundary.Add(100 * time.Millisecond)))
 	for i := range 3 {
 		send(boundary.UnixNano() + int64(i)*int64(time.Second))
 	}
