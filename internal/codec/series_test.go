@@ -160,3 +160,48 @@ func TestSeriesResetWithUnusedPages(t *testing.T) {
 		}
 	}
 }
+
+// TestRedeclaredRefInOneBatchKeepsContexts declares a reference, declares
+// it again for another series in the same batch and then samples by it:
+// the samples before the second declaration go to the first series, the
+// others to the second, even though the reference's cached context
+// (Handle) is shared by all of them and the two series share a shard.
+func TestRedeclaredRefInOneBatchKeepsContexts(t *testing.T) {
+	d := NewDecoder(DefaultLimits())
+	d.Series = new(Series)
+	sh := window.NewShard(window.DefaultConfig())
+	tn := window.NewTenant("t")
+	now := int64(1_700_000_000_000_000_000)
+	data, err := proto.Marshal(&aggdv1.StreamRequest{Sequence: 1, Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
+		{SeriesRef: 1, Name: "first", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1},
+		{SeriesRef: 1, Value: 1},
+		{SeriesRef: 1, Name: "second", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1},
+		{SeriesRef: 1, Value: 1},
+		{SeriesRef: 1, Value: 1},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bt window.Batch
+	d.Reset(&bt)
+	bt.Tenant = tn
+	if _, err := d.DecodeStream(data, &bt); err != nil {
+		t.Fatal(err)
+	}
+	for i := range bt.Samples {
+		if bt.Results[i] != window.Accepted {
+			t.Fatalf("sample %d: %v: %s", i, bt.Results[i], d.Detail[i])
+		}
+		if r := sh.Add(tn, &bt.Samples[i], now); r != window.Accepted {
+			t.Fatalf("sample %d: %v", i, r)
+		}
+	}
+	got := map[string]uint64{}
+	for _, c := range sh.Top(nil, 10, nil) {
+		name, _, _ := window.SplitKey(c.Key, nil)
+		got[name] = c.Samples
+	}
+	if want := map[string]uint64{"first": 2, "second": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("samples by series %v, want %v", got, want)
+	}
+}

@@ -454,7 +454,7 @@ func (sh *Shard) update(b *Bucket, sl *slot, id uint32, c *context, s *Sample, v
 // shard folds elsewhere; nil too when the shard is full.
 func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 	h := s.Handle
-	if h != nil && h.sh == sh && h.id < sh.made {
+	if h != nil && h.sh == sh && h.id < sh.made && h.hash == s.Hash {
 		if c := sh.at(h.id); c.gen == h.gen && c.tenant == t {
 			c.touch(now, sh.ttl)
 			if c.samples != math.MaxUint32 {
@@ -481,7 +481,7 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 			c.samples++
 		}
 		if h != nil {
-			*h = Handle{sh: sh, id: id, gen: c.gen}
+			*h = Handle{sh: sh, id: id, gen: c.gen, hash: s.Hash}
 		}
 		return id, c
 	}
@@ -497,7 +497,7 @@ func (sh *Shard) context(t *Tenant, s *Sample, now int64) (uint32, *context) {
 	}
 	id, c = sh.newContext(t, s.Key, s.Hash, now, false)
 	if h != nil && c != nil {
-		*h = Handle{sh: sh, id: id, gen: c.gen}
+		*h = Handle{sh: sh, id: id, gen: c.gen, hash: s.Hash}
 	}
 	return id, c
 }

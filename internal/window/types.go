@@ -189,13 +189,18 @@ type Sample struct {
 // shard, the context's ID there and the ID's generation, which moves on
 // when the context is forgotten, so that a Handle never reaches another
 // context that took the ID since. A context that expired is found again
-// by its key. A Handle is read and
+// by its key. The Handle also keeps the hash of the key it was made for:
+// a sample of another key (its reference declared again for another
+// series, while samples of the earlier one wait in the same batch) finds
+// its own context by its key. A Handle is read and
 // written only under the lock of the shard its series hashes to, by the
 // one goroutine that owns the stream.
 type Handle struct {
 	sh  *Shard
 	id  uint32 // the context's ID in sh
 	gen uint32 // the context's generation when the Handle was made
+	// hash is the Hash of the samples the Handle was made for.
+	hash uint64
 }
 
 // HistPoint is a distribution aggregated elsewhere: Counts[i] values at
