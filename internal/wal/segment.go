@@ -44,7 +44,9 @@ func openSegWriter(dir string, size int64, inline bool) (*segWriter, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("wal: %w", err)
 	}
-	w := &segWriter{dir: dir, size: size, inline: inline, next: 1}
+	// newFile: the first segment's name is durable once the next sync
+	// fsyncs the generation's directory (its parent is fsynced by Log).
+	w := &segWriter{dir: dir, size: size, inline: inline, next: 1, newFile: true}
 	if err := w.create(); err != nil {
 		return nil, err
 	}
@@ -89,15 +91,17 @@ func (w *segWriter) cycle() error {
 		if err := old.Sync(); err != nil {
 			return fmt.Errorf("wal: fsync: %w", err)
 		}
-		if err := old.Close(); err != nil {
-			return fmt.Errorf("wal: %w", err)
-		}
 	}
+	// The full segment stays open until its successor exists: a create
+	// that fails leaves the writer as it was, and the next append tries
+	// again, instead of every later append failing on a closed file.
 	if err := w.create(); err != nil {
-		w.f = old
 		return err
 	}
 	if w.inline {
+		if err := old.Close(); err != nil {
+			return fmt.Errorf("wal: %w", err)
+		}
 		return syncDir(w.dir)
 	}
 	w.mu.Lock()

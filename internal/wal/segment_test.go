@@ -104,3 +104,37 @@ func TestWaitSyncsSegmentAnAppendMovesPast(t *testing.T) {
 		t.Fatalf("Wait(%d) returned without fsyncing %s, which holds the record; fsynced %q", seq, waited, synced)
 	}
 }
+
+// TestFailedCycleLeavesAppendsWorking checks, under never (segments
+// fsynced and closed inline as they fill), that a next segment that
+// cannot be created fails that append alone: once the directory is back,
+// appends go on, where closing the full segment first left the writer on
+// a closed file for good.
+func TestFailedCycleLeavesAppendsWorking(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gen")
+	w, err := openSegWriter(dir, 1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	if err := w.append([]byte{1, 0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.append([]byte{1, 0}); err == nil {
+		t.Fatal("append into a segment that cannot be created: no error")
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := w.append([]byte{1, 0}); err != nil {
+			t.Fatalf("append %d after the directory came back: %v", i, err)
+		}
+	}
+	if names, _ := os.ReadDir(dir); len(names) != 3 {
+		t.Errorf("%d segments after the directory came back, want 3", len(names))
+	}
+}
