@@ -213,6 +213,7 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	fwd := cluster.NewForwarder(fc, m, log)
 	if engine != nil {
 		engine.SetOwner(fwd.OwnsGroup)
+		engine.RouteSpans()
 	}
 	reg.MustRegister(fwd)
 	// A forward is sent again for up to --peer-forward-timeout after its

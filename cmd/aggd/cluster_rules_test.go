@@ -66,6 +66,111 @@ source_field = "rl.bytes"
 // hold every rule output the single aggd's holds, quantiles included, and
 // the originals.
 func TestClusterRulesDeliverWhatOneAggdWould(t *testing.T) {
+	// batch i holds samples from base + i/4 s on, and as many again late,
+	// anywhere from base on: integers, so that sums do not depend on the
+	// order they are added in.
+	batch := func(rng *rand.Rand, base int64, i int) *aggdv1.Batch {
+		b := &aggdv1.Batch{}
+		for j := range 60 {
+			ts := base + int64(i)*int64(250*time.Millisecond) + int64(j)*1000
+			if j%2 == 1 && i > 0 {
+				ts = base + rng.Int64N(int64(i)*int64(250*time.Millisecond))/1000*1000 + int64(j)
+			}
+			tags := []string{fmt.Sprintf("svc:s%d", rng.IntN(5)), fmt.Sprintf("pod:p%d", rng.IntN(30)), fmt.Sprintf("region:r%d", rng.IntN(3))}
+			if j%3 == 0 {
+				b.Samples = append(b.Samples, &aggdv1.Sample{Name: "rl.bytes", Type: aggdv1.MetricType_METRIC_TYPE_COUNT,
+					Value: float64(1 + rng.IntN(1000)), Tags: tags, TimestampUnixNano: ts})
+				continue
+			}
+			b.Samples = append(b.Samples, &aggdv1.Sample{Name: "rl.latency", Type: aggdv1.MetricType_METRIC_TYPE_GAUGE,
+				Value: float64(rng.IntN(5000)), Tags: tags, TimestampUnixNano: ts})
+		}
+		return b
+	}
+	ddC, ddS := runRulesCluster(t, clusterRulesFile, batch, "rule samples")
+	want := seriesStore(ddS.Series(), "rl_")
+	if len(want) < 150 {
+		t.Fatalf("only %d rule output points from the single aggd", len(want))
+	}
+	compareStores(t, "rule outputs", want, seriesStore(ddC.Series(), "rl_"))
+	compareStores(t, "originals", seriesStore(ddS.Series(), "rl."), seriesStore(ddC.Series(), "rl."))
+}
+
+// clusterTracingRulesFile holds a tracing rule grouped by the span's
+// service and resource, whose groups spread over the replicas while each
+// trace runs on one: mergeable methods and quantiles.
+const clusterTracingRulesFile = `
+[[aggregate_rules]]
+name = "spans"
+window = "10s"
+group_by = ["service", "resource"]
+[aggregate_rules.select]
+category = "tracing"
+metric_name = ["duration"]
+condition = '{ duration > 0 }'
+[aggregate_rules.algorithms."tr_dur_sum"]
+method = "sum"
+source_field = "duration"
+[aggregate_rules.algorithms."tr_dur_max"]
+method = "max"
+source_field = "duration"
+[aggregate_rules.algorithms."tr_dur_n"]
+method = "count"
+source_field = "duration"
+[aggregate_rules.algorithms."tr_dur_q"]
+method = "quantiles"
+source_field = "duration"
+[aggregate_rules.algorithms."tr_dur_q".quantile_opts]
+percentiles = [0.5, 0.9, 0.99]
+`
+
+// TestClusterTracingRulesDeliverWhatOneAggdWould is
+// TestClusterRulesDeliverWhatOneAggdWould for a tracing rule: traces of
+// many ids, whose spans feed few rule groups, go round robin to three
+// replicas (one killed and restarted halfway) and to a single aggd; the
+// replica running a trace sends each span to the owner of each rule group
+// it feeds, and the cluster's intake must hold every rule output the
+// single aggd's holds.
+func TestClusterTracingRulesDeliverWhatOneAggdWould(t *testing.T) {
+	// batch i holds 20 traces of two spans starting from base + i/4 s
+	// on, and as many again late, anywhere from base on; durations are
+	// whole microseconds, so that sums do not depend on the order.
+	batch := func(rng *rand.Rand, base int64, i int) *aggdv1.Batch {
+		b := &aggdv1.Batch{}
+		for j := range 20 {
+			start := base + int64(i)*int64(250*time.Millisecond) + int64(j)*1000
+			if j%2 == 1 && i > 0 {
+				start = base + rng.Int64N(int64(i)*int64(250*time.Millisecond))/1000*1000 + int64(j)
+			}
+			tid := make([]byte, 16)
+			tid[0], tid[1], tid[2], tid[15] = byte(i), byte(i>>8), byte(j), 1
+			svc := fmt.Sprintf("svc%d", rng.IntN(4))
+			root := &aggdv1.Span{TraceId: tid, SpanId: []byte{1, 0, 0, 0, 0, 0, 0, 1}, Service: svc, Name: "http.request",
+				Resource: fmt.Sprintf("/r%d", rng.IntN(3)), Kind: aggdv1.SpanKind_SPAN_KIND_SERVER, StartUnixNano: start,
+				DurationNano: int64(1+rng.IntN(5000)) * 1000}
+			child := &aggdv1.Span{TraceId: tid, SpanId: []byte{2, 0, 0, 0, 0, 0, 0, 1}, ParentSpanId: root.SpanId, Service: "db", Name: "query",
+				Resource: "select", Kind: aggdv1.SpanKind_SPAN_KIND_CLIENT, StartUnixNano: start + 1000, DurationNano: int64(1+rng.IntN(500)) * 1000}
+			b.Spans = append(b.Spans, root, child)
+		}
+		return b
+	}
+	ddC, ddS := runRulesCluster(t, clusterTracingRulesFile, batch, "rule spans")
+	want := seriesStore(ddS.Series(), "tr_")
+	if len(want) < 150 {
+		t.Fatalf("only %d rule output points from the single aggd", len(want))
+	}
+	compareStores(t, "rule outputs", want, seriesStore(ddC.Series(), "tr_"))
+}
+
+// runRulesCluster runs three replicas of one cluster with the rules of
+// rulesFile, one of them killed with SIGKILL and restarted from its
+// write-ahead log halfway, sends batch(i) round robin to them, and the
+// same batches to a single aggd with the same rules, each delivering to
+// an intake keeping the last write per series and timestamp. It checks
+// that items (named what) were sent to other replicas' rule groups, and
+// kept for this one's, and none refused or undelivered; and returns the
+// cluster's intake and the single aggd's once all have stopped.
+func runRulesCluster(t *testing.T, rules string, batch func(rng *rand.Rand, base int64, i int) *aggdv1.Batch, what string) (cluster, single *upstreamtest.DatadogIntake) {
 	if testing.Short() {
 		t.Skip("builds aggd and runs four processes")
 	}
@@ -73,11 +178,11 @@ func TestClusterRulesDeliverWhatOneAggdWould(t *testing.T) {
 	ddC, ddS := upstreamtest.NewDatadogIntake(t), upstreamtest.NewDatadogIntake(t)
 	cfgC, cfgS := intakeConfig(t, ddC), intakeConfig(t, ddS)
 	rulesFile := filepath.Join(t.TempDir(), "aggr.toml")
-	if err := os.WriteFile(rulesFile, []byte(clusterRulesFile), 0o600); err != nil {
+	if err := os.WriteFile(rulesFile, []byte(rules), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	common := append(comparedFlags(), "--rules-file", rulesFile)
-	single := startProcess(t, bin, append([]string{"--config", cfgS}, common...)...)
+	one := startProcess(t, bin, append([]string{"--config", cfgS}, common...)...)
 	names := []string{"a", "b", "c"}
 	peer := map[string]string{}
 	for _, n := range names {
@@ -96,39 +201,18 @@ func TestClusterRulesDeliverWhatOneAggdWould(t *testing.T) {
 
 	rng := rand.New(rand.NewPCG(5, 6))
 	base := time.Now().Add(-10 * time.Minute).Truncate(10 * time.Second).UnixNano()
-	// batch i holds samples from base + i/4 s on, and as many again late,
-	// anywhere from base on: integers, so that sums do not depend on the
-	// order they are added in.
-	batch := func(i int) *aggdv1.Batch {
-		b := &aggdv1.Batch{}
-		for j := range 60 {
-			ts := base + int64(i)*int64(250*time.Millisecond) + int64(j)*1000
-			if j%2 == 1 && i > 0 {
-				ts = base + rng.Int64N(int64(i)*int64(250*time.Millisecond))/1000*1000 + int64(j)
-			}
-			tags := []string{fmt.Sprintf("svc:s%d", rng.IntN(5)), fmt.Sprintf("pod:p%d", rng.IntN(30)), fmt.Sprintf("region:r%d", rng.IntN(3))}
-			if j%3 == 0 {
-				b.Samples = append(b.Samples, &aggdv1.Sample{Name: "rl.bytes", Type: aggdv1.MetricType_METRIC_TYPE_COUNT,
-					Value: float64(1 + rng.IntN(1000)), Tags: tags, TimestampUnixNano: ts})
-				continue
-			}
-			b.Samples = append(b.Samples, &aggdv1.Sample{Name: "rl.latency", Type: aggdv1.MetricType_METRIC_TYPE_GAUGE,
-				Value: float64(rng.IntN(5000)), Tags: tags, TimestampUnixNano: ts})
-		}
-		return b
-	}
 	sub := &submitter{t: t, conns: map[string]aggdv1.AggregatorServiceClient{}}
 	next := 0
 	// run sends batches [from, to) round robin to addrs, and each to the
 	// single aggd.
 	run := func(from, to int, addrs ...string) error {
 		for i := from; i < to; i++ {
-			b := batch(i)
+			b := batch(rng, base, i)
 			if err := sub.send(addrs[next%len(addrs)], b); err != nil {
 				return err
 			}
 			next++
-			if err := sub.send(single.addr, b); err != nil {
+			if err := sub.send(one.addr, b); err != nil {
 				return err
 			}
 		}
@@ -179,19 +263,14 @@ func TestClusterRulesDeliverWhatOneAggdWould(t *testing.T) {
 		local += metric(text, `aggd_cluster_items_total{kind="rule",outcome="local"}`)
 		for _, o := range []string{"refused", "undelivered"} {
 			if v := metric(text, `aggd_cluster_items_total{kind="rule",outcome="`+o+`"}`); v != 0 {
-				t.Errorf("replica %s: %v rule samples %s", n, v, o)
+				t.Errorf("replica %s: %v %s %s", n, v, what, o)
 			}
 		}
 	}
-	t.Logf("rule samples sent to their group's owner %.0f, kept where aggregated %.0f", routed, local)
+	t.Logf("%s sent to their group's owner %.0f, kept where taken %.0f", what, routed, local)
 	if routed == 0 || local == 0 {
-		t.Error("want rule samples both sent to other replicas and kept")
+		t.Errorf("want %s both sent to other replicas and kept", what)
 	}
-	stopAll(t, append(procs(replica, names), single), ddC, ddS)
-	want := seriesStore(ddS.Series(), "rl_")
-	if len(want) < 150 {
-		t.Fatalf("only %d rule output points from the single aggd", len(want))
-	}
-	compareStores(t, "rule outputs", want, seriesStore(ddC.Series(), "rl_"))
-	compareStores(t, "originals", seriesStore(ddS.Series(), "rl."), seriesStore(ddC.Series(), "rl."))
+	stopAll(t, append(procs(replica, names), one), ddC, ddS)
+	return ddC, ddS
 }

@@ -125,8 +125,9 @@ func (s *submitter) send(addr string, b *aggdv1.Batch) error {
 	if err != nil {
 		return fmt.Errorf("submit to %s: %w", addr, err)
 	}
-	if a := resp.GetAck(); a.GetRejected() != 0 || int(a.GetAccepted()) != len(b.Samples) {
-		return fmt.Errorf("submit to %s: accepted %d of %d: %v", addr, a.GetAccepted(), len(b.Samples), a.GetRejections())
+	n := len(b.Samples) + len(b.Events) + len(b.ServiceChecks) + len(b.Spans)
+	if a := resp.GetAck(); a.GetRejected() != 0 || int(a.GetAccepted()) != n {
+		return fmt.Errorf("submit to %s: accepted %d of %d: %v", addr, a.GetAccepted(), n, a.GetRejections())
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -57,18 +58,19 @@ type Config struct {
 	// contexts this replica is about to own (the aggregator); nil drops
 	// them.
 	Seeder service.Seeder
-	// Rules, when set, places the aggregation rule groups of a sample:
-	// the replica aggregating a sample sends it, marked rules_only, to
-	// the owner of each rule group it feeds that another replica owns.
-	// Its engine feeds only the groups OwnsGroup says are this
-	// replica's.
+	// Rules, when set, places the aggregation rule groups of a sample
+	// and of a span: the replica aggregating a sample, or running a
+	// span's trace, sends it, marked rules_only, to the owner of each
+	// rule group it feeds that another replica owns. Its engine feeds
+	// only the groups OwnsGroup says are this replica's.
 	Rules RuleGroups
 }
 
-// RuleGroups places the aggregation rule groups a sample feeds
+// RuleGroups places the aggregation rule groups a sample or a span feeds
 // (rules.Engine).
 type RuleGroups interface {
 	AppendGroups(dst []rules.GroupRef, t *window.Tenant, s *window.Sample, now int64) []rules.GroupRef
+	AppendSpanGroups(dst []rules.GroupRef, t *window.Tenant, sp *spans.Span, now int64) []rules.GroupRef
 }
 
 // Validate reports a configuration that cannot work.
@@ -116,8 +118,8 @@ type Forwarder struct {
 	run uint64
 	seq atomic.Uint64
 
-	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds, 3 samples to
-	// rule group owners): owned here, acked by their owner, refused by
+	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds, 3 samples and
+	// spans to rule group owners): owned here, acked by their owner, refused by
 	// their owner, not delivered.
 	local, acked, refused, undelivered [4]atomic.Uint64
 	// Calls to peers: succeeded, failed and retried, failed for good.
@@ -137,7 +139,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	})
 	f.desc.items = prometheus.NewDesc("aggd_cluster_items_total",
-		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost). Kind rule: samples aggregated here, once per replica owning aggregation rule groups they feed (local: this one; otherwise sent rules_only to that owner, and the sample is refused unless it took it).",
+		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost). Kind rule: samples aggregated here and spans whose trace runs here, once per replica owning aggregation rule groups they feed (local: this one; otherwise sent rules_only to that owner, and the item is refused unless it took it).",
 		[]string{"kind", "outcome"}, nil)
 	f.desc.calls = prometheus.NewDesc("aggd_cluster_forward_calls_total",
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
@@ -160,25 +162,28 @@ type call struct {
 
 // group is what one call sends to one owner.
 type group struct {
-	owner    string
-	version  uint64
-	samples  []int // indexes into Outgoing.Samples
-	spans    []int
-	seeds    []int  // samples the owner keeps as previous samples only
-	handOver bool   // the seeds are a hand-over's
-	observe  []int  // samples the owner observes for its rule groups only
-	frame    []byte // the ForwardRequest
-	batch    []byte // its Batch
-	seedsB   []byte // its seeds' Batch
-	item     []byte // one item's encoding
-	// observeRefused holds the owner's answer for the samples of
-	// observe it did not take, applied once every owner answered.
+	owner        string
+	version      uint64
+	samples      []int // indexes into Outgoing.Samples
+	spans        []int
+	seeds        []int  // samples the owner keeps as previous samples only
+	handOver     bool   // the seeds are a hand-over's
+	observe      []int  // samples the owner observes for its rule groups only
+	observeSpans []int  // spans the owner observes for its rule groups only
+	frame        []byte // the ForwardRequest
+	batch        []byte // its Batch
+	seedsB       []byte // its seeds' Batch
+	item         []byte // one item's encoding
+	// observeRefused holds the owner's answer for the items of observe
+	// and observeSpans it did not take, applied once every owner
+	// answered.
 	observeRefused []refusal
 }
 
-// refusal is an owner's refusal of sample i.
+// refusal is an owner's refusal of sample i, or of span i.
 type refusal struct {
 	i      int
+	span   bool
 	reason window.Reason
 	detail string
 }
@@ -223,15 +228,21 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 	}
 	spanBucket := window.Start(o.Now, int64(f.cfg.Interval))
 	for i := range o.Spans {
-		if o.Peer {
-			break // taken here, their trace's owner
-		}
 		if o.SpanResults[i] != window.Accepted {
+			continue
+		}
+		if o.Peer {
+			// A peer sent the batch's spans here, their trace's owner:
+			// their rule groups remain to be placed.
+			if !o.Spans[i].RulesOnly {
+				f.routeSpanRules(c, o, i)
+			}
 			continue
 		}
 		owner, v := f.m.Owner(TraceHash(tenant, o.Spans[i].TraceID), spanBucket)
 		if owner == f.cfg.Self || owner == "" {
 			f.local[1].Add(1)
+			f.routeSpanRules(c, o, i)
 			continue
 		}
 		g := c.group(owner, v)
@@ -245,12 +256,16 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		f.seedHere(c, o)
 	}
 	c.wg.Wait()
-	// A sample fed to several rule groups' owners has their answers
+	// An item fed to several rule groups' owners has their answers
 	// written once all are in, so that no two deliveries write one result.
 	for _, g := range c.order {
 		for _, rf := range g.observeRefused {
-			if o.Results[rf.i] == window.Accepted {
-				o.Results[rf.i], o.Details[rf.i] = rf.reason, rf.detail
+			results, details := o.Results, o.Details
+			if rf.span {
+				results, details = o.SpanResults, o.SpanDetails
+			}
+			if results[rf.i] == window.Accepted {
+				results[rf.i], details[rf.i] = rf.reason, rf.detail
 			}
 		}
 	}
@@ -265,6 +280,24 @@ func (f *Forwarder) routeRules(c *call, o *service.Outgoing, i int) {
 		return
 	}
 	c.refs = f.cfg.Rules.AppendGroups(c.refs[:0], o.Tenant, &o.Samples[i], o.Now)
+	f.placeRules(c, i, false)
+}
+
+// routeSpanRules sends span i, whose trace runs here, to the owner of each
+// rule group it feeds that another replica owns, marked rules_only, as
+// routeRules does for a sample.
+func (f *Forwarder) routeSpanRules(c *call, o *service.Outgoing, i int) {
+	if f.cfg.Rules == nil {
+		return
+	}
+	c.refs = f.cfg.Rules.AppendSpanGroups(c.refs[:0], o.Tenant, &o.Spans[i], o.Now)
+	f.placeRules(c, i, true)
+}
+
+// placeRules adds item i (a span if span is set, else a sample) to the
+// call's group of each owner of the rule groups c.refs names, once per
+// owner, and counts it local for this replica's.
+func (f *Forwarder) placeRules(c *call, i int, span bool) {
 	c.owners = c.owners[:0]
 	for _, ref := range c.refs {
 		owner, v := f.m.Owner(ref.Hash, ref.Start)
@@ -280,7 +313,11 @@ func (f *Forwarder) routeRules(c *call, o *service.Outgoing, i int) {
 			continue
 		}
 		g := c.group(owner, v)
-		g.observe = append(g.observe, i)
+		if span {
+			g.observeSpans = append(g.observeSpans, i)
+		} else {
+			g.observe = append(g.observe, i)
+		}
 	}
 }
 
@@ -457,7 +494,7 @@ func (c *call) group(owner string, v uint64) *group {
 		g = &group{owner: owner}
 		c.groups[owner] = g
 	}
-	if len(g.samples) == 0 && len(g.spans) == 0 && len(g.seeds) == 0 && len(g.observe) == 0 {
+	if len(g.samples) == 0 && len(g.spans) == 0 && len(g.seeds) == 0 && len(g.observe) == 0 && len(g.observeSpans) == 0 {
 		c.order = append(c.order, g)
 	}
 	g.version = max(g.version, v)
@@ -469,6 +506,7 @@ func (f *Forwarder) putCall(c *call) {
 		g.samples, g.spans, g.seeds, g.version = g.samples[:0], g.spans[:0], g.seeds[:0], 0
 		clear(g.observeRefused) // drop the details
 		g.observe, g.observeRefused = g.observe[:0], g.observeRefused[:0]
+		g.observeSpans = g.observeSpans[:0]
 		if cap(g.frame) > 4<<20 {
 			g.frame, g.batch, g.seedsB = nil, nil, nil
 		}
@@ -492,9 +530,12 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 		batch, g.item = codec.AppendBatchSample(batch, g.item, &s)
 	}
 	for _, i := range g.spans {
-		g.item = codec.AppendSpan(g.item[:0], &o.Spans[i])
-		batch = protowire.AppendTag(batch, 4, protowire.BytesType)
-		batch = protowire.AppendBytes(batch, g.item)
+		batch = g.appendSpan(batch, &o.Spans[i])
+	}
+	for _, i := range g.observeSpans { // after the spans: see deliver
+		sp := o.Spans[i]
+		sp.RulesOnly = true
+		batch = g.appendSpan(batch, &sp)
 	}
 	g.batch = batch
 	call := codec.CallID{Replica: f.run, Sequence: f.seq.Add(1)}
@@ -513,6 +554,13 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 		}
 	}
 	g.frame = frame
+}
+
+// appendSpan appends sp to batch, an aggd.v1 Batch, as its field 4.
+func (g *group) appendSpan(batch []byte, sp *spans.Span) []byte {
+	g.item = codec.AppendSpan(g.item[:0], sp)
+	batch = protowire.AppendTag(batch, 4, protowire.BytesType)
+	return protowire.AppendBytes(batch, g.item)
 }
 
 // seedsField is ForwardRequest.seeds, handedOverField
@@ -540,15 +588,18 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 		for _, i := range g.spans {
 			o.SpanResults[i], o.SpanDetails[i] = window.ReasonOwnerUnavailable, detail
 		}
+		ruleDetail := fmt.Sprintf("the replica owning one of its aggregation rule groups (%s) did not take it: %v", g.owner, err)
 		for _, i := range g.observe {
-			g.observeRefused = append(g.observeRefused, refusal{i, window.ReasonOwnerUnavailable,
-				fmt.Sprintf("the replica owning one of its aggregation rule groups (%s) did not take it: %v", g.owner, err)})
+			g.observeRefused = append(g.observeRefused, refusal{i, false, window.ReasonOwnerUnavailable, ruleDetail})
+		}
+		for _, i := range g.observeSpans {
+			g.observeRefused = append(g.observeRefused, refusal{i, true, window.ReasonOwnerUnavailable, ruleDetail})
 		}
 		f.undelivered[0].Add(uint64(len(g.samples)))
 		f.undelivered[1].Add(uint64(len(g.spans)))
 		f.undelivered[2].Add(uint64(len(g.seeds)))
-		f.undelivered[3].Add(uint64(len(g.observe)))
-		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "rule_samples", len(g.observe), "err", err)
+		f.undelivered[3].Add(uint64(len(g.observe) + len(g.observeSpans)))
+		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "rule_samples", len(g.observe), "rule_spans", len(g.observeSpans), "err", err)
 		return err
 	}
 	seedsRefused := min(uint64(resp.GetSeedsRefused()), uint64(len(g.seeds)))
@@ -564,13 +615,15 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 				o.Results[i], o.Details[i] = parseReason(rj.GetReason()), rj.GetDetail()
 				refused[0]++
 			} else if k := j - len(g.samples); k < len(g.observe) {
-				g.observeRefused = append(g.observeRefused, refusal{g.observe[k], parseReason(rj.GetReason()), rj.GetDetail()})
+				g.observeRefused = append(g.observeRefused, refusal{g.observe[k], false, parseReason(rj.GetReason()), rj.GetDetail()})
 			}
 		case aggdv1.ItemKind_ITEM_KIND_SPAN:
 			if j < len(g.spans) {
 				i := g.spans[j]
 				o.SpanResults[i], o.SpanDetails[i] = parseReason(rj.GetReason()), rj.GetDetail()
 				refused[1]++
+			} else if k := j - len(g.spans); k < len(g.observeSpans) {
+				g.observeRefused = append(g.observeRefused, refusal{g.observeSpans[k], true, parseReason(rj.GetReason()), rj.GetDetail()})
 			}
 		}
 	}
@@ -579,7 +632,7 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 	f.acked[0].Add(uint64(len(g.samples)) - refused[0])
 	f.acked[1].Add(uint64(len(g.spans)) - refused[1])
 	f.refused[3].Add(uint64(len(g.observeRefused)))
-	f.acked[3].Add(uint64(len(g.observe) - len(g.observeRefused)))
+	f.acked[3].Add(uint64(len(g.observe) + len(g.observeSpans) - len(g.observeRefused)))
 	return nil
 }
 

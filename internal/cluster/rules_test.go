@@ -19,6 +19,7 @@ import (
 	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/service/servicetest"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -236,6 +237,10 @@ type groupsOf uint64
 
 func (h groupsOf) AppendGroups(dst []rules.GroupRef, _ *window.Tenant, s *window.Sample, now int64) []rules.GroupRef {
 	return append(dst, rules.GroupRef{Hash: uint64(h), Start: s.Timestamp})
+}
+
+func (h groupsOf) AppendSpanGroups(dst []rules.GroupRef, _ *window.Tenant, sp *spans.Span, now int64) []rules.GroupRef {
+	return append(dst, rules.GroupRef{Hash: uint64(h), Start: sp.Start})
 }
 
 // BenchmarkForwardRuleSamples submits batches of 500 samples whose

@@ -68,10 +68,10 @@ type Decoder struct {
 	NSamples, NEvents, NChecks, NSpans int
 	// Series resolves series references; without it they are refused.
 	Series *Series
-	// Histograms makes the decoder take Sample.histogram and
-	// Sample.rules_only, which only cluster peers send (and the
-	// write-ahead log keeps); otherwise a sample with one is refused as
-	// unsupported.
+	// Histograms makes the decoder take Sample.histogram,
+	// Sample.rules_only and Span.rules_only, which only cluster peers
+	// send (and the write-ahead log keeps); otherwise an item with one is
+	// refused as unsupported.
 	Histograms bool
 	hists      []window.HistPoint
 }

@@ -126,6 +126,10 @@ func AppendSpan(b []byte, sp *spans.Span) []byte {
 		b = protowire.AppendTag(b, 12, protowire.BytesType)
 		b = protowire.AppendBytes(b, entry)
 	}
+	if sp.RulesOnly {
+		b = protowire.AppendTag(b, 13, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
 	return b
 }
 

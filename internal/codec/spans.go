@@ -34,6 +34,7 @@ func (d *Decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) 
 	attrStart := len(d.attrs)
 	badUTF8 := ""
 	var tid, sid, pid []byte
+	rulesOnly := false
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
@@ -67,6 +68,10 @@ func (d *Decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) 
 					s.Resource = view(v)
 				}
 			}
+		case typ == protowire.VarintType && num == 13:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			rulesOnly = v != 0
 		case typ == protowire.VarintType && num >= 7 && num <= 11:
 			var v uint64
 			v, n = protowire.ConsumeVarint(buf)
@@ -112,6 +117,12 @@ func (d *Decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) 
 	}
 	if badUTF8 != "" {
 		return window.ReasonInvalidUTF8, badUTF8 + " is not valid UTF-8"
+	}
+	if rulesOnly {
+		if !d.Histograms {
+			return window.ReasonUnsupported, "rules_only is taken from the replicas of a cluster only"
+		}
+		s.RulesOnly = true
 	}
 	switch {
 	case len(tid) != 16 || isZero(tid):

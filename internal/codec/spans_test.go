@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/cputime"
+	"github.com/aggd/aggd/internal/spans"
 	"github.com/aggd/aggd/internal/window"
 )
 
@@ -52,4 +54,38 @@ func BenchmarkDecodeSpans(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/span")
 	b.ReportMetric(float64(cputime.Process()-cpu)/float64(b.N*500), "cpu-ns/span")
+}
+
+// A span marked rules_only is written so that the generated code reads
+// the mark, and taken with it only from a peer (Histograms): a client's
+// is refused as unsupported.
+func TestSpanRulesOnly(t *testing.T) {
+	sp := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Service: "api", Name: "op", Resource: "/a", Start: 1e18, Duration: 5e6,
+		Attrs: []spans.Attr{{Key: "zone", Value: "z1"}}, RulesOnly: true}
+	item := AppendSpan(nil, &sp)
+	var pb aggdv1.Span
+	if err := proto.Unmarshal(item, &pb); err != nil || !pb.RulesOnly || pb.Resource != "/a" {
+		t.Fatalf("generated code reads %v: %v", &pb, err)
+	}
+	batch := protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), item)
+	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), batch)
+	for _, tc := range []struct {
+		peer bool
+		want window.Reason
+	}{{false, window.ReasonUnsupported}, {true, window.Accepted}} {
+		d := NewDecoder(DefaultLimits())
+		d.Histograms = tc.peer
+		var b window.Batch
+		b.Tenant = window.NewTenant("t")
+		if err := d.DecodeSubmit(req, &b); err != nil || d.NSpans != 1 {
+			t.Fatalf("peer %v: %d spans: %v", tc.peer, d.NSpans, err)
+		}
+		if r := d.SpanResults[0]; r != tc.want || r == window.Accepted && !d.Spans[0].RulesOnly {
+			t.Fatalf("peer %v: %v %q, marked %v; want %v", tc.peer, r, d.SpanDetail[0], d.Spans[0].RulesOnly, tc.want)
+		}
+	}
+	sp.RulesOnly = false
+	if err := proto.Unmarshal(AppendSpan(nil, &sp), &pb); err != nil || pb.RulesOnly {
+		t.Fatalf("an unmarked span reads %v: %v", &pb, err)
+	}
 }

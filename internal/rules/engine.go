@@ -44,10 +44,10 @@ type Engine struct {
 	// owns, when set (cluster mode), says whether this replica owns a
 	// rule group (GroupRef): samples feed only the groups it owns.
 	owns func(h uint64, start int64) bool
-	// routeItems makes events and spans feed only the groups owns says
-	// are this replica's too (RouteItems); marked ones (RulesOnly)
-	// always do.
-	routeItems bool
+	// routeEvents and routeSpans make events and spans feed only the
+	// groups owns says are this replica's too (RouteEvents, RouteSpans);
+	// marked ones (RulesOnly) always do.
+	routeEvents, routeSpans bool
 	// routing holds the states AppendGroups matches in.
 	routing sync.Pool
 }
@@ -105,16 +105,21 @@ func NewEngine(set *Set, shards int, cfg window.Config) *Engine {
 // cluster, the replica aggregating a sample observes it for the groups it
 // owns and sends it to the owners of the others (AppendGroups), as a
 // sample marked RulesOnly. Call it before any sample comes in. Spans and
-// events feed every group unless RouteItems was called, but for those
-// marked RulesOnly.
+// events feed every group unless RouteSpans or RouteEvents was called,
+// but for those marked RulesOnly.
 func (e *Engine) SetOwner(owns func(h uint64, start int64) bool) { e.owns = owns }
 
-// RouteItems makes events and spans, as samples, feed only the rule
-// groups this replica owns (SetOwner): the replica that takes an event,
-// or runs a trace's spans, sends it to the owner of each other group it
-// feeds (AppendEventGroups, AppendSpanGroups), marked RulesOnly. Call it
-// before any item comes in.
-func (e *Engine) RouteItems() { e.routeItems = true }
+// RouteEvents makes events, as samples, feed only the rule groups this
+// replica owns (SetOwner): the replica that takes an event sends it to
+// the owner of each other group it feeds (AppendEventGroups), marked
+// RulesOnly. Call it before any event comes in.
+func (e *Engine) RouteEvents() { e.routeEvents = true }
+
+// RouteSpans makes spans, as samples, feed only the rule groups this
+// replica owns (SetOwner): the replica running a span's trace sends it to
+// the owner of each other group it feeds (AppendSpanGroups), marked
+// RulesOnly. Call it before any span comes in.
+func (e *Engine) RouteSpans() { e.routeSpans = true }
 
 // SetRules replaces the rules. Windows already open finish with the rules
 // they started with; samples from now on meet the new rules. No sample is
@@ -494,7 +499,7 @@ func appendRefs(dst []GroupRef, r *Rule, h uint64, ts int64) []GroupRef {
 // an event of tenant t arriving at now, feeds are placed in a cluster, as
 // AppendGroups does for a sample: one GroupRef per rule selecting a field
 // of ev and algorithm window. The replica taking ev sends it to the owner
-// of each (RouteItems).
+// of each (RouteEvents).
 func (e *Engine) AppendEventGroups(dst []GroupRef, t *window.Tenant, ev *window.Event, now int64) []GroupRef {
 	set := e.set.Load()
 	if set == nil || len(set.logging) == 0 {
@@ -526,7 +531,7 @@ func (e *Engine) AppendEventGroups(dst []GroupRef, t *window.Tenant, ev *window.
 // AppendSpanGroups appends to dst where the tracing rule groups that sp,
 // a span of tenant t arriving at now, feeds are placed in a cluster, as
 // AppendEventGroups does for an event. The replica running sp's trace
-// sends it to the owner of each (RouteItems).
+// sends it to the owner of each (RouteSpans).
 func (e *Engine) AppendSpanGroups(dst []GroupRef, t *window.Tenant, sp *spans.Span, now int64) []GroupRef {
 	set := e.set.Load()
 	if set == nil || len(set.tracing) == 0 {
@@ -658,7 +663,7 @@ var spanFields = [...]string{"trace_id", "span_id", "parent_id", "resource", "st
 // (and those reading a group_by key), as DataKit forks a point per
 // selected field. cutoff is as for ObserveSample. It reports whether a
 // rule selected a field of the span. A span marked RulesOnly (its trace
-// runs on another replica), or any span after RouteItems, feeds only the
+// runs on another replica), or any span after RouteSpans, feeds only the
 // groups this replica owns; a marked one is not counted as matched, its
 // trace's replica counted it.
 func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64) bool {
@@ -674,7 +679,7 @@ func (e *Engine) ObserveSpan(t *window.Tenant, sp *spans.Span, now, cutoff int64
 	}
 	st := &e.spanState
 	measurement := spanMeasurement(sp)
-	routed := e.routeItems || sp.RulesOnly
+	routed := e.routeSpans || sp.RulesOnly
 	matched := false
 	for _, r := range set.tracing {
 		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(sp) {
@@ -715,7 +720,7 @@ func (e *Engine) count(r *Rule, selected, late bool) {
 // its late window. st is locked by the caller.
 //
 // routed is set for a sample's fields, and for an event's or a span's
-// when they are routed (RouteItems, RulesOnly): then only the groups of
+// when they are routed (RouteEvents, RouteSpans, RulesOnly): then only the groups of
 // hash h this replica owns are fed (SetOwner).
 func (e *Engine) fork(st *state, t *window.Tenant, r *Rule, rec filter.Record, field string, ts int64, measurement string, cutoff int64, late *bool, h uint64, routed bool) bool {
 	if !matchAny(r.metricNames, field) {
@@ -778,7 +783,7 @@ func logMeasurement(ev *window.Event) string {
 // time the windows refuse (too old, too new) is not observed; it is still
 // sent on. cutoff is as for ObserveSample. It reports whether a rule
 // selected a field of ev. An event marked RulesOnly (another replica took
-// it), or any event after RouteItems, feeds only the groups this replica
+// it), or any event after RouteEvents, feeds only the groups this replica
 // owns; a marked one is not counted as matched.
 func (e *Engine) ObserveEvent(t *window.Tenant, ev *window.Event, now, cutoff int64) bool {
 	set := e.set.Load()
@@ -797,7 +802,7 @@ func (e *Engine) ObserveEvent(t *window.Tenant, ev *window.Event, now, cutoff in
 	st := &e.spanState
 	measurement := logMeasurement(ev)
 	rec := logPoint{ev}
-	routed := e.routeItems || ev.RulesOnly
+	routed := e.routeEvents || ev.RulesOnly
 	matched := false
 	for _, r := range set.logging {
 		if len(r.measurements) > 0 && !matchAny(r.measurements, measurement) || !r.Cond.Match(rec) {

@@ -49,7 +49,7 @@ window = "10s"
 `
 
 // Engines that split the logging and tracing rule groups between them
-// (SetOwner, RouteItems) output together what one engine outputs, each
+// (SetOwner, RouteEvents, RouteSpans) output together what one engine outputs, each
 // point once, when the engine taking an item observes it for its groups
 // and the owner of each other group AppendEventGroups or
 // AppendSpanGroups names observes it marked RulesOnly; the rules count
@@ -58,7 +58,8 @@ func TestOwnersSplitEventAndSpanRuleGroups(t *testing.T) {
 	one := engine(t, itemRules, 1)
 	split, asked := splitEngines(t, itemRules)
 	for _, e := range split {
-		e.RouteItems()
+		e.RouteEvents()
+		e.RouteSpans()
 	}
 	tn := window.NewTenant("default")
 	statuses := []window.EventAlertType{window.AlertError, window.AlertWarning, window.AlertInfo}
@@ -134,7 +135,8 @@ func TestOwnersSplitEventAndSpanRuleGroups(t *testing.T) {
 func TestOwnersRouteItemsAllocateNothing(t *testing.T) {
 	e := engine(t, itemRules, 1)
 	e.SetOwner(func(h uint64, _ int64) bool { return h%2 == 0 })
-	e.RouteItems()
+	e.RouteEvents()
+	e.RouteSpans()
 	tn := window.NewTenant("default")
 	ev := window.Event{Title: "t", Text: "m", Host: "h", AlertType: window.AlertError, Timestamp: t0 + sec}
 	sp := spans.Span{Service: "api", Resource: "/a", Start: t0 + sec, Duration: 1000, Attrs: []spans.Attr{{Key: "zone", Value: "z1"}}}

@@ -544,7 +544,7 @@ func ingestDetail(r window.Reason) string {
 	case window.ReasonTenantLimit:
 		return "the tenant holds its maximum number of contexts"
 	case window.ReasonRulesMismatch:
-		return "a peer sent this sample for its aggregation rule groups, and no rule of this replica matches it: the replicas' rules files differ"
+		return "a peer sent this item for its aggregation rule groups, and no rule of this replica matches it: the replicas' rules files differ"
 	}
 	return r.String()
 }

@@ -60,6 +60,9 @@ func NewProcessor(sink StatsSink, sampler *Sampler, o Observer) *Processor {
 // IngestSpans aggregates the stats of the accepted spans and holds them for
 // sampling. A span whose stats are refused (its end is too old or too new
 // for the windows, or its tenant is at its context limit) is refused whole.
+// A span marked RulesOnly (another replica runs its trace) is only
+// observed by the rules, and refused rules_mismatch when no rule selects
+// it.
 func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results []window.Reason) {
 	p.ingest(t, now, sp, results, 0, true, false)
 }
@@ -81,7 +84,7 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 	st.batch.Tenant, st.batch.Now, st.batch.Cutoff = t, now, cutoff
 	for i := range sp {
 		st.first = append(st.first, len(st.batch.Samples))
-		if results[i] != window.Accepted {
+		if results[i] != window.Accepted || sp[i].RulesOnly {
 			continue
 		}
 		st.stats.Add(&st.batch, &sp[i])
@@ -94,6 +97,14 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 	st.first = append(st.first, len(st.batch.Samples))
 	for i := range sp {
 		if results[i] != window.Accepted {
+			continue
+		}
+		if sp[i].RulesOnly {
+			// Its trace runs on another replica, which made its stats
+			// and holds it: only the rule groups owned here take it.
+			if p.observer == nil || !p.observer.ObserveSpan(t, &sp[i], now, cutoff) {
+				results[i] = window.ReasonRulesMismatch
+			}
 			continue
 		}
 		if r := st.batch.Results[st.first[i]]; r != window.Accepted {

@@ -37,6 +37,46 @@ func TestProcessorFeedsStatsAndSampler(t *testing.T) {
 	}
 }
 
+// observer stands for the rules: it selects the spans of service "api".
+type observer struct{ seen []string }
+
+func (o *observer) ObserveSpan(_ *window.Tenant, sp *spans.Span, _, _ int64) bool {
+	o.seen = append(o.seen, sp.Name)
+	return sp.Service == "api"
+}
+
+// A span marked RulesOnly (its trace runs on another replica) is shown to
+// the rules only: it makes no stats and is not held; one no rule selects
+// is refused rules_mismatch.
+func TestProcessorRulesOnlySpans(t *testing.T) {
+	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 4})
+	s := spans.NewSampler(nil, spans.DefaultLimits())
+	var o observer
+	p := spans.NewProcessor(agg, s, &o)
+	tn := window.NewTenant("t")
+	now := time.Now().UnixNano()
+	sp := []spans.Span{
+		{TraceID: [16]byte{1}, SpanID: [8]byte{1}, Service: "api", Name: "marked", Kind: spans.KindServer, Start: now - 1e9, Duration: 5e8, RulesOnly: true},
+		{TraceID: [16]byte{2}, SpanID: [8]byte{2}, Service: "db", Name: "unmatched", Start: now - 1e9, Duration: 1e8, RulesOnly: true},
+		{TraceID: [16]byte{3}, SpanID: [8]byte{3}, Service: "api", Name: "own", Kind: spans.KindServer, Start: now - 1e9, Duration: 5e8},
+	}
+	res := make([]window.Reason, len(sp))
+	p.IngestSpans(tn, now, sp, res)
+	if res[0] != window.Accepted || res[1] != window.ReasonRulesMismatch || res[2] != window.Accepted {
+		t.Fatalf("results %v", res)
+	}
+	if len(o.seen) != 3 {
+		t.Fatalf("the rules saw %v, want every span", o.seen)
+	}
+	// Only span 2's stats: hits, duration sum, duration, top-level.
+	if n := agg.Contexts(); n != 4 {
+		t.Fatalf("%d stats contexts, want span 2's 4", n)
+	}
+	if out := s.Advance(now, false); len(out) != 1 || out[0].Spans[0].Name != "own" {
+		t.Fatalf("sampler got %v, want the unmarked span's trace only", out)
+	}
+}
+
 func BenchmarkIngestSpans(b *testing.B) {
 	agg := flush.NewAggregator(flush.AggregatorConfig{Window: window.DefaultConfig(), Shards: 0})
 	policy, err := spans.ParsePolicy(`

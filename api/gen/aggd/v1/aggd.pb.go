@@ -1106,8 +1106,14 @@ type Span struct {
 	Error          bool              `protobuf:"varint,10,opt,name=error,proto3" json:"error,omitempty"`
 	HttpStatusCode uint32            `protobuf:"varint,11,opt,name=http_status_code,json=httpStatusCode,proto3" json:"http_status_code,omitempty"`
 	Attributes     map[string]string `protobuf:"bytes,12,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// rules_only marks a span whose trace another replica runs, sent here
+	// only for the tracing rule groups this replica owns: it feeds those
+	// and is neither held for sampling nor made into stats. Only the
+	// replicas of a cluster send it (PeerService); a client's span with it
+	// is refused as unsupported.
+	RulesOnly     bool `protobuf:"varint,13,opt,name=rules_only,json=rulesOnly,proto3" json:"rules_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Span) Reset() {
@@ -1222,6 +1228,13 @@ func (x *Span) GetAttributes() map[string]string {
 		return x.Attributes
 	}
 	return nil
+}
+
+func (x *Span) GetRulesOnly() bool {
+	if x != nil {
+		return x.RulesOnly
+	}
+	return false
 }
 
 // Ack tells how a batch was taken.
@@ -1431,7 +1444,7 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12\x12\n" +
 	"\x04tags\x18\x04 \x03(\tR\x04tags\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x05 \x01(\x03R\x11timestampUnixNano\x12\x18\n" +
-	"\amessage\x18\x06 \x01(\tR\amessage\"\xdc\x03\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\"\xfb\x03\n" +
 	"\x04Span\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\fR\atraceId\x12\x17\n" +
 	"\aspan_id\x18\x02 \x01(\fR\x06spanId\x12$\n" +
@@ -1447,7 +1460,9 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\x10http_status_code\x18\v \x01(\rR\x0ehttpStatusCode\x12=\n" +
 	"\n" +
 	"attributes\x18\f \x03(\v2\x1d.aggd.v1.Span.AttributesEntryR\n" +
-	"attributes\x1a=\n" +
+	"attributes\x12\x1d\n" +
+	"\n" +
+	"rules_only\x18\r \x01(\bR\trulesOnly\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x01\n" +
