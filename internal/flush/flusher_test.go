@@ -273,3 +273,48 @@ func TestNewFlusherRefusesInvalidConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestReplayKeepsThePreviousSampleOfAFlushedBucket: a RATE's or
+// MONOTONIC_COUNT's sample replayed into a bucket that was flushed and is
+// no longer kept for late samples is not aggregated again, but it is still
+// the previous sample of the context's next point, so the first point
+// after a restart has its delta, as without the restart.
+func TestReplayKeepsThePreviousSampleOfAFlushedBucket(t *testing.T) {
+	for _, typ := range []window.MetricType{window.TypeMonotonicCount, window.TypeRate} {
+		t.Run(typ.String(), func(t *testing.T) {
+			cfg := window.DefaultConfig() // 10 s buckets, 2 s grace
+			agg := flush.NewAggregator(flush.AggregatorConfig{Window: cfg, Shards: 2})
+			tn := window.NewTenant("t")
+			base := time.Now().Truncate(10 * time.Second)
+			agg.Resume(base.Add(2 * time.Second).UnixNano()) // an earlier process flushed up to base
+			sample := func(v float64, ts time.Time, cutoff int64) {
+				b := count(tn, "m", v, ts)
+				b.Samples[0].Type = typ
+				b.Cutoff = cutoff
+				agg.Ingest(&b)
+				if b.Results[0] != window.Accepted {
+					t.Fatalf("sample %v at %v: %v", v, ts, b.Results[0])
+				}
+			}
+			// Replayed: its bucket was flushed 25 minutes ago, past the
+			// 2-minute late window, within the hour of lateness.
+			first := base.Add(-25 * time.Minute)
+			sample(100, first, base.Add(2*time.Second).UnixNano())
+			sample(130, base.Add(5*time.Second), 0)
+			exp := &flushtest.Exporter{}
+			fl, err := flush.NewFlusher(agg, exp, tenants{}, flush.Config{Interval: 10 * time.Second}, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fl.Flush(base.Add(time.Hour), true)
+			pts := exp.Points()
+			want := 30.0 // the monotonic count's delta
+			if typ == window.TypeRate {
+				want = 30 / base.Add(5*time.Second).Sub(first).Seconds() // per second between the samples
+			}
+			if len(pts) != 1 || pts[0].Value != want {
+				t.Fatalf("flushed %+v, want one point of %v", pts, want)
+			}
+		})
+	}
+}

@@ -319,7 +319,19 @@ func (sh *Shard) add(t *Tenant, s *Sample, now int64, folded bool) Reason {
 		k := bucketKey{start, width}
 		b := sh.restored(k)
 		if b == nil {
-			return Accepted // flushed; no late sample may correct it
+			// Flushed, and no late sample may correct it any more; a
+			// RATE's or MONOTONIC_COUNT's value is still the previous
+			// sample of the context's next point.
+			if s.Type == TypeRate || s.Type == TypeMonotonicCount {
+				v := s.Value
+				if n := len(s.Values); n > 0 {
+					v = s.Values[n-1]
+				}
+				if l := sh.lastOf(c); l == nil || l.t <= ts {
+					sh.remember(c, s.Type, v, ts)
+				}
+			}
+			return Accepted
 		}
 		c.expires = max(c.expires, unixSeconds(sh.keptUntil(k), true))
 		return sh.put(b, id, c, s, ts)
