@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -180,7 +181,15 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 		lis.Close()
 		return nil, fmt.Errorf("cluster members: %w", err)
 	}
-	m := cluster.NewMembership(first, int64(cfg.Window.Interval), keep)
+	// A resolved name tells only the members of now: the schedule of the
+	// lists resolved before is kept under --wal-dir, so that what the log
+	// replays is routed by the list in force when it arrived. (A file
+	// keeps its own history; a static list has none.)
+	var store cluster.ScheduleFile
+	if c.PeersDNS != "" && cfg.WALDir != "" {
+		store = cluster.ScheduleFile(filepath.Join(cfg.WALDir, "members"))
+	}
+	m := cluster.RestoreMembership(store, first, int64(cfg.Window.Interval), keep, time.Now().UnixNano(), log)
 	// Each change hands the last samples of the RATE and MONOTONIC_COUNT
 	// contexts it moves to their new owners, once the write-ahead log is
 	// replayed (handOverPending sets handTo, and hands over the changes
@@ -192,7 +201,7 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 			fwd.HandOver(ctx, seeder, v)
 		}
 	}
-	w := cluster.NewWatcher(src, m, cluster.WatchConfig{Refresh: c.Refresh, Settle: c.Settle, OnChange: handOver}, log)
+	w := cluster.NewWatcher(src, m, cluster.WatchConfig{Refresh: c.Refresh, Settle: c.Settle, OnChange: handOver, Store: store}, log)
 	if err := w.Refresh(ctx); err != nil { // the later lists of a file
 		log.Warn("cluster members", "err", err)
 	}

@@ -153,6 +153,10 @@ type WatchConfig struct {
 	// theirs. Shutdown cancels its ctx, when Start made it, and waits
 	// for it.
 	OnChange func(ctx context.Context, v Version)
+	// Store, if set, keeps the schedule: it is saved by the first
+	// Refresh and after each change (again by the next Refresh if saving
+	// failed).
+	Store ScheduleFile
 }
 
 func (c *WatchConfig) setDefaults() {
@@ -179,12 +183,13 @@ type Watcher struct {
 	changes  sync.WaitGroup // OnChange calls running
 	Failures atomic.Uint64  // reads that failed
 	Changes  atomic.Uint64  // lists scheduled
+	unsaved  bool           // the schedule differs from Store's; Refresh only
 }
 
 // NewWatcher returns a watcher of src for m.
 func NewWatcher(src Source, m *Membership, cfg WatchConfig, log *slog.Logger) *Watcher {
 	cfg.setDefaults()
-	return &Watcher{cfg: cfg, src: src, m: m, log: log}
+	return &Watcher{cfg: cfg, src: src, m: m, log: log, unsaved: cfg.Store != ""}
 }
 
 // Refresh reads the source once and schedules what changed.
@@ -192,6 +197,7 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
 	entries, err := w.src.Members(rctx)
+	defer w.save()
 	if err != nil {
 		w.Failures.Add(1)
 		return fmt.Errorf("cluster members: %w", err)
@@ -208,6 +214,7 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		prev := w.m.Latest()
 		if v := w.m.Schedule(e.Members, at, now); w.m.Latest().N != prev.N {
 			w.Changes.Add(1)
+			w.unsaved = w.cfg.Store != ""
 			w.log.Info("cluster members change", "version", v.N, "members", v.Ring.Members(), "from", time.Unix(0, v.Since).UTC())
 			if w.cfg.OnChange != nil {
 				w.changes.Go(func() { w.cfg.OnChange(ctx, v) })
@@ -215,6 +222,18 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// save writes the schedule to Store if it changed since last saved.
+func (w *Watcher) save() {
+	if !w.unsaved {
+		return
+	}
+	if err := w.cfg.Store.Save(w.m.Versions()); err != nil {
+		w.log.Warn("cluster member schedule not saved; tried again at the next read", "err", err)
+		return
+	}
+	w.unsaved = false
 }
 
 // Start reads the source every Refresh until Shutdown or ctx ends.
