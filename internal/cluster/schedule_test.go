@@ -206,6 +206,14 @@ func TestReplayedStatsFollowTheListInForceAcrossRestart(t *testing.T) {
 	if o, _ := restored.Owner(ContextHash("default", window.AppendKey(nil, stats[1].name, "", nil)), restart+interval); o != self {
 		t.Errorf("after restart %s is owned by %s, want this replica by the list resolved at start", stats[1].name, o)
 	}
+	// A name not resolving at start keeps the lists restored in force.
+	unresolved := RestoreMembership(store, nil, interval, int64(time.Hour), restart, log)
+	if got := replay(unresolved); !slices.Equal(got, want) {
+		t.Errorf("restored without a list resolved at start, replay kept %v here, want %v", got, want)
+	}
+	if n := len(unresolved.Versions()); n != 2 {
+		t.Errorf("restored without a list resolved at start: %d versions, want the 2 saved", n)
+	}
 	// Without the schedule kept, the list resolved at start owns every
 	// earlier bucket too: the same replay keeps other stats.
 	if got := replay(RestoreMembership("", resolved[0].Members, interval, int64(time.Hour), restart, log)); slices.Equal(got, want) {
@@ -242,4 +250,43 @@ func FuzzParseSchedule(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The watcher saves the schedule at its first read and after each change;
+// a save that fails is logged and tried again at the next read, even a
+// read that changes nothing or fails.
+func TestWatcherSavesTheSchedule(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "wal")
+	store := ScheduleFile(filepath.Join(dir, "members"))
+	dns := &fakeDNS{}
+	dns.set(nil, "10.0.0.1")
+	m := NewMembership([]string{"10.0.0.1:8129"}, 10*sec, 3600*sec)
+	var logged bytes.Buffer
+	w := NewWatcher(DNS{Host: "aggd-peers", Port: "8129", Resolver: dns}, m, WatchConfig{Settle: time.Second, Store: store},
+		slog.New(slog.NewTextHandler(&logged, nil)))
+	ctx := context.Background()
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "member schedule not saved") {
+		t.Fatalf("logged %q, want the failed save", logged.String())
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dns.set(errors.New("lookup failed"))
+	if err := w.Refresh(ctx); err == nil {
+		t.Fatal("a failed lookup was not reported")
+	}
+	vs, err := store.Load()
+	if err != nil || len(vs) != 1 {
+		t.Fatalf("after the next read: %d versions, %v; want the schedule saved", len(vs), err)
+	}
+	dns.set(nil, "10.0.0.1", "10.0.0.2")
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if vs, err = store.Load(); err != nil || len(vs) != 2 || !vs[1].Ring.Equal(m.Latest().Ring) {
+		t.Fatalf("after a change: %d versions, %v; want the change saved", len(vs), err)
+	}
 }
