@@ -514,7 +514,7 @@ func newJournal(cfg config, walLog *wal.Log, policy *spans.Policy, agg *flush.Ag
 	}
 	eventHold, spanHold := journal.Holds(policy, cfg.Window.Interval)
 	return journal.New(journal.Config{Log: walLog, Due: agg.Due, EventHold: eventHold, SpanHold: spanHold, LateWindow: cfg.Window.LateWindow,
-		Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Logger: log})
+		Tenants: tenants, Limits: cfg.Limits, Ingest: agg, Spans: proc, Seeder: agg, Logger: log})
 }
 
 // reloader watches the rules and sampling files and reads them again on

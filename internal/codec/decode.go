@@ -222,6 +222,10 @@ func (d *Decoder) DecodeSubmit(buf []byte, b *window.Batch) error {
 	return nil
 }
 
+// DecodeSeeds decodes seeds, the seeds of a ForwardRequest (an aggd.v1
+// Batch: see ForwardSeeds), as DecodeSubmit decodes a batch.
+func (d *Decoder) DecodeSeeds(seeds []byte, b *window.Batch) error { return d.decodeBatch(seeds, b) }
+
 // decodeBatch decodes a Batch, appending to b. A malformed item is rejected
 // by itself; only broken framing of the batch is an error.
 func (d *Decoder) decodeBatch(buf []byte, b *window.Batch) error {

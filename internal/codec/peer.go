@@ -69,3 +69,27 @@ func AppendForward(b, batch []byte, f Forward, membership uint64) []byte {
 	}
 	return b
 }
+
+// ForwardSeeds returns the seeds of a ForwardRequest (an aggd.v1 Batch, a
+// view into buf), or nil, and whether they are a hand-over's.
+func ForwardSeeds(buf []byte) (seeds []byte, handedOver bool) {
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return nil, false
+		}
+		buf = buf[n:]
+		switch {
+		case num == 7 && typ == protowire.BytesType:
+			seeds, _ = protowire.ConsumeBytes(buf)
+		case num == 8 && typ == protowire.VarintType:
+			v, _ := protowire.ConsumeVarint(buf)
+			handedOver = v != 0
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, buf); n < 0 {
+			return nil, false
+		}
+		buf = buf[n:]
+	}
+	return seeds, handedOver
+}

@@ -35,6 +35,13 @@ type Ingester interface {
 	Drained() int64
 }
 
+// Seeder keeps samples as their contexts' previous samples, without
+// aggregating them (flush.Aggregator.Seed): the seeds of forwarded
+// batches (aggd.v1.ForwardRequest.seeds).
+type Seeder interface {
+	Seed(b *window.Batch, handedOver bool)
+}
+
 // SpanReplayer takes replayed spans (spans.Processor): their stats, except
 // in windows the flush at cutoff (zero: none) carried, and the spans to
 // tail sampling only when sample is set.
@@ -62,6 +69,9 @@ type Config struct {
 	Limits  codec.Limits
 	Ingest  Ingester
 	Spans   SpanReplayer
+	// Seeder, if set, keeps the seeds of replayed forwarded batches
+	// (flush.Aggregator.Seed); without it they are not replayed.
+	Seeder Seeder
 	// Logger logs what replay skipped and did.
 	Logger *slog.Logger
 }
@@ -138,6 +148,10 @@ type Entry struct {
 	Batch       *window.Batch
 	Spans       []spans.Span
 	SpanResults []window.Reason
+	// Seeded is the latest timestamp of the seeds of the forwarded batch
+	// kept, 0 when none: the record, which holds them, is then kept until
+	// SeedDue.
+	Seeded int64
 
 	buf []byte // the encoded record
 }
@@ -214,6 +228,9 @@ func (j *Journal) append(e *Entry) (uint64, error) {
 	if e.Batch != nil {
 		due = max(due, j.BatchDue(e.Batch, e.Spans, e.SpanResults))
 	}
+	if e.Seeded != 0 {
+		due = max(due, j.SeedDue(e.Seeded, now))
+	}
 	idx, err := j.cfg.Log.Append(e.buf, due)
 	if err != nil && e.Series != nil {
 		e.Series.Unlog() // not recorded: the definitions are not in the log
@@ -236,6 +253,18 @@ func (j *Journal) BatchDue(b *window.Batch, sps []spans.Span, spResults []window
 		}
 	}
 	return due
+}
+
+// SeedDue returns the tick until which the record of seeds kept at now,
+// the latest of them at ts, is kept: the seeds' buckets and the bucket
+// open at now have been flushed and are no longer kept for late samples.
+// A seed stands for a sample of its context that a single aggd would
+// hold in its log as long as its bucket is kept; its new owner keeps it
+// at least through the bucket open when it arrived, in which the
+// context's next sample falls when it reports every interval, and whose
+// own record keeps that sample as the next one's previous sample.
+func (j *Journal) SeedDue(ts, now int64) int64 {
+	return max(j.cfg.Due(ts, now), j.cfg.Due(0, now)) + j.lateWindow + 1
 }
 
 // Due returns the tick by which the accepted samples and spans, and any

@@ -62,6 +62,10 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 	if err != nil {
 		return 0, fmt.Errorf("journal: write-ahead log record skipped: %w", err)
 	}
+	seedDue, err := j.replaySeeds(&r, tn)
+	if err != nil {
+		return 0, err
+	}
 	d, b := j.dec, &j.batch
 	d.Reset(b)
 	d.ForTenant(tn)
@@ -80,7 +84,7 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 	}
 	j.rememberCall(&r)
 	j.dropRefused(r.Refused)
-	due := j.BatchDue(b, d.Spans, d.SpanResults)
+	due := max(j.BatchDue(b, d.Spans, d.SpanResults), seedDue)
 	next := j.cfg.Due(0, b.Now)
 	sample := true
 	if flushed {
@@ -96,6 +100,53 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 		j.cfg.Spans.ReplaySpans(tn, b.Now, d.Spans, d.SpanResults, b.Cutoff, sample)
 	}
 	return due, nil
+}
+
+// replaySeeds keeps the seeds of r, the record of a forwarded batch,
+// again, as the batch's owner kept them when it came, before its items
+// (service.Server's seed): a seed later than its context's last sample
+// is its previous sample again; the samples of later records replayed
+// after it are later still. It returns the tick until which the seeds
+// kept need the record (SeedDue), 0 when it has none.
+func (j *Journal) replaySeeds(r *Record, tn *window.Tenant) (int64, error) {
+	if j.cfg.Seeder == nil || r.Kind != Submit {
+		return 0, nil
+	}
+	seeds, handedOver := codec.ForwardSeeds(r.Frame)
+	if seeds == nil {
+		return 0, nil
+	}
+	d, b := j.dec, &j.batch
+	d.Reset(b)
+	d.ForTenant(tn)
+	b.Tenant, b.Now = tn, r.Now
+	d.Series = j.seriesOf(0) // peers send full names
+	if err := d.DecodeSeeds(seeds, b); err != nil {
+		return 0, fmt.Errorf("journal: write-ahead log record's seeds: %w", err)
+	}
+	j.cfg.Seeder.Seed(b, handedOver)
+	latest := LatestSeed(b)
+	if latest == 0 {
+		return 0, nil
+	}
+	return j.SeedDue(latest, r.Now), nil
+}
+
+// LatestSeed returns the latest timestamp of the seeds b kept (b.Now for
+// a seed without one: the Seeder keeps it at b.Now), 0 when it kept none.
+func LatestSeed(b *window.Batch) int64 {
+	latest := int64(0)
+	for i, res := range b.Results {
+		if res != window.Accepted {
+			continue
+		}
+		ts := b.Samples[i].Timestamp
+		if ts == 0 {
+			ts = b.Now
+		}
+		latest = max(latest, ts)
+	}
+	return latest
 }
 
 // Calls remembers the calls peers forwarded (cluster.Calls).

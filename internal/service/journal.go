@@ -23,11 +23,12 @@ func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.K
 	e := &st.entry
 	e.Record = journal.Record{Kind: kind, Tenant: st.batch.Tenant.ID, Now: st.batch.Now, Stream: st.stream, Frame: st.frame.Buf}
 	e.Series, e.Batch, e.Spans, e.SpanResults = &st.series, &st.batch, st.dec.Spans, st.dec.SpanResults
+	e.Seeded = st.seeded
 	err := s.journal.Take(e, func() bool {
 		s.ingest(st)
 		res, spRes := st.batch.Results, st.dec.SpanResults
-		if int(st.ack.Accepted) <= st.out.taken(res, spRes) {
-			return false
+		if int(st.ack.Accepted) <= st.out.taken(res, spRes) && st.seeded == 0 {
+			return false // nothing taken here: no seed kept, no item
 		}
 		st.refused = st.refused[:0]
 		for _, r := range st.ack.Rejections {

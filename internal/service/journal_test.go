@@ -62,8 +62,8 @@ func startJournaled(t *testing.T, dir string, withSpans bool, set *rules.Set) *j
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Logger: slog.New(slog.DiscardHandler)}
-	jc := journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, LateWindow: cfg.LateWindow, Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: agg, Logger: slog.New(slog.DiscardHandler)}
+	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: codec.DefaultLimits(), Seeder: agg, Logger: slog.New(slog.DiscardHandler)}
+	jc := journal.Config{Log: l, Due: agg.Due, SpanHold: time.Minute, LateWindow: cfg.LateWindow, Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: agg, Seeder: agg, Logger: slog.New(slog.DiscardHandler)}
 	if withSpans {
 		proc := spans.NewProcessor(agg, spans.NewSampler(nil, spans.DefaultLimits()), nil)
 		sc.Spans = proc

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
@@ -343,6 +342,7 @@ func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.T
 	if err != nil {
 		return nil, err
 	}
+	defer func() { st.seeded = 0 }()
 	st.dec.Reset(&st.batch)
 	st.dec.ForTenant(tn)
 	st.batch.Tenant = tn
@@ -366,25 +366,26 @@ func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.T
 // samples (flush.Aggregator.Seed): Config.Seeder takes the seeds of
 // forwarded batches; handedOver marks a hand-over's (see
 // ForwardRequest.seeds_handed_over).
-type Seeder interface {
-	Seed(b *window.Batch, handedOver bool)
-}
+type Seeder = journal.Seeder
 
 // seed keeps the seeds of the ForwardRequest in st.frame (see
 // ForwardRequest.seeds), before its batch: they are samples of buckets
 // before the batch's, routed there in the same ack, so the order of
 // arrival a single aggd sees is kept. It returns how many seeds were
-// refused.
+// refused, and sets st.seeded to the latest timestamp of those kept
+// (their arrival time for seeds without one), for the call's record:
+// the record keeps the request, seeds included, and replay keeps them
+// again (journal.ReplayRecord), so that a restart after the ack does not
+// lose them.
 func (s *Server) seed(st *callState, tn *window.Tenant, now int64) (uint32, error) {
-	seeds, handedOver := forwardSeeds(st.frame.Buf)
+	seeds, handedOver := codec.ForwardSeeds(st.frame.Buf)
 	if seeds == nil || s.seeder == nil {
 		return 0, nil
 	}
 	st.dec.Reset(&st.batch)
 	st.dec.ForTenant(tn)
 	st.batch.Tenant, st.batch.Now = tn, now
-	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), seeds)
-	if err := st.dec.DecodeSubmit(req, &st.batch); err != nil {
+	if err := st.dec.DecodeSeeds(seeds, &st.batch); err != nil {
 		return 0, status.Error(codes.InvalidArgument, "seeds: "+err.Error())
 	}
 	s.seeder.Seed(&st.batch, handedOver)
@@ -394,29 +395,6 @@ func (s *Server) seed(st *callState, tn *window.Tenant, now int64) (uint32, erro
 			refused++
 		}
 	}
+	st.seeded = journal.LatestSeed(&st.batch)
 	return refused, nil
-}
-
-// forwardSeeds returns the seeds of a ForwardRequest (a Batch), or nil,
-// and whether they are a hand-over's.
-func forwardSeeds(buf []byte) (seeds []byte, handedOver bool) {
-	for len(buf) > 0 {
-		num, typ, n := protowire.ConsumeTag(buf)
-		if n < 0 {
-			return nil, false
-		}
-		buf = buf[n:]
-		switch {
-		case num == 7 && typ == protowire.BytesType:
-			seeds, _ = protowire.ConsumeBytes(buf)
-		case num == 8 && typ == protowire.VarintType:
-			v, _ := protowire.ConsumeVarint(buf)
-			handedOver = v != 0
-		}
-		if n = protowire.ConsumeFieldValue(num, typ, buf); n < 0 {
-			return nil, false
-		}
-		buf = buf[n:]
-	}
-	return seeds, handedOver
 }

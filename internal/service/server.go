@@ -263,6 +263,9 @@ type callState struct {
 	refused []journal.Item
 	out     Outgoing
 	peer    bool // the batch came from a peer: not forwarded again
+	// seeded is the latest timestamp of the seeds a forwarded batch
+	// brought and this replica kept, 0 when none (see seed).
+	seeded int64
 	// series are the call's series references; stream numbers the
 	// stream for the write-ahead log (0 for Submit).
 	series codec.Series

@@ -33,6 +33,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const token = "0123456789abcdef-acme"
 
+// peerToken is the peer token of the servers serveBufconn starts.
+const peerToken = "peer-secret"
+
 type env struct {
 	rec     *servicetest.Recorder
 	srv     *service.Server
@@ -75,6 +78,7 @@ func serveBufconn(t *testing.T, srv *service.Server, opts ...grpc.ServerOption) 
 	gs := grpc.NewServer(append(service.ServerOptions(), opts...)...)
 	srv.Register(gs)
 	srv.RegisterOTLP(gs)
+	srv.RegisterPeer(gs, peerToken)
 	lis := bufconn.Listen(1 << 20)
 	go gs.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///bufnet",

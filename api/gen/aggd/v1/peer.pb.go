@@ -47,9 +47,10 @@ type ForwardRequest struct {
 	// owns under a later member list than their sender routed them by
 	// (their owner takes them in batch): the receiver keeps each as its
 	// context's previous sample, without aggregating it, so that its first
-	// delta as the owner is the one a single aggd computes. They are not
-	// logged, and the ack says nothing of them (ForwardResponse counts
-	// those refused).
+	// delta as the owner is the one a single aggd computes. The receiver
+	// logs the seeds it keeps with the request, before it answers, and
+	// keeps them again when it replays its log; the ack says nothing of
+	// them (ForwardResponse counts those refused).
 	Seeds *Batch `protobuf:"bytes,7,opt,name=seeds,proto3" json:"seeds,omitempty"`
 	// seeds_handed_over says the seeds are a hand-over's: the last samples
 	// the sender held when it scheduled a member list, not samples taken
