@@ -187,7 +187,7 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	// keeps its own history; a static list has none.)
 	var store cluster.ScheduleFile
 	if c.PeersDNS != "" && cfg.WALDir != "" {
-		store = cluster.ScheduleFile(filepath.Join(cfg.WALDir, "members"))
+		store = cluster.ScheduleFile{Path: filepath.Join(cfg.WALDir, "members"), Self: self}
 	}
 	m := cluster.RestoreMembership(store, first, int64(cfg.Window.Interval), keep, time.Now().UnixNano(), log)
 	// Each change hands the last samples of the RATE and MONOTONIC_COUNT

@@ -399,7 +399,7 @@ func (f *Forwarder) HandOver(ctx context.Context, src LastSamples, v Version) {
 			if !f.m.Held(f.cfg.Self, h, start, v.Since) {
 				continue // another replica holds its latest sample
 			}
-			heir := v.Ring.Owner(h)
+			heir := v.owner(h)
 			if heir == f.cfg.Self || heir == "" {
 				continue
 			}

@@ -15,6 +15,20 @@ type Version struct {
 	// version owns; buckets before it keep their earlier owners.
 	Since int64
 	Ring  *Ring
+	// was, when set, is this replica's former peer address, a member of
+	// Ring restored from a schedule saved before a restart that changed
+	// the address (a new pod IP); owner names this replica in its place,
+	// which holds what the former address took (its write-ahead log).
+	was, self string
+}
+
+// owner returns the member of v owning hash h.
+func (v *Version) owner(h uint64) string {
+	o := v.Ring.Owner(h)
+	if v.was != "" && o == v.was {
+		return v.self
+	}
+	return o
 }
 
 // Membership is the schedule of member lists: each takes effect at an
@@ -99,7 +113,7 @@ func inForce(vs []Version, t int64) Version {
 // and the number of the version that decided it.
 func (m *Membership) Owner(h uint64, bucket int64) (string, uint64) {
 	v := inForce(*m.versions.Load(), bucket)
-	return v.Ring.Owner(h), v.N
+	return v.owner(h), v.N
 }
 
 // Heirs appends to dst the members that own hash h under the versions
@@ -114,7 +128,7 @@ func (m *Membership) Heirs(dst []string, h uint64, bucket int64, owner string) [
 		i--
 	}
 	for _, v := range vs[i+1:] {
-		if o := v.Ring.Owner(h); o != owner && o != "" && !slices.Contains(dst, o) {
+		if o := v.owner(h); o != owner && o != "" && !slices.Contains(dst, o) {
 			dst = append(dst, o)
 		}
 	}
@@ -136,7 +150,7 @@ func (m *Membership) Held(self string, h uint64, from, until int64) bool {
 		if i+1 < len(vs) && vs[i+1].Since <= from {
 			continue // replaced before from
 		}
-		if v.Ring.Owner(h) == self {
+		if v.owner(h) == self {
 			return true
 		}
 	}

@@ -189,7 +189,7 @@ type Watcher struct {
 // NewWatcher returns a watcher of src for m.
 func NewWatcher(src Source, m *Membership, cfg WatchConfig, log *slog.Logger) *Watcher {
 	cfg.setDefaults()
-	return &Watcher{cfg: cfg, src: src, m: m, log: log, unsaved: cfg.Store != ""}
+	return &Watcher{cfg: cfg, src: src, m: m, log: log, unsaved: cfg.Store.Path != ""}
 }
 
 // Refresh reads the source once and schedules what changed.
@@ -214,7 +214,7 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 		prev := w.m.Latest()
 		if v := w.m.Schedule(e.Members, at, now); w.m.Latest().N != prev.N {
 			w.Changes.Add(1)
-			w.unsaved = w.cfg.Store != ""
+			w.unsaved = w.cfg.Store.Path != ""
 			w.log.Info("cluster members change", "version", v.N, "members", v.Ring.Members(), "from", time.Unix(0, v.Since).UTC())
 			if w.cfg.OnChange != nil {
 				w.changes.Go(func() { w.cfg.OnChange(ctx, v) })

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -19,11 +20,18 @@ import (
 // so that a replica restarted routes what its write-ahead log replays by
 // the member lists in force when that arrived, which a re-resolved DNS
 // name no longer tells. The file is text: a header line, one line per
-// version ("<number> <since, unix nanoseconds> <member>..."), and a last
-// line with the CRC-32C of the lines before it. It is replaced whole
-// (written aside, fsynced, renamed, its directory fsynced), so a reader
-// finds the old schedule or the new one.
-type ScheduleFile string
+// version ("<number> <since, unix nanoseconds> <this replica's address
+// in it, or -> <member>..."), and a last line with the CRC-32C of the
+// lines before it. It is replaced whole (written aside, fsynced, renamed,
+// its directory fsynced), so a reader finds the old schedule or the new
+// one. The zero ScheduleFile keeps nothing.
+type ScheduleFile struct {
+	Path string
+	// Self is this replica's peer address: a list restored that names
+	// the replica by another address (its pod's former IP) has that
+	// address owned by Self, which holds what it took.
+	Self string
+}
 
 const scheduleHeader = "aggd member schedule 1"
 
@@ -34,21 +42,28 @@ func (f ScheduleFile) Save(vs []Version) error {
 	var b bytes.Buffer
 	b.WriteString(scheduleHeader + "\n")
 	for _, v := range vs {
-		fmt.Fprintf(&b, "%d %d", v.N, v.Since)
+		self := v.was
+		if self == "" {
+			self = "-"
+			if slices.Contains(v.Ring.Members(), f.Self) {
+				self = f.Self
+			}
+		}
+		fmt.Fprintf(&b, "%d %d %s", v.N, v.Since, self)
 		for _, m := range v.Ring.Members() {
 			b.WriteByte(' ')
 			b.WriteString(m)
 		}
 		b.WriteByte('\n')
 	}
-	tmp := string(f) + ".tmp"
+	tmp := f.Path + ".tmp"
 	if err := writeSynced(tmp, appendScheduleSum(b.Bytes())); err != nil {
 		return fmt.Errorf("member schedule: %w", err)
 	}
-	if err := os.Rename(tmp, string(f)); err != nil {
+	if err := os.Rename(tmp, f.Path); err != nil {
 		return fmt.Errorf("member schedule: %w", err)
 	}
-	d, err := os.Open(filepath.Dir(string(f)))
+	d, err := os.Open(filepath.Dir(f.Path))
 	if err != nil {
 		return fmt.Errorf("member schedule: %w", err)
 	}
@@ -80,17 +95,18 @@ func writeSynced(path string, b []byte) error {
 	return fh.Close()
 }
 
-// Load reads the schedule saved last. A missing file is an error that
-// matches fs.ErrNotExist; a file that fails its checksum or does not
-// parse is refused whole, with the reason.
+// Load reads the schedule saved last, each version's address of this
+// replica in the unexported was (empty for "-"). A missing file is an
+// error that matches fs.ErrNotExist; a file that fails its checksum or
+// does not parse is refused whole, with the reason.
 func (f ScheduleFile) Load() ([]Version, error) {
-	b, err := os.ReadFile(string(f))
+	b, err := os.ReadFile(f.Path)
 	if err != nil {
 		return nil, err
 	}
 	vs, err := parseSchedule(b)
 	if err != nil {
-		return nil, fmt.Errorf("member schedule %s: %w", f, err)
+		return nil, fmt.Errorf("member schedule %s: %w", f.Path, err)
 	}
 	return vs, nil
 }
@@ -121,8 +137,8 @@ func parseSchedule(b []byte) ([]Version, error) {
 	var vs []Version
 	for n := 2; sc.Scan(); n++ {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 {
-			return nil, fmt.Errorf("line %d: want \"<number> <since> <member>...\"", n)
+		if len(fields) < 3 {
+			return nil, fmt.Errorf("line %d: want \"<number> <since> <self or -> <member>...\"", n)
 		}
 		num, err := strconv.ParseUint(fields[0], 10, 64)
 		if err != nil {
@@ -135,12 +151,19 @@ func parseSchedule(b []byte) ([]Version, error) {
 		if k := len(vs); k > 0 && (num <= vs[k-1].N || since <= vs[k-1].Since) {
 			return nil, fmt.Errorf("line %d: versions out of order", n)
 		}
-		for _, m := range fields[2:] {
+		for _, m := range fields[3:] {
 			if _, _, err := net.SplitHostPort(m); err != nil {
 				return nil, fmt.Errorf("line %d: member %q is not host:port: %w", n, m, err)
 			}
 		}
-		vs = append(vs, Version{N: num, Since: since, Ring: NewRing(fields[2:])})
+		v := Version{N: num, Since: since, Ring: NewRing(fields[3:])}
+		if self := fields[2]; self != "-" {
+			if !slices.Contains(v.Ring.Members(), self) {
+				return nil, fmt.Errorf("line %d: this replica's address %q is not a member", n, self)
+			}
+			v.was = self
+		}
+		vs = append(vs, v)
 	}
 	if len(vs) == 0 {
 		return nil, errors.New("no member list")
@@ -157,7 +180,7 @@ func parseSchedule(b []byte) ([]Version, error) {
 // ignored, with the reason logged: the replica then routes as if it had
 // none.
 func RestoreMembership(file ScheduleFile, first []string, interval, keep, now int64, log *slog.Logger) *Membership {
-	if file == "" {
+	if file.Path == "" {
 		return NewMembership(first, interval, keep)
 	}
 	vs, err := file.Load()
@@ -168,11 +191,18 @@ func RestoreMembership(file ScheduleFile, first []string, interval, keep, now in
 		log.Warn("cluster member schedule ignored: replayed items are routed by the members resolved at start", "err", err)
 		return NewMembership(first, interval, keep)
 	}
+	for i := range vs {
+		if vs[i].was == file.Self {
+			vs[i].was = ""
+		} else if vs[i].was != "" {
+			vs[i].self = file.Self
+		}
+	}
 	m := &Membership{interval: interval, keep: keep}
 	m.versions.Store(&vs)
 	if first != nil {
 		m.Schedule(first, now, now)
 	}
-	log.Info("cluster member schedule restored", "versions", len(vs), "from", string(file))
+	log.Info("cluster member schedule restored", "versions", len(vs), "from", file.Path)
 	return m
 }

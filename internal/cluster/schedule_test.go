@@ -22,7 +22,7 @@ func TestScheduleFileRoundTrip(t *testing.T) {
 	m := NewMembership([]string{"10.0.0.1:8129", "10.0.0.2:8129"}, 10*sec, 3600*sec)
 	m.Schedule([]string{"10.0.0.1:8129", "[fd00::3]:8129"}, 95*sec, 90*sec)
 	m.Schedule(nil, 200*sec, 100*sec) // an empty list, as a name resolving to nobody yet
-	f := ScheduleFile(filepath.Join(t.TempDir(), "members"))
+	f := ScheduleFile{Path: filepath.Join(t.TempDir(), "members"), Self: "10.0.0.1:8129"}
 	if _, err := f.Load(); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("Load of no file: %v, want not exist", err)
 	}
@@ -43,7 +43,7 @@ func TestScheduleFileRoundTrip(t *testing.T) {
 				want[i].N, want[i].Since, want[i].Ring.Members())
 		}
 	}
-	if _, err := os.Stat(string(f) + ".tmp"); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(f.Path + ".tmp"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the temporary file stays: %v", err)
 	}
 }
@@ -53,11 +53,11 @@ func TestScheduleFileRoundTrip(t *testing.T) {
 func TestScheduleFileRefusesDamage(t *testing.T) {
 	m := NewMembership([]string{"10.0.0.1:8129"}, 10*sec, 3600*sec)
 	m.Schedule([]string{"10.0.0.1:8129", "10.0.0.2:8129"}, 100*sec, 0)
-	f := ScheduleFile(filepath.Join(t.TempDir(), "members"))
+	f := ScheduleFile{Path: filepath.Join(t.TempDir(), "members"), Self: "10.0.0.1:8129"}
 	if err := f.Save(m.Versions()); err != nil {
 		t.Fatal(err)
 	}
-	good, err := os.ReadFile(string(f))
+	good, err := os.ReadFile(f.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,11 +72,11 @@ func TestScheduleFileRefusesDamage(t *testing.T) {
 		{"cut in the last line", good[:len(good)-4], "checksum"},
 		{"cut before the checksum", good[:bytes.LastIndex(good, []byte("crc32c"))], "cut short"},
 		{"a byte changed", flipped, "damaged"},
-		{"another format", []byte("aggd member schedule 2\n1 0 a:1\ncrc32c 00000000\n"), "damaged"},
+		{"another format", []byte("aggd member schedule 2\n1 0 - a:1\ncrc32c 00000000\n"), "damaged"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := os.WriteFile(string(f), tt.b, 0o644); err != nil {
+			if err := os.WriteFile(f.Path, tt.b, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			_, err := f.Load()
@@ -95,15 +95,19 @@ func TestScheduleFileRefusesDamage(t *testing.T) {
 	}
 	// A header of another version with its checksum right is refused by
 	// its header.
-	b := []byte("aggd member schedule 2\n1 0 a:1\n")
+	b := []byte("aggd member schedule 2\n1 0 - a:1\n")
 	if _, err := parseSchedule(appendScheduleSum(b)); err == nil || !strings.Contains(err.Error(), "first line") {
 		t.Errorf("another format: %v, want refused by its first line", err)
 	}
-	b = []byte(scheduleHeader + "\n2 10 a:1\n1 20 a:1\n")
+	b = []byte(scheduleHeader + "\n2 10 - a:1\n1 20 - a:1\n")
 	if _, err := parseSchedule(appendScheduleSum(b)); err == nil || !strings.Contains(err.Error(), "out of order") {
 		t.Errorf("versions out of order: %v, want refused", err)
 	}
-	b = []byte(scheduleHeader + "\n1 10 nohostport\n")
+	b = []byte(scheduleHeader + "\n1 10 b:1 a:1\n")
+	if _, err := parseSchedule(appendScheduleSum(b)); err == nil || !strings.Contains(err.Error(), "not a member") {
+		t.Errorf("self not a member: %v, want refused", err)
+	}
+	b = []byte(scheduleHeader + "\n1 10 - nohostport\n")
 	if _, err := parseSchedule(appendScheduleSum(b)); err == nil || !strings.Contains(err.Error(), "host:port") {
 		t.Errorf("bad member: %v, want refused", err)
 	}
@@ -121,7 +125,7 @@ func TestReplayedStatsFollowTheListInForceAcrossRestart(t *testing.T) {
 	wcfg := window.DefaultConfig()
 	interval := int64(wcfg.Interval)
 	log := slog.New(slog.DiscardHandler)
-	store := ScheduleFile(filepath.Join(t.TempDir(), "members"))
+	store := ScheduleFile{Path: filepath.Join(t.TempDir(), "members"), Self: self}
 	dns := &fakeDNS{}
 	dns.set(nil, "10.0.0.1", "10.0.0.2")
 	src := DNS{Host: "aggd-peers", Port: "8129", Resolver: dns}
@@ -172,8 +176,8 @@ func TestReplayedStatsFollowTheListInForceAcrossRestart(t *testing.T) {
 		{movedFrom(ac, ad, c, self), after, false},
 		{ownedBy(ab, self, 1)[0], before, true},
 	}
-	replay := func(m *Membership) []string {
-		fwd := NewForwarder(Config{Self: self, Token: token, Timing: wcfg.Timing(), Interval: wcfg.Interval}, m, log)
+	replay := func(m *Membership, me string) []string {
+		fwd := NewForwarder(Config{Self: me, Token: token, Timing: wcfg.Timing(), Interval: wcfg.Interval}, m, log)
 		defer fwd.Shutdown(ctx)
 		local := &servicetest.Recorder{}
 		r := &service.Routed{Forwarder: fwd, Ingester: local}
@@ -199,7 +203,7 @@ func TestReplayedStatsFollowTheListInForceAcrossRestart(t *testing.T) {
 	slices.Sort(want)
 
 	restored := RestoreMembership(store, resolved[0].Members, interval, int64(time.Hour), restart, log)
-	if got := replay(restored); !slices.Equal(got, want) {
+	if got := replay(restored, self); !slices.Equal(got, want) {
 		t.Errorf("replay kept %v here, want %v (owned by this replica when they arrived)", got, want)
 	}
 	// The list resolved at start owns the buckets from restart on.
@@ -208,15 +212,43 @@ func TestReplayedStatsFollowTheListInForceAcrossRestart(t *testing.T) {
 	}
 	// A name not resolving at start keeps the lists restored in force.
 	unresolved := RestoreMembership(store, nil, interval, int64(time.Hour), restart, log)
-	if got := replay(unresolved); !slices.Equal(got, want) {
+	if got := replay(unresolved, self); !slices.Equal(got, want) {
 		t.Errorf("restored without a list resolved at start, replay kept %v here, want %v", got, want)
 	}
 	if n := len(unresolved.Versions()); n != 2 {
 		t.Errorf("restored without a list resolved at start: %d versions, want the 2 saved", n)
 	}
+	// Restarted with another address (a new pod IP, the same volume), the
+	// replica holds what its former address took: it owns that address's
+	// contexts in the buckets of the lists restored, and its own from
+	// the list resolved at start on.
+	const e = "10.0.0.5:8129"
+	moved := RestoreMembership(ScheduleFile{Path: store.Path, Self: e}, []string{d, e}, interval, int64(time.Hour), restart, log)
+	if got := replay(moved, e); !slices.Equal(got, want) {
+		t.Errorf("restarted as %s, replay kept %v here, want %v (owned by %s when they arrived)", e, got, want, self)
+	}
+	h := ContextHash("default", window.AppendKey(nil, stats[0].name, "", nil))
+	if o, _ := moved.Owner(h, before); o != e {
+		t.Errorf("restarted as %s, %s in the first list is owned by %s, want %s", e, stats[0].name, o, e)
+	}
+	if heirs := moved.Heirs(nil, h, before, e); slices.Contains(heirs, self) {
+		t.Errorf("restarted as %s, heirs %v name the former address", e, heirs)
+	}
+	// Saved again, the lists restored keep the former address as this
+	// replica's, so a second restart restores the same owners.
+	if !moved.Versions()[0].Ring.Equal(ab) {
+		t.Fatalf("first version restored: %v", moved.Versions()[0].Ring.Members())
+	}
+	if err := (ScheduleFile{Path: store.Path, Self: e}).Save(moved.Versions()); err != nil {
+		t.Fatal(err)
+	}
+	again := RestoreMembership(ScheduleFile{Path: store.Path, Self: e}, []string{d, e}, interval, int64(time.Hour), restart, log)
+	if got := replay(again, e); !slices.Equal(got, want) {
+		t.Errorf("restarted twice as %s, replay kept %v here, want %v", e, got, want)
+	}
 	// Without the schedule kept, the list resolved at start owns every
 	// earlier bucket too: the same replay keeps other stats.
-	if got := replay(RestoreMembership("", resolved[0].Members, interval, int64(time.Hour), restart, log)); slices.Equal(got, want) {
+	if got := replay(RestoreMembership(ScheduleFile{}, resolved[0].Members, interval, int64(time.Hour), restart, log), self); slices.Equal(got, want) {
 		t.Errorf("without the kept schedule replay kept %v too: the test cannot tell", got)
 	}
 }
@@ -224,16 +256,16 @@ func TestReplayedStatsFollowTheListInForceAcrossRestart(t *testing.T) {
 // A schedule file of any bytes is refused with an error or read into a
 // schedule that saves and reads back the same.
 func FuzzParseSchedule(f *testing.F) {
-	f.Add(appendScheduleSum([]byte(scheduleHeader + "\n1 -9223372036854775808 10.0.0.1:8129 10.0.0.2:8129\n2 110000000000 [fd00::1]:8129\n3 120000000000\n")))
-	f.Add(appendScheduleSum([]byte(scheduleHeader + "\n1 5 a:1 a:1\n")))
-	f.Add([]byte(scheduleHeader + "\n1 0 a:1\ncrc32c 00000000\n"))
+	f.Add(appendScheduleSum([]byte(scheduleHeader + "\n1 -9223372036854775808 10.0.0.1:8129 10.0.0.1:8129 10.0.0.2:8129\n2 110000000000 - [fd00::1]:8129\n3 120000000000 -\n")))
+	f.Add(appendScheduleSum([]byte(scheduleHeader + "\n1 5 a:1 a:1 a:1\n")))
+	f.Add([]byte(scheduleHeader + "\n1 0 - a:1\ncrc32c 00000000\n"))
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		vs, err := parseSchedule(b)
 		if err != nil {
 			return
 		}
-		file := ScheduleFile(filepath.Join(dir, "members"))
+		file := ScheduleFile{Path: filepath.Join(dir, "members")}
 		if err := file.Save(vs); err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +277,7 @@ func FuzzParseSchedule(f *testing.F) {
 			t.Fatalf("%d versions read back, want %d", len(again), len(vs))
 		}
 		for i := range vs {
-			if again[i].N != vs[i].N || again[i].Since != vs[i].Since || !again[i].Ring.Equal(vs[i].Ring) {
+			if again[i].N != vs[i].N || again[i].Since != vs[i].Since || !again[i].Ring.Equal(vs[i].Ring) || again[i].was != vs[i].was {
 				t.Fatalf("version %d reads back as %+v, want %+v", i, again[i], vs[i])
 			}
 		}
@@ -257,7 +289,7 @@ func FuzzParseSchedule(f *testing.F) {
 // read that changes nothing or fails.
 func TestWatcherSavesTheSchedule(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "wal")
-	store := ScheduleFile(filepath.Join(dir, "members"))
+	store := ScheduleFile{Path: filepath.Join(dir, "members"), Self: "10.0.0.1:8129"}
 	dns := &fakeDNS{}
 	dns.set(nil, "10.0.0.1")
 	m := NewMembership([]string{"10.0.0.1:8129"}, 10*sec, 3600*sec)
