@@ -16,11 +16,24 @@ func FuzzParseForward(f *testing.F) {
 	f.Add(AppendForward(nil, batch, Forward{Tenant: "acme", Now: 1_700_000_000_000_000_000, Call: CallID{Replica: 0xfeed, Sequence: 7}}, 3))
 	f.Add(AppendForward(nil, nil, Forward{Now: 1}, 0))
 	f.Add([]byte{})
+	withSeeds, _ := proto.Marshal(&aggdv1.ForwardRequest{Tenant: "acme", ArrivalUnixNano: 1, SeedsHandedOver: true,
+		Seeds: &aggdv1.Batch{Samples: []*aggdv1.Sample{{Name: "r", Type: aggdv1.MetricType_METRIC_TYPE_RATE, Value: 3}}}})
+	f.Add(withSeeds)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fw, err := ParseForward(data)
+		seeds, handedOver := ForwardSeeds(data)
 		var pb aggdv1.ForwardRequest
 		if perr := proto.Unmarshal(data, &pb); perr != nil {
 			return // the reference refuses it; the parser need only not panic
+		}
+		// ForwardSeeds reads the last seeds field, where the reference
+		// merges them all: their presence and the flag agree.
+		if (seeds != nil) != (pb.Seeds != nil) || handedOver != pb.SeedsHandedOver {
+			t.Fatalf("seeds %x handed over %v, want seeds %v handed over %v", seeds, handedOver, pb.Seeds, pb.SeedsHandedOver)
+		}
+		var last aggdv1.Batch
+		if err := proto.Unmarshal(seeds, &last); err != nil {
+			t.Fatalf("seeds %x do not read as a Batch: %v", seeds, err)
 		}
 		if pb.ArrivalUnixNano == 0 {
 			if err == nil {
