@@ -223,6 +223,7 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	if engine != nil {
 		engine.SetOwner(fwd.OwnsGroup)
 		engine.RouteSpans()
+		engine.RouteEvents()
 	}
 	reg.MustRegister(fwd)
 	// A forward is sent again for up to --peer-forward-timeout after its

@@ -72,10 +72,7 @@ func TestClusterRulesDeliverWhatOneAggdWould(t *testing.T) {
 	batch := func(rng *rand.Rand, base int64, i int) *aggdv1.Batch {
 		b := &aggdv1.Batch{}
 		for j := range 60 {
-			ts := base + int64(i)*int64(250*time.Millisecond) + int64(j)*1000
-			if j%2 == 1 && i > 0 {
-				ts = base + rng.Int64N(int64(i)*int64(250*time.Millisecond))/1000*1000 + int64(j)
-			}
+			ts := loadTime(rng, base, i, j)
 			tags := []string{fmt.Sprintf("svc:s%d", rng.IntN(5)), fmt.Sprintf("pod:p%d", rng.IntN(30)), fmt.Sprintf("region:r%d", rng.IntN(3))}
 			if j%3 == 0 {
 				b.Samples = append(b.Samples, &aggdv1.Sample{Name: "rl.bytes", Type: aggdv1.MetricType_METRIC_TYPE_COUNT,
@@ -138,10 +135,7 @@ func TestClusterTracingRulesDeliverWhatOneAggdWould(t *testing.T) {
 	batch := func(rng *rand.Rand, base int64, i int) *aggdv1.Batch {
 		b := &aggdv1.Batch{}
 		for j := range 20 {
-			start := base + int64(i)*int64(250*time.Millisecond) + int64(j)*1000
-			if j%2 == 1 && i > 0 {
-				start = base + rng.Int64N(int64(i)*int64(250*time.Millisecond))/1000*1000 + int64(j)
-			}
+			start := loadTime(rng, base, i, j)
 			tid := make([]byte, 16)
 			tid[0], tid[1], tid[2], tid[15] = byte(i), byte(i>>8), byte(j), 1
 			svc := fmt.Sprintf("svc%d", rng.IntN(4))
@@ -160,6 +154,85 @@ func TestClusterTracingRulesDeliverWhatOneAggdWould(t *testing.T) {
 		t.Fatalf("only %d rule output points from the single aggd", len(want))
 	}
 	compareStores(t, "rule outputs", want, seriesStore(ddC.Series(), "tr_"))
+}
+
+// clusterLoggingRulesFile holds a logging rule grouped by the event's
+// host and status, whose groups collect events taken by every replica:
+// a count and a count of distinct titles, which no merge of partial
+// outputs gives.
+const clusterLoggingRulesFile = `
+[[aggregate_rules]]
+name = "events"
+window = "10s"
+group_by = ["host", "status"]
+[aggregate_rules.select]
+category = "logging"
+measurements = ["nginx"]
+metric_name = ["message", "title"]
+[aggregate_rules.algorithms."lg_n"]
+method = "count"
+source_field = "message"
+[aggregate_rules.algorithms."lg_titles"]
+method = "count_distinct"
+source_field = "title"
+`
+
+// TestClusterLoggingRulesDeliverWhatOneAggdWould is
+// TestClusterRulesDeliverWhatOneAggdWould for a logging rule: events
+// feeding few rule groups go round robin to three replicas (one killed
+// and restarted halfway) and to a single aggd; the replica taking an
+// event sends it to the owner of each rule group it feeds, and the
+// cluster's intake must hold every rule output the single aggd's holds.
+func TestClusterLoggingRulesDeliverWhatOneAggdWould(t *testing.T) {
+	alerts := []aggdv1.EventAlertType{aggdv1.EventAlertType_EVENT_ALERT_TYPE_ERROR, aggdv1.EventAlertType_EVENT_ALERT_TYPE_WARNING}
+	// batch i holds 20 events from base + i/4 s on, and as many again
+	// late, anywhere from base on.
+	batch := func(rng *rand.Rand, base int64, i int) *aggdv1.Batch {
+		b := &aggdv1.Batch{}
+		for j := range 20 {
+			ts := loadTime(rng, base, i, j)
+			b.Events = append(b.Events, &aggdv1.Event{Title: fmt.Sprintf("t%d", rng.IntN(12)), Text: "upstream failed", TimestampUnixNano: ts,
+				AlertType: alerts[rng.IntN(2)], SourceType: "nginx", Host: fmt.Sprintf("web-%d", rng.IntN(8))})
+		}
+		return b
+	}
+	ddC, ddS := runRulesCluster(t, clusterLoggingRulesFile, batch, "rule events")
+	want := seriesStore(ddS.Series(), "lg_")
+	if len(want) < 100 {
+		t.Fatalf("only %d rule output points from the single aggd", len(want))
+	}
+	compareStores(t, "rule outputs", want, seriesStore(ddC.Series(), "lg_"))
+	// Each event is sent upstream by the replica that took it, and by no
+	// rule group owner: every event the single aggd sent, and no more
+	// again than a restart after SIGKILL may send twice (the killed
+	// replica took a sixth of the events before it; owners sending marked
+	// events would add about two thirds).
+	events := func(dd *upstreamtest.DatadogIntake) map[string]int {
+		out := map[string]int{}
+		for _, ev := range dd.Events() {
+			out[fmt.Sprint(ev["title"], ev["host"], ev["date_happened"], ev["alert_type"])]++
+		}
+		return out
+	}
+	c, one := events(ddC), events(ddS)
+	for k, n := range one {
+		if c[k] < n {
+			t.Errorf("event %s: the cluster sent it %d times, the single aggd %d", k, c[k], n)
+		}
+	}
+	if n, sent := len(ddS.Events()), len(ddC.Events()); n < 1000 || len(c) != len(one) || sent > n+n/6 {
+		t.Errorf("the cluster sent %d distinct events (%d in all), the single aggd %d (%d)", len(c), sent, len(one), n)
+	}
+}
+
+// loadTime is the time of item j of batch i of the rules cluster tests:
+// from base + i/4 s on, and for every other item late, anywhere from base
+// on.
+func loadTime(rng *rand.Rand, base int64, i, j int) int64 {
+	if j%2 == 1 && i > 0 {
+		return base + rng.Int64N(int64(i)*int64(250*time.Millisecond))/1000*1000 + int64(j)
+	}
+	return base + int64(i)*int64(250*time.Millisecond) + int64(j)*1000
 }
 
 // runRulesCluster runs three replicas of one cluster with the rules of

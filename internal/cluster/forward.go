@@ -58,19 +58,21 @@ type Config struct {
 	// contexts this replica is about to own (the aggregator); nil drops
 	// them.
 	Seeder service.Seeder
-	// Rules, when set, places the aggregation rule groups of a sample
-	// and of a span: the replica aggregating a sample, or running a
-	// span's trace, sends it, marked rules_only, to the owner of each
+	// Rules, when set, places the aggregation rule groups of a sample,
+	// a span and an event: the replica aggregating a sample, running a
+	// span's trace or taking an event sends it, marked rules_only, to the owner of each
 	// rule group it feeds that another replica owns. Its engine feeds
 	// only the groups OwnsGroup says are this replica's.
 	Rules RuleGroups
 }
 
-// RuleGroups places the aggregation rule groups a sample or a span feeds
+// RuleGroups places the aggregation rule groups a sample, a span or an
+// event feeds
 // (rules.Engine).
 type RuleGroups interface {
 	AppendGroups(dst []rules.GroupRef, t *window.Tenant, s *window.Sample, now int64) []rules.GroupRef
 	AppendSpanGroups(dst []rules.GroupRef, t *window.Tenant, sp *spans.Span, now int64) []rules.GroupRef
+	AppendEventGroups(dst []rules.GroupRef, t *window.Tenant, ev *window.Event, now int64) []rules.GroupRef
 }
 
 // Validate reports a configuration that cannot work.
@@ -118,8 +120,8 @@ type Forwarder struct {
 	run uint64
 	seq atomic.Uint64
 
-	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds, 3 samples and
-	// spans to rule group owners): owned here, acked by their owner, refused by
+	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds, 3 samples,
+	// spans and events to rule group owners): owned here, acked by their owner, refused by
 	// their owner, not delivered.
 	local, acked, refused, undelivered [4]atomic.Uint64
 	// Calls to peers: succeeded, failed and retried, failed for good.
@@ -139,7 +141,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	})
 	f.desc.items = prometheus.NewDesc("aggd_cluster_items_total",
-		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost). Kind rule: samples aggregated here and spans whose trace runs here, once per replica owning aggregation rule groups they feed (local: this one; otherwise sent rules_only to that owner, and the item is refused unless it took it).",
+		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost). Kind rule: samples aggregated here, spans whose trace runs here and events taken here, once per replica owning aggregation rule groups they feed (local: this one; otherwise sent rules_only to that owner, and the item is refused unless it took it).",
 		[]string{"kind", "outcome"}, nil)
 	f.desc.calls = prometheus.NewDesc("aggd_cluster_forward_calls_total",
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
@@ -162,31 +164,41 @@ type call struct {
 
 // group is what one call sends to one owner.
 type group struct {
-	owner        string
-	version      uint64
-	samples      []int // indexes into Outgoing.Samples
-	spans        []int
-	seeds        []int  // samples the owner keeps as previous samples only
-	handOver     bool   // the seeds are a hand-over's
-	observe      []int  // samples the owner observes for its rule groups only
-	observeSpans []int  // spans the owner observes for its rule groups only
-	frame        []byte // the ForwardRequest
-	batch        []byte // its Batch
-	seedsB       []byte // its seeds' Batch
-	item         []byte // one item's encoding
+	owner         string
+	version       uint64
+	samples       []int // indexes into Outgoing.Samples
+	spans         []int
+	seeds         []int  // samples the owner keeps as previous samples only
+	handOver      bool   // the seeds are a hand-over's
+	observe       []int  // samples the owner observes for its rule groups only
+	observeSpans  []int  // spans the owner observes for its rule groups only
+	observeEvents []int  // events the owner observes for its rule groups only
+	frame         []byte // the ForwardRequest
+	batch         []byte // its Batch
+	seedsB        []byte // its seeds' Batch
+	item          []byte // one item's encoding
 	// observeRefused holds the owner's answer for the items of observe
 	// and observeSpans it did not take, applied once every owner
 	// answered.
 	observeRefused []refusal
 }
 
-// refusal is an owner's refusal of sample i, or of span i.
+// refusal is an owner's refusal of item i of a kind.
 type refusal struct {
 	i      int
-	span   bool
+	kind   ruleItem
 	reason window.Reason
 	detail string
 }
+
+// ruleItem is the kind of item sent to a rule group's owner.
+type ruleItem uint8
+
+const (
+	ruleSample ruleItem = iota
+	ruleSpan
+	ruleEvent
+)
 
 var _ service.Forwarder = (*Forwarder)(nil)
 
@@ -248,6 +260,11 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		g := c.group(owner, v)
 		g.spans = append(g.spans, i)
 	}
+	for i := range o.Events {
+		if o.EventResults[i] == window.Accepted && !o.Events[i].RulesOnly {
+			f.routeEventRules(c, o, i) // taken here
+		}
+	}
 	for _, g := range c.order {
 		f.encode(g, o)
 		c.wg.Go(func() { f.deliver(ctx, g, o) })
@@ -261,8 +278,11 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 	for _, g := range c.order {
 		for _, rf := range g.observeRefused {
 			results, details := o.Results, o.Details
-			if rf.span {
+			switch rf.kind {
+			case ruleSpan:
 				results, details = o.SpanResults, o.SpanDetails
+			case ruleEvent:
+				results, details = o.EventResults, o.EventDetails
 			}
 			if results[rf.i] == window.Accepted {
 				results[rf.i], details[rf.i] = rf.reason, rf.detail
@@ -280,7 +300,7 @@ func (f *Forwarder) routeRules(c *call, o *service.Outgoing, i int) {
 		return
 	}
 	c.refs = f.cfg.Rules.AppendGroups(c.refs[:0], o.Tenant, &o.Samples[i], o.Now)
-	f.placeRules(c, i, false)
+	f.placeRules(c, i, ruleSample)
 }
 
 // routeSpanRules sends span i, whose trace runs here, to the owner of each
@@ -291,13 +311,24 @@ func (f *Forwarder) routeSpanRules(c *call, o *service.Outgoing, i int) {
 		return
 	}
 	c.refs = f.cfg.Rules.AppendSpanGroups(c.refs[:0], o.Tenant, &o.Spans[i], o.Now)
-	f.placeRules(c, i, true)
+	f.placeRules(c, i, ruleSpan)
 }
 
-// placeRules adds item i (a span if span is set, else a sample) to the
-// call's group of each owner of the rule groups c.refs names, once per
-// owner, and counts it local for this replica's.
-func (f *Forwarder) placeRules(c *call, i int, span bool) {
+// routeEventRules sends event i, taken here, to the owner of each logging
+// rule group it feeds that another replica owns, marked rules_only, as
+// routeRules does for a sample.
+func (f *Forwarder) routeEventRules(c *call, o *service.Outgoing, i int) {
+	if f.cfg.Rules == nil {
+		return
+	}
+	c.refs = f.cfg.Rules.AppendEventGroups(c.refs[:0], o.Tenant, &o.Events[i], o.Now)
+	f.placeRules(c, i, ruleEvent)
+}
+
+// placeRules adds item i of kind k to the call's group of each owner of
+// the rule groups c.refs names, once per owner, and counts it local for
+// this replica's.
+func (f *Forwarder) placeRules(c *call, i int, k ruleItem) {
 	c.owners = c.owners[:0]
 	for _, ref := range c.refs {
 		owner, v := f.m.Owner(ref.Hash, ref.Start)
@@ -313,10 +344,13 @@ func (f *Forwarder) placeRules(c *call, i int, span bool) {
 			continue
 		}
 		g := c.group(owner, v)
-		if span {
-			g.observeSpans = append(g.observeSpans, i)
-		} else {
+		switch k {
+		case ruleSample:
 			g.observe = append(g.observe, i)
+		case ruleSpan:
+			g.observeSpans = append(g.observeSpans, i)
+		case ruleEvent:
+			g.observeEvents = append(g.observeEvents, i)
 		}
 	}
 }
@@ -494,7 +528,7 @@ func (c *call) group(owner string, v uint64) *group {
 		g = &group{owner: owner}
 		c.groups[owner] = g
 	}
-	if len(g.samples) == 0 && len(g.spans) == 0 && len(g.seeds) == 0 && len(g.observe) == 0 && len(g.observeSpans) == 0 {
+	if len(g.samples) == 0 && len(g.spans) == 0 && len(g.seeds) == 0 && len(g.observe) == 0 && len(g.observeSpans) == 0 && len(g.observeEvents) == 0 {
 		c.order = append(c.order, g)
 	}
 	g.version = max(g.version, v)
@@ -506,7 +540,7 @@ func (f *Forwarder) putCall(c *call) {
 		g.samples, g.spans, g.seeds, g.version = g.samples[:0], g.spans[:0], g.seeds[:0], 0
 		clear(g.observeRefused) // drop the details
 		g.observe, g.observeRefused = g.observe[:0], g.observeRefused[:0]
-		g.observeSpans = g.observeSpans[:0]
+		g.observeSpans, g.observeEvents = g.observeSpans[:0], g.observeEvents[:0]
 		if cap(g.frame) > 4<<20 {
 			g.frame, g.batch, g.seedsB = nil, nil, nil
 		}
@@ -536,6 +570,13 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 		sp := o.Spans[i]
 		sp.RulesOnly = true
 		batch = g.appendSpan(batch, &sp)
+	}
+	for _, i := range g.observeEvents {
+		ev := o.Events[i]
+		ev.RulesOnly = true
+		g.item = codec.AppendEvent(g.item[:0], &ev)
+		batch = protowire.AppendTag(batch, 2, protowire.BytesType)
+		batch = protowire.AppendBytes(batch, g.item)
 	}
 	g.batch = batch
 	call := codec.CallID{Replica: f.run, Sequence: f.seq.Add(1)}
@@ -589,17 +630,17 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 			o.SpanResults[i], o.SpanDetails[i] = window.ReasonOwnerUnavailable, detail
 		}
 		ruleDetail := fmt.Sprintf("the replica owning one of its aggregation rule groups (%s) did not take it: %v", g.owner, err)
-		for _, i := range g.observe {
-			g.observeRefused = append(g.observeRefused, refusal{i, false, window.ReasonOwnerUnavailable, ruleDetail})
-		}
-		for _, i := range g.observeSpans {
-			g.observeRefused = append(g.observeRefused, refusal{i, true, window.ReasonOwnerUnavailable, ruleDetail})
+		for k, items := range [...][]int{ruleSample: g.observe, ruleSpan: g.observeSpans, ruleEvent: g.observeEvents} {
+			for _, i := range items {
+				g.observeRefused = append(g.observeRefused, refusal{i, ruleItem(k), window.ReasonOwnerUnavailable, ruleDetail})
+			}
 		}
 		f.undelivered[0].Add(uint64(len(g.samples)))
 		f.undelivered[1].Add(uint64(len(g.spans)))
 		f.undelivered[2].Add(uint64(len(g.seeds)))
-		f.undelivered[3].Add(uint64(len(g.observe) + len(g.observeSpans)))
-		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds), "rule_samples", len(g.observe), "rule_spans", len(g.observeSpans), "err", err)
+		f.undelivered[3].Add(uint64(len(g.observe) + len(g.observeSpans) + len(g.observeEvents)))
+		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds),
+			"rule_samples", len(g.observe), "rule_spans", len(g.observeSpans), "rule_events", len(g.observeEvents), "err", err)
 		return err
 	}
 	seedsRefused := min(uint64(resp.GetSeedsRefused()), uint64(len(g.seeds)))
@@ -615,7 +656,7 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 				o.Results[i], o.Details[i] = parseReason(rj.GetReason()), rj.GetDetail()
 				refused[0]++
 			} else if k := j - len(g.samples); k < len(g.observe) {
-				g.observeRefused = append(g.observeRefused, refusal{g.observe[k], false, parseReason(rj.GetReason()), rj.GetDetail()})
+				g.observeRefused = append(g.observeRefused, refusal{g.observe[k], ruleSample, parseReason(rj.GetReason()), rj.GetDetail()})
 			}
 		case aggdv1.ItemKind_ITEM_KIND_SPAN:
 			if j < len(g.spans) {
@@ -623,7 +664,11 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 				o.SpanResults[i], o.SpanDetails[i] = parseReason(rj.GetReason()), rj.GetDetail()
 				refused[1]++
 			} else if k := j - len(g.spans); k < len(g.observeSpans) {
-				g.observeRefused = append(g.observeRefused, refusal{g.observeSpans[k], true, parseReason(rj.GetReason()), rj.GetDetail()})
+				g.observeRefused = append(g.observeRefused, refusal{g.observeSpans[k], ruleSpan, parseReason(rj.GetReason()), rj.GetDetail()})
+			}
+		case aggdv1.ItemKind_ITEM_KIND_EVENT:
+			if j < len(g.observeEvents) {
+				g.observeRefused = append(g.observeRefused, refusal{g.observeEvents[j], ruleEvent, parseReason(rj.GetReason()), rj.GetDetail()})
 			}
 		}
 	}
@@ -632,7 +677,7 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 	f.acked[0].Add(uint64(len(g.samples)) - refused[0])
 	f.acked[1].Add(uint64(len(g.spans)) - refused[1])
 	f.refused[3].Add(uint64(len(g.observeRefused)))
-	f.acked[3].Add(uint64(len(g.observe) + len(g.observeSpans) - len(g.observeRefused)))
+	f.acked[3].Add(uint64(len(g.observe) + len(g.observeSpans) + len(g.observeEvents) - len(g.observeRefused)))
 	return nil
 }
 

@@ -239,6 +239,10 @@ func (h groupsOf) AppendGroups(dst []rules.GroupRef, _ *window.Tenant, s *window
 	return append(dst, rules.GroupRef{Hash: uint64(h), Start: s.Timestamp})
 }
 
+func (h groupsOf) AppendEventGroups(dst []rules.GroupRef, _ *window.Tenant, ev *window.Event, now int64) []rules.GroupRef {
+	return append(dst, rules.GroupRef{Hash: uint64(h), Start: ev.Timestamp})
+}
+
 func (h groupsOf) AppendSpanGroups(dst []rules.GroupRef, _ *window.Tenant, sp *spans.Span, now int64) []rules.GroupRef {
 	return append(dst, rules.GroupRef{Hash: uint64(h), Start: sp.Start})
 }

@@ -3,6 +3,8 @@ package codec
 import (
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
+
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -44,6 +46,7 @@ func eventFromProto(pb *aggdv1.Event, lim Limits) (window.Event, window.Reason, 
 	ev := window.Event{
 		Title: pb.Title, Text: pb.Text, Timestamp: pb.TimestampUnixNano,
 		AggregationKey: pb.AggregationKey, SourceType: pb.SourceType, Host: pb.Host, Tags: pb.Tags,
+		RulesOnly: pb.RulesOnly,
 	}
 	switch pb.Priority {
 	case aggdv1.EventPriority_EVENT_PRIORITY_UNSPECIFIED, aggdv1.EventPriority_EVENT_PRIORITY_NORMAL:
@@ -99,4 +102,28 @@ func checkFromProto(pb *aggdv1.ServiceCheck, lim Limits) (window.ServiceCheck, w
 		return window.ServiceCheck{}, window.ReasonInvalidStatus, fmt.Sprintf("status %d is not OK, WARNING, CRITICAL or UNKNOWN", pb.Status)
 	}
 	return sc, window.Accepted, ""
+}
+
+// AppendEvent appends ev as an aggd.v1 Event message, rules_only
+// included. Events are off the hot path: it goes through the generated
+// code, as decoding does.
+func AppendEvent(b []byte, ev *window.Event) []byte {
+	pb := aggdv1.Event{
+		Title: ev.Title, Text: ev.Text, TimestampUnixNano: ev.Timestamp, AggregationKey: ev.AggregationKey,
+		SourceType: ev.SourceType, Host: ev.Host, Tags: ev.Tags, RulesOnly: ev.RulesOnly,
+		Priority: aggdv1.EventPriority_EVENT_PRIORITY_NORMAL, AlertType: aggdv1.EventAlertType_EVENT_ALERT_TYPE_INFO,
+	}
+	if ev.Priority == window.PriorityLow {
+		pb.Priority = aggdv1.EventPriority_EVENT_PRIORITY_LOW
+	}
+	switch ev.AlertType {
+	case window.AlertWarning:
+		pb.AlertType = aggdv1.EventAlertType_EVENT_ALERT_TYPE_WARNING
+	case window.AlertError:
+		pb.AlertType = aggdv1.EventAlertType_EVENT_ALERT_TYPE_ERROR
+	case window.AlertSuccess:
+		pb.AlertType = aggdv1.EventAlertType_EVENT_ALERT_TYPE_SUCCESS
+	}
+	b, _ = proto.MarshalOptions{}.MarshalAppend(b, &pb) // a valid message cannot fail
+	return b
 }

@@ -68,8 +68,8 @@ type Decoder struct {
 	NSamples, NEvents, NChecks, NSpans int
 	// Series resolves series references; without it they are refused.
 	Series *Series
-	// Histograms makes the decoder take Sample.histogram,
-	// Sample.rules_only and Span.rules_only, which only cluster peers
+	// Histograms makes the decoder take Sample.histogram and the
+	// rules_only of samples, events and spans, which only cluster peers
 	// send (and the write-ahead log keeps); otherwise an item with one is
 	// refused as unsupported.
 	Histograms bool
@@ -725,6 +725,11 @@ func printable(s string) bool {
 func (d *Decoder) addEvent(buf []byte, b *window.Batch) {
 	ev, ok := decodeItem(d, buf, aggdv1.ItemKind_ITEM_KIND_EVENT, &d.NEvents, eventFromProto)
 	if !ok {
+		return
+	}
+	if ev.RulesOnly && !d.Histograms {
+		d.Rej = append(d.Rej, Rejection{Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: d.NEvents - 1, Reason: window.ReasonUnsupported,
+			Detail: "rules_only is taken from the replicas of a cluster only"})
 		return
 	}
 	ev.Tenant = b.Tenant

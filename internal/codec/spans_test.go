@@ -89,3 +89,36 @@ func TestSpanRulesOnly(t *testing.T) {
 		t.Fatalf("an unmarked span reads %v: %v", &pb, err)
 	}
 }
+
+// An event marked rules_only is written so that the generated code reads
+// it whole, and taken with the mark only from a peer (Histograms): a
+// client's is refused as unsupported.
+func TestEventRulesOnly(t *testing.T) {
+	ev := window.Event{Title: "down", Text: "502", Timestamp: 1e18, Priority: window.PriorityLow, AlertType: window.AlertError,
+		AggregationKey: "k", SourceType: "nginx", Host: "web-1", Tags: []string{"zone:z1"}, RulesOnly: true}
+	item := AppendEvent(nil, &ev)
+	var pb aggdv1.Event
+	if err := proto.Unmarshal(item, &pb); err != nil || !pb.RulesOnly {
+		t.Fatalf("generated code reads %v: %v", &pb, err)
+	}
+	if got, r, _ := eventFromProto(&pb, DefaultLimits()); r != window.Accepted || fmt.Sprint(got) != fmt.Sprint(ev) {
+		t.Fatalf("read back %+v (%v), want %+v", got, r, ev)
+	}
+	batch := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), item)
+	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), batch)
+	for _, peer := range []bool{false, true} {
+		d := NewDecoder(DefaultLimits())
+		d.Histograms = peer
+		var b window.Batch
+		b.Tenant = window.NewTenant("t")
+		if err := d.DecodeSubmit(req, &b); err != nil || d.NEvents != 1 {
+			t.Fatalf("peer %v: %d events: %v", peer, d.NEvents, err)
+		}
+		switch {
+		case !peer && (len(b.Events) != 0 || len(d.Rej) != 1 || d.Rej[0].Reason != window.ReasonUnsupported):
+			t.Fatalf("a client's marked event: taken %v, refused %v", b.Events, d.Rej)
+		case peer && (len(b.Events) != 1 || !b.Events[0].RulesOnly || len(d.Rej) != 0):
+			t.Fatalf("a peer's marked event: taken %v, refused %v", b.Events, d.Rej)
+		}
+	}
+}

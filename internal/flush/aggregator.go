@@ -133,7 +133,9 @@ func (a *Aggregator) shardOf(hash uint64) int {
 
 // Ingest aggregates b's accepted samples and buffers its events and checks;
 // rules see its events, those of a replayed batch a flush already sent
-// (b.EventsFlushed) too, which are not buffered again.
+// (b.EventsFlushed) too, which are not buffered again. An event marked
+// RulesOnly (another replica took it) is seen by the rules only; one no
+// rule selects is refused rules_mismatch in b.EventResults, when set.
 // It groups the samples by shard once, then locks each shard it needs
 // once, taking free shards first so that a batch does not queue behind
 // the flusher shard after shard.
@@ -160,9 +162,16 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 		s.mu.Unlock()
 	}
 	g.release()
-	if a.rules != nil {
-		for i := range b.Events {
-			a.rules.ObserveEvent(b.Tenant, &b.Events[i], b.Now, b.Cutoff)
+	results := len(b.EventResults) == len(b.Events)
+	marked := false
+	for i := range b.Events {
+		ev := &b.Events[i]
+		matched := a.rules != nil && a.rules.ObserveEvent(b.Tenant, ev, b.Now, b.Cutoff)
+		if ev.RulesOnly {
+			marked = true
+			if !matched && results {
+				b.EventResults[i] = window.ReasonRulesMismatch
+			}
 		}
 	}
 	if b.EventsFlushed {
@@ -171,6 +180,9 @@ func (a *Aggregator) Ingest(b *window.Batch) {
 	if len(b.Events) > 0 || len(b.Checks) > 0 {
 		a.mu.Lock()
 		for i := range b.Events {
+			if marked && b.Events[i].RulesOnly {
+				continue // another replica took it and sends it
+			}
 			if a.holder == nil || !a.holder.Hold(&b.Events[i], b.Now) {
 				a.events = append(a.events, b.Events[i])
 			}

@@ -41,14 +41,21 @@ type Outgoing struct {
 	Spans       []spans.Span
 	SpanResults []window.Reason
 	SpanDetails []string
+	// Events, taken here, have their logging rule groups placed: an
+	// event a group owner did not take has its entry of EventResults
+	// (Accepted on entry, as long as Events) set to why, with a detail
+	// in EventDetails.
+	Events       []window.Event
+	EventResults []window.Reason
+	EventDetails []string
 	// SampleSent and SpanSent have one entry per item. Forward sets an
 	// entry for each item whose owner is another replica, and sets the
 	// item's result to the owner's (Accepted when the owner took it) or
 	// to why it could not be delivered, with a detail.
 	SampleSent, SpanSent []bool
 	// Peer is set when a peer forwarded the batch here, the owner of its
-	// items: only the aggregation rule groups of its samples remain to
-	// be placed (a sample another owner refuses for them is refused
+	// items: only the aggregation rule groups of its samples and spans
+	// remain to be placed (a sample another owner refuses for them is refused
 	// here too), and no item is marked sent.
 	Peer bool
 }
@@ -65,7 +72,43 @@ func (s *Server) forward(ctx context.Context, st *callState) {
 	b, d := &st.batch, st.dec
 	o.Peer = st.peer
 	o.Details, o.SpanDetails = d.Detail, d.SpanDetail
+	st.evResults, st.evDetails = events(o, b.Events, st.evResults, st.evDetails)
 	o.send(ctx, s.fwd, b.Tenant, b.Now, b.Samples, b.Results, d.Spans, d.SpanResults)
+	refuseEvents(b, d, st.evResults, st.evDetails)
+}
+
+// events makes evs o's events, with results (all Accepted) and details
+// in the given slices, which it returns.
+func events(o *Outgoing, evs []window.Event, results []window.Reason, details []string) ([]window.Reason, []string) {
+	n := len(evs)
+	results, details = slices.Grow(results[:0], n)[:n], slices.Grow(details[:0], n)[:n]
+	clear(results)
+	clear(details)
+	o.Events, o.EventResults, o.EventDetails = evs, results, details
+	return results, details
+}
+
+// refuseEvents moves the events of b that results refuses out of it, into
+// d's rejections with their details (else the reason's ingest detail).
+func refuseEvents(b *window.Batch, d *codec.Decoder, results []window.Reason, details []string) {
+	if !slices.ContainsFunc(results, func(r window.Reason) bool { return r != window.Accepted }) {
+		return
+	}
+	kept := 0
+	for i, r := range results {
+		if r == window.Accepted {
+			b.Events[kept], d.EventIndex[kept] = b.Events[i], d.EventIndex[i]
+			kept++
+			continue
+		}
+		detail := details[i]
+		if detail == "" {
+			detail = ingestDetail(r)
+		}
+		d.Rej = append(d.Rej, codec.Rejection{Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: d.EventIndex[i], Reason: r, Detail: detail})
+	}
+	clear(b.Events[kept:])
+	b.Events, d.EventIndex = b.Events[:kept], d.EventIndex[:kept]
 }
 
 // send hands the items to fwd, which marks and answers those another
@@ -75,8 +118,12 @@ func (o *Outgoing) send(ctx context.Context, fwd Forwarder, tn *window.Tenant, n
 	o.Samples, o.Results, o.Spans, o.SpanResults = smp, results, sps, spResults
 	o.SampleSent = append(o.SampleSent[:0], make([]bool, len(smp))...)
 	o.SpanSent = append(o.SpanSent[:0], make([]bool, len(sps))...)
+	if len(o.EventResults) != len(o.Events) {
+		o.Events = nil
+	}
 	fwd.Forward(ctx, o)
 	o.Samples, o.Results, o.Details, o.Spans, o.SpanResults, o.SpanDetails = nil, nil, nil, nil, nil, nil
+	o.Events, o.EventResults, o.EventDetails = nil, nil, nil
 }
 
 // converted is the memory of forwarding a batch converted from another
@@ -84,6 +131,8 @@ func (o *Outgoing) send(ctx context.Context, fwd Forwarder, tn *window.Tenant, n
 type converted struct {
 	out              Outgoing
 	details, spanDet []string
+	evResults        []window.Reason
+	evDetails        []string
 }
 
 var convertedPool = sync.Pool{New: func() any { return new(converted) }}
@@ -92,7 +141,11 @@ var convertedPool = sync.Pool{New: func() any { return new(converted) }}
 // other replicas own, waiting for their owners. The caller hides the
 // returned batch's forwarded items while it ingests, and puts it back.
 func routeConverted(ctx context.Context, fwd Forwarder, tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason) *converted {
-	c := convertedPool.Get().(*converted)
+	return routeWith(convertedPool.Get().(*converted), ctx, fwd, tn, now, smp, results, sps, spResults)
+}
+
+// routeWith is routeConverted with c, whose out may hold events.
+func routeWith(c *converted, ctx context.Context, fwd Forwarder, tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason) *converted {
 	c.details = append(c.details[:0], make([]string, len(smp))...)
 	c.spanDet = append(c.spanDet[:0], make([]string, len(sps))...)
 	c.out.Details, c.out.SpanDetails, c.out.Peer = c.details, c.spanDet, false
@@ -124,6 +177,7 @@ func (c *converted) undelivered(results, spResults []window.Reason) (n int, deta
 func (c *converted) put() {
 	clear(c.details)
 	clear(c.spanDet)
+	clear(c.evDetails)
 	if cap(c.details) > 1<<16 {
 		*c = converted{}
 	}
@@ -147,14 +201,30 @@ type Owner interface {
 	Owns(tenant string, s *window.Sample, now int64) bool
 }
 
-// Ingest implements dogstatsd.Ingester and spans.StatsSink.
+// Ingest implements dogstatsd.Ingester and spans.StatsSink. An event
+// (DogStatsD's) the owner of one of its logging rule groups could not take
+// is refused and counted, as a sample is, and not sent upstream.
 func (r *Routed) Ingest(b *window.Batch) {
-	if r.Forwarder == nil || len(b.Samples) == 0 {
+	if r.Forwarder == nil || len(b.Samples) == 0 && len(b.Events) == 0 {
 		r.Ingester.Ingest(b)
 		return
 	}
-	c := routeConverted(context.Background(), r.Forwarder, b.Tenant, b.Now, b.Samples, b.Results, nil, nil)
+	c := convertedPool.Get().(*converted)
+	c.evResults, c.evDetails = events(&c.out, b.Events, c.evResults, c.evDetails)
+	c = routeWith(c, context.Background(), r.Forwarder, b.Tenant, b.Now, b.Samples, b.Results, nil, nil)
 	defer c.put()
+	if n := len(b.Events); slices.ContainsFunc(c.evResults, func(r window.Reason) bool { return r != window.Accepted }) {
+		kept := b.Events[:0]
+		for i, res := range c.evResults[:n] {
+			if res == window.Accepted {
+				kept = append(kept, b.Events[i])
+				continue
+			}
+			b.Tenant.Rejected[res].Add(1)
+		}
+		clear(b.Events[len(kept):n])
+		b.Events = kept
+	}
 	c.out.hide(b.Results, nil)
 	r.Ingester.Ingest(b)
 	c.out.unhide(b.Results, nil)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -262,7 +263,11 @@ type callState struct {
 	entry   journal.Entry
 	refused []journal.Item
 	out     Outgoing
-	peer    bool // the batch came from a peer: not forwarded again
+	// evResults and evDetails are what the owners of the events' rule
+	// groups made of them (Outgoing.EventResults).
+	evResults []window.Reason
+	evDetails []string
+	peer      bool // the batch came from a peer: not forwarded again
 	// seeded is the latest timestamp of the seeds a forwarded batch
 	// brought and this replica kept, 0 when none (see seed).
 	seeded int64
@@ -466,7 +471,16 @@ func appendRejections(ack *aggdv1.Ack, tn *window.Tenant, kind aggdv1.ItemKind, 
 func (s *Server) ingest(st *callState) {
 	b, d := &st.batch, st.dec
 	st.out.hide(b.Results, d.SpanResults)
+	n := len(b.Events)
+	b.EventResults = slices.Grow(b.EventResults[:0], n)[:n]
+	clear(b.EventResults)
 	s.ing.Ingest(b)
+	if len(b.EventResults) == len(b.Events) {
+		// A peer's event marked RulesOnly that no rule here selects.
+		st.evDetails = slices.Grow(st.evDetails[:0], n)[:n]
+		clear(st.evDetails)
+		refuseEvents(b, d, b.EventResults, st.evDetails)
+	}
 	if len(d.Spans) > 0 {
 		if s.spanIng == nil {
 			for i := range d.SpanResults {

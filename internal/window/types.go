@@ -346,6 +346,10 @@ type Batch struct {
 	// timestamp whose arrival's bucket that drain had flushed went to the
 	// bucket open then, and goes there again.
 	Drained int64
+	// EventResults, when as long as Events, takes what ingestion makes
+	// of each event: Accepted, or ReasonRulesMismatch for one marked
+	// RulesOnly that no logging rule selects.
+	EventResults []Reason
 }
 
 // Reset empties b, keeping its capacity.
@@ -359,6 +363,7 @@ func (b *Batch) Reset() {
 	b.Results = b.Results[:0]
 	clear(b.Events)
 	b.Events = b.Events[:0]
+	b.EventResults = b.EventResults[:0]
 	clear(b.Checks)
 	b.Checks = b.Checks[:0]
 }

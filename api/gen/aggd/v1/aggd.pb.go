@@ -905,8 +905,13 @@ type Event struct {
 	SourceType     string         `protobuf:"bytes,7,opt,name=source_type,json=sourceType,proto3" json:"source_type,omitempty"`
 	Host           string         `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
 	Tags           []string       `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// rules_only marks an event another replica took, sent here only for
+	// the logging rule groups this replica owns: it feeds those and is not
+	// sent upstream. Only the replicas of a cluster send it (PeerService);
+	// a client's event with it is refused as unsupported.
+	RulesOnly     bool `protobuf:"varint,10,opt,name=rules_only,json=rulesOnly,proto3" json:"rules_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -1000,6 +1005,13 @@ func (x *Event) GetTags() []string {
 		return x.Tags
 	}
 	return nil
+}
+
+func (x *Event) GetRulesOnly() bool {
+	if x != nil {
+		return x.RulesOnly
+	}
+	return false
 }
 
 // ServiceCheck reports the status of a service, flushed at the next tick.
@@ -1425,7 +1437,7 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\x05count\x18\x03 \x01(\x01R\x05count\x12\x10\n" +
 	"\x03sum\x18\x04 \x01(\x01R\x03sum\x12\x10\n" +
 	"\x03min\x18\x05 \x01(\x01R\x03min\x12\x10\n" +
-	"\x03max\x18\x06 \x01(\x01R\x03max\"\xbf\x02\n" +
+	"\x03max\x18\x06 \x01(\x01R\x03max\"\xde\x02\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12.\n" +
@@ -1437,7 +1449,10 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\vsource_type\x18\a \x01(\tR\n" +
 	"sourceType\x12\x12\n" +
 	"\x04host\x18\b \x01(\tR\x04host\x12\x12\n" +
-	"\x04tags\x18\t \x03(\tR\x04tags\"\xc9\x01\n" +
+	"\x04tags\x18\t \x03(\tR\x04tags\x12\x1d\n" +
+	"\n" +
+	"rules_only\x18\n" +
+	" \x01(\bR\trulesOnly\"\xc9\x01\n" +
 	"\fServiceCheck\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1b.aggd.v1.ServiceCheckStatusR\x06status\x12\x12\n" +
