@@ -535,15 +535,18 @@ func (s *Server) applyTenantRates(b *window.Batch, d *codec.Decoder) {
 		}
 	}
 	if max := tn.Limits.EventsPerWindow; max > 0 && len(b.Events) > 0 {
-		kept := b.Events[:0]
+		kept := 0
 		for i := range b.Events {
 			if tn.EventsInWindow.Add(1) > max {
 				d.Rej = append(d.Rej, codec.Rejection{Kind: aggdv1.ItemKind_ITEM_KIND_EVENT, Index: d.EventIndex[i], Reason: window.ReasonTenantLimit, Detail: "the tenant's events_per_window limit"})
 				continue
 			}
-			kept = append(kept, b.Events[i])
+			// d.EventIndex stays the request index of each event kept.
+			b.Events[kept], d.EventIndex[kept] = b.Events[i], d.EventIndex[i]
+			kept++
 		}
-		b.Events = kept
+		clear(b.Events[kept:])
+		b.Events, d.EventIndex = b.Events[:kept], d.EventIndex[:kept]
 	}
 }
 
