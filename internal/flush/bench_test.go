@@ -67,8 +67,8 @@ func benchmarkFlush1M(b *testing.B, logged bool) {
 			bt.Results[k] = window.Accepted
 		}
 		if log != nil {
-			log.Enter()
-			defer log.Leave()
+			tk := log.Enter(true)
+			defer log.Leave(tk)
 			if _, err := log.Append([]byte("r"), 0); err != nil {
 				panic(err)
 			}

@@ -170,13 +170,15 @@ func (j *Journal) Take(e *Entry, ingest func() bool) error {
 		return nil
 	}
 	l := j.cfg.Log
-	l.Enter()
+	// A batch with spans may wait for other replicas while inside (the
+	// trace's owner forwards their stats): not a leaf.
+	ticket := l.Enter(len(e.Spans) == 0)
 	var idx uint64
 	var err error
 	if ingest() {
 		idx, err = j.append(e)
 	}
-	l.Leave()
+	l.Leave(ticket)
 	if err == nil && idx != 0 {
 		err = l.Wait(idx)
 	}

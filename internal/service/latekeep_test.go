@@ -316,7 +316,7 @@ func blockedOrDone[T any](done chan T) bool {
 		}
 		n := runtime.Stack(buf, true)
 		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, "[sync.RWMutex.RLock") && strings.Contains(g, "wal.(*Log).Enter") {
+			if strings.Contains(g, "[sync.Cond.Wait") && strings.Contains(g, "wal.(*Log).Enter") {
 				return false
 			}
 		}

@@ -85,17 +85,16 @@ func TestRotateHoldsBatchesOutUntilDrained(t *testing.T) {
 	defer l.Close()
 	for _, records := range []int{0, 1} { // an empty generation is not ended, but drained the same
 		for range records {
-			l.Enter()
+			tk := l.Enter(true)
 			if _, err := l.Append([]byte("record"), 0); err != nil {
 				t.Fatal(err)
 			}
-			l.Leave()
+			l.Leave(tk)
 		}
 		drained := false
 		if _, err := l.Rotate(func() {
 			drained = true
-			if l.gate.TryRLock() {
-				l.gate.RUnlock()
+			if !l.gate.held() {
 				t.Errorf("%d records: a batch could enter while the flush drained", records)
 			}
 		}); err != nil {
@@ -104,10 +103,9 @@ func TestRotateHoldsBatchesOutUntilDrained(t *testing.T) {
 		if !drained {
 			t.Fatalf("%d records: Rotate did not drain", records)
 		}
-		if !l.gate.TryRLock() {
+		if l.gate.held() {
 			t.Fatalf("%d records: batches are still held out after Rotate", records)
 		}
-		l.gate.RUnlock()
 	}
 }
 

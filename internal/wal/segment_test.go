@@ -66,8 +66,8 @@ func TestWaitSyncsSegmentAnAppendMovesPast(t *testing.T) {
 	defer l.Close()
 	appendRec := func(rec string) uint64 {
 		t.Helper()
-		l.Enter()
-		defer l.Leave()
+		tk := l.Enter(true)
+		defer l.Leave(tk)
 		seq, err := l.Append([]byte(rec), 0)
 		if err != nil {
 			t.Fatal(err)

@@ -128,7 +128,7 @@ type Log struct {
 	// gate is held for reading from before a batch is ingested until its
 	// record is appended, and for writing by Rotate, so that a generation,
 	// once ended, holds only records of batches already ingested.
-	gate sync.RWMutex
+	gate *gate
 
 	mu      sync.Mutex // guards the fields below and orders appends
 	cur     *generation
@@ -162,7 +162,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	l := &Log{dir: dir, opts: opts, stop: make(chan struct{}), stopped: make(chan struct{})}
+	l := &Log{dir: dir, opts: opts, gate: newGate(), stop: make(chan struct{}), stopped: make(chan struct{})}
 	l.scond = sync.NewCond(&l.smu)
 	b, err := os.ReadFile(filepath.Join(dir, checkpointFile))
 	switch {
@@ -344,12 +344,15 @@ func (l *Log) Checkpoint() Checkpoint {
 	return l.cp
 }
 
-// Enter must be called before a batch is ingested, and Leave after its
-// record is appended (or it turned out to need none).
-func (l *Log) Enter() { l.gate.RLock() }
+// Enter must be called before a batch is ingested, and Leave, with the
+// ticket Enter returns, after its record is appended (or it turned out to
+// need none). leaf says the batch waits for no other replica meanwhile
+// (see gate): it may then enter past a waiting Rotate while batches that
+// may be waiting for it are inside.
+func (l *Log) Enter(leaf bool) uint64 { return l.gate.enter(leaf) }
 
 // Leave ends what Enter began.
-func (l *Log) Leave() { l.gate.RUnlock() }
+func (l *Log) Leave(ticket uint64) { l.gate.leave(ticket) }
 
 // Generation returns the id of the generation records are appended to.
 // Between Enter and Leave it does not change.
@@ -486,7 +489,7 @@ func (l *Log) Wait(seq uint64) error {
 // drain, never between the rotation and the drain, where the flush would
 // carry it while its checkpoint does not cover it.
 func (l *Log) Rotate(drain func()) (uint64, error) {
-	l.gate.Lock()
+	l.gate.lock()
 	l.mu.Lock()
 	old := l.cur
 	rotated := old.n != 0
@@ -501,7 +504,7 @@ func (l *Log) Rotate(drain func()) (uint64, error) {
 	if drain != nil {
 		drain()
 	}
-	l.gate.Unlock()
+	l.gate.unlock()
 	if !rotated || err != nil {
 		return old.id - 1, err
 	}

@@ -37,9 +37,9 @@ func rec(i int) []byte {
 func appendN(t *testing.T, l *wal.Log, from, n int, due int64) {
 	t.Helper()
 	for i := from; i < from+n; i++ {
-		l.Enter()
+		tk := l.Enter(true)
 		idx, err := l.Append(rec(i), due)
-		l.Leave()
+		l.Leave(tk)
 		if err != nil {
 			t.Fatal(err)
 		}
