@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/rules"
@@ -280,24 +277,7 @@ func BenchmarkForwardRuleSamples(b *testing.B) {
 			}
 			fwd := NewForwarder(cfg, NewMembership([]string{self, ownerAddr}, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
 			defer fwd.Shutdown(context.Background())
-			entryAddr := replica(b, discard{}, fwd)
-			cc, err := grpc.NewClient(entryAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer cc.Close()
-			c := aggdv1.NewAggregatorServiceClient(cc)
-			req := &aggdv1.SubmitRequest{Batch: batch}
-			b.ReportAllocs()
-			cpu0 := cpuTime()
-			for b.Loop() {
-				resp, err := c.Submit(context.Background(), req)
-				if err != nil || resp.GetAck().GetAccepted() != 500 {
-					b.Fatalf("ack %v, err %v", resp.GetAck(), err)
-				}
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
-			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*500), "cpu-ns/sample")
+			submitLoop(b, replica(b, discard{}, fwd), batch)
 			if n := itemsCounted(b, fwd, "rule", "acked"); mode == "rule-forwarded" && n == 0 {
 				b.Fatal("no sample went to its rule group's owner")
 			}
