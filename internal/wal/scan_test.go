@@ -3,7 +3,10 @@ package wal
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
+	"math"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/klauspost/compress/s2"
@@ -169,4 +172,53 @@ func FuzzDecodeBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestS2StoresOnlyWhatShrinks: with CompressS2, records whose end s2
+// shrinks to under 45 % are stored compressed and the others as they
+// are; either way the body gives back the record, and framing into a
+// buffer of the right size allocates nothing.
+func TestS2StoresOnlyWhatShrinks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var names, refs []byte
+	for i := range 500 {
+		// Samples as full names: the same names and tags again and again.
+		names = fmt.Appendf(names, "\x0a\x3a\x0a\x13http.requests.total\x12\x0bhost:web-%03d\x12\x08env:prod\x19%08x", i%50, rng.Uint32())
+		// Samples by reference: a varint and a double each.
+		refs = binary.AppendUvarint(refs, uint64(rng.IntN(100000)))
+		refs = binary.LittleEndian.AppendUint64(refs, math.Float64bits(rng.Float64()*1000))
+	}
+	for _, tc := range []struct {
+		name string
+		rec  []byte
+		c    Compression
+		want byte
+	}{
+		{"full names", names, CompressS2, bodyS2},
+		{"full names, not compressing", names, CompressNone, bodyRaw},
+		{"references", refs, CompressS2, bodyRaw},
+		{"a short repetitive record", bytes.Repeat([]byte("tag:value,"), 30), CompressS2, bodyS2},
+		{"a short record", []byte("record 1"), CompressS2, bodyRaw},
+		{"an empty record", nil, CompressS2, bodyRaw},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fr := frame(tc.rec, tc.c)
+			size, m := binary.Uvarint(fr)
+			body := fr[m+4:]
+			if int(size) != len(fr)-m || body[0] != tc.want {
+				t.Fatalf("body of %d bytes stored as %d, want %d", len(body), body[0], tc.want)
+			}
+			got, err := decodeBody(nil, body)
+			if err != nil || !bytes.Equal(got, tc.rec) {
+				t.Fatalf("decodeBody: %v, record back: %t", err, bytes.Equal(got, tc.rec))
+			}
+			if tc.want == bodyS2 && len(body) >= len(tc.rec)/2 {
+				t.Errorf("compressed to %d bytes of %d", len(body), len(tc.rec))
+			}
+			buf, _ := appendFrame(nil, tc.rec, tc.c)
+			if n := testing.AllocsPerRun(20, func() { buf, _ = appendFrame(buf[:0], tc.rec, tc.c) }); n != 0 {
+				t.Errorf("appendFrame allocates %v times into a buffer of its size", n)
+			}
+		})
+	}
 }

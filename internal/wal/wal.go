@@ -70,9 +70,11 @@ const (
 	// CompressNone stores records as they are: the least CPU on the ack
 	// path, the most disk (a full-name sample about 86 bytes).
 	CompressNone Compression = iota
-	// CompressS2 stores records s2-compressed: about a quarter of the disk
-	// of CompressNone for full-name samples, at the CPU of compressing
-	// every record before its ack.
+	// CompressS2 stores records s2-compressed where that pays (see
+	// compresses): about a quarter of the disk of CompressNone for
+	// full-name samples, at the CPU of compressing them before the ack.
+	// Records that would not shrink to under about half, such as samples
+	// by series reference, are stored as they are.
 	CompressS2
 )
 
@@ -410,9 +412,13 @@ const (
 func appendFrame(b, rec []byte, c Compression) ([]byte, int) {
 	// The body is built first, after room for the longest length.
 	start := len(b) + binary.MaxVarintLen64
-	b = slices.Grow(b, binary.MaxVarintLen64+5+len(rec))[:start]
-	b = append(b, 0, 0, 0, 0)
+	room := len(rec)
 	if c == CompressS2 {
+		room = max(room, s2.MaxEncodedLen(min(len(rec), probeSize)))
+	}
+	b = slices.Grow(b, binary.MaxVarintLen64+5+room)[:start]
+	b = append(b, 0, 0, 0, 0)
+	if c == CompressS2 && compresses(b[len(b)+1:cap(b)], rec) {
 		b = append(b, bodyS2)
 		n, most := len(b), s2.MaxEncodedLen(len(rec))
 		b = slices.Grow(b, most)
@@ -426,6 +432,29 @@ func appendFrame(b, rec []byte, c Compression) ([]byte, int) {
 	m := binary.PutUvarint(lb[:], uint64(len(b)-start))
 	copy(b[start-m:], lb[:m])
 	return b, start - m
+}
+
+// probeSize is how much of a record's end compresses tells whether
+// compressing all of it pays.
+const probeSize = 2 << 10
+
+// compresses reports whether compressing rec pays: whether s2 shrinks its
+// last probeSize bytes (all of it, if shorter) to under 45 %. s2 costs
+// about a nanosecond of CPU for every byte it reads, before the ack, and
+// what it saves is bytes written: full-name samples shrink to about a
+// third, and are compressed; samples by series reference (a varint and a
+// value each) only to about half, and are stored as they are, which is
+// still fewer bytes a sample than a full-name one compressed. The probe
+// is encoded into b's spare capacity, which it grows: b's contents are
+// scratch, of at least s2.MaxEncodedLen(probeSize) bytes or as many as the
+// probe needs.
+func compresses(scratch, rec []byte) bool {
+	probe := rec[max(len(rec)-probeSize, 0):]
+	if len(probe) == 0 {
+		return false
+	}
+	enc := s2.Encode(scratch, probe)
+	return len(enc)*20 < len(probe)*9
 }
 
 // decodeBody returns the record a frame body (its checksum held) stores,
