@@ -235,7 +235,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge, Load: load,
-		Forwarder: node.forwarder(), PeerCalls: node.peerCalls(), Seeder: agg}
+		Forwarder: node.forwarder(), PeerCalls: node.peerCalls(), Seeder: agg, Decisions: sampler}
 	if g := guard.overload(); g != nil {
 		sc.Memory = g
 	}
@@ -251,6 +251,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The lists read at start that are not in force yet move contexts
 	// whose last samples the log just restored.
 	node.handOverPending(ctx, agg)
+	if node != nil {
+		// Traces the log restored that another replica runs now, and
+		// those a member list moves later, go to it.
+		traceRunner.MoveBy(node.fwd)
+	}
 	srv, err := service.New(sc)
 	if err != nil {
 		return err
@@ -352,6 +357,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// The peer port is served by the same gRPC server: its drain and
 		// stop above end this too. Nothing forwards once it has stopped.
 		g.Add(func() error { return gs.Serve(node.lis) }, func(error) {})
+		// Before the forwarder closes, the traces held here that a list
+		// moved to another replica go to it, rather than being decided
+		// here by the trace runner's final tick.
+		stops(func() error { node.fwd.MoveTraces(stopCtx, sampler, time.Now().UnixNano()); return nil })
 		stops(func() error { return node.Shutdown(stopCtx) })
 	}
 	stops(func() error { return traceRunner.Shutdown(stopCtx) })

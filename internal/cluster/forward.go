@@ -121,9 +121,13 @@ type Forwarder struct {
 	seq atomic.Uint64
 
 	// Item outcomes, by kind (0 samples, 1 spans, 2 seeds, 3 samples,
-	// spans and events to rule group owners): owned here, acked by their owner, refused by
-	// their owner, not delivered.
-	local, acked, refused, undelivered [4]atomic.Uint64
+	// spans and events to rule group owners, 4 spans of held traces and
+	// 5 decisions on traces handed to their new owner): owned here, acked
+	// by their owner, refused by their owner, not delivered.
+	local, acked, refused, undelivered [6]atomic.Uint64
+	// swept is the number of the member list MoveTraces last looked for
+	// moved traces under.
+	swept atomic.Uint64
 	// Calls to peers: succeeded, failed and retried, failed for good.
 	callsOK, callsRetried, callsFailed atomic.Uint64
 	handOvers                          atomic.Uint64
@@ -141,7 +145,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	})
 	f.desc.items = prometheus.NewDesc("aggd_cluster_items_total",
-		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost). Kind rule: samples aggregated here, spans whose trace runs here and events taken here, once per replica owning aggregation rule groups they feed (local: this one; otherwise sent rules_only to that owner, and the item is refused unless it took it).",
+		"Accepted samples and spans by owner: local (owned here), acked (forwarded, the owner took it), refused (forwarded, the owner refused it), undelivered (owner unreachable in time: refused as owner_unavailable). Kind seed: previous samples of RATE and MONOTONIC_COUNT contexts handed to the replica owning them from a later member list (local: kept here, refused: that replica did not keep it, past max lateness or its bound on seeded contexts; undelivered: not delivered in time; for both, its first delta there is lost). Kind held_span: spans of traces held here for sampling and handed to the replica running them under a later member list (acked: it holds them; refused, undelivered: held and decided here again). Kind decision: decisions on traces handed the same way (acked, or undelivered and kept here). Kind rule: samples aggregated here, spans whose trace runs here and events taken here, once per replica owning aggregation rule groups they feed (local: this one; otherwise sent rules_only to that owner, and the item is refused unless it took it).",
 		[]string{"kind", "outcome"}, nil)
 	f.desc.calls = prometheus.NewDesc("aggd_cluster_forward_calls_total",
 		"Forward calls to peers: ok, retry (failed and tried again), failed (given up or permanent).", []string{"outcome"}, nil)
@@ -168,15 +172,16 @@ type group struct {
 	version       uint64
 	samples       []int // indexes into Outgoing.Samples
 	spans         []int
-	seeds         []int  // samples the owner keeps as previous samples only
-	handOver      bool   // the seeds are a hand-over's
-	observe       []int  // samples the owner observes for its rule groups only
-	observeSpans  []int  // spans the owner observes for its rule groups only
-	observeEvents []int  // events the owner observes for its rule groups only
-	frame         []byte // the ForwardRequest
-	batch         []byte // its Batch
-	seedsB        []byte // its seeds' Batch
-	item          []byte // one item's encoding
+	seeds         []int            // samples the owner keeps as previous samples only
+	handOver      bool             // the seeds or spans are a hand-over's
+	decisions     []spans.Decision // decisions on traces moved to the owner
+	observe       []int            // samples the owner observes for its rule groups only
+	observeSpans  []int            // spans the owner observes for its rule groups only
+	observeEvents []int            // events the owner observes for its rule groups only
+	frame         []byte           // the ForwardRequest
+	batch         []byte           // its Batch
+	seedsB        []byte           // its seeds' Batch
+	item          []byte           // one item's encoding
 	// observeRefused holds the owner's answer for the items of observe
 	// and observeSpans it did not take, applied once every owner
 	// answered.
@@ -246,7 +251,7 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		if o.Peer {
 			// A peer sent the batch's spans here, their trace's owner:
 			// their rule groups remain to be placed.
-			if !o.Spans[i].RulesOnly {
+			if !o.Spans[i].RulesOnly && !o.Spans[i].HandedOver {
 				f.routeSpanRules(c, o, i)
 			}
 			continue
@@ -594,6 +599,9 @@ func (f *Forwarder) encode(g *group, o *service.Outgoing) {
 			frame = protowire.AppendVarint(frame, 1)
 		}
 	}
+	for _, d := range g.decisions {
+		frame = codec.AppendForwardDecision(frame, d.TraceID, d.Keep)
+	}
 	g.frame = frame
 }
 
@@ -636,7 +644,8 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 			}
 		}
 		f.undelivered[0].Add(uint64(len(g.samples)))
-		f.undelivered[1].Add(uint64(len(g.spans)))
+		f.undelivered[g.spanKind()].Add(uint64(len(g.spans)))
+		f.undelivered[5].Add(uint64(len(g.decisions)))
 		f.undelivered[2].Add(uint64(len(g.seeds)))
 		f.undelivered[3].Add(uint64(len(g.observe) + len(g.observeSpans) + len(g.observeEvents)))
 		f.log.Warn("forward failed", "owner", g.owner, "samples", len(g.samples), "spans", len(g.spans), "seeds", len(g.seeds),
@@ -673,12 +682,22 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 		}
 	}
 	f.refused[0].Add(refused[0])
-	f.refused[1].Add(refused[1])
+	f.refused[g.spanKind()].Add(refused[1])
 	f.acked[0].Add(uint64(len(g.samples)) - refused[0])
-	f.acked[1].Add(uint64(len(g.spans)) - refused[1])
+	f.acked[g.spanKind()].Add(uint64(len(g.spans)) - refused[1])
+	f.acked[5].Add(uint64(len(g.decisions)))
 	f.refused[3].Add(uint64(len(g.observeRefused)))
 	f.acked[3].Add(uint64(len(g.observe) + len(g.observeSpans) + len(g.observeEvents) - len(g.observeRefused)))
 	return nil
+}
+
+// spanKind is the kind g's spans count as: spans of held traces in a
+// hand-over (MoveTraces), else spans.
+func (g *group) spanKind() int {
+	if g.handOver {
+		return 4
+	}
+	return 1
 }
 
 // parseReason returns the Reason named name; an unknown name (a newer
@@ -813,7 +832,7 @@ func (f *Forwarder) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
-	for k, kind := range [4]string{"sample", "span", "seed", "rule"} {
+	for k, kind := range [6]string{"sample", "span", "seed", "rule", "held_span", "decision"} {
 		for _, o := range []struct {
 			name string
 			n    *atomic.Uint64

@@ -130,6 +130,10 @@ func AppendSpan(b []byte, sp *spans.Span) []byte {
 		b = protowire.AppendTag(b, 13, protowire.VarintType)
 		b = protowire.AppendVarint(b, 1)
 	}
+	if sp.HandedOver {
+		b = protowire.AppendTag(b, 14, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
 	return b
 }
 

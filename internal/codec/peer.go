@@ -93,3 +93,36 @@ func ForwardSeeds(buf []byte) (seeds []byte, handedOver bool) {
 	}
 	return seeds, handedOver
 }
+
+// ForwardDecisions calls fn with each trace decision of a ForwardRequest
+// (traces_kept and traces_dropped), in their order in buf. It stops at
+// the first field it cannot read; an id not 16 bytes long is skipped.
+func ForwardDecisions(buf []byte, fn func(id [16]byte, keep bool)) {
+	for len(buf) > 0 {
+		num, typ, n := protowire.ConsumeTag(buf)
+		if n < 0 {
+			return
+		}
+		buf = buf[n:]
+		if (num == 9 || num == 10) && typ == protowire.BytesType {
+			if v, m := protowire.ConsumeBytes(buf); m >= 0 && len(v) == 16 {
+				fn([16]byte(v), num == 9)
+			}
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, buf); n < 0 {
+			return
+		}
+		buf = buf[n:]
+	}
+}
+
+// AppendForwardDecision appends to a ForwardRequest the decision on
+// trace id: traces_kept when keep is set, else traces_dropped.
+func AppendForwardDecision(b []byte, id [16]byte, keep bool) []byte {
+	num := protowire.Number(10)
+	if keep {
+		num = 9
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, id[:])
+}

@@ -1,6 +1,8 @@
 package codec
 
 import (
+	"bytes"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -19,12 +21,33 @@ func FuzzParseForward(f *testing.F) {
 	withSeeds, _ := proto.Marshal(&aggdv1.ForwardRequest{Tenant: "acme", ArrivalUnixNano: 1, SeedsHandedOver: true,
 		Seeds: &aggdv1.Batch{Samples: []*aggdv1.Sample{{Name: "r", Type: aggdv1.MetricType_METRIC_TYPE_RATE, Value: 3}}}})
 	f.Add(withSeeds)
+	f.Add(AppendForwardDecision(AppendForwardDecision(AppendForward(nil, nil, Forward{Now: 1}, 0), [16]byte{1}, true), [16]byte{2}, false))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fw, err := ParseForward(data)
 		seeds, handedOver := ForwardSeeds(data)
+		var kept, dropped [][]byte
+		ForwardDecisions(data, func(id [16]byte, keep bool) {
+			if keep {
+				kept = append(kept, id[:])
+			} else {
+				dropped = append(dropped, id[:])
+			}
+		})
 		var pb aggdv1.ForwardRequest
 		if perr := proto.Unmarshal(data, &pb); perr != nil {
 			return // the reference refuses it; the parser need only not panic
+		}
+		// ForwardDecisions reads the ids of 16 bytes, in order.
+		sixteen := func(ids [][]byte) (out [][]byte) {
+			for _, id := range ids {
+				if len(id) == 16 {
+					out = append(out, id)
+				}
+			}
+			return out
+		}
+		if !slices.EqualFunc(kept, sixteen(pb.TracesKept), bytes.Equal) || !slices.EqualFunc(dropped, sixteen(pb.TracesDropped), bytes.Equal) {
+			t.Fatalf("decisions kept %x dropped %x, want %x and %x", kept, dropped, pb.TracesKept, pb.TracesDropped)
 		}
 		// ForwardSeeds reads the last seeds field, where the reference
 		// merges them all: their presence and the flag agree.

@@ -34,7 +34,7 @@ func (d *Decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) 
 	attrStart := len(d.attrs)
 	badUTF8 := ""
 	var tid, sid, pid []byte
-	rulesOnly := false
+	rulesOnly, handedOver := false, false
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
@@ -72,6 +72,10 @@ func (d *Decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) 
 			var v uint64
 			v, n = protowire.ConsumeVarint(buf)
 			rulesOnly = v != 0
+		case typ == protowire.VarintType && num == 14:
+			var v uint64
+			v, n = protowire.ConsumeVarint(buf)
+			handedOver = v != 0
 		case typ == protowire.VarintType && num >= 7 && num <= 11:
 			var v uint64
 			v, n = protowire.ConsumeVarint(buf)
@@ -123,6 +127,12 @@ func (d *Decoder) decodeSpan(buf []byte, s *spans.Span) (window.Reason, string) 
 			return window.ReasonUnsupported, "rules_only is taken from the replicas of a cluster only"
 		}
 		s.RulesOnly = true
+	}
+	if handedOver {
+		if !d.Histograms {
+			return window.ReasonUnsupported, "handed_over is taken from the replicas of a cluster only"
+		}
+		s.HandedOver = true
 	}
 	switch {
 	case len(tid) != 16 || isZero(tid):

@@ -428,8 +428,19 @@ func (s *Server) applyForwarded(ctx context.Context, st *callState, tn *window.T
 	if err := s.ingestLogged(ctx, st, journal.Submit); err != nil {
 		return nil, err
 	}
+	if s.decisions != nil {
+		// After the batch's spans: the handed-over spans of a decided
+		// trace held here follow its decision.
+		codec.ForwardDecisions(st.frame.Buf, func(id [16]byte, keep bool) { s.decisions.Remember(tn, id, keep, now) })
+	}
 	ack := &aggdv1.Ack{Accepted: st.ack.Accepted, Rejected: st.ack.Rejected, Rejections: slices.Clone(st.ack.Rejections)}
 	return &aggdv1.ForwardResponse{Ack: ack, SeedsRefused: seedsRefused}, nil
+}
+
+// TraceDecisions remembers the decisions on traces another replica made
+// before a member list moved them here (spans.Sampler).
+type TraceDecisions interface {
+	Remember(t *window.Tenant, id [16]byte, keep bool, now int64)
 }
 
 // Seeder keeps samples aggregated elsewhere as their contexts' previous

@@ -80,6 +80,10 @@ type Config struct {
 	// samples of RATE and MONOTONIC_COUNT contexts moving here); without
 	// one they are ignored.
 	Seeder Seeder
+	// Decisions, if set, remembers the decisions on traces that forwarded
+	// calls hand over (ForwardRequest.traces_kept and traces_dropped);
+	// without it they are ignored.
+	Decisions TraceDecisions
 }
 
 // Validate reports a missing or out-of-range setting.
@@ -104,6 +108,7 @@ type Server struct {
 	share        fairShare
 	ing          Ingester
 	seeder       Seeder
+	decisions    TraceDecisions
 	spanIng      SpanIngester
 	tenants      *Tenants
 	lim          codec.Limits
@@ -130,7 +135,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	lim := cmp.Or(cfg.Limits, codec.DefaultLimits())
 	s := &Server{ing: cfg.Ingest, tenants: cfg.Tenants, lim: lim, log: cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
-		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, calls: cfg.PeerCalls, seeder: cfg.Seeder, reserveWait: defaultReserveWait}
+		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, calls: cfg.PeerCalls, seeder: cfg.Seeder, decisions: cfg.Decisions, reserveWait: defaultReserveWait}
 	s.states.New = func() any {
 		st := &callState{dec: codec.NewDecoder(lim)}
 		st.dec.Series = &st.series

@@ -182,6 +182,30 @@ func (tr *heldTrace) add(s *Span) {
 	tr.n++
 }
 
+// hasSpan reports whether the trace holds a span of id.
+func (tr *heldTrace) hasSpan(id [8]byte) bool {
+	buf := tr.recs
+	for range tr.n {
+		if [8]byte(buf[recSpanID:recSpanID+8]) == id {
+			return true
+		}
+		flags := buf[recFlags]
+		buf = buf[recFixed:]
+		if flags&flagWire != 0 {
+			_, buf = uvarint(buf)
+		}
+		for range 3 { // service, name, resource
+			_, buf = field(buf)
+		}
+		var na uint64
+		na, buf = uvarint(buf)
+		for range 2 * na {
+			_, buf = field(buf)
+		}
+	}
+	return false
+}
+
 // spans returns the trace's spans, their strings views into its records,
 // in a new slice the caller keeps.
 func (tr *heldTrace) spans(id [16]byte) []Span {

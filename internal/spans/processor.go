@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aggd/aggd/internal/window"
@@ -62,7 +63,7 @@ func NewProcessor(sink StatsSink, sampler *Sampler, o Observer) *Processor {
 // for the windows, or its tenant is at its context limit) is refused whole.
 // A span marked RulesOnly (another replica runs its trace) is only
 // observed by the rules, and refused rules_mismatch when no rule selects
-// it.
+// it; one marked HandedOver (a trace moved here) is only held.
 func (p *Processor) IngestSpans(t *window.Tenant, now int64, sp []Span, results []window.Reason) {
 	p.ingest(t, now, sp, results, 0, true, false)
 }
@@ -84,7 +85,7 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 	st.batch.Tenant, st.batch.Now, st.batch.Cutoff = t, now, cutoff
 	for i := range sp {
 		st.first = append(st.first, len(st.batch.Samples))
-		if results[i] != window.Accepted || sp[i].RulesOnly {
+		if results[i] != window.Accepted || sp[i].RulesOnly || sp[i].HandedOver {
 			continue
 		}
 		st.stats.Add(&st.batch, &sp[i])
@@ -104,6 +105,15 @@ func (p *Processor) ingest(t *window.Tenant, now int64, sp []Span, results []win
 			// and holds it: only the rule groups owned here take it.
 			if p.observer == nil || !p.observer.ObserveSpan(t, &sp[i], now, cutoff) {
 				results[i] = window.ReasonRulesMismatch
+			}
+			continue
+		}
+		if sp[i].HandedOver {
+			// Another replica took it, made its stats and fed its
+			// rules, and held it until a member list moved its trace
+			// here: it is only held.
+			if sample {
+				p.sampler.Add(t, &sp[i], now)
 			}
 			continue
 		}
@@ -131,9 +141,16 @@ type Exporter interface {
 	ExportTraces(ctx context.Context, traces []Trace) error
 }
 
+// Mover hands the traces a sampler holds that another replica now runs
+// to that replica (cluster.Forwarder).
+type Mover interface {
+	MoveTraces(ctx context.Context, h *Sampler, now int64)
+}
+
 // Runner decides held traces every second and exports the kept ones.
 // Start may be called once; Shutdown after the first returns at once.
 type Runner struct {
+	mover    atomic.Pointer[moverRef]
 	sampler  *Sampler
 	exp      Exporter
 	timeout  time.Duration
@@ -196,9 +213,19 @@ func (r *Runner) Start(context.Context) error {
 	return nil
 }
 
+type moverRef struct{ m Mover }
+
+// MoveBy makes each tick, before it decides, hand the traces other
+// replicas now run to them by m. Call it once the sampler holds what a
+// write-ahead log restored. It is safe to call while the runner runs.
+func (r *Runner) MoveBy(m Mover) { r.mover.Store(&moverRef{m}) }
+
 // export decides the traces due at now (all when final is set) and exports
 // the kept ones, within the runner's timeout and ctx.
 func (r *Runner) export(ctx context.Context, now time.Time, final bool) error {
+	if m := r.mover.Load(); m != nil {
+		m.m.MoveTraces(ctx, r.sampler, now.UnixNano())
+	}
 	traces := r.sampler.Advance(now.UnixNano(), final)
 	if len(traces) == 0 {
 		return nil

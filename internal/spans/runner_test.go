@@ -72,3 +72,66 @@ func TestNewRunnerValidates(t *testing.T) {
 		}
 	}
 }
+
+// mover takes every held trace out of the sampler, as a member list moving
+// them all to another replica would, recording when it ran.
+type mover struct {
+	moved int
+	ticks []time.Time
+}
+
+func (m *mover) MoveTraces(_ context.Context, s *spans.Sampler, _ int64) {
+	m.ticks = append(m.ticks, time.Now())
+	traces, _ := s.Move(func(*window.Tenant, [16]byte) bool { return true })
+	m.moved += len(traces)
+}
+
+// recordingExporter records the traces it exports.
+type recordingExporter struct{ traces int }
+
+func (e *recordingExporter) ExportTraces(_ context.Context, traces []spans.Trace) error {
+	e.traces += len(traces)
+	return nil
+}
+
+// TestRunnerMovesBeforeDeciding: a runner given a mover calls it every
+// tick, before it decides, so that a trace moved away is not decided
+// here; without one (before MoveBy) the runner decides as it did.
+func TestRunnerMovesBeforeDeciding(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := spans.ParsePolicy("[trace]\ndata_ttl = \"1s\"\ngroup_key = \"trace_id\"\n\n[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"probabilistic\"\nrate = 1\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := spans.NewSampler(p, spans.DefaultLimits())
+		exp := &recordingExporter{}
+		r, err := spans.NewRunner(spans.RunnerConfig{Sampler: s, Exporter: exp, Timeout: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		tn := window.NewTenant("t")
+		add := func(id byte) {
+			s.Add(tn, &spans.Span{TraceID: [16]byte{id}, SpanID: [8]byte{1}, Service: "api", Name: "op", Start: 1, Duration: 1}, time.Now().UnixNano())
+		}
+		add(1)
+		time.Sleep(3500 * time.Millisecond) // past data_ttl and a tick
+		synctest.Wait()
+		if exp.traces != 1 {
+			t.Fatalf("without a mover: %d traces exported, want 1", exp.traces)
+		}
+		m := &mover{}
+		r.MoveBy(m)
+		add(2)
+		time.Sleep(3 * time.Second) // three ticks: the first moves it, the second would have decided it
+		synctest.Wait()
+		if exp.traces != 1 || m.moved != 1 || len(m.ticks) != 3 {
+			t.Errorf("with a mover: %d traces exported, %d moved in %d ticks; want 1, 1 and 3", exp.traces, m.moved, len(m.ticks))
+		}
+		if err := r.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -138,6 +138,9 @@ type Sampler struct {
 	tenants  map[*window.Tenant]int // held traces per tenant
 	decided  atomic.Int64
 	seed     maphash.Seed // of decidedKey.tenant
+	// tenantOf names the tenant of each decidedKey.tenant seen, for Move
+	// (uint64 → *window.Tenant).
+	tenantOf sync.Map
 	C        Counters
 }
 
@@ -242,6 +245,9 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 	// A trace is held or decided, never both: the held traces, which
 	// most spans join, are looked up first.
 	tr := sh.traces[k]
+	if tr != nil && sp.HandedOver && tr.hasSpan(sp.SpanID) {
+		return // handed over again: a restarted sender's log held it too
+	}
 	if tr == nil {
 		if d, ok := sh.decided[s.decidedKey(k)]; ok {
 			if d.keep {
@@ -349,17 +355,90 @@ func (s *Sampler) decideLocked(sh *samplerShard, p *Policy, k key, spans []Span,
 		s.C.TracesDropped.Add(1)
 		s.C.SpansDropped.Add(int64(len(spans)))
 	}
-	if s.decided.Load() < int64(s.lim.MaxDecisions) {
-		dk := s.decidedKey(k)
-		if _, had := sh.decided[dk]; !had {
-			s.decided.Add(1)
-		}
-		sh.decided[dk] = decision{keep: keep, at: now}
-		sh.expiry = append(sh.expiry, decidedRef{dk, now})
-	} else {
-		s.C.early(DecisionsDropped)
-	}
+	s.rememberLocked(sh, k, keep, now)
 	return keep
+}
+
+// rememberLocked remembers the decision on k made at now, for its late
+// spans, unless the decisions are full.
+func (s *Sampler) rememberLocked(sh *samplerShard, k key, keep bool, now int64) {
+	if s.decided.Load() >= int64(s.lim.MaxDecisions) {
+		s.C.early(DecisionsDropped)
+		return
+	}
+	dk := s.decidedKey(k)
+	if _, had := sh.decided[dk]; !had {
+		s.decided.Add(1)
+	}
+	if _, ok := s.tenantOf.Load(dk.tenant); !ok {
+		s.tenantOf.Store(dk.tenant, k.tenant)
+	}
+	sh.decided[dk] = decision{keep: keep, at: now}
+	sh.expiry = append(sh.expiry, decidedRef{dk, now})
+}
+
+// Decision is a decision on a trace, as Move hands it to another replica.
+type Decision struct {
+	Tenant  *window.Tenant
+	TraceID [16]byte
+	Keep    bool
+}
+
+// Move takes out of the sampler the held traces and the remembered
+// decisions of the traces moved reports another replica runs now: the
+// held ones are released undecided (nothing counts them here), the
+// decisions forgotten. It returns them for their new owner (Take and
+// Remember there). moved is called with a shard's lock held.
+func (s *Sampler) Move(moved func(t *window.Tenant, id [16]byte) bool) ([]Trace, []Decision) {
+	var traces []Trace
+	var decisions []Decision
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, tr := range sh.traces {
+			if moved(k.tenant, k.id) {
+				s.releaseLocked(sh, k, tr)
+				// The spans' strings are views into tr.recs, which
+				// nothing changes any more.
+				traces = append(traces, Trace{Tenant: k.tenant, TraceID: k.id, Spans: tr.spans(k.id)})
+			}
+		}
+		for dk, d := range sh.decided {
+			t, ok := s.tenantOf.Load(dk.tenant)
+			if !ok || !moved(t.(*window.Tenant), dk.id) {
+				continue
+			}
+			delete(sh.decided, dk)
+			s.decided.Add(-1)
+			decisions = append(decisions, Decision{Tenant: t.(*window.Tenant), TraceID: dk.id, Keep: d.keep})
+		}
+		sh.mu.Unlock()
+	}
+	return traces, decisions
+}
+
+// Remember takes the decision another replica made on trace id of t, at
+// now, as this sampler's own: the trace's spans held here follow it as
+// late spans of a decided trace do, and so do its later spans. A trace
+// decided here already keeps its decision.
+func (s *Sampler) Remember(t *window.Tenant, id [16]byte, keep bool, now int64) {
+	k := key{t, id}
+	sh := s.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if tr := sh.traces[k]; tr != nil {
+		s.releaseLocked(sh, k, tr)
+		if keep {
+			s.C.LateKept.Add(int64(tr.n))
+			s.keepLocked(sh, k, tr.spans(id))
+		} else {
+			s.C.LateDropped.Add(int64(tr.n))
+			s.C.SpansDropped.Add(int64(tr.n))
+		}
+	} else if _, ok := sh.decided[s.decidedKey(k)]; ok {
+		return
+	}
+	s.rememberLocked(sh, k, keep, now)
 }
 
 // decideQuietLocked decides the traces of sh quiet for ttl at now: those

@@ -59,6 +59,10 @@ type Span struct {
 	// the tracing rule groups this replica owns: the rules feed only
 	// those with it (rules.Engine.ObserveSpan).
 	RulesOnly bool
+	// HandedOver marks a span of a trace another replica held when a
+	// member list moved the trace here: it is held for sampling only,
+	// its stats and rule observations made where it was taken first.
+	HandedOver bool
 	// Wire, for a span received over OTLP, is what aggd does not model,
 	// so an OTLP upstream can send the span on as it came.
 	Wire *Wire

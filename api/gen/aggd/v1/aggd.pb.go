@@ -1123,7 +1123,14 @@ type Span struct {
 	// and is neither held for sampling nor made into stats. Only the
 	// replicas of a cluster send it (PeerService); a client's span with it
 	// is refused as unsupported.
-	RulesOnly     bool `protobuf:"varint,13,opt,name=rules_only,json=rulesOnly,proto3" json:"rules_only,omitempty"`
+	RulesOnly bool `protobuf:"varint,13,opt,name=rules_only,json=rulesOnly,proto3" json:"rules_only,omitempty"`
+	// handed_over marks a span of a trace its sender held for sampling
+	// when a member list moved the trace to the receiver: the receiver
+	// holds it with the trace's other spans, and makes neither stats nor
+	// rule observations of it (the replica that took it first made them).
+	// Only the replicas of a cluster send it (PeerService); a client's
+	// span with it is refused as unsupported.
+	HandedOver    bool `protobuf:"varint,14,opt,name=handed_over,json=handedOver,proto3" json:"handed_over,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1245,6 +1252,13 @@ func (x *Span) GetAttributes() map[string]string {
 func (x *Span) GetRulesOnly() bool {
 	if x != nil {
 		return x.RulesOnly
+	}
+	return false
+}
+
+func (x *Span) GetHandedOver() bool {
+	if x != nil {
+		return x.HandedOver
 	}
 	return false
 }
@@ -1459,7 +1473,7 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12\x12\n" +
 	"\x04tags\x18\x04 \x03(\tR\x04tags\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x05 \x01(\x03R\x11timestampUnixNano\x12\x18\n" +
-	"\amessage\x18\x06 \x01(\tR\amessage\"\xfb\x03\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\"\x9c\x04\n" +
 	"\x04Span\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\fR\atraceId\x12\x17\n" +
 	"\aspan_id\x18\x02 \x01(\fR\x06spanId\x12$\n" +
@@ -1477,7 +1491,9 @@ const file_aggd_v1_aggd_proto_rawDesc = "" +
 	"attributes\x18\f \x03(\v2\x1d.aggd.v1.Span.AttributesEntryR\n" +
 	"attributes\x12\x1d\n" +
 	"\n" +
-	"rules_only\x18\r \x01(\bR\trulesOnly\x1a=\n" +
+	"rules_only\x18\r \x01(\bR\trulesOnly\x12\x1f\n" +
+	"\vhanded_over\x18\x0e \x01(\bR\n" +
+	"handedOver\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x01\n" +

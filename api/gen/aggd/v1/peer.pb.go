@@ -58,8 +58,15 @@ type ForwardRequest struct {
 	// context's last sample; a seed of a sample taken now is kept at an
 	// equal timestamp too, so that the live path wins a tie.
 	SeedsHandedOver bool `protobuf:"varint,8,opt,name=seeds_handed_over,json=seedsHandedOver,proto3" json:"seeds_handed_over,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// traces_kept and traces_dropped are the ids (16 bytes each) of traces
+	// of the tenant its sender decided and a member list moved to the
+	// receiver: the receiver remembers each decision as its own, so that
+	// the trace's later spans follow it, and decides by it the spans of
+	// the trace it holds.
+	TracesKept    [][]byte `protobuf:"bytes,9,rep,name=traces_kept,json=tracesKept,proto3" json:"traces_kept,omitempty"`
+	TracesDropped [][]byte `protobuf:"bytes,10,rep,name=traces_dropped,json=tracesDropped,proto3" json:"traces_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForwardRequest) Reset() {
@@ -148,6 +155,20 @@ func (x *ForwardRequest) GetSeedsHandedOver() bool {
 	return false
 }
 
+func (x *ForwardRequest) GetTracesKept() [][]byte {
+	if x != nil {
+		return x.TracesKept
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetTracesDropped() [][]byte {
+	if x != nil {
+		return x.TracesDropped
+	}
+	return nil
+}
+
 // ForwardResponse acknowledges a ForwardRequest; indexes in its rejections
 // refer to the forwarded batch.
 type ForwardResponse struct {
@@ -209,7 +230,7 @@ var File_aggd_v1_peer_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\xb6\x02\n" +
+	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\xfe\x02\n" +
 	"\x0eForwardRequest\x12$\n" +
 	"\x05batch\x18\x01 \x01(\v2\x0e.aggd.v1.BatchR\x05batch\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12*\n" +
@@ -219,7 +240,11 @@ const file_aggd_v1_peer_proto_rawDesc = "" +
 	"replica_id\x18\x05 \x01(\x06R\treplicaId\x12\x1a\n" +
 	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12$\n" +
 	"\x05seeds\x18\a \x01(\v2\x0e.aggd.v1.BatchR\x05seeds\x12*\n" +
-	"\x11seeds_handed_over\x18\b \x01(\bR\x0fseedsHandedOver\"V\n" +
+	"\x11seeds_handed_over\x18\b \x01(\bR\x0fseedsHandedOver\x12\x1f\n" +
+	"\vtraces_kept\x18\t \x03(\fR\n" +
+	"tracesKept\x12%\n" +
+	"\x0etraces_dropped\x18\n" +
+	" \x03(\fR\rtracesDropped\"V\n" +
 	"\x0fForwardResponse\x12\x1e\n" +
 	"\x03ack\x18\x01 \x01(\v2\f.aggd.v1.AckR\x03ack\x12#\n" +
 	"\rseeds_refused\x18\x02 \x01(\rR\fseedsRefused2K\n" +
