@@ -56,37 +56,50 @@ func BenchmarkDecodeSpans(b *testing.B) {
 	b.ReportMetric(float64(cputime.Process()-cpu)/float64(b.N*500), "cpu-ns/span")
 }
 
-// A span marked rules_only is written so that the generated code reads
-// the mark, and taken with it only from a peer (Histograms): a client's
-// is refused as unsupported.
-func TestSpanRulesOnly(t *testing.T) {
-	sp := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Service: "api", Name: "op", Resource: "/a", Start: 1e18, Duration: 5e6,
-		Attrs: []spans.Attr{{Key: "zone", Value: "z1"}}, RulesOnly: true}
-	item := AppendSpan(nil, &sp)
-	var pb aggdv1.Span
-	if err := proto.Unmarshal(item, &pb); err != nil || !pb.RulesOnly || pb.Resource != "/a" {
-		t.Fatalf("generated code reads %v: %v", &pb, err)
-	}
-	batch := protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), item)
-	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), batch)
-	for _, tc := range []struct {
-		peer bool
-		want window.Reason
-	}{{false, window.ReasonUnsupported}, {true, window.Accepted}} {
-		d := NewDecoder(DefaultLimits())
-		d.Histograms = tc.peer
-		var b window.Batch
-		b.Tenant = window.NewTenant("t")
-		if err := d.DecodeSubmit(req, &b); err != nil || d.NSpans != 1 {
-			t.Fatalf("peer %v: %d spans: %v", tc.peer, d.NSpans, err)
-		}
-		if r := d.SpanResults[0]; r != tc.want || r == window.Accepted && !d.Spans[0].RulesOnly {
-			t.Fatalf("peer %v: %v %q, marked %v; want %v", tc.peer, r, d.SpanDetail[0], d.Spans[0].RulesOnly, tc.want)
-		}
-	}
-	sp.RulesOnly = false
-	if err := proto.Unmarshal(AppendSpan(nil, &sp), &pb); err != nil || pb.RulesOnly {
-		t.Fatalf("an unmarked span reads %v: %v", &pb, err)
+// A span marked rules_only or handed_over is written so that the
+// generated code reads the mark, and taken with it only from a peer
+// (Histograms): a client's is refused as unsupported.
+func TestSpanPeerMarks(t *testing.T) {
+	for _, mark := range []struct {
+		name string
+		set  func(*spans.Span)
+		pb   func(*aggdv1.Span) bool
+		got  func(*spans.Span) bool
+	}{
+		{"rules_only", func(s *spans.Span) { s.RulesOnly = true }, (*aggdv1.Span).GetRulesOnly, func(s *spans.Span) bool { return s.RulesOnly }},
+		{"handed_over", func(s *spans.Span) { s.HandedOver = true }, (*aggdv1.Span).GetHandedOver, func(s *spans.Span) bool { return s.HandedOver }},
+	} {
+		t.Run(mark.name, func(t *testing.T) {
+			sp := spans.Span{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Service: "api", Name: "op", Resource: "/a", Start: 1e18, Duration: 5e6,
+				Attrs: []spans.Attr{{Key: "zone", Value: "z1"}}}
+			unmarked := AppendSpan(nil, &sp)
+			mark.set(&sp)
+			item := AppendSpan(nil, &sp)
+			var pb aggdv1.Span
+			if err := proto.Unmarshal(item, &pb); err != nil || !mark.pb(&pb) || pb.Resource != "/a" {
+				t.Fatalf("generated code reads %v: %v", &pb, err)
+			}
+			batch := protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), item)
+			req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), batch)
+			for _, tc := range []struct {
+				peer bool
+				want window.Reason
+			}{{false, window.ReasonUnsupported}, {true, window.Accepted}} {
+				d := NewDecoder(DefaultLimits())
+				d.Histograms = tc.peer
+				var b window.Batch
+				b.Tenant = window.NewTenant("t")
+				if err := d.DecodeSubmit(req, &b); err != nil || d.NSpans != 1 {
+					t.Fatalf("peer %v: %d spans: %v", tc.peer, d.NSpans, err)
+				}
+				if r := d.SpanResults[0]; r != tc.want || r == window.Accepted && !mark.got(&d.Spans[0]) {
+					t.Fatalf("peer %v: %v %q, marked %v; want %v", tc.peer, r, d.SpanDetail[0], mark.got(&d.Spans[0]), tc.want)
+				}
+			}
+			if err := proto.Unmarshal(unmarked, &pb); err != nil || mark.pb(&pb) {
+				t.Fatalf("an unmarked span reads %v: %v", &pb, err)
+			}
+		})
 	}
 }
 
