@@ -36,25 +36,31 @@ const defaultReserveWait = 10 * time.Second
 
 // requestCost is the memory the request in st takes from here on: its
 // decoded items and keys, and, with a journal, its record and the record
-// compressed. It also sizes the decoder's slices for the request.
-func (s *Server) requestCost(st *callState, stream bool) int64 {
-	c := codec.Count(st.frame.Buf, stream)
-	st.dec.Grow(&st.batch, c)
-	n := codec.DecodeCost(len(st.frame.Buf), c)
+// compressed; c is what the request holds, which sizes the decoder's slices
+// once the memory is reserved.
+func (s *Server) requestCost(st *callState, stream bool) (n int64, c codec.Counts) {
+	c = codec.Count(st.frame.Buf, stream)
+	n = codec.DecodeCost(len(st.frame.Buf), c)
 	if s.journal != nil {
 		n += 2 * int64(len(st.frame.Buf))
 	}
-	return n
+	return n, c
 }
 
 // reserve reserves the memory the request read into st takes, or returns
 // the status that refuses it; release gives it back. Call it after the
-// decoder's Reset.
+// decoder's Reset. The decoder's slices are grown to the request's size
+// only once its memory is reserved: a request refused allocates nothing.
 func (s *Server) reserve(ctx context.Context, st *callState, stream bool, tenant string) (release func(), err error) {
 	if s.room == nil {
 		return func() {}, nil
 	}
-	return s.reserveBytes(ctx, s.requestCost(st, stream), len(st.frame.Buf), tenant)
+	n, c := s.requestCost(st, stream)
+	release, err = s.reserveBytes(ctx, n, len(st.frame.Buf), tenant)
+	if err == nil {
+		st.dec.Grow(&st.batch, c)
+	}
+	return release, err
 }
 
 // errTooLargeForBudget marks the refusal of a request that could never
