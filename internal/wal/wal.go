@@ -71,7 +71,7 @@ const (
 	// path, the most disk (a full-name sample about 86 bytes).
 	CompressNone Compression = iota
 	// CompressS2 stores records s2-compressed where that pays (see
-	// compresses): about a quarter of the disk of CompressNone for
+	// encodeIfPays): about a quarter of the disk of CompressNone for
 	// full-name samples, at the CPU of compressing them before the ack.
 	// Records that would not shrink to under about half, such as samples
 	// by series reference, are stored as they are.
@@ -407,22 +407,25 @@ const (
 
 // appendFrame appends to b the frame of rec as Append writes it: the
 // uvarint length of its body, and the body: a CRC-32C of the rest, the
-// marker of how the record is stored, and the record, compressed with c.
-// It returns b and where the frame starts in it.
+// marker of how the record is stored, and the record, compressed with c
+// where that pays (encodeIfPays). It returns b and where the frame starts
+// in it.
 func appendFrame(b, rec []byte, c Compression) ([]byte, int) {
 	// The body is built first, after room for the longest length.
 	start := len(b) + binary.MaxVarintLen64
 	room := len(rec)
 	if c == CompressS2 {
-		room = max(room, s2.MaxEncodedLen(min(len(rec), probeSize)))
+		room = max(room, s2Room(len(rec)))
 	}
 	b = slices.Grow(b, binary.MaxVarintLen64+5+room)[:start]
 	b = append(b, 0, 0, 0, 0)
-	if c == CompressS2 && compresses(b[len(b)+1:cap(b)], rec) {
+	n := 0
+	if c == CompressS2 {
+		n = encodeIfPays(b[len(b)+1:len(b)+1+s2Room(len(rec))], rec)
+	}
+	if n > 0 {
 		b = append(b, bodyS2)
-		n, most := len(b), s2.MaxEncodedLen(len(rec))
-		b = slices.Grow(b, most)
-		b = b[:n+len(s2.Encode(b[n:n+most], rec))]
+		b = b[:len(b)+n]
 	} else {
 		b = append(b, bodyRaw)
 		b = append(b, rec...)
@@ -434,27 +437,56 @@ func appendFrame(b, rec []byte, c Compression) ([]byte, int) {
 	return b, start - m
 }
 
-// probeSize is how much of a record's end compresses tells whether
-// compressing all of it pays.
+// probeSize is how much of a record's end tells whether compressing it
+// pays.
 const probeSize = 2 << 10
 
-// compresses reports whether compressing rec pays: whether s2 shrinks its
-// last probeSize bytes (all of it, if shorter) to under 45 %. s2 costs
-// about a nanosecond of CPU for every byte it reads, before the ack, and
-// what it saves is bytes written: full-name samples shrink to about a
-// third, and are compressed; samples by series reference (a varint and a
-// value each) only to about half, and are stored as they are, which is
-// still fewer bytes a sample than a full-name one compressed. The probe
-// is encoded into b's spare capacity, which it grows: b's contents are
-// scratch, of at least s2.MaxEncodedLen(probeSize) bytes or as many as the
-// probe needs.
-func compresses(scratch, rec []byte) bool {
-	probe := rec[max(len(rec)-probeSize, 0):]
+// s2Room is the room encodeIfPays needs for a record of n bytes.
+func s2Room(n int) int {
+	p := min(n, probeSize)
+	return s2.MaxEncodedLen(n-p) + s2.MaxEncodedLen(p)
+}
+
+// encodeIfPays writes rec s2-compressed to the start of dst, of
+// s2Room(len(rec)) bytes, and returns the length of the block, or 0 when
+// compressing does not pay: when s2 does not shrink the record's last
+// probeSize bytes (all of it, if shorter) to under 45 %. s2 costs about a
+// nanosecond of CPU for every byte it reads, before the ack, and what it
+// saves is bytes written: full-name samples shrink to about a third, and
+// are compressed; samples by series reference (a varint and a value each)
+// only to about half, and are stored as they are, which is still fewer
+// bytes a sample than a full-name one compressed. The probe is not
+// compressed twice: the block is the rest's block followed by the
+// probe's, which s2's block format allows (s2.ConcatBlocks), each copy
+// reaching back only within its own part.
+func encodeIfPays(dst, rec []byte) int {
+	split := max(len(rec)-probeSize, 0)
+	head, probe := rec[:split], rec[split:]
 	if len(probe) == 0 {
-		return false
+		return 0
 	}
-	enc := s2.Encode(scratch, probe)
-	return len(enc)*20 < len(probe)*9
+	mh := 0
+	if len(head) > 0 {
+		mh = s2.MaxEncodedLen(len(head))
+	}
+	tail := s2.Encode(dst[mh:], probe)
+	if len(tail)*20 >= len(probe)*9 {
+		return 0
+	}
+	if len(head) == 0 {
+		return len(tail)
+	}
+	hb := s2.Encode(dst[:mh], head)
+	_, hh := binary.Uvarint(hb)
+	_, th := binary.Uvarint(tail)
+	// The block's header is the whole record's length, which may take a
+	// byte more than the head's.
+	var lb [binary.MaxVarintLen64]byte
+	ht := binary.PutUvarint(lb[:], uint64(len(rec)))
+	copy(dst[ht:], hb[hh:])
+	copy(dst, lb[:ht])
+	n := ht + len(hb) - hh
+	return n + copy(dst[n:], tail[th:])
 }
 
 // decodeBody returns the record a frame body (its checksum held) stores,
