@@ -272,8 +272,10 @@ type Bucket struct {
 	nDirty        int
 	drain         uint64 // the shard's Drain call that last handed it out
 
-	// store holds the contexts the slots name (their shard's).
+	// store holds the contexts the slots name (their shard's); home is
+	// that shard, which keeps the bucket once released (see release).
 	store  *ctxStore
+	home   *Shard
 	index  slotIndex
 	slots  []slot
 	stamps []int64 // gauges' timestamps
@@ -291,10 +293,17 @@ var bucketPool = sync.Pool{New: func() any {
 }}
 
 func (sh *Shard) getBucket(start, width int64, late bool) *Bucket {
-	b := bucketPool.Get().(*Bucket)
-	b.Start, b.Width, b.Late, b.store = start, width, late, &sh.store
+	b := sh.spare.Swap(nil)
+	if b == nil {
+		b = bucketPool.Get().(*Bucket)
+	}
+	b.Start, b.Width, b.Late, b.store, b.home = start, width, late, &sh.store, sh
 	return b
 }
+
+// spareSlack is the room past twice its last use that a released bucket's
+// slots may have and still be its shard's spare.
+const spareSlack = 4096
 
 // Len returns the number of contexts b yields at most.
 func (b *Bucket) Len() int {
@@ -312,8 +321,15 @@ func (b *Bucket) Release() {
 	}
 }
 
+// release resets b for reuse. It becomes its shard's spare, which the shard's next
+// bucket takes, unless the shard has one: a bucket made every interval,
+// whose distributions' sample slices grow to hundreds of samples, would
+// otherwise be made anew each time, as the garbage collections of an
+// interval empty sync.Pool. A bucket grown far past its last use (by a
+// burst) goes to the pool, so that the burst's memory is not held.
 func (b *Bucket) release() {
-	b.stamped, b.kept, b.base, b.nDirty, b.store = false, false, nil, 0, nil
+	home, used := b.home, len(b.slots)
+	b.stamped, b.kept, b.base, b.nDirty, b.store, b.home = false, false, nil, 0, nil, nil
 	b.index.reset()
 	b.slots = b.slots[:0]
 	b.stamps = b.stamps[:0]
@@ -328,6 +344,9 @@ func (b *Bucket) release() {
 		clear(m)
 	}
 	b.nDists, b.nSets = 0, 0
+	if home != nil && cap(b.slots) <= 2*used+spareSlack && home.spare.CompareAndSwap(nil, b) {
+		return
+	}
 	bucketPool.Put(b)
 }
 

@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"math"
 	"strings"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -78,6 +79,9 @@ type Shard struct {
 	// restart replaying its log): they are never zero-filled, so a zero
 	// cannot replace what that process sent.
 	firstTick int64
+	// spare is a released bucket kept for the shard's next one, with its
+	// slots, index and distributions' sample slices (see Bucket.release).
+	spare atomic.Pointer[Bucket]
 }
 
 // sweepBudget bounds the contexts one Drain examines for expiry, so that a
