@@ -386,8 +386,14 @@ func (d *Decoder) addByRef(buf []byte, b *window.Batch) bool {
 	}
 	d.NSamples++
 	i := len(b.Samples)
-	b.Samples = append(b.Samples, window.Sample{Type: typ, Value: value, SampleRate: rate, Timestamp: int64(ts)})
+	if i < cap(b.Samples) {
+		b.Samples = b.Samples[:i+1]
+	} else {
+		b.Samples = append(b.Samples, window.Sample{})
+	}
+	// Written in place: an appended literal is built aside and copied.
 	s := &b.Samples[i]
+	*s = window.Sample{Type: typ, Value: value, SampleRate: rate, Timestamp: int64(ts)}
 	if hasMember {
 		s.SetMember = view(member)
 	}
