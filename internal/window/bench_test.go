@@ -266,10 +266,10 @@ func TestMemoryPerHistogramContext(t *testing.T) {
 		runtime.ReadMemStats(&after)
 		per := float64(after.HeapAlloc-before.HeapAlloc) / float64(contexts)
 		t.Logf("%d samples (spread %v): %.0f bytes per histogram context", n, tt.spread, per)
-		// Exact samples take 16 bytes each (16 KiB at most, their capacity
-		// kept for reuse); the Agent sketch 4 bytes a bin (4096 at most,
-		// with room to grow) and 1 KiB of buffer.
-		if limit := 16.0*float64(min(n, MaxExactSamples)) + 40_000; per > limit {
+		// Exact samples without a sample rate take 8 bytes each (8 KiB at
+		// most, their capacity kept for reuse); the Agent sketch 4 bytes a
+		// bin (4096 at most, with room to grow) and 1 KiB of buffer.
+		if limit := 8.0*float64(min(n, MaxExactSamples)) + 30_000; per > limit {
 			t.Errorf("%d samples: %.0f bytes per context, budget %.0f", n, per, limit)
 		}
 		runtime.KeepAlive(sh)

@@ -65,12 +65,15 @@ const MaxExactSamples = 1024
 type distState struct {
 	sketch               agentSketch
 	min, max, sum, count float64
-	vals, wts            []float64 // samples and their weights
-	exactBins            float64   // bound on the Agent bins vals need
-	carry                float64   // rounding of fractional weights
-	binned               uint64    // the count units gave the sketch
-	spilled              bool      // the sketch holds the samples
-	sorted               bool      // vals (with wts) are in increasing order
+	// vals are the samples; wts their weights, empty while every weight
+	// is 1 (most samples have no sample rate), else as long as vals, so
+	// that a sample without a rate writes one slice, not two.
+	vals, wts []float64
+	exactBins float64 // bound on the Agent bins vals need
+	carry     float64 // rounding of fractional weights
+	binned    uint64  // the count units gave the sketch
+	spilled   bool    // the sketch holds the samples
+	sorted    bool    // vals (with wts) are in increasing order
 }
 
 func (d *distState) add(v, weight float64, sc *sketchScratch) {
@@ -92,8 +95,11 @@ func binsFor(w float64) float64 { return 1 + (w+1)/agentMaxBin }
 func (d *distState) insert(v, w float64, sc *sketchScratch) {
 	if !d.spilled {
 		if n := binsFor(w); len(d.vals) < MaxExactSamples && d.exactBins+n <= agentBinLimit {
+			if w != 1 || len(d.wts) != 0 {
+				d.weigh()
+				d.wts = append(d.wts, w)
+			}
 			d.vals = append(d.vals, v)
-			d.wts = append(d.wts, w)
 			d.exactBins += n
 			d.sorted = false
 			return
@@ -103,6 +109,21 @@ func (d *distState) insert(v, w float64, sc *sketchScratch) {
 	if n := d.units(w); n > 0 {
 		d.sketch.add(AgentKey(v), n, sc)
 	}
+}
+
+// weigh gives d's samples their weights, 1 each, unless they have them.
+func (d *distState) weigh() {
+	for len(d.wts) < len(d.vals) {
+		d.wts = append(d.wts, 1)
+	}
+}
+
+// weight returns the weight of exact sample i.
+func (d *distState) weight(i int) float64 {
+	if len(d.wts) == 0 {
+		return 1
+	}
+	return d.wts[i]
 }
 
 // units returns the whole count of weight w: w itself when whole (the
@@ -131,7 +152,7 @@ const maxBinned = 4 * agentMaxUnits
 // spill moves the exact samples into the sketch, in their order.
 func (d *distState) spill(sc *sketchScratch) {
 	for i, v := range d.vals {
-		if n := d.units(d.wts[i]); n > 0 {
+		if n := d.units(d.weight(i)); n > 0 {
 			d.sketch.add(AgentKey(v), n, sc)
 		}
 	}
@@ -158,7 +179,9 @@ func (s *byValue) Len() int           { return len(s.vals) }
 func (s *byValue) Less(i, j int) bool { return s.vals[i] < s.vals[j] }
 func (s *byValue) Swap(i, j int) {
 	s.vals[i], s.vals[j] = s.vals[j], s.vals[i]
-	s.wts[i], s.wts[j] = s.wts[j], s.wts[i]
+	if len(s.wts) != 0 {
+		s.wts[i], s.wts[j] = s.wts[j], s.wts[i]
+	}
 }
 
 // merge adds a distribution aggregated elsewhere, keeping its exact moments.
@@ -221,8 +244,13 @@ func (d *distState) mergeDist(o *distState, sc *sketchScratch) {
 	d.sum += o.sum
 	d.count += o.count
 	if !d.spilled && !o.spilled && len(d.vals)+len(o.vals) <= MaxExactSamples && d.exactBins+o.exactBins <= agentBinLimit {
+		if len(d.wts) != 0 || len(o.wts) != 0 {
+			d.weigh()
+			for i := range o.vals {
+				d.wts = append(d.wts, o.weight(i))
+			}
+		}
 		d.vals = append(d.vals, o.vals...)
-		d.wts = append(d.wts, o.wts...)
 		d.exactBins += o.exactBins
 		d.sorted = false
 		return
@@ -242,7 +270,7 @@ func (d *distState) mergeDist(o *distState, sc *sketchScratch) {
 	late := &sc.late
 	late.reset()
 	for i, v := range o.vals {
-		if n := d.units(o.wts[i]); n > 0 {
+		if n := d.units(o.weight(i)); n > 0 {
 			late.add(AgentKey(v), n, sc)
 		}
 	}
@@ -411,7 +439,8 @@ type Metric struct {
 	// DISTRIBUTION. Count and Sum are weighted by 1/sample_rate.
 	Min, Max, Sum, Count float64
 	// Exact, when not nil, holds every sample in increasing order, with
-	// its weight in ExactWeights. It is nil past MaxExactSamples samples,
+	// its weight in ExactWeights, which is nil when every weight is 1
+	// (Weight reads either). Exact is nil past MaxExactSamples samples,
 	// which the Agent sketch (AgentBins) holds instead.
 	Exact, ExactWeights []float64
 	// bins are the Agent sketch's bins once the samples spilled into it.
@@ -463,7 +492,10 @@ func (b *Bucket) Metrics() iter.Seq[*Metric] {
 				if d.spilled {
 					m.bins = d.sketch.bins
 				} else {
-					m.Exact, m.ExactWeights = d.vals, d.wts
+					m.Exact, m.ExactWeights = d.vals, nil
+					if len(d.wts) != 0 {
+						m.ExactWeights = d.wts
+					}
 				}
 			}
 			if !yield(&m) {
@@ -542,6 +574,15 @@ func (b *Bucket) clearDirty() {
 	b.nDirty = 0
 }
 
+// Weight returns the weight of exact sample i: ExactWeights[i], or 1 when
+// ExactWeights is empty.
+func (m *Metric) Weight(i int) float64 {
+	if len(m.ExactWeights) == 0 {
+		return 1
+	}
+	return m.ExactWeights[i]
+}
+
 // ForEach calls fn with every sample and its weight of a histogram, timing
 // or distribution in increasing order while they are exact, else with
 // every bin of its Agent sketch (the value of its key and its count), until
@@ -549,7 +590,7 @@ func (b *Bucket) clearDirty() {
 func (m *Metric) ForEach(fn func(v, w float64) bool) {
 	if m.Exact != nil {
 		for i, v := range m.Exact {
-			if fn(v, m.ExactWeights[i]) {
+			if fn(v, m.Weight(i)) {
 				return
 			}
 		}
@@ -600,7 +641,7 @@ func (m *Metric) AgentBins(dst []AgentBin) ([]AgentBin, uint64) {
 			}
 			key, w = k, 0
 		}
-		w += m.ExactWeights[i]
+		w += m.Weight(i)
 	}
 	if len(m.Exact) > 0 {
 		put()
@@ -627,7 +668,7 @@ func (m *Metric) Quantile(q float64) float64 {
 		target := math.Max(math.Ceil(q*m.Count*(1-1e-12))-1, 0)
 		var cum float64
 		for i, v := range m.Exact {
-			if cum += m.ExactWeights[i]; cum > target {
+			if cum += m.Weight(i); cum > target {
 				return v
 			}
 		}
