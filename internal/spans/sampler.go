@@ -3,6 +3,7 @@ package spans
 import (
 	"hash/maphash"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,10 @@ type samplerShard struct {
 	// later spans came. Advance reads only the seconds at least data_ttl
 	// old, not every held trace.
 	quiet map[int64][]heldRef
+	// due are the held traces Advance took off the quiet wheel to
+	// examine, in steps; dueNext is the next to examine.
+	due     []heldRef
+	dueNext int
 	// expiry lists the decisions in the order they were made, for
 	// Advance to forget the old ones without reading the others.
 	expiry     []decidedRef
@@ -441,40 +446,76 @@ func (s *Sampler) Remember(t *window.Tenant, id [16]byte, keep bool, now int64) 
 	s.rememberLocked(sh, k, keep, now)
 }
 
+// advanceStep bounds the traces Advance decides, or the decisions it
+// forgets, in one hold of a shard's lock. Between steps it lets the
+// batches waiting for the lock in: a second's worth of traces decided in
+// one hold (thousands per shard at 300 k spans/s) kept every batch with a
+// span of that shard waiting, shard after shard, for the whole of Advance.
+const advanceStep = 128
+
+// unlockStep lets the goroutines waiting for sh's lock take it before
+// Advance goes on.
+func unlockStep(sh *samplerShard) {
+	sh.mu.Unlock()
+	runtime.Gosched()
+	if stepHook != nil {
+		stepHook(sh)
+	}
+	sh.mu.Lock()
+}
+
+// stepHook, when set (by tests), runs between two steps of Advance, with
+// the shard's lock free.
+var stepHook func(*samplerShard)
+
 // decideQuietLocked decides the traces of sh quiet for ttl at now: those
 // listed under the seconds ttl old, unless later spans came, which lists
-// them under the second of their last.
+// them under the second of their last. It decides them in steps of
+// advanceStep, letting go of sh's lock between steps: what changed
+// meanwhile (spans that came, a bound that decided the trace, a member
+// change that moved it) is read when the trace's turn comes.
 func (s *Sampler) decideQuietLocked(sh *samplerShard, p *Policy, now, ttl int64) {
-	var due []int64
-	for sec := range sh.quiet {
+	for sec, refs := range sh.quiet {
 		if now-sec*int64(time.Second) >= ttl { // else even its first arrival is not ttl old
-			due = append(due, sec)
+			sh.due = append(sh.due, refs...)
+			delete(sh.quiet, sec)
 		}
 	}
-	for _, sec := range due {
-		refs := sh.quiet[sec]
-		delete(sh.quiet, sec)
-		for _, r := range refs {
-			switch tr := r.tr; {
-			case sh.traces[r.k] != tr:
-				// Decided already (a bound); a trace held now under
-				// its id is listed by itself.
-			case now-tr.last >= ttl:
-				s.releaseLocked(sh, r.k, tr)
-				s.decideHeldLocked(sh, p, r.k, tr, now)
-			default:
-				last := second(tr.last)
-				sh.quiet[last] = append(sh.quiet[last], r)
-			}
+	for step := 0; sh.dueNext < len(sh.due); step++ {
+		if step == advanceStep {
+			unlockStep(sh)
+			step = 0
 		}
+		r := sh.due[sh.dueNext]
+		sh.due[sh.dueNext] = heldRef{}
+		sh.dueNext++
+		switch tr := r.tr; {
+		case sh.traces[r.k] != tr:
+			// Decided already (a bound), or moved; a trace held now
+			// under its id is listed by itself.
+		case now-tr.last >= ttl:
+			s.releaseLocked(sh, r.k, tr)
+			s.decideHeldLocked(sh, p, r.k, tr, now)
+		default:
+			last := second(tr.last)
+			sh.quiet[last] = append(sh.quiet[last], r)
+		}
+	}
+	sh.due, sh.dueNext = sh.due[:0], 0
+	if cap(sh.due) > 1<<16 {
+		sh.due = nil // do not keep a burst's list
 	}
 }
 
 // forgetDecisionsLocked forgets the decisions of sh older than the
-// decision TTL at now, oldest first.
+// decision TTL at now, oldest first, in steps of advanceStep.
 func (s *Sampler) forgetDecisionsLocked(sh *samplerShard, now int64) {
 	ttl := int64(s.lim.DecisionTTL)
-	for sh.expiryHead < len(sh.expiry) {
+	for step := 0; sh.expiryHead < len(sh.expiry); step++ {
+		if step == advanceStep {
+			unlockStep(sh)
+			step = 0
+		}
 		r := sh.expiry[sh.expiryHead]
 		if now-r.at <= ttl {
 			break
