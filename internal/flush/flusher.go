@@ -200,6 +200,7 @@ func (fl *Flusher) flush(ctx context.Context, tick time.Time, final bool) {
 		drain()
 	}
 	fl.agg.fillZeros(f) // batches come in meanwhile
+	f.SortExact()       // and meanwhile too
 	for _, tn := range fl.tenants.List() {
 		tn.EventsInWindow.Store(0) // a new window of events_per_window
 		if n := items(tn); n != fl.seen[tn] {

@@ -559,7 +559,10 @@ func (b *Bucket) markDirty() {
 }
 
 // sortExact orders the exact samples of every distribution of b, so that
-// readers of the drained bucket need not write to it.
+// readers of the drained bucket need not write to it. A drain leaves them
+// in arrival order: sorting them under the shard's lock held every batch
+// with a sample of that shard for as long (about 50 ms per shard of 2,500
+// distributions of 500 samples).
 func (b *Bucket) sortExact() {
 	for i := range b.dists[:b.nDists] {
 		b.dists[i].sort(&b.scratch)

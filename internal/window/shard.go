@@ -687,9 +687,13 @@ func (sh *Shard) markedUntil(k bucketKey) int64 {
 // Drain also forgets contexts idle for longer than the context TTL, a
 // bounded number per call.
 func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
+	start := len(out)
 	out = sh.BeginDrain(tick, final, out)
 	for done := false; !done; {
 		out, done = sh.FillZeros(math.MaxInt, out)
+	}
+	for _, b := range out[start:] {
+		b.sortExact()
 	}
 	return out
 }
@@ -697,9 +701,10 @@ func (sh *Shard) Drain(tick int64, final bool, out []*Bucket) []*Bucket {
 // BeginDrain is Drain but for the zero-fill of counters (see FillZeros),
 // which it only begins: its cost grows with the shard's counters, so a
 // caller holding a lock around the shard calls FillZeros in steps and lets
-// samples in between. The drain is done, and its buckets may be read, once
-// FillZeros reports it done. A drain begun while one is still filling
-// finishes that fill first, into out.
+// samples in between. The drain is done once FillZeros reports it done;
+// its buckets may be read once they are sorted too (Flush.SortExact),
+// which needs no lock: the shard no longer writes to them. A drain begun
+// while one is still filling finishes that fill first, into out.
 func (sh *Shard) BeginDrain(tick int64, final bool, out []*Bucket) []*Bucket {
 	for done := false; !done; {
 		out, done = sh.FillZeros(math.MaxInt, out)
@@ -829,7 +834,6 @@ func (sh *Shard) FillZeros(budget int, out []*Bucket) (_ []*Bucket, done bool) {
 // correction of the kept bucket its late samples join, and keeps what late
 // samples may still reach.
 func (sh *Shard) settle(k bucketKey, b *Bucket, out []*Bucket) []*Bucket {
-	b.sortExact()
 	if !b.Late {
 		if !b.stamped {
 			sh.kept[k] = nil // flushed, with nothing to correct it from
@@ -848,7 +852,6 @@ func (sh *Shard) settle(k bucketKey, b *Bucket, out []*Bucket) []*Bucket {
 		return append(out, b)
 	}
 	base.absorb(b)
-	base.sortExact()
 	b.release()
 	sh.keep(k, base)
 	base.Late = true

@@ -420,6 +420,15 @@ func (f *Flush) Metrics() func(yield func(*Metric) bool) {
 	}
 }
 
+// SortExact orders the exact samples of the distributions of f's buckets
+// (see Shard.BeginDrain): the flusher calls it once the drain is done,
+// with no shard locked, before anything reads f.
+func (f *Flush) SortExact() {
+	for _, b := range f.Buckets {
+		b.sortExact()
+	}
+}
+
 // Release returns f's buckets for reuse; f must not be read afterwards.
 func (f *Flush) Release() {
 	for _, b := range f.Buckets {
