@@ -198,14 +198,32 @@ func parseMix(s string) ([]aggdv1.MetricType, error) {
 
 // template is a pre-encoded batch and where its trace ids are: sending
 // writes a fresh counter into the first 8 bytes of each, so that every
-// batch carries new traces. With -refs, declare is the batch that
-// declares its contexts' series references, sent first on each stream,
-// and data refers to them.
+// batch carries new traces, and the time of sending into each span's
+// start, so that its stats go to the bucket open now, as a traced
+// service's would. With -refs, declare is the batch that declares its
+// contexts' series references, sent first on each stream, and data
+// refers to them.
 type template struct {
 	data    []byte
 	declare []byte
 	traces  []int // offsets of trace id bytes
+	starts  []int // offsets of the spans' start_unix_nano varints
 }
+
+// stamp writes into body, a copy of t's span batch, fresh as the first 8
+// bytes of every trace id and start as every span's start.
+func (t template) stamp(body []byte, fresh uint64, start time.Time) {
+	for _, off := range t.traces {
+		binary.BigEndian.PutUint64(body[off:], fresh)
+	}
+	for _, off := range t.starts {
+		binary.PutUvarint(body[off:], uint64(start.UnixNano()))
+	}
+}
+
+// spanStartBack is how long before the batch is sent its spans start, so
+// that their ends (start plus at most 50 ms) are not in the future.
+const spanStartBack = 50 * time.Millisecond
 
 // encodeSpanBatches pre-encodes span batches whose contexts (service,
 // operation, resource, kind, status) cycle through o.contexts.
@@ -243,18 +261,31 @@ func encodeSpanBatches(o options) ([]template, error) {
 		}
 		t := template{data: data}
 		for _, id := range ids {
-			for from := 0; ; {
-				i := bytes.Index(data[from:], id)
-				if i < 0 {
-					break
-				}
-				t.traces = append(t.traces, from+i)
-				from += i + len(id)
-			}
+			t.traces = appendOffsets(t.traces, data, id, 0)
+		}
+		// start_unix_nano (field 8, a varint): a time of this century
+		// takes 9 bytes, so any other such time fits in its place.
+		field := protowire.AppendVarint(protowire.AppendTag(nil, 8, protowire.VarintType), uint64(start))
+		t.starts = appendOffsets(t.starts, data, field, 1)
+		if len(t.starts) != len(b.Spans) {
+			return nil, fmt.Errorf("found %d span starts in a batch of %d spans", len(t.starts), len(b.Spans))
 		}
 		out = append(out, t)
 	}
 	return out, nil
+}
+
+// appendOffsets appends to offs the offset, plus skip, of every
+// occurrence of pattern in data.
+func appendOffsets(offs []int, data, pattern []byte, skip int) []int {
+	for from := 0; ; {
+		i := bytes.Index(data[from:], pattern)
+		if i < 0 {
+			return offs
+		}
+		offs = append(offs, from+i+skip)
+		from += i + len(pattern)
+	}
 }
 
 // encodeBatches pre-encodes batches covering every context once: with
@@ -484,11 +515,7 @@ func stream(ctx context.Context, client aggdv1.AggregatorServiceClient, o option
 		req = protowire.AppendTag(req, 2, protowire.BytesType)
 		req = protowire.AppendBytes(req, data)
 		if len(t.traces) > 0 { // fresh trace ids: stream, sequence, round
-			body := req[len(req)-len(data):]
-			fresh := uint64(id+1)<<48 | seq<<8 | 1
-			for _, off := range t.traces {
-				binary.BigEndian.PutUint64(body[off:], fresh)
-			}
+			t.stamp(req[len(req)-len(data):], uint64(id+1)<<48|seq<<8|1, time.Now().Add(-spanStartBack))
 		}
 		*buf = req
 		sentAt[seq%uint64(o.inflight)].Store(time.Now().UnixNano())

@@ -3,13 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/service/servicetest"
 	"github.com/aggd/aggd/internal/spans"
@@ -206,5 +211,38 @@ func TestPhasesSplitLatencyBySecondOfInterval(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "sent  1s") {
 		t.Errorf("a second without acks is reported:\n%s", out.String())
+	}
+}
+
+// TestSpanBatchesAreStampedWhenSent checks that a span batch sent carries
+// the time of sending as every span's start, and fresh trace ids, whatever
+// time it was encoded at.
+func TestSpanBatchesAreStampedWhenSent(t *testing.T) {
+	o := options{batch: 60, contexts: 300, spansPerTrace: 3, seed: 1}
+	ts, err := encodeSpanBatches(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, start := range []time.Time{time.Unix(1_800_000_000, 5), time.Now().Add(time.Hour)} {
+		for k, tpl := range ts {
+			body := slices.Clone(tpl.data)
+			fresh := uint64(i+1)<<48 | uint64(k)
+			tpl.stamp(body, fresh, start)
+			var b aggdv1.Batch
+			if err := proto.Unmarshal(body, &b); err != nil {
+				t.Fatal(err)
+			}
+			if len(b.Spans) != o.batch {
+				t.Fatalf("%d spans, want %d", len(b.Spans), o.batch)
+			}
+			for _, sp := range b.Spans {
+				if sp.StartUnixNano != start.UnixNano() {
+					t.Fatalf("span starts at %d, want %d", sp.StartUnixNano, start.UnixNano())
+				}
+				if got := binary.BigEndian.Uint64(sp.TraceId); got != fresh {
+					t.Fatalf("trace id starts %x, want %x", got, fresh)
+				}
+			}
+		}
 	}
 }
