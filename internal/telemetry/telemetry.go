@@ -30,6 +30,7 @@ type TenantCollector struct {
 	accepted   *prometheus.Desc
 	rejected   *prometheus.Desc
 	contexts   *prometheus.Desc
+	seeded     *prometheus.Desc
 	overflowed *prometheus.Desc
 }
 
@@ -46,6 +47,8 @@ func NewTenantCollector(tenants TenantLister, maxTenants int) *TenantCollector {
 		accepted: prometheus.NewDesc("aggd_items_accepted_total", "Items (samples, events, checks, spans) accepted, by tenant.", []string{"tenant"}, nil),
 		rejected: prometheus.NewDesc("aggd_items_rejected_total", "Items rejected, by tenant and reason.", []string{"tenant", "reason"}, nil),
 		contexts: prometheus.NewDesc("aggd_contexts", "Live aggregation contexts, by tenant.", []string{"tenant"}, nil),
+		seeded: prometheus.NewDesc("aggd_contexts_seeded",
+			"Contexts holding only the previous sample another replica handed over (cluster mode), not yet in aggd_contexts, by tenant.", []string{"tenant"}, nil),
 		overflowed: prometheus.NewDesc("aggd_items_overflowed_total",
 			"Samples of new contexts past the tenant's max_contexts, folded into its aggd.overflow.<type> series.", []string{"tenant"}, nil),
 	}
@@ -56,13 +59,14 @@ func (c *TenantCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.accepted
 	ch <- c.rejected
 	ch <- c.contexts
+	ch <- c.seeded
 	ch <- c.overflowed
 }
 
 // tenantCounts is one tenant's counters, or the sum of several.
 type tenantCounts struct {
 	accepted, overflowed uint64
-	contexts             int64
+	contexts, seeded     int64
 	rejected             [window.NumReasons]uint64
 }
 
@@ -70,6 +74,7 @@ func (t *tenantCounts) add(tn *window.Tenant) {
 	t.accepted += tn.Accepted.Load()
 	t.overflowed += tn.Overflowed.Load()
 	t.contexts += tn.Contexts.Load()
+	t.seeded += tn.Seeded.Load()
 	for r := range tn.Rejected {
 		t.rejected[r] += tn.Rejected[r].Load()
 	}
@@ -103,6 +108,7 @@ func (c *TenantCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *TenantCollector) emit(ch chan<- prometheus.Metric, id string, t *tenantCounts) {
 	ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(t.accepted), id)
 	ch <- prometheus.MustNewConstMetric(c.contexts, prometheus.GaugeValue, float64(t.contexts), id)
+	ch <- prometheus.MustNewConstMetric(c.seeded, prometheus.GaugeValue, float64(t.seeded), id)
 	ch <- prometheus.MustNewConstMetric(c.overflowed, prometheus.CounterValue, float64(t.overflowed), id)
 	for r := window.Reason(1); r < window.NumReasons; r++ {
 		if n := t.rejected[r]; n > 0 {

@@ -25,6 +25,7 @@ func TestTenantSeriesAreBounded(t *testing.T) {
 		tn.Accepted.Add(uint64(i))
 		tn.Rejected[window.ReasonTooOld].Add(1)
 		tn.Contexts.Add(2)
+		tn.Seeded.Add(3)
 		accepted += uint64(i)
 		rejected++
 		ts = append(ts, tn)
@@ -55,7 +56,7 @@ func TestTenantSeriesAreBounded(t *testing.T) {
 				}
 			}
 			want := map[string]float64{"aggd_items_accepted_total": float64(accepted), "aggd_items_rejected_total": float64(rejected),
-				"aggd_contexts": 2000, "aggd_items_overflowed_total": 0}[mf.GetName()]
+				"aggd_contexts": 2000, "aggd_contexts_seeded": 3000, "aggd_items_overflowed_total": 0}[mf.GetName()]
 			if sum != want {
 				t.Errorf("max %d: %s sums to %v, want %v", tc.max, mf.GetName(), sum, want)
 			}
