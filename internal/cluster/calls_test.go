@@ -334,7 +334,7 @@ func TestForwardRetriedAcrossOwnerRestartAppliesOnce(t *testing.T) {
 		}
 		return rec, aggdv1.NewPeerServiceClient(cc), func() { cc.Close(); l.Close() }
 	}
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token, codec.PeerProtocolKey, codec.PeerProtocol)
 	forward := func(c aggdv1.PeerServiceClient, seq uint64) *aggdv1.Ack {
 		t.Helper()
 		resp, err := c.Forward(ctx, frame(seq))

@@ -724,7 +724,7 @@ func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggd
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.cfg.Token)
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.cfg.Token, codec.PeerProtocolKey, codec.PeerProtocol)
 	start := time.Now()
 	backoff := f.cfg.InitialBackoff
 	for {

@@ -6,6 +6,17 @@ import "google.golang.org/protobuf/encoding/protowire"
 // and sequence); the zero CallID names none.
 type CallID struct{ Replica, Sequence uint64 }
 
+// PeerProtocol is the version of what replicas say to each other (the
+// ForwardRequest's fields and what they mean) that this release speaks.
+// A peer call carries it in its metadata under PeerProtocolKey, and a
+// replica refuses a call of another version, or of none (a release from
+// before it), rather than read it by the wrong rules. It changes when the
+// meaning of the peer messages does.
+const (
+	PeerProtocol    = "1"
+	PeerProtocolKey = "aggd-peer-protocol"
+)
+
 // Forward is what a ForwardRequest says besides its batch.
 type Forward struct {
 	Tenant string

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"slices"
 	"sync"
 
@@ -352,12 +353,31 @@ func peerAuthorized(ctx context.Context, token string) bool {
 	return false
 }
 
+// peerProtocolError refuses a peer call that does not speak this
+// release's peer protocol, or returns nil.
+func peerProtocolError(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(codec.PeerProtocolKey)
+	if len(v) == 1 && v[0] == codec.PeerProtocol {
+		return nil
+	}
+	got := "none (a release from before the peer protocol had a version)"
+	if len(v) > 0 {
+		got = fmt.Sprintf("%q", v)
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"peer call of peer protocol %s; this replica speaks %q: run one release of aggd across the cluster", got, codec.PeerProtocol)
+}
+
 // forwarded takes a batch a peer forwarded: logged and ingested as the
 // peer's client sent it, at the peer's arrival time, and not forwarded
 // again.
 func (s *Server) forwarded(ctx context.Context, dec func(any) error, token string) (any, error) {
 	if token == "" || !peerAuthorized(ctx, token) {
 		return nil, errPeerToken
+	}
+	if err := peerProtocolError(ctx); err != nil {
+		return nil, err // the sender counts it failed and refuses its items
 	}
 	st := s.getState()
 	defer s.putState(st)

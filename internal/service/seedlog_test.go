@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/flush"
 	"github.com/aggd/aggd/internal/flush/flushtest"
 )
@@ -49,7 +50,7 @@ func TestSeedsSurviveARestart(t *testing.T) {
 				dir := t.TempDir()
 				j := startJournaled(t, dir, false, nil)
 				peer := aggdv1.NewPeerServiceClient(j.conn)
-				ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+peerToken)
+				ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+peerToken, codec.PeerProtocolKey, codec.PeerProtocol)
 				req := &aggdv1.ForwardRequest{Tenant: "acme", ArrivalUnixNano: base.UnixNano(),
 					Seeds: &aggdv1.Batch{Samples: []*aggdv1.Sample{{Name: "m", Type: typ, Value: 100, TimestampUnixNano: seedTS.UnixNano()}}}}
 				if tc.withBatch {
