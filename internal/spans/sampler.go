@@ -98,6 +98,11 @@ type samplerShard struct {
 	// later spans came. Advance reads only the seconds at least data_ttl
 	// old, not every held trace.
 	quiet map[int64][]heldRef
+	// lastK and lastTr are the trace Add held a span of last, while held:
+	// a trace's spans mostly come one after another, and then skip the
+	// map.
+	lastK  key
+	lastTr *heldTrace
 	// due are the held traces Advance took off the quiet wheel to
 	// examine, in steps; dueNext is the next to examine.
 	due     []heldRef
@@ -249,7 +254,10 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 	}
 	// A trace is held or decided, never both: the held traces, which
 	// most spans join, are looked up first.
-	tr := sh.traces[k]
+	tr := sh.lastTr
+	if tr == nil || sh.lastK != k {
+		tr = sh.traces[k]
+	}
 	if tr != nil && sp.HandedOver && tr.hasSpan(sp.SpanID) {
 		return // handed over again: a restarted sender's log held it too
 	}
@@ -284,6 +292,7 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 		sh.quiet[sec] = append(sh.quiet[sec], heldRef{k, tr})
 		s.C.HeldTraces.Add(1)
 	}
+	sh.lastK, sh.lastTr = k, tr
 	size := heldSize(sp)
 	tr.add(sp)
 	tr.last = now
@@ -314,6 +323,9 @@ func (s *Sampler) addTenantTrace(t *window.Tenant) bool {
 // releaseLocked forgets a held trace's accounting and entry.
 func (s *Sampler) releaseLocked(sh *samplerShard, k key, tr *heldTrace) {
 	delete(sh.traces, k)
+	if sh.lastTr == tr {
+		sh.lastTr = nil
+	}
 	s.C.HeldTraces.Add(-1)
 	s.C.HeldSpans.Add(-int64(tr.n))
 	s.C.HeldBytes.Add(-tr.bytes)

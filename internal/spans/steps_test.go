@@ -73,3 +73,51 @@ func TestAdvanceDecidesInSteps(t *testing.T) {
 		t.Errorf("the next Advance kept %d traces, want %d", len(out), held)
 	}
 }
+
+// TestLastTraceIsForgottenOnceDecided checks that a span of the trace the
+// sampler held a span of last, once that trace is decided (gone quiet, at
+// its span bound, or moved), is taken as a late span of the decision, not
+// into the decided trace.
+func TestLastTraceIsForgottenOnceDecided(t *testing.T) {
+	const sec = int64(time.Second)
+	p := mustPolicy(t, "[trace]\ndata_ttl = \"5s\"\n[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"probabilistic\"\nrate = 1\n")
+	tn := window.NewTenant("t")
+	id := traceID(3)
+	for _, tc := range []struct {
+		name   string
+		decide func(s *Sampler)
+	}{
+		{"quiet", func(s *Sampler) { s.Advance(5*sec, false) }},
+		{"moved", func(s *Sampler) {
+			s.Move(func(*window.Tenant, [16]byte) bool { return true })
+			s.Remember(tn, id, true, 5*sec)
+		}},
+		{"span bound", func(s *Sampler) {
+			for i := range s.lim.MaxSpansPerTrace {
+				span := sp(id, byte(10+i), nil)
+				s.Add(tn, &span, sec)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lim := DefaultLimits()
+			lim.MaxSpansPerTrace = 4
+			s := NewSampler(p, lim)
+			first := sp(id, 1, nil)
+			s.Add(tn, &first, 0)
+			tc.decide(s)
+			s.Advance(5*sec, false) // takes what is kept so far
+			late := sp(id, 2, nil)
+			s.Add(tn, &late, 6*sec)
+			if got := s.C.HeldTraces.Load(); got != 0 {
+				t.Errorf("%d traces held after the decision, want 0", got)
+			}
+			if got := s.C.LateKept.Load(); got < 1 {
+				t.Errorf("the span after the decision was not taken as late (late kept %d)", got)
+			}
+			if out := s.Advance(7*sec, false); len(out) != 1 || len(out[0].Spans) != 1 || out[0].Spans[0].SpanID != late.SpanID {
+				t.Errorf("exported %+v, want the late span alone", out)
+			}
+		})
+	}
+}
