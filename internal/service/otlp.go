@@ -503,16 +503,28 @@ func (pb *pointBatch) streamKey(kind byte, m *otlpwire.Metric, attrs []otlpwire.
 	return k
 }
 
+// sumKind is the stream kind of a cumulative sum point: its value type is
+// part of its stream's identity, as in the Collector's
+// tracking.MetricIdentity (MetricValueType), so that points of one name
+// and attributes sent as integers and as doubles are two streams.
+func sumKind(p *otlpwire.Point) byte {
+	if p.IsInt {
+		return 'i'
+	}
+	return 's'
+}
+
 // rawStreamKey names a monotonic cumulative sum's stream within its scope
-// by its attributes' encodings, as the point carries them: the same
-// attributes encoded otherwise (another order, say) are another key of
-// the same stream (deltaTracker.alias).
-func (pb *pointBatch) rawStreamKey(m *otlpwire.Metric, fields [][]byte) []byte {
+// by its value type and its attributes' encodings, as the point carries
+// them: the same attributes encoded otherwise (another order, say) are
+// another key of the same stream (deltaTracker.alias).
+func (pb *pointBatch) rawStreamKey(m *otlpwire.Metric, p *otlpwire.Point) []byte {
 	k := binary.LittleEndian.AppendUint64(pb.key[:0], pb.scopeHash[0])
 	k = binary.LittleEndian.AppendUint64(k, pb.scopeHash[1])
+	k = append(k, sumKind(p))
 	k = protowire.AppendString(k, m.Name)
 	k = protowire.AppendString(k, m.Unit)
-	for _, f := range fields {
+	for _, f := range p.AttrFields {
 		k = protowire.AppendBytes(k, f)
 	}
 	pb.key = k
@@ -528,7 +540,7 @@ func (pb *pointBatch) PrepareRaw(m *otlpwire.Metric, run []otlpwire.Point) {
 		return
 	}
 	for i := range run {
-		pb.run = append(pb.run, rawAlias{id: idOf(pb.rawStreamKey(m, run[i].AttrFields))})
+		pb.run = append(pb.run, rawAlias{id: idOf(pb.rawStreamKey(m, &run[i]))})
 	}
 	var sink uintptr
 	pb.groups, sink = pb.r.deltas.lookup(pb.run, pb.groups)
@@ -601,7 +613,7 @@ func (pb *pointBatch) Point(m *otlpwire.Metric, p *otlpwire.Point) {
 				pb.refuse(window.ReasonInvalidValue, fmt.Sprintf("value %v is not finite", p.Value))
 				return
 			}
-			id := idOf(pb.streamKey('s', m, p.Attrs))
+			id := idOf(pb.streamKey(sumKind(p), m, p.Attrs))
 			sp := r.deltas.sum(id, p.Start, p.Time, p.Value)
 			if sp.st != nil && pb.rawAlias {
 				r.deltas.alias(pb.rawID, sp.st)

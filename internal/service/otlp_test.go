@@ -213,6 +213,23 @@ func TestOTLPCumulativeToDelta(t *testing.T) {
 		},
 		want: map[string]float64{"s{}": 60},
 	}, {
+		name:    "integer and double points are two streams",
+		follows: "tracking.MetricIdentity.Write (MetricValueType is part of the identity)",
+		send: func(before, _ uint64) reqs {
+			double := func(v float64) *colmetricspb.ExportMetricsServiceRequest {
+				m := sumPoint(before, 0)
+				m.GetSum().DataPoints[0].Value = &metricspb.NumberDataPoint_AsDouble{AsDouble: v}
+				return request(m)
+			}
+			// Each stream's first point is a baseline; the later ones
+			// (known by then, so found by their attributes' encoding) add
+			// their own deltas: 20 and 20, where one stream of 100, 100,
+			// 110, 115, 120, 120 would count 20.
+			return reqs{request(sumPoint(before, 100)), double(100), request(sumPoint(before, 110)), double(115),
+				request(sumPoint(before, 120)), double(120)}
+		},
+		want: map[string]float64{"s{}": 20 + 20},
+	}, {
 		name:    "histogram deltas by bucket",
 		follows: "tracking.MetricTracker.Convert (MetricTypeHistogram)",
 		send: func(before, _ uint64) reqs {
