@@ -349,12 +349,13 @@ func (b *Bucket) Release() {
 	}
 }
 
-// release resets b for reuse. It becomes its shard's spare, which the shard's next
-// bucket takes, unless the shard has one: a bucket made every interval,
-// whose distributions' sample slices grow to hundreds of samples, would
-// otherwise be made anew each time, as the garbage collections of an
-// interval empty sync.Pool. A bucket grown far past its last use (by a
-// burst) goes to the pool, so that the burst's memory is not held.
+// release resets b for reuse. It becomes its shard's spare, which the
+// shard's next bucket takes, unless the shard has one: a bucket made every
+// interval, whose distributions' sample slices grow to hundreds of
+// samples, would otherwise be made anew each time that garbage
+// collections empty sync.Pool within an interval. A bucket grown far past
+// its last use (by a burst) goes to the pool, so that the burst's memory
+// is not held.
 func (b *Bucket) release() {
 	home, used := b.home, len(b.slots)
 	b.stamped, b.kept, b.base, b.nDirty, b.store, b.home = false, false, nil, 0, nil, nil
@@ -560,9 +561,10 @@ func (b *Bucket) markDirty() {
 
 // sortExact orders the exact samples of every distribution of b, so that
 // readers of the drained bucket need not write to it. A drain leaves them
-// in arrival order: sorting them under the shard's lock held every batch
-// with a sample of that shard for as long (about 50 ms per shard of 2,500
-// distributions of 500 samples).
+// in arrival order: sorted under the shard's lock, they held every batch
+// with a sample of that shard for as long (95 ms on the development
+// machine for 2,500 distributions of 500 samples, a shard's eighth of
+// aggload's 100 k contexts).
 func (b *Bucket) sortExact() {
 	for i := range b.dists[:b.nDists] {
 		b.dists[i].sort(&b.scratch)

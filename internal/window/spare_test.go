@@ -1,6 +1,7 @@
 package window
 
 import (
+	"cmp"
 	"fmt"
 	"runtime"
 	"slices"
@@ -48,15 +49,7 @@ func collectDists(buckets []*Bucket) []distOut {
 		}
 		b.Release()
 	}
-	slices.SortFunc(got, func(a, b distOut) int {
-		if a.key != b.key {
-			if a.key < b.key {
-				return -1
-			}
-			return 1
-		}
-		return int(a.ts - b.ts)
-	})
+	slices.SortFunc(got, func(a, b distOut) int { return cmp.Or(cmp.Compare(a.key, b.key), cmp.Compare(a.ts, b.ts)) })
 	return got
 }
 

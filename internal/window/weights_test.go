@@ -1,6 +1,7 @@
 package window
 
 import (
+	"cmp"
 	"slices"
 	"testing"
 )
@@ -38,15 +39,7 @@ func TestUnitWeightsAreImplicit(t *testing.T) {
 			d.mergeDist(&late, &sc)
 			d.sort(&sc)
 			all := append(slices.Clone(tt.first), tt.late...)
-			slices.SortStableFunc(all, func(a, b sample) int {
-				switch {
-				case a.v < b.v:
-					return -1
-				case a.v > b.v:
-					return 1
-				}
-				return 0
-			})
+			slices.SortStableFunc(all, func(a, b sample) int { return cmp.Compare(a.v, b.v) })
 			if got := len(d.wts) != 0; got != tt.stored {
 				t.Errorf("weights stored: %t, want %t", got, tt.stored)
 			}
