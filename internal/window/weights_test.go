@@ -43,10 +43,7 @@ func TestUnitWeightsAreImplicit(t *testing.T) {
 			if got := len(d.wts) != 0; got != tt.stored {
 				t.Errorf("weights stored: %t, want %t", got, tt.stored)
 			}
-			m := Metric{Type: TypeDistribution, Exact: d.vals, Count: d.count}
-			if len(d.wts) != 0 {
-				m.ExactWeights = d.wts
-			}
+			m := Metric{Type: TypeDistribution, Exact: d.vals, ExactWeights: d.wts, Count: d.count}
 			want := Metric{Type: TypeDistribution, Count: d.count}
 			for _, s := range all {
 				want.Exact = append(want.Exact, s.v)
