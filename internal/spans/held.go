@@ -73,6 +73,28 @@ func appendField(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
+// firstRecordsCap is the capacity of a trace's records at its first span,
+// of record size n, when the traces of late held hint bytes of records:
+// room for as much as they held, so that a trace like them never grows
+// its records (growing a trace's records, once per trace of 5 spans,
+// moving and clearing them, took 8 % of aggd's CPU at 600 k spans/s), and
+// for 4 spans like this one while there is no hint. At most 8 spans like
+// this one, so that a trace of one span, among traces of hundreds, holds
+// at most 8 times its record.
+func firstRecordsCap(n, hint int) int {
+	if hint <= 0 {
+		return 4 * n
+	}
+	return min(max(hint+hint/8, n), 8*n)
+}
+
+// recordsHint moves hint, the record bytes of the traces decided lately,
+// towards held, those of a trace just decided: an average weighing the
+// last trace an eighth.
+func recordsHint(hint, held int) int {
+	return hint + (held-hint)/8
+}
+
 // recordSize is the length of s's record, wire index aside.
 func recordSize(s *Span) int {
 	n := recFixed + fieldSize(s.Service) + fieldSize(s.Name) + fieldSize(s.Resource) + uvarintSize(len(s.Attrs))
@@ -160,18 +182,19 @@ func field(b []byte) (string, []byte) {
 
 // heldTrace is a trace waiting for its decision.
 type heldTrace struct {
-	recs  []byte  // the spans' records
-	wires []*Wire // the Wires of spans received over OTLP
-	n     int     // spans
-	last  int64   // arrival of the last span
-	bytes int64
+	recs     []byte  // the spans' records
+	wires    []*Wire // the Wires of spans received over OTLP
+	n        int     // spans
+	last     int64   // arrival of the last span
+	bytes    int64
+	released bool // decided, moved or handed over: no longer held
 }
 
-// add records s, owning what it needs of it.
-func (tr *heldTrace) add(s *Span) {
+// add records s, owning what it needs of it. hint is the record bytes a
+// trace has held lately (recordsHint), for the first span's allocation.
+func (tr *heldTrace) add(s *Span, hint int) {
 	if tr.recs == nil {
-		// Room for a few spans alike: most traces hold several.
-		tr.recs = make([]byte, 0, 4*recordSize(s))
+		tr.recs = make([]byte, 0, firstRecordsCap(recordSize(s), hint))
 	}
 	w := 0
 	if s.Wire != nil {

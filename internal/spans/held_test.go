@@ -31,7 +31,7 @@ func TestHeldTraceKeepsSpans(t *testing.T) {
 			var tr heldTrace
 			size := 0
 			for i := range tt.spans {
-				tr.add(&tt.spans[i])
+				tr.add(&tt.spans[i], 0)
 				size += recordSize(&tt.spans[i])
 			}
 			// Each wire index here takes one byte.
@@ -56,7 +56,7 @@ func TestHeldTraceKeepsSpans(t *testing.T) {
 func TestCloneSpansOwnsSlices(t *testing.T) {
 	var tr heldTrace
 	for _, s := range []Span{{Name: "a", Attrs: []Attr{{"k", "1"}}}, {Name: "b"}, {Name: "c", Attrs: []Attr{{"k", "2"}, {"k", "3"}}}} {
-		tr.add(&s)
+		tr.add(&s, 0)
 	}
 	sp, attrs := decodeRecords(nil, nil, [16]byte{1}, tr.recs, nil, tr.n)
 	out := cloneSpans(sp, attrs)

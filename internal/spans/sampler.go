@@ -103,6 +103,9 @@ type samplerShard struct {
 	// map.
 	lastK  key
 	lastTr *heldTrace
+	// recHint is the record bytes the traces decided lately held
+	// (recordsHint), which a new trace's records start with room for.
+	recHint int
 	// due are the held traces Advance took off the quiet wheel to
 	// examine, in steps; dueNext is the next to examine.
 	due     []heldRef
@@ -294,7 +297,7 @@ func (s *Sampler) Add(t *window.Tenant, sp *Span, now int64) {
 	}
 	sh.lastK, sh.lastTr = k, tr
 	size := heldSize(sp)
-	tr.add(sp)
+	tr.add(sp, sh.recHint)
 	tr.last = now
 	tr.bytes += size
 	s.C.HeldSpans.Add(1)
@@ -323,9 +326,11 @@ func (s *Sampler) addTenantTrace(t *window.Tenant) bool {
 // releaseLocked forgets a held trace's accounting and entry.
 func (s *Sampler) releaseLocked(sh *samplerShard, k key, tr *heldTrace) {
 	delete(sh.traces, k)
+	tr.released = true
 	if sh.lastTr == tr {
 		sh.lastTr = nil
 	}
+	sh.recHint = recordsHint(sh.recHint, len(tr.recs))
 	s.C.HeldTraces.Add(-1)
 	s.C.HeldSpans.Add(-int64(tr.n))
 	s.C.HeldBytes.Add(-tr.bytes)
@@ -384,13 +389,14 @@ func (s *Sampler) rememberLocked(sh *samplerShard, k key, keep bool, now int64) 
 		return
 	}
 	dk := s.decidedKey(k)
-	if _, had := sh.decided[dk]; !had {
-		s.decided.Add(1)
-	}
 	if _, ok := s.tenantOf.Load(dk.tenant); !ok {
 		s.tenantOf.Store(dk.tenant, k.tenant)
 	}
+	n := len(sh.decided)
 	sh.decided[dk] = decision{keep: keep, at: now}
+	if len(sh.decided) > n {
+		s.decided.Add(1)
+	}
 	sh.expiry = append(sh.expiry, decidedRef{dk, now})
 }
 
@@ -502,7 +508,7 @@ func (s *Sampler) decideQuietLocked(sh *samplerShard, p *Policy, now, ttl int64)
 		sh.due[sh.dueNext] = heldRef{}
 		sh.dueNext++
 		switch tr := r.tr; {
-		case sh.traces[r.k] != tr:
+		case tr.released:
 			// Decided already (a bound), or moved; a trace held now
 			// under its id is listed by itself.
 		case now-tr.last >= ttl:

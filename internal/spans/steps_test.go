@@ -121,3 +121,55 @@ func TestLastTraceIsForgottenOnceDecided(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordsStartWithRoomForTracesAlike checks that a new trace's records
+// start with room for as many spans as the traces decided before it held,
+// within bounds, so that a trace like them never grows its records.
+func TestRecordsStartWithRoomForTracesAlike(t *testing.T) {
+	const sec = int64(time.Second)
+	p := mustPolicy(t, "[trace]\ndata_ttl = \"5s\"\n[[trace.sampling_pipeline]]\nname = \"all\"\ntype = \"probabilistic\"\nrate = 1\n")
+	tn := window.NewTenant("t")
+	n := recordSize(new(sp(traceID(0), 1, nil)))
+	for _, tc := range []struct {
+		name     string
+		before   int // spans per trace decided before; 0: none
+		spans    int // spans of the new trace
+		min, max int // its records' capacity at its first span, in records
+		grows    bool
+	}{
+		{"no trace before", 0, 6, 4, 4, true},
+		{"traces of one span", 1, 1, 1, 2, false},
+		{"traces of six spans", 6, 6, 6, 8, false},
+		{"traces of a hundred spans", 100, 1, 8, 8, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lim := DefaultLimits()
+			lim.MaxSpansPerTrace = 1000
+			s := NewSampler(p, lim)
+			if tc.before > 0 {
+				for i := range nShards * 64 {
+					for j := range tc.before {
+						span := sp(traceID(uint64(i)), byte(j), nil)
+						s.Add(tn, &span, 0)
+					}
+				}
+				s.Advance(5*sec, false)
+			}
+			id := traceID(1 << 40)
+			first := sp(id, 1, nil)
+			s.Add(tn, &first, 6*sec)
+			tr := s.shard(id).traces[key{tn, id}]
+			if c := cap(tr.recs); c < tc.min*n || c > tc.max*n+n-1 {
+				t.Fatalf("records' capacity %d at the first span, want %d to %d records of %d bytes", c, tc.min, tc.max, n)
+			}
+			start := &tr.recs[0]
+			for j := 1; j < tc.spans; j++ {
+				span := sp(id, byte(j+1), nil)
+				s.Add(tn, &span, 6*sec)
+			}
+			if moved := &tr.recs[0] != start; moved != tc.grows {
+				t.Errorf("records moved: %v after %d spans, want %v (capacity %d, %d bytes held)", moved, tc.spans, tc.grows, cap(tr.recs), len(tr.recs))
+			}
+		})
+	}
+}
