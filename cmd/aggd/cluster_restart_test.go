@@ -84,8 +84,15 @@ func (c *handOverCluster) waitMetric(n, series string, want float64) {
 	}
 }
 
-// send sends three samples of every context, a second apart from ts.
+// send sends three samples of every context, a second apart from ts, to
+// a and to the single aggd.
 func (c *handOverCluster) send(ts int64) {
+	c.t.Helper()
+	c.sendTo("a", ts)
+}
+
+// sendTo is send with replica n in a's place.
+func (c *handOverCluster) sendTo(n string, ts int64) {
 	c.t.Helper()
 	for i := range 3 {
 		b := &aggdv1.Batch{}
@@ -98,7 +105,7 @@ func (c *handOverCluster) send(ts int64) {
 					TimestampUnixNano: ts + int64(i)*int64(time.Second)})
 			}
 		}
-		for _, addr := range []string{c.replica["a"].addr, c.single.addr} {
+		for _, addr := range []string{c.replica[n].addr, c.single.addr} {
 			if err := c.sub.send(addr, b); err != nil {
 				c.t.Fatal(err)
 			}
@@ -176,14 +183,49 @@ func TestClusterRestartedNewOwnerKeepsSeeds(t *testing.T) {
 	c.handedOver()
 	// b, holding the seeds and no sample of those contexts, is killed
 	// and restarted on its log.
-	c.kill("b")
-	c.start("b")
-	c.waitMetric("b", "aggd_cluster_membership_version", 2)
-	if time.Now().After(boundary) {
-		t.Fatalf("b restarted after the boundary\n%s", c.replica["b"].log)
-	}
+	c.restartB(boundary)
 	// From the boundary on, b owns about half the contexts: their first
 	// points there take their deltas from the seeds its log kept.
 	c.send(boundary.UnixNano())
 	c.compare()
+}
+
+// A replica that takes in samples of contexts it is to own, while their
+// owner is still another replica, forwards them to that owner and keeps
+// them as its own seeds. Killed with -9 before the boundary and restarted
+// on its log, it keeps them again: its first points of those contexts
+// take their deltas from the samples it took in, as one aggd's do, not
+// from the older samples their owner handed over before.
+func TestClusterRestartedHeirKeepsItsOwnSeeds(t *testing.T) {
+	c := newHandOverCluster(t)
+	c.start("a")
+	c.start("b") // in no list yet
+	start := time.Now().Add(-time.Minute).Truncate(time.Second)
+	c.send(start.UnixNano())
+	boundary := c.scheduleB()
+	c.waitMetric("a", "aggd_cluster_handovers_total", 1)
+	c.handedOver()
+	c.waitMetric("b", "aggd_cluster_membership_version", 2)
+	// Later samples reach b, which forwards them to a, their owner until
+	// the boundary, and keeps those of the contexts it is to own as
+	// seeds.
+	c.sendTo("b", start.Add(10*time.Second).UnixNano())
+	if got := metric(scrape(t, c.replica["b"].admin), `aggd_cluster_items_total{kind="seed",outcome="local"}`); got == 0 {
+		t.Fatalf("b kept no seed for itself\n%s", c.replica["b"].log)
+	}
+	c.restartB(boundary)
+	c.send(boundary.UnixNano())
+	c.compare()
+}
+
+// restartB kills b with -9 and restarts it on its log, failing unless it
+// is back, with the list adding it, before the boundary.
+func (c *handOverCluster) restartB(boundary time.Time) {
+	c.t.Helper()
+	c.kill("b")
+	c.start("b")
+	c.waitMetric("b", "aggd_cluster_membership_version", 2)
+	if time.Now().After(boundary) {
+		c.t.Fatalf("b restarted after the boundary\n%s", c.replica["b"].log)
+	}
 }

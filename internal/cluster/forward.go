@@ -26,6 +26,7 @@ import (
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
 	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/journal"
 	"github.com/aggd/aggd/internal/rules"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/spans"
@@ -162,6 +163,8 @@ type call struct {
 	wg     sync.WaitGroup
 	heirs  []string     // the later owners of one sample's context
 	seeds  window.Batch // the samples this replica seeds for itself
+	seedAt []int        // their indexes into Outgoing.Samples
+	item   []byte       // one seed's encoding
 	refs   []rules.GroupRef
 	owners []string // the owners of one sample's rule groups
 }
@@ -482,6 +485,7 @@ func (f *Forwarder) seed(c *call, o *service.Outgoing, i int) {
 		if heir == f.cfg.Self {
 			c.seeds.Samples = append(c.seeds.Samples, o.Samples[i])
 			c.seeds.Results = append(c.seeds.Results, window.Accepted)
+			c.seedAt = append(c.seedAt, i)
 			continue
 		}
 		g := c.group(heir, f.m.Latest().N)
@@ -504,8 +508,22 @@ func (f *Forwarder) seedHere(c *call, o *service.Outgoing) {
 	}
 	f.refused[2].Add(refused)
 	f.local[2].Add(uint64(len(b.Samples)) - refused)
+	// The seeds kept go to this replica's log as a peer's would, in a
+	// ForwardRequest's seeds field: restarted (after -9 too) before the
+	// contexts' next samples, it keeps them again.
+	var batch []byte
+	for k, r := range b.Results {
+		if r == window.Accepted && f.cfg.Seeder != nil {
+			batch, c.item = codec.AppendBatchSample(batch, c.item, &o.Samples[c.seedAt[k]])
+		}
+	}
+	if len(batch) > 0 {
+		o.LocalSeeds = protowire.AppendTag(o.LocalSeeds[:0], seedsField, protowire.BytesType)
+		o.LocalSeeds = protowire.AppendBytes(o.LocalSeeds, batch)
+		o.LocalSeedsAt = journal.LatestSeed(b)
+	}
 	clear(b.Samples) // drop the batch's strings
-	b.Samples, b.Results, b.Tenant = b.Samples[:0], b.Results[:0], nil
+	b.Samples, b.Results, b.Tenant, c.seedAt = b.Samples[:0], b.Results[:0], nil, c.seedAt[:0]
 }
 
 func (f *Forwarder) countLocal(o *service.Outgoing) {

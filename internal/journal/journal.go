@@ -152,6 +152,14 @@ type Entry struct {
 	// kept, 0 when none: the record, which holds them, is then kept until
 	// SeedDue.
 	Seeded int64
+	// LocalSeeds (empty: none) are the samples kept as their contexts'
+	// previous samples for this replica, the contexts' next owner, as the
+	// seeds field of a ForwardRequest (service.Outgoing.LocalSeeds), and
+	// LocalSeedsAt their latest timestamp. Take logs them in a record of
+	// their own, kept until SeedDue, which replay takes as a peer's
+	// forward of seeds only.
+	LocalSeeds   []byte
+	LocalSeedsAt int64
 
 	buf []byte // the encoded record
 }
@@ -191,6 +199,19 @@ func (j *Journal) Take(e *Entry, ingest func() bool) error {
 // lacks must be in its own generation, since generations are removed
 // whole, oldest first.
 func (j *Journal) append(e *Entry) (uint64, error) {
+	idx, err := j.appendBatch(e)
+	if err != nil || len(e.LocalSeeds) == 0 {
+		return idx, err
+	}
+	now := e.Record.Now
+	rec := AppendSubmitFrame(nil, e.Record.Tenant, now, j.cfg.Ingest.Drained(), e.LocalSeeds)
+	seedIdx, err := j.cfg.Log.Append(rec, j.SeedDue(e.LocalSeedsAt, now))
+	return max(idx, seedIdx), err
+}
+
+// appendBatch appends the record of e's batch; 0 and no error when there
+// is nothing to record.
+func (j *Journal) appendBatch(e *Entry) (uint64, error) {
 	// No drain runs between Enter and Leave.
 	now, drained := e.Record.Now, j.cfg.Ingest.Drained()
 	e.Record.Drained = drained

@@ -79,6 +79,16 @@ func AppendRecord(b []byte, r Record) []byte {
 // with nothing refused: how items that came in another protocol are
 // logged.
 func AppendSubmit(b []byte, tenant string, now, drained int64, batch []byte) []byte {
+	b = AppendSubmitFrame(b, tenant, now, drained, nil)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	return protowire.AppendBytes(b, batch)
+}
+
+// AppendSubmitFrame appends frame, the fields of a SubmitRequest (or of a
+// ForwardRequest, which shares its batch field), to b as the frame of a
+// Submit record of tenant at now, taken in after the drain at drained,
+// with nothing refused.
+func AppendSubmitFrame(b []byte, tenant string, now, drained int64, frame []byte) []byte {
 	b = append(b, version, byte(Submit))
 	b = protowire.AppendString(b, tenant)
 	b = protowire.AppendVarint(b, uint64(now))
@@ -86,8 +96,7 @@ func AppendSubmit(b []byte, tenant string, now, drained int64, batch []byte) []b
 	b = protowire.AppendVarint(b, 0) // no stream
 	b = protowire.AppendBytes(b, nil)
 	b = protowire.AppendVarint(b, uint64(drained))
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	return protowire.AppendBytes(b, batch)
+	return append(b, frame...)
 }
 
 var errRecord = codec.MalformedError{What: "write-ahead log record"}

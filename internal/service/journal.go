@@ -24,10 +24,11 @@ func (s *Server) ingestLogged(ctx context.Context, st *callState, kind journal.K
 	e.Record = journal.Record{Kind: kind, Tenant: st.batch.Tenant.ID, Now: st.batch.Now, Stream: st.stream, Frame: st.frame.Buf}
 	e.Series, e.Batch, e.Spans, e.SpanResults = &st.series, &st.batch, st.dec.Spans, st.dec.SpanResults
 	e.Seeded = st.seeded
+	e.LocalSeeds, e.LocalSeedsAt = st.out.LocalSeeds, st.out.LocalSeedsAt
 	err := s.journal.Take(e, func() bool {
 		s.ingest(st)
 		res, spRes := st.batch.Results, st.dec.SpanResults
-		if int(st.ack.Accepted) <= st.out.taken(res, spRes) && st.seeded == 0 {
+		if int(st.ack.Accepted) <= st.out.taken(res, spRes) && st.seeded == 0 && len(e.LocalSeeds) == 0 {
 			return false // nothing taken here: no seed kept, no item
 		}
 		st.refused = st.refused[:0]
@@ -69,6 +70,8 @@ func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int
 	if b != nil {
 		smp, results = b.Samples, b.Results
 	}
+	var localSeeds []byte
+	var localSeedsAt int64
 	if s.fwd != nil {
 		// Forwards wait for their owners outside the journal's bracket.
 		c := routeConverted(ctx, s.fwd, tn, now, smp, results, sps, spResults)
@@ -81,8 +84,10 @@ func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int
 		}
 		c.out.hide(results, spResults)
 		defer c.out.unhide(results, spResults)
+		localSeeds, localSeedsAt = c.out.LocalSeeds, c.out.LocalSeedsAt
 	}
 	e := journal.Entry{Record: journal.Record{Tenant: tn.ID, Now: now}, Converted: true,
 		Batch: b, Spans: sps, SpanResults: spResults}
+	e.LocalSeeds, e.LocalSeedsAt = localSeeds, localSeedsAt
 	return s.journaled(s.journal.Take(&e, func() bool { ingest(); return true }))
 }

@@ -59,6 +59,14 @@ type Outgoing struct {
 	// remain to be placed (a sample another owner refuses for them is refused
 	// here too), and no item is marked sent.
 	Peer bool
+	// LocalSeeds, set by Forward, are the samples this replica kept as
+	// the previous samples of contexts it is to own (their owner now is
+	// another replica), as the seeds field of a ForwardRequest, so that
+	// the journal logs them as it logs a peer's seeds; empty when none.
+	// LocalSeedsAt is their latest timestamp (journal.LatestSeed). The
+	// buffer is the Outgoing's, reused by the next batch.
+	LocalSeeds   []byte
+	LocalSeedsAt int64
 }
 
 // forward hands st's batch to the forwarder: all of it, or, for a batch
@@ -117,6 +125,7 @@ func refuseEvents(b *window.Batch, d *codec.Decoder, results []window.Reason, de
 func (o *Outgoing) send(ctx context.Context, fwd Forwarder, tn *window.Tenant, now int64, smp []window.Sample, results []window.Reason, sps []spans.Span, spResults []window.Reason) {
 	o.Tenant, o.Now = tn, now
 	o.Samples, o.Results, o.Spans, o.SpanResults = smp, results, sps, spResults
+	o.LocalSeeds, o.LocalSeedsAt = o.LocalSeeds[:0], 0
 	o.SampleSent = append(o.SampleSent[:0], make([]bool, len(smp))...)
 	o.SpanSent = append(o.SpanSent[:0], make([]bool, len(sps))...)
 	if len(o.EventResults) != len(o.Events) {
