@@ -32,6 +32,7 @@ type clusterFlags struct {
 	Token                      string
 	TLSCA                      string
 	Refresh, Settle, Timeout   time.Duration
+	DepartedTimeout            time.Duration
 }
 
 func defineClusterFlags(fs *flag.FlagSet, c *clusterFlags) {
@@ -45,6 +46,7 @@ func defineClusterFlags(fs *flag.FlagSet, c *clusterFlags) {
 	fs.DurationVar(&c.Refresh, "peers-refresh", 5*time.Second, "how often --peers-file or --peers-dns is read again")
 	fs.DurationVar(&c.Settle, "peers-settle", 0, "a member change seen now owns buckets from the first bucket boundary after this long (0: twice --peers-refresh)")
 	fs.DurationVar(&c.Timeout, "peer-forward-timeout", 30*time.Second, "how long a forward waits and retries for its owner before its items are refused as owner_unavailable")
+	fs.DurationVar(&c.DepartedTimeout, "peer-departed-timeout", 2*time.Second, "how long a late sample's forward waits for an owner that has left the member list (a replica scaled away), at most --peer-forward-timeout")
 }
 
 func (c clusterFlags) on() bool { return c.Peers != "" || c.PeersFile != "" || c.PeersDNS != "" }
@@ -66,8 +68,8 @@ func (c clusterFlags) validate() error {
 		return errors.New("cluster: --peer-listen is required")
 	case c.Token == "":
 		return errors.New("cluster: --peer-token is required")
-	case c.Refresh <= 0 || c.Settle < 0 || c.Timeout <= 0:
-		return errors.New("cluster: --peers-refresh and --peer-forward-timeout must be positive")
+	case c.Refresh <= 0 || c.Settle < 0 || c.Timeout <= 0 || c.DepartedTimeout <= 0:
+		return errors.New("cluster: --peers-refresh, --peer-forward-timeout and --peer-departed-timeout must be positive")
 	}
 	if c.PeersDNS != "" {
 		if _, _, err := net.SplitHostPort(c.PeersDNS); err != nil {
@@ -213,7 +215,7 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 		}
 	}
 	fc := cluster.Config{
-		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout,
+		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout, DepartedTimeout: c.DepartedTimeout,
 		Seeder: seeder,
 	}
 	if engine != nil {

@@ -52,6 +52,12 @@ type Config struct {
 	// before its items are refused as owner_unavailable; 30 s by default.
 	// While it waits, the client's ack waits: that is the push back.
 	Timeout time.Duration
+	// DepartedTimeout bounds instead the forward to a member that has left
+	// (Membership.Departed), which owns its old buckets for late samples
+	// only while it still runs: a replica scaled away stops once it has
+	// flushed, and waiting the whole Timeout for it would hold the client's
+	// acks for nothing. 2 s by default, at most Timeout.
+	DepartedTimeout time.Duration
 	// InitialBackoff and MaxBackoff space the retries; 50 ms and 2 s by
 	// default.
 	InitialBackoff, MaxBackoff time.Duration
@@ -93,6 +99,10 @@ func (c *Config) setDefaults() {
 	if c.Timeout <= 0 {
 		c.Timeout = 30 * time.Second
 	}
+	if c.DepartedTimeout <= 0 {
+		c.DepartedTimeout = 2 * time.Second
+	}
+	c.DepartedTimeout = min(c.DepartedTimeout, c.Timeout)
 	if c.InitialBackoff <= 0 {
 		c.InitialBackoff = 50 * time.Millisecond
 	}
@@ -646,9 +656,13 @@ func (f *Forwarder) deliver(ctx context.Context, g *group, o *service.Outgoing) 
 	for _, i := range g.spans {
 		o.SpanSent[i] = true
 	}
-	resp, err := f.send(ctx, g.owner, g.frame)
+	timeout, left := f.cfg.Timeout, ""
+	if f.m.Departed(g.owner, time.Now().UnixNano()) {
+		timeout, left = f.cfg.DepartedTimeout, ", and it has left the member list"
+	}
+	resp, err := f.send(ctx, g.owner, g.frame, timeout)
 	if err != nil {
-		detail := fmt.Sprintf("the replica owning it (%s) did not take it: %v", g.owner, err)
+		detail := fmt.Sprintf("the replica owning it (%s) did not take it: %v%s", g.owner, err, left)
 		for _, i := range g.samples {
 			o.Results[i], o.Details[i] = window.ReasonOwnerUnavailable, detail
 		}
@@ -734,13 +748,13 @@ const forwardMethod = "/aggd.v1.PeerService/Forward"
 
 // send calls Forward on owner with frame, retrying with backoff what may
 // succeed later until Timeout or ctx ends.
-func (f *Forwarder) send(ctx context.Context, owner string, frame []byte) (*aggdv1.ForwardResponse, error) {
+func (f *Forwarder) send(ctx context.Context, owner string, frame []byte, timeout time.Duration) (*aggdv1.ForwardResponse, error) {
 	conn, err := f.conn(owner)
 	if err != nil {
 		f.callsFailed.Add(1)
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.cfg.Token, codec.PeerProtocolKey, codec.PeerProtocol)
 	start := time.Now()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -396,4 +397,65 @@ func submitLoop(b *testing.B, addr string, batch *aggdv1.Batch) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
 	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*500), "cpu-ns/sample")
+}
+
+// A late sample of a bucket owned by a member that has since left the
+// list (a replica scaled away, which owns its old buckets while it runs)
+// waits DepartedTimeout for it, not Timeout: once that replica has
+// stopped, its forwards are refused owner_unavailable at once, with the
+// reason, instead of holding the client's acks for the whole timeout. A
+// member still in the list is waited for as long as Timeout allows.
+func TestForwardToADepartedMember(t *testing.T) {
+	const self = "127.0.0.1:1" // never dialled
+	dead := func() string {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer l.Close()
+		return l.Addr().String()
+	}()
+	now := time.Now()
+	for _, tt := range []struct {
+		name     string
+		departed bool
+	}{
+		{"departed", true},
+		{"still a member", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewMembership([]string{self, dead}, int64(time.Second), int64(time.Hour))
+			old := m.Latest().Ring
+			later := []string{self, dead}
+			if tt.departed {
+				later = []string{self}
+			}
+			// The later list took effect 10 s ago; the sample is of the
+			// bucket 20 s ago, owned by dead under the first list.
+			m.Schedule(later, now.Add(-10*time.Second).UnixNano(), now.UnixNano())
+			timeout := time.Minute
+			if !tt.departed {
+				timeout = 300 * time.Millisecond // the test does not wait a minute
+			}
+			fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second,
+				Timeout: timeout, DepartedTimeout: 100 * time.Millisecond, InitialBackoff: 10 * time.Millisecond}, m, slog.New(slog.DiscardHandler))
+			defer fwd.Shutdown(context.Background())
+			entry := replica(t, &servicetest.Recorder{}, fwd)
+			name := ownedBy(old, dead, 1)[0]
+			start := time.Now()
+			ack := submit(t, entry, &aggdv1.Batch{Samples: []*aggdv1.Sample{{Name: name, Type: aggdv1.MetricType_METRIC_TYPE_GAUGE, Value: 1,
+				TimestampUnixNano: now.Add(-20 * time.Second).UnixNano()}}})
+			took := time.Since(start)
+			rj := ack.GetRejections()
+			if len(rj) != 1 || rj[0].GetReason() != "owner_unavailable" {
+				t.Fatalf("ack %v, want the sample refused owner_unavailable", ack)
+			}
+			if left := strings.Contains(rj[0].GetDetail(), "left the member list"); left != tt.departed {
+				t.Errorf("detail %q: says the owner left: %v, want %v", rj[0].GetDetail(), left, tt.departed)
+			}
+			if tt.departed && took >= timeout/2 {
+				t.Errorf("the forward to a departed owner took %v, as long as the timeout (%v)", took, timeout)
+			}
+			if !tt.departed && took < timeout {
+				t.Errorf("the forward to a member gave up after %v, before the timeout (%v)", took, timeout)
+			}
+		})
+	}
 }

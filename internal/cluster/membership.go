@@ -157,6 +157,24 @@ func (m *Membership) Held(self string, h uint64, from, until int64) bool {
 	return false
 }
 
+// Departed reports whether member has left: neither the version in force
+// at now nor any scheduled after it names it. A departed member may still
+// own the buckets of an earlier version (late samples go to it) while it
+// runs; once it has stopped, nothing answers at its address.
+func (m *Membership) Departed(member string, now int64) bool {
+	vs := *m.versions.Load()
+	i := len(vs) - 1
+	for i > 0 && vs[i].Since > now {
+		i--
+	}
+	for _, v := range vs[i:] {
+		if slices.Contains(v.Ring.members, member) || v.was != "" && member == v.self {
+			return false
+		}
+	}
+	return true
+}
+
 // Single reports whether every bucket is owned by self alone: the schedule
 // has one version, of self only (or of nobody).
 func (m *Membership) Single(self string) bool {

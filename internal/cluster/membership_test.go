@@ -245,3 +245,29 @@ func TestWatcherReadsOnDuringAChange(t *testing.T) {
 		}
 	})
 }
+
+// TestDeparted: a member has left when neither the list in force nor any
+// later one names it.
+func TestDeparted(t *testing.T) {
+	const sec = int64(time.Second)
+	m := NewMembership([]string{"a", "b", "c"}, sec, 3600*sec)
+	m.Schedule([]string{"a", "b"}, 100*sec, 0) // c leaves at 100 s
+	m.Schedule([]string{"a", "d"}, 200*sec, 0) // b leaves at 200 s, d joins
+	for _, tt := range []struct {
+		member string
+		now    int64
+		want   bool
+	}{
+		{"c", 50 * sec, false},  // in force
+		{"c", 150 * sec, true},  // left at 100 s
+		{"b", 150 * sec, false}, // in force until 200 s
+		{"b", 250 * sec, true},
+		{"d", 150 * sec, false}, // scheduled to join
+		{"a", 250 * sec, false},
+		{"e", 0, true}, // never a member
+	} {
+		if got := m.Departed(tt.member, tt.now); got != tt.want {
+			t.Errorf("Departed(%s) at %ds = %v, want %v", tt.member, tt.now/sec, got, tt.want)
+		}
+	}
+}
