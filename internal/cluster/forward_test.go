@@ -250,12 +250,12 @@ func itemsCounted(tb testing.TB, f *Forwarder, kind, outcome string) float64 {
 	return 0
 }
 
-// BenchmarkForward submits batches of 500 samples to a replica that owns
-// them all (local) or none (forwarded: every sample goes on to a second
-// replica over the peer service, which remembers each call it applied),
-// both on loopback in this process. The
-// difference per sample is the cost of forwarding it: encoding, the peer
-// call, and the owner's decoding.
+// BenchmarkForward submits batches of 500 samples, or of 500 spans (100
+// traces of 5), to a replica that owns them all (local) or none
+// (forwarded: every item goes on to a second replica over the peer
+// service, which remembers each call it applied), both on loopback in
+// this process. The difference per item is the cost of forwarding it:
+// encoding, the peer call, and the owner's decoding.
 func BenchmarkForward(b *testing.B) {
 	const self = "127.0.0.1:1"
 	batch := &aggdv1.Batch{}
@@ -263,19 +263,41 @@ func BenchmarkForward(b *testing.B) {
 		batch.Samples = append(batch.Samples, &aggdv1.Sample{Name: "bench.count", Type: aggdv1.MetricType_METRIC_TYPE_COUNT,
 			Value: 1, Tags: []string{fmt.Sprintf("ctx:%d", i%100), "env:bench"}})
 	}
+	// Spans: 100 traces of 5, as aggload sends them.
+	spanBatch := &aggdv1.Batch{}
+	now := time.Now().UnixNano()
+	for i := range 500 {
+		tr := i / 5
+		spanBatch.Spans = append(spanBatch.Spans, &aggdv1.Span{TraceId: []byte{byte(tr), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+			SpanId: []byte{byte(i % 5), 1, 1, 1, 1, 1, 1, byte(tr)}, Service: "svc", Name: "http.request", Resource: fmt.Sprintf("/r/%d", i%20),
+			StartUnixNano: now, DurationNano: 1000})
+	}
 	// The owner remembers the calls it applied, as in cmd/aggd.
-	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) { cfg.PeerCalls = NewCalls(time.Minute, 0) })
-	for _, mode := range []string{"local", "forwarded"} {
-		b.Run(mode, func(b *testing.B) {
-			members := []string{self}
-			if mode == "forwarded" {
-				members = []string{ownerAddr}
-			}
-			fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
-				NewMembership(members, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
-			defer fwd.Shutdown(context.Background())
-			submitLoop(b, replica(b, discard{}, fwd), batch)
-		})
+	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
+		cfg.PeerCalls = NewCalls(time.Minute, 0)
+		cfg.Spans = discard{}
+	})
+	for _, items := range []string{"samples", "spans"} {
+		for _, mode := range []string{"local", "forwarded"} {
+			b.Run(items+"/"+mode, func(b *testing.B) {
+				members := []string{self}
+				if mode == "forwarded" {
+					members = []string{ownerAddr}
+				}
+				fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
+					NewMembership(members, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
+				defer fwd.Shutdown(context.Background())
+				addr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
+					cfg.Forwarder = fwd
+					cfg.Spans = discard{}
+				})
+				if items == "spans" {
+					submitLoop(b, addr, spanBatch)
+					return
+				}
+				submitLoop(b, addr, batch)
+			})
+		}
 	}
 }
 
@@ -283,6 +305,8 @@ func BenchmarkForward(b *testing.B) {
 type discard struct{}
 
 func (discard) Ingest(*window.Batch) {}
+
+func (discard) IngestSpans(*window.Tenant, int64, []spans.Span, []window.Reason) {}
 
 // cpuTime returns the CPU time (user and system) the process has used.
 func cpuTime() time.Duration {
@@ -377,8 +401,8 @@ func TestForwardRoutesSpansByTrace(t *testing.T) {
 	}
 }
 
-// submitLoop submits batch, of 500 samples, to the replica at addr for
-// the benchmark's loop, and reports the wall and CPU time per sample.
+// submitLoop submits batch, of 500 samples, spans or events, to the
+// replica at addr for the benchmark's loop, and reports the wall and CPU time per item.
 func submitLoop(b *testing.B, addr string, batch *aggdv1.Batch) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -391,12 +415,12 @@ func submitLoop(b *testing.B, addr string, batch *aggdv1.Batch) {
 	cpu0 := cpuTime()
 	for b.Loop() {
 		resp, err := c.Submit(context.Background(), req)
-		if err != nil || resp.GetAck().GetAccepted() != 500 {
+		if err != nil || resp.GetAck().GetAccepted() != 500 { // samples or spans
 			b.Fatalf("ack %v, err %v", resp.GetAck(), err)
 		}
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/sample")
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*500), "cpu-ns/sample")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*500), "ns/item")
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*500), "cpu-ns/item")
 }
 
 // A late sample of a bucket owned by a member that has since left the

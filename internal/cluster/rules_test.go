@@ -244,23 +244,41 @@ func (h groupsOf) AppendSpanGroups(dst []rules.GroupRef, _ *window.Tenant, sp *s
 	return append(dst, rules.GroupRef{Hash: uint64(h), Start: sp.Start})
 }
 
-// BenchmarkForwardRuleSamples submits batches of 500 samples whose
-// contexts the entry replica owns to a cluster of two replicas: without
-// rules (local), and with every sample feeding a rule group the other
-// replica owns (rule-forwarded: each goes there marked rules_only, over
-// the peer service, and is decoded there). The difference per sample is
-// the cost of sending a sample to its rule group's owner, as
-// BenchmarkForward's is of sending it to its context's owner.
-func BenchmarkForwardRuleSamples(b *testing.B) {
+// BenchmarkForwardRules submits batches of 500 items that stay on the
+// entry replica of a cluster of two (samples whose contexts it owns,
+// spans whose traces it runs, events, which stay where they arrive):
+// without rules (local), and with every item feeding a rule group the
+// other replica owns (rule-forwarded: each goes there marked rules_only,
+// over the peer service, and is decoded there). The difference per item is
+// the cost of sending an item to its rule group's owner, as
+// BenchmarkForward's is of sending it to its context's or trace's owner.
+func BenchmarkForwardRules(b *testing.B) {
 	const self = "127.0.0.1:1"
-	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) { cfg.PeerCalls = NewCalls(time.Minute, 0) })
+	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
+		cfg.PeerCalls = NewCalls(time.Minute, 0)
+		cfg.Spans = discard{}
+	})
 	r := NewRing([]string{self, ownerAddr})
-	batch := &aggdv1.Batch{}
-	for i := 0; len(batch.Samples) < 500; i++ {
+	batches := map[string]*aggdv1.Batch{"samples": {}, "spans": {}, "events": {}}
+	for i := 0; len(batches["samples"].Samples) < 500; i++ {
 		tags := []string{fmt.Sprintf("ctx:%d", i), "env:bench"}
 		if r.Owner(ContextHash("default", window.AppendKey(nil, "bench.count", "", tags))) == self {
-			batch.Samples = append(batch.Samples, &aggdv1.Sample{Name: "bench.count", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, Tags: tags})
+			batches["samples"].Samples = append(batches["samples"].Samples, &aggdv1.Sample{Name: "bench.count", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, Tags: tags})
 		}
+	}
+	now := time.Now().UnixNano()
+	for tr := 0; len(batches["spans"].Spans) < 500; tr++ {
+		id := [16]byte{byte(tr), byte(tr >> 8), 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+		if r.Owner(TraceHash("default", id)) != self {
+			continue
+		}
+		for i := range 5 { // traces of 5 spans, as aggload sends them
+			batches["spans"].Spans = append(batches["spans"].Spans, &aggdv1.Span{TraceId: id[:], SpanId: []byte{byte(i), 1, 1, 1, 1, 1, byte(tr >> 8), byte(tr)},
+				Service: "svc", Name: "http.request", Resource: fmt.Sprintf("/r/%d", tr%20), StartUnixNano: now, DurationNano: 1000})
+		}
+	}
+	for i := range 500 {
+		batches["events"].Events = append(batches["events"].Events, &aggdv1.Event{Title: "deploy", Text: fmt.Sprintf("release %d", i), Tags: []string{"env:bench"}})
 	}
 	var remote groupsOf
 	for h := uint64(1); ; h++ {
@@ -269,18 +287,24 @@ func BenchmarkForwardRuleSamples(b *testing.B) {
 			break
 		}
 	}
-	for _, mode := range []string{"local", "rule-forwarded"} {
-		b.Run(mode, func(b *testing.B) {
-			cfg := Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}
-			if mode == "rule-forwarded" {
-				cfg.Rules = remote
-			}
-			fwd := NewForwarder(cfg, NewMembership([]string{self, ownerAddr}, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
-			defer fwd.Shutdown(context.Background())
-			submitLoop(b, replica(b, discard{}, fwd), batch)
-			if n := itemsCounted(b, fwd, "rule", "acked"); mode == "rule-forwarded" && n == 0 {
-				b.Fatal("no sample went to its rule group's owner")
-			}
-		})
+	for _, items := range []string{"samples", "spans", "events"} {
+		for _, mode := range []string{"local", "rule-forwarded"} {
+			b.Run(items+"/"+mode, func(b *testing.B) {
+				cfg := Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}
+				if mode == "rule-forwarded" {
+					cfg.Rules = remote
+				}
+				fwd := NewForwarder(cfg, NewMembership([]string{self, ownerAddr}, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
+				defer fwd.Shutdown(context.Background())
+				addr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
+					cfg.Forwarder = fwd
+					cfg.Spans = discard{}
+				})
+				submitLoop(b, addr, batches[items])
+				if n := itemsCounted(b, fwd, "rule", "acked"); mode == "rule-forwarded" && n == 0 {
+					b.Fatal("no item went to its rule group's owner")
+				}
+			})
+		}
 	}
 }
