@@ -415,7 +415,7 @@ func submitLoop(b *testing.B, addr string, batch *aggdv1.Batch) {
 	cpu0 := cpuTime()
 	for b.Loop() {
 		resp, err := c.Submit(context.Background(), req)
-		if err != nil || resp.GetAck().GetAccepted() != 500 { // samples or spans
+		if err != nil || resp.GetAck().GetAccepted() != 500 { // samples, spans or events
 			b.Fatalf("ack %v, err %v", resp.GetAck(), err)
 		}
 	}
