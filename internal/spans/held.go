@@ -74,13 +74,13 @@ func appendField(b []byte, s string) []byte {
 }
 
 // firstRecordsCap is the capacity of a trace's records at its first span,
-// of record size n, when the traces of late held hint bytes of records:
-// room for as much as they held, so that a trace like them never grows
-// its records (growing a trace's records, once per trace of 5 spans,
-// moving and clearing them, took 8 % of aggd's CPU at 600 k spans/s), and
-// for 4 spans like this one while there is no hint. At most 8 spans like
-// this one, so that a trace of one span, among traces of hundreds, holds
-// at most 8 times its record.
+// whose record is n bytes long, when the traces decided lately held hint
+// bytes of records each: room for as much, so that a trace like them
+// never grows its records (growing them, once per trace of 5 spans,
+// moving and clearing them, took 8 % of aggd's CPU at 600 k spans/s);
+// room for 4 spans like this one while there is no hint. At most 8 spans
+// like this one, so that a trace of one span among traces of hundreds
+// holds at most 8 times its record.
 func firstRecordsCap(n, hint int) int {
 	if hint <= 0 {
 		return 4 * n
