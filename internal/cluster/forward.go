@@ -174,6 +174,7 @@ type call struct {
 	heirs  []string     // the later owners of one sample's context
 	seeds  window.Batch // the samples this replica seeds for itself
 	seedAt []int        // their indexes into Outgoing.Samples
+	seedsB []byte       // the Batch of those kept, for the log
 	item   []byte       // one seed's encoding
 	refs   []rules.GroupRef
 	owners []string // the owners of one sample's rule groups
@@ -521,12 +522,13 @@ func (f *Forwarder) seedHere(c *call, o *service.Outgoing) {
 	// The seeds kept go to this replica's log as a peer's would, in a
 	// ForwardRequest's seeds field: restarted (after -9 too) before the
 	// contexts' next samples, it keeps them again.
-	var batch []byte
+	batch := c.seedsB[:0]
 	for k, r := range b.Results {
 		if r == window.Accepted && f.cfg.Seeder != nil {
 			batch, c.item = codec.AppendBatchSample(batch, c.item, &o.Samples[c.seedAt[k]])
 		}
 	}
+	c.seedsB = batch
 	if len(batch) > 0 {
 		o.LocalSeeds = protowire.AppendTag(o.LocalSeeds[:0], seedsField, protowire.BytesType)
 		o.LocalSeeds = protowire.AppendBytes(o.LocalSeeds, batch)
@@ -579,6 +581,9 @@ func (f *Forwarder) putCall(c *call) {
 		}
 	}
 	c.order = c.order[:0]
+	if cap(c.seedsB) > 4<<20 {
+		c.seedsB = nil
+	}
 	if len(c.groups) > 64 {
 		clear(c.groups) // members come and go; keep the map small
 	}

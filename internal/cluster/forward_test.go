@@ -36,6 +36,18 @@ func replica(tb testing.TB, ing service.Ingester, fwd *Forwarder) string {
 		if sd, ok := ing.(service.Seeder); ok { // the recorder keeps seeds apart
 			cfg.Seeder = sd
 		}
+		if sp, ok := ing.(service.SpanIngester); ok {
+			cfg.Spans = sp
+		}
+	})
+}
+
+// benchOwner serves a replica owning what the benchmarks forward: it keeps
+// nothing, and remembers the calls it applied, as in cmd/aggd.
+func benchOwner(b *testing.B) string {
+	return servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
+		cfg.PeerCalls = NewCalls(time.Minute, 0)
+		cfg.Spans = discard{}
 	})
 }
 
@@ -272,11 +284,7 @@ func BenchmarkForward(b *testing.B) {
 			SpanId: []byte{byte(i % 5), 1, 1, 1, 1, 1, 1, byte(tr)}, Service: "svc", Name: "http.request", Resource: fmt.Sprintf("/r/%d", i%20),
 			StartUnixNano: now, DurationNano: 1000})
 	}
-	// The owner remembers the calls it applied, as in cmd/aggd.
-	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
-		cfg.PeerCalls = NewCalls(time.Minute, 0)
-		cfg.Spans = discard{}
-	})
+	ownerAddr := benchOwner(b)
 	for _, items := range []string{"samples", "spans"} {
 		for _, mode := range []string{"local", "forwarded"} {
 			b.Run(items+"/"+mode, func(b *testing.B) {
@@ -287,10 +295,7 @@ func BenchmarkForward(b *testing.B) {
 				fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
 					NewMembership(members, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
 				defer fwd.Shutdown(context.Background())
-				addr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
-					cfg.Forwarder = fwd
-					cfg.Spans = discard{}
-				})
+				addr := replica(b, discard{}, fwd)
 				if items == "spans" {
 					submitLoop(b, addr, spanBatch)
 					return

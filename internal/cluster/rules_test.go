@@ -254,10 +254,7 @@ func (h groupsOf) AppendSpanGroups(dst []rules.GroupRef, _ *window.Tenant, sp *s
 // BenchmarkForward's is of sending it to its context's or trace's owner.
 func BenchmarkForwardRules(b *testing.B) {
 	const self = "127.0.0.1:1"
-	ownerAddr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
-		cfg.PeerCalls = NewCalls(time.Minute, 0)
-		cfg.Spans = discard{}
-	})
+	ownerAddr := benchOwner(b)
 	r := NewRing([]string{self, ownerAddr})
 	batches := map[string]*aggdv1.Batch{"samples": {}, "spans": {}, "events": {}}
 	for i := 0; len(batches["samples"].Samples) < 500; i++ {
@@ -296,11 +293,7 @@ func BenchmarkForwardRules(b *testing.B) {
 				}
 				fwd := NewForwarder(cfg, NewMembership([]string{self, ownerAddr}, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
 				defer fwd.Shutdown(context.Background())
-				addr := servicetest.ServePeers(b, discard{}, token, func(cfg *service.Config) {
-					cfg.Forwarder = fwd
-					cfg.Spans = discard{}
-				})
-				submitLoop(b, addr, batches[items])
+				submitLoop(b, replica(b, discard{}, fwd), batches[items])
 				if n := itemsCounted(b, fwd, "rule", "acked"); mode == "rule-forwarded" && n == 0 {
 					b.Fatal("no item went to its rule group's owner")
 				}
