@@ -511,29 +511,26 @@ func (f *Forwarder) seedHere(c *call, o *service.Outgoing) {
 	var refused uint64
 	if f.cfg.Seeder != nil {
 		f.cfg.Seeder.Seed(b, false)
-		for _, r := range b.Results {
+		// The seeds kept go to this replica's log as a peer's would, in
+		// a ForwardRequest's seeds field: restarted (after -9 too) before
+		// the contexts' next samples, it keeps them again.
+		batch := c.seedsB[:0]
+		for k, r := range b.Results {
 			if r != window.Accepted {
 				refused++
+				continue
 			}
+			batch, c.item = codec.AppendBatchSample(batch, c.item, &o.Samples[c.seedAt[k]])
+		}
+		c.seedsB = batch
+		if len(batch) > 0 {
+			o.LocalSeeds = protowire.AppendTag(o.LocalSeeds[:0], seedsField, protowire.BytesType)
+			o.LocalSeeds = protowire.AppendBytes(o.LocalSeeds, batch)
+			o.LocalSeedsAt = journal.LatestSeed(b)
 		}
 	}
 	f.refused[2].Add(refused)
 	f.local[2].Add(uint64(len(b.Samples)) - refused)
-	// The seeds kept go to this replica's log as a peer's would, in a
-	// ForwardRequest's seeds field: restarted (after -9 too) before the
-	// contexts' next samples, it keeps them again.
-	batch := c.seedsB[:0]
-	for k, r := range b.Results {
-		if r == window.Accepted && f.cfg.Seeder != nil {
-			batch, c.item = codec.AppendBatchSample(batch, c.item, &o.Samples[c.seedAt[k]])
-		}
-	}
-	c.seedsB = batch
-	if len(batch) > 0 {
-		o.LocalSeeds = protowire.AppendTag(o.LocalSeeds[:0], seedsField, protowire.BytesType)
-		o.LocalSeeds = protowire.AppendBytes(o.LocalSeeds, batch)
-		o.LocalSeedsAt = journal.LatestSeed(b)
-	}
 	clear(b.Samples) // drop the batch's strings
 	b.Samples, b.Results, b.Tenant, c.seedAt = b.Samples[:0], b.Results[:0], nil, c.seedAt[:0]
 }

@@ -284,6 +284,7 @@ func BenchmarkForward(b *testing.B) {
 			SpanId: []byte{byte(i % 5), 1, 1, 1, 1, 1, 1, byte(tr)}, Service: "svc", Name: "http.request", Resource: fmt.Sprintf("/r/%d", i%20),
 			StartUnixNano: now, DurationNano: 1000})
 	}
+	batches := map[string]*aggdv1.Batch{"samples": batch, "spans": spanBatch}
 	ownerAddr := benchOwner(b)
 	for _, items := range []string{"samples", "spans"} {
 		for _, mode := range []string{"local", "forwarded"} {
@@ -295,12 +296,7 @@ func BenchmarkForward(b *testing.B) {
 				fwd := NewForwarder(Config{Self: self, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second},
 					NewMembership(members, int64(time.Second), int64(time.Hour)), slog.New(slog.DiscardHandler))
 				defer fwd.Shutdown(context.Background())
-				addr := replica(b, discard{}, fwd)
-				if items == "spans" {
-					submitLoop(b, addr, spanBatch)
-					return
-				}
-				submitLoop(b, addr, batch)
+				submitLoop(b, replica(b, discard{}, fwd), batches[items])
 			})
 		}
 	}

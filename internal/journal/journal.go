@@ -203,9 +203,10 @@ func (j *Journal) append(e *Entry) (uint64, error) {
 	if err != nil || len(e.LocalSeeds) == 0 {
 		return idx, err
 	}
+	// Append has written the batch's record: its buffer is free.
 	now := e.Record.Now
-	rec := AppendSubmitFrame(nil, e.Record.Tenant, now, j.cfg.Ingest.Drained(), e.LocalSeeds)
-	seedIdx, err := j.cfg.Log.Append(rec, j.SeedDue(e.LocalSeedsAt, now))
+	e.buf = AppendSubmitFrame(e.buf[:0], e.Record.Tenant, now, j.cfg.Ingest.Drained(), e.LocalSeeds)
+	seedIdx, err := j.cfg.Log.Append(e.buf, j.SeedDue(e.LocalSeedsAt, now))
 	return max(idx, seedIdx), err
 }
 

@@ -63,15 +63,15 @@ func (s *Server) journaled(err error) error {
 // batch. Cumulative-to-delta state is not logged: after a restart, the
 // first point of each cumulative stream starts it again. In cluster mode
 // the items other replicas own go to them first (routeConverted) and are
-// neither ingested nor recorded here.
+// neither ingested nor recorded here. OTLP makes no RATE or
+// MONOTONIC_COUNT samples, so the forward keeps no seed here to log
+// (Outgoing.LocalSeeds).
 func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int64, b *window.Batch, sps []spans.Span, spResults []window.Reason, ingest func()) error {
 	var smp []window.Sample
 	var results []window.Reason
 	if b != nil {
 		smp, results = b.Samples, b.Results
 	}
-	var localSeeds []byte
-	var localSeedsAt int64
 	if s.fwd != nil {
 		// Forwards wait for their owners outside the journal's bracket.
 		c := routeConverted(ctx, s.fwd, tn, now, smp, results, sps, spResults)
@@ -84,10 +84,8 @@ func (s *Server) ingestConverted(ctx context.Context, tn *window.Tenant, now int
 		}
 		c.out.hide(results, spResults)
 		defer c.out.unhide(results, spResults)
-		localSeeds, localSeedsAt = c.out.LocalSeeds, c.out.LocalSeedsAt
 	}
 	e := journal.Entry{Record: journal.Record{Tenant: tn.ID, Now: now}, Converted: true,
 		Batch: b, Spans: sps, SpanResults: spResults}
-	e.LocalSeeds, e.LocalSeedsAt = localSeeds, localSeedsAt
 	return s.journaled(s.journal.Take(&e, func() bool { ingest(); return true }))
 }
