@@ -101,6 +101,7 @@ type Journal struct {
 	// those of one Submit record.
 	series map[uint64]*codec.Series
 	submit codec.Series
+	frame  []byte // replay's unpacked frame
 }
 
 // New returns a journal of cfg.

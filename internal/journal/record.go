@@ -16,6 +16,10 @@ type Kind byte
 const (
 	Stream Kind = 1 // a StreamRequest
 	Submit Kind = 2 // a SubmitRequest
+	// packedStream marks, in a record, a StreamRequest whose frame is
+	// packed (see appendPacked); ParseRecord reads it as a Stream record
+	// with Packed set.
+	packedStream Kind = 3
 )
 
 // The first byte of every record is its version. Version 2 adds the
@@ -47,8 +51,10 @@ type Record struct {
 	// was taken in (Ingester.Drained), 0 when unknown: samples without a
 	// timestamp stamped before it went to the bucket open after it.
 	Drained int64
-	// Frame is the request message.
-	Frame []byte
+	// Frame is the request message, or, when Packed is set, its packed
+	// form (UnpackFrame).
+	Frame  []byte
+	Packed bool
 }
 
 // Item names one item of a batch: its kind and its index among the items
@@ -58,8 +64,10 @@ type Item struct {
 	Index uint64
 }
 
-// AppendRecord appends the encoding of r to b.
+// AppendRecord appends the encoding of r to b. A Stream record's frame is
+// packed where that saves bytes.
 func AppendRecord(b []byte, r Record) []byte {
+	kind := len(b) + 1
 	b = append(b, version, byte(r.Kind))
 	b = protowire.AppendString(b, r.Tenant)
 	b = protowire.AppendVarint(b, uint64(r.Now))
@@ -71,8 +79,22 @@ func AppendRecord(b []byte, r Record) []byte {
 	b = protowire.AppendVarint(b, r.Stream)
 	b = protowire.AppendBytes(b, r.Defs)
 	b = protowire.AppendVarint(b, uint64(r.Drained))
+	if r.Kind == Stream {
+		if r.Packed {
+			b[kind] = byte(packedStream)
+		} else if p, ok := appendPacked(b, r.Frame); ok {
+			p[kind] = byte(packedStream)
+			return p
+		} else {
+			b = p
+		}
+	}
 	return append(b, r.Frame...)
 }
+
+// UnpackFrame appends the frame of r, a Stream record whose Frame is
+// packed, to b.
+func UnpackFrame(b []byte, r *Record) ([]byte, error) { return appendUnpacked(b, r.Frame) }
 
 // AppendSubmit appends batch, an aggd.v1 Batch message, to b as the frame of a
 // Submit record of tenant at now, taken in after the drain at drained,
@@ -103,10 +125,14 @@ var errRecord = codec.MalformedError{What: "write-ahead log record"}
 
 // ParseRecord reads a record. Its Frame is a view into rec.
 func ParseRecord(rec []byte) (Record, error) {
-	if len(rec) < 2 || rec[0] < version1 || rec[0] > version || (Kind(rec[1]) != Stream && Kind(rec[1]) != Submit) {
+	if len(rec) < 2 || rec[0] < version1 || rec[0] > version || Kind(rec[1]) < Stream || Kind(rec[1]) > packedStream ||
+		(Kind(rec[1]) == packedStream && rec[0] < version) {
 		return Record{}, errors.New("journal: write-ahead log record of an unknown version or kind")
 	}
 	r := Record{Kind: Kind(rec[1])}
+	if r.Kind == packedStream {
+		r.Kind, r.Packed = Stream, true
+	}
 	p := rec[2:]
 	id, n := protowire.ConsumeString(p)
 	if n < 0 {

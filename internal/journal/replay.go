@@ -58,6 +58,12 @@ func (j *Journal) ReplayRecord(rec []byte, flushed bool, tick int64) (int64, err
 	if err != nil {
 		return 0, err
 	}
+	if r.Packed {
+		if j.frame, err = UnpackFrame(j.frame[:0], &r); err != nil {
+			return 0, err
+		}
+		r.Frame = j.frame
+	}
 	tn, err := j.cfg.Tenants.Get(r.Tenant)
 	if err != nil {
 		return 0, fmt.Errorf("journal: write-ahead log record skipped: %w", err)
