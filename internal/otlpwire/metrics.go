@@ -102,6 +102,9 @@ type Point struct {
 	// as_double, HasValue whether either was set.
 	Value           float64
 	IsInt, HasValue bool
+	// wide records that a kind with more fields than a gauge's or sum's
+	// decoded into the point since its last full reset.
+	wide bool
 	// Count, Sum, Min and Max describe histograms and summaries.
 	Count                  uint64
 	Sum, Min, Max          float64
@@ -119,10 +122,18 @@ type Point struct {
 	Quantiles []Quantile
 }
 
-func (p *Point) reset() {
-	*p = Point{Attrs: p.Attrs[:0], AttrFields: p.AttrFields[:0], Counts: p.Counts[:0], Bounds: p.Bounds[:0],
-		Positive: Buckets{Counts: p.Positive.Counts[:0]}, Negative: Buckets{Counts: p.Negative.Counts[:0]},
-		Quantiles: p.Quantiles[:0]}
+// reset empties p for a point of kind k. A gauge's or sum's point sets
+// only the fields before Count: while p held nothing else, only those are
+// cleared, which leaves the memory of the rest untouched.
+func (p *Point) reset(k MetricKind) {
+	if p.wide {
+		*p = Point{Attrs: p.Attrs, Counts: p.Counts[:0], Bounds: p.Bounds[:0],
+			Positive: Buckets{Counts: p.Positive.Counts[:0]}, Negative: Buckets{Counts: p.Negative.Counts[:0]},
+			Quantiles: p.Quantiles[:0], AttrFields: p.AttrFields}
+	}
+	p.Attrs, p.AttrFields = p.Attrs[:0], p.AttrFields[:0]
+	p.Start, p.Time, p.Flags, p.Value, p.IsInt, p.HasValue = 0, 0, 0, 0, false, false
+	p.wide = k != MetricGauge && k != MetricSum
 }
 
 // MetricsHandler receives a decoded ExportMetricsServiceRequest: each
@@ -520,7 +531,7 @@ func (d *Decoder) metric(buf []byte, h MetricsHandler) error {
 				p = &d.run[n]
 				n++
 			}
-			p.reset()
+			p.reset(m.Kind)
 			if err := decodePoint(m.Kind, f.b, p); err != nil {
 				return err
 			}
