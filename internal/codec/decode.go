@@ -287,7 +287,7 @@ func (d *Decoder) addSample(buf []byte, b *window.Batch) {
 		}
 	case ref != 0 && s.Name == "":
 		if r, detail = d.bySeries(ref, len(b.Samples)-1, s); r == window.Accepted {
-			r, detail = d.lim.checkValues(s)
+			r, detail = d.lim.CheckValues(s)
 		}
 	default:
 		if r, detail = d.validate(s); r == window.Accepted {
@@ -402,7 +402,7 @@ func (d *Decoder) addByRef(buf []byte, b *window.Batch) bool {
 	}
 	r, detail := d.Series.resolve(uint32(ref), i, s)
 	if r == window.Accepted {
-		r, detail = d.lim.checkValues(s)
+		r, detail = d.lim.CheckValues(s)
 	}
 	b.Results = append(b.Results, r)
 	d.Detail = append(d.Detail, detail)
@@ -658,7 +658,7 @@ func (l Limits) Check(s *window.Sample) (window.Reason, string) {
 	if r, detail := l.checkSeries(s); r != window.Accepted {
 		return r, detail
 	}
-	return l.checkValues(s)
+	return l.CheckValues(s)
 }
 
 // checkSeries validates what names a sample's series: name, type, host
@@ -687,9 +687,10 @@ func (l Limits) checkSeries(s *window.Sample) (window.Reason, string) {
 	return window.Accepted, ""
 }
 
-// checkValues validates what a sample measures: sample rate (0 becomes 1),
-// set member and values.
-func (l Limits) checkValues(s *window.Sample) (window.Reason, string) {
+// CheckValues validates what a sample measures: sample rate (0 becomes 1),
+// set member and values. It is Check for a sample of a series that passed
+// Check before, its name, type, host and tags unchanged.
+func (l Limits) CheckValues(s *window.Sample) (window.Reason, string) {
 	switch sr := s.SampleRate; {
 	case sr == 0:
 		s.SampleRate = 1

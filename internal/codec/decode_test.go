@@ -83,7 +83,7 @@ func checkDecode(t *testing.T, data []byte) {
 				wantR = window.ReasonTypeConflict
 			default:
 				ref.Name, ref.Host, ref.Tags, ref.Type, ref.Key, ref.Hash = def.Name, def.Host, def.Tags, def.Type, def.Key, def.Hash
-				wantR, _ = d.lim.checkValues(&ref)
+				wantR, _ = d.lim.CheckValues(&ref)
 			}
 		default:
 			if wantR, _ = d.validate(&ref); wantR == window.Accepted {

@@ -339,19 +339,22 @@ func (pb *pointBatch) add(s window.Sample) bool {
 }
 
 // addKnown appends the sample of a point of a sum stream whose context
-// key is known: its name, host and tags are views into the key.
+// key is known: its name, host and tags are views into the key. They
+// passed the limits when the key was kept (keepKey), and the limits do
+// not change, so only the value is checked.
 func (pb *pointBatch) addKnown(sp *sumPoint, p *otlpwire.Point) {
 	start := len(pb.tags)
-	var name, host string
-	name, host, pb.tags = window.SplitKey(sp.key, pb.tags)
-	s := window.Sample{Name: name, Host: host, Tags: pb.tags[start:len(pb.tags):len(pb.tags)], Type: window.TypeCount,
-		Value: sp.delta, SampleRate: 1, Timestamp: int64(p.Time),
-		Key: unsafe.Slice(unsafe.StringData(sp.key), len(sp.key)), Hash: sp.hash, Handle: &sp.st.handle}
-	if r, detail := pb.lim.Check(&s); r != window.Accepted {
+	pb.b.Samples = append(pb.b.Samples, window.Sample{})
+	s := &pb.b.Samples[len(pb.b.Samples)-1]
+	s.Name, s.Host, pb.tags = window.SplitKey(sp.key, pb.tags)
+	s.Tags = pb.tags[start:len(pb.tags):len(pb.tags)]
+	s.Type, s.Value, s.SampleRate, s.Timestamp = window.TypeCount, sp.delta, 1, int64(p.Time)
+	s.Key, s.Hash, s.Handle = unsafe.Slice(unsafe.StringData(sp.key), len(sp.key)), sp.hash, &sp.st.handle
+	if r, detail := pb.lim.CheckValues(s); r != window.Accepted {
+		pb.b.Samples = pb.b.Samples[:len(pb.b.Samples)-1]
 		pb.refuse(r, detail)
 		return
 	}
-	pb.b.Samples = append(pb.b.Samples, s)
 	pb.b.Results = append(pb.b.Results, window.Accepted)
 }
 
