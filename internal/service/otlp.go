@@ -216,10 +216,8 @@ type pointBatch struct {
 	// the index of the point PointRaw gets next.
 	run  []rawAlias
 	next int
-	// groups is scratch space of deltaTracker.lookup; sink takes the
-	// loads that bring streams into cache.
+	// groups is scratch space of deltaTracker.lookup.
 	groups []int32
-	sink   uintptr
 }
 
 var otlpStates = sync.Pool{New: func() any { return &pointBatch{} }}
@@ -545,9 +543,7 @@ func (pb *pointBatch) PrepareRaw(m *otlpwire.Metric, run []otlpwire.Point) {
 	for i := range run {
 		pb.run = append(pb.run, rawAlias{id: idOf(pb.rawStreamKey(m, &run[i]))})
 	}
-	var sink uintptr
-	pb.groups, sink = pb.r.deltas.lookup(pb.run, pb.groups)
-	pb.sink += sink
+	pb.groups = pb.r.deltas.lookup(pb.run, pb.groups)
 }
 
 // PointRaw implements otlpwire.RawPointHandler: a point of a monotonic

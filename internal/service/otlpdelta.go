@@ -333,10 +333,8 @@ type rawAlias struct {
 // lookup finds the streams of aliases all at once, grouped
 // by shard: the lookups of a shard run back to back under one hold of
 // its lock, so that their memory accesses overlap instead of each
-// waiting for the last, and the streams found are read the same way to
-// bring them into cache. groups is scratch space, returned for reuse;
-// sink is what was read.
-func (t *deltaTracker) lookup(aliases []rawAlias, groups []int32) (_ []int32, sink uintptr) {
+// waiting for the last. groups is scratch space, returned for reuse.
+func (t *deltaTracker) lookup(aliases []rawAlias, groups []int32) []int32 {
 	groups = groupBy(aliases, groups, func(a *rawAlias) int { return int(a.id[0] % deltaShards) })
 	eachGroup(groups, len(aliases), func(sh int, at []int32) {
 		al := &t.aliases[sh]
@@ -346,25 +344,7 @@ func (t *deltaTracker) lookup(aliases []rawAlias, groups []int32) (_ []int32, si
 		}
 		al.mu.Unlock()
 	})
-	groups = groupBy(aliases, groups, func(a *rawAlias) int {
-		if a.st == nil {
-			return deltaShards
-		}
-		return int(a.st.home)
-	})
-	eachGroup(groups, len(aliases), func(sh int, at []int32) {
-		s := &t.shards[sh]
-		s.mu.Lock()
-		for _, i := range at {
-			st := aliases[i].st
-			sink += uintptr(st.seen) + uintptr(len(st.key))
-			if len(st.key) > 0 {
-				sink += uintptr(st.key[0])
-			}
-		}
-		s.mu.Unlock()
-	})
-	return groups, sink
+	return groups
 }
 
 // eachGroup calls fn with each shard's indices that groupBy put in

@@ -149,7 +149,7 @@ func TestDeltaTrackerLookup(t *testing.T) {
 	for i := n - 1; i >= 0; i-- {
 		run = append(run, rawAlias{id: id('r', i)})
 	}
-	groups, _ := tr.lookup(run, nil)
+	groups := tr.lookup(run, nil)
 	for k, a := range run {
 		if i := n - 1 - k; a.st != streams[i] {
 			t.Fatalf("alias %d: stream %p, want %p", i, a.st, streams[i])
