@@ -337,14 +337,15 @@ func (pb *pointBatch) add(s window.Sample) bool {
 }
 
 // addKnown appends the sample of a point of a sum stream whose context
-// key is known: its name, host and tags are views into the key. They
+// key is known: its name, host and tags are views into the key, made from
+// the lengths of its parts the stream keeps where it has them. They
 // passed the limits when the key was kept (keepKey), and the limits do
 // not change, so only the value is checked.
 func (pb *pointBatch) addKnown(sp *sumPoint, p *otlpwire.Point) {
 	start := len(pb.tags)
 	pb.b.Samples = append(pb.b.Samples, window.Sample{})
 	s := &pb.b.Samples[len(pb.b.Samples)-1]
-	s.Name, s.Host, pb.tags = window.SplitKey(sp.key, pb.tags)
+	s.Name, s.Host, pb.tags = splitKey(sp.key, &sp.st.parts, pb.tags)
 	s.Tags = pb.tags[start:len(pb.tags):len(pb.tags)]
 	s.Type, s.Value, s.SampleRate, s.Timestamp = window.TypeCount, sp.delta, 1, int64(p.Time)
 	s.Key, s.Hash, s.Handle = unsafe.Slice(unsafe.StringData(sp.key), len(sp.key)), sp.hash, &sp.st.handle
