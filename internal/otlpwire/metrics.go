@@ -94,8 +94,13 @@ type Point struct {
 	// Attrs are the point's attributes; AttrFields their encodings
 	// (each a KeyValue message), in order. A RawPointHandler may take the
 	// point before Attrs are decoded: they are empty then.
-	Attrs       []KeyValue
-	AttrFields  [][]byte
+	Attrs      []KeyValue
+	AttrFields [][]byte
+	// AttrSpan, for a sum's point handed to a RawPointHandler, is the part
+	// of the point's encoding that holds its attributes' fields, tags
+	// included, when no other field lies between them; else, when there
+	// are none and for other points, it is nil.
+	AttrSpan    []byte
 	Start, Time uint64
 	Flags       uint32
 	// Value is a gauge's or sum's value; IsInt tells as_int from
@@ -131,7 +136,7 @@ func (p *Point) reset(k MetricKind) {
 			Positive: Buckets{Counts: p.Positive.Counts[:0]}, Negative: Buckets{Counts: p.Negative.Counts[:0]},
 			Quantiles: p.Quantiles[:0], AttrFields: p.AttrFields}
 	}
-	p.Attrs, p.AttrFields = p.Attrs[:0], p.AttrFields[:0]
+	p.Attrs, p.AttrFields, p.AttrSpan = p.Attrs[:0], p.AttrFields[:0], nil
 	p.Start, p.Time, p.Flags, p.Value, p.IsInt, p.HasValue = 0, 0, 0, 0, false, false
 	p.wide = k != MetricGauge && k != MetricSum
 }
@@ -532,7 +537,7 @@ func (d *Decoder) metric(buf []byte, h MetricsHandler) error {
 				n++
 			}
 			p.reset(m.Kind)
-			if err := decodePoint(m.Kind, f.b, p); err != nil {
+			if err := decodePoint(m.Kind, f.b, p, d.rawH != nil && m.Kind == MetricSum); err != nil {
 				return err
 			}
 			if d.rawH == nil {
@@ -595,15 +600,32 @@ var pointLayout = [...]pointFields{
 	MetricSummary:              {7, 8},
 }
 
-func decodePoint(k MetricKind, buf []byte, p *Point) error {
+// decodePoint decodes a point of kind k into p, and its AttrSpan with
+// span.
+func decodePoint(k MetricKind, buf []byte, p *Point, span bool) error {
 	lay := pointLayout[k]
 	var f field
+	spanOpen := false // the last field read is an attribute of AttrSpan
 	for len(buf) > 0 {
+		rest := buf
 		if err := next(&buf, &f); err != nil {
 			return err
 		}
+		isAttr := f.num == lay.attrs && f.typ == protowire.BytesType
+		if span {
+			switch n := len(rest) - len(buf); {
+			case isAttr && len(p.AttrFields) == 0:
+				p.AttrSpan, spanOpen = rest[:n], true
+			case isAttr && spanOpen:
+				p.AttrSpan = p.AttrSpan[:len(p.AttrSpan)+n]
+			case isAttr:
+				p.AttrSpan = nil
+			default:
+				spanOpen = false
+			}
+		}
 		switch {
-		case f.num == lay.attrs && f.typ == protowire.BytesType:
+		case isAttr:
 			p.AttrFields = append(p.AttrFields, f.b)
 		case f.num == 2 && f.typ == protowire.Fixed64Type:
 			p.Start = f.v

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/aggd/aggd/internal/otlpwire"
@@ -330,6 +332,95 @@ func (d *rawDump) PrepareRaw(_ *otlpwire.Metric, run []otlpwire.Point) {
 	}
 	for i := range run {
 		d.run = append(d.run, encodings(&run[i]))
+		if err := checkSpan(&run[i]); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// checkSpan reports a point whose AttrSpan is set but does not hold
+// exactly its attributes' fields.
+func checkSpan(p *otlpwire.Point) error {
+	if p.AttrSpan == nil {
+		return nil
+	}
+	var fields [][]byte
+	for b := p.AttrSpan; len(b) > 0; {
+		_, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType {
+			return fmt.Errorf("attribute span %x: not a field of bytes", p.AttrSpan)
+		}
+		v, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			return fmt.Errorf("attribute span %x: truncated", p.AttrSpan)
+		}
+		fields, b = append(fields, v), b[n+m:]
+	}
+	if len(fields) != len(p.AttrFields) {
+		return fmt.Errorf("attribute span of %d fields, %d attributes", len(fields), len(p.AttrFields))
+	}
+	for i, f := range fields {
+		if !bytes.Equal(f, p.AttrFields[i]) || &f[0] != &p.AttrFields[i][0] {
+			return fmt.Errorf("attribute span's field %d is not attribute %d", i, i)
+		}
+	}
+	return nil
+}
+
+// spans records the attribute spans of the points it gets.
+type spans struct {
+	dump
+	got []string
+}
+
+func (s *spans) PrepareRaw(_ *otlpwire.Metric, run []otlpwire.Point) {
+	for i := range run {
+		if run[i].AttrSpan == nil {
+			s.got = append(s.got, "nil")
+			continue
+		}
+		s.got = append(s.got, fmt.Sprintf("%d fields of %d bytes", len(run[i].AttrFields), len(run[i].AttrSpan)))
+	}
+}
+
+func (s *spans) PointRaw(*otlpwire.Metric, *otlpwire.Point) bool { return true }
+
+// TestAttrSpan: a point's attributes are one span of its encoding when
+// no other field lies between them, whatever comes before and after.
+func TestAttrSpan(t *testing.T) {
+	attr := func(b []byte, k, v string) []byte {
+		kv := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), k)
+		val := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), v)
+		kv = protowire.AppendBytes(protowire.AppendTag(kv, 2, protowire.BytesType), val)
+		return protowire.AppendBytes(protowire.AppendTag(b, 7, protowire.BytesType), kv)
+	}
+	timeField := func(b []byte) []byte {
+		return protowire.AppendFixed64(protowire.AppendTag(b, 3, protowire.Fixed64Type), 5)
+	}
+	points := [][]byte{
+		nil,
+		attr(attr(nil, "a", "1"), "b", "2"),
+		timeField(attr(attr(timeField(nil), "a", "1"), "b", "22")),
+		attr(timeField(attr(nil, "a", "1")), "b", "2"),
+		attr(attr(timeField(attr(nil, "a", "1")), "b", "2"), "c", "3"),
+	}
+	var sum []byte
+	for _, p := range points {
+		sum = protowire.AppendBytes(protowire.AppendTag(sum, 1, protowire.BytesType), p)
+	}
+	metric := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "m")
+	metric = protowire.AppendBytes(protowire.AppendTag(metric, 7, protowire.BytesType), sum)
+	scope := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), metric)
+	res := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), scope)
+	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), res)
+	var d otlpwire.Decoder
+	h := &spans{}
+	if err := d.DecodeMetrics(req, h); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"nil", "2 fields of 20 bytes", "2 fields of 21 bytes", "nil", "nil"}
+	if !slices.Equal(h.got, want) {
+		t.Errorf("spans %q, want %q", h.got, want)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"slices"
 	"strconv"
@@ -521,16 +522,33 @@ func sumKind(p *otlpwire.Point) byte {
 // them: the same attributes encoded otherwise (another order, say) are
 // another key of the same stream (deltaTracker.alias).
 func (pb *pointBatch) rawStreamKey(m *otlpwire.Metric, p *otlpwire.Point) []byte {
-	k := binary.LittleEndian.AppendUint64(pb.key[:0], pb.scopeHash[0])
-	k = binary.LittleEndian.AppendUint64(k, pb.scopeHash[1])
-	k = append(k, sumKind(p))
-	k = protowire.AppendString(k, m.Name)
-	k = protowire.AppendString(k, m.Unit)
+	k := pb.rawStreamHead(m, sumKind(p))
 	for _, f := range p.AttrFields {
 		k = protowire.AppendBytes(k, f)
 	}
 	pb.key = k
 	return k
+}
+
+// rawStreamHead is the start of a raw stream key: all but the attributes.
+func (pb *pointBatch) rawStreamHead(m *otlpwire.Metric, kind byte) []byte {
+	k := binary.LittleEndian.AppendUint64(pb.key[:0], pb.scopeHash[0])
+	k = binary.LittleEndian.AppendUint64(k, pb.scopeHash[1])
+	k = append(k, kind)
+	k = protowire.AppendString(k, m.Name)
+	k = protowire.AppendString(k, m.Unit)
+	pb.key = k
+	return k
+}
+
+// spanID names a monotonic cumulative sum's stream within its scope, as
+// rawStreamKey's id does, when the point's attributes are one span of its
+// encoding (otlpwire.Point.AttrSpan): the hash of the span, read where it
+// is, combined with head, the id of the rest of the key (rawStreamHead).
+// Like rawStreamKey's, it is an alias: other encodings of the same
+// attributes have other ids.
+func spanID(head streamID, span []byte) streamID {
+	return streamID{maphash.Bytes(deltaSeeds[0], span) ^ head[0], maphash.Bytes(deltaSeeds[1], span) ^ head[1]}
 }
 
 // PrepareRaw implements otlpwire.RawPointHandler: it looks the streams of
@@ -541,8 +559,22 @@ func (pb *pointBatch) PrepareRaw(m *otlpwire.Metric, run []otlpwire.Point) {
 	if m.Kind != otlpwire.MetricSum || m.Temporality != otlpwire.TemporalityCumulative || !m.Monotonic {
 		return
 	}
+	var heads [2]streamID // rawStreamHead's ids, of double and int points
+	var made [2]bool
 	for i := range run {
-		pb.run = append(pb.run, rawAlias{id: idOf(pb.rawStreamKey(m, &run[i]))})
+		p := &run[i]
+		if len(p.AttrFields) > 0 && p.AttrSpan == nil {
+			pb.run = append(pb.run, rawAlias{id: idOf(pb.rawStreamKey(m, p))})
+			continue
+		}
+		k := 0
+		if p.IsInt {
+			k = 1
+		}
+		if !made[k] {
+			heads[k], made[k] = idOf(pb.rawStreamHead(m, sumKind(p))), true
+		}
+		pb.run = append(pb.run, rawAlias{id: spanID(heads[k], p.AttrSpan)})
 	}
 	pb.groups = pb.r.deltas.lookup(pb.run, pb.groups)
 }
