@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -551,6 +552,15 @@ func spanID(head streamID, span []byte) streamID {
 	return streamID{maphash.Bytes(deltaSeeds[0], span) ^ head[0], maphash.Bytes(deltaSeeds[1], span) ^ head[1]}
 }
 
+// spanHead is the head a run's spanIDs combine with: the id of
+// rawStreamHead's bytes, mixed, so that a point whose attributes' span
+// holds another's head bytes, and whose head bytes are that point's span,
+// does not get that point's id (both are hashed alike).
+func spanHead(key []byte) streamID {
+	id := idOf(key)
+	return streamID{bits.RotateLeft64(id[0]*0x9e3779b97f4a7c15, 29), bits.RotateLeft64(id[1]*0xc2b2ae3d27d4eb4f, 31)}
+}
+
 // PrepareRaw implements otlpwire.RawPointHandler: it looks the streams of
 // a run of monotonic cumulative sum points up by their attributes'
 // encodings, all at once (deltaTracker.lookup).
@@ -572,7 +582,7 @@ func (pb *pointBatch) PrepareRaw(m *otlpwire.Metric, run []otlpwire.Point) {
 			k = 1
 		}
 		if !made[k] {
-			heads[k], made[k] = idOf(pb.rawStreamHead(m, sumKind(p))), true
+			heads[k], made[k] = spanHead(pb.rawStreamHead(m, sumKind(p))), true
 		}
 		pb.run = append(pb.run, rawAlias{id: spanID(heads[k], p.AttrSpan)})
 	}

@@ -200,3 +200,23 @@ func TestSplitKey(t *testing.T) {
 		t.Errorf("a sum stream takes %d bytes, want 96 (keyParts fills a size class)", n)
 	}
 }
+
+// TestSpanIDOfSwappedParts: two points whose attributes' spans and head
+// bytes are each other's get different alias ids, as do points that
+// differ in one part only.
+func TestSpanIDOfSwappedParts(t *testing.T) {
+	a, b := []byte("head bytes of one stream"), []byte("\x3a\x08attr=one")
+	ids := map[streamID]string{}
+	for name, id := range map[string]streamID{
+		"a head, b span":  spanID(spanHead(a), b),
+		"b head, a span":  spanID(spanHead(b), a),
+		"a head, a span":  spanID(spanHead(a), a),
+		"b head, b span":  spanID(spanHead(b), b),
+		"a head, no span": spanID(spanHead(a), nil),
+	} {
+		if other, ok := ids[id]; ok {
+			t.Errorf("%s and %s have one id", name, other)
+		}
+		ids[id] = name
+	}
+}
