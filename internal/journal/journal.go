@@ -246,7 +246,8 @@ func (j *Journal) appendBatch(e *Entry) (uint64, error) {
 	if e.Series != nil {
 		e.Record.Defs = e.Series.LogDefinitions(j.cfg.Log.Generation(), smp)
 	}
-	e.buf = AppendRecord(e.buf[:0], e.Record)
+	var dense bool
+	e.buf, dense = appendRecord(e.buf[:0], e.Record)
 	// An untimed sample stamped before the last drain went to a bucket
 	// open after it: its due tick is no earlier than that bucket's.
 	due := j.Due(max(now, drained), smp, results, e.Spans, e.SpanResults, false, false)
@@ -256,7 +257,11 @@ func (j *Journal) appendBatch(e *Entry) (uint64, error) {
 	if e.Seeded != 0 {
 		due = max(due, j.SeedDue(e.Seeded, now))
 	}
-	idx, err := j.cfg.Log.Append(e.buf, due)
+	add := j.cfg.Log.Append
+	if dense {
+		add = j.cfg.Log.AppendDense // packed samples: s2 would not shrink them
+	}
+	idx, err := add(e.buf, due)
 	if err != nil && e.Series != nil {
 		e.Series.Unlog() // not recorded: the definitions are not in the log
 	}

@@ -52,12 +52,13 @@ const (
 const maxIntegral = 1 << 53
 
 // appendPacked appends frame, a StreamRequest, packed to b, and reports
-// whether packing saved anything; when it did not, b is returned as it
-// came.
-func appendPacked(b, frame []byte) ([]byte, bool) {
+// whether packing saved anything, and whether what it wrote is dense:
+// under a quarter of it kept as it was, so that compressing it would not
+// pay. When packing saved nothing, b is returned as it came.
+func appendPacked(b, frame []byte) (_ []byte, ok, dense bool) {
 	start := len(b)
 	// The batch field's samples are looked for; the rest is kept.
-	raw, packed := 0, 0 // where the bytes kept as they are begin; samples packed
+	raw, packed, kept := 0, 0, 0 // where the bytes kept as they are begin; samples packed; bytes kept
 	p := 0
 	for p < len(frame) {
 		num, typ, n := protowire.ConsumeTag(frame[p:])
@@ -78,24 +79,25 @@ func appendPacked(b, frame []byte) ([]byte, bool) {
 		}
 		batch := p + n + m
 		end := batch + int(l)
-		b, raw, packed = packSamples(b, frame, raw, batch, end, packed)
+		b, raw, packed = packSamples(b, frame, raw, batch, end, packed, &kept)
 		p = end
 	}
 	// The last run: what is left, and no samples.
 	b = protowire.AppendVarint(b, uint64(len(frame)-raw))
 	b = append(b, frame[raw:]...)
 	b = protowire.AppendVarint(b, 0)
+	kept += len(frame) - raw
 	if packed == 0 || len(b)-start >= len(frame) {
-		return b[:start], false
+		return b[:start], false, false
 	}
-	return b, true
+	return b, true, kept*4 < len(b)-start
 }
 
 // packSamples packs the samples of the batch at frame[p:end] that it can,
 // writing runs to b from raw, where the bytes not yet written begin, and
 // returns b, where the bytes not yet written now begin, and the count of
-// samples packed so far.
-func packSamples(b, frame []byte, raw, p, end, packed int) ([]byte, int, int) {
+// samples packed so far; kept counts the bytes kept as they were.
+func packSamples(b, frame []byte, raw, p, end, packed int, kept *int) ([]byte, int, int) {
 	var prev uint64
 	count := -1 // the run's count of samples, -1 before its first
 	countAt := 0
@@ -123,6 +125,7 @@ func packSamples(b, frame []byte, raw, p, end, packed int) ([]byte, int, int) {
 			// count of its samples (closeRun writes it).
 			b = protowire.AppendVarint(b, uint64(p-raw))
 			b = append(b, frame[raw:p]...)
+			*kept += p - raw
 			countAt = len(b)
 			b = append(b, 0, 0, 0, 0, 0)
 			count = 0

@@ -67,6 +67,14 @@ type Item struct {
 // AppendRecord appends the encoding of r to b. A Stream record's frame is
 // packed where that saves bytes.
 func AppendRecord(b []byte, r Record) []byte {
+	b, _ = appendRecord(b, r)
+	return b
+}
+
+// appendRecord is AppendRecord, and reports whether the record is dense:
+// its frame packed, and little of it kept as it came, so that compressing
+// the record would not pay.
+func appendRecord(b []byte, r Record) (_ []byte, dense bool) {
 	kind := len(b) + 1
 	b = append(b, version, byte(r.Kind))
 	b = protowire.AppendString(b, r.Tenant)
@@ -82,14 +90,14 @@ func AppendRecord(b []byte, r Record) []byte {
 	if r.Kind == Stream {
 		if r.Packed {
 			b[kind] = byte(packedStream)
-		} else if p, ok := appendPacked(b, r.Frame); ok {
+		} else if p, ok, dense := appendPacked(b, r.Frame); ok {
 			p[kind] = byte(packedStream)
-			return p
+			return p, dense
 		} else {
 			b = p
 		}
 	}
-	return append(b, r.Frame...)
+	return append(b, r.Frame...), false
 }
 
 // UnpackFrame appends the frame of r, a Stream record whose Frame is

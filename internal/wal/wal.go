@@ -371,11 +371,22 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // hands; call Wait for it to be on disk as the fsync policy says. Call it
 // between Enter and Leave.
 func (l *Log) Append(rec []byte, due int64) (uint64, error) {
+	return l.append(rec, due, l.opts.Compression)
+}
+
+// AppendDense is Append for a record the caller knows compressing would
+// not shrink (one already packed): it is stored as it is, without the
+// CPU of finding that out.
+func (l *Log) AppendDense(rec []byte, due int64) (uint64, error) {
+	return l.append(rec, due, CompressNone)
+}
+
+func (l *Log) append(rec []byte, due int64, c Compression) (uint64, error) {
 	// Framing (and compressing) happens before the lock, so that streams
 	// do it in parallel.
 	bp := encBufs.Get().(*[]byte)
 	defer encBufs.Put(bp)
-	buf, off := appendFrame((*bp)[:0], rec, l.opts.Compression)
+	buf, off := appendFrame((*bp)[:0], rec, c)
 	frame := buf[off:]
 	*bp = buf[:0]
 	if cap(*bp) > 1<<20 {

@@ -1,0 +1,42 @@
+package journal
+
+import (
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+)
+
+// TestDenseRecords: a record that is mostly packed samples is dense (the
+// log stores it without trying to compress it); one whose frame keeps
+// full-name samples as they came, or that does not pack, is not.
+func TestDenseRecords(t *testing.T) {
+	refs := make([]*aggdv1.Sample, 500)
+	for i := range refs {
+		refs[i] = &aggdv1.Sample{SeriesRef: uint32(i*7919%100_000 + 1), Value: float64(i % 1000)}
+	}
+	names := make([]*aggdv1.Sample, 50)
+	for i := range names {
+		names[i] = &aggdv1.Sample{Name: "http.requests", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1,
+			Tags: []string{"env:prod", "service:checkout", "region:eu-west-1"}}
+	}
+	for _, tc := range []struct {
+		name  string
+		batch *aggdv1.Batch
+		dense bool
+	}{
+		{"samples by reference", &aggdv1.Batch{Samples: refs}, true},
+		{"a few full names among them", &aggdv1.Batch{Samples: append(append([]*aggdv1.Sample(nil), refs...), names[:5]...)}, true},
+		{"as many bytes of full names", &aggdv1.Batch{Samples: append(append([]*aggdv1.Sample(nil), refs[:100]...), names...)}, false},
+		{"full names only", &aggdv1.Batch{Samples: names}, false},
+	} {
+		frame, err := proto.Marshal(&aggdv1.StreamRequest{Sequence: 1, Batch: tc.batch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, dense := appendRecord(nil, Record{Kind: Stream, Tenant: "acme", Frame: frame}); dense != tc.dense {
+			t.Errorf("%s: dense %v, want %v", tc.name, dense, tc.dense)
+		}
+	}
+}
