@@ -131,10 +131,10 @@ func packSamples(b, frame []byte, raw, p, end, packed int, kept *int) ([]byte, i
 			count = 0
 			prev = 0
 		}
-		b = protowire.AppendVarint(b, protowire.EncodeZigZag(int64(ref-prev))<<2|kind)
+		b = appendUvarint(b, protowire.EncodeZigZag(int64(ref-prev))<<2|kind)
 		switch kind {
 		case valueIntegral:
-			b = protowire.AppendVarint(b, protowire.EncodeZigZag(int64(math.Float64frombits(value))))
+			b = appendUvarint(b, value)
 		case valueBits:
 			b = protowire.AppendFixed64(b, value)
 		}
@@ -148,6 +148,16 @@ func packSamples(b, frame []byte, raw, p, end, packed int, kept *int) ([]byte, i
 		raw = p
 	}
 	return b, raw, packed
+}
+
+// appendUvarint is protowire.AppendVarint for the short varints of packed
+// samples, small enough to be inlined.
+func appendUvarint(b []byte, v uint64) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
 }
 
 // closeRun writes a run's count of samples in the room left for it at
@@ -165,8 +175,9 @@ func closeRun(b []byte, at, count int) []byte {
 }
 
 // packable reports whether the field at the start of p is a sample that
-// packs: its reference, the bits of its value, how the value is stored
-// and the length of the field; a length of 0 when it does not pack.
+// packs: its reference, its value as stored (the double's bits, or the
+// zigzag encoding of the integer it is), how the value is stored and the
+// length of the field; a length of 0 when it does not pack.
 func packable(p []byte) (ref, value, kind uint64, n int) {
 	if len(p) < 4 || p[0] != tagSample || p[1] >= 0x80 {
 		return 0, 0, 0, 0
@@ -187,7 +198,7 @@ func packable(p []byte) (ref, value, kind uint64, n int) {
 		// An integer of less than 53 bits is a double exactly; the
 		// conversion back tells -0, NaN and fractions apart.
 		if i := int64(math.Float64frombits(value)); i > -maxIntegral && i < maxIntegral && math.Float64bits(float64(i)) == value {
-			kind = valueIntegral
+			value, kind = protowire.EncodeZigZag(i), valueIntegral
 		}
 	}
 	// The reference, a varint of 1 to 5 bytes in its shortest form (its
