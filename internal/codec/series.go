@@ -36,10 +36,12 @@ type Series struct {
 	marked []uint32
 }
 
-// refUse is one sample taken by reference: its index in the batch.
+// refUse is one sample taken by reference: its index in the batch, and
+// the generation that held its definition when the sample resolved it.
 type refUse struct {
 	ref    uint32
 	sample int32
+	logged uint64
 }
 
 // seriesDef is what one reference names.
@@ -147,7 +149,7 @@ func (t *Series) resolve(ref uint32, i int, s *window.Sample) (window.Reason, st
 	s.Key = keyBytes(def.key)
 	s.Hash = def.hash
 	s.Handle = &def.handle
-	t.used = append(t.used, refUse{ref, int32(i)})
+	t.used = append(t.used, refUse{ref, int32(i), def.logged})
 	return window.Accepted, ""
 }
 
@@ -164,6 +166,9 @@ func (t *Series) resolve(ref uint32, i int, s *window.Sample) (window.Reason, st
 func (t *Series) LogDefinitions(gen uint64, samples []window.Sample) []byte {
 	t.log, t.marked = t.log[:0], t.marked[:0]
 	for _, u := range t.used {
+		if u.logged == gen {
+			continue // held by gen as the sample resolved it: no second look at the table
+		}
 		def := t.def(u.ref)
 		if def == nil || def.logged == gen || def.declaredAt != 0 && int(def.declaredAt-1) < int(u.sample) {
 			continue // gone since, or held: by gen, by this record, or by its frame before u

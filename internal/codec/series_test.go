@@ -91,7 +91,8 @@ func BenchmarkDecodeAdd(b *testing.B) {
 // record carries: none that its frame declares before use, those of the
 // references it uses that its generation lacks, once per generation,
 // and, for a reference declared anew within the batch, the definition
-// its earlier samples used.
+// its earlier samples used; after a record that was not written, the
+// next record of the generation carries them.
 func TestLogDefinitionsOncePerGeneration(t *testing.T) {
 	d := NewDecoder(DefaultLimits())
 	d.Series = new(Series)
@@ -105,13 +106,19 @@ func TestLogDefinitionsOncePerGeneration(t *testing.T) {
 		gen     uint64
 		samples []*aggdv1.Sample
 		want    string // names of the definitions logged
+		unlog   bool   // the record is not written: Unlog after
 	}{
-		{1, []*aggdv1.Sample{decl("a", 1), use(1), decl("b", 2)}, ""},
-		{1, []*aggdv1.Sample{use(1), use(2)}, ""},
-		{2, []*aggdv1.Sample{use(2), use(1), use(2)}, "b a"},
-		{3, []*aggdv1.Sample{use(1), decl("c", 1), use(1)}, "a"},
-		{3, []*aggdv1.Sample{use(1)}, ""},
-		{4, []*aggdv1.Sample{decl("c", 1), use(1)}, ""},
+		{1, []*aggdv1.Sample{decl("a", 1), use(1), decl("b", 2)}, "", false},
+		{1, []*aggdv1.Sample{use(1), use(2)}, "", false},
+		{2, []*aggdv1.Sample{use(2), use(1), use(2)}, "b a", false},
+		{3, []*aggdv1.Sample{use(1), decl("c", 1), use(1)}, "a", false},
+		{3, []*aggdv1.Sample{use(1)}, "", false},
+		{4, []*aggdv1.Sample{decl("c", 1), use(1)}, "", false},
+		// A record not written leaves its definitions to the next one of
+		// the generation, and only to it.
+		{5, []*aggdv1.Sample{use(1)}, "c", true},
+		{5, []*aggdv1.Sample{use(1), use(1)}, "c", false},
+		{5, []*aggdv1.Sample{use(1)}, "", false},
 	} {
 		data, _ := proto.Marshal(&aggdv1.StreamRequest{Batch: &aggdv1.Batch{Samples: c.samples}})
 		d.Reset(&b)
@@ -129,6 +136,9 @@ func TestLogDefinitionsOncePerGeneration(t *testing.T) {
 		}
 		if got := strings.Join(names, " "); got != c.want {
 			t.Errorf("batch %d: definitions %q, want %q", i, got, c.want)
+		}
+		if c.unlog {
+			d.Series.Unlog()
 		}
 	}
 }
