@@ -21,8 +21,8 @@ import (
 // A packed frame is a sequence of runs, each the uvarint length of bytes
 // kept as they are, those bytes, the uvarint count of packed samples that
 // follow them, and the samples. A packed sample is a uvarint head, the
-// zigzag difference between its reference and the previous packed
-// sample's (0 before the first) shifted left by two, with how its value
+// zigzag difference between its reference and that of the sample before
+// it in its run (0 for the first) shifted left by two, with how its value
 // is stored in the two low bits, and the value:
 //
 //	valueAbsent   the sample has no value field (the value is 0)

@@ -347,7 +347,7 @@ func (pb *pointBatch) addKnown(sp *sumPoint, p *otlpwire.Point) {
 	start := len(pb.tags)
 	pb.b.Samples = append(pb.b.Samples, window.Sample{})
 	s := &pb.b.Samples[len(pb.b.Samples)-1]
-	s.Name, s.Host, pb.tags = splitKey(sp.key, &sp.st.parts, pb.tags)
+	s.Name, s.Host, pb.tags = window.SplitKeyLengths(sp.key, sp.st.parts[:], pb.tags)
 	s.Tags = pb.tags[start:len(pb.tags):len(pb.tags)]
 	s.Type, s.Value, s.SampleRate, s.Timestamp = window.TypeCount, sp.delta, 1, int64(p.Time)
 	s.Key, s.Hash, s.Handle = unsafe.Slice(unsafe.StringData(sp.key), len(sp.key)), sp.hash, &sp.st.handle

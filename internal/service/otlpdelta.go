@@ -93,9 +93,9 @@ type sumStream struct {
 	key    string
 	hash   uint64
 	// parts are the count and lengths of key's parts (name, host, then
-	// each tag) when there are few and short enough (partLengths): with
-	// them a sample's views into the key are made without reading it
-	// (splitKey), which saves a cache miss per point. Like key, they do
+	// each tag) when there are few and short enough (window.PartLengths):
+	// with them a sample's views into the key are made without reading it
+	// (window.SplitKeyLengths), which saves a cache miss per point. Like key, they do
 	// not change once set.
 	parts [keyParts + 1]uint8
 	// home is the shard that holds the stream (under whose lock it
@@ -437,49 +437,13 @@ func (t *deltaTracker) keepKey(id streamID, st *sumStream, key []byte, hash uint
 	defer sh.mu.Unlock()
 	if st.key == "" {
 		st.key, st.hash = string(key), hash
-		st.parts = partLengths(key)
+		window.PartLengths(key, st.parts[:])
 	}
 }
 
 // keyParts is the most parts of a context key a sum stream keeps the
 // lengths of: they fill the stream's struct up to 96 bytes, a size class.
 const keyParts = 21
-
-// partLengths returns the count and lengths of the parts of key, made by
-// window.AppendKey, or a count of 0 if there are more than keyParts or one
-// is 128 bytes or longer (its length takes more than a byte).
-func partLengths(key []byte) (out [keyParts + 1]uint8) {
-	for n := 0; len(key) > 0; n++ {
-		l := int(key[0])
-		if n == keyParts || l >= 0x80 || 1+l > len(key) {
-			return [keyParts + 1]uint8{}
-		}
-		out[0], out[1+n] = uint8(n+1), uint8(l)
-		key = key[1+l:]
-	}
-	return out
-}
-
-// splitKey returns the parts of key, a context key made by
-// window.AppendKey, as window.SplitKey does, appending the tags to tags.
-// With the lengths of its parts (partLengths) it makes the views without
-// reading the key.
-func splitKey(key string, parts *[keyParts + 1]uint8, tags []string) (name, host string, _ []string) {
-	n := int(parts[0])
-	if n < 2 {
-		return window.SplitKey(key, tags)
-	}
-	at := 0
-	part := func(l uint8) string {
-		at += 1 + int(l)
-		return key[at-int(l) : at]
-	}
-	name, host = part(parts[1]), part(parts[2])
-	for _, l := range parts[3 : 1+n] {
-		tags = append(tags, part(l))
-	}
-	return name, host, tags
-}
 
 // explicitDelta is the delta of an explicit-bucket histogram point.
 type explicitDelta struct {

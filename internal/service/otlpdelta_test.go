@@ -1,15 +1,10 @@
 package service
 
 import (
-	"fmt"
 	"math"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 	"unsafe"
-
-	"github.com/aggd/aggd/internal/window"
 )
 
 // TestDeltaTrackerForgetsStaleStreams: once the streams fill up, those
@@ -167,35 +162,9 @@ func TestDeltaTrackerLookup(t *testing.T) {
 	}
 }
 
-// TestSplitKey: the parts of a context key made from the lengths a sum
-// stream keeps are window.SplitKey's, for keys with few and many tags,
-// short and long parts.
-func TestSplitKey(t *testing.T) {
-	for _, tc := range []struct {
-		name, host string
-		tags       int
-		tagLen     int
-	}{
-		{"m", "", 0, 0}, {"m", "h", 1, 3}, {"load.sum", "node-1", 4, 12}, {"m", "h", keyParts - 2, 5},
-		{"m", "h", keyParts - 1, 5}, {"m", "h", 40, 5}, {"m", strings.Repeat("h", 127), 2, 127},
-		{"m", strings.Repeat("h", 128), 2, 4}, {"m", "h", 3, 200}, {"", "", 0, 0},
-	} {
-		var tags []string
-		for i := range tc.tags {
-			tags = append(tags, fmt.Sprintf("t%0*d", max(tc.tagLen-1, 1), i))
-		}
-		key := window.AppendKey(nil, tc.name, tc.host, tags)
-		parts := partLengths(key)
-		fits := tc.tags+2 <= keyParts && len(tc.host) < 128 && tc.tagLen < 128
-		if got := parts[0] != 0; got != fits {
-			t.Errorf("%d tags of %d bytes, host of %d: lengths kept %v, want %v", tc.tags, tc.tagLen, len(tc.host), got, fits)
-		}
-		wn, wh, wt := window.SplitKey(string(key), []string{"x"})
-		n, h, tg := splitKey(string(key), &parts, []string{"x"})
-		if n != wn || h != wh || !slices.Equal(tg, wt) {
-			t.Errorf("%d tags of %d bytes: %q %q %q, want %q %q %q", tc.tags, tc.tagLen, n, h, tg, wn, wh, wt)
-		}
-	}
+// TestSumStreamSize: the lengths of keyParts parts fill a sum stream up
+// to a size class.
+func TestSumStreamSize(t *testing.T) {
 	if n := unsafe.Sizeof(sumStream{}); n != 96 {
 		t.Errorf("a sum stream takes %d bytes, want 96 (keyParts fills a size class)", n)
 	}

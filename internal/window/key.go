@@ -77,6 +77,44 @@ func SplitKey(key string, tags []string) (name, host string, _ []string) {
 	return name, host, tags
 }
 
+// PartLengths writes to lengths the count of the parts of key, a key made
+// by AppendKey, and their lengths after it, when there are at most
+// len(lengths)-1 parts and each is under 128 bytes (its length one byte);
+// else a count of 0. With them, SplitKeyLengths makes the parts' views
+// without reading the key.
+func PartLengths(key []byte, lengths []uint8) {
+	clear(lengths)
+	for n := 0; len(key) > 0; n++ {
+		l := int(key[0])
+		if 1+n == len(lengths) || l >= 0x80 || 1+l > len(key) {
+			clear(lengths)
+			return
+		}
+		lengths[0], lengths[1+n] = uint8(n+1), uint8(l)
+		key = key[1+l:]
+	}
+}
+
+// SplitKeyLengths is SplitKey for a key whose parts' lengths PartLengths
+// wrote: the views are made from the lengths, without reading the key.
+// With a count of 0 it is SplitKey.
+func SplitKeyLengths(key string, lengths []uint8, tags []string) (name, host string, _ []string) {
+	n := int(lengths[0])
+	if n < 2 {
+		return SplitKey(key, tags)
+	}
+	at := 0
+	part := func(l uint8) string {
+		at += 1 + int(l)
+		return key[at-int(l) : at]
+	}
+	name, host = part(lengths[1]), part(lengths[2])
+	for _, l := range lengths[3 : 1+n] {
+		tags = append(tags, part(l))
+	}
+	return name, host, tags
+}
+
 func nextPart(key string) (part, rest string) {
 	var n uint64
 	var shift uint

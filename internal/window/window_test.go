@@ -1077,3 +1077,37 @@ func TestSeedOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestSplitKeyLengths: the parts of a key made from the lengths
+// PartLengths writes are SplitKey's, for keys with few and many tags,
+// short and long parts; lengths that do not fit leave a count of 0.
+func TestSplitKeyLengths(t *testing.T) {
+	const parts = 21 // a sum stream's (service.keyParts)
+	for _, tc := range []struct {
+		name, host string
+		tags       int
+		tagLen     int
+	}{
+		{"m", "", 0, 0}, {"m", "h", 1, 3}, {"load.sum", "node-1", 4, 12}, {"m", "h", parts - 2, 5},
+		{"m", "h", parts - 1, 5}, {"m", "h", 40, 5}, {"m", strings.Repeat("h", 127), 2, 127},
+		{"m", strings.Repeat("h", 128), 2, 4}, {"m", "h", 3, 200}, {"", "", 0, 0},
+	} {
+		var tags []string
+		for i := range tc.tags {
+			tags = append(tags, fmt.Sprintf("t%0*d", max(tc.tagLen-1, 1), i))
+		}
+		key := AppendKey(nil, tc.name, tc.host, tags)
+		lengths := make([]uint8, parts+1)
+		lengths[5] = 9 // left from an earlier key
+		PartLengths(key, lengths)
+		fits := tc.tags+2 <= parts && len(tc.host) < 128 && tc.tagLen < 128
+		if got := lengths[0] != 0; got != fits {
+			t.Errorf("%d tags of %d bytes, host of %d: lengths kept %v, want %v", tc.tags, tc.tagLen, len(tc.host), got, fits)
+		}
+		wn, wh, wt := SplitKey(string(key), []string{"x"})
+		n, h, tg := SplitKeyLengths(string(key), lengths, []string{"x"})
+		if n != wn || h != wh || !slices.Equal(tg, wt) {
+			t.Errorf("%d tags of %d bytes: %q %q %q, want %q %q %q", tc.tags, tc.tagLen, n, h, tg, wn, wh, wt)
+		}
+	}
+}
