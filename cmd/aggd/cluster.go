@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -92,11 +93,23 @@ type clusterNode struct {
 	handTo    *atomic.Pointer[cluster.Forwarder]
 	handOvers sync.WaitGroup
 	cancel    context.CancelFunc
+	// predecessor, when not 0, is when this replica started, after a peer
+	// had reached another replica at its address (guardPredecessor).
+	predecessor int64
 }
 
 // forwarder returns the forwarder the aggregator service hands what other
 // replicas own to; nil (no forwarding) when cluster mode is off.
 func (n *clusterNode) forwarder() service.Forwarder {
+	if n == nil {
+		return nil
+	}
+	return n.fwd
+}
+
+// members returns what answers peers asking for the schedule of member
+// lists; nil when cluster mode is off.
+func (n *clusterNode) members() service.PeerMembers {
 	if n == nil {
 		return nil
 	}
@@ -165,6 +178,14 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 		// start, which must be kept while the window takes samples.
 		keep += engine.MaxWindow()
 	}
+	started := time.Now().UnixNano()
+	var creds credentials.TransportCredentials
+	if c.TLSCA != "" {
+		if creds, err = peerTLS(cfg); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
 	// The first list owns every bucket from the start: a replica starting
 	// joins the list it finds, as its peers found it.
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -191,7 +212,10 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	if c.PeersDNS != "" && cfg.WALDir != "" {
 		store = cluster.ScheduleFile{Path: filepath.Join(cfg.WALDir, "members"), Self: self}
 	}
-	m := cluster.RestoreMembership(store, first, int64(cfg.Window.Interval), keep, time.Now().UnixNano(), log)
+	m, predecessor := joinMembership(ctx, c, entries, self, creds, store, int64(cfg.Window.Interval), keep, log)
+	if m == nil {
+		m = cluster.RestoreMembership(store, first, int64(cfg.Window.Interval), keep, time.Now().UnixNano(), log)
+	}
 	// Each change hands the last samples of the RATE and MONOTONIC_COUNT
 	// contexts it moves to their new owners, once the write-ahead log is
 	// replayed (handOverPending sets handTo, and hands over the changes
@@ -206,13 +230,6 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	w := cluster.NewWatcher(src, m, cluster.WatchConfig{Refresh: c.Refresh, Settle: c.Settle, OnChange: handOver, Store: store}, log)
 	if err := w.Refresh(ctx); err != nil { // the later lists of a file
 		log.Warn("cluster members", "err", err)
-	}
-	var creds credentials.TransportCredentials
-	if c.TLSCA != "" {
-		if creds, err = peerTLS(cfg); err != nil {
-			lis.Close()
-			return nil, err
-		}
 	}
 	fc := cluster.Config{
 		Self: self, Token: c.Token, TLS: creds, Timing: cfg.Window.Timing(), Interval: cfg.Window.Interval, Timeout: c.Timeout, DepartedTimeout: c.DepartedTimeout,
@@ -237,7 +254,52 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 		return nil, err
 	}
 	log.Info("cluster mode", "peer", lis.Addr().String(), "self", self, "members", m.Latest().Ring.Members())
-	return &clusterNode{lis: lis, m: m, fwd: fwd, calls: calls, watcher: w, handTo: handTo, cancel: func() {}}, nil
+	n := &clusterNode{lis: lis, m: m, fwd: fwd, calls: calls, watcher: w, handTo: handTo, cancel: func() {}}
+	if predecessor != 0 {
+		n.predecessor = started
+	}
+	return n, nil
+}
+
+// joinMembership returns the schedule a replica starting with no schedule
+// of its own takes from a peer, when its members come as a list of now
+// (entries, a resolved name's or a list without times): the peer's
+// lists own the buckets that began before, and the watcher's first read
+// schedules this replica's own list at a boundary, as the peers schedule
+// it when they see it. It also returns when a call of that peer to this
+// replica's address last succeeded (0: never). It returns nil when the
+// replica has a schedule, its source tells the lists' times, or no peer
+// answers (the first replicas of a cluster): the replica then takes its
+// first list as owning every bucket. A reach older than keep (how long
+// a bucket may take late samples) is reported as 0.
+func joinMembership(ctx context.Context, c clusterFlags, entries []cluster.Entry, self string, creds credentials.TransportCredentials, store cluster.ScheduleFile, interval, keep int64, log *slog.Logger) (*cluster.Membership, int64) {
+	if len(entries) != 1 || entries[0].At != 0 {
+		return nil, 0
+	}
+	if store.Path != "" {
+		if _, err := store.Load(); !errors.Is(err, fs.ErrNotExist) {
+			return nil, 0 // restored (or refused, with its reason) by RestoreMembership
+		}
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, from, err := cluster.AskMembers(actx, entries[0].Members, self, c.Token, creds, 2*time.Second)
+	if err != nil {
+		log.Info("cluster member schedule not taken from a peer: the first list owns every bucket", "reason", err)
+		return nil, 0
+	}
+	m, err := cluster.AdoptMembership(resp, interval, keep)
+	if err != nil {
+		log.Warn("cluster member schedule of a peer refused: the first list owns every bucket", "peer", from, "err", err)
+		return nil, 0
+	}
+	log.Info("cluster member schedule taken from a peer", "peer", from, "versions", len(m.Versions()))
+	// A replica reached longer ago than a sample may be late flushed no
+	// bucket that may still take samples.
+	if r := resp.GetAskerReachedUnixNano(); r > time.Now().UnixNano()-keep {
+		return m, r
+	}
+	return m, 0
 }
 
 // handOverPending starts the hand-overs, once the aggregator holds what
@@ -263,6 +325,18 @@ func (n *clusterNode) handOverPending(ctx context.Context, src cluster.LastSampl
 			n.handOvers.Go(func() { n.fwd.HandOver(ctx, src, v) })
 		}
 	}
+}
+
+// guardPredecessor makes the replica refuse the samples it owns in the
+// buckets begun before it started, when a replica answered at its address
+// before and restored is false: the write-ahead log held nothing of what
+// that replica took (there is none, or it is new), so a point of this
+// replica for one of those buckets would replace that one's.
+func (n *clusterNode) guardPredecessor(restored bool) {
+	if n == nil || n.predecessor == 0 || restored {
+		return
+	}
+	n.fwd.RefusePredecessors(n.predecessor)
 }
 
 // Shutdown stops watching members and handing over, and closes the

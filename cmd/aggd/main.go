@@ -235,7 +235,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	sc := service.Config{Ingest: agg, Tenants: tenants, Limits: cfg.Limits, Logger: log, Spans: proc, MaxStreamAge: cfg.MaxStreamAge, Load: load,
-		Forwarder: node.forwarder(), PeerCalls: node.peerCalls(), Seeder: agg, Decisions: sampler}
+		Forwarder: node.forwarder(), PeerCalls: node.peerCalls(), Members: node.members(), Seeder: agg, Decisions: sampler}
 	if g := guard.overload(); g != nil {
 		sc.Memory = g
 	}
@@ -248,6 +248,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 	}
+	// Without a log of what a replica answering at this address before
+	// took, the buckets it flushed are refused rather than sent again.
+	node.guardPredecessor(jnl != nil && jnl.Restored())
 	// The lists read at start that are not in force yet move contexts
 	// whose last samples the log just restored.
 	node.handOverPending(ctx, agg)

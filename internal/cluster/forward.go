@@ -120,9 +120,17 @@ type Forwarder struct {
 	m   *Membership
 	log *slog.Logger
 
-	mu     sync.Mutex
-	conns  map[string]*grpc.ClientConn
-	closed bool
+	mu      sync.Mutex
+	conns   map[string]*grpc.ClientConn
+	reached map[string]int64 // by peer: when a call to it last succeeded
+	closed  bool
+
+	// predecessor, when not 0, is the start of this process: a replica
+	// answered at this address before it, and this one has no log of
+	// what that one took (Forwarder.RefusePredecessors).
+	predecessor atomic.Int64
+	// predecessorRefused counts the samples refused for it.
+	predecessorRefused atomic.Uint64
 
 	calls sync.Pool // *call
 
@@ -143,13 +151,13 @@ type Forwarder struct {
 	callsOK, callsRetried, callsFailed atomic.Uint64
 	handOvers                          atomic.Uint64
 	latency                            prometheus.Histogram
-	desc                               struct{ items, calls, members, version, handOvers *prometheus.Desc }
+	desc                               struct{ items, calls, members, version, handOvers, predecessor *prometheus.Desc }
 }
 
 // NewForwarder returns a forwarder over m. cfg must be valid.
 func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 	cfg.setDefaults()
-	f := &Forwarder{cfg: cfg, m: m, log: log, conns: map[string]*grpc.ClientConn{}, run: rand.Uint64() | 1}
+	f := &Forwarder{cfg: cfg, m: m, log: log, conns: map[string]*grpc.ClientConn{}, reached: map[string]int64{}, run: rand.Uint64() | 1}
 	f.calls.New = func() any { return &call{groups: map[string]*group{}} }
 	f.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "aggd_cluster_forward_seconds", Help: "Time from sending a forwarded batch to its owner's ack, retries included.",
@@ -163,6 +171,7 @@ func NewForwarder(cfg Config, m *Membership, log *slog.Logger) *Forwarder {
 	f.desc.members = prometheus.NewDesc("aggd_cluster_members", "Members of the latest member list.", nil, nil)
 	f.desc.version = prometheus.NewDesc("aggd_cluster_membership_version", "Number of the latest member list.", nil, nil)
 	f.desc.handOvers = prometheus.NewDesc("aggd_cluster_handovers_total", "Member lists scheduled whose hand-over of RATE and MONOTONIC_COUNT last samples to their new owners this replica has finished: each seed delivered or given up (aggd_cluster_items_total{kind=\"seed\"}).", nil, nil)
+	f.desc.predecessor = prometheus.NewDesc("aggd_cluster_predecessor_refused_total", "Samples refused owner_unavailable because their bucket began before this replica started, at an address where another replica answered before and flushed it, whose write-ahead log this replica does not have.", nil, nil)
 	return f
 }
 
@@ -239,6 +248,9 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 			// A peer sent the batch's samples here, their owner: their
 			// rule groups remain to be placed.
 			if !s.RulesOnly {
+				if f.refusePredecessor(o, i) {
+					continue
+				}
 				f.routeRules(c, o, i)
 			}
 			continue
@@ -246,6 +258,11 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		var owner string
 		var v uint64
 		owner, v, c.heirs = f.route(tenant, s, o.Now, c.heirs[:0])
+		if owner == f.cfg.Self || owner == "" {
+			if f.refusePredecessor(o, i) {
+				continue
+			}
+		}
 		if len(c.heirs) > 0 {
 			f.seed(c, o, i)
 		}
@@ -773,6 +790,7 @@ func (f *Forwarder) send(ctx context.Context, owner string, frame []byte, timeou
 		if err == nil {
 			f.callsOK.Add(1)
 			f.latency.Observe(time.Since(start).Seconds())
+			f.markReached(owner, time.Now().UnixNano())
 			return resp, nil
 		}
 		if permanent(err) {
@@ -861,6 +879,7 @@ func (f *Forwarder) Describe(ch chan<- *prometheus.Desc) {
 	ch <- f.desc.members
 	ch <- f.desc.version
 	ch <- f.desc.handOvers
+	ch <- f.desc.predecessor
 	f.latency.Describe(ch)
 }
 
@@ -881,5 +900,6 @@ func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(f.desc.members, prometheus.GaugeValue, float64(len(v.Ring.Members())))
 	ch <- prometheus.MustNewConstMetric(f.desc.version, prometheus.GaugeValue, float64(v.N))
 	ch <- prometheus.MustNewConstMetric(f.desc.handOvers, prometheus.CounterValue, float64(f.handOvers.Load()))
+	ch <- prometheus.MustNewConstMetric(f.desc.predecessor, prometheus.CounterValue, float64(f.predecessorRefused.Load()))
 	f.latency.Collect(ch)
 }

@@ -42,7 +42,13 @@ func (f ScheduleFile) Save(vs []Version) error {
 	var b bytes.Buffer
 	b.WriteString(scheduleHeader + "\n")
 	for _, v := range vs {
-		self := v.was
+		// The file keeps this replica's former address only: an alias a
+		// schedule adopted from a peer has (AdoptMembership), the peer's,
+		// is not kept, and its old buckets then go to its former address.
+		self := ""
+		if v.was != "" && v.self == f.Self {
+			self = v.was
+		}
 		if self == "" {
 			self = "-"
 			if slices.Contains(v.Ring.Members(), f.Self) {

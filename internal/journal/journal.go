@@ -102,6 +102,9 @@ type Journal struct {
 	series map[uint64]*codec.Series
 	submit codec.Series
 	frame  []byte // replay's unpacked frame
+	// restored is set by Replay when the log held an earlier run's
+	// records or checkpoint.
+	restored bool
 }
 
 // New returns a journal of cfg.

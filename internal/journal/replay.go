@@ -43,8 +43,13 @@ func (j *Journal) Replay() error {
 	if records+skipped+len(damage) > 0 {
 		log.Info("write-ahead log replayed", "records", records, "skipped", skipped, "took", time.Since(start))
 	}
+	j.restored = records > 0 || j.cfg.Log.Checkpoint().Flushed() != 0
 	return nil
 }
+
+// Restored reports whether Replay found what an earlier run of this log
+// took: a record, or a flush's checkpoint.
+func (j *Journal) Restored() bool { return j.restored }
 
 // ReplayRecord takes one record back into the windows. flushed says that
 // a flush drained the windows after the record's batch was in them, and

@@ -341,10 +341,13 @@ func (s *Server) RegisterPeer(g *grpc.Server, token string) {
 	h := func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 		return s.forwarded(ctx, dec, token)
 	}
+	members := func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		return s.peerMembers(ctx, dec, token)
+	}
 	g.RegisterService(&grpc.ServiceDesc{
 		ServiceName: aggdv1.PeerService_ServiceDesc.ServiceName,
 		HandlerType: (*any)(nil),
-		Methods:     []grpc.MethodDesc{{MethodName: "Forward", Handler: h}},
+		Methods:     []grpc.MethodDesc{{MethodName: "Forward", Handler: h}, {MethodName: "Members", Handler: members}},
 		Metadata:    aggdv1.PeerService_ServiceDesc.Metadata,
 	}, s)
 }
@@ -376,6 +379,25 @@ func peerProtocolError(ctx context.Context) error {
 	}
 	return status.Errorf(codes.FailedPrecondition,
 		"peer call of peer protocol %s; this replica speaks %q: run one release of aggd across the cluster", got, codec.PeerProtocol)
+}
+
+// peerMembers answers a peer asking for this replica's schedule of member
+// lists.
+func (s *Server) peerMembers(ctx context.Context, dec func(any) error, token string) (any, error) {
+	if token == "" || !peerAuthorized(ctx, token) {
+		return nil, errPeerToken
+	}
+	if err := peerProtocolError(ctx); err != nil {
+		return nil, err
+	}
+	if s.members == nil {
+		return nil, status.Error(codes.Unimplemented, "this replica keeps no schedule of member lists")
+	}
+	var req aggdv1.MembersRequest
+	if err := dec(&req); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return s.members.Members(req.GetAsker()), nil
 }
 
 // forwarded takes a batch a peer forwarded: logged and ingested as the

@@ -84,6 +84,15 @@ type Config struct {
 	// calls hand over (ForwardRequest.traces_kept and traces_dropped);
 	// without it they are ignored.
 	Decisions TraceDecisions
+	// Members, if set, answers peers asking for this replica's schedule
+	// of member lists (PeerService.Members); without it they are told
+	// the method is not implemented.
+	Members PeerMembers
+}
+
+// PeerMembers answers PeerService.Members (cluster.Forwarder).
+type PeerMembers interface {
+	Members(asker string) *aggdv1.MembersResponse
 }
 
 // Validate reports a missing or out-of-range setting.
@@ -122,6 +131,7 @@ type Server struct {
 	reserveWait  time.Duration
 	fwd          Forwarder
 	calls        PeerCalls
+	members      PeerMembers
 	// streamBase and streams number the streams for the write-ahead
 	// log, uniquely across runs.
 	streamBase uint64
@@ -135,7 +145,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	lim := cmp.Or(cfg.Limits, codec.DefaultLimits())
 	s := &Server{ing: cfg.Ingest, tenants: cfg.Tenants, lim: lim, log: cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
-		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, calls: cfg.PeerCalls, seeder: cfg.Seeder, decisions: cfg.Decisions, reserveWait: defaultReserveWait}
+		spanIng: cfg.Spans, maxStreamAge: cfg.MaxStreamAge, load: cfg.Load, room: cfg.Memory, journal: cfg.Journal, fwd: cfg.Forwarder, calls: cfg.PeerCalls, seeder: cfg.Seeder, decisions: cfg.Decisions, members: cfg.Members, reserveWait: defaultReserveWait}
 	s.states.New = func() any {
 		st := &callState{dec: codec.NewDecoder(lim)}
 		st.dec.Series = &st.series

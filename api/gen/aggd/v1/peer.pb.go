@@ -21,6 +21,192 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MembersRequest asks a peer for its schedule of member lists.
+type MembersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// asker is the peer address of the replica asking.
+	Asker         string `protobuf:"bytes,1,opt,name=asker,proto3" json:"asker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersRequest) Reset() {
+	*x = MembersRequest{}
+	mi := &file_aggd_v1_peer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersRequest) ProtoMessage() {}
+
+func (x *MembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aggd_v1_peer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
+func (*MembersRequest) Descriptor() ([]byte, []int) {
+	return file_aggd_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *MembersRequest) GetAsker() string {
+	if x != nil {
+		return x.Asker
+	}
+	return ""
+}
+
+// MembersResponse is a replica's schedule of member lists, oldest first.
+type MembersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Lists []*MemberList          `protobuf:"bytes,1,rep,name=lists,proto3" json:"lists,omitempty"`
+	// asker_reached_unix_nano is when a call of this replica to the asker's
+	// address last succeeded (0: never, as far as it remembers): a replica
+	// answered there before the asker started.
+	AskerReachedUnixNano int64 `protobuf:"varint,2,opt,name=asker_reached_unix_nano,json=askerReachedUnixNano,proto3" json:"asker_reached_unix_nano,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *MembersResponse) Reset() {
+	*x = MembersResponse{}
+	mi := &file_aggd_v1_peer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersResponse) ProtoMessage() {}
+
+func (x *MembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aggd_v1_peer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
+func (*MembersResponse) Descriptor() ([]byte, []int) {
+	return file_aggd_v1_peer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MembersResponse) GetLists() []*MemberList {
+	if x != nil {
+		return x.Lists
+	}
+	return nil
+}
+
+func (x *MembersResponse) GetAskerReachedUnixNano() int64 {
+	if x != nil {
+		return x.AskerReachedUnixNano
+	}
+	return 0
+}
+
+// MemberList is one version of a schedule: its members own the buckets
+// from since_unix_nano until the next version's.
+type MemberList struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// number counts the versions from 1, in the order they were scheduled.
+	Number uint64 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	// since_unix_nano is the start of the first bucket the list owns; the
+	// first list of a schedule owns every bucket before too, and says the
+	// least int64.
+	SinceUnixNano int64    `protobuf:"varint,2,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
+	Members       []string `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`
+	// A member (alias) that the answering replica held under a former
+	// address, whose buckets are now owned at alias_owner.
+	Alias         string `protobuf:"bytes,4,opt,name=alias,proto3" json:"alias,omitempty"`
+	AliasOwner    string `protobuf:"bytes,5,opt,name=alias_owner,json=aliasOwner,proto3" json:"alias_owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberList) Reset() {
+	*x = MemberList{}
+	mi := &file_aggd_v1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberList) ProtoMessage() {}
+
+func (x *MemberList) ProtoReflect() protoreflect.Message {
+	mi := &file_aggd_v1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberList.ProtoReflect.Descriptor instead.
+func (*MemberList) Descriptor() ([]byte, []int) {
+	return file_aggd_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MemberList) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *MemberList) GetSinceUnixNano() int64 {
+	if x != nil {
+		return x.SinceUnixNano
+	}
+	return 0
+}
+
+func (x *MemberList) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *MemberList) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *MemberList) GetAliasOwner() string {
+	if x != nil {
+		return x.AliasOwner
+	}
+	return ""
+}
+
 // ForwardRequest is one forwarded batch. Field 1 is SubmitRequest's, so the
 // owner logs and replays it as a Submit.
 type ForwardRequest struct {
@@ -71,7 +257,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_aggd_v1_peer_proto_msgTypes[0]
+	mi := &file_aggd_v1_peer_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -83,7 +269,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aggd_v1_peer_proto_msgTypes[0]
+	mi := &file_aggd_v1_peer_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -96,7 +282,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_aggd_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_aggd_v1_peer_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ForwardRequest) GetBatch() *Batch {
@@ -184,7 +370,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_aggd_v1_peer_proto_msgTypes[1]
+	mi := &file_aggd_v1_peer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +382,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aggd_v1_peer_proto_msgTypes[1]
+	mi := &file_aggd_v1_peer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +395,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_aggd_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_aggd_v1_peer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ForwardResponse) GetAck() *Ack {
@@ -230,7 +416,20 @@ var File_aggd_v1_peer_proto protoreflect.FileDescriptor
 
 const file_aggd_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"\xfe\x02\n" +
+	"\x12aggd/v1/peer.proto\x12\aaggd.v1\x1a\x12aggd/v1/aggd.proto\"&\n" +
+	"\x0eMembersRequest\x12\x14\n" +
+	"\x05asker\x18\x01 \x01(\tR\x05asker\"s\n" +
+	"\x0fMembersResponse\x12)\n" +
+	"\x05lists\x18\x01 \x03(\v2\x13.aggd.v1.MemberListR\x05lists\x125\n" +
+	"\x17asker_reached_unix_nano\x18\x02 \x01(\x03R\x14askerReachedUnixNano\"\x9d\x01\n" +
+	"\n" +
+	"MemberList\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x04R\x06number\x12&\n" +
+	"\x0fsince_unix_nano\x18\x02 \x01(\x03R\rsinceUnixNano\x12\x18\n" +
+	"\amembers\x18\x03 \x03(\tR\amembers\x12\x14\n" +
+	"\x05alias\x18\x04 \x01(\tR\x05alias\x12\x1f\n" +
+	"\valias_owner\x18\x05 \x01(\tR\n" +
+	"aliasOwner\"\xfe\x02\n" +
 	"\x0eForwardRequest\x12$\n" +
 	"\x05batch\x18\x01 \x01(\v2\x0e.aggd.v1.BatchR\x05batch\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12*\n" +
@@ -247,9 +446,10 @@ const file_aggd_v1_peer_proto_rawDesc = "" +
 	" \x03(\fR\rtracesDropped\"V\n" +
 	"\x0fForwardResponse\x12\x1e\n" +
 	"\x03ack\x18\x01 \x01(\v2\f.aggd.v1.AckR\x03ack\x12#\n" +
-	"\rseeds_refused\x18\x02 \x01(\rR\fseedsRefused2K\n" +
+	"\rseeds_refused\x18\x02 \x01(\rR\fseedsRefused2\x89\x01\n" +
 	"\vPeerService\x12<\n" +
-	"\aForward\x12\x17.aggd.v1.ForwardRequest\x1a\x18.aggd.v1.ForwardResponseB-Z+github.com/aggd/aggd/api/gen/aggd/v1;aggdv1b\x06proto3"
+	"\aForward\x12\x17.aggd.v1.ForwardRequest\x1a\x18.aggd.v1.ForwardResponse\x12<\n" +
+	"\aMembers\x12\x17.aggd.v1.MembersRequest\x1a\x18.aggd.v1.MembersResponseB-Z+github.com/aggd/aggd/api/gen/aggd/v1;aggdv1b\x06proto3"
 
 var (
 	file_aggd_v1_peer_proto_rawDescOnce sync.Once
@@ -263,24 +463,30 @@ func file_aggd_v1_peer_proto_rawDescGZIP() []byte {
 	return file_aggd_v1_peer_proto_rawDescData
 }
 
-var file_aggd_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_aggd_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_aggd_v1_peer_proto_goTypes = []any{
-	(*ForwardRequest)(nil),  // 0: aggd.v1.ForwardRequest
-	(*ForwardResponse)(nil), // 1: aggd.v1.ForwardResponse
-	(*Batch)(nil),           // 2: aggd.v1.Batch
-	(*Ack)(nil),             // 3: aggd.v1.Ack
+	(*MembersRequest)(nil),  // 0: aggd.v1.MembersRequest
+	(*MembersResponse)(nil), // 1: aggd.v1.MembersResponse
+	(*MemberList)(nil),      // 2: aggd.v1.MemberList
+	(*ForwardRequest)(nil),  // 3: aggd.v1.ForwardRequest
+	(*ForwardResponse)(nil), // 4: aggd.v1.ForwardResponse
+	(*Batch)(nil),           // 5: aggd.v1.Batch
+	(*Ack)(nil),             // 6: aggd.v1.Ack
 }
 var file_aggd_v1_peer_proto_depIdxs = []int32{
-	2, // 0: aggd.v1.ForwardRequest.batch:type_name -> aggd.v1.Batch
-	2, // 1: aggd.v1.ForwardRequest.seeds:type_name -> aggd.v1.Batch
-	3, // 2: aggd.v1.ForwardResponse.ack:type_name -> aggd.v1.Ack
-	0, // 3: aggd.v1.PeerService.Forward:input_type -> aggd.v1.ForwardRequest
-	1, // 4: aggd.v1.PeerService.Forward:output_type -> aggd.v1.ForwardResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 0: aggd.v1.MembersResponse.lists:type_name -> aggd.v1.MemberList
+	5, // 1: aggd.v1.ForwardRequest.batch:type_name -> aggd.v1.Batch
+	5, // 2: aggd.v1.ForwardRequest.seeds:type_name -> aggd.v1.Batch
+	6, // 3: aggd.v1.ForwardResponse.ack:type_name -> aggd.v1.Ack
+	3, // 4: aggd.v1.PeerService.Forward:input_type -> aggd.v1.ForwardRequest
+	0, // 5: aggd.v1.PeerService.Members:input_type -> aggd.v1.MembersRequest
+	4, // 6: aggd.v1.PeerService.Forward:output_type -> aggd.v1.ForwardResponse
+	1, // 7: aggd.v1.PeerService.Members:output_type -> aggd.v1.MembersResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_aggd_v1_peer_proto_init() }
@@ -295,7 +501,7 @@ func file_aggd_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aggd_v1_peer_proto_rawDesc), len(file_aggd_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	PeerService_Forward_FullMethodName = "/aggd.v1.PeerService/Forward"
+	PeerService_Members_FullMethodName = "/aggd.v1.PeerService/Members"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -37,6 +38,12 @@ type PeerServiceClient interface {
 	// it in its write-ahead log (when it has one) and ingests it as if its
 	// client had sent it at arrival_unix_nano, without forwarding it again.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
+	// Members answers with the schedule of member lists the replica routes
+	// by. A replica starting from a list that tells only the members of now
+	// (a resolved name) and no schedule of its own asks a peer, so that it
+	// routes the buckets that began before it by the lists that owned them,
+	// as its peers do, and takes its own first list from a boundary on.
+	Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error)
 }
 
 type peerServiceClient struct {
@@ -51,6 +58,16 @@ func (c *peerServiceClient) Forward(ctx context.Context, in *ForwardRequest, opt
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ForwardResponse)
 	err := c.cc.Invoke(ctx, PeerService_Forward_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerServiceClient) Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MembersResponse)
+	err := c.cc.Invoke(ctx, PeerService_Members_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -72,6 +89,12 @@ type PeerServiceServer interface {
 	// it in its write-ahead log (when it has one) and ingests it as if its
 	// client had sent it at arrival_unix_nano, without forwarding it again.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
+	// Members answers with the schedule of member lists the replica routes
+	// by. A replica starting from a list that tells only the members of now
+	// (a resolved name) and no schedule of its own asks a peer, so that it
+	// routes the buckets that began before it by the lists that owned them,
+	// as its peers do, and takes its own first list from a boundary on.
+	Members(context.Context, *MembersRequest) (*MembersResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -84,6 +107,9 @@ type UnimplementedPeerServiceServer struct{}
 
 func (UnimplementedPeerServiceServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
+}
+func (UnimplementedPeerServiceServer) Members(context.Context, *MembersRequest) (*MembersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Members not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -124,6 +150,24 @@ func _PeerService_Forward_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PeerService_Members_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MembersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).Members(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_Members_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).Members(ctx, req.(*MembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -134,6 +178,10 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Forward",
 			Handler:    _PeerService_Forward_Handler,
+		},
+		{
+			MethodName: "Members",
+			Handler:    _PeerService_Members_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
