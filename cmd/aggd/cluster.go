@@ -270,15 +270,20 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 // replica's address last succeeded (0: never). It returns nil when the
 // replica has a schedule, its source tells the lists' times, or no peer
 // answers (the first replicas of a cluster): the replica then takes its
-// first list as owning every bucket. A reach older than keep (how long
-// a bucket may take late samples) is reported as 0.
+// first list as owning every bucket. A saved schedule that cannot be
+// read counts as none. A reach older than keep (how long a bucket may
+// take late samples) is reported as 0.
 func joinMembership(ctx context.Context, c clusterFlags, entries []cluster.Entry, self string, creds credentials.TransportCredentials, store cluster.ScheduleFile, interval, keep int64, log *slog.Logger) (*cluster.Membership, int64) {
 	if len(entries) != 1 || entries[0].At != 0 {
 		return nil, 0
 	}
 	if store.Path != "" {
-		if _, err := store.Load(); !errors.Is(err, fs.ErrNotExist) {
-			return nil, 0 // restored (or refused, with its reason) by RestoreMembership
+		_, err := store.Load()
+		if err == nil {
+			return nil, 0 // restored by RestoreMembership
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("cluster member schedule ignored: taken from a peer instead", "err", err)
 		}
 	}
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)

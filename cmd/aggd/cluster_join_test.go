@@ -21,7 +21,8 @@ import (
 // sent to every replica round robin, the new one included, must reach the
 // intake as one aggd sends them: a replica that took its first list as
 // owning every bucket would send points of those buckets beside their
-// owner's, and the last write would replace the owner's total.
+// owner's, and the last write would replace the owner's total. Samples
+// of buckets past the boundary then reach it as one aggd sends them too.
 func TestClusterJoinerRoutesAsItsPeers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds aggd and runs five processes")
@@ -61,16 +62,31 @@ func TestClusterJoinerRoutesAsItsPeers(t *testing.T) {
 	}
 	c.start("d")
 	run(base+int64(10*time.Second), 80, names...)
+
+	// Past the boundary d owns its share: the first points of the RATE
+	// and MONOTONIC_COUNT contexts it takes over have their deltas from
+	// the last samples a, b and c handed it once it was up.
+	waitVersion(t, c.replica["d"], 2)
+	for _, n := range abc {
+		waitMetric(t, c.replica[n], "aggd_cluster_handovers_total", 1)
+	}
+	run(time.Now().Add(2*time.Second).Truncate(time.Second).UnixNano(), 40, names...)
 	c.stopAndCompare(names...)
 }
 
 // waitVersion waits until p has scheduled member list v.
 func waitVersion(t *testing.T, p *process, v float64) {
 	t.Helper()
+	waitMetric(t, p, "aggd_cluster_membership_version", v)
+}
+
+// waitMetric waits until p's series reaches at least v.
+func waitMetric(t *testing.T, p *process, series string, v float64) {
+	t.Helper()
 	deadline := time.Now().Add(time.Minute)
-	for metric(scrape(t, p.admin), "aggd_cluster_membership_version") < v {
+	for metric(scrape(t, p.admin), series) < v {
 		if time.Now().After(deadline) {
-			t.Fatalf("no member list %d\n%s", int(v), p.log)
+			t.Fatalf("%s did not reach %v\n%s", series, v, p.log)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -157,7 +173,10 @@ func TestClusterRestartWithoutLogRefusesItsPredecessorsBuckets(t *testing.T) {
 
 // resolvedCluster is replicas whose member list has no times, as a
 // resolved name's (--peers-dns), beside a single aggd: each sends to its
-// own last-write intake.
+// own last-write intake. Counters are not flushed as 0 once idle
+// (--counter-expiry 0): those points follow the flush ticks of live
+// buckets, which the processes, stopped one after the other, do not
+// share.
 type resolvedCluster struct {
 	t         *testing.T
 	bin       string
@@ -173,7 +192,7 @@ func newResolvedCluster(t *testing.T, names ...string) *resolvedCluster {
 	c := &resolvedCluster{t: t, bin: buildAggd(t), ddC: upstreamtest.NewDatadogIntake(t), ddS: upstreamtest.NewDatadogIntake(t),
 		peer: map[string]string{}, peersFile: filepath.Join(t.TempDir(), "peers"), replica: map[string]*process{}}
 	c.cfgC = intakeConfig(t, c.ddC)
-	c.single = startProcess(t, c.bin, append([]string{"--config", intakeConfig(t, c.ddS)}, comparedFlags()...)...)
+	c.single = startProcess(t, c.bin, append([]string{"--config", intakeConfig(t, c.ddS), "--counter-expiry", "0"}, comparedFlags()...)...)
 	for _, n := range names {
 		c.peer[n] = freeAddr(t)
 	}
@@ -190,7 +209,7 @@ func (c *resolvedCluster) members(ns ...string) {
 // start starts replica n, without a write-ahead log.
 func (c *resolvedCluster) start(n string) {
 	c.replica[n] = startProcess(c.t, c.bin, append([]string{"--config", c.cfgC, "--peer-listen", c.peer[n],
-		"--peers-file", c.peersFile, "--peers-refresh", "100ms", "--peer-token", "s3cret", "--peer-forward-timeout", "3m"},
+		"--peers-file", c.peersFile, "--peers-refresh", "100ms", "--peer-token", "s3cret", "--peer-forward-timeout", "3m", "--counter-expiry", "0"},
 		comparedFlags()...)...)
 }
 
