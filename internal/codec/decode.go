@@ -123,8 +123,16 @@ type MalformedError struct{ What string }
 
 func (e MalformedError) Error() string { return "malformed " + e.What }
 
-// DecodeStream decodes a StreamRequest.
+// DecodeStream decodes a StreamRequest. With d.Series set, the series
+// records which of buf's samples by reference the write-ahead log packs
+// (Series.RefSamples).
 func (d *Decoder) DecodeStream(buf []byte, b *window.Batch) (seq uint64, err error) {
+	at := -1 // the offset of a batch in buf, whose samples are noted; -1: none are
+	if d.Series != nil {
+		d.Series.beginFrame(buf)
+		at = 0
+	}
+	size := len(buf)
 	for len(buf) > 0 {
 		num, typ, n := protowire.ConsumeTag(buf)
 		if n < 0 {
@@ -138,7 +146,10 @@ func (d *Decoder) DecodeStream(buf []byte, b *window.Batch) (seq uint64, err err
 			var v []byte
 			v, n = protowire.ConsumeBytes(buf)
 			if n >= 0 {
-				if err := d.decodeBatch(v, b); err != nil {
+				if at >= 0 {
+					at = size - len(buf) + n - len(v) // v's offset in the frame
+				}
+				if err := d.decodeBatch(v, b, at); err != nil {
 					return 0, err
 				}
 			}
@@ -207,7 +218,7 @@ func (d *Decoder) DecodeSubmit(buf []byte, b *window.Batch) error {
 			var v []byte
 			v, n = protowire.ConsumeBytes(buf)
 			if n >= 0 {
-				if err := d.decodeBatch(v, b); err != nil {
+				if err := d.decodeBatch(v, b, -1); err != nil {
 					return err
 				}
 			}
@@ -224,12 +235,18 @@ func (d *Decoder) DecodeSubmit(buf []byte, b *window.Batch) error {
 
 // DecodeSeeds decodes seeds, the seeds of a ForwardRequest (an aggd.v1
 // Batch: see ForwardSeeds), as DecodeSubmit decodes a batch.
-func (d *Decoder) DecodeSeeds(seeds []byte, b *window.Batch) error { return d.decodeBatch(seeds, b) }
+func (d *Decoder) DecodeSeeds(seeds []byte, b *window.Batch) error {
+	return d.decodeBatch(seeds, b, -1)
+}
 
 // decodeBatch decodes a Batch, appending to b. A malformed item is rejected
-// by itself; only broken framing of the batch is an error.
-func (d *Decoder) decodeBatch(buf []byte, b *window.Batch) error {
+// by itself; only broken framing of the batch is an error. at is the
+// offset of buf in the StreamRequest being decoded, whose samples by
+// reference d.Series notes for the write-ahead log; -1 when none is.
+func (d *Decoder) decodeBatch(buf []byte, b *window.Batch, at int) error {
+	size := len(buf)
 	for len(buf) > 0 {
+		field := len(buf) // bytes left where the field begins
 		num, typ, n := consumeTag(buf)
 		if n < 0 {
 			return MalformedError{"Batch"}
@@ -250,7 +267,13 @@ func (d *Decoder) decodeBatch(buf []byte, b *window.Batch) error {
 		buf = buf[n:]
 		switch num {
 		case 1:
-			if !d.addByRef(v, b) {
+			// Only a field whose tag and length take a byte each is
+			// noted: the log packs no other.
+			off := -1
+			if at >= 0 && field-len(buf) == 2+len(v) {
+				off = at + size - field
+			}
+			if !d.addByRef(v, b, off) {
 				d.addSample(v, b)
 			}
 		case 2:
@@ -311,7 +334,11 @@ func (d *Decoder) addSample(buf []byte, b *window.Batch) {
 // decoder's dispatch, and resolves the reference as addSample would. For
 // anything else it takes nothing and reports false, and addSample decodes
 // the sample.
-func (d *Decoder) addByRef(buf []byte, b *window.Batch) bool {
+//
+// A sample of a value and a reference alone, as proto.Marshal writes it,
+// is read without the loop; off, its field's offset in the frame (-1:
+// not noted), notes it in d.Series for the write-ahead log.
+func (d *Decoder) addByRef(buf []byte, b *window.Batch, off int) bool {
 	if d.Series == nil {
 		return false
 	}
@@ -325,64 +352,71 @@ func (d *Decoder) addByRef(buf []byte, b *window.Batch) bool {
 		hasMember bool
 	)
 	valStart := len(d.values)
-	for len(buf) > 0 {
-		switch c := buf[0]; {
-		case c == 3<<3|1 && len(buf) >= 9: // value
-			value = math.Float64frombits(binary.LittleEndian.Uint64(buf[1:]))
-			buf = buf[9:]
-			continue
-		case c == 10<<3 && len(buf) >= 2: // series_ref
-			var n int
-			if ref, n = uvarint(buf[1:]); n < 0 {
-				break
-			}
-			buf = buf[1+n:]
-			continue
-		case c == 2<<3 && len(buf) >= 2 && buf[1] < 0x80: // type
-			typ = window.MetricType(buf[1])
-			buf = buf[2:]
-			continue
-		case c == 8<<3|1 && len(buf) >= 9: // sample_rate
-			rate = math.Float64frombits(binary.LittleEndian.Uint64(buf[1:]))
-			buf = buf[9:]
-			continue
-		case c == 9<<3 && len(buf) >= 2: // timestamp_unix_nano
-			var n int
-			if ts, n = uvarint(buf[1:]); n < 0 {
-				break
-			}
-			buf = buf[1+n:]
-			continue
-		case c == 5<<3|2: // set_member
-			v, n := protowire.ConsumeBytes(buf[1:])
-			if n < 0 || !utf8.Valid(v) {
-				break
-			}
-			member, hasMember = v, true
-			buf = buf[1+n:]
-			continue
-		case c == 4<<3|2: // values, packed
-			v, n := protowire.ConsumeBytes(buf[1:])
-			if n < 0 || len(v)%8 != 0 {
-				break
-			}
-			for ; len(v) > 0; v = v[8:] {
-				d.values = append(d.values, math.Float64frombits(binary.LittleEndian.Uint64(v)))
-			}
-			buf = buf[1+n:]
-			continue
-		case c == 4<<3|1 && len(buf) >= 9: // values, one
-			d.values = append(d.values, math.Float64frombits(binary.LittleEndian.Uint64(buf[1:])))
-			buf = buf[9:]
-			continue
+	if r, bits, ok := valueAndRef(buf); ok {
+		ref, value = uint64(r), math.Float64frombits(bits)
+		if off >= 0 {
+			d.Series.refs = append(d.Series.refs, RefSample{Bits: bits, Off: uint32(off), Ref: r, Len: uint8(2 + len(buf)), Value: len(buf) > 9})
 		}
-		d.values = d.values[:valStart] // not a plain sample by reference
-		return false
-	}
-	// A uint32 field keeps the low 32 bits, as decodeSample does.
-	if r := uint32(ref); r == 0 || r > MaxSeriesRef {
-		d.values = d.values[:valStart]
-		return false
+	} else {
+		for len(buf) > 0 {
+			switch c := buf[0]; {
+			case c == 3<<3|1 && len(buf) >= 9: // value
+				value = math.Float64frombits(binary.LittleEndian.Uint64(buf[1:]))
+				buf = buf[9:]
+				continue
+			case c == 10<<3 && len(buf) >= 2: // series_ref
+				var n int
+				if ref, n = uvarint(buf[1:]); n < 0 {
+					break
+				}
+				buf = buf[1+n:]
+				continue
+			case c == 2<<3 && len(buf) >= 2 && buf[1] < 0x80: // type
+				typ = window.MetricType(buf[1])
+				buf = buf[2:]
+				continue
+			case c == 8<<3|1 && len(buf) >= 9: // sample_rate
+				rate = math.Float64frombits(binary.LittleEndian.Uint64(buf[1:]))
+				buf = buf[9:]
+				continue
+			case c == 9<<3 && len(buf) >= 2: // timestamp_unix_nano
+				var n int
+				if ts, n = uvarint(buf[1:]); n < 0 {
+					break
+				}
+				buf = buf[1+n:]
+				continue
+			case c == 5<<3|2: // set_member
+				v, n := protowire.ConsumeBytes(buf[1:])
+				if n < 0 || !utf8.Valid(v) {
+					break
+				}
+				member, hasMember = v, true
+				buf = buf[1+n:]
+				continue
+			case c == 4<<3|2: // values, packed
+				v, n := protowire.ConsumeBytes(buf[1:])
+				if n < 0 || len(v)%8 != 0 {
+					break
+				}
+				for ; len(v) > 0; v = v[8:] {
+					d.values = append(d.values, math.Float64frombits(binary.LittleEndian.Uint64(v)))
+				}
+				buf = buf[1+n:]
+				continue
+			case c == 4<<3|1 && len(buf) >= 9: // values, one
+				d.values = append(d.values, math.Float64frombits(binary.LittleEndian.Uint64(buf[1:])))
+				buf = buf[9:]
+				continue
+			}
+			d.values = d.values[:valStart] // not a plain sample by reference
+			return false
+		}
+		// A uint32 field keeps the low 32 bits, as decodeSample does.
+		if r := uint32(ref); r == 0 || r > MaxSeriesRef {
+			d.values = d.values[:valStart]
+			return false
+		}
 	}
 	d.NSamples++
 	i := len(b.Samples)
@@ -407,6 +441,29 @@ func (d *Decoder) addByRef(buf []byte, b *window.Batch) bool {
 	b.Results = append(b.Results, r)
 	d.Detail = append(d.Detail, detail)
 	return true
+}
+
+// valueAndRef reads buf, a Sample, when it is a value (or none: 0) and
+// a series reference in range, in that order and in the shortest
+// encoding: what a client's samples by reference mostly are. It returns
+// the reference and the value's bits.
+func valueAndRef(buf []byte) (ref uint32, bits uint64, ok bool) {
+	if len(buf) >= 11 && buf[0] == 3<<3|1 {
+		bits = binary.LittleEndian.Uint64(buf[1:])
+		buf = buf[9:]
+	}
+	// A reference up to MaxSeriesRef takes one to three bytes, the last
+	// not 0 in the shortest encoding.
+	switch {
+	case len(buf) == 2 && buf[0] == 10<<3 && buf[1]-1 < 0x7f:
+		return uint32(buf[1]), bits, true
+	case len(buf) == 3 && buf[0] == 10<<3 && buf[1] >= 0x80 && buf[2]-1 < 0x7f:
+		return uint32(buf[1]&0x7f) | uint32(buf[2])<<7, bits, true
+	case len(buf) == 4 && buf[0] == 10<<3 && buf[1] >= 0x80 && buf[2] >= 0x80 && buf[3]-1 < 0x7f:
+		ref = uint32(buf[1]&0x7f) | uint32(buf[2]&0x7f)<<7 | uint32(buf[3])<<14
+		return ref, bits, ref <= MaxSeriesRef
+	}
+	return 0, 0, false
 }
 
 // uvarint is protowire.ConsumeVarint with varints of up to three bytes,

@@ -34,6 +34,25 @@ type Series struct {
 	// logged generation it set.
 	log    []byte
 	marked []uint32
+	// refs are the samples of the frame DecodeStream read last that the
+	// write-ahead log packs, and frame and frameLen identify that frame
+	// (0: none).
+	refs     []RefSample
+	frame    uintptr
+	frameLen int
+}
+
+// RefSample is a sample by reference of a StreamRequest that holds a
+// value (or none) and its reference in range, in that order, in the
+// encoding proto.Marshal writes: tags and lengths of one byte, the
+// reference in its shortest varint. The write-ahead log packs it from
+// what the decoder read, without parsing it again.
+type RefSample struct {
+	Bits  uint64 // the value's bits; 0 without a value
+	Off   uint32 // the offset of the sample's field (Batch.samples) in the frame
+	Ref   uint32
+	Len   uint8 // the field's length, its tag and length included
+	Value bool  // the sample has a value field
 }
 
 // refUse is one sample taken by reference: its index in the batch, and
@@ -80,6 +99,26 @@ func (t *Series) beginBatch() {
 		}
 	}
 	t.used, t.declared, t.log, t.marked = t.used[:0], t.declared[:0], t.log[:0], t.marked[:0]
+	t.refs, t.frame, t.frameLen = t.refs[:0], 0, 0
+}
+
+// beginFrame forgets the samples noted of another frame: those of frame,
+// which DecodeStream reads, follow.
+func (t *Series) beginFrame(frame []byte) {
+	t.refs, t.frame, t.frameLen = t.refs[:0], uintptr(unsafe.Pointer(unsafe.SliceData(frame))), len(frame)
+}
+
+// RefSamples returns the samples of frame that the write-ahead log packs
+// as RefSample describes, in the order of the frame, and true, when frame
+// is the buffer DecodeStream read last into t's decoder (whose bytes the
+// caller has left as they were); nil and false for any other frame,
+// whose samples the log must find by itself. The slice is valid until
+// the next batch is decoded.
+func (t *Series) RefSamples(frame []byte) ([]RefSample, bool) {
+	if t.frameLen == 0 || len(frame) != t.frameLen || uintptr(unsafe.Pointer(unsafe.SliceData(frame))) != t.frame {
+		return nil, false
+	}
+	return t.refs, true
 }
 
 // Len returns the number of pages in use times their size: a bound on the

@@ -1,10 +1,15 @@
 package codec
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
@@ -213,5 +218,77 @@ func TestRedeclaredRefInOneBatchKeepsContexts(t *testing.T) {
 	}
 	if want := map[string]uint64{"first": 2, "second": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("samples by series %v, want %v", got, want)
+	}
+}
+
+// TestRefSamples: DecodeStream notes, for the write-ahead log, the
+// samples by reference that hold a value (or none) and a reference in
+// range in the encoding proto.Marshal writes, where they are in the
+// frame, and no other sample; and only for the frame it read last.
+func TestRefSamples(t *testing.T) {
+	value := binary.LittleEndian.AppendUint64([]byte{0x19}, math.Float64bits(-2.5))
+	zero := binary.LittleEndian.AppendUint64([]byte{0x19}, 0)
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	tests := []struct {
+		name    string
+		batches [][][]byte // the samples of each batch, as they are encoded
+		want    []RefSample
+	}{
+		{"a value and a reference", [][][]byte{{cat(value, []byte{0x50, 5})}},
+			[]RefSample{{Bits: math.Float64bits(-2.5), Ref: 5, Len: 13, Value: true}}},
+		{"a reference alone", [][][]byte{{{0x50, 5}}}, []RefSample{{Ref: 5, Len: 4}}},
+		{"a value of 0 written", [][][]byte{{cat(zero, []byte{0x50, 5})}}, []RefSample{{Ref: 5, Len: 13, Value: true}}},
+		{"references of two and three bytes", [][][]byte{{{0x50, 0x80, 0x01}, cat(value, []byte{0x50, 0x80, 0x80, 0x40})}},
+			[]RefSample{{Ref: 128, Len: 5}, {Off: 5, Bits: math.Float64bits(-2.5), Ref: MaxSeriesRef, Len: 15, Value: true}}},
+		{"samples in two batches", [][][]byte{{{0x50, 5}}, {{0x50, 6}, {0x50, 7}}},
+			[]RefSample{{Ref: 5, Len: 4}, {Off: 6, Ref: 6, Len: 4}, {Off: 10, Ref: 7, Len: 4}}},
+		{"a reference past MaxSeriesRef", [][][]byte{{{0x50, 0x81, 0x80, 0x40}}}, nil},
+		{"a reference of 0", [][][]byte{{{0x50, 0}}}, nil},
+		{"a reference not in its shortest form", [][][]byte{{{0x50, 0x85, 0x00}}}, nil},
+		{"the reference before the value", [][][]byte{{cat([]byte{0x50, 5}, value)}}, nil},
+		{"a timestamp", [][][]byte{{{0x50, 5, 0x48, 1}}}, nil},
+		{"a declaration", [][][]byte{{{0x0a, 1, 'a', 0x10, 1, 0x50, 5}}}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			frame := []byte{0x08, 0x01} // sequence 1
+			for _, samples := range tc.batches {
+				var batch []byte
+				for _, s := range samples {
+					batch = protowire.AppendBytes(append(batch, 0x0a), s)
+				}
+				frame = protowire.AppendBytes(append(frame, 0x12), batch)
+			}
+			d := NewDecoder(DefaultLimits())
+			d.Series = new(Series)
+			var b window.Batch
+			d.Reset(&b)
+			b.Tenant = window.NewTenant("t")
+			if _, err := d.DecodeStream(frame, &b); err != nil {
+				t.Fatal(err)
+			}
+			got, ok := d.Series.RefSamples(frame)
+			if !ok {
+				t.Fatal("no samples noted for the frame read")
+			}
+			// The first batch's first sample is at 4, after the sequence
+			// and the batch's tag and length.
+			for i := range tc.want {
+				tc.want[i].Off += 4
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+			if _, ok := d.Series.RefSamples(bytes.Clone(frame)); ok {
+				t.Fatal("samples noted for a copy of the frame")
+			}
+			d.Reset(&b)
+			if err := d.DecodeSubmit(frame[2:], &b); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := d.Series.RefSamples(frame); ok {
+				t.Fatal("samples noted for the frame after the next batch")
+			}
+		})
 	}
 }
