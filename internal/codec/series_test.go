@@ -244,7 +244,7 @@ func TestRefSamples(t *testing.T) {
 			[]RefSample{{Ref: 5, Len: 4}, {Off: 6, Ref: 6, Len: 4}, {Off: 10, Ref: 7, Len: 4}}},
 		{"a reference past MaxSeriesRef", [][][]byte{{{0x50, 0x81, 0x80, 0x40}}}, nil},
 		{"a reference of 0", [][][]byte{{{0x50, 0}}}, nil},
-		{"a reference not in its shortest form", [][][]byte{{{0x50, 0x85, 0x00}}}, nil},
+		{"a reference not in its shortest form", [][][]byte{{{0x50, 0x85, 0x00}, {0x50, 0x85, 0x80, 0x00}}}, nil},
 		{"the reference before the value", [][][]byte{{cat([]byte{0x50, 5}, value)}}, nil},
 		{"a timestamp", [][][]byte{{{0x50, 5, 0x48, 1}}}, nil},
 		{"a declaration", [][][]byte{{{0x0a, 1, 'a', 0x10, 1, 0x50, 5}}}, nil},

@@ -8,6 +8,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
+	"github.com/aggd/aggd/internal/codec"
+	"github.com/aggd/aggd/internal/window"
 )
 
 // TestDenseRecords: a record that is mostly packed samples is dense (the
@@ -44,9 +46,19 @@ func TestDenseRecords(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec, dense := appendRecord(nil, Record{Kind: Stream, Tenant: "acme", Frame: frame})
+		rec, dense := appendRecord(nil, Record{Kind: Stream, Tenant: "acme", Frame: frame}, nil)
 		if dense != tc.dense {
 			t.Errorf("%s: dense %v, want %v", tc.name, dense, tc.dense)
+		}
+		// The same from the samples the decoder noted.
+		d := codec.NewDecoder(codec.DefaultLimits())
+		d.Series = new(codec.Series)
+		b := window.Batch{Tenant: window.NewTenant("acme")}
+		if _, err := d.DecodeStream(frame, &b); err != nil {
+			t.Fatal(err)
+		}
+		if _, dense := appendRecord(nil, Record{Kind: Stream, Tenant: "acme", Frame: frame}, d.Series); dense != tc.dense {
+			t.Errorf("%s, decoded: dense %v, want %v", tc.name, dense, tc.dense)
 		}
 		// What is dense, s2 would not shrink to the 45 % that makes the
 		// log compress a record.

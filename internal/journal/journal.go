@@ -250,7 +250,7 @@ func (j *Journal) appendBatch(e *Entry) (uint64, error) {
 		e.Record.Defs = e.Series.LogDefinitions(j.cfg.Log.Generation(), smp)
 	}
 	var dense bool
-	e.buf, dense = appendRecord(e.buf[:0], e.Record)
+	e.buf, dense = appendRecord(e.buf[:0], e.Record, e.Series)
 	// An untimed sample stamped before the last drain went to a bucket
 	// open after it: its due tick is no earlier than that bucket's.
 	due := j.Due(max(now, drained), smp, results, e.Spans, e.SpanResults, false, false)

@@ -6,6 +6,8 @@ import (
 	"math"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/aggd/aggd/internal/codec"
 )
 
 // A stream's record may hold its frame packed: the samples by series
@@ -195,14 +197,8 @@ func packable(p []byte) (ref, value, kind uint64, n int) {
 		if len(s) < 9 {
 			return 0, 0, 0, 0
 		}
-		value = binary.LittleEndian.Uint64(s[1:9])
+		value, kind = packedValue(binary.LittleEndian.Uint64(s[1:9]))
 		s = s[9:]
-		kind = valueBits
-		// An integer of less than 53 bits is a double exactly; the
-		// conversion back tells -0, NaN and fractions apart.
-		if i := int64(math.Float64frombits(value)); i > -maxIntegral && i < maxIntegral && math.Float64bits(float64(i)) == value {
-			value, kind = protowire.EncodeZigZag(i), valueIntegral
-		}
 	}
 	// The reference, a varint of 1 to 5 bytes in its shortest form (its
 	// last byte not 0), the sample's last field.
@@ -219,6 +215,79 @@ func packable(p []byte) (ref, value, kind uint64, n int) {
 		return 0, 0, 0, 0
 	}
 	return ref, value, kind, 2 + l
+}
+
+// packedValue returns how a value field of the given bits is packed:
+// the zigzag encoding of the integer it is and valueIntegral, or the
+// bits and valueBits.
+func packedValue(bits uint64) (value, kind uint64) {
+	// An integer of less than 53 bits is a double exactly; the conversion
+	// back tells -0, NaN and fractions apart.
+	if i := int64(math.Float64frombits(bits)); i > -maxIntegral && i < maxIntegral && math.Float64bits(float64(i)) == bits {
+		return protowire.EncodeZigZag(i), valueIntegral
+	}
+	return bits, valueBits
+}
+
+// appendPackedRefs is appendPacked for a frame whose samples that pack
+// its decoder noted as it read them (codec.Series.RefSamples): it writes
+// the runs from them without parsing the frame again. It writes what
+// appendPacked writes, except that a sample whose reference is past
+// codec.MaxSeriesRef, which the decoder refuses, is kept as it came.
+// Samples noted out of the frame's order or past its end make it pack
+// as appendPacked does.
+func appendPackedRefs(b, frame []byte, refs []codec.RefSample) (_ []byte, ok, dense bool) {
+	if len(refs) == 0 {
+		return b, false, false
+	}
+	start := len(b)
+	raw, kept := 0, 0 // where the bytes kept as they are begin; bytes kept
+	for i := 0; i < len(refs); {
+		// A run: the kept bytes, and the samples that follow one another
+		// in the frame.
+		at := int(refs[i].Off)
+		if at < raw {
+			return appendPacked(b[:start], frame)
+		}
+		end, j := at+int(refs[i].Len), i+1
+		for j < len(refs) && int(refs[j].Off) == end {
+			end += int(refs[j].Len)
+			j++
+		}
+		if end > len(frame) {
+			return appendPacked(b[:start], frame)
+		}
+		b = appendUvarint(b, uint64(at-raw))
+		b = append(b, frame[raw:at]...)
+		kept += at - raw
+		b = appendUvarint(b, uint64(j-i))
+		var prev uint32
+		for _, r := range refs[i:j] {
+			head := protowire.EncodeZigZag(int64(r.Ref)-int64(prev)) << 2
+			prev = r.Ref
+			if !r.Value {
+				b = appendUvarint(b, head|valueAbsent)
+				continue
+			}
+			value, kind := packedValue(r.Bits)
+			b = appendUvarint(b, head|kind)
+			if kind == valueIntegral {
+				b = appendUvarint(b, value)
+			} else {
+				b = binary.LittleEndian.AppendUint64(b, value)
+			}
+		}
+		raw, i = end, j
+	}
+	// The last run: what is left, and no samples.
+	b = appendUvarint(b, uint64(len(frame)-raw))
+	b = append(b, frame[raw:]...)
+	b = append(b, 0)
+	kept += len(frame) - raw
+	if len(b)-start >= len(frame) {
+		return b[:start], false, false
+	}
+	return b, true, kept*4 < (len(b)-start)*3
 }
 
 var errPacked = errors.New("journal: write-ahead log record's packed frame is malformed")

@@ -67,14 +67,16 @@ type Item struct {
 // AppendRecord appends the encoding of r to b. A Stream record's frame is
 // packed where that saves bytes.
 func AppendRecord(b []byte, r Record) []byte {
-	b, _ = appendRecord(b, r)
+	b, _ = appendRecord(b, r, nil)
 	return b
 }
 
 // appendRecord is AppendRecord, and reports whether the record is dense:
 // its frame packed, and little of it kept as it came, so that compressing
-// the record would not pay.
-func appendRecord(b []byte, r Record) (_ []byte, dense bool) {
+// the record would not pay. series, if set, are the series references of
+// the decoder that read the frame: the samples it noted pack without
+// parsing the frame again.
+func appendRecord(b []byte, r Record, series *codec.Series) (_ []byte, dense bool) {
 	kind := len(b) + 1
 	b = append(b, version, byte(r.Kind))
 	b = protowire.AppendString(b, r.Tenant)
@@ -90,7 +92,7 @@ func appendRecord(b []byte, r Record) (_ []byte, dense bool) {
 	if r.Kind == Stream {
 		if r.Packed {
 			b[kind] = byte(packedStream)
-		} else if p, ok, dense := appendPacked(b, r.Frame); ok {
+		} else if p, ok, dense := appendPackedFrame(b, r.Frame, series); ok {
 			p[kind] = byte(packedStream)
 			return p, dense
 		} else {
@@ -98,6 +100,17 @@ func appendRecord(b []byte, r Record) (_ []byte, dense bool) {
 		}
 	}
 	return append(b, r.Frame...), false
+}
+
+// appendPackedFrame is appendPacked, from the samples series noted when
+// they are frame's.
+func appendPackedFrame(b, frame []byte, series *codec.Series) (_ []byte, ok, dense bool) {
+	if series != nil {
+		if refs, noted := series.RefSamples(frame); noted {
+			return appendPackedRefs(b, frame, refs)
+		}
+	}
+	return appendPacked(b, frame)
 }
 
 // UnpackFrame appends the frame of r, a Stream record whose Frame is
