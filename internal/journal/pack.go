@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -261,22 +262,7 @@ func appendPackedRefs(b, frame []byte, refs []codec.RefSample) (_ []byte, ok, de
 		b = append(b, frame[raw:at]...)
 		kept += at - raw
 		b = appendUvarint(b, uint64(j-i))
-		var prev uint32
-		for _, r := range refs[i:j] {
-			head := protowire.EncodeZigZag(int64(r.Ref)-int64(prev)) << 2
-			prev = r.Ref
-			if !r.Value {
-				b = appendUvarint(b, head|valueAbsent)
-				continue
-			}
-			value, kind := packedValue(r.Bits)
-			b = appendUvarint(b, head|kind)
-			if kind == valueIntegral {
-				b = appendUvarint(b, value)
-			} else {
-				b = binary.LittleEndian.AppendUint64(b, value)
-			}
-		}
+		b = appendRun(b, refs[i:j])
 		raw, i = end, j
 	}
 	// The last run: what is left, and no samples.
@@ -288,6 +274,43 @@ func appendPackedRefs(b, frame []byte, refs []codec.RefSample) (_ []byte, ok, de
 		return b[:start], false, false
 	}
 	return b, true, kept*4 < (len(b)-start)*3
+}
+
+// appendRun appends the packed samples of a run.
+func appendRun(b []byte, run []codec.RefSample) []byte {
+	// A sample packs in at most 13 bytes: a head of up to 5, a value of
+	// up to 8.
+	b = slices.Grow(b, 13*len(run))
+	n, p := len(b), b[:cap(b)]
+	var prev uint32
+	for _, r := range run {
+		head := protowire.EncodeZigZag(int64(r.Ref)-int64(prev)) << 2
+		prev = r.Ref
+		if !r.Value {
+			n = putUvarint(p, n, head|valueAbsent)
+			continue
+		}
+		value, kind := packedValue(r.Bits)
+		n = putUvarint(p, n, head|kind)
+		if kind == valueIntegral {
+			n = putUvarint(p, n, value)
+		} else {
+			binary.LittleEndian.PutUint64(p[n:], value)
+			n += 8
+		}
+	}
+	return b[:n]
+}
+
+// putUvarint writes v as a varint at p[n:], and returns where it ends.
+func putUvarint(p []byte, n int, v uint64) int {
+	for v >= 0x80 {
+		p[n] = byte(v) | 0x80
+		v >>= 7
+		n++
+	}
+	p[n] = byte(v)
+	return n + 1
 }
 
 var errPacked = errors.New("journal: write-ahead log record's packed frame is malformed")
