@@ -36,6 +36,11 @@ import (
 // (the fields in field-number order, lengths and varints in their shortest
 // form): any other is kept as it is, as is everything that is not a
 // sample of the frame's batch.
+//
+// The stream's decoder notes those samples as it reads them
+// (codec.Series.RefSamples): a record is packed from the notes when they
+// are its frame's (appendPackedRefs), and otherwise from the frame,
+// parsed again (appendPacked).
 const (
 	valueAbsent   = 0
 	valueIntegral = 1
