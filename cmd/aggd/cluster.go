@@ -261,28 +261,29 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	return n, nil
 }
 
-// joinMembership returns the schedule a replica starting with no schedule
-// of its own takes from a peer, when its members come as a list of now
-// (entries, a resolved name's or a list without times): the peer's
-// lists own the buckets that began before, and the watcher's first read
-// schedules this replica's own list at a boundary, as the peers schedule
-// it when they see it. It also returns when a call of that peer to this
+// joinMembership returns the schedule a starting replica takes from a
+// peer when its members come as a list of now (entries, a resolved
+// name's or a list without times): the peer's lists own the buckets that
+// began before, and the watcher's first read schedules this replica's own
+// list at a boundary, as the peers schedule it when they see it. A
+// replica restarted with a saved schedule (store) takes the peer's too:
+// its own stops where it stopped, and the changes its peers scheduled
+// while it was down (its own departure and return among them) are
+// theirs; the addresses it had in its saved lists stay its own
+// (AdoptMembership). It also returns when a call of that peer to this
 // replica's address last succeeded (0: never). It returns nil when the
-// replica has a schedule, its source tells the lists' times, or no peer
-// answers (the first replicas of a cluster): the replica then takes its
-// first list as owning every bucket. A saved schedule that cannot be
-// read counts as none. A reach older than keep (how long a bucket may
-// take late samples) is reported as 0.
+// source tells the lists' times or no peer answers (the first replicas of
+// a cluster): the replica then routes by its saved schedule, or takes its
+// first list as owning every bucket. A reach older than keep (how long a
+// bucket may take late samples) is reported as 0.
 func joinMembership(ctx context.Context, c clusterFlags, entries []cluster.Entry, self string, creds credentials.TransportCredentials, store cluster.ScheduleFile, interval, keep int64, log *slog.Logger) (*cluster.Membership, int64) {
 	if len(entries) != 1 || entries[0].At != 0 {
 		return nil, 0
 	}
+	var former []string // this replica's former addresses, by its saved schedule
 	if store.Path != "" {
-		_, err := store.Load()
-		if err == nil {
-			return nil, 0 // restored by RestoreMembership
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
+		var err error
+		if former, err = store.Former(); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			log.Warn("cluster member schedule ignored: taken from a peer instead", "err", err)
 		}
 	}
@@ -290,12 +291,12 @@ func joinMembership(ctx context.Context, c clusterFlags, entries []cluster.Entry
 	defer cancel()
 	resp, from, err := cluster.AskMembers(actx, entries[0].Members, self, c.Token, creds, 2*time.Second)
 	if err != nil {
-		log.Info("cluster member schedule not taken from a peer: the first list owns every bucket", "reason", err)
+		log.Info("cluster member schedule not taken from a peer: the saved schedule, if any, or the first list owns every bucket", "reason", err)
 		return nil, 0
 	}
-	m, err := cluster.AdoptMembership(resp, interval, keep)
+	m, err := cluster.AdoptMembership(resp, interval, keep, self, former)
 	if err != nil {
-		log.Warn("cluster member schedule of a peer refused: the first list owns every bucket", "peer", from, "err", err)
+		log.Warn("cluster member schedule of a peer refused: the saved schedule, if any, or the first list owns every bucket", "peer", from, "err", err)
 		return nil, 0
 	}
 	log.Info("cluster member schedule taken from a peer", "peer", from, "versions", len(m.Versions()))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -108,8 +109,11 @@ func askMembers(ctx context.Context, peer, self, token string, creds credentials
 // AdoptMembership returns the schedule of resp, a peer's, for a replica
 // routing by it from now on. The lists must be numbered and timed in
 // order, the first owning every bucket before the second, and name
-// members as host:port.
-func AdoptMembership(resp *aggdv1.MembersResponse, interval, keep int64) (*Membership, error) {
+// members as host:port. A list naming one of former, addresses this
+// replica had before a restart (ScheduleFile.Former), has that address
+// owned by self, which holds what it took there (its write-ahead log), in
+// place of the peer's own alias.
+func AdoptMembership(resp *aggdv1.MembersResponse, interval, keep int64, self string, former []string) (*Membership, error) {
 	lists := resp.GetLists()
 	if len(lists) == 0 {
 		return nil, errors.New("a schedule without member lists")
@@ -132,6 +136,12 @@ func AdoptMembership(resp *aggdv1.MembersResponse, interval, keep int64) (*Membe
 			}
 		}
 		vs[i] = Version{N: l.GetNumber(), Since: l.GetSinceUnixNano(), Ring: NewRing(l.GetMembers()), was: l.GetAlias(), self: l.GetAliasOwner()}
+		for _, f := range former {
+			if f != self && slices.Contains(l.GetMembers(), f) {
+				vs[i].was, vs[i].self = f, self
+				break
+			}
+		}
 	}
 	m := &Membership{interval: interval, keep: keep}
 	m.versions.Store(&vs)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -81,7 +82,7 @@ func TestJoinerTakesItsPeersSchedule(t *testing.T) {
 			if from != peerAddr || resp.GetAskerReachedUnixNano() != tc.reached {
 				t.Fatalf("answer from %s reached %d, want %s and %d", from, resp.GetAskerReachedUnixNano(), peerAddr, tc.reached)
 			}
-			got, err := AdoptMembership(resp, sec, 3600*sec)
+			got, err := AdoptMembership(resp, sec, 3600*sec, "", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +113,7 @@ func TestAdoptedAliasIsThePeers(t *testing.T) {
 	if l := resp.GetLists()[0]; l.GetAlias() != "10.0.0.2:1" || l.GetAliasOwner() != "10.0.0.9:1" {
 		t.Fatalf("first list's alias %q owned by %q", l.GetAlias(), l.GetAliasOwner())
 	}
-	got, err := AdoptMembership(resp, sec, 3600*sec)
+	got, err := AdoptMembership(resp, sec, 3600*sec, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestAdoptMembershipRefusesABrokenSchedule(t *testing.T) {
 		{"alias without owner", []*aggdv1.MemberList{{Number: 1, SinceUnixNano: minTime, Members: []string{"a:1"}, Alias: "a:1"}}, "alias without its owner"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := AdoptMembership(&aggdv1.MembersResponse{Lists: tc.lists}, int64(time.Second), 0)
+			_, err := AdoptMembership(&aggdv1.MembersResponse{Lists: tc.lists}, int64(time.Second), 0, "", nil)
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Fatalf("AdoptMembership: %v, want an error with %q", err, tc.err)
 			}
@@ -187,7 +188,7 @@ func FuzzAdoptMembership(f *testing.F) {
 		if proto.Unmarshal(b, &resp) != nil {
 			return
 		}
-		got, err := AdoptMembership(&resp, 1e9, 0)
+		got, err := AdoptMembership(&resp, 1e9, 0, "10.0.0.3:1", []string{"10.0.0.2:1"})
 		if err != nil {
 			return
 		}
@@ -291,4 +292,47 @@ func TestReachedPeersAreForgottenAfterADay(t *testing.T) {
 			t.Errorf("%s reached at %d, want %d", addr, got, want)
 		}
 	}
+}
+
+// A replica restarted under a new address with its saved schedule takes
+// its peers' schedule, which names its former address for the buckets
+// before it left and its new one after it came back: the former address's
+// buckets stay its own (it holds what it took there), and saving the
+// adopted schedule keeps that.
+func TestRestartedReplicaKeepsItsFormerAddress(t *testing.T) {
+	const sec = int64(time.Second)
+	const peer, was, is = "10.0.0.1:1", "10.0.0.4:1", "10.0.0.5:1"
+	path := filepath.Join(t.TempDir(), "members")
+	if err := (ScheduleFile{Path: path, Self: was}).Save(NewMembership([]string{peer, was}, sec, 0).Versions()); err != nil {
+		t.Fatal(err)
+	}
+	file := ScheduleFile{Path: path, Self: is}
+	former, err := file.Former()
+	if err != nil || !slices.Equal(former, []string{was}) {
+		t.Fatalf("former addresses %v, %v; want [%s]", former, err, was)
+	}
+	// The peer saw the replica leave (from 100 s) and come back (200 s).
+	theirs := NewMembership([]string{peer, was}, sec, 3600*sec)
+	theirs.Schedule([]string{peer}, 100*sec, 0)
+	theirs.Schedule([]string{peer, is}, 200*sec, 0)
+	fwd := NewForwarder(Config{Self: peer, Token: token, Timing: window.DefaultConfig().Timing(), Interval: time.Second}, theirs, slog.New(slog.DiscardHandler))
+	defer fwd.Shutdown(context.Background())
+	got, err := AdoptMembership(fwd.Members(is), sec, 3600*sec, is, former)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hashOwnedBy(t, NewRing([]string{peer, was}), was)
+	for _, tc := range []struct {
+		bucket int64
+		want   string
+	}{{0, is}, {99 * sec, is}, {100 * sec, peer}, {200 * sec, NewRing([]string{peer, is}).Owner(h)}} {
+		if o, _ := got.Owner(h, tc.bucket); o != tc.want {
+			t.Errorf("bucket %d: owner %s, want %s", tc.bucket, o, tc.want)
+		}
+	}
+	if err := file.Save(got.Versions()); err != nil {
+		t.Fatal(err)
+	}
+	again := RestoreMembership(file, nil, sec, 3600*sec, 300*sec, slog.New(slog.DiscardHandler))
+	sameOwners(t, got, again, 0, 99*sec, 100*sec, 200*sec)
 }

@@ -117,6 +117,22 @@ func (f ScheduleFile) Load() ([]Version, error) {
 	return vs, nil
 }
 
+// Former returns the addresses other than Self that this replica had in
+// the saved schedule's lists (a pod's former IPs), or the error of Load.
+func (f ScheduleFile) Former() ([]string, error) {
+	vs, err := f.Load()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, v := range vs {
+		if v.was != "" && v.was != f.Self && !slices.Contains(out, v.was) {
+			out = append(out, v.was)
+		}
+	}
+	return out, nil
+}
+
 func parseSchedule(b []byte) ([]Version, error) {
 	body := bytes.TrimSuffix(b, []byte("\n"))
 	i := bytes.LastIndexByte(body, '\n')
