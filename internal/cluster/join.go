@@ -20,9 +20,9 @@ import (
 )
 
 // A replica whose member list comes from a resolved name learns only the
-// members of now. Started without a schedule of its own (a new pod, or one
-// without --wal-dir), it asks a peer for the peer's schedule and routes by
-// it (AskMembers, AdoptMembership): the buckets that began before it
+// members of now. Starting, it asks a peer for the peer's schedule and
+// routes by it (AskMembers, AdoptMembership), its saved schedule giving
+// only the addresses it had before: the buckets that began before it
 // joined stay with the lists that owned them, and its own first list takes
 // effect at a boundary, as its peers schedule it when they resolve the
 // name. Without that, a new replica would own its share of every bucket
