@@ -308,6 +308,9 @@ func appendRun(b []byte, run []codec.RefSample) []byte {
 }
 
 // putUvarint writes v as a varint at p[n:], and returns where it ends.
+// binary.PutUvarint on p[n:], the same loop on a slice made for each
+// varint, was slower: BenchmarkDecodePack/refs/pack took 2.90–2.99 µs a
+// batch of 500 with it against 2.45–2.51 (three alternating runs).
 func putUvarint(p []byte, n int, v uint64) int {
 	for v >= 0x80 {
 		p[n] = byte(v) | 0x80
