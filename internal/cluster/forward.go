@@ -258,15 +258,14 @@ func (f *Forwarder) Forward(ctx context.Context, o *service.Outgoing) {
 		var owner string
 		var v uint64
 		owner, v, c.heirs = f.route(tenant, s, o.Now, c.heirs[:0])
-		if owner == f.cfg.Self || owner == "" {
-			if f.refusePredecessor(o, i) {
-				continue
-			}
+		local := owner == f.cfg.Self || owner == ""
+		if local && f.refusePredecessor(o, i) {
+			continue
 		}
 		if len(c.heirs) > 0 {
 			f.seed(c, o, i)
 		}
-		if owner == f.cfg.Self || owner == "" {
+		if local {
 			f.local[0].Add(1)
 			f.routeRules(c, o, i)
 			continue

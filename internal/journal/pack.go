@@ -93,12 +93,19 @@ func appendPacked(b, frame []byte) (_ []byte, ok, dense bool) {
 		b, raw, packed = packSamples(b, frame, raw, batch, end, packed, &kept)
 		p = end
 	}
-	// The last run: what is left, and no samples.
-	b = protowire.AppendVarint(b, uint64(len(frame)-raw))
+	return endPacked(b, frame, start, raw, kept, packed > 0)
+}
+
+// endPacked writes the last run of the packed frame begun at b[start:]
+// (the bytes of frame from raw on, and no samples), and returns it as
+// appendPacked does: packed says some sample was, kept counts the bytes
+// kept as they came until raw.
+func endPacked(b, frame []byte, start, raw, kept int, packed bool) (_ []byte, ok, dense bool) {
+	b = appendUvarint(b, uint64(len(frame)-raw))
 	b = append(b, frame[raw:]...)
-	b = protowire.AppendVarint(b, 0)
+	b = append(b, 0)
 	kept += len(frame) - raw
-	if packed == 0 || len(b)-start >= len(frame) {
+	if !packed || len(b)-start >= len(frame) {
 		return b[:start], false, false
 	}
 	return b, true, kept*4 < (len(b)-start)*3
@@ -270,15 +277,7 @@ func appendPackedRefs(b, frame []byte, refs []codec.RefSample) (_ []byte, ok, de
 		b = appendRun(b, refs[i:j])
 		raw, i = end, j
 	}
-	// The last run: what is left, and no samples.
-	b = appendUvarint(b, uint64(len(frame)-raw))
-	b = append(b, frame[raw:]...)
-	b = append(b, 0)
-	kept += len(frame) - raw
-	if len(b)-start >= len(frame) {
-		return b[:start], false, false
-	}
-	return b, true, kept*4 < (len(b)-start)*3
+	return endPacked(b, frame, start, raw, kept, true)
 }
 
 // appendRun appends the packed samples of a run.

@@ -163,3 +163,46 @@ func TestDueOutlastsKeptWindows(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoredSaysWhatTheLogHeld: a log that is new restores nothing; one
+// holding an earlier run's record does.
+func TestRestoredSaysWhatTheLogHeld(t *testing.T) {
+	dir := t.TempDir()
+	open := func() (*wal.Log, *journal.Journal) {
+		t.Helper()
+		l, err := wal.Open(dir, wal.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tenants, err := service.NewTenants(service.TenantsConfig{MaxTenants: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := journal.New(journal.Config{Log: l, Due: func(ts, now int64) int64 { return max(ts, now) + 10 }, SpanHold: time.Minute,
+			Tenants: tenants, Limits: codec.DefaultLimits(), Ingest: ingestNothing{}, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := j.Replay(); err != nil {
+			t.Fatal(err)
+		}
+		return l, j
+	}
+	l, j := open()
+	if j.Restored() {
+		t.Fatal("a new log restored something")
+	}
+	data, _ := proto.Marshal(replaySeeds()[0])
+	now := time.Now().UnixNano()
+	if _, err := l.Append(journal.AppendRecord(nil, journal.Record{Kind: journal.Stream, Tenant: "acme", Now: now, Frame: data}), now+int64(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, j = open()
+	defer l.Close()
+	if !j.Restored() {
+		t.Fatal("a log holding a record restored nothing")
+	}
+}
