@@ -352,6 +352,7 @@ func (d *Decoder) addByRef(buf []byte, b *window.Batch, off int) bool {
 		hasMember bool
 	)
 	valStart := len(d.values)
+	whole := buf
 	if r, bits, ok := valueAndRef(buf); ok {
 		ref, value = uint64(r), math.Float64frombits(bits)
 		if off >= 0 {
@@ -417,6 +418,14 @@ func (d *Decoder) addByRef(buf []byte, b *window.Batch, off int) bool {
 			d.values = d.values[:valStart]
 			return false
 		}
+		if hasMember && off >= 0 {
+			if n, ok := memberAndRef(whole); ok {
+				d.Series.refs = append(d.Series.refs, RefSample{
+					Bits: math.Float64bits(value), Off: uint32(off), Ref: uint32(ref),
+					Len: uint8(2 + len(whole)), Value: len(whole) > 9 && whole[0] == 3<<3|1, Member: uint8(n),
+				})
+			}
+		}
 	}
 	d.NSamples++
 	i := len(b.Samples)
@@ -464,6 +473,30 @@ func valueAndRef(buf []byte) (ref uint32, bits uint64, ok bool) {
 		return ref, bits, ref <= MaxSeriesRef
 	}
 	return 0, 0, false
+}
+
+// memberAndRef reports whether buf, a Sample addByRef read, is a value
+// (or none), a set member and a series reference, in that order, in the
+// encoding proto.Marshal writes, and of under 128 bytes, so that its
+// field's tag and length take a byte each: what a client's samples of
+// sets by reference are. It returns the length of the member's field,
+// its tag and length included.
+func memberAndRef(buf []byte) (int, bool) {
+	if len(buf) >= 0x80 {
+		return 0, false
+	}
+	if len(buf) > 0 && buf[0] == 3<<3|1 {
+		buf = buf[min(9, len(buf)):]
+	}
+	if len(buf) < 2 || buf[0] != 5<<3|2 || int(buf[1]) > len(buf)-2 {
+		return 0, false
+	}
+	n := 2 + int(buf[1])
+	if n == len(buf) || buf[n] != 10<<3 {
+		return 0, false // the rest must be the reference alone
+	}
+	_, _, ok := valueAndRef(buf[n:])
+	return n, ok
 }
 
 // uvarint is protowire.ConsumeVarint with varints of up to three bytes,

@@ -43,16 +43,19 @@ type Series struct {
 }
 
 // RefSample is a sample by reference of a StreamRequest that holds a
-// value (or none) and its reference in range, in that order, in the
-// encoding proto.Marshal writes: tags and lengths of one byte, the
-// reference in its shortest varint. The write-ahead log packs it from
-// what the decoder read, without parsing it again.
+// value (or none), a set member (or none) and its reference in range, in
+// that order, in the encoding proto.Marshal writes: tags and lengths of
+// one byte, the reference in its shortest varint. The write-ahead log
+// packs it from what the decoder read, without parsing it again.
 type RefSample struct {
 	Bits  uint64 // the value's bits; 0 without a value
 	Off   uint32 // the offset of the sample's field (Batch.samples) in the frame
 	Ref   uint32
 	Len   uint8 // the field's length, its tag and length included
 	Value bool  // the sample has a value field
+	// Member is the length of the set_member field, its tag and length
+	// included, which follows the value field; 0 without one.
+	Member uint8
 }
 
 // refUse is one sample taken by reference: its index in the batch, and

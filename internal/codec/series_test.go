@@ -248,6 +248,14 @@ func TestRefSamples(t *testing.T) {
 		{"the reference before the value", [][][]byte{{cat([]byte{0x50, 5}, value)}}, nil},
 		{"a timestamp", [][][]byte{{{0x50, 5, 0x48, 1}}}, nil},
 		{"a declaration", [][][]byte{{{0x0a, 1, 'a', 0x10, 1, 0x50, 5}}}, nil},
+		{"set members", [][][]byte{{cat(value, []byte{0x2a, 2, 'u', 'v', 0x50, 5}), {0x2a, 0, 0x50, 6}}},
+			[]RefSample{{Bits: math.Float64bits(-2.5), Ref: 5, Len: 17, Value: true, Member: 4}, {Off: 17, Ref: 6, Len: 6, Member: 2}}},
+		{"a set member of a sample of 127 bytes", [][][]byte{{cat([]byte{0x2a, 123}, bytes.Repeat([]byte{'m'}, 123), []byte{0x50, 5})}},
+			[]RefSample{{Off: 1, Ref: 5, Len: 129, Member: 125}}}, // the batch's length takes two bytes
+		{"a set member of a sample of 128 bytes", [][][]byte{{cat([]byte{0x2a, 124}, bytes.Repeat([]byte{'m'}, 124), []byte{0x50, 5})}}, nil},
+		{"a set member not UTF-8", [][][]byte{{{0x2a, 1, 0xff, 0x50, 5}}}, nil},
+		{"a set member before the value", [][][]byte{{cat([]byte{0x2a, 1, 'u'}, value, []byte{0x50, 5})}}, nil},
+		{"a set member and a timestamp", [][][]byte{{{0x2a, 1, 'u', 0x48, 1, 0x50, 5}}}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -34,6 +35,10 @@ func packFrames() []struct {
 	mixed := refs(6, func(i int) float64 { return float64(i) })
 	mixed[2] = &aggdv1.Sample{Name: "hits", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, Value: 1, Tags: []string{"env:a"}}
 	mixed[4] = &aggdv1.Sample{SeriesRef: 9, Value: 2, TimestampUnixNano: 1_700_000_000_000_000_000}
+	members := refs(8, func(i int) float64 { return []float64{0, 3, -0.25, 1 << 60}[i%4] })
+	for i, m := range []string{"user-1", "", "ü", "u", strings.Repeat("m", 100), strings.Repeat("m", 125-13), strings.Repeat("m", 125-12)} {
+		members[i].SetMember = m
+	}
 	return []struct {
 		name   string
 		req    *aggdv1.StreamRequest
@@ -48,6 +53,9 @@ func packFrames() []struct {
 			{SeriesRef: math.MaxUint32, Value: 1}, {SeriesRef: 1, Value: 1}, {SeriesRef: math.MaxUint32, Value: 3}}}}, true},
 		{"full names and timestamps between references", &aggdv1.StreamRequest{Sequence: 9, Batch: &aggdv1.Batch{Samples: mixed,
 			Events: []*aggdv1.Event{{Title: "deploy"}}}}, true},
+		// The last two members: a sample of 127 bytes, packed, and one of
+		// 128, kept.
+		{"set members", &aggdv1.StreamRequest{Batch: &aggdv1.Batch{Samples: members}}, true},
 		{"declarations only", &aggdv1.StreamRequest{Batch: &aggdv1.Batch{Samples: []*aggdv1.Sample{
 			{Name: "r", Type: aggdv1.MetricType_METRIC_TYPE_COUNT, SeriesRef: 1, Value: 1}}}}, false},
 		{"no batch", &aggdv1.StreamRequest{Sequence: 1}, false},
@@ -83,13 +91,20 @@ func maxPackedRef(t testing.TB, packed []byte) uint64 {
 			packed = packed[n:]
 			prev += uint64(protowire.DecodeZigZag(head >> 2))
 			most = max(most, prev)
-			switch head & 3 {
+			kind, member := head&3, uint64(0)
+			if kind == 3 {
+				v, n := protowire.ConsumeVarint(packed)
+				packed = packed[n:]
+				kind, member = v&3, v>>2
+			}
+			switch kind {
 			case 1:
 				_, n = protowire.ConsumeVarint(packed)
 				packed = packed[n:]
 			case 2:
 				packed = packed[8:]
 			}
+			packed = packed[member:]
 		}
 	}
 	return most
@@ -221,7 +236,10 @@ func TestMalformedPackedFrames(t *testing.T) {
 		{"more samples than bytes", []byte{0, 9, 4}},
 		{"reference 0", sample(0)},
 		{"reference past 32 bits", sample(protowire.EncodeZigZag(1<<32) << 2)},
-		{"unknown value kind", sample(1<<3 | 3)},
+		{"unknown value kind", sample(1<<3|3, 3)},
+		{"member past the end", sample(1<<3|3, 5<<2, 'a', 'b')},
+		{"member of 128 bytes", sample(1<<3|3, append(protowire.AppendVarint(nil, 128<<2), make([]byte, 128)...)...)},
+		{"sample with a member of 128 bytes", sample(1<<3|3, append(protowire.AppendVarint(nil, 124<<2), make([]byte, 124)...)...)},
 		{"integral value too large", sample(1<<3|1, protowire.AppendVarint(nil, protowire.EncodeZigZag(1<<53))...)},
 		{"value bits cut short", sample(1<<3|2, 1, 2, 3)},
 		{"head cut short", []byte{0, 1, 0x80}},
@@ -254,6 +272,11 @@ func FuzzPackFrame(f *testing.F) {
 		{{0x8a, 0x00, 0x02, 0x50, 0x05}, {0x0a, 0x82, 0x00, 0x50, 0x05}, {0x0a, 0x03, 0x50, 0x81, 0x80, 0x40}},
 		{{0x0a, 0x02, 0x50, 0x07}},
 		{{0x0a, 0x02, 0x50, 0x07}, append([]byte{0x0a, 0x0b}, append(value, 0x50, 0x06)...)},
+		// Set members: with a value and without, empty, not UTF-8,
+		// before the value, and a member's length in two bytes.
+		{append([]byte{0x0a, 0x0e}, append(value, 0x2a, 0x01, 'u', 0x50, 0x05)...), {0x0a, 0x05, 0x2a, 0x01, 'v', 0x50, 0x06}},
+		{{0x0a, 0x04, 0x2a, 0x00, 0x50, 0x05}, {0x0a, 0x05, 0x2a, 0x01, 0xff, 0x50, 0x06}},
+		{append([]byte{0x0a, 0x0e, 0x2a, 0x01, 'u'}, append(value, 0x50, 0x05)...), {0x0a, 0x06, 0x2a, 0x81, 0x00, 'v', 0x50, 0x06}},
 	} {
 		frame := []byte{0x08, 0x01}
 		for _, batch := range batches {
