@@ -17,10 +17,10 @@ import (
 // stream's samples once its series are declared, take 14 or 15 bytes each
 // in the request (a tag and a length, a tag and an 8-byte double, a tag
 // and the reference) and 3 to 5 packed; those of sets, a set member
-// besides, take 11 bytes fewer packed than in the request. Every byte written to the log
-// costs the copy into the page cache and, for a log that grows, the
-// zeroing of a new page: packing a frame costs less CPU than the bytes it
-// saves. Packing is exact: unpacking gives back the frame byte for byte,
+// besides, take 11 bytes fewer packed than in the request. Every byte
+// written to the log costs the copy into the page cache and, for a log
+// that grows, the zeroing of a new page: packing a frame costs less CPU
+// than the bytes it saves. Packing is exact: unpacking gives back the frame byte for byte,
 // so replay decodes what came.
 //
 // A packed frame is a sequence of runs, each the uvarint length of bytes
