@@ -212,7 +212,7 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	if c.PeersDNS != "" && cfg.WALDir != "" {
 		store = cluster.ScheduleFile{Path: filepath.Join(cfg.WALDir, "members"), Self: self}
 	}
-	m, predecessor := joinMembership(ctx, c, entries, self, creds, store, int64(cfg.Window.Interval), keep, log)
+	m, reached := joinMembership(ctx, c, entries, self, creds, store, int64(cfg.Window.Interval), keep, log)
 	if m == nil {
 		m = cluster.RestoreMembership(store, first, int64(cfg.Window.Interval), keep, time.Now().UnixNano(), log)
 	}
@@ -255,7 +255,7 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 	}
 	log.Info("cluster mode", "peer", lis.Addr().String(), "self", self, "members", m.Latest().Ring.Members())
 	n := &clusterNode{lis: lis, m: m, fwd: fwd, calls: calls, watcher: w, handTo: handTo, cancel: func() {}}
-	if predecessor != 0 {
+	if reached {
 		n.predecessor = started
 	}
 	return n, nil
@@ -270,15 +270,15 @@ func startCluster(ctx context.Context, cfg config, seeder clusterState, engine *
 // its own stops where it stopped, and the changes its peers scheduled
 // while it was down (its own departure and return among them) are
 // theirs; the addresses it had in its saved lists stay its own
-// (AdoptMembership). It also returns when a call of that peer to this
-// replica's address last succeeded (0: never). It returns nil when the
+// (AdoptMembership). It also reports whether a call of that peer to this
+// replica's address succeeded within keep (how long a bucket may take
+// late samples): a replica answered here before. It returns nil when the
 // source tells the lists' times or no peer answers (the first replicas of
 // a cluster): the replica then routes by its saved schedule, or takes its
-// first list as owning every bucket. A reach older than keep (how long a
-// bucket may take late samples) is reported as 0.
-func joinMembership(ctx context.Context, c clusterFlags, entries []cluster.Entry, self string, creds credentials.TransportCredentials, store cluster.ScheduleFile, interval, keep int64, log *slog.Logger) (*cluster.Membership, int64) {
+// first list as owning every bucket.
+func joinMembership(ctx context.Context, c clusterFlags, entries []cluster.Entry, self string, creds credentials.TransportCredentials, store cluster.ScheduleFile, interval, keep int64, log *slog.Logger) (*cluster.Membership, bool) {
 	if len(entries) != 1 || entries[0].At != 0 {
-		return nil, 0
+		return nil, false
 	}
 	var former []string // this replica's former addresses, by its saved schedule
 	if store.Path != "" {
@@ -292,20 +292,17 @@ func joinMembership(ctx context.Context, c clusterFlags, entries []cluster.Entry
 	resp, from, err := cluster.AskMembers(actx, entries[0].Members, self, c.Token, creds, 2*time.Second)
 	if err != nil {
 		log.Info("cluster member schedule not taken from a peer: the saved schedule, if any, or the first list owns every bucket", "reason", err)
-		return nil, 0
+		return nil, false
 	}
 	m, err := cluster.AdoptMembership(resp, interval, keep, self, former)
 	if err != nil {
 		log.Warn("cluster member schedule of a peer refused: the saved schedule, if any, or the first list owns every bucket", "peer", from, "err", err)
-		return nil, 0
+		return nil, false
 	}
 	log.Info("cluster member schedule taken from a peer", "peer", from, "versions", len(m.Versions()))
 	// A replica reached longer ago than a sample may be late flushed no
 	// bucket that may still take samples.
-	if r := resp.GetAskerReachedUnixNano(); r > time.Now().UnixNano()-keep {
-		return m, r
-	}
-	return m, 0
+	return m, resp.GetAskerReachedUnixNano() > time.Now().UnixNano()-keep
 }
 
 // handOverPending starts the hand-overs, once the aggregator holds what

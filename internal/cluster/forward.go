@@ -764,6 +764,12 @@ func parseReason(name string) window.Reason {
 // forwardMethod is PeerService.Forward's full name.
 const forwardMethod = "/aggd.v1.PeerService/Forward"
 
+// peerCallContext is ctx carrying what a call to a peer must: the
+// cluster's token and the peer protocol this replica speaks.
+func peerCallContext(ctx context.Context, token string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token, codec.PeerProtocolKey, codec.PeerProtocol)
+}
+
 // send calls Forward on owner with frame, retrying with backoff what may
 // succeed later until Timeout or ctx ends.
 func (f *Forwarder) send(ctx context.Context, owner string, frame []byte, timeout time.Duration) (*aggdv1.ForwardResponse, error) {
@@ -774,7 +780,7 @@ func (f *Forwarder) send(ctx context.Context, owner string, frame []byte, timeou
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.cfg.Token, codec.PeerProtocolKey, codec.PeerProtocol)
+	ctx = peerCallContext(ctx, f.cfg.Token)
 	start := time.Now()
 	backoff := f.cfg.InitialBackoff
 	for {

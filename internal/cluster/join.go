@@ -11,10 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 
 	aggdv1 "github.com/aggd/aggd/api/gen/aggd/v1"
-	"github.com/aggd/aggd/internal/codec"
 	"github.com/aggd/aggd/internal/service"
 	"github.com/aggd/aggd/internal/window"
 )
@@ -98,7 +96,7 @@ func askMembers(ctx context.Context, peer, self, token string, creds credentials
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token, codec.PeerProtocolKey, codec.PeerProtocol)
+	ctx = peerCallContext(ctx, token)
 	resp := &aggdv1.MembersResponse{}
 	if err := cc.Invoke(ctx, membersMethod, &aggdv1.MembersRequest{Asker: self}, resp); err != nil {
 		return nil, err

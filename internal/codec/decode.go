@@ -336,8 +336,9 @@ func (d *Decoder) addSample(buf []byte, b *window.Batch) {
 // the sample.
 //
 // A sample of a value and a reference alone, as proto.Marshal writes it,
-// is read without the loop; off, its field's offset in the frame (-1:
-// not noted), notes it in d.Series for the write-ahead log.
+// is read without the loop. off, its field's offset in the frame (-1:
+// not noted), notes it in d.Series for the write-ahead log, and a sample
+// of a set as proto.Marshal writes it (memberAndRef) too.
 func (d *Decoder) addByRef(buf []byte, b *window.Batch, off int) bool {
 	if d.Series == nil {
 		return false
